@@ -1,0 +1,50 @@
+# Disparo: `make run` serves the whole product, `make test` runs the test suite.
+# Both work on a fresh machine with only Python 3.11+ and make: they create .venv,
+# install the pinned dependencies and, unless DATABASE_URL is set, start the
+# embedded PostgreSQL under instance/ (stop it with `make stop-db`).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+APP_BASE_URL ?= http://127.0.0.1:$(PORT)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export APP_BASE_URL
+
+.PHONY: run test install env db stop-db lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The git-ignored .env makes every `flask`, worker and test process of this
+# checkout a development process (embedded database, mocks on).
+env:
+	@test -f .env || cp .env.example .env
+	@grep -q '^DISPARO_ENV=' .env || echo 'DISPARO_ENV=development' >> .env
+
+db: install env
+	@if [ -z "$$DATABASE_URL" ]; then $(BIN)/python -m campaigns.devdb start >/dev/null && echo "embedded PostgreSQL running (instance/pgdata)"; else echo "using DATABASE_URL"; fi
+
+run: db
+	$(BIN)/flask --app app db upgrade
+	@$(BIN)/flask --app app seed-demo
+	@echo "Disparo: http://127.0.0.1:$(PORT)/  (Ctrl-C stops web and workers; make stop-db stops the database)"
+	$(BIN)/honcho start --port $(PORT) web worker ops
+
+test: db
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+stop-db: install
+	@$(BIN)/python -m campaigns.devdb stop
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: stop-db
+	rm -rf $(VENV) instance .env

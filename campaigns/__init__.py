@@ -1,0 +1,1 @@
+"""Disparo's domain: models, services, queries, rate limits, providers and views."""

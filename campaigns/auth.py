@@ -1,0 +1,88 @@
+"""Login sessions and cumulative roles, enforced in one place for every route.
+
+Every endpoint needs a signed-in user with at least the role its view declares
+(``@requires(Role.SUPERVISOR)``; undeclared means viewer), except the few public
+ones below. Blueprints that authenticate otherwise (API tokens, signed provider
+webhooks, the development mocks) are listed in ``SELF_AUTHENTICATED_BLUEPRINTS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, abort, jsonify, redirect, request, url_for
+from flask_login import current_user
+
+from app import db, htmx, login_manager
+from campaigns.i18n import _
+from campaigns.models import Role, User
+
+PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.login_submit", "main.healthz"})
+SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "mock"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires(role: Role) -> Callable[[F], F]:
+    """Declare the least role a view needs; :func:`enforce_roles` checks it."""
+
+    def decorate(view: F) -> F:
+        view.required_role = role  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+def required_role(app: Flask, endpoint: str) -> Role | None:
+    """The role an endpoint needs, or None when it is public or authenticates itself."""
+    if endpoint in PUBLIC_ENDPOINTS:
+        return None
+    if endpoint.partition(".")[0] in SELF_AUTHENTICATED_BLUEPRINTS:
+        return None
+    view = app.view_functions.get(endpoint)
+    return getattr(view, "required_role", Role.VIEWER)
+
+
+def enforce_roles() -> Any:
+    """before_request: fail closed — unknown endpoints still need a signed-in user."""
+    from flask import current_app
+
+    if request.endpoint is None:  # 404 / 405: let the error handlers answer
+        return None
+    role = required_role(current_app, request.endpoint)
+    if role is None:
+        return None
+    if not current_user.is_authenticated:
+        return unauthorized()
+    if not current_user.can(role):
+        abort(403)
+    return None
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    user = db.session.get(User, int(user_id))
+    return user if user is not None and user.is_active else None
+
+
+@login_manager.unauthorized_handler
+def unauthorized() -> Response:
+    """Send the browser to the login page; htmx needs a full-page redirect, not a swap."""
+    login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+    if htmx:
+        response = Response(status=401)
+        response.headers["HX-Redirect"] = login_url
+        return response
+    if request.accept_mimetypes.best == "application/json":
+        response = jsonify(error={"code": "unauthenticated", "message": _("Sign in first.")})
+        response.status_code = 401
+        return response
+    return redirect(login_url)
+
+
+def init_app(app: Flask) -> None:
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.session_protection = "basic"
+    app.before_request(enforce_roles)

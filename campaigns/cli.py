@@ -1,0 +1,62 @@
+"""``flask`` commands: user management and the demo data."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from campaigns import services
+from campaigns.config import INSTANCE_PATH
+from campaigns.models import Role
+
+users_cli = AppGroup("users", help="Manage users.")
+DEMO_CREDENTIALS = INSTANCE_PATH / "demo-admin.txt"
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice([role.value for role in Role]),
+    default=Role.VIEWER.value,
+    show_default=True,
+)
+@click.option("--api-token", is_flag=True, help="Also create an API token and print it last.")
+def users_create(email: str, role: str, api_token: bool) -> None:
+    """Create a user. On a non-interactive stdin the password is its first line."""
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        user = services.create_user(email, password, Role(role))
+    except services.ServiceError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Created {user.email} with role {user.role.value}.")
+    if api_token:
+        _, raw = services.create_api_token(user.id, name="cli")
+        click.echo("API token (shown once):")
+        click.echo(raw)
+
+
+@click.command("seed-demo")
+def seed_demo() -> None:
+    """Create the demo admin, a mock sender and approved templates (only once)."""
+    seed = services.seed_demo()
+    if seed.created:
+        INSTANCE_PATH.mkdir(exist_ok=True)
+        DEMO_CREDENTIALS.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")
+        DEMO_CREDENTIALS.chmod(0o600)
+    if DEMO_CREDENTIALS.exists():
+        email, password = DEMO_CREDENTIALS.read_text().split()[:2]
+        click.echo(f"Demo admin: {email} / {password}  (kept in {DEMO_CREDENTIALS})")
+    else:
+        click.echo(f"Demo data already present; sign in as {seed.admin_email}.")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(seed_demo)

@@ -1,0 +1,189 @@
+"""Configuration from the environment (12-factor), failing closed.
+
+One resolver, :func:`database_url`, gives the database to Flask, to ``jobs.app``
+and to the CLI, so web and workers can never talk to different databases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_PATH = PROJECT_ROOT / "instance"
+ENVIRONMENTS = ("production", "development")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the process must not start."""
+
+
+def load_env_file() -> None:
+    """Read the checkout's git-ignored ``.env``; real environment variables win."""
+    load_dotenv(PROJECT_ROOT / ".env", override=False)
+
+
+def environment() -> str:
+    load_env_file()
+    env = os.environ.get("DISPARO_ENV", "production").strip().lower()
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"DISPARO_ENV must be one of {', '.join(ENVIRONMENTS)}, not {env!r}")
+    return env
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be on or off, not {raw!r}")
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def normalise_database_url(url: str) -> str:
+    """Return a libpq URL (``postgresql://``) from any spelling platforms hand out."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    if not url.startswith("postgresql://"):
+        raise ConfigError("DATABASE_URL must be a postgres:// or postgresql:// URL")
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database for SQLAlchemy, on the psycopg 3 driver."""
+    return "postgresql+psycopg://" + normalise_database_url(url)[len("postgresql://") :]
+
+
+@cache
+def database_url() -> str:
+    """The one database of this process: ``DATABASE_URL``, else the embedded server.
+
+    Production without ``DATABASE_URL`` refuses to start rather than guess (libpq's
+    defaults could reach another server than the web process uses).
+    """
+    env = environment()
+    raw = os.environ.get("DATABASE_URL", "")
+    if raw.strip():
+        return normalise_database_url(raw)
+    if env == "production":
+        raise ConfigError(
+            "DATABASE_URL is not set. Production needs a PostgreSQL URL; "
+            "set DISPARO_ENV=development to use the embedded database."
+        )
+    from campaigns import devdb  # imported only here: production never needs it
+
+    return devdb.url()
+
+
+def _secret_key(env: str) -> str:
+    key = os.environ.get("SECRET_KEY", "").strip()
+    if key:
+        return key
+    if env == "production":
+        raise ConfigError("SECRET_KEY is not set. Production needs a long random SECRET_KEY.")
+    # Development: a random secret generated once and kept under instance/, so
+    # sessions survive restarts and every process of the checkout shares it.
+    path = INSTANCE_PATH / "secret_key"
+    INSTANCE_PATH.mkdir(exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    secret_key: str
+    mocks: bool
+    app_base_url: str
+    erp_base_url: str | None
+    whatsapp_api_base_url: str
+    whatsapp_app_secret: str | None
+    webhook_verify_token: str | None
+    notification_webhook_url: str | None
+    login_max_failures: int
+    login_lockout_minutes: int
+
+    def flask_config(self) -> dict[str, object]:
+        return {
+            "DISPARO_ENV": self.env,
+            "SECRET_KEY": self.secret_key,
+            "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(database_url()),
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "SESSION_COOKIE_SECURE": self.env == "production",
+            "SESSION_COOKIE_HTTPONLY": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "REMEMBER_COOKIE_SECURE": self.env == "production",
+            "MOCKS_ENABLED": self.mocks,
+            "APP_BASE_URL": self.app_base_url,
+            "ERP_BASE_URL": self.erp_base_url,
+            "WHATSAPP_API_BASE_URL": self.whatsapp_api_base_url,
+            "WHATSAPP_APP_SECRET": self.whatsapp_app_secret,
+            "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
+            "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
+            "LOGIN_MAX_FAILURES": self.login_max_failures,
+            "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
+            # The CSRF token lives as long as the session, so a page left open
+            # for hours (a campaign being watched) can still pause it.
+            "WTF_CSRF_TIME_LIMIT": None,
+            "WTF_CSRF_HEADERS": ["X-CSRFToken"],
+        }
+
+
+def load_settings() -> Settings:
+    """Read every setting once, raising :class:`ConfigError` on the first bad one."""
+    env = environment()
+    mocks = _flag("DISPARO_MOCKS", default=env == "development")
+    base = os.environ.get("APP_BASE_URL", "").strip().rstrip("/")
+    if not base:
+        # Never this process's own PORT: honcho gives every process another one.
+        base = "http://127.0.0.1:5000"
+    erp = os.environ.get("ERP_BASE_URL", "").strip().rstrip("/") or None
+    if erp is None and mocks:
+        erp = f"{base}/mock/erp"
+    whatsapp = os.environ.get("WHATSAPP_API_BASE_URL", "").strip().rstrip("/")
+    if not whatsapp:
+        whatsapp = "https://graph.facebook.com/v23.0"
+    return Settings(
+        env=env,
+        secret_key=_secret_key(env),
+        mocks=mocks,
+        app_base_url=base,
+        erp_base_url=erp,
+        whatsapp_api_base_url=whatsapp,
+        whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
+        webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
+        notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
+        login_max_failures=_positive_int("LOGIN_MAX_FAILURES", 5),
+        login_lockout_minutes=_positive_int("LOGIN_LOCKOUT_MINUTES", 15),
+    )

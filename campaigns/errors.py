@@ -1,0 +1,54 @@
+"""Friendly error pages for people, JSON errors for the API and htmx-aware 4xx."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from campaigns.i18n import _
+
+logger = logging.getLogger(__name__)
+
+MESSAGES = {
+    400: _("The request could not be understood."),
+    403: _("You do not have permission to do that."),
+    404: _("There is nothing here."),
+    405: _("That action is not allowed here."),
+    429: _("Too many requests. Slow down and try again shortly."),
+    500: _("Something went wrong on our side. It has been logged."),
+}
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def _render(code: int, message: str):
+    if _wants_json():
+        name = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(code, str(code))
+        return jsonify(error={"code": name, "message": message}), code
+    return render_template("errors/error.html", code=code, message=message), code
+
+
+def handle_http_error(error: HTTPException):
+    code = error.code or 500
+    return _render(code, MESSAGES.get(code, error.description or ""))
+
+
+def handle_csrf_error(error: CSRFError):
+    logger.warning("CSRF check failed on %s %s: %s", request.method, request.path, error.description)
+    return _render(400, _("Your session form expired. Reload the page and try again."))
+
+
+def handle_unexpected(error: InternalServerError):
+    # Flask has already logged the traceback; the user gets a page, not a stack.
+    return _render(500, MESSAGES[500])
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(CSRFError, handle_csrf_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(InternalServerError, handle_unexpected)

@@ -1,0 +1,458 @@
+"""ORM models: SQLAlchemy 2 typed mappings on Postgres enums. No queue calls, no URLs."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from flask_login import UserMixin
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app import db
+
+
+def pg_enum(enum_class: type[enum.Enum], name: str) -> sa.Enum:
+    """A Postgres enum that stores the members' lowercase values, not their names."""
+    return sa.Enum(
+        enum_class,
+        name=name,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+def created_at_column() -> Mapped[datetime]:
+    return mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class Role(enum.StrEnum):
+    """Cumulative roles: each one can do everything the ones before it can."""
+
+    VIEWER = "viewer"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def includes(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+class Provider(enum.StrEnum):
+    MOCK = "mock"
+    CLOUD_API = "cloud_api"
+
+
+class TemplateCategory(enum.StrEnum):
+    MARKETING = "MARKETING"
+    UTILITY = "UTILITY"
+    AUTHENTICATION = "AUTHENTICATION"
+
+
+class ParameterFormat(enum.StrEnum):
+    NAMED = "named"
+    POSITIONAL = "positional"
+
+
+class TemplateStatus(enum.StrEnum):
+    DRAFT = "draft"
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    PAUSED = "paused"
+    DISABLED = "disabled"
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_CAMPAIGN_STATUSES
+
+
+FINISHED_CAMPAIGN_STATUSES = frozenset(
+    {CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED}
+)
+
+
+class MessageStatus(enum.StrEnum):
+    """ARCHITECTURE.md's state machine: pending → queued → sending → sent → delivered → read."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+IN_FLIGHT_MESSAGE_STATUSES = frozenset(
+    {MessageStatus.PENDING, MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING}
+)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    __table_args__ = (sa.Index("users_email_key", sa.func.lower(sa.text("email")), unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320))
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    role: Mapped[Role] = mapped_column(pg_enum(Role, "user_role"), default=Role.VIEWER)
+    is_disabled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    campaign_rate_limit_per_minute: Mapped[int] = mapped_column(default=100, server_default="100")
+    api_rate_limit_per_minute: Mapped[int] = mapped_column(default=1000, server_default="1000")
+    created_at: Mapped[datetime] = created_at_column()
+    last_login_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    api_tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users at login and on load
+        return not self.is_disabled
+
+    def can(self, role: Role) -> bool:
+        return self.role.includes(role)
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email} {self.role}>"
+
+
+class ApiToken(db.Model):
+    """A bearer token for the JSON API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    # Tokens are long random values, so a fast hash is enough and keeps API calls fast.
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = created_at_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    user: Mapped[User] = relationship(back_populates="api_tokens")
+
+    def __repr__(self) -> str:
+        return f"<ApiToken {self.id} {self.prefix}… user={self.user_id}>"
+
+
+class LoginAttempt(db.Model):
+    """Each login try, kept to lock out guessing per account and per address."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        sa.Index("login_attempts_email_at_idx", "email", "attempted_at"),
+        sa.Index("login_attempts_ip_at_idx", "ip_address", "attempted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320))
+    ip_address: Mapped[str] = mapped_column(sa.String(45))
+    succeeded: Mapped[bool]
+    attempted_at: Mapped[datetime] = created_at_column()
+
+
+class Sender(db.Model):
+    """A WhatsApp instance: one phone number of a business account."""
+
+    __tablename__ = "senders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    provider: Mapped[Provider] = mapped_column(pg_enum(Provider, "sender_provider"))
+    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
+    display_phone_number: Mapped[str | None] = mapped_column(sa.String(32))
+    waba_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # Secrets stay server-side: never rendered back, never logged (see __repr__).
+    access_token: Mapped[str | None] = mapped_column(sa.Text)
+    app_secret: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_verify_token: Mapped[str | None] = mapped_column(sa.String(255))
+    rate_limit_per_minute: Mapped[int] = mapped_column(default=20, server_default="20")
+    min_gap_seconds: Mapped[Decimal] = mapped_column(
+        sa.Numeric(6, 3), default=Decimal("1.000"), server_default="1.000"
+    )
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    created_at: Mapped[datetime] = created_at_column()
+
+    __table_args__ = (
+        sa.CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_positive"),
+        sa.CheckConstraint("min_gap_seconds >= 0", name="min_gap_not_negative"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Sender {self.id} {self.name} {self.provider}>"
+
+
+class MessageTemplate(db.Model):
+    """A WhatsApp message template as Meta knows it, with its approval status."""
+
+    __tablename__ = "message_templates"
+    __table_args__ = (
+        sa.UniqueConstraint("sender_id", "name", "language", name="message_templates_name_key"),
+        sa.Index("message_templates_status_idx", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sender_id: Mapped[int] = mapped_column(sa.ForeignKey("senders.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(sa.String(512))
+    language: Mapped[str] = mapped_column(sa.String(16))
+    category: Mapped[TemplateCategory] = mapped_column(
+        pg_enum(TemplateCategory, "template_category")
+    )
+    parameter_format: Mapped[ParameterFormat] = mapped_column(
+        pg_enum(ParameterFormat, "template_parameter_format"), default=ParameterFormat.NAMED
+    )
+    header_text: Mapped[str | None] = mapped_column(sa.String(60))
+    body_text: Mapped[str] = mapped_column(sa.String(1024))
+    footer_text: Mapped[str | None] = mapped_column(sa.String(60))
+    buttons: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=sa.text("'[]'::jsonb")
+    )
+    status: Mapped[TemplateStatus] = mapped_column(
+        pg_enum(TemplateStatus, "template_status"), default=TemplateStatus.DRAFT
+    )
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    provider_template_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+    submitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    sender: Mapped[Sender] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<MessageTemplate {self.id} {self.name}/{self.language} {self.status}>"
+
+
+class Campaign(db.Model):
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        sa.Index("campaigns_status_idx", "status"),
+        sa.Index("campaigns_owner_idx", "owner_id"),
+        # The scheduler's claim: due scheduled campaigns, oldest first.
+        sa.Index(
+            "campaigns_due_idx",
+            "scheduled_at",
+            postgresql_where=sa.text("status = 'scheduled'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    sender_id: Mapped[int] = mapped_column(sa.ForeignKey("senders.id"))
+    template_id: Mapped[int] = mapped_column(sa.ForeignKey("message_templates.id"))
+    # ERP segment criteria and template variable → customer field/fixed text.
+    segment: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
+    variable_mapping: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
+    status: Mapped[CampaignStatus] = mapped_column(
+        pg_enum(CampaignStatus, "campaign_status"), default=CampaignStatus.DRAFT
+    )
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    scheduled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Fan-out resumes from here after a crash (the ERP's cursor or page).
+    erp_cursor: Mapped[str | None] = mapped_column(sa.Text)
+    audience_loaded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+
+    owner: Mapped[User] = relationship()
+    sender: Mapped[Sender] = relationship()
+    template: Mapped[MessageTemplate] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Campaign {self.id} {self.name!r} {self.status}>"
+
+
+class Message(db.Model):
+    """One recipient of one campaign: the campaign's durable queue and its audit trail."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "phone", name="messages_campaign_phone_key"),
+        sa.Index("messages_campaign_status_idx", "campaign_id", "status"),
+        # The pump takes the next pending rows of a campaign in id order.
+        sa.Index(
+            "messages_pending_idx",
+            "campaign_id",
+            "id",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        # Maintenance finds rows left in sending by a dead worker.
+        sa.Index(
+            "messages_sending_idx", "sending_at", postgresql_where=sa.text("status = 'sending'")
+        ),
+        sa.Index(
+            "messages_provider_message_id_key",
+            "provider_message_id",
+            unique=True,
+            postgresql_where=sa.text("provider_message_id IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    phone: Mapped[str] = mapped_column(sa.String(20))  # E.164
+    customer_ref: Mapped[str | None] = mapped_column(sa.String(64))
+    customer_data: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    status: Mapped[MessageStatus] = mapped_column(
+        pg_enum(MessageStatus, "message_status"), default=MessageStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(128))
+    error_code: Mapped[str | None] = mapped_column(sa.String(32))
+    error_text: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = created_at_column()
+    queued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    sending_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+
+    campaign: Mapped[Campaign] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id} campaign={self.campaign_id} {self.status}>"
+
+
+COUNTER_SHARDS = 8
+"""Rows per campaign in ``campaign_counters``: one hot row would serialise every send."""
+
+
+class CampaignCounter(db.Model):
+    """One shard of a campaign's running totals; progress sums the shards (O(1) reads)."""
+
+    __tablename__ = "campaign_counters"
+
+    campaign_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    total: Mapped[int] = mapped_column(default=0, server_default="0")
+    pending: Mapped[int] = mapped_column(default=0, server_default="0")
+    queued: Mapped[int] = mapped_column(default=0, server_default="0")
+    sending: Mapped[int] = mapped_column(default=0, server_default="0")
+    retrying: Mapped[int] = mapped_column(default=0, server_default="0")
+    sent: Mapped[int] = mapped_column(default=0, server_default="0")
+    delivered: Mapped[int] = mapped_column(default=0, server_default="0")
+    read: Mapped[int] = mapped_column(default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(default=0, server_default="0")
+    skipped: Mapped[int] = mapped_column(default=0, server_default="0")
+    cancelled: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class CampaignMinuteStat(db.Model):
+    """Messages sent per campaign per minute: 'sent in the last minute' and the hourly chart."""
+
+    __tablename__ = "campaign_minute_stats"
+
+    campaign_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    sent: Mapped[int] = mapped_column(default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class RateLimitBucket(db.Model):
+    """Grants per limiter key per time bucket; written only by ratelimit.py's SQL."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class RateLimitKey(db.Model):
+    """The last grant of each limiter key, for the minimum gap between two sends."""
+
+    __tablename__ = "rate_limit_keys"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    last_grant_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class Notification(db.Model):
+    """An in-app notice for a user: a campaign started, completed, paused or failed."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (sa.Index("notifications_user_unread_idx", "user_id", "read_at"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(sa.String(40))
+    text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = created_at_column()
+    read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CampaignActivity(db.Model):
+    """Who did what to a campaign, and when (the user is NULL for the system)."""
+
+    __tablename__ = "campaign_activity"
+    __table_args__ = (sa.Index("campaign_activity_campaign_idx", "campaign_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(sa.String(40))
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = created_at_column()
+
+    user: Mapped[User | None] = relationship()
+
+
+class Suppression(db.Model):
+    """A phone number that opted out: skipped at send time."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str] = mapped_column(sa.String(20), unique=True)  # E.164
+    reason: Mapped[str] = mapped_column(sa.String(200))
+    source: Mapped[str] = mapped_column(sa.String(40))  # manual, import, opt_out_reply, provider
+    created_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,49 @@
+"""Sign in and out."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_user, logout_user
+from werkzeug.wrappers import Response
+
+from campaigns import services
+from campaigns.i18n import _
+
+bp = Blueprint("auth", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only follow a same-site relative ``next`` (no open redirects)."""
+    if target and target.startswith("/") and not target.startswith("//"):
+        if not urlsplit(target).netloc:
+            return target
+    return url_for("main.dashboard")
+
+
+@bp.get("/login")
+def login() -> str | Response:
+    """The sign-in form."""
+    if current_user.is_authenticated:
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/login.html", email="", error=None)
+
+
+@bp.post("/login")
+def login_submit() -> tuple[str, int] | Response:
+    """Check the credentials; 422 re-renders the form with the reason."""
+    email = request.form.get("email", "")
+    result = services.authenticate(email, request.form.get("password", ""), request.remote_addr or "")
+    if result.user is None:
+        return render_template("auth/login.html", email=email, error=result.error), 422
+    login_user(result.user)
+    return redirect(_safe_next(request.args.get("next")), code=303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the session."""
+    logout_user()
+    flash(_("You are signed out."), "info")
+    return redirect(url_for("auth.login"), code=303)

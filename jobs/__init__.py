@@ -1,0 +1,57 @@
+"""The Procrastinate app, ``jobs.app``: ``procrastinate --app=jobs.app worker``.
+
+Building it connects to nothing: the connection pool resolves the database URL
+through :func:`campaigns.config.database_url` (the one resolver Flask uses too)
+when it opens. Workers open it themselves; the web process opens it lazily, once
+per process, on its first deferral (see :func:`open_for_deferring`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import procrastinate
+
+from campaigns.config import database_url
+from jobs.context import flask_context, size_thread_pool
+
+# Queue names and concurrencies come from the source documents; the Procfile runs them.
+MESSAGES_QUEUE = "campaign-messages"
+NOTIFICATIONS_QUEUE = "campaign-notifications"
+RETRY_QUEUE = "message-retry"
+SCHEDULER_QUEUE = "campaign-scheduler"
+SENDER_QUEUE = "campaign-sender"
+MAINTENANCE_QUEUE = "maintenance"
+
+app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(
+        conninfo=database_url,  # a callable: resolved when the pool connects, not at import
+        min_size=1,
+        max_size=10,
+    ),
+    import_paths=["jobs.tasks"],
+    worker_defaults={
+        # Paced message jobs become due without a NOTIFY: poll about every second.
+        "fetch_job_polling_interval": 1.0,
+        # Heroku sends SIGKILL 30 s after SIGTERM.
+        "shutdown_graceful_timeout": 20.0,
+        "delete_jobs": "successful",
+        "task_middleware": [flask_context],
+        "worker_middleware": [size_thread_pool],
+    },
+)
+
+_open_lock = threading.Lock()
+
+
+def open_for_deferring() -> procrastinate.App:
+    """Open the synchronous pool once per process; a no-op inside a worker.
+
+    Called on the first deferral, after gunicorn has forked (never at import, and
+    never with ``--preload``, which would fork an open pool).
+    """
+    connector = app.connector.get_sync_connector()
+    if connector is not app.connector:  # inside a worker the async pool serves sync calls
+        with _open_lock:
+            connector.open()  # idempotent
+    return app

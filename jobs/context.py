@@ -1,0 +1,46 @@
+"""Per-job plumbing: a Flask app context for every job, and enough threads to run them."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from flask import Flask
+
+_sized_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+@functools.cache
+def flask_app() -> Flask:
+    """The worker process's Flask app, built once, on the first job."""
+    from app import create_app
+
+    return create_app()
+
+
+def flask_context(call_next: Any, context: Any, worker: Any) -> Any:
+    """Task middleware: sync tasks run in worker threads, so push a context per job.
+
+    Flask-SQLAlchemy scopes its session to the app context, so each job gets its
+    own session and returns its connection to the pool when it ends.
+    """
+    with flask_app().app_context():
+        return call_next()
+
+
+async def size_thread_pool(call_next: Any, context: Any, worker: Any) -> Any:
+    """Worker middleware: give sync tasks one thread per concurrency slot.
+
+    Procrastinate runs sync tasks in the event loop's default executor, which has
+    min(32, cores + 4) threads — 6 on a 2-core dyno, fewer than ``--concurrency``.
+    """
+    loop = asyncio.get_running_loop()
+    if loop not in _sized_loops:
+        _sized_loops.add(loop)
+        loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=worker.concurrency + 2, thread_name_prefix="job")
+        )
+    return await call_next()

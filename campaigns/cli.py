@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from campaigns import services
@@ -45,14 +47,17 @@ def users_create(email: str, role: str, api_token: bool) -> None:
 @click.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo admin, a mock sender and approved templates (only once)."""
+    # The password is generated once and only its hash is stored, so the
+    # plain one is kept (git-ignored, 0600) for `make run` to print every time.
+    credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))
     seed = services.seed_demo()
     if seed.created:
-        INSTANCE_PATH.mkdir(exist_ok=True)
-        DEMO_CREDENTIALS.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")
-        DEMO_CREDENTIALS.chmod(0o600)
-    if DEMO_CREDENTIALS.exists():
-        email, password = DEMO_CREDENTIALS.read_text().split()[:2]
-        click.echo(f"Demo admin: {email} / {password}  (kept in {DEMO_CREDENTIALS})")
+        credentials.parent.mkdir(exist_ok=True)
+        credentials.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")
+        credentials.chmod(0o600)
+    if credentials.exists():
+        email, password = credentials.read_text().split()[:2]
+        click.echo(f"Demo admin: {email} / {password}  (kept in {credentials})")
     else:
         click.echo(f"Demo data already present; sign in as {seed.admin_email}.")
 

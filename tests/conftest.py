@@ -1,0 +1,183 @@
+"""Tests run against a real PostgreSQL: the embedded server, or DATABASE_URL's.
+
+A template database is migrated once per session; each test gets a fresh clone
+(``CREATE DATABASE … TEMPLATE``), so tests are isolated and never touch the
+development database. Jobs go to an in-memory queue unless a test asks for the
+real one (``real_queue``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from procrastinate import testing
+
+from app import create_app, db
+from campaigns import services
+from campaigns.config import database_url, sqlalchemy_url
+from campaigns.models import Role, User
+
+SUFFIX = os.getpid()
+TEMPLATE_DB = f"disparo_test_template_{SUFFIX}"
+TEST_DB = f"disparo_test_{SUFFIX}"
+PASSWORD = "correct horse battery"
+
+
+def url_for_database(server_url: str, name: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def admin_execute(server_url: str, *statements: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def make_app(url: str, **overrides: object) -> Flask:
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url),
+        "WTF_CSRF_ENABLED": False,
+        "SERVER_NAME": None,
+    }
+    config.update(overrides)
+    return create_app(config)
+
+
+def migrate_to(url: str, revision: str = "head") -> None:
+    from flask_migrate import upgrade
+
+    app = make_app(url)
+    with app.app_context():
+        upgrade(revision=revision)
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    return database_url()
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: str) -> Iterator[str]:
+    admin_execute(
+        server_url,
+        f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)",
+        f"CREATE DATABASE {TEMPLATE_DB}",
+    )
+    migrate_to(url_for_database(server_url, TEMPLATE_DB))
+    yield TEMPLATE_DB
+    admin_execute(
+        server_url,
+        f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)",
+        f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)",
+    )
+
+
+@pytest.fixture
+def database_url_for_test(server_url: str, template_database: str) -> str:
+    """A fresh, migrated database for this test only."""
+    admin_execute(
+        server_url,
+        f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)",
+        f"CREATE DATABASE {TEST_DB} TEMPLATE {template_database}",
+    )
+    return url_for_database(server_url, TEST_DB)
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A database with nothing in it, for migration tests."""
+    name = f"disparo_test_empty_{SUFFIX}"
+    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+    yield url_for_database(server_url, name)
+    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def app(database_url_for_test: str, tmp_path) -> Iterator[Flask]:
+    application = make_app(
+        database_url_for_test, DEMO_CREDENTIALS_FILE=str(tmp_path / "demo-admin.txt")
+    )
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+@pytest.fixture(autouse=True)
+def in_memory_queue() -> Iterator[testing.InMemoryConnector]:
+    """Deferred jobs land in memory: no test can reach the development queue."""
+    import jobs
+
+    connector = testing.InMemoryConnector()
+    with jobs.app.replace_connector(connector):
+        yield connector
+
+
+@pytest.fixture
+def real_queue(database_url_for_test: str, in_memory_queue) -> Iterator[object]:
+    """jobs.app on the test database, through the real psycopg connector."""
+    import procrastinate
+
+    import jobs
+
+    connector = procrastinate.PsycopgConnector(conninfo=database_url_for_test, min_size=1, max_size=2)
+    with jobs.app.replace_connector(connector):
+        jobs.app.open()
+        try:
+            yield jobs.app
+        finally:
+            jobs.app.close()
+
+
+@pytest.fixture
+def user_factory(app: Flask) -> Callable[..., User]:
+    counter = iter(range(1, 10_000))
+
+    def make(role: Role = Role.VIEWER, email: str | None = None, password: str = PASSWORD) -> User:
+        return services.create_user(email or f"user{next(counter)}@example.com", password, role)
+
+    return make
+
+
+def login(client: FlaskClient, user: User, password: str = PASSWORD):
+    return client.post("/login", data={"email": user.email, "password": password})
+
+
+@pytest.fixture
+def login_as(client: FlaskClient, user_factory) -> Callable[[Role], User]:
+    def sign_in(role: Role = Role.VIEWER) -> User:
+        user = user_factory(role)
+        response = login(client, user)
+        assert response.status_code == 303, response.data
+        return user
+
+    return sign_in
+
+
+CSRF_INPUT = re.compile(rb'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token_from(html: bytes) -> str:
+    match = CSRF_INPUT.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1).decode()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app import db
+from jobs import tasks
+
+PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> object:
+    """Poll until condition() is truthy; a deadline, not a performance assertion."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {seconds} s")
+
+
+@pytest.fixture
+def worker_process(database_url_for_test: str) -> Iterator[subprocess.Popen[str]]:
+    """A real `procrastinate worker` on the test database, as the Procfile runs it."""
+    env = os.environ | {"DATABASE_URL": database_url_for_test, "DISPARO_ENV": "development"}
+    process = subprocess.Popen(
+        [PROCRASTINATE, "--app=jobs.app", "worker", "--name=test-worker",
+         "--queues=maintenance", "--delete-jobs=never"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.stdout is not None
+    process.stdout.close()
+
+
+def _job_status(job_id: int) -> str | None:
+    db.session.rollback()  # see the worker's commits
+    return db.session.execute(
+        db.text("SELECT status::text FROM procrastinate_jobs WHERE id = :id"), {"id": job_id}
+    ).scalar()
+
+
+def test_a_job_makes_the_round_trip_through_a_real_worker(client, real_queue, worker_process):
+    # The worker registers and heartbeats: /healthz turns healthy.
+    wait_for(lambda: client.get("/healthz").status_code == 200)
+    assert client.get("/healthz").json["live_workers"] == 1
+
+    job_id = tasks.ping.defer(token="round-trip")
+    wait_for(lambda: _job_status(job_id) in ("succeeded", "failed"))
+    assert _job_status(job_id) == "succeeded"
+
+    # A graceful stop unregisters the worker, so health reports it gone at once.
+    worker_process.send_signal(signal.SIGTERM)
+    assert worker_process.wait(timeout=30) == 0
+    output = worker_process.stdout.read()
+    assert "ping round-trip" in output  # the task ran inside the worker's Flask context
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json["live_workers"] == 0
+
+
+def test_deferring_from_the_web_side_only_records_ids(in_memory_queue):
+    tasks.ping.defer(token="abc")
+    [job] = in_memory_queue.jobs.values()
+    assert job["task_name"] == "maintenance.ping"
+    assert job["queue_name"] == "maintenance"
+    assert job["args"] == {"token": "abc"}

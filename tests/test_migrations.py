@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import psycopg
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from flask_migrate import downgrade, upgrade
+
+from app import db
+from tests.conftest import make_app
+
+APP_TABLES = {
+    "users", "api_tokens", "login_attempts", "senders", "message_templates", "campaigns",
+    "messages", "campaign_counters", "campaign_minute_stats", "rate_limit_buckets",
+    "rate_limit_keys", "notifications", "campaign_activity", "suppressions",
+}
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def _types(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
+            " AND (typtype = 'e' OR (SELECT relkind FROM pg_class WHERE oid = typrelid) = 'c')"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def _ignore_procrastinate(obj, name, type_, reflected, compare_to):
+    return not (name or "").startswith("procrastinate")
+
+
+def test_upgrade_from_empty_creates_app_tables_and_the_queue_schema(empty_database_url):
+    app = make_app(empty_database_url)
+    with app.app_context():
+        upgrade()
+        tables = _tables(empty_database_url)
+        assert APP_TABLES <= tables
+        assert {"procrastinate_jobs", "procrastinate_workers", "procrastinate_events"} <= tables
+        with psycopg.connect(empty_database_url) as conn:
+            assert conn.execute(
+                "SELECT to_regprocedure('procrastinate_defer_jobs_v1(procrastinate_job_to_defer_v1[])')"
+            ).fetchone()[0] is not None
+
+        # Autogenerate sees no drift between the models and the migrated schema,
+        # and leaves Procrastinate's objects alone.
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"include_object": _ignore_procrastinate, "compare_type": True}
+            )
+            assert compare_metadata(context, db.metadata) == []
+
+        downgrade(revision="base")
+        assert _tables(empty_database_url) <= {"alembic_version"}
+        assert _types(empty_database_url) == set()
+
+        upgrade()  # and back up again, cleanly
+        assert APP_TABLES <= _tables(empty_database_url)
+        db.engine.dispose()

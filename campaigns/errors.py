@@ -39,7 +39,9 @@ def handle_http_error(error: HTTPException):
 
 
 def handle_csrf_error(error: CSRFError):
-    logger.warning("CSRF check failed on %s %s: %s", request.method, request.path, error.description)
+    logger.warning(
+        "CSRF check failed on %s %s: %s", request.method, request.path, error.description
+    )
     return _render(400, _("Your session form expired. Reload the page and try again."))
 
 

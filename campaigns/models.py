@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -188,15 +187,14 @@ class Sender(db.Model):
     app_secret: Mapped[str | None] = mapped_column(sa.Text)
     webhook_verify_token: Mapped[str | None] = mapped_column(sa.String(255))
     rate_limit_per_minute: Mapped[int] = mapped_column(default=20, server_default="20")
-    min_gap_seconds: Mapped[Decimal] = mapped_column(
-        sa.Numeric(6, 3), default=Decimal("1.000"), server_default="1.000"
-    )
+    # The least time between two messages of this sender (the source's 1 s gap).
+    min_interval_ms: Mapped[int] = mapped_column(default=1000, server_default="1000")
     is_active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     created_at: Mapped[datetime] = created_at_column()
 
     __table_args__ = (
-        sa.CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_positive"),
-        sa.CheckConstraint("min_gap_seconds >= 0", name="min_gap_not_negative"),
+        sa.CheckConstraint("rate_limit_per_minute BETWEEN 1 AND 1000000", name="rate_limit_range"),
+        sa.CheckConstraint("min_interval_ms BETWEEN 0 AND 3600000", name="min_interval_range"),
     )
 
     def __repr__(self) -> str:

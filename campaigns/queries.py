@@ -45,7 +45,10 @@ class Health:
     @property
     def healthy(self) -> bool:
         return (
-            self.database and self.migrations_at_head and self.queue_schema and self.live_workers > 0
+            self.database
+            and self.migrations_at_head
+            and self.queue_schema
+            and self.live_workers > 0
         )
 
 

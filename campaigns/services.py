@@ -188,6 +188,9 @@ def seed_demo() -> DemoSeed:
         phone_number_id="100000000000001",
         display_phone_number="+55 11 90000-0001",
         waba_id="200000000000001",
+        # The mock signs its status webhooks with this, as Meta does with the app secret.
+        app_secret=secrets.token_hex(32),
+        webhook_verify_token=secrets.token_urlsafe(16),
     )
     db.session.add_all([admin, sender])
     db.session.flush()

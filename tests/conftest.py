@@ -97,7 +97,9 @@ def database_url_for_test(server_url: str, template_database: str) -> str:
 def empty_database_url(server_url: str) -> Iterator[str]:
     """A database with nothing in it, for migration tests."""
     name = f"disparo_test_empty_{SUFFIX}"
-    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+    admin_execute(
+        server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
+    )
     yield url_for_database(server_url, name)
     admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -140,9 +142,12 @@ def real_queue(database_url_for_test: str, in_memory_queue) -> Iterator[object]:
 
     import jobs
 
-    connector = procrastinate.PsycopgConnector(conninfo=database_url_for_test, min_size=1, max_size=2)
+    connector = procrastinate.PsycopgConnector(
+        conninfo=database_url_for_test, min_size=1, max_size=2
+    )
     with jobs.app.replace_connector(connector):
-        jobs.app.open()
+        jobs.open_for_deferring()  # the web process's lazy, idempotent open
+        jobs.open_for_deferring()
         try:
             yield jobs.app
         finally:

@@ -37,7 +37,7 @@ def test_login_with_the_right_password_signs_in(client, user_factory):
 
 
 def test_email_is_case_insensitive(client, user_factory):
-    user = user_factory(email="Ana@Example.com")
+    user_factory(email="Ana@Example.com")
     response = client.post("/login", data={"email": "ana@example.COM", "password": PASSWORD})
     assert response.status_code == 303
 
@@ -180,7 +180,9 @@ def test_csrf_token_is_required_on_state_changing_requests(app, user_factory):
     client = app.test_client()
     user = user_factory()
     # The login form itself is protected.
-    assert client.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 400
+    assert (
+        client.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 400
+    )
     token = csrf_token_from(client.get("/login").data)
     response = client.post(
         "/login", data={"email": user.email, "password": PASSWORD, "csrf_token": token}

@@ -11,8 +11,15 @@ def env(monkeypatch, tmp_path):
     """A clean environment: no .env file, no cached database URL, a scratch instance/."""
     monkeypatch.setattr(config, "load_env_file", lambda: None)
     monkeypatch.setattr(config, "INSTANCE_PATH", tmp_path)
-    for name in ("DISPARO_ENV", "DATABASE_URL", "SECRET_KEY", "DISPARO_MOCKS", "APP_BASE_URL",
-                 "ERP_BASE_URL", "PORT"):
+    for name in (
+        "DISPARO_ENV",
+        "DATABASE_URL",
+        "SECRET_KEY",
+        "DISPARO_MOCKS",
+        "APP_BASE_URL",
+        "ERP_BASE_URL",
+        "PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
     config.database_url.cache_clear()
     yield monkeypatch
@@ -116,9 +123,12 @@ def test_importing_the_app_module_has_no_side_effects():
     import sys
 
     code = (
-        "import os, sys; os.environ.pop('DATABASE_URL', None); os.environ['DISPARO_ENV']='production';"
+        "import os; os.environ.pop('DATABASE_URL', None);"
+        "os.environ['DISPARO_ENV'] = 'production';"
         "import app, jobs, jobs.tasks; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -32,8 +32,14 @@ def worker_process(database_url_for_test: str) -> Iterator[subprocess.Popen[str]
     """A real `procrastinate worker` on the test database, as the Procfile runs it."""
     env = os.environ | {"DATABASE_URL": database_url_for_test, "DISPARO_ENV": "development"}
     process = subprocess.Popen(
-        [PROCRASTINATE, "--app=jobs.app", "worker", "--name=test-worker",
-         "--queues=maintenance", "--delete-jobs=never"],
+        [
+            PROCRASTINATE,
+            "--app=jobs.app",
+            "worker",
+            "--name=test-worker",
+            "--queues=maintenance",
+            "--delete-jobs=never",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

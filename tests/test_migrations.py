@@ -9,9 +9,20 @@ from app import db
 from tests.conftest import make_app
 
 APP_TABLES = {
-    "users", "api_tokens", "login_attempts", "senders", "message_templates", "campaigns",
-    "messages", "campaign_counters", "campaign_minute_stats", "rate_limit_buckets",
-    "rate_limit_keys", "notifications", "campaign_activity", "suppressions",
+    "users",
+    "api_tokens",
+    "login_attempts",
+    "senders",
+    "message_templates",
+    "campaigns",
+    "messages",
+    "campaign_counters",
+    "campaign_minute_stats",
+    "rate_limit_buckets",
+    "rate_limit_keys",
+    "notifications",
+    "campaign_activity",
+    "suppressions",
 }
 
 
@@ -44,9 +55,10 @@ def test_upgrade_from_empty_creates_app_tables_and_the_queue_schema(empty_databa
         assert APP_TABLES <= tables
         assert {"procrastinate_jobs", "procrastinate_workers", "procrastinate_events"} <= tables
         with psycopg.connect(empty_database_url) as conn:
-            assert conn.execute(
-                "SELECT to_regprocedure('procrastinate_defer_jobs_v1(procrastinate_job_to_defer_v1[])')"
-            ).fetchone()[0] is not None
+            defer_jobs = "procrastinate_defer_jobs_v1(procrastinate_job_to_defer_v1[])"
+            assert (
+                conn.execute("SELECT to_regprocedure(%s)", [defer_jobs]).fetchone()[0] is not None
+            )
 
         # Autogenerate sees no drift between the models and the migrated schema,
         # and leaves Procrastinate's objects alone.

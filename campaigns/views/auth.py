@@ -34,7 +34,9 @@ def login() -> str | Response:
 def login_submit() -> tuple[str, int] | Response:
     """Check the credentials; 422 re-renders the form with the reason."""
     email = request.form.get("email", "")
-    result = services.authenticate(email, request.form.get("password", ""), request.remote_addr or "")
+    result = services.authenticate(
+        email, request.form.get("password", ""), request.remote_addr or ""
+    )
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)

@@ -60,11 +60,11 @@ def upgrade():
     sa.Column('app_secret', sa.Text(), nullable=True),
     sa.Column('webhook_verify_token', sa.String(length=255), nullable=True),
     sa.Column('rate_limit_per_minute', sa.Integer(), server_default='20', nullable=False),
-    sa.Column('min_gap_seconds', sa.Numeric(precision=6, scale=3), server_default='1.000', nullable=False),
+    sa.Column('min_interval_ms', sa.Integer(), server_default='1000', nullable=False),
     sa.Column('is_active', sa.Boolean(), server_default=sa.text('true'), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.CheckConstraint('min_gap_seconds >= 0', name=op.f('senders_min_gap_not_negative_check')),
-    sa.CheckConstraint('rate_limit_per_minute > 0', name=op.f('senders_rate_limit_positive_check')),
+    sa.CheckConstraint('min_interval_ms BETWEEN 0 AND 3600000', name=op.f('senders_min_interval_range_check')),
+    sa.CheckConstraint('rate_limit_per_minute BETWEEN 1 AND 1000000', name=op.f('senders_rate_limit_range_check')),
     sa.PrimaryKeyConstraint('id', name=op.f('senders_pkey')),
     sa.UniqueConstraint('name', name=op.f('senders_name_key'))
     )

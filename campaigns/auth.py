@@ -3,7 +3,8 @@
 Every endpoint needs a signed-in user with at least the role its view declares
 (``@requires(Role.SUPERVISOR)``; undeclared means viewer), except the few public
 ones below. Blueprints that authenticate otherwise (API tokens, signed provider
-webhooks, the development mocks) are listed in ``SELF_AUTHENTICATED_BLUEPRINTS``.
+webhooks) are listed in ``SELF_AUTHENTICATED_BLUEPRINTS``; the development mocks
+(every blueprint named ``mock_…``) stand in for outside systems and need no login.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from campaigns.i18n import _
 from campaigns.models import Role, User
 
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.login_submit", "main.healthz"})
-SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "mock"})
+SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks"})
+# Mock blueprints are registered only when MOCKS_ENABLED, never in production.
+MOCK_BLUEPRINT_PREFIX = "mock_"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,11 +37,16 @@ def requires(role: Role) -> Callable[[F], F]:
     return decorate
 
 
+def is_self_authenticated(blueprint: str) -> bool:
+    """Whether a blueprint checks its callers itself (or, for the mocks, needs no check)."""
+    return blueprint in SELF_AUTHENTICATED_BLUEPRINTS or blueprint.startswith(MOCK_BLUEPRINT_PREFIX)
+
+
 def required_role(app: Flask, endpoint: str) -> Role | None:
     """The role an endpoint needs, or None when it is public or authenticates itself."""
     if endpoint in PUBLIC_ENDPOINTS:
         return None
-    if endpoint.partition(".")[0] in SELF_AUTHENTICATED_BLUEPRINTS:
+    if is_self_authenticated(endpoint.partition(".")[0]):
         return None
     view = app.view_functions.get(endpoint)
     return getattr(view, "required_role", Role.VIEWER)

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
 
@@ -22,6 +23,7 @@ INSTANCE_PATH = PROJECT_ROOT / "instance"
 ENVIRONMENTS = ("production", "development")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
+MOCK_ERP_MAX_CUSTOMERS = 9_999_999
 
 
 class ConfigError(RuntimeError):
@@ -53,7 +55,7 @@ def _flag(name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be on or off, not {raw!r}")
 
 
-def _positive_int(name: str, default: int) -> int:
+def _int_setting(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -61,8 +63,22 @@ def _positive_int(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {value}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _fraction(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number from 0 to 1, not {raw!r}") from None
+    # `not 0 <= value <= 1` also rejects NaN, which float() accepts.
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number from 0 to 1, not {raw!r}")
     return value
 
 
@@ -133,6 +149,12 @@ class Settings:
     notification_webhook_url: str | None
     login_max_failures: int
     login_lockout_minutes: int
+    mock_erp_customers: int
+    mock_erp_latency_ms: int
+    mock_erp_failure_rate: float
+    mock_template_approval_seconds: int
+    mock_template_reject_marker: str
+    display_timezone: str
 
     def flask_config(self) -> dict[str, object]:
         return {
@@ -153,6 +175,12 @@ class Settings:
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "LOGIN_MAX_FAILURES": self.login_max_failures,
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
+            "MOCK_ERP_CUSTOMERS": self.mock_erp_customers,
+            "MOCK_ERP_LATENCY_MS": self.mock_erp_latency_ms,
+            "MOCK_ERP_FAILURE_RATE": self.mock_erp_failure_rate,
+            "MOCK_TEMPLATE_APPROVAL_SECONDS": self.mock_template_approval_seconds,
+            "MOCK_TEMPLATE_REJECT_MARKER": self.mock_template_reject_marker,
+            "DISPLAY_TIMEZONE": self.display_timezone,
             # The CSRF token lives as long as the session, so a page left open
             # for hours (a campaign being watched) can still pause it.
             "WTF_CSRF_TIME_LIMIT": None,
@@ -184,6 +212,33 @@ def load_settings() -> Settings:
         whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
-        login_max_failures=_positive_int("LOGIN_MAX_FAILURES", 5),
-        login_lockout_minutes=_positive_int("LOGIN_LOCKOUT_MINUTES", 15),
+        login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
+        login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
+        mock_erp_customers=_mock_erp_customers(),
+        mock_erp_latency_ms=_int_setting("MOCK_ERP_LATENCY_MS", 0, minimum=0),
+        mock_erp_failure_rate=_fraction("MOCK_ERP_FAILURE_RATE", 0.0),
+        mock_template_approval_seconds=_int_setting("MOCK_TEMPLATE_APPROVAL_SECONDS", 5, minimum=0),
+        mock_template_reject_marker=os.environ.get("MOCK_TEMPLATE_REJECT_MARKER") or "REJECT_ME",
+        display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
     )
+
+
+def _timezone(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip() or default
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{name} must be an IANA time zone such as America/Sao_Paulo, not {value!r}"
+        ) from None
+    return value
+
+
+def _mock_erp_customers() -> int:
+    value = _int_setting("MOCK_ERP_CUSTOMERS", 1_000_000)
+    # Customer ids are "C" + 7 digits, so id order and string order agree.
+    if value > MOCK_ERP_MAX_CUSTOMERS:
+        raise ConfigError(
+            f"MOCK_ERP_CUSTOMERS must be at most {MOCK_ERP_MAX_CUSTOMERS:_}, not {value:_}"
+        )
+    return value

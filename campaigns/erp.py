@@ -1,0 +1,243 @@
+"""The ERP client: customer segments counted and paged over HTTP.
+
+The fan-out job pages a campaign's segment through :meth:`ErpClient.iter_customers`
+(storing the cursor after each page, so a crash resumes where it stopped) and the
+campaign form asks :meth:`ErpClient.count` for a live audience size. Every failure
+— unreachable, timed out, 5xx, a body that is not the expected JSON, or a 4xx with
+the ERP's per-field messages — is one :class:`ErpError`, so callers handle one
+exception and decide from ``status`` whether retrying can help.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from campaigns.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_KEYS = frozenset(
+    {
+        "city",
+        "state",
+        "tags",
+        "min_total_spent",
+        "last_purchase_within_days",
+        "opted_in_only",
+        "max_audience",
+    }
+)
+# (connect, read) seconds: connect just above a TCP retransmit (3 s); a read can
+# take a while on a big ERP, but a hung one must not hold a worker forever.
+DEFAULT_TIMEOUT = (3.05, 30.0)
+DEFAULT_PAGE_SIZE = 500
+
+
+class ErpError(Exception):
+    """The ERP could not answer, or refused: ``status`` None means never reached."""
+
+    def __init__(
+        self, message: str, status: int | None = None, fields: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.fields: dict[str, str] = dict(fields or {})
+
+    @property
+    def is_caller_error(self) -> bool:
+        """A 4xx: the request itself is wrong (e.g. a bad segment); retrying won't help."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
+
+    def __repr__(self) -> str:
+        return f"ErpError({self.message!r}, status={self.status!r}, fields={self.fields!r})"
+
+
+@dataclass(frozen=True)
+class ErpPage:
+    """One page of customers, and the cursor of the next page (None after the last)."""
+
+    customers: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _query_value(key: str, value: object) -> str | None:
+    """One segment value in the ERP's query form, or None when it means "no filter"."""
+    if value is None:
+        return None
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float | Decimal):
+        number = Decimal(repr(value)) if isinstance(value, float) else value
+        if not number.is_finite():
+            raise ValueError(f"segment {key} must be a finite number, not {value!r}")
+        # Plain notation: str(Decimal("1E+2")) and repr(1e20) use exponents.
+        return format(number, "f")
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [str(item).strip() for item in value if item is not None]
+        if isinstance(value, set | frozenset):
+            items.sort()  # the same segment, the same URL
+        return ",".join(item for item in items if item) or None
+    raise ValueError(f"segment {key} cannot be {type(value).__name__}")
+
+
+def segment_query(segment: Mapping[str, object] | None) -> dict[str, str]:
+    """The ERP query parameters of a segment: lists comma-joined, booleans true/false.
+
+    None, blank strings and empty lists mean "no filter" and are left out. An
+    unknown key raises ValueError: silently dropping a filter would widen the
+    audience, and send to customers the operator did not choose.
+    """
+    if not segment:
+        return {}
+    unknown = sorted(set(segment) - SEGMENT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown segment keys: {', '.join(unknown)}")
+    query: dict[str, str] = {}
+    for key in sorted(segment):
+        value = _query_value(key, segment[key])
+        if value is not None:
+            query[key] = value
+    return query
+
+
+def _error_details(response: requests.Response) -> tuple[str | None, dict[str, str]]:
+    """The ERP's ``{"error": {"message", "fields"}}``, if the body has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, {}
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    raw_fields = error.get("fields")
+    fields = (
+        {str(name): str(text) for name, text in raw_fields.items()}
+        if isinstance(raw_fields, dict)
+        else {}
+    )
+    return message, fields
+
+
+class ErpClient:
+    """A pooled HTTP client for one ERP base URL; reuse it for a job, then close it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        pool_size: int = 4,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        # No transport retries: the fan-out job retries as a whole, from its cursor.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json"})
+
+    def __enter__(self) -> ErpClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the pooled connections."""
+        self.session.close()
+
+    def _get(self, path: str, params: Mapping[str, str]) -> Any:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.get(url, params=params, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise ErpError(f"The ERP did not answer in time ({url}).") from exc
+        except requests.RequestException as exc:
+            raise ErpError(f"Could not reach the ERP at {url}: {exc}") from exc
+        status = response.status_code
+        if not 200 <= status < 300:
+            message, fields = _error_details(response)
+            level = logging.INFO if 400 <= status < 500 else logging.WARNING
+            logger.log(level, "ERP %s answered %s: %s", path, status, message or response.reason)
+            if 400 <= status < 500:
+                text = message or f"The ERP refused the request ({status})."
+                raise ErpError(text, status=status, fields=fields)
+            detail = f": {message}" if message else ""
+            raise ErpError(f"The ERP failed ({status}){detail}", status=status)
+        try:
+            return response.json()
+        except ValueError as exc:  # requests' JSONDecodeError is a ValueError
+            raise ErpError("The ERP answered with something that is not JSON.", status) from exc
+
+    def count(self, segment: Mapping[str, object] | None) -> int:
+        """How many customers the segment selects."""
+        body = self._get("/customers/count", segment_query(segment))
+        value = body.get("count") if isinstance(body, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ErpError("The ERP's count answer has no count.", 200)
+        return value
+
+    def page(
+        self,
+        segment: Mapping[str, object] | None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> ErpPage:
+        """One page of the segment's customers, starting after ``cursor`` (None: the first)."""
+        if limit < 1:
+            raise ValueError(f"limit must be 1 or more, not {limit}")
+        params = segment_query(segment) | {"limit": str(limit)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = self._get("/customers", params)
+        customers = body.get("customers") if isinstance(body, dict) else None
+        next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
+        if not isinstance(customers, list) or not all(isinstance(c, dict) for c in customers):
+            raise ErpError("The ERP's page has no list of customers.", 200)
+        if next_cursor is not None and not isinstance(next_cursor, str):
+            raise ErpError("The ERP's next cursor is not a string.", 200)
+        return ErpPage(customers=customers, next_cursor=next_cursor)
+
+    def iter_customers(
+        self,
+        segment: Mapping[str, object] | None,
+        cursor: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Iterator[tuple[ErpPage, str | None]]:
+        """Every page from ``cursor`` on, each with the cursor to resume after it.
+
+        Store the second item once a page is processed; resuming with it continues
+        with the next page. It is None after the last page.
+        """
+        while True:
+            page = self.page(segment, cursor, page_size)
+            # A cursor that does not move would page (and send) forever.
+            if cursor is not None and page.next_cursor == cursor:
+                raise ErpError("The ERP returned the same cursor twice.", 200)
+            yield page, page.next_cursor
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+def client_from_config(config: Mapping[str, Any]) -> ErpClient:
+    """An :class:`ErpClient` for ``ERP_BASE_URL`` (the mock ERP when mocks are on)."""
+    base_url = config.get("ERP_BASE_URL")
+    if not base_url:
+        raise ConfigError("ERP_BASE_URL is not set: no ERP to read customers from.")
+    return ErpClient(str(base_url))

@@ -279,6 +279,8 @@ class Campaign(db.Model):
     # Fan-out resumes from here after a crash (the ERP's cursor or page).
     erp_cursor: Mapped[str | None] = mapped_column(sa.Text)
     audience_loaded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The pump staggers message jobs from here, so successive batches keep the pace.
+    pace_cursor_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
@@ -297,7 +299,16 @@ class Message(db.Model):
 
     __tablename__ = "messages"
     __table_args__ = (
-        sa.UniqueConstraint("campaign_id", "phone", name="messages_campaign_phone_key"),
+        # One row per ERP customer: re-running the fan-out after a crash adds nothing.
+        sa.UniqueConstraint("campaign_id", "customer_ref", name="messages_campaign_customer_key"),
+        # One message per phone; a second customer with the same phone is kept as skipped.
+        sa.Index(
+            "messages_campaign_phone_key",
+            "campaign_id",
+            "phone",
+            unique=True,
+            postgresql_where=sa.text("status <> 'skipped'"),
+        ),
         sa.Index("messages_campaign_status_idx", "campaign_id", "status"),
         # The pump takes the next pending rows of a campaign in id order.
         sa.Index(
@@ -320,8 +331,8 @@ class Message(db.Model):
 
     id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
-    phone: Mapped[str] = mapped_column(sa.String(20))  # E.164
-    customer_ref: Mapped[str | None] = mapped_column(sa.String(64))
+    phone: Mapped[str] = mapped_column(sa.String(32))  # E.164, or the raw value when skipped
+    customer_ref: Mapped[str] = mapped_column(sa.String(64))
     customer_data: Mapped[dict[str, Any]] = mapped_column(
         JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -10,7 +11,17 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import db
-from campaigns.models import Campaign, CampaignStatus, MessageTemplate, Sender, TemplateStatus
+from campaigns.models import (
+    ApiToken,
+    Campaign,
+    CampaignActivity,
+    CampaignStatus,
+    MessageTemplate,
+    Sender,
+    TemplateCategory,
+    TemplateStatus,
+    User,
+)
 
 WORKER_HEARTBEAT_SECONDS = 30
 
@@ -103,3 +114,144 @@ def dashboard_summary() -> DashboardSummary:
     )
     senders = db.session.scalar(sa.select(sa.func.count()).where(Sender.is_active.is_(True)))
     return DashboardSummary(by_status, approved or 0, senders or 0, health().live_workers)
+
+
+def _member(enum_class, raw: str | None):
+    """An enum member from a query-string value; an unknown value filters nothing."""
+    try:
+        return enum_class(raw) if raw else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class TemplateFilters:
+    status: TemplateStatus | None = None
+    language: str | None = None
+    category: TemplateCategory | None = None
+    q: str | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> TemplateFilters:
+        """The filters of a list page or API query string."""
+        return cls(
+            status=_member(TemplateStatus, args.get("status")),
+            language=args.get("language") or None,
+            category=_member(TemplateCategory, args.get("category")),
+            q=(args.get("q") or "").strip() or None,
+        )
+
+
+def list_templates(filters: TemplateFilters) -> list[MessageTemplate]:
+    """Templates matching the list page's filters, newest first."""
+    query = sa.select(MessageTemplate).order_by(
+        MessageTemplate.updated_at.desc(), MessageTemplate.id.desc()
+    )
+    if filters.status:
+        query = query.where(MessageTemplate.status == filters.status)
+    if filters.language:
+        query = query.where(MessageTemplate.language == filters.language)
+    if filters.category:
+        query = query.where(MessageTemplate.category == filters.category)
+    if filters.q:
+        escaped = filters.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(MessageTemplate.name.ilike(f"%{escaped}%"))
+    return list(db.session.scalars(query.limit(500)))
+
+
+def template_languages() -> list[str]:
+    return list(
+        db.session.scalars(
+            sa.select(MessageTemplate.language).distinct().order_by(MessageTemplate.language)
+        )
+    )
+
+
+def get_template(template_id: int) -> MessageTemplate | None:
+    return db.session.get(MessageTemplate, template_id)
+
+
+def approved_templates() -> list[MessageTemplate]:
+    return list(
+        db.session.scalars(
+            sa.select(MessageTemplate)
+            .where(MessageTemplate.status == TemplateStatus.APPROVED)
+            .order_by(MessageTemplate.name, MessageTemplate.language)
+        )
+    )
+
+
+def list_senders() -> list[Sender]:
+    return list(db.session.scalars(sa.select(Sender).order_by(Sender.name)))
+
+
+def get_sender(sender_id: int) -> Sender | None:
+    return db.session.get(Sender, sender_id)
+
+
+def list_users() -> list[User]:
+    return list(db.session.scalars(sa.select(User).order_by(User.email)))
+
+
+def get_user(user_id: int) -> User | None:
+    return db.session.get(User, user_id)
+
+
+def api_tokens_of(user_id: int) -> list[ApiToken]:
+    return list(
+        db.session.scalars(
+            sa.select(ApiToken)
+            .where(ApiToken.user_id == user_id)
+            .order_by(ApiToken.created_at.desc())
+        )
+    )
+
+
+@dataclass(frozen=True)
+class CampaignPage:
+    campaigns: list[Campaign]
+    page: int
+    pages: int
+    total: int
+
+    @property
+    def any_live(self) -> bool:
+        return any(
+            c.status in (CampaignStatus.SENDING, CampaignStatus.SCHEDULED) for c in self.campaigns
+        )
+
+
+CAMPAIGNS_PER_PAGE = 20
+
+
+def list_campaigns(status: CampaignStatus | None, q: str | None, page: int = 1) -> CampaignPage:
+    """One page of campaigns, newest first, filtered by status and name."""
+    query = sa.select(Campaign)
+    if status:
+        query = query.where(Campaign.status == status)
+    if q:
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Campaign.name.ilike(f"%{escaped}%"))
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
+    pages = max(1, -(-total // CAMPAIGNS_PER_PAGE))
+    page = min(max(1, page), pages)
+    rows = db.session.scalars(
+        query.order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        .limit(CAMPAIGNS_PER_PAGE)
+        .offset((page - 1) * CAMPAIGNS_PER_PAGE)
+    )
+    return CampaignPage(list(rows), page, pages, total)
+
+
+def get_campaign(campaign_id: int) -> Campaign | None:
+    return db.session.get(Campaign, campaign_id)
+
+
+def campaign_activity(campaign_id: int) -> list[CampaignActivity]:
+    return list(
+        db.session.scalars(
+            sa.select(CampaignActivity)
+            .where(CampaignActivity.campaign_id == campaign_id)
+            .order_by(CampaignActivity.created_at.desc(), CampaignActivity.id.desc())
+        )
+    )

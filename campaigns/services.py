@@ -7,14 +7,19 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import db
+from campaigns import providers, rendering
 from campaigns.i18n import _
 from campaigns.models import (
     ApiToken,
+    Campaign,
+    CampaignActivity,
+    CampaignStatus,
     LoginAttempt,
     MessageTemplate,
     ParameterFormat,
@@ -25,6 +30,7 @@ from campaigns.models import (
     TemplateStatus,
     User,
 )
+from campaigns.validation import CampaignFields, SenderFields, TemplateFields, UserLimits
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,14 @@ class ServiceError(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class NotFound(ServiceError):
+    """The thing to change does not exist (404)."""
+
+
+class Conflict(ServiceError):
+    """The thing exists but is in a state that refuses this change (409)."""
 
 
 def hash_token(raw: str) -> str:
@@ -178,7 +192,7 @@ def seed_demo() -> DemoSeed:
     admin = db.session.scalar(sa.select(User).where(User.email == DEMO_ADMIN_EMAIL))
     if admin is not None:
         return DemoSeed(DEMO_ADMIN_EMAIL, None, created=False)
-    password = secrets.token_urlsafe(12)
+    password = generate_password()
     admin = User(
         email=DEMO_ADMIN_EMAIL, password_hash=generate_password_hash(password), role=Role.ADMIN
     )
@@ -206,3 +220,479 @@ def seed_demo() -> DemoSeed:
         )
     db.session.commit()
     return DemoSeed(DEMO_ADMIN_EMAIL, password, created=True)
+
+
+# --- message templates -------------------------------------------------------------
+
+EDITABLE_TEMPLATE_STATUSES = frozenset(
+    {TemplateStatus.DRAFT, TemplateStatus.REJECTED, TemplateStatus.APPROVED, TemplateStatus.PAUSED}
+)
+SUBMITTABLE_TEMPLATE_STATUSES = frozenset({TemplateStatus.DRAFT, TemplateStatus.REJECTED})
+ACTIVE_CAMPAIGN_STATUSES = frozenset(
+    {CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED}
+)
+
+
+def default_sender() -> Sender:
+    sender = db.session.scalar(sa.select(Sender).order_by(Sender.id).limit(1))
+    if sender is None:
+        raise ServiceError(_("Create a sender first: templates live in its WhatsApp account."))
+    return sender
+
+
+def _template_name_taken(fields: TemplateFields, sender_id: int, exclude_id: int | None) -> bool:
+    query = sa.select(MessageTemplate.id).where(
+        MessageTemplate.sender_id == sender_id,
+        MessageTemplate.name == fields.name,
+        MessageTemplate.language == fields.language,
+    )
+    if exclude_id is not None:
+        query = query.where(MessageTemplate.id != exclude_id)
+    return db.session.scalar(query) is not None
+
+
+def create_template(
+    fields: TemplateFields, user_id: int, sender_id: int | None = None
+) -> MessageTemplate:
+    """Create a draft template in a sender's WhatsApp Business Account."""
+    sender = db.session.get(Sender, sender_id) if sender_id else default_sender()
+    if sender is None:
+        raise ServiceError(_("There is no such sender."), "sender_id")
+    if _template_name_taken(fields, sender.id, None):
+        raise ServiceError(
+            _("This account already has a template with that name and language."), "name"
+        )
+    template = MessageTemplate(
+        sender_id=sender.id, created_by_id=user_id, status=TemplateStatus.DRAFT
+    )
+    _apply_template_fields(template, fields)
+    db.session.add(template)
+    db.session.commit()
+    return template
+
+
+def _apply_template_fields(template: MessageTemplate, fields: TemplateFields) -> None:
+    for name, value in fields.__dict__.items():
+        setattr(template, name, value)
+
+
+def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate:
+    """Edit a template; an approved one goes back to draft and must be resubmitted."""
+    template = _get_template_for_update(template_id)
+    if template.status not in EDITABLE_TEMPLATE_STATUSES:
+        raise ServiceError(
+            _("A %(status)s template cannot be edited.") % {"status": template.status.value}
+        )
+    in_use = db.session.scalar(
+        sa.select(Campaign.name)
+        .where(Campaign.template_id == template.id, Campaign.status.in_(ACTIVE_CAMPAIGN_STATUSES))
+        .limit(1)
+    )
+    if in_use:
+        raise ServiceError(
+            _(
+                "Campaign “%(name)s” is scheduled or sending with this template;"
+                " create a new template instead."
+            )
+            % {"name": in_use}
+        )
+    if _template_name_taken(fields, template.sender_id, template.id):
+        raise ServiceError(
+            _("This account already has a template with that name and language."), "name"
+        )
+    _apply_template_fields(template, fields)
+    template.status = TemplateStatus.DRAFT
+    template.status_reason = None
+    template.provider_template_id = None
+    template.submitted_at = None
+    db.session.commit()
+    return template
+
+
+def _get_template_for_update(template_id: int) -> MessageTemplate:
+    template = db.session.scalar(
+        sa.select(MessageTemplate).where(MessageTemplate.id == template_id).with_for_update()
+    )
+    if template is None:
+        raise NotFound(_("There is no such template."))
+    return template
+
+
+def submit_template(template_id: int) -> MessageTemplate:
+    """Send a draft (or rejected) template to the provider for review."""
+    from flask import current_app
+
+    template = _get_template_for_update(template_id)
+    if template.status not in SUBMITTABLE_TEMPLATE_STATUSES:
+        raise Conflict(
+            _("Only draft or rejected templates can be submitted; this one is %(s)s.")
+            % {"s": template.status.value}
+        )
+    provider = providers.for_sender(template.sender, current_app.config)
+    try:
+        submission = provider.submit_template(template)
+    except providers.ProviderError as error:
+        db.session.rollback()
+        raise ServiceError(error.message) from error
+    template.provider_template_id = submission.provider_template_id
+    template.status = submission.status
+    template.status_reason = None
+    template.submitted_at = sa.func.now()
+    db.session.commit()
+    db.session.refresh(template)
+    _defer_template_sync(template.id, current_app.config)
+    return template
+
+
+def _defer_template_sync(template_id: int, config) -> None:
+    """Check the review outcome soon (the mock decides within seconds; Meta, later)."""
+    from jobs import open_for_deferring, tasks
+
+    open_for_deferring()
+    delay = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"]) + 1
+    tasks.sync_template.configure(schedule_in={"seconds": delay}).defer(template_id=template_id)
+
+
+def sync_template_status(template_id: int) -> MessageTemplate:
+    """Ask the provider for a submitted template's status and record it."""
+    from flask import current_app
+
+    template = _get_template_for_update(template_id)
+    if template.provider_template_id is None:
+        db.session.rollback()
+        return template
+    try:
+        report = providers.for_sender(template.sender, current_app.config).template_status(template)
+    except providers.ProviderError as error:
+        db.session.rollback()
+        raise ServiceError(error.message) from error
+    if report.status != template.status or report.reason != template.status_reason:
+        logger.info("template %s: %s → %s", template.id, template.status, report.status)
+    template.status = report.status
+    template.status_reason = report.reason
+    db.session.commit()
+    return template
+
+
+def pending_template_ids() -> list[int]:
+    return list(
+        db.session.scalars(
+            sa.select(MessageTemplate.id).where(MessageTemplate.status == TemplateStatus.PENDING)
+        )
+    )
+
+
+# --- senders -----------------------------------------------------------------------
+
+
+def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
+    """Create or update a sender; blank secrets keep the stored ones."""
+    sender = Sender() if sender_id is None else db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    clash = db.session.scalar(
+        sa.select(Sender.id).where(Sender.name == fields.name, Sender.id != (sender_id or 0))
+    )
+    if clash:
+        raise ServiceError(_("Another sender has that name."), "name")
+    for name in (
+        "name",
+        "provider",
+        "phone_number_id",
+        "display_phone_number",
+        "waba_id",
+        "rate_limit_per_minute",
+        "min_interval_ms",
+        "webhook_verify_token",
+    ):
+        setattr(sender, name, getattr(fields, name))
+    if fields.access_token is not None:
+        sender.access_token = fields.access_token
+    if fields.app_secret is not None:
+        sender.app_secret = fields.app_secret
+    if sender.provider is Provider.MOCK and not sender.app_secret:
+        sender.app_secret = secrets.token_hex(32)  # the mock signs its webhooks with it
+    if sender_id is None:
+        db.session.add(sender)
+    db.session.commit()
+    return sender
+
+
+def check_sender_connection(sender_id: int) -> tuple[bool, str]:
+    """Ask the provider about a sender; return whether it answered well, and what it said."""
+    from flask import current_app
+
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    try:
+        return True, providers.for_sender(sender, current_app.config).check_connection()
+    except providers.ProviderError as error:
+        return False, error.message
+
+
+# --- users (admin) and tokens ------------------------------------------------------
+
+
+def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
+    """Change a user's role or rate limits (admins only, enforced by the views)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    if changes.role is not None and user.id == acting_user_id and changes.role is not Role.ADMIN:
+        raise Conflict(_("You cannot remove your own admin role."))
+    if changes.role is not None:
+        user.role = changes.role
+    if changes.campaign_rate_limit_per_minute is not None:
+        user.campaign_rate_limit_per_minute = changes.campaign_rate_limit_per_minute
+    if changes.api_rate_limit_per_minute is not None:
+        user.api_rate_limit_per_minute = changes.api_rate_limit_per_minute
+    db.session.commit()
+    return user
+
+
+def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User:
+    """Disable (or re-enable) a user: a disabled user cannot sign in and its tokens stop working."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    if user.id == acting_user_id and disabled:
+        raise Conflict(_("You cannot disable yourself."))
+    user.is_disabled = disabled
+    db.session.commit()
+    return user
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def reset_password(user_id: int) -> str:
+    """Give a user a new random password and return it (shown once to the admin)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    password = generate_password()
+    user.password_hash = generate_password_hash(password)
+    db.session.commit()
+    return password
+
+
+def revoke_api_token(token_id: int, user_id: int) -> None:
+    """Revoke one of the user's own tokens."""
+    token = db.session.get(ApiToken, token_id)
+    if token is None or token.user_id != user_id:
+        raise NotFound(_("There is no such token."))
+    if token.revoked_at is None:
+        token.revoked_at = sa.func.now()
+        db.session.commit()
+
+
+def user_for_token(raw: str) -> User | None:
+    """The active user behind a bearer token, or None (unknown, revoked or disabled)."""
+    row = db.session.execute(
+        sa.select(ApiToken, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_sha256 == hash_token(raw), ApiToken.revoked_at.is_(None))
+    ).first()
+    if row is None or not row.User.is_active:
+        return None
+    # Last use is coarse on purpose: one write per token per minute at most.
+    db.session.execute(
+        sa.update(ApiToken)
+        .where(
+            ApiToken.id == row.ApiToken.id,
+            sa.or_(
+                ApiToken.last_used_at.is_(None),
+                ApiToken.last_used_at < sa.func.now() - sa.text("interval '1 minute'"),
+            ),
+        )
+        .values(last_used_at=sa.func.now())
+    )
+    db.session.commit()
+    return row.User
+
+
+# --- campaigns ---------------------------------------------------------------------
+
+# Which statuses each operator action starts from (enforced here, for UI and API alike).
+CAMPAIGN_TRANSITIONS: dict[str, frozenset[CampaignStatus]] = {
+    "edit": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "schedule": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "unschedule": frozenset({CampaignStatus.SCHEDULED}),
+    "send_now": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "pause": frozenset({CampaignStatus.SENDING}),
+    "resume": frozenset({CampaignStatus.PAUSED}),
+    "cancel": frozenset(
+        {
+            CampaignStatus.DRAFT,
+            CampaignStatus.SCHEDULED,
+            CampaignStatus.SENDING,
+            CampaignStatus.PAUSED,
+        }
+    ),
+}
+ACTION_LABELS = {
+    "edit": _("edited"),
+    "schedule": _("scheduled"),
+    "unschedule": _("unscheduled"),
+    "send_now": _("sent now"),
+    "pause": _("paused"),
+    "resume": _("resumed"),
+    "cancel": _("cancelled"),
+}
+
+
+def allowed_actions(status: CampaignStatus) -> set[str]:
+    return {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+
+
+def template_variables_for(template_id: Any) -> list[str] | None:
+    """The variables of an approved template, or None if there is no such approved template."""
+    try:
+        template = db.session.get(MessageTemplate, int(template_id))
+    except (TypeError, ValueError):
+        return None
+    if template is None or template.status is not TemplateStatus.APPROVED:
+        return None
+    return rendering.variables(template.body_text, template.parameter_format)
+
+
+def _check_sender_and_template(fields: CampaignFields) -> None:
+    sender = db.session.get(Sender, fields.sender_id)
+    if sender is None or not sender.is_active:
+        raise ServiceError(_("Choose an active sender."), "sender_id")
+    template = db.session.get(MessageTemplate, fields.template_id)
+    if template is None or template.status is not TemplateStatus.APPROVED:
+        raise ServiceError(_("Choose an approved template."), "template_id")
+    template_sender = template.sender
+    same_account = template.sender_id == sender.id or (
+        sender.waba_id is not None and template_sender.waba_id == sender.waba_id
+    )
+    if not same_account:
+        raise ServiceError(
+            _("This template belongs to another WhatsApp account than the sender's."), "template_id"
+        )
+
+
+def _locked_campaign(campaign_id: int) -> Campaign:
+    campaign = db.session.scalar(
+        sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update()
+    )
+    if campaign is None:
+        raise NotFound(_("There is no such campaign."))
+    return campaign
+
+
+def _require(campaign: Campaign, action: str) -> None:
+    if campaign.status not in CAMPAIGN_TRANSITIONS[action]:
+        db.session.rollback()
+        raise Conflict(
+            _("A %(status)s campaign cannot be %(action)s.")
+            % {"status": campaign.status.value, "action": ACTION_LABELS[action]}
+        )
+
+
+def record_activity(
+    campaign_id: int, user_id: int | None, action: str, detail: str | None = None
+) -> None:
+    """Add to the campaign's activity (committed with the caller's transaction)."""
+    db.session.add(
+        CampaignActivity(campaign_id=campaign_id, user_id=user_id, action=action, detail=detail)
+    )
+
+
+def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
+    """Create a draft campaign."""
+    _check_sender_and_template(fields)
+    campaign = Campaign(
+        name=fields.name,
+        owner_id=owner_id,
+        sender_id=fields.sender_id,
+        template_id=fields.template_id,
+        segment=fields.segment,
+        variable_mapping=fields.variable_mapping,
+        status=CampaignStatus.DRAFT,
+    )
+    db.session.add(campaign)
+    db.session.flush()
+    record_activity(campaign.id, owner_id, "created")
+    db.session.commit()
+    return campaign
+
+
+def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> Campaign:
+    """Change a draft or scheduled campaign."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "edit")
+    _check_sender_and_template(fields)
+    campaign.name = fields.name
+    campaign.sender_id = fields.sender_id
+    campaign.template_id = fields.template_id
+    campaign.segment = fields.segment
+    campaign.variable_mapping = fields.variable_mapping
+    record_activity(campaign.id, user_id, "updated")
+    db.session.commit()
+    return campaign
+
+
+def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaign:
+    """Schedule (or reschedule) a campaign for a future time."""
+    if when.tzinfo is None:
+        raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "schedule")
+    now = db.session.scalar(sa.select(sa.func.now()))
+    if when <= now:
+        db.session.rollback()
+        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
+    _check_sender_and_template(_fields_of(campaign))
+    campaign.status = CampaignStatus.SCHEDULED
+    campaign.scheduled_at = when
+    campaign.status_reason = None
+    record_activity(campaign.id, user_id, "scheduled", when.astimezone(UTC).isoformat())
+    db.session.commit()
+    return campaign
+
+
+def _fields_of(campaign: Campaign) -> CampaignFields:
+    return CampaignFields(
+        campaign.name,
+        campaign.sender_id,
+        campaign.template_id,
+        campaign.segment,
+        campaign.variable_mapping,
+    )
+
+
+def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """Put a scheduled campaign back to draft."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "unschedule")
+    campaign.status = CampaignStatus.DRAFT
+    campaign.scheduled_at = None
+    record_activity(campaign.id, user_id, "unscheduled")
+    db.session.commit()
+    return campaign
+
+
+def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """A new draft with the same sender, template, audience and mapping."""
+    source = db.session.get(Campaign, campaign_id)
+    if source is None:
+        raise NotFound(_("There is no such campaign."))
+    copy = Campaign(
+        name=(_("Copy of %(name)s") % {"name": source.name})[:200],
+        owner_id=user_id,
+        sender_id=source.sender_id,
+        template_id=source.template_id,
+        segment=dict(source.segment),
+        variable_mapping=dict(source.variable_mapping),
+        status=CampaignStatus.DRAFT,
+    )
+    db.session.add(copy)
+    db.session.flush()
+    record_activity(copy.id, user_id, "created", _("duplicated from #%(id)d") % {"id": source.id})
+    record_activity(source.id, user_id, "duplicated", _("as #%(id)d") % {"id": copy.id})
+    db.session.commit()
+    return copy

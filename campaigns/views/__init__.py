@@ -6,7 +6,23 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from campaigns.views import auth, main
+    from app import csrf
+    from campaigns.views import api, auth, campaigns, filters, main, senders, templates, users
 
+    filters.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
+    if app.config["MOCKS_ENABLED"]:
+        # Imported only here: production never loads the mocks (nor numpy).
+        from campaigns import mock_erp
+
+        # A remote system's API: called by our own workers, never from a form.
+        csrf.exempt(mock_erp.bp)
+        app.register_blueprint(mock_erp.bp)
+    app.register_blueprint(campaigns.bp)
+    app.register_blueprint(templates.bp)
+    app.register_blueprint(senders.bp)
+    app.register_blueprint(users.bp)
+    # Token-authenticated: no cookie session, so no CSRF to guard against.
+    csrf.exempt(api.bp)
+    app.register_blueprint(api.bp)

@@ -151,6 +151,7 @@ def upgrade():
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('erp_cursor', sa.Text(), nullable=True),
     sa.Column('audience_loaded_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('pace_cursor_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], name=op.f('campaigns_owner_id_fkey')),
@@ -205,8 +206,8 @@ def upgrade():
     op.create_table('messages',
     sa.Column('id', sa.BigInteger(), nullable=False),
     sa.Column('campaign_id', sa.Integer(), nullable=False),
-    sa.Column('phone', sa.String(length=20), nullable=False),
-    sa.Column('customer_ref', sa.String(length=64), nullable=True),
+    sa.Column('phone', sa.String(length=32), nullable=False),
+    sa.Column('customer_ref', sa.String(length=64), nullable=False),
     sa.Column('customer_data', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
     sa.Column('params', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.Column('status', sa.Enum('pending', 'queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed', 'skipped', 'cancelled', name='message_status'), nullable=False),
@@ -224,9 +225,10 @@ def upgrade():
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], name=op.f('messages_campaign_id_fkey'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('messages_pkey')),
-    sa.UniqueConstraint('campaign_id', 'phone', name='messages_campaign_phone_key')
+    sa.UniqueConstraint('campaign_id', 'customer_ref', name='messages_campaign_customer_key')
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.create_index('messages_campaign_phone_key', ['campaign_id', 'phone'], unique=True, postgresql_where=sa.text("status <> 'skipped'"))
         batch_op.create_index('messages_campaign_status_idx', ['campaign_id', 'status'], unique=False)
         batch_op.create_index('messages_pending_idx', ['campaign_id', 'id'], unique=False, postgresql_where=sa.text("status = 'pending'"))
         batch_op.create_index('messages_provider_message_id_key', ['provider_message_id'], unique=True, postgresql_where=sa.text('provider_message_id IS NOT NULL'))
@@ -261,6 +263,7 @@ def downgrade():
         batch_op.drop_index('messages_provider_message_id_key', postgresql_where=sa.text('provider_message_id IS NOT NULL'))
         batch_op.drop_index('messages_pending_idx', postgresql_where=sa.text("status = 'pending'"))
         batch_op.drop_index('messages_campaign_status_idx')
+        batch_op.drop_index('messages_campaign_phone_key', postgresql_where=sa.text("status <> 'skipped'"))
 
     op.drop_table('messages')
     op.drop_table('campaign_minute_stats')

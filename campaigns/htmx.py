@@ -1,0 +1,23 @@
+"""Every HX-* header read or written, in one place."""
+
+from __future__ import annotations
+
+from flask import Response, make_response, redirect
+
+from app import htmx
+
+STOP_POLLING = 286  # htmx 2 stops a polling element that receives this status
+
+
+def is_htmx() -> bool:
+    """An htmx request that is not a history restore (which needs the full page)."""
+    return bool(htmx) and not htmx.history_restore_request
+
+
+def redirect_to(url: str) -> Response:
+    """After a successful POST: HX-Redirect for htmx, 303 for a plain form."""
+    if is_htmx():
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = url
+        return response
+    return redirect(url, code=303)

@@ -1,0 +1,33 @@
+"""WhatsApp providers behind one interface: the Cloud API client and the mock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from campaigns.models import Provider, Sender
+from campaigns.providers.base import (
+    ProviderError,
+    TemplateStatusReport,
+    TemplateSubmission,
+    WhatsAppProvider,
+)
+
+__all__ = [
+    "ProviderError",
+    "TemplateStatusReport",
+    "TemplateSubmission",
+    "WhatsAppProvider",
+    "for_sender",
+]
+
+
+def for_sender(sender: Sender, config: Mapping[str, Any]) -> WhatsAppProvider:
+    """The provider that speaks for this sender."""
+    if sender.provider is Provider.MOCK:
+        from campaigns.providers.mock import MockProvider
+
+        return MockProvider(sender, config)
+    from campaigns.providers.cloud_api import CloudApiProvider
+
+    return CloudApiProvider(sender, config)

@@ -1,0 +1,85 @@
+"""The provider interface and the values that cross it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from campaigns.models import MessageTemplate, TemplateStatus
+
+
+class ProviderError(Exception):
+    """The provider refused or could not be reached; ``code`` is Meta's error.code if any."""
+
+    def __init__(self, message: str, code: int | None = None, http_status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+
+
+@dataclass(frozen=True)
+class TemplateSubmission:
+    provider_template_id: str
+    status: TemplateStatus
+
+
+@dataclass(frozen=True)
+class TemplateStatusReport:
+    status: TemplateStatus
+    reason: str | None = None
+
+
+# Meta's template statuses; IN_APPEAL is still under review for us.
+META_TEMPLATE_STATUS = {
+    "APPROVED": TemplateStatus.APPROVED,
+    "PENDING": TemplateStatus.PENDING,
+    "IN_APPEAL": TemplateStatus.PENDING,
+    "REJECTED": TemplateStatus.REJECTED,
+    "PAUSED": TemplateStatus.PAUSED,
+    "DISABLED": TemplateStatus.DISABLED,
+    "PENDING_DELETION": TemplateStatus.DISABLED,
+}
+
+
+def template_components(
+    template: MessageTemplate, examples: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The template as Meta's ``components`` list, with example values for review."""
+    from campaigns import rendering
+    from campaigns.models import ParameterFormat
+
+    components: list[dict[str, Any]] = []
+    if template.header_text:
+        components.append({"type": "HEADER", "format": "TEXT", "text": template.header_text})
+    body: dict[str, Any] = {"type": "BODY", "text": template.body_text}
+    names = rendering.variables(template.body_text, template.parameter_format)
+    if names and template.parameter_format is ParameterFormat.NAMED:
+        body["example"] = {
+            "body_text_named_params": [{"param_name": n, "example": examples[n]} for n in names]
+        }
+    elif names:
+        body["example"] = {"body_text": [[examples[n] for n in names]]}
+    components.append(body)
+    if template.footer_text:
+        components.append({"type": "FOOTER", "text": template.footer_text})
+    if template.buttons:
+        components.append({"type": "BUTTONS", "buttons": template.buttons})
+    return components
+
+
+class WhatsAppProvider(ABC):
+    """What Disparo needs from a WhatsApp provider for one sender."""
+
+    @abstractmethod
+    def check_connection(self) -> str:
+        """Ask the provider about this sender; return what it said, or raise ProviderError."""
+
+    @abstractmethod
+    def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
+        """Send a template for Meta's review."""
+
+    @abstractmethod
+    def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
+        """The template's current review status."""

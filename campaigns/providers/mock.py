@@ -1,0 +1,48 @@
+"""The mock provider: behaves like the Cloud API without leaving the machine.
+
+Template review: a submitted template is approved ``MOCK_TEMPLATE_APPROVAL_SECONDS``
+after submission, unless its body contains ``MOCK_TEMPLATE_REJECT_MARKER``, in
+which case it is rejected with a reason — so both outcomes can be tried in a demo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from campaigns.models import MessageTemplate, Sender, TemplateStatus
+from campaigns.providers.base import (
+    ProviderError,
+    TemplateStatusReport,
+    TemplateSubmission,
+    WhatsAppProvider,
+)
+
+
+class MockProvider(WhatsAppProvider):
+    def __init__(self, sender: Sender, config: Mapping[str, Any]) -> None:
+        self.sender = sender
+        self.approval_seconds = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"])
+        self.reject_marker = str(config["MOCK_TEMPLATE_REJECT_MARKER"])
+
+    def check_connection(self) -> str:
+        if not self.sender.phone_number_id:
+            raise ProviderError("The mock needs a phone number id, like the Cloud API.")
+        return f"Mock WhatsApp ready for phone number id {self.sender.phone_number_id}."
+
+    def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
+        return TemplateSubmission(f"mock-{template.id}", TemplateStatus.PENDING)
+
+    def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
+        if template.submitted_at is None:
+            return TemplateStatusReport(TemplateStatus.DRAFT)
+        if self.reject_marker and self.reject_marker in template.body_text:
+            return TemplateStatusReport(
+                TemplateStatus.REJECTED,
+                f"INVALID_FORMAT: the body contains {self.reject_marker} (mock review).",
+            )
+        elapsed = (datetime.now(UTC) - template.submitted_at).total_seconds()
+        if elapsed >= self.approval_seconds:
+            return TemplateStatusReport(TemplateStatus.APPROVED)
+        return TemplateStatusReport(TemplateStatus.PENDING)

@@ -1,0 +1,126 @@
+"""Template variables: find them, validate them, fill them per customer.
+
+Named templates use ``{{first_name}}`` (lowercase letters, digits, underscore;
+each name once); positional ones use ``{{1}}``…``{{n}}`` in order, each once,
+as the WhatsApp Cloud API requires. Errors are sentences fit for a form field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from campaigns.i18n import _
+from campaigns.models import ParameterFormat
+
+PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+NAMED_VARIABLE = re.compile(r"[a-z_][a-z0-9_]*")
+POSITIONAL_VARIABLE = re.compile(r"[1-9][0-9]*")
+
+# Values shown in the live preview before a campaign maps real customer fields.
+SAMPLE_VALUES = {
+    "first_name": "Maria",
+    "name": "Maria Silva",
+    "city": "São Paulo",
+    "state": "SP",
+    "email": "maria@example.com",
+    "phone": "+5511987654321",
+    "total_spent": "1.250,00",
+    "discount": "15%",
+    "coupon": "FIMDESEMANA",
+}
+
+
+def variables(text: str | None, fmt: ParameterFormat) -> list[str]:
+    """The variables of a text in order of appearance (invalid ones left out)."""
+    pattern = NAMED_VARIABLE if fmt is ParameterFormat.NAMED else POSITIONAL_VARIABLE
+    found = []
+    for match in PLACEHOLDER.finditer(text or ""):
+        name = match.group(1).strip()
+        if pattern.fullmatch(name) and name not in found:
+            found.append(name)
+    return found
+
+
+def validate(text: str | None, fmt: ParameterFormat) -> list[str]:
+    """Every problem with the placeholders of one text, as user-facing sentences."""
+    text = text or ""
+    errors: list[str] = []
+    leftover = PLACEHOLDER.sub("", text)
+    if "{{" in leftover or "}}" in leftover:
+        errors.append(_("A variable is not closed: write it as {{name}}."))
+    names = [match.group(1).strip() for match in PLACEHOLDER.finditer(text)]
+    seen: set[str] = set()
+    for name in names:
+        if fmt is ParameterFormat.NAMED and not NAMED_VARIABLE.fullmatch(name):
+            errors.append(
+                _("{{%(name)s}} is not a valid name: use lowercase letters, digits and _.")
+                % {"name": name}
+            )
+        elif fmt is ParameterFormat.POSITIONAL and not POSITIONAL_VARIABLE.fullmatch(name):
+            errors.append(
+                _("{{%(name)s}} is not a position: positional variables are {{1}}, {{2}}…")
+                % {"name": name}
+            )
+        elif name in seen:
+            errors.append(_("{{%(name)s}} appears more than once.") % {"name": name})
+        seen.add(name)
+    if fmt is ParameterFormat.POSITIONAL and not errors:
+        numbers = [int(name) for name in names]
+        expected = list(range(1, len(numbers) + 1))
+        if sorted(numbers) != expected:
+            missing = sorted(set(range(1, max(numbers, default=0) + 1)) - set(numbers))
+            errors.append(
+                _("Positional variables must be numbered from {{1}} without gaps; missing: %(m)s.")
+                % {"m": ", ".join(f"{{{{{n}}}}}" for n in missing)}
+            )
+        elif numbers != expected:
+            errors.append(_("Positional variables must appear in order: {{1}}, then {{2}}…"))
+    return errors
+
+
+def render(text: str | None, fmt: ParameterFormat, values: Mapping[str, Any]) -> str:
+    """Fill a text's variables; a variable without a value stays visible as [name]."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        value = values.get(name)
+        return f"[{name}]" if value is None or value == "" else str(value)
+
+    return PLACEHOLDER.sub(fill, text or "")
+
+
+def sample_values(names: list[str], fmt: ParameterFormat) -> dict[str, str]:
+    """Plausible values for a preview: known customer fields, else the variable's name."""
+    if fmt is ParameterFormat.POSITIONAL:
+        samples = ["Maria", "A-1042", "15%", "São Paulo", "FIMDESEMANA"]
+        return {name: samples[(int(name) - 1) % len(samples)] for name in names}
+    return {name: SAMPLE_VALUES.get(name, name.replace("_", " ")) for name in names}
+
+
+def customer_value(customer: Mapping[str, Any], field: str) -> str:
+    """A customer field as text for a message (lists joined, numbers as written)."""
+    value = customer.get(field)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def params_for(
+    mapping: Mapping[str, Mapping[str, str]], customer: Mapping[str, Any]
+) -> dict[str, str]:
+    """The value of each template variable for one customer, from the campaign's mapping."""
+    params = {}
+    for name, source in mapping.items():
+        params[name] = (
+            source["text"] if "text" in source else customer_value(customer, source["field"])
+        )
+    return params
+
+
+def missing_params(params: Mapping[str, str]) -> list[str]:
+    """Variables that would go out empty (WhatsApp refuses empty parameters)."""
+    return [name for name, value in params.items() if not value.strip()]

@@ -1,0 +1,394 @@
+"""Input parsing shared by the HTML forms and the JSON API.
+
+Each ``parse_*`` takes what the user sent (form strings or JSON values) and returns
+clean values, or raises :class:`Invalid` with one message per bad field, so a form
+can show each message at its field and the API can answer 422 with the same text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from campaigns import rendering
+from campaigns.erp import SEGMENT_KEYS
+from campaigns.i18n import _
+from campaigns.models import ParameterFormat, Provider, Role, TemplateCategory
+
+TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+URL = re.compile(r"https?://[^\s]+")
+MAX_BUTTONS = 10
+
+
+class Invalid(ValueError):
+    """Bad input: ``errors`` maps each field to its message."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = dict(errors)
+
+
+@dataclass
+class Checker:
+    """Collects one message per field (the first problem found is the one shown)."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.setdefault(name, message)
+
+    def done(self) -> None:
+        if self.errors:
+            raise Invalid(self.errors)
+
+
+def _text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    return "" if value is None else str(value).strip()
+
+
+def _int(
+    data: Mapping[str, Any],
+    name: str,
+    check: Checker,
+    low: int,
+    high: int,
+    default: int,
+    field: str | None = None,
+) -> int:
+    """An integer in [low, high]; problems are reported at ``field`` (default: ``name``)."""
+    field = field or name
+    raw = data.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        check.fail(field, _("Enter a whole number."))
+        return default
+    if isinstance(raw, bool) or not low <= value <= high:
+        check.fail(
+            field, _("Enter a number from %(low)s to %(high)s.") % {"low": low, "high": high}
+        )
+    return value
+
+
+def _choice(data: Mapping[str, Any], name: str, enum: type, check: Checker, default=None):
+    raw = _text(data, name)
+    if not raw and default is not None:
+        return default
+    try:
+        return enum(raw)
+    except ValueError:
+        options = ", ".join(member.value for member in enum)
+        check.fail(name, _("Choose one of: %(options)s.") % {"options": options})
+        return default
+
+
+@dataclass(frozen=True)
+class TemplateFields:
+    name: str
+    language: str
+    category: TemplateCategory
+    parameter_format: ParameterFormat
+    header_text: str | None
+    body_text: str
+    footer_text: str | None
+    buttons: list[dict[str, str]]
+
+
+def parse_buttons(raw: Any, check: Checker) -> list[dict[str, str]]:
+    """Buttons from JSON (a list) or from the form (one per line: ``Text`` or ``Text | URL``)."""
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        items: list[Any] = []
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            text, _sep, url = (part.strip() for part in line.partition("|"))
+            items.append(
+                {"type": "URL", "text": text, "url": url}
+                if url
+                else {"type": "QUICK_REPLY", "text": text}
+            )
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        check.fail("buttons", _("Buttons must be a list."))
+        return []
+    buttons: list[dict[str, str]] = []
+    for item in items:
+        kind = str(item.get("type", "")).upper() if isinstance(item, dict) else ""
+        text = str(item.get("text", "")).strip() if isinstance(item, dict) else ""
+        if kind not in ("QUICK_REPLY", "URL") or not text:
+            check.fail("buttons", _("Each button needs a type (quick reply or URL) and a text."))
+        elif len(text) > 25:
+            check.fail("buttons", _("Button texts have at most 25 characters: %(t)s") % {"t": text})
+        elif kind == "URL" and not URL.fullmatch(str(item.get("url", ""))):
+            check.fail("buttons", _("A URL button needs an address starting with https://."))
+        else:
+            button = {"type": kind, "text": text}
+            if kind == "URL":
+                button["url"] = str(item["url"])
+            buttons.append(button)
+    if len(items) > MAX_BUTTONS:
+        check.fail("buttons", _("At most %(n)d buttons.") % {"n": MAX_BUTTONS})
+    return buttons
+
+
+def parse_template(data: Mapping[str, Any]) -> TemplateFields:
+    """A message template as the WhatsApp Cloud API accepts it."""
+    check = Checker()
+    name = _text(data, "name")
+    if not TEMPLATE_NAME.fullmatch(name):
+        check.fail("name", _("Use lowercase letters, digits and _ only (up to 512)."))
+    language = _text(data, "language")
+    if not LANGUAGE.fullmatch(language):
+        check.fail("language", _("Use a language code such as pt_BR or en_US."))
+    category = _choice(data, "category", TemplateCategory, check)
+    fmt = _choice(data, "parameter_format", ParameterFormat, check, ParameterFormat.NAMED)
+    header = _text(data, "header_text") or None
+    body = _text(data, "body_text")
+    footer = _text(data, "footer_text") or None
+    if header and len(header) > 60:
+        check.fail("header_text", _("The header has at most 60 characters."))
+    if header and "{{" in header:
+        check.fail("header_text", _("Variables go in the body; the header is plain text."))
+    if not body:
+        check.fail("body_text", _("The body is required."))
+    elif len(body) > 1024:
+        check.fail(
+            "body_text", _("The body has at most 1024 characters (%(n)d now).") % {"n": len(body)}
+        )
+    for problem in rendering.validate(body, fmt or ParameterFormat.NAMED):
+        check.fail("body_text", problem)
+    if footer and len(footer) > 60:
+        check.fail("footer_text", _("The footer has at most 60 characters."))
+    if footer and "{{" in footer:
+        check.fail("footer_text", _("The footer cannot have variables."))
+    buttons = parse_buttons(data.get("buttons"), check)
+    check.done()
+    return TemplateFields(name, language, category, fmt, header, body, footer, buttons)
+
+
+@dataclass(frozen=True)
+class SenderFields:
+    name: str
+    provider: Provider
+    phone_number_id: str | None
+    display_phone_number: str | None
+    waba_id: str | None
+    rate_limit_per_minute: int
+    min_interval_ms: int
+    webhook_verify_token: str | None
+    # Write-only secrets: None means "leave as it is".
+    access_token: str | None
+    app_secret: str | None
+
+
+def parse_sender(data: Mapping[str, Any]) -> SenderFields:
+    """A WhatsApp sender; secrets left blank keep their stored value."""
+    check = Checker()
+    name = _text(data, "name")
+    if not name or len(name) > 100:
+        check.fail("name", _("Give the sender a name (up to 100 characters)."))
+    provider = _choice(data, "provider", Provider, check, None)
+    phone_number_id = _text(data, "phone_number_id") or None
+    if phone_number_id and not phone_number_id.isdigit():
+        check.fail("phone_number_id", _("The phone number id is the number Meta shows (digits)."))
+    waba_id = _text(data, "waba_id") or None
+    if waba_id and not waba_id.isdigit():
+        check.fail("waba_id", _("The WABA id is the number Meta shows (digits)."))
+    if provider is Provider.CLOUD_API and not phone_number_id:
+        check.fail("phone_number_id", _("The Cloud API needs the phone number id."))
+    rate = _int(data, "rate_limit_per_minute", check, 1, 1_000_000, 20)
+    gap = _int(data, "min_interval_ms", check, 0, 3_600_000, 1000)
+    check.done()
+    return SenderFields(
+        name=name,
+        provider=provider,
+        phone_number_id=phone_number_id,
+        display_phone_number=_text(data, "display_phone_number") or None,
+        waba_id=waba_id,
+        rate_limit_per_minute=rate,
+        min_interval_ms=gap,
+        webhook_verify_token=_text(data, "webhook_verify_token") or None,
+        access_token=_text(data, "access_token") or None,
+        app_secret=_text(data, "app_secret") or None,
+    )
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    campaign_rate_limit_per_minute: int | None
+    api_rate_limit_per_minute: int | None
+    role: Role | None
+
+
+def parse_user_changes(data: Mapping[str, Any]) -> UserLimits:
+    """The admin-editable parts of a user; absent keys stay as they are."""
+    check = Checker()
+    campaign = api = None
+    if "campaign_rate_limit_per_minute" in data:
+        campaign = _int(data, "campaign_rate_limit_per_minute", check, 1, 1_000_000, 100)
+    if "api_rate_limit_per_minute" in data:
+        api = _int(data, "api_rate_limit_per_minute", check, 1, 1_000_000, 1000)
+    role = _choice(data, "role", Role, check, None) if data.get("role") else None
+    check.done()
+    return UserLimits(campaign, api, role)
+
+
+# --- campaigns ---------------------------------------------------------------------
+
+CUSTOMER_FIELDS = (
+    "first_name",
+    "name",
+    "phone",
+    "email",
+    "city",
+    "state",
+    "tags",
+    "total_spent",
+    "last_purchase_at",
+    "id",
+)
+
+
+def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
+    """ERP segment criteria: only the keys the ERP understands, each checked."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        check.fail("segment", _("The segment must be an object of criteria."))
+        return {}
+    known = SEGMENT_KEYS
+    for key in raw:
+        if key not in known:
+            check.fail(
+                f"segment.{key}",
+                _("Unknown criterion; use one of: %(k)s.") % {"k": ", ".join(sorted(known))},
+            )
+    segment: dict[str, Any] = {}
+    for key in ("city", "state"):
+        value = _text(raw, key)
+        if value:
+            segment[key] = value
+    if segment.get("state") and not re.fullmatch(r"[A-Za-z]{2}", segment["state"]):
+        check.fail("segment.state", _("Use the two-letter state code, e.g. SP."))
+    tags = raw.get("tags")
+    if isinstance(tags, str):
+        tags = [tag.strip() for tag in tags.split(",")]
+    if tags:
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            check.fail("segment.tags", _("Tags are a list of words."))
+        else:
+            segment["tags"] = [t.strip() for t in tags if t.strip()]
+    spent = raw.get("min_total_spent")
+    if spent not in (None, ""):
+        try:
+            value = float(str(spent).replace(",", "."))
+            if value < 0:
+                raise ValueError
+            segment["min_total_spent"] = value
+        except ValueError:
+            check.fail("segment.min_total_spent", _("Enter an amount of zero or more."))
+    for key, low, high in (("last_purchase_within_days", 1, 3650), ("max_audience", 1, 10_000_000)):
+        if raw.get(key) not in (None, ""):
+            segment[key] = _int(raw, key, check, low, high, 0, field=f"segment.{key}")
+    opted = raw.get("opted_in_only", True)
+    if isinstance(opted, str):
+        opted = opted.strip().lower() in ("on", "true", "1", "yes")
+    if not isinstance(opted, bool):
+        check.fail("segment.opted_in_only", _("Say true or false."))
+    segment["opted_in_only"] = bool(opted)
+    return segment
+
+
+def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, dict[str, str]]:
+    """Each template variable → ``{"field": customer field}`` or ``{"text": fixed text}``."""
+    if not isinstance(raw, Mapping):
+        check.fail("variables", _("Map each variable to a customer field or a fixed text."))
+        return {}
+    mapping: dict[str, dict[str, str]] = {}
+    for name in raw:
+        if name not in variables:
+            check.fail(
+                f"variables.{name}", _("The template has no variable {{%(n)s}}.") % {"n": name}
+            )
+    for name in variables:
+        item = raw.get(name)
+        key = f"variables.{name}"
+        if not isinstance(item, Mapping) or not (item.get("field") or item.get("text")):
+            check.fail(key, _("Map {{%(n)s}} to a customer field or a fixed text.") % {"n": name})
+        elif item.get("field"):
+            if item["field"] not in CUSTOMER_FIELDS:
+                check.fail(
+                    key,
+                    _("Unknown customer field; use one of: %(f)s.")
+                    % {"f": ", ".join(CUSTOMER_FIELDS)},
+                )
+            else:
+                mapping[name] = {"field": str(item["field"])}
+        else:
+            text = str(item["text"]).strip()
+            if not text or len(text) > 1024:
+                check.fail(key, _("Write the fixed text (up to 1024 characters)."))
+            else:
+                mapping[name] = {"text": text}
+    return mapping
+
+
+@dataclass(frozen=True)
+class CampaignFields:
+    name: str
+    sender_id: int
+    template_id: int
+    segment: dict[str, Any]
+    variable_mapping: dict[str, dict[str, str]]
+
+
+def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
+    """A campaign as the JSON API sends it; ``template_variables`` None = unknown template."""
+    check = Checker()
+    name = _text(data, "name")
+    if not name or len(name) > 200:
+        check.fail("name", _("Give the campaign a name (up to 200 characters)."))
+    sender_id = _int(data, "sender_id", check, 1, 2**31 - 1, 0)
+    if not sender_id:
+        check.fail("sender_id", _("Choose a sender."))
+    template_id = _int(data, "template_id", check, 1, 2**31 - 1, 0)
+    if not template_id or template_variables is None:
+        check.fail("template_id", _("Choose an approved template."))
+    segment = parse_segment(data.get("segment"), check)
+    mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
+    check.done()
+    return CampaignFields(name, sender_id, template_id, segment, mapping)
+
+
+def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
+    """The campaign form's flat fields (segment.x, var.x.source/text) as the API's JSON shape."""
+    segment = {
+        key.removeprefix("segment."): value
+        for key, value in form.items()
+        if key.startswith("segment.") and value != ""
+    }
+    segment["opted_in_only"] = form.get("segment.opted_in_only") == "on"
+    variables: dict[str, dict[str, str]] = {}
+    for key, source in form.items():
+        if key.startswith("var.") and key.endswith(".source"):
+            name = key[len("var.") : -len(".source")]
+            if source == "text":
+                variables[name] = {"text": form.get(f"var.{name}.text", "")}
+            elif source:
+                variables[name] = {"field": source}
+    return {
+        "name": form.get("name", ""),
+        "sender_id": form.get("sender_id", ""),
+        "template_id": form.get("template_id", ""),
+        "segment": segment,
+        "variables": variables,
+    }

@@ -1,0 +1,282 @@
+"""Campaigns: list, build (audience, mapping), dry run, schedule and control."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, abort, current_app, flash, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.wrappers import Response
+
+from campaigns import audience, erp, queries, rendering, services
+from campaigns.auth import requires
+from campaigns.htmx import redirect_to
+from campaigns.i18n import _
+from campaigns.models import Campaign, CampaignStatus, Role
+from campaigns.validation import (
+    CUSTOMER_FIELDS,
+    Checker,
+    Invalid,
+    campaign_data_from_form,
+    parse_campaign,
+    parse_segment,
+)
+
+bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
+
+
+def _campaign_or_404(campaign_id: int) -> Campaign:
+    campaign = queries.get_campaign(campaign_id)
+    if campaign is None:
+        abort(404)
+    return campaign
+
+
+def _status_filter() -> CampaignStatus | None:
+    try:
+        return CampaignStatus(request.args["status"]) if request.args.get("status") else None
+    except ValueError:
+        return None
+
+
+def _page_number() -> int:
+    try:
+        return int(request.args.get("page", 1))
+    except ValueError:
+        return 1
+
+
+@bp.get("/")
+def campaign_index() -> str:
+    """Campaigns with status filter, search and pagination."""
+    page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
+    return render_template(
+        "campaigns/index.html", page=page, status=_status_filter(), q=request.args.get("q", "")
+    )
+
+
+@bp.get("/rows")
+def campaign_rows() -> str:
+    """The list's rows alone: re-rendered by the filters, and polled while any is live."""
+    page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
+    return render_template("campaigns/_rows.html", page=page)
+
+
+def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:
+    """Each variable of the chosen template with what it is mapped to on the form."""
+    names = services.template_variables_for(template_id) or []
+    variables = form.get("variables", {})
+    rows = []
+    for name in names:
+        source = variables.get(name, {})
+        rows.append(
+            {
+                "name": name,
+                "source": "text" if "text" in source else source.get("field", ""),
+                "text": source.get("text", ""),
+            }
+        )
+    return rows
+
+
+def _form_page(
+    data: dict[str, Any],
+    errors: dict[str, str],
+    campaign: Campaign | None = None,
+    status: int = 200,
+):
+    return (
+        render_template(
+            "campaigns/form.html",
+            data=data,
+            errors=errors,
+            campaign=campaign,
+            senders=queries.list_senders(),
+            templates=queries.approved_templates(),
+            mapping=_mapping_rows(data.get("template_id"), data),
+            customer_fields=CUSTOMER_FIELDS,
+        ),
+        status,
+    )
+
+
+def _data_of(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "name": campaign.name,
+        "sender_id": str(campaign.sender_id),
+        "template_id": str(campaign.template_id),
+        "segment": campaign.segment,
+        "variables": campaign.variable_mapping,
+    }
+
+
+@bp.get("/new")
+@requires(Role.SUPERVISOR)
+def campaign_new():
+    """An empty campaign form (opted-in customers only, by default)."""
+    senders = queries.list_senders()
+    data = {
+        "segment": {"opted_in_only": True},
+        "variables": {},
+        "sender_id": str(senders[0].id) if senders else "",
+    }
+    return _form_page(data, {})
+
+
+def _parse_form() -> tuple[dict[str, Any], services.CampaignFields]:
+    data = campaign_data_from_form(request.form)
+    return data, parse_campaign(data, services.template_variables_for(data["template_id"]))
+
+
+@bp.post("/")
+@requires(Role.SUPERVISOR)
+def campaign_create():
+    """Create a draft, or 422 with a message at each bad field."""
+    data = campaign_data_from_form(request.form)
+    try:
+        _data, fields = _parse_form()
+        campaign = services.create_campaign(fields, current_user.id)
+    except Invalid as invalid:
+        return _form_page(data, invalid.errors, status=422)
+    except services.ServiceError as error:
+        return _form_page(data, {error.field or "form": error.message}, status=422)
+    flash(_("Campaign saved as a draft."), "success")
+    return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign.id))
+
+
+@bp.get("/<int:campaign_id>/edit")
+@requires(Role.SUPERVISOR)
+def campaign_edit(campaign_id: int):
+    """The form, filled in (draft and scheduled campaigns only)."""
+    campaign = _campaign_or_404(campaign_id)
+    if "edit" not in services.allowed_actions(campaign.status):
+        flash(_("A %(s)s campaign cannot be edited.") % {"s": campaign.status.value}, "error")
+        return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
+    return _form_page(_data_of(campaign), {}, campaign)
+
+
+@bp.post("/<int:campaign_id>")
+@requires(Role.SUPERVISOR)
+def campaign_update(campaign_id: int):
+    """Save changes, or 422 with the reasons."""
+    campaign = _campaign_or_404(campaign_id)
+    data = campaign_data_from_form(request.form)
+    try:
+        _data, fields = _parse_form()
+        services.update_campaign(campaign_id, fields, current_user.id)
+    except Invalid as invalid:
+        return _form_page(data, invalid.errors, campaign, 422)
+    except services.ServiceError as error:
+        return _form_page(data, {error.field or "form": error.message}, campaign, 422)
+    flash(_("Campaign saved."), "success")
+    return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
+
+
+@bp.post("/mapping")
+@requires(Role.SUPERVISOR)
+def campaign_mapping() -> str:
+    """The variable mapping for the template chosen on the form (htmx)."""
+    data = campaign_data_from_form(request.form)
+    return render_template(
+        "campaigns/_mapping.html",
+        mapping=_mapping_rows(data["template_id"], data),
+        customer_fields=CUSTOMER_FIELDS,
+        errors={},
+    )
+
+
+@bp.post("/audience")
+@requires(Role.SUPERVISOR)
+def campaign_audience() -> str:
+    """The live audience count from the ERP for the criteria on the form (htmx)."""
+    check = Checker()
+    segment = parse_segment(campaign_data_from_form(request.form)["segment"], check)
+    count, problem = None, None
+    if check.errors:
+        problem = next(iter(check.errors.values()))
+    else:
+        try:
+            count = audience.count(segment, current_app.config)
+        except erp.ErpError as error:
+            problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
+    return render_template("campaigns/_audience.html", count=count, problem=problem, initial=False)
+
+
+@bp.get("/<int:campaign_id>")
+def campaign_show(campaign_id: int) -> str:
+    """One campaign: what it sends to whom, its actions and its history."""
+    campaign = _campaign_or_404(campaign_id)
+    return render_template(
+        "campaigns/show.html",
+        campaign=campaign,
+        actions=services.allowed_actions(campaign.status),
+        activity=queries.campaign_activity(campaign_id),
+        variables=rendering.variables(
+            campaign.template.body_text, campaign.template.parameter_format
+        ),
+    )
+
+
+@bp.get("/<int:campaign_id>/dry-run")
+def campaign_dry_run(campaign_id: int) -> str:
+    """The first messages exactly as they would go out; nothing is sent."""
+    campaign = _campaign_or_404(campaign_id)
+    limit = min(max(request.args.get("n", 10, type=int) or 10, 1), 100)
+    rows, problem = [], None
+    try:
+        rows = audience.dry_run(campaign, current_app.config, limit)
+    except erp.ErpError as error:
+        problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
+    return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)
+
+
+def _operator_time(raw: str) -> datetime:
+    """A datetime-local value, in the operator's time zone."""
+    try:
+        naive = datetime.fromisoformat(raw)
+    except ValueError:
+        raise Invalid({"scheduled_at": _("Enter a date and time.")}) from None
+    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
+    return naive.replace(tzinfo=zone) if naive.tzinfo is None else naive
+
+
+def _act(campaign_id: int, action, *args) -> Response:
+    _campaign_or_404(campaign_id)
+    try:
+        action(campaign_id, *args, current_user.id)
+    except Invalid as invalid:
+        flash(next(iter(invalid.errors.values())), "error")
+    except services.ServiceError as error:
+        flash(error.message, "error")
+    return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
+
+
+@bp.post("/<int:campaign_id>/schedule")
+@requires(Role.SUPERVISOR)
+def campaign_schedule(campaign_id: int) -> Response:
+    """Schedule for a date and time in the operator's time zone."""
+    try:
+        when = _operator_time(request.form.get("scheduled_at", ""))
+    except Invalid as invalid:
+        flash(invalid.errors["scheduled_at"], "error")
+        return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
+    return _act(campaign_id, services.schedule_campaign, when)
+
+
+@bp.post("/<int:campaign_id>/unschedule")
+@requires(Role.SUPERVISOR)
+def campaign_unschedule(campaign_id: int) -> Response:
+    """Back to draft."""
+    return _act(campaign_id, services.unschedule_campaign)
+
+
+@bp.post("/<int:campaign_id>/duplicate")
+@requires(Role.SUPERVISOR)
+def campaign_duplicate(campaign_id: int) -> Response:
+    """A new draft like this one."""
+    _campaign_or_404(campaign_id)
+    copy = services.duplicate_campaign(campaign_id, current_user.id)
+    flash(_("This is a copy; edit it, then schedule it."), "success")
+    return redirect_to(url_for("campaigns.campaign_edit", campaign_id=copy.id))

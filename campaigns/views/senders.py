@@ -1,0 +1,100 @@
+"""WhatsApp senders (admin): numbers, provider credentials, pace, and a connection test."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, render_template, request, url_for
+
+from campaigns import queries, services
+from campaigns.auth import requires
+from campaigns.htmx import redirect_to
+from campaigns.i18n import _
+from campaigns.models import Role, Sender
+from campaigns.validation import Invalid, parse_sender
+
+bp = Blueprint("senders", __name__, url_prefix="/senders")
+
+
+def _sender_or_404(sender_id: int) -> Sender:
+    sender = queries.get_sender(sender_id)
+    if sender is None:
+        abort(404)
+    return sender
+
+
+def _form_page(form, errors, sender=None, status: int = 200):
+    return render_template("senders/form.html", form=form, errors=errors, sender=sender), status
+
+
+@bp.get("/")
+@requires(Role.ADMIN)
+def sender_index() -> str:
+    """Every sender with its pace."""
+    return render_template("senders/index.html", senders=queries.list_senders())
+
+
+@bp.get("/new")
+@requires(Role.ADMIN)
+def sender_new():
+    """An empty sender form with the source documents' defaults."""
+    return _form_page(
+        {"provider": "mock", "rate_limit_per_minute": 20, "min_interval_ms": 1000}, {}
+    )
+
+
+@bp.post("/")
+@requires(Role.ADMIN)
+def sender_create():
+    """Create a sender, or 422 with a message at each bad field."""
+    try:
+        services.save_sender(parse_sender(request.form))
+    except Invalid as invalid:
+        return _form_page(request.form, invalid.errors, status=422)
+    except services.ServiceError as error:
+        return _form_page(request.form, {error.field or "form": error.message}, status=422)
+    flash(_("Sender saved."), "success")
+    return redirect_to(url_for("senders.sender_index"))
+
+
+@bp.get("/<int:sender_id>/edit")
+@requires(Role.ADMIN)
+def sender_edit(sender_id: int):
+    """The form, filled in (secrets are never shown back)."""
+    sender = _sender_or_404(sender_id)
+    form = {
+        name: getattr(sender, name) or ""
+        for name in (
+            "name",
+            "phone_number_id",
+            "display_phone_number",
+            "waba_id",
+            "rate_limit_per_minute",
+            "min_interval_ms",
+            "webhook_verify_token",
+        )
+    }
+    form["provider"] = sender.provider.value
+    return _form_page(form, {}, sender)
+
+
+@bp.post("/<int:sender_id>")
+@requires(Role.ADMIN)
+def sender_update(sender_id: int):
+    """Save a sender; blank secret fields keep the stored secrets."""
+    sender = _sender_or_404(sender_id)
+    try:
+        services.save_sender(parse_sender(request.form), sender_id)
+    except Invalid as invalid:
+        return _form_page(request.form, invalid.errors, sender, 422)
+    except services.ServiceError as error:
+        return _form_page(request.form, {error.field or "form": error.message}, sender, 422)
+    flash(_("Sender saved."), "success")
+    return redirect_to(url_for("senders.sender_index"))
+
+
+@bp.post("/<int:sender_id>/test")
+@requires(Role.ADMIN)
+def sender_test(sender_id: int) -> str:
+    """Ask the provider about this sender and show what it said (an htmx fragment)."""
+    _sender_or_404(sender_id)
+    ok, message = services.check_sender_connection(sender_id)
+    return render_template("senders/_connection.html", sender_id=sender_id, ok=ok, message=message)

@@ -1,0 +1,199 @@
+"""Message templates: list, create and edit with a live preview, submit for review, sync."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.wrappers import Response
+
+from campaigns import queries, rendering, services
+from campaigns.auth import requires
+from campaigns.htmx import STOP_POLLING, redirect_to
+from campaigns.i18n import _
+from campaigns.models import ParameterFormat, Role, TemplateStatus
+from campaigns.validation import Invalid, parse_template
+
+bp = Blueprint("templates", __name__, url_prefix="/templates")
+
+
+@bp.get("/")
+def template_index() -> str:
+    """The template list with its filters."""
+    filters = queries.TemplateFilters.from_args(request.args)
+    return render_template(
+        "templates/index.html",
+        templates=queries.list_templates(filters),
+        filters=filters,
+        languages=queries.template_languages(),
+    )
+
+
+@bp.get("/rows")
+def template_rows() -> str:
+    """The list's rows alone, re-rendered by htmx as the filters change."""
+    return render_template(
+        "templates/_rows.html",
+        templates=queries.list_templates(queries.TemplateFilters.from_args(request.args)),
+    )
+
+
+def _preview(form) -> dict:
+    """What the preview shows for the form as typed: rendered text, variables, problems."""
+    fmt = (
+        ParameterFormat.POSITIONAL
+        if form.get("parameter_format") == "positional"
+        else ParameterFormat.NAMED
+    )
+    body = form.get("body_text", "")
+    names = rendering.variables(body, fmt)
+    samples = rendering.sample_values(names, fmt)
+    return {
+        "header": form.get("header_text", ""),
+        "body": rendering.render(body, fmt, samples),
+        "footer": form.get("footer_text", ""),
+        "buttons": [
+            line.partition("|")[0].strip()
+            for line in form.get("buttons", "").splitlines()
+            if line.strip()
+        ],
+        "variables": names,
+        "problems": rendering.validate(body, fmt),
+        "length": len(body),
+    }
+
+
+def _form_page(form, errors, template=None, status: int = 200):
+    return (
+        render_template(
+            "templates/form.html",
+            form=form,
+            errors=errors,
+            template=template,
+            preview=_preview(form),
+            senders=queries.list_senders(),
+        ),
+        status,
+    )
+
+
+@bp.get("/new")
+@requires(Role.SUPERVISOR)
+def template_new():
+    """An empty template form."""
+    return _form_page(
+        {"parameter_format": "named", "language": "pt_BR", "category": "MARKETING"}, {}
+    )
+
+
+@bp.post("/")
+@requires(Role.SUPERVISOR)
+def template_create():
+    """Create a draft, or re-render the form (422) with a message at each bad field."""
+    try:
+        fields = parse_template(request.form)
+        sender_id = int(request.form["sender_id"]) if request.form.get("sender_id") else None
+        template = services.create_template(fields, current_user.id, sender_id)
+    except Invalid as invalid:
+        return _form_page(request.form, invalid.errors, status=422)
+    except services.ServiceError as error:
+        return _form_page(request.form, {error.field or "form": error.message}, status=422)
+    flash(_("Template saved as a draft. Submit it for review when ready."), "success")
+    return redirect_to(url_for("templates.template_show", template_id=template.id))
+
+
+@bp.post("/preview")
+@requires(Role.SUPERVISOR)
+def template_preview() -> str:
+    """The live preview beside the form (htmx, as the user types)."""
+    return render_template("templates/_preview.html", preview=_preview(request.form))
+
+
+def _template_or_404(template_id: int):
+    template = queries.get_template(template_id)
+    if template is None:
+        abort(404)
+    return template
+
+
+@bp.get("/<int:template_id>")
+def template_show(template_id: int) -> str:
+    """One template: its text, status and the actions its status allows."""
+    template = _template_or_404(template_id)
+    fmt = template.parameter_format
+    names = rendering.variables(template.body_text, fmt)
+    return render_template(
+        "templates/show.html",
+        template=template,
+        variables=names,
+        rendered=rendering.render(template.body_text, fmt, rendering.sample_values(names, fmt)),
+    )
+
+
+@bp.get("/<int:template_id>/edit")
+@requires(Role.SUPERVISOR)
+def template_edit(template_id: int):
+    """The form, filled with the template."""
+    template = _template_or_404(template_id)
+    form = {
+        "name": template.name,
+        "language": template.language,
+        "category": template.category.value,
+        "parameter_format": template.parameter_format.value,
+        "header_text": template.header_text or "",
+        "body_text": template.body_text,
+        "footer_text": template.footer_text or "",
+        "buttons": "\n".join(
+            f"{b['text']} | {b['url']}" if b.get("url") else b["text"] for b in template.buttons
+        ),
+        "sender_id": str(template.sender_id),
+    }
+    return _form_page(form, {}, template)
+
+
+@bp.post("/<int:template_id>")
+@requires(Role.SUPERVISOR)
+def template_update(template_id: int):
+    """Save changes (the template returns to draft), or 422 with the reasons."""
+    template = _template_or_404(template_id)
+    try:
+        services.update_template(template_id, parse_template(request.form))
+    except Invalid as invalid:
+        return _form_page(request.form, invalid.errors, template, 422)
+    except services.ServiceError as error:
+        return _form_page(request.form, {error.field or "form": error.message}, template, 422)
+    flash(_("Template saved as a draft. Submit it again for review."), "success")
+    return redirect_to(url_for("templates.template_show", template_id=template_id))
+
+
+@bp.post("/<int:template_id>/submit")
+@requires(Role.SUPERVISOR)
+def template_submit(template_id: int) -> Response:
+    """Send the template for review by the sender's provider."""
+    _template_or_404(template_id)
+    try:
+        services.submit_template(template_id)
+        flash(_("Submitted for review. The status updates by itself."), "success")
+    except services.ServiceError as error:
+        flash(error.message, "error")
+    return redirect_to(url_for("templates.template_show", template_id=template_id))
+
+
+@bp.post("/<int:template_id>/sync")
+@requires(Role.SUPERVISOR)
+def template_sync(template_id: int) -> Response:
+    """Ask the provider for the review status now."""
+    _template_or_404(template_id)
+    try:
+        template = services.sync_template_status(template_id)
+        flash(_("Status: %(s)s.") % {"s": template.status.value}, "success")
+    except services.ServiceError as error:
+        flash(error.message, "error")
+    return redirect_to(url_for("templates.template_show", template_id=template_id))
+
+
+@bp.get("/<int:template_id>/status")
+def template_status(template_id: int):
+    """The status badge, polled by the page while the template is under review."""
+    template = _template_or_404(template_id)
+    body = render_template("templates/_status.html", template=template)
+    return body, STOP_POLLING if template.status is not TemplateStatus.PENDING else 200

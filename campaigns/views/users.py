@@ -1,0 +1,155 @@
+"""Users (admin) and everyone's own API tokens."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.wrappers import Response
+
+from campaigns import queries, services
+from campaigns.auth import requires
+from campaigns.htmx import redirect_to
+from campaigns.i18n import _
+from campaigns.models import Role, User
+from campaigns.validation import Invalid, parse_user_changes
+
+bp = Blueprint("users", __name__)
+
+
+def _user_or_404(user_id: int) -> User:
+    user = queries.get_user(user_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.get("/users/")
+@requires(Role.ADMIN)
+def user_index() -> str:
+    """Every user with role, state and limits."""
+    return render_template("users/index.html", users=queries.list_users(), errors={}, form={})
+
+
+@bp.post("/users/")
+@requires(Role.ADMIN)
+def user_create():
+    """Create a user with a generated password, shown once."""
+    email = request.form.get("email", "")
+    try:
+        role = Role(request.form.get("role", "viewer"))
+        password = services.generate_password()
+        user = services.create_user(email, password, role)
+    except (ValueError, services.ServiceError) as error:
+        message = getattr(error, "message", _("Choose a role."))
+        field = getattr(error, "field", None) or "role"
+        return render_template(
+            "users/index.html",
+            users=queries.list_users(),
+            errors={field: message},
+            form=request.form,
+        ), 422
+    flash(
+        _("Created %(email)s. Their password, shown once: %(p)s")
+        % {"email": user.email, "p": password},
+        "success",
+    )
+    return redirect_to(url_for("users.user_index"))
+
+
+@bp.get("/users/<int:user_id>")
+@requires(Role.ADMIN)
+def user_edit(user_id: int) -> str:
+    """One user's role and rate limits."""
+    return render_template("users/edit.html", user=_user_or_404(user_id), errors={}, form=None)
+
+
+@bp.post("/users/<int:user_id>")
+@requires(Role.ADMIN)
+def user_update(user_id: int):
+    """Change role and limits, or 422 with the reasons."""
+    user = _user_or_404(user_id)
+    try:
+        services.update_user(user_id, parse_user_changes(request.form), current_user.id)
+    except Invalid as invalid:
+        return render_template(
+            "users/edit.html", user=user, errors=invalid.errors, form=request.form
+        ), 422
+    except services.ServiceError as error:
+        return render_template(
+            "users/edit.html",
+            user=user,
+            errors={error.field or "form": error.message},
+            form=request.form,
+        ), 422
+    flash(_("Saved."), "success")
+    return redirect_to(url_for("users.user_index"))
+
+
+@bp.post("/users/<int:user_id>/disable")
+@requires(Role.ADMIN)
+def user_disable(user_id: int) -> Response:
+    """Disable a user: no sign-in, no API."""
+    return _set_disabled(user_id, True)
+
+
+@bp.post("/users/<int:user_id>/enable")
+@requires(Role.ADMIN)
+def user_enable(user_id: int) -> Response:
+    """Let a disabled user back in."""
+    return _set_disabled(user_id, False)
+
+
+def _set_disabled(user_id: int, disabled: bool) -> Response:
+    _user_or_404(user_id)
+    try:
+        user = services.set_user_disabled(user_id, disabled, current_user.id)
+        flash(
+            (_("%(e)s is disabled.") if disabled else _("%(e)s is enabled.")) % {"e": user.email},
+            "success",
+        )
+    except services.ServiceError as error:
+        flash(error.message, "error")
+    return redirect_to(url_for("users.user_index"))
+
+
+@bp.post("/users/<int:user_id>/reset-password")
+@requires(Role.ADMIN)
+def user_reset_password(user_id: int) -> Response:
+    """Give the user a new random password, shown once to the admin."""
+    user = _user_or_404(user_id)
+    password = services.reset_password(user_id)
+    flash(
+        _("New password for %(e)s, shown once: %(p)s") % {"e": user.email, "p": password}, "success"
+    )
+    return redirect_to(url_for("users.user_index"))
+
+
+@bp.get("/me/tokens")
+def my_tokens() -> str:
+    """The signed-in user's API tokens."""
+    return render_template(
+        "users/tokens.html", tokens=queries.api_tokens_of(current_user.id), new_token=None
+    )
+
+
+@bp.post("/me/tokens")
+@requires(Role.VIEWER)
+def my_token_create() -> str:
+    """Create a token and show it this once."""
+    name = (request.form.get("name") or "").strip()[:100] or "token"
+    _token, raw = services.create_api_token(current_user.id, name)
+    return render_template(
+        "users/tokens.html", tokens=queries.api_tokens_of(current_user.id), new_token=raw
+    )
+
+
+@bp.post("/me/tokens/<int:token_id>/revoke")
+@requires(Role.VIEWER)
+def my_token_revoke(token_id: int) -> Response:
+    """Revoke one of my tokens."""
+    try:
+        services.revoke_api_token(token_id, current_user.id)
+        flash(_("Token revoked."), "success")
+    except services.NotFound:
+        abort(404)
+    return redirect_to(url_for("users.my_tokens"))

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import pytest
+
+from app import db
+from campaigns import services
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    MessageTemplate,
+    Role,
+    TemplateStatus,
+)
+
+VALID = {
+    "name": "promo_black_friday",
+    "language": "pt_BR",
+    "category": "MARKETING",
+    "parameter_format": "named",
+    "header_text": "Black Friday",
+    "body_text": "Oi {{first_name}}, {{discount}} de desconto hoje!",
+    "footer_text": "Responda SAIR para sair",
+    "buttons": "Quero\nVer ofertas | https://loja.example.com/bf",
+}
+
+
+@pytest.fixture
+def sender(app):
+    services.seed_demo()
+    return services.default_sender()
+
+
+@pytest.fixture
+def supervisor(login_as):
+    return login_as(Role.SUPERVISOR)
+
+
+def _template(client, **overrides) -> MessageTemplate:
+    response = client.post("/templates/", data=VALID | overrides)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    template_id = int(response.headers["Location"].rsplit("/", 1)[-1])
+    return db.session.get(MessageTemplate, template_id)
+
+
+def test_create_a_draft_with_buttons(client, sender, supervisor):
+    template = _template(client)
+    assert template.status is TemplateStatus.DRAFT
+    assert template.sender_id == sender.id
+    assert template.buttons == [
+        {"type": "QUICK_REPLY", "text": "Quero"},
+        {"type": "URL", "text": "Ver ofertas", "url": "https://loja.example.com/bf"},
+    ]
+    page = client.get(f"/templates/{template.id}").get_data(as_text=True)
+    assert "Oi Maria, 15% de desconto hoje!" in page
+    assert "Submit for review" in page
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "Promo BF", "Use lowercase letters"),
+        ("language", "portuguese", "language code"),
+        ("category", "SPAM", "Choose one of"),
+        ("body_text", "", "The body is required"),
+        ("body_text", "x" * 1025, "at most 1024"),
+        ("body_text", "Oi {{First}}", "not a valid name"),
+        ("header_text", "Oi {{first_name}}", "Variables go in the body"),
+        ("buttons", "Ver | ftp://x", "https://"),
+    ],
+)
+def test_bad_fields_are_a_422_with_the_message_at_the_field(
+    client, sender, supervisor, field, value, message
+):
+    response = client.post("/templates/", data=VALID | {field: value})
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert f'id="{field}-error"' in body
+    assert message in body
+    # Nothing the user typed is lost.
+    assert VALID["footer_text"] in body
+    assert db.session.query(MessageTemplate).count() == 3  # the demo ones only
+
+
+def test_positional_templates_must_number_in_order(client, sender, supervisor):
+    data = VALID | {"parameter_format": "positional", "body_text": "Oi {{1}}, pedido {{3}}"}
+    response = client.post("/templates/", data=data)
+    assert response.status_code == 422
+    assert "missing: {{2}}" in response.get_data(as_text=True)
+
+
+def test_duplicate_name_and_language_in_one_account(client, sender, supervisor):
+    _template(client)
+    response = client.post("/templates/", data=VALID)
+    assert response.status_code == 422
+    assert "already has a template" in response.get_data(as_text=True)
+
+
+def test_live_preview_fragment(client, sender, supervisor):
+    response = client.post(
+        "/templates/preview",
+        data=VALID | {"body_text": "Oi {{first_name}} {{first_name}}"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert body.lstrip().startswith("{#") or body.lstrip().startswith("<aside")
+    assert 'id="template-preview"' in body
+    assert "Oi Maria Maria" in body
+    assert "appears more than once" in body
+    assert 'hx-trigger="input changed delay:400ms' in body
+
+
+def test_list_filters_and_rows_fragment(client, sender, supervisor):
+    _template(client)
+    page = client.get("/templates/?status=draft").get_data(as_text=True)
+    assert "promo_black_friday" in page and "promo_weekend" not in page
+    rows = client.get("/templates/rows?q=black", headers={"HX-Request": "true"})
+    body = rows.get_data(as_text=True)
+    assert body.lstrip().startswith("<table")
+    assert "promo_black_friday" in body and "order_ready" not in body
+    assert "No template matches" in client.get("/templates/rows?q=zzz").get_data(as_text=True)
+    assert "order_ready" in client.get("/templates/rows?language=pt_BR&category=UTILITY").get_data(
+        as_text=True
+    )
+
+
+def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memory_queue):
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
+    template = _template(client)
+    response = client.post(f"/templates/{template.id}/submit")
+    assert response.status_code == 303
+    db.session.refresh(template)
+    assert template.status is TemplateStatus.PENDING
+    assert template.provider_template_id == f"mock-{template.id}"
+    [job] = in_memory_queue.jobs.values()
+    assert job["task_name"] == "templates.sync"
+    assert job["args"] == {"template_id": template.id}
+    # Submitting again is refused with the reason.
+    client.post(f"/templates/{template.id}/submit")
+    assert "Only draft or rejected" in client.get(f"/templates/{template.id}").get_data(
+        as_text=True
+    )
+
+    services.sync_template_status(template.id)
+    db.session.refresh(template)
+    assert template.status is TemplateStatus.APPROVED
+    status = client.get(f"/templates/{template.id}/status", headers={"HX-Request": "true"})
+    assert status.status_code == 286  # polling stops once the review is over
+    assert "hx-trigger" not in status.get_data(as_text=True)
+
+
+def test_pending_status_keeps_polling(client, sender, supervisor):
+    template = _template(client)
+    services.submit_template(template.id)
+    response = client.get(f"/templates/{template.id}/status", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert 'hx-trigger="every 3s"' in response.get_data(as_text=True)
+
+
+def test_the_mock_rejects_bodies_with_the_marker(app, client, sender, supervisor):
+    template = _template(client, body_text="Oi {{first_name}} REJECT_ME")
+    services.submit_template(template.id)
+    services.sync_template_status(template.id)
+    db.session.refresh(template)
+    assert template.status is TemplateStatus.REJECTED
+    assert "REJECT_ME" in template.status_reason
+    assert "REJECT_ME" in client.get(f"/templates/{template.id}").get_data(as_text=True)
+
+
+def test_editing_an_approved_template_returns_it_to_draft(client, sender, supervisor):
+    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    response = client.post(f"/templates/{template.id}", data=VALID | {"name": "promo_weekend"})
+    assert response.status_code == 303
+    db.session.refresh(template)
+    assert template.status is TemplateStatus.DRAFT
+    assert template.provider_template_id is None
+
+
+def test_a_template_in_use_by_a_scheduled_campaign_cannot_change(client, sender, supervisor):
+    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    db.session.add(
+        Campaign(
+            name="Weekend",
+            owner_id=supervisor.id,
+            sender_id=sender.id,
+            template_id=template.id,
+            status=CampaignStatus.SCHEDULED,
+        )
+    )
+    db.session.commit()
+    response = client.post(f"/templates/{template.id}", data=VALID | {"name": "promo_weekend"})
+    assert response.status_code == 422
+    assert "Weekend" in response.get_data(as_text=True)
+    db.session.refresh(template)
+    assert template.status is TemplateStatus.APPROVED
+
+
+def test_viewers_read_but_cannot_change_templates(client, sender, login_as):
+    login_as(Role.VIEWER)
+    assert client.get("/templates/").status_code == 200
+    assert client.get("/templates/new").status_code == 403
+    assert client.post("/templates/", data=VALID).status_code == 403
+    template_id = db.session.query(MessageTemplate.id).first()[0]
+    assert client.post(f"/templates/{template_id}/submit").status_code == 403
+    assert client.get(f"/templates/{template_id}").status_code == 200

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app import db
+from campaigns import services
+from campaigns.models import ApiToken, Role, User
+from tests.conftest import login
+
+
+@pytest.fixture
+def admin(login_as):
+    return login_as(Role.ADMIN)
+
+
+def test_admin_creates_a_user_and_sees_the_password_once(client, admin):
+    response = client.post("/users/", data={"email": "new@example.com", "role": "supervisor"})
+    assert response.status_code == 303
+    page = client.get("/users/").get_data(as_text=True)
+    match = re.search(r"Created new@example.com. Their password, shown once: (\S+)<", page)
+    assert match
+    user = db.session.query(User).filter_by(email="new@example.com").one()
+    assert user.role is Role.SUPERVISOR
+    other = client.application.test_client()
+    assert login(other, user, password=match.group(1)).status_code == 303
+    assert match.group(1) not in client.get("/users/").get_data(as_text=True)
+
+
+def test_changing_role_and_limits(client, admin, user_factory):
+    user = user_factory(Role.VIEWER)
+    response = client.post(
+        f"/users/{user.id}",
+        data={
+            "role": "supervisor",
+            "campaign_rate_limit_per_minute": "50",
+            "api_rate_limit_per_minute": "10",
+        },
+    )
+    assert response.status_code == 303
+    db.session.refresh(user)
+    assert (user.role, user.campaign_rate_limit_per_minute, user.api_rate_limit_per_minute) == (
+        Role.SUPERVISOR,
+        50,
+        10,
+    )
+    bad = client.post(
+        f"/users/{user.id}", data={"role": "supervisor", "api_rate_limit_per_minute": "0"}
+    )
+    assert bad.status_code == 422
+    assert 'id="api_rate_limit_per_minute-error"' in bad.get_data(as_text=True)
+
+
+def test_admins_cannot_lock_themselves_out(client, admin):
+    assert client.post(f"/users/{admin.id}", data={"role": "viewer"}).status_code == 422
+    client.post(f"/users/{admin.id}/disable")
+    db.session.refresh(admin)
+    assert admin.is_disabled is False
+
+
+def test_disabling_a_user_stops_their_tokens(client, admin, user_factory):
+    user = user_factory(Role.SUPERVISOR)
+    _token, raw = services.create_api_token(user.id)
+    assert services.user_for_token(raw).id == user.id
+    assert client.post(f"/users/{user.id}/disable").status_code == 303
+    assert services.user_for_token(raw) is None
+    client.post(f"/users/{user.id}/enable")
+    assert services.user_for_token(raw).id == user.id
+
+
+def test_reset_password(client, admin, user_factory):
+    user = user_factory()
+    client.post(f"/users/{user.id}/reset-password")
+    page = client.get("/users/").get_data(as_text=True)
+    password = re.search(r"New password for \S+, shown once: (\S+)<", page).group(1)
+    other = client.application.test_client()
+    assert login(other, user).status_code == 422  # the old one is gone
+    assert login(other, user, password=password).status_code == 303
+
+
+def test_everyone_manages_their_own_tokens(client, login_as):
+    viewer = login_as(Role.VIEWER)
+    response = client.post("/me/tokens", data={"name": "erp sync"})
+    body = response.get_data(as_text=True)
+    raw = re.search(r"<code>(dsp_[^<]+)</code>", body).group(1)
+    assert services.user_for_token(raw).id == viewer.id
+    assert raw not in client.get("/me/tokens").get_data(as_text=True)  # shown once
+    token = db.session.query(ApiToken).one()
+    assert client.post(f"/me/tokens/{token.id}/revoke").status_code == 303
+    assert services.user_for_token(raw) is None
+
+
+def test_nobody_revokes_another_users_token(client, login_as, user_factory):
+    other = user_factory()
+    services.create_api_token(other.id)
+    token = db.session.query(ApiToken).one()
+    login_as(Role.ADMIN)
+    assert client.post(f"/me/tokens/{token.id}/revoke").status_code == 404
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.SUPERVISOR])
+def test_only_admins_manage_users(client, login_as, role):
+    user = login_as(role)
+    assert client.get("/users/").status_code == 403
+    assert client.post(f"/users/{user.id}", data={"role": "admin"}).status_code == 403

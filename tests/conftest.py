@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -18,6 +21,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from procrastinate import testing
+from werkzeug.serving import make_server
 
 from app import create_app, db
 from campaigns import services
@@ -177,6 +181,31 @@ def login_as(client: FlaskClient, user_factory) -> Callable[[Role], User]:
         return user
 
     return sign_in
+
+
+@contextmanager
+def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
+    """Serve a WSGI app on a free local port in a thread; yield its base URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    # A short poll interval: shutdown() waits for the loop to notice (0.5 s by default).
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The test app on a real socket (its mock ERP becomes the ERP it talks to)."""
+    with serving(app) as base:
+        app.config["ERP_BASE_URL"] = f"{base}/mock/erp"
+        yield base
 
 
 CSRF_INPUT = re.compile(rb'name="csrf_token" value="([^"]+)"')

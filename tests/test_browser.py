@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from campaigns.models import Role
 from tests.conftest import PASSWORD
@@ -24,17 +22,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium)"),
 ]
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:
-    app.config["WTF_CSRF_ENABLED"] = True  # the real thing, as a browser meets it
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
 
 
 @pytest.fixture
@@ -60,7 +47,8 @@ def page() -> Iterator[object]:
         browser.close()
 
 
-def test_sign_in_see_the_dashboard_and_sign_out(live_server, page, user_factory):
+def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_factory):
+    app.config["WTF_CSRF_ENABLED"] = True  # the real thing, as a browser meets it
     user = user_factory(Role.SUPERVISOR)
 
     page.goto(f"{live_server}/")

@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from app import db
 from campaigns.config import ConfigError
 from campaigns.erp import ErpClient, ErpError, ErpPage, client_from_config, segment_query
-from tests.conftest import SUFFIX, admin_execute, make_app, url_for_database
+from tests.conftest import SUFFIX, admin_execute, make_app, serving, url_for_database
 
 SMALL = 20_000
 SEGMENT = {"state": "RJ", "tags": ["vip", "b2b"], "opted_in_only": True}
-
-
-@contextmanager
-def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
-    """Serve a WSGI app on a free local port in a thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    # A short poll interval: shutdown() waits for the loop to notice (0.5 s by default).
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
 
 def answering(status: str, body: bytes, content_type: str = "application/json"):

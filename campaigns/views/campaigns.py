@@ -66,8 +66,9 @@ def campaign_rows() -> str:
 
 def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:
     """Each variable of the chosen template with what it is mapped to on the form."""
-    names = services.template_variables_for(template_id) or []
     variables = form.get("variables", {})
+    # Without a template, keep showing what was typed, so nothing is lost.
+    names = services.template_variables_for(template_id) or list(variables)
     rows = []
     for name in names:
         source = variables.get(name, {})

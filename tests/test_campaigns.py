@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app import db
+from campaigns import services
+from campaigns.models import (
+    Campaign,
+    CampaignActivity,
+    CampaignStatus,
+    MessageTemplate,
+    Role,
+    TemplateStatus,
+)
+from campaigns.validation import parse_campaign
+
+
+@pytest.fixture
+def demo(app):
+    services.seed_demo()
+    sender = services.default_sender()
+    promo = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    return sender, promo
+
+
+@pytest.fixture
+def supervisor(login_as):
+    return login_as(Role.SUPERVISOR)
+
+
+def form_for(sender, template, **overrides):
+    data = {
+        "name": "Black Friday SP",
+        "sender_id": str(sender.id),
+        "template_id": str(template.id),
+        "segment.state": "SP",
+        "segment.tags": "vip, promo",
+        "segment.min_total_spent": "100",
+        "segment.opted_in_only": "on",
+        "var.first_name.source": "first_name",
+        "var.discount.source": "text",
+        "var.discount.text": "20%",
+        "var.city.source": "city",
+        "var.coupon.source": "text",
+        "var.coupon.text": "BF2026",
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def create(client, sender, template, **overrides) -> Campaign:
+    response = client.post("/campaigns/", data=form_for(sender, template, **overrides))
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return db.session.get(Campaign, int(response.headers["Location"].rsplit("/", 1)[-1]))
+
+
+def test_create_a_draft(client, demo, supervisor):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    assert campaign.status is CampaignStatus.DRAFT
+    assert campaign.owner_id == supervisor.id
+    assert campaign.segment == {
+        "state": "SP",
+        "tags": ["vip", "promo"],
+        "min_total_spent": 100.0,
+        "opted_in_only": True,
+    }
+    assert campaign.variable_mapping == {
+        "first_name": {"field": "first_name"},
+        "discount": {"text": "20%"},
+        "city": {"field": "city"},
+        "coupon": {"text": "BF2026"},
+    }
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "Black Friday SP" in page and "created" in page
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        (
+            {"var.coupon.source": None, "var.coupon.text": None},
+            "variables.coupon",
+            "Map {{coupon}}",
+        ),
+        ({"var.discount.text": ""}, "variables.discount", "Map {{discount}}"),
+        ({"segment.state": "São Paulo"}, "segment.state", "two-letter"),
+        ({"segment.min_total_spent": "lots"}, "segment.min_total_spent", "amount"),
+        ({"segment.max_audience": "0"}, "segment.max_audience", "from 1"),
+        ({"name": ""}, "name", "Give the campaign a name"),
+        ({"template_id": ""}, "template_id", "approved template"),
+    ],
+)
+def test_bad_campaign_fields_are_422_at_the_field(
+    client, demo, supervisor, overrides, field, message
+):
+    sender, promo = demo
+    response = client.post("/campaigns/", data=form_for(sender, promo, **overrides))
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert message in body
+    assert 'aria-invalid="true"' in body
+    if field != "variables.coupon":
+        assert "BF2026" in body  # what was typed is kept
+    assert db.session.query(Campaign).count() == 0
+
+
+def test_a_template_not_approved_cannot_be_chosen(client, demo, supervisor):
+    sender, promo = demo
+    promo.status = TemplateStatus.PAUSED
+    db.session.commit()
+    response = client.post("/campaigns/", data=form_for(sender, promo))
+    assert response.status_code == 422
+    assert "approved template" in response.get_data(as_text=True)
+
+
+def test_mapping_fragment_follows_the_chosen_template(client, demo, supervisor):
+    order = db.session.query(MessageTemplate).filter_by(name="order_ready").one()
+    response = client.post(
+        "/campaigns/mapping", data={"template_id": str(order.id)}, headers={"HX-Request": "true"}
+    )
+    body = response.get_data(as_text=True)
+    assert 'id="campaign-mapping"' in body
+    assert 'name="var.1.source"' in body and 'name="var.2.source"' in body
+
+
+def test_live_audience_count_from_the_erp(client, demo, supervisor, live_server):
+    sender, promo = demo
+    data = form_for(sender, promo)
+    response = client.post("/campaigns/audience", data=data, headers={"HX-Request": "true"})
+    body = response.get_data(as_text=True)
+    assert 'id="campaign-audience"' in body
+    count = int(re.search(r"<strong>([\d,]+)</strong>", body).group(1).replace(",", ""))
+    assert 0 < count < 1_000_000
+    assert "load," not in body  # an answer must not ask again on load
+    wider = client.post("/campaigns/audience", data=form_for(sender, promo, **{"segment.tags": ""}))
+    wider_count = int(
+        re.search(r"<strong>([\d,]+)</strong>", wider.get_data(as_text=True))
+        .group(1)
+        .replace(",", "")
+    )
+    assert wider_count > count
+    bad = client.post(
+        "/campaigns/audience", data=form_for(sender, promo, **{"segment.state": "XYZ"})
+    )
+    assert "two-letter" in bad.get_data(as_text=True)
+
+
+def test_audience_count_says_when_the_erp_is_down(app, client, demo, supervisor):
+    app.config["ERP_BASE_URL"] = "http://127.0.0.1:9/mock/erp"
+    sender, promo = demo
+    body = client.post("/campaigns/audience", data=form_for(sender, promo)).get_data(as_text=True)
+    assert "The ERP did not answer" in body
+
+
+def test_dry_run_renders_real_customers(client, demo, supervisor, live_server):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    response = client.get(f"/campaigns/{campaign.id}/dry-run?n=5", headers={"HX-Request": "true"})
+    body = response.get_data(as_text=True)
+    assert f'id="campaign-{campaign.id}-dry-run"' in body
+    rows = re.findall(r"<tr[^>]*>\s*<td>", body)
+    assert len(rows) == 5
+    assert "20% de desconto" in body and "BF2026" in body
+    assert "{{" not in body
+
+
+def test_schedule_in_the_operators_time_zone(app, client, demo, supervisor):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    local = (datetime.now(UTC) + timedelta(days=1)).astimezone(
+        __import__("zoneinfo").ZoneInfo(app.config["DISPLAY_TIMEZONE"])
+    )
+    client.post(
+        f"/campaigns/{campaign.id}/schedule",
+        data={"scheduled_at": local.strftime("%Y-%m-%dT%H:%M")},
+    )
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.SCHEDULED
+    assert abs((campaign.scheduled_at - local.replace(second=0, microsecond=0)).total_seconds()) < 1
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert local.strftime("%Y-%m-%d %H:%M") in page
+    assert "Reschedule" in page
+
+    client.post(f"/campaigns/{campaign.id}/unschedule")
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.DRAFT and campaign.scheduled_at is None
+    actions = [
+        a.action for a in db.session.query(CampaignActivity).filter_by(campaign_id=campaign.id)
+    ]
+    assert sorted(actions) == ["created", "scheduled", "unscheduled"]
+
+
+def test_scheduling_in_the_past_is_refused_with_the_reason(client, demo, supervisor):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    client.post(f"/campaigns/{campaign.id}/schedule", data={"scheduled_at": "2020-01-01T10:00"})
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.DRAFT
+    assert "Choose a time in the future" in client.get(f"/campaigns/{campaign.id}").get_data(
+        as_text=True
+    )
+
+
+@pytest.mark.parametrize(
+    "status", [CampaignStatus.SENDING, CampaignStatus.COMPLETED, CampaignStatus.CANCELLED]
+)
+def test_only_draft_or_scheduled_campaigns_can_be_edited(client, demo, supervisor, status):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    campaign.status = status
+    db.session.commit()
+    response = client.post(
+        f"/campaigns/{campaign.id}", data=form_for(sender, promo, name="changed")
+    )
+    assert response.status_code == 422
+    assert f"A {status.value} campaign cannot be edited" in response.get_data(as_text=True)
+    db.session.refresh(campaign)
+    assert campaign.name == "Black Friday SP"
+
+
+def test_transition_table_matches_the_rules():
+    allowed = services.allowed_actions
+    assert allowed(CampaignStatus.DRAFT) >= {"edit", "schedule", "send_now", "cancel"}
+    assert "pause" in allowed(CampaignStatus.SENDING) and "edit" not in allowed(
+        CampaignStatus.SENDING
+    )
+    assert allowed(CampaignStatus.COMPLETED) == set()
+    assert "resume" not in allowed(CampaignStatus.COMPLETED)
+    assert allowed(CampaignStatus.PAUSED) >= {"resume", "cancel"}
+
+
+def test_duplicate_makes_an_editable_copy(client, demo, supervisor):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    campaign.status = CampaignStatus.COMPLETED
+    db.session.commit()
+    response = client.post(f"/campaigns/{campaign.id}/duplicate")
+    copy = db.session.query(Campaign).filter(Campaign.id != campaign.id).one()
+    assert response.headers["Location"] == f"/campaigns/{copy.id}/edit"
+    assert copy.status is CampaignStatus.DRAFT
+    assert copy.segment == campaign.segment and copy.variable_mapping == campaign.variable_mapping
+
+
+def test_list_filters_search_pagination_and_live_rows(client, demo, supervisor):
+    sender, promo = demo
+    fields = parse_campaign(
+        {
+            "name": "x",
+            "sender_id": sender.id,
+            "template_id": promo.id,
+            "variables": {n: {"text": "v"} for n in ("first_name", "discount", "city", "coupon")},
+        },
+        services.template_variables_for(promo.id),
+    )
+    for n in range(25):
+        services.create_campaign(
+            fields.__class__(**(fields.__dict__ | {"name": f"Wave {n:02d}"})), supervisor.id
+        )
+    first = client.get("/campaigns/").get_data(as_text=True)
+    assert "Wave 24" in first and "Wave 04" not in first and "Page 1 of 2" in first
+    second = client.get("/campaigns/?page=2").get_data(as_text=True)
+    assert "Wave 04" in second
+    rows = client.get("/campaigns/rows?q=wave 1", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert rows.count("<tr id=") == 10
+    assert "hx-trigger" not in rows  # nothing live, nothing to poll
+    wave = db.session.query(Campaign).filter_by(name="Wave 07").one()
+    wave.status = CampaignStatus.SENDING
+    db.session.commit()
+    live = client.get("/campaigns/rows?status=sending").get_data(as_text=True)
+    assert 'hx-trigger="every 5s"' in live and "Wave 07" in live
+
+
+def test_viewers_can_look_but_not_touch(client, demo, login_as):
+    sender, promo = demo
+    login_as(Role.VIEWER)
+    assert client.get("/campaigns/").status_code == 200
+    assert client.get("/campaigns/new").status_code == 403
+    assert client.post("/campaigns/", data=form_for(sender, promo)).status_code == 403
+    assert client.post("/campaigns/audience", data=form_for(sender, promo)).status_code == 403

@@ -154,6 +154,13 @@ class Settings:
     mock_erp_failure_rate: float
     mock_template_approval_seconds: int
     mock_template_reject_marker: str
+    mock_whatsapp_latency_ms: int
+    mock_whatsapp_throttle_rate: float
+    mock_whatsapp_transient_rate: float
+    mock_whatsapp_permanent_rate: float
+    mock_whatsapp_webhooks: bool
+    mock_whatsapp_read_rate: float
+    mock_whatsapp_webhook_delay_ms: int
     display_timezone: str
 
     def flask_config(self) -> dict[str, object]:
@@ -180,6 +187,13 @@ class Settings:
             "MOCK_ERP_FAILURE_RATE": self.mock_erp_failure_rate,
             "MOCK_TEMPLATE_APPROVAL_SECONDS": self.mock_template_approval_seconds,
             "MOCK_TEMPLATE_REJECT_MARKER": self.mock_template_reject_marker,
+            "MOCK_WHATSAPP_LATENCY_MS": self.mock_whatsapp_latency_ms,
+            "MOCK_WHATSAPP_THROTTLE_RATE": self.mock_whatsapp_throttle_rate,
+            "MOCK_WHATSAPP_TRANSIENT_RATE": self.mock_whatsapp_transient_rate,
+            "MOCK_WHATSAPP_PERMANENT_RATE": self.mock_whatsapp_permanent_rate,
+            "MOCK_WHATSAPP_WEBHOOKS": self.mock_whatsapp_webhooks,
+            "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
+            "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
             "DISPLAY_TIMEZONE": self.display_timezone,
             # The CSRF token lives as long as the session, so a page left open
             # for hours (a campaign being watched) can still pause it.
@@ -219,6 +233,15 @@ def load_settings() -> Settings:
         mock_erp_failure_rate=_fraction("MOCK_ERP_FAILURE_RATE", 0.0),
         mock_template_approval_seconds=_int_setting("MOCK_TEMPLATE_APPROVAL_SECONDS", 5, minimum=0),
         mock_template_reject_marker=os.environ.get("MOCK_TEMPLATE_REJECT_MARKER") or "REJECT_ME",
+        mock_whatsapp_latency_ms=_int_setting("MOCK_WHATSAPP_LATENCY_MS", 0, minimum=0),
+        mock_whatsapp_throttle_rate=_fraction("MOCK_WHATSAPP_THROTTLE_RATE", 0.0),
+        mock_whatsapp_transient_rate=_fraction("MOCK_WHATSAPP_TRANSIENT_RATE", 0.0),
+        mock_whatsapp_permanent_rate=_fraction("MOCK_WHATSAPP_PERMANENT_RATE", 0.0),
+        mock_whatsapp_webhooks=_flag("MOCK_WHATSAPP_WEBHOOKS", default=True),
+        mock_whatsapp_read_rate=_fraction("MOCK_WHATSAPP_READ_RATE", 0.6),
+        mock_whatsapp_webhook_delay_ms=_int_setting(
+            "MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000, minimum=0
+        ),
         display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
     )
 

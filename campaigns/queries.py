@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from campaigns.models import (
     CampaignStatus,
     MessageTemplate,
     Sender,
+    Suppression,
     TemplateCategory,
     TemplateStatus,
     User,
@@ -254,4 +256,146 @@ def campaign_activity(campaign_id: int) -> list[CampaignActivity]:
             .where(CampaignActivity.campaign_id == campaign_id)
             .order_by(CampaignActivity.created_at.desc(), CampaignActivity.id.desc())
         )
+    )
+
+
+@dataclass(frozen=True)
+class SuppressionPage:
+    suppressions: list[Suppression]
+    page: int
+    pages: int
+    total: int
+
+
+SUPPRESSIONS_PER_PAGE = 50
+
+
+def list_suppressions(q: str | None, page: int = 1) -> SuppressionPage:
+    """One page of opt-outs, newest first; ``q`` matches digits of the phone (or the reason)."""
+    query = sa.select(Suppression)
+    digits = re.sub(r"\D", "", q or "")
+    if digits:
+        # Phones are stored as +<digits>, so "(11) 98765" finds +5511987654321.
+        query = query.where(Suppression.phone.contains(digits))
+    elif q and q.strip():
+        escaped = q.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Suppression.reason.ilike(f"%{escaped}%"))
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
+    pages = max(1, -(-total // SUPPRESSIONS_PER_PAGE))
+    page = min(max(1, page), pages)
+    rows = db.session.scalars(
+        query.order_by(Suppression.created_at.desc(), Suppression.id.desc())
+        .limit(SUPPRESSIONS_PER_PAGE)
+        .offset((page - 1) * SUPPRESSIONS_PER_PAGE)
+    )
+    return SuppressionPage(list(rows), page, pages, total)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A campaign's progress from its counters: O(1), whatever its size."""
+
+    campaign_id: int
+    status: CampaignStatus
+    status_reason: str | None
+    total: int
+    pending: int
+    queued: int
+    sending: int
+    retrying: int
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+    skipped: int
+    cancelled: int
+    sent_last_minute: int
+    allowed_per_minute: float
+
+    @property
+    def in_flight(self) -> int:
+        return self.pending + self.queued + self.sending + self.retrying
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped + self.cancelled
+
+    @property
+    def percent_done(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        """Reached sent and did not fail ÷ (those + failed); None before any outcome."""
+        outcomes = self.sent + self.failed
+        return self.sent / outcomes if outcomes else None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining ÷ min(recent throughput, what the limits allow); None when unknown."""
+        rate = min(self.sent_last_minute, self.allowed_per_minute)
+        if self.status is not CampaignStatus.SENDING or rate <= 0 or not self.in_flight:
+            return None
+        return self.in_flight / rate * 60.0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "campaign_id": self.campaign_id,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "total": self.total,
+            "in_flight": self.in_flight,
+            "pending": self.pending,
+            "queued": self.queued,
+            "sending": self.sending,
+            "retrying": self.retrying,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "read": self.read,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cancelled": self.cancelled,
+            "success_rate": self.success_rate,
+            "sent_last_minute": self.sent_last_minute,
+            "eta_seconds": self.eta_seconds,
+            "is_finished": self.is_finished,
+        }
+
+
+def get_progress(campaign: Campaign) -> Progress:
+    """Counters summed over their shards, plus the last minute's sends."""
+    from campaigns import counters
+    from campaigns.models import CampaignMinuteStat
+    from campaigns.sending import pace_seconds
+
+    totals = counters.totals(db.session, campaign.id)
+    last_minute = db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(CampaignMinuteStat.sent), 0)).where(
+            CampaignMinuteStat.campaign_id == campaign.id,
+            CampaignMinuteStat.minute
+            >= sa.func.date_trunc("minute", sa.func.now()) - sa.text("interval '1 minute'"),
+        )
+    )
+    allowed = 60.0 / pace_seconds(campaign.sender, campaign.owner.campaign_rate_limit_per_minute)
+    return Progress(
+        campaign_id=campaign.id,
+        status=campaign.status,
+        status_reason=campaign.status_reason,
+        total=totals["total"],
+        pending=totals["pending"],
+        queued=totals["queued"],
+        sending=totals["sending"],
+        retrying=totals["retrying"],
+        sent=totals["sent"],
+        delivered=totals["delivered"],
+        read=totals["read"],
+        failed=totals["failed"],
+        skipped=totals["skipped"],
+        cancelled=totals["cancelled"],
+        sent_last_minute=int(last_minute or 0),
+        allowed_per_minute=allowed,
     )

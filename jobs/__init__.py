@@ -15,21 +15,13 @@ import procrastinate
 from campaigns.config import database_url
 from jobs.context import flask_context, size_thread_pool
 
-# Queue names and concurrencies come from the source documents; the Procfile runs them.
-MESSAGES_QUEUE = "campaign-messages"
-NOTIFICATIONS_QUEUE = "campaign-notifications"
-RETRY_QUEUE = "message-retry"
-SCHEDULER_QUEUE = "campaign-scheduler"
-SENDER_QUEUE = "campaign-sender"
-MAINTENANCE_QUEUE = "maintenance"
-
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(
         conninfo=database_url,  # a callable: resolved when the pool connects, not at import
         min_size=1,
         max_size=10,
     ),
-    import_paths=["jobs.tasks"],
+    import_paths=["jobs.tasks", "jobs.mock_tasks"],
     worker_defaults={
         # Paced message jobs become due without a NOTIFY: poll about every second.
         "fetch_job_polling_interval": 1.0,

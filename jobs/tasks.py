@@ -1,15 +1,41 @@
-"""Procrastinate tasks: ids in, one domain call, nothing else."""
+"""Procrastinate tasks: ids in, one domain call, nothing else.
+
+"N attempts" in the source documents are N runs; Procrastinate's ``max_attempts``
+counts retries, so 3 attempts is ``max_attempts=2``.
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
-from procrastinate import RetryStrategy
+from flask import current_app
+from procrastinate import JobContext, RetryStrategy, builtin_tasks
+from procrastinate.exceptions import AlreadyEnqueued
 
-from campaigns import queries, services
-from jobs import MAINTENANCE_QUEUE, app
+from app import db
+from campaigns import erp, notifications, queries, ratelimit, sending, services
+from campaigns.i18n import _
+from campaigns.queues import (
+    FAN_OUT_TASK,
+    MAINTENANCE_QUEUE,
+    MESSAGES_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    NOTIFY_TASK,
+    PUMP_TASK,
+    RETRY_QUEUE,
+    RETRY_TASK,
+    SCHEDULER_QUEUE,
+    SEND_TASK,
+    SENDER_QUEUE,
+)
+from jobs import app
 
 logger = logging.getLogger(__name__)
+
+SEND_ATTEMPTS = 2  # retries on campaign-messages: 3 runs, waits 2 s then 4 s
+RETRY_ATTEMPTS = 4  # retries on message-retry: 5 runs, waits 3, 9, 27, 81 s
+FAN_OUT_ATTEMPTS = 2  # the ERP may be down for a while: 3 runs, waits 10 s then 100 s
 
 
 @app.task(name="maintenance.ping", queue=MAINTENANCE_QUEUE)
@@ -18,6 +44,113 @@ def ping(token: str) -> str:
     queries.database_time()
     logger.info("ping %s", token)
     return token
+
+
+@app.periodic(cron="* * * * *", periodic_id="scheduler")
+@app.task(
+    name="campaigns.scheduler_tick",
+    queue=SCHEDULER_QUEUE,
+    retry=RetryStrategy(max_attempts=2, exponential_wait=2),
+)
+def scheduler_tick(timestamp: int) -> None:
+    """Every minute: start due campaigns (at the tick's time), re-kick stranded ones."""
+    started = sending.claim_due(datetime.fromtimestamp(timestamp, UTC))
+    if started:
+        logger.info("started campaigns %s", started)
+    sending.rekick()
+
+
+@app.task(
+    name=FAN_OUT_TASK,
+    queue=SENDER_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(
+        max_attempts=FAN_OUT_ATTEMPTS, exponential_wait=10, retry_exceptions={erp.ErpError}
+    ),
+)
+def fan_out(context: JobContext, campaign_id: int) -> None:
+    """Load the campaign's audience from the ERP, page by page, resumably."""
+    try:
+        while (page := sending.fan_out_page(campaign_id, current_app.config)) is not None:
+            if page.done:
+                return
+    except erp.ErpError as error:
+        last = context.job.attempts >= FAN_OUT_ATTEMPTS or error.is_caller_error
+        logger.warning("campaign %s: ERP error (job %s): %s", campaign_id, context.job.id, error)
+        if not last:
+            raise
+        sending.fail_campaign(
+            campaign_id, _("The ERP could not give the audience: %(m)s") % {"m": error.message}
+        )
+
+
+@app.task(name=PUMP_TASK, queue=SENDER_QUEUE)
+def pump(campaign_id: int) -> None:
+    """Keep a bounded window of paced message jobs; come back while work is left.
+
+    No retries of its own (a queueing lock plus a retry trips Procrastinate #1446):
+    the scheduler's re-kick replaces a pump that failed.
+    """
+    wait = sending.pump(campaign_id)
+    if wait is not None:
+        try:
+            pump.configure(
+                schedule_in={"seconds": wait}, queueing_lock=sending.pump_lock(campaign_id)
+            ).defer(campaign_id=campaign_id)
+        except AlreadyEnqueued:
+            pass
+
+
+def _send(context: JobContext, message_id: int, *, retry_queue: bool, attempts: int) -> None:
+    try:
+        outcome = sending.send(
+            message_id,
+            current_app.config,
+            last_attempt=context.job.attempts >= attempts,
+            retry_queue=retry_queue,
+        )
+    except sending.Deferred as deferred:
+        sending.redefer(message_id, deferred.seconds, retry_queue=retry_queue)
+        return
+    if outcome.status == "failed":
+        logger.warning("message %s failed (job %s): %s", message_id, context.job.id, outcome.detail)
+
+
+@app.task(
+    name=SEND_TASK,
+    queue=MESSAGES_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(
+        max_attempts=SEND_ATTEMPTS, exponential_wait=2, retry_exceptions={sending.Transient}
+    ),
+)
+def send_message(context: JobContext, message_id: int) -> None:
+    """Send one campaign message (rate-limited → later, without spending an attempt)."""
+    _send(context, message_id, retry_queue=False, attempts=SEND_ATTEMPTS)
+
+
+@app.task(
+    name=RETRY_TASK,
+    queue=RETRY_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(
+        max_attempts=RETRY_ATTEMPTS, exponential_wait=3, retry_exceptions={sending.Transient}
+    ),
+)
+def retry_message(context: JobContext, message_id: int) -> None:
+    """A message whose attempts ran out on campaign-messages: five more, slower."""
+    _send(context, message_id, retry_queue=True, attempts=RETRY_ATTEMPTS)
+
+
+@app.task(
+    name=NOTIFY_TASK,
+    queue=NOTIFICATIONS_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(max_attempts=1, wait=30),
+)
+def notify(context: JobContext, campaign_id: int, kind: str) -> None:
+    """Tell the owner: an in-app notification (once) and the outgoing webhook, if set."""
+    notifications.deliver(campaign_id, kind, first_attempt=context.job.attempts == 0)
 
 
 @app.task(
@@ -41,3 +174,54 @@ def sync_pending_templates(timestamp: int) -> None:
             services.sync_template_status(template_id)
         except services.ServiceError as error:
             logger.warning("template %s: status sync failed: %s", template_id, error.message)
+
+
+@app.periodic(cron="*/2 * * * *", periodic_id="reconcile")
+@app.task(
+    name="maintenance.reconcile", queue=MAINTENANCE_QUEUE, queueing_lock="maintenance.reconcile"
+)
+def reconcile(timestamp: int) -> None:
+    """Retry messages a dead worker left in `sending`; drop expired rate-limit buckets."""
+    sending.reconcile_stuck_sending()
+    removed = ratelimit.delete_old_buckets(db.session)
+    db.session.commit()
+    logger.info("maintenance: removed %s old rate-limit buckets", removed)
+
+
+# Well above the graceful shutdown (20 s) plus a heartbeat interval, so a worker
+# that is still finishing its jobs is never taken for dead.
+STALLED_AFTER_SECONDS = 120
+
+
+@app.periodic(cron="*/2 * * * *", periodic_id="stalled")
+@app.task(
+    name="maintenance.retry_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="maintenance.stalled"
+)
+async def retry_stalled_jobs(timestamp: int) -> None:
+    """Put the jobs of dead workers back in the queue (async: the API is async-only)."""
+    from procrastinate.exceptions import ConnectorException
+    from procrastinate.jobs import Status
+
+    for job in await app.job_manager.get_stalled_jobs(
+        seconds_since_heartbeat=STALLED_AFTER_SECONDS
+    ):
+        logger.warning("retrying stalled job %s (%s)", job.id, job.task_name)
+        try:
+            await app.job_manager.retry_job(job)
+        except ConnectorException:
+            # A waiting sibling holds the same queueing lock (#1446): that one will run.
+            await app.job_manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
+
+
+@app.periodic(cron="17 * * * *", periodic_id="remove-old-jobs")
+@app.task(
+    name="maintenance.remove_old_jobs",
+    queue=MAINTENANCE_QUEUE,
+    queueing_lock="maintenance.remove_old_jobs",
+    pass_context=True,
+)
+async def remove_old_jobs(context: JobContext, timestamp: int) -> None:
+    """Keep procrastinate_jobs small: its fetch query and worker pruning slow down with size."""
+    await builtin_tasks.remove_old_jobs(
+        context, max_hours=72, remove_failed=True, remove_cancelled=True, remove_aborted=True
+    )

@@ -8,6 +8,8 @@ from typing import Any
 from campaigns.models import Provider, Sender
 from campaigns.providers.base import (
     ProviderError,
+    SendError,
+    SendResult,
     TemplateStatusReport,
     TemplateSubmission,
     WhatsAppProvider,
@@ -15,6 +17,8 @@ from campaigns.providers.base import (
 
 __all__ = [
     "ProviderError",
+    "SendError",
+    "SendResult",
     "TemplateStatusReport",
     "TemplateSubmission",
     "WhatsAppProvider",

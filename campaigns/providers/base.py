@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaigns.models import MessageTemplate, TemplateStatus
+from campaigns.providers.errors import ErrorKind
 
 
 class ProviderError(Exception):
@@ -17,6 +18,25 @@ class ProviderError(Exception):
         self.message = message
         self.code = code
         self.http_status = http_status
+
+
+class SendError(ProviderError):
+    """A send that did not go; ``kind`` says what to do about it (see errors.classify)."""
+
+    def __init__(
+        self,
+        message: str,
+        kind: ErrorKind,
+        code: int | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, code, http_status)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_message_id: str  # the wamid every status webhook refers to
 
 
 @dataclass(frozen=True)
@@ -83,3 +103,19 @@ class WhatsAppProvider(ABC):
     @abstractmethod
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
         """The template's current review status."""
+
+    @abstractmethod
+    def send_template(
+        self,
+        *,
+        to: str,
+        template: MessageTemplate,
+        params: dict[str, str],
+        callback_data: str,
+    ) -> SendResult:
+        """Send one template message to an E.164 number; raise SendError if it did not go.
+
+        ``params`` maps each variable (a name, or "1", "2"… for positional
+        templates) to its text; ``callback_data`` goes out as
+        ``biz_opaque_callback_data`` and comes back in status webhooks.
+        """

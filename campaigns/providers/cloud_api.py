@@ -7,30 +7,174 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from campaigns import rendering
-from campaigns.models import MessageTemplate, Sender
+from campaigns.models import MessageTemplate, ParameterFormat, Sender
 from campaigns.providers.base import (
     META_TEMPLATE_STATUS,
     ProviderError,
+    SendError,
+    SendResult,
     TemplateStatusReport,
     TemplateSubmission,
     WhatsAppProvider,
     template_components,
 )
+from campaigns.providers.errors import ErrorKind, classify
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT = (5, 15)  # (connect, read) seconds
-_session = (
-    requests.Session()
-)  # pooled connections; requests' Session is thread-safe enough for this
+# A send that outlives this is retried (and may then be a duplicate, see ARCHITECTURE.md):
+# keep it well under the lease after which a message stuck in `sending` is reconciled.
+SEND_TIMEOUT = (5, 20)
+# One pool per process, shared by every worker thread: without a bigger pool,
+# urllib3 keeps only 10 connections per host and the others reconnect each time.
+POOL_SIZE = 32
+_session = requests.Session()  # thread-safe for plain requests; we never rely on its cookies
+_adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+_session.mount("https://", _adapter)
+_session.mount("http://", _adapter)
+
+
+def template_message(
+    *, to: str, template: MessageTemplate, params: dict[str, str], callback_data: str
+) -> dict[str, Any]:
+    """The Cloud API payload that sends a template message (notes A1)."""
+    names = rendering.variables(template.body_text, template.parameter_format)
+    missing = [name for name in names if name not in params]
+    if missing:
+        # Meta would answer 132000; saying so here costs no request and no quota.
+        raise SendError(
+            f"No value for the template variables {', '.join(missing)}.",
+            ErrorKind.PERMANENT,
+            code=132000,
+        )
+    if template.parameter_format is ParameterFormat.NAMED:
+        parameters = [
+            {"type": "text", "parameter_name": name, "text": str(params[name])} for name in names
+        ]
+    else:  # positional values must follow placeholder order
+        parameters = [{"type": "text", "text": str(params[name])} for name in names]
+    body: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
+    if parameters:
+        body["components"] = [{"type": "body", "parameters": parameters}]
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "biz_opaque_callback_data": callback_data,
+        "template": body,
+    }
+
+
+def _error_code(error: dict[str, Any]) -> int | None:
+    try:
+        return int(error["code"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def post_message(
+    base_url: str, phone_number_id: str, token: str | None, payload: dict[str, Any]
+) -> SendResult:
+    """POST one message to ``{base_url}/{phone_number_id}/messages``; its wamid, or SendError.
+
+    Shared by the Cloud API client and the mock provider, so the mock exercises
+    exactly the request and the error handling that production uses.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{base_url}/{phone_number_id}/messages"
+    try:
+        response = _session.post(url, json=payload, headers=headers, timeout=SEND_TIMEOUT)
+    except requests.RequestException as exc:
+        # Unreachable or too slow: transient. A read timeout may hide a send that
+        # went through; the retry then duplicates it (Meta has no idempotency key).
+        raise SendError(
+            f"WhatsApp could not be reached: {type(exc).__name__}", ErrorKind.RETRY
+        ) from exc
+    with response:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    status = response.status_code
+    if not isinstance(body, dict):
+        body = {}
+    error = body.get("error")
+    if status >= 400 or error is not None:
+        error = error if isinstance(error, dict) else {}
+        code = _error_code(error)
+        message = error.get("error_user_msg") or error.get("message") or response.reason
+        raise SendError(
+            f"WhatsApp answered {status}: {message}", classify(code, status), code, status
+        )
+    try:
+        wamid = str(body["messages"][0]["id"])
+    except (KeyError, IndexError, TypeError):
+        # Accepted or not, we cannot tell: retrying risks a duplicate, failing risks a loss.
+        raise SendError(
+            f"WhatsApp answered {status} without a message id.", ErrorKind.RETRY, None, status
+        ) from None
+    return SendResult(wamid)
+
+
+def send_template_message(
+    base_url: str,
+    sender: Sender,
+    token: str | None,
+    *,
+    to: str,
+    template: MessageTemplate,
+    params: dict[str, str],
+    callback_data: str,
+) -> SendResult:
+    """Send one template message for a sender through a Graph-API-shaped endpoint."""
+    if not sender.phone_number_id:
+        raise SendError("This sender has no phone number id.", ErrorKind.PAUSE_SENDER)
+    payload = template_message(to=to, template=template, params=params, callback_data=callback_data)
+    try:
+        return post_message(base_url, sender.phone_number_id, token, payload)
+    except SendError as error:
+        # Ids and codes only: never the token, the number or the text.
+        logger.log(
+            logging.INFO if error.kind is ErrorKind.RETRY else logging.WARNING,
+            "sender %s: message %s not sent (%s, code %s, HTTP %s)",
+            sender.id,
+            callback_data,
+            error.kind,
+            error.code,
+            error.http_status,
+        )
+        raise
 
 
 class CloudApiProvider(WhatsAppProvider):
     def __init__(self, sender: Sender, config: Mapping[str, Any]) -> None:
         self.sender = sender
         self.base_url = str(config["WHATSAPP_API_BASE_URL"]).rstrip("/")
+
+    def send_template(
+        self,
+        *,
+        to: str,
+        template: MessageTemplate,
+        params: dict[str, str],
+        callback_data: str,
+    ) -> SendResult:
+        if not self.sender.access_token:
+            raise SendError("This sender has no access token.", ErrorKind.PAUSE_SENDER)
+        return send_template_message(
+            self.base_url,
+            self.sender,
+            self.sender.access_token,
+            to=to,
+            template=template,
+            params=params,
+            callback_data=callback_data,
+        )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if not self.sender.access_token:

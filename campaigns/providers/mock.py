@@ -3,6 +3,9 @@
 Template review: a submitted template is approved ``MOCK_TEMPLATE_APPROVAL_SECONDS``
 after submission, unless its body contains ``MOCK_TEMPLATE_REJECT_MARKER``, in
 which case it is rejected with a reason — so both outcomes can be tried in a demo.
+
+Sending goes over HTTP to the app's own mock WhatsApp (``campaigns/mock_whatsapp.py``)
+through the Cloud API client's request and error handling, with no token.
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from typing import Any
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
 from campaigns.providers.base import (
     ProviderError,
+    SendResult,
     TemplateStatusReport,
     TemplateSubmission,
     WhatsAppProvider,
 )
+from campaigns.providers.cloud_api import send_template_message
+
+# The Graph API version in the mock's URLs; the mock accepts any.
+MOCK_API_VERSION = "v23.0"
+
+
+def mock_api_base_url(config: Mapping[str, Any]) -> str:
+    """Where the mock WhatsApp answers, as the Cloud API base URL would be."""
+    return f"{str(config['APP_BASE_URL']).rstrip('/')}/mock/whatsapp/{MOCK_API_VERSION}"
 
 
 class MockProvider(WhatsAppProvider):
@@ -25,6 +38,7 @@ class MockProvider(WhatsAppProvider):
         self.sender = sender
         self.approval_seconds = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"])
         self.reject_marker = str(config["MOCK_TEMPLATE_REJECT_MARKER"])
+        self.base_url = mock_api_base_url(config)
 
     def check_connection(self) -> str:
         if not self.sender.phone_number_id:
@@ -46,3 +60,21 @@ class MockProvider(WhatsAppProvider):
         if elapsed >= self.approval_seconds:
             return TemplateStatusReport(TemplateStatus.APPROVED)
         return TemplateStatusReport(TemplateStatus.PENDING)
+
+    def send_template(
+        self,
+        *,
+        to: str,
+        template: MessageTemplate,
+        params: dict[str, str],
+        callback_data: str,
+    ) -> SendResult:
+        return send_template_message(
+            self.base_url,
+            self.sender,
+            None,  # the mock asks for no token
+            to=to,
+            template=template,
+            params=params,
+            callback_data=callback_data,
+        )

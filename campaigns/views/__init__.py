@@ -7,22 +7,39 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     from app import csrf
-    from campaigns.views import api, auth, campaigns, filters, main, senders, templates, users
+    from campaigns.views import (
+        api,
+        auth,
+        campaigns,
+        filters,
+        main,
+        senders,
+        suppressions,
+        templates,
+        users,
+        webhooks,
+    )
 
     filters.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     if app.config["MOCKS_ENABLED"]:
         # Imported only here: production never loads the mocks (nor numpy).
-        from campaigns import mock_erp
+        from campaigns import mock_erp, mock_whatsapp
 
-        # A remote system's API: called by our own workers, never from a form.
+        # Remote systems' APIs: called by our own workers, never from a form.
         csrf.exempt(mock_erp.bp)
         app.register_blueprint(mock_erp.bp)
+        csrf.exempt(mock_whatsapp.bp)
+        app.register_blueprint(mock_whatsapp.bp)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(templates.bp)
     app.register_blueprint(senders.bp)
+    app.register_blueprint(suppressions.bp)
     app.register_blueprint(users.bp)
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
+    # Signed by WhatsApp (X-Hub-Signature-256), not by a browser session.
+    csrf.exempt(webhooks.bp)
+    app.register_blueprint(webhooks.bp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
@@ -10,8 +11,23 @@ from werkzeug.wrappers import Response
 from campaigns import queries, services
 from campaigns.auth import requires
 from campaigns.i18n import _
-from campaigns.models import MessageTemplate, Role, Sender, User
-from campaigns.validation import Invalid, parse_sender, parse_template, parse_user_changes
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    MessageTemplate,
+    Role,
+    Sender,
+    Suppression,
+    User,
+)
+from campaigns.validation import (
+    CampaignFields,
+    Invalid,
+    parse_campaign,
+    parse_sender,
+    parse_template,
+    parse_user_changes,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -229,3 +245,160 @@ def template_sync(template_id: int) -> Response:
     """Ask the provider for the review status now."""
     _found(queries.get_template(template_id))
     return jsonify(template_json(services.sync_template_status(template_id)))
+
+
+def suppression_json(suppression: Suppression) -> dict[str, Any]:
+    return {
+        "id": suppression.id,
+        "phone": suppression.phone,
+        "reason": suppression.reason,
+        "source": suppression.source,
+        "created_at": suppression.created_at.isoformat(),
+    }
+
+
+@bp.get("/suppressions")
+def suppression_list() -> Response:
+    """Opted-out numbers, newest first, 50 a page; ?q= matches the phone's digits."""
+    page = queries.list_suppressions(request.args.get("q"), request.args.get("page", 1, type=int))
+    return jsonify(
+        suppressions=[suppression_json(s) for s in page.suppressions],
+        page=page.page,
+        pages=page.pages,
+        total=page.total,
+    )
+
+
+@bp.post("/suppressions")
+@requires(Role.SUPERVISOR)
+def suppression_create() -> tuple[Response, int]:
+    """Suppress a number: 201 when added, 200 with the existing entry when already there."""
+    data = body()
+    phone, reason = data.get("phone"), data.get("reason") or ""
+    if not isinstance(phone, str) or not isinstance(reason, str):
+        field = "reason" if isinstance(phone, str) else "phone"
+        raise Invalid({field: _("Send it as a string.")})
+    suppression, created = services.suppress(phone, reason, "manual", g.api_user.id)
+    return jsonify(suppression_json(suppression)), 201 if created else 200
+
+
+@bp.delete("/suppressions/<int:suppression_id>")
+@requires(Role.SUPERVISOR)
+def suppression_delete(suppression_id: int) -> tuple[str, int]:
+    """Take a number off the list (404 if there is no such entry)."""
+    services.remove_suppression(suppression_id)
+    return "", 204
+
+
+def campaign_json(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status.value,
+        "status_reason": campaign.status_reason,
+        "owner_id": campaign.owner_id,
+        "sender_id": campaign.sender_id,
+        "template_id": campaign.template_id,
+        "segment": campaign.segment,
+        "variables": campaign.variable_mapping,
+        "scheduled_at": _iso(campaign.scheduled_at),
+        "started_at": _iso(campaign.started_at),
+        "completed_at": _iso(campaign.completed_at),
+        "created_at": _iso(campaign.created_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _campaign_fields(data: dict[str, Any]) -> CampaignFields:
+    return parse_campaign(data, services.template_variables_for(data.get("template_id")))
+
+
+@bp.get("/campaigns")
+def campaign_list() -> Response:
+    """Campaigns, newest first: ?status=&q=&page= (20 a page)."""
+    try:
+        status = CampaignStatus(request.args["status"]) if request.args.get("status") else None
+    except ValueError:
+        raise Invalid({"status": _("Unknown status.")}) from None
+    page = queries.list_campaigns(
+        status, request.args.get("q"), request.args.get("page", 1, type=int)
+    )
+    return jsonify(
+        campaigns=[campaign_json(c) for c in page.campaigns],
+        page=page.page,
+        pages=page.pages,
+        total=page.total,
+    )
+
+
+@bp.post("/campaigns")
+@requires(Role.SUPERVISOR)
+def campaign_create() -> tuple[Response, int]:
+    """Create a draft campaign (every template variable mapped)."""
+    campaign = services.create_campaign(_campaign_fields(body()), g.api_user.id)
+    return jsonify(campaign_json(campaign)), 201
+
+
+@bp.get("/campaigns/<int:campaign_id>")
+def campaign_get(campaign_id: int) -> Response:
+    """One campaign."""
+    return jsonify(campaign_json(_found(queries.get_campaign(campaign_id))))
+
+
+@bp.patch("/campaigns/<int:campaign_id>")
+@requires(Role.SUPERVISOR)
+def campaign_update(campaign_id: int) -> Response:
+    """Change a draft or scheduled campaign (fields not sent stay as they are)."""
+    current = campaign_json(_found(queries.get_campaign(campaign_id)))
+    fields = _campaign_fields(current | body())
+    return jsonify(campaign_json(services.update_campaign(campaign_id, fields, g.api_user.id)))
+
+
+@bp.post("/campaigns/<int:campaign_id>/schedule")
+@requires(Role.SUPERVISOR)
+def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
+    """Schedule at an ISO 8601 time with its offset (422 unless in the future)."""
+    raw = body().get("scheduled_at")
+    try:
+        when = datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise Invalid({"scheduled_at": _("Give an ISO 8601 time with its offset.")}) from None
+    if when.tzinfo is None:
+        raise Invalid({"scheduled_at": _("Give the time with its offset, e.g. -03:00.")})
+    _found(queries.get_campaign(campaign_id))
+    campaign = services.schedule_campaign(campaign_id, when, g.api_user.id)
+    return jsonify(campaign_json(campaign)), 202
+
+
+CAMPAIGN_ACTIONS = {
+    "send-now": services.send_campaign_now,
+    "pause": services.pause_campaign,
+    "resume": services.resume_campaign,
+    "cancel": services.cancel_campaign,
+}
+
+
+@bp.post("/campaigns/<int:campaign_id>/<any('send-now', pause, resume, cancel):action>")
+@requires(Role.SUPERVISOR)
+def campaign_action(campaign_id: int, action: str) -> tuple[Response, int]:
+    """send-now, pause, resume or cancel: 202, or 409 with the reason."""
+    _found(queries.get_campaign(campaign_id))
+    campaign = CAMPAIGN_ACTIONS[action](campaign_id, g.api_user.id)
+    return jsonify(campaign_json(campaign)), 202
+
+
+@bp.post("/campaigns/<int:campaign_id>/duplicate")
+@requires(Role.SUPERVISOR)
+def campaign_duplicate(campaign_id: int) -> tuple[Response, int]:
+    """A new draft like this campaign."""
+    _found(queries.get_campaign(campaign_id))
+    return jsonify(campaign_json(services.duplicate_campaign(campaign_id, g.api_user.id))), 201
+
+
+@bp.get("/campaigns/<int:campaign_id>/progress")
+def campaign_progress(campaign_id: int) -> Response:
+    """Counts, success rate, throughput and ETA, live."""
+    return jsonify(queries.get_progress(_found(queries.get_campaign(campaign_id))).as_dict())

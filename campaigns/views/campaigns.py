@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import audience, erp, queries, rendering, services
 from campaigns.auth import requires
-from campaigns.htmx import redirect_to
+from campaigns.htmx import STOP_POLLING, redirect_to
 from campaigns.i18n import _
 from campaigns.models import Campaign, CampaignStatus, Role
 from campaigns.validation import (
@@ -214,10 +214,19 @@ def campaign_show(campaign_id: int) -> str:
         campaign=campaign,
         actions=services.allowed_actions(campaign.status),
         activity=queries.campaign_activity(campaign_id),
+        progress=queries.get_progress(campaign),
         variables=rendering.variables(
             campaign.template.body_text, campaign.template.parameter_format
         ),
     )
+
+
+@bp.get("/<int:campaign_id>/progress")
+def campaign_progress(campaign_id: int):
+    """The live progress fragment; 286 stops htmx polling once the campaign is finished."""
+    progress = queries.get_progress(_campaign_or_404(campaign_id))
+    body = render_template("campaigns/_progress.html", progress=progress)
+    return body, STOP_POLLING if progress.is_finished else 200
 
 
 @bp.get("/<int:campaign_id>/dry-run")
@@ -271,6 +280,34 @@ def campaign_schedule(campaign_id: int) -> Response:
 def campaign_unschedule(campaign_id: int) -> Response:
     """Back to draft."""
     return _act(campaign_id, services.unschedule_campaign)
+
+
+@bp.post("/<int:campaign_id>/send-now")
+@requires(Role.SUPERVISOR)
+def campaign_send_now(campaign_id: int) -> Response:
+    """Start sending at once."""
+    return _act(campaign_id, services.send_campaign_now)
+
+
+@bp.post("/<int:campaign_id>/pause")
+@requires(Role.SUPERVISOR)
+def campaign_pause(campaign_id: int) -> Response:
+    """Stop sending until resumed."""
+    return _act(campaign_id, services.pause_campaign)
+
+
+@bp.post("/<int:campaign_id>/resume")
+@requires(Role.SUPERVISOR)
+def campaign_resume(campaign_id: int) -> Response:
+    """Carry on where it stopped."""
+    return _act(campaign_id, services.resume_campaign)
+
+
+@bp.post("/<int:campaign_id>/cancel")
+@requires(Role.SUPERVISOR)
+def campaign_cancel(campaign_id: int) -> Response:
+    """Cancel for good (the page asks to confirm)."""
+    return _act(campaign_id, services.cancel_campaign)
 
 
 @bp.post("/<int:campaign_id>/duplicate")

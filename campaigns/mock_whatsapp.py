@@ -1,0 +1,500 @@
+"""The mock WhatsApp: the Cloud API's send endpoint and status webhooks, served by this app.
+
+``POST /mock/whatsapp/<version>/<phone_number_id>/messages`` takes the Cloud API's
+template message JSON (notes A1), checks it as Meta would (``messaging_product``,
+``to``, ``type``, the template's name and language, text body parameters, all
+named or all positional) and answers with Meta's JSON and a fresh ``wamid``. Every
+accepted message is recorded in ``mock_whatsapp_messages`` (Postgres, so every
+web and worker process sees one log); ``GET /mock/whatsapp/log`` reads it back.
+
+Failures can be injected, each 0 by default: ``MOCK_WHATSAPP_LATENCY_MS`` before
+every answer, then the share of sends answered HTTP 429 / 130429 (throttled,
+``MOCK_WHATSAPP_THROTTLE_RATE``), HTTP 500 / 131000 (transient,
+``MOCK_WHATSAPP_TRANSIENT_RATE``) and HTTP 400 / 131026 (undeliverable,
+``MOCK_WHATSAPP_PERMANENT_RATE``). Some recipients always fail the same way, so
+tests need no randomness — by the last four digits of ``to``:
+
+- ``…0000``: HTTP 400, code 131026 (Message undeliverable, permanent);
+- ``…0429``: HTTP 429, code 130429 (Rate limit hit, retry);
+- ``…0500``: HTTP 500, code 131000 (Something went wrong, retry).
+
+Later, like Meta, the mock posts signed status webhooks for each accepted message
+to ``{APP_BASE_URL}/webhooks/whatsapp``: ``sent``, then ``delivered``, then
+``read`` for about ``MOCK_WHATSAPP_READ_RATE`` of the messages (decided by a hash
+of the wamid, so the same message always behaves the same), one every
+``MOCK_WHATSAPP_WEBHOOK_DELAY_MS``. Each body is signed with
+``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body>`` under the app
+secret of the sender owning the phone number id (else ``WHATSAPP_APP_SECRET``).
+The webhooks wait in ``mock_whatsapp_webhooks``; the ``mock_whatsapp.post_webhooks``
+job (``jobs/mock_tasks.py``) posts the due ones, and a failed post is tried again
+later with a growing delay, never dropped. ``MOCK_WHATSAPP_WEBHOOKS=off`` queues none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify, request
+from requests.adapters import HTTPAdapter
+from werkzeug.wrappers import Response
+
+from app import db
+from campaigns.models import MockWhatsAppMessage, MockWhatsAppWebhook, Sender
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("mock_whatsapp", __name__, url_prefix="/mock/whatsapp")
+
+# (error.code, HTTP status, Meta's title)
+UNDELIVERABLE = (131026, 400, "Message undeliverable")
+THROTTLED = (130429, 429, "Rate limit hit")
+TRANSIENT = (131000, 500, "Something went wrong")
+FORCED_ERRORS = {"0000": UNDELIVERABLE, "0429": THROTTLED, "0500": TRANSIENT}
+CALLBACK_DATA_MAX = 512  # Meta's limit on biz_opaque_callback_data
+
+WEBHOOK_PATH = "/webhooks/whatsapp"
+WEBHOOK_BATCH = 50
+WEBHOOK_MAX_BATCHES = 20  # per run; the job comes back at once if more are due
+WEBHOOK_TIMEOUT = (2, 5)  # (connect, read) seconds
+# A claimed webhook is hidden this long: longer than a batch can take to post, so
+# two posters never send one twice unless a poster died mid-batch (Meta, too, is
+# at-least-once).
+WEBHOOK_LEASE_SECONDS = WEBHOOK_BATCH * sum(WEBHOOK_TIMEOUT) + 10
+WEBHOOK_RETRY_SECONDS = 5  # after the first failure, doubling up to the maximum
+WEBHOOK_RETRY_MAX_SECONDS = 300
+LOG_LIMIT_DEFAULT = 1000
+LOG_LIMIT_MAX = 100_000
+
+_session = requests.Session()
+_session.mount("http://", HTTPAdapter(pool_maxsize=8))
+_session.mount("https://", HTTPAdapter(pool_maxsize=8))
+
+# -- claim due webhooks: hide them for a lease while they are posted, count the attempt
+CLAIM_DUE = sa.text(
+    """
+    UPDATE mock_whatsapp_webhooks AS w
+       SET due_at = clock_timestamp() + make_interval(secs => :lease), attempts = w.attempts + 1
+     WHERE w.id IN (SELECT id FROM mock_whatsapp_webhooks
+                     WHERE posted_at IS NULL AND due_at <= clock_timestamp()
+                     ORDER BY due_at, id
+                     LIMIT :limit
+                       FOR UPDATE SKIP LOCKED)
+    RETURNING w.id, w.payload
+    """
+)
+# -- a failed post: due again after a delay that doubles with each attempt
+RESCHEDULE = sa.text(
+    """
+    UPDATE mock_whatsapp_webhooks
+       SET due_at = clock_timestamp()
+                    + make_interval(secs => least(:max, :base * 2 ^ least(attempts - 1, 20)))
+     WHERE id = ANY(:ids)
+    """
+)
+# -- seconds until the next unposted webhook is due (negative: overdue; NULL: none)
+NEXT_DUE = sa.text(
+    """
+    SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float
+      FROM mock_whatsapp_webhooks
+     WHERE posted_at IS NULL
+    """
+)
+
+
+class MetaError(Exception):
+    """An answer the Cloud API would give instead of accepting the message."""
+
+    def __init__(self, error: tuple[int, int, str], details: str | None = None) -> None:
+        self.code, self.http_status, self.title = error
+        self.details = details or self.title
+        super().__init__(f"{self.code} {self.title}")
+
+
+def _invalid(details: str) -> MetaError:
+    return MetaError((100, 400, "Invalid parameter"), details)
+
+
+def _missing(details: str) -> MetaError:
+    return MetaError((131008, 400, "Required parameter is missing"), details)
+
+
+def _not_valid(details: str) -> MetaError:
+    return MetaError((131009, 400, "Parameter value is not valid"), details)
+
+
+@bp.errorhandler(MetaError)
+def meta_error(error: MetaError) -> tuple[Response, int]:
+    """Meta's error JSON, with the HTTP status Meta uses for that code."""
+    body = {
+        "message": f"(#{error.code}) {error.title}",
+        "type": "OAuthException",
+        "code": error.code,
+        "error_data": {"messaging_product": "whatsapp", "details": error.details},
+        "fbtrace_id": secrets.token_urlsafe(12),
+    }
+    return jsonify(error=body), error.http_status
+
+
+@dataclass(frozen=True)
+class Accepted:
+    to: str
+    wa_id: str  # the recipient's digits, as Meta returns them
+    template_name: str
+    callback_data: str | None
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def validate(payload: Any) -> Accepted:
+    """Check a send like the Cloud API does; raise MetaError where it would refuse."""
+    if not isinstance(payload, dict):
+        raise _invalid("The request body must be a JSON object.")
+    if payload.get("messaging_product") != "whatsapp":
+        raise _invalid("messaging_product must be 'whatsapp'.")
+    to = _text(payload.get("to"))
+    if to is None:
+        raise _missing("Parameter 'to' is required.")
+    wa_id = re.sub(r"\D", "", to)
+    if not 8 <= len(wa_id) <= 15:
+        raise _not_valid("'to' is not a valid phone number.")
+    if payload.get("type") != "template":
+        raise _invalid("The mock sends template messages only: type must be 'template'.")
+    callback_data = payload.get("biz_opaque_callback_data")
+    if callback_data is not None and (
+        not isinstance(callback_data, str) or len(callback_data) > CALLBACK_DATA_MAX
+    ):
+        raise _not_valid(f"biz_opaque_callback_data must be text of at most {CALLBACK_DATA_MAX}.")
+    template = payload.get("template")
+    if not isinstance(template, dict):
+        raise _missing("Parameter 'template' is required.")
+    name = _text(template.get("name"))
+    if name is None:
+        raise _missing("Parameter 'template.name' is required.")
+    language = template.get("language")
+    if not isinstance(language, dict) or _text(language.get("code")) is None:
+        raise _missing("Parameter 'template.language.code' is required.")
+    _validate_components(template.get("components", []))
+    return Accepted(to, wa_id, name, callback_data)
+
+
+def _validate_components(components: Any) -> None:
+    if not isinstance(components, list):
+        raise _invalid("template.components must be a list.")
+    for component in components:
+        if not isinstance(component, dict) or _text(component.get("type")) is None:
+            raise _missing("Every component needs a type.")
+        if component["type"].lower() != "body":
+            continue  # headers and buttons are accepted as they come
+        parameters = component.get("parameters", [])
+        if not isinstance(parameters, list):
+            raise _invalid("body parameters must be a list.")
+        for parameter in parameters:
+            if not isinstance(parameter, dict) or parameter.get("type") != "text":
+                raise _not_valid("The mock accepts text body parameters only.")
+            if _text(parameter.get("text")) is None:
+                raise _missing("Every body parameter needs a non-empty text.")
+        named = {"parameter_name" in parameter for parameter in parameters}
+        if len(named) > 1:
+            raise MetaError(
+                (132012, 400, "Parameter format does not match format in the created template"),
+                "Body parameters must all be named or all positional.",
+            )
+        names = [_text(p.get("parameter_name")) for p in parameters if "parameter_name" in p]
+        if None in names or len(set(names)) != len(names):
+            raise _not_valid("Named body parameters need distinct, non-empty names.")
+
+
+def injected_error(wa_id: str, config: Mapping[str, Any]) -> tuple[int, int, str] | None:
+    """The error this send gets: forced by the number's last digits, or drawn at the rates."""
+    forced = FORCED_ERRORS.get(wa_id[-4:])
+    if forced is not None:
+        return forced
+    draw = random.random()
+    for error, key in (
+        (THROTTLED, "MOCK_WHATSAPP_THROTTLE_RATE"),
+        (TRANSIENT, "MOCK_WHATSAPP_TRANSIENT_RATE"),
+        (UNDELIVERABLE, "MOCK_WHATSAPP_PERMANENT_RATE"),
+    ):
+        rate = float(config.get(key, 0.0))
+        if draw < rate:
+            return error
+        draw -= rate
+    return None
+
+
+def new_wamid() -> str:
+    return "wamid." + secrets.token_urlsafe(32)
+
+
+def is_read(wamid: str, read_rate: float) -> bool:
+    """Whether this message will be read: a stable draw from its wamid."""
+    draw = int.from_bytes(hashlib.sha256(wamid.encode()).digest()[:8], "big") / 2**64
+    return draw < read_rate
+
+
+def status_webhooks(
+    *,
+    wamid: str,
+    accepted: Accepted,
+    phone_number_id: str,
+    sender: Mapping[str, Any] | None,
+    received_at: datetime,
+    config: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """The webhook rows to queue for one accepted message: sent, delivered, maybe read."""
+    statuses = ["sent", "delivered"]
+    if is_read(wamid, float(config.get("MOCK_WHATSAPP_READ_RATE", 0.6))):
+        statuses.append("read")
+    step = timedelta(milliseconds=int(config.get("MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000)))
+    rows = []
+    for number, status in enumerate(statuses, start=1):
+        due_at = received_at + step * number
+        entry = {
+            "id": wamid,
+            "status": status,
+            "timestamp": str(int(due_at.timestamp())),
+            "recipient_id": accepted.wa_id,
+        }
+        if accepted.callback_data is not None:
+            entry["biz_opaque_callback_data"] = accepted.callback_data
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": (sender or {}).get("display_phone_number") or "",
+                "phone_number_id": phone_number_id,
+            },
+            "statuses": [entry],
+        }
+        payload = {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": (sender or {}).get("waba_id") or "",
+                    "changes": [{"field": "messages", "value": value}],
+                }
+            ],
+        }
+        rows.append({"wamid": wamid, "status": status, "payload": payload, "due_at": due_at})
+    return rows
+
+
+def record(phone_number_id: str, accepted: Accepted, config: Mapping[str, Any]) -> str:
+    """Log an accepted message and queue its status webhooks, in one transaction; its wamid."""
+    wamid = new_wamid()
+    received_at = db.session.execute(
+        sa.insert(MockWhatsAppMessage)
+        .values(
+            wamid=wamid,
+            to=accepted.to,
+            phone_number_id=phone_number_id,
+            message_id=accepted.callback_data,
+            template_name=accepted.template_name,
+        )
+        .returning(MockWhatsAppMessage.received_at)
+    ).scalar_one()
+    if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
+        sender = (
+            db.session.execute(
+                sa.select(Sender.waba_id, Sender.display_phone_number)
+                .where(Sender.phone_number_id == phone_number_id)
+                .order_by(Sender.id)
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        rows = status_webhooks(
+            wamid=wamid,
+            accepted=accepted,
+            phone_number_id=phone_number_id,
+            sender=sender,
+            received_at=received_at,
+            config=config,
+        )
+        db.session.execute(sa.insert(MockWhatsAppWebhook), rows)
+    db.session.commit()
+    return wamid
+
+
+def _defer_poster(config: Mapping[str, Any]) -> None:
+    # The mock stands in for Meta's servers, which push statuses on their own; the
+    # poster job is its "server side". The periodic run catches anything missed here.
+    from jobs import mock_tasks
+
+    mock_tasks.defer_post_webhooks(int(config.get("MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000)) / 1000)
+
+
+@bp.post("/<version>/<phone_number_id>/messages")
+def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
+    """Accept a template message like the Cloud API, or refuse it the way Meta would."""
+    config = current_app.config
+    latency_ms = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0))
+    if latency_ms:
+        time.sleep(latency_ms / 1000)
+    accepted = validate(request.get_json(silent=True))
+    error = injected_error(accepted.wa_id, config)
+    if error is not None:
+        raise MetaError(error)
+    wamid = record(phone_number_id, accepted, config)
+    if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
+        _defer_poster(config)
+    return jsonify(
+        messaging_product="whatsapp",
+        contacts=[{"input": accepted.to, "wa_id": accepted.wa_id}],
+        messages=[{"id": wamid, "message_status": "accepted"}],
+    ), 200
+
+
+def _parse_since(raw: str) -> datetime:
+    # An unencoded "+00:00" arrives as " 00:00": put the plus sign back.
+    value = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", raw.strip())
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _bad_query(message: str) -> tuple[Response, int]:
+    return jsonify(error={"code": "invalid_request", "message": message}), 400
+
+
+@bp.get("/log")
+def message_log() -> Any:
+    """Accepted messages, oldest first: ``phone_number_id``, ``since`` (inclusive), ``limit``."""
+    query = sa.select(
+        MockWhatsAppMessage.wamid,
+        MockWhatsAppMessage.to,
+        MockWhatsAppMessage.phone_number_id,
+        MockWhatsAppMessage.message_id,
+        MockWhatsAppMessage.received_at,
+    ).order_by(MockWhatsAppMessage.received_at, MockWhatsAppMessage.id)
+    if phone_number_id := request.args.get("phone_number_id", "").strip():
+        query = query.where(MockWhatsAppMessage.phone_number_id == phone_number_id)
+    if since := request.args.get("since", "").strip():
+        try:
+            query = query.where(MockWhatsAppMessage.received_at >= _parse_since(since))
+        except ValueError:
+            return _bad_query("since must be an ISO 8601 date and time.")
+    try:
+        limit = int(request.args.get("limit", LOG_LIMIT_DEFAULT))
+    except ValueError:
+        return _bad_query("limit must be a whole number.")
+    if not 1 <= limit <= LOG_LIMIT_MAX:
+        return _bad_query(f"limit must be from 1 to {LOG_LIMIT_MAX}.")
+    rows = db.session.execute(query.limit(limit)).all()
+    return jsonify(
+        [
+            {
+                "wamid": row.wamid,
+                "to": row.to,
+                "phone_number_id": row.phone_number_id,
+                "message_id": row.message_id,
+                "received_at": row.received_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+            }
+            for row in rows
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class PostReport:
+    posted: int
+    failed: int
+    next_due_in: float | None  # seconds until the next waiting webhook is due; None: none waits
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The ``X-Hub-Signature-256`` value Meta sends with a body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _secrets_for(phone_number_ids: Sequence[str]) -> dict[str, str]:
+    rows = db.session.execute(
+        sa.select(Sender.phone_number_id, Sender.app_secret)
+        .where(Sender.phone_number_id.in_(phone_number_ids), Sender.app_secret.is_not(None))
+        .order_by(Sender.id)
+    ).all()
+    found: dict[str, str] = {}
+    for phone_number_id, app_secret in rows:
+        found.setdefault(phone_number_id, app_secret)
+    return found
+
+
+def _phone_number_id(payload: dict[str, Any]) -> str:
+    return str(payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"])
+
+
+def _post(url: str, payload: dict[str, Any], secret: str) -> bool:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body, secret)}
+    try:
+        with _session.post(url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT) as response:
+            return 200 <= response.status_code < 300
+    except requests.RequestException as exc:
+        logger.info("mock webhook to %s failed: %s", url, type(exc).__name__)
+        return False
+
+
+def _post_batch(url: str, config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Claim, post and settle one batch; (claimed, posted, failed)."""
+    claimed = db.session.execute(
+        CLAIM_DUE, {"lease": WEBHOOK_LEASE_SECONDS, "limit": WEBHOOK_BATCH}
+    ).all()
+    db.session.commit()  # the lease holds the rows; no transaction stays open over HTTP
+    if not claimed:
+        return 0, 0, 0
+    claimed.sort(key=lambda row: row.id)  # a message's sent before its delivered
+    keys = _secrets_for(sorted({_phone_number_id(row.payload) for row in claimed}))
+    fallback = config.get("WHATSAPP_APP_SECRET")
+    posted: list[int] = []
+    failed: list[int] = []
+    for row in claimed:
+        secret = keys.get(_phone_number_id(row.payload)) or fallback
+        if secret is None:
+            logger.warning("mock webhook %s: no app secret to sign it with", row.id)
+        ok = secret is not None and _post(url, row.payload, secret)
+        (posted if ok else failed).append(row.id)
+    if posted:
+        db.session.execute(
+            sa.update(MockWhatsAppWebhook)
+            .where(MockWhatsAppWebhook.id.in_(posted))
+            .values(posted_at=sa.func.clock_timestamp())
+        )
+    if failed:
+        db.session.execute(
+            RESCHEDULE,
+            {"ids": failed, "base": WEBHOOK_RETRY_SECONDS, "max": WEBHOOK_RETRY_MAX_SECONDS},
+        )
+    db.session.commit()
+    return len(claimed), len(posted), len(failed)
+
+
+def post_due_webhooks(max_batches: int = WEBHOOK_MAX_BATCHES) -> PostReport:
+    """Post the status webhooks that are due, batch by batch; say when the next one is."""
+    config = current_app.config
+    url = str(config["APP_BASE_URL"]).rstrip("/") + WEBHOOK_PATH
+    posted = failed = 0
+    for _ in range(max_batches):
+        claimed, batch_posted, batch_failed = _post_batch(url, config)
+        posted += batch_posted
+        failed += batch_failed
+        if claimed < WEBHOOK_BATCH:
+            break
+    next_due_in = db.session.execute(NEXT_DUE).scalar()
+    db.session.commit()
+    if posted or failed:
+        logger.info("mock webhooks: %d posted, %d to retry", posted, failed)
+    return PostReport(posted, failed, next_due_in)

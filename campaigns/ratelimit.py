@@ -1,0 +1,273 @@
+"""Rate limits that hold across every worker: Postgres advisory locks and counter tables.
+
+The only module with rate-limit SQL. The logic is in SQL functions installed by
+migration 0003 (``disparo_rate_limit_consume`` and friends): one call locks the
+keys in a fixed order, reads the database's clock, checks every key's buckets
+and minimum gap, and takes a grant from every key or from none.
+
+Transactions: :func:`consume` runs that call on its own pooled connection in
+autocommit mode, so the call *is* its transaction and is committed before
+:func:`consume` returns. The advisory locks are then held only while the server
+runs the function, never across a round trip to Python, the caller's HTTP send
+or the rest of a web request; and the caller's session and transaction are
+neither used nor committed. A grant therefore stands even if the caller's work
+later rolls back (the limiter errs towards sending less, never more). The cost:
+a caller that holds a session connection needs a second one from the pool for
+the call, so pools must have room for one more per concurrent caller.
+
+Grants are committed with ``synchronous_commit = off`` (transaction-local, set by
+the function only when it grants): on a single key the grant path is otherwise
+bound by the WAL flush that every commit waits for while still holding the key's
+lock, and bench/README.md measures 1.7 times the grants per second without
+it. What it risks: if the *database server* crashes (an application crash loses
+nothing), the grants of the last ~0.6 s (3 x wal_writer_delay) before the crash
+may be lost on recovery, so after the restart a key can briefly overspend by that
+many grants in its window, and one minimum gap can come out short. WAL is flushed
+in order, so any later synchronous commit (a message marked sent, say) makes the
+grants before it durable too: only grants whose send was never recorded are at
+risk. ``consume(..., synchronous_commit=True)`` keeps the strict guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from campaigns.models import Sender, User
+
+logger = logging.getLogger(__name__)
+
+# Each statement's first line says what it is for; it also shows in pg_stat_activity.
+CONSUME = sa.text("""
+-- consume one grant from every key or from none, in one call (its own transaction)
+SELECT allowed, decided_at, retry_after, remaining, reset_after
+  FROM disparo_rate_limit_consume(CAST(:keys AS text[]), CAST(:limits AS integer[]),
+                                  CAST(:windows_ms AS integer[]), CAST(:gaps_ms AS integer[]),
+                                  CAST(:async_commit AS boolean))
+""")
+
+USAGE = sa.text("""
+-- usage of one key in its current window, without consuming or locking anything
+SELECT used, next_slot_at, reset_at, checked_at
+  FROM disparo_rate_limit_usage(CAST(:key AS text), CAST(:limit AS integer),
+                                CAST(:window_ms AS integer), CAST(:gap_ms AS integer))
+""")
+
+DELETE_OLD = sa.text("""
+-- delete buckets every window has left, and last grants older than any gap
+WITH old_keys AS (
+    DELETE FROM rate_limit_keys
+     WHERE last_grant_at <= clock_timestamp()
+                            - CAST(:longest_gap_ms AS integer) * interval '1 millisecond'
+), old_buckets AS (
+    DELETE FROM rate_limit_buckets
+     WHERE bucket_start <= clock_timestamp()
+                           - (CAST(:longest_window_ms AS integer)
+                              + disparo_rate_limit_bucket_ms(CAST(:longest_window_ms AS integer)))
+                             * interval '1 millisecond'
+    RETURNING 1
+)
+SELECT count(*) FROM old_buckets
+""")
+
+MINUTE = 60.0
+RETRY_LIMIT = 10
+RETRY_WINDOW_SECONDS = 300.0
+# Cleanup keeps buckets for the longest window any limiter may use (the retry
+# limiter's), and last grants for the longest gap a sender may have (its check
+# constraint allows up to an hour); Limit refuses anything longer.
+LONGEST_WINDOW_SECONDS = RETRY_WINDOW_SECONDS
+LONGEST_GAP_SECONDS = 3600.0
+KEY_MAX_LENGTH = 200  # rate_limit_buckets.key and rate_limit_keys.key
+INT_MAX = 2**31 - 1  # the SQL functions take integer limits
+
+
+def _whole_ms(seconds: float) -> int:
+    # Rounded up, so a window or gap is never shortened: 0.0005 s -> 1 ms. The
+    # inner round() drops float noise first (0.3 * 1000 = 300.00000000000006).
+    return math.ceil(round(seconds * 1000, 6))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``limit`` grants per ``window_seconds`` for ``key``, ``min_gap_seconds`` apart."""
+
+    key: str
+    limit: int
+    window_seconds: float
+    min_gap_seconds: float = 0
+
+    def __post_init__(self) -> None:
+        if not self.key or len(self.key) > KEY_MAX_LENGTH:
+            raise ValueError(f"a limiter key has 1 to {KEY_MAX_LENGTH} characters: {self.key!r}")
+        if not 1 <= self.limit <= INT_MAX:
+            raise ValueError(f"{self.key}: the limit must be 1 to {INT_MAX}, not {self.limit}")
+        if not 0.001 <= self.window_seconds <= LONGEST_WINDOW_SECONDS:
+            raise ValueError(
+                f"{self.key}: the window must be 1 ms to {LONGEST_WINDOW_SECONDS:g} s,"
+                f" not {self.window_seconds}"
+            )
+        if not 0 <= self.min_gap_seconds <= LONGEST_GAP_SECONDS:
+            raise ValueError(
+                f"{self.key}: the minimum gap must be 0 to {LONGEST_GAP_SECONDS:g} s,"
+                f" not {self.min_gap_seconds}"
+            )
+
+    @property
+    def window_ms(self) -> int:
+        return _whole_ms(self.window_seconds)
+
+    @property
+    def min_gap_ms(self) -> int:
+        return _whole_ms(self.min_gap_seconds)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one :func:`consume` call, timed by the database's clock.
+
+    ``retry_after`` is 0 when allowed, else the seconds until every key would
+    allow it (if nobody else takes the room first). ``remaining`` and
+    ``reset_after`` describe the tightest key after this decision, for the
+    ``X-RateLimit-Remaining`` / ``-Reset`` headers.
+    """
+
+    allowed: bool
+    granted_at: datetime | None
+    retry_after: float
+    remaining: int = 0
+    reset_after: float = 0.0
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One key's window now: used / limit, and when the next slot opens."""
+
+    key: str
+    limit: int
+    used: int
+    next_slot_at: datetime
+    reset_at: datetime
+    checked_at: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds until the next slot opens (0 if one is open now)."""
+        return max((self.next_slot_at - self.checked_at).total_seconds(), 0.0)
+
+
+def _engine(session: Session) -> sa.Engine:
+    # Connection.engine and Engine.engine both lead to the engine.
+    return session.get_bind().engine
+
+
+def consume(
+    session: Session, limits: Sequence[Limit], *, synchronous_commit: bool = False
+) -> Decision:
+    """Take one grant from every limit or from none, in one committed server-side call."""
+    if not limits:
+        raise ValueError("consume() needs at least one limit")
+    keys = [limit.key for limit in limits]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key appears twice: {keys}")
+    params = {
+        "keys": keys,
+        "limits": [limit.limit for limit in limits],
+        "windows_ms": [limit.window_ms for limit in limits],
+        "gaps_ms": [limit.min_gap_ms for limit in limits],
+        "async_commit": not synchronous_commit,
+    }
+    with _engine(session).connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        row = connection.execute(CONSUME, params).one()
+    return Decision(
+        allowed=row.allowed,
+        granted_at=row.decided_at if row.allowed else None,
+        retry_after=row.retry_after,
+        remaining=row.remaining,
+        reset_after=row.reset_after,
+        decided_at=row.decided_at,
+    )
+
+
+def usage(session: Session, limit: Limit) -> Usage:
+    """Read a key's usage in its current window, in the caller's session, consuming nothing."""
+    row = session.execute(
+        USAGE,
+        {
+            "key": limit.key,
+            "limit": limit.limit,
+            "window_ms": limit.window_ms,
+            "gap_ms": limit.min_gap_ms,
+        },
+    ).one()
+    return Usage(
+        key=limit.key,
+        limit=limit.limit,
+        used=row.used,
+        next_slot_at=row.next_slot_at,
+        reset_at=row.reset_at,
+        checked_at=row.checked_at,
+    )
+
+
+def delete_old_buckets(session: Session) -> int:
+    """Delete buckets older than the longest window (and stale last grants); return buckets."""
+    with _engine(session).connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        deleted = connection.execute(
+            DELETE_OLD,
+            {
+                "longest_window_ms": round(LONGEST_WINDOW_SECONDS * 1000),
+                "longest_gap_ms": round(LONGEST_GAP_SECONDS * 1000),
+            },
+        ).scalar_one()
+    logger.info("deleted %d old rate-limit buckets", deleted)
+    return deleted
+
+
+def whatsapp_limit(sender: Sender) -> Limit:
+    """The sender's WhatsApp limit: its messages per minute, and its minimum gap."""
+    return Limit(
+        key=f"whatsapp:{sender.id}",
+        limit=sender.rate_limit_per_minute,
+        window_seconds=MINUTE,
+        min_gap_seconds=sender.min_interval_ms / 1000,
+    )
+
+
+def campaign_limit(owner: User) -> Limit:
+    """The campaign owner's limit: messages per minute across all their campaigns."""
+    return Limit(
+        key=f"campaign:{owner.id}",
+        limit=owner.campaign_rate_limit_per_minute,
+        window_seconds=MINUTE,
+    )
+
+
+def api_limit(user: User) -> Limit:
+    """The API user's limit: requests per minute."""
+    return Limit(key=f"api:{user.id}", limit=user.api_rate_limit_per_minute, window_seconds=MINUTE)
+
+
+def retry_limit(message_id: int) -> Limit:
+    """A message's retry limit (sends and the manual "retry failed"): 10 per 5 minutes."""
+    return Limit(key=f"retry:{message_id}", limit=RETRY_LIMIT, window_seconds=RETRY_WINDOW_SECONDS)
+
+
+def send_limits(sender: Sender, owner: User) -> list[Limit]:
+    """The limits one campaign message consumes together: its sender's and its owner's."""
+    return [whatsapp_limit(sender), campaign_limit(owner)]

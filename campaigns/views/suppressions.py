@@ -1,0 +1,122 @@
+"""The opt-out (suppression) list: search it, add a number, import a CSV, remove a number."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.datastructures import FileStorage
+from werkzeug.wrappers import Response
+
+from campaigns import queries, services
+from campaigns.auth import requires
+from campaigns.htmx import redirect_to
+from campaigns.i18n import _
+from campaigns.models import Role
+
+bp = Blueprint("suppressions", __name__, url_prefix="/suppressions")
+
+# 100,000 lines of number plus reason fit easily; more is not a suppression list.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+def _list_page() -> queries.SuppressionPage:
+    return queries.list_suppressions(request.args.get("q"), request.args.get("page", 1, type=int))
+
+
+def _index_page(
+    form: Any = None,
+    errors: dict[str, str] | None = None,
+    report: services.ImportReport | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    """The whole page: the list, and for supervisors the add and import forms."""
+    page = _list_page()
+    body = render_template(
+        "suppressions/index.html",
+        page=page,
+        q=request.args.get("q", ""),
+        form=form or {},
+        errors=errors or {},
+        report=report,
+    )
+    return body, status
+
+
+def _uploaded_text(upload: FileStorage | None) -> str:
+    """The uploaded CSV as text, or ServiceError at the file field."""
+    data = upload.read(MAX_UPLOAD_BYTES + 1) if upload and upload.filename else b""
+    if not data:
+        raise services.ServiceError(_("Choose a CSV file."), "file")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise services.ServiceError(_("The file is larger than 10 MB; split it."), "file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Excel on Windows saves CSV in the local code page, not UTF-8.
+        return data.decode("cp1252", errors="replace")
+
+
+@bp.get("/")
+def suppression_index() -> tuple[str, int]:
+    """Numbers that opted out, with search and pagination."""
+    return _index_page()
+
+
+@bp.get("/rows")
+def suppression_rows() -> str:
+    """The list's rows alone, re-rendered by htmx as the search changes."""
+    return render_template(
+        "suppressions/_rows.html", page=_list_page(), q=request.args.get("q", "")
+    )
+
+
+@bp.post("/")
+@requires(Role.SUPERVISOR)
+def suppression_create():
+    """Add one number, or 422 with the message at the field and what was typed."""
+    try:
+        suppression, created = services.suppress(
+            request.form.get("phone", ""), request.form.get("reason", ""), "manual", current_user.id
+        )
+    except services.ServiceError as error:
+        return _index_page(request.form, {error.field or "form": error.message}, status=422)
+    message = (
+        _("%(phone)s will receive no more campaigns.")
+        if created
+        else _("%(phone)s was already on the list; nothing changed.")
+    )
+    flash(message % {"phone": suppression.phone}, "success")
+    return redirect_to(url_for("suppressions.suppression_index"))
+
+
+@bp.post("/import")
+@requires(Role.SUPERVISOR)
+def suppression_import():
+    """Add every number of an uploaded CSV and show what happened to each line."""
+    try:
+        report = services.import_suppressions(
+            _uploaded_text(request.files.get("file")), current_user.id
+        )
+    except services.ServiceError as error:
+        return _index_page(errors={error.field or "form": error.message}, status=422)
+    return _index_page(report=report)
+
+
+@bp.post("/<int:suppression_id>/remove")
+@requires(Role.SUPERVISOR)
+def suppression_remove(suppression_id: int) -> Response:
+    """Take a number off the list (the button asks for confirmation first)."""
+    try:
+        services.remove_suppression(suppression_id)
+        flash(_("Removed from the opt-out list."), "success")
+    except services.NotFound as error:
+        flash(error.message, "error")
+    return redirect_to(
+        url_for(
+            "suppressions.suppression_index",
+            q=request.args.get("q") or None,
+            page=request.args.get("page", type=int),
+        )
+    )

@@ -1,0 +1,169 @@
+"""WhatsApp webhooks: verify the handshake and signature, apply statuses idempotently.
+
+Statuses never move a message backwards (``read`` then a late ``delivered`` stays
+``read``) and the same webhook delivered twice changes nothing. Opt-out replies
+and the 131050 error put the number on the suppression list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app import db
+from campaigns import counters, phones
+from campaigns.models import Message, MessageStatus, Sender, Suppression
+from campaigns.providers.errors import OPT_OUT_CODES
+from campaigns.sending import move
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_STATUS = {
+    "sent": MessageStatus.SENT,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.READ,
+    "failed": MessageStatus.FAILED,
+}
+# Where each status may come from: later stages only, never backwards.
+SOURCES = {
+    MessageStatus.SENT: (MessageStatus.SENDING,),
+    MessageStatus.DELIVERED: (MessageStatus.SENDING, MessageStatus.SENT),
+    MessageStatus.READ: (MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.DELIVERED),
+    MessageStatus.FAILED: (MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.DELIVERED),
+}
+STAMP = {
+    MessageStatus.SENT: "sent_at",
+    MessageStatus.DELIVERED: "delivered_at",
+    MessageStatus.READ: "read_at",
+    MessageStatus.FAILED: "failed_at",
+}
+# Replies that mean "stop messaging me" (Portuguese and English, compared lowercased).
+OPT_OUT_WORDS = frozenset(
+    {"sair", "parar", "pare", "stop", "cancelar", "descadastrar", "unsubscribe"}
+)
+
+
+def _app_secrets(global_secret: str | None) -> list[str]:
+    secrets = [s for s in db.session.scalars(sa.select(Sender.app_secret)) if s]
+    return ([global_secret] if global_secret else []) + secrets
+
+
+def signature_ok(raw_body: bytes, header: str | None, global_secret: str | None) -> bool:
+    """Is ``X-Hub-Signature-256`` the HMAC-SHA256 of the raw body under a known app secret?"""
+    if not header or not header.startswith("sha256="):
+        return False
+    given = header.removeprefix("sha256=").strip()
+    matches = [
+        hmac.compare_digest(hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest(), given)
+        for secret in _app_secrets(global_secret)
+    ]
+    return any(matches)  # every secret compared, so timing says nothing about which
+
+
+def verify_token_ok(token: str | None, global_token: str | None) -> bool:
+    """The GET handshake's token: the global one or a sender's."""
+    if not token:
+        return False
+    tokens = [t for t in db.session.scalars(sa.select(Sender.webhook_verify_token)) if t]
+    if global_token:
+        tokens.append(global_token)
+    return any(hmac.compare_digest(token, t) for t in tokens)
+
+
+def _values(payload: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    for entry in payload.get("entry") or []:
+        for change in (entry or {}).get("changes") or []:
+            value = (change or {}).get("value")
+            if isinstance(value, Mapping):
+                yield value
+
+
+def apply(payload: Mapping[str, Any]) -> dict[str, int]:
+    """Apply every status and opt-out reply in a webhook; return what happened, for the log."""
+    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0}
+    for value in _values(payload):
+        for status in value.get("statuses") or []:
+            summary[_apply_status(status)] += 1
+        for message in value.get("messages") or []:
+            summary["opt_outs"] += _apply_reply(message)
+    db.session.commit()
+    return summary
+
+
+def _find_message(status: Mapping[str, Any]) -> Message | None:
+    wamid = status.get("id")
+    message = None
+    if wamid:
+        message = db.session.scalar(
+            sa.select(Message).where(Message.provider_message_id == str(wamid))
+        )
+    callback = str(status.get("biz_opaque_callback_data") or "")
+    if message is None and callback.isdigit():
+        # The status may beat our own record of the wamid (the send's commit).
+        candidate = db.session.get(Message, int(callback))
+        if candidate is not None and candidate.provider_message_id in (None, wamid):
+            message = candidate
+    return message
+
+
+def _apply_status(status: Mapping[str, Any]) -> str:
+    target = WEBHOOK_STATUS.get(str(status.get("status")))
+    message = _find_message(status)
+    if message is None or target is None:
+        logger.info(
+            "webhook status %s for unknown message %s", status.get("status"), status.get("id")
+        )
+        return "unknown"
+    old = move(db.session, message.id, SOURCES[target], target)
+    if old is None:
+        return "ignored"  # a duplicate, or a stage the message has already passed
+    values: dict[str, Any] = {STAMP[target]: _timestamp(status.get("timestamp"))}
+    if message.provider_message_id is None and status.get("id"):
+        values["provider_message_id"] = str(status["id"])
+    if target is MessageStatus.FAILED:
+        error = (status.get("errors") or [{}])[0]
+        values["error_code"] = str(error.get("code", ""))[:32] or None
+        values["error_text"] = str(error.get("message") or error.get("title") or "")[:2000] or None
+        counters.bump_minute(db.session, message.campaign_id, failed=1)
+        if error.get("code") in OPT_OUT_CODES:
+            _suppress(message.phone, values["error_text"] or "131050", "provider")
+    elif old is MessageStatus.SENDING:
+        counters.bump_minute(db.session, message.campaign_id, sent=1)
+    db.session.execute(sa.update(Message).where(Message.id == message.id).values(**values))
+    return "applied"
+
+
+def _timestamp(raw: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(raw), UTC)
+    except (TypeError, ValueError, OverflowError):
+        return datetime.now(UTC)
+
+
+def _apply_reply(message: Mapping[str, Any]) -> int:
+    text = str(
+        ((message.get("text") or {}).get("body")) or (message.get("button") or {}).get("text") or ""
+    )
+    if text.strip().lower() not in OPT_OUT_WORDS:
+        return 0
+    phone = phones.normalise("+" + str(message.get("from", "")).lstrip("+"))
+    if phone is None:
+        return 0
+    _suppress(phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
+    logger.info("opt-out reply from a customer: number suppressed")
+    return 1
+
+
+def _suppress(phone: str, reason: str, source: str) -> None:
+    db.session.execute(
+        pg_insert(Suppression)
+        .values(phone=phone, reason=reason[:200], source=source)
+        .on_conflict_do_nothing(index_elements=["phone"])
+    )

@@ -1,0 +1,325 @@
+"""The Postgres rate limiter, judged from the grant times the database returns.
+
+No assertion here is about how long something took: the limiter's own clock (the
+database's) stamps every decision, and the checks compare those stamps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from app import db
+from campaigns import ratelimit
+from campaigns.config import sqlalchemy_url
+from campaigns.models import RateLimitBucket, RateLimitKey
+from campaigns.ratelimit import Decision, Limit
+
+# The hammer: a small limit and a short window, so a few seconds cover windows.
+HAMMER_SECONDS = 3.5
+HAMMER_A = Limit("hammer:a", limit=5, window_seconds=2.0)
+# A gap-bound key: 0.15 s apart allows 13 per 2 s, fewer than its limit of 20.
+HAMMER_B = Limit("hammer:b", limit=20, window_seconds=2.0, min_gap_seconds=0.15)
+HAMMER_CALLS: tuple[tuple[Limit, ...], ...] = (
+    (HAMMER_A,),
+    (HAMMER_B,),
+    (HAMMER_A, HAMMER_B),
+    (HAMMER_B, HAMMER_A),  # the other order: locks are still taken in one order
+)
+THREADS_IN_TEST = 4
+PROCESSES = 2
+THREADS_PER_PROCESS = 2
+
+Record = tuple[tuple[str, ...], bool, datetime | None, str]  # keys, allowed, granted_at, who
+
+
+def _hammer_thread(engine: sa.Engine, who: str, out: list[Record]) -> None:
+    """Call consume() back to back for HAMMER_SECONDS, recording every decision."""
+    records: list[Record] = []
+    with Session(engine) as session:
+        end = time.monotonic() + HAMMER_SECONDS
+        i = 0
+        while time.monotonic() < end:
+            limits = HAMMER_CALLS[i % len(HAMMER_CALLS)]
+            i += 1
+            decision = ratelimit.consume(session, limits)
+            keys = tuple(limit.key for limit in limits)
+            records.append((keys, decision.allowed, decision.granted_at, who))
+    out.extend(records)  # list.extend is atomic under the GIL
+
+
+def _engine(url: str, pool_size: int) -> sa.Engine:
+    engine = sa.create_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=0)
+    with engine.connect():  # connected before the start, so every worker starts at once
+        pass
+    return engine
+
+
+def _hammer_threads(engine: sa.Engine, count: int, who: str) -> list[Record]:
+    out: list[Record] = []
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            _hammer_thread(engine, f"{who}/t{n}", out)
+        except BaseException as error:  # reported to the test, which fails on it
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _hammer_process(url: str, who: str, queue: Any, go: Any) -> None:
+    """A separate OS process: its own engine, connections and threads."""
+    try:
+        engine = _engine(url, THREADS_PER_PROCESS)
+        queue.put(("ready", who))
+        if not go.wait(timeout=60):
+            raise TimeoutError("the test never said go")
+        queue.put(("ok", _hammer_threads(engine, THREADS_PER_PROCESS, who)))
+        engine.dispose()
+    except Exception as error:  # sent back, so the test shows it instead of hanging
+        queue.put(("error", repr(error)))
+
+
+def _grants(records: Sequence[Record], key: str) -> list[datetime]:
+    return sorted(at for keys, allowed, at, _ in records if allowed and key in keys and at)
+
+
+def _assert_window_holds(grants: list[datetime], limit: Limit) -> None:
+    # Grant i and grant i + limit may never share a half-open window of this length.
+    window = timedelta(seconds=limit.window_seconds)
+    for earlier, later in zip(grants, grants[limit.limit :], strict=False):
+        assert later - earlier >= window, (limit.key, earlier, later)
+
+
+def test_hammer_from_threads_and_processes_never_exceeds_any_window(database_url_for_test):
+    context = multiprocessing.get_context("spawn")  # never fork a process with open pools
+    queue, go = context.Queue(), context.Event()
+    processes = [
+        context.Process(target=_hammer_process, args=(database_url_for_test, f"p{n}", queue, go))
+        for n in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    engine = _engine(database_url_for_test, THREADS_IN_TEST)
+    try:
+        for _ in processes:
+            status, payload = queue.get(timeout=60)
+            assert status == "ready", payload
+        go.set()
+        records = _hammer_threads(engine, THREADS_IN_TEST, "main")
+        for _ in processes:
+            status, payload = queue.get(timeout=60)
+            assert status == "ok", payload
+            records += payload
+    finally:
+        go.set()
+        engine.dispose()
+        for process in processes:
+            process.join(timeout=30)
+    assert all(process.exitcode == 0 for process in processes)
+
+    workers = {who for *_, who in records}
+    assert len(workers) == THREADS_IN_TEST + PROCESSES * THREADS_PER_PROCESS
+    assert {who.split("/")[0] for who in workers} == {"main", "p0", "p1"}
+
+    a, b = _grants(records, HAMMER_A.key), _grants(records, HAMMER_B.key)
+    # Some were granted (the run spans two windows) and most were refused.
+    assert len(a) >= HAMMER_A.limit and len(b) >= 2
+    assert sum(1 for _, allowed, *_ in records if not allowed) > len(a) + len(b)
+    _assert_window_holds(a, HAMMER_A)
+    _assert_window_holds(b, HAMMER_B)
+    gap = timedelta(seconds=HAMMER_B.min_gap_seconds)
+    assert all(later - earlier >= gap for earlier, later in itertools.pairwise(b))
+    # Grants were granted from more than one process.
+    granted_by = {who.split("/")[0] for _, allowed, _, who in records if allowed}
+    assert len(granted_by) >= 2
+
+
+def test_retry_after_is_when_the_key_allows_again(app: Flask):
+    limit = Limit("retry-after", limit=2, window_seconds=2.0)
+    first = ratelimit.consume(db.session, [limit])
+    assert ratelimit.consume(db.session, [limit]).allowed
+    refused = ratelimit.consume(db.session, [limit])
+    assert first.allowed and first.granted_at and refused.decided_at
+    assert not refused.allowed and refused.granted_at is None
+    assert refused.remaining == 0
+
+    # The first grant leaves the window W after it, rounded up to its bucket's end.
+    ready = refused.decided_at + timedelta(seconds=refused.retry_after)
+    bucket = timedelta(milliseconds=2000 // 60)
+    window = timedelta(seconds=limit.window_seconds)
+    assert first.granted_at + window <= ready <= first.granted_at + window + bucket
+
+    time.sleep(refused.retry_after / 2)
+    still = ratelimit.consume(db.session, [limit])
+    assert still.decided_at
+    assert not still.allowed
+    assert still.decided_at + timedelta(seconds=still.retry_after) == ready
+
+    time.sleep(still.retry_after)
+    after = ratelimit.consume(db.session, [limit])
+    assert after.allowed and after.granted_at and after.granted_at >= ready
+
+
+def test_minimum_gap_holds_between_consecutive_grants(app: Flask):
+    limit = Limit("gap", limit=100, window_seconds=60.0, min_gap_seconds=0.3)
+    first = ratelimit.consume(db.session, [limit])
+    refused = ratelimit.consume(db.session, [limit])
+    assert first.allowed and first.granted_at and refused.decided_at
+    assert not refused.allowed and refused.remaining == 99  # room in the window, not in time
+    gap = timedelta(seconds=limit.min_gap_seconds)
+    assert refused.decided_at + timedelta(seconds=refused.retry_after) == first.granted_at + gap
+
+    time.sleep(refused.retry_after)
+    # The strictly durable commit takes grants the same way.
+    second = ratelimit.consume(db.session, [limit], synchronous_commit=True)
+    assert second.allowed and second.granted_at
+    assert second.granted_at - first.granted_at >= gap
+
+
+def test_two_keys_are_consumed_together_or_not_at_all(app: Flask):
+    roomy = Limit("both:roomy", limit=5, window_seconds=60.0)
+    tight = Limit("both:tight", limit=1, window_seconds=60.0)
+    gapped = Limit("both:gapped", limit=5, window_seconds=60.0, min_gap_seconds=60.0)
+
+    assert ratelimit.consume(db.session, [roomy, tight]).allowed
+    for limits in ([roomy, tight], [tight, roomy]):
+        refused = ratelimit.consume(db.session, limits)
+        assert not refused.allowed and refused.retry_after > 0
+    assert ratelimit.usage(db.session, roomy).used == 1  # the refusals left it untouched
+
+    assert ratelimit.consume(db.session, [roomy, gapped]).allowed
+    assert not ratelimit.consume(db.session, [gapped, roomy]).allowed  # refused by the gap
+    assert ratelimit.usage(db.session, roomy).used == 2
+
+    assert ratelimit.consume(db.session, [roomy]).allowed
+    assert ratelimit.usage(db.session, roomy).used == 3
+
+
+def test_usage_reads_without_consuming(app: Flask):
+    limit = Limit("usage", limit=3, window_seconds=60.0)
+    fresh = ratelimit.usage(db.session, limit)
+    assert (fresh.used, fresh.remaining, fresh.wait_seconds) == (0, 3, 0.0)
+
+    for _ in range(2):
+        assert ratelimit.consume(db.session, [limit]).allowed
+    for _ in range(5):
+        seen = ratelimit.usage(db.session, limit)
+        assert (seen.used, seen.limit, seen.remaining) == (2, 3, 1)
+        assert seen.next_slot_at == seen.checked_at  # a slot is open now
+
+    assert ratelimit.consume(db.session, [limit]).allowed  # usage() took none of the three
+    refused = ratelimit.consume(db.session, [limit])
+    assert not refused.allowed and refused.decided_at
+    full = ratelimit.usage(db.session, limit)
+    assert (full.used, full.remaining) == (3, 0)
+    assert full.next_slot_at == refused.decided_at + timedelta(seconds=refused.retry_after)
+    assert full.reset_at >= full.next_slot_at
+    db.session.rollback()
+
+
+def test_delete_old_buckets_removes_only_old_ones(app: Flask):
+    limit = Limit("cleanup:live", limit=10, window_seconds=ratelimit.LONGEST_WINDOW_SECONDS)
+    assert ratelimit.consume(db.session, [limit]).allowed
+    now = db.session.scalar(sa.select(sa.func.now()))
+    longest = timedelta(seconds=ratelimit.LONGEST_WINDOW_SECONDS)
+    db.session.add_all(
+        [
+            # Left every window: counted by no key any more.
+            RateLimitBucket(key="cleanup:old", bucket_start=now - 2 * longest, count=7),
+            RateLimitBucket(key="cleanup:live", bucket_start=now - 2 * longest, count=4),
+            # Still inside the longest window: must stay.
+            RateLimitBucket(key="cleanup:recent", bucket_start=now - longest / 2, count=2),
+            RateLimitKey(key="cleanup:stale", last_grant_at=now - timedelta(hours=2)),
+        ]
+    )
+    db.session.commit()
+
+    assert ratelimit.delete_old_buckets(db.session) == 2
+
+    left = db.session.execute(sa.select(RateLimitBucket.key, RateLimitBucket.count)).all()
+    assert sorted(left) == [("cleanup:live", 1), ("cleanup:recent", 2)]
+    keys = set(db.session.scalars(sa.select(RateLimitKey.key)))
+    assert keys == {"cleanup:live"}  # the stale last grant went, the live one stayed
+    assert ratelimit.usage(db.session, limit).used == 1
+    assert ratelimit.delete_old_buckets(db.session) == 0
+
+
+def test_consume_refuses_to_run_outside_read_committed(database_url_for_test):
+    # Under REPEATABLE READ the checks would read a snapshot older than the locks.
+    engine = sa.create_engine(
+        sqlalchemy_url(database_url_for_test),
+        connect_args={"options": "-c default_transaction_isolation=repeatable\\ read"},
+    )
+    try:
+        with Session(engine) as session, pytest.raises(sa.exc.DBAPIError, match="READ COMMITTED"):
+            ratelimit.consume(session, [Limit("isolation", limit=1, window_seconds=1.0)])
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key": "", "limit": 1, "window_seconds": 1}, "key"),
+        ({"key": "k" * 201, "limit": 1, "window_seconds": 1}, "key"),
+        ({"key": "k", "limit": 0, "window_seconds": 1}, "limit"),
+        ({"key": "k", "limit": 2**31, "window_seconds": 1}, "limit"),
+        ({"key": "k", "limit": 1, "window_seconds": 0}, "window"),
+        ({"key": "k", "limit": 1, "window_seconds": 301}, "window"),
+        ({"key": "k", "limit": 1, "window_seconds": 1, "min_gap_seconds": -1}, "gap"),
+        ({"key": "k", "limit": 1, "window_seconds": 1, "min_gap_seconds": 3601}, "gap"),
+    ],
+)
+def test_limit_refuses_what_the_limiter_cannot_keep(kwargs: dict[str, Any], message: str):
+    with pytest.raises(ValueError, match=message):
+        Limit(**kwargs)
+
+
+def test_limit_rounds_windows_and_gaps_up_to_whole_milliseconds():
+    limit = Limit("k", limit=1, window_seconds=0.3, min_gap_seconds=0.0005)
+    assert (limit.window_ms, limit.min_gap_ms) == (300, 1)  # never shorter than asked
+
+
+def test_consume_refuses_no_limits_and_repeated_keys(app: Flask):
+    limit = Limit("twice", limit=1, window_seconds=1.0)
+    with pytest.raises(ValueError):
+        ratelimit.consume(db.session, [])
+    with pytest.raises(ValueError):
+        ratelimit.consume(db.session, [limit, limit])
+
+
+def test_default_limits_follow_the_sender_and_the_user(app: Flask, user_factory):
+    from campaigns.models import Provider, Sender
+
+    user = user_factory()
+    sender = Sender(name="limits", provider=Provider.MOCK)
+    db.session.add(sender)
+    db.session.commit()
+
+    assert ratelimit.whatsapp_limit(sender) == Limit(f"whatsapp:{sender.id}", 20, 60.0, 1.0)
+    assert ratelimit.campaign_limit(user) == Limit(f"campaign:{user.id}", 100, 60.0)
+    assert ratelimit.api_limit(user) == Limit(f"api:{user.id}", 1000, 60.0)
+    assert ratelimit.retry_limit(42) == Limit("retry:42", 10, 300.0)
+    sent = ratelimit.consume(db.session, ratelimit.send_limits(sender, user))
+    assert isinstance(sent, Decision) and sent.allowed and sent.remaining == 19
+    refused = ratelimit.consume(db.session, ratelimit.send_limits(sender, user))
+    assert not refused.allowed and 0 < refused.retry_after <= 1.0  # the sender's 1 s gap

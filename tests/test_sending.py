@@ -1,0 +1,493 @@
+"""The sending engine's steps, run in-process against the real database and mock ERP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from campaigns import counters, providers, sending, services
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Message,
+    MessageStatus,
+    MessageTemplate,
+    Notification,
+    Role,
+    Suppression,
+)
+from campaigns.providers.base import SendError, SendResult
+from campaigns.providers.errors import ErrorKind
+from campaigns.validation import parse_campaign
+
+
+class FakeProvider:
+    """Answers sends from a script: a SendResult, or a SendError to raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.script: list[object] = []
+
+    def send_template(self, *, to, template, params, callback_data):
+        self.calls.append((to, params))
+        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    provider = FakeProvider()
+    monkeypatch.setattr(providers, "for_sender", lambda sender, config: provider)
+    return provider
+
+
+@pytest.fixture
+def owner(user_factory):
+    return user_factory(Role.SUPERVISOR)
+
+
+@pytest.fixture
+def campaign(app, owner, live_server) -> Campaign:
+    services.seed_demo()
+    sender = services.default_sender()
+    sender.rate_limit_per_minute, sender.min_interval_ms = 100_000, 0
+    owner.campaign_rate_limit_per_minute = 100_000
+    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    fields = parse_campaign(
+        {
+            "name": "Engine",
+            "sender_id": sender.id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "max_audience": 120, "opted_in_only": False},
+            "variables": {
+                "first_name": {"field": "first_name"},
+                "discount": {"text": "10%"},
+                "city": {"field": "city"},
+                "coupon": {"text": "X1"},
+            },
+        },
+        services.template_variables_for(template.id),
+    )
+    return services.create_campaign(fields, owner.id)
+
+
+def jobs(task: str) -> list[dict]:
+    rows = db.session.execute(
+        sa.text(
+            "SELECT args, scheduled_at, queue_name, status::text AS status FROM procrastinate_jobs"
+            " WHERE task_name = :t ORDER BY id"
+        ),
+        {"t": task},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def message_counts(campaign_id: int) -> dict[str, int]:
+    rows = db.session.execute(
+        sa.select(Message.status, sa.func.count())
+        .where(Message.campaign_id == campaign_id)
+        .group_by(Message.status)
+    ).all()
+    return {status.value: n for status, n in rows}
+
+
+def assert_counters_match_rows(campaign_id: int) -> None:
+    totals = counters.totals(db.session, campaign_id)
+    rows = message_counts(campaign_id)
+    assert totals["total"] == sum(rows.values())
+    for name in ("pending", "queued", "sending", "retrying", "failed", "skipped", "cancelled"):
+        assert totals[name] == rows.get(name, 0), name
+    assert totals["read"] == rows.get("read", 0)
+    assert totals["delivered"] == rows.get("delivered", 0) + rows.get("read", 0)
+    assert totals["sent"] == rows.get("sent", 0) + rows.get("delivered", 0) + rows.get("read", 0)
+
+
+def load_audience(app, campaign) -> None:
+    services.send_campaign_now(campaign.id, campaign.owner_id)
+    while (page := sending.fan_out_page(campaign.id, app.config)) is not None and not page.done:
+        pass
+
+
+def test_send_now_starts_and_defers_the_fan_out_in_one_transaction(campaign):
+    services.send_campaign_now(campaign.id, campaign.owner_id)
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.SENDING and campaign.started_at
+    assert [j["args"] for j in jobs(sending.FAN_OUT_TASK)] == [{"campaign_id": campaign.id}]
+    assert [j["args"] for j in jobs(sending.NOTIFY_TASK)] == [
+        {"campaign_id": campaign.id, "kind": "started"}
+    ]
+    with pytest.raises(services.Conflict, match="cannot be sent now"):
+        services.send_campaign_now(campaign.id, campaign.owner_id)
+
+
+def test_scheduler_claims_due_campaigns_once(campaign):
+    services.schedule_campaign(
+        campaign.id, datetime.now(UTC) + timedelta(minutes=5), campaign.owner_id
+    )
+    assert sending.claim_due(datetime.now(UTC)) == []  # not due yet
+    later = datetime.now(UTC) + timedelta(minutes=6)
+    assert sending.claim_due(later) == [campaign.id]
+    assert sending.claim_due(later) == []  # a second tick (or worker) finds nothing
+    assert len(jobs(sending.FAN_OUT_TASK)) == 1
+
+
+def test_fan_out_loads_the_audience_once_with_reasons(app, campaign):
+    load_audience(app, campaign)
+    db.session.refresh(campaign)
+    assert campaign.audience_loaded_at is not None
+    rows = message_counts(campaign.id)
+    assert sum(rows.values()) == 120
+    skipped = db.session.scalars(
+        sa.select(Message).where(
+            Message.campaign_id == campaign.id, Message.status == MessageStatus.SKIPPED
+        )
+    ).all()
+    assert all(
+        m.error_code in ("invalid_phone", "duplicate", "suppressed") and m.error_text
+        for m in skipped
+    )
+    pending = db.session.scalars(
+        sa.select(Message).where(
+            Message.campaign_id == campaign.id, Message.status == MessageStatus.PENDING
+        )
+    ).all()
+    assert len({m.phone for m in pending}) == len(pending)
+    assert pending[0].params["discount"] == "10%" and pending[0].params["first_name"]
+    assert_counters_match_rows(campaign.id)
+    # A re-run (a crash after the last page) adds nothing.
+    campaign.audience_loaded_at, campaign.erp_cursor = None, None
+    db.session.commit()
+    while (page := sending.fan_out_page(campaign.id, app.config)) is not None and not page.done:
+        pass
+    assert sum(message_counts(campaign.id).values()) == 120
+    assert_counters_match_rows(campaign.id)
+    assert [j["args"] for j in jobs(sending.PUMP_TASK)] == [
+        {"campaign_id": campaign.id}
+    ]  # one pump
+
+
+def test_suppressed_numbers_are_skipped(app, campaign):
+    first = db.session.get(Campaign, campaign.id)
+    from campaigns import erp
+
+    with erp.client_from_config(app.config) as client:
+        customers = client.page(first.segment, None, 5).customers
+    from campaigns.phones import normalise
+
+    phone = next(p for c in customers if (p := normalise(c["phone"])))
+    db.session.add(Suppression(phone=phone, reason="asked", source="manual"))
+    db.session.commit()
+    load_audience(app, campaign)
+    row = db.session.scalar(
+        sa.select(Message).where(Message.campaign_id == campaign.id, Message.phone == phone)
+    )
+    assert row.status is MessageStatus.SKIPPED and row.error_code == "suppressed"
+
+
+def test_pump_keeps_a_paced_bounded_window(app, campaign):
+    sender = campaign.sender
+    sender.rate_limit_per_minute, sender.min_interval_ms = 60, 0  # one a second
+    db.session.commit()
+    load_audience(app, campaign)
+    assert sending.pump(campaign.id) == sending.PUMP_INTERVAL_SECONDS
+    sends = jobs(sending.SEND_TASK)
+    assert len(sends) == 60  # the 60 s horizon at one a second, not the whole audience
+    gaps = {
+        (b["scheduled_at"] - a["scheduled_at"]).total_seconds()
+        for a, b in itertools.pairwise(sends)
+    }
+    assert gaps == {1.0}
+    assert all(j["queue_name"] == "campaign-messages" for j in sends)
+    sending.pump(campaign.id)
+    assert len(jobs(sending.SEND_TASK)) == 60  # the window is full: nothing more
+    assert_counters_match_rows(campaign.id)
+
+
+def _queue_all(app, campaign) -> list[int]:
+    load_audience(app, campaign)
+    sending.pump(campaign.id)
+    return [j["args"]["message_id"] for j in jobs(sending.SEND_TASK)]
+
+
+def test_a_send_records_sent_and_counts_it(app, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    outcome = sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    assert outcome.status == "sent"
+    message = db.session.get(Message, first)
+    db.session.refresh(message)
+    assert message.status is MessageStatus.SENT and message.provider_message_id == f"wamid.{first}"
+    assert message.attempts == 1 and message.sent_at
+    assert fake.calls[0][0] == message.phone
+    # The same job again (a duplicate after a crash) sends nothing.
+    assert (
+        sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "skipped"
+    )
+    assert len(fake.calls) == 1
+    assert_counters_match_rows(campaign.id)
+
+
+def test_transient_then_exhausted_hands_over_to_message_retry(app, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    error = SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)
+    fake.script = [error, error]
+    with pytest.raises(sending.Transient):
+        sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    assert db.session.get(Message, first).status is MessageStatus.QUEUED
+    outcome = sending.send(first, app.config, last_attempt=True, retry_queue=False)
+    assert outcome.status == "retrying"
+    db.session.expire_all()
+    assert db.session.get(Message, first).status is MessageStatus.RETRYING
+    assert [j["args"] for j in jobs(sending.RETRY_TASK)] == [{"message_id": first}]
+    assert sending.send(first, app.config, last_attempt=False, retry_queue=True).status == "sent"
+    assert_counters_match_rows(campaign.id)
+
+
+def test_permanent_error_fails_the_message_with_the_providers_words(app, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    fake.script = [
+        SendError("Message undeliverable", ErrorKind.PERMANENT, code=131026, http_status=400)
+    ]
+    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "failed"
+    message = db.session.get(Message, first)
+    db.session.refresh(message)
+    assert (message.status, message.error_code, message.error_text) == (
+        MessageStatus.FAILED,
+        "131026",
+        "Message undeliverable",
+    )
+    assert_counters_match_rows(campaign.id)
+
+
+def test_opted_out_error_suppresses_the_number(app, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    fake.script = [
+        SendError("stopped marketing", ErrorKind.PERMANENT, code=131050, http_status=400)
+    ]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    phone = db.session.get(Message, first).phone
+    assert db.session.query(Suppression).filter_by(phone=phone, source="provider").count() == 1
+
+
+def test_rate_limited_sends_wait_without_spending_an_attempt(app, campaign, fake):
+    first, second = _queue_all(app, campaign)[:2]
+    campaign.sender.rate_limit_per_minute = 1
+    db.session.commit()
+    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "sent"
+    with pytest.raises(sending.Deferred) as deferred:
+        sending.send(second, app.config, last_attempt=False, retry_queue=False)
+    assert 0 < deferred.value.seconds <= 62  # the window, plus at most one bucket (conservative)
+    message = db.session.get(Message, second)
+    assert message.status is MessageStatus.QUEUED and message.attempts == 0
+    sending.redefer(second, deferred.value.seconds, retry_queue=False)
+    later = [j for j in jobs(sending.SEND_TASK) if j["args"] == {"message_id": second}]
+    assert len(later) == 2 and later[-1]["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=30)
+
+
+def test_pause_resume_and_cancel(app, campaign, fake):
+    ids = _queue_all(app, campaign)
+    services.pause_campaign(campaign.id, campaign.owner_id)
+    assert (
+        sending.send(ids[0], app.config, last_attempt=False, retry_queue=False).status == "paused"
+    )
+    assert fake.calls == []
+    db.session.expire_all()
+    assert db.session.get(Message, ids[0]).status is MessageStatus.PENDING
+    assert sending.pump(campaign.id) is None  # a paused campaign is not pumped
+
+    services.resume_campaign(campaign.id, campaign.owner_id)
+    assert len([j for j in jobs(sending.PUMP_TASK) if j["status"] == "todo"]) == 1
+    assert sending.send(ids[1], app.config, last_attempt=False, retry_queue=False).status == "sent"
+
+    services.cancel_campaign(campaign.id, campaign.owner_id)
+    assert (
+        sending.send(ids[2], app.config, last_attempt=False, retry_queue=False).status
+        == "cancelled"
+    )
+    rows = message_counts(campaign.id)
+    assert rows.get("pending", 0) == 0 and rows["cancelled"] > 0
+    with pytest.raises(services.Conflict, match="cancelled campaign cannot be resumed"):
+        services.resume_campaign(campaign.id, campaign.owner_id)
+    assert_counters_match_rows(campaign.id)
+
+
+def test_an_auth_error_pauses_the_campaign_with_the_reason(app, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    fake.script = [
+        SendError("Invalid OAuth access token", ErrorKind.PAUSE_CAMPAIGN, code=190, http_status=401)
+    ]
+    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "paused"
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.PAUSED and "190" in campaign.status_reason
+    assert (
+        db.session.get(Message, first).status is MessageStatus.PENDING
+    )  # it goes out after resume
+
+
+def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
+    ids = _queue_all(app, campaign)
+    while ids:
+        for message_id in ids:
+            sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
+        db.session.execute(
+            sa.text("DELETE FROM procrastinate_jobs WHERE task_name = 'messages.send'")
+        )
+        db.session.commit()
+        sending.pump(campaign.id)
+        ids = [j["args"]["message_id"] for j in jobs(sending.SEND_TASK)]
+    assert sending.pump(campaign.id) is None
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.COMPLETED and campaign.completed_at
+    assert_counters_match_rows(campaign.id)
+    assert {"campaign_id": campaign.id, "kind": "completed"} in [
+        j["args"] for j in jobs(sending.NOTIFY_TASK)
+    ]
+
+
+def _signed(app, body: dict) -> tuple[bytes, dict]:
+    raw = json.dumps(body).encode()
+    secret = services.default_sender().app_secret
+    signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return raw, {"X-Hub-Signature-256": f"sha256={signature}", "Content-Type": "application/json"}
+
+
+def _status(wamid: str, status: str, message_id: int, ts: int = 1_800_000_000, **extra) -> dict:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "statuses": [
+                                {
+                                    "id": wamid,
+                                    "status": status,
+                                    "timestamp": str(ts),
+                                    "recipient_id": "5511",
+                                    "biz_opaque_callback_data": str(message_id),
+                                    **extra,
+                                }
+                            ]
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_webhooks_are_signed_idempotent_and_never_go_backwards(app, client, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    wamid = f"wamid.{first}"
+    raw, headers = _signed(app, _status(wamid, "read", first))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["applied"] == 1
+    assert (
+        client.post("/webhooks/whatsapp", data=raw, headers=headers).json["ignored"] == 1
+    )  # duplicate
+    late, late_headers = _signed(app, _status(wamid, "delivered", first))
+    assert client.post("/webhooks/whatsapp", data=late, headers=late_headers).json["ignored"] == 1
+    message = db.session.get(Message, first)
+    db.session.refresh(message)
+    assert message.status is MessageStatus.READ and message.read_at
+    assert_counters_match_rows(campaign.id)
+    totals = counters.totals(db.session, campaign.id)
+    assert totals["sent"] >= totals["delivered"] >= totals["read"] == 1
+
+
+def test_bad_signatures_change_nothing(app, client, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    raw, headers = _signed(app, _status(f"wamid.{first}", "delivered", first))
+    for bad in (
+        {},
+        {"X-Hub-Signature-256": "sha256=" + "0" * 64},
+        {"X-Hub-Signature-256": headers["X-Hub-Signature-256"][:-1] + "0"},
+    ):
+        response = client.post(
+            "/webhooks/whatsapp", data=raw, headers={"Content-Type": "application/json", **bad}
+        )
+        assert response.status_code == 401
+    assert db.session.get(Message, first).status is MessageStatus.SENT
+
+
+def test_a_failed_status_with_its_error(app, client, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": 131049, "title": "held"}])
+    raw, headers = _signed(app, body)
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    message = db.session.get(Message, first)
+    db.session.refresh(message)
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "131049")
+    assert_counters_match_rows(campaign.id)
+
+
+def test_unknown_messages_are_acknowledged(client, campaign):
+    raw, headers = _signed(None, _status("wamid.nobody", "delivered", 999999))
+    response = client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    assert response.status_code == 200 and response.json["unknown"] == 1
+
+
+def test_an_opt_out_reply_suppresses_the_number(client, campaign):
+    body = {
+        "entry": [
+            {
+                "changes": [
+                    {
+                        "value": {
+                            "messages": [
+                                {"from": "5511987650000", "type": "text", "text": {"body": "SAIR"}}
+                            ]
+                        }
+                    }
+                ]
+            }
+        ]
+    }
+    raw, headers = _signed(None, body)
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_outs"] == 1
+    assert (
+        db.session.query(Suppression)
+        .filter_by(phone="+5511987650000", source="opt_out_reply")
+        .count()
+        == 1
+    )
+
+
+def test_webhook_verify_handshake(app, client, campaign):
+    token = services.default_sender().webhook_verify_token
+    ok = client.get(
+        f"/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=abc123"
+    )
+    assert (ok.status_code, ok.get_data(as_text=True)) == (200, "abc123")
+    assert (
+        client.get(
+            "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=x"
+        ).status_code
+        == 403
+    )
+
+
+def test_notifications_reach_the_owner(app, campaign):
+    from campaigns import notifications
+
+    notifications.deliver(campaign.id, "started", first_attempt=True)
+    notifications.deliver(
+        campaign.id, "started", first_attempt=False
+    )  # a retry of the webhook only
+    assert (
+        db.session.query(Notification).filter_by(user_id=campaign.owner_id, kind="started").count()
+        == 1
+    )

@@ -142,7 +142,11 @@ def _now(session: Session) -> datetime:
 
 
 def _lock_campaign(session: Session, campaign_id: int) -> Campaign | None:
-    return session.scalar(sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update())
+    # FOR NO KEY UPDATE: it serialises the campaign's own state changes without
+    # blocking the foreign-key checks of rows other jobs insert for it
+    # (minute stats, activity, notifications), which FOR UPDATE would, and deadlock.
+    query = sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update(key_share=True)
+    return session.scalar(query)
 
 
 # --- starting ----------------------------------------------------------------------
@@ -164,7 +168,7 @@ def claim_due(tick: datetime) -> list[int]:
         sa.select(Campaign)
         .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= tick)
         .order_by(Campaign.scheduled_at)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, key_share=True)
     ).all()
     for campaign in campaigns:
         start(db.session, campaign)
@@ -316,14 +320,35 @@ def fail_campaign(campaign_id: int, reason: str) -> None:
     logger.error("campaign %s failed: %s", campaign_id, reason)
 
 
+def move_all(
+    session: Session, campaign_id: int, sources: Sequence[MessageStatus], to: MessageStatus
+) -> int:
+    """Move every message of a campaign in ``sources`` to ``to`` at once; counters follow.
+
+    Jobs already scheduled for those messages find them moved and do nothing.
+    """
+    moved = 0
+    for source in sources:
+        count = session.execute(
+            sa.update(Message)
+            .where(Message.campaign_id == campaign_id, Message.status == source)
+            .values(status=to)
+        ).rowcount
+        counters.apply(session, campaign_id, {source.value: -count, to.value: count})
+        moved += count
+    return moved
+
+
 def cancel_pending(session: Session, campaign_id: int) -> int:
-    cancelled = session.execute(
-        sa.update(Message)
-        .where(Message.campaign_id == campaign_id, Message.status == MessageStatus.PENDING)
-        .values(status=MessageStatus.CANCELLED)
-    ).rowcount
-    counters.apply(session, campaign_id, {"pending": -cancelled, "cancelled": cancelled})
-    return cancelled
+    """Cancel what has not started sending (a message mid-call finishes its call)."""
+    return move_all(
+        session, campaign_id, [MessageStatus.PENDING, MessageStatus.QUEUED], MessageStatus.CANCELLED
+    )
+
+
+def unqueue(session: Session, campaign_id: int) -> int:
+    """Paused: queued messages go back to pending, so nothing is sent until resume."""
+    return move_all(session, campaign_id, [MessageStatus.QUEUED], MessageStatus.PENDING)
 
 
 # --- the pump ----------------------------------------------------------------------
@@ -582,13 +607,14 @@ def _auto_pause(
                     Campaign.sender_id == campaign.sender_id,
                     Campaign.status == CampaignStatus.SENDING,
                 )
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
         )
     for target in targets:
         if target.status is CampaignStatus.SENDING:
             target.status = CampaignStatus.PAUSED
             target.status_reason = reason
+            unqueue(db.session, target.id)
             db.session.add(_activity(target.id, "paused", reason))
             notify(db.session, target.id, "auto_paused")
             logger.warning("campaign %s auto-paused: %s", target.id, reason)

@@ -583,7 +583,7 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
 
 def _locked_campaign(campaign_id: int) -> Campaign:
     campaign = db.session.scalar(
-        sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update()
+        sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update(key_share=True)
     )
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
@@ -716,11 +716,12 @@ def send_campaign_now(campaign_id: int, user_id: int) -> Campaign:
 
 
 def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """Stop sending; queued messages return to pending as their jobs come up."""
+    """Stop sending: queued messages return to pending; one mid-call finishes its call."""
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "pause")
     campaign.status = CampaignStatus.PAUSED
     campaign.status_reason = None
+    sending.unqueue(db.session, campaign.id)
     record_activity(campaign.id, user_id, "paused")
     db.session.commit()
     return campaign
@@ -750,7 +751,7 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
 
 
 def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """Cancel for good: pending messages are cancelled; queued ones as their jobs come up."""
+    """Cancel for good: every message not yet being sent is cancelled at once."""
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "cancel")
     campaign.status = CampaignStatus.CANCELLED

@@ -295,25 +295,25 @@ def test_rate_limited_sends_wait_without_spending_an_attempt(app, campaign, fake
 def test_pause_resume_and_cancel(app, campaign, fake):
     ids = _queue_all(app, campaign)
     services.pause_campaign(campaign.id, campaign.owner_id)
-    assert (
-        sending.send(ids[0], app.config, last_attempt=False, retry_queue=False).status == "paused"
-    )
-    assert fake.calls == []
+    assert message_counts(campaign.id).get("queued", 0) == 0  # back to pending at once
+    outcome = sending.send(ids[0], app.config, last_attempt=False, retry_queue=False)
+    assert outcome.status == "skipped" and fake.calls == []
     db.session.expire_all()
     assert db.session.get(Message, ids[0]).status is MessageStatus.PENDING
     assert sending.pump(campaign.id) is None  # a paused campaign is not pumped
 
     services.resume_campaign(campaign.id, campaign.owner_id)
     assert len([j for j in jobs(sending.PUMP_TASK) if j["status"] == "todo"]) == 1
+    sending.pump(campaign.id)  # queues them again
     assert sending.send(ids[1], app.config, last_attempt=False, retry_queue=False).status == "sent"
 
     services.cancel_campaign(campaign.id, campaign.owner_id)
-    assert (
-        sending.send(ids[2], app.config, last_attempt=False, retry_queue=False).status
-        == "cancelled"
-    )
+    outcome = sending.send(ids[2], app.config, last_attempt=False, retry_queue=False)
+    assert outcome.status == "skipped"
+    db.session.expire_all()
+    assert db.session.get(Message, ids[2]).status is MessageStatus.CANCELLED
     rows = message_counts(campaign.id)
-    assert rows.get("pending", 0) == 0 and rows["cancelled"] > 0
+    assert rows.get("pending", 0) == rows.get("queued", 0) == 0 and rows["cancelled"] > 0
     with pytest.raises(services.Conflict, match="cancelled campaign cannot be resumed"):
         services.resume_campaign(campaign.id, campaign.owner_id)
     assert_counters_match_rows(campaign.id)

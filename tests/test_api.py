@@ -211,3 +211,23 @@ def test_the_demo_templates_are_listed(client, token_for, seeded):
     templates = client.get("/api/v1/templates", headers=token_for(Role.VIEWER)).json["templates"]
     assert {t["status"] for t in templates} == {TemplateStatus.APPROVED.value}
     assert db.session.query(MessageTemplate).count() == len(templates)
+
+
+def test_api_rate_limit_is_a_429_with_headers(client, app, user_factory):
+    user = user_factory(Role.VIEWER)
+    user.api_rate_limit_per_minute = 3
+    db.session.commit()
+    _token, raw = services.create_api_token(user.id)
+    headers = {"Authorization": f"Bearer {raw}"}
+    answers = [client.get("/api/v1/me", headers=headers) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+    assert all(a.headers["X-RateLimit-Limit"] == "3" for a in answers)
+    refused = answers[3]
+    assert refused.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 62
+    assert 0 < int(refused.headers["X-RateLimit-Reset"]) <= 62
+    # Another user's budget is their own.
+    other = user_factory(Role.VIEWER)
+    _t, other_raw = services.create_api_token(other.id)
+    assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {other_raw}"}).status_code == 200

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
-from campaigns import queries, services
+from app import db
+from campaigns import queries, ratelimit, services
 from campaigns.auth import requires
 from campaigns.i18n import _
 from campaigns.models import (
@@ -53,11 +55,35 @@ def authenticate() -> Response | None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="disparo"'
         return response
     g.api_user = user
+    # Every API call takes one from the user's per-minute budget; over it, 429.
+    limit = ratelimit.api_limit(user)
+    decision = ratelimit.consume(db.session, [limit])
+    g.rate_limit = (limit, decision)
+    if not decision.allowed:
+        return error(
+            429,
+            "rate_limited",
+            _("Too many requests: %(n)d a minute. Try again in %(s)d s.")
+            % {"n": limit.limit, "s": math.ceil(decision.retry_after)},
+        )
     view = current_app.view_functions.get(request.endpoint or "")
     role = getattr(view, "required_role", Role.VIEWER)
     if not user.can(role):
         return error(403, "forbidden", _("This needs the %(role)s role.") % {"role": role.value})
     return None
+
+
+@bp.after_request
+def rate_limit_headers(response: Response) -> Response:
+    """X-RateLimit-* on every answer that counted against the budget; Retry-After on 429."""
+    if "rate_limit" in g:
+        limit, decision = g.rate_limit
+        response.headers["X-RateLimit-Limit"] = str(limit.limit)
+        response.headers["X-RateLimit-Remaining"] = str(max(decision.remaining, 0))
+        response.headers["X-RateLimit-Reset"] = str(math.ceil(decision.reset_after))
+        if not decision.allowed:
+            response.headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+    return response
 
 
 @bp.errorhandler(Invalid)

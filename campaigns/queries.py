@@ -399,3 +399,10 @@ def get_progress(campaign: Campaign) -> Progress:
         sent_last_minute=int(last_minute or 0),
         allowed_per_minute=allowed,
     )
+
+
+def sender_usage(senders: list[Sender]) -> dict[int, object]:
+    """Each sender's WhatsApp limit now: used / limit this minute, next slot (nothing consumed)."""
+    from campaigns import ratelimit
+
+    return {s.id: ratelimit.usage(db.session, ratelimit.whatsapp_limit(s)) for s in senders}

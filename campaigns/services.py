@@ -928,3 +928,47 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
     )
     # A number repeated in the file counts as already there from its second line on.
     return ImportReport(added, len(wanted) - added + repeated, invalid, invalid_count)
+
+
+def test_send(campaign_id: int, phone_raw: str, user_id: int) -> str:
+    """Send the campaign's message to one number, filled from the audience's first customer.
+
+    It goes through the sender's provider and its WhatsApp limit like any send;
+    nothing is recorded as a campaign message. Returns the provider's message id.
+    """
+    from flask import current_app
+
+    from campaigns import erp, phones, ratelimit
+
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(_("There is no such campaign."))
+    phone = phones.normalise(phone_raw)
+    if phone is None:
+        raise ServiceError(
+            _("Enter a phone number with its area code, e.g. +55 11 98765-4321."), "phone"
+        )
+    try:
+        with erp.client_from_config(current_app.config) as client:
+            customers = client.page(campaign.segment, None, 1).customers
+    except erp.ErpError as error:
+        raise ServiceError(_("The ERP did not answer: %(m)s") % {"m": error.message}) from error
+    sample = customers[0] if customers else {}
+    params = rendering.params_for(campaign.variable_mapping, sample)
+    if empty := rendering.missing_params(params):
+        params |= rendering.sample_values(empty, campaign.template.parameter_format)
+    decision = ratelimit.consume(db.session, [ratelimit.whatsapp_limit(campaign.sender)])
+    if not decision.allowed:
+        raise ServiceError(
+            _("The sender's limit is used up; try again in %(s)d s.")
+            % {"s": int(decision.retry_after) + 1}
+        )
+    try:
+        result = providers.for_sender(campaign.sender, current_app.config).send_template(
+            to=phone, template=campaign.template, params=params, callback_data=f"test-{campaign_id}"
+        )
+    except providers.SendError as error:
+        raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": error.message}) from error
+    record_activity(campaign_id, user_id, "test_sent", phone[:-4] + "****")
+    db.session.commit()
+    return result.provider_message_id

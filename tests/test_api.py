@@ -230,4 +230,7 @@ def test_api_rate_limit_is_a_429_with_headers(client, app, user_factory):
     # Another user's budget is their own.
     other = user_factory(Role.VIEWER)
     _t, other_raw = services.create_api_token(other.id)
-    assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {other_raw}"}).status_code == 200
+    assert (
+        client.get("/api/v1/me", headers={"Authorization": f"Bearer {other_raw}"}).status_code
+        == 200
+    )

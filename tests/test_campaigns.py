@@ -283,3 +283,29 @@ def test_viewers_can_look_but_not_touch(client, demo, login_as):
     assert client.get("/campaigns/new").status_code == 403
     assert client.post("/campaigns/", data=form_for(sender, promo)).status_code == 403
     assert client.post("/campaigns/audience", data=form_for(sender, promo)).status_code == 403
+
+
+def test_test_send_goes_through_the_sender(app, client, demo, supervisor, live_server):
+    app.config["APP_BASE_URL"] = live_server  # where the mock WhatsApp answers
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    response = client.post(
+        f"/campaigns/{campaign.id}/test-send",
+        data={"phone": "(11) 98765-4321"},
+        headers={"HX-Request": "true"},
+    )
+    body = response.get_data(as_text=True)
+    assert response.status_code == 200, body
+    assert f'id="campaign-{campaign.id}-test-send"' in body and "Sent (wamid." in body
+    import requests
+
+    log = requests.get(f"{live_server}/mock/whatsapp/log", timeout=5).json()
+    assert [(e["to"], e["message_id"]) for e in log] == [("+5511987654321", f"test-{campaign.id}")]
+    bad = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "123"})
+    assert bad.status_code == 422 and "area code" in bad.get_data(as_text=True)
+
+
+def test_senders_page_shows_this_minutes_usage(client, demo, login_as):
+    login_as(Role.ADMIN)
+    body = client.get("/senders/").get_data(as_text=True)
+    assert "0 of 20 used" in body

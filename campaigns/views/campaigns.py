@@ -310,6 +310,24 @@ def campaign_cancel(campaign_id: int) -> Response:
     return _act(campaign_id, services.cancel_campaign)
 
 
+@bp.post("/<int:campaign_id>/test-send")
+@requires(Role.SUPERVISOR)
+def campaign_test_send(campaign_id: int):
+    """Send this campaign's message to one number (an htmx fragment says what happened)."""
+    _campaign_or_404(campaign_id)
+    phone = request.form.get("phone", "")
+    try:
+        wamid = services.test_send(campaign_id, phone, current_user.id)
+    except services.ServiceError as error:
+        html = render_template(
+            "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, error=error.message
+        )
+        return html, 422
+    return render_template(
+        "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, wamid=wamid
+    )
+
+
 @bp.post("/<int:campaign_id>/duplicate")
 @requires(Role.SUPERVISOR)
 def campaign_duplicate(campaign_id: int) -> Response:

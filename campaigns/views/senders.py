@@ -29,7 +29,10 @@ def _form_page(form, errors, sender=None, status: int = 200):
 @requires(Role.ADMIN)
 def sender_index() -> str:
     """Every sender with its pace."""
-    return render_template("senders/index.html", senders=queries.list_senders())
+    senders = queries.list_senders()
+    return render_template(
+        "senders/index.html", senders=senders, usage=queries.sender_usage(senders)
+    )
 
 
 @bp.get("/new")

@@ -43,6 +43,8 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.wrappers import Response
 
+from campaigns.erp import SEGMENT_KEYS
+
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("mock_erp", __name__, url_prefix="/mock/erp")
@@ -95,15 +97,8 @@ DUPLICATE_PHONE_SHARE = 0.01
 OPTED_IN_SHARE = 0.85
 MEAN_SPENT_CENTS = 45_000
 MEAN_DAYS_AGO = 120
-FILTERS = (
-    "city",
-    "state",
-    "tags",
-    "min_total_spent",
-    "last_purchase_within_days",
-    "opted_in_only",
-    "max_audience",
-)
+# The segment filters a real ERP must understand: the client's own vocabulary.
+FILTERS = tuple(sorted(SEGMENT_KEYS))
 CUSTOMER_ID = re.compile(r"C(\d{7})")
 WHOLE_NUMBER = re.compile(r"\d{1,9}")
 UF = re.compile(r"[A-Za-z]{2}")

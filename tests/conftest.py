@@ -108,6 +108,23 @@ def empty_database_url(server_url: str) -> Iterator[str]:
     admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def scratch_app(
+    server_url: str, template_database: str, name: str, **config: Any
+) -> Iterator[Flask]:
+    """An app on its own clone of the template, for a module whose tests share one database."""
+    admin_execute(
+        server_url,
+        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        f"CREATE DATABASE {name} TEMPLATE {template_database}",
+    )
+    application = make_app(url_for_database(server_url, name), **config)
+    with application.app_context():
+        yield application
+        db.engine.dispose()
+    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def app(database_url_for_test: str, tmp_path) -> Iterator[Flask]:
     application = make_app(

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app import db
 from campaigns.config import ConfigError
 from campaigns.erp import ErpClient, ErpError, ErpPage, client_from_config, segment_query
-from tests.conftest import SUFFIX, admin_execute, make_app, serving, url_for_database
+from tests.conftest import SUFFIX, scratch_app, serving
 
 SMALL = 20_000
 SEGMENT = {"state": "RJ", "tags": ["vip", "b2b"], "opted_in_only": True}
@@ -32,19 +31,14 @@ def answering(status: str, body: bytes, content_type: str = "application/json"):
 
 @pytest.fixture(scope="module")
 def erp_app(server_url: str, template_database: str) -> Iterator[Flask]:
-    name = f"disparo_test_erp_client_{SUFFIX}"
-    admin_execute(
+    with scratch_app(
         server_url,
-        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        f"CREATE DATABASE {name} TEMPLATE {template_database}",
-    )
-    application = make_app(
-        url_for_database(server_url, name), MOCKS_ENABLED=True, MOCK_ERP_CUSTOMERS=SMALL
-    )
-    with application.app_context():
+        template_database,
+        f"disparo_test_erp_client_{SUFFIX}",
+        MOCKS_ENABLED=True,
+        MOCK_ERP_CUSTOMERS=SMALL,
+    ) as application:
         yield application
-        db.engine.dispose()
-    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from app import db
 from campaigns import config, mock_erp
 from campaigns.auth import is_self_authenticated, required_role
 from campaigns.config import ConfigError
-from tests.conftest import SUFFIX, admin_execute, make_app, url_for_database
+from tests.conftest import SUFFIX, make_app, scratch_app
 
 SMALL = 20_000
 KEYS = {
@@ -41,19 +41,14 @@ TAG_NAMES = {tag for tag, _ in mock_erp.TAGS}
 @pytest.fixture(scope="module")
 def module_app(server_url: str, template_database: str) -> Iterator[Flask]:
     """One app for the module: the mock touches no table, so a database per test buys nothing."""
-    name = f"disparo_test_mock_erp_{SUFFIX}"
-    admin_execute(
+    with scratch_app(
         server_url,
-        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        f"CREATE DATABASE {name} TEMPLATE {template_database}",
-    )
-    application = make_app(
-        url_for_database(server_url, name), MOCKS_ENABLED=True, MOCK_ERP_CUSTOMERS=SMALL
-    )
-    with application.app_context():
+        template_database,
+        f"disparo_test_mock_erp_{SUFFIX}",
+        MOCKS_ENABLED=True,
+        MOCK_ERP_CUSTOMERS=SMALL,
+    ) as application:
         yield application
-        db.engine.dispose()
-    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -28,6 +28,21 @@ from campaigns.models import (
 WORKER_HEARTBEAT_SECONDS = 30
 
 
+def _containing(text: str) -> str:
+    """An ILIKE pattern matching ``text`` anywhere, its own %, _ and \\ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _paginate(query: sa.Select, page: int, per_page: int) -> tuple[list, int, int, int]:
+    """(rows, page, pages, total) for an ordered query; an out-of-range page is clamped."""
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    rows = db.session.scalars(query.limit(per_page).offset((page - 1) * per_page))
+    return list(rows), page, pages, total
+
+
 def database_time() -> datetime:
     return db.session.execute(sa.text("SELECT now()")).scalar_one()
 
@@ -156,8 +171,7 @@ def list_templates(filters: TemplateFilters) -> list[MessageTemplate]:
     if filters.category:
         query = query.where(MessageTemplate.category == filters.category)
     if filters.q:
-        escaped = filters.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(MessageTemplate.name.ilike(f"%{escaped}%"))
+        query = query.where(MessageTemplate.name.ilike(_containing(filters.q)))
     return list(db.session.scalars(query.limit(500)))
 
 
@@ -232,17 +246,9 @@ def list_campaigns(status: CampaignStatus | None, q: str | None, page: int = 1) 
     if status:
         query = query.where(Campaign.status == status)
     if q:
-        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Campaign.name.ilike(f"%{escaped}%"))
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
-    pages = max(1, -(-total // CAMPAIGNS_PER_PAGE))
-    page = min(max(1, page), pages)
-    rows = db.session.scalars(
-        query.order_by(Campaign.created_at.desc(), Campaign.id.desc())
-        .limit(CAMPAIGNS_PER_PAGE)
-        .offset((page - 1) * CAMPAIGNS_PER_PAGE)
-    )
-    return CampaignPage(list(rows), page, pages, total)
+        query = query.where(Campaign.name.ilike(_containing(q)))
+    query = query.order_by(Campaign.created_at.desc(), Campaign.id.desc())
+    return CampaignPage(*_paginate(query, page, CAMPAIGNS_PER_PAGE))
 
 
 def get_campaign(campaign_id: int) -> Campaign | None:
@@ -278,17 +284,9 @@ def list_suppressions(q: str | None, page: int = 1) -> SuppressionPage:
         # Phones are stored as +<digits>, so "(11) 98765" finds +5511987654321.
         query = query.where(Suppression.phone.contains(digits))
     elif q and q.strip():
-        escaped = q.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Suppression.reason.ilike(f"%{escaped}%"))
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
-    pages = max(1, -(-total // SUPPRESSIONS_PER_PAGE))
-    page = min(max(1, page), pages)
-    rows = db.session.scalars(
-        query.order_by(Suppression.created_at.desc(), Suppression.id.desc())
-        .limit(SUPPRESSIONS_PER_PAGE)
-        .offset((page - 1) * SUPPRESSIONS_PER_PAGE)
-    )
-    return SuppressionPage(list(rows), page, pages, total)
+        query = query.where(Suppression.reason.ilike(_containing(q.strip())))
+    query = query.order_by(Suppression.created_at.desc(), Suppression.id.desc())
+    return SuppressionPage(*_paginate(query, page, SUPPRESSIONS_PER_PAGE))
 
 
 @dataclass(frozen=True)

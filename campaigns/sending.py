@@ -183,6 +183,14 @@ def _activity(campaign_id: int, action: str, detail: str | None = None):
     return CampaignActivity(campaign_id=campaign_id, user_id=None, action=action, detail=detail)
 
 
+def defer_next_step(session: Session, campaign_id: int, *, audience_loaded: bool) -> None:
+    """Defer what a sending campaign needs next: its pump, or a fan-out if none waits."""
+    if audience_loaded:
+        defer_pump(session, campaign_id)  # its queueing lock keeps it to one
+    elif not has_job(session, FAN_OUT_TASK, campaign_id):
+        defer(session, FAN_OUT_TASK, FAN_OUT_QUEUE, [{"campaign_id": campaign_id}])
+
+
 def rekick() -> list[int]:
     """Give every sending campaign whose fan-out or pump job was lost a new one."""
     kicked = []
@@ -195,10 +203,7 @@ def rekick() -> list[int]:
             db.session, PUMP_TASK, campaign_id
         ):
             continue
-        if loaded:
-            defer_pump(db.session, campaign_id)
-        else:
-            defer(db.session, FAN_OUT_TASK, FAN_OUT_QUEUE, [{"campaign_id": campaign_id}])
+        defer_next_step(db.session, campaign_id, audience_loaded=loaded)
         kicked.append(campaign_id)
         logger.warning(
             "campaign %s: its fan-out or pump job was lost; deferred a new one", campaign_id

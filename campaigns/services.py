@@ -735,16 +735,9 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.status = CampaignStatus.SENDING
     campaign.status_reason = None
     campaign.pace_cursor_at = None
-    if campaign.audience_loaded_at is None:
-        if not sending.has_job(db.session, sending.FAN_OUT_TASK, campaign.id):
-            sending.defer(
-                db.session,
-                sending.FAN_OUT_TASK,
-                sending.FAN_OUT_QUEUE,
-                [{"campaign_id": campaign.id}],
-            )
-    else:
-        sending.defer_pump(db.session, campaign.id)
+    sending.defer_next_step(
+        db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
+    )
     record_activity(campaign.id, user_id, "resumed")
     db.session.commit()
     return campaign

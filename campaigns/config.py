@@ -149,6 +149,8 @@ class Settings:
     notification_webhook_url: str | None
     login_max_failures: int
     login_lockout_minutes: int
+    stalled_worker_seconds: int
+    sending_lease_seconds: int
     mock_erp_customers: int
     mock_erp_latency_ms: int
     mock_erp_failure_rate: float
@@ -182,6 +184,8 @@ class Settings:
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "LOGIN_MAX_FAILURES": self.login_max_failures,
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
+            "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
+            "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
             "MOCK_ERP_CUSTOMERS": self.mock_erp_customers,
             "MOCK_ERP_LATENCY_MS": self.mock_erp_latency_ms,
             "MOCK_ERP_FAILURE_RATE": self.mock_erp_failure_rate,
@@ -228,6 +232,9 @@ def load_settings() -> Settings:
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
         login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
         login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
+        # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.
+        stalled_worker_seconds=_int_setting("STALLED_WORKER_SECONDS", 120, minimum=15),
+        sending_lease_seconds=_int_setting("SENDING_LEASE_SECONDS", 120),
         mock_erp_customers=_mock_erp_customers(),
         mock_erp_latency_ms=_int_setting("MOCK_ERP_LATENCY_MS", 0, minimum=0),
         mock_erp_failure_rate=_fraction("MOCK_ERP_FAILURE_RATE", 0.0),

@@ -58,8 +58,6 @@ SEND_QUEUE, NOTIFY_QUEUE = MESSAGES_QUEUE, NOTIFICATIONS_QUEUE
 WINDOW_MAX = 1000
 WINDOW_HORIZON_SECONDS = 60.0
 PUMP_INTERVAL_SECONDS = 5.0
-# A row left in `sending` this long by a dead worker is retried (at-least-once).
-SENDING_LEASE_SECONDS = 120.0
 SLOW_RETRY_SECONDS = 3600.0
 FAN_OUT_PAGE_SIZE = 500
 
@@ -279,7 +277,10 @@ def _message_rows(campaign: Campaign, customers: list[dict[str, Any]]) -> list[d
             )
         )
     )
-    fields = sorted({m["field"] for m in campaign.variable_mapping.values() if "field" in m})
+    # The variables' fields, and always the name: the recipients table shows and searches it.
+    fields = sorted(
+        {m["field"] for m in campaign.variable_mapping.values() if "field" in m} | {"name"}
+    )
     rows = []
     for customer, phone in zip(customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
@@ -643,8 +644,8 @@ def redefer(message_id: int, seconds: float, *, retry_queue: bool) -> None:
 # --- maintenance -------------------------------------------------------------------
 
 
-def reconcile_stuck_sending() -> int:
-    """Retry rows left in `sending` past their lease by a dead worker.
+def reconcile_stuck_sending(lease_seconds: float) -> int:
+    """Retry rows left in `sending` past their lease (SENDING_LEASE_SECONDS) by a dead worker.
 
     A status webhook would already have moved such a row on, so none came: we
     cannot know whether the call went out, and send again (at-least-once).
@@ -653,8 +654,7 @@ def reconcile_stuck_sending() -> int:
         sa.select(Message.id)
         .where(
             Message.status == MessageStatus.SENDING,
-            Message.sending_at
-            < sa.func.now() - sa.text(f"interval '{int(SENDING_LEASE_SECONDS)} seconds'"),
+            Message.sending_at < sa.func.now() - timedelta(seconds=lease_seconds),
         )
         .with_for_update(skip_locked=True)
         .limit(1000)

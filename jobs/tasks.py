@@ -30,6 +30,7 @@ from campaigns.queues import (
     SENDER_QUEUE,
 )
 from jobs import app
+from jobs.context import flask_app
 
 logger = logging.getLogger(__name__)
 
@@ -182,15 +183,10 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`; drop expired rate-limit buckets."""
-    sending.reconcile_stuck_sending()
+    sending.reconcile_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     removed = ratelimit.delete_old_buckets(db.session)
     db.session.commit()
     logger.info("maintenance: removed %s old rate-limit buckets", removed)
-
-
-# Well above the graceful shutdown (20 s) plus a heartbeat interval, so a worker
-# that is still finishing its jobs is never taken for dead.
-STALLED_AFTER_SECONDS = 120
 
 
 @app.periodic(cron="*/2 * * * *", periodic_id="stalled")
@@ -202,9 +198,12 @@ async def retry_stalled_jobs(timestamp: int) -> None:
     from procrastinate.exceptions import ConnectorException
     from procrastinate.jobs import Status
 
-    for job in await app.job_manager.get_stalled_jobs(
-        seconds_since_heartbeat=STALLED_AFTER_SECONDS
-    ):
+    # Keep STALLED_WORKER_SECONDS well above the graceful shutdown (20 s, when
+    # heartbeats stop) plus a heartbeat interval, so a worker still finishing its
+    # jobs is never taken for dead. No task middleware gives async tasks an app
+    # context, hence the process's app.
+    seconds = flask_app().config["STALLED_WORKER_SECONDS"]
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds):
         logger.warning("retrying stalled job %s (%s)", job.id, job.task_name)
         try:
             await app.job_manager.retry_job(job)

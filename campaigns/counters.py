@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -36,11 +37,43 @@ TOTALS = sa.text(
 )
 # -- messages sent (and failed) per minute, for throughput and the hourly chart
 BUMP_MINUTE = sa.text(
-    "INSERT INTO campaign_minute_stats (campaign_id, minute, sent, failed)"
-    " VALUES (:campaign_id, date_trunc('minute', now()), :sent, :failed)"
-    " ON CONFLICT (campaign_id, minute) DO UPDATE"
+    "INSERT INTO campaign_minute_stats (campaign_id, minute, shard, sent, failed)"
+    " VALUES (:campaign_id, date_trunc('minute', now()), :shard, :sent, :failed)"
+    " ON CONFLICT (campaign_id, minute, shard) DO UPDATE"
     " SET sent = campaign_minute_stats.sent + excluded.sent,"
     " failed = campaign_minute_stats.failed + excluded.failed"
+)
+# -- sent over the sliding last 60 s: this minute's bucket in full, plus the previous
+# bucket weighted by how much of it is still inside the window (sends assumed even)
+_LAST_MINUTE_SUM = (
+    "round(coalesce(sum(sent * CASE"
+    "   WHEN minute = date_trunc('minute', now()) THEN 1"
+    "   ELSE 1 - extract(epoch FROM now() - date_trunc('minute', now())) / 60 END), 0))::bigint"
+)
+_LAST_TWO_MINUTES = "minute >= date_trunc('minute', now()) - interval '1 minute'"
+SENT_LAST_MINUTE = sa.text(
+    f"SELECT campaign_id, {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
+    f" WHERE campaign_id = ANY(:campaign_ids) AND {_LAST_TWO_MINUTES} GROUP BY campaign_id"
+)
+# -- one campaign's progress in one round trip: totals, the last minute, the database's now
+SNAPSHOT = sa.text(
+    "SELECT "
+    + ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COLUMNS)
+    + f", (SELECT {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
+    f"     WHERE campaign_id = :campaign_id AND {_LAST_TWO_MINUTES}) AS sent_last_minute"
+    ", now() AS read_at"
+    " FROM campaign_counters WHERE campaign_id = :campaign_id"
+)
+# -- sent and failed per minute over the hour ending at :until, empty minutes included
+MINUTES_OF_HOUR = sa.text(
+    "WITH hour AS (SELECT date_trunc('minute', CAST(:until AS timestamptz)) AS last)"
+    " SELECT m.minute, coalesce(sum(s.sent), 0)::bigint AS sent,"
+    " coalesce(sum(s.failed), 0)::bigint AS failed"
+    " FROM hour, generate_series(hour.last - interval '59 minutes', hour.last, '1 minute')"
+    "   AS m(minute)"
+    " LEFT JOIN campaign_minute_stats AS s"
+    "   ON s.campaign_id = :campaign_id AND s.minute = m.minute"
+    " GROUP BY m.minute ORDER BY m.minute"
 )
 
 
@@ -95,4 +128,30 @@ def totals(session: Session, campaign_id: int) -> dict[str, int]:
 
 def bump_minute(session: Session, campaign_id: int, sent: int = 0, failed: int = 0) -> None:
     if sent or failed:
-        session.execute(BUMP_MINUTE, {"campaign_id": campaign_id, "sent": sent, "failed": failed})
+        session.execute(
+            BUMP_MINUTE,
+            {
+                "campaign_id": campaign_id,
+                "shard": random.randrange(COUNTER_SHARDS),
+                "sent": sent,
+                "failed": failed,
+            },
+        )
+
+
+def sent_last_minute(session: Session, campaign_ids: Collection[int]) -> dict[int, int]:
+    """Messages sent in the last 60 s per campaign (0 for a campaign that sent none)."""
+    rows = session.execute(SENT_LAST_MINUTE, {"campaign_ids": list(campaign_ids)})
+    return {campaign_id: 0 for campaign_id in campaign_ids} | {c: int(n) for c, n in rows}
+
+
+def snapshot(session: Session, campaign_id: int) -> tuple[dict[str, int], int, datetime]:
+    """(totals, sent in the last minute, the database's now()) in one statement."""
+    row = session.execute(SNAPSHOT, {"campaign_id": campaign_id}).mappings().one()
+    return {name: int(row[name]) for name in COLUMNS}, int(row["sent_last_minute"]), row["read_at"]
+
+
+def minutes_of_hour(session: Session, campaign_id: int, until: datetime) -> list[sa.Row]:
+    """(minute, sent, failed) for each of the 60 minutes up to ``until``, oldest first."""
+    params = {"campaign_id": campaign_id, "until": until}
+    return list(session.execute(MINUTES_OF_HOUR, params))

@@ -309,7 +309,9 @@ class Message(db.Model):
             unique=True,
             postgresql_where=sa.text("status <> 'skipped'"),
         ),
-        sa.Index("messages_campaign_status_idx", "campaign_id", "status"),
+        # A campaign's recipients in id order (keyset pages, CSV), by status or not.
+        sa.Index("messages_campaign_id_idx", "campaign_id", "id"),
+        sa.Index("messages_campaign_status_id_idx", "campaign_id", "status", "id"),
         # The pump takes the next pending rows of a campaign in id order.
         sa.Index(
             "messages_pending_idx",
@@ -388,7 +390,11 @@ class CampaignCounter(db.Model):
 
 
 class CampaignMinuteStat(db.Model):
-    """Messages sent per campaign per minute: 'sent in the last minute' and the hourly chart."""
+    """Messages sent per campaign per minute: 'sent in the last minute' and the hourly chart.
+
+    Sharded like campaign_counters: every send of a campaign in one minute would
+    otherwise update (and wait for the lock on) the same row; reads sum the shards.
+    """
 
     __tablename__ = "campaign_minute_stats"
 
@@ -396,6 +402,7 @@ class CampaignMinuteStat(db.Model):
         sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
     )
     minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
     sent: Mapped[int] = mapped_column(default=0, server_default="0")
     failed: Mapped[int] = mapped_column(default=0, server_default="0")
 

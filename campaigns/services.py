@@ -18,7 +18,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import db
-from campaigns import phones, providers, rendering, sending
+from campaigns import counters, phones, providers, rendering, sending
 from campaigns.i18n import _
 from campaigns.models import (
     ApiToken,
@@ -26,6 +26,8 @@ from campaigns.models import (
     CampaignActivity,
     CampaignStatus,
     LoginAttempt,
+    Message,
+    MessageStatus,
     MessageTemplate,
     ParameterFormat,
     Provider,
@@ -36,6 +38,8 @@ from campaigns.models import (
     TemplateStatus,
     User,
 )
+from campaigns.providers.errors import is_retryable
+from campaigns.queues import RETRY_TASK, SEND_TASK
 from campaigns.validation import CampaignFields, SenderFields, TemplateFields, UserLimits
 
 logger = logging.getLogger(__name__)
@@ -965,3 +969,148 @@ def test_send(campaign_id: int, phone_raw: str, user_id: int) -> str:
     record_activity(campaign_id, user_id, "test_sent", phone[:-4] + "****")
     db.session.commit()
     return result.provider_message_id
+
+
+# -- queue monitor actions
+
+LOCK_JOB = sa.text(
+    "-- lock one Procrastinate job, so its status cannot change between check and action\n"
+    "SELECT CAST(status AS text) AS status, task_name, args, queueing_lock"
+    " FROM procrastinate_jobs WHERE id = :job_id FOR UPDATE"
+)
+RETRY_JOB = sa.text(
+    "-- Procrastinate's own retry (what its shell's `retry` runs): back to todo, due now\n"
+    "SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)"
+)
+CANCEL_JOB = sa.text(
+    "-- Procrastinate's own cancel: todo -> cancelled, no abort, the row kept\n"
+    "SELECT procrastinate_cancel_job_v1(:job_id, false, false)"
+)
+
+
+def _locked_job(job_id: int) -> sa.Row:
+    job = db.session.execute(LOCK_JOB, {"job_id": job_id}).first()
+    if job is None:
+        db.session.rollback()
+        raise NotFound(_("There is no job #%(id)d.") % {"id": job_id})
+    return job
+
+
+def retry_job(job_id: int, user: User) -> None:
+    """Run a failed job once more, now (its attempts count on, so no automatic retries follow)."""
+    job = _locked_job(job_id)
+    # The SQL function would also take a running job back to todo, and a second
+    # worker would then run it while the first still is: only failed jobs qualify.
+    if job.status != "failed":
+        db.session.rollback()
+        raise Conflict(
+            _("Only failed jobs can be retried; job #%(id)d is %(status)s.")
+            % {"id": job_id, "status": job.status}
+        )
+    try:
+        db.session.execute(RETRY_JOB, {"job_id": job_id})
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        raise Conflict(
+            _(
+                "Job #%(id)d cannot be retried: another waiting job"
+                " holds its queueing lock %(lock)s."
+            )
+            % {"id": job_id, "lock": job.queueing_lock}
+        ) from None
+    db.session.commit()
+    logger.info("job %s (%s) retried by user %s", job_id, job.task_name, user.id)
+
+
+def cancel_job(job_id: int, user: User) -> None:
+    """Cancel a waiting job; a message job takes its message with it.
+
+    A message waits as queued (or retrying) for its job: left so without one, its
+    campaign would never complete. A cancelled pump or fan-out job is replaced by
+    the scheduler's re-kick within a minute while its campaign is sending.
+    """
+
+    job = _locked_job(job_id)
+    if job.status != "todo":
+        db.session.rollback()
+        if job.status == "doing":
+            message = _("Job #%(id)d is running; only waiting jobs can be cancelled.")
+        else:
+            message = _("Job #%(id)d has ended (%(status)s); there is nothing to cancel.")
+        raise Conflict(message % {"id": job_id, "status": job.status})
+    db.session.execute(CANCEL_JOB, {"job_id": job_id})
+    waiting_as = {SEND_TASK: MessageStatus.QUEUED, RETRY_TASK: MessageStatus.RETRYING}
+    message_id = (job.args or {}).get("message_id")
+    if job.task_name in waiting_as and isinstance(message_id, int):
+        sending.move(db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED)
+    db.session.commit()
+    logger.info("job %s (%s) cancelled by user %s", job_id, job.task_name, user.id)
+
+
+# Retrying failed messages is not in CAMPAIGN_TRANSITIONS: it is no change of the
+# campaign's own state, and a finished (completed) campaign offers no other action.
+RETRY_FAILED_STATUSES = frozenset(
+    {CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.COMPLETED}
+)
+
+
+def retry_failed(campaign_id: int, user_id: int) -> int:
+    """Send again the failed messages whose error may pass; returns how many.
+
+    Failures about the message itself (a bad number, an opt-out, a template it
+    does not fit) stay failed, and so does a number suppressed since. A completed
+    campaign goes back to sending; a paused one sends them once resumed.
+    """
+
+    campaign = _locked_campaign(campaign_id)
+    if campaign.status not in RETRY_FAILED_STATUSES:
+        db.session.rollback()
+        raise Conflict(
+            _("A %(status)s campaign cannot send its failed messages again.")
+            % {"status": campaign.status.value}
+        )
+    failed_codes = db.session.scalars(
+        sa.select(Message.error_code)
+        .where(Message.campaign_id == campaign_id, Message.status == MessageStatus.FAILED)
+        .distinct()
+    ).all()
+    codes = [code for code in failed_codes if is_retryable(code)]
+    which = Message.error_code.in_([code for code in codes if code is not None])
+    if None in codes:
+        which = sa.or_(which, Message.error_code.is_(None))
+    retried = 0
+    if codes:
+        _check_sender_and_template(_fields_of(campaign))
+        retried = db.session.execute(
+            sa.update(Message)
+            .where(
+                Message.campaign_id == campaign_id,
+                Message.status == MessageStatus.FAILED,
+                which,
+                ~sa.exists().where(Suppression.phone == Message.phone),
+            )
+            .values(status=MessageStatus.PENDING, error_code=None, error_text=None, failed_at=None)
+        ).rowcount
+    if not retried:
+        db.session.rollback()
+        raise Conflict(_("No failed message has an error worth retrying."))
+    deltas = counters.transition_deltas(MessageStatus.FAILED, MessageStatus.PENDING)
+    counters.apply(db.session, campaign_id, {name: n * retried for name, n in deltas.items()})
+    if campaign.status is CampaignStatus.COMPLETED:
+        campaign.status = CampaignStatus.SENDING
+        campaign.status_reason = None
+        campaign.completed_at = None
+    if campaign.status is CampaignStatus.SENDING:
+        sending.defer_next_step(
+            db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
+        )
+    record_activity(
+        campaign.id,
+        user_id,
+        "retried_failed",
+        _("%(n)d messages (%(codes)s)")
+        % {"n": retried, "codes": ", ".join(sorted(code or "—" for code in codes))},
+    )
+    db.session.commit()
+    logger.info("campaign %s: %d failed messages retried by user %s", campaign.id, retried, user_id)
+    return retried

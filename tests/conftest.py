@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,14 +28,17 @@ from procrastinate import testing
 from werkzeug.serving import make_server
 
 from app import create_app, db
-from campaigns import services
+from campaigns import providers, services
 from campaigns.config import database_url, sqlalchemy_url
-from campaigns.models import Role, User
+from campaigns.models import Campaign, MessageTemplate, Role, User
+from campaigns.providers.base import SendResult
+from campaigns.validation import parse_campaign
 
 SUFFIX = os.getpid()
 TEMPLATE_DB = f"disparo_test_template_{SUFFIX}"
 TEST_DB = f"disparo_test_{SUFFIX}"
 PASSWORD = "correct horse battery"
+PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
 
 
 def url_for_database(server_url: str, name: str) -> str:
@@ -232,3 +239,99 @@ def csrf_token_from(html: bytes) -> str:
     match = CSRF_INPUT.search(html)
     assert match, "page has no CSRF token"
     return match.group(1).decode()
+
+
+@pytest.fixture
+def start_worker(
+    database_url_for_test, live_server, real_queue
+) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start real `procrastinate worker` processes on this test's database and live server."""
+    processes: list[subprocess.Popen] = []
+
+    def start(name: str = "w", concurrency: int = 8) -> subprocess.Popen:
+        env = os.environ | {
+            "DATABASE_URL": database_url_for_test,
+            "DISPARO_ENV": "development",
+            "APP_BASE_URL": live_server,
+        }
+        process = subprocess.Popen(
+            [
+                PROCRASTINATE,
+                "--app=jobs.app",
+                "--log-level=warning",
+                "worker",
+                f"--name={name}",
+                f"--concurrency={concurrency}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- a campaign of 120 SP customers on the demo sender, limits lifted, for engine tests
+
+
+class FakeProvider:
+    """Answers sends from a script: a SendResult, or a SendError to raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.script: list[object] = []
+
+    def send_template(self, *, to, template, params, callback_data):
+        self.calls.append((to, params))
+        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    provider = FakeProvider()
+    monkeypatch.setattr(providers, "for_sender", lambda sender, config: provider)
+    return provider
+
+
+@pytest.fixture
+def owner(user_factory):
+    return user_factory(Role.SUPERVISOR)
+
+
+@pytest.fixture
+def campaign(app, owner, live_server) -> Campaign:
+    services.seed_demo()
+    sender = services.default_sender()
+    sender.rate_limit_per_minute, sender.min_interval_ms = 100_000, 0
+    owner.campaign_rate_limit_per_minute = 100_000
+    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    fields = parse_campaign(
+        {
+            "name": "Engine",
+            "sender_id": sender.id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "max_audience": 120, "opted_in_only": False},
+            "variables": {
+                "first_name": {"field": "first_name"},
+                "discount": {"text": "10%"},
+                "city": {"field": "city"},
+                "coupon": {"text": "X1"},
+            },
+        },
+        services.template_variables_for(template.id),
+    )
+    return services.create_campaign(fields, owner.id)

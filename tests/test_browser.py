@@ -72,3 +72,62 @@ def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_fac
     page.wait_for_selector("text=You are signed out.")
     page.goto(f"{live_server}/")
     assert page.url.startswith(f"{live_server}/login")
+
+
+def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_factory, start_worker):
+    """Create a campaign in the form, send it now, watch it reach 100 % without reloading."""
+    from app import db
+    from campaigns import services
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    services.seed_demo()
+    sender = services.default_sender()
+    sender.min_interval_ms = 200  # a few seconds of live progress, not a minute
+    db.session.commit()
+    user = user_factory(Role.SUPERVISOR)
+    start_worker()
+
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+
+    page.goto(f"{live_server}/campaigns/new")
+    page.fill("input[name=name]", "Browser run")
+    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
+    page.wait_for_selector("select[name='var.first_name.source']")  # htmx swapped the mapping in
+    page.select_option("select[name='var.first_name.source']", "first_name")
+    page.select_option("select[name='var.city.source']", "city")
+    for name, text in (("discount", "10%"), ("coupon", "WEB")):
+        page.select_option(f"select[name='var.{name}.source']", "text")
+        page.fill(f"input[name='var.{name}.text']", text)
+    page.fill("input[name='segment.state']", "SP")
+    page.fill("input[name='segment.max_audience']", "6")
+    page.uncheck("input[name='segment.opted_in_only']")
+    page.click("button:has-text('Save draft')")
+    page.wait_for_selector("h1:has-text('Browser run')")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector(".badge-sending")
+    page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
+    progress = "section[id$='-progress']"
+    assert page.get_attribute(progress, "hx-trigger") == "every 2s"
+
+    page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
+    page.wait_for_function(
+        "!document.querySelector(\"section[id$='-progress']\").hasAttribute('hx-trigger')"
+    )
+    assert page.evaluate("window.sameDocument") is True
+    assert page.inner_text("[id$='-status']") == "completed"  # the badge, out of band
+    assert page.locator("button:has-text('Pause')").count() == 0  # so are the buttons
+
+    polls: list[str] = []
+    page.on(
+        "request", lambda request: polls.append(request.url) if "/progress" in request.url else None
+    )
+    page.wait_for_timeout(4_500)  # two polling periods and more: none may come
+    assert polls == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)

@@ -12,72 +12,17 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, providers, sending, services
+from campaigns import counters, sending, services
 from campaigns.models import (
     Campaign,
     CampaignStatus,
     Message,
     MessageStatus,
-    MessageTemplate,
     Notification,
-    Role,
     Suppression,
 )
-from campaigns.providers.base import SendError, SendResult
+from campaigns.providers.base import SendError
 from campaigns.providers.errors import ErrorKind
-from campaigns.validation import parse_campaign
-
-
-class FakeProvider:
-    """Answers sends from a script: a SendResult, or a SendError to raise."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-        self.script: list[object] = []
-
-    def send_template(self, *, to, template, params, callback_data):
-        self.calls.append((to, params))
-        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    provider = FakeProvider()
-    monkeypatch.setattr(providers, "for_sender", lambda sender, config: provider)
-    return provider
-
-
-@pytest.fixture
-def owner(user_factory):
-    return user_factory(Role.SUPERVISOR)
-
-
-@pytest.fixture
-def campaign(app, owner, live_server) -> Campaign:
-    services.seed_demo()
-    sender = services.default_sender()
-    sender.rate_limit_per_minute, sender.min_interval_ms = 100_000, 0
-    owner.campaign_rate_limit_per_minute = 100_000
-    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
-    fields = parse_campaign(
-        {
-            "name": "Engine",
-            "sender_id": sender.id,
-            "template_id": template.id,
-            "segment": {"state": "SP", "max_audience": 120, "opted_in_only": False},
-            "variables": {
-                "first_name": {"field": "first_name"},
-                "discount": {"text": "10%"},
-                "city": {"field": "city"},
-                "coupon": {"text": "X1"},
-            },
-        },
-        services.template_variables_for(template.id),
-    )
-    return services.create_campaign(fields, owner.id)
 
 
 def jobs(task: str) -> list[dict]:

@@ -62,3 +62,114 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
     if http_status in (401, 403):
         return ErrorKind.PAUSE_CAMPAIGN
     return ErrorKind.PERMANENT
+
+
+def N_(text: str) -> str:
+    """Mark text for translation (Babel's default ``N_``); templates translate it when shown."""
+    return text
+
+
+# What each code means, in words for the operator. Keys are codes as message rows keep
+# them: Meta's error.code, or Disparo's own reason for a skipped recipient.
+EXPLANATIONS: dict[str, str] = {
+    "130429": N_("Too many messages per second for this number; it passes once sending slows."),
+    "131056": N_("Too many messages to this one customer lately; it passes after a pause."),
+    "4": N_("The app reached its WhatsApp API call limit; it passes after a few minutes."),
+    "80007": N_("The business account reached its API call limit; it passes after a few minutes."),
+    "1": N_("WhatsApp reported an unknown, temporary problem."),
+    "2": N_("WhatsApp's service was temporarily unavailable."),
+    "131000": N_("Something went wrong at WhatsApp; a later try usually works."),
+    "131016": N_("WhatsApp's service was overloaded or unavailable for a moment."),
+    "131057": N_("The account was in maintenance (a throughput upgrade); it passes in a minute."),
+    "131049": N_(
+        "WhatsApp held the message back so the customer does not get too much marketing;"
+        " try again hours later."
+    ),
+    "131026": N_(
+        "The message could not be delivered: the number may not be on WhatsApp, use an old"
+        " app, or have blocked the business."
+    ),
+    "131050": N_("The customer stopped marketing messages; the number is on the opt-out list."),
+    "131047": N_("More than 24 hours since the customer last replied; only templates can go."),
+    "132000": N_("The number of variables does not match the approved template."),
+    "132001": N_("The template does not exist in this language, or is not approved."),
+    "132005": N_("The text with its variables filled in is too long."),
+    "132007": N_("The filled-in text breaks WhatsApp's formatting rules."),
+    "132012": N_("A variable's value does not have the format the template expects."),
+    "131008": N_("A required parameter is missing."),
+    "131009": N_("A parameter value is not valid."),
+    "100": N_("WhatsApp rejected a parameter of the request as invalid."),
+    "130472": N_("The customer's number is part of a Meta experiment and gets no such messages."),
+    "131030": N_("The number is not among the test sender's allowed recipients."),
+    "131052": N_("WhatsApp could not download the message's media."),
+    "131053": N_("The message's media could not be uploaded."),
+    "131048": N_("WhatsApp limited this number after spam reports; check its quality rating."),
+    "132015": N_("WhatsApp paused the template for low quality."),
+    "132016": N_("WhatsApp disabled the template after repeated pauses."),
+    "0": N_("WhatsApp could not authenticate the request; check the sender's access token."),
+    "190": N_("The sender's access token expired or is not valid."),
+    "3": N_("The app lacks the capability this call needs."),
+    "10": N_("The app lacks a permission needed to send for this number."),
+    "368": N_("The number is temporarily blocked for breaking WhatsApp's policies."),
+    "131031": N_("The WhatsApp Business Account is locked."),
+    "131042": N_("The business account has a payment problem."),
+    "invalid_phone": N_("The ERP's phone number for this customer is not a valid number."),
+    "suppressed": N_("The number is on the opt-out list."),
+    "duplicate": N_("Another customer of this campaign has the same number."),
+    "missing_value": N_("A template variable had no value for this customer."),
+}
+NO_CODE_EXPLANATION = N_("WhatsApp could not be reached, or gave no reason.")
+PERMISSION_EXPLANATION = N_("The app lacks a permission for this number or account.")
+HTTP_STATUS_EXPLANATION = N_("WhatsApp answered with an HTTP error and no error code.")
+UNKNOWN_EXPLANATION = N_("A code Disparo does not know; see Meta's error-code reference.")
+
+KNOWN_CODES = (
+    RETRY_CODES | SLOW_RETRY_CODES | PERMANENT_CODES | PAUSE_CAMPAIGN_CODES | PAUSE_SENDER_CODES
+)
+
+
+def _number(code: str) -> int | None:
+    return int(code) if code.isdigit() else None
+
+
+def stored_kind(code: str | None) -> ErrorKind | None:
+    """The handling of an error as a message row keeps it; None when it cannot be told.
+
+    Rows keep Meta's code, or the HTTP status when Meta gave no code, or nothing when
+    WhatsApp could not be reached; Disparo's own reasons (``invalid_phone``…) are words.
+    """
+    if not code:
+        return classify(None, None)
+    number = _number(code)
+    if number is None:
+        return ErrorKind.PERMANENT
+    if number in KNOWN_CODES or 200 <= number <= 299:
+        return classify(number, None)
+    if 400 <= number <= 599:  # no Meta code lives in this range: it is the HTTP status
+        return classify(None, number)
+    return None
+
+
+def is_retryable(code: str | None) -> bool:
+    """May a message that failed with this code be sent again?
+
+    Yes unless the error is about the message itself (a bad number, an opt-out, a
+    template it does not fit) or unknown. Pausing errors qualify: if their cause
+    persists, the engine pauses the campaign again instead of failing the message.
+    """
+    kind = stored_kind(code)
+    return kind is not None and kind is not ErrorKind.PERMANENT
+
+
+def explain(code: str | None) -> str:
+    """A short English sentence saying what the code means (translate it when shown)."""
+    if not code:
+        return NO_CODE_EXPLANATION
+    if code in EXPLANATIONS:
+        return EXPLANATIONS[code]
+    number = _number(code)
+    if number is not None and 200 <= number <= 299:
+        return PERMISSION_EXPLANATION
+    if number is not None and 400 <= number <= 599:
+        return HTTP_STATUS_EXPLANATION
+    return UNKNOWN_EXPLANATION

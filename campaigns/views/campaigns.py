@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, abort, current_app, flash, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from campaigns import audience, erp, queries, rendering, services
 from campaigns.auth import requires
 from campaigns.htmx import STOP_POLLING, redirect_to
-from campaigns.i18n import _
-from campaigns.models import Campaign, CampaignStatus, Role
+from campaigns.i18n import _, ngettext
+from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.validation import (
     CUSTOMER_FIELDS,
     Checker,
@@ -207,14 +219,16 @@ def campaign_audience() -> str:
 
 @bp.get("/<int:campaign_id>")
 def campaign_show(campaign_id: int) -> str:
-    """One campaign: what it sends to whom, its actions and its history."""
+    """One campaign: what it sends to whom, its actions, progress and history."""
     campaign = _campaign_or_404(campaign_id)
+    progress = queries.get_progress(campaign)
     return render_template(
         "campaigns/show.html",
         campaign=campaign,
         actions=services.allowed_actions(campaign.status),
         activity=queries.campaign_activity(campaign_id),
-        progress=queries.get_progress(campaign),
+        progress=progress,
+        chart=queries.throughput_chart(progress),
         variables=rendering.variables(
             campaign.template.body_text, campaign.template.parameter_format
         ),
@@ -223,10 +237,30 @@ def campaign_show(campaign_id: int) -> str:
 
 @bp.get("/<int:campaign_id>/progress")
 def campaign_progress(campaign_id: int):
-    """The live progress fragment; 286 stops htmx polling once the campaign is finished."""
+    """The polled progress fragment; 286 stops the polling once the campaign is not live.
+
+    ``shown`` is the status the page was drawn with: when it differs, the badge and the
+    buttons come along out of band, so the page never offers an action that no longer applies.
+    """
+    campaign = _campaign_or_404(campaign_id)
+    progress = queries.get_progress(campaign)
+    body = render_template(
+        "campaigns/_progress.html",
+        campaign=campaign,
+        progress=progress,
+        chart=queries.throughput_chart(progress),
+        actions=services.allowed_actions(campaign.status),
+        oob=request.args.get("shown") != campaign.status.value,
+    )
+    return body, 200 if progress.is_live else STOP_POLLING
+
+
+@bp.get("/<int:campaign_id>/receipts")
+def campaign_receipts(campaign_id: int):
+    """Delivered and read figures after completion, polled slowly for a limited time."""
     progress = queries.get_progress(_campaign_or_404(campaign_id))
-    body = render_template("campaigns/_progress.html", progress=progress)
-    return body, STOP_POLLING if progress.is_finished else 200
+    body = render_template("campaigns/_receipts.html", progress=progress, receipts=True)
+    return body, 200 if progress.follows_receipts else STOP_POLLING
 
 
 @bp.get("/<int:campaign_id>/dry-run")
@@ -336,3 +370,101 @@ def campaign_duplicate(campaign_id: int) -> Response:
     copy = services.duplicate_campaign(campaign_id, current_user.id)
     flash(_("This is a copy; edit it, then schedule it."), "success")
     return redirect_to(url_for("campaigns.campaign_edit", campaign_id=copy.id))
+
+
+def _recipient_fragment(template: str, campaign_id: int) -> str:
+    campaign = _campaign_or_404(campaign_id)
+    filters = queries.RecipientFilters.from_args(request.args)
+    page = queries.recipient_page(campaign_id, filters, request.args.get("after", type=int))
+    return render_template(
+        template, campaign=campaign, filters=filters, page=page, statuses=list(MessageStatus)
+    )
+
+
+@bp.get("/<int:campaign_id>/recipients")
+def campaign_recipients(campaign_id: int) -> str:
+    """The recipients: status filter, search, export link and the first page of the table."""
+    return _recipient_fragment("campaigns/_recipients.html", campaign_id)
+
+
+@bp.get("/<int:campaign_id>/recipients/rows")
+def campaign_recipient_rows(campaign_id: int) -> str:
+    """The rows after ``after`` (keyset) and the control that loads the ones after them."""
+    return _recipient_fragment("campaigns/_recipient_rows.html", campaign_id)
+
+
+CSV_CHUNK_ROWS = 1000  # rows per chunk written to the client
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    # A spreadsheet runs a cell that starts like a formula; names and error texts
+    # come from outside (the ERP, WhatsApp). A +<digits> phone is only a number.
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not (
+        text[:1] == "+" and text[1:].isdigit()
+    ):
+        return "'" + text
+    return text
+
+
+def _csv_chunks(header: Iterable[str], rows: Iterable[Iterable[object]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    buffer.write("\ufeff")  # without this mark, Excel reads UTF-8 names as Latin-1
+    writer.writerow(header)
+    for n, row in enumerate(rows, 1):
+        writer.writerow([_csv_cell(value) for value in row])
+        if n % CSV_CHUNK_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+@bp.get("/<int:campaign_id>/recipients.csv")
+def campaign_recipients_csv(campaign_id: int) -> Response:
+    """Every recipient as CSV, streamed as it is read (a million rows never sit in memory)."""
+    _campaign_or_404(campaign_id)
+    chunks = _csv_chunks(queries.RECIPIENT_CSV_COLUMNS, queries.recipient_csv_rows(campaign_id))
+    filename = f"campaign-{campaign_id}-recipients.csv"
+    return Response(
+        stream_with_context(chunks),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@bp.get("/<int:campaign_id>/errors")
+def campaign_errors(campaign_id: int) -> str:
+    """Failed and skipped messages by error code, what each code means, and "retry failed"."""
+    campaign = _campaign_or_404(campaign_id)
+    return render_template(
+        "campaigns/_errors.html",
+        campaign=campaign,
+        breakdown=queries.error_breakdown(campaign_id),
+        can_retry=campaign.status in services.RETRY_FAILED_STATUSES,
+    )
+
+
+@bp.post("/<int:campaign_id>/retry-failed")
+@requires(Role.SUPERVISOR)
+def campaign_retry_failed(campaign_id: int) -> Response:
+    """Send again the failed messages whose errors may pass (the page asks to confirm)."""
+
+    def retry(campaign_id: int, user_id: int) -> None:
+        retried = services.retry_failed(campaign_id, user_id)
+        flash(
+            ngettext(
+                "%(num)d failed message will be sent again.",
+                "%(num)d failed messages will be sent again.",
+                retried,
+            )
+            % {"num": retried},
+            "success",
+        )
+
+    return _act(campaign_id, retry)

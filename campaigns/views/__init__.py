@@ -13,6 +13,7 @@ def init_app(app: Flask) -> None:
         campaigns,
         filters,
         main,
+        queue,
         senders,
         suppressions,
         templates,
@@ -37,6 +38,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(senders.bp)
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(queue.bp)
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)

@@ -1,21 +1,62 @@
-"""The dashboard and the health check."""
+"""The dashboard, its live fragments, and the health check."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from flask import Blueprint, jsonify, render_template
+from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import queries
+from campaigns import monitoring, queries
+from campaigns.htmx import STOP_POLLING
+from campaigns.models import Notification, Role
 
 bp = Blueprint("main", __name__)
 
 
+def _notifications() -> list[tuple[Notification, str]]:
+    """Admins watch every owner's notifications; everyone else reads their own."""
+    return queries.recent_notifications(None if current_user.can(Role.ADMIN) else current_user.id)
+
+
 @bp.get("/")
 def dashboard() -> str:
-    """What is going on: campaigns by status, templates, senders, workers."""
-    return render_template("main/dashboard.html", summary=queries.dashboard_summary())
+    """Live campaigns, rate limits, queue health and recent notifications."""
+    return render_template(
+        "main/dashboard.html",
+        summary=queries.dashboard_summary(),
+        active=queries.active_campaigns(),
+        limits=queries.limits_now(),
+        health=monitoring.queue_health(),
+        notifications=_notifications(),
+    )
+
+
+@bp.get("/dashboard/campaigns")
+def dashboard_campaigns() -> tuple[str, int]:
+    """Every active campaign's progress in one poll; 286 once none is live."""
+    active = queries.active_campaigns()
+    body = render_template("main/_campaigns.html", active=active)
+    return body, 200 if active.any_live else STOP_POLLING
+
+
+@bp.get("/dashboard/limits")
+def dashboard_limits() -> str:
+    """Rate limits now: used / limit and the next slot, per sender and per owner."""
+    return render_template("main/_limits.html", limits=queries.limits_now())
+
+
+@bp.get("/dashboard/queues")
+def dashboard_queues() -> str:
+    """Queue health: jobs per queue, workers and their heartbeats, stalled jobs."""
+    return render_template("main/_queues.html", health=monitoring.queue_health())
+
+
+@bp.get("/dashboard/notifications")
+def dashboard_notifications() -> str:
+    """The newest notifications."""
+    return render_template("main/_notifications.html", notifications=_notifications())
 
 
 @bp.get("/healthz")

@@ -1,0 +1,76 @@
+"""The queue monitor (admin): Procrastinate's jobs by queue and status, retry and cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Blueprint, abort, flash, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.wrappers import Response
+
+from campaigns import monitoring, services
+from campaigns.auth import requires
+from campaigns.htmx import redirect_to
+from campaigns.i18n import _
+from campaigns.models import Role, User
+
+bp = Blueprint("queue", __name__, url_prefix="/admin/queue")
+
+
+def _filters() -> monitoring.JobFilters:
+    # Failed jobs are what an admin comes here for; "any status" is one choice away.
+    return monitoring.JobFilters.from_args(request.args, default_status="failed")
+
+
+@bp.get("/")
+@requires(Role.ADMIN)
+def queue_index() -> str:
+    """Counts per queue and status, workers, stalled jobs, and the filtered job list."""
+    return render_template(
+        "queue/index.html",
+        health=monitoring.queue_health(),
+        page=monitoring.list_jobs(_filters()),
+        statuses=monitoring.JOB_STATUSES,
+    )
+
+
+@bp.get("/counts")
+@requires(Role.ADMIN)
+def queue_counts() -> str:
+    """The counts, workers and stalled jobs alone (polled)."""
+    return render_template(
+        "queue/_counts.html", health=monitoring.queue_health(), statuses=monitoring.JOB_STATUSES
+    )
+
+
+@bp.get("/jobs")
+@requires(Role.ADMIN)
+def queue_jobs() -> str:
+    """The job list alone: re-rendered by the filters and the "older" link."""
+    return render_template("queue/_jobs.html", page=monitoring.list_jobs(_filters()))
+
+
+def _act(job_id: int, action: Callable[[int, User], None], done: str) -> Response:
+    try:
+        action(job_id, current_user)
+    except services.NotFound:
+        abort(404)
+    except services.ServiceError as error:
+        flash(error.message, "error")
+    else:
+        flash(done % {"id": job_id}, "success")
+    return redirect_to(url_for("queue.queue_index", **_filters().as_args()))
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+@requires(Role.ADMIN)
+def job_retry(job_id: int) -> Response:
+    """Run a failed job once more, now."""
+    return _act(job_id, services.retry_job, _("Job #%(id)d is back in its queue."))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@requires(Role.ADMIN)
+def job_cancel(job_id: int) -> Response:
+    """Cancel a waiting job."""
+    return _act(job_id, services.cancel_job, _("Job #%(id)d is cancelled."))

@@ -15,8 +15,13 @@ from tests.conftest import PASSWORD
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-if CHROMIUM is None and os.environ.get("DISPARO_REQUIRE_BROWSER"):
-    raise RuntimeError("DISPARO_REQUIRE_BROWSER is set but no chromium is installed")
+# Under CI a missing browser is a failure, not a skip.
+if CHROMIUM is None and (
+    os.environ.get("DISPARO_REQUIRE_BROWSER") or os.environ.get("CI") == "true"
+):
+    raise RuntimeError(
+        "CI (or DISPARO_REQUIRE_BROWSER) needs a browser, but no chromium is installed"
+    )
 
 pytestmark = [
     pytest.mark.browser,

@@ -243,30 +243,42 @@ def csrf_token_from(html: bytes) -> str:
 
 @pytest.fixture
 def start_worker(
-    database_url_for_test, live_server, real_queue
+    database_url_for_test, live_server, real_queue, tmp_path
 ) -> Iterator[Callable[..., subprocess.Popen]]:
     """Start real `procrastinate worker` processes on this test's database and live server."""
     processes: list[subprocess.Popen] = []
 
-    def start(name: str = "w", concurrency: int = 8) -> subprocess.Popen:
-        env = os.environ | {
-            "DATABASE_URL": database_url_for_test,
-            "DISPARO_ENV": "development",
-            "APP_BASE_URL": live_server,
-        }
-        process = subprocess.Popen(
-            [
-                PROCRASTINATE,
-                "--app=jobs.app",
-                "--log-level=warning",
-                "worker",
-                f"--name={name}",
-                f"--concurrency={concurrency}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def start(
+        name: str = "w",
+        concurrency: int = 8,
+        env: dict[str, str] | None = None,
+        delete_jobs: str = "successful",
+    ) -> subprocess.Popen:
+        env = (
+            os.environ
+            | (env or {})
+            | {
+                "DATABASE_URL": database_url_for_test,
+                "DISPARO_ENV": "development",
+                "APP_BASE_URL": live_server,
+            }
         )
+        # The worker's warnings and errors, kept with the test's tmp_path for a post-mortem.
+        with open(tmp_path / f"worker-{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [
+                    PROCRASTINATE,
+                    "--app=jobs.app",
+                    "--log-level=warning",
+                    "worker",
+                    f"--name={name}",
+                    f"--concurrency={concurrency}",
+                    f"--delete-jobs={delete_jobs}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         processes.append(process)
         return process
 

@@ -7,36 +7,40 @@ endpoint); worker processes reach it through APP_BASE_URL, exactly as under
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 import sqlalchemy as sa
+from procrastinate.exceptions import AlreadyEnqueued
 
 from app import db
 from campaigns import counters, services
 from campaigns.models import (
     Campaign,
+    CampaignActivity,
     CampaignStatus,
     Message,
+    MessageStatus,
     MessageTemplate,
     Role,
 )
+from campaigns.queues import FAN_OUT_TASK, NOTIFY_TASK
 from campaigns.validation import parse_campaign
+from jobs import tasks
+from tests.conftest import PROCRASTINATE
 from tests.test_sending import assert_counters_match_rows
 
-PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
 TERMINAL = {"sent", "delivered", "read", "failed", "skipped", "cancelled"}
 
 
-def wait_for(condition: Callable[[], object], seconds: float = 90.0, what: str = "") -> None:
+def wait_for(
+    condition: Callable[[], object], seconds: float = 90.0, what: str = "", *, explain: bool = True
+) -> None:
     """Poll until condition() is truthy: a deadline, not a performance assertion."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -44,7 +48,7 @@ def wait_for(condition: Callable[[], object], seconds: float = 90.0, what: str =
         if condition():
             return
         time.sleep(0.3)
-    raise AssertionError(f"not within {seconds} s: {what}; {_state()}")
+    raise AssertionError(f"not within {seconds} s: {what}" + (f"; {_state()}" if explain else ""))
 
 
 def _state() -> str:
@@ -63,46 +67,6 @@ def _state() -> str:
 
 
 @pytest.fixture
-def start_worker(
-    database_url_for_test, live_server, real_queue
-) -> Iterator[Callable[..., subprocess.Popen]]:
-    processes: list[subprocess.Popen] = []
-
-    def start(name: str = "w", concurrency: int = 8) -> subprocess.Popen:
-        env = os.environ | {
-            "DATABASE_URL": database_url_for_test,
-            "DISPARO_ENV": "development",
-            "APP_BASE_URL": live_server,
-        }
-        process = subprocess.Popen(
-            [
-                PROCRASTINATE,
-                "--app=jobs.app",
-                "--log-level=warning",
-                "worker",
-                f"--name={name}",
-                f"--concurrency={concurrency}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
 def make_campaign(app, user_factory, live_server) -> Callable[..., Campaign]:
     services.seed_demo()
     owner = user_factory(Role.SUPERVISOR)
@@ -112,10 +76,10 @@ def make_campaign(app, user_factory, live_server) -> Callable[..., Campaign]:
     db.session.commit()
     template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
 
-    def make(size: int) -> Campaign:
+    def make(size: int, name: str | None = None) -> Campaign:
         fields = parse_campaign(
             {
-                "name": f"E2E {size}",
+                "name": name or f"E2E {size}",
                 "sender_id": sender.id,
                 "template_id": template.id,
                 "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
@@ -148,6 +112,21 @@ def campaign_status(campaign_id: int) -> CampaignStatus:
 
 def mock_log(live_server: str) -> list[dict]:
     return requests.get(f"{live_server}/mock/whatsapp/log?limit=100000", timeout=10).json()
+
+
+def run_maintenance_now() -> None:
+    """An operator's "run maintenance now": the real maintenance jobs, through the queue.
+
+    Their cron ticks are every two minutes, and a worker that starts defers only the
+    latest past tick, which the first worker already deferred; so a test cannot wait
+    for the next real tick. These are the same jobs, run by a worker the same way.
+    """
+    now = int(time.time())
+    for task in (tasks.retry_stalled_jobs, tasks.reconcile):
+        try:
+            task.defer(timestamp=now)
+        except AlreadyEnqueued:
+            pass  # one is waiting already (their queueing lock)
 
 
 def test_a_campaign_goes_out_completely_and_once(app, live_server, start_worker, make_campaign):
@@ -231,24 +210,204 @@ def test_transient_errors_are_retried_until_they_go(app, live_server, start_work
     assert_counters_match_rows(campaign.id)
 
 
-def test_two_workers_start_a_scheduled_campaign_once(app, live_server, start_worker, make_campaign):
-    from datetime import UTC, datetime
+# Thresholds a test can wait for: a worker silent this long is dead (Procrastinate's
+# heartbeat is every 10 s), and a message left in `sending` this long is sent again.
+CRASH_RECOVERY = {"STALLED_WORKER_SECONDS": "15", "SENDING_LEASE_SECONDS": "10"}
 
-    from campaigns import sending
 
-    campaign = make_campaign(50)
-    campaign.status, campaign.scheduled_at = CampaignStatus.SCHEDULED, datetime.now(UTC)
+def test_a_worker_killed_mid_campaign_loses_nothing(app, live_server, start_worker, make_campaign):
+    """kill -9 a worker mid-campaign, start another: every message ends terminal, and
+    only a message whose call the kill cut can have gone out twice."""
+    app.config["MOCK_WHATSAPP_LATENCY_MS"] = 300  # calls are in flight when the worker dies
+    campaign = make_campaign(300)
+    services.default_sender().rate_limit_per_minute = 1200  # 20 a second: time to kill mid-way
     db.session.commit()
-    # Two claims at the same tick, as two scheduler jobs would make them.
-    tick = datetime.now(UTC)
-    claimed = sending.claim_due(tick) + sending.claim_due(tick)
-    assert claimed == [campaign.id]
-    start_worker("a")
-    start_worker("b")
-    wait_for(lambda: campaign_status(campaign.id) is CampaignStatus.COMPLETED, what="completed")
-    fan_outs = db.session.execute(
-        sa.text("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'campaigns.fan_out'")
-    ).scalar()
-    assert fan_outs <= 1
-    assert sum(statuses(campaign.id).values()) == 50
-    assert max(Counter(e["message_id"] for e in mock_log(live_server)).values()) == 1
+    concurrency = 8
+    first = start_worker("first", concurrency, env=CRASH_RECOVERY)
+    services.send_campaign_now(campaign.id, campaign.owner_id)
+
+    def mid_call() -> bool:
+        return len(mock_log(live_server)) >= 100 and statuses(campaign.id)["sending"] > 0
+
+    wait_for(mid_call, what="a third sent, a call in flight")
+    # What we kill must be the worker itself (the console script runs in this very
+    # process, under its interpreter), not a shell or a wrapper around it.
+    with open(f"/proc/{first.pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read().split(b"\0")
+    assert PROCRASTINATE.encode() in argv and b"worker" in argv, argv
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=30) == -signal.SIGKILL
+
+    db.session.rollback()
+    in_sending = set(
+        db.session.scalars(
+            sa.select(Message.id).where(
+                Message.campaign_id == campaign.id, Message.status == MessageStatus.SENDING
+            )
+        )
+    )
+    doing = set(
+        db.session.scalars(
+            sa.text(
+                "SELECT (args->>'message_id')::bigint FROM procrastinate_jobs"
+                " WHERE status = 'doing' AND args ? 'message_id'"
+            )
+        )
+    )
+    assert set(statuses(campaign.id)) - TERMINAL, "the kill came after the campaign"
+
+    start_worker("second", concurrency, env=CRASH_RECOVERY)
+
+    def completed() -> bool:
+        run_maintenance_now()
+        return campaign_status(campaign.id) is CampaignStatus.COMPLETED
+
+    wait_for(completed, 120, "completed after the crash")
+    rows = statuses(campaign.id)
+    assert sum(rows.values()) == 300
+    assert set(rows) <= TERMINAL, rows
+    assert_counters_match_rows(campaign.id)
+
+    log = mock_log(live_server)
+    by_message = Counter(entry["message_id"] for entry in log)
+    twice = {int(message_id) for message_id, n in by_message.items() if n > 1}
+    assert twice <= in_sending | doing, (twice, in_sending, doing)
+    assert len(twice) <= concurrency
+    assert max(by_message.values()) <= 2
+    by_phone = Counter(entry["to"] for entry in log)
+    assert sum(n - 1 for n in by_phone.values()) == sum(n - 1 for n in by_message.values())
+    # Every message WhatsApp accepted is a sent row, whichever worker's call it was.
+    assert len(by_message) == rows["sent"] + rows["delivered"] + rows["read"]
+
+
+def _jobs(task_name: str) -> list[dict]:
+    return [
+        dict(row)
+        for row in db.session.execute(
+            sa.text(
+                "SELECT id, status::text AS status, args, worker_id FROM procrastinate_jobs"
+                " WHERE task_name = :task"
+            ),
+            {"task": task_name},
+        ).mappings()
+    ]
+
+
+def test_two_workers_start_each_scheduled_campaign_once(
+    app, live_server, start_worker, make_campaign
+):
+    """Two schedulers racing through real ticks start every due campaign exactly once.
+
+    First the two workers' periodic deferrers race to defer the same tick; then tick
+    jobs of several timestamps run on both workers at the same instant, claiming the
+    same due campaigns in parallel.
+    """
+    app.config["MOCK_WHATSAPP_WEBHOOKS"] = False  # no status traffic: the workers go idle
+    size, ticks, concurrency = 30, 8, 4
+
+    def schedule(count: int, label: str) -> list[int]:
+        ids = []
+        for n in range(count):
+            campaign = make_campaign(size, f"{label} {n}")
+            when = datetime.now(UTC) + timedelta(hours=1)
+            ids.append(services.schedule_campaign(campaign.id, when, campaign.owner_id).id)
+        return ids
+
+    def make_due(connection, ids: list[int]) -> None:
+        # Time passes: the campaigns' start time is behind us.
+        connection.execute(
+            sa.update(Campaign)
+            .where(Campaign.id.in_(ids))
+            .values(scheduled_at=sa.func.now() - timedelta(hours=1))
+        )
+
+    first_round, second_round = schedule(3, "First"), schedule(3, "Second")
+    make_due(db.session, first_round)
+    db.session.commit()
+    # Jobs kept after they succeed, so the test can count them.
+    start_worker("a", concurrency, delete_jobs="never")
+    start_worker("b", concurrency, delete_jobs="never")
+    wait_for(
+        lambda: all(campaign_status(c) is CampaignStatus.COMPLETED for c in first_round),
+        what="the first round completed (started by the periodic tick)",
+    )
+
+    def idle() -> bool:
+        return not db.session.execute(
+            sa.text(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'"
+                " OR (status = 'todo' AND coalesce(scheduled_at, now()) <= now())"
+            )
+        ).scalar()
+
+    wait_for(idle, what="both workers idle")
+    db.session.rollback()  # our own session must hold no lock on campaigns either
+
+    # Hold every claim at its first read of campaigns until both workers run ticks,
+    # then let them all go at once. ACCESS EXCLUSIVE stops even a plain SELECT, so
+    # the gate holds whatever way a claim reads; the campaigns become due in the same
+    # transaction, so no tick can start them before the gate opens.
+    with db.engine.connect() as gate:
+        gate.execute(sa.text("LOCK TABLE campaigns IN ACCESS EXCLUSIVE MODE"))
+        make_due(gate, second_round)
+        base = int(time.time())
+        # Timestamps off the minute, so they never meet a periodic tick's.
+        extra = set(
+            tasks.scheduler_tick.batch_defer(
+                *({"timestamp": base - 60 * n - 7} for n in range(ticks))
+            )
+        )
+
+        def both_workers_in_a_claim() -> bool:
+            running = {
+                j["worker_id"]
+                for j in _jobs(tasks.scheduler_tick.name)
+                if j["id"] in extra and j["status"] == "doing"
+            }
+            return len(running) == 2
+
+        # explain=False: describing the state reads campaigns, which waits on the gate.
+        wait_for(both_workers_in_a_claim, 60, "both workers running a tick", explain=False)
+        gate.commit()
+
+    everything = first_round + second_round
+    wait_for(
+        lambda: all(campaign_status(c) is CampaignStatus.COMPLETED for c in everything),
+        what="the second round completed",
+    )
+    wait_for(idle, what="every job finished")
+
+    scheduler_ticks = _jobs(tasks.scheduler_tick.name)
+    # The two workers' deferrers deferred each periodic tick once.
+    assert max(Counter(j["args"]["timestamp"] for j in scheduler_ticks).values()) == 1
+    assert any(
+        j["args"]["timestamp"] % 60 == 0 and j["status"] == "succeeded" for j in scheduler_ticks
+    )
+    assert {j["status"] for j in scheduler_ticks if j["id"] in extra} == {"succeeded"}
+
+    started = Counter(
+        db.session.scalars(
+            sa.select(CampaignActivity.campaign_id).where(
+                CampaignActivity.campaign_id.in_(everything), CampaignActivity.action == "started"
+            )
+        )
+    )
+    fan_outs = Counter(j["args"]["campaign_id"] for j in _jobs(FAN_OUT_TASK))
+    started_notices = Counter(
+        j["args"]["campaign_id"] for j in _jobs(NOTIFY_TASK) if j["args"]["kind"] == "started"
+    )
+    once = dict.fromkeys(everything, 1)
+    assert started == once
+    assert fan_outs == once
+    assert started_notices == once
+
+    for campaign_id in everything:
+        rows = statuses(campaign_id)
+        assert sum(rows.values()) == size
+        assert set(rows) <= TERMINAL, rows
+        assert_counters_match_rows(campaign_id)
+    sent_ids = Counter(e["message_id"] for e in mock_log(live_server))
+    assert max(sent_ids.values()) == 1
+    assert len(sent_ids) == sum(
+        statuses(c)["sent"] + statuses(c)["delivered"] + statuses(c)["read"] for c in everything
+    )

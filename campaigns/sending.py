@@ -192,10 +192,12 @@ def defer_next_step(session: Session, campaign_id: int, *, audience_loaded: bool
 def rekick() -> list[int]:
     """Give every sending campaign whose fan-out or pump job was lost a new one."""
     kicked = []
+    # Locked until the commit, so a fan-out or pump cannot finish (or complete the
+    # campaign) between this read and the job checks below; one busy now is alive.
     for campaign_id, loaded in db.session.execute(
-        sa.select(Campaign.id, Campaign.audience_loaded_at.is_not(None)).where(
-            Campaign.status == CampaignStatus.SENDING
-        )
+        sa.select(Campaign.id, Campaign.audience_loaded_at.is_not(None))
+        .where(Campaign.status == CampaignStatus.SENDING)
+        .with_for_update(skip_locked=True, key_share=True)
     ).all():
         if has_job(db.session, FAN_OUT_TASK, campaign_id) or has_job(
             db.session, PUMP_TASK, campaign_id

@@ -324,19 +324,16 @@ def owner(user_factory):
     return user_factory(Role.SUPERVISOR)
 
 
-@pytest.fixture
-def campaign(app, owner, live_server) -> Campaign:
+def demo_campaign(owner_id: int, size: int = 120, name: str = "Engine") -> Campaign:
+    """A draft on the demo sender and promo template for ``size`` SP customers of the mock ERP."""
     services.seed_demo()
-    sender = services.default_sender()
-    sender.rate_limit_per_minute, sender.min_interval_ms = 100_000, 0
-    owner.campaign_rate_limit_per_minute = 100_000
     template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
     fields = parse_campaign(
         {
-            "name": "Engine",
-            "sender_id": sender.id,
+            "name": name,
+            "sender_id": services.default_sender().id,
             "template_id": template.id,
-            "segment": {"state": "SP", "max_audience": 120, "opted_in_only": False},
+            "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
             "variables": {
                 "first_name": {"field": "first_name"},
                 "discount": {"text": "10%"},
@@ -346,4 +343,19 @@ def campaign(app, owner, live_server) -> Campaign:
         },
         services.template_variables_for(template.id),
     )
-    return services.create_campaign(fields, owner.id)
+    return services.create_campaign(fields, owner_id)
+
+
+def lift_limits(owner: User) -> None:
+    """The demo sender's and the owner's limits out of the way (the limiter still runs)."""
+    services.seed_demo()
+    sender = services.default_sender()
+    sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
+    owner.campaign_rate_limit_per_minute = 600_000
+    db.session.commit()
+
+
+@pytest.fixture
+def campaign(app, owner, live_server) -> Campaign:
+    lift_limits(owner)
+    return demo_campaign(owner.id)

@@ -26,13 +26,11 @@ from campaigns.models import (
     CampaignStatus,
     Message,
     MessageStatus,
-    MessageTemplate,
     Role,
 )
 from campaigns.queues import FAN_OUT_TASK, NOTIFY_TASK
-from campaigns.validation import parse_campaign
 from jobs import tasks
-from tests.conftest import PROCRASTINATE
+from tests.conftest import PROCRASTINATE, demo_campaign, lift_limits
 from tests.test_sending import assert_counters_match_rows
 
 TERMINAL = {"sent", "delivered", "read", "failed", "skipped", "cancelled"}
@@ -68,33 +66,9 @@ def _state() -> str:
 
 @pytest.fixture
 def make_campaign(app, user_factory, live_server) -> Callable[..., Campaign]:
-    services.seed_demo()
     owner = user_factory(Role.SUPERVISOR)
-    owner.campaign_rate_limit_per_minute = 600_000
-    sender = services.default_sender()
-    sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
-    db.session.commit()
-    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
-
-    def make(size: int, name: str | None = None) -> Campaign:
-        fields = parse_campaign(
-            {
-                "name": name or f"E2E {size}",
-                "sender_id": sender.id,
-                "template_id": template.id,
-                "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
-                "variables": {
-                    "first_name": {"field": "first_name"},
-                    "discount": {"text": "10%"},
-                    "city": {"field": "city"},
-                    "coupon": {"text": "E2E"},
-                },
-            },
-            services.template_variables_for(template.id),
-        )
-        return services.create_campaign(fields, owner.id)
-
-    return make
+    lift_limits(owner)
+    return lambda size: demo_campaign(owner.id, size, name=f"E2E {size}")
 
 
 def statuses(campaign_id: int) -> Counter[str]:

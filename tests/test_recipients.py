@@ -18,12 +18,11 @@ from campaigns.models import (
     CampaignStatus,
     Message,
     MessageStatus,
-    MessageTemplate,
     Role,
     Suppression,
 )
 from campaigns.providers.errors import ErrorKind, explain, is_retryable, stored_kind
-from campaigns.validation import parse_campaign
+from tests.conftest import demo_campaign
 from tests.test_sending import assert_counters_match_rows, jobs
 
 ROW_ID = re.compile(r'<tr id="message-(\d+)"')
@@ -32,24 +31,7 @@ _refs = count(1)
 
 @pytest.fixture
 def campaign(app, user_factory) -> Campaign:
-    services.seed_demo()
-    sender = services.default_sender()
-    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
-    fields = parse_campaign(
-        {
-            "name": "Recipients",
-            "sender_id": sender.id,
-            "template_id": template.id,
-            "variables": {
-                "first_name": {"field": "name"},
-                "discount": {"text": "10%"},
-                "city": {"field": "city"},
-                "coupon": {"text": "X1"},
-            },
-        },
-        services.template_variables_for(template.id),
-    )
-    campaign = services.create_campaign(fields, user_factory(Role.SUPERVISOR).id)
+    campaign = demo_campaign(user_factory(Role.SUPERVISOR).id, name="Recipients")
     counters.ensure_rows(db.session, campaign.id)
     db.session.commit()
     return campaign

@@ -68,7 +68,7 @@ def _state() -> str:
 def make_campaign(app, user_factory, live_server) -> Callable[..., Campaign]:
     owner = user_factory(Role.SUPERVISOR)
     lift_limits(owner)
-    return lambda size: demo_campaign(owner.id, size, name=f"E2E {size}")
+    return lambda size, name=None: demo_campaign(owner.id, size, name=name or f"E2E {size}")
 
 
 def statuses(campaign_id: int) -> Counter[str]:

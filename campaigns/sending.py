@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app import db
 from campaigns import counters, erp, phones, providers, ratelimit, rendering
@@ -222,6 +223,21 @@ class FanOutPage:
     done: bool
 
 
+# -- a page of recipients in one statement with one parameter: a multi-row VALUES
+# would bind (and SQLAlchemy compile) nine parameters per row, which costs more CPU
+# than the insert itself; rows already there (a re-run) are left alone
+INSERT_PAGE = sa.text(
+    "INSERT INTO messages (campaign_id, phone, customer_ref, customer_data, params, status,"
+    " error_code, error_text)"
+    " SELECT r.campaign_id, r.phone, r.customer_ref, r.customer_data, r.params,"
+    " CAST(r.status AS message_status), r.error_code, r.error_text"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign_id int, phone text,"
+    " customer_ref text, customer_data jsonb, params jsonb, status text, error_code text,"
+    " error_text text)"
+    " ON CONFLICT (campaign_id, customer_ref) DO NOTHING RETURNING status::text"
+)
+
+
 def fan_out_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | None:
     """Load the next ERP page of the audience into ``messages``; None if not sending.
 
@@ -240,19 +256,20 @@ def fan_out_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | No
         page = client.page(campaign.segment, campaign.erp_cursor, FAN_OUT_PAGE_SIZE)
     rows = _message_rows(campaign, page.customers)
     inserted = (
-        db.session.execute(
-            pg_insert(Message)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["campaign_id", "customer_ref"])
-            .returning(Message.status)
-        )
-        .scalars()
-        .all()
+        [
+            MessageStatus(status)
+            for status in db.session.execute(
+                INSERT_PAGE, {"rows": json.dumps(rows, default=str)}
+            ).scalars()
+        ]
         if rows
         else []
     )
+    # One counter update for the page, not one per row.
+    deltas: Counter[str] = Counter()
     for status in inserted:
-        counters.apply(db.session, campaign_id, counters.transition_deltas(None, status))
+        deltas.update(counters.transition_deltas(None, status))
+    counters.apply(db.session, campaign_id, deltas)
     campaign.erp_cursor = page.next_cursor
     done = page.next_cursor is None
     if done:
@@ -304,7 +321,7 @@ def _message_rows(campaign: Campaign, customers: list[dict[str, Any]]) -> list[d
                 "phone": (phone or str(customer.get("phone") or ""))[:32],
                 "customer_data": {f: customer.get(f) for f in fields},
                 "params": params,
-                "status": MessageStatus.SKIPPED if code else MessageStatus.PENDING,
+                "status": (MessageStatus.SKIPPED if code else MessageStatus.PENDING).value,
                 "error_code": code,
                 "error_text": reason,
             }
@@ -449,6 +466,24 @@ def move(
     return old
 
 
+def _commit_keeping_loaded(session: Session) -> None:
+    """Commit without expiring what was loaded: the provider call needs the message,
+    campaign, sender and template as claimed, and reloading them costs four queries."""
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
+
+
+# A message job's reads in one statement: the message, its campaign, sender, template, owner.
+SEND_LOAD = (
+    joinedload(Message.campaign).joinedload(Campaign.sender),
+    joinedload(Message.campaign).joinedload(Campaign.template),
+    joinedload(Message.campaign).joinedload(Campaign.owner),
+)
+
+
 @dataclass(frozen=True)
 class SendOutcome:
     status: str  # sent, failed, skipped (nothing to do), paused, cancelled
@@ -463,7 +498,7 @@ def send(
     Raises :class:`Deferred` when a limiter says wait (no attempt spent) and
     :class:`Transient` for a retryable provider error that has attempts left.
     """
-    message = db.session.get(Message, message_id)
+    message = db.session.get(Message, message_id, options=SEND_LOAD, populate_existing=True)
     expected = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
     if message is None or message.status is not expected:
         db.session.rollback()
@@ -496,7 +531,7 @@ def send(
     if move(db.session, message_id, [expected], MessageStatus.SENDING) is None:
         db.session.rollback()
         return SendOutcome("skipped", "claimed by another job")
-    db.session.commit()
+    _commit_keeping_loaded(db.session())  # the scoped session's current Session
     phone, params = message.phone, dict(message.params or {})
 
     provider = providers.for_sender(sender, config)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from campaigns.i18n import N_
+
 
 class ErrorKind(enum.StrEnum):
     RETRY = "retry"  # transient: try again with backoff
@@ -62,11 +64,6 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
     if http_status in (401, 403):
         return ErrorKind.PAUSE_CAMPAIGN
     return ErrorKind.PERMANENT
-
-
-def N_(text: str) -> str:
-    """Mark text for translation (Babel's default ``N_``); templates translate it when shown."""
-    return text
 
 
 # What each code means, in words for the operator. Keys are codes as message rows keep

@@ -27,7 +27,6 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
@@ -54,33 +53,6 @@ class WorkerResult:
     latencies: list[float]  # seconds per consume() call
     baseline: list[float]  # seconds per SELECT 1
     errors: int
-
-
-def _database_url(server_url: str, name: str) -> str:
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-def _admin(server_url: str, *statements: str) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
-
-
-def _migrate(url: str) -> None:
-    import logging
-
-    from flask_migrate import upgrade
-
-    from app import create_app, db
-    from campaigns.config import sqlalchemy_url
-
-    app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    with app.app_context():
-        upgrade()
-        db.engine.dispose()
 
 
 def _thread(engine, run: Run, start: float, result: WorkerResult, lock: threading.Lock) -> None:
@@ -249,17 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         args.sync_commit,
     )
 
-    from campaigns.config import database_url
+    from bench._common import scratch_database
 
-    server_url = database_url()
-    name = f"disparo_bench_{os.getpid()}"
-    _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
-    try:
-        url = _database_url(server_url, name)
-        _migrate(url)
+    with scratch_database(f"disparo_bench_{os.getpid()}") as url:
         summary = measure(url, run)
-    finally:
-        _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     print(json.dumps(summary))
     print(_table(summary))
     return 0

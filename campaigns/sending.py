@@ -60,7 +60,7 @@ WINDOW_MAX = 1000
 WINDOW_HORIZON_SECONDS = 60.0
 PUMP_INTERVAL_SECONDS = 5.0
 SLOW_RETRY_SECONDS = 3600.0
-FAN_OUT_PAGE_SIZE = 500
+FAN_OUT_PAGE_SIZE = 1000  # the mock ERP's largest page; fewer round trips and commits
 
 DEFER_JOBS = sa.text(
     # -- insert jobs in the caller's transaction (NOTIFY fires at its commit)

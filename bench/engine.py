@@ -1,0 +1,1251 @@
+"""Benchmark the sending engine end to end: messages per second, fan-out speed, the job window.
+
+Not a test: it measures, on this machine, what bench/README.md records.
+
+    .venv/bin/python bench/engine.py --quick
+    .venv/bin/python bench/engine.py --part throughput --setups 1x5,1x20,2x5 --repeats 2
+    .venv/bin/python bench/engine.py --part fanout --fanout-recipients 100000 --repeats 2
+    .venv/bin/python bench/engine.py --part profile
+
+Every run gets its own copy (``disparo_bench_<pid>_<n>``) of a migrated and seeded
+scratch database (``disparo_bench_<pid>``) on the server of ``DATABASE_URL``, or on
+the embedded development server, and its own processes: gunicorn serving the app
+(mock ERP, mock WhatsApp) on a free port, and ``procrastinate worker`` processes
+started with the Procfile's commands. The sender's and the owner's limits are
+lifted as far as the model allows, so the limiter runs on every message but never
+says wait; the mock answers after ``--latency-ms`` and posts no status webhooks.
+
+- ``throughput``: a campaign of ``--recipients`` from send-now to its last accepted
+  message (and to ``completed``), against the same-run baseline of
+  ``bench/engine_baseline.py`` (Procrastinate jobs making the same call and nothing
+  else) at the same worker settings.
+- ``fanout``: a ``--fanout-recipients`` campaign, timed from ``started_at`` to
+  ``audience_loaded_at``, with ``procrastinate_jobs`` todo rows sampled every 0.1 s
+  until ``--window-seconds`` of sending after the fan-out; then it is cancelled.
+- ``profile``: the fan-out, the pump and the sends run in this process under
+  cProfile, counting SQL statements, commits and pool checkouts.
+
+Prints one JSON line and a table (target / measured / baseline / met?) on stdout;
+everything else goes to stderr. Processes are stopped and databases dropped on
+success, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import cProfile
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import pstats
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench import _common  # noqa: E402  (needs ROOT on sys.path)
+
+BIN = Path(sys.executable).parent
+LIFTED_PER_MINUTE = 1_000_000  # the most senders.rate_limit_range and the user form allow
+TEMPLATE_NAME = "promo_weekend"
+VARIABLES = {
+    "first_name": {"field": "first_name"},
+    "discount": {"text": "10%"},
+    "city": {"field": "city"},
+    "coupon": {"text": "BENCH"},
+}
+SAMPLE_SECONDS = 0.1
+GAP_SECONDS = 0.25  # no message accepted for this long: the workers were waiting for work
+STOP_SECONDS = 30.0  # past the workers' graceful shutdown (20 s), then SIGKILL
+TARGET_RATIO = 0.5
+TARGET_FANOUT_PER_S = 10_000
+TARGET_WINDOW = 5_000  # "a few thousand jobs at most"
+FINISHED = ("completed", "cancelled", "failed")
+
+logger = logging.getLogger("bench.engine")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Message workers: ``processes`` x ``concurrency`` (the ops worker comes with the engine)."""
+
+    processes: int
+    concurrency: int
+
+    @classmethod
+    def parse(cls, text: str) -> Setup:
+        processes, _, concurrency = text.lower().partition("x")
+        return cls(int(processes), int(concurrency))
+
+    def __str__(self) -> str:
+        return f"{self.processes}x{self.concurrency}"
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+def procfile() -> dict[str, list[str]]:
+    commands = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, colon, command = line.partition(":")
+        if colon and not line.lstrip().startswith("#"):
+            commands[name.strip()] = shlex.split(command)
+    return commands
+
+
+def worker_argv(
+    kind: str, name: str, app: str | None = None, concurrency: int | None = None
+) -> list[str]:
+    """The Procfile's ``kind`` command, quiet, with this name (and app, concurrency)."""
+    argv = procfile()[kind]
+    if argv[0] != "procrastinate":
+        raise RuntimeError(f"Procfile {kind}: expected a procrastinate command, not {argv[0]}")
+    out = [str(BIN / "procrastinate")]
+    for arg in argv[1:]:
+        if arg.startswith("--app="):
+            out += [f"--app={app or arg.removeprefix('--app=')}", "--log-level=warning"]
+        elif arg.startswith("--name="):
+            out.append(f"--name={name}")
+        elif arg.startswith("--concurrency=") and concurrency is not None:
+            out.append(f"--concurrency={concurrency}")
+        else:
+            out.append(arg)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """One run's processes, each in its own session; stopped however the run ends."""
+
+    def __init__(self, url: str, log_dir: Path, args: argparse.Namespace) -> None:
+        self.url = url
+        self.log_dir = log_dir
+        self.args = args
+        self.children: list[tuple[str, str, subprocess.Popen]] = []  # (name, role, process)
+        self.base = ""
+        self.extra_env: dict[str, str] = {}
+        self._web_workers: list[int] = []
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MOCK_", "ERP_", "BENCH_")) and k != "WHATSAPP_API_BASE_URL"
+        }
+        # Set explicitly, so a local .env cannot change what is measured.
+        return env | {
+            "DATABASE_URL": self.url,
+            "DISPARO_ENV": "development",
+            "DISPARO_MOCKS": "on",
+            "APP_BASE_URL": self.base,
+            "MOCK_WHATSAPP_LATENCY_MS": str(self.args.latency_ms),
+            "MOCK_WHATSAPP_WEBHOOKS": "off",
+            "MOCK_WHATSAPP_THROTTLE_RATE": "0",
+            "MOCK_WHATSAPP_TRANSIENT_RATE": "0",
+            "MOCK_WHATSAPP_PERMANENT_RATE": "0",
+            "MOCK_ERP_LATENCY_MS": "0",
+            "MOCK_ERP_FAILURE_RATE": "0",
+            "MOCK_ERP_CUSTOMERS": str(max(1_000_000, self.args.fanout_recipients)),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            **self.extra_env,
+        }
+
+    def start(self, name: str, role: str, argv: list[str]) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops them in order
+        )
+        log.close()
+        self.children.append((name, role, process))
+        return process
+
+    def start_web(self) -> str:
+        import requests
+
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        # The Procfile's web command, without its access log (one line per mock call).
+        web = self.start(
+            "web",
+            "web",
+            [
+                str(BIN / "gunicorn"),
+                "--threads",
+                str(self.args.web_threads),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "app:create_app()",
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            self.check()
+            try:
+                if requests.get(f"{self.base}/mock/erp/customers/count", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not answer in 60 s; see {self.log_dir}")
+            time.sleep(0.2)
+        import psutil
+
+        self._web_workers = [child.pid for child in psutil.Process(web.pid).children()]
+        return self.base
+
+    def start_workers(self, setup: Setup, app: str | None = None, ops: bool = True) -> None:
+        for i in range(1, setup.processes + 1):
+            argv = worker_argv("worker", f"messages-{i}", app, setup.concurrency)
+            self.start(f"messages-{i}", "messages", argv)
+        if ops:
+            self.start("ops", "ops", worker_argv("ops", "ops"))
+        self.wait_registered(setup.processes + (1 if ops else 0))
+
+    def wait_registered(self, count: int) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 90
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while True:
+                self.check()
+                (ready,) = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+                if ready >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ready} of {count} workers started; see {self.log_dir}")
+                time.sleep(0.2)
+
+    def check(self) -> None:
+        for name, _role, process in self.children:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode}; see {self.log_dir}/{name}.log"
+                )
+
+    def pids(self) -> dict[int, str]:
+        pids = {process.pid: role for _name, role, process in self.children}
+        return pids | dict.fromkeys(self._web_workers, "web")
+
+    def stop(self) -> None:
+        """Workers first (they finish their jobs), then the web; SIGKILL what outlives that."""
+        workers = [p for _n, role, p in self.children if role != "web"]
+        web = [p for _n, role, p in self.children if role == "web"]
+        for group in (workers, web):
+            self._terminate(group)
+
+    @staticmethod
+    def _terminate(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        try:
+            for process in processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+            pass
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextlib.contextmanager
+def running(url: str, log_dir: Path, args: argparse.Namespace) -> Iterator[Stack]:
+    stack = Stack(url, log_dir, args)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+# --- the database side -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def app_on(url: str, **config: Any) -> Iterator[Any]:
+    """The app on a benchmark database, with an app context pushed, its pool closed at the end."""
+    from app import create_app, db
+    from campaigns.config import sqlalchemy_url
+
+    application = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), **config})
+    with application.app_context():
+        try:
+            yield application
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
+def seed(url: str) -> dict[str, Any]:
+    """Demo data, limits lifted; returns what the baseline needs to make the same call."""
+    import sqlalchemy as sa
+
+    from app import db
+    from campaigns import mock_erp, rendering, services
+    from campaigns.models import MessageTemplate, User
+    from campaigns.providers.cloud_api import template_message
+
+    with app_on(url):
+        services.seed_demo()
+        owner = db.session.scalar(sa.select(User).where(User.email == services.DEMO_ADMIN_EMAIL))
+        sender = services.default_sender()
+        owner.campaign_rate_limit_per_minute = LIFTED_PER_MINUTE
+        sender.rate_limit_per_minute, sender.min_interval_ms = LIFTED_PER_MINUTE, 0
+        db.session.commit()
+        template = db.session.scalar(
+            sa.select(MessageTemplate).where(MessageTemplate.name == TEMPLATE_NAME)
+        )
+        customer = mock_erp.customer(1)
+        payload = template_message(
+            to=customer["phone"],
+            template=template,
+            params=rendering.params_for(VARIABLES, customer),
+            callback_data="0",
+        )
+        return {"payload": payload, "phone_number_id": sender.phone_number_id}
+
+
+def create_campaign(recipients: int) -> tuple[int, int, dict[str, Any]]:
+    """A draft campaign for the first ``recipients`` ERP customers: (id, owner id, segment)."""
+    import sqlalchemy as sa
+
+    from app import db
+    from campaigns import services
+    from campaigns.models import MessageTemplate, User
+    from campaigns.validation import parse_campaign
+
+    owner = db.session.scalar(sa.select(User).where(User.email == services.DEMO_ADMIN_EMAIL))
+    template = db.session.scalar(
+        sa.select(MessageTemplate).where(MessageTemplate.name == TEMPLATE_NAME)
+    )
+    fields = parse_campaign(
+        {
+            "name": f"Benchmark {recipients}",
+            "sender_id": template.sender_id,
+            "template_id": template.id,
+            "segment": {"max_audience": recipients, "opted_in_only": False},
+            "variables": VARIABLES,
+        },
+        services.template_variables_for(template.id),
+    )
+    campaign = services.create_campaign(fields, owner.id)
+    return campaign.id, owner.id, dict(campaign.segment)
+
+
+def warm_erp(base: str, segment: dict[str, Any]) -> None:
+    """Build the mock ERP's customer arrays and segment cache before the clock starts."""
+    from campaigns import erp
+
+    with erp.ErpClient(f"{base}/mock/erp") as client:
+        client.page(segment, None, 1)
+
+
+SAMPLE = """
+SELECT (SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo') AS todo,
+       (SELECT count(*) FROM procrastinate_jobs
+         WHERE status = 'todo' AND task_name = %(send)s) AS todo_send,
+       (SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing') AS doing,
+       (SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS pids,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'idle in transaction') AS idle_in_tx
+"""
+CAMPAIGN_STATE = """
+SELECT c.status::text AS status, c.audience_loaded_at IS NOT NULL AS loaded,
+       coalesce(sum(k.pending + k.queued + k.sending), 0) AS in_flight,
+       coalesce(sum(k.retrying), 0) AS retrying, coalesce(sum(k.total), 0) AS total
+  FROM campaigns c LEFT JOIN campaign_counters k ON k.campaign_id = c.id
+ WHERE c.id = %(id)s GROUP BY c.id
+"""
+DB_STATS = """
+SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, sessions
+  FROM pg_stat_database WHERE datname = current_database()
+"""
+
+
+@dataclass
+class Sample:
+    t: float
+    todo: int
+    todo_send: int
+    doing: int
+    idle_in_tx: int
+    connections: int
+    cpu: dict[str, float]  # role -> CPU seconds so far (messages, ops, web, postgres)
+    machine_busy: float  # the whole machine's busy CPU seconds so far (every user's)
+    machine_total: float
+
+
+class Monitor:
+    """Every ``SAMPLE_SECONDS``: the queue, the database's connections, every process's CPU."""
+
+    def __init__(self, url: str, stack: Stack) -> None:
+        import psycopg
+
+        from campaigns.queues import SEND_TASK
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.stack = stack
+        self.send_task = SEND_TASK
+        self.samples: list[Sample] = []
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds when last seen)
+        self._processes: dict[int, Any] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def sample(self) -> Sample:
+        import psutil
+
+        todo, todo_send, doing, pids, idle_in_tx = self.conn.execute(
+            SAMPLE, {"send": self.send_task}
+        ).fetchone()
+        roles = dict.fromkeys(pids, "postgres") | self.stack.pids()
+        for pid, role in roles.items():
+            try:
+                process = self._processes.get(pid) or psutil.Process(pid)
+                self._processes[pid] = process
+                times = process.cpu_times()
+            except psutil.Error:
+                continue  # gone: its last reading stays counted
+            self._cpu[pid] = (role, times.user + times.system)
+        by_role: dict[str, float] = defaultdict(float)
+        for role, seconds in self._cpu.values():
+            by_role[role] += seconds
+        machine = psutil.cpu_times()
+        total = sum(machine)
+        sample = Sample(
+            time.time(),
+            todo,
+            todo_send,
+            doing,
+            idle_in_tx,
+            len(pids),
+            dict(by_role),
+            total - machine.idle - getattr(machine, "iowait", 0.0),
+            total,
+        )
+        self.samples.append(sample)
+        return sample
+
+    def at(self, t: float) -> Sample:
+        """The last sample taken at or before ``t`` (the first one if none)."""
+        index = bisect.bisect_right([s.t for s in self.samples], t) - 1
+        return self.samples[max(index, 0)]
+
+    def cpu_ms_per(self, count: int, t0: float, t1: float) -> dict[str, float | None]:
+        """Each role's CPU milliseconds per item over [t0, t1], and the machine's busy share."""
+        a, b = self.at(t0), self.at(t1)
+        result: dict[str, float | None] = {
+            role: round((b.cpu.get(role, 0.0) - a.cpu.get(role, 0.0)) * 1000 / count, 3)
+            if count
+            else None
+            for role in sorted(set(a.cpu) | set(b.cpu))
+        }
+        span = b.machine_total - a.machine_total
+        result["machine_busy_share"] = (
+            round((b.machine_busy - a.machine_busy) / span, 3) if span else None
+        )
+        return result
+
+    def window(self, t0: float, t1: float) -> dict[str, Any]:
+        inside = [s for s in self.samples if t0 <= s.t <= t1]
+        return {
+            "max_todo": max((s.todo for s in inside), default=0),
+            "max_todo_send": max((s.todo_send for s in inside), default=0),
+            "max_doing": max((s.doing for s in inside), default=0),
+            "max_idle_in_transaction": max((s.idle_in_tx for s in inside), default=0),
+            "max_connections": max((s.connections for s in inside), default=0),
+            "samples": len(inside),
+            "sampled_seconds": round(inside[-1].t - inside[0].t, 1) if inside else 0.0,
+        }
+
+
+def db_stats(conn: Any) -> dict[str, int]:
+    row = conn.execute(DB_STATS).fetchone()
+    names = ("commits", "rollbacks", "inserted", "updated", "deleted", "sessions")
+    return dict(zip(names, row, strict=True))
+
+
+def per_item(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) / count, 2) for k in before} if count else {}
+
+
+def mock_log(conn: Any, since: float) -> dict[str, Any]:
+    """What the mock accepted: how many, duplicates, first/last, per second, idle gaps."""
+    times = [
+        r[0]
+        for r in conn.execute(
+            "SELECT extract(epoch FROM received_at)::float8 FROM mock_whatsapp_messages"
+            " ORDER BY received_at"
+        )
+    ]
+    (duplicates,) = conn.execute(
+        "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM mock_whatsapp_messages"
+        " GROUP BY message_id HAVING count(*) > 1) AS d"
+    ).fetchone()
+    if not times:
+        return {"accepted": 0, "duplicates": int(duplicates)}
+    first, last = times[0], times[-1]
+    gaps = sum(b - a for a, b in itertools.pairwise(times) if b - a > GAP_SECONDS)
+    per_second = Counter(int(t - since) for t in times)
+    return {
+        "accepted": len(times),
+        "duplicates": int(duplicates),
+        "first": first,
+        "last": last,
+        "steady_per_s": round(len(times) / (last - first), 1) if last > first else None,
+        "idle_gap_share": round(gaps / (last - first), 3) if last > first else None,
+        "per_second": [per_second.get(s, 0) for s in range(int(last - since) + 1)],
+    }
+
+
+# --- the parts ---------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    template: str
+    call: dict[str, Any]
+    log_dir: Path
+    runs: int = 0
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+    def run_database(self) -> str:
+        self.runs += 1
+        return f"{self.template}_{self.runs}"
+
+
+def wait_until(
+    monitor: Monitor, stack: Stack, done: Callable[[], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    checked = 0.0
+    while True:
+        started = time.monotonic()
+        monitor.sample()
+        if done():
+            return
+        if started - checked > 1.0:
+            stack.check()
+            checked = started
+        if started > deadline:
+            raise RuntimeError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(max(SAMPLE_SECONDS - (time.monotonic() - started), 0))
+
+
+def warm_workers(monitor: Monitor, stack: Stack, setup: Setup) -> None:
+    """Give every worker process its first job (Flask app, connections) before the clock starts.
+
+    A ping for the ops worker, and jobs for a message that does not exist for the
+    message workers (each skips at once); twice their slots, so each process gets some.
+    """
+    from app import db
+    from campaigns import sending
+    from campaigns.queues import MAINTENANCE_QUEUE, MESSAGES_QUEUE, SEND_TASK
+    from jobs.tasks import ping
+
+    slots = setup.processes * setup.concurrency
+    sending.defer(db.session, ping.name, MAINTENANCE_QUEUE, [{"token": "bench warm-up"}])
+    sending.defer(db.session, SEND_TASK, MESSAGES_QUEUE, [{"message_id": 0}] * (2 * slots))
+    db.session.commit()
+
+    def done() -> bool:
+        (left,) = monitor.conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+            " AND task_name = ANY(%s)",
+            ([ping.name, SEND_TASK],),
+        ).fetchone()
+        return left == 0
+
+    wait_until(monitor, stack, done, 120, "the workers warmed up")
+
+
+@contextlib.contextmanager
+def campaign_under_workers(
+    ctx: Context, recipients: int, setup: Setup
+) -> Iterator[tuple[Any, Monitor, tuple[int, int]]]:
+    """A run's own database, gunicorn and warmed-up workers, and a draft campaign of
+    ``recipients``: yields (stack, monitor, (campaign_id, owner_id))."""
+    with (
+        _common.scratch_database(ctx.run_database(), ctx.template) as url,
+        app_on(url),
+        running(url, ctx.log_dir, ctx.args) as stack,
+    ):
+        campaign_id, owner_id, segment = create_campaign(recipients)
+        warm_erp(stack.start_web(), segment)
+        stack.start_workers(setup)
+        monitor = Monitor(url, stack)
+        try:
+            warm_workers(monitor, stack, setup)
+            yield stack, monitor, (campaign_id, owner_id)
+        finally:
+            monitor.close()
+
+
+def engine_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, Any]:
+    """One campaign of ``--recipients`` through the real engine, send-now to last send."""
+    from campaigns import services
+
+    args = ctx.args
+    load = os.getloadavg()[0]
+    with campaign_under_workers(ctx, args.recipients, setup) as (stack, monitor, ids):
+        campaign_id, owner_id = ids
+        conn = monitor.conn
+        state: dict[str, Any] = {}
+
+        def progress() -> bool:
+            status, loaded, in_flight, retrying, total = conn.execute(
+                CAMPAIGN_STATE, {"id": campaign_id}
+            ).fetchone()
+            state.update(status=status, retrying=retrying, total=total)
+            if loaded and in_flight == 0 and "drained" not in state:
+                state["drained"] = time.time()
+                state["stats_drained"] = db_stats(conn)
+            return status in FINISHED or ("drained" in state and not args.wait_complete)
+
+        stats_before = db_stats(conn)
+        monitor.sample()
+        t_send = time.time()
+        services.send_campaign_now(campaign_id, owner_id)
+        wait_until(monitor, stack, progress, args.timeout, "the campaign sent")
+        summary = _engine_summary(
+            ctx, setup, repeat, conn, monitor, campaign_id, t_send, stats_before, state
+        )
+        return summary | {"load_1min_before": round(load, 2)}
+
+
+def _engine_summary(
+    ctx: Context,
+    setup: Setup,
+    repeat: int,
+    conn: Any,
+    monitor: Monitor,
+    campaign_id: int,
+    t_send: float,
+    stats_before: dict[str, int],
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    from campaigns import sending
+    from campaigns.mock_whatsapp import FORCED_ERRORS
+
+    started, loaded, completed = conn.execute(
+        "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM audience_loaded_at)"
+        "::float8, extract(epoch FROM completed_at)::float8 FROM campaigns WHERE id = %s",
+        (campaign_id,),
+    ).fetchone()
+    log = mock_log(conn, started)
+    sent = log["accepted"]
+    statuses = dict(
+        conn.execute("SELECT status::text, count(*) FROM messages GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    forced = dict(
+        conn.execute(
+            "SELECT right(phone, 4) || ' ' || status::text, count(*) FROM messages"
+            " WHERE right(phone, 4) = ANY(%s) AND status <> 'skipped' GROUP BY 1 ORDER BY 1",
+            (list(FORCED_ERRORS),),
+        ).fetchall()
+    )
+    (retried,) = conn.execute("SELECT count(*) FROM messages WHERE attempts > 1").fetchone()
+    last = log.get("last", t_send)
+    e2e = last - started if sent else None
+    interval = 60.0 / LIFTED_PER_MINUTE
+    return {
+        "engine": "disparo",
+        "setup": str(setup),
+        "repeat": repeat,
+        "recipients": ctx.args.recipients,
+        "messages": state.get("total"),
+        "statuses": statuses,
+        "forced_error_messages": forced,
+        "messages_retried": retried,
+        "sent": sent,
+        "duplicates": log["duplicates"],
+        "fanout_s": round(loaded - started, 2) if loaded else None,
+        "first_send_after_s": round(log["first"] - started, 2) if sent else None,
+        "e2e_s": round(e2e, 2) if e2e else None,
+        "e2e_per_s": round(sent / e2e, 1) if e2e else None,
+        "steady_per_s": log.get("steady_per_s"),
+        "idle_gap_share": log.get("idle_gap_share"),
+        "completed_after_s": round(completed - started, 1) if completed else None,
+        "final_status": state.get("status"),
+        "still_retrying": state.get("retrying"),
+        "cpu_ms_per_message": monitor.cpu_ms_per(sent, t_send, last),
+        "db_per_message": per_item(
+            stats_before, state.get("stats_drained") or db_stats(conn), sent
+        ),
+        **monitor.window(t_send, last),
+        "pump": {
+            "pace_interval_ms": round(interval * 1000, 3),
+            "window_max": sending.WINDOW_MAX,
+            "pump_interval_s": sending.PUMP_INTERVAL_SECONDS,
+            "ceiling_per_s": round(
+                min(sending.WINDOW_MAX, math.ceil(sending.WINDOW_HORIZON_SECONDS / interval))
+                / sending.PUMP_INTERVAL_SECONDS,
+                1,
+            ),
+        },
+        "per_second": log.get("per_second", []),
+    }
+
+
+def baseline_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, Any]:
+    """The same number of mock calls as bare Procrastinate jobs, at the same worker settings."""
+    import procrastinate
+
+    from bench import engine_baseline
+    from campaigns.providers.mock import mock_api_base_url
+
+    args = ctx.args
+    with (
+        _common.scratch_database(ctx.run_database(), ctx.template) as url,
+        running(url, ctx.log_dir, args) as stack,
+    ):
+        base = stack.start_web()
+        stack.extra_env = {
+            "BENCH_BASELINE_URL": mock_api_base_url({"APP_BASE_URL": base}),
+            "BENCH_BASELINE_PHONE_NUMBER_ID": ctx.call["phone_number_id"],
+            "BENCH_BASELINE_PAYLOAD": json.dumps(ctx.call["payload"]),
+        }
+        connector = procrastinate.SyncPsycopgConnector(conninfo=url)
+        with engine_baseline.app.replace_connector(connector) as papp, papp.open():
+            for start in range(0, args.recipients, 1000):
+                stop = min(start + 1000, args.recipients)
+                engine_baseline.send.batch_defer(*({"message_id": i} for i in range(start, stop)))
+        monitor = Monitor(url, stack)
+        try:
+            conn = monitor.conn
+            stats_before = db_stats(conn)
+            monitor.sample()
+            t_start = time.time()
+            stack.start_workers(setup, app="bench.engine_baseline.app", ops=False)
+
+            def drained() -> bool:
+                (left,) = conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+                ).fetchone()
+                return left == 0
+
+            wait_until(monitor, stack, drained, args.timeout, "the baseline jobs done")
+            time.sleep(1.0)  # backends report their statistics at most once a second
+            stats_after = db_stats(conn)
+            log = mock_log(conn, t_start)
+            (failed,) = conn.execute(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'"
+            ).fetchone()
+            sent = log["accepted"]
+            first, last = log.get("first", t_start), log.get("last", t_start)
+            return {
+                "engine": "baseline",
+                "setup": str(setup),
+                "repeat": repeat,
+                "jobs": args.recipients,
+                "sent": sent,
+                "failed_jobs": failed,
+                "duplicates": log["duplicates"],
+                "per_s": log.get("steady_per_s"),
+                "idle_gap_share": log.get("idle_gap_share"),
+                "cpu_ms_per_message": monitor.cpu_ms_per(sent, first, last),
+                "db_per_message": per_item(stats_before, stats_after, sent),
+                **monitor.window(first, last),
+            }
+        finally:
+            monitor.close()
+
+
+def fanout(ctx: Context, repeat: int) -> dict[str, Any]:
+    """A ``--fanout-recipients`` campaign: fan-out time, and the todo rows all along."""
+    from campaigns import services
+
+    args = ctx.args
+    setup = Setup.parse(args.fanout_setup)
+    load = os.getloadavg()[0]
+    with campaign_under_workers(ctx, args.fanout_recipients, setup) as (stack, monitor, ids):
+        campaign_id, owner_id = ids
+        conn = monitor.conn
+        state: dict[str, Any] = {}
+
+        def window_seen() -> bool:
+            status, loaded, *_ = conn.execute(CAMPAIGN_STATE, {"id": campaign_id}).fetchone()
+            if loaded and "loaded" not in state:
+                state["loaded"] = time.time()
+            return status in FINISHED or (
+                "loaded" in state and time.time() - state["loaded"] >= args.window_seconds
+            )
+
+        monitor.sample()
+        t_send = time.time()
+        services.send_campaign_now(campaign_id, owner_id)
+        wait_until(monitor, stack, window_seen, args.timeout, "the fan-out and its window")
+        t_end = time.time()
+        services.cancel_campaign(campaign_id, owner_id)
+        started, loaded = conn.execute(
+            "SELECT extract(epoch FROM started_at)::float8,"
+            " extract(epoch FROM audience_loaded_at)::float8 FROM campaigns WHERE id = %s",
+            (campaign_id,),
+        ).fetchone()
+        (rows,) = conn.execute("SELECT count(*) FROM messages").fetchone()
+        log = mock_log(conn, loaded)  # nothing is sent before the audience is loaded
+        # Autovacuum and autoanalyze after a big insert compete with the sends for the CPU.
+        maintenance = {
+            name: {
+                "autovacuum_s": round(vacuumed - loaded, 1) if vacuumed else None,
+                "autoanalyze_s": round(analyzed - loaded, 1) if analyzed else None,
+            }
+            for name, vacuumed, analyzed in conn.execute(
+                "SELECT relname, extract(epoch FROM last_autovacuum)::float8,"
+                " extract(epoch FROM last_autoanalyze)::float8"
+                " FROM pg_stat_user_tables WHERE relname = ANY(%s) ORDER BY 1",
+                (["messages", "procrastinate_jobs", "campaign_counters"],),
+            )
+        }
+        seconds = loaded - started
+        return {
+            "setup": str(setup),
+            "repeat": repeat,
+            "recipients": args.fanout_recipients,
+            "rows": rows,
+            "fanout_s": round(seconds, 2),
+            "fanout_per_s": round(rows / seconds, 1),
+            "cpu_ms_per_recipient": monitor.cpu_ms_per(rows, t_send, loaded),
+            "during_fanout": monitor.window(t_send, loaded),
+            "after_fanout": monitor.window(loaded, t_end),
+            "whole_run": monitor.window(t_send, t_end),
+            "sent_after_fanout": log["accepted"],
+            "sent_after_fanout_per_s": round(log["accepted"] / (t_end - loaded), 1),
+            "cpu_ms_per_message_after_fanout": monitor.cpu_ms_per(log["accepted"], loaded, t_end),
+            "per_second_after_fanout": log.get("per_second", []),
+            "last_maintenance_after_fanout": maintenance,
+            "load_1min_before": round(load, 2),
+        }
+
+
+class StatementCounter:
+    """Counts what the app's engine sends: statements by verb, commits, pool checkouts."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.counts: Counter[str] = Counter()
+        self.trace: Counter[str] | None = None  # statements of one step, when asked
+        self.engine = engine
+        self._hooks = [
+            ("before_cursor_execute", self._statement),
+            ("commit", self._commit),
+        ]
+        for name, hook in self._hooks:
+            event.listen(engine, name, hook)
+        event.listen(engine.pool, "checkout", self._checkout)
+
+    def _statement(self, conn, cursor, statement, *rest) -> None:
+        lines = [line for line in statement.strip().splitlines() if not line.startswith("--")]
+        verb = lines[0].split(None, 1)[0].upper() if lines else "?"
+        self.counts[verb if verb != "WITH" else "UPDATE"] += 1  # sending.MOVE is a WITH … UPDATE
+        if self.trace is not None:
+            self.trace[" ".join(" ".join(lines).split())[:100]] += 1
+
+    def _commit(self, conn) -> None:
+        self.counts["COMMIT"] += 1
+
+    def _checkout(self, *args) -> None:
+        self.counts["checkout"] += 1
+
+    def take(self) -> Counter[str]:
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+    def close(self) -> None:
+        from sqlalchemy import event
+
+        for name, hook in self._hooks:
+            event.remove(self.engine, name, hook)
+        event.remove(self.engine.pool, "checkout", self._checkout)
+
+
+def _top(profiler: cProfile.Profile, limit: int, sort: str, only: str = "") -> list[str]:
+    """The profile's first ``limit`` functions by ``sort`` (matching ``only``), paths shortened."""
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(only, limit)
+    lines = out.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    site = str(Path(pstats.__file__).parent)
+    prefixes = (f"{ROOT}/.venv/lib/python3.11/site-packages/", f"{ROOT}/", f"{site}/")
+    shortened = []
+    for line in lines[start : start + limit + 1]:
+        for prefix in prefixes:
+            line = line.replace(prefix, "")
+        if line.strip():
+            shortened.append(line.rstrip())
+    return shortened
+
+
+def _halves(
+    steps: int, step: Callable[[int], None], web: Monitor, counter: StatementCounter, top: int
+) -> dict[str, Any]:
+    """Run ``step`` ``steps`` times: the first half plain and timed, the rest under cProfile.
+
+    The plain half gives the CPU and SQL figures (cProfile slows Python code down
+    several times); the profiled half says where this process's CPU goes.
+    """
+    plain = max(steps // 2, 1)
+    counter.take()
+    web.sample()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(plain - 1):
+        step(i)
+    counter.trace = Counter()
+    step(plain - 1)
+    trace, counter.trace = counter.trace, None
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    before, after = web.samples[-1], web.sample()
+    counts = counter.take()
+    profiler = cProfile.Profile(time.process_time)  # CPU time: waiting on sockets costs nothing
+    for i in range(plain, steps):
+        profiler.enable()
+        try:
+            step(i)
+        finally:
+            profiler.disable()
+    counter.take()
+    return {
+        "timed": plain,
+        "profiled": steps - plain,
+        "ms_each": round(wall * 1000 / plain, 2),
+        "cpu_ms_each_here": round(cpu * 1000 / plain, 2),
+        **{
+            f"{role}_cpu_ms_each": round(
+                (after.cpu.get(role, 0.0) - before.cpu.get(role, 0.0)) * 1000 / plain, 2
+            )
+            for role in ("web", "postgres")
+        },
+        "sql_each": {k: round(v / plain, 2) for k, v in counts.items()},
+        "sql_of_one": dict(trace),
+        # A single step (a campaign of one fan-out page) leaves nothing profiled.
+        "top_cpu": _top(profiler, top, "tottime") if steps > plain else [],
+        "top_app": _top(profiler, top, "cumulative", "campaigns/") if steps > plain else [],
+    }
+
+
+def profile(ctx: Context) -> dict[str, Any]:
+    """Fan-out pages, one pump and the sends it queued, in this process, timed and profiled."""
+    import sqlalchemy as sa
+
+    from app import db
+    from campaigns import sending, services
+    from campaigns.models import Message, MessageStatus
+
+    args = ctx.args
+    recipients = args.profile_recipients
+    with (
+        _common.scratch_database(ctx.run_database(), ctx.template) as url,
+        running(url, ctx.log_dir, args) as stack,
+    ):
+        base = stack.start_web()
+        with app_on(
+            url, APP_BASE_URL=base, ERP_BASE_URL=f"{base}/mock/erp", MOCK_WHATSAPP_WEBHOOKS=False
+        ) as application:
+            config = application.config
+            campaign_id, owner_id, segment = create_campaign(recipients)
+            warm_erp(base, segment)
+            services.send_campaign_now(campaign_id, owner_id)  # its fan-out job never runs here
+            counter = StatementCounter(db.engine)
+            web = Monitor(url, stack)
+            result: dict[str, Any] = {"recipients": recipients}
+            try:
+                pages: list[sending.FanOutPage | None] = []
+                result["fanout"] = _halves(
+                    math.ceil(recipients / sending.FAN_OUT_PAGE_SIZE),
+                    lambda _i: pages.append(sending.fan_out_page(campaign_id, config)),
+                    web,
+                    counter,
+                    args.profile_top,
+                )
+                if not (pages and pages[-1] and pages[-1].done):
+                    raise RuntimeError(f"the fan-out did not end on its last page: {pages[-1:]}")
+                sending.pump(campaign_id)
+                result["pump_one_call"] = dict(counter.take())
+                queued = db.session.scalars(
+                    sa.select(Message.id)
+                    .where(Message.status == MessageStatus.QUEUED)
+                    .order_by(Message.id)
+                    .limit(args.profile_sends)
+                ).all()
+                db.session.rollback()
+                outcomes: Counter[str] = Counter()
+
+                def send(i: int) -> None:
+                    try:
+                        outcome = sending.send(
+                            queued[i], config, last_attempt=True, retry_queue=False
+                        )
+                        outcomes[outcome.status] += 1
+                    except sending.Transient:
+                        outcomes["transient"] += 1
+
+                result["send"] = _halves(len(queued), send, web, counter, args.profile_top)
+                result["send"]["outcomes"] = dict(outcomes)
+            finally:
+                counter.close()
+                web.close()
+            return result
+
+
+# --- report ------------------------------------------------------------------------
+
+
+def _pairs(results: dict[str, list[dict[str, Any]]]) -> list[tuple[dict, dict | None, float]]:
+    baselines = {(b["setup"], b["repeat"]): b for b in results["baseline"]}
+    pairs = []
+    for engine in results["engine"]:
+        baseline = baselines.get((engine["setup"], engine["repeat"]))
+        ratio = (
+            round(engine["e2e_per_s"] / baseline["per_s"], 3)
+            if baseline and baseline.get("per_s") and engine.get("e2e_per_s")
+            else float("nan")
+        )
+        pairs.append((engine, baseline, ratio))
+    return pairs
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    for engine, _baseline, ratio in _pairs(results):
+        engine["ratio"] = ratio
+        engine["steady_ratio"] = (
+            round(engine["steady_per_s"] / _baseline["per_s"], 3)
+            if _baseline and _baseline.get("per_s") and engine.get("steady_per_s")
+            else None
+        )
+    return {
+        "targets": {
+            "ratio": TARGET_RATIO,
+            "fanout_per_s": TARGET_FANOUT_PER_S,
+            "max_todo": TARGET_WINDOW,
+            "duplicates": 0,
+        },
+        **results,
+    }
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    rows = [("figure", "target", "measured", "same-run baseline", "met?")]
+    for engine, baseline, ratio in _pairs(results):
+        name = f"{engine['setup']} #{engine['repeat']}"
+        base_rate = f"{baseline['per_s']:,.0f} msg/s" if baseline and baseline["per_s"] else "-"
+        rows.append(
+            (
+                f"messages/s {name}",
+                f"ratio >= {TARGET_RATIO}",
+                f"{engine['e2e_per_s'] or 0:,.0f} e2e, {engine['steady_per_s'] or 0:,.0f} steady"
+                f" (ratio {ratio:.2f})",
+                base_rate,
+                _yes(ratio >= TARGET_RATIO),
+            )
+        )
+        rows.append(
+            (
+                f"duplicates {name}",
+                "0",
+                f"{engine['duplicates']} in {engine['sent']:,} sent",
+                f"{baseline['duplicates']}" if baseline else "-",
+                _yes(engine["duplicates"] == 0),
+            )
+        )
+        completed = engine["completed_after_s"]
+        rows.append(
+            (
+                f"  completed {name}",
+                "-",
+                (f"after {completed} s" if completed else f"{engine['final_status']} (not waited)")
+                + f"; forced errors {sum(engine['forced_error_messages'].values())},"
+                f" idle gaps {engine['idle_gap_share'] or 0:.0%}",
+                "-",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"  todo rows {name}",
+                f"<= {TARGET_WINDOW:,}",
+                f"max {engine['max_todo']:,}",
+                f"max {baseline['max_todo']:,} (all deferred up front)" if baseline else "-",
+                _yes(engine["max_todo"] <= TARGET_WINDOW),
+            )
+        )
+    for run in results["fanout"]:
+        name = f"{run['recipients']:,} #{run['repeat']}"
+        rows.append(
+            (
+                f"fan-out {name}",
+                f">= {TARGET_FANOUT_PER_S:,}/s",
+                f"{run['fanout_per_s']:,.0f}/s ({run['fanout_s']} s)",
+                "-",
+                _yes(run["fanout_per_s"] >= TARGET_FANOUT_PER_S),
+            )
+        )
+        whole = run["whole_run"]
+        rows.append(
+            (
+                f"todo rows {name}",
+                f"<= {TARGET_WINDOW:,}",
+                f"max {whole['max_todo']:,} over {whole['sampled_seconds']} s"
+                f" ({run['after_fanout']['sampled_seconds']} s after fan-out)",
+                "-",
+                _yes(whole["max_todo"] <= TARGET_WINDOW),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def profile_text(result: dict[str, Any]) -> str:
+    lines = []
+    for part, unit in (("fanout", "page"), ("send", "message")):
+        figures = {k: v for k, v in result[part].items() if not k.startswith(("top", "sql_of"))}
+        lines.append(f"{part}, per {unit}: {json.dumps(figures)}")
+        lines.append(f"  {part}: the SQL of one {unit} (statement start: times)")
+        lines += [f"    {n:>4}  {text}" for text, n in result[part]["sql_of_one"].items()]
+        lines.append(f"  {part}: CPU by function (own time), profiled half")
+        lines += ["    " + line for line in result[part]["top_cpu"]]
+        lines.append(f"  {part}: the app's functions (cumulative CPU)")
+        lines += ["    " + line for line in result[part]["top_app"]]
+    lines.append(f"pump, one call: {json.dumps(result['pump_one_call'])}")
+    return "\n".join(lines)
+
+
+# --- main --------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def run_parts(ctx: Context, parts: tuple[str, ...], setups: list[Setup]) -> None:
+    """Run each part; every run is printed to stderr as it ends (a full run takes a while)."""
+    args, results = ctx.args, ctx.results
+    if "throughput" in parts:
+        # Configurations interleaved, each engine run next to its baseline: drift on a
+        # shared machine then hits both sides of a ratio alike.
+        for repeat in range(1, args.repeats + 1):
+            for setup in setups:
+                for kind, run in (("engine", engine_throughput), ("baseline", baseline_throughput)):
+                    result = run(ctx, setup, repeat)
+                    results[kind].append(result)
+                    brief = {k: v for k, v in result.items() if k != "per_second"}
+                    print(f"{kind} {setup} #{repeat}: {json.dumps(brief)}", file=sys.stderr)
+    if "fanout" in parts:
+        for repeat in range(1, args.repeats + 1):
+            results["fanout"].append(fanout(ctx, repeat))
+            print(f"fanout #{repeat}: {json.dumps(results['fanout'][-1])}", file=sys.stderr)
+    if "profile" in parts:
+        results["profile"] = [profile(ctx)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the parts in scratch databases, print the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("throughput", "fanout", "profile", "all"), default="all")
+    parser.add_argument("--recipients", type=int, default=20_000, help="throughput campaign size")
+    parser.add_argument("--setups", default="1x5,1x20,2x5", help="message workers, PxC[,PxC...]")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
+    parser.add_argument("--latency-ms", type=int, default=5, help="the mock WhatsApp's latency")
+    parser.add_argument("--web-threads", type=int, default=8, help="gunicorn threads (Procfile)")
+    parser.add_argument(
+        "--no-wait-complete",
+        dest="wait_complete",
+        action="store_false",
+        help="stop once only retrying messages are left (forced errors retry for ~2 min)",
+    )
+    parser.add_argument("--fanout-recipients", type=int, default=100_000)
+    parser.add_argument("--fanout-setup", default="1x5", help="message workers in the fan-out run")
+    parser.add_argument(
+        "--window-seconds", type=float, default=30.0, help="sampling after the fan-out"
+    )
+    parser.add_argument("--profile-recipients", type=int, default=5000, help="fan-out size")
+    parser.add_argument("--profile-sends", type=int, default=600, help="at most one window")
+    parser.add_argument("--profile-top", type=int, default=20, help="functions per profile")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run at most")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run of every part")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.recipients, args.fanout_recipients, args.profile_recipients = 1000, 5000, 1000
+        args.profile_sends = 200
+        args.setups, args.repeats, args.window_seconds = "1x5", 1, 5.0
+        args.wait_complete, args.timeout = False, 300.0
+    setups = [Setup.parse(text) for text in args.setups.split(",")]
+    parts = ("throughput", "fanout", "profile") if args.part == "all" else (args.part,)
+
+    # Our logs (and the app's) go to stderr: stdout carries the JSON line and the table.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
+    log_dir = Path(tempfile.mkdtemp(prefix="disparo-bench-engine-"))
+    template = f"disparo_bench_{os.getpid()}"
+    ctx: Context | None = None
+    try:
+        # Every run clones this database, so it holds no connection while they go.
+        with _common.scratch_database(template) as url:
+            ctx = Context(args, template, seed(url), log_dir)
+            run_parts(ctx, parts, setups)
+    except BaseException:
+        print(f"bench/engine.py: stopped; the processes' logs are in {log_dir}", file=sys.stderr)
+        if ctx is not None and any(ctx.results.values()):
+            report(ctx.results, interrupted=True)  # the runs that did finish
+        raise
+    shutil.rmtree(log_dir, ignore_errors=True)
+    report(ctx.results)
+    return 0
+
+
+def report(results: dict[str, list[dict[str, Any]]], interrupted: bool = False) -> None:
+    print(json.dumps(summarise(results) | ({"interrupted": True} if interrupted else {})))
+    if results["engine"] or results["fanout"]:
+        print(table(results))
+    for result in results.get("profile", []):
+        print(profile_text(result))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -80,8 +80,6 @@ TARGET_FANOUT_PER_S = 10_000
 TARGET_WINDOW = 5_000  # "a few thousand jobs at most"
 FINISHED = ("completed", "cancelled", "failed")
 
-logger = logging.getLogger("bench.engine")
-
 
 @dataclass(frozen=True)
 class Setup:
@@ -1157,7 +1155,10 @@ def profile_text(result: dict[str, Any]) -> str:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+    # SIGTERM cleans up like Ctrl-C; say which one came (and when), for the record.
+    name = signal.Signals(signum).name
+    print(f"bench/engine.py: {name} at {time.strftime('%H:%M:%S')}", file=sys.stderr)
+    raise KeyboardInterrupt
 
 
 def run_parts(ctx: Context, parts: tuple[str, ...], setups: list[Setup]) -> None:
@@ -1218,6 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our logs (and the app's) go to stderr: stdout carries the JSON line and the table.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix="disparo-bench-engine-"))
     template = f"disparo_bench_{os.getpid()}"
     ctx: Context | None = None

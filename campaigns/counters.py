@@ -29,12 +29,9 @@ ENSURE_ROWS = sa.text(
     "INSERT INTO campaign_counters (campaign_id, shard)"
     " SELECT :campaign_id, s FROM generate_series(0, :last) AS s ON CONFLICT DO NOTHING"
 )
+_SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COLUMNS)
 # -- a campaign's totals, summed over its shards
-TOTALS = sa.text(
-    "SELECT "
-    + ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COLUMNS)
-    + " FROM campaign_counters WHERE campaign_id = :campaign_id"
-)
+TOTALS = sa.text(f"SELECT {_SUMS} FROM campaign_counters WHERE campaign_id = :campaign_id")
 # -- messages sent (and failed) per minute, for throughput and the hourly chart
 BUMP_MINUTE = sa.text(
     "INSERT INTO campaign_minute_stats (campaign_id, minute, shard, sent, failed)"
@@ -57,9 +54,7 @@ SENT_LAST_MINUTE = sa.text(
 )
 # -- one campaign's progress in one round trip: totals, the last minute, the database's now
 SNAPSHOT = sa.text(
-    "SELECT "
-    + ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COLUMNS)
-    + f", (SELECT {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
+    f"SELECT {_SUMS}, (SELECT {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
     f"     WHERE campaign_id = :campaign_id AND {_LAST_TWO_MINUTES}) AS sent_last_minute"
     ", now() AS read_at"
     " FROM campaign_counters WHERE campaign_id = :campaign_id"

@@ -31,6 +31,7 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers import errors
+from campaigns.sending import pace_seconds
 
 WORKER_HEARTBEAT_SECONDS = 30
 # A scheduled campaign's page starts polling this long before it is due.
@@ -438,8 +439,6 @@ def throughput_chart(progress: Progress) -> Chart:
 
 def sender_usage(senders: list[Sender]) -> dict[int, object]:
     """Each sender's WhatsApp limit now: used / limit this minute, next slot (nothing consumed)."""
-    from campaigns import ratelimit
-
     return {s.id: ratelimit.usage(db.session, ratelimit.whatsapp_limit(s)) for s in senders}
 
 
@@ -455,8 +454,6 @@ def _progress_of(
     campaign: Campaign, totals: Mapping[str, int], sent_last_minute: int, read_at: datetime
 ) -> Progress:
     """A campaign's Progress from figures already read (its sender and owner give the pace)."""
-    from campaigns.sending import pace_seconds
-
     allowed = 60.0 / pace_seconds(campaign.sender, campaign.owner.campaign_rate_limit_per_minute)
     return Progress(
         campaign_id=campaign.id,

@@ -42,6 +42,8 @@ PERMANENT_CODES = frozenset(
 )
 PAUSE_CAMPAIGN_CODES = frozenset({131048, 132015, 132016, 0, 190, 3, 10})
 PAUSE_SENDER_CODES = frozenset({368, 131031, 131042})
+# Meta's permission errors (2xx codes, not HTTP statuses): the app lacks a permission.
+PERMISSION_CODES = range(200, 300)
 # Numbers that opted out: the code feeds the suppression list too.
 OPT_OUT_CODES = frozenset({131050})
 
@@ -55,7 +57,7 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
             return ErrorKind.SLOW_RETRY
         if code in PERMANENT_CODES:
             return ErrorKind.PERMANENT
-        if code in PAUSE_CAMPAIGN_CODES or 200 <= code <= 299:  # auth and permissions
+        if code in PAUSE_CAMPAIGN_CODES or code in PERMISSION_CODES:  # auth and permissions
             return ErrorKind.PAUSE_CAMPAIGN
         if code in PAUSE_SENDER_CODES:
             return ErrorKind.PAUSE_SENDER
@@ -140,7 +142,7 @@ def stored_kind(code: str | None) -> ErrorKind | None:
     number = _number(code)
     if number is None:
         return ErrorKind.PERMANENT
-    if number in KNOWN_CODES or 200 <= number <= 299:
+    if number in KNOWN_CODES or number in PERMISSION_CODES:
         return classify(number, None)
     if 400 <= number <= 599:  # no Meta code lives in this range: it is the HTTP status
         return classify(None, number)
@@ -165,7 +167,7 @@ def explain(code: str | None) -> str:
     if code in EXPLANATIONS:
         return EXPLANATIONS[code]
     number = _number(code)
-    if number is not None and 200 <= number <= 299:
+    if number in PERMISSION_CODES:
         return PERMISSION_EXPLANATION
     if number is not None and 400 <= number <= 599:
         return HTTP_STATUS_EXPLANATION

@@ -199,6 +199,8 @@ class Settings:
             "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
             "DISPLAY_TIMEZONE": self.display_timezone,
+            # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
+            "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
             # for hours (a campaign being watched) can still pause it.
             "WTF_CSRF_TIME_LIMIT": None,

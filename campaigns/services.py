@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
@@ -68,6 +69,11 @@ class Conflict(ServiceError):
     """The thing exists but is in a state that refuses this change (409)."""
 
 
+def hash_password(password: str) -> str:
+    """A salted hash under the configured method (werkzeug's scrypt unless set otherwise)."""
+    return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
+
+
 def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -85,7 +91,7 @@ def create_user(email: str, password: str, role: Role = Role.VIEWER) -> User:
     exists = db.session.scalar(sa.select(User.id).where(sa.func.lower(User.email) == email.lower()))
     if exists:
         raise ServiceError(_("A user with that email already exists."), "email")
-    user = User(email=email, password_hash=generate_password_hash(password), role=role)
+    user = User(email=email, password_hash=hash_password(password), role=role)
     db.session.add(user)
     db.session.commit()
     logger.info("created user %s (%s) with role %s", user.id, user.email, role)
@@ -147,8 +153,6 @@ def authenticate(email: str, password: str, ip_address: str) -> LoginResult:
 
 
 def _login_setting(name: str) -> int:
-    from flask import current_app
-
     return int(current_app.config[name])
 
 
@@ -203,9 +207,7 @@ def seed_demo() -> DemoSeed:
     if admin is not None:
         return DemoSeed(DEMO_ADMIN_EMAIL, None, created=False)
     password = generate_password()
-    admin = User(
-        email=DEMO_ADMIN_EMAIL, password_hash=generate_password_hash(password), role=Role.ADMIN
-    )
+    admin = User(email=DEMO_ADMIN_EMAIL, password_hash=hash_password(password), role=Role.ADMIN)
     sender = Sender(
         name="Demo sender (mock)",
         provider=Provider.MOCK,
@@ -330,8 +332,6 @@ def _get_template_for_update(template_id: int) -> MessageTemplate:
 
 def submit_template(template_id: int) -> MessageTemplate:
     """Send a draft (or rejected) template to the provider for review."""
-    from flask import current_app
-
     template = _get_template_for_update(template_id)
     if template.status not in SUBMITTABLE_TEMPLATE_STATUSES:
         raise Conflict(
@@ -365,8 +365,6 @@ def _defer_template_sync(template_id: int, config) -> None:
 
 def sync_template_status(template_id: int) -> MessageTemplate:
     """Ask the provider for a submitted template's status and record it."""
-    from flask import current_app
-
     template = _get_template_for_update(template_id)
     if template.provider_template_id is None:
         db.session.rollback()
@@ -430,8 +428,6 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
 
 def check_sender_connection(sender_id: int) -> tuple[bool, str]:
     """Ask the provider about a sender; return whether it answered well, and what it said."""
-    from flask import current_app
-
     sender = db.session.get(Sender, sender_id)
     if sender is None:
         raise NotFound(_("There is no such sender."))
@@ -483,7 +479,7 @@ def reset_password(user_id: int) -> str:
     if user is None:
         raise NotFound(_("There is no such user."))
     password = generate_password()
-    user.password_hash = generate_password_hash(password)
+    user.password_hash = hash_password(password)
     db.session.commit()
     return password
 
@@ -933,8 +929,6 @@ def test_send(campaign_id: int, phone_raw: str, user_id: int) -> str:
     It goes through the sender's provider and its WhatsApp limit like any send;
     nothing is recorded as a campaign message. Returns the provider's message id.
     """
-    from flask import current_app
-
     from campaigns import erp, phones, ratelimit
 
     campaign = db.session.get(Campaign, campaign_id)

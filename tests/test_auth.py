@@ -5,6 +5,7 @@ from flask import Blueprint
 
 from app import db
 from campaigns.auth import PUBLIC_ENDPOINTS, is_self_authenticated, requires
+from campaigns.config import load_settings
 from campaigns.models import LoginAttempt, Role, User
 from tests.conftest import PASSWORD, csrf_token_from, login, make_app
 
@@ -107,7 +108,8 @@ def test_logout_ends_the_session(client, login_as):
     assert client.get("/").status_code == 302
 
 
-def test_passwords_are_stored_with_a_slow_modern_hash(user_factory):
+def test_passwords_are_stored_with_a_slow_modern_hash(app, user_factory):
+    app.config["PASSWORD_HASH_METHOD"] = load_settings().flask_config()["PASSWORD_HASH_METHOD"]
     user = user_factory()
     assert user.password_hash.startswith("scrypt:")
     assert PASSWORD not in user.password_hash

@@ -32,13 +32,22 @@ ENSURE_ROWS = sa.text(
 _SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COLUMNS)
 # -- a campaign's totals, summed over its shards
 TOTALS = sa.text(f"SELECT {_SUMS} FROM campaign_counters WHERE campaign_id = :campaign_id")
+
+
+def minute_upsert(rows_sql: str) -> str:
+    """Add ``rows_sql``'s (campaign_id, minute, shard, sent, failed) to the per-minute stats."""
+    return (
+        "INSERT INTO campaign_minute_stats (campaign_id, minute, shard, sent, failed) "
+        + rows_sql
+        + " ON CONFLICT (campaign_id, minute, shard) DO UPDATE"
+        " SET sent = campaign_minute_stats.sent + excluded.sent,"
+        " failed = campaign_minute_stats.failed + excluded.failed"
+    )
+
+
 # -- messages sent (and failed) per minute, for throughput and the hourly chart
 BUMP_MINUTE = sa.text(
-    "INSERT INTO campaign_minute_stats (campaign_id, minute, shard, sent, failed)"
-    " VALUES (:campaign_id, date_trunc('minute', now()), :shard, :sent, :failed)"
-    " ON CONFLICT (campaign_id, minute, shard) DO UPDATE"
-    " SET sent = campaign_minute_stats.sent + excluded.sent,"
-    " failed = campaign_minute_stats.failed + excluded.failed"
+    minute_upsert("VALUES (:campaign_id, date_trunc('minute', now()), :shard, :sent, :failed)")
 )
 # -- sent over the sliding last 60 s: this minute's bucket in full, plus the previous
 # bucket weighted by how much of it is still inside the window (sends assumed even)
@@ -98,21 +107,40 @@ def ensure_rows(session: Session, campaign_id: int) -> None:
     session.execute(ENSURE_ROWS, {"campaign_id": campaign_id, "last": COUNTER_SHARDS - 1})
 
 
-def apply(session: Session, campaign_id: int, deltas: Mapping[str, int]) -> None:
-    """Add ``deltas`` to one random shard of the campaign's counters."""
-    changes = {name: n for name, n in deltas.items() if n}
-    if not changes:
-        return
+def random_shard() -> int:
+    return random.randrange(COUNTER_SHARDS)
+
+
+def _changes(deltas: Mapping[str, int]) -> dict[str, int]:
+    changes = {name: int(n) for name, n in deltas.items() if n}
     unknown = set(changes) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown counters: {unknown}")
+    return changes
+
+
+def shard_update(deltas: Mapping[str, int], campaign_id_sql: str) -> str:
+    """SQL adding constant ``deltas`` to shard ``:shard`` of a campaign, to embed in a statement."""
+    # Names checked against COLUMNS, numbers are ints: nothing here comes from a user.
+    assignments = ", ".join(f"{name} = {name} + {n}" for name, n in _changes(deltas).items())
+    return (
+        f"UPDATE campaign_counters SET {assignments}"
+        f" WHERE campaign_id = {campaign_id_sql} AND shard = :shard"
+    )
+
+
+def apply(session: Session, campaign_id: int, deltas: Mapping[str, int]) -> None:
+    """Add ``deltas`` to one random shard of the campaign's counters."""
+    changes = _changes(deltas)
+    if not changes:
+        return
     assignments = ", ".join(f"{name} = {name} + :{name}" for name in changes)
     session.execute(
         sa.text(
-            f"UPDATE campaign_counters SET {assignments}"  # names checked against COLUMNS above
+            f"UPDATE campaign_counters SET {assignments}"  # names checked against COLUMNS
             " WHERE campaign_id = :campaign_id AND shard = :shard"
         ),
-        {**changes, "campaign_id": campaign_id, "shard": random.randrange(COUNTER_SHARDS)},
+        {**changes, "campaign_id": campaign_id, "shard": random_shard()},
     )
 
 
@@ -127,7 +155,7 @@ def bump_minute(session: Session, campaign_id: int, sent: int = 0, failed: int =
             BUMP_MINUTE,
             {
                 "campaign_id": campaign_id,
-                "shard": random.randrange(COUNTER_SHARDS),
+                "shard": random_shard(),
                 "sent": sent,
                 "failed": failed,
             },

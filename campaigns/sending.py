@@ -466,6 +466,46 @@ def move(
     return old
 
 
+def _claim_statement(source: MessageStatus) -> sa.TextClause:
+    shard = counters.shard_update(
+        counters.transition_deltas(source, MessageStatus.SENDING), "(SELECT campaign_id FROM m)"
+    )
+    return sa.text(
+        # -- claim a message for its call: `sending` with the attempt's time; counters follow
+        "WITH m AS (UPDATE messages SET status = 'sending', sending_at = now(),"
+        " attempts = attempts + 1, updated_at = now()"
+        f" WHERE id = :id AND status = '{source.value}' RETURNING campaign_id),"
+        f" c AS ({shard})"
+        " SELECT campaign_id FROM m"
+    )
+
+
+# One round trip and one new row version each, where moving, stamping and counting
+# separately cost four statements and two row versions (bench/README.md).
+CLAIM = {
+    source: _claim_statement(source) for source in (MessageStatus.QUEUED, MessageStatus.RETRYING)
+}
+_SENT_COUNTERS = counters.shard_update(
+    counters.transition_deltas(MessageStatus.SENDING, MessageStatus.SENT),
+    "(SELECT campaign_id FROM m WHERE moved)",
+)
+RECORD_SENT = sa.text(
+    # -- the provider accepted it: `sent` unless a status webhook moved it on already
+    # (never backwards); counters and this minute's stats follow only if it moved
+    "WITH old AS (SELECT id, status FROM messages WHERE id = :id FOR UPDATE),"
+    " m AS (UPDATE messages m SET provider_message_id = :wamid, sent_at = now(),"
+    " error_code = NULL, error_text = NULL, updated_at = now(),"
+    " status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
+    " FROM old WHERE m.id = old.id RETURNING m.campaign_id, old.status = 'sending' AS moved),"
+    f" c AS ({_SENT_COUNTERS}),"
+    " s AS ("
+    + counters.minute_upsert(
+        "SELECT campaign_id, date_trunc('minute', now()), :shard, 1, 0 FROM m WHERE moved"
+    )
+    + ") SELECT moved FROM m"
+)
+
+
 def _commit_keeping_loaded(session: Session) -> None:
     """Commit without expiring what was loaded: the provider call needs the message,
     campaign, sender and template as claimed, and reloading them costs four queries."""
@@ -523,12 +563,10 @@ def send(
 
     # Claim, and commit `sending` before the HTTP call: a crash from here on
     # leaves a row the maintenance task reconciles (at-least-once).
-    db.session.execute(
-        sa.update(Message)
-        .where(Message.id == message_id)
-        .values(sending_at=sa.func.now(), attempts=Message.attempts + 1)
-    )
-    if move(db.session, message_id, [expected], MessageStatus.SENDING) is None:
+    claimed = db.session.execute(
+        CLAIM[expected], {"id": message_id, "shard": counters.random_shard()}
+    ).first()
+    if claimed is None:
         db.session.rollback()
         return SendOutcome("skipped", "claimed by another job")
     _commit_keeping_loaded(db.session())  # the scoped session's current Session
@@ -543,19 +581,10 @@ def send(
         return _record_error(
             message_id, campaign.id, error, last_attempt=last_attempt, retry_queue=retry_queue
         )
-    # A status webhook may already have moved it further; never move backwards.
     db.session.execute(
-        sa.update(Message)
-        .where(Message.id == message_id)
-        .values(
-            provider_message_id=result.provider_message_id,
-            sent_at=sa.func.now(),
-            error_code=None,
-            error_text=None,
-        )
+        RECORD_SENT,
+        {"id": message_id, "wamid": result.provider_message_id, "shard": counters.random_shard()},
     )
-    if move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.SENT) is not None:
-        counters.bump_minute(db.session, campaign.id, sent=1)
     db.session.commit()
     return SendOutcome("sent", result.provider_message_id)
 

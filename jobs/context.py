@@ -11,14 +11,24 @@ from typing import Any
 from flask import Flask
 
 _sized_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_job_slots = 0  # the worker's concurrency, once size_thread_pool has seen it
 
 
 @functools.cache
 def flask_app() -> Flask:
     """The worker process's Flask app, built once, on the first job."""
     from app import create_app
+    from campaigns.config import load_settings
 
-    return create_app()
+    if not _job_slots:
+        return create_app()
+    # A message job holds two connections while it takes the rate limits (its session's
+    # and the limiter's autocommit one). With fewer kept in the pool than that, every
+    # job past the pool opens a connection and closes it again (bench/README.md).
+    engine = load_settings().flask_config()["SQLALCHEMY_ENGINE_OPTIONS"]
+    return create_app(
+        {"SQLALCHEMY_ENGINE_OPTIONS": {**engine, "pool_size": 2 * _job_slots, "max_overflow": 2}}
+    )
 
 
 def flask_context(call_next: Any, context: Any, worker: Any) -> Any:
@@ -37,9 +47,11 @@ async def size_thread_pool(call_next: Any, context: Any, worker: Any) -> Any:
     Procrastinate runs sync tasks in the event loop's default executor, which has
     min(32, cores + 4) threads — 6 on a 2-core dyno, fewer than ``--concurrency``.
     """
+    global _job_slots
     loop = asyncio.get_running_loop()
     if loop not in _sized_loops:
         _sized_loops.add(loop)
+        _job_slots = worker.concurrency
         loop.set_default_executor(
             ThreadPoolExecutor(max_workers=worker.concurrency + 2, thread_name_prefix="job")
         )

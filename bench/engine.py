@@ -964,7 +964,7 @@ def profile(ctx: Context) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import sending, services
+    from campaigns import erp, sending, services
     from campaigns.models import Message, MessageStatus
 
     args = ctx.args
@@ -984,15 +984,17 @@ def profile(ctx: Context) -> dict[str, Any]:
             counter = StatementCounter(db.engine)
             web = Monitor(url, stack)
             result: dict[str, Any] = {"recipients": recipients}
+            reader = erp.PageReader(erp.client_from_config(config), sending.FAN_OUT_PAGE_SIZE)
             try:
                 pages: list[sending.FanOutPage | None] = []
-                result["fanout"] = _halves(
-                    math.ceil(recipients / sending.FAN_OUT_PAGE_SIZE),
-                    lambda _i: pages.append(sending.fan_out_page(campaign_id, config)),
-                    web,
-                    counter,
-                    args.profile_top,
-                )
+                with reader:
+                    result["fanout"] = _halves(
+                        math.ceil(recipients / sending.FAN_OUT_PAGE_SIZE),
+                        lambda _i: pages.append(sending.fan_out_page(campaign_id, reader)),
+                        web,
+                        counter,
+                        args.profile_top,
+                    )
                 if not (pages and pages[-1] and pages[-1].done):
                     raise RuntimeError(f"the fan-out did not end on its last page: {pages[-1:]}")
                 sending.pump(campaign_id)

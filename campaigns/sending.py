@@ -240,7 +240,24 @@ INSERT_PAGE = sa.text(
 )
 
 
-def fan_out_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | None:
+def load_audience(campaign_id: int, config: Mapping[str, Any]) -> None:
+    """The fan-out: every page left, until the audience is loaded or the campaign stops."""
+    with erp.PageReader(erp.client_from_config(config), FAN_OUT_PAGE_SIZE) as pages:
+        while (page := fan_out_page(campaign_id, pages)) is not None and not page.done:
+            pass
+
+
+# -- which of these phones the campaign already has (not skipped). One index probe per
+# phone: as `phone IN (…)`, a campaign newer than the table's statistics was read
+# whole on every page, so a fan-out grew quadratic (bench/README.md)
+TAKEN_PHONES = sa.text(
+    "SELECT p.phone FROM unnest(CAST(:phones AS text[])) AS p(phone) CROSS JOIN LATERAL"
+    " (SELECT 1 FROM messages m WHERE m.campaign_id = :campaign_id AND m.phone = p.phone"
+    " AND m.status <> 'skipped' LIMIT 1) AS hit"
+)
+
+
+def fan_out_page(campaign_id: int, pages: erp.PageReader) -> FanOutPage | None:
     """Load the next ERP page of the audience into ``messages``; None if not sending.
 
     Resumable and idempotent: the cursor advances in the same transaction as the
@@ -254,8 +271,7 @@ def fan_out_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | No
     ):
         db.session.rollback()
         return None
-    with erp.client_from_config(config) as client:
-        page = client.page(campaign.segment, campaign.erp_cursor, FAN_OUT_PAGE_SIZE)
+    page = pages.page(campaign.segment, campaign.erp_cursor)
     rows = _message_rows(campaign, page.customers)
     inserted = (
         [
@@ -289,15 +305,7 @@ def _message_rows(campaign: Campaign, customers: list[dict[str, Any]]) -> list[d
     suppressed = set(
         db.session.scalars(sa.select(Suppression.phone).where(Suppression.phone.in_(wanted)))
     )
-    taken = set(
-        db.session.scalars(
-            sa.select(Message.phone).where(
-                Message.campaign_id == campaign.id,
-                Message.phone.in_(wanted),
-                Message.status != MessageStatus.SKIPPED,
-            )
-        )
-    )
+    taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
     # The variables' fields, and always the name: the recipients table shows and searches it.
     fields = sorted(
         {m["field"] for m in campaign.variable_mapping.values() if "field" in m} | {"name"}

@@ -72,9 +72,7 @@ def scheduler_tick(timestamp: int) -> None:
 def fan_out(context: JobContext, campaign_id: int) -> None:
     """Load the campaign's audience from the ERP, page by page, resumably."""
     try:
-        while (page := sending.fan_out_page(campaign_id, current_app.config)) is not None:
-            if page.done:
-                return
+        sending.load_audience(campaign_id, current_app.config)
     except erp.ErpError as error:
         last = context.job.attempts >= FAN_OUT_ATTEMPTS or error.is_caller_error
         logger.warning("campaign %s: ERP error (job %s): %s", campaign_id, context.job.id, error)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -11,7 +13,14 @@ import pytest
 from flask import Flask
 
 from campaigns.config import ConfigError
-from campaigns.erp import ErpClient, ErpError, ErpPage, client_from_config, segment_query
+from campaigns.erp import (
+    ErpClient,
+    ErpError,
+    ErpPage,
+    PageReader,
+    client_from_config,
+    segment_query,
+)
 from tests.conftest import SUFFIX, scratch_app, serving
 
 SMALL = 20_000
@@ -134,6 +143,54 @@ def test_iter_customers_reads_each_customer_once_and_resumes_from_a_stored_curso
     rest = client.iter_customers(SEGMENT, stored, page_size=100)
     resumed = [c["id"] for page, _ in rest for c in page.customers]
     assert resumed == ids[200:]
+
+
+def test_the_page_reader_fetches_the_next_page_while_the_caller_stores_this_one(live_erp):
+    asked: list[str | None] = []
+    second_asked = threading.Event()
+    erp = ErpClient(live_erp)
+    page_of = erp.page
+
+    def spy(segment, cursor=None, limit=500):
+        asked.append(cursor)
+        if len(asked) == 2:
+            second_asked.set()
+        return page_of(segment, cursor, limit)
+
+    erp.page = spy  # type: ignore[method-assign]
+    with PageReader(erp, page_size=100) as reader:
+        first = reader.page(SEGMENT, None)
+        # Nobody asked for page 2 yet, and it is on its way.
+        assert second_asked.wait(5)
+        assert asked == [None, first.next_cursor]
+        ids, cursor = [c["id"] for c in first.customers], first.next_cursor
+        while cursor is not None:
+            page = reader.page(SEGMENT, cursor)
+            ids += [c["id"] for c in page.customers]
+            cursor = page.next_cursor
+        # Each page was requested once, and the walk is the plain client's walk.
+        assert len(asked) == len(set(asked))
+        with ErpClient(live_erp) as other:
+            walk = other.iter_customers(SEGMENT, page_size=100)
+            plain = [c["id"] for page, _ in walk for c in page.customers]
+        assert ids == plain
+        # A cursor other than the one fetched ahead (resumed elsewhere) is read afresh.
+        again = reader.page(SEGMENT, first.next_cursor)
+        assert [c["id"] for c in again.customers] == plain[100:200]
+
+
+def test_the_page_reader_raises_the_erps_errors_to_the_caller():
+    down = answering("503 Service Unavailable", b'{"error": {"message": "maintenance"}}')
+    with serving(down) as base, PageReader(ErpClient(base)) as reader:
+        with pytest.raises(ErpError, match="maintenance") as caught:
+            reader.page(None, None)
+        assert caught.value.status == 503
+    stuck = answering("200 OK", b'{"customers": [{"id": "C1"}], "next_cursor": "same"}')
+    with serving(stuck) as base, PageReader(ErpClient(base)) as reader:
+        started = time.monotonic()
+        with pytest.raises(ErpError, match="same cursor"):
+            reader.page(None, "same")
+        assert time.monotonic() - started < 5
 
 
 def test_a_bad_segment_is_a_caller_error_with_the_erps_field_messages(client):

@@ -29,8 +29,7 @@ def _oob_ids(html: str) -> set[str]:
 def _send_everything(app, campaign) -> None:
     """Drive a campaign from start to completed in-process, as workers would."""
     services.send_campaign_now(campaign.id, campaign.owner_id)
-    while (page := sending.fan_out_page(campaign.id, app.config)) is not None and not page.done:
-        pass
+    sending.load_audience(campaign.id, app.config)
     while True:
         sending.pump(campaign.id)
         ids = [j["args"]["message_id"] for j in jobs(sending.SEND_TASK) if j["status"] == "todo"]

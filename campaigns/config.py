@@ -82,6 +82,21 @@ def _fraction(name: str, default: float) -> float:
     return value
 
 
+# Replies that mean "stop messaging me", Portuguese and English.
+DEFAULT_OPT_OUT_KEYWORDS = "STOP,SAIR,PARAR,PARE,CANCELAR,DESCADASTRAR,UNSUBSCRIBE"
+
+
+def _words(name: str, default: str) -> frozenset[str]:
+    """A comma-separated list, compared lowercased and trimmed."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        raw = default
+    words = frozenset(w.strip().lower() for w in raw.split(",") if w.strip())
+    if not words:
+        raise ConfigError(f"{name} must list at least one word, not {raw!r}")
+    return words
+
+
 def normalise_database_url(url: str) -> str:
     """Return a libpq URL (``postgresql://``) from any spelling platforms hand out."""
     url = url.strip()
@@ -151,6 +166,9 @@ class Settings:
     login_lockout_minutes: int
     stalled_worker_seconds: int
     sending_lease_seconds: int
+    auto_pause_failure_rate: float
+    auto_pause_min_outcomes: int
+    opt_out_keywords: frozenset[str]
     mock_erp_customers: int
     mock_erp_latency_ms: int
     mock_erp_failure_rate: float
@@ -186,6 +204,9 @@ class Settings:
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
             "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
+            "AUTO_PAUSE_FAILURE_RATE": self.auto_pause_failure_rate,
+            "AUTO_PAUSE_MIN_OUTCOMES": self.auto_pause_min_outcomes,
+            "OPT_OUT_KEYWORDS": self.opt_out_keywords,
             "MOCK_ERP_CUSTOMERS": self.mock_erp_customers,
             "MOCK_ERP_LATENCY_MS": self.mock_erp_latency_ms,
             "MOCK_ERP_FAILURE_RATE": self.mock_erp_failure_rate,
@@ -237,6 +258,10 @@ def load_settings() -> Settings:
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.
         stalled_worker_seconds=_int_setting("STALLED_WORKER_SECONDS", 120, minimum=15),
         sending_lease_seconds=_int_setting("SENDING_LEASE_SECONDS", 120),
+        # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
+        auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),
+        auto_pause_min_outcomes=_int_setting("AUTO_PAUSE_MIN_OUTCOMES", 20),
+        opt_out_keywords=_words("OPT_OUT_KEYWORDS", DEFAULT_OPT_OUT_KEYWORDS),
         mock_erp_customers=_mock_erp_customers(),
         mock_erp_latency_ms=_int_setting("MOCK_ERP_LATENCY_MS", 0, minimum=0),
         mock_erp_failure_rate=_fraction("MOCK_ERP_FAILURE_RATE", 0.0),

@@ -61,6 +61,13 @@ SENT_LAST_MINUTE = sa.text(
     f"SELECT campaign_id, {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
     f" WHERE campaign_id = ANY(:campaign_ids) AND {_LAST_TWO_MINUTES} GROUP BY campaign_id"
 )
+# -- a campaign's sent and failed messages over the last RECENT_MINUTES minute buckets
+RECENT_OUTCOMES = sa.text(
+    "SELECT coalesce(sum(sent), 0)::bigint, coalesce(sum(failed), 0)::bigint"
+    " FROM campaign_minute_stats WHERE campaign_id = :campaign_id"
+    " AND minute > date_trunc('minute', now()) - :minutes * interval '1 minute'"
+)
+RECENT_MINUTES = 5
 # -- one campaign's progress in one round trip: totals, the last minute, the database's now
 SNAPSHOT = sa.text(
     f"SELECT {_SUMS}, (SELECT {_LAST_MINUTE_SUM} FROM campaign_minute_stats"
@@ -160,6 +167,18 @@ def bump_minute(session: Session, campaign_id: int, sent: int = 0, failed: int =
                 "failed": failed,
             },
         )
+
+
+def recent_outcomes(session: Session, campaign_id: int) -> tuple[int, int]:
+    """(sent, failed) in the last RECENT_MINUTES minutes, this one included.
+
+    A message accepted and then failed by a status webhook counts in both, so the
+    failure share this gives errs low.
+    """
+    row = session.execute(
+        RECENT_OUTCOMES, {"campaign_id": campaign_id, "minutes": RECENT_MINUTES}
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def sent_last_minute(session: Session, campaign_ids: Collection[int]) -> dict[int, int]:

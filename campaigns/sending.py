@@ -589,7 +589,12 @@ def send(
         )
     except providers.SendError as error:
         return _record_error(
-            message_id, campaign.id, error, last_attempt=last_attempt, retry_queue=retry_queue
+            message_id,
+            campaign.id,
+            error,
+            config,
+            last_attempt=last_attempt,
+            retry_queue=retry_queue,
         )
     db.session.execute(
         RECORD_SENT,
@@ -603,6 +608,7 @@ def _record_error(
     message_id: int,
     campaign_id: int,
     error: providers.SendError,
+    config: Mapping[str, Any],
     *,
     last_attempt: bool,
     retry_queue: bool,
@@ -618,11 +624,7 @@ def _record_error(
         .values(error_code=code, error_text=error.message[:2000])
     )
     kind = error.kind
-    if (
-        kind in (ErrorKind.RETRY, ErrorKind.SLOW_RETRY)
-        and not last_attempt
-        and kind is ErrorKind.RETRY
-    ):
+    if kind is ErrorKind.RETRY and not last_attempt:
         back = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
         move(db.session, message_id, [MessageStatus.SENDING], back)
         db.session.commit()
@@ -647,12 +649,7 @@ def _record_error(
         return SendOutcome("retrying", error.message)
     if kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER):
         move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.PENDING)
-        if error.code == 132016:  # the template is disabled: the campaign cannot go on at all
-            db.session.commit()
-            fail_campaign(campaign_id, _("WhatsApp disabled the template (132016)."))
-            return SendOutcome("failed", error.message)
-        _auto_pause(campaign_id, error, every_campaign_of_sender=kind is ErrorKind.PAUSE_SENDER)
-        db.session.commit()
+        stop_for_code(campaign_id, error.code, error.message, kind)
         return SendOutcome("paused", error.message)
     # Permanent, or retries exhausted.
     move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.FAILED)
@@ -667,19 +664,47 @@ def _record_error(
             .values(phone=phone, reason=error.message[:200], source="provider")
             .on_conflict_do_nothing(index_elements=["phone"])
         )
+    pause_if_failing(campaign_id, config)
     db.session.commit()
     return SendOutcome("failed", error.message)
 
 
-def _auto_pause(
-    campaign_id: int, error: providers.SendError, *, every_campaign_of_sender: bool
-) -> None:
+def stop_for_code(campaign_id: int, code: int | None, text: str, kind: ErrorKind) -> None:
+    """WhatsApp said stop (quality, template, account): pause, or fail, and commit.
+
+    132016 (the template disabled) fails the campaign, which cannot go on at all;
+    account-wide codes pause every sending campaign of the sender; the rest pause
+    this campaign. Resuming is the operator's decision.
+    """
+    if code == 132016:
+        db.session.commit()
+        fail_campaign(campaign_id, _("WhatsApp disabled the template (132016)."))
+        return
+    reason = _("Paused by WhatsApp's answer %(code)s: %(m)s") % {"code": code, "m": text}
+    _auto_pause(campaign_id, reason, every_campaign_of_sender=kind is ErrorKind.PAUSE_SENDER)
+    db.session.commit()
+
+
+def pause_if_failing(campaign_id: int, config: Mapping[str, Any]) -> None:
+    """Pause a campaign whose recent failure rate is over AUTO_PAUSE_FAILURE_RATE (caller commits).
+
+    Recent: the outcomes of the last few minutes (counters.recent_outcomes), and at
+    least AUTO_PAUSE_MIN_OUTCOMES of them, so three early failures pause nothing.
+    """
+    threshold = float(config["AUTO_PAUSE_FAILURE_RATE"])
+    sent, failed = counters.recent_outcomes(db.session, campaign_id)
+    outcomes = sent + failed
+    if outcomes < int(config["AUTO_PAUSE_MIN_OUTCOMES"]) or failed <= threshold * outcomes:
+        return
+    reason = _(
+        "Paused: %(failed)d of the last %(n)d messages failed, more than %(pct)d %% allowed."
+    ) % {"failed": failed, "n": outcomes, "pct": round(threshold * 100)}
+    _auto_pause(campaign_id, reason, every_campaign_of_sender=False)
+
+
+def _auto_pause(campaign_id: int, reason: str, *, every_campaign_of_sender: bool) -> None:
     campaign = _lock_campaign(db.session, campaign_id)
     assert campaign is not None
-    reason = _("Paused by WhatsApp's answer %(code)s: %(m)s") % {
-        "code": error.code,
-        "m": error.message,
-    }
     targets = [campaign]
     if every_campaign_of_sender:
         targets = list(

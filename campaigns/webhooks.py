@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import db
 from campaigns import counters, phones
 from campaigns.models import Message, MessageStatus, Sender, Suppression
-from campaigns.providers.errors import OPT_OUT_CODES
-from campaigns.sending import move
+from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
+from campaigns.sending import move, pause_if_failing, stop_for_code
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ STAMP = {
     MessageStatus.READ: "read_at",
     MessageStatus.FAILED: "failed_at",
 }
-# Replies that mean "stop messaging me" (Portuguese and English, compared lowercased).
-OPT_OUT_WORDS = frozenset(
-    {"sair", "parar", "pare", "stop", "cancelar", "descadastrar", "unsubscribe"}
-)
 
 
 def _app_secrets(global_secret: str | None) -> list[str]:
@@ -85,14 +81,28 @@ def _values(payload: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
                 yield value
 
 
-def apply(payload: Mapping[str, Any]) -> dict[str, int]:
-    """Apply every status and opt-out reply in a webhook; return what happened, for the log."""
-    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0}
+def apply(payload: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, int]:
+    """Apply every status, opt-out reply and marketing preference in a webhook.
+
+    Returns what happened, for the log.
+    """
+    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0}
+    failed_campaigns: dict[int, tuple[Any, str]] = {}
     for value in _values(payload):
         for status in value.get("statuses") or []:
-            summary[_apply_status(status)] += 1
+            summary[_apply_status(status, failed_campaigns)] += 1
         for message in value.get("messages") or []:
-            summary["opt_outs"] += _apply_reply(message)
+            summary["opt_outs"] += _apply_reply(message, config["OPT_OUT_KEYWORDS"])
+        for preference in value.get("user_preferences") or []:
+            change = _apply_preference(preference)
+            if change:
+                summary[change] += 1
+    # What the failures say about their campaigns, once each, after the statuses.
+    for campaign_id, (code, text) in failed_campaigns.items():
+        if kind := _stop_kind(code):
+            stop_for_code(campaign_id, code, text, kind)
+        else:
+            pause_if_failing(campaign_id, config)
     db.session.commit()
     return summary
 
@@ -113,7 +123,7 @@ def _find_message(status: Mapping[str, Any]) -> Message | None:
     return message
 
 
-def _apply_status(status: Mapping[str, Any]) -> str:
+def _apply_status(status: Mapping[str, Any], failed_campaigns: dict[int, tuple[Any, str]]) -> str:
     target = WEBHOOK_STATUS.get(str(status.get("status")))
     message = _find_message(status)
     if message is None or target is None:
@@ -134,10 +144,19 @@ def _apply_status(status: Mapping[str, Any]) -> str:
         counters.bump_minute(db.session, message.campaign_id, failed=1)
         if error.get("code") in OPT_OUT_CODES:
             _suppress(message.phone, values["error_text"] or "131050", "provider")
+        code = error.get("code")
+        if message.campaign_id not in failed_campaigns or _stop_kind(code):
+            failed_campaigns[message.campaign_id] = (code, values["error_text"] or "")
     elif old is MessageStatus.SENDING:
         counters.bump_minute(db.session, message.campaign_id, sent=1)
     db.session.execute(sa.update(Message).where(Message.id == message.id).values(**values))
     return "applied"
+
+
+def _stop_kind(code: Any) -> ErrorKind | None:
+    """The pause a failure's code calls for (quality, template, account), if any."""
+    kind = classify(code, None) if isinstance(code, int) else None
+    return kind if kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER) else None
 
 
 def _timestamp(raw: Any) -> datetime:
@@ -147,18 +166,45 @@ def _timestamp(raw: Any) -> datetime:
         return datetime.now(UTC)
 
 
-def _apply_reply(message: Mapping[str, Any]) -> int:
+def _wa_phone(wa_id: Any) -> str | None:
+    return phones.normalise("+" + str(wa_id or "").lstrip("+"))
+
+
+def _apply_reply(message: Mapping[str, Any], keywords: Collection[str]) -> int:
     text = str(
         ((message.get("text") or {}).get("body")) or (message.get("button") or {}).get("text") or ""
     )
-    if text.strip().lower() not in OPT_OUT_WORDS:
+    if text.strip().lower() not in keywords:
         return 0
-    phone = phones.normalise("+" + str(message.get("from", "")).lstrip("+"))
+    phone = _wa_phone(message.get("from"))
     if phone is None:
         return 0
     _suppress(phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
+
+
+def _apply_preference(preference: Mapping[str, Any]) -> str | None:
+    """The customer stopped (or resumed) marketing messages in WhatsApp itself."""
+    phone = _wa_phone(preference.get("wa_id"))
+    if phone is None or preference.get("category") != "marketing_messages":
+        return None
+    if preference.get("value") == "stop":
+        _suppress(phone, str(preference.get("detail") or "Stopped marketing messages"), "provider")
+        logger.info("marketing opt-out preference from a customer: number suppressed")
+        return "opt_outs"
+    if preference.get("value") == "resume":
+        # Only what WhatsApp itself reported is lifted; a reply, a hand entry or an
+        # import stays until an operator removes it.
+        removed = db.session.execute(
+            sa.delete(Suppression).where(
+                Suppression.phone == phone, Suppression.source == "provider"
+            )
+        ).rowcount
+        if removed:
+            logger.info("marketing opt-in preference from a customer: suppression lifted")
+            return "opt_ins"
+    return None
 
 
 def _suppress(phone: str, reason: str, source: str) -> None:

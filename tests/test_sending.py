@@ -21,8 +21,9 @@ from campaigns.models import (
     Notification,
     Suppression,
 )
-from campaigns.providers.base import SendError
+from campaigns.providers.base import SendError, SendResult
 from campaigns.providers.errors import ErrorKind
+from tests.conftest import demo_campaign
 
 
 def jobs(task: str) -> list[dict]:
@@ -281,6 +282,45 @@ def test_an_auth_error_pauses_the_campaign_with_the_reason(app, campaign, fake):
     )  # it goes out after resume
 
 
+def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign, fake):
+    app.config.update(AUTO_PAUSE_FAILURE_RATE=0.5, AUTO_PAUSE_MIN_OUTCOMES=10)
+    ids = _queue_all(app, campaign)
+    undeliverable = SendError("undeliverable", ErrorKind.PERMANENT, code=131026, http_status=400)
+    # Six sent, then failures: 4 of 10 is not over half, 6 of 12 is not, 7 of 13 is.
+    fake.script = [SendResult(f"wamid.ok{i}") for i in range(6)] + [undeliverable] * 7
+    for message_id in ids[:12]:
+        assert sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
+        db.session.refresh(campaign)
+        assert campaign.status is CampaignStatus.SENDING
+    sending.send(ids[12], app.config, last_attempt=False, retry_queue=False)
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.PAUSED
+    assert campaign.status_reason == (
+        "Paused: 7 of the last 13 messages failed, more than 50 % allowed."
+    )
+    assert {"campaign_id": campaign.id, "kind": "auto_paused"} in [
+        j["args"] for j in jobs(sending.NOTIFY_TASK)
+    ]
+    # The rest went back to pending: nothing more goes out until an operator resumes.
+    assert message_counts(campaign.id).get("queued", 0) == 0
+    assert sending.send(ids[13], app.config, last_attempt=False, retry_queue=False).status == (
+        "skipped"
+    )
+    assert_counters_match_rows(campaign.id)
+
+
+def test_a_failure_rate_of_one_never_pauses(app, campaign, fake):
+    app.config.update(AUTO_PAUSE_FAILURE_RATE=1.0, AUTO_PAUSE_MIN_OUTCOMES=1)
+    ids = _queue_all(app, campaign)
+    fake.script = [SendError("undeliverable", ErrorKind.PERMANENT, code=131026)] * 5
+    for message_id in ids[:5]:
+        assert sending.send(
+            message_id, app.config, last_attempt=False, retry_queue=False
+        ).status == ("failed")
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.SENDING
+
+
 def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
     ids = _queue_all(app, campaign)
     while ids:
@@ -385,6 +425,36 @@ def test_a_failed_status_with_its_error(app, client, campaign, fake):
     assert_counters_match_rows(campaign.id)
 
 
+@pytest.mark.parametrize(
+    ("code", "whole_sender"), [(131048, False), (132015, False), (368, True), (131031, True)]
+)
+def test_a_failed_status_that_means_stop_pauses(app, client, campaign, fake, code, whole_sender):
+    other = demo_campaign(campaign.owner_id, 10, name="Same sender")
+    services.send_campaign_now(other.id, other.owner_id)
+    first = _queue_all(app, campaign)[0]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": code, "title": "stop"}])
+    raw, headers = _signed(app, body)
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["applied"] == 1
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign.id).status is CampaignStatus.PAUSED
+    assert str(code) in db.session.get(Campaign, campaign.id).status_reason
+    expected = CampaignStatus.PAUSED if whole_sender else CampaignStatus.SENDING
+    assert db.session.get(Campaign, other.id).status is expected
+    assert_counters_match_rows(campaign.id)
+
+
+def test_a_failed_status_for_a_disabled_template_fails_the_campaign(app, client, campaign, fake):
+    first = _queue_all(app, campaign)[0]
+    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": 132016, "title": "off"}])
+    raw, headers = _signed(app, body)
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.FAILED and "132016" in campaign.status_reason
+    assert message_counts(campaign.id).get("pending", 0) == 0
+
+
 def test_unknown_messages_are_acknowledged(client, campaign):
     raw, headers = _signed(None, _status("wamid.nobody", "delivered", 999999))
     response = client.post("/webhooks/whatsapp", data=raw, headers=headers)
@@ -415,6 +485,50 @@ def test_an_opt_out_reply_suppresses_the_number(client, campaign):
         .count()
         == 1
     )
+
+
+def _reply(text: str, sender: str = "5511987650000") -> dict:
+    message = {"from": sender, "type": "text", "text": {"body": text}}
+    return {"entry": [{"changes": [{"value": {"messages": [message]}}]}]}
+
+
+def test_the_opt_out_keywords_are_configurable(app, client, campaign):
+    app.config["OPT_OUT_KEYWORDS"] = frozenset({"basta"})
+    raw, headers = _signed(None, _reply("SAIR"))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_outs"] == 0
+    raw, headers = _signed(None, _reply("  Basta "))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_outs"] == 1
+    assert db.session.query(Suppression).filter_by(phone="+5511987650000").count() == 1
+
+
+def _preference(value: str, wa_id: str = "5511987650001") -> dict:
+    preference = {
+        "wa_id": wa_id,
+        "detail": "User requested to stop marketing messages",
+        "category": "marketing_messages",
+        "value": value,
+        "timestamp": 1_800_000_000,
+    }
+    change = {"field": "user_preferences", "value": {"user_preferences": [preference]}}
+    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
+
+
+def test_a_marketing_opt_out_preference_suppresses_and_a_resume_lifts_it(client, campaign):
+    raw, headers = _signed(None, _preference("stop"))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_outs"] == 1
+    suppressed = db.session.query(Suppression).filter_by(phone="+5511987650001").one()
+    assert (suppressed.source, suppressed.reason) == (
+        "provider",
+        "User requested to stop marketing messages",
+    )
+    raw, headers = _signed(None, _preference("resume"))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_ins"] == 1
+    assert db.session.query(Suppression).filter_by(phone="+5511987650001").count() == 0
+    # A number an operator put on the list stays there whatever WhatsApp says.
+    services.add_suppression("+5511987650001", "asked by phone", "manual", campaign.owner_id)
+    raw, headers = _signed(None, _preference("resume"))
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_ins"] == 0
+    assert db.session.query(Suppression).filter_by(phone="+5511987650001").count() == 1
 
 
 def test_webhook_verify_handshake(app, client, campaign):

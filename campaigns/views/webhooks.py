@@ -36,6 +36,6 @@ def whatsapp_receive() -> tuple[Response, int]:
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
         return jsonify(error={"code": "bad_payload", "message": "Expected a JSON object."}), 400
-    summary = webhooks.apply(payload)
+    summary = webhooks.apply(payload, current_app.config)
     logger.info("webhook applied: %s", summary)
     return jsonify(ok=True, **summary), 200

@@ -38,7 +38,7 @@ from campaigns.models import (
     Suppression,
     User,
 )
-from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind
+from campaigns.providers.errors import JOB_FAILED_CODE, OPT_OUT_CODES, ErrorKind
 from campaigns.queues import (
     FAN_OUT_TASK,
     MESSAGES_QUEUE,
@@ -794,3 +794,48 @@ def reconcile_stuck_sending(lease_seconds: float) -> int:
     if stuck:
         logger.warning("reconciled %d messages stuck in sending", len(stuck))
     return len(stuck)
+
+
+# -- messages waiting (queued, retrying) whose job ended without sending them: the job
+# failed on an unexpected error (a bug, the database gone mid-job), so no job is left
+# to move them on, and their campaign would wait for them forever. Driven from the
+# failed jobs (few), never a scan of every message.
+ORPHANED_MESSAGES = sa.text(
+    "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id"
+    " FROM procrastinate_jobs AS j"
+    " JOIN messages AS m ON m.id = (j.args->>'message_id')::bigint"
+    " WHERE j.task_name IN (:send_task, :retry_task) AND j.status IN ('failed', 'aborted')"
+    " AND m.status IN ('queued', 'retrying')"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS alive"
+    "   WHERE alive.task_name IN (:send_task, :retry_task) AND alive.status IN ('todo', 'doing')"
+    "   AND alive.args->>'message_id' = j.args->>'message_id')"
+    " LIMIT 1000"
+)
+
+
+def fail_orphaned_messages() -> int:
+    """Fail, with a reason, the waiting messages whose job failed (see ORPHANED_MESSAGES).
+
+    Failed, not sent again: a job that fails on a bug would fail again, forever.
+    "Retry failed" on the campaign page sends them again (the code is retryable).
+    """
+    params = {"send_task": SEND_TASK, "retry_task": RETRY_TASK}
+    failed = 0
+    for row in db.session.execute(ORPHANED_MESSAGES, params).all():
+        old = move(db.session, row.id, [MessageStatus(row.status)], MessageStatus.FAILED)
+        if old is None:
+            continue  # moved on meanwhile
+        text = _("Its sending job #%(job)d failed unexpectedly (the worker log says why).") % {
+            "job": row.job_id
+        }
+        campaign_id = db.session.execute(
+            sa.update(Message)
+            .where(Message.id == row.id)
+            .values(error_code=JOB_FAILED_CODE, error_text=text, failed_at=sa.func.now())
+            .returning(Message.campaign_id)
+        ).scalar_one()
+        counters.bump_minute(db.session, campaign_id, failed=1)
+        logger.error("message %s failed: its job %s failed", row.id, row.job_id)
+        failed += 1
+    db.session.commit()
+    return failed

@@ -341,6 +341,33 @@ def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
     ]
 
 
+def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app, campaign):
+    ids = _queue_all(app, campaign)
+    broken, alive = ids[0], ids[1]
+    # A job that ended on an unexpected error (the database gone mid-job, a bug):
+    # Procrastinate marks it failed and nothing will move its message on.
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET status = 'failed' WHERE task_name = :task"
+            " AND args->>'message_id' = CAST(:id AS text)"
+        ),
+        {"task": sending.SEND_TASK, "id": broken},
+    )
+    db.session.commit()
+    assert sending.fail_orphaned_messages() == 1
+    assert sending.fail_orphaned_messages() == 0  # once
+    message = db.session.get(Message, broken)
+    db.session.refresh(message)
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "job_failed")
+    assert "failed unexpectedly" in message.error_text and message.failed_at
+    assert db.session.get(Message, alive).status is MessageStatus.QUEUED  # its job waits
+    assert_counters_match_rows(campaign.id)
+    # Disparo's own failure, not the message's: "retry failed" sends it again.
+    assert services.retry_failed(campaign.id, campaign.owner_id) == 1
+    db.session.refresh(message)
+    assert message.status is MessageStatus.PENDING
+
+
 def _signed(app, body: dict) -> tuple[bytes, dict]:
     raw = json.dumps(body).encode()
     secret = services.default_sender().app_secret

@@ -46,6 +46,8 @@ PAUSE_SENDER_CODES = frozenset({368, 131031, 131042})
 PERMISSION_CODES = range(200, 300)
 # Numbers that opted out: the code feeds the suppression list too.
 OPT_OUT_CODES = frozenset({131050})
+# Disparo's own code for a message whose sending job failed unexpectedly (sending.py).
+JOB_FAILED_CODE = "job_failed"
 
 
 def classify(code: int | None, http_status: int | None) -> ErrorKind:
@@ -116,6 +118,9 @@ EXPLANATIONS: dict[str, str] = {
     "suppressed": N_("The number is on the opt-out list."),
     "duplicate": N_("Another customer of this campaign has the same number."),
     "missing_value": N_("A template variable had no value for this customer."),
+    JOB_FAILED_CODE: N_(
+        "Disparo's sending job failed on an unexpected error; the message may be retried."
+    ),
 }
 NO_CODE_EXPLANATION = N_("WhatsApp could not be reached, or gave no reason.")
 PERMISSION_EXPLANATION = N_("The app lacks a permission for this number or account.")
@@ -139,6 +144,8 @@ def stored_kind(code: str | None) -> ErrorKind | None:
     """
     if not code:
         return classify(None, None)
+    if code == JOB_FAILED_CODE:  # Disparo's own failure, not the message's
+        return ErrorKind.RETRY
     number = _number(code)
     if number is None:
         return ErrorKind.PERMANENT

@@ -138,17 +138,11 @@ def shard_update(deltas: Mapping[str, int], campaign_id_sql: str) -> str:
 
 def apply(session: Session, campaign_id: int, deltas: Mapping[str, int]) -> None:
     """Add ``deltas`` to one random shard of the campaign's counters."""
-    changes = _changes(deltas)
-    if not changes:
-        return
-    assignments = ", ".join(f"{name} = {name} + :{name}" for name in changes)
-    session.execute(
-        sa.text(
-            f"UPDATE campaign_counters SET {assignments}"  # names checked against COLUMNS
-            " WHERE campaign_id = :campaign_id AND shard = :shard"
-        ),
-        {**changes, "campaign_id": campaign_id, "shard": random_shard()},
-    )
+    if _changes(deltas):
+        session.execute(
+            sa.text(shard_update(deltas, ":campaign_id")),
+            {"campaign_id": campaign_id, "shard": random_shard()},
+        )
 
 
 def totals(session: Session, campaign_id: int) -> dict[str, int]:

@@ -1,8 +1,10 @@
 """WhatsApp webhooks: verify the handshake and signature, apply statuses idempotently.
 
 Statuses never move a message backwards (``read`` then a late ``delivered`` stays
-``read``) and the same webhook delivered twice changes nothing. Opt-out replies
-and the 131050 error put the number on the suppression list.
+``read``) and the same webhook delivered twice changes nothing. Opt-out replies,
+the 131050 error and a marketing "stop" preference put the number on the
+suppression list; a failure whose code means stop pauses its campaign, as the
+same error on the send would.
 """
 
 from __future__ import annotations

@@ -680,6 +680,13 @@ def _engine_summary(
         ).fetchall()
     )
     (retried,) = conn.execute("SELECT count(*) FROM messages WHERE attempts > 1").fetchone()
+    # Why messages failed, by code: beside the forced ones, any other is a finding.
+    failed_codes = dict(
+        conn.execute(
+            "SELECT coalesce(error_code, '-') || ': ' || left(coalesce(error_text, ''), 80),"
+            " count(*) FROM messages WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+    )
     last = log.get("last", t_send)
     e2e = last - started if sent else None
     interval = 60.0 / LIFTED_PER_MINUTE
@@ -691,6 +698,7 @@ def _engine_summary(
         "messages": state.get("total"),
         "statuses": statuses,
         "forced_error_messages": forced,
+        "failed_codes": failed_codes,
         "messages_retried": retried,
         "sent": sent,
         "duplicates": log["duplicates"],
@@ -1209,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-top", type=int, default=20, help="functions per profile")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run at most")
     parser.add_argument("--quick", action="store_true", help="a small smoke run of every part")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
     if args.quick:
         args.recipients, args.fanout_recipients, args.profile_recipients = 1000, 5000, 1000
@@ -1235,7 +1244,10 @@ def main(argv: list[str] | None = None) -> int:
         if ctx is not None and any(ctx.results.values()):
             report(ctx.results, interrupted=True)  # the runs that did finish
         raise
-    shutil.rmtree(log_dir, ignore_errors=True)
+    if args.keep_logs:
+        print(f"bench/engine.py: the processes' logs are in {log_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
     report(ctx.results)
     return 0
 

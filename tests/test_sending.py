@@ -440,12 +440,17 @@ def test_bad_signatures_change_nothing(app, client, campaign, fake):
     assert db.session.get(Message, first).status is MessageStatus.SENT
 
 
-def test_a_failed_status_with_its_error(app, client, campaign, fake):
+def _send_one_then_fail(app, client, campaign, code: int):
+    """Send the campaign's first message, then post a signed "failed" status with ``code``."""
     first = _queue_all(app, campaign)[0]
     sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": 131049, "title": "held"}])
+    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": code, "title": "no"}])
     raw, headers = _signed(app, body)
-    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    return first, client.post("/webhooks/whatsapp", data=raw, headers=headers)
+
+
+def test_a_failed_status_with_its_error(app, client, campaign, fake):
+    first, _ = _send_one_then_fail(app, client, campaign, 131049)
     message = db.session.get(Message, first)
     db.session.refresh(message)
     assert (message.status, message.error_code) == (MessageStatus.FAILED, "131049")
@@ -458,11 +463,8 @@ def test_a_failed_status_with_its_error(app, client, campaign, fake):
 def test_a_failed_status_that_means_stop_pauses(app, client, campaign, fake, code, whole_sender):
     other = demo_campaign(campaign.owner_id, 10, name="Same sender")
     services.send_campaign_now(other.id, other.owner_id)
-    first = _queue_all(app, campaign)[0]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": code, "title": "stop"}])
-    raw, headers = _signed(app, body)
-    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["applied"] == 1
+    _, response = _send_one_then_fail(app, client, campaign, code)
+    assert response.json["applied"] == 1
     db.session.expire_all()
     assert db.session.get(Campaign, campaign.id).status is CampaignStatus.PAUSED
     assert str(code) in db.session.get(Campaign, campaign.id).status_reason
@@ -472,11 +474,7 @@ def test_a_failed_status_that_means_stop_pauses(app, client, campaign, fake, cod
 
 
 def test_a_failed_status_for_a_disabled_template_fails_the_campaign(app, client, campaign, fake):
-    first = _queue_all(app, campaign)[0]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    body = _status(f"wamid.{first}", "failed", first, errors=[{"code": 132016, "title": "off"}])
-    raw, headers = _signed(app, body)
-    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    _send_one_then_fail(app, client, campaign, 132016)
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.FAILED and "132016" in campaign.status_reason
     assert message_counts(campaign.id).get("pending", 0) == 0

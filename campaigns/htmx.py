@@ -7,6 +7,15 @@ from flask import Response, make_response, redirect
 from app import htmx
 
 STOP_POLLING = 286  # htmx 2 stops a polling element that receives this status
+# The event a campaign page's sections listen for (hx-trigger="… from:body") to fetch
+# themselves again when the campaign changed state, e.g. its recipients once it completed.
+CAMPAIGN_CHANGED = "campaign-changed"
+
+
+def trigger(response: Response, event: str) -> Response:
+    """Have htmx fire ``event`` on the requesting element when this response arrives."""
+    response.headers["HX-Trigger"] = event
+    return response
 
 
 def is_htmx() -> bool:

@@ -127,6 +127,9 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert page.evaluate("window.sameDocument") is True
     assert page.inner_text("[id$='-status']") == "completed"  # the badge, out of band
     assert page.locator("button:has-text('Pause')").count() == 0  # so are the buttons
+    # The recipients were drawn before the fan-out; they are fetched again once it is done.
+    page.wait_for_selector("[id$='-recipient-table'] tbody tr:nth-child(6)")
+    assert "No recipients yet" not in page.inner_text("[id$='-recipients']")
 
     polls: list[str] = []
     page.on(

@@ -78,6 +78,18 @@ def test_the_final_fragment_stops_polling_and_updates_badge_and_buttons(
     # The receipts poller takes over, outside the fragment and slower.
     receipts = re.search(rf'<div id="campaign-{campaign.id}-receipts"[^>]*>', html).group(0)
     assert 'hx-swap-oob="true"' in receipts and 'hx-trigger="every 15s"' in receipts
+    # The errors and recipients, drawn before the fan-out, are told to fetch themselves again.
+    assert response.headers["HX-Trigger"] == "campaign-changed"
+    for section, url in (("errors", "errors"), ("recipients", "recipients")):
+        listener = re.search(
+            rf'<div hidden hx-get="/campaigns/{campaign.id}/{url}" hx-trigger="campaign-changed'
+            rf' from:body"\s+hx-target="#campaign-{campaign.id}-{section}"',
+            page,
+        )
+        assert listener, section
+    # A poll that finds the status as the page shows it triggers nothing.
+    same = client.get(f"/campaigns/{campaign.id}/progress?shown=completed", headers=HX)
+    assert same.status_code == STOP_POLLING and "HX-Trigger" not in same.headers
 
 
 def test_a_viewer_gets_no_buttons_out_of_band(client, login_as, app, campaign, fake):

@@ -14,6 +14,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    make_response,
     render_template,
     request,
     stream_with_context,
@@ -24,7 +25,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import audience, erp, queries, rendering, services
 from campaigns.auth import requires
-from campaigns.htmx import STOP_POLLING, redirect_to
+from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.validation import (
@@ -244,15 +245,21 @@ def campaign_progress(campaign_id: int):
     """
     campaign = _campaign_or_404(campaign_id)
     progress = queries.get_progress(campaign)
-    body = render_template(
-        "campaigns/_progress.html",
-        campaign=campaign,
-        progress=progress,
-        chart=queries.throughput_chart(progress),
-        actions=services.allowed_actions(campaign.status),
-        oob=request.args.get("shown") != campaign.status.value,
+    changed = request.args.get("shown") != campaign.status.value
+    response = make_response(
+        render_template(
+            "campaigns/_progress.html",
+            campaign=campaign,
+            progress=progress,
+            chart=queries.throughput_chart(progress),
+            actions=services.allowed_actions(campaign.status),
+            oob=changed,
+        ),
+        200 if progress.is_live else STOP_POLLING,
     )
-    return body, 200 if progress.is_live else STOP_POLLING
+    # The errors and the recipients were drawn for the old state (before the fan-out,
+    # say): they fetch themselves again.
+    return trigger(response, CAMPAIGN_CHANGED) if changed else response
 
 
 @bp.get("/<int:campaign_id>/receipts")

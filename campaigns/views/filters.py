@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
 
-from campaigns import models
+from campaigns import htmx, models
 from campaigns.i18n import _
 
 
@@ -42,4 +42,5 @@ def init_app(app: Flask) -> None:
         TemplateCategory=models.TemplateCategory,
         CampaignStatus=models.CampaignStatus,
         Provider=models.Provider,
+        CAMPAIGN_CHANGED=htmx.CAMPAIGN_CHANGED,
     )

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, load_only
 
 from app import db
-from campaigns import counters, erp, phones, providers, ratelimit, rendering
+from campaigns import counters, erp, phones, providers, ratelimit, rendering, statelog
 from campaigns.i18n import _
 from campaigns.models import (
     Campaign,
@@ -296,6 +296,8 @@ def fan_out_page(campaign_id: int, pages: erp.PageReader) -> FanOutPage | None:
     for status in inserted:
         deltas.update(counters.transition_deltas(None, status))
     counters.apply(db.session, campaign_id, deltas)
+    for status in (MessageStatus.PENDING, MessageStatus.SKIPPED):
+        statelog.moved_many(campaign_id, "new", status, inserted.count(status))
     campaign.erp_cursor = page.next_cursor
     done = page.next_cursor is None
     if done:
@@ -378,6 +380,7 @@ def move_all(
             .values(status=to)
         ).rowcount
         counters.apply(session, campaign_id, {source.value: -count, to.value: count})
+        statelog.moved_many(campaign_id, source, to, count)
         moved += count
     return moved
 
@@ -447,6 +450,7 @@ def pump(campaign_id: int) -> float | None:
         campaign.pace_cursor_at = start_at + timedelta(seconds=len(ids) * interval)
         defer(db.session, SEND_TASK, SEND_QUEUE, [{"message_id": i} for i in ids], slots)
         counters.apply(db.session, campaign_id, {"pending": -len(ids), "queued": len(ids)})
+        statelog.moved_many(campaign_id, MessageStatus.PENDING, MessageStatus.QUEUED, len(ids))
     db.session.commit()
     return PUMP_INTERVAL_SECONDS
 
@@ -471,9 +475,16 @@ MOVE = sa.text(
 
 
 def move(
-    session: Session, message_id: int, sources: Sequence[MessageStatus], to: MessageStatus
+    session: Session,
+    message_id: int,
+    sources: Sequence[MessageStatus],
+    to: MessageStatus,
+    **detail: object,
 ) -> MessageStatus | None:
-    """Move a message if it is in one of ``sources``; counters follow. Returns the old status."""
+    """Move a message if it is in one of ``sources``; counters follow. Returns the old status.
+
+    ``detail`` goes on the state change's log line (``code=131026``, say).
+    """
     row = session.execute(
         MOVE, {"id": message_id, "from_": [s.value for s in sources], "to": to.value}
     ).first()
@@ -481,6 +492,7 @@ def move(
         return None
     old = MessageStatus(row.old_status)
     counters.apply(session, row.campaign_id, counters.transition_deltas(old, to))
+    statelog.moved(message_id, row.campaign_id, old, to, **detail)
     return old
 
 
@@ -606,6 +618,7 @@ def send(
     if claimed is None:
         db.session.rollback()
         return SendOutcome("skipped", "claimed by another job")
+    statelog.moved(message_id, campaign.id, expected, MessageStatus.SENDING)
     _commit_keeping_loaded(db.session())  # the scoped session's current Session
     phone, params = message.phone, dict(message.params or {})
 
@@ -623,11 +636,13 @@ def send(
             last_attempt=last_attempt,
             retry_queue=retry_queue,
         )
-    db.session.execute(
+    moved = db.session.execute(
         RECORD_SENT,
         {"id": message_id, "wamid": result.provider_message_id, "shard": counters.random_shard()},
-    )
+    ).scalar()
     db.session.commit()
+    if moved:  # else a status webhook got there first, and logged its own move
+        statelog.moved(message_id, campaign.id, MessageStatus.SENDING, MessageStatus.SENT)
     return SendOutcome("sent", result.provider_message_id)
 
 
@@ -653,11 +668,11 @@ def _record_error(
     kind = error.kind
     if kind is ErrorKind.RETRY and not last_attempt:
         back = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
-        move(db.session, message_id, [MessageStatus.SENDING], back)
+        move(db.session, message_id, [MessageStatus.SENDING], back, code=code)
         db.session.commit()
         raise Transient(error.message)
     if kind is ErrorKind.SLOW_RETRY and not retry_queue:
-        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.RETRYING)
+        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.RETRYING, code=code)
         now = _now(db.session)
         defer(
             db.session,
@@ -670,16 +685,16 @@ def _record_error(
         return SendOutcome("retrying", error.message)
     if kind is ErrorKind.RETRY and not retry_queue:
         # Attempts on campaign-messages exhausted: hand over to message-retry.
-        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.RETRYING)
+        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.RETRYING, code=code)
         defer(db.session, RETRY_TASK, RETRY_QUEUE, [{"message_id": message_id}])
         db.session.commit()
         return SendOutcome("retrying", error.message)
     if kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER):
-        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.PENDING)
+        move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.PENDING, code=code)
         stop_for_code(campaign_id, error.code, error.message, kind)
         return SendOutcome("paused", error.message)
     # Permanent, or retries exhausted.
-    move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.FAILED)
+    move(db.session, message_id, [MessageStatus.SENDING], MessageStatus.FAILED, code=code)
     db.session.execute(
         sa.update(Message).where(Message.id == message_id).values(failed_at=sa.func.now())
     )
@@ -822,7 +837,14 @@ def fail_orphaned_messages() -> int:
     params = {"send_task": SEND_TASK, "retry_task": RETRY_TASK}
     failed = 0
     for row in db.session.execute(ORPHANED_MESSAGES, params).all():
-        old = move(db.session, row.id, [MessageStatus(row.status)], MessageStatus.FAILED)
+        old = move(
+            db.session,
+            row.id,
+            [MessageStatus(row.status)],
+            MessageStatus.FAILED,
+            code=JOB_FAILED_CODE,
+            failed_job_id=row.job_id,
+        )
         if old is None:
             continue  # moved on meanwhile
         text = _("Its sending job #%(job)d failed unexpectedly (the worker log says why).") % {

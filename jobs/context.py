@@ -10,6 +10,8 @@ from typing import Any
 
 from flask import Flask
 
+from campaigns import statelog
+
 _sized_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _job_slots = 0  # the worker's concurrency, once size_thread_pool has seen it
 
@@ -37,8 +39,13 @@ def flask_context(call_next: Any, context: Any, worker: Any) -> Any:
     Flask-SQLAlchemy scopes its session to the app context, so each job gets its
     own session and returns its connection to the pool when it ends.
     """
-    with flask_app().app_context():
-        return call_next()
+    # The job and attempt, for the log line of every state change the job makes.
+    token = statelog.current_job.set((context.job.id, context.job.attempts + 1))
+    try:
+        with flask_app().app_context():
+            return call_next()
+    finally:
+        statelog.current_job.reset(token)
 
 
 async def size_thread_pool(call_next: Any, context: Any, worker: Any) -> Any:

@@ -185,6 +185,43 @@ def test_a_send_records_sent_and_counts_it(app, campaign, fake):
     assert_counters_match_rows(campaign.id)
 
 
+def test_each_state_change_is_one_log_line_with_ids_and_no_phone(app, campaign, fake, caplog):
+    from campaigns import statelog
+
+    first, second = _queue_all(app, campaign)[:2]
+    fake.script = [SendResult("wamid.a"), SendError("bad number", ErrorKind.PERMANENT, 131026)]
+    caplog.set_level("INFO", logger="campaigns.messages")
+    token = statelog.current_job.set((4242, 2))  # what the worker's task middleware sets
+    try:
+        sending.send(first, app.config, last_attempt=False, retry_queue=False)
+        sending.send(second, app.config, last_attempt=False, retry_queue=False)
+    finally:
+        statelog.current_job.reset(token)
+    lines = [r.getMessage() for r in caplog.records if r.name == "campaigns.messages"]
+    ids = f"campaign_id={campaign.id}"
+    assert lines == [
+        f"message_state message_id={first} {ids} from=queued to=sending job_id=4242 attempt=2",
+        f"message_state message_id={first} {ids} from=sending to=sent job_id=4242 attempt=2",
+        f"message_state message_id={second} {ids} from=queued to=sending job_id=4242 attempt=2",
+        f"message_state message_id={second} {ids} from=sending to=failed job_id=4242 attempt=2"
+        " code=131026",
+    ]
+    phones = set(db.session.scalars(sa.select(Message.phone)))
+    assert not any(phone in record.getMessage() for record in caplog.records for phone in phones)
+
+
+def test_the_task_middleware_names_the_job_for_the_log(app):
+    from types import SimpleNamespace
+
+    from campaigns import statelog
+    from jobs import context
+
+    seen = []
+    job = SimpleNamespace(job=SimpleNamespace(id=77, attempts=0))
+    context.flask_context(lambda: seen.append(statelog.current_job.get()), job, None)
+    assert seen == [(77, 1)] and statelog.current_job.get() is None
+
+
 def test_transient_then_exhausted_hands_over_to_message_retry(app, campaign, fake):
     first = _queue_all(app, campaign)[0]
     error = SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)

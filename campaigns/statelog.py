@@ -24,6 +24,8 @@ def _text(value: object) -> str:
 
 
 def _log(fields: dict[str, object], detail: dict[str, object]) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return  # two of these a message: build nothing nobody reads
     job = current_job.get()
     if job is not None:
         fields |= {"job_id": job[0], "attempt": job[1]}

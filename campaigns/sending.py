@@ -816,7 +816,7 @@ def reconcile_stuck_sending(lease_seconds: float) -> int:
 # to move them on, and their campaign would wait for them forever. Driven from the
 # failed jobs (few), never a scan of every message.
 ORPHANED_MESSAGES = sa.text(
-    "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id"
+    "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id, j.status::text AS job_status"
     " FROM procrastinate_jobs AS j"
     " JOIN messages AS m ON m.id = (j.args->>'message_id')::bigint"
     " WHERE j.task_name IN (:send_task, :retry_task) AND j.status IN ('failed', 'aborted')"
@@ -829,18 +829,25 @@ ORPHANED_MESSAGES = sa.text(
 
 
 def fail_orphaned_messages() -> int:
-    """Fail, with a reason, the waiting messages whose job failed (see ORPHANED_MESSAGES).
+    """Settle the waiting messages whose job ended without them (see ORPHANED_MESSAGES).
 
-    Failed, not sent again: a job that fails on a bug would fail again, forever.
-    "Retry failed" on the campaign page sends them again (the code is retryable).
+    A job aborted by a worker's shutdown did nothing wrong: its message goes back to
+    pending, and the pump queues it again. A job that failed is failed with a reason,
+    not sent again: a job that fails on a bug would fail again, forever; "retry
+    failed" on the campaign page sends it again (the code is retryable).
+    Returns how many messages were failed.
     """
     params = {"send_task": SEND_TASK, "retry_task": RETRY_TASK}
     failed = 0
     for row in db.session.execute(ORPHANED_MESSAGES, params).all():
+        waiting = [MessageStatus(row.status)]
+        if row.job_status == "aborted":
+            move(db.session, row.id, waiting, MessageStatus.PENDING, aborted_job_id=row.job_id)
+            continue
         old = move(
             db.session,
             row.id,
-            [MessageStatus(row.status)],
+            waiting,
             MessageStatus.FAILED,
             code=JOB_FAILED_CODE,
             failed_job_id=row.job_id,

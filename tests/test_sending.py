@@ -405,6 +405,26 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
     assert message.status is MessageStatus.PENDING
 
 
+def test_a_message_whose_job_a_shutdown_aborted_goes_back_to_pending(app, campaign):
+    ids = _queue_all(app, campaign)
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET status = 'aborted' WHERE task_name = :task"
+            " AND args->>'message_id' = CAST(:id AS text)"
+        ),
+        {"task": sending.SEND_TASK, "id": ids[0]},
+    )
+    db.session.commit()
+    assert sending.fail_orphaned_messages() == 0  # none failed: it did nothing wrong
+    message = db.session.get(Message, ids[0])
+    db.session.refresh(message)
+    assert (message.status, message.error_code) == (MessageStatus.PENDING, None)
+    assert_counters_match_rows(campaign.id)
+    sending.pump(campaign.id)  # queued again, with a job of its own
+    db.session.refresh(message)
+    assert message.status is MessageStatus.QUEUED
+
+
 def _signed(app, body: dict) -> tuple[bytes, dict]:
     raw = json.dumps(body).encode()
     secret = services.default_sender().app_secret

@@ -601,6 +601,9 @@ def send(
         move(db.session, message_id, [expected], MessageStatus.CANCELLED)
         db.session.commit()
         return SendOutcome("cancelled")
+    # The id read now: after the last commit the campaign is expired, and reading its
+    # id then would cost a SELECT of the whole row.
+    campaign_id = campaign.id
     sender, template, owner = campaign.sender, campaign.template, campaign.owner
     limits = ratelimit.send_limits(sender, owner)
     if retry_queue:
@@ -618,7 +621,7 @@ def send(
     if claimed is None:
         db.session.rollback()
         return SendOutcome("skipped", "claimed by another job")
-    statelog.moved(message_id, campaign.id, expected, MessageStatus.SENDING)
+    statelog.moved(message_id, campaign_id, expected, MessageStatus.SENDING)
     _commit_keeping_loaded(db.session())  # the scoped session's current Session
     phone, params = message.phone, dict(message.params or {})
 
@@ -630,7 +633,7 @@ def send(
     except providers.SendError as error:
         return _record_error(
             message_id,
-            campaign.id,
+            campaign_id,
             error,
             config,
             last_attempt=last_attempt,
@@ -642,7 +645,7 @@ def send(
     ).scalar()
     db.session.commit()
     if moved:  # else a status webhook got there first, and logged its own move
-        statelog.moved(message_id, campaign.id, MessageStatus.SENDING, MessageStatus.SENT)
+        statelog.moved(message_id, campaign_id, MessageStatus.SENDING, MessageStatus.SENT)
     return SendOutcome("sent", result.provider_message_id)
 
 

@@ -185,6 +185,25 @@ def test_a_send_records_sent_and_counts_it(app, campaign, fake):
     assert_counters_match_rows(campaign.id)
 
 
+def test_a_send_is_four_statements(app, campaign, fake):
+    """Load, take the limits, claim, record: the message job's cost is in this count."""
+    first = _queue_all(app, campaign)[0]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        code = [line for line in statement.strip().splitlines() if not line.startswith("--")]
+        statements.append(code[0].split()[0])
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == (
+            "sent"
+        )
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)
+    assert statements == ["SELECT", "SELECT", "WITH", "WITH"], statements
+
+
 def test_each_state_change_is_one_log_line_with_ids_and_no_phone(app, campaign, fake, caplog):
     from campaigns import statelog
 

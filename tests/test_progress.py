@@ -87,6 +87,8 @@ def test_the_final_fragment_stops_polling_and_updates_badge_and_buttons(
             page,
         )
         assert listener, section
+    # The recipients come back with the filter the operator had typed.
+    assert f'hx-include="#campaign-{campaign.id}-recipients form"' in page
     # A poll that finds the status as the page shows it triggers nothing.
     same = client.get(f"/campaigns/{campaign.id}/progress?shown=completed", headers=HX)
     assert same.status_code == STOP_POLLING and "HX-Trigger" not in same.headers

@@ -354,8 +354,11 @@ def test_two_workers_start_each_scheduled_campaign_once(
     wait_for(idle, what="every job finished")
 
     scheduler_ticks = _jobs(tasks.scheduler_tick.name)
-    # The two workers' deferrers deferred each periodic tick once.
-    assert max(Counter(j["args"]["timestamp"] for j in scheduler_ticks).values()) == 1
+    # Not asserted: that each periodic tick was deferred once. Procrastinate dedups a
+    # tick with a row per (task, timestamp) and deletes the rows of older ticks when it
+    # defers a newer one, so a deferrer a minute behind the other can defer an old tick
+    # again (procrastinate_defer_periodic_job_v2; seen once in a loaded run, 2026-12-03).
+    # What must hold whatever the ticks: each campaign started once, below.
     assert any(
         j["args"]["timestamp"] % 60 == 0 and j["status"] == "succeeded" for j in scheduler_ticks
     )

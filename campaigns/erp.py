@@ -1,7 +1,7 @@
 """The ERP client: customer segments counted and paged over HTTP.
 
-The fan-out job pages a campaign's segment through :meth:`ErpClient.iter_customers`
-(storing the cursor after each page, so a crash resumes where it stopped) and the
+The fan-out job pages a campaign's segment through a :class:`PageReader`, one page
+ahead (storing the cursor after each page, so a crash resumes where it stopped) and the
 campaign form asks :meth:`ErpClient.count` for a live audience size. Every failure
 — unreachable, timed out, 5xx, a body that is not the expected JSON, or a 4xx with
 the ERP's per-field messages — is one :class:`ErpError`, so callers handle one
@@ -213,6 +213,9 @@ class ErpClient:
             raise ErpError("The ERP's page has no list of customers.", 200)
         if next_cursor is not None and not isinstance(next_cursor, str):
             raise ErpError("The ERP's next cursor is not a string.", 200)
+        # A cursor that does not move would page (and send) forever.
+        if cursor is not None and next_cursor == cursor:
+            raise ErpError("The ERP returned the same cursor twice.", 200)
         return ErpPage(customers=customers, next_cursor=next_cursor)
 
     def iter_customers(
@@ -228,9 +231,6 @@ class ErpClient:
         """
         while True:
             page = self.page(segment, cursor, page_size)
-            # A cursor that does not move would page (and send) forever.
-            if cursor is not None and page.next_cursor == cursor:
-                raise ErpError("The ERP returned the same cursor twice.", 200)
             yield page, page.next_cursor
             if page.next_cursor is None:
                 return
@@ -280,9 +280,6 @@ class PageReader:
             future = self._fetch(segment, cursor)
         page = future.result()  # an ErpError of the request is raised here, in the caller
         if page.next_cursor is not None:
-            # A cursor that does not move would page (and send) forever.
-            if page.next_cursor == cursor:
-                raise ErpError("The ERP returned the same cursor twice.", 200)
             self._ahead = (key, page.next_cursor, self._fetch(segment, page.next_cursor))
         return page
 

@@ -831,7 +831,7 @@ ORPHANED_MESSAGES = sa.text(
 )
 
 
-def fail_orphaned_messages() -> int:
+def settle_orphaned_messages() -> int:
     """Settle the waiting messages whose job ended without them (see ORPHANED_MESSAGES).
 
     A job aborted by a worker's shutdown did nothing wrong: its message goes back to

@@ -180,10 +180,10 @@ def sync_pending_templates(timestamp: int) -> None:
     name="maintenance.reconcile", queue=MAINTENANCE_QUEUE, queueing_lock="maintenance.reconcile"
 )
 def reconcile(timestamp: int) -> None:
-    """Retry messages a dead worker left in `sending`, fail those whose job failed;
-    drop expired rate-limit buckets."""
+    """Retry messages a dead worker left in `sending`, settle those whose job ended
+    without them; drop expired rate-limit buckets."""
     sending.reconcile_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
-    sending.fail_orphaned_messages()
+    sending.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     db.session.commit()
     logger.info("maintenance: removed %s old rate-limit buckets", removed)

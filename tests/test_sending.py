@@ -410,8 +410,8 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
         {"task": sending.SEND_TASK, "id": broken},
     )
     db.session.commit()
-    assert sending.fail_orphaned_messages() == 1
-    assert sending.fail_orphaned_messages() == 0  # once
+    assert sending.settle_orphaned_messages() == 1
+    assert sending.settle_orphaned_messages() == 0  # once
     message = db.session.get(Message, broken)
     db.session.refresh(message)
     assert (message.status, message.error_code) == (MessageStatus.FAILED, "job_failed")
@@ -434,7 +434,7 @@ def test_a_message_whose_job_a_shutdown_aborted_goes_back_to_pending(app, campai
         {"task": sending.SEND_TASK, "id": ids[0]},
     )
     db.session.commit()
-    assert sending.fail_orphaned_messages() == 0  # none failed: it did nothing wrong
+    assert sending.settle_orphaned_messages() == 0  # none failed: it did nothing wrong
     message = db.session.get(Message, ids[0])
     db.session.refresh(message)
     assert (message.status, message.error_code) == (MessageStatus.PENDING, None)

@@ -397,19 +397,24 @@ def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
     ]
 
 
+def _end_job(message_id: int, status: str) -> None:
+    """End a message's job as Procrastinate would, without running it."""
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET status = CAST(:status AS procrastinate_job_status)"
+            " WHERE task_name = :task AND args->>'message_id' = CAST(:id AS text)"
+        ),
+        {"status": status, "task": sending.SEND_TASK, "id": message_id},
+    )
+    db.session.commit()
+
+
 def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app, campaign):
     ids = _queue_all(app, campaign)
     broken, alive = ids[0], ids[1]
     # A job that ended on an unexpected error (the database gone mid-job, a bug):
     # Procrastinate marks it failed and nothing will move its message on.
-    db.session.execute(
-        sa.text(
-            "UPDATE procrastinate_jobs SET status = 'failed' WHERE task_name = :task"
-            " AND args->>'message_id' = CAST(:id AS text)"
-        ),
-        {"task": sending.SEND_TASK, "id": broken},
-    )
-    db.session.commit()
+    _end_job(broken, "failed")
     assert sending.settle_orphaned_messages() == 1
     assert sending.settle_orphaned_messages() == 0  # once
     message = db.session.get(Message, broken)
@@ -426,14 +431,7 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
 
 def test_a_message_whose_job_a_shutdown_aborted_goes_back_to_pending(app, campaign):
     ids = _queue_all(app, campaign)
-    db.session.execute(
-        sa.text(
-            "UPDATE procrastinate_jobs SET status = 'aborted' WHERE task_name = :task"
-            " AND args->>'message_id' = CAST(:id AS text)"
-        ),
-        {"task": sending.SEND_TASK, "id": ids[0]},
-    )
-    db.session.commit()
+    _end_job(ids[0], "aborted")
     assert sending.settle_orphaned_messages() == 0  # none failed: it did nothing wrong
     message = db.session.get(Message, ids[0])
     db.session.refresh(message)
@@ -562,22 +560,13 @@ def test_unknown_messages_are_acknowledged(client, campaign):
     assert response.status_code == 200 and response.json["unknown"] == 1
 
 
+def _reply(text: str, sender: str = "5511987650000") -> dict:
+    message = {"from": sender, "type": "text", "text": {"body": text}}
+    return {"entry": [{"changes": [{"value": {"messages": [message]}}]}]}
+
+
 def test_an_opt_out_reply_suppresses_the_number(client, campaign):
-    body = {
-        "entry": [
-            {
-                "changes": [
-                    {
-                        "value": {
-                            "messages": [
-                                {"from": "5511987650000", "type": "text", "text": {"body": "SAIR"}}
-                            ]
-                        }
-                    }
-                ]
-            }
-        ]
-    }
+    body = _reply("SAIR")
     raw, headers = _signed(None, body)
     assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_outs"] == 1
     assert (
@@ -586,11 +575,6 @@ def test_an_opt_out_reply_suppresses_the_number(client, campaign):
         .count()
         == 1
     )
-
-
-def _reply(text: str, sender: str = "5511987650000") -> dict:
-    message = {"from": sender, "type": "text", "text": {"body": text}}
-    return {"entry": [{"changes": [{"value": {"messages": [message]}}]}]}
 
 
 def test_the_opt_out_keywords_are_configurable(app, client, campaign):

@@ -313,14 +313,16 @@ def seed(url: str) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import mock_erp, rendering, services
+    from campaigns import mock_erp, rendering
     from campaigns.models import MessageTemplate, User
     from campaigns.providers.cloud_api import template_message
+    from campaigns.services.demo import DEMO_ADMIN_EMAIL, seed_demo
+    from campaigns.services.templates import default_sender
 
     with app_on(url):
-        services.seed_demo()
-        owner = db.session.scalar(sa.select(User).where(User.email == services.DEMO_ADMIN_EMAIL))
-        sender = services.default_sender()
+        seed_demo()
+        owner = db.session.scalar(sa.select(User).where(User.email == DEMO_ADMIN_EMAIL))
+        sender = default_sender()
         owner.campaign_rate_limit_per_minute = LIFTED_PER_MINUTE
         sender.rate_limit_per_minute, sender.min_interval_ms = LIFTED_PER_MINUTE, 0
         db.session.commit()
@@ -342,11 +344,15 @@ def create_campaign(recipients: int) -> tuple[int, int, dict[str, Any]]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import services
     from campaigns.models import MessageTemplate, User
+    from campaigns.services.campaigns import (
+        create_campaign,
+        template_variables_for,
+    )
+    from campaigns.services.demo import DEMO_ADMIN_EMAIL
     from campaigns.validation import parse_campaign
 
-    owner = db.session.scalar(sa.select(User).where(User.email == services.DEMO_ADMIN_EMAIL))
+    owner = db.session.scalar(sa.select(User).where(User.email == DEMO_ADMIN_EMAIL))
     template = db.session.scalar(
         sa.select(MessageTemplate).where(MessageTemplate.name == TEMPLATE_NAME)
     )
@@ -358,9 +364,9 @@ def create_campaign(recipients: int) -> tuple[int, int, dict[str, Any]]:
             "segment": {"max_audience": recipients, "opted_in_only": False},
             "variables": VARIABLES,
         },
-        services.template_variables_for(template.id),
+        template_variables_for(template.id),
     )
-    campaign = services.create_campaign(fields, owner.id)
+    campaign = create_campaign(fields, owner.id)
     return campaign.id, owner.id, dict(campaign.segment)
 
 
@@ -618,7 +624,9 @@ def campaign_under_workers(
 
 def engine_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, Any]:
     """One campaign of ``--recipients`` through the real engine, send-now to last send."""
-    from campaigns import services
+    from campaigns.services.campaigns import (
+        send_campaign_now,
+    )
 
     args = ctx.args
     load = os.getloadavg()[0]
@@ -640,7 +648,7 @@ def engine_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, Any]
         stats_before = db_stats(conn)
         monitor.sample()
         t_send = time.time()
-        services.send_campaign_now(campaign_id, owner_id)
+        send_campaign_now(campaign_id, owner_id)
         wait_until(monitor, stack, progress, args.timeout, "the campaign sent")
         summary = _engine_summary(
             ctx, setup, repeat, conn, monitor, campaign_id, t_send, stats_before, state
@@ -796,7 +804,10 @@ def baseline_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, An
 
 def fanout(ctx: Context, repeat: int) -> dict[str, Any]:
     """A ``--fanout-recipients`` campaign: fan-out time, and the todo rows all along."""
-    from campaigns import services
+    from campaigns.services.campaigns import (
+        cancel_campaign,
+        send_campaign_now,
+    )
 
     args = ctx.args
     setup = Setup.parse(args.fanout_setup)
@@ -816,10 +827,10 @@ def fanout(ctx: Context, repeat: int) -> dict[str, Any]:
 
         monitor.sample()
         t_send = time.time()
-        services.send_campaign_now(campaign_id, owner_id)
+        send_campaign_now(campaign_id, owner_id)
         wait_until(monitor, stack, window_seen, args.timeout, "the fan-out and its window")
         t_end = time.time()
-        services.cancel_campaign(campaign_id, owner_id)
+        cancel_campaign(campaign_id, owner_id)
         started, loaded = conn.execute(
             "SELECT extract(epoch FROM started_at)::float8,"
             " extract(epoch FROM audience_loaded_at)::float8 FROM campaigns WHERE id = %s",
@@ -972,8 +983,12 @@ def profile(ctx: Context) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import erp, sending, services
+    from campaigns import erp, sending
     from campaigns.models import Message, MessageStatus
+    from campaigns.services.campaigns import (
+        create_campaign,
+        send_campaign_now,
+    )
 
     args = ctx.args
     recipients = args.profile_recipients
@@ -988,7 +1003,7 @@ def profile(ctx: Context) -> dict[str, Any]:
             config = application.config
             campaign_id, owner_id, segment = create_campaign(recipients)
             warm_erp(base, segment)
-            services.send_campaign_now(campaign_id, owner_id)  # its fan-out job never runs here
+            send_campaign_now(campaign_id, owner_id)  # its fan-out job never runs here
             counter = StatementCounter(db.engine)
             web = Monitor(url, stack)
             result: dict[str, Any] = {"recipients": recipients}

@@ -78,16 +78,20 @@ def build(url: str, messages: int) -> int:
     import sqlalchemy as sa
 
     from app import create_app, db
-    from campaigns import counters, services
+    from campaigns import counters
     from campaigns.config import sqlalchemy_url
     from campaigns.models import MessageTemplate, Role
+    from campaigns.services.campaigns import create_campaign, template_variables_for
+    from campaigns.services.demo import seed_demo
+    from campaigns.services.templates import default_sender
+    from campaigns.services.users import create_user
     from campaigns.validation import parse_campaign
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
     with app.app_context():
-        services.seed_demo()
-        owner = services.create_user("bench@example.com", PASSWORD, Role.SUPERVISOR)
-        sender = services.default_sender()
+        seed_demo()
+        owner = create_user("bench@example.com", PASSWORD, Role.SUPERVISOR)
+        sender = default_sender()
         template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
         fields = parse_campaign(
             {
@@ -102,9 +106,9 @@ def build(url: str, messages: int) -> int:
                     "coupon": {"text": "MILLION"},
                 },
             },
-            services.template_variables_for(template.id),
+            template_variables_for(template.id),
         )
-        campaign = services.create_campaign(fields, owner.id)
+        campaign = create_campaign(fields, owner.id)
         campaign_id = campaign.id
         case, upper = [], 0.0
         for status, share in MIX:

@@ -9,9 +9,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from campaigns import services
 from campaigns.config import INSTANCE_PATH
 from campaigns.models import Role
+from campaigns.services import ServiceError, demo
+from campaigns.services.users import create_api_token, create_user
 
 users_cli = AppGroup("users", help="Manage users.")
 DEMO_CREDENTIALS = INSTANCE_PATH / "demo-admin.txt"
@@ -33,12 +34,12 @@ def users_create(email: str, role: str, api_token: bool) -> None:
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     try:
-        user = services.create_user(email, password, Role(role))
-    except services.ServiceError as error:
+        user = create_user(email, password, Role(role))
+    except ServiceError as error:
         raise click.ClickException(error.message) from None
     click.echo(f"Created {user.email} with role {user.role.value}.")
     if api_token:
-        _, raw = services.create_api_token(user.id, name="cli")
+        _, raw = create_api_token(user.id, name="cli")
         click.echo("API token (shown once):")
         click.echo(raw)
 
@@ -49,7 +50,7 @@ def seed_demo() -> None:
     # The password is generated once and only its hash is stored, so the
     # plain one is kept (git-ignored, 0600) for `make run` to print every time.
     credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))
-    seed = services.seed_demo()
+    seed = demo.seed_demo()
     if seed.created:
         credentials.parent.mkdir(exist_ok=True)
         credentials.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")

@@ -14,7 +14,7 @@ from procrastinate import JobContext, RetryStrategy, builtin_tasks
 from procrastinate.exceptions import AlreadyEnqueued
 
 from app import db
-from campaigns import erp, notifications, queries, ratelimit, sending, services
+from campaigns import erp, notifications, queries, ratelimit, sending
 from campaigns.i18n import _
 from campaigns.queues import (
     FAN_OUT_TASK,
@@ -29,6 +29,8 @@ from campaigns.queues import (
     SEND_TASK,
     SENDER_QUEUE,
 )
+from campaigns.services import ServiceError
+from campaigns.services.templates import pending_template_ids, sync_template_status
 from jobs import app
 from jobs.context import flask_app
 
@@ -159,7 +161,7 @@ def notify(context: JobContext, campaign_id: int, kind: str) -> None:
 )
 def sync_template(template_id: int) -> None:
     """Record a submitted template's review outcome (later ones: the periodic sync)."""
-    services.sync_template_status(template_id)
+    sync_template_status(template_id)
 
 
 @app.periodic(cron="*/5 * * * *", periodic_id="sync-pending-templates")
@@ -168,10 +170,10 @@ def sync_template(template_id: int) -> None:
 )
 def sync_pending_templates(timestamp: int) -> None:
     """Every five minutes, refresh every template still under review."""
-    for template_id in services.pending_template_ids():
+    for template_id in pending_template_ids():
         try:
-            services.sync_template_status(template_id)
-        except services.ServiceError as error:
+            sync_template_status(template_id)
+        except ServiceError as error:
             logger.warning("template %s: status sync failed: %s", template_id, error.message)
 
 

@@ -28,10 +28,14 @@ from procrastinate import testing
 from werkzeug.serving import make_server
 
 from app import create_app, db
-from campaigns import providers, services
+from campaigns import providers
 from campaigns.config import database_url, sqlalchemy_url
 from campaigns.models import Campaign, MessageTemplate, Role, User
 from campaigns.providers.base import SendResult
+from campaigns.services.campaigns import create_campaign, template_variables_for
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
+from campaigns.services.users import create_user
 from campaigns.validation import parse_campaign
 
 SUFFIX = os.getpid()
@@ -189,7 +193,7 @@ def user_factory(app: Flask) -> Callable[..., User]:
     counter = iter(range(1, 10_000))
 
     def make(role: Role = Role.VIEWER, email: str | None = None, password: str = PASSWORD) -> User:
-        return services.create_user(email or f"user{next(counter)}@example.com", password, role)
+        return create_user(email or f"user{next(counter)}@example.com", password, role)
 
     return make
 
@@ -328,12 +332,12 @@ def owner(user_factory):
 
 def demo_campaign(owner_id: int, size: int = 120, name: str = "Engine") -> Campaign:
     """A draft on the demo sender and promo template for ``size`` SP customers of the mock ERP."""
-    services.seed_demo()
+    seed_demo()
     template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
     fields = parse_campaign(
         {
             "name": name,
-            "sender_id": services.default_sender().id,
+            "sender_id": default_sender().id,
             "template_id": template.id,
             "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
             "variables": {
@@ -343,15 +347,15 @@ def demo_campaign(owner_id: int, size: int = 120, name: str = "Engine") -> Campa
                 "coupon": {"text": "X1"},
             },
         },
-        services.template_variables_for(template.id),
+        template_variables_for(template.id),
     )
-    return services.create_campaign(fields, owner_id)
+    return create_campaign(fields, owner_id)
 
 
 def lift_limits(owner: User) -> None:
     """The demo sender's and the owner's limits out of the way (the limiter still runs)."""
-    services.seed_demo()
-    sender = services.default_sender()
+    seed_demo()
+    sender = default_sender()
     sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
     owner.campaign_rate_limit_per_minute = 600_000
     db.session.commit()

@@ -3,15 +3,17 @@ from __future__ import annotations
 import pytest
 
 from app import db
-from campaigns import services
 from campaigns.models import MessageTemplate, Role, Sender, TemplateStatus
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
+from campaigns.services.users import create_api_token, set_user_disabled
 
 
 @pytest.fixture
 def token_for(app, user_factory):
     def make(role: Role) -> dict[str, str]:
         user = user_factory(role)
-        _token, raw = services.create_api_token(user.id)
+        _token, raw = create_api_token(user.id)
         return {"Authorization": f"Bearer {raw}"}
 
     return make
@@ -19,7 +21,7 @@ def token_for(app, user_factory):
 
 @pytest.fixture
 def seeded(app):
-    services.seed_demo()
+    seed_demo()
 
 
 TEMPLATE = {
@@ -118,7 +120,7 @@ def test_templates_contract(app, client, token_for, seeded, in_memory_queue):
     template = response.json
     assert template["status"] == "draft"
     assert template["variables"] == ["first_name"]
-    assert template["sender_id"] == services.default_sender().id
+    assert template["sender_id"] == default_sender().id
 
     submitted = client.post(f"/api/v1/templates/{template['id']}/submit", headers=headers)
     assert submitted.status_code == 202
@@ -203,7 +205,7 @@ def test_admin_changes_a_users_limits(client, token_for, user_factory):
 def test_a_disabled_users_token_stops_working(client, token_for):
     headers = token_for(Role.ADMIN)
     me = client.get("/api/v1/me", headers=headers).json
-    services.set_user_disabled(me["id"], True, acting_user_id=0)
+    set_user_disabled(me["id"], True, acting_user_id=0)
     assert client.get("/api/v1/me", headers=headers).status_code == 401
 
 
@@ -217,7 +219,7 @@ def test_api_rate_limit_is_a_429_with_headers(client, app, user_factory):
     user = user_factory(Role.VIEWER)
     user.api_rate_limit_per_minute = 3
     db.session.commit()
-    _token, raw = services.create_api_token(user.id)
+    _token, raw = create_api_token(user.id)
     headers = {"Authorization": f"Bearer {raw}"}
     answers = [client.get("/api/v1/me", headers=headers) for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
@@ -229,7 +231,7 @@ def test_api_rate_limit_is_a_429_with_headers(client, app, user_factory):
     assert 0 < int(refused.headers["X-RateLimit-Reset"]) <= 62
     # Another user's budget is their own.
     other = user_factory(Role.VIEWER)
-    _t, other_raw = services.create_api_token(other.id)
+    _t, other_raw = create_api_token(other.id)
     assert (
         client.get("/api/v1/me", headers={"Authorization": f"Bearer {other_raw}"}).status_code
         == 200

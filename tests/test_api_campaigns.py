@@ -6,21 +6,23 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import services
 from campaigns.models import MessageTemplate, Role
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
+from campaigns.services.users import create_api_token
 
 
 @pytest.fixture
 def headers(app, user_factory):
-    services.seed_demo()
+    seed_demo()
     user = user_factory(Role.SUPERVISOR)
-    _token, raw = services.create_api_token(user.id)
+    _token, raw = create_api_token(user.id)
     return {"Authorization": f"Bearer {raw}"}
 
 
 @pytest.fixture
 def payload(headers):
-    sender = services.default_sender()
+    sender = default_sender()
     template = db.session.query(MessageTemplate).filter_by(name="order_ready").one()
     return {
         "name": "Pedidos prontos",
@@ -115,7 +117,7 @@ def test_progress_and_duplicate(client, headers, payload):
 
 def test_viewers_cannot_create_or_control(client, app, payload, user_factory):
     viewer = user_factory(Role.VIEWER)
-    _token, raw = services.create_api_token(viewer.id)
+    _token, raw = create_api_token(viewer.id)
     headers = {"Authorization": f"Bearer {raw}"}
     assert client.post("/api/v1/campaigns", json=payload, headers=headers).status_code == 403
     assert client.get("/api/v1/campaigns", headers=headers).status_code == 200

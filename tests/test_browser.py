@@ -82,11 +82,12 @@ def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_fac
 def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_factory, start_worker):
     """Create a campaign in the form, send it now, watch it reach 100 % without reloading."""
     from app import db
-    from campaigns import services
+    from campaigns.services.demo import seed_demo
+    from campaigns.services.templates import default_sender
 
     app.config["WTF_CSRF_ENABLED"] = True
-    services.seed_demo()
-    sender = services.default_sender()
+    seed_demo()
+    sender = default_sender()
     sender.min_interval_ms = 200  # a few seconds of live progress, not a minute
     db.session.commit()
     user = user_factory(Role.SUPERVISOR)

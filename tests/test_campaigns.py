@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app import db
-from campaigns import services
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -15,13 +14,16 @@ from campaigns.models import (
     Role,
     TemplateStatus,
 )
+from campaigns.services.campaigns import allowed_actions, create_campaign, template_variables_for
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
 from campaigns.validation import parse_campaign
 
 
 @pytest.fixture
 def demo(app):
-    services.seed_demo()
-    sender = services.default_sender()
+    seed_demo()
+    sender = default_sender()
     promo = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
     return sender, promo
 
@@ -223,7 +225,7 @@ def test_only_draft_or_scheduled_campaigns_can_be_edited(client, demo, superviso
 
 
 def test_transition_table_matches_the_rules():
-    allowed = services.allowed_actions
+    allowed = allowed_actions
     assert allowed(CampaignStatus.DRAFT) >= {"edit", "schedule", "send_now", "cancel"}
     assert "pause" in allowed(CampaignStatus.SENDING) and "edit" not in allowed(
         CampaignStatus.SENDING
@@ -254,10 +256,10 @@ def test_list_filters_search_pagination_and_live_rows(client, demo, supervisor):
             "template_id": promo.id,
             "variables": {n: {"text": "v"} for n in ("first_name", "discount", "city", "coupon")},
         },
-        services.template_variables_for(promo.id),
+        template_variables_for(promo.id),
     )
     for n in range(25):
-        services.create_campaign(
+        create_campaign(
             fields.__class__(**(fields.__dict__ | {"name": f"Wave {n:02d}"})), supervisor.id
         )
     first = client.get("/campaigns/").get_data(as_text=True)

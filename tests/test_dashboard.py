@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, monitoring, queries, ratelimit, services
+from campaigns import counters, monitoring, queries, ratelimit
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -22,6 +22,8 @@ from campaigns.models import (
     User,
 )
 from campaigns.queues import MAINTENANCE_QUEUE, MESSAGES_QUEUE
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
 from tests.test_queue_monitor import defer_job, fail_job, register_worker, start_job
 
 HTMX = {"HX-Request": "true"}
@@ -29,8 +31,8 @@ HTMX = {"HX-Request": "true"}
 
 @pytest.fixture
 def demo(app):
-    services.seed_demo()
-    return services.default_sender(), db.session.scalar(sa.select(MessageTemplate).limit(1))
+    seed_demo()
+    return default_sender(), db.session.scalar(sa.select(MessageTemplate).limit(1))
 
 
 @pytest.fixture

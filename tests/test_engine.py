@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from procrastinate.exceptions import AlreadyEnqueued
 
 from app import db
-from campaigns import counters, services
+from campaigns import counters
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -29,6 +29,14 @@ from campaigns.models import (
     Role,
 )
 from campaigns.queues import FAN_OUT_TASK, NOTIFY_TASK
+from campaigns.services.campaigns import (
+    cancel_campaign,
+    pause_campaign,
+    resume_campaign,
+    schedule_campaign,
+    send_campaign_now,
+)
+from campaigns.services.templates import default_sender
 from jobs import tasks
 from tests.conftest import PROCRASTINATE, demo_campaign, lift_limits
 from tests.test_sending import assert_counters_match_rows
@@ -106,7 +114,7 @@ def run_maintenance_now() -> None:
 def test_a_campaign_goes_out_completely_and_once(app, live_server, start_worker, make_campaign):
     campaign = make_campaign(300)
     start_worker()
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     wait_for(lambda: campaign_status(campaign.id) is CampaignStatus.COMPLETED, what="completed")
 
     rows = statuses(campaign.id)
@@ -130,13 +138,13 @@ def test_a_campaign_goes_out_completely_and_once(app, live_server, start_worker,
 
 def test_pause_stops_sending_and_resume_finishes(app, live_server, start_worker, make_campaign):
     campaign = make_campaign(400)
-    sender = services.default_sender()
+    sender = default_sender()
     sender.rate_limit_per_minute = 1200  # 20 a second: slow enough to pause mid-way
     db.session.commit()
     start_worker()
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     wait_for(lambda: len(mock_log(live_server)) >= 40, what="sending started")
-    services.pause_campaign(campaign.id, campaign.owner_id)
+    pause_campaign(campaign.id, campaign.owner_id)
     # Jobs already running finish; after that nothing more is sent while paused.
     time.sleep(2)
     during = len(mock_log(live_server))
@@ -145,7 +153,7 @@ def test_pause_stops_sending_and_resume_finishes(app, live_server, start_worker,
     assert campaign_status(campaign.id) is CampaignStatus.PAUSED
     assert statuses(campaign.id)["pending"] > 0
 
-    services.resume_campaign(campaign.id, campaign.owner_id)
+    resume_campaign(campaign.id, campaign.owner_id)
     wait_for(lambda: campaign_status(campaign.id) is CampaignStatus.COMPLETED, 120, "completed")
     rows = statuses(campaign.id)
     assert set(rows) <= TERMINAL, rows
@@ -156,12 +164,12 @@ def test_pause_stops_sending_and_resume_finishes(app, live_server, start_worker,
 
 def test_cancel_mid_campaign(app, live_server, start_worker, make_campaign):
     campaign = make_campaign(400)
-    services.default_sender().rate_limit_per_minute = 1200
+    default_sender().rate_limit_per_minute = 1200
     db.session.commit()
     start_worker()
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     wait_for(lambda: len(mock_log(live_server)) >= 20, what="sending started")
-    services.cancel_campaign(campaign.id, campaign.owner_id)
+    cancel_campaign(campaign.id, campaign.owner_id)
     wait_for(lambda: not (set(statuses(campaign.id)) - TERMINAL), 60, "every message terminal")
     rows = statuses(campaign.id)
     assert rows["cancelled"] > 0
@@ -175,7 +183,7 @@ def test_transient_errors_are_retried_until_they_go(app, live_server, start_work
     app.config["MOCK_WHATSAPP_TRANSIENT_RATE"] = 0.2
     campaign = make_campaign(60)
     start_worker()
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     wait_for(lambda: campaign_status(campaign.id) is CampaignStatus.COMPLETED, 60, "completed")
     rows = statuses(campaign.id)
     assert set(rows) <= TERMINAL
@@ -196,11 +204,11 @@ def test_a_worker_killed_mid_campaign_loses_nothing(app, live_server, start_work
     only a message whose call the kill cut can have gone out twice."""
     app.config["MOCK_WHATSAPP_LATENCY_MS"] = 300  # calls are in flight when the worker dies
     campaign = make_campaign(300)
-    services.default_sender().rate_limit_per_minute = 1200  # 20 a second: time to kill mid-way
+    default_sender().rate_limit_per_minute = 1200  # 20 a second: time to kill mid-way
     db.session.commit()
     concurrency = 8
     first = start_worker("first", concurrency, env=CRASH_RECOVERY)
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
 
     def mid_call() -> bool:
         return len(mock_log(live_server)) >= 100 and statuses(campaign.id)["sending"] > 0
@@ -286,7 +294,7 @@ def test_two_workers_start_each_scheduled_campaign_once(
         for n in range(count):
             campaign = make_campaign(size, f"{label} {n}")
             when = datetime.now(UTC) + timedelta(hours=1)
-            ids.append(services.schedule_campaign(campaign.id, when, campaign.owner_id).id)
+            ids.append(schedule_campaign(campaign.id, when, campaign.owner_id).id)
         return ids
 
     def make_due(connection, ids: list[int]) -> None:

@@ -9,9 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, queries, sending, services
+from campaigns import counters, queries, sending
 from campaigns.htmx import STOP_POLLING
 from campaigns.models import Campaign, CampaignStatus, Role
+from campaigns.services.campaigns import pause_campaign, schedule_campaign, send_campaign_now
+from campaigns.services.users import create_api_token
 from tests.test_sending import jobs
 
 HX = {"HX-Request": "true"}
@@ -28,7 +30,7 @@ def _oob_ids(html: str) -> set[str]:
 
 def _send_everything(app, campaign) -> None:
     """Drive a campaign from start to completed in-process, as workers would."""
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     sending.load_audience(campaign.id, app.config)
     while True:
         sending.pump(campaign.id)
@@ -47,7 +49,7 @@ def _send_everything(app, campaign) -> None:
 
 def test_the_fragment_polls_while_sending(client, login_as, app, campaign, fake):
     login_as(Role.VIEWER)
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     response = client.get(f"/campaigns/{campaign.id}/progress?shown=sending", headers=HX)
     html = response.get_data(as_text=True)
     assert response.status_code == 200
@@ -96,8 +98,8 @@ def test_the_final_fragment_stops_polling_and_updates_badge_and_buttons(
 
 def test_a_viewer_gets_no_buttons_out_of_band(client, login_as, app, campaign, fake):
     login_as(Role.VIEWER)
-    services.send_campaign_now(campaign.id, campaign.owner_id)
-    services.pause_campaign(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
+    pause_campaign(campaign.id, campaign.owner_id)
     response = client.get(f"/campaigns/{campaign.id}/progress?shown=sending", headers=HX)
     assert response.status_code == STOP_POLLING  # paused: nothing to watch until resumed
     html = response.get_data(as_text=True)
@@ -110,7 +112,7 @@ def test_a_viewer_gets_no_buttons_out_of_band(client, login_as, app, campaign, f
 )
 def test_a_scheduled_campaign_polls_only_when_due_soon(client, login_as, campaign, due_in, polls):
     login_as(Role.VIEWER)
-    services.schedule_campaign(campaign.id, datetime.now(UTC) + due_in, campaign.owner_id)
+    schedule_campaign(campaign.id, datetime.now(UTC) + due_in, campaign.owner_id)
     html = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
     assert ('hx-trigger="every 2s"' in _root(html)) is polls
     response = client.get(f"/campaigns/{campaign.id}/progress?shown=scheduled", headers=HX)
@@ -163,7 +165,7 @@ def test_sent_last_minute_is_a_sliding_minute(app, campaign):
 
 def test_the_chart_shows_the_last_hour_per_minute(client, login_as, app, campaign, fake):
     login_as(Role.VIEWER)
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     counters.bump_minute(db.session, campaign.id, sent=3)
     counters.bump_minute(db.session, campaign.id, sent=4)  # another shard, most likely
     counters.bump_minute(db.session, campaign.id, failed=2)
@@ -192,7 +194,7 @@ def test_the_chart_shows_the_last_hour_per_minute(client, login_as, app, campaig
 
 def test_progress_json_matches_the_counters(client, app, campaign, fake):
     _send_everything(app, campaign)
-    _token, raw = services.create_api_token(campaign.owner_id)
+    _token, raw = create_api_token(campaign.owner_id)
     body = client.get(
         f"/api/v1/campaigns/{campaign.id}/progress", headers={"Authorization": f"Bearer {raw}"}
     ).json

@@ -196,10 +196,11 @@ def test_cancel_a_waiting_job(client, admin):
 
 
 def test_cancelling_a_message_job_cancels_its_message(client, admin):
-    from campaigns import services
+    from campaigns.services.demo import seed_demo
+    from campaigns.services.templates import default_sender
 
-    services.seed_demo()
-    sender = services.default_sender()
+    seed_demo()
+    sender = default_sender()
     campaign = Campaign(
         name="Window",
         owner_id=admin.id,

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, queries, sending, services
+from campaigns import counters, queries, sending
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -22,6 +22,8 @@ from campaigns.models import (
     Suppression,
 )
 from campaigns.providers.errors import ErrorKind, explain, is_retryable, stored_kind
+from campaigns.services import Conflict
+from campaigns.services.campaigns import retry_failed
 from tests.conftest import demo_campaign
 from tests.test_sending import assert_counters_match_rows, jobs
 
@@ -357,7 +359,7 @@ def test_retry_failed_while_sending_keeps_one_pump(app, campaign, supervisor):
     db.session.commit()
     sending.defer_pump(db.session, campaign.id)
     db.session.commit()
-    assert services.retry_failed(campaign.id, supervisor.id) == 5
+    assert retry_failed(campaign.id, supervisor.id) == 5
     assert statuses(ids["retryable"]) == {MessageStatus.PENDING}
     assert len(jobs(sending.PUMP_TASK)) == 1  # its queueing lock keeps it to one
     assert_counters_match_rows(campaign.id)
@@ -367,7 +369,7 @@ def test_retry_failed_on_a_paused_campaign_waits_for_resume(app, campaign, super
     ids = _completed_with_failures(campaign)
     campaign.status = CampaignStatus.PAUSED
     db.session.commit()
-    assert services.retry_failed(campaign.id, supervisor.id) == 5
+    assert retry_failed(campaign.id, supervisor.id) == 5
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.PAUSED
     assert statuses(ids["retryable"]) == {MessageStatus.PENDING}
@@ -384,8 +386,8 @@ def test_retry_failed_is_refused_unless_sending_paused_or_completed(
     ids = _completed_with_failures(campaign)
     campaign.status = status
     db.session.commit()
-    with pytest.raises(services.Conflict, match=f"A {status.value} campaign cannot send"):
-        services.retry_failed(campaign.id, supervisor.id)
+    with pytest.raises(Conflict, match=f"A {status.value} campaign cannot send"):
+        retry_failed(campaign.id, supervisor.id)
     client.post(f"/campaigns/{campaign.id}/retry-failed")
     assert f"A {status.value} campaign cannot send" in client.get(
         f"/campaigns/{campaign.id}"

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, sending, services
+from campaigns import counters, sending
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -23,6 +23,17 @@ from campaigns.models import (
 )
 from campaigns.providers.base import SendError, SendResult
 from campaigns.providers.errors import ErrorKind
+from campaigns.services import Conflict
+from campaigns.services.campaigns import (
+    cancel_campaign,
+    pause_campaign,
+    resume_campaign,
+    retry_failed,
+    schedule_campaign,
+    send_campaign_now,
+)
+from campaigns.services.suppressions import add_suppression
+from campaigns.services.templates import default_sender
 from tests.conftest import demo_campaign
 
 
@@ -64,26 +75,24 @@ def assert_counters_match_rows(campaign_id: int) -> None:
 
 
 def load_audience(app, campaign) -> None:
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     sending.load_audience(campaign.id, app.config)
 
 
 def test_send_now_starts_and_defers_the_fan_out_in_one_transaction(campaign):
-    services.send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id)
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.SENDING and campaign.started_at
     assert [j["args"] for j in jobs(sending.FAN_OUT_TASK)] == [{"campaign_id": campaign.id}]
     assert [j["args"] for j in jobs(sending.NOTIFY_TASK)] == [
         {"campaign_id": campaign.id, "kind": "started"}
     ]
-    with pytest.raises(services.Conflict, match="cannot be sent now"):
-        services.send_campaign_now(campaign.id, campaign.owner_id)
+    with pytest.raises(Conflict, match="cannot be sent now"):
+        send_campaign_now(campaign.id, campaign.owner_id)
 
 
 def test_scheduler_claims_due_campaigns_once(campaign):
-    services.schedule_campaign(
-        campaign.id, datetime.now(UTC) + timedelta(minutes=5), campaign.owner_id
-    )
+    schedule_campaign(campaign.id, datetime.now(UTC) + timedelta(minutes=5), campaign.owner_id)
     assert sending.claim_due(datetime.now(UTC)) == []  # not due yet
     later = datetime.now(UTC) + timedelta(minutes=6)
     assert sending.claim_due(later) == [campaign.id]
@@ -300,7 +309,7 @@ def test_rate_limited_sends_wait_without_spending_an_attempt(app, campaign, fake
 
 def test_pause_resume_and_cancel(app, campaign, fake):
     ids = _queue_all(app, campaign)
-    services.pause_campaign(campaign.id, campaign.owner_id)
+    pause_campaign(campaign.id, campaign.owner_id)
     assert message_counts(campaign.id).get("queued", 0) == 0  # back to pending at once
     outcome = sending.send(ids[0], app.config, last_attempt=False, retry_queue=False)
     assert outcome.status == "skipped" and fake.calls == []
@@ -308,20 +317,20 @@ def test_pause_resume_and_cancel(app, campaign, fake):
     assert db.session.get(Message, ids[0]).status is MessageStatus.PENDING
     assert sending.pump(campaign.id) is None  # a paused campaign is not pumped
 
-    services.resume_campaign(campaign.id, campaign.owner_id)
+    resume_campaign(campaign.id, campaign.owner_id)
     assert len([j for j in jobs(sending.PUMP_TASK) if j["status"] == "todo"]) == 1
     sending.pump(campaign.id)  # queues them again
     assert sending.send(ids[1], app.config, last_attempt=False, retry_queue=False).status == "sent"
 
-    services.cancel_campaign(campaign.id, campaign.owner_id)
+    cancel_campaign(campaign.id, campaign.owner_id)
     outcome = sending.send(ids[2], app.config, last_attempt=False, retry_queue=False)
     assert outcome.status == "skipped"
     db.session.expire_all()
     assert db.session.get(Message, ids[2]).status is MessageStatus.CANCELLED
     rows = message_counts(campaign.id)
     assert rows.get("pending", 0) == rows.get("queued", 0) == 0 and rows["cancelled"] > 0
-    with pytest.raises(services.Conflict, match="cancelled campaign cannot be resumed"):
-        services.resume_campaign(campaign.id, campaign.owner_id)
+    with pytest.raises(Conflict, match="cancelled campaign cannot be resumed"):
+        resume_campaign(campaign.id, campaign.owner_id)
     assert_counters_match_rows(campaign.id)
 
 
@@ -424,7 +433,7 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
     assert db.session.get(Message, alive).status is MessageStatus.QUEUED  # its job waits
     assert_counters_match_rows(campaign.id)
     # Disparo's own failure, not the message's: "retry failed" sends it again.
-    assert services.retry_failed(campaign.id, campaign.owner_id) == 1
+    assert retry_failed(campaign.id, campaign.owner_id) == 1
     db.session.refresh(message)
     assert message.status is MessageStatus.PENDING
 
@@ -444,7 +453,7 @@ def test_a_message_whose_job_a_shutdown_aborted_goes_back_to_pending(app, campai
 
 def _signed(app, body: dict) -> tuple[bytes, dict]:
     raw = json.dumps(body).encode()
-    secret = services.default_sender().app_secret
+    secret = default_sender().app_secret
     signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
     return raw, {"X-Hub-Signature-256": f"sha256={signature}", "Content-Type": "application/json"}
 
@@ -536,7 +545,7 @@ def test_a_failed_status_with_its_error(app, client, campaign, fake):
 )
 def test_a_failed_status_that_means_stop_pauses(app, client, campaign, fake, code, whole_sender):
     other = demo_campaign(campaign.owner_id, 10, name="Same sender")
-    services.send_campaign_now(other.id, other.owner_id)
+    send_campaign_now(other.id, other.owner_id)
     _, response = _send_one_then_fail(app, client, campaign, code)
     assert response.json["applied"] == 1
     db.session.expire_all()
@@ -610,14 +619,14 @@ def test_a_marketing_opt_out_preference_suppresses_and_a_resume_lifts_it(client,
     assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_ins"] == 1
     assert db.session.query(Suppression).filter_by(phone="+5511987650001").count() == 0
     # A number an operator put on the list stays there whatever WhatsApp says.
-    services.add_suppression("+5511987650001", "asked by phone", "manual", campaign.owner_id)
+    add_suppression("+5511987650001", "asked by phone", "manual", campaign.owner_id)
     raw, headers = _signed(None, _preference("resume"))
     assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["opt_ins"] == 0
     assert db.session.query(Suppression).filter_by(phone="+5511987650001").count() == 1
 
 
 def test_webhook_verify_handshake(app, client, campaign):
-    token = services.default_sender().webhook_verify_token
+    token = default_sender().webhook_verify_token
     ok = client.get(
         f"/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=abc123"
     )

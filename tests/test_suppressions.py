@@ -5,8 +5,18 @@ import io
 import pytest
 
 from app import db
-from campaigns import queries, services
+from campaigns import queries
 from campaigns.models import Role, Suppression
+from campaigns.services import NotFound, ServiceError
+from campaigns.services.suppressions import (
+    MAX_REPORTED_INVALID,
+    add_suppression,
+    import_suppressions,
+    is_suppressed,
+    remove_suppression,
+    suppress,
+)
+from campaigns.services.users import create_api_token
 
 PHONE = "(11) 98765-4321"
 E164 = "+5511987654321"
@@ -21,7 +31,7 @@ def supervisor(login_as):
 def token_for(app, user_factory):
     def make(role: Role) -> dict[str, str]:
         user = user_factory(role)
-        _token, raw = services.create_api_token(user.id)
+        _token, raw = create_api_token(user.id)
         return {"Authorization": f"Bearer {raw}"}
 
     return make
@@ -46,7 +56,7 @@ def upload(client, text: str | bytes, filename: str = "optouts.csv"):
 
 def test_add_normalises_the_number(app, user_factory):
     user = user_factory(Role.SUPERVISOR)
-    suppression = services.add_suppression(PHONE, "  asked by phone ", "manual", user.id)
+    suppression = add_suppression(PHONE, "  asked by phone ", "manual", user.id)
     assert suppression.phone == E164
     assert suppression.reason == "asked by phone"
     assert (suppression.source, suppression.created_by_id) == ("manual", user.id)
@@ -54,45 +64,45 @@ def test_add_normalises_the_number(app, user_factory):
 
 
 def test_adding_twice_returns_the_existing_row_unchanged(app):
-    first, created = services.suppress(PHONE, "first", "manual", None)
-    second, created_again = services.suppress("+55 11 98765 4321", "second", "import", None)
+    first, created = suppress(PHONE, "first", "manual", None)
+    second, created_again = suppress("+55 11 98765 4321", "second", "import", None)
     assert (created, created_again) == (True, False)
     assert second.id == first.id
     assert (second.reason, second.source) == ("first", "manual")
-    assert services.add_suppression(E164, "third", "manual", None).id == first.id
+    assert add_suppression(E164, "third", "manual", None).id == first.id
     assert db.session.query(Suppression).count() == 1
 
 
 @pytest.mark.parametrize("raw", ["", "12345", "not a phone", "+0123", "11 9876"])
 def test_invalid_numbers_are_refused_at_the_phone_field(app, raw):
-    with pytest.raises(services.ServiceError) as refused:
-        services.add_suppression(raw, "", "manual", None)
+    with pytest.raises(ServiceError) as refused:
+        add_suppression(raw, "", "manual", None)
     assert refused.value.field == "phone"
     assert db.session.query(Suppression).count() == 0
 
 
 def test_remove(app):
-    suppression = services.add_suppression(PHONE, "", "manual", None)
-    services.remove_suppression(suppression.id)
+    suppression = add_suppression(PHONE, "", "manual", None)
+    remove_suppression(suppression.id)
     assert db.session.query(Suppression).count() == 0
-    with pytest.raises(services.NotFound):
-        services.remove_suppression(suppression.id)
+    with pytest.raises(NotFound):
+        remove_suppression(suppression.id)
 
 
 def test_is_suppressed_answers_for_a_whole_batch(app):
-    services.add_suppression(PHONE, "", "manual", None)
-    services.add_suppression("+14155550123", "", "manual", None)
+    add_suppression(PHONE, "", "manual", None)
+    add_suppression("+14155550123", "", "manual", None)
     batch = [E164, "+5511912345678", "+14155550123"]
-    assert services.is_suppressed(batch) == {E164, "+14155550123"}
-    assert services.is_suppressed(set(batch)) == {E164, "+14155550123"}
-    assert services.is_suppressed([]) == set()
-    assert services.is_suppressed(["+5511900000000"]) == set()
+    assert is_suppressed(batch) == {E164, "+14155550123"}
+    assert is_suppressed(set(batch)) == {E164, "+14155550123"}
+    assert is_suppressed([]) == set()
+    assert is_suppressed(["+5511900000000"]) == set()
 
 
 def test_import_with_a_header_row(app, user_factory):
     user = user_factory(Role.SUPERVISOR)
-    services.add_suppression("+5511912345678", "earlier", "manual", None)
-    report = services.import_suppressions(
+    add_suppression("+5511912345678", "earlier", "manual", None)
+    report = import_suppressions(
         "name,phone,reason\n"
         "Ana,(11) 98765-4321,asked in store\n"
         "Bia,not a phone,\n"
@@ -115,7 +125,7 @@ def test_import_with_a_header_row(app, user_factory):
 
 
 def test_import_of_a_single_column(app):
-    report = services.import_suppressions(
+    report = import_suppressions(
         ["11987654321", "11 91234-5678", "", "12", "+55 (11) 98765-4321"], None
     )
     # A number repeated in the file counts as already there from its second line on.
@@ -125,7 +135,7 @@ def test_import_of_a_single_column(app):
 
 
 def test_import_reads_semicolons_and_any_column_order(app):
-    report = services.import_suppressions(
+    report = import_suppressions(
         "Reason;Phone\nopted out;11987654321\nsaid stop;11912345678\n", None
     )
     assert (report.added, report.already_present, report.invalid_count) == (2, 0, 0)
@@ -133,35 +143,35 @@ def test_import_reads_semicolons_and_any_column_order(app):
 
 
 def test_import_shows_the_first_50_invalid_lines_but_counts_all(app):
-    report = services.import_suppressions(["phone"] + [f"bad{n}" for n in range(120)], None)
+    report = import_suppressions(["phone"] + [f"bad{n}" for n in range(120)], None)
     assert report.invalid_count == 120
-    assert len(report.invalid) == services.MAX_REPORTED_INVALID
+    assert len(report.invalid) == MAX_REPORTED_INVALID
     assert report.invalid[0] == (2, "bad0")
     assert report.invalid[-1] == (51, "bad49")
 
 
 def test_import_takes_100000_numbers_in_one_go(app):
     lines = [f"+55 11 9{n:08d}" for n in range(100_000)]
-    report = services.import_suppressions(lines, None)
+    report = import_suppressions(lines, None)
     assert (report.added, report.already_present, report.invalid_count) == (100_000, 0, 0)
-    assert services.import_suppressions(lines[:10], None).already_present == 10
+    assert import_suppressions(lines[:10], None).already_present == 10
 
 
 def test_import_refuses_more_than_100000_lines_and_writes_nothing(app):
-    with pytest.raises(services.ServiceError) as refused:
-        services.import_suppressions(["11987654321"] * 100_001, None)
+    with pytest.raises(ServiceError) as refused:
+        import_suppressions(["11987654321"] * 100_001, None)
     assert refused.value.field == "file"
     assert db.session.query(Suppression).count() == 0
 
 
 def test_import_of_an_empty_file_says_so(app):
-    with pytest.raises(services.ServiceError, match="no phone numbers"):
-        services.import_suppressions("phone\n\n", None)
+    with pytest.raises(ServiceError, match="no phone numbers"):
+        import_suppressions("phone\n\n", None)
 
 
 def test_list_searches_digits_and_pages_newest_first(app):
-    services.import_suppressions(numbers(120), None)
-    services.add_suppression(PHONE, "asked in store", "manual", None)
+    import_suppressions(numbers(120), None)
+    add_suppression(PHONE, "asked in store", "manual", None)
     first = queries.list_suppressions(None, 1)
     assert (first.total, first.pages, first.page) == (121, 3, 1)
     assert len(first.suppressions) == 50
@@ -220,7 +230,7 @@ def test_htmx_add_redirects_with_hx_redirect(client, supervisor):
 
 
 def test_remove_from_the_page_is_confirmed_and_keeps_the_search(client, supervisor):
-    suppression = services.add_suppression(PHONE, "", "manual", None)
+    suppression = add_suppression(PHONE, "", "manual", None)
     page = client.get("/suppressions/").get_data(as_text=True)
     assert f"/suppressions/{suppression.id}/remove" in page
     assert "return confirm(" in page
@@ -233,7 +243,7 @@ def test_remove_from_the_page_is_confirmed_and_keeps_the_search(client, supervis
 
 
 def test_csv_import_from_the_page_shows_the_report(client, supervisor):
-    services.add_suppression("+5511912345678", "", "manual", None)
+    add_suppression("+5511912345678", "", "manual", None)
     response = upload(
         client,
         "phone,reason\n11987654321,asked\n11912345678,again\nnope,\n123456,too short\n",
@@ -282,7 +292,7 @@ def test_csv_import_without_numbers_is_422(client, supervisor, data, message):
 
 
 def test_the_list_page_searches_and_pages(client, supervisor):
-    services.import_suppressions(numbers(60), None)
+    import_suppressions(numbers(60), None)
     page = client.get("/suppressions/").get_data(as_text=True)
     assert "60 numbers" in page and "Page 1 of 2" in page
     assert 'hx-get="/suppressions/rows"' in page and "delay:300ms" in page
@@ -295,8 +305,8 @@ def test_the_list_page_searches_and_pages(client, supervisor):
 
 def test_the_rows_fragment(client, login_as):
     login_as(Role.VIEWER)
-    services.import_suppressions(numbers(3), None)
-    services.add_suppression(PHONE, "asked", "manual", None)
+    import_suppressions(numbers(3), None)
+    add_suppression(PHONE, "asked", "manual", None)
     response = client.get("/suppressions/rows?q=98765", headers={"HX-Request": "true"})
     assert response.status_code == 200
     body = response.get_data(as_text=True).strip()
@@ -314,7 +324,7 @@ def test_nav_links_to_the_opt_outs(client, login_as):
 
 def test_viewers_read_but_cannot_change_the_list(client, login_as):
     login_as(Role.VIEWER)
-    suppression = services.add_suppression(PHONE, "asked", "manual", None)
+    suppression = add_suppression(PHONE, "asked", "manual", None)
     page = client.get("/suppressions/")
     assert page.status_code == 200
     body = page.get_data(as_text=True)
@@ -360,7 +370,7 @@ def test_api_contract(client, token_for):
 
 
 def test_api_lists_by_page(client, token_for):
-    services.import_suppressions(numbers(75), None)
+    import_suppressions(numbers(75), None)
     headers = token_for(Role.VIEWER)
     second = client.get("/api/v1/suppressions?page=2", headers=headers).json
     assert (second["page"], second["pages"], second["total"]) == (2, 2, 75)
@@ -398,7 +408,7 @@ def test_api_validation_is_422_with_the_field(client, token_for, payload, field)
     ],
 )
 def test_api_roles(client, token_for, role, method, path, expected):
-    services.add_suppression(PHONE, "", "manual", None)
+    add_suppression(PHONE, "", "manual", None)
     response = getattr(client, method)(path, json={"phone": PHONE}, headers=token_for(role))
     assert response.status_code == expected
     if expected == 403:

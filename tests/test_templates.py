@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from app import db
-from campaigns import services
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -11,6 +10,8 @@ from campaigns.models import (
     Role,
     TemplateStatus,
 )
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender, submit_template, sync_template_status
 
 VALID = {
     "name": "promo_black_friday",
@@ -26,8 +27,8 @@ VALID = {
 
 @pytest.fixture
 def sender(app):
-    services.seed_demo()
-    return services.default_sender()
+    seed_demo()
+    return default_sender()
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memor
         as_text=True
     )
 
-    services.sync_template_status(template.id)
+    sync_template_status(template.id)
     db.session.refresh(template)
     assert template.status is TemplateStatus.APPROVED
     status = client.get(f"/templates/{template.id}/status", headers={"HX-Request": "true"})
@@ -151,7 +152,7 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memor
 
 def test_pending_status_keeps_polling(client, sender, supervisor):
     template = _template(client)
-    services.submit_template(template.id)
+    submit_template(template.id)
     response = client.get(f"/templates/{template.id}/status", headers={"HX-Request": "true"})
     assert response.status_code == 200
     assert 'hx-trigger="every 3s"' in response.get_data(as_text=True)
@@ -159,8 +160,8 @@ def test_pending_status_keeps_polling(client, sender, supervisor):
 
 def test_the_mock_rejects_bodies_with_the_marker(app, client, sender, supervisor):
     template = _template(client, body_text="Oi {{first_name}} REJECT_ME")
-    services.submit_template(template.id)
-    services.sync_template_status(template.id)
+    submit_template(template.id)
+    sync_template_status(template.id)
     db.session.refresh(template)
     assert template.status is TemplateStatus.REJECTED
     assert "REJECT_ME" in template.status_reason

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from app import db
-from campaigns import services
 from campaigns.models import ApiToken, Role, User
+from campaigns.services.users import create_api_token, user_for_token
 from tests.conftest import login
 
 
@@ -61,12 +61,12 @@ def test_admins_cannot_lock_themselves_out(client, admin):
 
 def test_disabling_a_user_stops_their_tokens(client, admin, user_factory):
     user = user_factory(Role.SUPERVISOR)
-    _token, raw = services.create_api_token(user.id)
-    assert services.user_for_token(raw).id == user.id
+    _token, raw = create_api_token(user.id)
+    assert user_for_token(raw).id == user.id
     assert client.post(f"/users/{user.id}/disable").status_code == 303
-    assert services.user_for_token(raw) is None
+    assert user_for_token(raw) is None
     client.post(f"/users/{user.id}/enable")
-    assert services.user_for_token(raw).id == user.id
+    assert user_for_token(raw).id == user.id
 
 
 def test_reset_password(client, admin, user_factory):
@@ -84,16 +84,16 @@ def test_everyone_manages_their_own_tokens(client, login_as):
     response = client.post("/me/tokens", data={"name": "erp sync"})
     body = response.get_data(as_text=True)
     raw = re.search(r"<code>(dsp_[^<]+)</code>", body).group(1)
-    assert services.user_for_token(raw).id == viewer.id
+    assert user_for_token(raw).id == viewer.id
     assert raw not in client.get("/me/tokens").get_data(as_text=True)  # shown once
     token = db.session.query(ApiToken).one()
     assert client.post(f"/me/tokens/{token.id}/revoke").status_code == 303
-    assert services.user_for_token(raw) is None
+    assert user_for_token(raw) is None
 
 
 def test_nobody_revokes_another_users_token(client, login_as, user_factory):
     other = user_factory()
-    services.create_api_token(other.id)
+    create_api_token(other.id)
     token = db.session.query(ApiToken).one()
     login_as(Role.ADMIN)
     assert client.post(f"/me/tokens/{token.id}/revoke").status_code == 404

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from app import db
-from campaigns import services
 from campaigns.models import Role
+from campaigns.services.demo import seed_demo
 
 
 def test_dashboard_shows_what_is_in_the_database(client, login_as):
     login_as(Role.VIEWER)
-    services.seed_demo()
+    seed_demo()
     response = client.get("/")
     assert response.status_code == 200
     body = response.get_data(as_text=True)
@@ -42,8 +42,8 @@ def test_api_errors_are_json(client):
 
 
 def test_seed_demo_runs_once(app):
-    first = services.seed_demo()
-    second = services.seed_demo()
+    first = seed_demo()
+    second = seed_demo()
     assert first.created and first.admin_password
     assert not second.created and second.admin_password is None
     from campaigns.models import MessageTemplate, Sender, TemplateStatus, User

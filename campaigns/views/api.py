@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import queries, ratelimit, services
+from campaigns import queries, ratelimit
 from campaigns.auth import requires
 from campaigns.i18n import _
 from campaigns.models import (
@@ -22,6 +22,27 @@ from campaigns.models import (
     Suppression,
     User,
 )
+from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.services.campaigns import (
+    cancel_campaign,
+    create_campaign,
+    duplicate_campaign,
+    pause_campaign,
+    resume_campaign,
+    schedule_campaign,
+    send_campaign_now,
+    template_variables_for,
+    update_campaign,
+)
+from campaigns.services.senders import save_sender
+from campaigns.services.suppressions import remove_suppression, suppress
+from campaigns.services.templates import (
+    create_template,
+    submit_template,
+    sync_template_status,
+    update_template,
+)
+from campaigns.services.users import update_user, user_for_token
 from campaigns.validation import (
     CampaignFields,
     Invalid,
@@ -47,7 +68,7 @@ def error(status: int, code: str, message: str, fields: dict[str, str] | None = 
 def authenticate() -> Response | None:
     """Every API call carries ``Authorization: Bearer <token>`` of an active user."""
     scheme, _sep, raw = request.headers.get("Authorization", "").partition(" ")
-    user = services.user_for_token(raw.strip()) if scheme.lower() == "bearer" and raw else None
+    user = user_for_token(raw.strip()) if scheme.lower() == "bearer" and raw else None
     if user is None:
         response = error(
             401, "unauthenticated", _("Send a valid API token as: Authorization: Bearer <token>.")
@@ -91,18 +112,18 @@ def invalid(exc: Invalid) -> Response:
     return error(422, "validation_failed", _("Some fields are not valid."), exc.errors)
 
 
-@bp.errorhandler(services.NotFound)
-def not_found(exc: services.NotFound) -> Response:
+@bp.errorhandler(NotFound)
+def not_found(exc: NotFound) -> Response:
     return error(404, "not_found", exc.message)
 
 
-@bp.errorhandler(services.Conflict)
-def conflict(exc: services.Conflict) -> Response:
+@bp.errorhandler(Conflict)
+def conflict(exc: Conflict) -> Response:
     return error(409, "conflict", exc.message)
 
 
-@bp.errorhandler(services.ServiceError)
-def refused(exc: services.ServiceError) -> Response:
+@bp.errorhandler(ServiceError)
+def refused(exc: ServiceError) -> Response:
     fields = {exc.field: exc.message} if exc.field else None
     return error(422, "validation_failed", exc.message, fields)
 
@@ -179,7 +200,7 @@ def me() -> Response:
 def user_update(user_id: int) -> Response:
     """Change a user's role or rate limits."""
     changes = parse_user_changes(body())
-    return jsonify(user_json(services.update_user(user_id, changes, g.api_user.id)))
+    return jsonify(user_json(update_user(user_id, changes, g.api_user.id)))
 
 
 @bp.get("/senders")
@@ -198,7 +219,7 @@ def sender_get(sender_id: int) -> Response:
 @requires(Role.ADMIN)
 def sender_create() -> tuple[Response, int]:
     """Create a sender."""
-    return jsonify(sender_json(services.save_sender(parse_sender(body())))), 201
+    return jsonify(sender_json(save_sender(parse_sender(body())))), 201
 
 
 @bp.patch("/senders/<int:sender_id>")
@@ -207,7 +228,7 @@ def sender_update(sender_id: int) -> Response:
     """Change a sender (send every field, as in the form; secrets only to change them)."""
     current = sender_json(_found(queries.get_sender(sender_id)))
     fields = parse_sender(current | body())
-    return jsonify(sender_json(services.save_sender(fields, sender_id)))
+    return jsonify(sender_json(save_sender(fields, sender_id)))
 
 
 # The API names template texts "header"/"body"/"footer"; the form says *_text.
@@ -245,7 +266,7 @@ def template_create() -> tuple[Response, int]:
     sender_id = data.get("sender_id")
     if sender_id is not None and not isinstance(sender_id, int):
         raise Invalid({"sender_id": _("Give the sender's id as a number.")})
-    return jsonify(template_json(services.create_template(fields, g.api_user.id, sender_id))), 201
+    return jsonify(template_json(create_template(fields, g.api_user.id, sender_id))), 201
 
 
 @bp.patch("/templates/<int:template_id>")
@@ -254,7 +275,7 @@ def template_update(template_id: int) -> Response:
     """Change a template; it returns to draft."""
     current = template_json(_found(queries.get_template(template_id)))
     fields = _template_fields(current | body())
-    return jsonify(template_json(services.update_template(template_id, fields)))
+    return jsonify(template_json(update_template(template_id, fields)))
 
 
 @bp.post("/templates/<int:template_id>/submit")
@@ -262,7 +283,7 @@ def template_update(template_id: int) -> Response:
 def template_submit(template_id: int) -> tuple[Response, int]:
     """Send the template for review (202: the outcome arrives later)."""
     _found(queries.get_template(template_id))
-    return jsonify(template_json(services.submit_template(template_id))), 202
+    return jsonify(template_json(submit_template(template_id))), 202
 
 
 @bp.post("/templates/<int:template_id>/sync")
@@ -270,7 +291,7 @@ def template_submit(template_id: int) -> tuple[Response, int]:
 def template_sync(template_id: int) -> Response:
     """Ask the provider for the review status now."""
     _found(queries.get_template(template_id))
-    return jsonify(template_json(services.sync_template_status(template_id)))
+    return jsonify(template_json(sync_template_status(template_id)))
 
 
 def suppression_json(suppression: Suppression) -> dict[str, Any]:
@@ -304,7 +325,7 @@ def suppression_create() -> tuple[Response, int]:
     if not isinstance(phone, str) or not isinstance(reason, str):
         field = "reason" if isinstance(phone, str) else "phone"
         raise Invalid({field: _("Send it as a string.")})
-    suppression, created = services.suppress(phone, reason, "manual", g.api_user.id)
+    suppression, created = suppress(phone, reason, "manual", g.api_user.id)
     return jsonify(suppression_json(suppression)), 201 if created else 200
 
 
@@ -312,7 +333,7 @@ def suppression_create() -> tuple[Response, int]:
 @requires(Role.SUPERVISOR)
 def suppression_delete(suppression_id: int) -> tuple[str, int]:
     """Take a number off the list (404 if there is no such entry)."""
-    services.remove_suppression(suppression_id)
+    remove_suppression(suppression_id)
     return "", 204
 
 
@@ -339,7 +360,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _campaign_fields(data: dict[str, Any]) -> CampaignFields:
-    return parse_campaign(data, services.template_variables_for(data.get("template_id")))
+    return parse_campaign(data, template_variables_for(data.get("template_id")))
 
 
 @bp.get("/campaigns")
@@ -364,7 +385,7 @@ def campaign_list() -> Response:
 @requires(Role.SUPERVISOR)
 def campaign_create() -> tuple[Response, int]:
     """Create a draft campaign (every template variable mapped)."""
-    campaign = services.create_campaign(_campaign_fields(body()), g.api_user.id)
+    campaign = create_campaign(_campaign_fields(body()), g.api_user.id)
     return jsonify(campaign_json(campaign)), 201
 
 
@@ -380,7 +401,7 @@ def campaign_update(campaign_id: int) -> Response:
     """Change a draft or scheduled campaign (fields not sent stay as they are)."""
     current = campaign_json(_found(queries.get_campaign(campaign_id)))
     fields = _campaign_fields(current | body())
-    return jsonify(campaign_json(services.update_campaign(campaign_id, fields, g.api_user.id)))
+    return jsonify(campaign_json(update_campaign(campaign_id, fields, g.api_user.id)))
 
 
 @bp.post("/campaigns/<int:campaign_id>/schedule")
@@ -395,15 +416,15 @@ def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
     if when.tzinfo is None:
         raise Invalid({"scheduled_at": _("Give the time with its offset, e.g. -03:00.")})
     _found(queries.get_campaign(campaign_id))
-    campaign = services.schedule_campaign(campaign_id, when, g.api_user.id)
+    campaign = schedule_campaign(campaign_id, when, g.api_user.id)
     return jsonify(campaign_json(campaign)), 202
 
 
 CAMPAIGN_ACTIONS = {
-    "send-now": services.send_campaign_now,
-    "pause": services.pause_campaign,
-    "resume": services.resume_campaign,
-    "cancel": services.cancel_campaign,
+    "send-now": send_campaign_now,
+    "pause": pause_campaign,
+    "resume": resume_campaign,
+    "cancel": cancel_campaign,
 }
 
 
@@ -421,7 +442,7 @@ def campaign_action(campaign_id: int, action: str) -> tuple[Response, int]:
 def campaign_duplicate(campaign_id: int) -> tuple[Response, int]:
     """A new draft like this campaign."""
     _found(queries.get_campaign(campaign_id))
-    return jsonify(campaign_json(services.duplicate_campaign(campaign_id, g.api_user.id))), 201
+    return jsonify(campaign_json(duplicate_campaign(campaign_id, g.api_user.id))), 201
 
 
 @bp.get("/campaigns/<int:campaign_id>/progress")

@@ -8,8 +8,8 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
-from campaigns import services
 from campaigns.i18n import _
+from campaigns.services.users import authenticate
 
 bp = Blueprint("auth", __name__)
 
@@ -34,9 +34,7 @@ def login() -> str | Response:
 def login_submit() -> tuple[str, int] | Response:
     """Check the credentials; 422 re-renders the form with the reason."""
     email = request.form.get("email", "")
-    result = services.authenticate(
-        email, request.form.get("password", ""), request.remote_addr or ""
-    )
+    result = authenticate(email, request.form.get("password", ""), request.remote_addr or "")
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)

@@ -23,13 +23,31 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import audience, erp, queries, rendering, services
+from campaigns import audience, erp, queries, rendering
 from campaigns.auth import requires
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
+from campaigns.services import ServiceError
+from campaigns.services.campaigns import (
+    RETRY_FAILED_STATUSES,
+    allowed_actions,
+    cancel_campaign,
+    create_campaign,
+    duplicate_campaign,
+    pause_campaign,
+    resume_campaign,
+    retry_failed,
+    schedule_campaign,
+    send_campaign_now,
+    send_test_message,
+    template_variables_for,
+    unschedule_campaign,
+    update_campaign,
+)
 from campaigns.validation import (
     CUSTOMER_FIELDS,
+    CampaignFields,
     Checker,
     Invalid,
     campaign_data_from_form,
@@ -81,7 +99,7 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     """Each variable of the chosen template with what it is mapped to on the form."""
     variables = form.get("variables", {})
     # Without a template, keep showing what was typed, so nothing is lost.
-    names = services.template_variables_for(template_id) or list(variables)
+    names = template_variables_for(template_id) or list(variables)
     rows = []
     for name in names:
         source = variables.get(name, {})
@@ -139,9 +157,9 @@ def campaign_new():
     return _form_page(data, {})
 
 
-def _parse_form() -> tuple[dict[str, Any], services.CampaignFields]:
+def _parse_form() -> tuple[dict[str, Any], CampaignFields]:
     data = campaign_data_from_form(request.form)
-    return data, parse_campaign(data, services.template_variables_for(data["template_id"]))
+    return data, parse_campaign(data, template_variables_for(data["template_id"]))
 
 
 @bp.post("/")
@@ -151,11 +169,9 @@ def campaign_create():
     data = campaign_data_from_form(request.form)
     try:
         _data, fields = _parse_form()
-        campaign = services.create_campaign(fields, current_user.id)
-    except Invalid as invalid:
-        return _form_page(data, invalid.errors, status=422)
-    except services.ServiceError as error:
-        return _form_page(data, {error.field or "form": error.message}, status=422)
+        campaign = create_campaign(fields, current_user.id)
+    except (Invalid, ServiceError) as error:
+        return _form_page(data, error.errors, status=422)
     flash(_("Campaign saved as a draft."), "success")
     return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign.id))
 
@@ -165,7 +181,7 @@ def campaign_create():
 def campaign_edit(campaign_id: int):
     """The form, filled in (draft and scheduled campaigns only)."""
     campaign = _campaign_or_404(campaign_id)
-    if "edit" not in services.allowed_actions(campaign.status):
+    if "edit" not in allowed_actions(campaign.status):
         flash(_("A %(s)s campaign cannot be edited.") % {"s": campaign.status.value}, "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
     return _form_page(_data_of(campaign), {}, campaign)
@@ -179,11 +195,9 @@ def campaign_update(campaign_id: int):
     data = campaign_data_from_form(request.form)
     try:
         _data, fields = _parse_form()
-        services.update_campaign(campaign_id, fields, current_user.id)
-    except Invalid as invalid:
-        return _form_page(data, invalid.errors, campaign, 422)
-    except services.ServiceError as error:
-        return _form_page(data, {error.field or "form": error.message}, campaign, 422)
+        update_campaign(campaign_id, fields, current_user.id)
+    except (Invalid, ServiceError) as error:
+        return _form_page(data, error.errors, campaign, 422)
     flash(_("Campaign saved."), "success")
     return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
 
@@ -226,7 +240,7 @@ def campaign_show(campaign_id: int) -> str:
     return render_template(
         "campaigns/show.html",
         campaign=campaign,
-        actions=services.allowed_actions(campaign.status),
+        actions=allowed_actions(campaign.status),
         activity=queries.campaign_activity(campaign_id),
         progress=progress,
         chart=queries.throughput_chart(progress),
@@ -252,7 +266,7 @@ def campaign_progress(campaign_id: int):
             campaign=campaign,
             progress=progress,
             chart=queries.throughput_chart(progress),
-            actions=services.allowed_actions(campaign.status),
+            actions=allowed_actions(campaign.status),
             oob=changed,
         ),
         200 if progress.is_live else STOP_POLLING,
@@ -297,10 +311,8 @@ def _act(campaign_id: int, action, *args) -> Response:
     _campaign_or_404(campaign_id)
     try:
         action(campaign_id, *args, current_user.id)
-    except Invalid as invalid:
-        flash(next(iter(invalid.errors.values())), "error")
-    except services.ServiceError as error:
-        flash(error.message, "error")
+    except (Invalid, ServiceError) as error:
+        flash(next(iter(error.errors.values())), "error")
     return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
 
 
@@ -313,42 +325,42 @@ def campaign_schedule(campaign_id: int) -> Response:
     except Invalid as invalid:
         flash(invalid.errors["scheduled_at"], "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
-    return _act(campaign_id, services.schedule_campaign, when)
+    return _act(campaign_id, schedule_campaign, when)
 
 
 @bp.post("/<int:campaign_id>/unschedule")
 @requires(Role.SUPERVISOR)
 def campaign_unschedule(campaign_id: int) -> Response:
     """Back to draft."""
-    return _act(campaign_id, services.unschedule_campaign)
+    return _act(campaign_id, unschedule_campaign)
 
 
 @bp.post("/<int:campaign_id>/send-now")
 @requires(Role.SUPERVISOR)
 def campaign_send_now(campaign_id: int) -> Response:
     """Start sending at once."""
-    return _act(campaign_id, services.send_campaign_now)
+    return _act(campaign_id, send_campaign_now)
 
 
 @bp.post("/<int:campaign_id>/pause")
 @requires(Role.SUPERVISOR)
 def campaign_pause(campaign_id: int) -> Response:
     """Stop sending until resumed."""
-    return _act(campaign_id, services.pause_campaign)
+    return _act(campaign_id, pause_campaign)
 
 
 @bp.post("/<int:campaign_id>/resume")
 @requires(Role.SUPERVISOR)
 def campaign_resume(campaign_id: int) -> Response:
     """Carry on where it stopped."""
-    return _act(campaign_id, services.resume_campaign)
+    return _act(campaign_id, resume_campaign)
 
 
 @bp.post("/<int:campaign_id>/cancel")
 @requires(Role.SUPERVISOR)
 def campaign_cancel(campaign_id: int) -> Response:
     """Cancel for good (the page asks to confirm)."""
-    return _act(campaign_id, services.cancel_campaign)
+    return _act(campaign_id, cancel_campaign)
 
 
 @bp.post("/<int:campaign_id>/test-send")
@@ -358,8 +370,8 @@ def campaign_test_send(campaign_id: int):
     _campaign_or_404(campaign_id)
     phone = request.form.get("phone", "")
     try:
-        wamid = services.test_send(campaign_id, phone, current_user.id)
-    except services.ServiceError as error:
+        wamid = send_test_message(campaign_id, phone, current_user.id)
+    except ServiceError as error:
         html = render_template(
             "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, error=error.message
         )
@@ -374,7 +386,7 @@ def campaign_test_send(campaign_id: int):
 def campaign_duplicate(campaign_id: int) -> Response:
     """A new draft like this one."""
     _campaign_or_404(campaign_id)
-    copy = services.duplicate_campaign(campaign_id, current_user.id)
+    copy = duplicate_campaign(campaign_id, current_user.id)
     flash(_("This is a copy; edit it, then schedule it."), "success")
     return redirect_to(url_for("campaigns.campaign_edit", campaign_id=copy.id))
 
@@ -453,7 +465,7 @@ def campaign_errors(campaign_id: int) -> str:
         "campaigns/_errors.html",
         campaign=campaign,
         breakdown=queries.error_breakdown(campaign_id),
-        can_retry=campaign.status in services.RETRY_FAILED_STATUSES,
+        can_retry=campaign.status in RETRY_FAILED_STATUSES,
     )
 
 
@@ -463,7 +475,7 @@ def campaign_retry_failed(campaign_id: int) -> Response:
     """Send again the failed messages whose errors may pass (the page asks to confirm)."""
 
     def retry(campaign_id: int, user_id: int) -> None:
-        retried = services.retry_failed(campaign_id, user_id)
+        retried = retry_failed(campaign_id, user_id)
         flash(
             ngettext(
                 "%(num)d failed message will be sent again.",

@@ -8,11 +8,13 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import monitoring, services
+from campaigns import monitoring
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, User
+from campaigns.services import NotFound, ServiceError
+from campaigns.services.queue import cancel_job, retry_job
 
 bp = Blueprint("queue", __name__, url_prefix="/admin/queue")
 
@@ -53,9 +55,9 @@ def queue_jobs() -> str:
 def _act(job_id: int, action: Callable[[int, User], None], done: str) -> Response:
     try:
         action(job_id, current_user)
-    except services.NotFound:
+    except NotFound:
         abort(404)
-    except services.ServiceError as error:
+    except ServiceError as error:
         flash(error.message, "error")
     else:
         flash(done % {"id": job_id}, "success")
@@ -66,11 +68,11 @@ def _act(job_id: int, action: Callable[[int, User], None], done: str) -> Respons
 @requires(Role.ADMIN)
 def job_retry(job_id: int) -> Response:
     """Run a failed job once more, now."""
-    return _act(job_id, services.retry_job, _("Job #%(id)d is back in its queue."))
+    return _act(job_id, retry_job, _("Job #%(id)d is back in its queue."))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
 @requires(Role.ADMIN)
 def job_cancel(job_id: int) -> Response:
     """Cancel a waiting job."""
-    return _act(job_id, services.cancel_job, _("Job #%(id)d is cancelled."))
+    return _act(job_id, cancel_job, _("Job #%(id)d is cancelled."))

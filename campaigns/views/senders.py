@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, render_template, request, url_for
 
-from campaigns import queries, services
+from campaigns import queries
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, Sender
+from campaigns.services import ServiceError
+from campaigns.services.senders import check_sender_connection, save_sender
 from campaigns.validation import Invalid, parse_sender
 
 bp = Blueprint("senders", __name__, url_prefix="/senders")
@@ -49,11 +51,9 @@ def sender_new():
 def sender_create():
     """Create a sender, or 422 with a message at each bad field."""
     try:
-        services.save_sender(parse_sender(request.form))
-    except Invalid as invalid:
-        return _form_page(request.form, invalid.errors, status=422)
-    except services.ServiceError as error:
-        return _form_page(request.form, {error.field or "form": error.message}, status=422)
+        save_sender(parse_sender(request.form))
+    except (Invalid, ServiceError) as error:
+        return _form_page(request.form, error.errors, status=422)
     flash(_("Sender saved."), "success")
     return redirect_to(url_for("senders.sender_index"))
 
@@ -85,11 +85,9 @@ def sender_update(sender_id: int):
     """Save a sender; blank secret fields keep the stored secrets."""
     sender = _sender_or_404(sender_id)
     try:
-        services.save_sender(parse_sender(request.form), sender_id)
-    except Invalid as invalid:
-        return _form_page(request.form, invalid.errors, sender, 422)
-    except services.ServiceError as error:
-        return _form_page(request.form, {error.field or "form": error.message}, sender, 422)
+        save_sender(parse_sender(request.form), sender_id)
+    except (Invalid, ServiceError) as error:
+        return _form_page(request.form, error.errors, sender, 422)
     flash(_("Sender saved."), "success")
     return redirect_to(url_for("senders.sender_index"))
 
@@ -99,5 +97,5 @@ def sender_update(sender_id: int):
 def sender_test(sender_id: int) -> str:
     """Ask the provider about this sender and show what it said (an htmx fragment)."""
     _sender_or_404(sender_id)
-    ok, message = services.check_sender_connection(sender_id)
+    ok, message = check_sender_connection(sender_id)
     return render_template("senders/_connection.html", sender_id=sender_id, ok=ok, message=message)

@@ -9,11 +9,18 @@ from flask_login import current_user
 from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
 
-from campaigns import queries, services
+from campaigns import queries
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role
+from campaigns.services import NotFound, ServiceError
+from campaigns.services.suppressions import (
+    ImportReport,
+    import_suppressions,
+    remove_suppression,
+    suppress,
+)
 
 bp = Blueprint("suppressions", __name__, url_prefix="/suppressions")
 
@@ -28,7 +35,7 @@ def _list_page() -> queries.SuppressionPage:
 def _index_page(
     form: Any = None,
     errors: dict[str, str] | None = None,
-    report: services.ImportReport | None = None,
+    report: ImportReport | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
     """The whole page: the list, and for supervisors the add and import forms."""
@@ -48,9 +55,9 @@ def _uploaded_text(upload: FileStorage | None) -> str:
     """The uploaded CSV as text, or ServiceError at the file field."""
     data = upload.read(MAX_UPLOAD_BYTES + 1) if upload and upload.filename else b""
     if not data:
-        raise services.ServiceError(_("Choose a CSV file."), "file")
+        raise ServiceError(_("Choose a CSV file."), "file")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise services.ServiceError(_("The file is larger than 10 MB; split it."), "file")
+        raise ServiceError(_("The file is larger than 10 MB; split it."), "file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -77,11 +84,11 @@ def suppression_rows() -> str:
 def suppression_create():
     """Add one number, or 422 with the message at the field and what was typed."""
     try:
-        suppression, created = services.suppress(
+        suppression, created = suppress(
             request.form.get("phone", ""), request.form.get("reason", ""), "manual", current_user.id
         )
-    except services.ServiceError as error:
-        return _index_page(request.form, {error.field or "form": error.message}, status=422)
+    except ServiceError as error:
+        return _index_page(request.form, error.errors, status=422)
     message = (
         _("%(phone)s will receive no more campaigns.")
         if created
@@ -96,11 +103,9 @@ def suppression_create():
 def suppression_import():
     """Add every number of an uploaded CSV and show what happened to each line."""
     try:
-        report = services.import_suppressions(
-            _uploaded_text(request.files.get("file")), current_user.id
-        )
-    except services.ServiceError as error:
-        return _index_page(errors={error.field or "form": error.message}, status=422)
+        report = import_suppressions(_uploaded_text(request.files.get("file")), current_user.id)
+    except ServiceError as error:
+        return _index_page(errors=error.errors, status=422)
     return _index_page(report=report)
 
 
@@ -109,9 +114,9 @@ def suppression_import():
 def suppression_remove(suppression_id: int) -> Response:
     """Take a number off the list (the button asks for confirmation first)."""
     try:
-        services.remove_suppression(suppression_id)
+        remove_suppression(suppression_id)
         flash(_("Removed from the opt-out list."), "success")
-    except services.NotFound as error:
+    except NotFound as error:
         flash(error.message, "error")
     return redirect_to(
         url_for(

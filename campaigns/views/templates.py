@@ -6,11 +6,18 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import queries, rendering, services
+from campaigns import queries, rendering
 from campaigns.auth import requires
 from campaigns.htmx import STOP_POLLING, redirect_to
 from campaigns.i18n import _
 from campaigns.models import ParameterFormat, Role, TemplateStatus
+from campaigns.services import ServiceError
+from campaigns.services.templates import (
+    create_template,
+    submit_template,
+    sync_template_status,
+    update_template,
+)
 from campaigns.validation import Invalid, parse_template
 
 bp = Blueprint("templates", __name__, url_prefix="/templates")
@@ -92,11 +99,9 @@ def template_create():
     try:
         fields = parse_template(request.form)
         sender_id = int(request.form["sender_id"]) if request.form.get("sender_id") else None
-        template = services.create_template(fields, current_user.id, sender_id)
-    except Invalid as invalid:
-        return _form_page(request.form, invalid.errors, status=422)
-    except services.ServiceError as error:
-        return _form_page(request.form, {error.field or "form": error.message}, status=422)
+        template = create_template(fields, current_user.id, sender_id)
+    except (Invalid, ServiceError) as error:
+        return _form_page(request.form, error.errors, status=422)
     flash(_("Template saved as a draft. Submit it for review when ready."), "success")
     return redirect_to(url_for("templates.template_show", template_id=template.id))
 
@@ -156,11 +161,9 @@ def template_update(template_id: int):
     """Save changes (the template returns to draft), or 422 with the reasons."""
     template = _template_or_404(template_id)
     try:
-        services.update_template(template_id, parse_template(request.form))
-    except Invalid as invalid:
-        return _form_page(request.form, invalid.errors, template, 422)
-    except services.ServiceError as error:
-        return _form_page(request.form, {error.field or "form": error.message}, template, 422)
+        update_template(template_id, parse_template(request.form))
+    except (Invalid, ServiceError) as error:
+        return _form_page(request.form, error.errors, template, 422)
     flash(_("Template saved as a draft. Submit it again for review."), "success")
     return redirect_to(url_for("templates.template_show", template_id=template_id))
 
@@ -171,9 +174,9 @@ def template_submit(template_id: int) -> Response:
     """Send the template for review by the sender's provider."""
     _template_or_404(template_id)
     try:
-        services.submit_template(template_id)
+        submit_template(template_id)
         flash(_("Submitted for review. The status updates by itself."), "success")
-    except services.ServiceError as error:
+    except ServiceError as error:
         flash(error.message, "error")
     return redirect_to(url_for("templates.template_show", template_id=template_id))
 
@@ -184,9 +187,9 @@ def template_sync(template_id: int) -> Response:
     """Ask the provider for the review status now."""
     _template_or_404(template_id)
     try:
-        template = services.sync_template_status(template_id)
+        template = sync_template_status(template_id)
         flash(_("Status: %(s)s.") % {"s": template.status.value}, "success")
-    except services.ServiceError as error:
+    except ServiceError as error:
         flash(error.message, "error")
     return redirect_to(url_for("templates.template_show", template_id=template_id))
 

@@ -6,11 +6,21 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import queries, services
+from campaigns import queries
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, User
+from campaigns.services import NotFound, ServiceError
+from campaigns.services.users import (
+    create_api_token,
+    create_user,
+    generate_password,
+    reset_password,
+    revoke_api_token,
+    set_user_disabled,
+    update_user,
+)
 from campaigns.validation import Invalid, parse_user_changes
 
 bp = Blueprint("users", __name__)
@@ -30,23 +40,24 @@ def user_index() -> str:
     return render_template("users/index.html", users=queries.list_users(), errors={}, form={})
 
 
+def _role(raw: str) -> Role:
+    try:
+        return Role(raw)
+    except ValueError:
+        raise ServiceError(_("Choose a role."), "role") from None
+
+
 @bp.post("/users/")
 @requires(Role.ADMIN)
 def user_create():
     """Create a user with a generated password, shown once."""
     email = request.form.get("email", "")
+    password = generate_password()
     try:
-        role = Role(request.form.get("role", "viewer"))
-        password = services.generate_password()
-        user = services.create_user(email, password, role)
-    except (ValueError, services.ServiceError) as error:
-        message = getattr(error, "message", _("Choose a role."))
-        field = getattr(error, "field", None) or "role"
+        user = create_user(email, password, _role(request.form.get("role", "viewer")))
+    except ServiceError as error:
         return render_template(
-            "users/index.html",
-            users=queries.list_users(),
-            errors={field: message},
-            form=request.form,
+            "users/index.html", users=queries.list_users(), errors=error.errors, form=request.form
         ), 422
     flash(
         _("Created %(email)s. Their password, shown once: %(p)s")
@@ -69,17 +80,10 @@ def user_update(user_id: int):
     """Change role and limits, or 422 with the reasons."""
     user = _user_or_404(user_id)
     try:
-        services.update_user(user_id, parse_user_changes(request.form), current_user.id)
-    except Invalid as invalid:
+        update_user(user_id, parse_user_changes(request.form), current_user.id)
+    except (Invalid, ServiceError) as error:
         return render_template(
-            "users/edit.html", user=user, errors=invalid.errors, form=request.form
-        ), 422
-    except services.ServiceError as error:
-        return render_template(
-            "users/edit.html",
-            user=user,
-            errors={error.field or "form": error.message},
-            form=request.form,
+            "users/edit.html", user=user, errors=error.errors, form=request.form
         ), 422
     flash(_("Saved."), "success")
     return redirect_to(url_for("users.user_index"))
@@ -102,12 +106,12 @@ def user_enable(user_id: int) -> Response:
 def _set_disabled(user_id: int, disabled: bool) -> Response:
     _user_or_404(user_id)
     try:
-        user = services.set_user_disabled(user_id, disabled, current_user.id)
+        user = set_user_disabled(user_id, disabled, current_user.id)
         flash(
             (_("%(e)s is disabled.") if disabled else _("%(e)s is enabled.")) % {"e": user.email},
             "success",
         )
-    except services.ServiceError as error:
+    except ServiceError as error:
         flash(error.message, "error")
     return redirect_to(url_for("users.user_index"))
 
@@ -117,7 +121,7 @@ def _set_disabled(user_id: int, disabled: bool) -> Response:
 def user_reset_password(user_id: int) -> Response:
     """Give the user a new random password, shown once to the admin."""
     user = _user_or_404(user_id)
-    password = services.reset_password(user_id)
+    password = reset_password(user_id)
     flash(
         _("New password for %(e)s, shown once: %(p)s") % {"e": user.email, "p": password}, "success"
     )
@@ -137,7 +141,7 @@ def my_tokens() -> str:
 def my_token_create() -> str:
     """Create a token and show it this once."""
     name = (request.form.get("name") or "").strip()[:100] or "token"
-    _token, raw = services.create_api_token(current_user.id, name)
+    _token, raw = create_api_token(current_user.id, name)
     return render_template(
         "users/tokens.html", tokens=queries.api_tokens_of(current_user.id), new_token=raw
     )
@@ -148,8 +152,8 @@ def my_token_create() -> str:
 def my_token_revoke(token_id: int) -> Response:
     """Revoke one of my tokens."""
     try:
-        services.revoke_api_token(token_id, current_user.id)
+        revoke_api_token(token_id, current_user.id)
         flash(_("Token revoked."), "success")
-    except services.NotFound:
+    except NotFound:
         abort(404)
     return redirect_to(url_for("users.my_tokens"))

@@ -1,0 +1,32 @@
+"""Every write, by area (as ``campaigns/views`` is): plain typed functions that own the
+transaction and the jobs it defers.
+
+One module per area: ``users`` (accounts, sign-in, API tokens), ``templates``,
+``senders``, ``campaigns``, ``suppressions``, ``queue`` (the queue monitor's actions)
+and ``demo`` (the seed data). A refused write raises :class:`ServiceError` (or one of
+its kinds), whose message is fit to show the user where they are.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(ValueError):
+    """A refused write, with a message fit to show the user (and the field it concerns)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """The message at its field, as a form shows it ("form" when no field is named)."""
+        return {self.field or "form": self.message}
+
+
+class NotFound(ServiceError):
+    """The thing to change does not exist (404)."""
+
+
+class Conflict(ServiceError):
+    """The thing exists but is in a state that refuses this change (409)."""

@@ -1,0 +1,378 @@
+"""Campaigns: create, edit, schedule, start, pause, resume, cancel, duplicate; a test send
+to one number and sending the failed messages again."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app import db
+from campaigns import counters, phones, providers, rendering, sending
+from campaigns.i18n import _
+from campaigns.models import (
+    Campaign,
+    CampaignActivity,
+    CampaignStatus,
+    Message,
+    MessageStatus,
+    MessageTemplate,
+    Sender,
+    Suppression,
+    TemplateStatus,
+)
+from campaigns.providers.errors import is_retryable
+from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.validation import CampaignFields
+
+logger = logging.getLogger(__name__)
+
+
+# Which statuses each operator action starts from (enforced here, for UI and API alike).
+CAMPAIGN_TRANSITIONS: dict[str, frozenset[CampaignStatus]] = {
+    "edit": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "schedule": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "unschedule": frozenset({CampaignStatus.SCHEDULED}),
+    "send_now": frozenset({CampaignStatus.DRAFT, CampaignStatus.SCHEDULED}),
+    "pause": frozenset({CampaignStatus.SENDING}),
+    "resume": frozenset({CampaignStatus.PAUSED}),
+    "cancel": frozenset(
+        {
+            CampaignStatus.DRAFT,
+            CampaignStatus.SCHEDULED,
+            CampaignStatus.SENDING,
+            CampaignStatus.PAUSED,
+        }
+    ),
+}
+
+
+ACTION_LABELS = {
+    "edit": _("edited"),
+    "schedule": _("scheduled"),
+    "unschedule": _("unscheduled"),
+    "send_now": _("sent now"),
+    "pause": _("paused"),
+    "resume": _("resumed"),
+    "cancel": _("cancelled"),
+}
+
+
+def allowed_actions(status: CampaignStatus) -> set[str]:
+    return {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+
+
+def template_variables_for(template_id: Any) -> list[str] | None:
+    """The variables of an approved template, or None if there is no such approved template."""
+    try:
+        template = db.session.get(MessageTemplate, int(template_id))
+    except (TypeError, ValueError):
+        return None
+    if template is None or template.status is not TemplateStatus.APPROVED:
+        return None
+    return rendering.variables(template.body_text, template.parameter_format)
+
+
+def _check_sender_and_template(fields: CampaignFields) -> None:
+    sender = db.session.get(Sender, fields.sender_id)
+    if sender is None or not sender.is_active:
+        raise ServiceError(_("Choose an active sender."), "sender_id")
+    template = db.session.get(MessageTemplate, fields.template_id)
+    if template is None or template.status is not TemplateStatus.APPROVED:
+        raise ServiceError(_("Choose an approved template."), "template_id")
+    template_sender = template.sender
+    same_account = template.sender_id == sender.id or (
+        sender.waba_id is not None and template_sender.waba_id == sender.waba_id
+    )
+    if not same_account:
+        raise ServiceError(
+            _("This template belongs to another WhatsApp account than the sender's."), "template_id"
+        )
+
+
+def _locked_campaign(campaign_id: int) -> Campaign:
+    campaign = db.session.scalar(
+        sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update(key_share=True)
+    )
+    if campaign is None:
+        raise NotFound(_("There is no such campaign."))
+    return campaign
+
+
+def _require(campaign: Campaign, action: str) -> None:
+    if campaign.status not in CAMPAIGN_TRANSITIONS[action]:
+        db.session.rollback()
+        raise Conflict(
+            _("A %(status)s campaign cannot be %(action)s.")
+            % {"status": campaign.status.value, "action": ACTION_LABELS[action]}
+        )
+
+
+def record_activity(
+    campaign_id: int, user_id: int | None, action: str, detail: str | None = None
+) -> None:
+    """Add to the campaign's activity (committed with the caller's transaction)."""
+    db.session.add(
+        CampaignActivity(campaign_id=campaign_id, user_id=user_id, action=action, detail=detail)
+    )
+
+
+def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
+    """Create a draft campaign."""
+    _check_sender_and_template(fields)
+    campaign = Campaign(
+        name=fields.name,
+        owner_id=owner_id,
+        sender_id=fields.sender_id,
+        template_id=fields.template_id,
+        segment=fields.segment,
+        variable_mapping=fields.variable_mapping,
+        status=CampaignStatus.DRAFT,
+    )
+    db.session.add(campaign)
+    db.session.flush()
+    record_activity(campaign.id, owner_id, "created")
+    db.session.commit()
+    return campaign
+
+
+def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> Campaign:
+    """Change a draft or scheduled campaign."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "edit")
+    _check_sender_and_template(fields)
+    campaign.name = fields.name
+    campaign.sender_id = fields.sender_id
+    campaign.template_id = fields.template_id
+    campaign.segment = fields.segment
+    campaign.variable_mapping = fields.variable_mapping
+    record_activity(campaign.id, user_id, "updated")
+    db.session.commit()
+    return campaign
+
+
+def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaign:
+    """Schedule (or reschedule) a campaign for a future time."""
+    if when.tzinfo is None:
+        raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "schedule")
+    now = db.session.scalar(sa.select(sa.func.now()))
+    if when <= now:
+        db.session.rollback()
+        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
+    _check_sender_and_template(_fields_of(campaign))
+    campaign.status = CampaignStatus.SCHEDULED
+    campaign.scheduled_at = when
+    campaign.status_reason = None
+    record_activity(campaign.id, user_id, "scheduled", when.astimezone(UTC).isoformat())
+    db.session.commit()
+    return campaign
+
+
+def _fields_of(campaign: Campaign) -> CampaignFields:
+    return CampaignFields(
+        campaign.name,
+        campaign.sender_id,
+        campaign.template_id,
+        campaign.segment,
+        campaign.variable_mapping,
+    )
+
+
+def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """Put a scheduled campaign back to draft."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "unschedule")
+    campaign.status = CampaignStatus.DRAFT
+    campaign.scheduled_at = None
+    record_activity(campaign.id, user_id, "unscheduled")
+    db.session.commit()
+    return campaign
+
+
+def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """A new draft with the same sender, template, audience and mapping."""
+    source = db.session.get(Campaign, campaign_id)
+    if source is None:
+        raise NotFound(_("There is no such campaign."))
+    copy = Campaign(
+        name=(_("Copy of %(name)s") % {"name": source.name})[:200],
+        owner_id=user_id,
+        sender_id=source.sender_id,
+        template_id=source.template_id,
+        segment=dict(source.segment),
+        variable_mapping=dict(source.variable_mapping),
+        status=CampaignStatus.DRAFT,
+    )
+    db.session.add(copy)
+    db.session.flush()
+    record_activity(copy.id, user_id, "created", _("duplicated from #%(id)d") % {"id": source.id})
+    record_activity(source.id, user_id, "duplicated", _("as #%(id)d") % {"id": copy.id})
+    db.session.commit()
+    return copy
+
+
+def send_campaign_now(campaign_id: int, user_id: int) -> Campaign:
+    """Start a draft or scheduled campaign at once (the scheduler's own start, without waiting)."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "send_now")
+    _check_sender_and_template(_fields_of(campaign))
+    sending.start(db.session, campaign)
+    record_activity(campaign.id, user_id, "started", _("sent now"))
+    db.session.commit()
+    return campaign
+
+
+def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """Stop sending: queued messages return to pending; one mid-call finishes its call."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "pause")
+    campaign.status = CampaignStatus.PAUSED
+    campaign.status_reason = None
+    sending.unqueue(db.session, campaign.id)
+    record_activity(campaign.id, user_id, "paused")
+    db.session.commit()
+    return campaign
+
+
+def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """Carry on sending a paused campaign from where it stopped."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "resume")
+    _check_sender_and_template(_fields_of(campaign))
+    campaign.status = CampaignStatus.SENDING
+    campaign.status_reason = None
+    campaign.pace_cursor_at = None
+    sending.defer_next_step(
+        db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
+    )
+    record_activity(campaign.id, user_id, "resumed")
+    db.session.commit()
+    return campaign
+
+
+def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
+    """Cancel for good: every message not yet being sent is cancelled at once."""
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "cancel")
+    campaign.status = CampaignStatus.CANCELLED
+    campaign.completed_at = sa.func.now()
+    sending.cancel_pending(db.session, campaign.id)
+    record_activity(campaign.id, user_id, "cancelled")
+    db.session.commit()
+    return campaign
+
+
+def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
+    """Send the campaign's message to one number, filled from the audience's first customer.
+
+    It goes through the sender's provider and its WhatsApp limit like any send;
+    nothing is recorded as a campaign message. Returns the provider's message id.
+    """
+    from campaigns import erp, ratelimit
+
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(_("There is no such campaign."))
+    phone = phones.normalise(phone_raw)
+    if phone is None:
+        raise ServiceError(
+            _("Enter a phone number with its area code, e.g. +55 11 98765-4321."), "phone"
+        )
+    try:
+        with erp.client_from_config(current_app.config) as client:
+            customers = client.page(campaign.segment, None, 1).customers
+    except erp.ErpError as error:
+        raise ServiceError(_("The ERP did not answer: %(m)s") % {"m": error.message}) from error
+    sample = customers[0] if customers else {}
+    params = rendering.params_for(campaign.variable_mapping, sample)
+    if empty := rendering.missing_params(params):
+        params |= rendering.sample_values(empty, campaign.template.parameter_format)
+    decision = ratelimit.consume(db.session, [ratelimit.whatsapp_limit(campaign.sender)])
+    if not decision.allowed:
+        raise ServiceError(
+            _("The sender's limit is used up; try again in %(s)d s.")
+            % {"s": int(decision.retry_after) + 1}
+        )
+    try:
+        result = providers.for_sender(campaign.sender, current_app.config).send_template(
+            to=phone, template=campaign.template, params=params, callback_data=f"test-{campaign_id}"
+        )
+    except providers.SendError as error:
+        raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": error.message}) from error
+    record_activity(campaign_id, user_id, "test_sent", phone[:-4] + "****")
+    db.session.commit()
+    return result.provider_message_id
+
+
+# Retrying failed messages is not in CAMPAIGN_TRANSITIONS: it is no change of the
+# campaign's own state, and a finished (completed) campaign offers no other action.
+RETRY_FAILED_STATUSES = frozenset(
+    {CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.COMPLETED}
+)
+
+
+def retry_failed(campaign_id: int, user_id: int) -> int:
+    """Send again the failed messages whose error may pass; returns how many.
+
+    Failures about the message itself (a bad number, an opt-out, a template it
+    does not fit) stay failed, and so does a number suppressed since. A completed
+    campaign goes back to sending; a paused one sends them once resumed.
+    """
+
+    campaign = _locked_campaign(campaign_id)
+    if campaign.status not in RETRY_FAILED_STATUSES:
+        db.session.rollback()
+        raise Conflict(
+            _("A %(status)s campaign cannot send its failed messages again.")
+            % {"status": campaign.status.value}
+        )
+    failed_codes = db.session.scalars(
+        sa.select(Message.error_code)
+        .where(Message.campaign_id == campaign_id, Message.status == MessageStatus.FAILED)
+        .distinct()
+    ).all()
+    codes = [code for code in failed_codes if is_retryable(code)]
+    which = Message.error_code.in_([code for code in codes if code is not None])
+    if None in codes:
+        which = sa.or_(which, Message.error_code.is_(None))
+    retried = 0
+    if codes:
+        _check_sender_and_template(_fields_of(campaign))
+        retried = db.session.execute(
+            sa.update(Message)
+            .where(
+                Message.campaign_id == campaign_id,
+                Message.status == MessageStatus.FAILED,
+                which,
+                ~sa.exists().where(Suppression.phone == Message.phone),
+            )
+            .values(status=MessageStatus.PENDING, error_code=None, error_text=None, failed_at=None)
+        ).rowcount
+    if not retried:
+        db.session.rollback()
+        raise Conflict(_("No failed message has an error worth retrying."))
+    deltas = counters.transition_deltas(MessageStatus.FAILED, MessageStatus.PENDING)
+    counters.apply(db.session, campaign_id, {name: n * retried for name, n in deltas.items()})
+    if campaign.status is CampaignStatus.COMPLETED:
+        campaign.status = CampaignStatus.SENDING
+        campaign.status_reason = None
+        campaign.completed_at = None
+    if campaign.status is CampaignStatus.SENDING:
+        sending.defer_next_step(
+            db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
+        )
+    record_activity(
+        campaign.id,
+        user_id,
+        "retried_failed",
+        _("%(n)d messages (%(codes)s)")
+        % {"n": retried, "codes": ", ".join(sorted(code or "—" for code in codes))},
+    )
+    db.session.commit()
+    logger.info("campaign %s: %d failed messages retried by user %s", campaign.id, retried, user_id)
+    return retried

@@ -1,0 +1,97 @@
+"""The queue monitor's actions on Procrastinate jobs: retry a failed one, cancel a waiting one."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from app import db
+from campaigns import sending
+from campaigns.i18n import _
+from campaigns.models import (
+    MessageStatus,
+    User,
+)
+from campaigns.queues import RETRY_TASK, SEND_TASK
+from campaigns.services import Conflict, NotFound
+
+logger = logging.getLogger(__name__)
+
+
+LOCK_JOB = sa.text(
+    "-- lock one Procrastinate job, so its status cannot change between check and action\n"
+    "SELECT CAST(status AS text) AS status, task_name, args, queueing_lock"
+    " FROM procrastinate_jobs WHERE id = :job_id FOR UPDATE"
+)
+
+
+RETRY_JOB = sa.text(
+    "-- Procrastinate's own retry (what its shell's `retry` runs): back to todo, due now\n"
+    "SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)"
+)
+
+
+CANCEL_JOB = sa.text(
+    "-- Procrastinate's own cancel: todo -> cancelled, no abort, the row kept\n"
+    "SELECT procrastinate_cancel_job_v1(:job_id, false, false)"
+)
+
+
+def _locked_job(job_id: int) -> sa.Row:
+    job = db.session.execute(LOCK_JOB, {"job_id": job_id}).first()
+    if job is None:
+        db.session.rollback()
+        raise NotFound(_("There is no job #%(id)d.") % {"id": job_id})
+    return job
+
+
+def retry_job(job_id: int, user: User) -> None:
+    """Run a failed job once more, now (its attempts count on, so no automatic retries follow)."""
+    job = _locked_job(job_id)
+    # The SQL function would also take a running job back to todo, and a second
+    # worker would then run it while the first still is: only failed jobs qualify.
+    if job.status != "failed":
+        db.session.rollback()
+        raise Conflict(
+            _("Only failed jobs can be retried; job #%(id)d is %(status)s.")
+            % {"id": job_id, "status": job.status}
+        )
+    try:
+        db.session.execute(RETRY_JOB, {"job_id": job_id})
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        raise Conflict(
+            _(
+                "Job #%(id)d cannot be retried: another waiting job"
+                " holds its queueing lock %(lock)s."
+            )
+            % {"id": job_id, "lock": job.queueing_lock}
+        ) from None
+    db.session.commit()
+    logger.info("job %s (%s) retried by user %s", job_id, job.task_name, user.id)
+
+
+def cancel_job(job_id: int, user: User) -> None:
+    """Cancel a waiting job; a message job takes its message with it.
+
+    A message waits as queued (or retrying) for its job: left so without one, its
+    campaign would never complete. A cancelled pump or fan-out job is replaced by
+    the scheduler's re-kick within a minute while its campaign is sending.
+    """
+
+    job = _locked_job(job_id)
+    if job.status != "todo":
+        db.session.rollback()
+        if job.status == "doing":
+            message = _("Job #%(id)d is running; only waiting jobs can be cancelled.")
+        else:
+            message = _("Job #%(id)d has ended (%(status)s); there is nothing to cancel.")
+        raise Conflict(message % {"id": job_id, "status": job.status})
+    db.session.execute(CANCEL_JOB, {"job_id": job_id})
+    waiting_as = {SEND_TASK: MessageStatus.QUEUED, RETRY_TASK: MessageStatus.RETRYING}
+    message_id = (job.args or {}).get("message_id")
+    if job.task_name in waiting_as and isinstance(message_id, int):
+        sending.move(db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED)
+    db.session.commit()
+    logger.info("job %s (%s) cancelled by user %s", job_id, job.task_name, user.id)

@@ -1,0 +1,195 @@
+"""The suppression (opt-out) list: every write to it goes through here."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, Insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.dml import ReturningInsert
+
+from app import db
+from campaigns import phones
+from campaigns.i18n import _
+from campaigns.models import (
+    Suppression,
+)
+from campaigns.services import NotFound, ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+SUPPRESSION_SOURCES = frozenset({"manual", "import", "opt_out_reply", "provider"})
+
+
+MAX_REASON_LENGTH = 200  # the column's width
+
+
+MAX_IMPORT_LINES = 100_000
+
+
+MAX_REPORTED_INVALID = 50
+
+
+def _unless_listed(insert: Insert) -> ReturningInsert[tuple[int]]:
+    """The insert, skipping numbers already listed and returning the new rows' ids."""
+    # Rather than look-then-insert: two concurrent adds of one number cannot collide,
+    # and RETURNING lists only the rows that are really new.
+    return insert.on_conflict_do_nothing(index_elements=[Suppression.phone]).returning(
+        Suppression.id
+    )
+
+
+def _check_source(source: str) -> None:
+    if source not in SUPPRESSION_SOURCES:
+        raise ValueError(f"unknown suppression source {source!r}")
+
+
+def suppress(
+    phone_raw: str, reason: str, source: str, user_id: int | None
+) -> tuple[Suppression, bool]:
+    """Put a number on the suppression list; also say whether it is new there."""
+    _check_source(source)
+    phone = phones.normalise(phone_raw)
+    if phone is None:
+        raise ServiceError(
+            _("Enter a phone number with its area code, or in international form (+…)."), "phone"
+        )
+    reason = (reason or "").strip()
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ServiceError(
+            _("The reason has at most %(n)d characters.") % {"n": MAX_REASON_LENGTH}, "reason"
+        )
+    new_id = db.session.execute(
+        _unless_listed(
+            pg_insert(Suppression).values(
+                phone=phone, reason=reason, source=source, created_by_id=user_id
+            )
+        )
+    ).scalar()
+    # A number already there keeps its row unchanged: its first reason and source stand.
+    suppression = db.session.scalars(sa.select(Suppression).where(Suppression.phone == phone)).one()
+    db.session.commit()
+    if new_id is not None:
+        logger.info("suppression %s added (%s) by user %s", suppression.id, source, user_id)
+    return suppression, new_id is not None
+
+
+def add_suppression(phone_raw: str, reason: str, source: str, user_id: int | None) -> Suppression:
+    """Put a number on the suppression list; one already there is returned unchanged."""
+    return suppress(phone_raw, reason, source, user_id)[0]
+
+
+def remove_suppression(suppression_id: int) -> None:
+    """Take a number off the suppression list: campaigns reach it again."""
+    removed = db.session.execute(
+        sa.delete(Suppression).where(Suppression.id == suppression_id).returning(Suppression.id)
+    ).scalar()
+    if removed is None:
+        db.session.rollback()
+        raise NotFound(_("There is no such opt-out."))
+    db.session.commit()
+    logger.info("suppression %s removed", suppression_id)
+
+
+def is_suppressed(phones: Collection[str]) -> set[str]:
+    """Which of these E.164 numbers are on the suppression list (one query)."""
+    if not phones:
+        return set()
+    # One array parameter, not IN (…): a batch of any size stays one short statement.
+    wanted = sa.bindparam("phones", list(phones), type_=ARRAY(sa.String))
+    return set(
+        db.session.scalars(sa.select(Suppression.phone).where(Suppression.phone == sa.any_(wanted)))
+    )
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did: numbers added, already listed, and the lines that were not numbers."""
+
+    added: int
+    already_present: int
+    invalid: list[tuple[int, str]]  # (line number, raw value), the first MAX_REPORTED_INVALID
+    invalid_count: int  # every invalid line, shown or not
+
+
+def _csv_delimiter(first_line: str) -> str:
+    # Spreadsheets set to Portuguese save CSV with semicolons (the comma is the decimal mark).
+    for candidate in (",", ";", "\t"):
+        if candidate in first_line:
+            return candidate
+    return ","
+
+
+def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> ImportReport:
+    """Suppress every number of a CSV: a ``phone`` column (and ``reason``), or one bare column."""
+    all_lines = lines.splitlines() if isinstance(lines, str) else list(lines)
+    first = next((line for line in all_lines if line.strip()), "")
+    reader = csv.reader(all_lines, delimiter=_csv_delimiter(first))
+    phone_at, reason_at = 0, None
+    header_seen = False
+    wanted: dict[str, str] = {}  # phone → reason; a number's first line wins
+    repeated = invalid_count = numbers = 0
+    invalid: list[tuple[int, str]] = []
+    for cells in reader:
+        cells = [cell.strip() for cell in cells]
+        if not any(cells):
+            continue
+        if not header_seen:
+            header_seen = True
+            names = [cell.lstrip("\ufeff").lower() for cell in cells]
+            if "phone" in names:
+                phone_at = names.index("phone")
+                reason_at = names.index("reason") if "reason" in names else None
+                continue
+        numbers += 1
+        if numbers > MAX_IMPORT_LINES:
+            raise ServiceError(
+                _("A file can have at most %(n)s numbers; split it.")
+                % {"n": f"{MAX_IMPORT_LINES:,}"},
+                "file",
+            )
+        raw = cells[phone_at] if phone_at < len(cells) else ""
+        phone = phones.normalise(raw)
+        if phone is None:
+            invalid_count += 1
+            if len(invalid) < MAX_REPORTED_INVALID:
+                invalid.append((reader.line_num, raw[:40]))
+        elif phone in wanted:
+            repeated += 1
+        else:
+            reason = cells[reason_at] if reason_at is not None and reason_at < len(cells) else ""
+            wanted[phone] = reason[:MAX_REASON_LENGTH]
+    if numbers == 0:
+        raise ServiceError(_("The file has no phone numbers."), "file")
+
+    # Two array parameters unnested server-side: one short statement for 100,000 rows,
+    # where a multi-row VALUES costs seconds just to compile.
+    lines_in = (
+        sa.func.unnest(
+            sa.bindparam("phones", list(wanted), type_=ARRAY(sa.String)),
+            sa.bindparam("reasons", list(wanted.values()), type_=ARRAY(sa.String)),
+        )
+        .table_valued("phone", "reason")
+        .render_derived()
+    )
+    unnested = sa.select(
+        lines_in.c.phone,
+        lines_in.c.reason,
+        sa.literal("import", sa.String),
+        sa.literal(user_id, sa.Integer),
+    )
+    insert = pg_insert(Suppression).from_select(
+        ["phone", "reason", "source", "created_by_id"], unnested
+    )
+    added = len(db.session.execute(_unless_listed(insert)).all())
+    db.session.commit()
+    logger.info(
+        "suppression import by user %s: %d added, %d invalid", user_id, added, invalid_count
+    )
+    # A number repeated in the file counts as already there from its second line on.
+    return ImportReport(added, len(wanted) - added + repeated, invalid, invalid_count)

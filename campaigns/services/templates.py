@@ -1,0 +1,181 @@
+"""Message templates: drafts, edits, review by the provider and its outcome."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app import db
+from campaigns import providers
+from campaigns.i18n import _
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    MessageTemplate,
+    Sender,
+    TemplateStatus,
+)
+from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.validation import TemplateFields
+
+logger = logging.getLogger(__name__)
+
+
+EDITABLE_TEMPLATE_STATUSES = frozenset(
+    {TemplateStatus.DRAFT, TemplateStatus.REJECTED, TemplateStatus.APPROVED, TemplateStatus.PAUSED}
+)
+
+
+SUBMITTABLE_TEMPLATE_STATUSES = frozenset({TemplateStatus.DRAFT, TemplateStatus.REJECTED})
+
+
+ACTIVE_CAMPAIGN_STATUSES = frozenset(
+    {CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED}
+)
+
+
+def default_sender() -> Sender:
+    sender = db.session.scalar(sa.select(Sender).order_by(Sender.id).limit(1))
+    if sender is None:
+        raise ServiceError(_("Create a sender first: templates live in its WhatsApp account."))
+    return sender
+
+
+def _template_name_taken(fields: TemplateFields, sender_id: int, exclude_id: int | None) -> bool:
+    query = sa.select(MessageTemplate.id).where(
+        MessageTemplate.sender_id == sender_id,
+        MessageTemplate.name == fields.name,
+        MessageTemplate.language == fields.language,
+    )
+    if exclude_id is not None:
+        query = query.where(MessageTemplate.id != exclude_id)
+    return db.session.scalar(query) is not None
+
+
+def create_template(
+    fields: TemplateFields, user_id: int, sender_id: int | None = None
+) -> MessageTemplate:
+    """Create a draft template in a sender's WhatsApp Business Account."""
+    sender = db.session.get(Sender, sender_id) if sender_id else default_sender()
+    if sender is None:
+        raise ServiceError(_("There is no such sender."), "sender_id")
+    if _template_name_taken(fields, sender.id, None):
+        raise ServiceError(
+            _("This account already has a template with that name and language."), "name"
+        )
+    template = MessageTemplate(
+        sender_id=sender.id, created_by_id=user_id, status=TemplateStatus.DRAFT
+    )
+    _apply_template_fields(template, fields)
+    db.session.add(template)
+    db.session.commit()
+    return template
+
+
+def _apply_template_fields(template: MessageTemplate, fields: TemplateFields) -> None:
+    for name, value in fields.__dict__.items():
+        setattr(template, name, value)
+
+
+def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate:
+    """Edit a template; an approved one goes back to draft and must be resubmitted."""
+    template = _get_template_for_update(template_id)
+    if template.status not in EDITABLE_TEMPLATE_STATUSES:
+        raise ServiceError(
+            _("A %(status)s template cannot be edited.") % {"status": template.status.value}
+        )
+    in_use = db.session.scalar(
+        sa.select(Campaign.name)
+        .where(Campaign.template_id == template.id, Campaign.status.in_(ACTIVE_CAMPAIGN_STATUSES))
+        .limit(1)
+    )
+    if in_use:
+        raise ServiceError(
+            _(
+                "Campaign “%(name)s” is scheduled or sending with this template;"
+                " create a new template instead."
+            )
+            % {"name": in_use}
+        )
+    if _template_name_taken(fields, template.sender_id, template.id):
+        raise ServiceError(
+            _("This account already has a template with that name and language."), "name"
+        )
+    _apply_template_fields(template, fields)
+    template.status = TemplateStatus.DRAFT
+    template.status_reason = None
+    template.provider_template_id = None
+    template.submitted_at = None
+    db.session.commit()
+    return template
+
+
+def _get_template_for_update(template_id: int) -> MessageTemplate:
+    template = db.session.scalar(
+        sa.select(MessageTemplate).where(MessageTemplate.id == template_id).with_for_update()
+    )
+    if template is None:
+        raise NotFound(_("There is no such template."))
+    return template
+
+
+def submit_template(template_id: int) -> MessageTemplate:
+    """Send a draft (or rejected) template to the provider for review."""
+    template = _get_template_for_update(template_id)
+    if template.status not in SUBMITTABLE_TEMPLATE_STATUSES:
+        raise Conflict(
+            _("Only draft or rejected templates can be submitted; this one is %(s)s.")
+            % {"s": template.status.value}
+        )
+    provider = providers.for_sender(template.sender, current_app.config)
+    try:
+        submission = provider.submit_template(template)
+    except providers.ProviderError as error:
+        db.session.rollback()
+        raise ServiceError(error.message) from error
+    template.provider_template_id = submission.provider_template_id
+    template.status = submission.status
+    template.status_reason = None
+    template.submitted_at = sa.func.now()
+    db.session.commit()
+    db.session.refresh(template)
+    _defer_template_sync(template.id, current_app.config)
+    return template
+
+
+def _defer_template_sync(template_id: int, config) -> None:
+    """Check the review outcome soon (the mock decides within seconds; Meta, later)."""
+    from jobs import open_for_deferring, tasks
+
+    open_for_deferring()
+    delay = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"]) + 1
+    tasks.sync_template.configure(schedule_in={"seconds": delay}).defer(template_id=template_id)
+
+
+def sync_template_status(template_id: int) -> MessageTemplate:
+    """Ask the provider for a submitted template's status and record it."""
+    template = _get_template_for_update(template_id)
+    if template.provider_template_id is None:
+        db.session.rollback()
+        return template
+    try:
+        report = providers.for_sender(template.sender, current_app.config).template_status(template)
+    except providers.ProviderError as error:
+        db.session.rollback()
+        raise ServiceError(error.message) from error
+    if report.status != template.status or report.reason != template.status_reason:
+        logger.info("template %s: %s → %s", template.id, template.status, report.status)
+    template.status = report.status
+    template.status_reason = report.reason
+    db.session.commit()
+    return template
+
+
+def pending_template_ids() -> list[int]:
+    return list(
+        db.session.scalars(
+            sa.select(MessageTemplate.id).where(MessageTemplate.status == TemplateStatus.PENDING)
+        )
+    )

@@ -1,0 +1,203 @@
+"""Accounts: users, their passwords and sign-ins, roles and limits, and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app import db
+from campaigns.i18n import _
+from campaigns.models import (
+    ApiToken,
+    LoginAttempt,
+    Role,
+    User,
+)
+from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.validation import UserLimits
+
+logger = logging.getLogger(__name__)
+
+
+MIN_PASSWORD_LENGTH = 10
+
+
+# A password hash to compare against when the email is unknown, so a failed
+# login takes the same time whether or not the account exists.
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(8))
+
+
+IP_FAILURE_FACTOR = 4  # an address may fail this many times the per-account limit
+
+
+def hash_password(password: str) -> str:
+    """A salted hash under the configured method (werkzeug's scrypt unless set otherwise)."""
+    return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def create_user(email: str, password: str, role: Role = Role.VIEWER) -> User:
+    """Create a user; the email is unique regardless of case."""
+    email = email.strip()
+    if "@" not in email or len(email) > 320:
+        raise ServiceError(_("Enter a valid email address."), "email")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ServiceError(
+            _("The password needs at least %(n)d characters.") % {"n": MIN_PASSWORD_LENGTH},
+            "password",
+        )
+    exists = db.session.scalar(sa.select(User.id).where(sa.func.lower(User.email) == email.lower()))
+    if exists:
+        raise ServiceError(_("A user with that email already exists."), "email")
+    user = User(email=email, password_hash=hash_password(password), role=role)
+    db.session.add(user)
+    db.session.commit()
+    logger.info("created user %s (%s) with role %s", user.id, user.email, role)
+    return user
+
+
+def create_api_token(user_id: int, name: str = "default") -> tuple[ApiToken, str]:
+    """Create a bearer token; the raw value is returned once and never stored."""
+    raw = "dsp_" + secrets.token_urlsafe(32)
+    token = ApiToken(user_id=user_id, name=name, token_sha256=hash_token(raw), prefix=raw[:10])
+    db.session.add(token)
+    db.session.commit()
+    return token, raw
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user: User | None
+    error: str | None = None
+
+
+def authenticate(email: str, password: str, ip_address: str) -> LoginResult:
+    """Check a login, refusing while the account or address is locked out by failures."""
+    email = email.strip().lower()
+    max_failures = _login_setting("LOGIN_MAX_FAILURES")
+    window = timedelta(minutes=_login_setting("LOGIN_LOCKOUT_MINUTES"))
+    since = datetime.now(UTC) - window
+    failures_by_email, failures_by_ip = db.session.execute(
+        sa.select(
+            sa.func.count().filter(LoginAttempt.email == email),
+            sa.func.count().filter(LoginAttempt.ip_address == ip_address),
+        ).where(
+            LoginAttempt.attempted_at > since,
+            LoginAttempt.succeeded.is_(False),
+            sa.or_(LoginAttempt.email == email, LoginAttempt.ip_address == ip_address),
+        )
+    ).one()
+    if failures_by_email >= max_failures or failures_by_ip >= max_failures * IP_FAILURE_FACTOR:
+        logger.warning("login locked out for %s from %s", email, ip_address)
+        return LoginResult(
+            None,
+            _("Too many failed sign-ins. Try again in %(n)d minutes.")
+            % {"n": int(window.total_seconds() // 60)},
+        )
+
+    user = db.session.scalar(sa.select(User).where(sa.func.lower(User.email) == email))
+    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    ok = bool(user and valid and user.is_active)
+    db.session.add(LoginAttempt(email=email, ip_address=ip_address, succeeded=ok))
+    if ok:
+        assert user is not None
+        user.last_login_at = sa.func.now()
+    db.session.commit()
+    if ok:
+        return LoginResult(user)
+    if user and valid and not user.is_active:
+        return LoginResult(None, _("This account is disabled."))
+    return LoginResult(None, _("Wrong email or password."))
+
+
+def _login_setting(name: str) -> int:
+    return int(current_app.config[name])
+
+
+def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
+    """Change a user's role or rate limits (admins only, enforced by the views)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    if changes.role is not None and user.id == acting_user_id and changes.role is not Role.ADMIN:
+        raise Conflict(_("You cannot remove your own admin role."))
+    if changes.role is not None:
+        user.role = changes.role
+    if changes.campaign_rate_limit_per_minute is not None:
+        user.campaign_rate_limit_per_minute = changes.campaign_rate_limit_per_minute
+    if changes.api_rate_limit_per_minute is not None:
+        user.api_rate_limit_per_minute = changes.api_rate_limit_per_minute
+    db.session.commit()
+    return user
+
+
+def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User:
+    """Disable (or re-enable) a user: a disabled user cannot sign in and its tokens stop working."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    if user.id == acting_user_id and disabled:
+        raise Conflict(_("You cannot disable yourself."))
+    user.is_disabled = disabled
+    db.session.commit()
+    return user
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def reset_password(user_id: int) -> str:
+    """Give a user a new random password and return it (shown once to the admin)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    password = generate_password()
+    user.password_hash = hash_password(password)
+    db.session.commit()
+    return password
+
+
+def revoke_api_token(token_id: int, user_id: int) -> None:
+    """Revoke one of the user's own tokens."""
+    token = db.session.get(ApiToken, token_id)
+    if token is None or token.user_id != user_id:
+        raise NotFound(_("There is no such token."))
+    if token.revoked_at is None:
+        token.revoked_at = sa.func.now()
+        db.session.commit()
+
+
+def user_for_token(raw: str) -> User | None:
+    """The active user behind a bearer token, or None (unknown, revoked or disabled)."""
+    row = db.session.execute(
+        sa.select(ApiToken, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_sha256 == hash_token(raw), ApiToken.revoked_at.is_(None))
+    ).first()
+    if row is None or not row.User.is_active:
+        return None
+    # Last use is coarse on purpose: one write per token per minute at most.
+    db.session.execute(
+        sa.update(ApiToken)
+        .where(
+            ApiToken.id == row.ApiToken.id,
+            sa.or_(
+                ApiToken.last_used_at.is_(None),
+                ApiToken.last_used_at < sa.func.now() - sa.text("interval '1 minute'"),
+            ),
+        )
+        .values(last_used_at=sa.func.now())
+    )
+    db.session.commit()
+    return row.User

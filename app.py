@@ -17,7 +17,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 
 
 class Base(DeclarativeBase):
@@ -34,6 +34,8 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+# What a function given a session accepts: a Session, or the scoped ``db.session``.
+AnySession = Session | scoped_session[Session]
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()

@@ -580,13 +580,13 @@ def warm_workers(monitor: Monitor, stack: Stack, setup: Setup) -> None:
     message workers (each skips at once); twice their slots, so each process gets some.
     """
     from app import db
-    from campaigns import sending
+    from campaigns import queues
     from campaigns.queues import MAINTENANCE_QUEUE, MESSAGES_QUEUE, SEND_TASK
     from jobs.tasks import ping
 
     slots = setup.processes * setup.concurrency
-    sending.defer(db.session, ping.name, MAINTENANCE_QUEUE, [{"token": "bench warm-up"}])
-    sending.defer(db.session, SEND_TASK, MESSAGES_QUEUE, [{"message_id": 0}] * (2 * slots))
+    queues.defer(db.session, ping.name, MAINTENANCE_QUEUE, [{"token": "bench warm-up"}])
+    queues.defer(db.session, SEND_TASK, MESSAGES_QUEUE, [{"message_id": 0}] * (2 * slots))
     db.session.commit()
 
     def done() -> bool:
@@ -667,7 +667,7 @@ def _engine_summary(
     stats_before: dict[str, int],
     state: dict[str, Any],
 ) -> dict[str, Any]:
-    from campaigns import sending
+    from campaigns import pump
     from campaigns.mock_whatsapp import FORCED_ERRORS
 
     started, loaded, completed = conn.execute(
@@ -726,11 +726,11 @@ def _engine_summary(
         **monitor.window(t_send, last),
         "pump": {
             "pace_interval_ms": round(interval * 1000, 3),
-            "window_max": sending.WINDOW_MAX,
-            "pump_interval_s": sending.PUMP_INTERVAL_SECONDS,
+            "window_max": pump.WINDOW_MAX,
+            "pump_interval_s": pump.INTERVAL_SECONDS,
             "ceiling_per_s": round(
-                min(sending.WINDOW_MAX, math.ceil(sending.WINDOW_HORIZON_SECONDS / interval))
-                / sending.PUMP_INTERVAL_SECONDS,
+                min(pump.WINDOW_MAX, math.ceil(pump.WINDOW_HORIZON_SECONDS / interval))
+                / pump.INTERVAL_SECONDS,
                 1,
             ),
         },
@@ -892,7 +892,7 @@ class StatementCounter:
     def _statement(self, conn, cursor, statement, *rest) -> None:
         lines = [line for line in statement.strip().splitlines() if not line.startswith("--")]
         verb = lines[0].split(None, 1)[0].upper() if lines else "?"
-        self.counts[verb if verb != "WITH" else "UPDATE"] += 1  # sending.MOVE is a WITH … UPDATE
+        self.counts[verb if verb != "WITH" else "UPDATE"] += 1  # the transitions are WITH … UPDATE
         if self.trace is not None:
             self.trace[" ".join(" ".join(lines).split())[:100]] += 1
 
@@ -983,7 +983,8 @@ def profile(ctx: Context) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import erp, sending
+    from campaigns import erp, pump, sending
+    from campaigns import fanout as fan_out_stage
     from campaigns.models import Message, MessageStatus
     from campaigns.services.campaigns import (
         create_campaign,
@@ -1007,20 +1008,20 @@ def profile(ctx: Context) -> dict[str, Any]:
             counter = StatementCounter(db.engine)
             web = Monitor(url, stack)
             result: dict[str, Any] = {"recipients": recipients}
-            reader = erp.PageReader(erp.client_from_config(config), sending.FAN_OUT_PAGE_SIZE)
+            reader = erp.PageReader(erp.client_from_config(config), fan_out_stage.PAGE_SIZE)
             try:
-                pages: list[sending.FanOutPage | None] = []
+                pages: list[fan_out_stage.FanOutPage | None] = []
                 with reader:
                     result["fanout"] = _halves(
-                        math.ceil(recipients / sending.FAN_OUT_PAGE_SIZE),
-                        lambda _i: pages.append(sending.fan_out_page(campaign_id, reader)),
+                        math.ceil(recipients / fan_out_stage.PAGE_SIZE),
+                        lambda _i: pages.append(fan_out_stage.fan_out_page(campaign_id, reader)),
                         web,
                         counter,
                         args.profile_top,
                     )
                 if not (pages and pages[-1] and pages[-1].done):
                     raise RuntimeError(f"the fan-out did not end on its last page: {pages[-1:]}")
-                sending.pump(campaign_id)
+                pump.pump(campaign_id)
                 result["pump_one_call"] = dict(counter.take())
                 queued = db.session.scalars(
                     sa.select(Message.id)

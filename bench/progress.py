@@ -9,10 +9,10 @@ In a scratch database (bench/_common.py) it builds one sending campaign with N m
 rows in a realistic mix of states and counters that match them, then times, in the
 same run and the same way (perf_counter around one call on a warm session):
 
-- the progress read (``queries.get_progress``: the counter shards and the last minute);
+- the progress read (``progress.get_progress``: the counter shards and the last minute);
 - the baseline the design replaces: ``SELECT status, count(*) FROM messages WHERE
   campaign_id = … GROUP BY status``;
-- the hourly chart's read (``queries.throughput_chart``), for completeness;
+- the hourly chart's read (``progress.throughput_chart``), for completeness;
 - the whole fragment over HTTP (``GET /campaigns/<id>/progress``, logged in) from a
   gunicorn web process like the Procfile's.
 
@@ -78,7 +78,7 @@ def build(url: str, messages: int) -> int:
     import sqlalchemy as sa
 
     from app import create_app, db
-    from campaigns import counters
+    from campaigns import counters, message_states
     from campaigns.config import sqlalchemy_url
     from campaigns.models import MessageTemplate, Role
     from campaigns.services.campaigns import create_campaign, template_variables_for
@@ -144,7 +144,7 @@ def build(url: str, messages: int) -> int:
             {"c": campaign_id},
         ).all()
         for status, count in rows:
-            deltas = counters.transition_deltas(None, _status(status))
+            deltas = message_states.counter_deltas(None, _status(status))
             counters.apply(db.session, campaign_id, {k: v * count for k, v in deltas.items()})
         for minute in range(60):
             db.session.execute(
@@ -173,9 +173,9 @@ def in_process(url: str, campaign_id: int, reads: int, counts: int) -> dict[str,
     import sqlalchemy as sa
 
     from app import create_app, db
-    from campaigns import queries
     from campaigns.config import sqlalchemy_url
     from campaigns.models import Campaign
+    from campaigns.progress import get_progress, throughput_chart
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
     count_by_status = sa.text(
@@ -186,7 +186,7 @@ def in_process(url: str, campaign_id: int, reads: int, counts: int) -> dict[str,
         _loaded = (campaign.sender, campaign.owner)  # once, as the view's request loads them
 
         def progress() -> object:
-            result = queries.get_progress(campaign)
+            result = get_progress(campaign)
             db.session.rollback()  # one read per "request"; the campaign stays loaded
             return result
 
@@ -196,13 +196,13 @@ def in_process(url: str, campaign_id: int, reads: int, counts: int) -> dict[str,
             return result
 
         def chart() -> object:
-            result = queries.throughput_chart(queries.get_progress(campaign))
+            result = throughput_chart(get_progress(campaign))
             db.session.rollback()
             return result
 
         for call in (progress, count, chart):  # warm caches and the connection
             call()
-        check = queries.get_progress(campaign)
+        check = get_progress(campaign)
         counted = dict(db.session.execute(count_by_status, {"c": campaign_id}).all())
         db.session.rollback()
         assert check.total == sum(counted.values()), (check.total, counted)

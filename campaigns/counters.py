@@ -5,23 +5,22 @@ and a read sums them, so concurrent sends don't queue on one hot row. In-flight
 columns (pending, queued, sending, retrying) count messages in that state now;
 ``sent`` ≥ ``delivered`` ≥ ``read`` count messages that reached at least that
 stage (a read message is delivered and sent too) and did not fail afterwards;
-failed, skipped and cancelled count terminal messages.
+failed, skipped and cancelled count terminal messages. How each change of a message's
+state moves them is ``message_states.counter_deltas``.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from campaigns.models import COUNTER_SHARDS, MessageStatus
+from campaigns.models import COUNTER_SHARDS
 
 IN_FLIGHT = ("pending", "queued", "sending", "retrying")
-LEVELS = {"sent": 1, "delivered": 2, "read": 3}
 COLUMNS = (*IN_FLIGHT, "sent", "delivered", "read", "failed", "skipped", "cancelled", "total")
 
 # -- create a campaign's shard rows (idempotent)
@@ -86,28 +85,6 @@ MINUTES_OF_HOUR = sa.text(
     "   ON s.campaign_id = :campaign_id AND s.minute = m.minute"
     " GROUP BY m.minute ORDER BY m.minute"
 )
-
-
-def transition_deltas(old: MessageStatus | None, new: MessageStatus) -> Counter[str]:
-    """How the counters change when one message moves from ``old`` to ``new``."""
-    deltas: Counter[str] = Counter()
-    if old is None:
-        deltas["total"] += 1
-    elif old.value in IN_FLIGHT or old.value in ("failed", "skipped", "cancelled"):
-        deltas[old.value] -= 1
-    old_level = LEVELS.get(old.value, 0) if old else 0
-    new_level = LEVELS.get(new.value, 0)
-    if new.value in LEVELS:
-        for name, level in LEVELS.items():
-            if old_level < level <= new_level:
-                deltas[name] += 1
-    else:
-        # Leaving the sent stages (a late "failed" webhook) takes the message out of them.
-        for name, level in LEVELS.items():
-            if level <= old_level:
-                deltas[name] -= 1
-        deltas[new.value] += 1
-    return deltas
 
 
 def ensure_rows(session: Session, campaign_id: int) -> None:

@@ -88,7 +88,7 @@ FINISHED_CAMPAIGN_STATUSES = frozenset(
 
 
 class MessageStatus(enum.StrEnum):
-    """ARCHITECTURE.md's state machine: pending → queued → sending → sent → delivered → read."""
+    """pending → queued → sending → sent → delivered → read; the transitions: message_states.py."""
 
     PENDING = "pending"
     QUEUED = "queued"

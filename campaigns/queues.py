@@ -1,8 +1,38 @@
-"""Queue and task names, shared by the jobs that register them and the code that defers them.
+"""Procrastinate: the queue and task names, and every SQL statement against its tables and
+functions, in one place.
 
 The queues and their worker concurrency come from the source documents; the
-Procfile says which process consumes which queue.
+Procfile says which process consumes which queue. Statements go through
+Procrastinate's own SQL functions where it has one (defer, retry, cancel), so the
+engine can insert jobs in the same transaction as the state change they carry
+(``procrastinate_defer_jobs_v1``, frozen in migration 0001): no crash can leave a
+message queued without its job, or a job without its message. The rest are reads:
+the queue monitor's, the health check's and maintenance's.
+
+Procrastinate 3.10 keeps no error text for a failed job: ``procrastinate_jobs``
+has no such column and ``procrastinate_events`` holds only a type and a time.
+The worker logs the traceback to stdout instead (``Job <task>[<id>](…) ended
+with status: Error``), so the monitor shows a job's times and attempts from
+these tables and points to that log line for the error itself.
 """
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.exc import IntegrityError
+
+from app import AnySession, db
+
+logger = logging.getLogger(__name__)
+
 
 MESSAGES_QUEUE = "campaign-messages"  # concurrency 5, 3 attempts, exponential backoff
 NOTIFICATIONS_QUEUE = "campaign-notifications"  # concurrency 3, 2 attempts
@@ -16,3 +46,414 @@ PUMP_TASK = "campaigns.pump"
 SEND_TASK = "messages.send"
 RETRY_TASK = "messages.retry"
 NOTIFY_TASK = "campaigns.notify"
+
+# A worker whose heartbeat is older than this counts as gone (/healthz, the dashboard).
+WORKER_HEARTBEAT_SECONDS = 30
+
+# The monitor shows these even while empty, in the pipeline's order; others follow by name.
+KNOWN_QUEUES = (
+    SCHEDULER_QUEUE,
+    SENDER_QUEUE,
+    MESSAGES_QUEUE,
+    RETRY_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    MAINTENANCE_QUEUE,
+)
+# 'aborting' is left out: Procrastinate has not used it since 3.0.
+JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
+JOBS_PER_PAGE = 50
+
+QUEUE_COUNTS = sa.text(
+    "-- jobs per queue and status, and how many of the waiting ones are due now\n"
+    "SELECT queue_name,"
+    + ",".join(f" count(*) FILTER (WHERE status = '{s}') AS {s}" for s in JOB_STATUSES)
+    + ", count(*) FILTER (WHERE status = 'todo'"
+    " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS due"
+    " FROM procrastinate_jobs GROUP BY queue_name"
+)
+
+WORKERS = sa.text(
+    "-- every registered worker, the age of its heartbeat, and the jobs it is running\n"
+    "SELECT w.id, w.last_heartbeat,"
+    " extract(epoch FROM now() - w.last_heartbeat) AS seconds_since_heartbeat,"
+    " count(j.id) AS running"
+    " FROM procrastinate_workers AS w"
+    " LEFT JOIN procrastinate_jobs AS j ON j.worker_id = w.id AND j.status = 'doing'"
+    " GROUP BY w.id ORDER BY w.id"
+)
+
+# A job's times live in its events: when it was deferred, last started, and ended
+# (a retried job's earlier end is not its end).
+_JOB_COLUMNS = (
+    "SELECT j.id, j.queue_name, j.task_name, CAST(j.status AS text) AS status, j.attempts,"
+    " j.args, j.lock, j.queueing_lock, j.scheduled_at, j.worker_id,"
+    " e.deferred_at, e.started_at,"
+    " CASE WHEN j.status NOT IN ('todo', 'doing') THEN e.finished_at END AS finished_at"
+    " FROM procrastinate_jobs AS j"
+    " LEFT JOIN LATERAL (SELECT"
+    "   min(at) FILTER (WHERE type = 'deferred') AS deferred_at,"
+    "   max(at) FILTER (WHERE type = 'started') AS started_at,"
+    "   max(at) FILTER (WHERE type IN ('succeeded', 'failed', 'cancelled', 'aborted'))"
+    "     AS finished_at"
+    "   FROM procrastinate_events WHERE job_id = j.id) AS e ON true"
+)
+
+STALLED_JOBS = sa.text(
+    "-- running jobs whose worker is gone or silent: Procrastinate's own stalled-job rule\n"
+    + _JOB_COLUMNS
+    + " LEFT JOIN procrastinate_workers AS w ON w.id = j.worker_id"
+    " WHERE j.status = 'doing'"
+    " AND (j.worker_id IS NULL"
+    "      OR w.last_heartbeat < now() - make_interval(secs => :seconds_since_heartbeat))"
+    " ORDER BY j.id"
+)
+
+LIST_JOBS = sa.text(
+    "-- one page of jobs, newest first, by queue and status; ids below :before_id\n"
+    + _JOB_COLUMNS
+    + " WHERE (CAST(:queue AS varchar) IS NULL OR j.queue_name = :queue)"
+    " AND (CAST(:status AS procrastinate_job_status) IS NULL"
+    "      OR j.status = CAST(:status AS procrastinate_job_status))"
+    " AND (CAST(:before_id AS bigint) IS NULL OR j.id < :before_id)"
+    " ORDER BY j.id DESC LIMIT :limit"
+)
+
+DEFER_JOBS = sa.text(
+    "-- insert jobs in the caller's transaction (NOTIFY fires at its commit)\n"
+    "SELECT procrastinate_defer_jobs_v1(ARRAY("
+    " SELECT ROW(:queue, :task, 0, NULL, :queueing_lock, args, at)::procrastinate_job_to_defer_v1"
+    " FROM unnest(CAST(:args AS jsonb[]), CAST(:ats AS timestamptz[])) AS t(args, at)))"
+)
+HAS_JOB = sa.text(
+    "-- is a job of this task already waiting or running for this campaign?\n"
+    "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE task_name = :task"
+    " AND status IN ('todo', 'doing') AND args->>'campaign_id' = CAST(:campaign_id AS text))"
+)
+
+
+def defer(
+    session: AnySession,
+    task: str,
+    queue: str,
+    args_list: Sequence[Mapping[str, Any]],
+    at: Sequence[datetime | None] | None = None,
+    queueing_lock: str | None = None,
+) -> None:
+    """Insert jobs in the session's transaction (all or none)."""
+    if not args_list:
+        return
+    params = {
+        "queue": queue,
+        "task": task,
+        "queueing_lock": queueing_lock,
+        "args": [json.dumps(args) for args in args_list],
+        "ats": list(at) if at is not None else [None] * len(args_list),
+    }
+    if queueing_lock is None:
+        session.execute(DEFER_JOBS, params)
+        return
+    # One waiting job per queueing lock: a second one is "already enqueued", and
+    # the savepoint keeps that refusal from aborting the caller's transaction.
+    try:
+        with session.begin_nested():
+            session.execute(DEFER_JOBS, params)
+    except IntegrityError:
+        logger.debug("%s: a job with queueing lock %s is already waiting", task, queueing_lock)
+
+
+def defer_fan_out(session: AnySession, campaign_id: int) -> None:
+    """Load the campaign's audience from the ERP."""
+    defer(session, FAN_OUT_TASK, SENDER_QUEUE, [{"campaign_id": campaign_id}])
+
+
+def pump_lock(campaign_id: int) -> str:
+    return f"pump-{campaign_id}"
+
+
+def defer_pump(session: AnySession, campaign_id: int, at: datetime | None = None) -> None:
+    """Run the campaign's pump (at ``at``, else now), unless one is already waiting."""
+    defer(
+        session,
+        PUMP_TASK,
+        SENDER_QUEUE,
+        [{"campaign_id": campaign_id}],
+        [at],
+        pump_lock(campaign_id),
+    )
+
+
+def defer_sends(
+    session: AnySession, message_ids: Sequence[int], at: Sequence[datetime | None]
+) -> None:
+    """One message job per message, each due at its time."""
+    defer(session, SEND_TASK, MESSAGES_QUEUE, [{"message_id": i} for i in message_ids], at)
+
+
+def defer_retry(session: AnySession, message_id: int, at: datetime | None = None) -> None:
+    """Hand a message over to message-retry (at ``at``, else now)."""
+    defer(session, RETRY_TASK, RETRY_QUEUE, [{"message_id": message_id}], [at])
+
+
+def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:
+    """Tell the campaign's owner (in-app and the outgoing webhook), after this transaction."""
+    defer(session, NOTIFY_TASK, NOTIFICATIONS_QUEUE, [{"campaign_id": campaign_id, "kind": kind}])
+
+
+def campaign_has_job(session: AnySession, task: str, campaign_id: int) -> bool:
+    """Is a job of ``task`` waiting or running for this campaign?"""
+    return bool(session.execute(HAS_JOB, {"task": task, "campaign_id": campaign_id}).scalar())
+
+
+# -- messages waiting (queued, retrying) whose job ended without sending them: the job
+# failed on an unexpected error (a bug, the database gone mid-job), or a worker's
+# shutdown aborted it, so no job is left to move them on. Driven from the ended jobs
+# (few), never a scan of every message.
+ORPHANED_MESSAGES = sa.text(
+    "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id, j.status::text AS job_status"
+    " FROM procrastinate_jobs AS j"
+    " JOIN messages AS m ON m.id = (j.args->>'message_id')::bigint"
+    " WHERE j.task_name IN (:send_task, :retry_task) AND j.status IN ('failed', 'aborted')"
+    " AND m.status IN ('queued', 'retrying')"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS alive"
+    "   WHERE alive.task_name IN (:send_task, :retry_task) AND alive.status IN ('todo', 'doing')"
+    "   AND alive.args->>'message_id' = j.args->>'message_id')"
+    " LIMIT 1000"
+)
+
+
+def orphaned_messages(session: AnySession) -> list[sa.Row]:
+    """(id, status, job_id, job_status) of waiting messages whose job ended without them."""
+    params = {"send_task": SEND_TASK, "retry_task": RETRY_TASK}
+    return list(session.execute(ORPHANED_MESSAGES, params).all())
+
+
+LOCK_JOB = sa.text(
+    "-- lock one Procrastinate job, so its status cannot change between check and action\n"
+    "SELECT CAST(status AS text) AS status, task_name, args, queueing_lock"
+    " FROM procrastinate_jobs WHERE id = :job_id FOR UPDATE"
+)
+RETRY_JOB = sa.text(
+    "-- Procrastinate's own retry (what its shell's `retry` runs): back to todo, due now\n"
+    "SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)"
+)
+CANCEL_JOB = sa.text(
+    "-- Procrastinate's own cancel: todo -> cancelled, no abort, the row kept\n"
+    "SELECT procrastinate_cancel_job_v1(:job_id, false, false)"
+)
+
+
+def lock_job(session: AnySession, job_id: int) -> sa.Row | None:
+    """(status, task_name, args, queueing_lock) of a job, locked until the transaction ends."""
+    return session.execute(LOCK_JOB, {"job_id": job_id}).first()
+
+
+def retry_job_now(session: AnySession, job_id: int) -> None:
+    """Back to todo, due now (raises IntegrityError if a waiting job holds its queueing lock)."""
+    session.execute(RETRY_JOB, {"job_id": job_id})
+
+
+def cancel_waiting_job(session: AnySession, job_id: int) -> None:
+    """A todo job to cancelled."""
+    session.execute(CANCEL_JOB, {"job_id": job_id})
+
+
+QUEUE_SCHEMA = sa.text(
+    "-- has the database Procrastinate's schema?\n"
+    "SELECT to_regclass('procrastinate_jobs') IS NOT NULL"
+)
+LIVE_WORKERS = sa.text(
+    "-- workers with a heartbeat in the last :seconds seconds\n"
+    "SELECT count(*) FROM procrastinate_workers"
+    " WHERE last_heartbeat > now() - make_interval(secs => :seconds)"
+)
+
+
+def has_queue_schema(session: AnySession) -> bool:
+    return bool(session.execute(QUEUE_SCHEMA).scalar_one())
+
+
+def live_workers(session: AnySession) -> int:
+    """Workers whose heartbeat is younger than WORKER_HEARTBEAT_SECONDS."""
+    return int(session.execute(LIVE_WORKERS, {"seconds": WORKER_HEARTBEAT_SECONDS}).scalar_one())
+
+
+def stalled_after_seconds() -> int:
+    """The maintenance task's threshold, so the monitor calls stalled what it will retry."""
+    return int(current_app.config["STALLED_WORKER_SECONDS"])
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queue: str
+    todo: int = 0
+    due: int = 0  # of todo: scheduled_at passed (or none), so a worker could take it now
+    doing: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    aborted: int = 0
+
+    def count(self, status: str) -> int:
+        return getattr(self, status)
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: int
+    last_heartbeat: datetime
+    seconds_since_heartbeat: float
+    running: int
+
+    @property
+    def is_live(self) -> bool:
+        """The same rule as /healthz's live worker count."""
+        return self.seconds_since_heartbeat < WORKER_HEARTBEAT_SECONDS
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    queue: str
+    task: str
+    status: str
+    attempts: int
+    args: dict[str, Any]
+    lock: str | None
+    queueing_lock: str | None
+    scheduled_at: datetime | None
+    worker_id: int | None
+    deferred_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status == "todo"
+
+    @property
+    def campaign_id(self) -> int | None:
+        value = self.args.get("campaign_id")
+        return value if isinstance(value, int) else None
+
+
+def _job(row: sa.Row) -> JobRow:
+    return JobRow(
+        id=row.id,
+        queue=row.queue_name,
+        task=row.task_name,
+        status=row.status,
+        attempts=row.attempts,
+        args=row.args or {},
+        lock=row.lock,
+        queueing_lock=row.queueing_lock,
+        scheduled_at=row.scheduled_at,
+        worker_id=row.worker_id,
+        deferred_at=row.deferred_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+@dataclass(frozen=True)
+class QueueHealth:
+    queues: list[QueueCounts]
+    workers: list[Worker]
+    stalled: list[JobRow]
+    stalled_after_seconds: int
+    heartbeat_seconds: int = WORKER_HEARTBEAT_SECONDS
+
+    @property
+    def live_workers(self) -> int:
+        return sum(1 for worker in self.workers if worker.is_live)
+
+    @property
+    def failed(self) -> int:
+        return sum(queue.failed for queue in self.queues)
+
+
+def queue_counts() -> list[QueueCounts]:
+    """Every known queue (empty ones too) and any other queue that has jobs."""
+    found = {
+        row.queue_name: QueueCounts(
+            queue=row.queue_name, due=row.due, **{s: getattr(row, s) for s in JOB_STATUSES}
+        )
+        for row in db.session.execute(QUEUE_COUNTS)
+    }
+    names = [*KNOWN_QUEUES, *sorted(set(found) - set(KNOWN_QUEUES))]
+    return [found.get(name, QueueCounts(queue=name)) for name in names]
+
+
+def workers() -> list[Worker]:
+    return [
+        Worker(row.id, row.last_heartbeat, float(row.seconds_since_heartbeat), row.running)
+        for row in db.session.execute(WORKERS)
+    ]
+
+
+def stalled_jobs(seconds_since_heartbeat: int | None = None) -> list[JobRow]:
+    """Running jobs of dead workers: the ones the maintenance task will put back in the queue."""
+    seconds = seconds_since_heartbeat or stalled_after_seconds()
+    rows = db.session.execute(STALLED_JOBS, {"seconds_since_heartbeat": seconds})
+    return [_job(row) for row in rows]
+
+
+def queue_health() -> QueueHealth:
+    """Counts per queue, workers with their heartbeats, and stalled jobs (three statements)."""
+    seconds = stalled_after_seconds()
+    return QueueHealth(queue_counts(), workers(), stalled_jobs(seconds), seconds)
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    queue: str | None = None
+    status: str | None = None
+    before_id: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str], default_status: str | None = None) -> JobFilters:
+        """Filters from a query string; ``default_status`` applies when none is given."""
+        status = args.get("status", default_status) or None
+        try:
+            before_id = int(args["before_id"]) if args.get("before_id") else None
+        except ValueError:
+            before_id = None
+        return cls(
+            queue=(args.get("queue") or "").strip()[:128] or None,
+            # An unknown status filters nothing, as on the other list pages.
+            status=status if status in JOB_STATUSES else None,
+            before_id=before_id,
+        )
+
+    def as_args(self) -> dict[str, str]:
+        """The filters as query-string arguments (the status always, even when blank)."""
+        args = {"status": self.status or ""}
+        if self.queue:
+            args["queue"] = self.queue
+        return args
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[JobRow]
+    filters: JobFilters
+    next_before_id: int | None = None  # set when older jobs match too
+
+
+def list_jobs(filters: JobFilters, per_page: int = JOBS_PER_PAGE) -> JobPage:
+    """Jobs matching the filters, newest first; keyset pages (ids below ``before_id``)."""
+    rows = db.session.execute(
+        LIST_JOBS,
+        {
+            "queue": filters.queue,
+            "status": filters.status,
+            "before_id": filters.before_id,
+            "limit": per_page + 1,
+        },
+    ).all()
+    jobs = [_job(row) for row in rows[:per_page]]
+    more = len(rows) > per_page
+    return JobPage(jobs, filters, jobs[-1].id if more and jobs else None)

@@ -271,3 +271,13 @@ def retry_limit(message_id: int) -> Limit:
 def send_limits(sender: Sender, owner: User) -> list[Limit]:
     """The limits one campaign message consumes together: its sender's and its owner's."""
     return [whatsapp_limit(sender), campaign_limit(owner)]
+
+
+def pace_seconds(sender: Sender, owner: User) -> float:
+    """Seconds between two messages of a campaign, so that :func:`send_limits` always grants:
+    the slowest of the sender's rate, the sender's minimum gap and the owner's rate."""
+    return max(
+        MINUTE / sender.rate_limit_per_minute,
+        sender.min_interval_ms / 1000.0,
+        MINUTE / owner.campaign_rate_limit_per_minute,
+    )

@@ -17,13 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import db
-from campaigns import counters, phones
-from campaigns.models import Message, MessageStatus, Sender, Suppression
+from campaigns import campaign_states, message_states, phones
+from campaigns.models import Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
-from campaigns.sending import move, pause_if_failing, stop_for_code
+from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +31,6 @@ WEBHOOK_STATUS = {
     "delivered": MessageStatus.DELIVERED,
     "read": MessageStatus.READ,
     "failed": MessageStatus.FAILED,
-}
-# Where each status may come from: later stages only, never backwards.
-SOURCES = {
-    MessageStatus.SENT: (MessageStatus.SENDING,),
-    MessageStatus.DELIVERED: (MessageStatus.SENDING, MessageStatus.SENT),
-    MessageStatus.READ: (MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.DELIVERED),
-    MessageStatus.FAILED: (MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.DELIVERED),
-}
-STAMP = {
-    MessageStatus.SENT: "sent_at",
-    MessageStatus.DELIVERED: "delivered_at",
-    MessageStatus.READ: "read_at",
-    MessageStatus.FAILED: "failed_at",
 }
 
 
@@ -102,9 +88,9 @@ def apply(payload: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, in
     # What the failures say about their campaigns, once each, after the statuses.
     for campaign_id, (code, text) in failed_campaigns.items():
         if kind := _stop_kind(code):
-            stop_for_code(campaign_id, code, text, kind)
+            campaign_states.stop_for_code(campaign_id, code, text, kind)
         else:
-            pause_if_failing(campaign_id, config)
+            campaign_states.pause_if_failing(campaign_id, config)
     db.session.commit()
     return summary
 
@@ -133,25 +119,25 @@ def _apply_status(status: Mapping[str, Any], failed_campaigns: dict[int, tuple[A
             "webhook status %s for unknown message %s", status.get("status"), status.get("id")
         )
         return "unknown"
-    old = move(db.session, message.id, SOURCES[target], target)
-    if old is None:
+    failed = target is MessageStatus.FAILED
+    error = (status.get("errors") or [{}])[0] if failed else {}
+    code = error.get("code")
+    text = str(error.get("message") or error.get("title") or "")[:2000] or None
+    moved = message_states.record_status(
+        db.session,
+        message,
+        target,
+        _timestamp(status.get("timestamp")),
+        wamid=str(status["id"]) if status.get("id") else None,
+        error_code=str(error.get("code", ""))[:32] or None,
+        error_text=text,
+    )
+    if not moved:
         return "ignored"  # a duplicate, or a stage the message has already passed
-    values: dict[str, Any] = {STAMP[target]: _timestamp(status.get("timestamp"))}
-    if message.provider_message_id is None and status.get("id"):
-        values["provider_message_id"] = str(status["id"])
-    if target is MessageStatus.FAILED:
-        error = (status.get("errors") or [{}])[0]
-        values["error_code"] = str(error.get("code", ""))[:32] or None
-        values["error_text"] = str(error.get("message") or error.get("title") or "")[:2000] or None
-        counters.bump_minute(db.session, message.campaign_id, failed=1)
-        if error.get("code") in OPT_OUT_CODES:
-            _suppress(message.phone, values["error_text"] or "131050", "provider")
-        code = error.get("code")
-        if message.campaign_id not in failed_campaigns or _stop_kind(code):
-            failed_campaigns[message.campaign_id] = (code, values["error_text"] or "")
-    elif old is MessageStatus.SENDING:
-        counters.bump_minute(db.session, message.campaign_id, sent=1)
-    db.session.execute(sa.update(Message).where(Message.id == message.id).values(**values))
+    if failed and code in OPT_OUT_CODES:
+        suppress_quietly(db.session, message.phone, text or "131050", "provider")
+    if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
+        failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
 
 
@@ -181,7 +167,7 @@ def _apply_reply(message: Mapping[str, Any], keywords: Collection[str]) -> int:
     phone = _wa_phone(message.get("from"))
     if phone is None:
         return 0
-    _suppress(phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
+    suppress_quietly(db.session, phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
 
@@ -192,26 +178,11 @@ def _apply_preference(preference: Mapping[str, Any]) -> str | None:
     if phone is None or preference.get("category") != "marketing_messages":
         return None
     if preference.get("value") == "stop":
-        _suppress(phone, str(preference.get("detail") or "Stopped marketing messages"), "provider")
+        reason = str(preference.get("detail") or "Stopped marketing messages")
+        suppress_quietly(db.session, phone, reason, "provider")
         logger.info("marketing opt-out preference from a customer: number suppressed")
         return "opt_outs"
-    if preference.get("value") == "resume":
-        # Only what WhatsApp itself reported is lifted; a reply, a hand entry or an
-        # import stays until an operator removes it.
-        removed = db.session.execute(
-            sa.delete(Suppression).where(
-                Suppression.phone == phone, Suppression.source == "provider"
-            )
-        ).rowcount
-        if removed:
-            logger.info("marketing opt-in preference from a customer: suppression lifted")
-            return "opt_ins"
+    if preference.get("value") == "resume" and lift_provider_suppression(db.session, phone):
+        logger.info("marketing opt-in preference from a customer: suppression lifted")
+        return "opt_ins"
     return None
-
-
-def _suppress(phone: str, reason: str, source: str) -> None:
-    db.session.execute(
-        pg_insert(Suppression)
-        .values(phone=phone, reason=reason[:200], source=source)
-        .on_conflict_do_nothing(index_elements=["phone"])
-    )

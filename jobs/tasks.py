@@ -11,10 +11,19 @@ from datetime import UTC, datetime
 
 from flask import current_app
 from procrastinate import JobContext, RetryStrategy, builtin_tasks
-from procrastinate.exceptions import AlreadyEnqueued
 
 from app import db
-from campaigns import erp, notifications, queries, ratelimit, sending
+from campaigns import (
+    campaign_states,
+    clock,
+    erp,
+    fanout,
+    maintenance,
+    notifications,
+    pump,
+    ratelimit,
+    sending,
+)
 from campaigns.i18n import _
 from campaigns.queues import (
     FAN_OUT_TASK,
@@ -44,7 +53,7 @@ FAN_OUT_ATTEMPTS = 2  # the ERP may be down for a while: 3 runs, waits 10 s then
 @app.task(name="maintenance.ping", queue=MAINTENANCE_QUEUE)
 def ping(token: str) -> str:
     """Prove the round trip web → Postgres → worker → Flask app context → database."""
-    queries.database_time()
+    clock.database_now(db.session)
     logger.info("ping %s", token)
     return token
 
@@ -57,10 +66,10 @@ def ping(token: str) -> str:
 )
 def scheduler_tick(timestamp: int) -> None:
     """Every minute: start due campaigns (at the tick's time), re-kick stranded ones."""
-    started = sending.claim_due(datetime.fromtimestamp(timestamp, UTC))
+    started = campaign_states.start_due(datetime.fromtimestamp(timestamp, UTC))
     if started:
         logger.info("started campaigns %s", started)
-    sending.rekick()
+    maintenance.redefer_lost_campaign_jobs()
 
 
 @app.task(
@@ -74,32 +83,25 @@ def scheduler_tick(timestamp: int) -> None:
 def fan_out(context: JobContext, campaign_id: int) -> None:
     """Load the campaign's audience from the ERP, page by page, resumably."""
     try:
-        sending.load_audience(campaign_id, current_app.config)
+        fanout.load_audience(campaign_id, current_app.config)
     except erp.ErpError as error:
         last = context.job.attempts >= FAN_OUT_ATTEMPTS or error.is_caller_error
         logger.warning("campaign %s: ERP error (job %s): %s", campaign_id, context.job.id, error)
         if not last:
             raise
-        sending.fail_campaign(
+        campaign_states.fail(
             campaign_id, _("The ERP could not give the audience: %(m)s") % {"m": error.message}
         )
 
 
 @app.task(name=PUMP_TASK, queue=SENDER_QUEUE)
-def pump(campaign_id: int) -> None:
-    """Keep a bounded window of paced message jobs; come back while work is left.
+def pump_campaign(campaign_id: int) -> None:
+    """Keep a bounded window of paced message jobs; the pump defers its own next run.
 
     No retries of its own (a queueing lock plus a retry trips Procrastinate #1446):
     the scheduler's re-kick replaces a pump that failed.
     """
-    wait = sending.pump(campaign_id)
-    if wait is not None:
-        try:
-            pump.configure(
-                schedule_in={"seconds": wait}, queueing_lock=sending.pump_lock(campaign_id)
-            ).defer(campaign_id=campaign_id)
-        except AlreadyEnqueued:
-            pass
+    pump.pump(campaign_id)
 
 
 def _send(context: JobContext, message_id: int, *, retry_queue: bool, attempts: int) -> None:
@@ -111,7 +113,7 @@ def _send(context: JobContext, message_id: int, *, retry_queue: bool, attempts: 
             retry_queue=retry_queue,
         )
     except sending.Deferred as deferred:
-        sending.redefer(message_id, deferred.seconds, retry_queue=retry_queue)
+        sending.defer_rate_limited(message_id, deferred.seconds, retry_queue=retry_queue)
         return
     if outcome.status == "failed":
         logger.warning("message %s failed (job %s): %s", message_id, context.job.id, outcome.detail)
@@ -184,8 +186,8 @@ def sync_pending_templates(timestamp: int) -> None:
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
     without them; drop expired rate-limit buckets."""
-    sending.reconcile_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
-    sending.settle_orphaned_messages()
+    maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
+    maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     db.session.commit()
     logger.info("maintenance: removed %s old rate-limit buckets", removed)

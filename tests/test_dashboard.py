@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, monitoring, queries, ratelimit
+from campaigns import counters, progress, queues, ratelimit
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -135,7 +135,7 @@ def test_the_list_poll_runs_while_a_campaign_is_live_and_ends_with_286(
     assert b"hx-trigger" not in response.data
 
     paused = make_campaign(CampaignStatus.PAUSED, total=2, pending=2)
-    far_off = queries.LIVE_BEFORE_START.total_seconds() / 3600 + 24
+    far_off = progress.LIVE_BEFORE_START.total_seconds() / 3600 + 24
     make_campaign(CampaignStatus.SCHEDULED, in_hours=far_off)
     response = client.get("/dashboard/campaigns", headers=HTMX)
     assert response.status_code == 286  # shown, but nothing about them changes by itself
@@ -177,7 +177,7 @@ def test_one_poll_costs_the_same_statements_for_one_campaign_or_many(
         db.session.commit()
     many = statements_for_the_list()
     assert many == one
-    assert len(queries.active_campaigns().campaigns) == 6
+    assert len(progress.active_campaigns().campaigns) == 6
 
 
 def test_progress_for_many_matches_each_campaigns_own_progress(app, make_campaign):
@@ -188,9 +188,9 @@ def test_progress_for_many_matches_each_campaigns_own_progress(app, make_campaig
     ]
     counters.bump_minute(db.session, campaigns[0].id, sent=3)
     db.session.commit()
-    listed = {a.campaign.id: a.progress for a in queries.active_campaigns().campaigns}
+    listed = {a.campaign.id: a.progress for a in progress.active_campaigns().campaigns}
     for campaign in campaigns:
-        one = queries.get_progress(campaign)
+        one = progress.get_progress(campaign)
         many = listed[campaign.id]
         # Read at two different instants; every other figure is the same.
         assert many.read_at is not None and one.read_at is not None
@@ -265,7 +265,7 @@ def test_workers_with_their_heartbeat_and_stalled_jobs(client, login_as):
     assert "silent" in cells(row_of(body, f"worker-{silent}"))[1]
     assert f'id="stalled-job-{stalled}"' in body
     assert f'id="stalled-job-{busy}"' not in body
-    assert f"silent for over {monitoring.stalled_after_seconds()} s" in body
+    assert f"silent for over {queues.stalled_after_seconds()} s" in body
 
 
 def test_notifications_are_the_users_own_and_everyones_for_admins(

@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, queries, sending
+from campaigns import counters, fanout, pump, queues, sending
 from campaigns.htmx import STOP_POLLING
 from campaigns.models import Campaign, CampaignStatus, Role
+from campaigns.progress import RECEIPTS_FOLLOW, get_progress, throughput_chart
 from campaigns.services.campaigns import pause_campaign, schedule_campaign, send_campaign_now
 from campaigns.services.users import create_api_token
 from tests.test_sending import jobs
@@ -31,16 +32,16 @@ def _oob_ids(html: str) -> set[str]:
 def _send_everything(app, campaign) -> None:
     """Drive a campaign from start to completed in-process, as workers would."""
     send_campaign_now(campaign.id, campaign.owner_id)
-    sending.load_audience(campaign.id, app.config)
+    fanout.load_audience(campaign.id, app.config)
     while True:
-        sending.pump(campaign.id)
-        ids = [j["args"]["message_id"] for j in jobs(sending.SEND_TASK) if j["status"] == "todo"]
+        pump.pump(campaign.id)
+        ids = [j["args"]["message_id"] for j in jobs(queues.SEND_TASK) if j["status"] == "todo"]
         if not ids:
             break
         for message_id in ids:
             sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
         db.session.execute(
-            sa.text("DELETE FROM procrastinate_jobs WHERE task_name = :t"), {"t": sending.SEND_TASK}
+            sa.text("DELETE FROM procrastinate_jobs WHERE task_name = :t"), {"t": queues.SEND_TASK}
         )
         db.session.commit()
     db.session.refresh(campaign)
@@ -132,7 +133,7 @@ def test_receipts_are_followed_for_a_limited_time_after_completion(
     db.session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign.id)
-        .values(completed_at=sa.func.now() - queries.RECEIPTS_FOLLOW - timedelta(minutes=1))
+        .values(completed_at=sa.func.now() - RECEIPTS_FOLLOW - timedelta(minutes=1))
     )
     db.session.commit()
     response = client.get(f"/campaigns/{campaign.id}/receipts", headers=HX)
@@ -178,7 +179,7 @@ def test_the_chart_shows_the_last_hour_per_minute(client, login_as, app, campaig
         {"c": campaign.id},
     )
     db.session.commit()
-    chart = queries.throughput_chart(queries.get_progress(db.session.get(Campaign, campaign.id)))
+    chart = throughput_chart(get_progress(db.session.get(Campaign, campaign.id)))
     assert len(chart.minutes) == 60
     assert [(m.sent, m.failed) for m in chart.minutes][-1] == (7, 2)
     assert chart.minutes[-11].sent == 9 and chart.peak == 9
@@ -198,7 +199,7 @@ def test_progress_json_matches_the_counters(client, app, campaign, fake):
     body = client.get(
         f"/api/v1/campaigns/{campaign.id}/progress", headers={"Authorization": f"Bearer {raw}"}
     ).json
-    progress = queries.get_progress(db.session.get(Campaign, campaign.id))
+    progress = get_progress(db.session.get(Campaign, campaign.id))
     assert body["status"] == "completed" and body["total"] == progress.total == 120
     assert body["sent"] + body["failed"] + body["skipped"] + body["cancelled"] == body["total"]
     assert body["in_flight"] == 0 and body["eta_seconds"] is None

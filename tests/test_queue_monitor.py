@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, monitoring, sending
+from campaigns import counters, queues
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -26,7 +26,7 @@ from campaigns.queues import (
 from tests.conftest import PASSWORD, csrf_token_from, make_app
 
 # Jobs are written with Procrastinate's own SQL, as the app and the worker do:
-# sending.defer (procrastinate_defer_jobs_v1) to defer, the fetch's UPDATE to
+# queues.defer (procrastinate_defer_jobs_v1) to defer, the fetch's UPDATE to
 # start one, procrastinate_finish_job_v1 to end it. The status triggers record
 # the events the monitor reads its times from.
 
@@ -38,7 +38,7 @@ def defer_job(
     at: datetime | None = None,
     queueing_lock: str | None = None,
 ) -> int:
-    sending.defer(db.session, task, queue, [args or {}], [at], queueing_lock)
+    queues.defer(db.session, task, queue, [args or {}], [at], queueing_lock)
     job_id = db.session.execute(db.text("SELECT max(id) FROM procrastinate_jobs")).scalar_one()
     db.session.commit()
     return job_id
@@ -151,7 +151,7 @@ def test_counts_by_queue_and_status_link_to_the_list(client, admin):
     row = re.search(r'<tr id="queue-campaign-messages-counts">.*?</tr>', body, re.S).group(0)
     assert 'href="/admin/queue/?queue=campaign-messages&amp;status=failed"' in row
     assert 'href="/admin/queue/?queue=campaign-messages&amp;status=todo"' in row
-    for queue in monitoring.KNOWN_QUEUES:
+    for queue in queues.KNOWN_QUEUES:
         assert f'id="queue-{queue}-counts"' in body  # empty queues are listed too
 
     only_pumps = client.get("/admin/queue/jobs?queue=campaign-sender&status=todo")
@@ -161,12 +161,10 @@ def test_counts_by_queue_and_status_link_to_the_list(client, admin):
 
 def test_job_list_pages_by_id_newest_first(app):
     ids = [defer_job() for _ in range(5)]
-    first = monitoring.list_jobs(monitoring.JobFilters(status="todo"), per_page=2)
+    first = queues.list_jobs(queues.JobFilters(status="todo"), per_page=2)
     assert [j.id for j in first.jobs] == [ids[4], ids[3]]
     assert first.next_before_id == ids[3]
-    rest = monitoring.list_jobs(
-        monitoring.JobFilters(status="todo", before_id=ids[1] + 1), per_page=2
-    )
+    rest = queues.list_jobs(queues.JobFilters(status="todo", before_id=ids[1] + 1), per_page=2)
     assert [j.id for j in rest.jobs] == [ids[1], ids[0]]
     assert rest.next_before_id is None
 
@@ -182,7 +180,7 @@ def test_retry_puts_a_failed_job_back_in_its_queue(client, admin):
         {"id": job_id},
     ).scalars()
     assert "retried" in list(events)
-    (listed,) = monitoring.list_jobs(monitoring.JobFilters(status="todo")).jobs
+    (listed,) = queues.list_jobs(queues.JobFilters(status="todo")).jobs
     assert listed.started_at is not None and listed.finished_at is None  # its end was undone
     assert f"Job #{job_id} is back in its queue." in flashes(client)
 
@@ -289,7 +287,7 @@ def test_actions_need_the_csrf_token_htmx_sends_in_its_header(database_url_for_t
 def test_stalled_jobs_match_procrastinates_own_rule(app, real_queue):
     import asyncio
 
-    seconds = monitoring.stalled_after_seconds()
+    seconds = queues.stalled_after_seconds()
     live, silent = register_worker(), register_worker(seconds + 60)
     on_live, on_silent, orphan = defer_job(), defer_job(), defer_job()
     start_job(on_live, live)
@@ -302,6 +300,6 @@ def test_stalled_jobs_match_procrastinates_own_rule(app, real_queue):
             stalled = await real_queue.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds)
             return {job.id for job in stalled}
 
-    ours = {job.id for job in monitoring.stalled_jobs()}
+    ours = {job.id for job in queues.stalled_jobs()}
     assert ours == {on_silent, orphan}
     assert ours == asyncio.run(procrastinates_view())

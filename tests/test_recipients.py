@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, queries, sending
+from campaigns import counters, message_states, pump, queues, recipients
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -65,7 +65,7 @@ def add(
             **columns,
         )
         db.session.add(message)
-        counters.apply(db.session, campaign.id, counters.transition_deltas(None, status))
+        counters.apply(db.session, campaign.id, message_states.counter_deltas(None, status))
         messages.append(message)
     db.session.commit()
     return [m.id for m in messages]
@@ -158,7 +158,7 @@ def test_keyset_pages_have_no_overlap_and_no_gap_even_with_inserts(client, campa
 
     page_one = fragment(client, f"/campaigns/{campaign.id}/recipients")
     ids_one = shown_ids(page_one)
-    assert ids_one == first_batch[: queries.RECIPIENTS_PER_PAGE]
+    assert ids_one == first_batch[: recipients.RECIPIENTS_PER_PAGE]
     more = next_rows_url(page_one)
     assert more and f"after={ids_one[-1]}" in more
 
@@ -168,7 +168,7 @@ def test_keyset_pages_have_no_overlap_and_no_gap_even_with_inserts(client, campa
 
     page_two = fragment(client, more)
     ids_two = shown_ids(page_two)
-    assert ids_two[0] > ids_one[-1] and len(ids_two) == queries.RECIPIENTS_PER_PAGE
+    assert ids_two[0] > ids_one[-1] and len(ids_two) == recipients.RECIPIENTS_PER_PAGE
     assert page_two.lstrip().startswith("<tr")  # only rows: they go after the ones shown
     page_three = fragment(client, next_rows_url(page_two))
     ids_three = shown_ids(page_three)
@@ -218,7 +218,7 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     body = response.get_data().decode("utf-8")
     assert body.startswith("\ufeff")
     rows = list(csv.reader(io.StringIO(body.removeprefix("\ufeff"))))
-    assert rows[0] == list(queries.RECIPIENT_CSV_COLUMNS)
+    assert rows[0] == list(recipients.RECIPIENT_CSV_COLUMNS)
     assert len(rows) == 1 + 6
     expected = db.session.scalars(
         sa.select(Message).where(Message.campaign_id == campaign.id).order_by(Message.id)
@@ -258,7 +258,7 @@ def test_error_breakdown_explains_each_code(client, campaign, supervisor):
     add(campaign, MessageStatus.FAILED, error_code=None, error_text="WhatsApp could not be reached")
     add(campaign, MessageStatus.SKIPPED, 4, error_code="invalid_phone")
     add(campaign, MessageStatus.SENT, 5)
-    breakdown = queries.error_breakdown(campaign.id)
+    breakdown = recipients.error_breakdown(campaign.id)
     assert [(g.status.value, g.code, g.count, g.retryable) for g in breakdown.groups] == [
         ("failed", "131000", 3, True),
         ("failed", "131026", 2, False),
@@ -332,7 +332,7 @@ def test_retry_failed_requeues_only_retryable_errors_and_reopens_the_campaign(
 
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.SENDING and campaign.completed_at is None
-    assert [j["args"] for j in jobs(sending.PUMP_TASK)] == [{"campaign_id": campaign.id}]
+    assert [j["args"] for j in jobs(queues.PUMP_TASK)] == [{"campaign_id": campaign.id}]
     activity = db.session.scalars(
         sa.select(CampaignActivity).where(CampaignActivity.action == "retried_failed")
     ).one()
@@ -342,7 +342,7 @@ def test_retry_failed_requeues_only_retryable_errors_and_reopens_the_campaign(
     assert "5 failed messages will be sent again." in page
 
     # The pump takes them like any pending message, and completes the campaign again.
-    assert sending.pump(campaign.id) == sending.PUMP_INTERVAL_SECONDS
+    assert pump.pump(campaign.id) is True
     assert statuses(ids["retryable"]) == {MessageStatus.QUEUED}
     assert_counters_match_rows(campaign.id)
 
@@ -357,11 +357,11 @@ def test_retry_failed_while_sending_keeps_one_pump(app, campaign, supervisor):
     ids = _completed_with_failures(campaign)
     campaign.status = CampaignStatus.SENDING
     db.session.commit()
-    sending.defer_pump(db.session, campaign.id)
+    queues.defer_pump(db.session, campaign.id)
     db.session.commit()
     assert retry_failed(campaign.id, supervisor.id) == 5
     assert statuses(ids["retryable"]) == {MessageStatus.PENDING}
-    assert len(jobs(sending.PUMP_TASK)) == 1  # its queueing lock keeps it to one
+    assert len(jobs(queues.PUMP_TASK)) == 1  # its queueing lock keeps it to one
     assert_counters_match_rows(campaign.id)
 
 
@@ -373,7 +373,7 @@ def test_retry_failed_on_a_paused_campaign_waits_for_resume(app, campaign, super
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.PAUSED
     assert statuses(ids["retryable"]) == {MessageStatus.PENDING}
-    assert jobs(sending.PUMP_TASK) == []  # resuming defers the pump
+    assert jobs(queues.PUMP_TASK) == []  # resuming defers the pump
     assert_counters_match_rows(campaign.id)
 
 
@@ -393,7 +393,7 @@ def test_retry_failed_is_refused_unless_sending_paused_or_completed(
         f"/campaigns/{campaign.id}"
     ).get_data(as_text=True)
     assert statuses(ids["retryable"]) == {MessageStatus.FAILED}
-    assert jobs(sending.PUMP_TASK) == []
+    assert jobs(queues.PUMP_TASK) == []
     assert_counters_match_rows(campaign.id)
 
 

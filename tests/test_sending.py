@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, sending
+from campaigns import campaign_states, counters, fanout, maintenance, pump, queues, sending
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -76,15 +76,15 @@ def assert_counters_match_rows(campaign_id: int) -> None:
 
 def load_audience(app, campaign) -> None:
     send_campaign_now(campaign.id, campaign.owner_id)
-    sending.load_audience(campaign.id, app.config)
+    fanout.load_audience(campaign.id, app.config)
 
 
 def test_send_now_starts_and_defers_the_fan_out_in_one_transaction(campaign):
     send_campaign_now(campaign.id, campaign.owner_id)
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.SENDING and campaign.started_at
-    assert [j["args"] for j in jobs(sending.FAN_OUT_TASK)] == [{"campaign_id": campaign.id}]
-    assert [j["args"] for j in jobs(sending.NOTIFY_TASK)] == [
+    assert [j["args"] for j in jobs(queues.FAN_OUT_TASK)] == [{"campaign_id": campaign.id}]
+    assert [j["args"] for j in jobs(queues.NOTIFY_TASK)] == [
         {"campaign_id": campaign.id, "kind": "started"}
     ]
     with pytest.raises(Conflict, match="cannot be sent now"):
@@ -93,11 +93,11 @@ def test_send_now_starts_and_defers_the_fan_out_in_one_transaction(campaign):
 
 def test_scheduler_claims_due_campaigns_once(campaign):
     schedule_campaign(campaign.id, datetime.now(UTC) + timedelta(minutes=5), campaign.owner_id)
-    assert sending.claim_due(datetime.now(UTC)) == []  # not due yet
+    assert campaign_states.start_due(datetime.now(UTC)) == []  # not due yet
     later = datetime.now(UTC) + timedelta(minutes=6)
-    assert sending.claim_due(later) == [campaign.id]
-    assert sending.claim_due(later) == []  # a second tick (or worker) finds nothing
-    assert len(jobs(sending.FAN_OUT_TASK)) == 1
+    assert campaign_states.start_due(later) == [campaign.id]
+    assert campaign_states.start_due(later) == []  # a second tick (or worker) finds nothing
+    assert len(jobs(queues.FAN_OUT_TASK)) == 1
 
 
 def test_fan_out_loads_the_audience_once_with_reasons(app, campaign):
@@ -126,12 +126,10 @@ def test_fan_out_loads_the_audience_once_with_reasons(app, campaign):
     # A re-run (a crash after the last page) adds nothing.
     campaign.audience_loaded_at, campaign.erp_cursor = None, None
     db.session.commit()
-    sending.load_audience(campaign.id, app.config)
+    fanout.load_audience(campaign.id, app.config)
     assert sum(message_counts(campaign.id).values()) == 120
     assert_counters_match_rows(campaign.id)
-    assert [j["args"] for j in jobs(sending.PUMP_TASK)] == [
-        {"campaign_id": campaign.id}
-    ]  # one pump
+    assert [j["args"] for j in jobs(queues.PUMP_TASK)] == [{"campaign_id": campaign.id}]  # one pump
 
 
 def test_suppressed_numbers_are_skipped(app, campaign):
@@ -157,8 +155,8 @@ def test_pump_keeps_a_paced_bounded_window(app, campaign):
     sender.rate_limit_per_minute, sender.min_interval_ms = 60, 0  # one a second
     db.session.commit()
     load_audience(app, campaign)
-    assert sending.pump(campaign.id) == sending.PUMP_INTERVAL_SECONDS
-    sends = jobs(sending.SEND_TASK)
+    assert pump.pump(campaign.id) is True
+    sends = jobs(queues.SEND_TASK)
     assert len(sends) == 60  # the 60 s horizon at one a second, not the whole audience
     gaps = {
         (b["scheduled_at"] - a["scheduled_at"]).total_seconds()
@@ -166,15 +164,39 @@ def test_pump_keeps_a_paced_bounded_window(app, campaign):
     }
     assert gaps == {1.0}
     assert all(j["queue_name"] == "campaign-messages" for j in sends)
-    sending.pump(campaign.id)
-    assert len(jobs(sending.SEND_TASK)) == 60  # the window is full: nothing more
+    pump.pump(campaign.id)
+    assert len(jobs(queues.SEND_TASK)) == 60  # the window is full: nothing more
     assert_counters_match_rows(campaign.id)
+
+
+def test_the_pump_defers_its_next_run_with_its_work(app, campaign):
+    load_audience(app, campaign)  # the fan-out's last page deferred the first run
+    (first,) = jobs(queues.PUMP_TASK)
+    assert first["scheduled_at"] is None and first["status"] == "todo"
+    _run_waiting_pump()
+    assert pump.pump(campaign.id) is True
+    (waiting,) = [j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"]
+    now = db.session.scalar(sa.select(sa.func.now()))
+    due_in = (waiting["scheduled_at"] - now).total_seconds()
+    assert 0 < due_in <= pump.INTERVAL_SECONDS
+    # Its queueing lock keeps one waiting: a second run in the meantime adds none.
+    assert pump.pump(campaign.id) is True
+    assert len([j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"]) == 1
+
+
+def _run_waiting_pump() -> None:
+    """Mark the waiting pump job as taken by a worker (what the worker does before running it)."""
+    db.session.execute(
+        sa.text("UPDATE procrastinate_jobs SET status = 'doing' WHERE task_name = :t"),
+        {"t": queues.PUMP_TASK},
+    )
+    db.session.commit()
 
 
 def _queue_all(app, campaign) -> list[int]:
     load_audience(app, campaign)
-    sending.pump(campaign.id)
-    return [j["args"]["message_id"] for j in jobs(sending.SEND_TASK)]
+    pump.pump(campaign.id)
+    return [j["args"]["message_id"] for j in jobs(queues.SEND_TASK)]
 
 
 def test_a_send_records_sent_and_counts_it(app, campaign, fake):
@@ -261,7 +283,7 @@ def test_transient_then_exhausted_hands_over_to_message_retry(app, campaign, fak
     assert outcome.status == "retrying"
     db.session.expire_all()
     assert db.session.get(Message, first).status is MessageStatus.RETRYING
-    assert [j["args"] for j in jobs(sending.RETRY_TASK)] == [{"message_id": first}]
+    assert [j["args"] for j in jobs(queues.RETRY_TASK)] == [{"message_id": first}]
     assert sending.send(first, app.config, last_attempt=False, retry_queue=True).status == "sent"
     assert_counters_match_rows(campaign.id)
 
@@ -302,8 +324,8 @@ def test_rate_limited_sends_wait_without_spending_an_attempt(app, campaign, fake
     assert 0 < deferred.value.seconds <= 62  # the window, plus at most one bucket (conservative)
     message = db.session.get(Message, second)
     assert message.status is MessageStatus.QUEUED and message.attempts == 0
-    sending.redefer(second, deferred.value.seconds, retry_queue=False)
-    later = [j for j in jobs(sending.SEND_TASK) if j["args"] == {"message_id": second}]
+    sending.defer_rate_limited(second, deferred.value.seconds, retry_queue=False)
+    later = [j for j in jobs(queues.SEND_TASK) if j["args"] == {"message_id": second}]
     assert len(later) == 2 and later[-1]["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=30)
 
 
@@ -315,11 +337,11 @@ def test_pause_resume_and_cancel(app, campaign, fake):
     assert outcome.status == "skipped" and fake.calls == []
     db.session.expire_all()
     assert db.session.get(Message, ids[0]).status is MessageStatus.PENDING
-    assert sending.pump(campaign.id) is None  # a paused campaign is not pumped
+    assert pump.pump(campaign.id) is False  # a paused campaign is not pumped
 
     resume_campaign(campaign.id, campaign.owner_id)
-    assert len([j for j in jobs(sending.PUMP_TASK) if j["status"] == "todo"]) == 1
-    sending.pump(campaign.id)  # queues them again
+    assert len([j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"]) == 1
+    pump.pump(campaign.id)  # queues them again
     assert sending.send(ids[1], app.config, last_attempt=False, retry_queue=False).status == "sent"
 
     cancel_campaign(campaign.id, campaign.owner_id)
@@ -364,7 +386,7 @@ def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign
         "Paused: 7 of the last 13 messages failed, more than 50 % allowed."
     )
     assert {"campaign_id": campaign.id, "kind": "auto_paused"} in [
-        j["args"] for j in jobs(sending.NOTIFY_TASK)
+        j["args"] for j in jobs(queues.NOTIFY_TASK)
     ]
     # The rest went back to pending: nothing more goes out until an operator resumes.
     assert message_counts(campaign.id).get("queued", 0) == 0
@@ -395,14 +417,16 @@ def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
             sa.text("DELETE FROM procrastinate_jobs WHERE task_name = 'messages.send'")
         )
         db.session.commit()
-        sending.pump(campaign.id)
-        ids = [j["args"]["message_id"] for j in jobs(sending.SEND_TASK)]
-    assert sending.pump(campaign.id) is None
+        pump.pump(campaign.id)
+        ids = [j["args"]["message_id"] for j in jobs(queues.SEND_TASK)]
+    _run_waiting_pump()
+    assert pump.pump(campaign.id) is False
+    assert [j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"] == []  # no next run
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.COMPLETED and campaign.completed_at
     assert_counters_match_rows(campaign.id)
     assert {"campaign_id": campaign.id, "kind": "completed"} in [
-        j["args"] for j in jobs(sending.NOTIFY_TASK)
+        j["args"] for j in jobs(queues.NOTIFY_TASK)
     ]
 
 
@@ -413,7 +437,7 @@ def _end_job(message_id: int, status: str) -> None:
             "UPDATE procrastinate_jobs SET status = CAST(:status AS procrastinate_job_status)"
             " WHERE task_name = :task AND args->>'message_id' = CAST(:id AS text)"
         ),
-        {"status": status, "task": sending.SEND_TASK, "id": message_id},
+        {"status": status, "task": queues.SEND_TASK, "id": message_id},
     )
     db.session.commit()
 
@@ -424,8 +448,8 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
     # A job that ended on an unexpected error (the database gone mid-job, a bug):
     # Procrastinate marks it failed and nothing will move its message on.
     _end_job(broken, "failed")
-    assert sending.settle_orphaned_messages() == 1
-    assert sending.settle_orphaned_messages() == 0  # once
+    assert maintenance.settle_orphaned_messages() == 1
+    assert maintenance.settle_orphaned_messages() == 0  # once
     message = db.session.get(Message, broken)
     db.session.refresh(message)
     assert (message.status, message.error_code) == (MessageStatus.FAILED, "job_failed")
@@ -441,12 +465,12 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
 def test_a_message_whose_job_a_shutdown_aborted_goes_back_to_pending(app, campaign):
     ids = _queue_all(app, campaign)
     _end_job(ids[0], "aborted")
-    assert sending.settle_orphaned_messages() == 0  # none failed: it did nothing wrong
+    assert maintenance.settle_orphaned_messages() == 0  # none failed: it did nothing wrong
     message = db.session.get(Message, ids[0])
     db.session.refresh(message)
     assert (message.status, message.error_code) == (MessageStatus.PENDING, None)
     assert_counters_match_rows(campaign.id)
-    sending.pump(campaign.id)  # queued again, with a job of its own
+    pump.pump(campaign.id)  # queued again, with a job of its own
     db.session.refresh(message)
     assert message.status is MessageStatus.QUEUED
 

@@ -46,7 +46,7 @@ PAUSE_SENDER_CODES = frozenset({368, 131031, 131042})
 PERMISSION_CODES = range(200, 300)
 # Numbers that opted out: the code feeds the suppression list too.
 OPT_OUT_CODES = frozenset({131050})
-# Disparo's own code for a message whose sending job failed unexpectedly (sending.py).
+# Disparo's own code for a message whose sending job failed unexpectedly (maintenance.py).
 JOB_FAILED_CODE = "job_failed"
 
 

@@ -1,9 +1,17 @@
-"""Campaigns: create, edit, schedule, start, pause, resume, cancel, duplicate; a test send
-to one number and sending the failed messages again."""
+"""Campaigns: create, edit, schedule, start, pause, resume, cancel, duplicate; the audience's
+live count and a dry run, a test send to one number, and sending failed messages again.
+
+Which statuses each operator action starts from is :data:`CAMPAIGN_TRANSITIONS`,
+enforced here for the UI and the API alike; the changes themselves use the
+engine's own (``campaign_states``, ``message_states``), so a pause from the
+page and an automatic pause leave the same rows behind.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,21 +19,21 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import counters, phones, providers, rendering, sending
+from campaigns import campaign_states, erp, message_states, phones, providers, ratelimit, rendering
+from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import (
     Campaign,
-    CampaignActivity,
     CampaignStatus,
     Message,
     MessageStatus,
     MessageTemplate,
     Sender,
-    Suppression,
     TemplateStatus,
 )
 from campaigns.providers.errors import is_retryable
 from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.services.suppressions import is_suppressed
 from campaigns.validation import CampaignFields
 
 logger = logging.getLogger(__name__)
@@ -48,8 +56,6 @@ CAMPAIGN_TRANSITIONS: dict[str, frozenset[CampaignStatus]] = {
         }
     ),
 }
-
-
 ACTION_LABELS = {
     "edit": _("edited"),
     "schedule": _("scheduled"),
@@ -94,9 +100,7 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
 
 
 def _locked_campaign(campaign_id: int) -> Campaign:
-    campaign = db.session.scalar(
-        sa.select(Campaign).where(Campaign.id == campaign_id).with_for_update(key_share=True)
-    )
+    campaign = campaign_states.lock(db.session, campaign_id)
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
     return campaign
@@ -109,15 +113,6 @@ def _require(campaign: Campaign, action: str) -> None:
             _("A %(status)s campaign cannot be %(action)s.")
             % {"status": campaign.status.value, "action": ACTION_LABELS[action]}
         )
-
-
-def record_activity(
-    campaign_id: int, user_id: int | None, action: str, detail: str | None = None
-) -> None:
-    """Add to the campaign's activity (committed with the caller's transaction)."""
-    db.session.add(
-        CampaignActivity(campaign_id=campaign_id, user_id=user_id, action=action, detail=detail)
-    )
 
 
 def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
@@ -134,7 +129,7 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
     )
     db.session.add(campaign)
     db.session.flush()
-    record_activity(campaign.id, owner_id, "created")
+    campaign_states.record_activity(db.session, campaign.id, owner_id, "created")
     db.session.commit()
     return campaign
 
@@ -149,7 +144,7 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.template_id = fields.template_id
     campaign.segment = fields.segment
     campaign.variable_mapping = fields.variable_mapping
-    record_activity(campaign.id, user_id, "updated")
+    campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
 
@@ -160,15 +155,16 @@ def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaig
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "schedule")
-    now = db.session.scalar(sa.select(sa.func.now()))
-    if when <= now:
+    if when <= database_now(db.session):
         db.session.rollback()
         raise ServiceError(_("Choose a time in the future."), "scheduled_at")
     _check_sender_and_template(_fields_of(campaign))
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
     campaign.status_reason = None
-    record_activity(campaign.id, user_id, "scheduled", when.astimezone(UTC).isoformat())
+    campaign_states.record_activity(
+        db.session, campaign.id, user_id, "scheduled", when.astimezone(UTC).isoformat()
+    )
     db.session.commit()
     return campaign
 
@@ -189,7 +185,7 @@ def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
     _require(campaign, "unschedule")
     campaign.status = CampaignStatus.DRAFT
     campaign.scheduled_at = None
-    record_activity(campaign.id, user_id, "unscheduled")
+    campaign_states.record_activity(db.session, campaign.id, user_id, "unscheduled")
     db.session.commit()
     return campaign
 
@@ -210,8 +206,12 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     )
     db.session.add(copy)
     db.session.flush()
-    record_activity(copy.id, user_id, "created", _("duplicated from #%(id)d") % {"id": source.id})
-    record_activity(source.id, user_id, "duplicated", _("as #%(id)d") % {"id": copy.id})
+    campaign_states.record_activity(
+        db.session, copy.id, user_id, "created", _("duplicated from #%(id)d") % {"id": source.id}
+    )
+    campaign_states.record_activity(
+        db.session, source.id, user_id, "duplicated", _("as #%(id)d") % {"id": copy.id}
+    )
     db.session.commit()
     return copy
 
@@ -221,8 +221,8 @@ def send_campaign_now(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "send_now")
     _check_sender_and_template(_fields_of(campaign))
-    sending.start(db.session, campaign)
-    record_activity(campaign.id, user_id, "started", _("sent now"))
+    campaign_states.start(db.session, campaign)
+    campaign_states.record_activity(db.session, campaign.id, user_id, "started", _("sent now"))
     db.session.commit()
     return campaign
 
@@ -233,8 +233,8 @@ def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
     _require(campaign, "pause")
     campaign.status = CampaignStatus.PAUSED
     campaign.status_reason = None
-    sending.unqueue(db.session, campaign.id)
-    record_activity(campaign.id, user_id, "paused")
+    message_states.unqueue(db.session, campaign.id)
+    campaign_states.record_activity(db.session, campaign.id, user_id, "paused")
     db.session.commit()
     return campaign
 
@@ -247,10 +247,10 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.status = CampaignStatus.SENDING
     campaign.status_reason = None
     campaign.pace_cursor_at = None
-    sending.defer_next_step(
+    campaign_states.defer_next_step(
         db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
     )
-    record_activity(campaign.id, user_id, "resumed")
+    campaign_states.record_activity(db.session, campaign.id, user_id, "resumed")
     db.session.commit()
     return campaign
 
@@ -261,10 +261,59 @@ def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
     _require(campaign, "cancel")
     campaign.status = CampaignStatus.CANCELLED
     campaign.completed_at = sa.func.now()
-    sending.cancel_pending(db.session, campaign.id)
-    record_activity(campaign.id, user_id, "cancelled")
+    message_states.cancel_unsent(db.session, campaign.id)
+    campaign_states.record_activity(db.session, campaign.id, user_id, "cancelled")
     db.session.commit()
     return campaign
+
+
+def audience_count(segment: Mapping[str, Any], config: Mapping[str, Any]) -> int:
+    """How many customers the ERP selects for these criteria (raises erp.ErpError)."""
+    with erp.client_from_config(config) as client:
+        return client.count(segment)
+
+
+@dataclass(frozen=True)
+class DryRunRow:
+    customer_ref: str
+    name: str
+    phone: str | None
+    params: dict[str, str]
+    text: str
+    skip_reason: str | None
+
+
+def dry_run(campaign: Campaign, config: Mapping[str, Any], limit: int = 10) -> list[DryRunRow]:
+    """The first ``limit`` messages exactly as they would be sent (real ERP data; nothing sent)."""
+    template = campaign.template
+    with erp.client_from_config(config) as client:
+        customers = client.page(campaign.segment, None, limit).customers
+    normalised = [phones.normalise(c.get("phone")) for c in customers]
+    suppressed = is_suppressed([p for p in normalised if p])
+    rows, seen = [], set()
+    for customer, phone in zip(customers, normalised, strict=True):
+        params = rendering.params_for(campaign.variable_mapping, customer)
+        reason = None
+        if phone is None:
+            reason = _("invalid phone number")
+        elif phone in suppressed:
+            reason = _("opted out (suppression list)")
+        elif phone in seen:
+            reason = _("duplicate phone number")
+        elif empty := rendering.missing_params(params):
+            reason = _("no value for %(v)s") % {"v": ", ".join(empty)}
+        seen.add(phone)
+        rows.append(
+            DryRunRow(
+                customer_ref=str(customer.get("id", "")),
+                name=str(customer.get("name", "")),
+                phone=phone or str(customer.get("phone", "")),
+                params=params,
+                text=rendering.render(template.body_text, template.parameter_format, params),
+                skip_reason=reason,
+            )
+        )
+    return rows
 
 
 def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
@@ -273,8 +322,6 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     It goes through the sender's provider and its WhatsApp limit like any send;
     nothing is recorded as a campaign message. Returns the provider's message id.
     """
-    from campaigns import erp, ratelimit
-
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
@@ -282,6 +329,12 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     if phone is None:
         raise ServiceError(
             _("Enter a phone number with its area code, e.g. +55 11 98765-4321."), "phone"
+        )
+    if is_suppressed([phone]):
+        # A test is still a message: someone who said stop gets none, whoever asks.
+        raise ServiceError(
+            _("This number is on the opt-out list; WhatsApp messages to it are not sent."),
+            "phone",
         )
     try:
         with erp.client_from_config(current_app.config) as client:
@@ -304,12 +357,14 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
         )
     except providers.SendError as error:
         raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": error.message}) from error
-    record_activity(campaign_id, user_id, "test_sent", phone[:-4] + "****")
+    campaign_states.record_activity(
+        db.session, campaign_id, user_id, "test_sent", phone[:-4] + "****"
+    )
     db.session.commit()
     return result.provider_message_id
 
 
-# Retrying failed messages is not in CAMPAIGN_TRANSITIONS: it is no change of the
+# Sending failed messages again is not in CAMPAIGN_TRANSITIONS: it is no change of the
 # campaign's own state, and a finished (completed) campaign offers no other action.
 RETRY_FAILED_STATUSES = frozenset(
     {CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.COMPLETED}
@@ -337,36 +392,23 @@ def retry_failed(campaign_id: int, user_id: int) -> int:
         .distinct()
     ).all()
     codes = [code for code in failed_codes if is_retryable(code)]
-    which = Message.error_code.in_([code for code in codes if code is not None])
-    if None in codes:
-        which = sa.or_(which, Message.error_code.is_(None))
     retried = 0
     if codes:
         _check_sender_and_template(_fields_of(campaign))
-        retried = db.session.execute(
-            sa.update(Message)
-            .where(
-                Message.campaign_id == campaign_id,
-                Message.status == MessageStatus.FAILED,
-                which,
-                ~sa.exists().where(Suppression.phone == Message.phone),
-            )
-            .values(status=MessageStatus.PENDING, error_code=None, error_text=None, failed_at=None)
-        ).rowcount
+        retried = message_states.reopen_failed(db.session, campaign_id, codes)
     if not retried:
         db.session.rollback()
         raise Conflict(_("No failed message has an error worth retrying."))
-    deltas = counters.transition_deltas(MessageStatus.FAILED, MessageStatus.PENDING)
-    counters.apply(db.session, campaign_id, {name: n * retried for name, n in deltas.items()})
     if campaign.status is CampaignStatus.COMPLETED:
         campaign.status = CampaignStatus.SENDING
         campaign.status_reason = None
         campaign.completed_at = None
     if campaign.status is CampaignStatus.SENDING:
-        sending.defer_next_step(
+        campaign_states.defer_next_step(
             db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
         )
-    record_activity(
+    campaign_states.record_activity(
+        db.session,
         campaign.id,
         user_id,
         "retried_failed",

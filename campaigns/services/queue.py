@@ -7,39 +7,19 @@ import logging
 import sqlalchemy as sa
 
 from app import db
-from campaigns import sending
+from campaigns import message_states, queues
 from campaigns.i18n import _
 from campaigns.models import (
     MessageStatus,
     User,
 )
-from campaigns.queues import RETRY_TASK, SEND_TASK
 from campaigns.services import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 
 
-LOCK_JOB = sa.text(
-    "-- lock one Procrastinate job, so its status cannot change between check and action\n"
-    "SELECT CAST(status AS text) AS status, task_name, args, queueing_lock"
-    " FROM procrastinate_jobs WHERE id = :job_id FOR UPDATE"
-)
-
-
-RETRY_JOB = sa.text(
-    "-- Procrastinate's own retry (what its shell's `retry` runs): back to todo, due now\n"
-    "SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)"
-)
-
-
-CANCEL_JOB = sa.text(
-    "-- Procrastinate's own cancel: todo -> cancelled, no abort, the row kept\n"
-    "SELECT procrastinate_cancel_job_v1(:job_id, false, false)"
-)
-
-
 def _locked_job(job_id: int) -> sa.Row:
-    job = db.session.execute(LOCK_JOB, {"job_id": job_id}).first()
+    job = queues.lock_job(db.session, job_id)
     if job is None:
         db.session.rollback()
         raise NotFound(_("There is no job #%(id)d.") % {"id": job_id})
@@ -58,7 +38,7 @@ def retry_job(job_id: int, user: User) -> None:
             % {"id": job_id, "status": job.status}
         )
     try:
-        db.session.execute(RETRY_JOB, {"job_id": job_id})
+        queues.retry_job_now(db.session, job_id)
     except sa.exc.IntegrityError:
         db.session.rollback()
         raise Conflict(
@@ -88,10 +68,12 @@ def cancel_job(job_id: int, user: User) -> None:
         else:
             message = _("Job #%(id)d has ended (%(status)s); there is nothing to cancel.")
         raise Conflict(message % {"id": job_id, "status": job.status})
-    db.session.execute(CANCEL_JOB, {"job_id": job_id})
-    waiting_as = {SEND_TASK: MessageStatus.QUEUED, RETRY_TASK: MessageStatus.RETRYING}
+    queues.cancel_waiting_job(db.session, job_id)
+    waiting_as = {queues.SEND_TASK: MessageStatus.QUEUED, queues.RETRY_TASK: MessageStatus.RETRYING}
     message_id = (job.args or {}).get("message_id")
     if job.task_name in waiting_as and isinstance(message_id, int):
-        sending.move(db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED)
+        message_states.transition(
+            db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED
+        )
     db.session.commit()
     logger.info("job %s (%s) cancelled by user %s", job_id, job.task_name, user.id)

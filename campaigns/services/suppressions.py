@@ -1,4 +1,11 @@
-"""The suppression (opt-out) list: every write to it goes through here."""
+"""The suppression (opt-out) list: every write to it goes through here.
+
+Operators add numbers by hand or from a CSV and remove them; the engine and the
+webhooks add the numbers WhatsApp or the customer said to stop
+(:func:`suppress_quietly`), and lift only what WhatsApp itself reported
+(:func:`lift_provider_suppression`). A number already listed keeps its first
+reason and source.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +19,18 @@ from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
 
-from app import db
+from app import AnySession, db
 from campaigns import phones
 from campaigns.i18n import _
-from campaigns.models import (
-    Suppression,
-)
+from campaigns.models import Suppression
 from campaigns.services import NotFound, ServiceError
 
 logger = logging.getLogger(__name__)
 
 
 SUPPRESSION_SOURCES = frozenset({"manual", "import", "opt_out_reply", "provider"})
-
-
 MAX_REASON_LENGTH = 200  # the column's width
-
-
 MAX_IMPORT_LINES = 100_000
-
-
 MAX_REPORTED_INVALID = 50
 
 
@@ -77,6 +76,30 @@ def suppress(
     if new_id is not None:
         logger.info("suppression %s added (%s) by user %s", suppression.id, source, user_id)
     return suppression, new_id is not None
+
+
+def suppress_quietly(session: AnySession, phone: str, reason: str, source: str) -> bool:
+    """Put an E.164 number on the list in the caller's transaction; whether it is new there.
+
+    For the engine and the webhooks: what WhatsApp or the customer said is recorded
+    as it came (the reason cut to the column's width), never refused.
+    """
+    _check_source(source)
+    insert = pg_insert(Suppression).values(
+        phone=phone, reason=reason[:MAX_REASON_LENGTH], source=source
+    )
+    return session.execute(_unless_listed(insert)).scalar() is not None
+
+
+def lift_provider_suppression(session: AnySession, phone: str) -> bool:
+    """Take a number off the list if WhatsApp itself put it there (the customer resumed).
+
+    A reply, a hand entry or an import stays until an operator removes it.
+    """
+    removed = session.execute(
+        sa.delete(Suppression).where(Suppression.phone == phone, Suppression.source == "provider")
+    ).rowcount
+    return bool(removed)
 
 
 def add_suppression(phone_raw: str, reason: str, source: str, user_id: int | None) -> Suppression:

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import queries, ratelimit
+from campaigns import progress, queries, ratelimit
 from campaigns.auth import requires
 from campaigns.i18n import _
 from campaigns.models import (
@@ -448,4 +448,4 @@ def campaign_duplicate(campaign_id: int) -> tuple[Response, int]:
 @bp.get("/campaigns/<int:campaign_id>/progress")
 def campaign_progress(campaign_id: int) -> Response:
     """Counts, success rate, throughput and ETA, live."""
-    return jsonify(queries.get_progress(_found(queries.get_campaign(campaign_id))).as_dict())
+    return jsonify(progress.get_progress(_found(queries.get_campaign(campaign_id))).as_dict())

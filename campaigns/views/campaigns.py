@@ -23,12 +23,14 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import audience, erp, queries, rendering
+from campaigns import erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
+from campaigns.progress import get_progress, throughput_chart
 from campaigns.services import ServiceError
+from campaigns.services import campaigns as campaign_services
 from campaigns.services.campaigns import (
     RETRY_FAILED_STATUSES,
     allowed_actions,
@@ -226,7 +228,7 @@ def campaign_audience() -> str:
         problem = next(iter(check.errors.values()))
     else:
         try:
-            count = audience.count(segment, current_app.config)
+            count = campaign_services.audience_count(segment, current_app.config)
         except erp.ErpError as error:
             problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
     return render_template("campaigns/_audience.html", count=count, problem=problem, initial=False)
@@ -236,14 +238,14 @@ def campaign_audience() -> str:
 def campaign_show(campaign_id: int) -> str:
     """One campaign: what it sends to whom, its actions, progress and history."""
     campaign = _campaign_or_404(campaign_id)
-    progress = queries.get_progress(campaign)
+    progress = get_progress(campaign)
     return render_template(
         "campaigns/show.html",
         campaign=campaign,
         actions=allowed_actions(campaign.status),
         activity=queries.campaign_activity(campaign_id),
         progress=progress,
-        chart=queries.throughput_chart(progress),
+        chart=throughput_chart(progress),
         variables=rendering.variables(
             campaign.template.body_text, campaign.template.parameter_format
         ),
@@ -258,14 +260,14 @@ def campaign_progress(campaign_id: int):
     buttons come along out of band, so the page never offers an action that no longer applies.
     """
     campaign = _campaign_or_404(campaign_id)
-    progress = queries.get_progress(campaign)
+    progress = get_progress(campaign)
     changed = request.args.get("shown") != campaign.status.value
     response = make_response(
         render_template(
             "campaigns/_progress.html",
             campaign=campaign,
             progress=progress,
-            chart=queries.throughput_chart(progress),
+            chart=throughput_chart(progress),
             actions=allowed_actions(campaign.status),
             oob=changed,
         ),
@@ -279,7 +281,7 @@ def campaign_progress(campaign_id: int):
 @bp.get("/<int:campaign_id>/receipts")
 def campaign_receipts(campaign_id: int):
     """Delivered and read figures after completion, polled slowly for a limited time."""
-    progress = queries.get_progress(_campaign_or_404(campaign_id))
+    progress = get_progress(_campaign_or_404(campaign_id))
     body = render_template("campaigns/_receipts.html", progress=progress, receipts=True)
     return body, 200 if progress.follows_receipts else STOP_POLLING
 
@@ -291,7 +293,7 @@ def campaign_dry_run(campaign_id: int) -> str:
     limit = min(max(request.args.get("n", 10, type=int) or 10, 1), 100)
     rows, problem = [], None
     try:
-        rows = audience.dry_run(campaign, current_app.config, limit)
+        rows = campaign_services.dry_run(campaign, current_app.config, limit)
     except erp.ErpError as error:
         problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
     return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)
@@ -307,7 +309,7 @@ def _operator_time(raw: str) -> datetime:
     return naive.replace(tzinfo=zone) if naive.tzinfo is None else naive
 
 
-def _act(campaign_id: int, action, *args) -> Response:
+def _run_action(campaign_id: int, action, *args) -> Response:
     _campaign_or_404(campaign_id)
     try:
         action(campaign_id, *args, current_user.id)
@@ -325,42 +327,42 @@ def campaign_schedule(campaign_id: int) -> Response:
     except Invalid as invalid:
         flash(invalid.errors["scheduled_at"], "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
-    return _act(campaign_id, schedule_campaign, when)
+    return _run_action(campaign_id, schedule_campaign, when)
 
 
 @bp.post("/<int:campaign_id>/unschedule")
 @requires(Role.SUPERVISOR)
 def campaign_unschedule(campaign_id: int) -> Response:
     """Back to draft."""
-    return _act(campaign_id, unschedule_campaign)
+    return _run_action(campaign_id, unschedule_campaign)
 
 
 @bp.post("/<int:campaign_id>/send-now")
 @requires(Role.SUPERVISOR)
 def campaign_send_now(campaign_id: int) -> Response:
     """Start sending at once."""
-    return _act(campaign_id, send_campaign_now)
+    return _run_action(campaign_id, send_campaign_now)
 
 
 @bp.post("/<int:campaign_id>/pause")
 @requires(Role.SUPERVISOR)
 def campaign_pause(campaign_id: int) -> Response:
     """Stop sending until resumed."""
-    return _act(campaign_id, pause_campaign)
+    return _run_action(campaign_id, pause_campaign)
 
 
 @bp.post("/<int:campaign_id>/resume")
 @requires(Role.SUPERVISOR)
 def campaign_resume(campaign_id: int) -> Response:
     """Carry on where it stopped."""
-    return _act(campaign_id, resume_campaign)
+    return _run_action(campaign_id, resume_campaign)
 
 
 @bp.post("/<int:campaign_id>/cancel")
 @requires(Role.SUPERVISOR)
 def campaign_cancel(campaign_id: int) -> Response:
     """Cancel for good (the page asks to confirm)."""
-    return _act(campaign_id, cancel_campaign)
+    return _run_action(campaign_id, cancel_campaign)
 
 
 @bp.post("/<int:campaign_id>/test-send")
@@ -393,8 +395,8 @@ def campaign_duplicate(campaign_id: int) -> Response:
 
 def _recipient_fragment(template: str, campaign_id: int) -> str:
     campaign = _campaign_or_404(campaign_id)
-    filters = queries.RecipientFilters.from_args(request.args)
-    page = queries.recipient_page(campaign_id, filters, request.args.get("after", type=int))
+    filters = recipients.RecipientFilters.from_args(request.args)
+    page = recipients.recipient_page(campaign_id, filters, request.args.get("after", type=int))
     return render_template(
         template, campaign=campaign, filters=filters, page=page, statuses=list(MessageStatus)
     )
@@ -448,7 +450,9 @@ def _csv_chunks(header: Iterable[str], rows: Iterable[Iterable[object]]) -> Iter
 def campaign_recipients_csv(campaign_id: int) -> Response:
     """Every recipient as CSV, streamed as it is read (a million rows never sit in memory)."""
     _campaign_or_404(campaign_id)
-    chunks = _csv_chunks(queries.RECIPIENT_CSV_COLUMNS, queries.recipient_csv_rows(campaign_id))
+    chunks = _csv_chunks(
+        recipients.RECIPIENT_CSV_COLUMNS, recipients.recipient_csv_rows(campaign_id)
+    )
     filename = f"campaign-{campaign_id}-recipients.csv"
     return Response(
         stream_with_context(chunks),
@@ -464,7 +468,7 @@ def campaign_errors(campaign_id: int) -> str:
     return render_template(
         "campaigns/_errors.html",
         campaign=campaign,
-        breakdown=queries.error_breakdown(campaign_id),
+        breakdown=recipients.error_breakdown(campaign_id),
         can_retry=campaign.status in RETRY_FAILED_STATUSES,
     )
 
@@ -486,4 +490,4 @@ def campaign_retry_failed(campaign_id: int) -> Response:
             "success",
         )
 
-    return _act(campaign_id, retry)
+    return _run_action(campaign_id, retry)

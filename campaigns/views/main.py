@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, render_template
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import monitoring, queries
+from campaigns import progress, queries, queues
 from campaigns.htmx import STOP_POLLING
 from campaigns.models import Notification, Role
 
@@ -26,9 +26,9 @@ def dashboard() -> str:
     return render_template(
         "main/dashboard.html",
         summary=queries.dashboard_summary(),
-        active=queries.active_campaigns(),
-        limits=queries.limits_now(),
-        health=monitoring.queue_health(),
+        active=progress.active_campaigns(),
+        limits=progress.limits_now(),
+        health=queues.queue_health(),
         notifications=_notifications(),
     )
 
@@ -36,7 +36,7 @@ def dashboard() -> str:
 @bp.get("/dashboard/campaigns")
 def dashboard_campaigns() -> tuple[str, int]:
     """Every active campaign's progress in one poll; 286 once none is live."""
-    active = queries.active_campaigns()
+    active = progress.active_campaigns()
     body = render_template("main/_campaigns.html", active=active)
     return body, 200 if active.any_live else STOP_POLLING
 
@@ -44,13 +44,13 @@ def dashboard_campaigns() -> tuple[str, int]:
 @bp.get("/dashboard/limits")
 def dashboard_limits() -> str:
     """Rate limits now: used / limit and the next slot, per sender and per owner."""
-    return render_template("main/_limits.html", limits=queries.limits_now())
+    return render_template("main/_limits.html", limits=progress.limits_now())
 
 
 @bp.get("/dashboard/queues")
 def dashboard_queues() -> str:
     """Queue health: jobs per queue, workers and their heartbeats, stalled jobs."""
-    return render_template("main/_queues.html", health=monitoring.queue_health())
+    return render_template("main/_queues.html", health=queues.queue_health())
 
 
 @bp.get("/dashboard/notifications")

@@ -8,7 +8,7 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import monitoring
+from campaigns import queues
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
@@ -19,9 +19,9 @@ from campaigns.services.queue import cancel_job, retry_job
 bp = Blueprint("queue", __name__, url_prefix="/admin/queue")
 
 
-def _filters() -> monitoring.JobFilters:
+def _filters() -> queues.JobFilters:
     # Failed jobs are what an admin comes here for; "any status" is one choice away.
-    return monitoring.JobFilters.from_args(request.args, default_status="failed")
+    return queues.JobFilters.from_args(request.args, default_status="failed")
 
 
 @bp.get("/")
@@ -30,9 +30,9 @@ def queue_index() -> str:
     """Counts per queue and status, workers, stalled jobs, and the filtered job list."""
     return render_template(
         "queue/index.html",
-        health=monitoring.queue_health(),
-        page=monitoring.list_jobs(_filters()),
-        statuses=monitoring.JOB_STATUSES,
+        health=queues.queue_health(),
+        page=queues.list_jobs(_filters()),
+        statuses=queues.JOB_STATUSES,
     )
 
 
@@ -41,7 +41,7 @@ def queue_index() -> str:
 def queue_counts() -> str:
     """The counts, workers and stalled jobs alone (polled)."""
     return render_template(
-        "queue/_counts.html", health=monitoring.queue_health(), statuses=monitoring.JOB_STATUSES
+        "queue/_counts.html", health=queues.queue_health(), statuses=queues.JOB_STATUSES
     )
 
 
@@ -49,10 +49,10 @@ def queue_counts() -> str:
 @requires(Role.ADMIN)
 def queue_jobs() -> str:
     """The job list alone: re-rendered by the filters and the "older" link."""
-    return render_template("queue/_jobs.html", page=monitoring.list_jobs(_filters()))
+    return render_template("queue/_jobs.html", page=queues.list_jobs(_filters()))
 
 
-def _act(job_id: int, action: Callable[[int, User], None], done: str) -> Response:
+def _job_action(job_id: int, action: Callable[[int, User], None], done: str) -> Response:
     try:
         action(job_id, current_user)
     except NotFound:
@@ -68,11 +68,11 @@ def _act(job_id: int, action: Callable[[int, User], None], done: str) -> Respons
 @requires(Role.ADMIN)
 def job_retry(job_id: int) -> Response:
     """Run a failed job once more, now."""
-    return _act(job_id, retry_job, _("Job #%(id)d is back in its queue."))
+    return _job_action(job_id, retry_job, _("Job #%(id)d is back in its queue."))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
 @requires(Role.ADMIN)
 def job_cancel(job_id: int) -> Response:
     """Cancel a waiting job."""
-    return _act(job_id, cancel_job, _("Job #%(id)d is cancelled."))
+    return _job_action(job_id, cancel_job, _("Job #%(id)d is cancelled."))

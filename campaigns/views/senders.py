@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, render_template, request, url_for
 
-from campaigns import queries
+from campaigns import progress, queries
 from campaigns.auth import requires
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
@@ -33,7 +33,7 @@ def sender_index() -> str:
     """Every sender with its pace."""
     senders = queries.list_senders()
     return render_template(
-        "senders/index.html", senders=senders, usage=queries.sender_usage(senders)
+        "senders/index.html", senders=senders, usage=progress.sender_usage(senders)
     )
 
 

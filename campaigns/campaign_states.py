@@ -1,0 +1,180 @@
+"""A campaign's own state changes made by the engine, and what every change of one uses.
+
+``draft → scheduled → sending ⇄ paused → completed``, or ``cancelled`` / ``failed``.
+The operator's actions (schedule, send now, pause, resume, cancel) are in
+``services/campaigns.py``, which checks them against its table of allowed
+statuses and calls :func:`start` and the helpers here; the engine's own changes
+are here: the scheduler's start at the due time, completion, failure, and the
+automatic pause on WhatsApp's answer or on a run of failures.
+
+Every change happens under the campaign's row lock (:func:`lock`), records an
+activity entry and, where the owner should know, defers a notification in the
+same transaction: all of it commits together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from app import AnySession, db
+from campaigns import counters, message_states, queues
+from campaigns.clock import database_now
+from campaigns.i18n import _
+from campaigns.models import Campaign, CampaignActivity, CampaignStatus
+from campaigns.providers.errors import ErrorKind
+
+logger = logging.getLogger(__name__)
+
+
+TEMPLATE_DISABLED_CODE = 132016
+
+
+def lock(session: AnySession, campaign_id: int) -> Campaign | None:
+    """The campaign, locked until the transaction ends (None if there is no such campaign).
+
+    FOR NO KEY UPDATE: it serialises the campaign's own state changes without
+    blocking the foreign-key checks of rows other jobs insert for it (minute stats,
+    activity, notifications), which FOR UPDATE would, and deadlock. populate_existing:
+    the row as locked, not what this session loaded before the lock.
+    """
+    return session.scalar(
+        sa.select(Campaign)
+        .where(Campaign.id == campaign_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+
+
+def record_activity(
+    session: AnySession,
+    campaign_id: int,
+    user_id: int | None,
+    action: str,
+    detail: str | None = None,
+) -> None:
+    """Add to the campaign's activity (committed with the caller's transaction; no user: the
+    system did it)."""
+    session.add(
+        CampaignActivity(campaign_id=campaign_id, user_id=user_id, action=action, detail=detail)
+    )
+
+
+def start(session: AnySession, campaign: Campaign) -> None:
+    """Mark a locked campaign as sending and defer its fan-out (caller commits)."""
+    campaign.status = CampaignStatus.SENDING
+    campaign.status_reason = None
+    campaign.started_at = campaign.started_at or database_now(session)
+    counters.ensure_rows(session, campaign.id)
+    queues.defer_fan_out(session, campaign.id)
+    queues.defer_notification(session, campaign.id, "started")
+
+
+def start_due(tick: datetime) -> list[int]:
+    """Start every scheduled campaign due at the tick; two workers never start one twice."""
+    campaigns = db.session.scalars(
+        sa.select(Campaign)
+        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= tick)
+        .order_by(Campaign.scheduled_at)
+        .with_for_update(skip_locked=True, key_share=True)
+    ).all()
+    for campaign in campaigns:
+        start(db.session, campaign)
+        record_activity(db.session, campaign.id, None, "started", _("scheduled time reached"))
+    db.session.commit()
+    return [c.id for c in campaigns]
+
+
+def defer_next_step(session: AnySession, campaign_id: int, *, audience_loaded: bool) -> None:
+    """Defer what a sending campaign needs next: its pump, or a fan-out if none waits."""
+    if audience_loaded:
+        queues.defer_pump(session, campaign_id)  # its queueing lock keeps it to one
+    elif not queues.campaign_has_job(session, queues.FAN_OUT_TASK, campaign_id):
+        queues.defer_fan_out(session, campaign_id)
+
+
+def complete(session: AnySession, campaign: Campaign) -> None:
+    """Nothing is left in flight: the locked campaign is completed (caller commits)."""
+    campaign.status = CampaignStatus.COMPLETED
+    campaign.completed_at = database_now(session)
+    record_activity(session, campaign.id, None, "completed")
+    queues.defer_notification(session, campaign.id, "completed")
+    logger.info("campaign %s completed", campaign.id)
+
+
+def fail(campaign_id: int, reason: str) -> None:
+    """The campaign cannot be carried out at all: failed, with the reason shown; commits."""
+    campaign = lock(db.session, campaign_id)
+    if campaign is None or campaign.status.is_finished:
+        db.session.rollback()
+        return
+    campaign.status = CampaignStatus.FAILED
+    campaign.status_reason = reason
+    campaign.completed_at = database_now(db.session)
+    message_states.cancel_unsent(db.session, campaign_id)
+    record_activity(db.session, campaign_id, None, "failed", reason)
+    queues.defer_notification(db.session, campaign_id, "failed")
+    db.session.commit()
+    logger.error("campaign %s failed: %s", campaign_id, reason)
+
+
+def stop_for_code(campaign_id: int, code: int | None, text: str, kind: ErrorKind) -> None:
+    """WhatsApp said stop (quality, template, account): pause, or fail, and commit.
+
+    132016 (the template disabled) fails the campaign, which cannot go on at all;
+    account-wide codes pause every sending campaign of the sender; the rest pause
+    this campaign. Resuming is the operator's decision.
+    """
+    if code == TEMPLATE_DISABLED_CODE:
+        db.session.commit()
+        fail(campaign_id, _("WhatsApp disabled the template (132016)."))
+        return
+    reason = _("Paused by WhatsApp's answer %(code)s: %(m)s") % {"code": code, "m": text}
+    _auto_pause(campaign_id, reason, every_campaign_of_sender=kind is ErrorKind.PAUSE_SENDER)
+    db.session.commit()
+
+
+def pause_if_failing(campaign_id: int, config: Mapping[str, Any]) -> None:
+    """Pause a campaign whose recent failure rate is over AUTO_PAUSE_FAILURE_RATE (caller commits).
+
+    Recent: the outcomes of the last few minutes (counters.recent_outcomes), and at
+    least AUTO_PAUSE_MIN_OUTCOMES of them, so three early failures pause nothing.
+    """
+    threshold = float(config["AUTO_PAUSE_FAILURE_RATE"])
+    sent, failed = counters.recent_outcomes(db.session, campaign_id)
+    outcomes = sent + failed
+    if outcomes < int(config["AUTO_PAUSE_MIN_OUTCOMES"]) or failed <= threshold * outcomes:
+        return
+    reason = _(
+        "Paused: %(failed)d of the last %(n)d messages failed, more than %(pct)d %% allowed."
+    ) % {"failed": failed, "n": outcomes, "pct": round(threshold * 100)}
+    _auto_pause(campaign_id, reason, every_campaign_of_sender=False)
+
+
+def _auto_pause(campaign_id: int, reason: str, *, every_campaign_of_sender: bool) -> None:
+    campaign = lock(db.session, campaign_id)
+    assert campaign is not None
+    targets = [campaign]
+    if every_campaign_of_sender:
+        targets = list(
+            db.session.scalars(
+                sa.select(Campaign)
+                .where(
+                    Campaign.sender_id == campaign.sender_id,
+                    Campaign.status == CampaignStatus.SENDING,
+                )
+                .with_for_update(key_share=True)
+            )
+        )
+    for target in targets:
+        if target.status is CampaignStatus.SENDING:
+            target.status = CampaignStatus.PAUSED
+            target.status_reason = reason
+            message_states.unqueue(db.session, target.id)
+            record_activity(db.session, target.id, None, "paused", reason)
+            queues.defer_notification(db.session, target.id, "auto_paused")
+            logger.warning("campaign %s auto-paused: %s", target.id, reason)

@@ -1,0 +1,295 @@
+"""A campaign's progress from its counters (O(1), whatever its size), the throughput chart,
+the dashboard's active campaigns, and every limit as it stands now. Reads only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import joinedload
+
+from app import db
+from campaigns import counters, ratelimit
+from campaigns.clock import database_now
+from campaigns.models import (
+    Campaign,
+    CampaignCounter,
+    CampaignStatus,
+    Sender,
+    User,
+)
+
+# A scheduled campaign's page starts polling this long before it is due.
+LIVE_BEFORE_START = timedelta(minutes=5)
+
+
+# Delivered/read webhooks keep arriving after completion; the page follows them this long.
+RECEIPTS_FOLLOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A campaign's progress from its counters: O(1), whatever its size."""
+
+    campaign_id: int
+    status: CampaignStatus
+    status_reason: str | None
+    total: int
+    pending: int
+    queued: int
+    sending: int
+    retrying: int
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+    skipped: int
+    cancelled: int
+    sent_last_minute: int
+    allowed_per_minute: float
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    read_at: datetime | None = None  # the database's now() when these figures were read
+
+    @property
+    def in_flight(self) -> int:
+        return self.pending + self.queued + self.sending + self.retrying
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped + self.cancelled
+
+    @property
+    def percent_done(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        """Reached sent and did not fail ÷ (those + failed); None before any outcome."""
+        outcomes = self.sent + self.failed
+        return self.sent / outcomes if outcomes else None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining ÷ min(recent throughput, what the limits allow); None when unknown."""
+        rate = min(self.sent_last_minute, self.allowed_per_minute)
+        if self.status is not CampaignStatus.SENDING or rate <= 0 or not self.in_flight:
+            return None
+        return self.in_flight / rate * 60.0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    @property
+    def is_live(self) -> bool:
+        """Worth polling: sending, or scheduled to start within LIVE_BEFORE_START."""
+        if self.status is CampaignStatus.SENDING:
+            return True
+        return (
+            self.status is CampaignStatus.SCHEDULED
+            and self.scheduled_at is not None
+            and self.read_at is not None
+            and self.scheduled_at - self.read_at <= LIVE_BEFORE_START
+        )
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        """From the start to completion (or to now while it goes on); None before it starts."""
+        if self.started_at is None:
+            return None
+        end = self.completed_at or self.read_at
+        return max(0.0, (end - self.started_at).total_seconds()) if end else None
+
+    @property
+    def follows_receipts(self) -> bool:
+        """Finished lately: delivered/read webhooks may still arrive (a slower poll shows them)."""
+        return (
+            self.status is CampaignStatus.COMPLETED
+            and self.completed_at is not None
+            and self.read_at is not None
+            and self.read_at - self.completed_at <= RECEIPTS_FOLLOW
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "campaign_id": self.campaign_id,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "total": self.total,
+            "in_flight": self.in_flight,
+            "pending": self.pending,
+            "queued": self.queued,
+            "sending": self.sending,
+            "retrying": self.retrying,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "read": self.read,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cancelled": self.cancelled,
+            "success_rate": self.success_rate,
+            "sent_last_minute": self.sent_last_minute,
+            "eta_seconds": self.eta_seconds,
+            "is_finished": self.is_finished,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "elapsed_seconds": self.elapsed_seconds,
+        }
+
+
+def get_progress(campaign: Campaign) -> Progress:
+    """Counters summed over their shards, plus the last minute's sends."""
+    return _progress_of(campaign, *counters.snapshot(db.session, campaign.id))
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Sent and failed per minute, oldest first, for the inline SVG chart."""
+
+    minutes: list[sa.Row]
+
+    @property
+    def peak(self) -> int:
+        return max([1, *(m.sent for m in self.minutes), *(m.failed for m in self.minutes)])
+
+
+def throughput_chart(progress: Progress) -> Chart:
+    """The last hour of the campaign: up to now, or up to its end once it is over."""
+    until = progress.completed_at or progress.read_at or database_now(db.session)
+    return Chart(counters.minutes_of_hour(db.session, progress.campaign_id, until))
+
+
+def sender_usage(senders: list[Sender]) -> dict[int, object]:
+    """Each sender's WhatsApp limit now: used / limit this minute, next slot (nothing consumed)."""
+    return {s.id: ratelimit.usage(db.session, ratelimit.whatsapp_limit(s)) for s in senders}
+
+
+# The dashboard's campaigns, in the order shown: sending, then paused, then scheduled.
+DASHBOARD_STATUSES = (CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.SCHEDULED)
+
+
+DASHBOARD_CAMPAIGNS = 50
+
+
+def _progress_of(
+    campaign: Campaign, totals: Mapping[str, int], sent_last_minute: int, read_at: datetime
+) -> Progress:
+    """A campaign's Progress from figures already read (its sender and owner give the pace)."""
+    allowed = 60.0 / ratelimit.pace_seconds(campaign.sender, campaign.owner)
+    return Progress(
+        campaign_id=campaign.id,
+        status=campaign.status,
+        status_reason=campaign.status_reason,
+        total=totals["total"],
+        pending=totals["pending"],
+        queued=totals["queued"],
+        sending=totals["sending"],
+        retrying=totals["retrying"],
+        sent=totals["sent"],
+        delivered=totals["delivered"],
+        read=totals["read"],
+        failed=totals["failed"],
+        skipped=totals["skipped"],
+        cancelled=totals["cancelled"],
+        sent_last_minute=sent_last_minute,
+        allowed_per_minute=allowed,
+        scheduled_at=campaign.scheduled_at,
+        started_at=campaign.started_at,
+        completed_at=campaign.completed_at,
+        read_at=read_at,
+    )
+
+
+@dataclass(frozen=True)
+class ActiveCampaign:
+    campaign: Campaign
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class ActiveCampaigns:
+    campaigns: list[ActiveCampaign]
+    total: int  # every sending, paused and scheduled campaign, shown or not
+
+    @property
+    def any_live(self) -> bool:
+        """Worth polling: a campaign is sending, or is about to start."""
+        return any(active.progress.is_live for active in self.campaigns)
+
+
+def active_campaigns(limit: int = DASHBOARD_CAMPAIGNS) -> ActiveCampaigns:
+    """Sending, paused and scheduled campaigns with their progress, in two statements.
+
+    However many campaigns there are: one statement reads them (with their sender
+    and owner) and their counters summed over the shards, one their last minute.
+    """
+    totals = (
+        sa.select(
+            *(
+                sa.func.coalesce(sa.func.sum(getattr(CampaignCounter, name)), 0).label(name)
+                for name in counters.COLUMNS
+            )
+        )
+        .where(CampaignCounter.campaign_id == Campaign.id)
+        .lateral("totals")
+    )
+    shown_first = sa.case(
+        {status: rank for rank, status in enumerate(DASHBOARD_STATUSES)}, value=Campaign.status
+    )
+    rows = db.session.execute(
+        sa.select(
+            Campaign,
+            *totals.c,
+            sa.func.count().over().label("matching"),
+            sa.func.now().label("read_at"),
+        )
+        .outerjoin(totals, sa.true())
+        .where(Campaign.status.in_(DASHBOARD_STATUSES))
+        .options(joinedload(Campaign.sender), joinedload(Campaign.owner))
+        .order_by(shown_first, Campaign.scheduled_at.asc().nulls_last(), Campaign.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return ActiveCampaigns([], 0)
+    last_minute = counters.sent_last_minute(db.session, [row.Campaign.id for row in rows])
+    shown = [
+        ActiveCampaign(
+            row.Campaign,
+            _progress_of(row.Campaign, row._mapping, last_minute[row.Campaign.id], row.read_at),
+        )
+        for row in rows
+    ]
+    return ActiveCampaigns(shown, rows[0].matching)
+
+
+@dataclass(frozen=True)
+class LimitsNow:
+    """Each active sender's WhatsApp limit, and each active campaign owner's, right now."""
+
+    senders: list[tuple[Sender, ratelimit.Usage]]
+    owners: list[tuple[User, ratelimit.Usage]]
+
+
+def limits_now() -> LimitsNow:
+    """Used / limit in the current window and the next slot, per sender and per owner."""
+    senders = list(
+        db.session.scalars(
+            sa.select(Sender).where(Sender.is_active.is_(True)).order_by(Sender.name)
+        )
+    )
+    by_sender = sender_usage(senders)
+    owners = db.session.scalars(
+        sa.select(User)
+        .where(
+            User.id.in_(sa.select(Campaign.owner_id).where(Campaign.status.in_(DASHBOARD_STATUSES)))
+        )
+        .order_by(User.email)
+    )
+    return LimitsNow(
+        [(sender, by_sender[sender.id]) for sender in senders],
+        [(owner, ratelimit.usage(db.session, ratelimit.campaign_limit(owner))) for owner in owners],
+    )

@@ -1,0 +1,195 @@
+"""A campaign's recipients: keyset pages with a filter and a search, the CSV export, and the
+failed and skipped ones grouped by error code. Reads only."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from app import db
+from campaigns import counters
+from campaigns.models import (
+    Message,
+    MessageStatus,
+)
+from campaigns.providers import errors
+from campaigns.queries import containing, enum_member
+
+RECIPIENTS_PER_PAGE = 50
+
+
+# customer_data keeps the ERP fields the template's variables use; the first present is the name.
+NAME_FIELDS = ("name", "first_name")
+
+
+RECIPIENT_CSV_COLUMNS = (
+    "customer_ref",
+    "name",
+    "phone",
+    "status",
+    "error_code",
+    "error_message",
+    "sent_at",
+    "delivered_at",
+    "read_at",
+    "failed_at",
+    "provider_message_id",
+)
+
+
+CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
+
+
+@dataclass(frozen=True)
+class RecipientFilters:
+    status: MessageStatus | None = None
+    q: str | None = None  # a phone (any digits of it), a customer name or an exact customer ref
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> RecipientFilters:
+        return cls(
+            status=enum_member(MessageStatus, args.get("status")),
+            q=(args.get("q") or "").strip() or None,
+        )
+
+
+@dataclass(frozen=True)
+class RecipientPage:
+    messages: list[Message]
+    next_after: int | None  # the last id shown, when more rows follow it
+    total: int | None  # rows matching the status filter; None with a search (not counted)
+
+
+def _recipient_name() -> sa.ColumnElement[str]:
+    return sa.func.coalesce(*(Message.customer_data[field].astext for field in NAME_FIELDS))
+
+
+def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.ColumnElement[bool]]:
+    conditions = [Message.campaign_id == campaign_id]
+    if filters.status:
+        conditions.append(Message.status == filters.status)
+    if filters.q:
+        matches = [
+            _recipient_name().ilike(containing(filters.q)),
+            Message.customer_ref == filters.q,
+        ]
+        if digits := re.sub(r"\D", "", filters.q):
+            # Phones are kept as +<digits>, so "(11) 98765" finds +5511987654321.
+            matches.append(Message.phone.contains(digits))
+        conditions.append(sa.or_(*matches))
+    return conditions
+
+
+def _rows_in_status(totals: Mapping[str, int], status: MessageStatus | None) -> int:
+    """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read)."""
+    if status is None:
+        return totals["total"]
+    if status is MessageStatus.SENT:
+        return totals["sent"] - totals["delivered"]
+    if status is MessageStatus.DELIVERED:
+        return totals["delivered"] - totals["read"]
+    return totals[status.value]
+
+
+def recipient_page(
+    campaign_id: int,
+    filters: RecipientFilters,
+    after: int | None = None,
+    per_page: int = RECIPIENTS_PER_PAGE,
+) -> RecipientPage:
+    """The campaign's messages after id ``after``, in id order (the order they are sent).
+
+    Keyset, not OFFSET: a deep page costs what the first does, and rows the fan-out
+    adds meanwhile (under the campaign's lock, so always with higher ids) neither
+    repeat a row nor push one out of view.
+    """
+    query = (
+        sa.select(Message)
+        .where(*_recipients_where(campaign_id, filters))
+        .order_by(Message.id)
+        .limit(per_page + 1)
+    )
+    if after is not None:
+        query = query.where(Message.id > after)
+    messages = list(db.session.scalars(query))
+    more = len(messages) > per_page
+    messages = messages[:per_page]
+    total = None
+    if not filters.q:  # a search is not counted: "load more" is enough, a count costs a scan
+        total = _rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+    return RecipientPage(messages, messages[-1].id if more else None, total)
+
+
+def recipient_csv_rows(campaign_id: int) -> Iterator[sa.Row]:
+    """Every message of the campaign as RECIPIENT_CSV_COLUMNS, in id order.
+
+    A server-side cursor hands the rows over CSV_FETCH_ROWS at a time, so a
+    million-recipient export never holds more than one batch in memory.
+    """
+    query = (
+        sa.select(
+            Message.customer_ref,
+            _recipient_name(),
+            Message.phone,
+            Message.status,
+            Message.error_code,
+            Message.error_text,
+            Message.sent_at,
+            Message.delivered_at,
+            Message.read_at,
+            Message.failed_at,
+            Message.provider_message_id,
+        )
+        .where(Message.campaign_id == campaign_id)
+        .order_by(Message.id)
+        .execution_options(yield_per=CSV_FETCH_ROWS)
+    )
+    result = db.session.execute(query)
+    try:
+        yield from result
+    finally:
+        result.close()  # also when the download is abandoned half-way
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    status: MessageStatus  # failed or skipped
+    code: str | None
+    count: int
+    example: str | None  # one of the texts the provider (or the fan-out) gave with this code
+
+    @property
+    def explanation(self) -> str:
+        return errors.explain(self.code)
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is MessageStatus.FAILED and errors.is_retryable(self.code)
+
+
+@dataclass(frozen=True)
+class ErrorBreakdown:
+    groups: list[ErrorGroup]
+
+    @property
+    def retryable(self) -> int:
+        """Failed messages whose error may pass: what "retry failed" can send again."""
+        return sum(group.count for group in self.groups if group.retryable)
+
+
+def error_breakdown(campaign_id: int) -> ErrorBreakdown:
+    """Failed, then skipped, messages grouped by error code, the most frequent first."""
+    count = sa.func.count()
+    rows = db.session.execute(
+        sa.select(Message.status, Message.error_code, count, sa.func.min(Message.error_text))
+        .where(
+            Message.campaign_id == campaign_id,
+            Message.status.in_([MessageStatus.FAILED, MessageStatus.SKIPPED]),
+        )
+        .group_by(Message.status, Message.error_code)
+        .order_by(Message.status, count.desc(), Message.error_code)
+    )
+    return ErrorBreakdown([ErrorGroup(*row) for row in rows])

@@ -140,3 +140,53 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert polls == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
+
+
+def test_a_question_with_an_apostrophe_is_asked_before_posting(
+    app, live_server, page, user_factory
+):
+    """Quoted into an inline confirm('…'), a translation's apostrophe broke the script and
+    the button posted without asking; htmx's hx-confirm asks whatever the text."""
+    from campaigns.services.users import create_api_token
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    question = "Revoke this token? Scripts using it stop working."
+    translated = "Revoke this token? Scripts using it won't work anymore."
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda text: translated if text == question else text,
+        lambda singular, plural, n: singular if n == 1 else plural,
+        newstyle=True,
+    )
+    user = user_factory(Role.VIEWER)
+    create_api_token(user.id, "ERP sync")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+    page.goto(f"{live_server}/me/tokens")
+    posts.clear()
+
+    asked: list[str] = []
+
+    def dismiss(dialog):
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.click("button:has-text('Revoke')")
+    page.wait_for_timeout(500)  # time for a post that should not happen
+    assert asked == [translated]
+    assert posts == []
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Revoke')")
+    page.wait_for_selector("text=Token revoked.")
+    assert len(posts) == 1 and posts[0].endswith("/revoke")
+    assert page.locator("button:has-text('Revoke')").count() == 0
+    assert errors == []

@@ -233,7 +233,7 @@ def test_remove_from_the_page_is_confirmed_and_keeps_the_search(client, supervis
     suppression = add_suppression(PHONE, "", "manual", None)
     page = client.get("/suppressions/").get_data(as_text=True)
     assert f"/suppressions/{suppression.id}/remove" in page
-    assert "return confirm(" in page
+    assert f'hx-post="/suppressions/{suppression.id}/remove" hx-confirm="Remove ' in page
     response = client.post(f"/suppressions/{suppression.id}/remove?q=987")
     assert response.status_code == 303
     assert response.headers["Location"] == "/suppressions/?q=987"

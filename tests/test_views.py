@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
+from flask import render_template_string
+
 from app import db
 from campaigns.models import Role
 from campaigns.services.demo import seed_demo
+from tests.conftest import demo_campaign
+
+
+class Forms(HTMLParser):
+    """Each <form>'s attributes, as a browser decodes them, by action."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.by_action: dict[str, dict[str, str | None]] = {}
+        self.onclicks = 0
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.onclicks += "onclick" in attributes
+        if tag == "form":
+            self.by_action[attributes.get("action") or ""] = attributes
 
 
 def test_dashboard_shows_what_is_in_the_database(client, login_as):
@@ -51,3 +72,41 @@ def test_seed_demo_runs_once(app):
     assert db.session.query(User).filter_by(role=Role.ADMIN).count() == 1
     assert db.session.query(Sender).count() == 1
     assert db.session.query(MessageTemplate).filter_by(status=TemplateStatus.APPROVED).count() == 3
+
+
+def test_a_translated_question_with_an_apostrophe_is_asked_through_hx_confirm(
+    app, client, login_as
+):
+    """Quoted into an inline confirm('…'), the apostrophe ended the string: the script broke
+    and the button posted without asking."""
+    user = login_as(Role.SUPERVISOR)
+    campaign = demo_campaign(user.id)
+    question = "Cancel this campaign? Messages not yet sent will not be sent."
+    translated = "Cancelar a campanha d'Ouro? O que não saiu não sai mais."
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda text: translated if text == question else text,
+        lambda singular, plural, n: singular if n == 1 else plural,
+        newstyle=True,
+    )
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    forms = Forms(page)
+    cancel = forms.by_action[f"/campaigns/{campaign.id}/cancel"]
+    assert cancel["hx-confirm"] == translated
+    assert cancel["hx-post"] == f"/campaigns/{campaign.id}/cancel"
+    assert cancel["method"] == "post"  # still posts without htmx
+    assert "hx-confirm" not in forms.by_action[f"/campaigns/{campaign.id}/duplicate"]
+    assert forms.onclicks == 0 and "confirm(" not in page
+
+
+def test_post_button_escapes_the_question_into_its_attribute(app):
+    question = """Don't "stop" <now> & then"""
+    with app.test_request_context("/"):
+        html = render_template_string(
+            '{% from "_macros.html" import post_button %}'
+            '{{ post_button("/stop", "Stop", confirm=question, class="contrast") }}',
+            question=question,
+        )
+    assert 'hx-confirm="Don&#39;t &#34;stop&#34; &lt;now&gt; &amp; then"' in html
+    form = Forms(html).by_action["/stop"]
+    assert form["hx-confirm"] == question and form["hx-post"] == "/stop"
+    assert "onclick" not in html

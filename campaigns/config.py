@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
 
+from campaigns import phones
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +184,7 @@ class Settings:
     mock_whatsapp_read_rate: float
     mock_whatsapp_webhook_delay_ms: int
     display_timezone: str
+    phone_default_region: str
 
     def flask_config(self) -> dict[str, object]:
         return {
@@ -220,6 +223,7 @@ class Settings:
             "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
             "DISPLAY_TIMEZONE": self.display_timezone,
+            "PHONE_DEFAULT_REGION": self.phone_default_region,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
             "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
@@ -277,6 +281,7 @@ def load_settings() -> Settings:
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000, minimum=0
         ),
         display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
+        phone_default_region=_phone_region("PHONE_DEFAULT_REGION", phones.DEFAULT_REGION),
     )
 
 
@@ -288,6 +293,15 @@ def _timezone(name: str, default: str) -> str:
         raise ConfigError(
             f"{name} must be an IANA time zone such as America/Sao_Paulo, not {value!r}"
         ) from None
+    return value
+
+
+def _phone_region(name: str, default: str) -> str:
+    """The region national numbers are read in; phonenumbers only knows upper case."""
+    raw = os.environ.get(name, "").strip()
+    value = raw.upper() or default
+    if not phones.is_known_region(value):
+        raise ConfigError(f"{name} must be a region code such as BR or US, not {raw!r}")
     return value
 
 

@@ -1,35 +1,108 @@
 """Phone numbers in E.164, as WhatsApp wants them.
 
-Brazilian numbers are the common case: a national number (with or without the
-leading 0 and carrier code) gets +55; mobiles written without the ninth digit are
-left as they are (WhatsApp still routes them). Anything else must carry its ``+``
-and country code.
+Numbers are parsed by ``phonenumbers`` (Google's libphonenumber metadata) in a
+default region, Brazil unless told otherwise, and only numbers it deems valid
+pass, so a made-up number (``1100000000``) or area code (10) is refused rather
+than sent to WhatsApp.
+
+Written without ``+``, a number is read the way an operator in the default region
+types it. For Brazil that is: separators anywhere; the national form with or
+without the leading 0 (``(11) 98765-4321``, ``011 98765 4321``); with a carrier
+code after the 0 (``0 21 11 98765-4321``) or the ``0xx`` placeholder for it
+(``0xx11 98765-4321``); and with the country code but no plus (``55 11 98765-4321``).
+A leading ``00`` starts an international number (``0055 11 98765 4321``), as does
+``+``; any other country's number must carry its country code that way.
+
+Brazilian mobiles written in the old 8-digit format (the subscriber starting 6-9,
+``(11) 8765-4321``) get the ninth digit every mobile has carried since 2016;
+landlines (starting 2-5) keep their 8 digits.
+
+Letters are refused, apart from the ``xx`` placeholder: libphonenumber would read
+them as keypad digits, and here they are typos, not vanity numbers.
 """
 
 from __future__ import annotations
 
 import re
 
-DEFAULT_COUNTRY_CODE = "55"
-E164 = re.compile(r"\+[1-9][0-9]{7,14}")
-_SEPARATORS = re.compile(r"[\s().\-/]")
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumber
+
+DEFAULT_REGION = "BR"
+BRAZIL = 55
+# Far above any way of writing a real number; longer input is not worth parsing.
+MAX_INPUT_LENGTH = 64
+_SEPARATORS = re.compile(r"[\s().\-/\u2010-\u2015\u2212]")
+# 0xx11: the trunk 0, then "xx" where the caller picks a carrier code.
+_CARRIER_PLACEHOLDER = re.compile(r"^0xx", re.IGNORECASE)
+_DIALLABLE = re.compile(r"\+?[0-9]+")
+_OLD_MOBILE_FIRST_DIGITS = "6789"
 
 
-def normalise(raw: str | None, default_country_code: str = DEFAULT_COUNTRY_CODE) -> str | None:
-    """The E.164 form of a phone number, or None when it cannot be one."""
+def normalise(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
+    """The E.164 form of a phone number, or None when it cannot be one.
+
+    ``region`` is the ISO 3166 code national numbers are read in (``BR``, ``US``).
+    """
     if raw is None:
         return None
-    text = _SEPARATORS.sub("", str(raw).strip())
+    text = _diallable(str(raw))
+    if text is None:
+        return None
+    for candidate in _readings(text):
+        number = _valid_number(candidate, region.upper())
+        if number is not None:
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def is_known_region(region: str) -> bool:
+    """Whether phonenumbers has metadata for this region code (upper case)."""
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def _diallable(text: str) -> str | None:
+    """Just the digits and a leading ``+``, or None if anything else is in there."""
+    text = text.strip()
+    if len(text) > MAX_INPUT_LENGTH:
+        return None
+    text = _ascii_digits(text)
+    text = _CARRIER_PLACEHOLDER.sub("0", _SEPARATORS.sub("", text))
+    return text if _DIALLABLE.fullmatch(text) else None
+
+
+def _ascii_digits(text: str) -> str:
+    """Full-width, Arabic-Indic and other decimal digits as ASCII; a full-width plus as ``+``."""
+    digits = (str(int(char)) if char.isdecimal() else char for char in text)
+    return "".join(digits).replace("\uff0b", "+")
+
+
+def _readings(text: str) -> list[str]:
+    """The ways to read the number, most likely first."""
     if text.startswith("00"):
-        text = "+" + text[2:]
-    if not text.startswith("+"):
-        digits = text.lstrip("0")
-        if not digits.isdigit():
-            return None
-        if default_country_code == "55" and len(digits) in (10, 11):
-            text = "+55" + digits  # DDD + number
-        elif digits.startswith(default_country_code) and len(digits) >= 12:
-            text = "+" + digits
-        else:
-            return None
-    return text if E164.fullmatch(text) else None
+        # How Brazilians write international numbers (0055…); the region's own
+        # reading then covers dialling through a carrier (0021 55…) or 011 in the US.
+        return ["+" + text[2:], text]
+    return [text]
+
+
+def _valid_number(text: str, region: str) -> PhoneNumber | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except NumberParseException:
+        return None
+    if phonenumbers.is_valid_number(number):
+        return number
+    return _with_ninth_digit(number)
+
+
+def _with_ninth_digit(number: PhoneNumber) -> PhoneNumber | None:
+    """A Brazilian mobile in the old 8-digit format, with the 9 it now starts with."""
+    national = str(number.national_number)
+    if number.country_code != BRAZIL or len(national) != 10:
+        return None
+    area, subscriber = national[:2], national[2:]
+    if subscriber[0] not in _OLD_MOBILE_FIRST_DIGITS:
+        return None
+    mobile = PhoneNumber(country_code=BRAZIL, national_number=int(area + "9" + subscriber))
+    return mobile if phonenumbers.is_valid_number(mobile) else None

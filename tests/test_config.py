@@ -19,6 +19,7 @@ def env(monkeypatch, tmp_path):
         "APP_BASE_URL",
         "ERP_BASE_URL",
         "PORT",
+        "PHONE_DEFAULT_REGION",
     ):
         monkeypatch.delenv(name, raising=False)
     config.database_url.cache_clear()
@@ -132,3 +133,25 @@ def test_importing_the_app_module_has_no_side_effects():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_phone_region_defaults_to_brazil(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("DATABASE_URL", "postgresql://db.example.com/disparo")
+    settings = config.load_settings()
+    assert settings.phone_default_region == "BR"
+    assert settings.flask_config()["PHONE_DEFAULT_REGION"] == "BR"
+
+
+def test_phone_region_can_be_another_country(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("PHONE_DEFAULT_REGION", " us ")
+    assert config.load_settings().phone_default_region == "US"
+
+
+@pytest.mark.parametrize("raw", ["ZZ", "Brazil", "55", "001"])
+def test_an_unknown_phone_region_is_refused(env, raw):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("PHONE_DEFAULT_REGION", raw)
+    with pytest.raises(ConfigError, match="PHONE_DEFAULT_REGION"):
+        config.load_settings()

@@ -1014,7 +1014,9 @@ def profile(ctx: Context) -> dict[str, Any]:
                 with reader:
                     result["fanout"] = _halves(
                         math.ceil(recipients / fan_out_stage.PAGE_SIZE),
-                        lambda _i: pages.append(fan_out_stage.fan_out_page(campaign_id, reader)),
+                        lambda _i: pages.append(
+                            fan_out_stage.fan_out_page(campaign_id, reader, config)
+                        ),
                         web,
                         counter,
                         args.profile_top,

@@ -36,7 +36,7 @@ class FanOutPage:
 def load_audience(campaign_id: int, config: Mapping[str, Any]) -> None:
     """Every page left, until the audience is loaded or the campaign stops sending."""
     with erp.PageReader(erp.client_from_config(config), PAGE_SIZE) as pages:
-        while (page := fan_out_page(campaign_id, pages)) is not None and not page.done:
+        while (page := fan_out_page(campaign_id, pages, config)) is not None and not page.done:
             pass
 
 
@@ -50,7 +50,9 @@ TAKEN_PHONES = sa.text(
 )
 
 
-def fan_out_page(campaign_id: int, pages: erp.PageReader) -> FanOutPage | None:
+def fan_out_page(
+    campaign_id: int, pages: erp.PageReader, config: Mapping[str, Any]
+) -> FanOutPage | None:
     """Load the next ERP page of the audience into ``messages``; None if not sending."""
     campaign = campaign_states.lock(db.session, campaign_id)
     if (
@@ -62,7 +64,7 @@ def fan_out_page(campaign_id: int, pages: erp.PageReader) -> FanOutPage | None:
         return None
     page = pages.page(campaign.segment, campaign.erp_cursor)
     inserted = message_states.add_new(
-        db.session, campaign_id, _message_rows(campaign, page.customers)
+        db.session, campaign_id, _message_rows(campaign, page.customers, config)
     )
     campaign.erp_cursor = page.next_cursor
     done = page.next_cursor is None
@@ -74,9 +76,12 @@ def fan_out_page(campaign_id: int, pages: erp.PageReader) -> FanOutPage | None:
     return FanOutPage(len(inserted) - skipped, skipped, done)
 
 
-def _message_rows(campaign: Campaign, customers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _message_rows(
+    campaign: Campaign, customers: list[dict[str, Any]], config: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """One row per customer: pending, or skipped with the reason (invalid, duplicate, opted out)."""
-    normalised = [phones.normalise(c.get("phone")) for c in customers]
+    region = config["PHONE_DEFAULT_REGION"]
+    normalised = [phones.normalise(c.get("phone"), region) for c in customers]
     wanted = [p for p in normalised if p]
     suppressed = is_suppressed(wanted)
     taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))

@@ -16,6 +16,7 @@ from campaigns.models import (
 )
 from campaigns.services.campaigns import allowed_actions, create_campaign, template_variables_for
 from campaigns.services.demo import seed_demo
+from campaigns.services.suppressions import add_suppression
 from campaigns.services.templates import default_sender
 from campaigns.validation import parse_campaign
 
@@ -305,6 +306,23 @@ def test_test_send_goes_through_the_sender(app, client, demo, supervisor, live_s
     assert [(e["to"], e["message_id"]) for e in log] == [("+5511987654321", f"test-{campaign.id}")]
     bad = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "123"})
     assert bad.status_code == 422 and "area code" in bad.get_data(as_text=True)
+
+
+def test_test_send_refuses_a_number_on_the_opt_out_list(app, client, demo, supervisor, live_server):
+    app.config["APP_BASE_URL"] = live_server
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    add_suppression("+55 11 98765-4321", "asked us to stop", "manual", None)
+    response = client.post(
+        f"/campaigns/{campaign.id}/test-send",
+        data={"phone": "(11) 98765-4321"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 422
+    assert "opt-out list" in response.get_data(as_text=True)
+    import requests
+
+    assert requests.get(f"{live_server}/mock/whatsapp/log", timeout=5).json() == []
 
 
 def test_senders_page_shows_this_minutes_usage(client, demo, login_as):

@@ -63,6 +63,13 @@ def test_add_normalises_the_number(app, user_factory):
     assert suppression.created_at is not None
 
 
+def test_numbers_are_read_in_the_configured_region(app):
+    app.config["PHONE_DEFAULT_REGION"] = "US"
+    assert add_suppression("(650) 253-0000", "", "manual", None).phone == "+16502530000"
+    report = import_suppressions("phone\n(650) 253-0001\n", None)
+    assert report.added == 1 and is_suppressed(["+16502530001"]) == {"+16502530001"}
+
+
 def test_adding_twice_returns_the_existing_row_unchanged(app):
     first, created = suppress(PHONE, "first", "manual", None)
     second, created_again = suppress("+55 11 98765 4321", "second", "import", None)

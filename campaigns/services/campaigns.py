@@ -288,7 +288,8 @@ def dry_run(campaign: Campaign, config: Mapping[str, Any], limit: int = 10) -> l
     template = campaign.template
     with erp.client_from_config(config) as client:
         customers = client.page(campaign.segment, None, limit).customers
-    normalised = [phones.normalise(c.get("phone")) for c in customers]
+    region = config["PHONE_DEFAULT_REGION"]
+    normalised = [phones.normalise(c.get("phone"), region) for c in customers]
     suppressed = is_suppressed([p for p in normalised if p])
     rows, seen = [], set()
     for customer, phone in zip(customers, normalised, strict=True):
@@ -325,7 +326,7 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
-    phone = phones.normalise(phone_raw)
+    phone = phones.normalise(phone_raw, current_app.config["PHONE_DEFAULT_REGION"])
     if phone is None:
         raise ServiceError(
             _("Enter a phone number with its area code, e.g. +55 11 98765-4321."), "phone"

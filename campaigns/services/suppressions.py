@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
@@ -53,7 +54,7 @@ def suppress(
 ) -> tuple[Suppression, bool]:
     """Put a number on the suppression list; also say whether it is new there."""
     _check_source(source)
-    phone = phones.normalise(phone_raw)
+    phone = phones.normalise(phone_raw, current_app.config["PHONE_DEFAULT_REGION"])
     if phone is None:
         raise ServiceError(
             _("Enter a phone number with its area code, or in international form (+…)."), "phone"
@@ -153,6 +154,7 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
     all_lines = lines.splitlines() if isinstance(lines, str) else list(lines)
     first = next((line for line in all_lines if line.strip()), "")
     reader = csv.reader(all_lines, delimiter=_csv_delimiter(first))
+    region = current_app.config["PHONE_DEFAULT_REGION"]
     phone_at, reason_at = 0, None
     header_seen = False
     wanted: dict[str, str] = {}  # phone → reason; a number's first line wins
@@ -177,7 +179,7 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
                 "file",
             )
         raw = cells[phone_at] if phone_at < len(cells) else ""
-        phone = phones.normalise(raw)
+        phone = phones.normalise(raw, region)
         if phone is None:
             invalid_count += 1
             if len(invalid) < MAX_REPORTED_INVALID:

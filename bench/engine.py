@@ -313,11 +313,12 @@ def seed(url: str) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from app import db
-    from campaigns import mock_erp, rendering
+    from campaigns import rendering
     from campaigns.models import MessageTemplate, User
     from campaigns.providers.cloud_api import template_message
     from campaigns.services.demo import DEMO_ADMIN_EMAIL, seed_demo
     from campaigns.services.templates import default_sender
+    from mocks import erp as mock_erp
 
     with app_on(url):
         seed_demo()
@@ -668,7 +669,7 @@ def _engine_summary(
     state: dict[str, Any],
 ) -> dict[str, Any]:
     from campaigns import pump
-    from campaigns.mock_whatsapp import FORCED_ERRORS
+    from mocks.whatsapp import FORCED_ERRORS
 
     started, loaded, completed = conn.execute(
         "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM audience_loaded_at)"
@@ -743,7 +744,7 @@ def baseline_throughput(ctx: Context, setup: Setup, repeat: int) -> dict[str, An
     import procrastinate
 
     from bench import engine_baseline
-    from campaigns.providers.mock import mock_api_base_url
+    from mocks.provider import mock_api_base_url
 
     args = ctx.args
     with (

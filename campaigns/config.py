@@ -233,10 +233,15 @@ class Settings:
         }
 
 
+def mocks_enabled() -> bool:
+    """``DISPARO_MOCKS``: on by default in development, off in production."""
+    return _flag("DISPARO_MOCKS", default=environment() == "development")
+
+
 def load_settings() -> Settings:
     """Read every setting once, raising :class:`ConfigError` on the first bad one."""
     env = environment()
-    mocks = _flag("DISPARO_MOCKS", default=env == "development")
+    mocks = mocks_enabled()
     base = os.environ.get("APP_BASE_URL", "").strip().rstrip("/")
     if not base:
         # Never this process's own PORT: honcho gives every process another one.

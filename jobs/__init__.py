@@ -1,6 +1,7 @@
 """The Procrastinate app, ``jobs.app``: ``procrastinate --app=jobs.app worker``.
 
-Building it connects to nothing: the connection pool resolves the database URL
+Building it connects to nothing (it reads only whether mocks are on, from the
+environment): the connection pool resolves the database URL
 through :func:`campaigns.config.database_url` (the one resolver Flask uses too)
 when it opens. Workers open it themselves; the web process opens it lazily, once
 per process, on its first deferral (see :func:`open_for_deferring`).
@@ -12,7 +13,7 @@ import threading
 
 import procrastinate
 
-from campaigns.config import database_url
+from campaigns.config import database_url, mocks_enabled
 from jobs.context import flask_context, size_thread_pool
 
 app = procrastinate.App(
@@ -21,7 +22,8 @@ app = procrastinate.App(
         min_size=1,
         max_size=10,
     ),
-    import_paths=["jobs.tasks", "jobs.mock_tasks"],
+    # The mock WhatsApp's task only where the mocks run: production never registers it.
+    import_paths=["jobs.tasks", *(["mocks.tasks"] if mocks_enabled() else [])],
     worker_defaults={
         # Paced message jobs become due without a NOTIFY: poll about every second.
         "fetch_job_polling_interval": 1.0,

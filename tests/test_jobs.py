@@ -89,3 +89,36 @@ def test_deferring_from_the_web_side_only_records_ids(in_memory_queue):
     assert job["task_name"] == "maintenance.ping"
     assert job["queue_name"] == "maintenance"
     assert job["args"] == {"token": "abc"}
+
+
+PRODUCTION_IMPORTS = """
+import sys
+import app, jobs
+app.create_app()
+jobs.app.perform_import_paths()
+print(sorted(jobs.app.tasks))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("mocks", "numpy")))
+"""
+
+
+def test_production_never_loads_a_mock():
+    """With mocks off, neither the web app nor a worker imports the mocks (nor numpy)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "DISPARO_ENV": "production",
+        "DATABASE_URL": "postgresql://db.example.com/disparo",  # never reached: nothing connects
+        "SECRET_KEY": "x" * 40,
+    }
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", PRODUCTION_IMPORTS],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    registered, loaded = result.stdout.strip().splitlines()[-2:]
+    assert "messages.send" in registered and "mock_whatsapp.post_webhooks" not in registered
+    assert loaded == "[]"

@@ -14,9 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import db
-from campaigns import config, mock_erp
+from campaigns import config
 from campaigns.auth import is_self_authenticated, required_role
 from campaigns.config import ConfigError
+from mocks import erp as mock_erp
 from tests.conftest import SUFFIX, make_app, scratch_app
 
 SMALL = 20_000

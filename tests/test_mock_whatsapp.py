@@ -19,12 +19,10 @@ from flask import Flask
 from werkzeug.wrappers import Request, Response
 
 from app import db
-from campaigns import config, mock_whatsapp
+from campaigns import config
 from campaigns.config import ConfigError
 from campaigns.models import (
     MessageTemplate,
-    MockWhatsAppMessage,
-    MockWhatsAppWebhook,
     ParameterFormat,
     Provider,
     Sender,
@@ -33,8 +31,10 @@ from campaigns.models import (
 )
 from campaigns.providers.base import SendError, SendResult
 from campaigns.providers.errors import ErrorKind
-from campaigns.providers.mock import MockProvider, mock_api_base_url
-from jobs import mock_tasks
+from mocks import tasks as mock_tasks
+from mocks import whatsapp as mock_whatsapp
+from mocks.models import MockWhatsAppMessage, MockWhatsAppWebhook
+from mocks.provider import MockProvider, mock_api_base_url
 from tests.conftest import serving
 
 PHONE_NUMBER_ID = "100000000000777"

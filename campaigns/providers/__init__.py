@@ -29,7 +29,7 @@ __all__ = [
 def for_sender(sender: Sender, config: Mapping[str, Any]) -> WhatsAppProvider:
     """The provider that speaks for this sender."""
     if sender.provider is Provider.MOCK:
-        from campaigns.providers.mock import MockProvider
+        from mocks.provider import MockProvider
 
         return MockProvider(sender, config)
     from campaigns.providers.cloud_api import CloudApiProvider

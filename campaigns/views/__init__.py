@@ -25,14 +25,9 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     if app.config["MOCKS_ENABLED"]:
-        # Imported only here: production never loads the mocks (nor numpy).
-        from campaigns import mock_erp, mock_whatsapp
+        import mocks  # imported only here: production never loads the mocks (nor numpy)
 
-        # Remote systems' APIs: called by our own workers, never from a form.
-        csrf.exempt(mock_erp.bp)
-        app.register_blueprint(mock_erp.bp)
-        csrf.exempt(mock_whatsapp.bp)
-        app.register_blueprint(mock_whatsapp.bp)
+        mocks.init_app(app)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(templates.bp)
     app.register_blueprint(senders.bp)

@@ -1,7 +1,8 @@
 """The mock WhatsApp's own job: post its status webhooks back to the app, as Meta would.
 
-Registered in every worker; it does nothing unless mocks are on. Separate from
-``jobs/tasks.py`` so production code never imports the mock.
+``jobs.app`` imports this module only when mocks are on, so a production worker
+never registers it (nor its periodic run); a process whose Flask config turns
+mocks off still finds it doing nothing.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def post_webhooks(timestamp: int | None = None) -> None:
     """Post the mock's due status webhooks, then come back when the next one is due."""
     if not current_app.config["MOCKS_ENABLED"]:
         return
-    from campaigns import mock_whatsapp
+    from mocks import whatsapp
 
-    report = mock_whatsapp.post_due_webhooks()
+    report = whatsapp.post_due_webhooks()
     if report.next_due_in is not None and report.next_due_in < COME_BACK_WITHIN_SECONDS:
         defer_post_webhooks(report.next_due_in)
 

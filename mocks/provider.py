@@ -4,7 +4,7 @@ Template review: a submitted template is approved ``MOCK_TEMPLATE_APPROVAL_SECON
 after submission, unless its body contains ``MOCK_TEMPLATE_REJECT_MARKER``, in
 which case it is rejected with a reason — so both outcomes can be tried in a demo.
 
-Sending goes over HTTP to the app's own mock WhatsApp (``campaigns/mock_whatsapp.py``)
+Sending goes over HTTP to the app's own mock WhatsApp (``mocks/whatsapp.py``)
 through the Cloud API client's request and error handling, with no token.
 """
 

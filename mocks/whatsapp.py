@@ -26,7 +26,7 @@ of the wamid, so the same message always behaves the same), one every
 ``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body>`` under the app
 secret of the sender owning the phone number id (else ``WHATSAPP_APP_SECRET``).
 The webhooks wait in ``mock_whatsapp_webhooks``; the ``mock_whatsapp.post_webhooks``
-job (``jobs/mock_tasks.py``) posts the due ones, and a failed post is tried again
+job (``mocks/tasks.py``) posts the due ones, and a failed post is tried again
 later with a growing delay, never dropped. ``MOCK_WHATSAPP_WEBHOOKS=off`` queues none.
 """
 
@@ -52,7 +52,8 @@ from requests.adapters import HTTPAdapter
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns.models import MockWhatsAppMessage, MockWhatsAppWebhook, Sender
+from campaigns.models import Sender
+from mocks.models import MockWhatsAppMessage, MockWhatsAppWebhook
 
 logger = logging.getLogger(__name__)
 
@@ -334,9 +335,9 @@ def record(phone_number_id: str, accepted: Accepted, config: Mapping[str, Any]) 
 def _defer_poster(config: Mapping[str, Any]) -> None:
     # The mock stands in for Meta's servers, which push statuses on their own; the
     # poster job is its "server side". The periodic run catches anything missed here.
-    from jobs import mock_tasks
+    from mocks import tasks
 
-    mock_tasks.defer_post_webhooks(int(config.get("MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000)) / 1000)
+    tasks.defer_post_webhooks(int(config.get("MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000)) / 1000)
 
 
 @bp.post("/<version>/<phone_number_id>/messages")

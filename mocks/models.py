@@ -1,0 +1,67 @@
+"""The mock WhatsApp's tables: the messages it accepted and the status webhooks it owes.
+
+Migrated everywhere (revision 0004) so the schema is one; they stay empty when mocks
+are off.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app import db
+
+
+class MockWhatsAppMessage(db.Model):
+    """A message the mock WhatsApp accepted: the log tests and benchmarks count."""
+
+    __tablename__ = "mock_whatsapp_messages"
+    __table_args__ = (
+        sa.Index(
+            "mock_whatsapp_messages_phone_number_id_received_at_idx",
+            "phone_number_id",
+            "received_at",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    wamid: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    to: Mapped[str] = mapped_column(sa.String(32))
+    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
+    message_id: Mapped[str | None] = mapped_column(sa.Text)  # its biz_opaque_callback_data
+    template_name: Mapped[str] = mapped_column(sa.String(512))
+    # The database's clock at insert, per statement (not now(), the transaction's start).
+    received_at: Mapped[datetime] = mapped_column(
+        TIMESTAMP(timezone=True, precision=3), server_default=sa.func.clock_timestamp()
+    )
+
+    def __repr__(self) -> str:
+        return f"<MockWhatsAppMessage {self.id} {self.wamid}>"
+
+
+class MockWhatsAppWebhook(db.Model):
+    """A status webhook the mock WhatsApp still has to post (or has posted)."""
+
+    __tablename__ = "mock_whatsapp_webhooks"
+    __table_args__ = (
+        sa.Index(
+            "mock_whatsapp_webhooks_due_idx",
+            "due_at",
+            postgresql_where=sa.text("posted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    wamid: Mapped[str] = mapped_column(sa.String(128))
+    status: Mapped[str] = mapped_column(sa.String(16))  # sent, delivered, read, failed
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    due_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    posted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    def __repr__(self) -> str:
+        return f"<MockWhatsAppWebhook {self.id} {self.wamid} {self.status}>"

@@ -37,6 +37,7 @@ class MockProvider(WhatsAppProvider):
     def __init__(self, sender: Sender, config: Mapping[str, Any]) -> None:
         self.sender = sender
         self.approval_seconds = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"])
+        self.review_check_seconds = self.approval_seconds + 1  # just after it decides
         self.reject_marker = str(config["MOCK_TEMPLATE_REJECT_MARKER"])
         self.base_url = mock_api_base_url(config)
 

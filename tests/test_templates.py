@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from app import db
@@ -7,9 +9,14 @@ from campaigns.models import (
     Campaign,
     CampaignStatus,
     MessageTemplate,
+    Provider,
     Role,
+    Sender,
+    TemplateCategory,
     TemplateStatus,
 )
+from campaigns.providers.base import TemplateSubmission
+from campaigns.providers.cloud_api import CloudApiProvider
 from campaigns.services.demo import seed_demo
 from campaigns.services.templates import default_sender, submit_template, sync_template_status
 
@@ -148,6 +155,49 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memor
     status = client.get(f"/templates/{template.id}/status", headers={"HX-Request": "true"})
     assert status.status_code == 286  # polling stops once the review is over
     assert "hx-trigger" not in status.get_data(as_text=True)
+
+
+def _sync_due_in(in_memory_queue) -> float:
+    [job] = in_memory_queue.jobs.values()
+    assert job["task_name"] == "templates.sync"
+    return (job["scheduled_at"] - datetime.now(UTC)).total_seconds()
+
+
+def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(
+    app, sender, monkeypatch, in_memory_queue
+):
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 600
+    cloud = Sender(
+        name="Loja (Cloud API)",
+        provider=Provider.CLOUD_API,
+        phone_number_id="106540352242922",
+        waba_id="102290129340398",
+        access_token="EAAG-token",
+    )
+    db.session.add(cloud)
+    db.session.flush()
+    template = MessageTemplate(
+        sender_id=cloud.id,
+        name="promo",
+        language="pt_BR",
+        category=TemplateCategory.MARKETING,
+        body_text="Oi!",
+        status=TemplateStatus.DRAFT,
+    )
+    db.session.add(template)
+    db.session.commit()
+    submitted = TemplateSubmission("1234567890", TemplateStatus.PENDING)
+    monkeypatch.setattr(CloudApiProvider, "submit_template", lambda self, t: submitted)
+    submit_template(template.id)
+    assert CloudApiProvider.review_check_seconds - 5 < _sync_due_in(in_memory_queue) <= 90
+
+
+def test_a_mock_template_is_checked_just_after_the_mock_decides(
+    app, client, sender, supervisor, in_memory_queue
+):
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 600
+    submit_template(_template(client).id)
+    assert 595 < _sync_due_in(in_memory_queue) <= 601
 
 
 def test_pending_status_keeps_polling(client, sender, supervisor):

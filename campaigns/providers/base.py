@@ -92,6 +92,10 @@ def template_components(
 class WhatsAppProvider(ABC):
     """What Disparo needs from a WhatsApp provider for one sender."""
 
+    # When to ask about a submitted template first; later outcomes arrive with the
+    # periodic sync of templates under review.
+    review_check_seconds: float = 60.0
+
     @abstractmethod
     def check_connection(self) -> str:
         """Ask the provider about this sender; return what it said, or raise ProviderError."""

@@ -172,6 +172,10 @@ def send_template_message(
 
 
 class CloudApiProvider(WhatsAppProvider):
+    # Meta's automated review usually answers within a minute or two; a manual one takes
+    # up to 24 h, which the periodic sync of templates under review follows.
+    review_check_seconds = 90.0
+
     def __init__(self, sender: Sender, config: Mapping[str, Any]) -> None:
         self.sender = sender
         self.base_url = str(config["WHATSAPP_API_BASE_URL"]).rstrip("/")

@@ -141,17 +141,16 @@ def submit_template(template_id: int) -> MessageTemplate:
     template.submitted_at = sa.func.now()
     db.session.commit()
     db.session.refresh(template)
-    _defer_template_sync(template.id, current_app.config)
+    _defer_template_sync(template.id, provider.review_check_seconds)
     return template
 
 
-def _defer_template_sync(template_id: int, config) -> None:
-    """Check the review outcome soon (the mock decides within seconds; Meta, later)."""
+def _defer_template_sync(template_id: int, seconds: float) -> None:
+    """Ask for the review's outcome once the sender's provider is likely to have one."""
     from jobs import open_for_deferring, tasks
 
     open_for_deferring()
-    delay = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"]) + 1
-    tasks.sync_template.configure(schedule_in={"seconds": delay}).defer(template_id=template_id)
+    tasks.sync_template.configure(schedule_in={"seconds": seconds}).defer(template_id=template_id)
 
 
 def sync_template_status(template_id: int) -> MessageTemplate:

@@ -97,9 +97,6 @@ class Setup:
         return f"{self.processes}x{self.concurrency}"
 
 
-# --- processes ---------------------------------------------------------------------
-
-
 def procfile() -> dict[str, list[str]]:
     commands = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -288,9 +285,6 @@ def running(url: str, log_dir: Path, args: argparse.Namespace) -> Iterator[Stack
         yield stack
     finally:
         stack.stop()
-
-
-# --- the database side -------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -537,9 +531,6 @@ def mock_log(conn: Any, since: float) -> dict[str, Any]:
         "idle_gap_share": round(gaps / (last - first), 3) if last > first else None,
         "per_second": [per_second.get(s, 0) for s in range(int(last - since) + 1)],
     }
-
-
-# --- the parts ---------------------------------------------------------------------
 
 
 @dataclass
@@ -1052,9 +1043,6 @@ def profile(ctx: Context) -> dict[str, Any]:
             return result
 
 
-# --- report ------------------------------------------------------------------------
-
-
 def _pairs(results: dict[str, list[dict[str, Any]]]) -> list[tuple[dict, dict | None, float]]:
     baselines = {(b["setup"], b["repeat"]): b for b in results["baseline"]}
     pairs = []
@@ -1178,9 +1166,6 @@ def profile_text(result: dict[str, Any]) -> str:
         lines += ["    " + line for line in result[part]["top_app"]]
     lines.append(f"pump, one call: {json.dumps(result['pump_one_call'])}")
     return "\n".join(lines)
-
-
-# --- main --------------------------------------------------------------------------
 
 
 def _interrupt(signum: int, frame: Any) -> None:

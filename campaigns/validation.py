@@ -242,8 +242,6 @@ def parse_user_changes(data: Mapping[str, Any]) -> UserLimits:
     return UserLimits(campaign, api, role)
 
 
-# --- campaigns ---------------------------------------------------------------------
-
 CUSTOMER_FIELDS = (
     "first_name",
     "name",

@@ -46,6 +46,7 @@ PUMP_TASK = "campaigns.pump"
 SEND_TASK = "messages.send"
 RETRY_TASK = "messages.retry"
 NOTIFY_TASK = "campaigns.notify"
+TEMPLATE_SYNC_TASK = "templates.sync"
 
 # A worker whose heartbeat is older than this counts as gone (/healthz, the dashboard).
 WORKER_HEARTBEAT_SECONDS = 30
@@ -197,6 +198,11 @@ def defer_retry(session: AnySession, message_id: int, at: datetime | None = None
 def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:
     """Tell the campaign's owner (in-app and the outgoing webhook), after this transaction."""
     defer(session, NOTIFY_TASK, NOTIFICATIONS_QUEUE, [{"campaign_id": campaign_id, "kind": kind}])
+
+
+def defer_template_sync(session: AnySession, template_id: int, at: datetime) -> None:
+    """Ask the provider for a submitted template's review outcome at ``at``."""
+    defer(session, TEMPLATE_SYNC_TASK, MAINTENANCE_QUEUE, [{"template_id": template_id}], [at])
 
 
 def campaign_has_job(session: AnySession, task: str, campaign_id: int) -> bool:

@@ -37,6 +37,7 @@ from campaigns.queues import (
     SCHEDULER_QUEUE,
     SEND_TASK,
     SENDER_QUEUE,
+    TEMPLATE_SYNC_TASK,
 )
 from campaigns.services import ServiceError
 from campaigns.services.templates import pending_template_ids, sync_template_status
@@ -157,7 +158,7 @@ def notify(context: JobContext, campaign_id: int, kind: str) -> None:
 
 
 @app.task(
-    name="templates.sync",
+    name=TEMPLATE_SYNC_TASK,
     queue=MAINTENANCE_QUEUE,
     retry=RetryStrategy(max_attempts=2, exponential_wait=5),
 )

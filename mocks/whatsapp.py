@@ -1,7 +1,7 @@
 """The mock WhatsApp: the Cloud API's send endpoint and status webhooks, served by this app.
 
 ``POST /mock/whatsapp/<version>/<phone_number_id>/messages`` takes the Cloud API's
-template message JSON (notes A1), checks it as Meta would (``messaging_product``,
+template message JSON, checks it as Meta would (``messaging_product``,
 ``to``, ``type``, the template's name and language, text body parameters, all
 named or all positional) and answers with Meta's JSON and a fresh ``wamid``. Every
 accepted message is recorded in ``mock_whatsapp_messages`` (Postgres, so every

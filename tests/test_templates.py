@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
+import sqlalchemy as sa
 
 from app import db
 from campaigns.models import (
@@ -132,7 +131,7 @@ def test_list_filters_and_rows_fragment(client, sender, supervisor):
     )
 
 
-def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memory_queue):
+def test_submit_then_the_mock_approves(app, client, sender, supervisor):
     app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
     template = _template(client)
     response = client.post(f"/templates/{template.id}/submit")
@@ -140,9 +139,8 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memor
     db.session.refresh(template)
     assert template.status is TemplateStatus.PENDING
     assert template.provider_template_id == f"mock-{template.id}"
-    [job] = in_memory_queue.jobs.values()
-    assert job["task_name"] == "templates.sync"
-    assert job["args"] == {"template_id": template.id}
+    [job] = _sync_jobs()
+    assert job.args == {"template_id": template.id}
     # Submitting again is refused with the reason.
     client.post(f"/templates/{template.id}/submit")
     assert "Only draft or rejected" in client.get(f"/templates/{template.id}").get_data(
@@ -157,15 +155,24 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor, in_memor
     assert "hx-trigger" not in status.get_data(as_text=True)
 
 
-def _sync_due_in(in_memory_queue) -> float:
-    [job] = in_memory_queue.jobs.values()
-    assert job["task_name"] == "templates.sync"
-    return (job["scheduled_at"] - datetime.now(UTC)).total_seconds()
+def _sync_jobs() -> list[sa.Row]:
+    """The template-sync jobs waiting in the queue (deferred with the submission)."""
+    return list(
+        db.session.execute(
+            sa.text(
+                "SELECT args, scheduled_at - now() AS due_in FROM procrastinate_jobs"
+                " WHERE task_name = 'templates.sync' AND status = 'todo'"
+            )
+        )
+    )
 
 
-def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(
-    app, sender, monkeypatch, in_memory_queue
-):
+def _sync_due_in() -> float:
+    [job] = _sync_jobs()
+    return job.due_in.total_seconds()
+
+
+def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(app, sender, monkeypatch):
     app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 600
     cloud = Sender(
         name="Loja (Cloud API)",
@@ -189,15 +196,13 @@ def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(
     submitted = TemplateSubmission("1234567890", TemplateStatus.PENDING)
     monkeypatch.setattr(CloudApiProvider, "submit_template", lambda self, t: submitted)
     submit_template(template.id)
-    assert CloudApiProvider.review_check_seconds - 5 < _sync_due_in(in_memory_queue) <= 90
+    assert CloudApiProvider.review_check_seconds - 5 < _sync_due_in() <= 90
 
 
-def test_a_mock_template_is_checked_just_after_the_mock_decides(
-    app, client, sender, supervisor, in_memory_queue
-):
+def test_a_mock_template_is_checked_just_after_the_mock_decides(app, client, sender, supervisor):
     app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 600
     submit_template(_template(client).id)
-    assert 595 < _sync_due_in(in_memory_queue) <= 601
+    assert 595 < _sync_due_in() <= 601
 
 
 def test_pending_status_keeps_polling(client, sender, supervisor):

@@ -28,7 +28,7 @@ from campaigns.providers.errors import ErrorKind, classify
 logger = logging.getLogger(__name__)
 
 TIMEOUT = (5, 15)  # (connect, read) seconds
-# A send that outlives this is retried (and may then be a duplicate, see ARCHITECTURE.md):
+# A send that outlives this is retried (and may then be a duplicate, docs/architecture.md):
 # keep it well under the lease after which a message stuck in `sending` is reconciled.
 SEND_TIMEOUT = (5, 20)
 # One pool per process, shared by every worker thread: without a bigger pool,
@@ -55,7 +55,7 @@ _session.mount("http://", _adapter)
 def template_message(
     *, to: str, template: MessageTemplate, params: dict[str, str], callback_data: str
 ) -> dict[str, Any]:
-    """The Cloud API payload that sends a template message (notes A1)."""
+    """The Cloud API payload that sends a template message, as Meta documents it."""
     names = rendering.variables(template.body_text, template.parameter_format)
     missing = [name for name in names if name not in params]
     if missing:

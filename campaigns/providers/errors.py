@@ -1,7 +1,8 @@
 """What to do about a provider error, from Meta's ``error.code`` (never its title).
 
-The codes and their handling follow ARCHITECTURE.md (Providers) and Meta's
-error-code reference (see ../shared/notes/whatsapp-cloud-api.md, A5).
+The codes and their handling follow Meta's error-code reference for the Cloud API
+(developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes); docs/architecture.md
+says what each kind does to a message and its campaign.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import providers
+from campaigns import providers, queues
+from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import (
     Campaign,
@@ -139,18 +141,13 @@ def submit_template(template_id: int) -> MessageTemplate:
     template.status = submission.status
     template.status_reason = None
     template.submitted_at = sa.func.now()
+    # Asked once the sender's provider is likely to have decided, in the same transaction:
+    # a submitted template never waits without its check (the periodic sync follows later).
+    check_at = database_now(db.session) + timedelta(seconds=provider.review_check_seconds)
+    queues.defer_template_sync(db.session, template.id, check_at)
     db.session.commit()
     db.session.refresh(template)
-    _defer_template_sync(template.id, provider.review_check_seconds)
     return template
-
-
-def _defer_template_sync(template_id: int, seconds: float) -> None:
-    """Ask for the review's outcome once the sender's provider is likely to have one."""
-    from jobs import open_for_deferring, tasks
-
-    open_for_deferring()
-    tasks.sync_template.configure(schedule_in={"seconds": seconds}).defer(template_id=template_id)
 
 
 def sync_template_status(template_id: int) -> MessageTemplate:

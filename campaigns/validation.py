@@ -175,6 +175,19 @@ def parse_template(data: Mapping[str, Any]) -> TemplateFields:
     return TemplateFields(name, language, category, fmt, header, body, footer, buttons)
 
 
+# A sender's settings other than its secrets, which are write-only.
+SENDER_SETTINGS = (
+    "name",
+    "provider",
+    "phone_number_id",
+    "display_phone_number",
+    "waba_id",
+    "rate_limit_per_minute",
+    "min_interval_ms",
+    "webhook_verify_token",
+)
+
+
 @dataclass(frozen=True)
 class SenderFields:
     name: str

@@ -15,7 +15,7 @@ from campaigns.models import (
     Sender,
 )
 from campaigns.services import NotFound, ServiceError
-from campaigns.validation import SenderFields
+from campaigns.validation import SENDER_SETTINGS, SenderFields
 
 
 def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
@@ -28,16 +28,7 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
     )
     if clash:
         raise ServiceError(_("Another sender has that name."), "name")
-    for name in (
-        "name",
-        "provider",
-        "phone_number_id",
-        "display_phone_number",
-        "waba_id",
-        "rate_limit_per_minute",
-        "min_interval_ms",
-        "webhook_verify_token",
-    ):
+    for name in SENDER_SETTINGS:
         setattr(sender, name, getattr(fields, name))
     if fields.access_token is not None:
         sender.access_token = fields.access_token

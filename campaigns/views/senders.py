@@ -11,7 +11,7 @@ from campaigns.i18n import _
 from campaigns.models import Role, Sender
 from campaigns.services import ServiceError
 from campaigns.services.senders import check_sender_connection, save_sender
-from campaigns.validation import Invalid, parse_sender
+from campaigns.validation import SENDER_SETTINGS, Invalid, parse_sender
 
 bp = Blueprint("senders", __name__, url_prefix="/senders")
 
@@ -63,18 +63,7 @@ def sender_create():
 def sender_edit(sender_id: int):
     """The form, filled in (secrets are never shown back)."""
     sender = _sender_or_404(sender_id)
-    form = {
-        name: getattr(sender, name) or ""
-        for name in (
-            "name",
-            "phone_number_id",
-            "display_phone_number",
-            "waba_id",
-            "rate_limit_per_minute",
-            "min_interval_ms",
-            "webhook_verify_token",
-        )
-    }
+    form = {name: getattr(sender, name) or "" for name in SENDER_SETTINGS}
     form["provider"] = sender.provider.value
     return _form_page(form, {}, sender)
 

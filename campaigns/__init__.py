@@ -1,1 +1,4 @@
-"""Disparo's domain: models, services, queries, rate limits, providers and views."""
+"""Disparo's domain: models, services, the sending engine, queues, rate limits, reads and views.
+
+docs/architecture.md says which module holds what.
+"""

@@ -23,6 +23,11 @@ def is_htmx() -> bool:
     return bool(htmx) and not htmx.history_restore_request
 
 
+def target() -> str | None:
+    """The id of the element an htmx request will swap (HX-Target); None without htmx."""
+    return htmx.target if is_htmx() else None
+
+
 def redirect_to(url: str) -> Response:
     """After a successful POST: HX-Redirect for htmx, 303 for a plain form."""
     if is_htmx():

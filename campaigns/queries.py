@@ -295,3 +295,45 @@ def recent_notifications(
     if user_id is not None:
         query = query.where(Notification.user_id == user_id)
     return [(notification, email) for notification, email in db.session.execute(query)]
+
+
+@dataclass(frozen=True)
+class UnreadNotifications:
+    """A user's unread notifications: how many, and the newest one's id (None when none)."""
+
+    count: int
+    newest_id: int | None
+
+
+NO_UNREAD = UnreadNotifications(0, None)
+
+
+def unread_notifications(user_id: int) -> UnreadNotifications:
+    """The user's own unread notifications, even for an admin: one scan of the
+    (user_id, read_at) index."""
+    count, newest_id = db.session.execute(
+        sa.select(sa.func.count(), sa.func.max(Notification.id)).where(
+            Notification.user_id == user_id, Notification.read_at.is_(None)
+        )
+    ).one()
+    return UnreadNotifications(count, newest_id)
+
+
+@dataclass(frozen=True)
+class NotificationPage:
+    notifications: list[Notification]
+    page: int
+    pages: int
+    total: int
+
+
+NOTIFICATIONS_PER_PAGE = 50
+
+
+def list_notifications(user_id: int, unread_only: bool = False, page: int = 1) -> NotificationPage:
+    """One page of the user's own notifications, newest first (only the unread ones if asked)."""
+    query = sa.select(Notification).where(Notification.user_id == user_id)
+    if unread_only:
+        query = query.where(Notification.read_at.is_(None))
+    query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
+    return NotificationPage(*_paginate(query, page, NOTIFICATIONS_PER_PAGE))

@@ -7,6 +7,7 @@ from app import db
 from campaigns.auth import PUBLIC_ENDPOINTS, is_self_authenticated, requires
 from campaigns.config import load_settings
 from campaigns.models import LoginAttempt, Role, User
+from campaigns.views.auth import safe_next
 from tests.conftest import PASSWORD, csrf_token_from, login, make_app
 
 
@@ -99,6 +100,26 @@ def test_next_only_follows_local_paths(client, user_factory):
     client.post("/logout")
     response = client.post("/login?next=/healthz", data={"email": user.email, "password": PASSWORD})
     assert response.headers["Location"] == "/healthz"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example.com/",
+        "/\\evil.example.com/",
+        "/\t/evil.example.com/",
+        "/\n/evil.example",
+        "x",
+    ],
+)
+def test_next_refuses_what_a_browser_would_read_as_another_site(app, target):
+    with app.test_request_context():
+        assert safe_next(target) == "/"
+
+
+def test_next_keeps_a_local_path_with_its_query(app):
+    with app.test_request_context():
+        assert safe_next("/notifications/?page=2&unread=1") == "/notifications/?page=2&unread=1"
 
 
 def test_logout_ends_the_session(client, login_as):

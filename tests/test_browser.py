@@ -190,3 +190,51 @@ def test_a_question_with_an_apostrophe_is_asked_before_posting(
     assert len(posts) == 1 and posts[0].endswith("/revoke")
     assert page.locator("button:has-text('Revoke')").count() == 0
     assert errors == []
+
+
+def test_notifications_are_marked_read_in_place_and_the_badge_follows(
+    app, live_server, page, user_factory
+):
+    """Mark one, then all, from the dashboard: the list and the nav's badge change in place."""
+    from app import db
+    from campaigns.models import Notification
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    user = user_factory(Role.VIEWER)
+    for text in ("Campaign “A” completed.", "Campaign “B” failed.", "Campaign “C” started."):
+        db.session.add(Notification(user_id=user.id, kind="completed", text=text))
+    db.session.commit()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+    badge = page.locator("nav #nav-unread")
+    assert badge.inner_text().split() == ["3", "3", "unread", "notifications"]
+    assert page.locator("#dashboard-notifications li.unread").count() == 3
+    page.evaluate("window.notReloaded = true")
+    errors.clear()  # the login page's missing favicon is not this test's concern
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "notifications-unread.png"), full_page=True)
+
+    page.locator("#dashboard-notifications li.unread button:has-text('Mark as read')").first.click()
+    page.wait_for_function(
+        "document.querySelectorAll('#dashboard-notifications li.unread').length == 2"
+    )
+    assert badge.inner_text().split()[0] == "2"
+    assert page.get_by_text("2 unread notifications").count() == 1
+
+    page.click("#dashboard-notifications button:has-text('Mark all as read')")
+    page.wait_for_selector("#dashboard-notifications li.unread", state="detached")
+    assert badge.is_hidden()
+    assert page.locator("#dashboard-notifications button:has-text('Mark all as read')").count() == 0
+    assert page.evaluate("window.notReloaded") is True  # swapped in place
+    assert page.locator("#nav-unread").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "notifications-read.png"), full_page=True)
+    page.goto(f"{live_server}/notifications/")
+    page.screenshot(path=str(ARTIFACTS / "notifications-page.png"), full_page=True)
+    assert errors == []

@@ -13,6 +13,7 @@ def init_app(app: Flask) -> None:
         campaigns,
         filters,
         main,
+        notifications,
         queue,
         senders,
         suppressions,
@@ -24,6 +25,7 @@ def init_app(app: Flask) -> None:
     filters.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
+    app.register_blueprint(notifications.bp)
     if app.config["MOCKS_ENABLED"]:
         import mocks  # imported only here: production never loads the mocks (nor numpy)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -14,10 +15,14 @@ from campaigns.services.users import authenticate
 bp = Blueprint("auth", __name__)
 
 
-def _safe_next(target: str | None) -> str:
-    """Only follow a same-site relative ``next`` (no open redirects)."""
+def safe_next(target: str | None) -> str:
+    """Only follow a same-site relative ``next`` (no open redirects); else the dashboard.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so ``/\\evil.example``
+    and ``/<tab>/evil.example`` lead off-site too: a path with either is refused.
+    """
     if target and target.startswith("/") and not target.startswith("//"):
-        if not urlsplit(target).netloc:
+        if not urlsplit(target).netloc and not re.search(r"[\\\x00-\x1f\x7f]", target):
             return target
     return url_for("main.dashboard")
 
@@ -26,7 +31,7 @@ def _safe_next(target: str | None) -> str:
 def login() -> str | Response:
     """The sign-in form."""
     if current_user.is_authenticated:
-        return redirect(_safe_next(request.args.get("next")))
+        return redirect(safe_next(request.args.get("next")))
     return render_template("auth/login.html", email="", error=None)
 
 
@@ -38,7 +43,7 @@ def login_submit() -> tuple[str, int] | Response:
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)
-    return redirect(_safe_next(request.args.get("next")), code=303)
+    return redirect(safe_next(request.args.get("next")), code=303)
 
 
 @bp.post("/logout")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
+from flask_login import current_user
+from sqlalchemy.exc import SQLAlchemyError
 
-from campaigns import htmx, models
+from campaigns import htmx, models, queries
 from campaigns.i18n import _
+
+logger = logging.getLogger(__name__)
 
 
 def local_datetime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -33,6 +38,23 @@ def duration(seconds: float | None) -> str:
     return _("%(s)d s") % {"s": secs}
 
 
+def unread_notifications() -> queries.UnreadNotifications:
+    """The signed-in user's unread notifications, for the nav's badge.
+
+    A function the template calls rather than a context processor: only a response
+    that draws the nav queries it, never the API or a fragment. A view that has the
+    figure already passes it to its template as ``unread``, and the nav uses that.
+    """
+    if not current_user.is_authenticated:
+        return queries.NO_UNREAD
+    try:
+        return queries.unread_notifications(current_user.id)
+    except SQLAlchemyError:
+        # The error page of a failed transaction draws the nav too: no badge, not a 500.
+        logger.warning("unread notifications not counted", exc_info=True)
+        return queries.NO_UNREAD
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["datetime"] = local_datetime
     app.jinja_env.filters["duration"] = duration
@@ -43,4 +65,5 @@ def init_app(app: Flask) -> None:
         CampaignStatus=models.CampaignStatus,
         Provider=models.Provider,
         CAMPAIGN_CHANGED=htmx.CAMPAIGN_CHANGED,
+        unread_notifications=unread_notifications,
     )

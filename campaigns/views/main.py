@@ -20,6 +20,16 @@ def _notifications() -> list[tuple[Notification, str]]:
     return queries.recent_notifications(None if current_user.can(Role.ADMIN) else current_user.id)
 
 
+def notifications_fragment(oob: bool = False) -> str:
+    """The dashboard's notifications; with ``oob``, the nav's unread badge comes along."""
+    return render_template(
+        "main/_notifications.html",
+        notifications=_notifications(),
+        unread=queries.unread_notifications(current_user.id),
+        oob=oob,
+    )
+
+
 @bp.get("/")
 def dashboard() -> str:
     """Live campaigns, rate limits, queue health and recent notifications."""
@@ -30,6 +40,7 @@ def dashboard() -> str:
         limits=progress.limits_now(),
         health=queues.queue_health(),
         notifications=_notifications(),
+        unread=queries.unread_notifications(current_user.id),  # the fragment's and the nav's
     )
 
 
@@ -55,8 +66,8 @@ def dashboard_queues() -> str:
 
 @bp.get("/dashboard/notifications")
 def dashboard_notifications() -> str:
-    """The newest notifications."""
-    return render_template("main/_notifications.html", notifications=_notifications())
+    """The newest notifications, polled; the nav's badge follows them out of band."""
+    return notifications_fragment(oob=True)
 
 
 @bp.get("/healthz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Response, make_response, redirect
+from werkzeug.wrappers import Response as BaseResponse
 
 from app import htmx
 
@@ -23,7 +24,7 @@ def is_htmx() -> bool:
     return bool(htmx) and not htmx.history_restore_request
 
 
-def redirect_to(url: str) -> Response:
+def redirect_to(url: str) -> BaseResponse:
     """After a successful POST: HX-Redirect for htmx, 303 for a plain form."""
     if is_htmx():
         response = make_response("", 204)

@@ -26,7 +26,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -138,11 +138,13 @@ def transition_campaign(
     _check(sources, to)
     moved = 0
     for source in sources:
-        count = session.execute(
+        result = session.execute(
             sa.update(Message)
             .where(Message.campaign_id == campaign_id, Message.status == source)
             .values(status=to)
-        ).rowcount
+        )
+        # DML without RETURNING returns a CursorResult, which counts the rows
+        count = cast("sa.CursorResult[Any]", result).rowcount
         counters.apply(session, campaign_id, {source.value: -count, to.value: count})
         statelog.moved_many(campaign_id, source, to, count)
         moved += count
@@ -349,10 +351,12 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
     A number suppressed since stays failed. Returns how many moved.
     """
     _check([S.FAILED], S.PENDING)
-    which = Message.error_code.in_([code for code in codes if code is not None])
+    which: sa.ColumnElement[bool] = Message.error_code.in_(
+        [code for code in codes if code is not None]
+    )
     if None in codes:
         which = sa.or_(which, Message.error_code.is_(None))
-    count = session.execute(
+    result = session.execute(
         sa.update(Message)
         .where(
             Message.campaign_id == campaign_id,
@@ -361,7 +365,9 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             ~sa.exists().where(Suppression.phone == Message.phone),
         )
         .values(status=S.PENDING, error_code=None, error_text=None, failed_at=None)
-    ).rowcount
+    )
+    # DML without RETURNING returns a CursorResult, which counts the rows
+    count = cast("sa.CursorResult[Any]", result).rowcount
     counters.apply(session, campaign_id, {"failed": -count, "pending": count})
     statelog.moved_many(campaign_id, S.FAILED, S.PENDING, count)
     return count

@@ -13,6 +13,7 @@ import csv
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import sqlalchemy as sa
 from flask import current_app
@@ -97,9 +98,11 @@ def lift_provider_suppression(session: AnySession, phone: str) -> bool:
 
     A reply, a hand entry or an import stays until an operator removes it.
     """
-    removed = session.execute(
+    result = session.execute(
         sa.delete(Suppression).where(Suppression.phone == phone, Suppression.source == "provider")
-    ).rowcount
+    )
+    # DML without RETURNING returns a CursorResult, which counts the rows
+    removed = cast("sa.CursorResult[Any]", result).rowcount
     return bool(removed)
 
 

@@ -430,6 +430,7 @@ def _secrets_for(phone_number_ids: Sequence[str]) -> dict[str, str]:
     ).all()
     found: dict[str, str] = {}
     for phone_number_id, app_secret in rows:
+        assert phone_number_id is not None and app_secret is not None  # the WHERE excludes NULLs
         found.setdefault(phone_number_id, app_secret)
     return found
 

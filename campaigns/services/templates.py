@@ -151,7 +151,8 @@ def _defer_template_sync(template_id: int, config) -> None:
 
     open_for_deferring()
     delay = float(config["MOCK_TEMPLATE_APPROVAL_SECONDS"]) + 1
-    tasks.sync_template.configure(schedule_in={"seconds": delay}).defer(template_id=template_id)
+    # procrastinate types schedule_in's values int; it passes them to timedelta(), floats too
+    tasks.sync_template.configure(schedule_in={"seconds": delay}).defer(template_id=template_id)  # type: ignore[arg-type]
 
 
 def sync_template_status(template_id: int) -> MessageTemplate:

@@ -42,9 +42,11 @@ test: db
 stop-db: install
 	@$(BIN)/python -m campaigns.devdb stop
 
+# Style (ruff) and types (mypy, configured in pyproject.toml); CI runs it before the tests.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean: stop-db
 	rm -rf $(VENV) instance .env

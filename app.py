@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask
 from flask_htmx import HTMX
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSession
 from flask_wtf import CSRFProtect
-from sqlalchemy import MetaData
+from sqlalchemy import CursorResult, Executable, MetaData
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 
 
@@ -34,8 +35,24 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
-# What a function given a session accepts: a Session, or the scoped ``db.session``.
-AnySession = Session | scoped_session[Session]
+# The models' base class. db.Model is made at run time from Base, and a type checker
+# cannot subclass an attribute, so it is told Base, whose typing db.Model shares.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
+# What a function given a session accepts: a Session, or the scoped ``db.session``
+# (scoped_session is invariant, and db.session scopes Flask-SQLAlchemy's Session).
+AnySession = Session | scoped_session[Session] | scoped_session[FlaskSession]
+
+
+def rows_changed(session: AnySession, statement: Executable) -> int:
+    """Run an UPDATE or DELETE without RETURNING; how many rows it changed."""
+    # Such a statement returns a CursorResult, which counts the rows; Session.execute
+    # is typed to return a plain Result.
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
+
+
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()

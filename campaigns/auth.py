@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, abort, jsonify, redirect, request, url_for
 from flask_login import current_user
+from werkzeug.wrappers import Response as BaseResponse
 
 from app import db, htmx, login_manager
 from campaigns.i18n import _
@@ -75,7 +76,7 @@ def load_user(user_id: str) -> User | None:
 
 
 @login_manager.unauthorized_handler
-def unauthorized() -> Response:
+def unauthorized() -> BaseResponse:
     """Send the browser to the login page; htmx needs a full-page redirect, not a swap."""
     login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
     if htmx:

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
@@ -186,7 +187,7 @@ class Settings:
     display_timezone: str
     phone_default_region: str
 
-    def flask_config(self) -> dict[str, object]:
+    def flask_config(self) -> dict[str, Any]:
         return {
             "DISPARO_ENV": self.env,
             "SECRET_KEY": self.secret_key,

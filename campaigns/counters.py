@@ -16,8 +16,8 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
+from app import AnySession
 from campaigns.models import COUNTER_SHARDS
 
 IN_FLIGHT = ("pending", "queued", "sending", "retrying")
@@ -87,7 +87,7 @@ MINUTES_OF_HOUR = sa.text(
 )
 
 
-def ensure_rows(session: Session, campaign_id: int) -> None:
+def ensure_rows(session: AnySession, campaign_id: int) -> None:
     session.execute(ENSURE_ROWS, {"campaign_id": campaign_id, "last": COUNTER_SHARDS - 1})
 
 
@@ -113,7 +113,7 @@ def shard_update(deltas: Mapping[str, int], campaign_id_sql: str) -> str:
     )
 
 
-def apply(session: Session, campaign_id: int, deltas: Mapping[str, int]) -> None:
+def apply(session: AnySession, campaign_id: int, deltas: Mapping[str, int]) -> None:
     """Add ``deltas`` to one random shard of the campaign's counters."""
     if _changes(deltas):
         session.execute(
@@ -122,12 +122,12 @@ def apply(session: Session, campaign_id: int, deltas: Mapping[str, int]) -> None
         )
 
 
-def totals(session: Session, campaign_id: int) -> dict[str, int]:
+def totals(session: AnySession, campaign_id: int) -> dict[str, int]:
     row = session.execute(TOTALS, {"campaign_id": campaign_id}).mappings().one()
     return {name: int(row[name]) for name in COLUMNS}
 
 
-def bump_minute(session: Session, campaign_id: int, sent: int = 0, failed: int = 0) -> None:
+def bump_minute(session: AnySession, campaign_id: int, sent: int = 0, failed: int = 0) -> None:
     if sent or failed:
         session.execute(
             BUMP_MINUTE,
@@ -140,7 +140,7 @@ def bump_minute(session: Session, campaign_id: int, sent: int = 0, failed: int =
         )
 
 
-def recent_outcomes(session: Session, campaign_id: int) -> tuple[int, int]:
+def recent_outcomes(session: AnySession, campaign_id: int) -> tuple[int, int]:
     """(sent, failed) in the last RECENT_MINUTES minutes, this one included.
 
     A message accepted and then failed by a status webhook counts in both, so the
@@ -152,19 +152,19 @@ def recent_outcomes(session: Session, campaign_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def sent_last_minute(session: Session, campaign_ids: Collection[int]) -> dict[int, int]:
+def sent_last_minute(session: AnySession, campaign_ids: Collection[int]) -> dict[int, int]:
     """Messages sent in the last 60 s per campaign (0 for a campaign that sent none)."""
     rows = session.execute(SENT_LAST_MINUTE, {"campaign_ids": list(campaign_ids)})
     return {campaign_id: 0 for campaign_id in campaign_ids} | {c: int(n) for c, n in rows}
 
 
-def snapshot(session: Session, campaign_id: int) -> tuple[dict[str, int], int, datetime]:
+def snapshot(session: AnySession, campaign_id: int) -> tuple[dict[str, int], int, datetime]:
     """(totals, sent in the last minute, the database's now()) in one statement."""
     row = session.execute(SNAPSHOT, {"campaign_id": campaign_id}).mappings().one()
     return {name: int(row[name]) for name in COLUMNS}, int(row["sent_last_minute"]), row["read_at"]
 
 
-def minutes_of_hour(session: Session, campaign_id: int, until: datetime) -> list[sa.Row]:
+def minutes_of_hour(session: AnySession, campaign_id: int, until: datetime) -> list[sa.Row]:
     """(minute, sent, failed) for each of the 60 minutes up to ``until``, oldest first."""
     params = {"campaign_id": campaign_id, "until": until}
     return list(session.execute(MINUTES_OF_HOUR, params))

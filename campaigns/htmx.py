@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Response, make_response, redirect
+from werkzeug.wrappers import Response as BaseResponse
 
 from app import htmx
 
@@ -28,7 +29,7 @@ def target() -> str | None:
     return htmx.target if is_htmx() else None
 
 
-def redirect_to(url: str) -> Response:
+def redirect_to(url: str) -> BaseResponse:
     """After a successful POST: HX-Redirect for htmx, 303 for a plain form."""
     if is_htmx():
         response = make_response("", 204)

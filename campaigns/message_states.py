@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app import AnySession
+from app import AnySession, rows_changed
 from campaigns import counters, statelog
 from campaigns.models import IN_FLIGHT_MESSAGE_STATUSES, Message, MessageStatus, Suppression
 
@@ -138,11 +138,12 @@ def transition_campaign(
     _check(sources, to)
     moved = 0
     for source in sources:
-        count = session.execute(
+        count = rows_changed(
+            session,
             sa.update(Message)
             .where(Message.campaign_id == campaign_id, Message.status == source)
-            .values(status=to)
-        ).rowcount
+            .values(status=to),
+        )
         counters.apply(session, campaign_id, {source.value: -count, to.value: count})
         statelog.moved_many(campaign_id, source, to, count)
         moved += count
@@ -349,10 +350,13 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
     A number suppressed since stays failed. Returns how many moved.
     """
     _check([S.FAILED], S.PENDING)
-    which = Message.error_code.in_([code for code in codes if code is not None])
+    which: sa.ColumnElement[bool] = Message.error_code.in_(
+        [code for code in codes if code is not None]
+    )
     if None in codes:
         which = sa.or_(which, Message.error_code.is_(None))
-    count = session.execute(
+    count = rows_changed(
+        session,
         sa.update(Message)
         .where(
             Message.campaign_id == campaign_id,
@@ -360,8 +364,8 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             which,
             ~sa.exists().where(Suppression.phone == Message.phone),
         )
-        .values(status=S.PENDING, error_code=None, error_text=None, failed_at=None)
-    ).rowcount
+        .values(status=S.PENDING, error_code=None, error_text=None, failed_at=None),
+    )
     counters.apply(session, campaign_id, {"failed": -count, "pending": count})
     statelog.moved_many(campaign_id, S.FAILED, S.PENDING, count)
     return count

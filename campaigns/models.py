@@ -11,7 +11,7 @@ from flask_login import UserMixin
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app import db
+from app import Model
 
 
 def pg_enum(enum_class: type[enum.Enum], name: str) -> sa.Enum:
@@ -107,7 +107,7 @@ IN_FLIGHT_MESSAGE_STATUSES = frozenset(
 )
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     __tablename__ = "users"
     __table_args__ = (sa.Index("users_email_key", sa.func.lower(sa.text("email")), unique=True),)
 
@@ -134,7 +134,7 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.email} {self.role}>"
 
 
-class ApiToken(db.Model):
+class ApiToken(Model):
     """A bearer token for the JSON API; only its SHA-256 is stored."""
 
     __tablename__ = "api_tokens"
@@ -155,7 +155,7 @@ class ApiToken(db.Model):
         return f"<ApiToken {self.id} {self.prefix}… user={self.user_id}>"
 
 
-class LoginAttempt(db.Model):
+class LoginAttempt(Model):
     """Each login try, kept to lock out guessing per account and per address."""
 
     __tablename__ = "login_attempts"
@@ -171,7 +171,7 @@ class LoginAttempt(db.Model):
     attempted_at: Mapped[datetime] = created_at_column()
 
 
-class Sender(db.Model):
+class Sender(Model):
     """A WhatsApp instance: one phone number of a business account."""
 
     __tablename__ = "senders"
@@ -201,7 +201,7 @@ class Sender(db.Model):
         return f"<Sender {self.id} {self.name} {self.provider}>"
 
 
-class MessageTemplate(db.Model):
+class MessageTemplate(Model):
     """A WhatsApp message template as Meta knows it, with its approval status."""
 
     __tablename__ = "message_templates"
@@ -244,7 +244,7 @@ class MessageTemplate(db.Model):
         return f"<MessageTemplate {self.id} {self.name}/{self.language} {self.status}>"
 
 
-class Campaign(db.Model):
+class Campaign(Model):
     __tablename__ = "campaigns"
     __table_args__ = (
         sa.Index("campaigns_status_idx", "status"),
@@ -294,7 +294,7 @@ class Campaign(db.Model):
         return f"<Campaign {self.id} {self.name!r} {self.status}>"
 
 
-class Message(db.Model):
+class Message(Model):
     """One recipient of one campaign: the campaign's durable queue and its audit trail."""
 
     __tablename__ = "messages"
@@ -367,7 +367,7 @@ COUNTER_SHARDS = 8
 """Rows per campaign in ``campaign_counters``: one hot row would serialise every send."""
 
 
-class CampaignCounter(db.Model):
+class CampaignCounter(Model):
     """One shard of a campaign's running totals; progress sums the shards (O(1) reads)."""
 
     __tablename__ = "campaign_counters"
@@ -389,7 +389,7 @@ class CampaignCounter(db.Model):
     cancelled: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
-class CampaignMinuteStat(db.Model):
+class CampaignMinuteStat(Model):
     """Messages sent per campaign per minute: 'sent in the last minute' and the hourly chart.
 
     Sharded like campaign_counters: every send of a campaign in one minute would
@@ -407,7 +407,7 @@ class CampaignMinuteStat(db.Model):
     failed: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
-class RateLimitBucket(db.Model):
+class RateLimitBucket(Model):
     """Grants per limiter key per time bucket; written only by ratelimit.py's SQL."""
 
     __tablename__ = "rate_limit_buckets"
@@ -417,7 +417,7 @@ class RateLimitBucket(db.Model):
     count: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
-class RateLimitKey(db.Model):
+class RateLimitKey(Model):
     """The last grant of each limiter key, for the minimum gap between two sends."""
 
     __tablename__ = "rate_limit_keys"
@@ -426,7 +426,7 @@ class RateLimitKey(db.Model):
     last_grant_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class Notification(db.Model):
+class Notification(Model):
     """An in-app notice for a user: a campaign started, completed, paused or failed."""
 
     __tablename__ = "notifications"
@@ -443,7 +443,7 @@ class Notification(db.Model):
     read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
-class CampaignActivity(db.Model):
+class CampaignActivity(Model):
     """Who did what to a campaign, and when (the user is NULL for the system)."""
 
     __tablename__ = "campaign_activity"
@@ -459,7 +459,7 @@ class CampaignActivity(db.Model):
     user: Mapped[User | None] = relationship()
 
 
-class Suppression(db.Model):
+class Suppression(Model):
     """A phone number that opted out: skipped at send time."""
 
     __tablename__ = "suppressions"

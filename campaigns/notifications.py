@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import requests
 from flask import current_app
@@ -44,7 +45,7 @@ def deliver(campaign_id: int, kind: str, *, first_attempt: bool) -> None:
     url = current_app.config.get("NOTIFICATION_WEBHOOK_URL")
     if not url:
         return
-    payload = {
+    payload: dict[str, Any] = {
         "event": f"campaign.{kind}",
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status.value},
         "counters": totals,

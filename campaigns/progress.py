@@ -163,7 +163,7 @@ def throughput_chart(progress: Progress) -> Chart:
     return Chart(counters.minutes_of_hour(db.session, progress.campaign_id, until))
 
 
-def sender_usage(senders: list[Sender]) -> dict[int, object]:
+def sender_usage(senders: list[Sender]) -> dict[int, ratelimit.Usage]:
     """Each sender's WhatsApp limit now: used / limit this minute, next slot (nothing consumed)."""
     return {s.id: ratelimit.usage(db.session, ratelimit.whatsapp_limit(s)) for s in senders}
 
@@ -176,7 +176,10 @@ DASHBOARD_CAMPAIGNS = 50
 
 
 def _progress_of(
-    campaign: Campaign, totals: Mapping[str, int], sent_last_minute: int, read_at: datetime
+    campaign: Campaign,
+    totals: Mapping[str, int] | sa.RowMapping,
+    sent_last_minute: int,
+    read_at: datetime,
 ) -> Progress:
     """A campaign's Progress from figures already read (its sender and owner give the pace)."""
     allowed = 60.0 / ratelimit.pace_seconds(campaign.sender, campaign.owner)

@@ -38,9 +38,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
+    from app import AnySession
     from campaigns.models import Sender, User
 
 logger = logging.getLogger(__name__)
@@ -169,13 +169,13 @@ class Usage:
         return max((self.next_slot_at - self.checked_at).total_seconds(), 0.0)
 
 
-def _engine(session: Session) -> sa.Engine:
+def _engine(session: AnySession) -> sa.Engine:
     # Connection.engine and Engine.engine both lead to the engine.
     return session.get_bind().engine
 
 
 def consume(
-    session: Session, limits: Sequence[Limit], *, synchronous_commit: bool = False
+    session: AnySession, limits: Sequence[Limit], *, synchronous_commit: bool = False
 ) -> Decision:
     """Take one grant from every limit or from none, in one committed server-side call."""
     if not limits:
@@ -203,7 +203,7 @@ def consume(
     )
 
 
-def usage(session: Session, limit: Limit) -> Usage:
+def usage(session: AnySession, limit: Limit) -> Usage:
     """Read a key's usage in its current window, in the caller's session, consuming nothing."""
     row = session.execute(
         USAGE,
@@ -224,7 +224,7 @@ def usage(session: Session, limit: Limit) -> Usage:
     )
 
 
-def delete_old_buckets(session: Session) -> int:
+def delete_old_buckets(session: AnySession) -> int:
     """Delete buckets older than the longest window (and stale last grants); return buckets."""
     with _engine(session).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")

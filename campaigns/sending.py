@@ -201,6 +201,7 @@ def _record_error(
     message_states.fail(db.session, message_id, sending, code, error.message)
     if error.code in OPT_OUT_CODES:
         phone = db.session.scalar(sa.select(Message.phone).where(Message.id == message_id))
+        assert phone is not None  # the message being sent has its row; every row has a phone
         suppress_quietly(db.session, phone, error.message, "provider")
     campaign_states.pause_if_failing(campaign_id, config)
     db.session.commit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from campaigns import rendering
@@ -76,7 +77,7 @@ def _int(
     return value
 
 
-def _choice(data: Mapping[str, Any], name: str, enum: type, check: Checker, default=None):
+def _choice(data: Mapping[str, Any], name: str, enum: type[Enum], check: Checker, default=None):
     raw = _text(data, name)
     if not raw and default is not None:
         return default
@@ -301,10 +302,10 @@ def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
     spent = raw.get("min_total_spent")
     if spent not in (None, ""):
         try:
-            value = float(str(spent).replace(",", "."))
-            if value < 0:
+            amount = float(str(spent).replace(",", "."))
+            if amount < 0:
                 raise ValueError
-            segment["min_total_spent"] = value
+            segment["min_total_spent"] = amount
         except ValueError:
             check.fail("segment.min_total_spent", _("Enter an amount of zero or more."))
     for key, low, high in (("last_purchase_within_days", 1, 3650), ("max_audience", 1, 10_000_000)):
@@ -382,7 +383,7 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     """The campaign form's flat fields (segment.x, var.x.source/text) as the API's JSON shape."""
-    segment = {
+    segment: dict[str, str | bool] = {
         key.removeprefix("segment."): value
         for key, value in form.items()
         if key.startswith("segment.") and value != ""

@@ -214,6 +214,7 @@ async def retry_stalled_jobs(timestamp: int) -> None:
             await app.job_manager.retry_job(job)
         except ConnectorException:
             # A waiting sibling holds the same queueing lock (#1446): that one will run.
+            assert job.id is not None  # a job read from the database has its id
             await app.job_manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
 
 

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app import db
+from app import Model
 
 
-class MockWhatsAppMessage(db.Model):
+class MockWhatsAppMessage(Model):
     """A message the mock WhatsApp accepted: the log tests and benchmarks count."""
 
     __tablename__ = "mock_whatsapp_messages"
@@ -43,7 +43,7 @@ class MockWhatsAppMessage(db.Model):
         return f"<MockWhatsAppMessage {self.id} {self.wamid}>"
 
 
-class MockWhatsAppWebhook(db.Model):
+class MockWhatsAppWebhook(Model):
     """A status webhook the mock WhatsApp still has to post (or has posted)."""
 
     __tablename__ = "mock_whatsapp_webhooks"

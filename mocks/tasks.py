@@ -48,7 +48,8 @@ def defer_post_webhooks(seconds: float) -> None:
     """
     try:
         open_for_deferring()
-        post_webhooks.configure(schedule_in={"seconds": max(seconds, 0.0)}).defer()
+        # procrastinate types schedule_in's values int; it passes them to timedelta(), floats too
+        post_webhooks.configure(schedule_in={"seconds": max(seconds, 0.0)}).defer()  # type: ignore[arg-type]
     except AlreadyEnqueued:
         pass  # the waiting run will post these too
     except (ProcrastinateException, psycopg.Error) as error:

@@ -253,7 +253,7 @@ def status_webhooks(
     wamid: str,
     accepted: Accepted,
     phone_number_id: str,
-    sender: Mapping[str, Any] | None,
+    sender: Mapping[str, Any] | sa.RowMapping | None,
     received_at: datetime,
     config: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
@@ -430,6 +430,7 @@ def _secrets_for(phone_number_ids: Sequence[str]) -> dict[str, str]:
     ).all()
     found: dict[str, str] = {}
     for phone_number_id, app_secret in rows:
+        assert phone_number_id is not None and app_secret is not None  # the WHERE excludes NULLs
         found.setdefault(phone_number_id, app_secret)
     return found
 
@@ -457,7 +458,7 @@ def _post_batch(url: str, config: Mapping[str, Any]) -> tuple[int, int, int]:
     db.session.commit()  # the lease holds the rows; no transaction stays open over HTTP
     if not claimed:
         return 0, 0, 0
-    claimed.sort(key=lambda row: row.id)  # a message's sent before its delivered
+    claimed = sorted(claimed, key=lambda row: row.id)  # a message's sent before its delivered
     keys = _secrets_for(sorted({_phone_number_id(row.payload) for row in claimed}))
     fallback = config.get("WHATSAPP_APP_SECRET")
     posted: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,7 +32,7 @@ class DemoSeed:
 DEMO_ADMIN_EMAIL = "admin@disparo.local"
 
 
-DEMO_TEMPLATES = [
+DEMO_TEMPLATES: list[dict[str, Any]] = [
     {
         "name": "promo_weekend",
         "language": "pt_BR",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from app import db
+from app import db, rows_changed
 from campaigns.i18n import _
 from campaigns.models import Notification
 from campaigns.services import NotFound
@@ -21,15 +21,16 @@ def mark_read(notification_id: int, user_id: int) -> bool:
     Someone else's notification is NotFound, as one that does not exist is: the
     two are not told apart.
     """
-    marked = db.session.execute(
+    marked = rows_changed(
+        db.session,
         sa.update(Notification)
         .where(
             Notification.id == notification_id,
             Notification.user_id == user_id,
             Notification.read_at.is_(None),
         )
-        .values(read_at=sa.func.now())
-    ).rowcount
+        .values(read_at=sa.func.now()),
+    )
     if marked:
         db.session.commit()
         return True
@@ -55,6 +56,6 @@ def mark_all_read(user_id: int, up_to_id: int | None = None) -> int:
     )
     if up_to_id is not None:
         query = query.where(Notification.id <= up_to_id)
-    marked = db.session.execute(query.values(read_at=sa.func.now())).rowcount
+    marked = rows_changed(db.session, query.values(read_at=sa.func.now()))
     db.session.commit()
     return marked

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
 
-from app import AnySession, db
+from app import AnySession, db, rows_changed
 from campaigns import phones
 from campaigns.i18n import _
 from campaigns.models import Suppression
@@ -97,9 +97,10 @@ def lift_provider_suppression(session: AnySession, phone: str) -> bool:
 
     A reply, a hand entry or an import stays until an operator removes it.
     """
-    removed = session.execute(
-        sa.delete(Suppression).where(Suppression.phone == phone, Suppression.source == "provider")
-    ).rowcount
+    removed = rows_changed(
+        session,
+        sa.delete(Suppression).where(Suppression.phone == phone, Suppression.source == "provider"),
+    )
     return bool(removed)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
@@ -61,7 +62,8 @@ def _job_action(job_id: int, action: Callable[[int, User], None], done: str) -> 
         flash(error.message, "error")
     else:
         flash(done % {"id": job_id}, "success")
-    return redirect_to(url_for("queue.queue_index", **_filters().as_args()))
+    args: dict[str, Any] = _filters().as_args()  # url_for's own keywords aren't str
+    return redirect_to(url_for("queue.queue_index", **args))
 
 
 @bp.post("/jobs/<int:job_id>/retry")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.models import Role
-from tests.conftest import PASSWORD
+from tests.helpers import PASSWORD
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -38,38 +38,15 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.templates import default_sender
 from jobs import tasks
-from tests.conftest import PROCRASTINATE, demo_campaign, lift_limits
-from tests.test_sending import assert_counters_match_rows
+from tests.helpers import (
+    PROCRASTINATE,
+    assert_counters_match_rows,
+    demo_campaign,
+    lift_limits,
+    wait_for,
+)
 
 TERMINAL = {"sent", "delivered", "read", "failed", "skipped", "cancelled"}
-
-
-def wait_for(
-    condition: Callable[[], object], seconds: float = 90.0, what: str = "", *, explain: bool = True
-) -> None:
-    """Poll until condition() is truthy: a deadline, not a performance assertion."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        db.session.rollback()  # see the workers' commits
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"not within {seconds} s: {what}" + (f"; {_state()}" if explain else ""))
-
-
-def _state() -> str:
-    """What the campaigns and jobs look like, to explain a missed deadline."""
-    campaigns = db.session.execute(
-        sa.select(Campaign.id, Campaign.status, Campaign.status_reason)
-    ).all()
-    jobs = db.session.execute(
-        sa.text(
-            "SELECT task_name, status::text, count(*) FROM procrastinate_jobs"
-            " GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-    ).all()
-    messages = {c.id: dict(statuses(c.id)) for c in campaigns}
-    return f"campaigns={campaigns} messages={messages} jobs={jobs}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from campaigns.models import Campaign, CampaignStatus, Role
 from campaigns.progress import RECEIPTS_FOLLOW, get_progress, throughput_chart
 from campaigns.services.campaigns import pause_campaign, schedule_campaign, send_campaign_now
 from campaigns.services.users import create_api_token
-from tests.test_sending import jobs
+from tests.helpers import jobs
 
 HX = {"HX-Request": "true"}
 

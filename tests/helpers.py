@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from app import create_app, db
-from campaigns import counters, queues
+from campaigns import counters, erp, phones, queues
 from campaigns.config import sqlalchemy_url
 from campaigns.models import Campaign, Message, MessageTemplate, User
 from campaigns.providers.base import SendResult
@@ -162,6 +162,15 @@ def lift_limits(owner: User) -> None:
     sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
     owner.campaign_rate_limit_per_minute = 600_000
     db.session.commit()
+
+
+def audience_numbers(app, campaign: Campaign) -> list[str | None]:
+    """The campaign's customers' numbers as the fan-out reads them (None: not a number)."""
+    with erp.client_from_config(app.config) as client:
+        customers = [
+            c for page, _ in client.iter_customers(campaign.segment) for c in page.customers
+        ]
+    return [phones.normalise(c.get("phone"), app.config["PHONE_DEFAULT_REGION"]) for c in customers]
 
 
 def jobs(task: str) -> list[dict]:

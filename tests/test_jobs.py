@@ -40,7 +40,6 @@ def worker_process(database_url_for_test: str) -> Iterator[subprocess.Popen[str]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.stdout is not None
     process.stdout.close()
 
 

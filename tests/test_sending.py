@@ -34,7 +34,13 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.suppressions import add_suppression
 from campaigns.services.templates import default_sender
-from tests.helpers import assert_counters_match_rows, demo_campaign, jobs, message_counts
+from tests.helpers import (
+    assert_counters_match_rows,
+    audience_numbers,
+    demo_campaign,
+    jobs,
+    message_counts,
+)
 
 
 def load_audience(app, campaign) -> None:
@@ -74,6 +80,8 @@ def test_fan_out_loads_the_audience_once_with_reasons(app, campaign):
             Message.campaign_id == campaign.id, Message.status == MessageStatus.SKIPPED
         )
     ).all()
+    numbers = audience_numbers(app, campaign)
+    assert len(skipped) == len(numbers) - len({number for number in numbers if number}) > 0
     assert all(
         m.error_code in ("invalid_phone", "duplicate", "suppressed") and m.error_text
         for m in skipped

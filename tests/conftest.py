@@ -9,73 +9,36 @@ real one (``real_queue``).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from procrastinate import testing
-from werkzeug.serving import make_server
 
-from app import create_app, db
+from app import db
 from campaigns import providers
-from campaigns.config import database_url, sqlalchemy_url
-from campaigns.models import Campaign, MessageTemplate, Role, User
-from campaigns.providers.base import SendResult
-from campaigns.services.campaigns import create_campaign, template_variables_for
-from campaigns.services.demo import seed_demo
-from campaigns.services.templates import default_sender
+from campaigns.config import database_url
+from campaigns.models import Campaign, Role, User
 from campaigns.services.users import create_user
-from campaigns.validation import parse_campaign
-
-SUFFIX = os.getpid()
-TEMPLATE_DB = f"disparo_test_template_{SUFFIX}"
-TEST_DB = f"disparo_test_{SUFFIX}"
-PASSWORD = "correct horse battery"
-PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
-
-
-def url_for_database(server_url: str, name: str) -> str:
-    parts = urlsplit(server_url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def admin_execute(server_url: str, *statements: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
-
-
-def make_app(url: str, **overrides: object) -> Flask:
-    config = {
-        "TESTING": True,
-        "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url),
-        "WTF_CSRF_ENABLED": False,
-        "SERVER_NAME": None,
-        # Hashing is not what most tests test, and scrypt would be 40 % of the suite's time.
-        "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
-    }
-    config.update(overrides)
-    return create_app(config)
-
-
-def migrate_to(url: str, revision: str = "head") -> None:
-    from flask_migrate import upgrade
-
-    app = make_app(url)
-    with app.app_context():
-        upgrade(revision=revision)
-        db.engine.dispose()
+from tests.helpers import (
+    PASSWORD,
+    PROCRASTINATE,
+    SUFFIX,
+    TEMPLATE_DB,
+    TEST_DB,
+    FakeProvider,
+    admin_execute,
+    demo_campaign,
+    lift_limits,
+    login,
+    make_app,
+    migrate_to,
+    serving,
+    url_for_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -118,23 +81,6 @@ def empty_database_url(server_url: str) -> Iterator[str]:
         server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )
     yield url_for_database(server_url, name)
-    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@contextmanager
-def scratch_app(
-    server_url: str, template_database: str, name: str, **config: Any
-) -> Iterator[Flask]:
-    """An app on its own clone of the template, for a module whose tests share one database."""
-    admin_execute(
-        server_url,
-        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        f"CREATE DATABASE {name} TEMPLATE {template_database}",
-    )
-    application = make_app(url_for_database(server_url, name), **config)
-    with application.app_context():
-        yield application
-        db.engine.dispose()
     admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -198,10 +144,6 @@ def user_factory(app: Flask) -> Callable[..., User]:
     return make
 
 
-def login(client: FlaskClient, user: User, password: str = PASSWORD):
-    return client.post("/login", data={"email": user.email, "password": password})
-
-
 @pytest.fixture
 def login_as(client: FlaskClient, user_factory) -> Callable[[Role], User]:
     def sign_in(role: Role = Role.VIEWER) -> User:
@@ -213,38 +155,12 @@ def login_as(client: FlaskClient, user_factory) -> Callable[[Role], User]:
     return sign_in
 
 
-@contextmanager
-def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
-    """Serve a WSGI app on a free local port in a thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    # A short poll interval: shutdown() waits for the loop to notice (0.5 s by default).
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The test app on a real socket (its mock ERP becomes the ERP it talks to)."""
     with serving(app) as base:
         app.config["ERP_BASE_URL"] = f"{base}/mock/erp"
         yield base
-
-
-CSRF_INPUT = re.compile(rb'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_token_from(html: bytes) -> str:
-    match = CSRF_INPUT.search(html)
-    assert match, "page has no CSRF token"
-    return match.group(1).decode()
 
 
 @pytest.fixture
@@ -300,24 +216,6 @@ def start_worker(
             process.wait()
 
 
-# -- a campaign of 120 SP customers on the demo sender, limits lifted, for engine tests
-
-
-class FakeProvider:
-    """Answers sends from a script: a SendResult, or a SendError to raise."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-        self.script: list[object] = []
-
-    def send_template(self, *, to, template, params, callback_data):
-        self.calls.append((to, params))
-        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-
 @pytest.fixture
 def fake(monkeypatch):
     provider = FakeProvider()
@@ -330,38 +228,8 @@ def owner(user_factory):
     return user_factory(Role.SUPERVISOR)
 
 
-def demo_campaign(owner_id: int, size: int = 120, name: str = "Engine") -> Campaign:
-    """A draft on the demo sender and promo template for ``size`` SP customers of the mock ERP."""
-    seed_demo()
-    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
-    fields = parse_campaign(
-        {
-            "name": name,
-            "sender_id": default_sender().id,
-            "template_id": template.id,
-            "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
-            "variables": {
-                "first_name": {"field": "first_name"},
-                "discount": {"text": "10%"},
-                "city": {"field": "city"},
-                "coupon": {"text": "X1"},
-            },
-        },
-        template_variables_for(template.id),
-    )
-    return create_campaign(fields, owner_id)
-
-
-def lift_limits(owner: User) -> None:
-    """The demo sender's and the owner's limits out of the way (the limiter still runs)."""
-    seed_demo()
-    sender = default_sender()
-    sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
-    owner.campaign_rate_limit_per_minute = 600_000
-    db.session.commit()
-
-
 @pytest.fixture
 def campaign(app, owner, live_server) -> Campaign:
+    """A draft for 120 SP customers on the demo sender, its and its owner's limits lifted."""
     lift_limits(owner)
     return demo_campaign(owner.id)

@@ -8,7 +8,7 @@ from campaigns.auth import PUBLIC_ENDPOINTS, is_self_authenticated, requires
 from campaigns.config import load_settings
 from campaigns.models import LoginAttempt, Role, User
 from campaigns.views.auth import safe_next
-from tests.conftest import PASSWORD, csrf_token_from, login, make_app
+from tests.helpers import PASSWORD, csrf_token_from, login, make_app
 
 
 def test_pages_need_a_signed_in_user(client):

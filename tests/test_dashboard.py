@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -24,7 +22,7 @@ from campaigns.models import (
 from campaigns.queues import MAINTENANCE_QUEUE, MESSAGES_QUEUE
 from campaigns.services.demo import seed_demo
 from campaigns.services.templates import default_sender
-from tests.test_queue_monitor import defer_job, fail_job, register_worker, start_job
+from tests.helpers import defer_job, fail_job, register_worker, start_job
 
 HTMX = {"HX-Request": "true"}
 
@@ -78,20 +76,6 @@ def row_of(body: str, element_id: str) -> str:
 
 def cells(row: str) -> list[str]:
     return [re.sub(r"<[^>]+>|\s+", " ", c).strip() for c in re.findall(r"<td.*?</td>", row, re.S)]
-
-
-@contextmanager
-def counted_statements() -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", count)
 
 
 def test_the_list_shows_only_sending_paused_and_scheduled_campaigns(

@@ -57,7 +57,6 @@ def _serves(url: str) -> tuple[str, str, str, str]:
             "SELECT current_setting('data_directory'), current_user, current_database(),"
             " current_setting('default_transaction_read_only')"
         ).fetchone()
-    assert row is not None
     return row
 
 

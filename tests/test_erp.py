@@ -21,7 +21,7 @@ from campaigns.erp import (
     client_from_config,
     segment_query,
 )
-from tests.conftest import SUFFIX, scratch_app, serving
+from tests.helpers import SUFFIX, scratch_app, serving
 
 SMALL = 20_000
 SEGMENT = {"state": "RJ", "tags": ["vip", "b2b"], "opted_in_only": True}

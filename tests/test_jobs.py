@@ -4,27 +4,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app import db
 from jobs import tasks
-
-PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
-
-
-def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> object:
-    """Poll until condition() is truthy; a deadline, not a performance assertion."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {seconds} s")
+from tests.helpers import PROCRASTINATE, wait_for
 
 
 @pytest.fixture
@@ -53,7 +40,6 @@ def worker_process(database_url_for_test: str) -> Iterator[subprocess.Popen[str]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.stdout is not None
     process.stdout.close()
 
 
@@ -66,11 +52,11 @@ def _job_status(job_id: int) -> str | None:
 
 def test_a_job_makes_the_round_trip_through_a_real_worker(client, real_queue, worker_process):
     # The worker registers and heartbeats: /healthz turns healthy.
-    wait_for(lambda: client.get("/healthz").status_code == 200)
+    wait_for(lambda: client.get("/healthz").status_code == 200, 30, "the worker is live")
     assert client.get("/healthz").json["live_workers"] == 1
 
     job_id = tasks.ping.defer(token="round-trip")
-    wait_for(lambda: _job_status(job_id) in ("succeeded", "failed"))
+    wait_for(lambda: _job_status(job_id) in ("succeeded", "failed"), 30, "the ping job ended")
     assert _job_status(job_id) == "succeeded"
 
     # A graceful stop unregisters the worker, so health reports it gone at once.

@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 
 from app import db
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 APP_TABLES = {
     "users",

@@ -18,7 +18,7 @@ from campaigns import config
 from campaigns.auth import is_self_authenticated, required_role
 from campaigns.config import ConfigError
 from mocks import erp as mock_erp
-from tests.conftest import SUFFIX, make_app, scratch_app
+from tests.helpers import SUFFIX, make_app, scratch_app
 
 SMALL = 20_000
 KEYS = {

@@ -35,7 +35,7 @@ from mocks import tasks as mock_tasks
 from mocks import whatsapp as mock_whatsapp
 from mocks.models import MockWhatsAppMessage, MockWhatsAppWebhook
 from mocks.provider import MockProvider, mock_api_base_url
-from tests.conftest import serving
+from tests.helpers import serving
 
 PHONE_NUMBER_ID = "100000000000777"
 OTHER_PHONE_NUMBER_ID = "100000000000888"

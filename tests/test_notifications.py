@@ -15,8 +15,7 @@ from campaigns.models import Notification, Role, User
 from campaigns.services import NotFound
 from campaigns.services.notifications import mark_all_read, mark_read
 from campaigns.services.users import create_api_token
-from tests.conftest import csrf_token_from
-from tests.test_dashboard import counted_statements
+from tests.helpers import counted_statements, csrf_token_from
 
 
 @pytest.fixture

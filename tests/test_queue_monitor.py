@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -18,61 +17,19 @@ from campaigns.models import (
 )
 from campaigns.queues import (
     MAINTENANCE_QUEUE,
-    MESSAGES_QUEUE,
     PUMP_TASK,
     SEND_TASK,
     SENDER_QUEUE,
 )
-from tests.conftest import PASSWORD, csrf_token_from, make_app
-
-# Jobs are written with Procrastinate's own SQL, as the app and the worker do:
-# queues.defer (procrastinate_defer_jobs_v1) to defer, the fetch's UPDATE to
-# start one, procrastinate_finish_job_v1 to end it. The status triggers record
-# the events the monitor reads its times from.
-
-
-def defer_job(
-    task: str = SEND_TASK,
-    queue: str = MESSAGES_QUEUE,
-    args: dict | None = None,
-    at: datetime | None = None,
-    queueing_lock: str | None = None,
-) -> int:
-    queues.defer(db.session, task, queue, [args or {}], [at], queueing_lock)
-    job_id = db.session.execute(db.text("SELECT max(id) FROM procrastinate_jobs")).scalar_one()
-    db.session.commit()
-    return job_id
-
-
-def register_worker(seconds_since_heartbeat: int = 0) -> int:
-    worker_id = db.session.execute(
-        db.text("SELECT worker_id FROM procrastinate_register_worker_v1()")
-    ).scalar_one()
-    db.session.execute(
-        db.text(
-            "UPDATE procrastinate_workers"
-            " SET last_heartbeat = now() - make_interval(secs => :s) WHERE id = :id"
-        ),
-        {"s": seconds_since_heartbeat, "id": worker_id},
-    )
-    db.session.commit()
-    return worker_id
-
-
-def start_job(job_id: int, worker_id: int | None) -> None:
-    """What procrastinate_fetch_job_v2 does to the job it picks."""
-    db.session.execute(
-        db.text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :id"),
-        {"w": worker_id, "id": job_id},
-    )
-    db.session.commit()
-
-
-def fail_job(job_id: int) -> None:
-    db.session.execute(
-        db.text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)"), {"id": job_id}
-    )
-    db.session.commit()
+from tests.helpers import (
+    PASSWORD,
+    csrf_token_from,
+    defer_job,
+    fail_job,
+    make_app,
+    register_worker,
+    start_job,
+)
 
 
 def failed_job(**kwargs) -> int:

@@ -24,8 +24,7 @@ from campaigns.models import (
 from campaigns.providers.errors import ErrorKind, explain, is_retryable, stored_kind
 from campaigns.services import Conflict
 from campaigns.services.campaigns import retry_failed
-from tests.conftest import demo_campaign
-from tests.test_sending import assert_counters_match_rows, jobs
+from tests.helpers import assert_counters_match_rows, demo_campaign, jobs
 
 ROW_ID = re.compile(r'<tr id="message-(\d+)"')
 _refs = count(1)

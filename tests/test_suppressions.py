@@ -1,3 +1,5 @@
+"""The opt-out list: its services first, then the pages and the JSON API over them."""
+
 from __future__ import annotations
 
 import io
@@ -49,9 +51,6 @@ def upload(client, text: str | bytes, filename: str = "optouts.csv"):
         data={"file": (io.BytesIO(data), filename)},
         content_type="multipart/form-data",
     )
-
-
-# --- services ----------------------------------------------------------------------
 
 
 def test_add_normalises_the_number(app, user_factory):
@@ -196,9 +195,6 @@ def test_list_searches_digits_and_pages_newest_first(app):
     ]
     assert queries.list_suppressions("STORE", 1).total == 1  # no digits: the reason
     assert queries.list_suppressions("5599", 1).total == 0
-
-
-# --- pages -------------------------------------------------------------------------
 
 
 def test_supervisor_adds_a_number_from_the_page(client, supervisor):
@@ -347,9 +343,6 @@ def test_signed_out_users_go_to_the_login_page(client):
     response = client.get("/suppressions/")
     assert response.status_code == 302
     assert "/login" in response.headers["Location"]
-
-
-# --- JSON API ----------------------------------------------------------------------
 
 
 def test_api_contract(client, token_for):

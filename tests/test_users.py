@@ -7,7 +7,7 @@ import pytest
 from app import db
 from campaigns.models import ApiToken, Role, User
 from campaigns.services.users import create_api_token, user_for_token
-from tests.conftest import login
+from tests.helpers import login
 
 
 @pytest.fixture

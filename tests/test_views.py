@@ -7,7 +7,7 @@ from flask import render_template_string
 from app import db
 from campaigns.models import Role
 from campaigns.services.demo import seed_demo
-from tests.conftest import demo_campaign
+from tests.helpers import demo_campaign
 
 
 class Forms(HTMLParser):

@@ -24,7 +24,7 @@ from campaigns.providers import cloud_api
 from campaigns.providers.base import SendError
 from campaigns.providers.cloud_api import CloudApiProvider
 from campaigns.providers.errors import ErrorKind
-from tests.conftest import serving
+from tests.helpers import serving
 
 TOKEN = "EAAG-secret-token-never-logged"
 PHONE_NUMBER_ID = "106540352242922"

@@ -1,0 +1,305 @@
+"""What test modules share besides fixtures (those live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from app import create_app, db
+from campaigns import counters, erp, phones, queues
+from campaigns.config import sqlalchemy_url
+from campaigns.models import Campaign, Message, MessageTemplate, User
+from campaigns.providers.base import SendResult
+from campaigns.queues import MESSAGES_QUEUE, SEND_TASK
+from campaigns.services.campaigns import create_campaign, template_variables_for
+from campaigns.services.demo import seed_demo
+from campaigns.services.templates import default_sender
+from campaigns.validation import parse_campaign
+
+SUFFIX = os.getpid()
+TEMPLATE_DB = f"disparo_test_template_{SUFFIX}"
+TEST_DB = f"disparo_test_{SUFFIX}"
+PASSWORD = "correct horse battery"
+PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
+
+
+def url_for_database(server_url: str, name: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def admin_execute(server_url: str, *statements: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def make_app(url: str, **overrides: object) -> Flask:
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url),
+        "WTF_CSRF_ENABLED": False,
+        "SERVER_NAME": None,
+        # Hashing is not what most tests test, and scrypt would be 40 % of the suite's time.
+        "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+    }
+    config.update(overrides)
+    return create_app(config)
+
+
+def migrate_to(url: str, revision: str = "head") -> None:
+    from flask_migrate import upgrade
+
+    app = make_app(url)
+    with app.app_context():
+        upgrade(revision=revision)
+        db.engine.dispose()
+
+
+@contextmanager
+def scratch_app(
+    server_url: str, template_database: str, name: str, **config: Any
+) -> Iterator[Flask]:
+    """An app on its own clone of the template, for a module whose tests share one database."""
+    admin_execute(
+        server_url,
+        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        f"CREATE DATABASE {name} TEMPLATE {template_database}",
+    )
+    application = make_app(url_for_database(server_url, name), **config)
+    with application.app_context():
+        yield application
+        db.engine.dispose()
+    admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def login(client: FlaskClient, user: User, password: str = PASSWORD):
+    return client.post("/login", data={"email": user.email, "password": password})
+
+
+CSRF_INPUT = re.compile(rb'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token_from(html: bytes) -> str:
+    match = CSRF_INPUT.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1).decode()
+
+
+@contextmanager
+def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
+    """Serve a WSGI app on a free local port in a thread; yield its base URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    # A short poll interval: shutdown() waits for the loop to notice (0.5 s by default).
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+class FakeProvider:
+    """Answers sends from a script: a SendResult, or a SendError to raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.script: list[object] = []
+
+    def send_template(self, *, to, template, params, callback_data):
+        self.calls.append((to, params))
+        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def demo_campaign(owner_id: int, size: int = 120, name: str = "Engine") -> Campaign:
+    """A draft on the demo sender and promo template for ``size`` SP customers of the mock ERP."""
+    seed_demo()
+    template = db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+    fields = parse_campaign(
+        {
+            "name": name,
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "max_audience": size, "opted_in_only": False},
+            "variables": {
+                "first_name": {"field": "first_name"},
+                "discount": {"text": "10%"},
+                "city": {"field": "city"},
+                "coupon": {"text": "X1"},
+            },
+        },
+        template_variables_for(template.id),
+    )
+    return create_campaign(fields, owner_id)
+
+
+def lift_limits(owner: User) -> None:
+    """The demo sender's and the owner's limits out of the way (the limiter still runs)."""
+    seed_demo()
+    sender = default_sender()
+    sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
+    owner.campaign_rate_limit_per_minute = 600_000
+    db.session.commit()
+
+
+def audience_numbers(app, campaign: Campaign) -> list[str | None]:
+    """The campaign's customers' numbers as the fan-out reads them (None: not a number)."""
+    with erp.client_from_config(app.config) as client:
+        customers = [
+            c for page, _ in client.iter_customers(campaign.segment) for c in page.customers
+        ]
+    return [phones.normalise(c.get("phone"), app.config["PHONE_DEFAULT_REGION"]) for c in customers]
+
+
+def jobs(task: str) -> list[dict]:
+    rows = db.session.execute(
+        sa.text(
+            "SELECT args, scheduled_at, queue_name, status::text AS status FROM procrastinate_jobs"
+            " WHERE task_name = :t ORDER BY id"
+        ),
+        {"t": task},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# Jobs are written with Procrastinate's own SQL, as the app and the worker do:
+# queues.defer (procrastinate_defer_jobs_v1) to defer, the fetch's UPDATE to
+# start one, procrastinate_finish_job_v1 to end it. The status triggers record
+# the events the queue monitor reads its times from.
+
+
+def defer_job(
+    task: str = SEND_TASK,
+    queue: str = MESSAGES_QUEUE,
+    args: dict | None = None,
+    at: datetime | None = None,
+    queueing_lock: str | None = None,
+) -> int:
+    queues.defer(db.session, task, queue, [args or {}], [at], queueing_lock)
+    job_id = db.session.execute(db.text("SELECT max(id) FROM procrastinate_jobs")).scalar_one()
+    db.session.commit()
+    return job_id
+
+
+def register_worker(seconds_since_heartbeat: int = 0) -> int:
+    worker_id = db.session.execute(
+        db.text("SELECT worker_id FROM procrastinate_register_worker_v1()")
+    ).scalar_one()
+    db.session.execute(
+        db.text(
+            "UPDATE procrastinate_workers"
+            " SET last_heartbeat = now() - make_interval(secs => :s) WHERE id = :id"
+        ),
+        {"s": seconds_since_heartbeat, "id": worker_id},
+    )
+    db.session.commit()
+    return worker_id
+
+
+def start_job(job_id: int, worker_id: int | None) -> None:
+    """What procrastinate_fetch_job_v2 does to the job it picks."""
+    db.session.execute(
+        db.text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :id"),
+        {"w": worker_id, "id": job_id},
+    )
+    db.session.commit()
+
+
+def fail_job(job_id: int) -> None:
+    db.session.execute(
+        db.text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)"), {"id": job_id}
+    )
+    db.session.commit()
+
+
+def message_counts(campaign_id: int) -> dict[str, int]:
+    rows = db.session.execute(
+        sa.select(Message.status, sa.func.count())
+        .where(Message.campaign_id == campaign_id)
+        .group_by(Message.status)
+    ).all()
+    return {status.value: n for status, n in rows}
+
+
+def assert_counters_match_rows(campaign_id: int) -> None:
+    # One snapshot for both reads: workers and webhooks may still be committing
+    # (rows and counters change together, but two READ COMMITTED reads could
+    # straddle a commit).
+    db.session.rollback()
+    db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    totals = counters.totals(db.session, campaign_id)
+    rows = message_counts(campaign_id)
+    db.session.rollback()
+    assert totals["total"] == sum(rows.values())
+    for name in ("pending", "queued", "sending", "retrying", "failed", "skipped", "cancelled"):
+        assert totals[name] == rows.get(name, 0), name
+    assert totals["read"] == rows.get("read", 0)
+    assert totals["delivered"] == rows.get("delivered", 0) + rows.get("read", 0)
+    assert totals["sent"] == rows.get("sent", 0) + rows.get("delivered", 0) + rows.get("read", 0)
+
+
+def wait_for(
+    condition: Callable[[], object], seconds: float = 90.0, what: str = "", *, explain: bool = True
+) -> object:
+    """Poll until condition() is truthy, and return its value: a deadline, not a performance
+    assertion. Each poll starts a fresh transaction, to see what other processes committed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        db.session.rollback()
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"not within {seconds} s: {what}" + (f"; {_state()}" if explain else ""))
+
+
+def _state() -> str:
+    """What the campaigns and jobs look like, to explain a missed deadline."""
+    campaigns = db.session.execute(
+        sa.select(Campaign.id, Campaign.status, Campaign.status_reason)
+    ).all()
+    queued = db.session.execute(
+        sa.text(
+            "SELECT task_name, status::text, count(*) FROM procrastinate_jobs"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ).all()
+    messages = {c.id: message_counts(c.id) for c in campaigns}
+    return f"campaigns={campaigns} messages={messages} jobs={queued}"
+
+
+@contextmanager
+def counted_statements() -> Iterator[list[str]]:
+    """Every SQL statement the app's engine runs inside the block."""
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)

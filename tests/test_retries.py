@@ -1,0 +1,190 @@
+"""How many times a job runs and how long it waits in between: the source documents' counts.
+
+"N attempts" in the documents are N runs; Procrastinate's ``max_attempts`` counts
+retries. The tests ask each task what the worker asks it when a run raises
+(``Task.get_retry_exception``, procrastinate/worker.py), run after run, and drive the
+message, notification and fan-out tasks' own code through that loop in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+import requests
+import sqlalchemy as sa
+from procrastinate import JobContext, utils
+from procrastinate.jobs import Job
+from procrastinate.tasks import Task
+from werkzeug.wrappers import Response
+
+import jobs
+from app import db
+from campaigns import erp, fanout, pump, queues, sending
+from campaigns.models import CampaignStatus, Message, MessageStatus, Notification
+from campaigns.providers.base import SendError
+from campaigns.providers.errors import ErrorKind
+from campaigns.services.campaigns import send_campaign_now
+from jobs import tasks
+from tests.helpers import jobs as queued_jobs
+from tests.helpers import serving
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+GIVE_UP_BY = 20  # more runs than any task gets: a strategy without a limit is caught
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """Procrastinate's clock at NOW, so a retry's time less NOW is its wait exactly."""
+    monkeypatch.setattr(utils, "utcnow", lambda: NOW)
+
+
+def job_of(task: Task, attempts: int) -> Job:
+    return Job(
+        id=1,
+        queue=task.queue,
+        lock=None,
+        queueing_lock=None,
+        task_name=task.name,
+        attempts=attempts,
+    )
+
+
+def runs_and_waits(task: Task, error: Exception) -> tuple[int, list[float]]:
+    """Runs of a job whose every run raises ``error``, and the waits before each retry."""
+    waits = []
+    for attempts in range(GIVE_UP_BY):
+        retry = task.get_retry_exception(exception=error, job=job_of(task, attempts))
+        if retry is None:
+            return attempts + 1, waits
+        decision = retry.retry_decision
+        assert decision.queue is None  # retried on its own queue
+        waits.append((decision.retry_at - NOW).total_seconds())
+    raise AssertionError(f"{task.name} still retries after {GIVE_UP_BY} runs")
+
+
+@pytest.mark.parametrize(
+    ("task", "queue", "error", "runs", "waits"),
+    [
+        (tasks.send_message, "campaign-messages", sending.Transient("busy"), 3, [2, 4]),
+        (tasks.retry_message, "message-retry", sending.Transient("busy"), 5, [3, 9, 27, 81]),
+        (
+            tasks.notify,
+            "campaign-notifications",
+            requests.HTTPError("503 Server Error"),
+            2,
+            [30],
+        ),
+        (tasks.fan_out, "campaign-sender", erp.ErpError("ERP down", 503), 3, [10, 100]),
+    ],
+    ids=["message", "message-retry", "notification", "fan-out"],
+)
+def test_runs_and_waits_of_a_job_that_keeps_failing(frozen_clock, task, queue, error, runs, waits):
+    assert task.queue == queue
+    assert runs_and_waits(task, error) == (runs, waits)
+
+
+@pytest.mark.parametrize("task", [tasks.send_message, tasks.retry_message])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("a bug"),
+        sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        SendError("Message undeliverable", ErrorKind.PERMANENT, code=131026),
+    ],
+    ids=["bug", "database", "send-error"],
+)
+def test_a_message_job_retries_only_a_transient_send_error(task, error):
+    """A message job that fails on anything else fails at once: reconcile settles its message."""
+    assert task.get_retry_exception(exception=error, job=job_of(task, 0)) is None
+
+
+def test_a_fan_out_retries_only_an_erp_error():
+    error = RuntimeError("a bug")
+    assert tasks.fan_out.get_retry_exception(exception=error, job=job_of(tasks.fan_out, 0)) is None
+
+
+@pytest.mark.parametrize(
+    "error", [requests.ConnectionError("refused"), RuntimeError("a bug")], ids=["http", "bug"]
+)
+def test_a_notification_retries_whatever_failed(error):
+    """Its second run only posts the webhook again (the in-app notice is written once)."""
+    assert tasks.notify.get_retry_exception(exception=error, job=job_of(tasks.notify, 0))
+
+
+def run_as_the_worker(task: Task, **kwargs) -> tuple[int, str]:
+    """Run a job the way a worker does, retrying it at once while its strategy says so.
+
+    Returns how many runs it took and how the job ended (``succeeded`` or ``failed``).
+    """
+    for attempts in range(GIVE_UP_BY):
+        job = job_of(task, attempts)
+        context = JobContext(
+            app=jobs.app, job=job, start_timestamp=time.time(), abort_reason=lambda: None
+        )
+        try:
+            task(context, **kwargs)
+        except Exception as error:
+            if task.get_retry_exception(exception=error, job=job) is None:
+                return attempts + 1, "failed"
+        else:
+            return attempts + 1, "succeeded"
+    raise AssertionError(f"{task.name} still retries after {GIVE_UP_BY} runs")
+
+
+def test_a_message_that_always_fails_transiently_is_tried_3_then_5_times(app, campaign, fake):
+    send_campaign_now(campaign.id, campaign.owner_id)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    message_id = queued_jobs(queues.SEND_TASK)[0]["args"]["message_id"]
+    fake.script = [SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)] * GIVE_UP_BY
+
+    # The third run on campaign-messages hands the message over instead of raising.
+    assert run_as_the_worker(tasks.send_message, message_id=message_id) == (3, "succeeded")
+    message = db.session.get(Message, message_id, populate_existing=True)
+    assert (message.status, message.attempts) == (MessageStatus.RETRYING, 3)
+    assert [j["args"] for j in queued_jobs(queues.RETRY_TASK)] == [{"message_id": message_id}]
+
+    # The fifth on message-retry fails the message.
+    assert run_as_the_worker(tasks.retry_message, message_id=message_id) == (5, "succeeded")
+    message = db.session.get(Message, message_id, populate_existing=True)
+    assert (message.status, message.attempts) == (MessageStatus.FAILED, 8)
+    assert len(fake.calls) == 8
+
+
+class Refusing:
+    """A server that answers every request 503, and counts them."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def __call__(self, environ, start_response):
+        self.paths.append(environ["PATH_INFO"])
+        return Response("down", status=503)(environ, start_response)
+
+
+def test_a_notification_whose_webhook_keeps_failing_is_posted_twice(app, campaign):
+    server = Refusing()
+    with serving(server) as base:
+        app.config["NOTIFICATION_WEBHOOK_URL"] = f"{base}/hook"
+        ended = run_as_the_worker(tasks.notify, campaign_id=campaign.id, kind="started")
+    assert ended == (2, "failed")
+    assert server.paths == ["/hook", "/hook"]
+    notices = db.session.scalars(
+        sa.select(Notification).where(Notification.campaign_id == campaign.id)
+    ).all()
+    assert [notice.kind for notice in notices] == ["started"]  # the in-app one, once
+
+
+def test_a_fan_out_whose_erp_stays_down_runs_3_times_then_fails_the_campaign(app, campaign):
+    server = Refusing()
+    with serving(server) as base:
+        app.config["ERP_BASE_URL"] = base
+        send_campaign_now(campaign.id, campaign.owner_id)
+        # The third run fails the campaign instead of raising.
+        ended = run_as_the_worker(tasks.fan_out, campaign_id=campaign.id)
+    assert ended == (3, "succeeded")
+    assert len(server.paths) == 3
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.FAILED

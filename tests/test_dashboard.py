@@ -22,7 +22,7 @@ from campaigns.models import (
 from campaigns.queues import MAINTENANCE_QUEUE, MESSAGES_QUEUE
 from campaigns.services.demo import seed_demo
 from campaigns.services.templates import default_sender
-from tests.helpers import defer_job, fail_job, register_worker, start_job
+from tests.helpers import counted_statements, defer_job, fail_job, register_worker, start_job
 
 HTMX = {"HX-Request": "true"}
 

@@ -303,3 +303,12 @@ def counted_statements() -> Iterator[list[str]]:
         yield statements
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", count)
+
+
+def translate_one(app: Flask, text: str, translation: str) -> None:
+    """Have the app's templates show ``translation`` for ``text`` (every other text as is)."""
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda message: translation if message == text else message,
+        lambda singular, plural, n: singular if n == 1 else plural,
+        newstyle=True,
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.models import Role
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, translate_one
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -50,6 +50,15 @@ def page() -> Iterator[object]:
         page.set_default_timeout(15_000)
         yield page
         browser.close()
+
+
+def sign_in(page, live_server: str, user) -> None:
+    """Sign in through the form, as a person does, and land on the dashboard."""
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('Dashboard')")
 
 
 def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_factory):
@@ -95,11 +104,7 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     # The page's timers on a clock the test can run ahead (it flows as usual until then).
     page.clock.install()
 
-    page.goto(f"{live_server}/login")
-    page.fill("input[name=email]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("h1:has-text('Dashboard')")
+    sign_in(page, live_server, user)
 
     page.goto(f"{live_server}/campaigns/new")
     page.fill("input[name=name]", "Browser run")
@@ -159,11 +164,7 @@ def test_a_question_with_an_apostrophe_is_asked_before_posting(
     app.config["WTF_CSRF_ENABLED"] = True
     question = "Revoke this token? Scripts using it stop working."
     translated = "Revoke this token? Scripts using it won't work anymore."
-    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        lambda text: translated if text == question else text,
-        lambda singular, plural, n: singular if n == 1 else plural,
-        newstyle=True,
-    )
+    translate_one(app, question, translated)
     user = user_factory(Role.VIEWER)
     create_api_token(user.id, "ERP sync")
     errors: list[str] = []
@@ -171,11 +172,7 @@ def test_a_question_with_an_apostrophe_is_asked_before_posting(
     posts: list[str] = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
 
-    page.goto(f"{live_server}/login")
-    page.fill("input[name=email]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("h1:has-text('Dashboard')")
+    sign_in(page, live_server, user)
     page.goto(f"{live_server}/me/tokens")
     posts.clear()
 
@@ -217,11 +214,7 @@ def test_notifications_are_marked_read_in_place_and_the_badge_follows(
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
-    page.goto(f"{live_server}/login")
-    page.fill("input[name=email]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("h1:has-text('Dashboard')")
+    sign_in(page, live_server, user)
     badge = page.locator("nav #nav-unread")
     assert badge.inner_text().split() == ["3", "3", "unread", "notifications"]
     assert page.locator("#dashboard-notifications li.unread").count() == 3

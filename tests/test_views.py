@@ -7,7 +7,7 @@ from flask import render_template_string
 from app import db
 from campaigns.models import Role
 from campaigns.services.demo import seed_demo
-from tests.helpers import demo_campaign
+from tests.helpers import demo_campaign, translate_one
 
 
 class Forms(HTMLParser):
@@ -83,11 +83,7 @@ def test_a_translated_question_with_an_apostrophe_is_asked_through_hx_confirm(
     campaign = demo_campaign(user.id)
     question = "Cancel this campaign? Messages not yet sent will not be sent."
     translated = "Cancelar a campanha d'Ouro? O que não saiu não sai mais."
-    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        lambda text: translated if text == question else text,
-        lambda singular, plural, n: singular if n == 1 else plural,
-        newstyle=True,
-    )
+    translate_one(app, question, translated)
     page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
     forms = Forms(page)
     cancel = forms.by_action[f"/campaigns/{campaign.id}/cancel"]

@@ -978,10 +978,7 @@ def profile(ctx: Context) -> dict[str, Any]:
     from campaigns import erp, pump, sending
     from campaigns import fanout as fan_out_stage
     from campaigns.models import Message, MessageStatus
-    from campaigns.services.campaigns import (
-        create_campaign,
-        send_campaign_now,
-    )
+    from campaigns.services.campaigns import send_campaign_now
 
     args = ctx.args
     recipients = args.profile_recipients

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from campaigns import phones
 from campaigns.phones import is_known_region, normalise
 
 
@@ -189,3 +190,18 @@ def test_known_regions():
     assert is_known_region("US")
     assert not is_known_region("ZZ")
     assert not is_known_region("br")
+
+
+def test_the_brazilian_shortcut_reads_numbers_as_parse_does(monkeypatch):
+    """Every shape the shortcut takes, read with and without it: the same answer."""
+    rng = random.Random(4321)
+    samples = []
+    for _ in range(3000):
+        national = str(rng.randint(10, 99)) + "".join(
+            rng.choices("0123456789", k=rng.choice([8, 9]))
+        )
+        samples += [national, "+55" + national, "0" + national, "90" + national[:10]]
+    with_shortcut = [normalise(raw) for raw in samples]
+    monkeypatch.setattr(phones, "_brazilian_without_prefix", lambda text, region: None)
+    assert with_shortcut == [normalise(raw) for raw in samples]
+    assert sum(n is not None for n in with_shortcut) > 3000  # valid ones were among them

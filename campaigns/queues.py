@@ -33,7 +33,6 @@ from app import AnySession, db
 
 logger = logging.getLogger(__name__)
 
-
 MESSAGES_QUEUE = "campaign-messages"  # concurrency 5, 3 attempts, exponential backoff
 NOTIFICATIONS_QUEUE = "campaign-notifications"  # concurrency 3, 2 attempts
 RETRY_QUEUE = "message-retry"  # concurrency 3, 5 attempts, exponential
@@ -50,74 +49,6 @@ TEMPLATE_SYNC_TASK = "templates.sync"
 
 # A worker whose heartbeat is older than this counts as gone (/healthz, the dashboard).
 WORKER_HEARTBEAT_SECONDS = 30
-
-# The monitor shows these even while empty, in the pipeline's order; others follow by name.
-KNOWN_QUEUES = (
-    SCHEDULER_QUEUE,
-    SENDER_QUEUE,
-    MESSAGES_QUEUE,
-    RETRY_QUEUE,
-    NOTIFICATIONS_QUEUE,
-    MAINTENANCE_QUEUE,
-)
-# 'aborting' is left out: Procrastinate has not used it since 3.0.
-JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
-JOBS_PER_PAGE = 50
-
-QUEUE_COUNTS = sa.text(
-    "-- jobs per queue and status, and how many of the waiting ones are due now\n"
-    "SELECT queue_name,"
-    + ",".join(f" count(*) FILTER (WHERE status = '{s}') AS {s}" for s in JOB_STATUSES)
-    + ", count(*) FILTER (WHERE status = 'todo'"
-    " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS due"
-    " FROM procrastinate_jobs GROUP BY queue_name"
-)
-
-WORKERS = sa.text(
-    "-- every registered worker, the age of its heartbeat, and the jobs it is running\n"
-    "SELECT w.id, w.last_heartbeat,"
-    " extract(epoch FROM now() - w.last_heartbeat) AS seconds_since_heartbeat,"
-    " count(j.id) AS running"
-    " FROM procrastinate_workers AS w"
-    " LEFT JOIN procrastinate_jobs AS j ON j.worker_id = w.id AND j.status = 'doing'"
-    " GROUP BY w.id ORDER BY w.id"
-)
-
-# A job's times live in its events: when it was deferred, last started, and ended
-# (a retried job's earlier end is not its end).
-_JOB_COLUMNS = (
-    "SELECT j.id, j.queue_name, j.task_name, CAST(j.status AS text) AS status, j.attempts,"
-    " j.args, j.lock, j.queueing_lock, j.scheduled_at, j.worker_id,"
-    " e.deferred_at, e.started_at,"
-    " CASE WHEN j.status NOT IN ('todo', 'doing') THEN e.finished_at END AS finished_at"
-    " FROM procrastinate_jobs AS j"
-    " LEFT JOIN LATERAL (SELECT"
-    "   min(at) FILTER (WHERE type = 'deferred') AS deferred_at,"
-    "   max(at) FILTER (WHERE type = 'started') AS started_at,"
-    "   max(at) FILTER (WHERE type IN ('succeeded', 'failed', 'cancelled', 'aborted'))"
-    "     AS finished_at"
-    "   FROM procrastinate_events WHERE job_id = j.id) AS e ON true"
-)
-
-STALLED_JOBS = sa.text(
-    "-- running jobs whose worker is gone or silent: Procrastinate's own stalled-job rule\n"
-    + _JOB_COLUMNS
-    + " LEFT JOIN procrastinate_workers AS w ON w.id = j.worker_id"
-    " WHERE j.status = 'doing'"
-    " AND (j.worker_id IS NULL"
-    "      OR w.last_heartbeat < now() - make_interval(secs => :seconds_since_heartbeat))"
-    " ORDER BY j.id"
-)
-
-LIST_JOBS = sa.text(
-    "-- one page of jobs, newest first, by queue and status; ids below :before_id\n"
-    + _JOB_COLUMNS
-    + " WHERE (CAST(:queue AS varchar) IS NULL OR j.queue_name = :queue)"
-    " AND (CAST(:status AS procrastinate_job_status) IS NULL"
-    "      OR j.status = CAST(:status AS procrastinate_job_status))"
-    " AND (CAST(:before_id AS bigint) IS NULL OR j.id < :before_id)"
-    " ORDER BY j.id DESC LIMIT :limit"
-)
 
 DEFER_JOBS = sa.text(
     "-- insert jobs in the caller's transaction (NOTIFY fires at its commit)\n"
@@ -281,6 +212,75 @@ def has_queue_schema(session: AnySession) -> bool:
 def live_workers(session: AnySession) -> int:
     """Workers whose heartbeat is younger than WORKER_HEARTBEAT_SECONDS."""
     return int(session.execute(LIVE_WORKERS, {"seconds": WORKER_HEARTBEAT_SECONDS}).scalar_one())
+
+
+# The monitor shows these even while empty, in the pipeline's order; others follow by name.
+KNOWN_QUEUES = (
+    SCHEDULER_QUEUE,
+    SENDER_QUEUE,
+    MESSAGES_QUEUE,
+    RETRY_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    MAINTENANCE_QUEUE,
+)
+# 'aborting' is left out: Procrastinate has not used it since 3.0.
+JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
+JOBS_PER_PAGE = 50
+
+QUEUE_COUNTS = sa.text(
+    "-- jobs per queue and status, and how many of the waiting ones are due now\n"
+    "SELECT queue_name,"
+    + ",".join(f" count(*) FILTER (WHERE status = '{s}') AS {s}" for s in JOB_STATUSES)
+    + ", count(*) FILTER (WHERE status = 'todo'"
+    " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS due"
+    " FROM procrastinate_jobs GROUP BY queue_name"
+)
+
+WORKERS = sa.text(
+    "-- every registered worker, the age of its heartbeat, and the jobs it is running\n"
+    "SELECT w.id, w.last_heartbeat,"
+    " extract(epoch FROM now() - w.last_heartbeat) AS seconds_since_heartbeat,"
+    " count(j.id) AS running"
+    " FROM procrastinate_workers AS w"
+    " LEFT JOIN procrastinate_jobs AS j ON j.worker_id = w.id AND j.status = 'doing'"
+    " GROUP BY w.id ORDER BY w.id"
+)
+
+# A job's times live in its events: when it was deferred, last started, and ended
+# (a retried job's earlier end is not its end).
+_JOB_COLUMNS = (
+    "SELECT j.id, j.queue_name, j.task_name, CAST(j.status AS text) AS status, j.attempts,"
+    " j.args, j.lock, j.queueing_lock, j.scheduled_at, j.worker_id,"
+    " e.deferred_at, e.started_at,"
+    " CASE WHEN j.status NOT IN ('todo', 'doing') THEN e.finished_at END AS finished_at"
+    " FROM procrastinate_jobs AS j"
+    " LEFT JOIN LATERAL (SELECT"
+    "   min(at) FILTER (WHERE type = 'deferred') AS deferred_at,"
+    "   max(at) FILTER (WHERE type = 'started') AS started_at,"
+    "   max(at) FILTER (WHERE type IN ('succeeded', 'failed', 'cancelled', 'aborted'))"
+    "     AS finished_at"
+    "   FROM procrastinate_events WHERE job_id = j.id) AS e ON true"
+)
+
+STALLED_JOBS = sa.text(
+    "-- running jobs whose worker is gone or silent: Procrastinate's own stalled-job rule\n"
+    + _JOB_COLUMNS
+    + " LEFT JOIN procrastinate_workers AS w ON w.id = j.worker_id"
+    " WHERE j.status = 'doing'"
+    " AND (j.worker_id IS NULL"
+    "      OR w.last_heartbeat < now() - make_interval(secs => :seconds_since_heartbeat))"
+    " ORDER BY j.id"
+)
+
+LIST_JOBS = sa.text(
+    "-- one page of jobs, newest first, by queue and status; ids below :before_id\n"
+    + _JOB_COLUMNS
+    + " WHERE (CAST(:queue AS varchar) IS NULL OR j.queue_name = :queue)"
+    " AND (CAST(:status AS procrastinate_job_status) IS NULL"
+    "      OR j.status = CAST(:status AS procrastinate_job_status))"
+    " AND (CAST(:before_id AS bigint) IS NULL OR j.id < :before_id)"
+    " ORDER BY j.id DESC LIMIT :limit"
+)
 
 
 def stalled_after_seconds() -> int:

@@ -8,6 +8,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from campaigns.htmx import is_htmx
 from campaigns.i18n import _
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def _render(code: int, message: str):
     if _wants_json():
         name = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(code, str(code))
         return jsonify(error={"code": name, "message": message}), code
+    if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
+        return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code
 
 

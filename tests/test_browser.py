@@ -240,3 +240,22 @@ def test_notifications_are_marked_read_in_place_and_the_badge_follows(
     page.goto(f"{live_server}/notifications/")
     page.screenshot(path=str(ARTIFACTS / "notifications-page.png"), full_page=True)
     assert errors == []
+
+
+def test_an_action_that_fails_says_so_where_the_user_is(app, live_server, page, user_factory):
+    """A confirmed button whose request fails (the job is gone meanwhile) says why, in place."""
+    from app import db
+    from tests.helpers import defer_job
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    admin = user_factory(Role.ADMIN)
+    job_id = defer_job()
+    sign_in(page, live_server, admin)
+    page.goto(f"{live_server}/admin/queue/?status=todo")
+    cancel = page.locator(f"form[action*='/jobs/{job_id}/cancel'] button")
+    db.session.execute(db.text("DELETE FROM procrastinate_jobs WHERE id = :id"), {"id": job_id})
+    db.session.commit()
+    page.on("dialog", lambda dialog: dialog.accept())
+    cancel.click()
+    page.wait_for_selector("#flashes .flash-error:has-text('There is nothing here.')")
+    assert page.url == f"{live_server}/admin/queue/?status=todo"  # the page stays

@@ -106,3 +106,18 @@ def test_post_button_escapes_the_question_into_its_attribute(app):
     form = Forms(html).by_action["/stop"]
     assert form["hx-confirm"] == question and form["hx-post"] == "/stop"
     assert "onclick" not in html
+
+
+def test_an_htmx_request_that_fails_answers_with_a_flash_not_a_page(client, login_as):
+    """base.html swaps any 4xx/5xx into the flash area: the answer is that flash alone."""
+    login_as(Role.ADMIN)
+    response = client.post("/admin/queue/jobs/999999/retry", headers={"HX-Request": "true"})
+    assert response.status_code == 404
+    body = response.get_data(as_text=True)
+    assert body.strip() == (
+        '<article class="flash flash-error" role="alert">There is nothing here.</article>'
+    )
+    plain = client.post("/admin/queue/jobs/999999/retry")
+    assert plain.status_code == 404 and "<html" in plain.get_data(as_text=True)
+    page = client.get("/").get_data(as_text=True)
+    assert '"target":"#flashes","swapOverride":"innerHTML"' in page

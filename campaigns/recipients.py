@@ -11,10 +11,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import counters
-from campaigns.models import (
-    Message,
-    MessageStatus,
-)
+from campaigns.models import Message, MessageStatus
 from campaigns.providers import errors
 from campaigns.queries import containing, enum_member
 

@@ -9,10 +9,7 @@ import sqlalchemy as sa
 from app import db
 from campaigns import message_states, queues
 from campaigns.i18n import _
-from campaigns.models import (
-    MessageStatus,
-    User,
-)
+from campaigns.models import MessageStatus, User
 from campaigns.services import Conflict, NotFound
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,7 @@ from flask import current_app
 from app import db
 from campaigns import providers
 from campaigns.i18n import _
-from campaigns.models import (
-    Provider,
-    Sender,
-)
+from campaigns.models import Provider, Sender
 from campaigns.services import NotFound, ServiceError
 from campaigns.validation import SENDER_SETTINGS, SenderFields
 

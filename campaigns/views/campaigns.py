@@ -30,12 +30,13 @@ from campaigns.i18n import _, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import get_progress, throughput_chart
 from campaigns.services import ServiceError
-from campaigns.services import campaigns as campaign_services
 from campaigns.services.campaigns import (
     RETRY_FAILED_STATUSES,
     allowed_actions,
+    audience_count,
     cancel_campaign,
     create_campaign,
+    dry_run,
     duplicate_campaign,
     pause_campaign,
     resume_campaign,
@@ -228,7 +229,7 @@ def campaign_audience() -> str:
         problem = next(iter(check.errors.values()))
     else:
         try:
-            count = campaign_services.audience_count(segment, current_app.config)
+            count = audience_count(segment, current_app.config)
         except erp.ErpError as error:
             problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
     return render_template("campaigns/_audience.html", count=count, problem=problem, initial=False)
@@ -293,7 +294,7 @@ def campaign_dry_run(campaign_id: int) -> str:
     limit = min(max(request.args.get("n", 10, type=int) or 10, 1), 100)
     rows, problem = [], None
     try:
-        rows = campaign_services.dry_run(campaign, current_app.config, limit)
+        rows = dry_run(campaign, current_app.config, limit)
     except erp.ErpError as error:
         problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
     return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)

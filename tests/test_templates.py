@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
 from app import db
+from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -16,8 +16,10 @@ from campaigns.models import (
 )
 from campaigns.providers.base import TemplateSubmission
 from campaigns.providers.cloud_api import CloudApiProvider
+from campaigns.queues import TEMPLATE_SYNC_TASK
 from campaigns.services.demo import seed_demo
 from campaigns.services.templates import default_sender, submit_template, sync_template_status
+from tests.helpers import jobs
 
 VALID = {
     "name": "promo_black_friday",
@@ -139,8 +141,8 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor):
     db.session.refresh(template)
     assert template.status is TemplateStatus.PENDING
     assert template.provider_template_id == f"mock-{template.id}"
-    [job] = _sync_jobs()
-    assert job.args == {"template_id": template.id}
+    [job] = jobs(TEMPLATE_SYNC_TASK)
+    assert job["args"] == {"template_id": template.id}
     # Submitting again is refused with the reason.
     client.post(f"/templates/{template.id}/submit")
     assert "Only draft or rejected" in client.get(f"/templates/{template.id}").get_data(
@@ -155,21 +157,10 @@ def test_submit_then_the_mock_approves(app, client, sender, supervisor):
     assert "hx-trigger" not in status.get_data(as_text=True)
 
 
-def _sync_jobs() -> list[sa.Row]:
-    """The template-sync jobs waiting in the queue (deferred with the submission)."""
-    return list(
-        db.session.execute(
-            sa.text(
-                "SELECT args, scheduled_at - now() AS due_in FROM procrastinate_jobs"
-                " WHERE task_name = 'templates.sync' AND status = 'todo'"
-            )
-        )
-    )
-
-
 def _sync_due_in() -> float:
-    [job] = _sync_jobs()
-    return job.due_in.total_seconds()
+    """Seconds until the template-sync job deferred with the submission is due."""
+    [job] = jobs(TEMPLATE_SYNC_TASK)
+    return (job["scheduled_at"] - database_now(db.session)).total_seconds()
 
 
 def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(app, sender, monkeypatch):

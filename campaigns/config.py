@@ -27,6 +27,8 @@ ENVIRONMENTS = ("production", "development")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 MOCK_ERP_MAX_CUSTOMERS = 9_999_999
+# Provider calls in flight per worker process at most (threads, pooled connections).
+MAX_CALLS_IN_FLIGHT = 1000
 
 
 class ConfigError(RuntimeError):
@@ -58,7 +60,7 @@ def _flag(name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be on or off, not {raw!r}")
 
 
-def _int_setting(name: str, default: int, minimum: int = 1) -> int:
+def _int_setting(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -68,6 +70,8 @@ def _int_setting(name: str, default: int, minimum: int = 1) -> int:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, not {value}")
     return value
 
 
@@ -169,6 +173,8 @@ class Settings:
     login_lockout_minutes: int
     stalled_worker_seconds: int
     sending_lease_seconds: int
+    calls_in_flight: int
+    throttle_deadline_minutes: int
     auto_pause_failure_rate: float
     auto_pause_min_outcomes: int
     opt_out_keywords: frozenset[str]
@@ -208,6 +214,8 @@ class Settings:
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
             "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
+            "WHATSAPP_CALLS_IN_FLIGHT": self.calls_in_flight,
+            "THROTTLE_DEADLINE_MINUTES": self.throttle_deadline_minutes,
             "AUTO_PAUSE_FAILURE_RATE": self.auto_pause_failure_rate,
             "AUTO_PAUSE_MIN_OUTCOMES": self.auto_pause_min_outcomes,
             "OPT_OUT_KEYWORDS": self.opt_out_keywords,
@@ -268,6 +276,11 @@ def load_settings() -> Settings:
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.
         stalled_worker_seconds=_int_setting("STALLED_WORKER_SECONDS", 120, minimum=15),
         sending_lease_seconds=_int_setting("SENDING_LEASE_SECONDS", 120),
+        # Provider calls a worker process keeps in flight, over as many pooled connections.
+        calls_in_flight=_int_setting(
+            "WHATSAPP_CALLS_IN_FLIGHT", 100, minimum=1, maximum=MAX_CALLS_IN_FLIGHT
+        ),
+        throttle_deadline_minutes=_int_setting("THROTTLE_DEADLINE_MINUTES", 30),
         # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
         auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),
         auto_pause_min_outcomes=_int_setting("AUTO_PAUSE_MIN_OUTCOMES", 20),

@@ -14,6 +14,7 @@ Three repairs, each safe to run at any time and on any number of workers at once
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -58,20 +59,29 @@ def retry_stuck_sending(lease_seconds: float) -> int:
     A status webhook would already have moved such a row on, so none came: we
     cannot know whether the call went out, and send again (at-least-once).
     """
-    stuck = db.session.scalars(
-        sa.select(Message.id)
+    stuck = db.session.execute(
+        sa.select(Message.id, Message.campaign_id)
         .where(
             Message.status == MessageStatus.SENDING,
             Message.sending_at < sa.func.now() - timedelta(seconds=lease_seconds),
         )
+        .order_by(Message.id)
         .with_for_update(skip_locked=True)
         .limit(STUCK_BATCH)
     ).all()
-    for message_id in stuck:
-        message_states.transition(
-            db.session, message_id, [MessageStatus.SENDING], MessageStatus.RETRYING
+    by_campaign: dict[int, list[int]] = defaultdict(list)
+    for message_id, campaign_id in stuck:
+        by_campaign[campaign_id].append(message_id)
+    text = _("Its worker stopped during the call; it is sent again (it may arrive twice).")
+    for campaign_id, ids in by_campaign.items():
+        moved = message_states.requeue(
+            db.session,
+            campaign_id,
+            [(message_id, None, text) for message_id in ids],
+            MessageStatus.RETRYING,
+            tries="reset",
         )
-        queues.defer_retry(db.session, message_id)
+        queues.defer_retries(db.session, campaign_id, moved)
     db.session.commit()
     if stuck:
         logger.warning("reconciled %d messages stuck in sending", len(stuck))

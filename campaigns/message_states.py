@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -74,8 +75,8 @@ def _check(sources: Iterable[MessageStatus | None], to: MessageStatus) -> None:
         raise ValueError(f"a message cannot go from {wrong} to {to}")
 
 
-def counter_deltas(old: MessageStatus | None, new: MessageStatus) -> Counter[str]:
-    """How the counters change when one message moves from ``old`` to ``new``."""
+def counter_deltas(old: MessageStatus | None, new: MessageStatus, count: int = 1) -> Counter[str]:
+    """How the counters change when ``count`` messages move from ``old`` to ``new``."""
     deltas: Counter[str] = Counter()
     if old is None:
         deltas["total"] += 1
@@ -93,6 +94,8 @@ def counter_deltas(old: MessageStatus | None, new: MessageStatus) -> Counter[str
             if level <= old_level:
                 deltas[name] -= 1
         deltas[new.value] += 1
+    if count != 1:
+        deltas = Counter({name: n * count for name, n in deltas.items()})
     return deltas
 
 
@@ -223,61 +226,146 @@ def queue_next(session: AnySession, campaign_id: int, limit: int) -> list[int]:
     return ids
 
 
-def _claim_statement(source: MessageStatus) -> sa.TextClause:
-    shard = counters.shard_update(counter_deltas(source, S.SENDING), "(SELECT campaign_id FROM m)")
-    return sa.text(
-        # -- claim a message for its call: `sending` with the attempt's time; counters follow
-        "WITH m AS (UPDATE messages SET status = 'sending', sending_at = now(),"
-        " attempts = attempts + 1, updated_at = now()"
-        f" WHERE id = :id AND status = '{source.value}' RETURNING campaign_id),"
-        f" c AS ({shard})"
-        " SELECT campaign_id FROM m"
-    )
-
-
-# One round trip and one new row version each, where moving, stamping and counting
-# separately cost four statements and two row versions (bench/README.md).
-CLAIM = {source: _claim_statement(source) for source in (S.QUEUED, S.RETRYING)}
-_SENT_COUNTERS = counters.shard_update(
-    counter_deltas(S.SENDING, S.SENT), "(SELECT campaign_id FROM m WHERE moved)"
+# -- the waiting messages of a batch, and whether each was ever called (a retry)
+WAITING = sa.text(
+    "SELECT id, attempts FROM messages WHERE id = ANY(CAST(:ids AS bigint[]))"
+    " AND campaign_id = :campaign_id AND status = CAST(:source AS message_status) ORDER BY id"
 )
+# -- claim a batch for its calls: `sending`, one more attempt and try, only while the
+# campaign is sending. FOR SHARE on the campaign row waits for a pause or cancel that
+# holds its lock and then sees its outcome, and holds either off until this commits:
+# a batch never claims a message whose campaign stopped before the claim.
+CLAIM = sa.text(
+    "WITH c AS (SELECT id FROM campaigns WHERE id = :campaign_id AND status = 'sending'"
+    " FOR SHARE)"
+    " UPDATE messages SET status = 'sending', sending_at = now(), attempts = attempts + 1,"
+    " tries = tries + 1, updated_at = now()"
+    " WHERE id = ANY(CAST(:ids AS bigint[])) AND campaign_id = (SELECT id FROM c)"
+    " AND status = CAST(:source AS message_status)"
+    " RETURNING id, phone, params, tries,"
+    " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for"
+)
+# -- the provider accepted these: `sent` unless a status webhook moved one on already
+# (never backwards); the ids that moved
 RECORD_SENT = sa.text(
-    # -- the provider accepted it: `sent` unless a status webhook moved it on already
-    # (never backwards); counters and this minute's stats follow only if it moved
-    "WITH old AS (SELECT id, status FROM messages WHERE id = :id FOR UPDATE),"
-    " m AS (UPDATE messages m SET provider_message_id = :wamid, sent_at = now(),"
-    " error_code = NULL, error_text = NULL, updated_at = now(),"
-    " status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
-    " FROM old WHERE m.id = old.id RETURNING m.campaign_id, old.status = 'sending' AS moved),"
-    f" c AS ({_SENT_COUNTERS}),"
-    " s AS ("
-    + counters.minute_upsert(
-        "SELECT campaign_id, date_trunc('minute', now()), :shard, 1, 0 FROM m WHERE moved"
-    )
-    + ") SELECT moved FROM m"
+    "WITH v AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:wamids AS text[]))"
+    "   AS v(id, wamid)),"
+    " old AS (SELECT m.id, m.status FROM messages AS m JOIN v ON v.id = m.id"
+    "   ORDER BY m.id FOR UPDATE OF m),"
+    " moved AS (UPDATE messages AS m SET provider_message_id = v.wamid, sent_at = now(),"
+    "   error_code = NULL, error_text = NULL, throttled_at = NULL, updated_at = now(),"
+    "   status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
+    "   FROM old JOIN v ON v.id = old.id WHERE m.id = old.id"
+    "   RETURNING m.id, old.status = 'sending' AS moved)"
+    " SELECT id FROM moved WHERE moved"
 )
+# How a message's try budget changes when a call's outcome sends it back to wait.
+TRIES_AFTER = {
+    "keep": "tries",  # a transient error: the try is spent
+    "refund": "greatest(tries - 1, 0)",  # throttled, or stopped by a pausing code: not its fault
+    "reset": "0",  # handed over to message-retry, which has tries of its own
+}
 
 
-def claim(session: AnySession, message_id: int, campaign_id: int, source: MessageStatus) -> bool:
-    """Claim a waiting (queued or retrying) message for its call: `sending`, one more attempt.
+@dataclass(frozen=True)
+class Claimed:
+    """A message claimed for its call: what the call needs, and its budget so far."""
 
-    False when it is no longer waiting (another job claimed it, the campaign moved it).
+    id: int
+    phone: str
+    params: dict[str, Any]
+    tries: int  # calls on its current queue, this one included
+    throttled_for: float | None  # seconds since WhatsApp first throttled it, if it did
+
+
+def waiting(
+    session: AnySession, campaign_id: int, ids: Sequence[int], source: MessageStatus
+) -> list[tuple[int, int]]:
+    """(id, attempts) of the batch's messages still waiting in ``source``, in id order."""
+    params = {"ids": list(ids), "campaign_id": campaign_id, "source": source.value}
+    return [(row.id, row.attempts) for row in session.execute(WAITING, params)]
+
+
+def claim(
+    session: AnySession, campaign_id: int, ids: Sequence[int], source: MessageStatus
+) -> list[Claimed]:
+    """Claim waiting (queued or retrying) messages for their calls, while the campaign sends.
+
+    The ones no longer waiting (another job claimed them, the campaign moved them)
+    are left out; none at all if the campaign is not sending.
     """
-    claimed = session.execute(
-        CLAIM[source], {"id": message_id, "shard": counters.random_shard()}
-    ).first()
-    if claimed is not None:
-        statelog.moved(message_id, campaign_id, source, S.SENDING)
-    return claimed is not None
+    if not ids:
+        return []
+    rows = session.execute(
+        CLAIM, {"ids": list(ids), "campaign_id": campaign_id, "source": source.value}
+    ).all()
+    claimed = [
+        Claimed(row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for)
+        for row in sorted(rows, key=lambda row: row.id)
+    ]
+    counters.apply(session, campaign_id, counter_deltas(source, S.SENDING, len(claimed)))
+    statelog.moved_each([c.id for c in claimed], campaign_id, source, S.SENDING)
+    return claimed
 
 
-def record_sent(session: AnySession, message_id: int, campaign_id: int, wamid: str) -> None:
-    """The provider accepted the message: its wamid, and `sent` unless a webhook got there first."""
-    moved = session.execute(
-        RECORD_SENT, {"id": message_id, "wamid": wamid, "shard": counters.random_shard()}
-    ).scalar()
-    if moved:  # else a status webhook got there first, and logged its own move
-        statelog.moved(message_id, campaign_id, S.SENDING, S.SENT)
+def record_sent(session: AnySession, campaign_id: int, sent: Sequence[tuple[int, str]]) -> None:
+    """The provider accepted these (id, wamid): `sent` unless a webhook got there first."""
+    if not sent:
+        return
+    moved = list(
+        session.execute(
+            RECORD_SENT, {"ids": [i for i, _ in sent], "wamids": [w for _, w in sent]}
+        ).scalars()
+    )
+    counters.apply(session, campaign_id, counter_deltas(S.SENDING, S.SENT, len(moved)))
+    counters.bump_minute(session, campaign_id, sent=len(moved))
+    # The others a status webhook moved on first, and logged its own move.
+    statelog.moved_each(moved, campaign_id, S.SENDING, S.SENT)
+
+
+def requeue(
+    session: AnySession,
+    campaign_id: int,
+    errors: Sequence[tuple[int, str | None, str]],
+    to: MessageStatus,
+    *,
+    tries: str = "keep",
+    throttled: bool = False,
+) -> list[int]:
+    """Messages whose call failed, (id, code, text), from `sending` back to waiting in ``to``.
+
+    The error stays on the message (operators see the last one); ``tries`` says what
+    happens to its try budget (:data:`TRIES_AFTER`); ``throttled`` stamps the first
+    throttle. Returns the ids moved (a webhook may have moved one on meanwhile).
+    """
+    _check([S.SENDING], to)
+    if not errors:
+        return []
+    throttle = "throttled_at = coalesce(throttled_at, now())," if throttled else ""
+    statement = sa.text(
+        # -- calls that failed: back to waiting, the error kept, the try budget adjusted
+        "UPDATE messages AS m SET status = CAST(:to AS message_status), error_code = v.code,"
+        f" error_text = v.text, tries = {TRIES_AFTER[tries]}, {throttle} updated_at = now()"
+        " FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS text[]), CAST(:texts AS text[]))"
+        "   AS v(id, code, text)"
+        " WHERE m.id = v.id AND m.status = 'sending' RETURNING m.id"
+    )
+    moved = list(
+        session.execute(
+            statement,
+            {
+                "to": to.value,
+                "ids": [i for i, _, _ in errors],
+                "codes": [code for _, code, _ in errors],
+                "texts": [text[:MAX_ERROR_TEXT] for _, _, text in errors],
+            },
+        ).scalars()
+    )
+    counters.apply(session, campaign_id, counter_deltas(S.SENDING, to, len(moved)))
+    codes = {i: code for i, code, _ in errors}
+    for message_id in moved:
+        statelog.moved(message_id, campaign_id, S.SENDING, to, code=codes[message_id])
+    return moved
 
 
 def note_error(session: AnySession, message_id: int, code: str | None, text: str) -> None:
@@ -364,7 +452,14 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             which,
             ~sa.exists().where(Suppression.phone == Message.phone),
         )
-        .values(status=S.PENDING, error_code=None, error_text=None, failed_at=None),
+        .values(
+            status=S.PENDING,
+            error_code=None,
+            error_text=None,
+            failed_at=None,
+            tries=0,
+            throttled_at=None,
+        ),
     )
     counters.apply(session, campaign_id, {"failed": -count, "pending": count})
     statelog.moved_many(campaign_id, S.FAILED, S.PENDING, count)

@@ -343,6 +343,10 @@ class Message(Model):
         pg_enum(MessageStatus, "message_status"), default=MessageStatus.PENDING
     )
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Calls on the current queue (campaign-messages, then message-retry): its try budget.
+    tries: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
+    # When WhatsApp first throttled it (130429) since it was last sent or reopened.
+    throttled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(128))
     error_code: Mapped[str | None] = mapped_column(sa.String(32))
     error_text: Mapped[str | None] = mapped_column(sa.Text)

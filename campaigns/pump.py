@@ -1,13 +1,18 @@
-"""The pump: a sending campaign's next messages, queued as jobs at the pace its limits allow.
+"""The pump: a sending campaign's next messages, queued as batch jobs at the pace its limits allow.
 
 The ``messages`` table is the campaign's durable queue; Procrastinate holds only a
-bounded window of it (at most WINDOW_MAX jobs, never further ahead than
+bounded window of it (at most WINDOW_JOBS batch jobs, never further ahead than
 WINDOW_HORIZON_SECONDS), which keeps a million-recipient campaign from putting a
 million future-dated rows in ``procrastinate_jobs``, makes pause and cancel
 instant, and stops rate-limited jobs from stampeding. Each run moves the next
 pending rows to queued and defers their jobs, staggered at the pace, in one
 transaction with its own next run; the run that finds nothing left in flight
 completes the campaign.
+
+A job carries as many messages as the limits allow in about a second
+(:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
+serve them all; a sender with a minimum gap gets batches of one, spaced by the pump,
+because messages of one batch go out together.
 """
 
 from __future__ import annotations
@@ -21,12 +26,21 @@ from campaigns.clock import database_now
 from campaigns.models import CampaignStatus
 
 # The pump keeps at most this many message jobs in Procrastinate per campaign, and
-# never schedules further ahead than the horizon (at 20/min that is ~20 jobs).
-WINDOW_MAX = 1000
+# never schedules further ahead than the horizon (at 20/min that is ~20 jobs of one).
+WINDOW_JOBS = 100
 WINDOW_HORIZON_SECONDS = 60.0
-# Come back every 2 s: a window of WINDOW_MAX per interval caps a campaign at 500/s
-# (at 5 s, 200/s was below what the baseline queue reaches on two cores).
+# Come back every 2 s: a window of WINDOW_JOBS full batches per interval caps a campaign
+# at 5,000 msg/s, above Meta's 1,000 for an upgraded number.
 INTERVAL_SECONDS = 2.0
+# A batch holds what the limits allow in this long.
+BATCH_SECONDS = 1.0
+
+
+def batch_size(interval: float, min_gap_ms: int) -> int:
+    """Messages per job: what the pace allows in BATCH_SECONDS, 1 to BATCH_MAX; 1 with a gap."""
+    if min_gap_ms > 0:
+        return 1
+    return max(1, min(queues.BATCH_MAX, math.floor(BATCH_SECONDS / interval + 1e-9)))
 
 
 def pump(campaign_id: int) -> bool:
@@ -46,14 +60,16 @@ def pump(campaign_id: int) -> bool:
         db.session.commit()
         return False
     interval = ratelimit.pace_seconds(campaign.sender, campaign.owner)
-    room = min(WINDOW_MAX, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - in_flight
+    size = batch_size(interval, campaign.sender.min_interval_ms)
+    room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - in_flight
     now = database_now(db.session)
     if room > 0 and totals["pending"] > 0:
         ids = message_states.queue_next(db.session, campaign_id, room)
         start_at = max(now, campaign.pace_cursor_at or now)
-        slots = [start_at + timedelta(seconds=i * interval) for i in range(len(ids))]
+        batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+        slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(batches))]
         campaign.pace_cursor_at = start_at + timedelta(seconds=len(ids) * interval)
-        queues.defer_sends(db.session, ids, slots)
+        queues.defer_sends(db.session, campaign_id, batches, slots)
     queues.defer_pump(db.session, campaign_id, now + timedelta(seconds=INTERVAL_SECONDS))
     db.session.commit()
     return True

@@ -47,6 +47,10 @@ RETRY_TASK = "messages.retry"
 NOTIFY_TASK = "campaigns.notify"
 TEMPLATE_SYNC_TASK = "templates.sync"
 
+# The most messages one message job carries (about what Meta's default 80 msg/s allows
+# a number in a second, with room).
+BATCH_MAX = 100
+
 # A worker whose heartbeat is older than this counts as gone (/healthz, the dashboard).
 WORKER_HEARTBEAT_SECONDS = 30
 
@@ -115,15 +119,30 @@ def defer_pump(session: AnySession, campaign_id: int, at: datetime | None = None
 
 
 def defer_sends(
-    session: AnySession, message_ids: Sequence[int], at: Sequence[datetime | None]
+    session: AnySession,
+    campaign_id: int,
+    batches: Sequence[Sequence[int]],
+    at: Sequence[datetime | None],
+    *,
+    retry_queue: bool = False,
 ) -> None:
-    """One message job per message, each due at its time."""
-    defer(session, SEND_TASK, MESSAGES_QUEUE, [{"message_id": i} for i in message_ids], at)
+    """One message job per batch of a campaign's messages, each due at its time.
+
+    On campaign-messages, or on message-retry (``retry_queue``) for messages whose
+    tries there ran out.
+    """
+    task, queue = (RETRY_TASK, RETRY_QUEUE) if retry_queue else (SEND_TASK, MESSAGES_QUEUE)
+    jobs = [(ids, when) for ids, when in zip(batches, at, strict=True) if ids]
+    args = [{"campaign_id": campaign_id, "message_ids": list(ids)} for ids, _ in jobs]
+    defer(session, task, queue, args, [when for _, when in jobs])
 
 
-def defer_retry(session: AnySession, message_id: int, at: datetime | None = None) -> None:
-    """Hand a message over to message-retry (at ``at``, else now)."""
-    defer(session, RETRY_TASK, RETRY_QUEUE, [{"message_id": message_id}], [at])
+def defer_retries(
+    session: AnySession, campaign_id: int, message_ids: Sequence[int], at: datetime | None = None
+) -> None:
+    """Hand messages over to message-retry (at ``at``, else now), in batches."""
+    batches = [message_ids[i : i + BATCH_MAX] for i in range(0, len(message_ids), BATCH_MAX)]
+    defer_sends(session, campaign_id, batches, [at] * len(batches), retry_queue=True)
 
 
 def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:
@@ -144,18 +163,30 @@ def campaign_has_job(session: AnySession, task: str, campaign_id: int) -> bool:
 # -- messages waiting (queued, retrying) whose job ended without sending them: the job
 # failed on an unexpected error (a bug, the database gone mid-job), or a worker's
 # shutdown aborted it, so no job is left to move them on. Driven from the ended jobs
-# (few), never a scan of every message.
+# (few), never a scan of every message. A job carries a batch (``message_ids``); jobs
+# deferred before batches carry one ``message_id``.
 ORPHANED_MESSAGES = sa.text(
     "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id, j.status::text AS job_status"
     " FROM procrastinate_jobs AS j"
-    " JOIN messages AS m ON m.id = (j.args->>'message_id')::bigint"
+    " CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(j.args->'message_ids',"
+    "   jsonb_build_array(j.args->'message_id'))) AS x(id)"
+    " JOIN messages AS m ON m.id = CAST(x.id AS bigint)"
     " WHERE j.task_name IN (:send_task, :retry_task) AND j.status IN ('failed', 'aborted')"
     " AND m.status IN ('queued', 'retrying')"
     " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS alive"
     "   WHERE alive.task_name IN (:send_task, :retry_task) AND alive.status IN ('todo', 'doing')"
-    "   AND alive.args->>'message_id' = j.args->>'message_id')"
+    "   AND (alive.args->'message_ids' @> to_jsonb(m.id)"
+    "        OR alive.args->'message_id' = to_jsonb(m.id)))"
     " LIMIT 1000"
 )
+
+
+def job_message_ids(args: Mapping[str, Any]) -> list[int]:
+    """The messages a message job carries: its batch, or the one message of an older job."""
+    ids = args.get("message_ids")
+    if ids is None and isinstance(args.get("message_id"), int):
+        ids = [args["message_id"]]
+    return [i for i in ids or [] if isinstance(i, int)]
 
 
 def orphaned_messages(session: AnySession) -> list[sa.Row]:

@@ -1,28 +1,37 @@
-"""The send: one message job's work, from the limits to the provider's answer.
+"""The send: one message job's batch, from the limits to each message's outcome.
 
-Called by the message jobs in ``jobs/tasks.py``; it never imports ``jobs``. A send
-checks its campaign, takes the sender's and the owner's limits in one call to the
-rate limiter, claims the message (``sending``, committed before the HTTP call, so a
-crash from there on leaves a row maintenance sends again: at-least-once), calls
-the provider, then records the outcome and its counters in one transaction. What
-an error means is decided by its code (``providers/errors.py``): try again, try
-much later, give up on this message, or pause the campaign.
+Called by the message jobs in ``jobs/tasks.py``; it never imports ``jobs``. A job
+carries a batch of one campaign's messages (``queues.defer_sends``). The batch
+checks its campaign, takes the retried messages' retry limits in one limiter call
+and the sender's and owner's limits for the rest in another (a partial grant: what
+is not granted waits for a later job, without spending a try), claims the granted
+messages (``sending``, committed before any call, so a crash from there on leaves
+rows maintenance sends again: at-least-once), starts their calls on the process's
+call pool (``calls.py``), and records the outcomes as they return, in one
+transaction per group of calls that returned together.
+
+Each message keeps its own tries (``messages.tries``): 3 on campaign-messages,
+then 5 on message-retry. What an error means is decided by its code
+(``providers/errors.py``): try this message again, later, without spending a try
+(throttled, until the throttle deadline), give up on it, or pause the campaign.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, joinedload, load_only
 
 from app import db
-from campaigns import campaign_states, message_states, providers, queues, ratelimit
+from campaigns import calls, campaign_states, message_states, providers, queues, ratelimit
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -33,29 +42,59 @@ from campaigns.models import (
     Sender,
     User,
 )
+from campaigns.providers.base import SendResult
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind
 from campaigns.services.suppressions import suppress_quietly
 
 logger = logging.getLogger(__name__)
 
-SLOW_RETRY_SECONDS = 3600.0
+# Tries per message on each queue (the source documents' "3 attempts", then "5"), and
+# the wait before each next try: base ** tries seconds (2, 4; then 3, 9, 27, 81).
+SEND_TRIES, SEND_BACKOFF = 3, 2.0
+RETRY_TRIES, RETRY_BACKOFF = 5, 3.0
+SLOW_RETRY_SECONDS = 3600.0  # WhatsApp said "much later" (131049)
+# A throttled message waits about as long as it has been throttled, within these bounds.
+THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 
 
-class Deferred(Exception):
-    """The message could not go yet (rate limit): run it again after ``seconds``."""
+# The campaign's columns a batch uses, with its sender, template and owner, in one
+# statement (full rows of all four were 80 columns). Loaded, not lazy: the call threads
+# read the sender and template without a session.
+CAMPAIGN_LOAD = (
+    load_only(Campaign.status, Campaign.sender_id, Campaign.template_id, Campaign.owner_id),
+    joinedload(Campaign.sender).load_only(
+        Sender.provider,
+        Sender.phone_number_id,
+        Sender.access_token,
+        Sender.rate_limit_per_minute,
+        Sender.min_interval_ms,
+    ),
+    joinedload(Campaign.template).load_only(
+        MessageTemplate.name,
+        MessageTemplate.language,
+        MessageTemplate.body_text,
+        MessageTemplate.parameter_format,
+    ),
+    joinedload(Campaign.owner).load_only(User.campaign_rate_limit_per_minute),
+)
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"retry in {seconds:.1f}s")
-        self.seconds = seconds
 
+@dataclass
+class BatchReport:
+    """What became of a batch's messages (ids), for the job's log line and the tests."""
 
-class Transient(Exception):
-    """A retryable provider error: let the job's retry strategy try again."""
+    sent: list[int] = field(default_factory=list)
+    retrying: list[int] = field(default_factory=list)  # back to wait for another try
+    throttled: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)  # not granted by a limit: a later job
+    stopped: list[int] = field(default_factory=list)  # paused or cancelled with the campaign
+    skipped: int = 0  # no longer waiting (another job, the campaign moved them)
 
 
 def _commit_keeping_loaded(session: Session) -> None:
-    """Commit without expiring what was loaded: the provider call needs the message,
-    campaign, sender and template as claimed, and reloading them costs four queries."""
+    """Commit without expiring what was loaded: the call threads read the sender and
+    template as claimed, and must never lazy-load (they have no session)."""
     session.expire_on_commit = False
     try:
         session.commit()
@@ -63,157 +102,237 @@ def _commit_keeping_loaded(session: Session) -> None:
         session.expire_on_commit = True
 
 
-# A message job's reads in one statement: the message, its campaign, sender, template
-# and owner, only the columns a send uses (a full row of each was 80 columns, and
-# building them cost as much CPU as the rest of the job's SQL). Anything else the
-# provider reads is lazy-loaded.
-SEND_LOAD = (
-    load_only(Message.campaign_id, Message.phone, Message.params, Message.status),
-    joinedload(Message.campaign)
-    .load_only(Campaign.status, Campaign.sender_id, Campaign.template_id, Campaign.owner_id)
-    .options(
-        joinedload(Campaign.sender).load_only(
-            Sender.provider,
-            Sender.phone_number_id,
-            Sender.access_token,
-            Sender.rate_limit_per_minute,
-            Sender.min_interval_ms,
-        ),
-        joinedload(Campaign.template).load_only(
-            MessageTemplate.name,
-            MessageTemplate.language,
-            MessageTemplate.body_text,
-            MessageTemplate.parameter_format,
-        ),
-        joinedload(Campaign.owner).load_only(User.campaign_rate_limit_per_minute),
-    ),
-)
+def _later(seconds: float) -> datetime:
+    # A little jitter, so messages held back together don't all come back in one instant.
+    return database_now(db.session) + timedelta(seconds=seconds + random.uniform(0.05, 0.25))
 
 
-@dataclass(frozen=True)
-class SendOutcome:
-    status: str  # sent, failed, skipped (nothing to do), paused, cancelled
-    detail: str = ""
-
-
-def send(
-    message_id: int, config: Mapping[str, Any], *, last_attempt: bool, retry_queue: bool
-) -> SendOutcome:
-    """Send one message: check the campaign, take the limits, claim, call, record.
-
-    Raises :class:`Deferred` when a limiter says wait (no attempt spent) and
-    :class:`Transient` for a retryable provider error that has attempts left.
-    """
-    message = db.session.get(Message, message_id, options=SEND_LOAD, populate_existing=True)
-    expected = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
-    if message is None or message.status is not expected:
+def send_batch(
+    campaign_id: int, message_ids: Sequence[int], config: Mapping[str, Any], *, retry_queue: bool
+) -> BatchReport:
+    """Send a batch of one campaign's messages: limits, claim, overlapping calls, outcomes."""
+    report = BatchReport()
+    source = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
+    campaign = db.session.get(Campaign, campaign_id, options=CAMPAIGN_LOAD, populate_existing=True)
+    waiting = message_states.waiting(db.session, campaign_id, message_ids, source)
+    report.skipped = len(message_ids) - len(waiting)
+    if campaign is None or not waiting:
         db.session.rollback()
-        return SendOutcome("skipped", "not waiting to be sent")
-    campaign = message.campaign
-    if campaign.status is CampaignStatus.PAUSED:
-        message_states.transition(db.session, message_id, [expected], MessageStatus.PENDING)
-        db.session.commit()
-        return SendOutcome("paused")
+        return report
     if campaign.status is not CampaignStatus.SENDING:
-        message_states.transition(db.session, message_id, [expected], MessageStatus.CANCELLED)
+        # Paused: back to pending, the pump queues them again on resume. Stopped: cancelled.
+        to = (
+            MessageStatus.PENDING
+            if campaign.status is CampaignStatus.PAUSED
+            else (MessageStatus.CANCELLED)
+        )
+        for message_id, _attempts in waiting:
+            if message_states.transition(db.session, message_id, [source], to):
+                report.stopped.append(message_id)
         db.session.commit()
-        return SendOutcome("cancelled")
-    # The id read now: after the last commit the campaign is expired, and reading its
-    # id then would cost a SELECT of the whole row.
-    campaign_id = campaign.id
-    sender, template, owner = campaign.sender, campaign.template, campaign.owner
-    limits = ratelimit.send_limits(sender, owner)
-    if retry_queue:
-        limits.append(ratelimit.retry_limit(message_id))
-    decision = ratelimit.consume(db.session, limits)
-    if not decision.allowed:
-        db.session.rollback()
-        raise Deferred(decision.retry_after)
+        return report
 
-    # Claim, and commit `sending` before the HTTP call: a crash from here on
-    # leaves a row the maintenance task reconciles (at-least-once).
-    if not message_states.claim(db.session, message_id, campaign_id, expected):
-        db.session.rollback()
-        return SendOutcome("skipped", "claimed by another job")
+    granted, held, wait = _take_limits(campaign, waiting)
+    claimed = message_states.claim(db.session, campaign_id, granted, source)
+    report.skipped += len(granted) - len(claimed)
+    if held:
+        report.held = held
+        queues.defer_sends(db.session, campaign_id, [held], [_later(wait)], retry_queue=retry_queue)
     _commit_keeping_loaded(db.session())  # the scoped session's current Session
-    phone, params = message.phone, dict(message.params or {})
+    if not claimed:
+        return report
 
-    provider = providers.for_sender(sender, config)
-    try:
-        result = provider.send_template(
-            to=phone, template=template, params=params, callback_data=str(message_id)
-        )
-    except providers.SendError as error:
-        return _record_error(
-            message_id,
-            campaign_id,
-            error,
-            config,
-            last_attempt=last_attempt,
-            retry_queue=retry_queue,
-        )
-    message_states.record_sent(db.session, message_id, campaign_id, result.provider_message_id)
-    db.session.commit()
-    return SendOutcome("sent", result.provider_message_id)
+    provider = providers.for_sender(campaign.sender, config)
+    size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
+    started: dict[Future[SendResult], message_states.Claimed] = {
+        calls.start(
+            size,
+            provider.send_template,
+            to=message.phone,
+            template=campaign.template,
+            params=message.params,
+            callback_data=str(message.id),
+        ): message
+        for message in claimed
+    }
+    for group in calls.as_they_return(started):
+        outcomes = [(started[future], future.exception() or future.result()) for future in group]
+        _record(campaign_id, outcomes, config, retry_queue=retry_queue, report=report)
+    return report
 
 
-def _record_error(
-    message_id: int,
-    campaign_id: int,
-    error: providers.SendError,
+def _take_limits(
+    campaign: Campaign, waiting: Sequence[tuple[int, int]]
+) -> tuple[list[int], list[int], float]:
+    """(granted ids, held ids, seconds until the held may go): two limiter calls at most.
+
+    A message that was called before (attempts > 0: a transient error, a throttle, a dead
+    worker, "retry failed") is a retry and takes one unit of its own retry limit too.
+    """
+    held: list[int] = []
+    wait = 0.0
+    retried = [message_id for message_id, attempts in waiting if attempts > 0]
+    refused: set[int] = set()
+    if retried:
+        limits = [ratelimit.retry_limit(message_id) for message_id in retried]
+        for message_id, decision in zip(
+            retried, ratelimit.consume_each(db.session, limits), strict=True
+        ):
+            if not decision.allowed:
+                refused.add(message_id)
+                wait = max(wait, decision.retry_after)
+    candidates = [message_id for message_id, _ in waiting if message_id not in refused]
+    held.extend(message_id for message_id, _ in waiting if message_id in refused)
+    if not candidates:
+        return [], held, wait
+    decision = ratelimit.consume(
+        db.session,
+        ratelimit.send_limits(campaign.sender, campaign.owner),
+        units=len(candidates),
+        partial=True,
+    )
+    if decision.granted < len(candidates):
+        held.extend(candidates[decision.granted :])
+        wait = max(wait, decision.retry_after)
+    return candidates[: decision.granted], sorted(held), wait
+
+
+@dataclass
+class _Settled:
+    """A group's outcomes, sorted by what happens to each message next."""
+
+    sent: list[tuple[int, str]] = field(default_factory=list)
+    again: dict[float, list[tuple[int, str | None, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # wait seconds -> transient errors that try again on this queue
+    throttled: list[tuple[int, str | None, str]] = field(default_factory=list)
+    throttle_wait: float = THROTTLE_WAIT_MIN
+    handed_over: dict[float, list[tuple[int, str | None, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # wait seconds -> errors that move on to message-retry
+    failed: list[tuple[message_states.Claimed, providers.SendError]] = field(default_factory=list)
+    paused: list[tuple[int, str | None, str]] = field(default_factory=list)  # a pausing code
+    stop: providers.SendError | None = None  # the first pausing error
+
+
+def _sort(
+    outcomes: Sequence[tuple[message_states.Claimed, BaseException | SendResult]],
     config: Mapping[str, Any],
     *,
-    last_attempt: bool,
     retry_queue: bool,
-) -> SendOutcome:
-    code = (
-        str(error.code)
-        if error.code is not None
-        else (str(error.http_status) if error.http_status else None)
-    )
-    sending = [MessageStatus.SENDING]
-    kind = error.kind
-    if kind is ErrorKind.RETRY and not last_attempt:
-        message_states.note_error(db.session, message_id, code, error.message)
-        back = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
-        message_states.transition(db.session, message_id, sending, back, code=code)
-        db.session.commit()
-        raise Transient(error.message)
-    if kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER):
-        message_states.note_error(db.session, message_id, code, error.message)
-        message_states.transition(db.session, message_id, sending, MessageStatus.PENDING, code=code)
-        campaign_states.stop_for_code(campaign_id, error.code, error.message, kind)
-        return SendOutcome("paused", error.message)
-    if kind in (ErrorKind.RETRY, ErrorKind.SLOW_RETRY) and not retry_queue:
-        # Attempts on campaign-messages exhausted, or WhatsApp said "much later":
-        # hand over to message-retry.
-        message_states.note_error(db.session, message_id, code, error.message)
-        message_states.transition(
-            db.session, message_id, sending, MessageStatus.RETRYING, code=code
+) -> _Settled:
+    settled = _Settled()
+    tries, backoff = (RETRY_TRIES, RETRY_BACKOFF) if retry_queue else (SEND_TRIES, SEND_BACKOFF)
+    deadline = 60.0 * float(config["THROTTLE_DEADLINE_MINUTES"])
+    for message, outcome in outcomes:
+        if isinstance(outcome, SendResult):
+            settled.sent.append((message.id, outcome.provider_message_id))
+            continue
+        if not isinstance(outcome, providers.SendError):
+            # A bug in the call itself: fail the message with it rather than lose it.
+            outcome = providers.SendError(
+                f"The send failed unexpectedly: {type(outcome).__name__}", ErrorKind.PERMANENT
+            )
+            logger.exception("message %s: unexpected error in its call", message.id)
+        error = outcome
+        entry = (message.id, _code(error), error.message)
+        kind = error.kind
+        if kind is ErrorKind.THROTTLED:
+            throttled_for = message.throttled_for or 0.0
+            if throttled_for < deadline:
+                settled.throttled.append(entry)
+                settled.throttle_wait = max(
+                    settled.throttle_wait, min(THROTTLE_WAIT_MAX, throttled_for)
+                )
+                continue
+            settled.failed.append((message, error))  # throttled past the deadline
+        elif kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER):
+            settled.stop = settled.stop or error
+            settled.paused.append(entry)
+        elif kind is ErrorKind.SLOW_RETRY and not retry_queue:
+            settled.handed_over[SLOW_RETRY_SECONDS].append(entry)  # "much later": message-retry
+        elif kind in (ErrorKind.RETRY, ErrorKind.SLOW_RETRY) and message.tries < tries:
+            wait = SLOW_RETRY_SECONDS if kind is ErrorKind.SLOW_RETRY else backoff**message.tries
+            settled.again[wait].append(entry)
+        elif kind is ErrorKind.RETRY and not retry_queue:
+            settled.handed_over[0.0].append(entry)  # this queue's tries ran out: message-retry
+        else:
+            settled.failed.append((message, error))
+    return settled
+
+
+def _code(error: providers.SendError) -> str | None:
+    if error.code is not None:
+        return str(error.code)
+    return str(error.http_status) if error.http_status else None
+
+
+def _record(
+    campaign_id: int,
+    outcomes: Sequence[tuple[message_states.Claimed, BaseException | SendResult]],
+    config: Mapping[str, Any],
+    *,
+    retry_queue: bool,
+    report: BatchReport,
+) -> None:
+    """Record one group of returned calls, and defer what comes next, in one transaction."""
+    settled = _sort(outcomes, config, retry_queue=retry_queue)
+    session = db.session
+    waiting = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
+    message_states.record_sent(session, campaign_id, settled.sent)
+    report.sent.extend(message_id for message_id, _ in settled.sent)
+    for seconds, errors in settled.again.items():
+        moved = message_states.requeue(session, campaign_id, errors, waiting)
+        queues.defer_sends(
+            session, campaign_id, [moved], [_later(seconds)], retry_queue=retry_queue
         )
-        later = None
-        if kind is ErrorKind.SLOW_RETRY:
-            later = database_now(db.session) + timedelta(seconds=SLOW_RETRY_SECONDS)
-        queues.defer_retry(db.session, message_id, later)
-        db.session.commit()
-        return SendOutcome("retrying", error.message)
-    # Permanent, or the retries on message-retry exhausted too.
-    message_states.fail(db.session, message_id, sending, code, error.message)
+        report.retrying.extend(moved)
+    if settled.throttled:
+        moved = message_states.requeue(
+            session, campaign_id, settled.throttled, waiting, tries="refund", throttled=True
+        )
+        queues.defer_sends(
+            session,
+            campaign_id,
+            [moved],
+            [_later(settled.throttle_wait)],
+            retry_queue=retry_queue,
+        )
+        report.throttled.extend(moved)
+    for seconds, errors in settled.handed_over.items():
+        moved = message_states.requeue(
+            session, campaign_id, errors, MessageStatus.RETRYING, tries="reset"
+        )
+        queues.defer_retries(session, campaign_id, moved, _later(seconds) if seconds else None)
+        report.retrying.extend(moved)
+    for message, error in settled.failed:
+        _fail(message, error)
+        report.failed.append(message.id)
+    if settled.failed:
+        campaign_states.pause_if_failing(campaign_id, config)
+    if settled.stop is not None:
+        # Not these messages' fault: back to pending, for the pump to queue on resume.
+        message_states.requeue(
+            session, campaign_id, settled.paused, MessageStatus.PENDING, tries="refund"
+        )
+        report.stopped.extend(message_id for message_id, _, _ in settled.paused)
+        stop = settled.stop
+        campaign_states.stop_for_code(campaign_id, stop.code, stop.message, stop.kind)
+        return  # it commits
+    session.commit()
+
+
+def _fail(message: message_states.Claimed, error: providers.SendError) -> None:
+    """Give up on one message with its code; an opt-out code suppresses its number."""
+    code = _code(error)
+    message_states.fail(db.session, message.id, [MessageStatus.SENDING], code, error.message)
+    logger.warning("message %s failed (%s): %s", message.id, code, error.message)
     if error.code in OPT_OUT_CODES:
-        phone = db.session.scalar(sa.select(Message.phone).where(Message.id == message_id))
-        assert phone is not None  # the message being sent has its row; every row has a phone
-        suppress_quietly(db.session, phone, error.message, "provider")
-    campaign_states.pause_if_failing(campaign_id, config)
-    db.session.commit()
-    return SendOutcome("failed", error.message)
+        suppress_quietly(db.session, message.phone, error.message, "provider")
 
 
-def defer_rate_limited(message_id: int, seconds: float, *, retry_queue: bool) -> None:
-    """Run the message's job again later, without spending an attempt (rate-limited)."""
-    # A little jitter, so jobs denied together don't all come back in the same instant.
-    at = database_now(db.session) + timedelta(seconds=seconds + random.uniform(0.05, 0.25))
-    if retry_queue:
-        queues.defer_retry(db.session, message_id, at)
-    else:
-        queues.defer_sends(db.session, [message_id], [at])
-    db.session.commit()
+def campaign_of(message_ids: Sequence[int]) -> int | None:
+    """The campaign of a job's messages (a job deferred before batches names none)."""
+    if not message_ids:
+        return None
+    return db.session.scalar(sa.select(Message.campaign_id).where(Message.id == message_ids[0]))

@@ -10,6 +10,7 @@ needs no job passed down to it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextvars import ContextVar
 from enum import Enum
 
@@ -43,3 +44,10 @@ def moved_many(campaign_id: int, old: object, new: object, count: int) -> None:
     """``count`` messages of a campaign moved together (queued by the pump, paused, loaded)."""
     if count:
         _log({"campaign_id": campaign_id, "from": old, "to": new, "count": count}, {})
+
+
+def moved_each(message_ids: Iterable[int], campaign_id: int, old: object, new: object) -> None:
+    """Each of these messages moved from ``old`` to ``new`` (a batch claimed, sent): a line each."""
+    if logger.isEnabledFor(logging.INFO):
+        for message_id in message_ids:
+            moved(message_id, campaign_id, old, new)

@@ -46,8 +46,6 @@ from jobs.context import flask_app
 
 logger = logging.getLogger(__name__)
 
-SEND_ATTEMPTS = 2  # retries on campaign-messages: 3 runs, waits 2 s then 4 s
-RETRY_ATTEMPTS = 4  # retries on message-retry: 5 runs, waits 3, 9, 27, 81 s
 FAN_OUT_ATTEMPTS = 2  # the ERP may be down for a while: 3 runs, waits 10 s then 100 s
 
 
@@ -105,45 +103,58 @@ def pump_campaign(campaign_id: int) -> None:
     pump.pump(campaign_id)
 
 
-def _send(context: JobContext, message_id: int, *, retry_queue: bool, attempts: int) -> None:
-    try:
-        outcome = sending.send(
-            message_id,
-            current_app.config,
-            last_attempt=context.job.attempts >= attempts,
-            retry_queue=retry_queue,
-        )
-    except sending.Deferred as deferred:
-        sending.defer_rate_limited(message_id, deferred.seconds, retry_queue=retry_queue)
-        return
-    if outcome.status == "failed":
-        logger.warning("message %s failed (job %s): %s", message_id, context.job.id, outcome.detail)
+def _send(
+    context: JobContext,
+    campaign_id: int | None,
+    message_ids: list[int] | None,
+    message_id: int | None,
+    *,
+    retry_queue: bool,
+) -> None:
+    ids = message_ids if message_ids is not None else [message_id] if message_id else []
+    if campaign_id is None:  # a job deferred before batches: one message_id
+        campaign_id = sending.campaign_of(ids)
+        if campaign_id is None:
+            return
+    report = sending.send_batch(campaign_id, ids, current_app.config, retry_queue=retry_queue)
+    logger.info(
+        "campaign %s batch (job %s): %d sent, %d to try again, %d throttled, %d failed,"
+        " %d held by a limit, %d stopped, %d no longer waiting",
+        campaign_id,
+        context.job.id,
+        len(report.sent),
+        len(report.retrying),
+        len(report.throttled),
+        len(report.failed),
+        len(report.held),
+        len(report.stopped),
+        report.skipped,
+    )
 
 
-@app.task(
-    name=SEND_TASK,
-    queue=MESSAGES_QUEUE,
-    pass_context=True,
-    retry=RetryStrategy(
-        max_attempts=SEND_ATTEMPTS, exponential_wait=2, retry_exceptions={sending.Transient}
-    ),
-)
-def send_message(context: JobContext, message_id: int) -> None:
-    """Send one campaign message (rate-limited → later, without spending an attempt)."""
-    _send(context, message_id, retry_queue=False, attempts=SEND_ATTEMPTS)
+# Message jobs never retry as jobs: each message keeps its own tries (campaigns/sending.py)
+# and comes back in a new job. A job that fails on an unexpected error leaves its waiting
+# messages to maintenance (failed, retryable) and its claimed ones to the sending lease.
+@app.task(name=SEND_TASK, queue=MESSAGES_QUEUE, pass_context=True)
+def send_messages(
+    context: JobContext,
+    campaign_id: int | None = None,
+    message_ids: list[int] | None = None,
+    message_id: int | None = None,
+) -> None:
+    """Send a batch of one campaign's messages (held by a limit → a later job, no try spent)."""
+    _send(context, campaign_id, message_ids, message_id, retry_queue=False)
 
 
-@app.task(
-    name=RETRY_TASK,
-    queue=RETRY_QUEUE,
-    pass_context=True,
-    retry=RetryStrategy(
-        max_attempts=RETRY_ATTEMPTS, exponential_wait=3, retry_exceptions={sending.Transient}
-    ),
-)
-def retry_message(context: JobContext, message_id: int) -> None:
-    """A message whose attempts ran out on campaign-messages: five more, slower."""
-    _send(context, message_id, retry_queue=True, attempts=RETRY_ATTEMPTS)
+@app.task(name=RETRY_TASK, queue=RETRY_QUEUE, pass_context=True)
+def retry_messages(
+    context: JobContext,
+    campaign_id: int | None = None,
+    message_ids: list[int] | None = None,
+    message_id: int | None = None,
+) -> None:
+    """Messages whose 3 tries on campaign-messages ran out: five more, slower."""
+    _send(context, campaign_id, message_ids, message_id, retry_queue=True)
 
 
 @app.task(

@@ -119,15 +119,29 @@ def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
 
 
 class FakeProvider:
-    """Answers sends from a script: a SendResult, or a SendError to raise."""
+    """Answers sends from a script: a SendResult, or a SendError to raise.
+
+    ``plan`` scripts one message's calls by its id (calls of a batch run in parallel
+    threads, in no set order); ``script`` scripts calls in the order they come,
+    for batches of one. Anything unscripted is accepted.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.script: list[object] = []
+        self.plan: dict[int, list[object]] = {}
+        self._lock = threading.Lock()
 
     def send_template(self, *, to, template, params, callback_data):
-        self.calls.append((to, params))
-        outcome = self.script.pop(0) if self.script else SendResult(f"wamid.{callback_data}")
+        with self._lock:
+            self.calls.append((to, params))
+            planned = self.plan.get(int(callback_data))
+            if planned:
+                outcome = planned.pop(0)
+            elif self.script:
+                outcome = self.script.pop(0)
+            else:
+                outcome = SendResult(f"wamid.{callback_data}")
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

@@ -35,11 +35,13 @@ def _send_everything(app, campaign) -> None:
     fanout.load_audience(campaign.id, app.config)
     while True:
         pump.pump(campaign.id)
-        ids = [j["args"]["message_id"] for j in jobs(queues.SEND_TASK) if j["status"] == "todo"]
-        if not ids:
+        batches = [j["args"] for j in jobs(queues.SEND_TASK) if j["status"] == "todo"]
+        if not batches:
             break
-        for message_id in ids:
-            sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
+        for args in batches:
+            sending.send_batch(
+                args["campaign_id"], args["message_ids"], app.config, retry_queue=False
+            )
         db.session.execute(
             sa.text("DELETE FROM procrastinate_jobs WHERE task_name = :t"), {"t": queues.SEND_TASK}
         )

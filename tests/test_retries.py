@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 import jobs
 from app import db
-from campaigns import erp, fanout, pump, queues, sending
+from campaigns import erp, fanout, pump, queues
 from campaigns.models import CampaignStatus, Message, MessageStatus, Notification
 from campaigns.providers.base import SendError
 from campaigns.providers.errors import ErrorKind
@@ -67,8 +67,6 @@ def runs_and_waits(task: Task, error: Exception) -> tuple[int, list[float]]:
 @pytest.mark.parametrize(
     ("task", "queue", "error", "runs", "waits"),
     [
-        (tasks.send_message, "campaign-messages", sending.Transient("busy"), 3, [2, 4]),
-        (tasks.retry_message, "message-retry", sending.Transient("busy"), 5, [3, 9, 27, 81]),
         (
             tasks.notify,
             "campaign-notifications",
@@ -78,14 +76,14 @@ def runs_and_waits(task: Task, error: Exception) -> tuple[int, list[float]]:
         ),
         (tasks.fan_out, "campaign-sender", erp.ErpError("ERP down", 503), 3, [10, 100]),
     ],
-    ids=["message", "message-retry", "notification", "fan-out"],
+    ids=["notification", "fan-out"],
 )
 def test_runs_and_waits_of_a_job_that_keeps_failing(frozen_clock, task, queue, error, runs, waits):
     assert task.queue == queue
     assert runs_and_waits(task, error) == (runs, waits)
 
 
-@pytest.mark.parametrize("task", [tasks.send_message, tasks.retry_message])
+@pytest.mark.parametrize("task", [tasks.send_messages, tasks.retry_messages])
 @pytest.mark.parametrize(
     "error",
     [
@@ -95,8 +93,9 @@ def test_runs_and_waits_of_a_job_that_keeps_failing(frozen_clock, task, queue, e
     ],
     ids=["bug", "database", "send-error"],
 )
-def test_a_message_job_retries_only_a_transient_send_error(task, error):
-    """A message job that fails on anything else fails at once: reconcile settles its message."""
+def test_a_message_job_never_retries_as_a_job(task, error):
+    """Each message keeps its own tries (tests/test_sending.py); a job that fails on an
+    unexpected error fails at once, and maintenance settles its messages."""
     assert task.get_retry_exception(exception=error, job=job_of(task, 0)) is None
 
 
@@ -134,23 +133,23 @@ def run_as_the_worker(task: Task, **kwargs) -> tuple[int, str]:
 
 
 def test_a_message_that_always_fails_transiently_is_tried_3_then_5_times(app, campaign, fake):
+    """Through the tasks as the worker runs them: each run is one job, each job one try."""
     send_campaign_now(campaign.id, campaign.owner_id)
     fanout.load_audience(campaign.id, app.config)
     pump.pump(campaign.id)
-    message_id = queued_jobs(queues.SEND_TASK)[0]["args"]["message_id"]
-    fake.script = [SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)] * GIVE_UP_BY
-
-    # The third run on campaign-messages hands the message over instead of raising.
-    assert run_as_the_worker(tasks.send_message, message_id=message_id) == (3, "succeeded")
-    message = db.session.get(Message, message_id, populate_existing=True)
-    assert (message.status, message.attempts) == (MessageStatus.RETRYING, 3)
-    assert [j["args"] for j in queued_jobs(queues.RETRY_TASK)] == [{"message_id": message_id}]
-
-    # The fifth on message-retry fails the message.
-    assert run_as_the_worker(tasks.retry_message, message_id=message_id) == (5, "succeeded")
+    message_id = queued_jobs(queues.SEND_TASK)[0]["args"]["message_ids"][0]
+    fake.plan = {message_id: [SendError("busy", ErrorKind.RETRY, 131000, 500)] * GIVE_UP_BY}
+    batch = {"campaign_id": campaign.id, "message_ids": [message_id]}
+    for task, runs in ((tasks.send_messages, 3), (tasks.retry_messages, 5)):
+        for _ in range(runs):
+            assert run_as_the_worker(task, **batch) == (1, "succeeded")
+            db.session.execute(sa.text("DELETE FROM rate_limit_buckets"))  # no retry limit
+            db.session.commit()
     message = db.session.get(Message, message_id, populate_existing=True)
     assert (message.status, message.attempts) == (MessageStatus.FAILED, 8)
     assert len(fake.calls) == 8
+    # Three tries on campaign-messages, then message-retry's own job.
+    assert [j["args"]["message_ids"] for j in queued_jobs(queues.RETRY_TASK)] == [[message_id]] * 5
 
 
 class Refusing:

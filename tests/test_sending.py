@@ -12,7 +12,17 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, counters, fanout, maintenance, pump, queues, sending
+from campaigns import (
+    calls,
+    campaign_states,
+    counters,
+    fanout,
+    maintenance,
+    message_states,
+    pump,
+    queues,
+    sending,
+)
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -37,6 +47,7 @@ from campaigns.services.templates import default_sender
 from tests.helpers import (
     assert_counters_match_rows,
     audience_numbers,
+    counted_statements,
     demo_campaign,
     jobs,
     message_counts,
@@ -128,7 +139,10 @@ def test_pump_keeps_a_paced_bounded_window(app, campaign):
     load_audience(app, campaign)
     assert pump.pump(campaign.id) is True
     sends = jobs(queues.SEND_TASK)
-    assert len(sends) == 60  # the 60 s horizon at one a second, not the whole audience
+    # The 60 s horizon at one a second, not the whole audience: batches of what the
+    # limits allow in a second (one), a second apart.
+    assert len(sends) == 60
+    assert {len(j["args"]["message_ids"]) for j in sends} == {1}
     gaps = {
         (b["scheduled_at"] - a["scheduled_at"]).total_seconds()
         for a, b in itertools.pairwise(sends)
@@ -138,6 +152,28 @@ def test_pump_keeps_a_paced_bounded_window(app, campaign):
     pump.pump(campaign.id)
     assert len(jobs(queues.SEND_TASK)) == 60  # the window is full: nothing more
     assert_counters_match_rows(campaign.id)
+
+
+def test_pump_batches_what_the_limits_allow_in_a_second(app, campaign):
+    campaign.sender.rate_limit_per_minute = 4800  # Meta's default 80 a second
+    db.session.commit()
+    load_audience(app, campaign)
+    pump.pump(campaign.id)
+    sends = jobs(queues.SEND_TASK)
+    assert [len(j["args"]["message_ids"]) for j in sends] == [80, 40]
+    assert {j["args"]["campaign_id"] for j in sends} == {campaign.id}
+    first, second = sends
+    assert (second["scheduled_at"] - first["scheduled_at"]).total_seconds() == 1.0
+    queued = [i for j in sends for i in j["args"]["message_ids"]]
+    assert queued == sorted(queued) and len(set(queued)) == 120
+
+
+def test_a_sender_with_a_minimum_gap_gets_batches_of_one(app, campaign):
+    campaign.sender.min_interval_ms = 10
+    db.session.commit()
+    load_audience(app, campaign)
+    pump.pump(campaign.id)
+    assert {len(j["args"]["message_ids"]) for j in jobs(queues.SEND_TASK)} == {1}
 
 
 def test_the_pump_defers_its_next_run_with_its_work(app, campaign):
@@ -167,43 +203,180 @@ def _run_waiting_pump() -> None:
 def _queue_all(app, campaign) -> list[int]:
     load_audience(app, campaign)
     pump.pump(campaign.id)
-    return [j["args"]["message_id"] for j in jobs(queues.SEND_TASK)]
+    return [i for j in jobs(queues.SEND_TASK) for i in j["args"]["message_ids"]]
 
 
-def test_a_send_records_sent_and_counts_it(app, campaign, fake):
-    first = _queue_all(app, campaign)[0]
-    outcome = sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    assert outcome.status == "sent"
-    message = db.session.get(Message, first)
-    db.session.refresh(message)
-    assert message.status is MessageStatus.SENT and message.provider_message_id == f"wamid.{first}"
-    assert message.attempts == 1 and message.sent_at
-    assert fake.calls[0][0] == message.phone
+def send(app, campaign, ids, *, retry_queue=False) -> sending.BatchReport:
+    return sending.send_batch(campaign.id, ids, app.config, retry_queue=retry_queue)
+
+
+def _message(message_id: int) -> Message:
+    return db.session.get(Message, message_id, populate_existing=True)
+
+
+def test_a_batch_records_sent_and_counts_it(app, campaign, fake):
+    ids = _queue_all(app, campaign)[:100]
+    report = send(app, campaign, ids)
+    assert sorted(report.sent) == ids and len(fake.calls) == 100
+    first = _message(ids[0])
+    assert first.status is MessageStatus.SENT and first.provider_message_id == f"wamid.{ids[0]}"
+    assert first.attempts == first.tries == 1 and first.sent_at
+    assert fake.calls[0][0] in {_message(i).phone for i in ids}
     # The same job again (a duplicate after a crash) sends nothing.
-    assert (
-        sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "skipped"
-    )
-    assert len(fake.calls) == 1
+    assert send(app, campaign, ids).skipped == 100
+    assert len(fake.calls) == 100
     assert_counters_match_rows(campaign.id)
 
 
-def test_a_send_is_four_statements(app, campaign, fake):
-    """Load, take the limits, claim, record: the message job's cost is in this count."""
-    first = _queue_all(app, campaign)[0]
-    statements: list[str] = []
+def test_a_batch_costs_the_same_statements_whatever_its_size(app, campaign, fake, monkeypatch):
+    """Load, read, take the limits, claim, count, record, count: the job's SQL, per batch."""
+    ids = _queue_all(app, campaign)
+    monkeypatch.setattr(calls, "GATHER_SECONDS", 30.0)  # the 100 calls recorded together
+    counts = []
+    for batch in (ids[:1], ids[1:101]):
+        with counted_statements() as statements:
+            assert len(send(app, campaign, batch).sent) == len(batch)
+        counts.append(len(statements))
+    assert counts[0] == counts[1], counts
 
-    def count(conn, cursor, statement, *args):
-        code = [line for line in statement.strip().splitlines() if not line.startswith("--")]
-        statements.append(code[0].split()[0])
 
-    sa.event.listen(db.engine, "before_cursor_execute", count)
-    try:
-        assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == (
-            "sent"
-        )
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", count)
-    assert statements == ["SELECT", "SELECT", "WITH", "WITH"], statements
+def test_a_batch_mixing_outcomes_records_each_message(app, campaign, fake):
+    ids = _queue_all(app, campaign)[:6]
+    sent, transient, throttled, permanent, opted_out, slow = ids
+    fake.plan = {
+        transient: [SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)],
+        throttled: [SendError("Rate limit hit", ErrorKind.THROTTLED, 130429, 429)],
+        permanent: [SendError("Message undeliverable", ErrorKind.PERMANENT, 131026, 400)],
+        opted_out: [SendError("stopped marketing", ErrorKind.PERMANENT, 131050, 400)],
+        slow: [SendError("marketing cap", ErrorKind.SLOW_RETRY, 131049, 400)],
+    }
+    report = send(app, campaign, ids)
+    assert report.sent == [sent] and sorted(report.failed) == [permanent, opted_out]
+    assert sorted(report.retrying) == [transient, slow] and report.throttled == [throttled]
+    state = {i: _message(i) for i in ids}
+    assert state[sent].status is MessageStatus.SENT
+    # A transient error spends a try and waits 2 s on this queue.
+    assert (state[transient].status, state[transient].tries) == (MessageStatus.QUEUED, 1)
+    assert state[transient].error_code == "131000"
+    # A throttle spends none and stamps the first throttle.
+    assert (state[throttled].status, state[throttled].tries) == (MessageStatus.QUEUED, 0)
+    assert state[throttled].throttled_at is not None and state[throttled].attempts == 1
+    assert (state[permanent].status, state[permanent].error_code) == (
+        MessageStatus.FAILED,
+        "131026",
+    )
+    assert state[permanent].error_text == "Message undeliverable"
+    phone = state[opted_out].phone
+    assert db.session.query(Suppression).filter_by(phone=phone, source="provider").count() == 1
+    # "Much later": handed over to message-retry, due in an hour, with fresh tries.
+    assert (state[slow].status, state[slow].tries) == (MessageStatus.RETRYING, 0)
+    later = {tuple(j["args"]["message_ids"]): j for j in jobs(queues.SEND_TASK)}
+    now = datetime.now(UTC)
+    assert 1.5 < (later[(transient,)]["scheduled_at"] - now).total_seconds() < 3
+    assert 1.5 < (later[(throttled,)]["scheduled_at"] - now).total_seconds() < 3
+    (retry,) = jobs(queues.RETRY_TASK)
+    assert retry["args"]["message_ids"] == [slow]
+    assert (retry["scheduled_at"] - now).total_seconds() > 3500
+    assert_counters_match_rows(campaign.id)
+
+
+def test_transient_errors_are_tried_3_times_then_5_on_message_retry(app, campaign, fake):
+    message_id = _queue_all(app, campaign)[0]
+    busy = SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)
+    fake.plan = {message_id: [busy] * 7}
+    waits = []
+    for retry_queue in [False] * 3 + [True] * 5:
+        report = send(app, campaign, [message_id], retry_queue=retry_queue)
+        if report.failed:
+            break
+        assert report.retrying == [message_id]
+        task = queues.RETRY_TASK if retry_queue else queues.SEND_TASK
+        due = max(j["scheduled_at"] or datetime.now(UTC) for j in jobs(task))
+        waits.append(round((due - datetime.now(UTC)).total_seconds()))
+        _lift_retry_limit(message_id)
+    message = _message(message_id)
+    assert (message.status, message.attempts, message.error_code) == (
+        MessageStatus.SENT,
+        8,
+        None,
+    )
+    assert len(fake.calls) == 8
+    # 2 s, 4 s, then message-retry at once, then 3, 9, 27, 81 s.
+    assert waits == [2, 4, 0, 3, 9, 27, 81]
+
+
+def test_the_fifth_failure_on_message_retry_fails_the_message(app, campaign, fake):
+    message_id = _queue_all(app, campaign)[0]
+    busy = SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)
+    fake.plan = {message_id: [busy] * 20}
+    for retry_queue in [False] * 3 + [True] * 5:
+        send(app, campaign, [message_id], retry_queue=retry_queue)
+        _lift_retry_limit(message_id)
+    message = _message(message_id)
+    assert (message.status, message.error_code, message.attempts) == (
+        MessageStatus.FAILED,
+        "131000",
+        8,
+    )
+    assert_counters_match_rows(campaign.id)
+
+
+def _lift_retry_limit(message_id: int) -> None:
+    """Forget a message's retries (the test runs them faster than 10 per 5 minutes)."""
+    db.session.execute(
+        sa.text("DELETE FROM rate_limit_buckets WHERE key = :key"), {"key": f"retry:{message_id}"}
+    )
+    db.session.commit()
+
+
+def test_the_eleventh_retry_within_5_minutes_waits(app, campaign, fake):
+    message_id = _queue_all(app, campaign)[0]
+    throttled = SendError("Rate limit hit", ErrorKind.THROTTLED, 130429, 429)
+    fake.plan = {message_id: [throttled] * 20}
+    send(app, campaign, [message_id])  # the first call is no retry
+    for _ in range(10):
+        assert send(app, campaign, [message_id]).throttled == [message_id]
+    report = send(app, campaign, [message_id])
+    assert report.held == [message_id] and len(fake.calls) == 11
+    message = _message(message_id)
+    assert message.status is MessageStatus.QUEUED
+    waiting = [j for j in jobs(queues.SEND_TASK) if j["args"]["message_ids"] == [message_id]]
+    assert (waiting[-1]["scheduled_at"] - datetime.now(UTC)).total_seconds() > 200
+
+
+def test_retry_failed_counts_against_the_retry_limit(app, campaign, fake):
+    ids = _queue_all(app, campaign)
+    message_id = ids[0]
+    # Given up on with a code "retry failed" takes back.
+    gave_up = SendError("Something went wrong", ErrorKind.PERMANENT, 131000, 500)
+    fake.plan = {message_id: [gave_up] * 20}
+    app.config.update(AUTO_PAUSE_FAILURE_RATE=1.0)
+    send(app, campaign, [message_id])
+    for _ in range(10):  # ten manual retries within the window go out
+        assert retry_failed(campaign.id, campaign.owner_id) == 1
+        pump.pump(campaign.id)
+        assert send(app, campaign, [message_id]).failed == [message_id]
+    retry_failed(campaign.id, campaign.owner_id)
+    pump.pump(campaign.id)
+    assert send(app, campaign, [message_id]).held == [message_id]  # the eleventh waits
+    assert len(fake.calls) == 11
+
+
+def test_a_throttled_message_fails_after_the_throttle_deadline(app, campaign, fake):
+    message_id = _queue_all(app, campaign)[0]
+    throttled = SendError("Rate limit hit", ErrorKind.THROTTLED, 130429, 429)
+    fake.plan = {message_id: [throttled] * 3}
+    assert send(app, campaign, [message_id]).throttled == [message_id]
+    _lift_retry_limit(message_id)
+    db.session.execute(
+        sa.text("UPDATE messages SET throttled_at = now() - interval '31 minutes' WHERE id = :id"),
+        {"id": message_id},
+    )
+    db.session.commit()
+    assert send(app, campaign, [message_id]).failed == [message_id]
+    message = _message(message_id)
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "130429")
+    assert_counters_match_rows(campaign.id)
 
 
 def test_each_state_change_is_one_log_line_with_ids_and_no_phone(app, campaign, fake, caplog):
@@ -214,8 +387,8 @@ def test_each_state_change_is_one_log_line_with_ids_and_no_phone(app, campaign, 
     caplog.set_level("INFO", logger="campaigns.messages")
     token = statelog.current_job.set((4242, 2))  # what the worker's task middleware sets
     try:
-        sending.send(first, app.config, last_attempt=False, retry_queue=False)
-        sending.send(second, app.config, last_attempt=False, retry_queue=False)
+        send(app, campaign, [first])
+        send(app, campaign, [second])
     finally:
         statelog.current_job.reset(token)
     lines = [r.getMessage() for r in caplog.records if r.name == "campaigns.messages"]
@@ -243,83 +416,38 @@ def test_the_task_middleware_names_the_job_for_the_log(app):
     assert seen == [(77, 1)] and statelog.current_job.get() is None
 
 
-def test_transient_then_exhausted_hands_over_to_message_retry(app, campaign, fake):
-    first = _queue_all(app, campaign)[0]
-    error = SendError("busy", ErrorKind.RETRY, code=131000, http_status=500)
-    fake.script = [error, error]
-    with pytest.raises(sending.Transient):
-        sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    assert db.session.get(Message, first).status is MessageStatus.QUEUED
-    outcome = sending.send(first, app.config, last_attempt=True, retry_queue=False)
-    assert outcome.status == "retrying"
-    db.session.expire_all()
-    assert db.session.get(Message, first).status is MessageStatus.RETRYING
-    assert [j["args"] for j in jobs(queues.RETRY_TASK)] == [{"message_id": first}]
-    assert sending.send(first, app.config, last_attempt=False, retry_queue=True).status == "sent"
-    assert_counters_match_rows(campaign.id)
-
-
-def test_permanent_error_fails_the_message_with_the_providers_words(app, campaign, fake):
-    first = _queue_all(app, campaign)[0]
-    fake.script = [
-        SendError("Message undeliverable", ErrorKind.PERMANENT, code=131026, http_status=400)
-    ]
-    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "failed"
-    message = db.session.get(Message, first)
-    db.session.refresh(message)
-    assert (message.status, message.error_code, message.error_text) == (
-        MessageStatus.FAILED,
-        "131026",
-        "Message undeliverable",
-    )
-    assert_counters_match_rows(campaign.id)
-
-
-def test_opted_out_error_suppresses_the_number(app, campaign, fake):
-    first = _queue_all(app, campaign)[0]
-    fake.script = [
-        SendError("stopped marketing", ErrorKind.PERMANENT, code=131050, http_status=400)
-    ]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
-    phone = db.session.get(Message, first).phone
-    assert db.session.query(Suppression).filter_by(phone=phone, source="provider").count() == 1
-
-
-def test_rate_limited_sends_wait_without_spending_an_attempt(app, campaign, fake):
-    first, second = _queue_all(app, campaign)[:2]
-    campaign.sender.rate_limit_per_minute = 1
+def test_what_a_limit_does_not_grant_waits_without_spending_a_try(app, campaign, fake):
+    ids = _queue_all(app, campaign)[:5]
+    campaign.sender.rate_limit_per_minute = 3
     db.session.commit()
-    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "sent"
-    with pytest.raises(sending.Deferred) as deferred:
-        sending.send(second, app.config, last_attempt=False, retry_queue=False)
-    assert 0 < deferred.value.seconds <= 62  # the window, plus at most one bucket (conservative)
-    message = db.session.get(Message, second)
-    assert message.status is MessageStatus.QUEUED and message.attempts == 0
-    sending.defer_rate_limited(second, deferred.value.seconds, retry_queue=False)
-    later = [j for j in jobs(queues.SEND_TASK) if j["args"] == {"message_id": second}]
-    assert len(later) == 2 and later[-1]["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=30)
+    report = send(app, campaign, ids)
+    assert report.sent == ids[:3] and report.held == ids[3:]  # a partial grant
+    for message_id in ids[3:]:
+        message = _message(message_id)
+        assert message.status is MessageStatus.QUEUED and message.attempts == 0
+    (later,) = [j for j in jobs(queues.SEND_TASK) if j["args"]["message_ids"] == ids[3:]]
+    # The window, plus at most one bucket (conservative).
+    assert 30 < (later["scheduled_at"] - datetime.now(UTC)).total_seconds() <= 62.5
+    assert_counters_match_rows(campaign.id)
 
 
 def test_pause_resume_and_cancel(app, campaign, fake):
     ids = _queue_all(app, campaign)
     pause_campaign(campaign.id, campaign.owner_id)
     assert message_counts(campaign.id).get("queued", 0) == 0  # back to pending at once
-    outcome = sending.send(ids[0], app.config, last_attempt=False, retry_queue=False)
-    assert outcome.status == "skipped" and fake.calls == []
-    db.session.expire_all()
-    assert db.session.get(Message, ids[0]).status is MessageStatus.PENDING
+    report = send(app, campaign, ids[:100])
+    assert report.skipped == 100 and fake.calls == []
+    assert _message(ids[0]).status is MessageStatus.PENDING
     assert pump.pump(campaign.id) is False  # a paused campaign is not pumped
 
     resume_campaign(campaign.id, campaign.owner_id)
     assert len([j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"]) == 1
     pump.pump(campaign.id)  # queues them again
-    assert sending.send(ids[1], app.config, last_attempt=False, retry_queue=False).status == "sent"
+    assert send(app, campaign, ids[1:2]).sent == ids[1:2]
 
     cancel_campaign(campaign.id, campaign.owner_id)
-    outcome = sending.send(ids[2], app.config, last_attempt=False, retry_queue=False)
-    assert outcome.status == "skipped"
-    db.session.expire_all()
-    assert db.session.get(Message, ids[2]).status is MessageStatus.CANCELLED
+    assert send(app, campaign, ids[2:]).skipped == len(ids) - 2
+    assert _message(ids[2]).status is MessageStatus.CANCELLED
     rows = message_counts(campaign.id)
     assert rows.get("pending", 0) == rows.get("queued", 0) == 0 and rows["cancelled"] > 0
     with pytest.raises(Conflict, match="cancelled campaign cannot be resumed"):
@@ -327,12 +455,24 @@ def test_pause_resume_and_cancel(app, campaign, fake):
     assert_counters_match_rows(campaign.id)
 
 
+def test_a_batch_whose_campaign_paused_before_its_claim_sends_nothing(app, campaign, fake):
+    ids = _queue_all(app, campaign)[:100]
+    # The campaign paused between the job's start and its claim: the claim sees it.
+    db.session.execute(
+        sa.text("UPDATE campaigns SET status = 'paused' WHERE id = :id"), {"id": campaign.id}
+    )
+    db.session.commit()
+    assert message_states.claim(db.session, campaign.id, ids, MessageStatus.QUEUED) == []
+    db.session.rollback()
+    assert fake.calls == []
+
+
 def test_an_auth_error_pauses_the_campaign_with_the_reason(app, campaign, fake):
     first = _queue_all(app, campaign)[0]
     fake.script = [
         SendError("Invalid OAuth access token", ErrorKind.PAUSE_CAMPAIGN, code=190, http_status=401)
     ]
-    assert sending.send(first, app.config, last_attempt=False, retry_queue=False).status == "paused"
+    assert send(app, campaign, [first]).stopped == [first]
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.PAUSED and "190" in campaign.status_reason
     assert (
@@ -347,10 +487,10 @@ def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign
     # Six sent, then failures: 4 of 10 is not over half, 6 of 12 is not, 7 of 13 is.
     fake.script = [SendResult(f"wamid.ok{i}") for i in range(6)] + [undeliverable] * 7
     for message_id in ids[:12]:
-        assert sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
+        send(app, campaign, [message_id])
         db.session.refresh(campaign)
         assert campaign.status is CampaignStatus.SENDING
-    sending.send(ids[12], app.config, last_attempt=False, retry_queue=False)
+    send(app, campaign, [ids[12]])
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.PAUSED
     assert campaign.status_reason == (
@@ -361,9 +501,7 @@ def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign
     ]
     # The rest went back to pending: nothing more goes out until an operator resumes.
     assert message_counts(campaign.id).get("queued", 0) == 0
-    assert sending.send(ids[13], app.config, last_attempt=False, retry_queue=False).status == (
-        "skipped"
-    )
+    assert send(app, campaign, [ids[13]]).skipped == 1
     assert_counters_match_rows(campaign.id)
 
 
@@ -372,9 +510,7 @@ def test_a_failure_rate_of_one_never_pauses(app, campaign, fake):
     ids = _queue_all(app, campaign)
     fake.script = [SendError("undeliverable", ErrorKind.PERMANENT, code=131026)] * 5
     for message_id in ids[:5]:
-        assert sending.send(
-            message_id, app.config, last_attempt=False, retry_queue=False
-        ).status == ("failed")
+        assert send(app, campaign, [message_id]).failed == [message_id]
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.SENDING
 
@@ -382,14 +518,13 @@ def test_a_failure_rate_of_one_never_pauses(app, campaign, fake):
 def test_completed_when_nothing_is_left_in_flight(app, campaign, fake):
     ids = _queue_all(app, campaign)
     while ids:
-        for message_id in ids:
-            sending.send(message_id, app.config, last_attempt=False, retry_queue=False)
+        send(app, campaign, ids)
         db.session.execute(
             sa.text("DELETE FROM procrastinate_jobs WHERE task_name = 'messages.send'")
         )
         db.session.commit()
         pump.pump(campaign.id)
-        ids = [j["args"]["message_id"] for j in jobs(queues.SEND_TASK)]
+        ids = [i for j in jobs(queues.SEND_TASK) for i in j["args"]["message_ids"]]
     _run_waiting_pump()
     assert pump.pump(campaign.id) is False
     assert [j for j in jobs(queues.PUMP_TASK) if j["status"] == "todo"] == []  # no next run
@@ -406,7 +541,7 @@ def _end_job(message_id: int, status: str) -> None:
     db.session.execute(
         sa.text(
             "UPDATE procrastinate_jobs SET status = CAST(:status AS procrastinate_job_status)"
-            " WHERE task_name = :task AND args->>'message_id' = CAST(:id AS text)"
+            " WHERE task_name = :task AND args->'message_ids' @> to_jsonb(CAST(:id AS bigint))"
         ),
         {"status": status, "task": queues.SEND_TASK, "id": message_id},
     )
@@ -483,7 +618,7 @@ def _status(wamid: str, status: str, message_id: int, ts: int = 1_800_000_000, *
 
 def test_webhooks_are_signed_idempotent_and_never_go_backwards(app, client, campaign, fake):
     first = _queue_all(app, campaign)[0]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    send(app, campaign, [first])
     wamid = f"wamid.{first}"
     raw, headers = _signed(app, _status(wamid, "read", first))
     assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["applied"] == 1
@@ -502,7 +637,7 @@ def test_webhooks_are_signed_idempotent_and_never_go_backwards(app, client, camp
 
 def test_bad_signatures_change_nothing(app, client, campaign, fake):
     first = _queue_all(app, campaign)[0]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    send(app, campaign, [first])
     raw, headers = _signed(app, _status(f"wamid.{first}", "delivered", first))
     good = headers["X-Hub-Signature-256"]
     one_digit_off = good[:-1] + ("1" if good[-1] == "0" else "0")
@@ -521,7 +656,7 @@ def test_bad_signatures_change_nothing(app, client, campaign, fake):
 def _send_one_then_fail(app, client, campaign, code: int):
     """Send the campaign's first message, then post a signed "failed" status with ``code``."""
     first = _queue_all(app, campaign)[0]
-    sending.send(first, app.config, last_attempt=False, retry_queue=False)
+    send(app, campaign, [first])
     body = _status(f"wamid.{first}", "failed", first, errors=[{"code": code, "title": "no"}])
     raw, headers = _signed(app, body)
     return first, client.post("/webhooks/whatsapp", data=raw, headers=headers)

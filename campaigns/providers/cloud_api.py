@@ -12,6 +12,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from campaigns import rendering
+from campaigns.config import MAX_CALLS_IN_FLIGHT
 from campaigns.models import MessageTemplate, ParameterFormat, Sender
 from campaigns.providers.base import (
     META_TEMPLATE_STATUS,
@@ -31,9 +32,10 @@ TIMEOUT = (5, 15)  # (connect, read) seconds
 # A send that outlives this is retried (and may then be a duplicate, docs/architecture.md):
 # keep it well under the lease after which a message stuck in `sending` is reconciled.
 SEND_TIMEOUT = (5, 20)
-# One pool per process, shared by every worker thread: without a bigger pool,
-# urllib3 keeps only 10 connections per host and the others reconnect each time.
-POOL_SIZE = 32
+# One pool per process, shared by every call thread (campaigns/calls.py): urllib3 keeps
+# at most this many connections per host and opens (then drops) one for every call past
+# it, so it is as large as the calls a worker may keep in flight.
+POOL_SIZE = MAX_CALLS_IN_FLIGHT
 _session = requests.Session()  # thread-safe for plain requests; we never rely on its cookies
 # With trust_env, requests reads the environment's proxy and CA settings on every
 # request (about 150 lookups a message, a tenth of a send's CPU): read them once.
@@ -141,6 +143,10 @@ def post_message(
     return SendResult(wamid)
 
 
+# Errors that pass by themselves: logged at INFO, not as warnings.
+QUIET_KINDS = (ErrorKind.RETRY, ErrorKind.THROTTLED)
+
+
 def send_template_message(
     base_url: str,
     sender: Sender,
@@ -160,7 +166,7 @@ def send_template_message(
     except SendError as error:
         # Ids and codes only: never the token, the number or the text.
         logger.log(
-            logging.INFO if error.kind is ErrorKind.RETRY else logging.WARNING,
+            logging.INFO if error.kind in QUIET_KINDS else logging.WARNING,
             "sender %s: message %s not sent (%s, code %s, HTTP %s)",
             sender.id,
             callback_data,

@@ -14,13 +14,15 @@ from campaigns.i18n import N_
 
 class ErrorKind(enum.StrEnum):
     RETRY = "retry"  # transient: try again with backoff
+    THROTTLED = "throttled"  # this number sends too fast: later, without spending a try
     SLOW_RETRY = "slow_retry"  # try again, hours later (per-user marketing cap)
     PERMANENT = "permanent"  # this message will never go: fail it
     PAUSE_CAMPAIGN = "pause_campaign"  # the campaign cannot go on until someone acts
     PAUSE_SENDER = "pause_sender"  # every campaign of this number must stop
 
 
-RETRY_CODES = frozenset({130429, 131056, 1, 2, 131000, 131016, 131057, 4, 80007})
+THROTTLED_CODES = frozenset({130429})
+RETRY_CODES = frozenset({131056, 1, 2, 131000, 131016, 131057, 4, 80007})
 SLOW_RETRY_CODES = frozenset({131049})
 PERMANENT_CODES = frozenset(
     {
@@ -54,6 +56,8 @@ JOB_FAILED_CODE = "job_failed"
 def classify(code: int | None, http_status: int | None) -> ErrorKind:
     """The handling for an error; without a Meta code, the HTTP status decides."""
     if code is not None:
+        if code in THROTTLED_CODES:
+            return ErrorKind.THROTTLED
         if code in RETRY_CODES:
             return ErrorKind.RETRY
         if code in SLOW_RETRY_CODES:
@@ -64,8 +68,10 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
             return ErrorKind.PAUSE_CAMPAIGN
         if code in PAUSE_SENDER_CODES:
             return ErrorKind.PAUSE_SENDER
-    if http_status is None or http_status == 429 or http_status >= 500:
-        return ErrorKind.RETRY  # unreachable, throttled or failing: transient
+    if http_status == 429:
+        return ErrorKind.THROTTLED
+    if http_status is None or http_status >= 500:
+        return ErrorKind.RETRY  # unreachable or failing: transient
     if http_status in (401, 403):
         return ErrorKind.PAUSE_CAMPAIGN
     return ErrorKind.PERMANENT
@@ -129,7 +135,12 @@ HTTP_STATUS_EXPLANATION = N_("WhatsApp answered with an HTTP error and no error 
 UNKNOWN_EXPLANATION = N_("A code Disparo does not know; see Meta's error-code reference.")
 
 KNOWN_CODES = (
-    RETRY_CODES | SLOW_RETRY_CODES | PERMANENT_CODES | PAUSE_CAMPAIGN_CODES | PAUSE_SENDER_CODES
+    THROTTLED_CODES
+    | RETRY_CODES
+    | SLOW_RETRY_CODES
+    | PERMANENT_CODES
+    | PAUSE_CAMPAIGN_CODES
+    | PAUSE_SENDER_CODES
 )
 
 

@@ -67,10 +67,10 @@ def cancel_job(job_id: int, user: User) -> None:
         raise Conflict(message % {"id": job_id, "status": job.status})
     queues.cancel_waiting_job(db.session, job_id)
     waiting_as = {queues.SEND_TASK: MessageStatus.QUEUED, queues.RETRY_TASK: MessageStatus.RETRYING}
-    message_id = (job.args or {}).get("message_id")
-    if job.task_name in waiting_as and isinstance(message_id, int):
-        message_states.transition(
-            db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED
-        )
+    if job.task_name in waiting_as:
+        for message_id in queues.job_message_ids(job.args or {}):
+            message_states.transition(
+                db.session, message_id, [waiting_as[job.task_name]], MessageStatus.CANCELLED
+            )
     db.session.commit()
     logger.info("job %s (%s) cancelled by user %s", job_id, job.task_name, user.id)

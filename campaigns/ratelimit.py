@@ -1,7 +1,7 @@
 """Rate limits that hold across every worker: Postgres advisory locks and counter tables.
 
 The only module with rate-limit SQL. The logic is in SQL functions installed by
-migrations 0003 and 0007 (``disparo_rate_limit_consume`` and friends): one call
+migrations 0003 and 0008 (``disparo_rate_limit_consume`` and friends): one call
 locks the keys in a fixed order, reads the database's clock, checks every key's
 buckets and minimum gap, and takes a grant from every key or from none.
 

@@ -28,16 +28,16 @@ half-open interval of length W holds more than L units of a key; no two grants
 of a key with a gap G are less than G apart. A grant is checked against every
 earlier grant of its key in (t - W, t] (or more: whole buckets), plus its own k.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04 10:00:00.000000
 
 """
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

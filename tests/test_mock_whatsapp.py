@@ -274,7 +274,7 @@ def test_the_log_refuses_bad_queries(mock_app, live_server, params):
 @pytest.mark.parametrize(
     ("setting", "kind", "code", "http_status"),
     [
-        ("MOCK_WHATSAPP_THROTTLE_RATE", ErrorKind.RETRY, 130429, 429),
+        ("MOCK_WHATSAPP_THROTTLE_RATE", ErrorKind.THROTTLED, 130429, 429),
         ("MOCK_WHATSAPP_TRANSIENT_RATE", ErrorKind.RETRY, 131000, 500),
         ("MOCK_WHATSAPP_PERMANENT_RATE", ErrorKind.PERMANENT, 131026, 400),
     ],
@@ -294,7 +294,7 @@ def test_injected_errors_at_rate_one(mock_app, send, setting, kind, code, http_s
     ("to", "kind", "code", "http_status"),
     [
         ("+5511987650000", ErrorKind.PERMANENT, 131026, 400),
-        ("+5511987650429", ErrorKind.RETRY, 130429, 429),
+        ("+5511987650429", ErrorKind.THROTTLED, 130429, 429),
         ("+5511987650500", ErrorKind.RETRY, 131000, 500),
     ],
 )

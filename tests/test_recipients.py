@@ -430,14 +430,14 @@ def test_unknown_campaign_is_404(client, viewer):
     ("code", "kind", "retryable"),
     [
         ("131000", ErrorKind.RETRY, True),
-        ("130429", ErrorKind.RETRY, True),
+        ("130429", ErrorKind.THROTTLED, True),
         ("131049", ErrorKind.SLOW_RETRY, True),
         ("132015", ErrorKind.PAUSE_CAMPAIGN, True),
         ("368", ErrorKind.PAUSE_SENDER, True),
         ("250", ErrorKind.PAUSE_CAMPAIGN, True),
         (None, ErrorKind.RETRY, True),  # WhatsApp unreachable: no code at all
         ("503", ErrorKind.RETRY, True),  # an HTTP status kept when Meta gave no code
-        ("429", ErrorKind.RETRY, True),
+        ("429", ErrorKind.THROTTLED, True),
         ("400", ErrorKind.PERMANENT, False),
         ("131026", ErrorKind.PERMANENT, False),
         ("131050", ErrorKind.PERMANENT, False),

@@ -198,7 +198,7 @@ def meta_error(code: int, message: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("status", "body", "kind", "code"),
     [
-        (429, meta_error(130429, "Rate limit hit"), ErrorKind.RETRY, 130429),
+        (429, meta_error(130429, "Rate limit hit"), ErrorKind.THROTTLED, 130429),
         (400, meta_error(131026, "Message undeliverable"), ErrorKind.PERMANENT, 131026),
         (400, meta_error(132015, "Template is paused"), ErrorKind.PAUSE_CAMPAIGN, 132015),
         (

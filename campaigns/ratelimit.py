@@ -1,19 +1,26 @@
 """Rate limits that hold across every worker: Postgres advisory locks and counter tables.
 
 The only module with rate-limit SQL. The logic is in SQL functions installed by
-migration 0003 (``disparo_rate_limit_consume`` and friends): one call locks the
-keys in a fixed order, reads the database's clock, checks every key's buckets
-and minimum gap, and takes a grant from every key or from none.
+migrations 0003 and 0008 (``disparo_rate_limit_consume`` and friends): one call
+locks the keys in a fixed order, reads the database's clock, checks every key's
+buckets and minimum gap, and takes a grant from every key or from none.
 
-Transactions: :func:`consume` runs that call on its own pooled connection in
-autocommit mode, so the call *is* its transaction and is committed before
-:func:`consume` returns. The advisory locks are then held only while the server
-runs the function, never across a round trip to Python, the caller's HTTP send
-or the rest of a web request; and the caller's session and transaction are
-neither used nor committed. A grant therefore stands even if the caller's work
-later rolls back (the limiter errs towards sending less, never more). The cost:
-a caller that holds a session connection needs a second one from the pool for
-the call, so pools must have room for one more per concurrent caller.
+A grant may be of several units (a batch of messages, one limiter call): all
+or nothing, or partial (the most units every key can give now). Its units share
+one grant time, so they count together in the window, and a key with a minimum
+gap gives one unit per call. :func:`consume_each` takes one unit from each of
+several keys, each decided on its own, in one call (a batch's retry limits).
+
+Transactions: :func:`consume` (like :func:`consume_each`) runs that call on its
+own pooled connection in autocommit mode, so the call *is* its transaction and
+is committed before :func:`consume` returns. The advisory locks are then held
+only while the server runs the function, never across a round trip to Python,
+the caller's HTTP send or the rest of a web request; and the caller's session
+and transaction are neither used nor committed. A grant therefore stands even if
+the caller's work later rolls back (the limiter errs towards sending less, never
+more). The cost: a caller that holds a session connection needs a second one
+from the pool for the call, so pools must have room for one more per concurrent
+caller.
 
 Grants are committed with ``synchronous_commit = off`` (transaction-local, set by
 the function only when it grants): on a single key the grant path is otherwise
@@ -47,11 +54,21 @@ logger = logging.getLogger(__name__)
 
 # Each statement's first line says what it is for; it also shows in pg_stat_activity.
 CONSUME = sa.text("""
--- consume one grant from every key or from none, in one call (its own transaction)
-SELECT allowed, decided_at, retry_after, remaining, reset_after
+-- consume units from every key (all or nothing, or partial), in one call (its own transaction)
+SELECT allowed, granted, decided_at, retry_after, remaining, reset_after
   FROM disparo_rate_limit_consume(CAST(:keys AS text[]), CAST(:limits AS integer[]),
                                   CAST(:windows_ms AS integer[]), CAST(:gaps_ms AS integer[]),
-                                  CAST(:async_commit AS boolean))
+                                  CAST(:async_commit AS boolean), CAST(:units AS integer),
+                                  CAST(:partial AS boolean))
+""")
+
+CONSUME_EACH = sa.text("""
+-- consume one unit from each key on its own, in one call (its own transaction)
+SELECT key_index, allowed, decided_at, retry_after, remaining, reset_after
+  FROM disparo_rate_limit_consume_each(CAST(:keys AS text[]), CAST(:limits AS integer[]),
+                                       CAST(:windows_ms AS integer[]),
+                                       CAST(:gaps_ms AS integer[]), CAST(:async_commit AS boolean))
+ ORDER BY key_index
 """)
 
 USAGE = sa.text("""
@@ -98,7 +115,10 @@ def _whole_ms(seconds: float) -> int:
 
 @dataclass(frozen=True)
 class Limit:
-    """At most ``limit`` grants per ``window_seconds`` for ``key``, ``min_gap_seconds`` apart."""
+    """At most ``limit`` units per ``window_seconds`` for ``key``; grants ``min_gap_seconds`` apart.
+
+    A grant is of one unit unless :func:`consume` is asked for more.
+    """
 
     key: str
     limit: int
@@ -132,12 +152,16 @@ class Limit:
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer to one :func:`consume` call, timed by the database's clock.
+    """The answer to one :func:`consume` call (or one key of :func:`consume_each`),
+    timed by the database's clock.
 
-    ``retry_after`` is 0 when allowed, else the seconds until every key would
-    allow it (if nobody else takes the room first). ``remaining`` and
-    ``reset_after`` describe the tightest key after this decision, for the
-    ``X-RateLimit-Remaining`` / ``-Reset`` headers.
+    ``granted`` is the units granted (``allowed``: more than none), all at
+    ``granted_at``. ``retry_after`` is 0 when every unit asked for was granted,
+    else the seconds until the keys would allow what is still wanted (if nobody
+    else takes the room first): all the units of an all-or-nothing call, one
+    more unit after a partial one. ``remaining`` and ``reset_after`` describe
+    the tightest key after this decision, for the ``X-RateLimit-Remaining`` /
+    ``-Reset`` headers.
     """
 
     allowed: bool
@@ -146,6 +170,7 @@ class Decision:
     remaining: int = 0
     reset_after: float = 0.0
     decided_at: datetime | None = None
+    granted: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,22 +199,52 @@ def _engine(session: AnySession) -> sa.Engine:
     return session.get_bind().engine
 
 
-def consume(
-    session: AnySession, limits: Sequence[Limit], *, synchronous_commit: bool = False
-) -> Decision:
-    """Take one grant from every limit or from none, in one committed server-side call."""
-    if not limits:
-        raise ValueError("consume() needs at least one limit")
+def _limit_params(limits: Sequence[Limit], synchronous_commit: bool) -> dict[str, object]:
     keys = [limit.key for limit in limits]
     if len(set(keys)) != len(keys):
         raise ValueError(f"a key appears twice: {keys}")
-    params = {
+    return {
         "keys": keys,
         "limits": [limit.limit for limit in limits],
         "windows_ms": [limit.window_ms for limit in limits],
         "gaps_ms": [limit.min_gap_ms for limit in limits],
         "async_commit": not synchronous_commit,
     }
+
+
+def consume(
+    session: AnySession,
+    limits: Sequence[Limit],
+    *,
+    units: int = 1,
+    partial: bool = False,
+    synchronous_commit: bool = False,
+) -> Decision:
+    """Take ``units`` from every limit, in one committed server-side call.
+
+    All or nothing by default: every unit from every limit, or none. With
+    ``partial``, the most units (up to ``units``) that every limit can give now,
+    or none. The units of one call share one grant time, so a limit with a
+    minimum gap gives one unit per call: asking it for more than one all or
+    nothing, or for more than its limit, could never be granted (ValueError).
+    """
+    if not limits:
+        raise ValueError("consume() needs at least one limit")
+    if not 1 <= units <= INT_MAX:
+        raise ValueError(f"units must be 1 to {INT_MAX}, not {units}")
+    if not partial and units > 1:
+        for limit in limits:
+            if limit.min_gap_ms > 0:
+                raise ValueError(
+                    f"{limit.key} has a minimum gap: {units} units all or nothing can never"
+                    " be granted (one unit per call; partial=True grants one)"
+                )
+            if units > limit.limit:
+                raise ValueError(
+                    f"{limit.key}: {units} units all or nothing can never be granted"
+                    f" (its limit is {limit.limit})"
+                )
+    params = _limit_params(limits, synchronous_commit) | {"units": units, "partial": partial}
     with _engine(session).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
         row = connection.execute(CONSUME, params).one()
@@ -200,7 +255,36 @@ def consume(
         remaining=row.remaining,
         reset_after=row.reset_after,
         decided_at=row.decided_at,
+        granted=row.granted,
     )
+
+
+def consume_each(
+    session: AnySession, limits: Sequence[Limit], *, synchronous_commit: bool = False
+) -> list[Decision]:
+    """Take one unit from each limit on its own, in one committed server-side call.
+
+    One decision per limit, in order: a refusal on one key takes nothing from
+    the others. Same locks, clock and commit as :func:`consume`. No limits, no call.
+    """
+    if not limits:
+        return []
+    params = _limit_params(limits, synchronous_commit)
+    with _engine(session).connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        rows = connection.execute(CONSUME_EACH, params).all()
+    return [
+        Decision(
+            allowed=row.allowed,
+            granted_at=row.decided_at if row.allowed else None,
+            retry_after=row.retry_after,
+            remaining=row.remaining,
+            reset_after=row.reset_after,
+            decided_at=row.decided_at,
+            granted=1 if row.allowed else 0,
+        )
+        for row in rows
+    ]
 
 
 def usage(session: AnySession, limit: Limit) -> Usage:

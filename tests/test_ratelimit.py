@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import random
 import threading
 import time
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -42,6 +43,23 @@ THREADS_PER_PROCESS = 2
 
 Record = tuple[tuple[str, ...], bool, datetime | None, str]  # keys, allowed, granted_at, who
 
+# The multi-unit hammer: partial grants of 1 to 7 units at a time.
+UNITS_SECONDS = 3.0
+UNITS_MOST = 7
+UNITS_W = Limit("units:w", limit=20, window_seconds=1.5)
+# The gap (at most 15 grants per 1.5 s) binds before the limit of 30 does.
+UNITS_G = Limit("units:g", limit=30, window_seconds=1.5, min_gap_seconds=0.1)
+UNITS_CALLS: tuple[tuple[Limit, ...], ...] = (
+    (UNITS_W,),
+    (UNITS_G,),
+    (UNITS_W, UNITS_G),
+    (UNITS_G, UNITS_W),
+)
+# keys, units asked, units granted, granted_at, who
+UnitsRecord = tuple[tuple[str, ...], int, int, datetime | None, str]
+
+Body = Callable[[sa.Engine, str, list[Any]], None]  # one hammering thread
+
 
 def _hammer_thread(engine: sa.Engine, who: str, out: list[Record]) -> None:
     """Call consume() back to back for HAMMER_SECONDS, recording every decision."""
@@ -58,6 +76,23 @@ def _hammer_thread(engine: sa.Engine, who: str, out: list[Record]) -> None:
     out.extend(records)  # list.extend is atomic under the GIL
 
 
+def _units_thread(engine: sa.Engine, who: str, out: list[UnitsRecord]) -> None:
+    """Ask for 1 to UNITS_MOST units, partial, back to back for UNITS_SECONDS."""
+    records: list[UnitsRecord] = []
+    rng = random.Random(who)  # seeded by name: the same asks on every run
+    with Session(engine) as session:
+        end = time.monotonic() + UNITS_SECONDS
+        i = 0
+        while time.monotonic() < end:
+            limits = UNITS_CALLS[i % len(UNITS_CALLS)]
+            i += 1
+            asked = rng.randint(1, UNITS_MOST)
+            decision = ratelimit.consume(session, limits, units=asked, partial=True)
+            keys = tuple(limit.key for limit in limits)
+            records.append((keys, asked, decision.granted, decision.granted_at, who))
+    out.extend(records)
+
+
 def _engine(url: str, pool_size: int) -> sa.Engine:
     engine = sa.create_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=0)
     with engine.connect():  # connected before the start, so every worker starts at once
@@ -65,13 +100,13 @@ def _engine(url: str, pool_size: int) -> sa.Engine:
     return engine
 
 
-def _hammer_threads(engine: sa.Engine, count: int, who: str) -> list[Record]:
-    out: list[Record] = []
+def _hammer_threads(engine: sa.Engine, count: int, who: str, body: Body) -> list[Any]:
+    out: list[Any] = []
     errors: list[BaseException] = []
 
     def run(n: int) -> None:
         try:
-            _hammer_thread(engine, f"{who}/t{n}", out)
+            body(engine, f"{who}/t{n}", out)
         except BaseException as error:  # reported to the test, which fails on it
             errors.append(error)
 
@@ -85,17 +120,51 @@ def _hammer_threads(engine: sa.Engine, count: int, who: str) -> list[Record]:
     return out
 
 
-def _hammer_process(url: str, who: str, queue: Any, go: Any) -> None:
+def _hammer_process(url: str, who: str, queue: Any, go: Any, body: Body) -> None:
     """A separate OS process: its own engine, connections and threads."""
     try:
         engine = _engine(url, THREADS_PER_PROCESS)
         queue.put(("ready", who))
         if not go.wait(timeout=60):
             raise TimeoutError("the test never said go")
-        queue.put(("ok", _hammer_threads(engine, THREADS_PER_PROCESS, who)))
+        queue.put(("ok", _hammer_threads(engine, THREADS_PER_PROCESS, who, body)))
         engine.dispose()
     except Exception as error:  # sent back, so the test shows it instead of hanging
         queue.put(("error", repr(error)))
+
+
+def _hammer(url: str, body: Body) -> list[Any]:
+    """Run body in THREADS_IN_TEST threads here and in PROCESSES other processes at once."""
+    context = multiprocessing.get_context("spawn")  # never fork a process with open pools
+    queue, go = context.Queue(), context.Event()
+    processes = [
+        context.Process(target=_hammer_process, args=(url, f"p{n}", queue, go, body))
+        for n in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    engine = _engine(url, THREADS_IN_TEST)
+    try:
+        for _ in processes:
+            status, payload = queue.get(timeout=60)
+            assert status == "ready", payload
+        go.set()
+        records = _hammer_threads(engine, THREADS_IN_TEST, "main", body)
+        for _ in processes:
+            status, payload = queue.get(timeout=60)
+            assert status == "ok", payload
+            records += payload
+    finally:
+        go.set()
+        engine.dispose()
+        for process in processes:
+            process.join(timeout=30)
+    assert all(process.exitcode == 0 for process in processes)
+
+    workers = {record[-1] for record in records}
+    assert len(workers) == THREADS_IN_TEST + PROCESSES * THREADS_PER_PROCESS
+    assert {who.split("/")[0] for who in workers} == {"main", "p0", "p1"}
+    return records
 
 
 def _grants(records: Sequence[Record], key: str) -> list[datetime]:
@@ -110,35 +179,7 @@ def _assert_window_holds(grants: list[datetime], limit: Limit) -> None:
 
 
 def test_hammer_from_threads_and_processes_never_exceeds_any_window(database_url_for_test):
-    context = multiprocessing.get_context("spawn")  # never fork a process with open pools
-    queue, go = context.Queue(), context.Event()
-    processes = [
-        context.Process(target=_hammer_process, args=(database_url_for_test, f"p{n}", queue, go))
-        for n in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    engine = _engine(database_url_for_test, THREADS_IN_TEST)
-    try:
-        for _ in processes:
-            status, payload = queue.get(timeout=60)
-            assert status == "ready", payload
-        go.set()
-        records = _hammer_threads(engine, THREADS_IN_TEST, "main")
-        for _ in processes:
-            status, payload = queue.get(timeout=60)
-            assert status == "ok", payload
-            records += payload
-    finally:
-        go.set()
-        engine.dispose()
-        for process in processes:
-            process.join(timeout=30)
-    assert all(process.exitcode == 0 for process in processes)
-
-    workers = {who for *_, who in records}
-    assert len(workers) == THREADS_IN_TEST + PROCESSES * THREADS_PER_PROCESS
-    assert {who.split("/")[0] for who in workers} == {"main", "p0", "p1"}
+    records: list[Record] = _hammer(database_url_for_test, _hammer_thread)
 
     a, b = _grants(records, HAMMER_A.key), _grants(records, HAMMER_B.key)
     # Some were granted (the run spans two windows) and most were refused.
@@ -150,6 +191,33 @@ def test_hammer_from_threads_and_processes_never_exceeds_any_window(database_url
     assert all(later - earlier >= gap for earlier, later in itertools.pairwise(b))
     # Grants were granted from more than one process.
     granted_by = {who.split("/")[0] for _, allowed, _, who in records if allowed}
+    assert len(granted_by) >= 2
+
+
+def _units(records: Sequence[UnitsRecord], key: str) -> list[datetime]:
+    """Every unit granted on key, at its grant's time (k units at t count k at t), sorted."""
+    return sorted(
+        at for keys, _, granted, at, _ in records if at and key in keys for _ in range(granted)
+    )
+
+
+def test_partial_multi_unit_hammer_never_exceeds_any_window_or_gap(database_url_for_test):
+    records: list[UnitsRecord] = _hammer(database_url_for_test, _units_thread)
+
+    for keys, asked, granted, at, _ in records:
+        assert 0 <= granted <= asked and (at is not None) == (granted > 0)
+        if UNITS_G.key in keys:
+            assert granted <= 1  # a gapped key gives one unit per grant
+    w, g = _units(records, UNITS_W.key), _units(records, UNITS_G.key)
+    # The run spans windows; some grants were of several units, some of fewer than asked.
+    assert len(w) > UNITS_W.limit and len(g) >= 2
+    assert any(granted > 1 for _, _, granted, _, _ in records)
+    assert any(0 < granted < asked for _, asked, granted, _, _ in records)
+    _assert_window_holds(w, UNITS_W)
+    _assert_window_holds(g, UNITS_G)
+    gap = timedelta(seconds=UNITS_G.min_gap_seconds)
+    assert all(later - earlier >= gap for earlier, later in itertools.pairwise(g))
+    granted_by = {who.split("/")[0] for _, _, granted, _, who in records if granted}
     assert len(granted_by) >= 2
 
 
@@ -323,3 +391,123 @@ def test_default_limits_follow_the_sender_and_the_user(app: Flask, user_factory)
     assert isinstance(sent, Decision) and sent.allowed and sent.remaining == 19
     refused = ratelimit.consume(db.session, ratelimit.send_limits(sender, user))
     assert not refused.allowed and 0 < refused.retry_after <= 1.0  # the sender's 1 s gap
+
+
+def _bucket_end(at: datetime, limit: Limit) -> datetime:
+    """When the bucket holding a grant at ``at`` leaves the limit's window."""
+    width = timedelta(milliseconds=max(1, limit.window_ms // 60))  # bucket_ms(W)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    start = epoch + (at - epoch) // width * width  # date_bin(), in exact timedelta arithmetic
+    return start + width + timedelta(milliseconds=limit.window_ms)
+
+
+def test_several_units_all_or_nothing(app: Flask):
+    roomy = Limit("units:roomy", limit=10, window_seconds=60.0)
+    tight = Limit("units:tight", limit=5, window_seconds=60.0)
+
+    first = ratelimit.consume(db.session, [roomy, tight], units=4)
+    assert first.allowed and first.granted == 4 and first.granted_at
+    assert (first.retry_after, first.remaining) == (0, 1)  # the tighter key has 1 left
+
+    refused = ratelimit.consume(db.session, [tight, roomy], units=2)
+    assert not refused.allowed and refused.granted == 0 and refused.granted_at is None
+    assert refused.decided_at and refused.remaining == 1
+    # Both units fit once the first grant's bucket has left the tight key's window.
+    ready = refused.decided_at + timedelta(seconds=refused.retry_after)
+    assert ready == _bucket_end(first.granted_at, tight)
+    assert ratelimit.usage(db.session, roomy).used == 4  # the refusal took nothing
+    assert ratelimit.usage(db.session, tight).used == 4
+
+    last = ratelimit.consume(db.session, [roomy, tight])  # one unit, as before
+    assert last.allowed and last.granted == 1 and last.remaining == 0
+    assert ratelimit.usage(db.session, roomy).used == 5
+    db.session.rollback()
+
+    with pytest.raises(ValueError, match="its limit is 5"):
+        ratelimit.consume(db.session, [roomy, tight], units=6)  # could never be granted
+
+
+def test_partial_grants_what_every_key_can_give_and_says_when_the_rest_may_go(app: Flask):
+    short = Limit("partial:short", limit=3, window_seconds=1.0)
+    roomy = Limit("partial:roomy", limit=100, window_seconds=60.0)
+
+    first = ratelimit.consume(db.session, [short, roomy], units=5, partial=True)
+    assert first.allowed and first.granted == 3 and first.granted_at and first.decided_at
+    assert first.remaining == 0
+    # Not all were granted: retry_after says when one more unit could go, this grant counted.
+    ready = first.decided_at + timedelta(seconds=first.retry_after)
+    assert first.retry_after > 0 and ready == _bucket_end(first.granted_at, short)
+
+    refused = ratelimit.consume(db.session, [roomy, short], units=2, partial=True)
+    assert not refused.allowed and refused.granted == 0 and refused.granted_at is None
+    assert refused.decided_at
+    assert refused.decided_at + timedelta(seconds=refused.retry_after) == ready
+    assert ratelimit.usage(db.session, roomy).used == 3  # the refusal took nothing
+    db.session.rollback()
+
+    time.sleep(refused.retry_after)
+    rest = ratelimit.consume(db.session, [short, roomy], units=2, partial=True)
+    assert rest.granted == 2 and rest.granted_at and rest.granted_at >= ready
+    assert rest.retry_after == 0  # every unit asked for was granted
+    assert ratelimit.usage(db.session, roomy).used == 5
+    db.session.rollback()
+
+
+def test_a_minimum_gap_caps_a_grant_at_one_unit(app: Flask):
+    roomy = Limit("cap:roomy", limit=10, window_seconds=60.0)
+    gapped = Limit("cap:gapped", limit=100, window_seconds=60.0, min_gap_seconds=0.3)
+
+    first = ratelimit.consume(db.session, [roomy, gapped], units=5, partial=True)
+    assert first.granted == 1 and first.granted_at and first.decided_at
+    gap = timedelta(seconds=gapped.min_gap_seconds)
+    assert first.decided_at + timedelta(seconds=first.retry_after) == first.granted_at + gap
+    assert ratelimit.usage(db.session, roomy).used == 1
+    db.session.rollback()
+
+    # All or nothing, more than one unit can never meet the gap: refused before the call,
+    with pytest.raises(ValueError, match="minimum gap"):
+        ratelimit.consume(db.session, [roomy, gapped], units=2)
+    # and by the database function itself.
+    with pytest.raises(sa.exc.DBAPIError, match="can never be granted"):
+        db.session.execute(
+            sa.text(
+                "SELECT * FROM disparo_rate_limit_consume("
+                "ARRAY['cap:gapped'], ARRAY[100], ARRAY[60000], ARRAY[300], false, 2, false)"
+            )
+        )
+    db.session.rollback()
+    assert ratelimit.usage(db.session, roomy).used == 1
+    db.session.rollback()
+
+
+@pytest.mark.parametrize("units", [0, -1, 2**31])
+def test_consume_refuses_units_it_cannot_count(app: Flask, units: int):
+    limit = Limit("units:bad", limit=10, window_seconds=1.0)
+    with pytest.raises(ValueError, match="units"):
+        ratelimit.consume(db.session, [limit], units=units, partial=True)
+
+
+def test_consume_each_decides_every_key_on_its_own(app: Flask):
+    spent, fresh = ratelimit.retry_limit(1), ratelimit.retry_limit(2)
+    gapped = Limit("each:gapped", limit=5, window_seconds=60.0, min_gap_seconds=60.0)
+    for _ in range(spent.limit):
+        assert ratelimit.consume(db.session, [spent]).allowed
+    assert ratelimit.consume(db.session, [gapped]).allowed
+
+    decisions = ratelimit.consume_each(db.session, [spent, fresh, gapped])
+    assert [d.allowed for d in decisions] == [False, True, False]
+    assert [d.granted for d in decisions] == [0, 1, 0]
+    assert len({d.decided_at for d in decisions}) == 1  # one clock reading for all
+    refused_spent, granted, refused_gap = decisions
+    assert refused_spent.granted_at is None and refused_spent.retry_after > 0
+    assert refused_spent.remaining == 0
+    assert granted.granted_at == granted.decided_at and granted.retry_after == 0
+    assert granted.remaining == fresh.limit - 1
+    assert 0 < refused_gap.retry_after <= gapped.min_gap_seconds
+    used = [ratelimit.usage(db.session, limit).used for limit in (spent, fresh, gapped)]
+    assert used == [spent.limit, 1, 1]  # the refusals took nothing, the grant one unit
+    db.session.rollback()
+
+    assert ratelimit.consume_each(db.session, []) == []
+    with pytest.raises(ValueError):
+        ratelimit.consume_each(db.session, [fresh, fresh])

@@ -792,12 +792,11 @@ def _engine_summary(
         **monitor.window(t_send, last),
         "pump": {
             "pace_interval_ms": round(interval * 1000, 3),
-            "window_max": pump.WINDOW_MAX,
+            "window_jobs": pump.WINDOW_JOBS,
+            "batch_size": pump.batch_size(interval, 0),
             "pump_interval_s": pump.INTERVAL_SECONDS,
             "ceiling_per_s": round(
-                min(pump.WINDOW_MAX, math.ceil(pump.WINDOW_HORIZON_SECONDS / interval))
-                / pump.INTERVAL_SECONDS,
-                1,
+                pump.WINDOW_JOBS * pump.batch_size(interval, 0) / pump.INTERVAL_SECONDS, 1
             ),
         },
         "per_second": log.get("per_second", []),

@@ -27,8 +27,8 @@ from collections import Counter
 
 from bench.engine_baseline import _call, phone_for
 from campaigns import calls
+from campaigns.providers.base import SendError
 from campaigns.providers.cloud_api import post_message
-from campaigns.providers.errors import SendError
 
 
 def floor(count: int, in_flight: int) -> dict[str, object]:

@@ -95,6 +95,22 @@ def random_shard() -> int:
     return random.randrange(COUNTER_SHARDS)
 
 
+def shard_for(session: AnySession) -> int:
+    """The shard this transaction moves: chosen at random, then the same until it ends.
+
+    A transaction that moves counters several times (a batch's outcomes: sent, tried
+    again, failed) then locks one counter row and one minute row, counters first, so
+    two transactions never wait on each other's shards in opposite orders (a deadlock).
+    """
+    transaction = session.connection().get_transaction()  # begun now if it was not
+    held = session.info.get("counter_shard")
+    if held is not None and held[0] is transaction:
+        return int(held[1])
+    shard = random_shard()
+    session.info["counter_shard"] = (transaction, shard)
+    return shard
+
+
 def _changes(deltas: Mapping[str, int]) -> dict[str, int]:
     changes = {name: int(n) for name, n in deltas.items() if n}
     unknown = set(changes) - set(COLUMNS)
@@ -114,11 +130,11 @@ def shard_update(deltas: Mapping[str, int], campaign_id_sql: str) -> str:
 
 
 def apply(session: AnySession, campaign_id: int, deltas: Mapping[str, int]) -> None:
-    """Add ``deltas`` to one random shard of the campaign's counters."""
+    """Add ``deltas`` to the campaign's counters, on this transaction's shard."""
     if _changes(deltas):
         session.execute(
             sa.text(shard_update(deltas, ":campaign_id")),
-            {"campaign_id": campaign_id, "shard": random_shard()},
+            {"campaign_id": campaign_id, "shard": shard_for(session)},
         )
 
 
@@ -133,7 +149,7 @@ def bump_minute(session: AnySession, campaign_id: int, sent: int = 0, failed: in
             BUMP_MINUTE,
             {
                 "campaign_id": campaign_id,
-                "shard": random_shard(),
+                "shard": shard_for(session),
                 "sent": sent,
                 "failed": failed,
             },

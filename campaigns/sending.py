@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, joinedload, load_only
+from sqlalchemy.orm import joinedload, load_only
 
 from app import db
 from campaigns import calls, campaign_states, message_states, providers, queues, ratelimit
@@ -92,16 +92,6 @@ class BatchReport:
     skipped: int = 0  # no longer waiting (another job, the campaign moved them)
 
 
-def _commit_keeping_loaded(session: Session) -> None:
-    """Commit without expiring what was loaded: the call threads read the sender and
-    template as claimed, and must never lazy-load (they have no session)."""
-    session.expire_on_commit = False
-    try:
-        session.commit()
-    finally:
-        session.expire_on_commit = True
-
-
 def _later(seconds: float) -> datetime:
     # A little jitter, so messages held back together don't all come back in one instant.
     return database_now(db.session) + timedelta(seconds=seconds + random.uniform(0.05, 0.25))
@@ -138,18 +128,23 @@ def send_batch(
     if held:
         report.held = held
         queues.defer_sends(db.session, campaign_id, [held], [_later(wait)], retry_queue=retry_queue)
-    _commit_keeping_loaded(db.session())  # the scoped session's current Session
+    # The call threads read the sender and template while this thread records outcomes
+    # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
+    sender, template = campaign.sender, campaign.template
+    db.session.expunge(sender)
+    db.session.expunge(template)
+    db.session.commit()
     if not claimed:
         return report
 
-    provider = providers.for_sender(campaign.sender, config)
+    provider = providers.for_sender(sender, config)
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     started: dict[Future[SendResult], message_states.Claimed] = {
         calls.start(
             size,
             provider.send_template,
             to=message.phone,
-            template=campaign.template,
+            template=template,
             params=message.params,
             callback_data=str(message.id),
         ): message
@@ -230,10 +225,12 @@ def _sort(
             continue
         if not isinstance(outcome, providers.SendError):
             # A bug in the call itself: fail the message with it rather than lose it.
+            logger.error(
+                "message %s: unexpected error in its call", message.id, exc_info=outcome
+            )
             outcome = providers.SendError(
                 f"The send failed unexpectedly: {type(outcome).__name__}", ErrorKind.PERMANENT
             )
-            logger.exception("message %s: unexpected error in its call", message.id)
         error = outcome
         entry = (message.id, _code(error), error.message)
         kind = error.kind

@@ -615,7 +615,7 @@ class Context:
 def capped(args: argparse.Namespace, in_flight: int, seconds: float) -> int:
     """--recipients, or fewer: about ``seconds`` of calls with ``in_flight`` at a time."""
     at_most = in_flight / max(args.latency_ms / 1000, 0.001) * seconds
-    return min(args.recipients, max(1000, math.ceil(at_most)))
+    return min(args.recipients, max(100, math.ceil(at_most)))
 
 
 def wait_until(
@@ -1558,13 +1558,13 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-seconds",
         type=float,
         default=20.0,
-        help="fewer baseline jobs than --recipients, about this long (at least 1,000)",
+        help="fewer baseline jobs than --recipients, about this long (at least 100)",
     )
     parser.add_argument(
         "--floor-seconds",
         type=float,
         default=20.0,
-        help="fewer floor calls than --recipients, about this long (at least 1,000)",
+        help="fewer floor calls than --recipients, about this long (at least 100)",
     )
     parser.add_argument("--limits-recipients", type=int, default=1500)
     parser.add_argument("--limits-per-minute", type=int, default=1200)

@@ -225,9 +225,7 @@ def _sort(
             continue
         if not isinstance(outcome, providers.SendError):
             # A bug in the call itself: fail the message with it rather than lose it.
-            logger.error(
-                "message %s: unexpected error in its call", message.id, exc_info=outcome
-            )
+            logger.error("message %s: unexpected error in its call", message.id, exc_info=outcome)
             outcome = providers.SendError(
                 f"The send failed unexpectedly: {type(outcome).__name__}", ErrorKind.PERMANENT
             )
@@ -305,18 +303,21 @@ def _record(
     for message, error in settled.failed:
         _fail(message, error)
         report.failed.append(message.id)
-    if settled.failed:
-        campaign_states.pause_if_failing(campaign_id, config)
+    # A pausing code is not these messages' fault: back to pending, for resume.
+    message_states.requeue(
+        session, campaign_id, settled.paused, MessageStatus.PENDING, tries="refund"
+    )
+    report.stopped.extend(message_id for message_id, _, _ in settled.paused)
+    session.commit()
+    # What the outcomes say about the campaign, in transactions of its own: a pause takes
+    # the campaign's lock, which other batches' claims hold (shared) while they wait for a
+    # counter shard; taken while holding this group's shard, the two could deadlock.
     if settled.stop is not None:
-        # Not these messages' fault: back to pending, for the pump to queue on resume.
-        message_states.requeue(
-            session, campaign_id, settled.paused, MessageStatus.PENDING, tries="refund"
-        )
-        report.stopped.extend(message_id for message_id, _, _ in settled.paused)
         stop = settled.stop
         campaign_states.stop_for_code(campaign_id, stop.code, stop.message, stop.kind)
-        return  # it commits
-    session.commit()
+    elif settled.failed:
+        campaign_states.pause_if_failing(campaign_id, config)
+        session.commit()
 
 
 def _fail(message: message_states.Claimed, error: providers.SendError) -> None:

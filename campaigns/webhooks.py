@@ -85,7 +85,11 @@ def apply(payload: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, in
             change = _apply_preference(preference)
             if change:
                 summary[change] += 1
-    # What the failures say about their campaigns, once each, after the statuses.
+    # What the failures say about their campaigns, once each, after the statuses are
+    # committed: a pause takes the campaign's lock, which a batch's claim holds (shared)
+    # while it waits for a counter shard; taken while holding the statuses' shard, the
+    # two could deadlock.
+    db.session.commit()
     for campaign_id, (code, text) in failed_campaigns.items():
         if kind := _stop_kind(code):
             campaign_states.stop_for_code(campaign_id, code, text, kind)

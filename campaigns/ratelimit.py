@@ -245,18 +245,8 @@ def consume(
                     f" (its limit is {limit.limit})"
                 )
     params = _limit_params(limits, synchronous_commit) | {"units": units, "partial": partial}
-    with _engine(session).connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        row = connection.execute(CONSUME, params).one()
-    return Decision(
-        allowed=row.allowed,
-        granted_at=row.decided_at if row.allowed else None,
-        retry_after=row.retry_after,
-        remaining=row.remaining,
-        reset_after=row.reset_after,
-        decided_at=row.decided_at,
-        granted=row.granted,
-    )
+    (row,) = _call(session, CONSUME, params)
+    return _decision(row, row.granted)
 
 
 def consume_each(
@@ -269,22 +259,27 @@ def consume_each(
     """
     if not limits:
         return []
-    params = _limit_params(limits, synchronous_commit)
+    rows = _call(session, CONSUME_EACH, _limit_params(limits, synchronous_commit))
+    return [_decision(row, 1 if row.allowed else 0) for row in rows]
+
+
+def _call(session: AnySession, statement: sa.TextClause, params: dict[str, object]) -> list[sa.Row]:
+    """Run a limiter function on its own pooled connection: the call is its transaction."""
     with _engine(session).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
-        rows = connection.execute(CONSUME_EACH, params).all()
-    return [
-        Decision(
-            allowed=row.allowed,
-            granted_at=row.decided_at if row.allowed else None,
-            retry_after=row.retry_after,
-            remaining=row.remaining,
-            reset_after=row.reset_after,
-            decided_at=row.decided_at,
-            granted=1 if row.allowed else 0,
-        )
-        for row in rows
-    ]
+        return list(connection.execute(statement, params).all())
+
+
+def _decision(row: sa.Row, granted: int) -> Decision:
+    return Decision(
+        allowed=row.allowed,
+        granted_at=row.decided_at if row.allowed else None,
+        retry_after=row.retry_after,
+        remaining=row.remaining,
+        reset_after=row.reset_after,
+        decided_at=row.decided_at,
+        granted=granted,
+    )
 
 
 def usage(session: AnySession, limit: Limit) -> Usage:

@@ -109,12 +109,14 @@ INSERT_MESSAGES = sa.text(
     RETURNING wamid, received_at
     """
 )
-# -- their status webhooks, many at once
+# -- their status webhooks, many at once: one JSON array of rows (a text[] of JSON bodies
+# -- would cost psycopg a regex escape of every quote in them)
 INSERT_WEBHOOKS = sa.text(
     """
     INSERT INTO mock_whatsapp_webhooks (wamid, status, payload, due_at)
-    SELECT * FROM unnest(CAST(:wamids AS text[]), CAST(:statuses AS text[]),
-                         CAST(:payloads AS jsonb[]), CAST(:due_ats AS timestamptz[]))
+    SELECT wamid, status, payload, due_at
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+           AS w(wamid text, status text, payload jsonb, due_at timestamptz)
     """
 )
 # -- claim due webhooks: hide them for a lease while they are posted, count the attempt
@@ -433,15 +435,9 @@ def record_many(
                 config=config,
             )
         ]
-        session.execute(
-            INSERT_WEBHOOKS,
-            {
-                "wamids": [row["wamid"] for row in rows],
-                "statuses": [row["status"] for row in rows],
-                "payloads": [json.dumps(row["payload"], separators=(",", ":")) for row in rows],
-                "due_ats": [row["due_at"] for row in rows],
-            },
-        )
+        for row in rows:
+            row["due_at"] = row["due_at"].isoformat()
+        session.execute(INSERT_WEBHOOKS, {"rows": json.dumps(rows, separators=(",", ":"))})
     session.commit()
     return wamids
 

@@ -8,6 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 APP_BASE_URL ?= http://127.0.0.1:$(PORT)
+# The mock WhatsApp's own process (the Procfile's development-only `mock`), for `make run`
+# only: the tests serve the mock on their own ports.
+MOCK_WHATSAPP_PORT ?= $(shell expr $(PORT) + 1)
+MOCK_WHATSAPP_URL ?= http://127.0.0.1:$(MOCK_WHATSAPP_PORT)/v23.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export APP_BASE_URL
 
@@ -33,8 +37,8 @@ db: install env
 run: db
 	$(BIN)/flask --app app db upgrade
 	@$(BIN)/flask --app app seed-demo
-	@echo "Disparo: http://127.0.0.1:$(PORT)/  (Ctrl-C stops web and workers; make stop-db stops the database)"
-	$(BIN)/honcho start --port $(PORT) web worker ops
+	@echo "Disparo: http://127.0.0.1:$(PORT)/  (Ctrl-C stops web, workers and mock; make stop-db stops the database)"
+	MOCK_WHATSAPP_URL=$(MOCK_WHATSAPP_URL) $(BIN)/honcho start --port $(PORT) web worker ops mock
 
 test: db
 	$(BIN)/pytest $(PYTEST_ARGS)

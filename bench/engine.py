@@ -177,6 +177,7 @@ class Stack:
             "DISPARO_MOCKS": "on",
             "APP_BASE_URL": self.base,
             "MOCK_WHATSAPP_LATENCY_MS": str(self.args.latency_ms),
+            "MOCK_WHATSAPP_URL": "",  # the web port's endpoint (extra_env may name the process)
             "MOCK_WHATSAPP_WEBHOOKS": "off",
             "MOCK_WHATSAPP_THROTTLE_RATE": "0",
             "MOCK_WHATSAPP_TRANSIENT_RATE": "0",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
@@ -29,6 +30,7 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 MOCK_ERP_MAX_CUSTOMERS = 9_999_999
 # Provider calls in flight per worker process at most (threads, pooled connections).
 MAX_CALLS_IN_FLIGHT = 1000
+MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
 
 
 class ConfigError(RuntimeError):
@@ -190,6 +192,7 @@ class Settings:
     mock_whatsapp_webhooks: bool
     mock_whatsapp_read_rate: float
     mock_whatsapp_webhook_delay_ms: int
+    mock_whatsapp_url: str | None
     display_timezone: str
     phone_default_region: str
 
@@ -231,6 +234,7 @@ class Settings:
             "MOCK_WHATSAPP_WEBHOOKS": self.mock_whatsapp_webhooks,
             "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
+            "MOCK_WHATSAPP_URL": self.mock_whatsapp_url,
             "DISPLAY_TIMEZONE": self.display_timezone,
             "PHONE_DEFAULT_REGION": self.phone_default_region,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
@@ -299,9 +303,27 @@ def load_settings() -> Settings:
         mock_whatsapp_webhook_delay_ms=_int_setting(
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000, minimum=0
         ),
+        mock_whatsapp_url=_http_url("MOCK_WHATSAPP_URL"),
         display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
         phone_default_region=_phone_region("PHONE_DEFAULT_REGION", phones.DEFAULT_REGION),
     )
+
+
+def _http_url(name: str) -> str | None:
+    """An optional http(s) URL with a host, without its trailing slash."""
+    raw = os.environ.get(name, "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, or out of range
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as {MOCK_WHATSAPP_URL_EXAMPLE}, not {raw!r}"
+        )
+    return raw
 
 
 def _timezone(name: str, default: str) -> str:

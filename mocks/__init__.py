@@ -23,3 +23,5 @@ def init_app(app: Flask) -> None:
     for blueprint in (erp.bp, whatsapp.bp):
         csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
+    # The …0429 numbers' tries, counted per app (each test's app starts from none).
+    app.extensions[whatsapp.TRIES_EXTENSION] = whatsapp.ThrottleTries()

@@ -4,8 +4,10 @@ Template review: a submitted template is approved ``MOCK_TEMPLATE_APPROVAL_SECON
 after submission, unless its body contains ``MOCK_TEMPLATE_REJECT_MARKER``, in
 which case it is rejected with a reason — so both outcomes can be tried in a demo.
 
-Sending goes over HTTP to the app's own mock WhatsApp (``mocks/whatsapp.py``)
-through the Cloud API client's request and error handling, with no token.
+Sending goes over HTTP to the mock WhatsApp (``mocks/whatsapp.py``) through the Cloud
+API client's request and error handling, with no token: to the asyncio mock process
+at ``MOCK_WHATSAPP_URL`` when it is set (``make run`` sets it), else to the web port's
+endpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ MOCK_API_VERSION = "v23.0"
 
 
 def mock_api_base_url(config: Mapping[str, Any]) -> str:
-    """Where the mock WhatsApp answers, as the Cloud API base URL would be."""
+    """Where the mock WhatsApp answers, as the Cloud API base URL would be.
+
+    ``MOCK_WHATSAPP_URL`` (the mock process, ``mocks/whatsapp_server.py``), else the
+    web port's endpoint under ``APP_BASE_URL``.
+    """
+    if url := config.get("MOCK_WHATSAPP_URL"):
+        return str(url).rstrip("/")
     return f"{str(config['APP_BASE_URL']).rstrip('/')}/mock/whatsapp/{MOCK_API_VERSION}"
 
 

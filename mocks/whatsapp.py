@@ -1,4 +1,4 @@
-"""The mock WhatsApp: the Cloud API's send endpoint and status webhooks, served by this app.
+"""The mock WhatsApp: the Cloud API's send endpoint and status webhooks.
 
 ``POST /mock/whatsapp/<version>/<phone_number_id>/messages`` takes the Cloud API's
 template message JSON, checks it as Meta would (``messaging_product``,
@@ -6,6 +6,13 @@ template message JSON, checks it as Meta would (``messaging_product``,
 named or all positional) and answers with Meta's JSON and a fresh ``wamid``. Every
 accepted message is recorded in ``mock_whatsapp_messages`` (Postgres, so every
 web and worker process sees one log); ``GET /mock/whatsapp/log`` reads it back.
+
+Two servers answer the send endpoint with this module's one behaviour (:func:`screen`
+decides, :func:`record_many` records, :func:`error_body` and :func:`accepted_body`
+answer): this blueprint on the web port, a thread per call, which the tests use; and
+the asyncio mock process of ``mocks/whatsapp_server.py``, which holds thousands of
+calls in flight and records together the ones that arrive together. The engine
+posts to the latter when ``MOCK_WHATSAPP_URL`` is set (``make run`` sets it).
 
 Failures can be injected, each 0 by default: ``MOCK_WHATSAPP_LATENCY_MS`` before
 every answer, then the share of sends answered HTTP 429 / 130429 (throttled,
@@ -15,7 +22,11 @@ every answer, then the share of sends answered HTTP 429 / 130429 (throttled,
 tests need no randomness — by the last four digits of ``to``:
 
 - ``…0000``: HTTP 400, code 131026 (Message undeliverable, permanent);
-- ``…0429``: HTTP 429, code 130429 (Rate limit hit, retry);
+- ``…0429``: HTTP 429, code 130429 (Rate limit hit, retry), on the first two tries of
+  each (phone number id, number, ``biz_opaque_callback_data``); the third passes, so
+  a campaign that holds such a number still completes. The tries are counted in the
+  memory of the process that answers (the web process, or the mock process), for
+  the last ``TRIES_KEPT`` such keys: a restart, or a key forgotten, starts again.
 - ``…0500``: HTTP 500, code 131000 (Something went wrong, retry).
 
 Later, like Meta, the mock posts signed status webhooks for each accepted message
@@ -39,7 +50,9 @@ import logging
 import random
 import re
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +64,7 @@ from flask import Blueprint, current_app, jsonify, request
 from requests.adapters import HTTPAdapter
 from werkzeug.wrappers import Response
 
-from app import db
+from app import AnySession, db
 from campaigns.models import Sender
 from mocks.models import MockWhatsAppMessage, MockWhatsAppWebhook
 
@@ -64,6 +77,9 @@ UNDELIVERABLE = (131026, 400, "Message undeliverable")
 THROTTLED = (130429, 429, "Rate limit hit")
 TRANSIENT = (131000, 500, "Something went wrong")
 FORCED_ERRORS = {"0000": UNDELIVERABLE, "0429": THROTTLED, "0500": TRANSIENT}
+FORCED_THROTTLES = 2  # a …0429 number is throttled on its first two tries, then passes
+TRIES_KEPT = 100_000  # the (phone number id, number, callback data) keys counted at most
+TRIES_EXTENSION = "mock_whatsapp_tries"  # the web process's ThrottleTries, per Flask app
 CALLBACK_DATA_MAX = 512  # Meta's limit on biz_opaque_callback_data
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
@@ -83,6 +99,26 @@ _session = requests.Session()
 _session.mount("http://", HTTPAdapter(pool_maxsize=8))
 _session.mount("https://", HTTPAdapter(pool_maxsize=8))
 
+# -- accepted messages, many at once (clock_timestamp(): each row's own insert time)
+INSERT_MESSAGES = sa.text(
+    """
+    INSERT INTO mock_whatsapp_messages (wamid, "to", phone_number_id, message_id, template_name)
+    SELECT * FROM unnest(CAST(:wamids AS text[]), CAST(:tos AS text[]),
+                         CAST(:phone_number_ids AS text[]), CAST(:message_ids AS text[]),
+                         CAST(:template_names AS text[]))
+    RETURNING wamid, received_at
+    """
+)
+# -- their status webhooks, many at once: one JSON array of rows (a text[] of JSON bodies
+# -- would cost psycopg a regex escape of every quote in them)
+INSERT_WEBHOOKS = sa.text(
+    """
+    INSERT INTO mock_whatsapp_webhooks (wamid, status, payload, due_at)
+    SELECT wamid, status, payload, due_at
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+           AS w(wamid text, status text, payload jsonb, due_at timestamptz)
+    """
+)
 # -- claim due webhooks: hide them for a lease while they are posted, count the attempt
 CLAIM_DUE = sa.text(
     """
@@ -136,17 +172,23 @@ def _not_valid(details: str) -> MetaError:
     return MetaError((131009, 400, "Parameter value is not valid"), details)
 
 
+def error_body(error: MetaError) -> dict[str, Any]:
+    """Meta's error JSON for a refusal (answered with ``error.http_status``)."""
+    return {
+        "error": {
+            "message": f"(#{error.code}) {error.title}",
+            "type": "OAuthException",
+            "code": error.code,
+            "error_data": {"messaging_product": "whatsapp", "details": error.details},
+            "fbtrace_id": secrets.token_urlsafe(12),
+        }
+    }
+
+
 @bp.errorhandler(MetaError)
 def meta_error(error: MetaError) -> tuple[Response, int]:
     """Meta's error JSON, with the HTTP status Meta uses for that code."""
-    body = {
-        "message": f"(#{error.code}) {error.title}",
-        "type": "OAuthException",
-        "code": error.code,
-        "error_data": {"messaging_product": "whatsapp", "details": error.details},
-        "fbtrace_id": secrets.token_urlsafe(12),
-    }
-    return jsonify(error=body), error.http_status
+    return jsonify(error_body(error)), error.http_status
 
 
 @dataclass(frozen=True)
@@ -220,9 +262,47 @@ def _validate_components(components: Any) -> None:
             raise _not_valid("Named body parameters need distinct, non-empty names.")
 
 
-def injected_error(wa_id: str, config: Mapping[str, Any]) -> tuple[int, int, str] | None:
-    """The error this send gets: forced by the number's last digits, or drawn at the rates."""
-    forced = FORCED_ERRORS.get(wa_id[-4:])
+class ThrottleTries:
+    """How often each key was tried, in this process's memory, for the last ``kept`` keys.
+
+    Counts the tries of the ``…0429`` numbers, keyed by (phone number id, the number's
+    digits, ``biz_opaque_callback_data``); the least recently tried key is forgotten
+    first. Thread-safe: the web process answers on many threads.
+    """
+
+    def __init__(self, kept: int = TRIES_KEPT) -> None:
+        self.kept = kept
+        self._counts: OrderedDict[tuple[str, str, str | None], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def count(self, key: tuple[str, str, str | None]) -> int:
+        """Count one more try of ``key``; which try this is (1 for the first)."""
+        with self._lock:
+            tries = self._counts.pop(key, 0) + 1
+            self._counts[key] = tries  # now the most recent
+            if len(self._counts) > self.kept:
+                self._counts.popitem(last=False)
+            return tries
+
+
+def injected_error(
+    phone_number_id: str,
+    accepted: Accepted,
+    config: Mapping[str, Any],
+    tries: ThrottleTries,
+) -> tuple[int, int, str] | None:
+    """The error this send gets: forced by the number's last digits, or drawn at the rates.
+
+    A ``…0429`` number is throttled on its first ``FORCED_THROTTLES`` tries only; after
+    that it is any number, drawn at the rates like the others.
+    """
+    forced = FORCED_ERRORS.get(accepted.wa_id[-4:])
+    tried = (phone_number_id, accepted.wa_id, accepted.callback_data)
+    if forced is THROTTLED and tries.count(tried) > FORCED_THROTTLES:
+        forced = None  # the throttle has passed
     if forced is not None:
         return forced
     draw = random.random()
@@ -236,6 +316,26 @@ def injected_error(wa_id: str, config: Mapping[str, Any]) -> tuple[int, int, str
             return error
         draw -= rate
     return None
+
+
+def screen(
+    phone_number_id: str, payload: Any, config: Mapping[str, Any], tries: ThrottleTries
+) -> Accepted:
+    """Decide a send as Meta would: the message to record, or MetaError (invalid, injected)."""
+    accepted = validate(payload)
+    error = injected_error(phone_number_id, accepted, config, tries)
+    if error is not None:
+        raise MetaError(error)
+    return accepted
+
+
+def accepted_body(accepted: Accepted, wamid: str) -> dict[str, Any]:
+    """Meta's JSON for an accepted message."""
+    return {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": accepted.to, "wa_id": accepted.wa_id}],
+        "messages": [{"id": wamid, "message_status": "accepted"}],
+    }
 
 
 def new_wamid() -> str:
@@ -294,50 +394,81 @@ def status_webhooks(
     return rows
 
 
-def record(phone_number_id: str, accepted: Accepted, config: Mapping[str, Any]) -> str:
-    """Log an accepted message and queue its status webhooks, in one transaction; its wamid."""
-    wamid = new_wamid()
-    received_at = db.session.execute(
-        sa.insert(MockWhatsAppMessage)
-        .values(
-            wamid=wamid,
-            to=accepted.to,
-            phone_number_id=phone_number_id,
-            message_id=accepted.callback_data,
-            template_name=accepted.template_name,
+def record_many(
+    session: AnySession | sa.Connection,
+    sends: Sequence[tuple[str, Accepted]],
+    config: Mapping[str, Any],
+) -> list[str]:
+    """Log accepted messages and queue their status webhooks, in one committed transaction.
+
+    ``sends`` pairs each accepted message with the phone number id it was sent from;
+    the answer is their wamids, in the same order. Two statements whatever their
+    number (one INSERT of arrays per table) and one read of their senders.
+    """
+    if not sends:
+        return []
+    wamids = [new_wamid() for _ in sends]
+    received: dict[str, datetime] = {
+        wamid: received_at
+        for wamid, received_at in session.execute(
+            INSERT_MESSAGES,
+            {
+                "wamids": wamids,
+                "tos": [accepted.to for _, accepted in sends],
+                "phone_number_ids": [phone_number_id for phone_number_id, _ in sends],
+                "message_ids": [accepted.callback_data for _, accepted in sends],
+                "template_names": [accepted.template_name for _, accepted in sends],
+            },
         )
-        .returning(MockWhatsAppMessage.received_at)
-    ).scalar_one()
+    }
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
-        sender = (
-            db.session.execute(
-                sa.select(Sender.waba_id, Sender.display_phone_number)
-                .where(Sender.phone_number_id == phone_number_id)
-                .order_by(Sender.id)
-                .limit(1)
+        senders = _senders_for(session, sorted({phone_number_id for phone_number_id, _ in sends}))
+        rows = [
+            row
+            for wamid, (phone_number_id, accepted) in zip(wamids, sends, strict=True)
+            for row in status_webhooks(
+                wamid=wamid,
+                accepted=accepted,
+                phone_number_id=phone_number_id,
+                sender=senders.get(phone_number_id),
+                received_at=received[wamid],
+                config=config,
             )
-            .mappings()
-            .first()
-        )
-        rows = status_webhooks(
-            wamid=wamid,
-            accepted=accepted,
-            phone_number_id=phone_number_id,
-            sender=sender,
-            received_at=received_at,
-            config=config,
-        )
-        db.session.execute(sa.insert(MockWhatsAppWebhook), rows)
-    db.session.commit()
-    return wamid
+        ]
+        for row in rows:
+            row["due_at"] = row["due_at"].isoformat()
+        session.execute(INSERT_WEBHOOKS, {"rows": json.dumps(rows, separators=(",", ":"))})
+    session.commit()
+    return wamids
 
 
-def _defer_poster(config: Mapping[str, Any]) -> None:
+def _senders_for(
+    session: AnySession | sa.Connection, phone_number_ids: Sequence[str]
+) -> dict[str, sa.RowMapping]:
+    """The WABA id and display number of each phone number id's first sender."""
+    rows = session.execute(
+        sa.select(Sender.phone_number_id, Sender.waba_id, Sender.display_phone_number)
+        .where(Sender.phone_number_id.in_(phone_number_ids))
+        .order_by(Sender.id)
+    ).mappings()
+    found: dict[str, sa.RowMapping] = {}
+    for row in rows:
+        found.setdefault(row["phone_number_id"], row)
+    return found
+
+
+def defer_poster(config: Mapping[str, Any]) -> None:
     # The mock stands in for Meta's servers, which push statuses on their own; the
     # poster job is its "server side". The periodic run catches anything missed here.
     from mocks import tasks
 
     tasks.defer_post_webhooks(int(config.get("MOCK_WHATSAPP_WEBHOOK_DELAY_MS", 1000)) / 1000)
+
+
+def _tries() -> ThrottleTries:
+    # mocks.init_app puts one there; setdefault covers an app that mounted only the blueprint
+    tries: ThrottleTries = current_app.extensions.setdefault(TRIES_EXTENSION, ThrottleTries())
+    return tries
 
 
 @bp.post("/<version>/<phone_number_id>/messages")
@@ -347,18 +478,11 @@ def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     latency_ms = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0))
     if latency_ms:
         time.sleep(latency_ms / 1000)
-    accepted = validate(request.get_json(silent=True))
-    error = injected_error(accepted.wa_id, config)
-    if error is not None:
-        raise MetaError(error)
-    wamid = record(phone_number_id, accepted, config)
+    accepted = screen(phone_number_id, request.get_json(silent=True), config, _tries())
+    [wamid] = record_many(db.session, [(phone_number_id, accepted)], config)
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
-        _defer_poster(config)
-    return jsonify(
-        messaging_product="whatsapp",
-        contacts=[{"input": accepted.to, "wa_id": accepted.wa_id}],
-        messages=[{"id": wamid, "message_status": "accepted"}],
-    ), 200
+        defer_poster(config)
+    return jsonify(accepted_body(accepted, wamid)), 200
 
 
 def _parse_since(raw: str) -> datetime:

@@ -183,6 +183,7 @@ def start_worker(
                 "DATABASE_URL": database_url_for_test,
                 "DISPARO_ENV": "development",
                 "APP_BASE_URL": live_server,
+                "MOCK_WHATSAPP_URL": "",  # the live server's mock WhatsApp
             }
         )
         # The worker's warnings and errors, kept with the test's tmp_path for a post-mortem.

@@ -57,6 +57,8 @@ def make_app(url: str, **overrides: object) -> Flask:
         "SERVER_NAME": None,
         # Hashing is not what most tests test, and scrypt would be 40 % of the suite's time.
         "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+        # The mock WhatsApp on the test app's own port, whatever a local .env says.
+        "MOCK_WHATSAPP_URL": None,
     }
     config.update(overrides)
     return create_app(config)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
+import resource
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,33 +193,33 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return payload
 
 
-@pytest.mark.parametrize(
-    ("payload", "code"),
-    [
-        (_with("messaging_product", "sms"), 100),
-        (_with("to", ...), 131008),
-        (_with("to", "12"), 131009),
-        (_with("type", "text"), 100),
-        (_with("template.name", ...), 131008),
-        (_with("template.name", " "), 131008),
-        (_with("template.language", ...), 131008),
-        (_with("template.language.code", ""), 131008),
-        (_with("template.components.0.parameters.0.text", ""), 131008),
-        (_with("template.components.0.parameters.0.type", "image"), 131009),
-        (
-            _with(
-                "template.components.0.parameters",
-                [
-                    {"type": "text", "parameter_name": "a", "text": "x"},
-                    {"type": "text", "text": "y"},
-                ],
-            ),
-            132012,
+REFUSALS = [
+    (_with("messaging_product", "sms"), 100),
+    (_with("to", ...), 131008),
+    (_with("to", "12"), 131009),
+    (_with("type", "text"), 100),
+    (_with("template.name", ...), 131008),
+    (_with("template.name", " "), 131008),
+    (_with("template.language", ...), 131008),
+    (_with("template.language.code", ""), 131008),
+    (_with("template.components.0.parameters.0.text", ""), 131008),
+    (_with("template.components.0.parameters.0.type", "image"), 131009),
+    (
+        _with(
+            "template.components.0.parameters",
+            [
+                {"type": "text", "parameter_name": "a", "text": "x"},
+                {"type": "text", "text": "y"},
+            ],
         ),
-        (_with("biz_opaque_callback_data", "x" * 513), 131009),
-        ("not an object", 100),
-    ],
-)
+        132012,
+    ),
+    (_with("biz_opaque_callback_data", "x" * 513), 131009),
+    ("not an object", 100),
+]
+
+
+@pytest.mark.parametrize(("payload", "code"), REFUSALS)
 def test_the_mock_refuses_what_meta_would(mock_app, payload, code):
     url = f"{mock_api_base_url(mock_app.config)}/{PHONE_NUMBER_ID}/messages"
     response = requests.post(url, json=payload, timeout=10)
@@ -294,7 +302,7 @@ def test_injected_errors_at_rate_one(mock_app, send, setting, kind, code, http_s
     ("to", "kind", "code", "http_status"),
     [
         ("+5511987650000", ErrorKind.PERMANENT, 131026, 400),
-        ("+5511987650429", ErrorKind.THROTTLED, 130429, 429),
+        ("+5511987650429", ErrorKind.THROTTLED, 130429, 429),  # twice (its third passes)
         ("+5511987650500", ErrorKind.RETRY, 131000, 500),
     ],
 )
@@ -537,7 +545,7 @@ def test_mock_whatsapp_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "INSTANCE_PATH", tmp_path)
     monkeypatch.setattr(config, "database_url", lambda: "postgresql://db.example.com/disparo")
     monkeypatch.setenv("DISPARO_ENV", "development")
-    for name in ("LATENCY_MS", "THROTTLE_RATE", "WEBHOOKS", "READ_RATE", "WEBHOOK_DELAY_MS"):
+    for name in ("LATENCY_MS", "THROTTLE_RATE", "WEBHOOKS", "READ_RATE", "WEBHOOK_DELAY_MS", "URL"):
         monkeypatch.delenv(f"MOCK_WHATSAPP_{name}", raising=False)
     defaults = config.load_settings().flask_config()
     assert defaults["MOCK_WHATSAPP_LATENCY_MS"] == 0
@@ -545,12 +553,21 @@ def test_mock_whatsapp_settings(monkeypatch, tmp_path):
     assert defaults["MOCK_WHATSAPP_WEBHOOKS"] is True
     assert defaults["MOCK_WHATSAPP_READ_RATE"] == 0.6
     assert defaults["MOCK_WHATSAPP_WEBHOOK_DELAY_MS"] == 1000
+    assert defaults["MOCK_WHATSAPP_URL"] is None  # the web port's endpoint
 
     monkeypatch.setenv("MOCK_WHATSAPP_THROTTLE_RATE", "0.25")
     monkeypatch.setenv("MOCK_WHATSAPP_WEBHOOKS", "off")
+    monkeypatch.setenv("MOCK_WHATSAPP_URL", " http://127.0.0.1:5001/v23.0/ ")
     changed = config.load_settings().flask_config()
     assert changed["MOCK_WHATSAPP_THROTTLE_RATE"] == 0.25
     assert changed["MOCK_WHATSAPP_WEBHOOKS"] is False
+    assert changed["MOCK_WHATSAPP_URL"] == "http://127.0.0.1:5001/v23.0"
+
+    for bad in ("127.0.0.1:5001", "ftp://127.0.0.1:5001", "http://127.0.0.1:port/v23.0"):
+        monkeypatch.setenv("MOCK_WHATSAPP_URL", bad)
+        with pytest.raises(ConfigError, match="MOCK_WHATSAPP_URL"):
+            config.load_settings()
+    monkeypatch.delenv("MOCK_WHATSAPP_URL")
 
     monkeypatch.setenv("MOCK_WHATSAPP_READ_RATE", "60%")
     with pytest.raises(ConfigError, match="MOCK_WHATSAPP_READ_RATE"):
@@ -562,3 +579,294 @@ def test_received_at_is_the_database_clock_with_milliseconds(send):
     [row] = logged()
     assert isinstance(row.received_at, datetime)
     assert row.received_at.microsecond % 1000 == 0
+
+
+def test_mock_whatsapp_url_takes_the_engine_to_the_mock_process():
+    web = {"APP_BASE_URL": "http://127.0.0.1:5000/", "MOCK_WHATSAPP_URL": None}
+    assert mock_api_base_url(web) == "http://127.0.0.1:5000/mock/whatsapp/v23.0"
+    process = web | {"MOCK_WHATSAPP_URL": "http://127.0.0.1:5001/v23.0/"}
+    assert mock_api_base_url(process) == "http://127.0.0.1:5001/v23.0"
+
+
+def test_throttle_tries_are_counted_per_key_and_bounded():
+    tries = mock_whatsapp.ThrottleTries(kept=2)
+    a, b, c = ("1", "5511987650429", "7"), ("1", "5511987650429", "8"), ("2", "5511987650429", "7")
+    assert [tries.count(a), tries.count(a), tries.count(b), tries.count(a)] == [1, 2, 1, 3]
+    assert tries.count(c) == 1  # b, tried least recently, is forgotten
+    assert len(tries) == 2
+    assert tries.count(b) == 1  # so it starts again; now a is forgotten
+    assert tries.count(a) == 1
+
+
+# -- the mock process (mocks/whatsapp_server.py), started as the Procfile's `mock:` does
+
+ROOT = Path(__file__).resolve().parent.parent
+THROTTLED_NUMBER = "+5511987650429"
+
+
+@dataclass
+class MockProcess:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        """Its Cloud API base URL: what MOCK_WHATSAPP_URL says."""
+        return f"{self.base}/v23.0"
+
+    def stats(self) -> dict[str, int]:
+        response = requests.get(f"{self.base}/stats", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert self.process.poll() is None, f"exited {self.process.returncode}: {self.output()}"
+            assert time.monotonic() < deadline, f"never {what}: {self.output()}"
+            time.sleep(0.05)
+
+    def answering(self) -> bool:
+        try:
+            return requests.get(f"{self.base}/stats", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def start_mock_process(
+    database_url_for_test: str, mock_app: Flask, live_server: str, tmp_path: Path
+) -> Iterator[Callable[..., MockProcess]]:
+    """Start ``python -m mocks.whatsapp_server`` on this test's database and a free port."""
+    started: list[MockProcess] = []
+
+    def start(wait: bool = True, **settings: str) -> MockProcess:
+        port = _free_port()
+        env = (
+            dict(os.environ)
+            | {
+                "DATABASE_URL": database_url_for_test,
+                "DISPARO_ENV": "development",
+                "DISPARO_MOCKS": "on",
+                "APP_BASE_URL": live_server,
+                "MOCK_WHATSAPP_URL": f"http://127.0.0.1:{port}/v23.0",
+                "MOCK_WHATSAPP_LATENCY_MS": "0",
+                "MOCK_WHATSAPP_THROTTLE_RATE": "0",
+                "MOCK_WHATSAPP_TRANSIENT_RATE": "0",
+                "MOCK_WHATSAPP_PERMANENT_RATE": "0",
+                "MOCK_WHATSAPP_WEBHOOKS": "on",
+                "MOCK_WHATSAPP_READ_RATE": "0.6",
+                "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": "0",
+            }
+            | settings
+        )
+        log = tmp_path / f"mock-whatsapp-{port}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mocks.whatsapp_server"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        mock = MockProcess(process, port, log)
+        started.append(mock)
+        if wait:
+            mock.wait_for(mock.answering, "answered")
+        return mock
+
+    yield start
+    for mock in started:
+        if mock.process.poll() is None:
+            mock.process.terminate()
+        try:
+            mock.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mock.process.kill()
+            mock.process.wait()
+
+
+def _without_trace(response: requests.Response) -> dict[str, Any]:
+    body = response.json()
+    body["error"].pop("fbtrace_id")
+    return body
+
+
+def test_the_mock_process_answers_like_the_web_port(
+    mock_app, sender, live_server, start_mock_process
+):
+    mock = start_mock_process()
+    urls = [
+        f"{mock_api_base_url(mock_app.config)}/{PHONE_NUMBER_ID}/messages",  # the web port
+        f"{mock.api}/{PHONE_NUMBER_ID}/messages",
+    ]
+
+    def both(payload: Any) -> list[requests.Response]:
+        return [requests.post(url, json=payload, timeout=10) for url in urls]
+
+    forced = [
+        (_with("to", "+5511987650000"), 131026, 400),
+        (_with("to", THROTTLED_NUMBER), 130429, 429),  # its first try
+        (_with("to", "+5511987650500"), 131000, 500),
+    ]
+    for payload, code, http_status in [(p, c, 400) for p, c in REFUSALS] + forced:
+        web, process = both(payload)
+        assert web.status_code == process.status_code == http_status
+        assert _without_trace(web) == _without_trace(process)
+        assert process.json()["error"]["code"] == code
+    # Flask's silent get_json: a body that is not JSON, or not said to be, is no object
+    refusals = [
+        requests.post(urls[1], data=b"{", headers={"Content-Type": "application/json"}, timeout=10),
+        requests.post(urls[1], data=json.dumps(VALID), timeout=10),
+    ]
+    assert [(r.status_code, r.json()["error"]["code"]) for r in refusals] == [(400, 100)] * 2
+    assert _log(live_server) == []
+
+    web, process = both(VALID)
+    assert web.status_code == process.status_code == 200
+    bodies = [web.json(), process.json()]
+    wamids = [body["messages"][0].pop("id") for body in bodies]
+    assert bodies[0] == bodies[1]
+    assert all(wamid.startswith("wamid.") for wamid in wamids)
+
+    # Both write the one log the web port reads, and queue the same webhooks.
+    log = _log(live_server)
+    assert [row["wamid"] for row in log] == wamids
+    assert {(row["phone_number_id"], row["message_id"], row["to"]) for row in log} == {
+        (PHONE_NUMBER_ID, "9", "+5511987654321")
+    }
+    queued = webhooks()
+    for wamid in wamids:
+        mine = [row for row in queued if row.wamid == wamid]
+        assert [row.status for row in mine] == ["sent", "delivered", "read"][: len(mine)]
+        assert len(mine) == (3 if mock_whatsapp.is_read(wamid, 0.6) else 2)
+        [entry] = mine[0].payload["entry"]
+        assert entry["id"] == "200000000000777"  # the sender's WABA
+        [status] = entry["changes"][0]["value"]["statuses"]
+        assert status["biz_opaque_callback_data"] == "9"
+        assert status["recipient_id"] == "5511987654321"
+    # The process deferred the poster in the test database (the web port's went to memory).
+    posters = db.session.scalar(
+        sa.text("SELECT count(*) FROM procrastinate_jobs WHERE task_name = :name"),
+        {"name": "mock_whatsapp.post_webhooks"},
+    )
+    assert posters == 1
+
+    assert mock.stats() | {"pid": 0} == {
+        "in_flight": 0,
+        "peak_in_flight": 1,
+        "accepted": 1,
+        "refused": len(REFUSALS) + len(forced) + 2,
+        "recorded": 1,
+        "flushes": 1,
+        "failed_flushes": 0,
+        "pid": 0,
+    }
+    mock.process.terminate()
+    assert mock.process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("via", ["web port", "mock process"])
+def test_a_throttled_number_passes_on_its_third_try(mock_app, send, start_mock_process, via):
+    if via == "mock process":
+        mock_app.config["MOCK_WHATSAPP_URL"] = start_mock_process().api
+    for _ in range(2):
+        with pytest.raises(SendError) as caught:
+            send(to=THROTTLED_NUMBER, callback_data="5")
+        assert (caught.value.kind, caught.value.code) == (ErrorKind.THROTTLED, 130429)
+    with pytest.raises(SendError):  # another message to that number: its own first try
+        send(to=THROTTLED_NUMBER, callback_data="6")
+    assert logged() == []
+
+    third = send(to=THROTTLED_NUMBER, callback_data="5")
+    [row] = logged()
+    assert (row.wamid, row.to, row.message_id) == (third.provider_message_id, THROTTLED_NUMBER, "5")
+    send(to=THROTTLED_NUMBER, callback_data="5")  # and from then on
+    assert len(logged()) == 2
+
+
+def _post_request(port: int, path: str, payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _all_at_once(port: int, requests_: list[bytes]) -> list[tuple[int, bytes]]:
+    """Connect every call first, then send them all, then read every answer (status, body)."""
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for start in range(0, len(requests_), 100):
+        chunk = range(start, min(start + 100, len(requests_)))
+        connections += await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in chunk)
+        )
+    for (_, writer), request_ in zip(connections, requests_, strict=True):
+        writer.write(request_)
+    await asyncio.gather(*(writer.drain() for _, writer in connections))
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, bytes]:
+        raw = await reader.read()  # the server closes: Connection: close
+        writer.close()
+        await writer.wait_closed()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+
+    return await asyncio.gather(*(answer(reader, writer) for reader, writer in connections))
+
+
+def _allow_open_files(count: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        if hard != resource.RLIM_INFINITY and hard < count:
+            pytest.skip(f"{count} sockets need a higher open files limit than {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
+def test_the_mock_process_holds_a_thousand_calls_in_flight(mock_app, sender, start_mock_process):
+    calls = 1000
+    _allow_open_files(calls + 200)
+    mock = start_mock_process(MOCK_WHATSAPP_LATENCY_MS="300", MOCK_WHATSAPP_WEBHOOKS="off")
+    path = f"/v23.0/{PHONE_NUMBER_ID}/messages"
+    requests_ = [
+        _post_request(mock.port, path, _with("biz_opaque_callback_data", str(n)))
+        for n in range(calls)
+    ]
+
+    answers = asyncio.run(_all_at_once(mock.port, requests_))
+
+    assert [status for status, _ in answers] == [200] * calls
+    wamids = {json.loads(body)["messages"][0]["id"] for _, body in answers}
+    assert len(wamids) == calls
+    stats = mock.stats()
+    # Every call was in flight at one moment: the gauge saw all of them at once.
+    assert stats["peak_in_flight"] == calls
+    assert (stats["accepted"], stats["recorded"], stats["in_flight"]) == (calls, calls, 0)
+    assert stats["flushes"] < calls  # calls that arrived together were committed together
+    assert set(db.session.scalars(sa.select(MockWhatsAppMessage.wamid))) == wamids
+
+
+def test_the_mock_process_idles_with_mocks_off(start_mock_process):
+    mock = start_mock_process(wait=False, DISPARO_MOCKS="off")
+    mock.wait_for(lambda: "idle" in mock.output(), "idled")
+    assert not mock.answering()
+    mock.process.terminate()
+    assert mock.process.wait(timeout=30) == 0

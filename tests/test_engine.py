@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from procrastinate.exceptions import AlreadyEnqueued
 
 from app import db
-from campaigns import counters
+from campaigns import counters, fanout
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -226,6 +226,53 @@ def test_a_few_thousand_at_a_high_rate_go_out_once(app, live_server, start_worke
     forced = {number[-4:] for number in audience_numbers(app, campaign) if number}
     failed = rows["failed"]
     assert failed == 0 or forced & {"0000", "0500"}, rows
+
+
+def test_one_batch_mixing_outcomes_records_each_message(
+    app, live_server, start_worker, make_campaign
+):
+    """A worker sends one batch where one number is throttled twice, one is undeliverable
+    and a share of calls fail transiently: each message ends as its own calls say, and
+    each keeps its own attempts."""
+    app.config.update(MOCK_WHATSAPP_WEBHOOKS=False, MOCK_WHATSAPP_TRANSIENT_RATE=0.2)
+    campaign = make_campaign(80)
+    send_campaign_now(campaign.id, campaign.owner_id)
+    fanout.load_audience(campaign.id, app.config)  # in-process: no worker runs yet
+    pending = list(
+        db.session.scalars(
+            sa.select(Message.id)
+            .where(Message.campaign_id == campaign.id, Message.status == MessageStatus.PENDING)
+            .order_by(Message.id)
+        )
+    )
+    throttled, undeliverable = pending[0], pending[1]
+    for message_id, ending in ((throttled, "0429"), (undeliverable, "0000")):
+        db.session.execute(
+            sa.update(Message)
+            .where(Message.id == message_id)
+            .values(phone=sa.func.left(Message.phone, sa.func.length(Message.phone) - 4) + ending)
+        )
+    db.session.commit()
+    start_worker()  # runs the pump the fan-out deferred: one batch of every pending message
+    wait_for(lambda: campaign_status(campaign.id) is CampaignStatus.COMPLETED, 120, "completed")
+
+    rows = {m.id: m for m in db.session.scalars(sa.select(Message).where(Message.id.in_(pending)))}
+    # Throttled twice, then like any number (a transient error may still come after).
+    assert rows[throttled].status is MessageStatus.SENT and rows[throttled].attempts >= 3
+    if rows[throttled].attempts == 3:
+        assert rows[throttled].tries == 1  # the two throttles cost no try
+    assert (rows[undeliverable].status, rows[undeliverable].error_code) == (
+        MessageStatus.FAILED,
+        "131026",
+    )
+    assert rows[undeliverable].attempts == 1
+    others = [rows[i] for i in pending[2:]]
+    assert {m.status for m in others} == {MessageStatus.SENT}
+    assert any(m.attempts > 1 for m in others)  # transient errors, tried again on their own
+    log = Counter(entry["message_id"] for entry in mock_log(live_server))
+    assert set(log) == {str(i) for i in pending if i != undeliverable}
+    assert max(log.values()) == 1
+    assert_counters_match_rows(campaign.id)
 
 
 def test_transient_errors_are_retried_until_they_go(app, live_server, start_worker, make_campaign):

@@ -111,11 +111,8 @@ def send_batch(
         return report
     if campaign.status is not CampaignStatus.SENDING:
         # Paused: back to pending, the pump queues them again on resume. Stopped: cancelled.
-        to = (
-            MessageStatus.PENDING
-            if campaign.status is CampaignStatus.PAUSED
-            else (MessageStatus.CANCELLED)
-        )
+        paused = campaign.status is CampaignStatus.PAUSED
+        to = MessageStatus.PENDING if paused else MessageStatus.CANCELLED
         for message_id, _attempts in waiting:
             if message_states.transition(db.session, message_id, [source], to):
                 report.stopped.append(message_id)
@@ -162,7 +159,9 @@ def _take_limits(
     """(granted ids, held ids, seconds until the held may go): two limiter calls at most.
 
     A message that was called before (attempts > 0: a transient error, a throttle, a dead
-    worker, "retry failed") is a retry and takes one unit of its own retry limit too.
+    worker, "retry failed") is a retry and takes one unit of its own retry limit first; if
+    the sender's or owner's limit then holds it back, that unit is spent all the same (the
+    limiter errs towards sending less, never more).
     """
     held: list[int] = []
     wait = 0.0

@@ -215,7 +215,7 @@ class Stack:
         if not MOCK_SERVER:
             return
         port = free_port()
-        self.extra_env["MOCK_WHATSAPP_URL"] = f"http://127.0.0.1:{port}"
+        self.extra_env["MOCK_WHATSAPP_URL"] = f"http://127.0.0.1:{port}/v23.0"
         self.start(
             "mock",
             "mock",

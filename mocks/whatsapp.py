@@ -99,13 +99,14 @@ _session = requests.Session()
 _session.mount("http://", HTTPAdapter(pool_maxsize=8))
 _session.mount("https://", HTTPAdapter(pool_maxsize=8))
 
-# -- accepted messages, many at once (clock_timestamp(): each row's own insert time)
+# -- accepted messages, many at once, each at the time its request arrived
 INSERT_MESSAGES = sa.text(
     """
-    INSERT INTO mock_whatsapp_messages (wamid, "to", phone_number_id, message_id, template_name)
+    INSERT INTO mock_whatsapp_messages
+           (wamid, "to", phone_number_id, message_id, template_name, received_at)
     SELECT * FROM unnest(CAST(:wamids AS text[]), CAST(:tos AS text[]),
                          CAST(:phone_number_ids AS text[]), CAST(:message_ids AS text[]),
-                         CAST(:template_names AS text[]))
+                         CAST(:template_names AS text[]), CAST(:received_ats AS timestamptz[]))
     RETURNING wamid, received_at
     """
 )
@@ -396,12 +397,14 @@ def status_webhooks(
 
 def record_many(
     session: AnySession | sa.Connection,
-    sends: Sequence[tuple[str, Accepted]],
+    sends: Sequence[tuple[str, Accepted, datetime]],
     config: Mapping[str, Any],
 ) -> list[str]:
     """Log accepted messages and queue their status webhooks, in one committed transaction.
 
-    ``sends`` pairs each accepted message with the phone number id it was sent from;
+    ``sends`` are (phone number id it was sent from, the accepted message, when its
+    request arrived: what the log calls ``received_at``, so that a rate measured on the
+    log is the rate the calls came in, whatever the latency and batching of the writes);
     the answer is their wamids, in the same order. Two statements whatever their
     number (one INSERT of arrays per table) and one read of their senders.
     """
@@ -414,18 +417,19 @@ def record_many(
             INSERT_MESSAGES,
             {
                 "wamids": wamids,
-                "tos": [accepted.to for _, accepted in sends],
-                "phone_number_ids": [phone_number_id for phone_number_id, _ in sends],
-                "message_ids": [accepted.callback_data for _, accepted in sends],
-                "template_names": [accepted.template_name for _, accepted in sends],
+                "tos": [accepted.to for _, accepted, _ in sends],
+                "phone_number_ids": [phone_number_id for phone_number_id, _, _ in sends],
+                "message_ids": [accepted.callback_data for _, accepted, _ in sends],
+                "template_names": [accepted.template_name for _, accepted, _ in sends],
+                "received_ats": [arrived for _, _, arrived in sends],
             },
         )
     }
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
-        senders = _senders_for(session, sorted({phone_number_id for phone_number_id, _ in sends}))
+        senders = _senders_for(session, sorted({pnid for pnid, _, _ in sends}))
         rows = [
             row
-            for wamid, (phone_number_id, accepted) in zip(wamids, sends, strict=True)
+            for wamid, (phone_number_id, accepted, _) in zip(wamids, sends, strict=True)
             for row in status_webhooks(
                 wamid=wamid,
                 accepted=accepted,
@@ -474,12 +478,13 @@ def _tries() -> ThrottleTries:
 @bp.post("/<version>/<phone_number_id>/messages")
 def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     """Accept a template message like the Cloud API, or refuse it the way Meta would."""
+    arrived = datetime.now(UTC)
     config = current_app.config
     latency_ms = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0))
     if latency_ms:
         time.sleep(latency_ms / 1000)
     accepted = screen(phone_number_id, request.get_json(silent=True), config, _tries())
-    [wamid] = record_many(db.session, [(phone_number_id, accepted)], config)
+    [wamid] = record_many(db.session, [(phone_number_id, accepted, arrived)], config)
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
         defer_poster(config)
     return jsonify(accepted_body(accepted, wamid)), 200

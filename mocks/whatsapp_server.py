@@ -49,6 +49,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -95,7 +96,7 @@ class MockWhatsApp:
         self.webhooks = bool(config.get("MOCK_WHATSAPP_WEBHOOKS", True))
         self.tries = whatsapp.ThrottleTries()
         self.stats = Stats()
-        self._waiting: list[tuple[str, Accepted, asyncio.Future[str]]] = []
+        self._waiting: list[tuple[str, Accepted, datetime, asyncio.Future[str]]] = []
         self._arrived = asyncio.Event()
         self._deferred_at = -POSTER_DEFER_SECONDS
 
@@ -110,6 +111,7 @@ class MockWhatsApp:
         stats = self.stats
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        arrived = datetime.now(UTC)
         try:
             body = await request.read()
             if self.latency:
@@ -119,7 +121,7 @@ class MockWhatsApp:
                 accepted = whatsapp.screen(
                     phone_number_id, _json_or_none(request, body), self.config, self.tries
                 )
-                wamid = await self.record(phone_number_id, accepted)
+                wamid = await self.record(phone_number_id, accepted, arrived)
             except MetaError as error:
                 stats.refused += 1
                 return _json_response(whatsapp.error_body(error), error.http_status)
@@ -131,10 +133,12 @@ class MockWhatsApp:
     async def stats_view(self, request: web.Request) -> web.Response:
         return _json_response(asdict(self.stats) | {"pid": os.getpid()}, 200)
 
-    def record(self, phone_number_id: str, accepted: Accepted) -> asyncio.Future[str]:
+    def record(
+        self, phone_number_id: str, accepted: Accepted, arrived: datetime
+    ) -> asyncio.Future[str]:
         """Its wamid, once the flusher has committed its row."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.append((phone_number_id, accepted, future))
+        self._waiting.append((phone_number_id, accepted, arrived, future))
         self._arrived.set()
         return future
 
@@ -149,14 +153,16 @@ class MockWhatsApp:
                 del self._waiting[:FLUSH_MAX_ROWS]
                 await self._flush(group)
 
-    async def _flush(self, group: Sequence[tuple[str, Accepted, asyncio.Future[str]]]) -> None:
-        sends = [(phone_number_id, accepted) for phone_number_id, accepted, _ in group]
+    async def _flush(
+        self, group: Sequence[tuple[str, Accepted, datetime, asyncio.Future[str]]]
+    ) -> None:
+        sends = [(pnid, accepted, arrived) for pnid, accepted, arrived, _ in group]
         try:
             wamids = await asyncio.to_thread(self._record, sends)
         except Exception:
             logger.exception("mock WhatsApp: could not record %d messages", len(group))
             self.stats.failed_flushes += 1
-            for _, _, future in group:
+            for *_, future in group:
                 if not future.done():
                     future.set_exception(
                         MetaError(whatsapp.TRANSIENT, "The mock could not record the message.")
@@ -164,11 +170,11 @@ class MockWhatsApp:
             return
         self.stats.flushes += 1
         self.stats.recorded += len(group)
-        for (_, _, future), wamid in zip(group, wamids, strict=True):
+        for (*_, future), wamid in zip(group, wamids, strict=True):
             if not future.done():  # else its call was cancelled: its row stays, like Meta's
                 future.set_result(wamid)
 
-    def _record(self, sends: Sequence[tuple[str, Accepted]]) -> list[str]:
+    def _record(self, sends: Sequence[tuple[str, Accepted, datetime]]) -> list[str]:
         """In a thread: one transaction for the group, then the poster if it is time."""
         with self.engine.connect() as conn:
             wamids = whatsapp.record_many(conn, sends, self.config)

@@ -323,6 +323,28 @@ def record_sent(session: AnySession, campaign_id: int, sent: Sequence[tuple[int,
     statelog.moved_each(moved, campaign_id, S.SENDING, S.SENT)
 
 
+UNCLAIM = sa.text(
+    # -- claimed messages whose call never started (a limit held them back): waiting
+    # again, the attempt and try given back
+    "UPDATE messages SET status = CAST(:source AS message_status), attempts = attempts - 1,"
+    " tries = greatest(tries - 1, 0), updated_at = now()"
+    " WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'sending' RETURNING id"
+)
+
+
+def unclaim(
+    session: AnySession, campaign_id: int, ids: Sequence[int], source: MessageStatus
+) -> list[int]:
+    """Claimed messages whose calls were never started back to waiting; the ids moved."""
+    _check([S.SENDING], source)
+    if not ids:
+        return []
+    moved = list(session.execute(UNCLAIM, {"ids": list(ids), "source": source.value}).scalars())
+    counters.apply(session, campaign_id, counter_deltas(S.SENDING, source, len(moved)))
+    statelog.moved_each(moved, campaign_id, S.SENDING, source)
+    return moved
+
+
 def requeue(
     session: AnySession,
     campaign_id: int,

@@ -2,12 +2,14 @@
 
 Called by the message jobs in ``jobs/tasks.py``; it never imports ``jobs``. A job
 carries a batch of one campaign's messages (``queues.defer_sends``). The batch
-checks its campaign, takes the retried messages' retry limits in one limiter call
-and the sender's and owner's limits for the rest in another (a partial grant: what
-is not granted waits for a later job, without spending a try), claims the granted
-messages (``sending``, committed before any call, so a crash from there on leaves
-rows maintenance sends again: at-least-once), starts their calls on the process's
-call pool (``calls.py``), and records the outcomes as they return, in one
+checks its campaign, takes the retried messages' own retry limits in one limiter
+call, claims the rest (``sending``, committed before any call, so a crash from there
+on leaves rows maintenance sends again: at-least-once), then takes the sender's and
+owner's limits for them in one more call, as a partial grant, and starts the granted
+calls at once on the process's call pool (``calls.py``): nothing but the grant's
+return lies between a grant and its request, which is what a minimum gap can lose
+at the provider. What a limit holds back goes back to waiting, its try and attempt
+given back, for a later job. Outcomes are recorded as the calls return, in one
 transaction per group of calls that returned together.
 
 Each message keeps its own tries (``messages.tries``): 3 on campaign-messages,
@@ -119,21 +121,26 @@ def send_batch(
         db.session.commit()
         return report
 
-    granted, held, wait = _take_limits(campaign, waiting)
-    claimed = message_states.claim(db.session, campaign_id, granted, source)
-    report.skipped += len(granted) - len(claimed)
-    if held:
-        report.held = held
-        queues.defer_sends(db.session, campaign_id, [held], [_later(wait)], retry_queue=retry_queue)
+    held, wait = _retry_limits(waiting)
+    candidates = [message_id for message_id, _ in waiting if message_id not in held]
+    limits = ratelimit.send_limits(campaign.sender, campaign.owner)
+    # Claimed and committed before the send limits are taken, so a granted call starts
+    # right after its grant: what lies between them is what a minimum gap can lose at
+    # the provider. What the limits then hold back is given back below.
+    claimed = message_states.claim(db.session, campaign_id, candidates, source)
+    report.skipped += len(candidates) - len(claimed)
     # The call threads read the sender and template while this thread records outcomes
     # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
     db.session.expunge(sender)
     db.session.expunge(template)
     db.session.commit()
-    if not claimed:
-        return report
-
+    granted = 0
+    if claimed:
+        decision = ratelimit.consume(db.session, limits, units=len(claimed), partial=True)
+        granted = decision.granted
+        if granted < len(claimed):
+            wait = max(wait, decision.retry_after)
     provider = providers.for_sender(sender, config)
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     started: dict[Future[SendResult], message_states.Claimed] = {
@@ -145,50 +152,38 @@ def send_batch(
             params=message.params,
             callback_data=str(message.id),
         ): message
-        for message in claimed
+        for message in claimed[:granted]
     }
+    back = [message.id for message in claimed[granted:]]
+    if held or back:
+        back = message_states.unclaim(db.session, campaign_id, back, source)
+        report.held = sorted(held + back)
+        queues.defer_sends(
+            db.session, campaign_id, [report.held], [_later(wait)], retry_queue=retry_queue
+        )
+        db.session.commit()
     for group in calls.as_they_return(started):
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
         _record(campaign_id, outcomes, config, retry_queue=retry_queue, report=report)
     return report
 
 
-def _take_limits(
-    campaign: Campaign, waiting: Sequence[tuple[int, int]]
-) -> tuple[list[int], list[int], float]:
-    """(granted ids, held ids, seconds until the held may go): two limiter calls at most.
+def _retry_limits(waiting: Sequence[tuple[int, int]]) -> tuple[list[int], float]:
+    """(ids held back by their own retry limit, seconds until they may go): one call.
 
     A message that was called before (attempts > 0: a transient error, a throttle, a dead
     worker, "retry failed") is a retry and takes one unit of its own retry limit first; if
     the sender's or owner's limit then holds it back, that unit is spent all the same (the
     limiter errs towards sending less, never more).
     """
-    held: list[int] = []
-    wait = 0.0
     retried = [message_id for message_id, attempts in waiting if attempts > 0]
-    refused: set[int] = set()
-    if retried:
-        limits = [ratelimit.retry_limit(message_id) for message_id in retried]
-        for message_id, decision in zip(
-            retried, ratelimit.consume_each(db.session, limits), strict=True
-        ):
-            if not decision.allowed:
-                refused.add(message_id)
-                wait = max(wait, decision.retry_after)
-    candidates = [message_id for message_id, _ in waiting if message_id not in refused]
-    held.extend(message_id for message_id, _ in waiting if message_id in refused)
-    if not candidates:
-        return [], held, wait
-    decision = ratelimit.consume(
-        db.session,
-        ratelimit.send_limits(campaign.sender, campaign.owner),
-        units=len(candidates),
-        partial=True,
+    if not retried:
+        return [], 0.0
+    decisions = ratelimit.consume_each(
+        db.session, [ratelimit.retry_limit(message_id) for message_id in retried]
     )
-    if decision.granted < len(candidates):
-        held.extend(candidates[decision.granted :])
-        wait = max(wait, decision.retry_after)
-    return candidates[: decision.granted], sorted(held), wait
+    refused = [(i, d.retry_after) for i, d in zip(retried, decisions, strict=True) if not d.allowed]
+    return [i for i, _ in refused], max((seconds for _, seconds in refused), default=0.0)
 
 
 @dataclass

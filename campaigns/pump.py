@@ -66,10 +66,10 @@ def pump(campaign_id: int) -> bool:
     if room > 0 and totals["pending"] > 0:
         ids = message_states.queue_next(db.session, campaign_id, room)
         start_at = max(now, campaign.pace_cursor_at or now)
-        batches = [ids[i : i + size] for i in range(0, len(ids), size)]
-        slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(batches))]
+        jobs = queues.batches(ids, size)
+        slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
         campaign.pace_cursor_at = start_at + timedelta(seconds=len(ids) * interval)
-        queues.defer_sends(db.session, campaign_id, batches, slots)
+        queues.defer_sends(db.session, campaign_id, jobs, slots)
     queues.defer_pump(db.session, campaign_id, now + timedelta(seconds=INTERVAL_SECONDS))
     db.session.commit()
     return True

@@ -137,12 +137,17 @@ def defer_sends(
     defer(session, task, queue, args, [when for _, when in jobs])
 
 
+def batches(ids: Sequence[int], size: int = BATCH_MAX) -> list[Sequence[int]]:
+    """``ids`` cut into message jobs' batches of ``size`` (the last may be shorter)."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
 def defer_retries(
     session: AnySession, campaign_id: int, message_ids: Sequence[int], at: datetime | None = None
 ) -> None:
     """Hand messages over to message-retry (at ``at``, else now), in batches."""
-    batches = [message_ids[i : i + BATCH_MAX] for i in range(0, len(message_ids), BATCH_MAX)]
-    defer_sends(session, campaign_id, batches, [at] * len(batches), retry_queue=True)
+    jobs = batches(message_ids)
+    defer_sends(session, campaign_id, jobs, [at] * len(jobs), retry_queue=True)
 
 
 def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:

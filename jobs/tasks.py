@@ -38,6 +38,7 @@ from campaigns.queues import (
     SEND_TASK,
     SENDER_QUEUE,
     TEMPLATE_SYNC_TASK,
+    job_message_ids,
 )
 from campaigns.services import ServiceError
 from campaigns.services.templates import pending_template_ids, sync_template_status
@@ -111,7 +112,7 @@ def _send(
     *,
     retry_queue: bool,
 ) -> None:
-    ids = message_ids if message_ids is not None else [message_id] if message_id else []
+    ids = job_message_ids({"message_ids": message_ids, "message_id": message_id})
     if campaign_id is None:  # a job deferred before batches: one message_id
         campaign_id = sending.campaign_of(ids)
         if campaign_id is None:

@@ -47,6 +47,11 @@ def users_create(email: str, role: str, api_token: bool) -> None:
 @click.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo admin, a mock sender and approved templates (only once)."""
+    if current_app.config["DISPARO_ENV"] == "production":
+        # A known admin and a mock sender have no place in a real deployment.
+        raise click.ClickException(
+            "seed-demo is for development only and refuses to run with DISPARO_ENV=production."
+        )
     # The password is generated once and only its hash is stored, so the
     # plain one is kept (git-ignored, 0600) for `make run` to print every time.
     credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))

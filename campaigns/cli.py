@@ -1,4 +1,4 @@
-"""``flask`` commands: user management and the demo data."""
+"""``flask`` commands: user management, the demo data and the rotation of stored secrets."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from app import db
+from campaigns import encryption
 from campaigns.config import INSTANCE_PATH
 from campaigns.models import Role
 from campaigns.services import ServiceError, demo
 from campaigns.services.users import create_api_token, create_user
 
 users_cli = AppGroup("users", help="Manage users.")
+secrets_cli = AppGroup("secrets", help="Manage the secrets stored encrypted.")
 DEMO_CREDENTIALS = INSTANCE_PATH / "demo-admin.txt"
 
 
@@ -47,6 +50,11 @@ def users_create(email: str, role: str, api_token: bool) -> None:
 @click.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo admin, a mock sender and approved templates (only once)."""
+    if current_app.config["DISPARO_ENV"] == "production":
+        # A known admin and a mock sender have no place in a real deployment.
+        raise click.ClickException(
+            "seed-demo is for development only and refuses to run with DISPARO_ENV=production."
+        )
     # The password is generated once and only its hash is stored, so the
     # plain one is kept (git-ignored, 0600) for `make run` to print every time.
     credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))
@@ -62,6 +70,16 @@ def seed_demo() -> None:
         click.echo(f"Demo data already present; sign in as {seed.admin_email}.")
 
 
+@secrets_cli.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of DISPARO_ENCRYPTION_KEY."""
+    # After prepending a new key: once this has run, the old keys can be dropped.
+    count = encryption.rotate_stored_secrets(db.session.connection())
+    db.session.commit()
+    click.echo(f"Re-encrypted {count} stored secrets with the first key.")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(secrets_cli)
     app.cli.add_command(seed_demo)

@@ -6,6 +6,8 @@ and to the CLI, so web and workers can never talk to different databases.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import secrets
@@ -16,6 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from dotenv import load_dotenv
 
 from campaigns import phones
@@ -31,6 +36,15 @@ MOCK_ERP_MAX_CUSTOMERS = 9_999_999
 # Provider calls in flight per worker process at most (threads, pooled connections).
 MAX_CALLS_IN_FLIGHT = 1000
 MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
+# What production cannot start without; nothing else is required.
+REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "DISPARO_ENCRYPTION_KEY")
+ENCRYPTION_KEY = "DISPARO_ENCRYPTION_KEY"
+GENERATE_FERNET_KEY = (
+    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# Standard Webhooks: a signing secret of 24 to 64 random bytes.
+WEBHOOK_SECRET_BYTES = (24, 64)
 
 
 class ConfigError(RuntimeError):
@@ -171,6 +185,7 @@ class Settings:
     whatsapp_app_secret: str | None
     webhook_verify_token: str | None
     notification_webhook_url: str | None
+    notification_webhook_secret: str
     login_max_failures: int
     login_lockout_minutes: int
     stalled_worker_seconds: int
@@ -213,6 +228,7 @@ class Settings:
             "WHATSAPP_APP_SECRET": self.whatsapp_app_secret,
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
+            "NOTIFICATION_WEBHOOK_SECRET": self.notification_webhook_secret,
             "LOGIN_MAX_FAILURES": self.login_max_failures,
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
@@ -247,14 +263,106 @@ class Settings:
 
 
 def mocks_enabled() -> bool:
-    """``DISPARO_MOCKS``: on by default in development, off in production."""
-    return _flag("DISPARO_MOCKS", default=environment() == "development")
+    """``DISPARO_MOCKS``: on by default in development, never in production.
+
+    Called by ``create_app`` and on importing ``jobs`` (every worker), so a production
+    process with the mocks switched on stops before it serves or runs anything.
+    """
+    env = environment()
+    mocks = _flag("DISPARO_MOCKS", default=env == "development")
+    if mocks and env == "production":
+        raise ConfigError(
+            "DISPARO_MOCKS is on, and production never runs the mock ERP and WhatsApp "
+            "(a mock sender would report fake sends as real). Unset DISPARO_MOCKS, "
+            "or set DISPARO_ENV=development."
+        )
+    return mocks
+
+
+def _require_production_settings() -> None:
+    """Name every missing required setting at once, rather than one per restart."""
+    missing = [name for name in REQUIRED_IN_PRODUCTION if not os.environ.get(name, "").strip()]
+    if not missing:
+        return
+    verb = "is" if len(missing) == 1 else "are"
+    message = (
+        f"Production needs {', '.join(missing)}, which {verb} not set (README, Configuration)."
+    )
+    if ENCRYPTION_KEY in missing:
+        message += f" Generate {ENCRYPTION_KEY} with: {GENERATE_FERNET_KEY}"
+    raise ConfigError(message)
+
+
+def _derived_key(secret_key: str, purpose: str) -> bytes:
+    """32 bytes of key for one purpose, derived from the development SECRET_KEY."""
+    hkdf = HKDF(algorithm=SHA256(), length=32, salt=None, info=f"disparo {purpose}".encode())
+    return hkdf.derive(secret_key.encode())
+
+
+def encryption_keys() -> list[str]:
+    """``DISPARO_ENCRYPTION_KEY``'s Fernet keys, the one that encrypts first.
+
+    Several comma-separated keys rotate: the first encrypts, every one decrypts
+    (``flask secrets rotate`` re-encrypts with the first). Production requires it;
+    development derives a fixed key of its own from its SECRET_KEY, which no
+    production process ever uses (production never reaches this fallback).
+    """
+    env = environment()
+    raw = os.environ.get(ENCRYPTION_KEY, "").strip()
+    if not raw:
+        if env == "production":
+            raise ConfigError(
+                f"{ENCRYPTION_KEY} is not set. Production needs a Fernet key to encrypt "
+                f"senders' secrets; generate one with: {GENERATE_FERNET_KEY}"
+            )
+        derived = _derived_key(_secret_key(env), "development encryption key")
+        return [base64.urlsafe_b64encode(derived).decode()]
+    keys = [key.strip() for key in raw.split(",")]
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, binascii.Error):  # the message never repeats the key
+            which = f"key {position} of {len(keys)}" if len(keys) > 1 else "its value"
+            raise ConfigError(
+                f"{ENCRYPTION_KEY} is not valid: {which} is not a Fernet key "
+                f"(32 url-safe base64-encoded bytes). Generate one with: {GENERATE_FERNET_KEY}"
+            ) from None
+    return keys
+
+
+def _notification_webhook_secret(secret_key: str) -> str:
+    """The outgoing webhooks' Standard Webhooks secret (``whsec_`` and base64).
+
+    Unset, one is derived from SECRET_KEY: every notification is signed, though a
+    receiver can only check it against a secret it was given, so set it to verify.
+    """
+    raw = os.environ.get("NOTIFICATION_WEBHOOK_SECRET", "").strip()
+    if not raw:
+        key = _derived_key(secret_key, "notification webhook secret")
+        return WEBHOOK_SECRET_PREFIX + base64.b64encode(key).decode()
+    low, high = WEBHOOK_SECRET_BYTES
+    try:
+        size = len(base64.b64decode(raw.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True))
+    except binascii.Error:
+        size = 0
+    if not raw.startswith(WEBHOOK_SECRET_PREFIX) or not low <= size <= high:
+        raise ConfigError(
+            f"NOTIFICATION_WEBHOOK_SECRET must be {WEBHOOK_SECRET_PREFIX} followed by {low} "
+            f"to {high} base64-encoded random bytes; generate one with: python -c "
+            f'"import base64, os; print({WEBHOOK_SECRET_PREFIX!r} + '
+            f'base64.b64encode(os.urandom(32)).decode())"'
+        )
+    return raw
 
 
 def load_settings() -> Settings:
     """Read every setting once, raising :class:`ConfigError` on the first bad one."""
     env = environment()
+    if env == "production":
+        _require_production_settings()
     mocks = mocks_enabled()
+    secret_key = _secret_key(env)
+    encryption_keys()  # validated here, so a bad key stops the app at startup
     base = os.environ.get("APP_BASE_URL", "").strip().rstrip("/")
     if not base:
         # Never this process's own PORT: honcho gives every process another one.
@@ -267,7 +375,7 @@ def load_settings() -> Settings:
         whatsapp = "https://graph.facebook.com/v23.0"
     return Settings(
         env=env,
-        secret_key=_secret_key(env),
+        secret_key=secret_key,
         mocks=mocks,
         app_base_url=base,
         erp_base_url=erp,
@@ -275,6 +383,7 @@ def load_settings() -> Settings:
         whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
+        notification_webhook_secret=_notification_webhook_secret(secret_key),
         login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
         login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.

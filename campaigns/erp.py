@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from campaigns.config import ConfigError
+from campaigns.redact import redact_urls
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +44,21 @@ DEFAULT_PAGE_SIZE = 500
 
 
 class ErpError(Exception):
-    """The ERP could not answer, or refused: ``status`` None means never reached."""
+    """The ERP could not answer, or refused: ``status`` None means never reached.
+
+    Its message is shown to operators and sent in notifications, so credentials in
+    any URL it names (``ERP_BASE_URL``'s user and password, a token in a query,
+    as ``requests`` repeats them) are masked when it is made.
+    """
 
     def __init__(
         self, message: str, status: int | None = None, fields: Mapping[str, str] | None = None
     ) -> None:
+        message = redact_urls(message)
         super().__init__(message)
         self.message = message
         self.status = status
-        self.fields: dict[str, str] = dict(fields or {})
+        self.fields = {name: redact_urls(text) for name, text in (fields or {}).items()}
 
     @property
     def is_caller_error(self) -> bool:
@@ -165,12 +172,14 @@ class ErpClient:
 
     def _get(self, path: str, params: Mapping[str, str]) -> Any:
         url = f"{self.base_url}{path}"
+        # Not chained to requests' exception (`from None`): a job's logged traceback
+        # would repeat its unmasked URL; the message keeps its text, masked.
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise ErpError(f"The ERP did not answer in time ({url}).") from exc
+        except requests.Timeout:
+            raise ErpError(f"The ERP did not answer in time ({url}).") from None
         except requests.RequestException as exc:
-            raise ErpError(f"Could not reach the ERP at {url}: {exc}") from exc
+            raise ErpError(f"Could not reach the ERP at {url}: {exc}") from None
         status = response.status_code
         if not 200 <= status < 300:
             message, fields = _error_details(response)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app import Model
+from campaigns.encryption import EncryptedText
 
 
 def pg_enum(enum_class: type[enum.Enum], name: str) -> sa.Enum:
@@ -182,9 +183,10 @@ class Sender(Model):
     phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
     display_phone_number: Mapped[str | None] = mapped_column(sa.String(32))
     waba_id: Mapped[str | None] = mapped_column(sa.String(64))
-    # Secrets stay server-side: never rendered back, never logged (see __repr__).
-    access_token: Mapped[str | None] = mapped_column(sa.Text)
-    app_secret: Mapped[str | None] = mapped_column(sa.Text)
+    # Secrets stay server-side: encrypted at rest (DISPARO_ENCRYPTION_KEY), read back as
+    # plaintext, never rendered back, never logged (see __repr__).
+    access_token: Mapped[str | None] = mapped_column(EncryptedText)
+    app_secret: Mapped[str | None] = mapped_column(EncryptedText)
     webhook_verify_token: Mapped[str | None] = mapped_column(sa.String(255))
     rate_limit_per_minute: Mapped[int] = mapped_column(default=20, server_default="20")
     # The least time between two messages of this sender (the source's 1 s gap).

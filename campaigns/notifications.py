@@ -1,12 +1,23 @@
-"""Campaign notifications: in-app for the owner, and an optional outgoing webhook."""
+"""Campaign notifications: in-app for the owner, and an optional outgoing webhook.
+
+The webhook is signed the Standard Webhooks way (https://www.standardwebhooks.com):
+headers ``webhook-id`` (the same on every retry of one notification, so a receiver
+can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
+``NOTIFICATION_WEBHOOK_SECRET``. A receiver verifies the raw body with
+``Webhook(secret).verify(body, headers)`` from the ``standardwebhooks`` package.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 from flask import current_app
+from standardwebhooks.webhooks import Webhook
 
 from app import db
 from campaigns import counters
@@ -24,8 +35,29 @@ TEXTS = {
 WEBHOOK_TIMEOUT = (3.05, 10)
 
 
-def deliver(campaign_id: int, kind: str, *, first_attempt: bool) -> None:
-    """Record the notification (first attempt only) and post the webhook; raise to retry it."""
+def signed_request(
+    payload: dict[str, Any], secret: str, event_id: str
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one webhook post, signed over the exact body bytes."""
+    body = json.dumps(payload, allow_nan=False).encode()  # what requests' json= sent
+    now = datetime.now(UTC)
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(event_id, now, body),
+    }
+    return body, headers
+
+
+def deliver(
+    campaign_id: int, kind: str, *, first_attempt: bool, event_id: str | None = None
+) -> None:
+    """Record the notification (first attempt only) and post the webhook; raise to retry it.
+
+    ``event_id`` names this notification for the webhook's receiver, the same on
+    every attempt (the job passes its own id).
+    """
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None or kind not in TEXTS:
         logger.warning("notification %s for campaign %s dropped: unknown", kind, campaign_id)
@@ -51,5 +83,10 @@ def deliver(campaign_id: int, kind: str, *, first_attempt: bool) -> None:
         "counters": totals,
         "text": text,
     }
-    response = requests.post(url, json=payload, timeout=WEBHOOK_TIMEOUT)
+    body, headers = signed_request(
+        payload,
+        current_app.config["NOTIFICATION_WEBHOOK_SECRET"],
+        event_id or f"msg_{uuid.uuid4().hex}",
+    )
+    response = requests.post(url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
     response.raise_for_status()

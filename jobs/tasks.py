@@ -166,7 +166,12 @@ def retry_messages(
 )
 def notify(context: JobContext, campaign_id: int, kind: str) -> None:
     """Tell the owner: an in-app notification (once) and the outgoing webhook, if set."""
-    notifications.deliver(campaign_id, kind, first_attempt=context.job.attempts == 0)
+    notifications.deliver(
+        campaign_id,
+        kind,
+        first_attempt=context.job.attempts == 0,
+        event_id=f"msg_notify_{context.job.id}",  # one id for all its attempts
+    )
 
 
 @app.task(

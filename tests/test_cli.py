@@ -48,3 +48,11 @@ def test_seed_demo_prints_the_same_credentials_every_time(runner, app):
     assert "Demo admin: admin@disparo.local / " in first.output
     assert first.output == second.output
     assert db.session.query(User).count() == 1
+
+
+def test_seed_demo_refuses_to_run_in_production(runner, app):
+    app.config["DISPARO_ENV"] = "production"
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code != 0
+    assert "seed-demo is for development only" in result.output
+    assert db.session.query(User).count() == 0

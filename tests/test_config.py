@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from cryptography.fernet import Fernet
 
 from campaigns import config
 from campaigns.config import ConfigError
+
+KEY = Fernet.generate_key().decode()
+OLD_KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture
@@ -20,6 +29,8 @@ def env(monkeypatch, tmp_path):
         "ERP_BASE_URL",
         "PORT",
         "PHONE_DEFAULT_REGION",
+        "DISPARO_ENCRYPTION_KEY",
+        "NOTIFICATION_WEBHOOK_SECRET",
     ):
         monkeypatch.delenv(name, raising=False)
     config.database_url.cache_clear()
@@ -49,6 +60,7 @@ def test_create_app_fails_closed_in_production(env):
 def test_production_settings_are_strict(env):
     env.setenv("SECRET_KEY", "x" * 40)
     env.setenv("DATABASE_URL", "postgres://u:p@db.example.com:5432/disparo")
+    env.setenv("DISPARO_ENCRYPTION_KEY", KEY)
     settings = config.load_settings()
     flask_config = settings.flask_config()
     assert settings.mocks is False
@@ -154,4 +166,157 @@ def test_an_unknown_phone_region_is_refused(env, raw):
     env.setenv("DISPARO_ENV", "development")
     env.setenv("PHONE_DEFAULT_REGION", raw)
     with pytest.raises(ConfigError, match="PHONE_DEFAULT_REGION"):
+        config.load_settings()
+
+
+# -- production requires exactly SECRET_KEY, DATABASE_URL and DISPARO_ENCRYPTION_KEY
+
+PRODUCTION = {
+    "SECRET_KEY": "x" * 40,
+    "DATABASE_URL": "postgresql://db.example.com/disparo",
+    "DISPARO_ENCRYPTION_KEY": KEY,
+}
+
+
+def test_production_starts_with_the_three_required_settings_and_nothing_else(env):
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    settings = config.load_settings()
+    assert settings.env == "production" and settings.mocks is False
+    assert config.encryption_keys() == [KEY]
+
+
+@pytest.mark.parametrize("missing", sorted(PRODUCTION))
+def test_production_names_the_missing_setting(env, missing):
+    for name, value in PRODUCTION.items():
+        if name != missing:
+            env.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        config.load_settings()
+    assert f"Production needs {missing}, which is not set" in str(caught.value)
+
+
+def test_production_names_every_missing_setting_at_once(env):
+    with pytest.raises(ConfigError) as caught:
+        config.load_settings()
+    assert "SECRET_KEY, DATABASE_URL, DISPARO_ENCRYPTION_KEY, which are not set" in str(
+        caught.value
+    )
+    assert "Fernet.generate_key()" in str(caught.value)  # how to make the key
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not-a-key",
+        base64.urlsafe_b64encode(b"too short").decode(),
+        KEY[:-2],  # cut: not base64 any more
+        f"{KEY},",  # an empty entry
+    ],
+)
+def test_an_invalid_encryption_key_is_refused_without_repeating_it(env, raw):
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    env.setenv("DISPARO_ENCRYPTION_KEY", raw)
+    with pytest.raises(ConfigError, match="DISPARO_ENCRYPTION_KEY is not valid") as caught:
+        config.load_settings()
+    assert "not a Fernet key" in str(caught.value)
+    assert raw.strip(",") not in str(caught.value)
+
+
+def test_several_encryption_keys_rotate_and_a_bad_one_is_named_by_position(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("DISPARO_ENCRYPTION_KEY", f" {KEY} , {OLD_KEY} ")
+    assert config.encryption_keys() == [KEY, OLD_KEY]
+    env.setenv("DISPARO_ENCRYPTION_KEY", f"{KEY},nope")
+    with pytest.raises(ConfigError, match="key 2 of 2 is not a Fernet key"):
+        config.encryption_keys()
+
+
+def test_development_derives_a_fixed_key_of_its_own_from_its_secret(env):
+    env.setenv("DISPARO_ENV", "development")
+    first = config.encryption_keys()
+    assert len(first) == 1 and first == config.encryption_keys()
+    Fernet(first[0])  # a valid key
+    env.setenv("SECRET_KEY", "another development secret")
+    assert config.encryption_keys() != first  # derived from the secret, not a constant
+    env.setenv("DISPARO_ENCRYPTION_KEY", KEY)
+    assert config.encryption_keys() == [KEY]  # a set key always wins
+
+
+# -- the mocks never run in production
+
+
+def test_production_with_mocks_on_refuses_to_start(env):
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    env.setenv("DISPARO_MOCKS", "on")
+    with pytest.raises(ConfigError, match="DISPARO_MOCKS is on, and production never runs"):
+        config.load_settings()
+
+    from app import create_app
+
+    with pytest.raises(ConfigError, match="DISPARO_MOCKS"):
+        create_app()
+
+
+def test_a_production_worker_with_mocks_on_refuses_to_start():
+    """`procrastinate --app=jobs.app worker` stops while loading the app, before any job."""
+    env = {
+        "PATH": "",
+        "DISPARO_ENV": "production",
+        "DISPARO_MOCKS": "on",
+        "SECRET_KEY": "x" * 40,
+        "DATABASE_URL": "postgresql://db.invalid/disparo",  # never reached
+        "DISPARO_ENCRYPTION_KEY": KEY,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "procrastinate", "--app=jobs.app", "worker"],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DISPARO_MOCKS is on, and production never runs" in result.stderr
+
+
+def test_development_keeps_its_mocks(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("DISPARO_MOCKS", "on")
+    assert config.load_settings().mocks is True
+
+
+# -- the outgoing notification webhook's signing secret
+
+
+def test_the_notification_webhook_secret_is_derived_when_unset(env):
+    env.setenv("DISPARO_ENV", "development")
+    secret = config.load_settings().notification_webhook_secret
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    assert config.load_settings().notification_webhook_secret == secret
+
+
+def test_a_set_notification_webhook_secret_is_used(env):
+    env.setenv("DISPARO_ENV", "development")
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    env.setenv("NOTIFICATION_WEBHOOK_SECRET", secret)
+    assert config.load_settings().flask_config()["NOTIFICATION_WEBHOOK_SECRET"] == secret
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "plain-password",
+        base64.b64encode(b"k" * 32).decode(),  # no whsec_ prefix
+        "whsec_" + base64.b64encode(b"short").decode(),
+        "whsec_not base64!",
+    ],
+)
+def test_a_bad_notification_webhook_secret_is_refused(env, raw):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("NOTIFICATION_WEBHOOK_SECRET", raw)
+    with pytest.raises(ConfigError, match="NOTIFICATION_WEBHOOK_SECRET must be whsec_"):
         config.load_settings()

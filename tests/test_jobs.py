@@ -94,6 +94,7 @@ def test_production_never_loads_a_mock():
         "DISPARO_ENV": "production",
         "DATABASE_URL": "postgresql://db.example.com/disparo",  # never reached: nothing connects
         "SECRET_KEY": "x" * 40,
+        "DISPARO_ENCRYPTION_KEY": "Rl7wK4bPt2uYfL3p9vJxq0mZcN8sD1eHaGiTkUoVyWs=",  # any Fernet key
     }
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(

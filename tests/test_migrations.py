@@ -75,3 +75,50 @@ def test_upgrade_from_empty_creates_app_tables_and_the_queue_schema(empty_databa
         upgrade()  # and back up again, cleanly
         assert APP_TABLES <= _tables(empty_database_url)
         db.engine.dispose()
+
+
+def test_0010_encrypts_existing_sender_secrets_and_its_downgrade_decrypts_them(
+    empty_database_url,
+):
+    from campaigns import encryption
+    from campaigns.models import Sender
+
+    app = make_app(empty_database_url)
+    with app.app_context():
+        upgrade(revision="0008")
+        with psycopg.connect(empty_database_url) as conn:
+            conn.execute(
+                "INSERT INTO senders (name, provider, access_token, app_secret) VALUES"
+                " ('plain', 'cloud_api', 'EAAG-token', 'app-secret'),"
+                " ('none', 'mock', NULL, NULL)"
+            )
+
+        def raw() -> dict[str, tuple[str | None, str | None]]:
+            with psycopg.connect(empty_database_url) as conn:
+                rows = conn.execute("SELECT name, access_token, app_secret FROM senders").fetchall()
+            return {name: (token, secret) for name, token, secret in rows}
+
+        upgrade(revision="0010")
+        token, secret = raw()["plain"]
+        assert token is not None and secret is not None
+        assert encryption.decrypt(token) == "EAAG-token" and "EAAG-token" not in token
+        assert encryption.decrypt(secret) == "app-secret"
+        assert raw()["none"] == (None, None)
+        plain = db.session.scalars(db.select(Sender).where(Sender.name == "plain")).one()
+        assert (plain.access_token, plain.app_secret) == ("EAAG-token", "app-secret")
+        db.session.rollback()
+
+        downgrade(revision="0008")
+        assert raw() == {"plain": ("EAAG-token", "app-secret"), "none": (None, None)}
+
+        # A value new code wrote encrypted before the release phase ran is left alone.
+        with psycopg.connect(empty_database_url) as conn:
+            conn.execute(
+                "INSERT INTO senders (name, provider, access_token) VALUES ('new', 'mock', %s)",
+                [encryption.encrypt("written-encrypted")],
+            )
+        upgrade(revision="0010")
+        assert encryption.decrypt(raw()["new"][0]) == "written-encrypted"
+        assert encryption.decrypt(raw()["plain"][0]) == "EAAG-token"
+        db.session.remove()
+        db.engine.dispose()

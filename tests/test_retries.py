@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from procrastinate import JobContext, utils
 from procrastinate.jobs import Job
 from procrastinate.tasks import Task
-from werkzeug.wrappers import Response
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from werkzeug.wrappers import Request, Response
 
 import jobs
 from app import db
@@ -153,13 +154,16 @@ def test_a_message_that_always_fails_transiently_is_tried_3_then_5_times(app, ca
 
 
 class Refusing:
-    """A server that answers every request 503, and counts them."""
+    """A server that answers every request 503, and keeps what it was sent."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.requests: list[tuple[dict[str, str], bytes]] = []
 
     def __call__(self, environ, start_response):
-        self.paths.append(environ["PATH_INFO"])
+        request = Request(environ)
+        self.paths.append(request.path)
+        self.requests.append((dict(request.headers), request.get_data()))
         return Response("down", status=503)(environ, start_response)
 
 
@@ -174,6 +178,27 @@ def test_a_notification_whose_webhook_keeps_failing_is_posted_twice(app, campaig
         sa.select(Notification).where(Notification.campaign_id == campaign.id)
     ).all()
     assert [notice.kind for notice in notices] == ["started"]  # the in-app one, once
+
+
+def test_a_notifications_webhook_is_signed_with_one_id_for_its_retries(app, campaign):
+    """Standard Webhooks: the receiver verifies the raw body with the shared secret."""
+    server = Refusing()
+    with serving(server) as base:
+        app.config["NOTIFICATION_WEBHOOK_URL"] = f"{base}/hook"
+        run_as_the_worker(tasks.notify, campaign_id=campaign.id, kind="started")
+    secret = app.config["NOTIFICATION_WEBHOOK_SECRET"]
+    assert secret.startswith("whsec_")
+    (first_headers, _), (second_headers, _) = server.requests
+    for headers, body in server.requests:
+        payload = Webhook(secret).verify(body, headers)
+        assert payload["event"] == "campaign.started"
+        assert payload["campaign"]["id"] == campaign.id
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + "A" * 44).verify(body, headers)  # another secret
+        with pytest.raises(WebhookVerificationError):
+            Webhook(secret).verify(body.replace(b"started", b"stopped"), headers)
+    # One notification, one id: a receiver drops the repeat.
+    assert first_headers["Webhook-Id"] == second_headers["Webhook-Id"]
 
 
 def test_a_fan_out_whose_erp_stays_down_runs_3_times_then_fails_the_campaign(app, campaign):

@@ -163,13 +163,21 @@ def _items(
 
 
 def _text(value: Any) -> str | None:
-    """Free text as it came, without the NUL bytes PostgreSQL refuses."""
-    return value.replace("\x00", "") if isinstance(value, str) else None
+    """Free text as it came, but what PostgreSQL refuses: NUL bytes dropped, and lone
+    surrogates (JSON can escape them, UTF-8 cannot hold them) replaced."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def _identifier(value: Any, max_length: int) -> str | None:
-    """An id to look up: non-empty text of at most ``max_length``, no NUL."""
-    if isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value:
+    """An id to look up (Meta's are ASCII): printable ASCII of at most ``max_length``."""
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+    ):
         return value
     return None
 

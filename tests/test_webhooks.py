@@ -160,6 +160,8 @@ BROKEN_STATUSES = {
     "id missing": {"id": None},
     "id a number": {"id": 12345},
     "id with a NUL": {"id": "wamid.\u0000"},
+    "id not ASCII": {"id": "wamid.ü"},
+    "id a lone surrogate": {"id": "wamid.\ud800"},
     "id too long for the column": {"id": "wamid." + "x" * 200},
     "status a list": {"status": ["read"]},
     "timestamp words": {"timestamp": "soon"},
@@ -284,28 +286,28 @@ def test_a_change_without_a_usable_phone_number_id_is_skipped(client, sent, numb
     assert _status_now(sent) is MessageStatus.SENT
 
 
-def test_nul_bytes_in_texts_are_dropped_not_refused(client, campaign, sent):
-    body = status_webhook(
-        f"wamid.{sent.id}", "failed", sent.id, errors=[{"code": 131026, "message": "no\u0000pe"}]
-    )
+def test_texts_postgresql_refuses_are_cleaned_not_refused(client, campaign, sent):
+    # NUL bytes dropped; a lone surrogate (JSON escapes it, UTF-8 cannot hold it) replaced.
+    error = {"code": 131026, "message": "no\u0000pe\ud800"}
+    body = status_webhook(f"wamid.{sent.id}", "failed", sent.id, errors=[error])
     assert _post_signed(client, body).json["applied"] == 1
     db.session.expire_all()
     message = db.session.get(Message, sent.id)
     assert (message.status, message.error_code, message.error_text) == (
         MessageStatus.FAILED,
         "131026",
-        "nope",
+        "nope?",
     )
     response = _post_signed(client, _reply("SAIR\u0000"))
     assert response.status_code == 200
     preference = {"wa_id": "5511987650001", "category": "marketing_messages", "value": "stop"}
-    preference["detail"] = "stop\u0000 it"
+    preference["detail"] = "stop\u0000 it\udc00"
     body = webhook_body("user_preferences", {"user_preferences": [preference]})
     assert _post_signed(client, body).json["opt_outs"] == 1
     reason = db.session.scalar(
         sa.select(Suppression.reason).where(Suppression.phone == "+5511987650001")
     )
-    assert reason == "stop it"
+    assert reason == "stop it?"
 
 
 def test_the_usable_parts_of_a_body_are_applied_and_the_rest_skipped(client, campaign, sent):

@@ -5,22 +5,33 @@ Statuses never move a message backwards (``read`` then a late ``delivered`` stay
 the 131050 error and a marketing "stop" preference put the number on the
 suppression list; a failure whose code means stop pauses its campaign, as the
 same error on the send would.
+
+Each change of a webhook (``entry[].changes[]``) names its business number
+(``value.metadata.phone_number_id``) and is applied only if the body is signed
+with that sender's app secret or the global one, and only to that sender's
+messages: one sender's secret cannot touch another's campaigns.
+
+Parsing is total: a signed body that is not JSON, or any part of the wrong shape
+or type, is skipped with a warning saying where and what was wrong, and the
+request is still acknowledged (Meta retries any other answer for days).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 
 from app import db
 from campaigns import campaign_states, message_states, phones
-from campaigns.models import Message, MessageStatus, Sender
+from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
 
@@ -32,23 +43,59 @@ WEBHOOK_STATUS = {
     "read": MessageStatus.READ,
     "failed": MessageStatus.FAILED,
 }
+# The change fields Disparo applies; they carry the business number in value.metadata.
+HANDLED_FIELDS = frozenset({"messages", "user_preferences"})
+MAX_CHALLENGE_DIGITS = 64  # Meta's hub.challenge is an integer of about ten digits
+MAX_PHONE_NUMBER_ID = 64  # senders.phone_number_id's width
+MAX_WAMID = 128  # messages.provider_message_id's width
+MAX_MESSAGE_ID = 2**63 - 1  # messages.id is a bigint
+MAX_ERROR_CODE_DIGITS = 12  # Meta's codes have up to six
+MAX_TIMESTAMP_DIGITS = 12  # seconds: past year 9999 either way
+MAX_LOGGED_PROBLEMS = 20  # one warning per request, however broken the body
 
 
-def _app_secrets(global_secret: str | None) -> list[str]:
-    secrets = [s for s in db.session.scalars(sa.select(Sender.app_secret)) if s]
-    return ([global_secret] if global_secret else []) + secrets
+def _utf8(text: str) -> bytes:
+    # hmac.compare_digest refuses str with non-ASCII characters (TypeError); bytes of
+    # any header or query value compare, and a wrong one simply does not match.
+    return text.encode("utf-8", "surrogatepass")
 
 
-def signature_ok(raw_body: bytes, header: str | None, global_secret: str | None) -> bool:
-    """Is ``X-Hub-Signature-256`` the HMAC-SHA256 of the raw body under a known app secret?"""
+@dataclass(frozen=True)
+class Signers:
+    """Whose app secret signed a webhook's body: the global one (it covers every sender)
+    and the senders whose own secret did."""
+
+    every_sender: bool = False
+    sender_ids: frozenset[int] = frozenset()
+
+    def __bool__(self) -> bool:
+        return self.every_sender or bool(self.sender_ids)
+
+    def cover(self, sender_id: int) -> bool:
+        return self.every_sender or sender_id in self.sender_ids
+
+
+def _signed_with(secret: str, raw_body: bytes, given: bytes) -> bool:
+    expected = hmac.new(_utf8(secret), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), given)
+
+
+def signers(raw_body: bytes, header: str | None, global_secret: str | None) -> Signers:
+    """Which known app secrets ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw body) matches.
+
+    Falsy when none does. Secrets are read as attributes, never compared in SQL: they
+    are stored encrypted.
+    """
     if not header or not header.startswith("sha256="):
-        return False
-    given = header.removeprefix("sha256=").strip()
-    matches = [
-        hmac.compare_digest(hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest(), given)
-        for secret in _app_secrets(global_secret)
+        return Signers()
+    given = _utf8(header.removeprefix("sha256=").strip())
+    rows = db.session.execute(sa.select(Sender.id, Sender.app_secret)).all()
+    # Every secret is compared, so timing says nothing about which one matched.
+    by_sender = [
+        (row.id, _signed_with(row.app_secret, raw_body, given)) for row in rows if row.app_secret
     ]
-    return any(matches)  # every secret compared, so timing says nothing about which
+    every_sender = _signed_with(global_secret, raw_body, given) if global_secret else False
+    return Signers(every_sender, frozenset(sender_id for sender_id, ok in by_sender if ok))
 
 
 def verify_token_ok(token: str | None, global_token: str | None) -> bool:
@@ -58,33 +105,188 @@ def verify_token_ok(token: str | None, global_token: str | None) -> bool:
     tokens = [t for t in db.session.scalars(sa.select(Sender.webhook_verify_token)) if t]
     if global_token:
         tokens.append(global_token)
-    return any(hmac.compare_digest(token, t) for t in tokens)
+    # A list, not a generator: every token is compared, whichever matches.
+    return any([hmac.compare_digest(_utf8(token), _utf8(t)) for t in tokens])
 
 
-def _values(payload: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-    for entry in payload.get("entry") or []:
-        for change in (entry or {}).get("changes") or []:
-            value = (change or {}).get("value")
-            if isinstance(value, Mapping):
-                yield value
+def challenge_ok(challenge: str | None) -> TypeGuard[str]:
+    """Is the handshake's ``hub.challenge`` what Meta sends (ASCII digits, bounded)?
+
+    Only such a challenge is echoed, so the endpoint never reflects arbitrary input.
+    """
+    return (
+        challenge is not None
+        and 0 < len(challenge) <= MAX_CHALLENGE_DIGITS
+        and challenge.isascii()
+        and challenge.isdigit()
+    )
 
 
-def apply(payload: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, int]:
+def parse(raw_body: bytes) -> Any:
+    """The body as JSON, or None: not UTF-8, not JSON, or nested deeper than the parser goes."""
+    try:
+        return json.loads(raw_body)
+    except (ValueError, RecursionError):
+        return None
+
+
+@dataclass
+class _Skipped:
+    """The parts of a webhook Disparo could not use: where, and what was wrong."""
+
+    problems: list[str] = field(default_factory=list)
+
+    def __call__(self, where: str, what: str) -> None:
+        self.problems.append(f"{where} {what}")
+
+    def log(self) -> None:
+        if not self.problems:
+            return
+        shown = self.problems[:MAX_LOGGED_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        logger.warning(
+            "webhook parts skipped: %s%s", "; ".join(shown), f"; and {more} more" if more else ""
+        )
+
+
+def _items(
+    container: Mapping[str, Any], key: str, where: str, skipped: _Skipped, *, required: bool = False
+) -> list[Any]:
+    """A list member; absent is empty (or skipped if ``required``), anything else skipped."""
+    value = container.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        skipped(f"{where}.{key}", "is missing" if value is None else "is not a list")
+        return []
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """Free text as it came, but what PostgreSQL refuses: NUL bytes dropped, and lone
+    surrogates (JSON can escape them, UTF-8 cannot hold them) replaced."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _identifier(value: Any, max_length: int) -> str | None:
+    """An id to look up (Meta's are ASCII): printable ASCII of at most ``max_length``."""
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    return None
+
+
+def _digits(value: Any, max_digits: int) -> int | None:
+    """A whole number >= 0 Meta sends as a number or as a string of ASCII digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value < 10**max_digits else None
+    if isinstance(value, str) and 0 < len(value) <= max_digits and value.isascii():
+        return int(value) if value.isdigit() else None
+    return None
+
+
+def _timestamp(raw: Any) -> datetime | None:
+    seconds = _digits(raw, MAX_TIMESTAMP_DIGITS)
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Change:
+    """One ``entry[].changes[]`` Disparo handles: where it is, its value, its senders."""
+
+    where: str
+    value: Mapping[str, Any]
+    sender_ids: tuple[int, ...]
+
+
+def _changes(payload: Any, signed: Signers, skipped: _Skipped) -> Iterator[_Change]:
+    """The changes of a webhook whose sender's secret signed it, the rest skipped."""
+    if not isinstance(payload, dict):
+        skipped("body", "is not a JSON object")
+        return
+    senders_of: dict[str, list[int]] = {}  # phone number id -> sender ids, once a request
+    for e, entry in enumerate(_items(payload, "entry", "body", skipped, required=True)):
+        where = f"entry[{e}]"
+        if not isinstance(entry, dict):
+            skipped(where, "is not an object")
+            continue
+        for c, change in enumerate(_items(entry, "changes", where, skipped, required=True)):
+            found = _change(change, f"{where}.changes[{c}]", signed, senders_of, skipped)
+            if found is not None:
+                yield found
+
+
+def _change(
+    change: Any, where: str, signed: Signers, senders_of: dict[str, list[int]], skipped: _Skipped
+) -> _Change | None:
+    if not isinstance(change, dict):
+        skipped(where, "is not an object")
+        return None
+    if not isinstance(change.get("field"), str):
+        skipped(f"{where}.field", "is not text")
+        return None
+    if change["field"] not in HANDLED_FIELDS:
+        return None  # template, quality and account updates: not Disparo's to apply
+    value = change.get("value")
+    if not isinstance(value, dict):
+        skipped(f"{where}.value", "is not an object")
+        return None
+    metadata = value.get("metadata")
+    number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if not isinstance(number_id, str) or _digits(number_id, MAX_PHONE_NUMBER_ID) is None:
+        skipped(f"{where}.value.metadata.phone_number_id", "is not a phone number id")
+        return None
+    if number_id not in senders_of:
+        query = sa.select(Sender.id).where(Sender.phone_number_id == number_id)
+        senders_of[number_id] = list(db.session.scalars(query))
+    if not senders_of[number_id]:
+        skipped(where, f"names phone number id {number_id}, which no sender has")
+        return None
+    allowed = tuple(sender_id for sender_id in senders_of[number_id] if signed.cover(sender_id))
+    if not allowed:
+        skipped(where, f"of phone number id {number_id} is not signed with its app secret")
+        return None
+    return _Change(where, value, allowed)
+
+
+def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str, int]:
     """Apply every status, opt-out reply and marketing preference in a webhook.
 
-    Returns what happened, for the log.
+    ``payload`` is the parsed body, of any shape; ``signed`` says whose secrets signed
+    it. Returns what happened, for the log and the answer: ``skipped`` counts the
+    parts of the wrong shape or not signed by their sender.
     """
     summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0}
-    failed_campaigns: dict[int, tuple[Any, str]] = {}
-    for value in _values(payload):
-        for status in value.get("statuses") or []:
-            summary[_apply_status(status, failed_campaigns)] += 1
-        for message in value.get("messages") or []:
-            summary["opt_outs"] += _apply_reply(message, config["OPT_OUT_KEYWORDS"])
-        for preference in value.get("user_preferences") or []:
-            change = _apply_preference(preference)
-            if change:
-                summary[change] += 1
+    skipped = _Skipped()
+    failed_campaigns: dict[int, tuple[int | None, str]] = {}
+    for change in _changes(payload, signed, skipped):
+        value = change.value
+        at = f"{change.where}.value"
+        for s, status in enumerate(_items(value, "statuses", at, skipped)):
+            where = f"{at}.statuses[{s}]"
+            outcome = _apply_status(status, change.sender_ids, failed_campaigns, where, skipped)
+            if outcome:
+                summary[outcome] += 1
+        for m, message in enumerate(_items(value, "messages", at, skipped)):
+            where = f"{at}.messages[{m}]"
+            summary["opt_outs"] += _apply_reply(message, config["OPT_OUT_KEYWORDS"], where, skipped)
+        for p, preference in enumerate(_items(value, "user_preferences", at, skipped)):
+            where = f"{at}.user_preferences[{p}]"
+            if outcome := _apply_preference(preference, where, skipped):
+                summary[outcome] += 1
+    skipped.log()
+    summary["skipped"] = len(skipped.problems)
     # What the failures say about their campaigns, once each, after the statuses are
     # committed: a pause takes the campaign's lock, which a batch's claim holds (shared)
     # while it waits for a counter shard; taken while holding the statuses' shard, the
@@ -99,41 +301,90 @@ def apply(payload: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, in
     return summary
 
 
-def _find_message(status: Mapping[str, Any]) -> Message | None:
-    wamid = status.get("id")
-    message = None
-    if wamid:
-        message = db.session.scalar(
-            sa.select(Message).where(Message.provider_message_id == str(wamid))
-        )
-    callback = str(status.get("biz_opaque_callback_data") or "")
-    if message is None and callback.isdigit():
-        # The status may beat our own record of the wamid (the send's commit).
-        candidate = db.session.get(Message, int(callback))
-        if candidate is not None and candidate.provider_message_id in (None, wamid):
-            message = candidate
-    return message
+def _find_message(wamid: str, callback: Any) -> sa.Row[Message, int] | None:
+    """The message a status is about and its sender, by wamid or else by callback data."""
+    with_sender = (
+        sa.select(Message, Campaign.sender_id)
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .limit(1)
+    )
+    found = db.session.execute(with_sender.where(Message.provider_message_id == wamid)).first()
+    message_id = _digits(callback, len(str(MAX_MESSAGE_ID)))
+    if found is None and message_id is not None and message_id <= MAX_MESSAGE_ID:
+        # The status may beat our own record of the wamid (the send's commit); a message
+        # with another wamid is not this status's.
+        found = db.session.execute(
+            with_sender.where(Message.id == message_id, Message.provider_message_id.is_(None))
+        ).first()
+    return found
 
 
-def _apply_status(status: Mapping[str, Any], failed_campaigns: dict[int, tuple[Any, str]]) -> str:
-    target = WEBHOOK_STATUS.get(str(status.get("status")))
-    message = _find_message(status)
-    if message is None or target is None:
-        logger.info(
-            "webhook status %s for unknown message %s", status.get("status"), status.get("id")
+def _error(
+    status: Mapping[str, Any], where: str, skipped: _Skipped
+) -> tuple[bool, int | None, str | None]:
+    """A failed status's first error: (usable, code, text)."""
+    errors = status.get("errors")
+    if errors is None or errors == []:
+        return True, None, None
+    first = errors[0] if isinstance(errors, list) else None
+    if not isinstance(first, dict):
+        skipped(f"{where}.errors", "is not a list of objects")
+        return False, None, None
+    code = _digits(first.get("code"), MAX_ERROR_CODE_DIGITS)
+    if code is None and first.get("code") is not None:
+        skipped(f"{where}.errors[0].code", "is not a number")
+        return False, None, None
+    text = _text(first.get("message")) or _text(first.get("title"))
+    return True, code, (text or "")[:2000] or None
+
+
+def _apply_status(
+    status: Any,
+    sender_ids: Collection[int],
+    failed_campaigns: dict[int, tuple[int | None, str]],
+    where: str,
+    skipped: _Skipped,
+) -> str | None:
+    if not isinstance(status, dict):
+        skipped(where, "is not an object")
+        return None
+    wamid = _identifier(status.get("id"), MAX_WAMID)
+    if wamid is None:
+        skipped(f"{where}.id", f"is not a message id of at most {MAX_WAMID} characters")
+        return None
+    if not isinstance(status.get("status"), str):
+        skipped(f"{where}.status", "is not text")
+        return None
+    at = _timestamp(status.get("timestamp"))
+    if at is None:
+        skipped(f"{where}.timestamp", "is not a Unix time")
+        return None
+    target = WEBHOOK_STATUS.get(status["status"])
+    failed = target is MessageStatus.FAILED
+    usable, code, text = _error(status, where, skipped) if failed else (True, None, None)
+    if not usable:
+        return None
+    found = _find_message(wamid, status.get("biz_opaque_callback_data"))
+    if found is not None and found.sender_id not in sender_ids:
+        skipped(where, "is about a message of another sender")
+        return None
+    if found is None or target is None:
+        logger.warning(
+            "webhook status %r of message %r not applied (%s): %s",
+            status["status"][:20],
+            wamid,
+            where,
+            "no such message" if found is None else "not a status Disparo records",
         )
         return "unknown"
-    failed = target is MessageStatus.FAILED
-    error = (status.get("errors") or [{}])[0] if failed else {}
-    code = error.get("code")
-    text = str(error.get("message") or error.get("title") or "")[:2000] or None
+    message = found.Message
     moved = message_states.record_status(
         db.session,
         message,
         target,
-        _timestamp(status.get("timestamp")),
-        wamid=str(status["id"]) if status.get("id") else None,
-        error_code=str(error.get("code", ""))[:32] or None,
+        at,
+        wamid=wamid,
+        error_code=None if code is None else str(code),
         error_text=text,
     )
     if not moved:
@@ -145,44 +396,55 @@ def _apply_status(status: Mapping[str, Any], failed_campaigns: dict[int, tuple[A
     return "applied"
 
 
-def _stop_kind(code: Any) -> ErrorKind | None:
+def _stop_kind(code: int | None) -> ErrorKind | None:
     """The pause a failure's code calls for (quality, template, account), if any."""
-    kind = classify(code, None) if isinstance(code, int) else None
+    kind = classify(code, None) if code is not None else None
     return kind if kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER) else None
 
 
-def _timestamp(raw: Any) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(raw), UTC)
-    except (TypeError, ValueError, OverflowError):
-        return datetime.now(UTC)
-
-
 def _wa_phone(wa_id: Any) -> str | None:
-    return phones.normalise("+" + str(wa_id or "").lstrip("+"))
+    if not isinstance(wa_id, str):
+        return None
+    return phones.normalise("+" + wa_id.lstrip("+"))
 
 
-def _apply_reply(message: Mapping[str, Any], keywords: Collection[str]) -> int:
-    text = str(
-        ((message.get("text") or {}).get("body")) or (message.get("button") or {}).get("text") or ""
-    )
+def _apply_reply(message: Any, keywords: Collection[str], where: str, skipped: _Skipped) -> int:
+    if not isinstance(message, dict):
+        skipped(where, "is not an object")
+        return 0
+    # A text message's text.body, or a quick-reply button's button.text.
+    kind, key = ("text", "body") if "text" in message else ("button", "text")
+    part = message.get(kind)
+    if part is None:
+        return 0  # an image, a location, a reaction: never an opt-out
+    text = _text(part.get(key)) if isinstance(part, dict) else None
+    if text is None:
+        skipped(f"{where}.{kind}.{key}", "is not text")
+        return 0
     if text.strip().lower() not in keywords:
         return 0
     phone = _wa_phone(message.get("from"))
     if phone is None:
+        skipped(f"{where}.from", "is not a phone number")
         return 0
     suppress_quietly(db.session, phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
 
 
-def _apply_preference(preference: Mapping[str, Any]) -> str | None:
+def _apply_preference(preference: Any, where: str, skipped: _Skipped) -> str | None:
     """The customer stopped (or resumed) marketing messages in WhatsApp itself."""
+    if not isinstance(preference, dict):
+        skipped(where, "is not an object")
+        return None
+    if preference.get("category") != "marketing_messages":
+        return None
     phone = _wa_phone(preference.get("wa_id"))
-    if phone is None or preference.get("category") != "marketing_messages":
+    if phone is None:
+        skipped(f"{where}.wa_id", "is not a phone number")
         return None
     if preference.get("value") == "stop":
-        reason = str(preference.get("detail") or "Stopped marketing messages")
+        reason = _text(preference.get("detail")) or "Stopped marketing messages"
         suppress_quietly(db.session, phone, reason, "provider")
         logger.info("marketing opt-out preference from a customer: number suppressed")
         return "opt_outs"

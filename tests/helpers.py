@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import re
 import sys
@@ -328,3 +331,43 @@ def translate_one(app: Flask, text: str, translation: str) -> None:
         lambda singular, plural, n: singular if n == 1 else plural,
         newstyle=True,
     )
+
+
+def webhook_body(field: str, value: dict, phone_number_id: str | None = None) -> dict:
+    """A WhatsApp webhook with one change, for the demo sender's number unless told."""
+    number_id = phone_number_id or default_sender().phone_number_id
+    value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": number_id}, **value}
+    change = {"field": field, "value": value}
+    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
+
+
+def status_webhook(
+    wamid: str,
+    status: str,
+    message_id: int,
+    ts: int = 1_800_000_000,
+    phone_number_id: str | None = None,
+    **extra,
+) -> dict:
+    """A status webhook as Meta sends it, for one message."""
+    entry = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(ts),
+        "recipient_id": "5511",
+        "biz_opaque_callback_data": str(message_id),
+        **extra,
+    }
+    return webhook_body("messages", {"statuses": [entry]}, phone_number_id)
+
+
+def sign_webhook(raw: bytes, secret: str) -> dict[str, str]:
+    """The headers Meta sends with a body signed under ``secret``."""
+    signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": f"sha256={signature}", "Content-Type": "application/json"}
+
+
+def signed_webhook(body: Any, secret: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """``body`` as JSON, signed with ``secret`` (the demo sender's app secret unless told)."""
+    raw = json.dumps(body).encode()
+    return raw, sign_webhook(raw, secret or default_sender().app_secret or "")

@@ -8,34 +8,45 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.wrappers import Response
 
 from campaigns import webhooks
+from campaigns.i18n import _
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 
+def _plain(text: str, status: int) -> Response:
+    return Response(text, status, mimetype="text/plain")
+
+
 @bp.get("/whatsapp")
-def whatsapp_verify() -> tuple[str, int]:
-    """Meta's subscription handshake: echo the challenge for a known verify token."""
+def whatsapp_verify() -> Response:
+    """Meta's subscription handshake: echo the challenge (digits only) for a known token."""
     mode, token = request.args.get("hub.mode"), request.args.get("hub.verify_token")
-    if mode == "subscribe" and webhooks.verify_token_ok(
+    if mode != "subscribe" or not webhooks.verify_token_ok(
         token, current_app.config["WEBHOOK_VERIFY_TOKEN"]
     ):
-        return request.args.get("hub.challenge", ""), 200
-    return "forbidden", 403
+        return _plain("forbidden", 403)
+    challenge = request.args.get("hub.challenge")
+    if not webhooks.challenge_ok(challenge):
+        logger.warning("webhook handshake refused: hub.challenge is not digits")
+        return _plain(_("hub.challenge must be digits."), 400)
+    return _plain(challenge, 200)
 
 
 @bp.post("/whatsapp")
 def whatsapp_receive() -> tuple[Response, int]:
-    """Statuses and replies, accepted only with a valid X-Hub-Signature-256."""
+    """Statuses and replies, accepted only with a valid X-Hub-Signature-256.
+
+    A signed body Disparo cannot use (or parts of it) is still acknowledged with a
+    200: Meta retries any other answer for days. What was skipped is logged.
+    """
     raw = request.get_data(cache=True)
     signature = request.headers.get("X-Hub-Signature-256")
-    if not webhooks.signature_ok(raw, signature, current_app.config["WHATSAPP_APP_SECRET"]):
+    signed = webhooks.signers(raw, signature, current_app.config["WHATSAPP_APP_SECRET"])
+    if not signed:
         logger.warning("webhook refused: bad or missing signature from %s", request.remote_addr)
         return jsonify(error={"code": "bad_signature", "message": "Signature does not match."}), 401
-    payload = request.get_json(silent=True)
-    if not isinstance(payload, dict):
-        return jsonify(error={"code": "bad_payload", "message": "Expected a JSON object."}), 400
-    summary = webhooks.apply(payload, current_app.config)
+    summary = webhooks.apply(webhooks.parse(raw), signed, current_app.config)
     logger.info("webhook applied: %s", summary)
     return jsonify(ok=True, **summary), 200

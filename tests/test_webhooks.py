@@ -1,0 +1,430 @@
+"""The WhatsApp webhook endpoint against hostile input: the handshake, signatures,
+bodies of any shape, and one sender's secret reaching for another sender's messages.
+
+The ordinary flow (statuses, replies, preferences, pauses) is in test_sending.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from campaigns import fanout, message_states, pump, queues, sending
+from campaigns.models import Message, MessageStatus, Provider, Sender, Suppression
+from campaigns.services.campaigns import send_campaign_now
+from campaigns.services.templates import default_sender
+from tests.helpers import (
+    assert_counters_match_rows,
+    jobs,
+    sign_webhook,
+    signed_webhook,
+    status_webhook,
+    webhook_body,
+)
+
+URL = "/webhooks/whatsapp"
+OTHER_NUMBER_ID = "100000000000777"
+OTHER_SECRET = "the-other-senders-app-secret"
+OPT_OUT_PHONE = "+5511987650000"
+
+
+@pytest.fixture
+def sent(app, campaign, fake) -> Message:
+    """The campaign's first message, sent (``wamid.<id>``) and waiting for its statuses."""
+    send_campaign_now(campaign.id, campaign.owner_id)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    first = jobs(queues.SEND_TASK)[0]["args"]["message_ids"][0]
+    sending.send_batch(campaign.id, [first], app.config, retry_queue=False)
+    message = db.session.get(Message, first)
+    assert message is not None and message.status is MessageStatus.SENT
+    return message
+
+
+@pytest.fixture
+def other_sender(app) -> Sender:
+    """A second sender with its own number and app secret."""
+    sender = Sender(
+        name="Other sender",
+        provider=Provider.MOCK,
+        phone_number_id=OTHER_NUMBER_ID,
+        app_secret=OTHER_SECRET,
+        webhook_verify_token="other-token",
+    )
+    db.session.add(sender)
+    db.session.commit()
+    return sender
+
+
+def _status_now(message: Message) -> MessageStatus:
+    db.session.expire_all()
+    return db.session.get(Message, message.id).status
+
+
+def _suppressed() -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Suppression)) or 0
+
+
+def _reply(text: str, phone_number_id: str | None = None) -> dict:
+    message = {"from": OPT_OUT_PHONE.lstrip("+"), "type": "text", "text": {"body": text}}
+    return webhook_body("messages", {"messages": [message]}, phone_number_id)
+
+
+# The handshake
+
+
+def _handshake(client, token: str, challenge: str | None = "1158201444", mode="subscribe"):
+    query = {"hub.mode": mode, "hub.verify_token": token}
+    if challenge is not None:
+        query["hub.challenge"] = challenge
+    return client.get(URL, query_string=query)
+
+
+def test_the_handshake_echoes_a_digit_challenge_as_plain_text(app, client, campaign):
+    app.config["WEBHOOK_VERIFY_TOKEN"] = "global-token"
+    for token in (default_sender().webhook_verify_token, "global-token"):
+        response = _handshake(client, token)
+        assert (response.status_code, response.get_data(as_text=True)) == (200, "1158201444")
+        assert response.mimetype == "text/plain"
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        "<script>alert(1)</script>",
+        "abc123",
+        "",
+        None,
+        "١٢٣",  # digits to str.isdigit, not to Meta
+        "12 34",
+        "9" * 65,
+    ],
+)
+def test_the_handshake_refuses_a_challenge_that_is_not_digits(client, campaign, challenge):
+    response = _handshake(client, default_sender().webhook_verify_token, challenge)
+    assert response.status_code == 400
+    assert response.mimetype == "text/plain"
+    assert "script" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("token", "mode"),
+    [("nope", "subscribe"), ("tökèn-ñ", "subscribe"), ("日本", "subscribe"), (None, "unsubscribe")],
+)
+def test_the_handshake_refuses_a_wrong_token_or_mode(app, client, campaign, token, mode):
+    app.config["WEBHOOK_VERIFY_TOKEN"] = "global-token"
+    response = _handshake(client, token or default_sender().webhook_verify_token, mode=mode)
+    assert response.status_code == 403 and response.mimetype == "text/plain"
+
+
+# Signatures
+
+
+@pytest.mark.parametrize(
+    "header", ["sha256=" + "é" * 64, "sha256=ünïcödé", "é", "sha256=" + "0" * 64, "md5=abc", ""]
+)
+def test_a_bad_signature_of_any_characters_is_refused_and_changes_nothing(client, sent, header):
+    raw, _ = signed_webhook(status_webhook(f"wamid.{sent.id}", "read", sent.id))
+    response = client.post(
+        URL, data=raw, headers={"X-Hub-Signature-256": header, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 401
+    assert response.json["error"]["code"] == "bad_signature"
+    assert _status_now(sent) is MessageStatus.SENT
+
+
+# Signed bodies Disparo cannot use: acknowledged, logged, nothing changed
+
+
+SHAPES = {
+    "an array": [],
+    "a string": "entry",
+    "null": None,
+    "no entry": {"object": "whatsapp_business_account"},
+    "entry not a list": {"entry": {"changes": []}},
+    "entry of strings": {"entry": ["x"]},
+    "changes missing": {"entry": [{"id": "1"}]},
+    "changes not a list": {"entry": [{"changes": "x"}]},
+    "changes of numbers": {"entry": [{"changes": [1, 2]}]},
+    "no field": {"entry": [{"changes": [{"value": {}}]}]},
+    "field not text": {"entry": [{"changes": [{"field": ["messages"], "value": {}}]}]},
+    "value missing": {"entry": [{"changes": [{"field": "messages"}]}]},
+    "value a string": {"entry": [{"changes": [{"field": "messages", "value": "read"}]}]},
+}
+
+# A status entry for the sent message with these fields replaced (None: removed).
+BROKEN_STATUSES = {
+    "id missing": {"id": None},
+    "id a number": {"id": 12345},
+    "id with a NUL": {"id": "wamid.\u0000"},
+    "id not ASCII": {"id": "wamid.ü"},
+    "id a lone surrogate": {"id": "wamid.\ud800"},
+    "id too long for the column": {"id": "wamid." + "x" * 200},
+    "status a list": {"status": ["read"]},
+    "timestamp words": {"timestamp": "soon"},
+    "timestamp a float string": {"timestamp": "1.8e9"},
+    "timestamp other digits": {"timestamp": "١٨٠٠٠٠٠٠٠٠"},
+    "timestamp past the calendar": {"timestamp": 10**30},
+    "timestamp negative": {"timestamp": -5},
+    "timestamp missing": {"timestamp": None},
+    "errors an object": {"status": "failed", "errors": {"code": 131049}},
+    "errors of strings": {"status": "failed", "errors": ["131049"]},
+    "error code a list": {"status": "failed", "errors": [{"code": [131050]}]},
+    "error code an object": {"status": "failed", "errors": [{"code": {"x": 1}}]},
+}
+
+
+def _post_signed(client, body: object):
+    raw, headers = signed_webhook(body)
+    return client.post(URL, data=raw, headers=headers)
+
+
+def _assert_skipped_and_nothing_changed(response, campaign, sent, caplog) -> None:
+    assert response.status_code == 200
+    assert response.json["ok"] is True and response.json["skipped"] >= 1
+    assert response.json["applied"] == 0
+    assert _status_now(sent) is MessageStatus.SENT
+    assert _suppressed() == 0
+    assert_counters_match_rows(campaign.id)
+    assert any(
+        r.name == "campaigns.webhooks" and r.levelname == "WARNING" and "skipped" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize("case", SHAPES)
+def test_a_signed_body_of_the_wrong_shape_is_acknowledged_and_changes_nothing(
+    client, campaign, sent, caplog, case
+):
+    response = _post_signed(client, SHAPES[case])
+    _assert_skipped_and_nothing_changed(response, campaign, sent, caplog)
+
+
+@pytest.mark.parametrize("case", BROKEN_STATUSES)
+def test_a_status_of_the_wrong_shape_is_acknowledged_and_changes_nothing(
+    client, campaign, sent, caplog, case
+):
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
+    status = body["entry"][0]["changes"][0]["value"]["statuses"][0]
+    for key, value in BROKEN_STATUSES[case].items():
+        if value is None:
+            del status[key]
+        else:
+            status[key] = value
+    response = _post_signed(client, body)
+    _assert_skipped_and_nothing_changed(response, campaign, sent, caplog)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"\xff\xfe\x00", b'{"entry": [', b"[" * 20_000, b"", json.dumps("x").encode()],
+)
+def test_a_signed_body_that_is_not_a_json_object_is_acknowledged(client, sent, caplog, raw):
+    headers = sign_webhook(raw, default_sender().app_secret or "")
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 200 and response.json["skipped"] == 1
+    assert _status_now(sent) is MessageStatus.SENT
+    assert "body is not a JSON object" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"statuses": "read"},
+        {"statuses": {"id": "x"}},
+        {"statuses": ["read"]},
+        {"messages": "SAIR"},
+        {"messages": [{"from": "5511987650000", "text": "SAIR"}]},
+        {"messages": [{"from": "5511987650000", "text": {"body": 5}}]},
+        {"messages": [{"from": 5511987650000, "text": {"body": "SAIR"}}]},
+        {"messages": [{"from": "5511987650000", "button": ["SAIR"]}]},
+        {"user_preferences": {"wa_id": "5511987650000"}},
+        {"user_preferences": ["stop"]},
+        {"user_preferences": [{"category": "marketing_messages", "value": "stop", "wa_id": 1}]},
+    ],
+)
+def test_statuses_replies_and_preferences_of_the_wrong_type_are_skipped(client, sent, part):
+    response = _post_signed(client, webhook_body("messages", part))
+    assert response.status_code == 200 and response.json["skipped"] >= 1
+    assert response.json["opt_outs"] == 0
+    assert _status_now(sent) is MessageStatus.SENT
+    assert _suppressed() == 0
+
+
+@pytest.mark.parametrize(
+    "callback",
+    ["²", "9" * 30, "-1", "12.0", ["1"], {"id": 1}],
+)
+def test_an_unknown_wamid_with_a_strange_callback_is_an_unknown_message(client, sent, callback):
+    body = status_webhook("wamid.nobody", "read", sent.id, biz_opaque_callback_data=callback)
+    response = _post_signed(client, body)
+    assert response.status_code == 200 and response.json["unknown"] == 1
+    assert _status_now(sent) is MessageStatus.SENT
+
+
+def test_an_unknown_phone_number_id_is_skipped(client, sent, caplog):
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id, phone_number_id="999999")
+    response = _post_signed(client, body)
+    assert response.status_code == 200 and response.json["skipped"] == 1
+    assert _status_now(sent) is MessageStatus.SENT
+    assert "phone number id 999999, which no sender has" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "number_id",
+    [None, 100000000000001, "", "abc", "1\u00002", "\u0661"],  # Arabic-Indic 1
+)
+def test_a_change_without_a_usable_phone_number_id_is_skipped(client, sent, number_id):
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
+    value = body["entry"][0]["changes"][0]["value"]
+    value["metadata"] = {"phone_number_id": number_id} if number_id is not None else "x"
+    response = _post_signed(client, body)
+    assert response.status_code == 200 and response.json["skipped"] == 1
+    assert _status_now(sent) is MessageStatus.SENT
+
+
+def test_texts_postgresql_refuses_are_cleaned_not_refused(client, campaign, sent):
+    # NUL bytes dropped; a lone surrogate (JSON escapes it, UTF-8 cannot hold it) replaced.
+    error = {"code": 131026, "message": "no\u0000pe\ud800"}
+    body = status_webhook(f"wamid.{sent.id}", "failed", sent.id, errors=[error])
+    assert _post_signed(client, body).json["applied"] == 1
+    db.session.expire_all()
+    message = db.session.get(Message, sent.id)
+    assert (message.status, message.error_code, message.error_text) == (
+        MessageStatus.FAILED,
+        "131026",
+        "nope?",
+    )
+    response = _post_signed(client, _reply("SAIR\u0000"))
+    assert response.status_code == 200
+    preference = {"wa_id": "5511987650001", "category": "marketing_messages", "value": "stop"}
+    preference["detail"] = "stop\u0000 it\udc00"
+    body = webhook_body("user_preferences", {"user_preferences": [preference]})
+    assert _post_signed(client, body).json["opt_outs"] == 1
+    reason = db.session.scalar(
+        sa.select(Suppression.reason).where(Suppression.phone == "+5511987650001")
+    )
+    assert reason == "stop it?"
+
+
+def test_the_usable_parts_of_a_body_are_applied_and_the_rest_skipped(client, campaign, sent):
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
+    statuses = body["entry"][0]["changes"][0]["value"]["statuses"]
+    statuses.insert(0, {"id": ["broken"], "status": "failed"})
+    body["entry"].insert(0, "not an entry")
+    response = _post_signed(client, body)
+    assert response.status_code == 200
+    assert (response.json["applied"], response.json["skipped"]) == (1, 2)
+    assert _status_now(sent) is MessageStatus.READ
+    assert_counters_match_rows(campaign.id)
+
+
+def test_fields_disparo_does_not_handle_are_ignored_quietly(client, sent, caplog):
+    change = {"field": "message_template_status_update", "value": {"event": "APPROVED"}}
+    body = {"entry": [{"id": "1", "changes": [change]}]}
+    response = _post_signed(client, body)
+    assert response.status_code == 200 and response.json["skipped"] == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+# Each sender's secret covers its own changes only
+
+
+def test_another_senders_secret_cannot_change_this_senders_messages(
+    client, campaign, sent, other_sender, caplog
+):
+    # The demo sender's number, signed with the other sender's secret.
+    raw, headers = signed_webhook(status_webhook(f"wamid.{sent.id}", "read", sent.id), OTHER_SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 200 and response.json["skipped"] == 1
+    assert _status_now(sent) is MessageStatus.SENT
+    assert "is not signed with its app secret" in caplog.text
+    # Its own opt-out replies too: the suppression list is everyone's.
+    raw, headers = signed_webhook(_reply("SAIR"), OTHER_SECRET)
+    assert client.post(URL, data=raw, headers=headers).json["opt_outs"] == 0
+    assert _suppressed() == 0
+    assert_counters_match_rows(campaign.id)
+
+
+def test_a_sender_cannot_reach_another_senders_message_by_its_wamid(client, sent, other_sender):
+    # Its own number and secret, about the demo sender's message.
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id, phone_number_id=OTHER_NUMBER_ID)
+    raw, headers = signed_webhook(body, OTHER_SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 200
+    assert (response.json["applied"], response.json["skipped"]) == (0, 1)
+    assert _status_now(sent) is MessageStatus.SENT
+
+
+@pytest.fixture
+def sending_message(app, sent) -> Message:
+    """A message of the same campaign mid-call: sending, its wamid not recorded yet."""
+    queued = [i for job in jobs(queues.SEND_TASK) for i in job["args"]["message_ids"]][1]
+    message_states.transition(db.session, queued, [MessageStatus.QUEUED], MessageStatus.SENDING)
+    db.session.commit()
+    message = db.session.get(Message, queued)
+    assert message is not None and message.provider_message_id is None
+    return message
+
+
+def test_a_status_that_beats_the_sends_record_finds_its_message_by_callback(
+    client, sending_message
+):
+    body = status_webhook("wamid.early", "delivered", sending_message.id)
+    assert _post_signed(client, body).json["applied"] == 1
+    db.session.expire_all()
+    message = db.session.get(Message, sending_message.id)
+    assert (message.status, message.provider_message_id) == (
+        MessageStatus.DELIVERED,
+        "wamid.early",
+    )
+
+
+def test_a_sender_cannot_reach_another_senders_message_by_callback(
+    client, sending_message, other_sender
+):
+    # A wamid nobody has, the callback data naming the demo sender's message.
+    body = status_webhook(
+        "wamid.new", "delivered", sending_message.id, phone_number_id=OTHER_NUMBER_ID
+    )
+    raw, headers = signed_webhook(body, OTHER_SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 200
+    assert (response.json["applied"], response.json["skipped"]) == (0, 1)
+    db.session.expire_all()
+    message = db.session.get(Message, sending_message.id)
+    assert (message.status, message.provider_message_id) == (MessageStatus.SENDING, None)
+
+
+def test_a_senders_own_opt_out_replies_apply(client, sent, other_sender):
+    raw, headers = signed_webhook(_reply("SAIR", OTHER_NUMBER_ID), OTHER_SECRET)
+    assert client.post(URL, data=raw, headers=headers).json["opt_outs"] == 1
+    assert _suppressed() == 1
+
+
+def test_the_global_secret_covers_every_sender(app, client, campaign, sent, other_sender):
+    app.config["WHATSAPP_APP_SECRET"] = "global-secret"
+    raw, headers = signed_webhook(
+        status_webhook(f"wamid.{sent.id}", "read", sent.id), "global-secret"
+    )
+    assert client.post(URL, data=raw, headers=headers).json["applied"] == 1
+    assert _status_now(sent) is MessageStatus.READ
+    assert_counters_match_rows(campaign.id)
+
+
+def test_each_change_is_checked_against_its_own_sender(client, campaign, sent, other_sender):
+    # One body, two changes: the demo sender's (signed by its secret) and the other
+    # sender's (not): the first applies, the second is skipped.
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
+    body["entry"].append(_reply("SAIR", OTHER_NUMBER_ID)["entry"][0])
+    response = _post_signed(client, body)
+    assert (response.status_code, response.json["applied"], response.json["skipped"]) == (
+        200,
+        1,
+        1,
+    )
+    assert response.json["opt_outs"] == 0 and _suppressed() == 0
+    assert _status_now(sent) is MessageStatus.READ

@@ -22,6 +22,7 @@ TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 URL = re.compile(r"https?://[^\s]+")
 MAX_BUTTONS = 10
+URL_MAX_CHARS = 2000  # Meta's limit on a URL button's address
 
 
 class Invalid(ValueError):
@@ -129,6 +130,8 @@ def parse_buttons(raw: Any, check: Checker) -> list[dict[str, str]]:
             check.fail("buttons", _("Each button needs a type (quick reply or URL) and a text."))
         elif len(text) > 25:
             check.fail("buttons", _("Button texts have at most 25 characters: %(t)s") % {"t": text})
+        elif kind == "URL" and len(str(item.get("url", ""))) > URL_MAX_CHARS:
+            check.fail("buttons", _("A button's address has at most 2000 characters."))
         elif kind == "URL" and not URL.fullmatch(str(item.get("url", ""))):
             check.fail("buttons", _("A URL button needs an address starting with https://."))
         else:
@@ -155,19 +158,16 @@ def parse_template(data: Mapping[str, Any]) -> TemplateFields:
     header = _text(data, "header_text") or None
     body = _text(data, "body_text")
     footer = _text(data, "footer_text") or None
-    if header and len(header) > 60:
+    if header and len(header) > rendering.HEADER_MAX_CHARS:
         check.fail("header_text", _("The header has at most 60 characters."))
     if header and "{{" in header:
         check.fail("header_text", _("Variables go in the body; the header is plain text."))
     if not body:
         check.fail("body_text", _("The body is required."))
-    elif len(body) > 1024:
-        check.fail(
-            "body_text", _("The body has at most 1024 characters (%(n)d now).") % {"n": len(body)}
-        )
+    # Its length first: a body over the limit is refused before it is parsed.
     for problem in rendering.validate(body, fmt or ParameterFormat.NAMED):
         check.fail("body_text", problem)
-    if footer and len(footer) > 60:
+    if footer and len(footer) > rendering.FOOTER_MAX_CHARS:
         check.fail("footer_text", _("The footer has at most 60 characters."))
     if footer and "{{" in footer:
         check.fail("footer_text", _("The footer cannot have variables."))

@@ -51,7 +51,10 @@ def _preview(form) -> dict:
         if form.get("parameter_format") == "positional"
         else ParameterFormat.NAMED
     )
-    body = form.get("body_text", "")
+    typed = form.get("body_text", "")
+    problems = rendering.validate(typed, fmt)
+    # Over the limit, only what fits is parsed and shown; the problem says why.
+    body = typed[: rendering.BODY_MAX_CHARS]
     names = rendering.variables(body, fmt)
     samples = rendering.sample_values(names, fmt)
     return {
@@ -64,8 +67,8 @@ def _preview(form) -> dict:
             if line.strip()
         ],
         "variables": names,
-        "problems": rendering.validate(body, fmt),
-        "length": len(body),
+        "problems": problems,
+        "length": len(typed),
     }
 
 

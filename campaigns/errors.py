@@ -6,8 +6,10 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app import db
 from campaigns.htmx import is_htmx
 from campaigns.i18n import _
 
@@ -50,7 +52,27 @@ def handle_csrf_error(error: CSRFError):
 
 def handle_unexpected(error: InternalServerError):
     # Flask has already logged the traceback; the user gets a page, not a stack.
-    return _render(500, MESSAGES[500])
+    # The request's transaction may be the thing that failed, and the page's nav
+    # reads the database (the signed-in user, expired by an earlier commit): roll
+    # back first, or drawing the page fails too and werkzeug's bare page answers.
+    try:
+        db.session.rollback()
+    except Exception:
+        logger.exception("rollback after an unexpected error failed")
+    try:
+        return _render(500, MESSAGES[500])
+    except Exception:
+        logger.exception("the error page could not be drawn")
+        return _plain_500()
+
+
+def _plain_500():
+    """What answers when not even the error page can be drawn: nothing that can fail."""
+    message = str(MESSAGES[500])
+    if _wants_json():
+        return {"error": {"code": "500", "message": message}}, 500
+    page = f"<!doctype html><title>500</title><h1>500</h1><p>{escape(message)}</p>"
+    return page, 500, {"Content-Type": "text/html; charset=utf-8"}
 
 
 def init_app(app: Flask) -> None:

@@ -20,19 +20,32 @@ MESSAGES = {
     403: _("You do not have permission to do that."),
     404: _("There is nothing here."),
     405: _("That action is not allowed here."),
+    413: _("The request is too large."),
     429: _("Too many requests. Slow down and try again shortly."),
     500: _("Something went wrong on our side. It has been logged."),
 }
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+    # The webhook endpoint answers WhatsApp (or the mock) in JSON, as the API does.
+    return (
+        request.path.startswith(("/api/", "/webhooks/"))
+        or request.accept_mimetypes.best == "application/json"
+    )
+
+
+# The API's names for its error codes (the rest are the number as text).
+CODE_NAMES = {
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 def _render(code: int, message: str):
     if _wants_json():
-        name = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(code, str(code))
-        return jsonify(error={"code": name, "message": message}), code
+        return jsonify(error={"code": CODE_NAMES.get(code, str(code)), "message": message}), code
     if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
         return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code

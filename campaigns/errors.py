@@ -40,15 +40,29 @@ CODE_NAMES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
+    422: "validation_failed",
 }
 
 
-def _render(code: int, message: str):
+def _render(code: int, message: str, fields: dict[str, str] | None = None):
     if _wants_json():
-        return jsonify(error={"code": CODE_NAMES.get(code, str(code)), "message": message}), code
+        body: dict[str, object] = {"code": CODE_NAMES.get(code, str(code)), "message": message}
+        if fields:
+            body["fields"] = fields
+        return jsonify(error=body), code
     if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
         return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code
+
+
+def refuse_fields(code: int, message: str, fields: dict[str, str]):
+    """Input refused before a view read it: the API names every field, a page the first."""
+    if _wants_json():
+        return _render(code, message, fields)
+    name, problem = next(iter(fields.items()))
+    # A page gets 400 whatever the code: htmx shows it in the flash area, where a 422
+    # would take the place of the form that was sent.
+    return _render(400, _("%(field)s: %(problem)s") % {"field": name, "problem": problem})
 
 
 def handle_http_error(error: HTTPException):

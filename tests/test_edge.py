@@ -9,8 +9,10 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app import db
-from campaigns.models import Role, Suppression
+from campaigns.models import MessageTemplate, Role, Suppression
+from campaigns.services.demo import seed_demo
 from campaigns.services.users import create_api_token
+from campaigns.validation import unstorable_fields
 
 MIB = 1024 * 1024
 
@@ -127,3 +129,158 @@ def test_an_upload_over_its_limit_is_refused_at_the_file_field(app, client, logi
     assert 'id="file-error"' in body
     assert "The file is larger than 2 MB; split it." in body
     assert db.session.query(Suppression).count() == 0
+
+
+NUL_MESSAGE = "This contains a character that cannot be saved (such as a NUL byte); remove it."
+
+
+def test_fields_are_named_as_the_parsers_name_them():
+    data = {
+        "name": "ok",
+        "segment": {"city": "São\x00Paulo", "tags": ["vip", "a\x00"]},
+        "variables": {"first_name": {"text": "\ud800"}},
+        "bad\x00key": 1,
+        "buttons": [{"text": "x\x00"}],
+    }
+    assert unstorable_fields(data) == {
+        "segment.city": NUL_MESSAGE,
+        "segment.tags": NUL_MESSAGE,
+        "variables.first_name": NUL_MESSAGE,
+        "bad\x00key": NUL_MESSAGE,
+        "buttons": NUL_MESSAGE,
+    }
+    assert unstorable_fields("\x00") == {"body": NUL_MESSAGE}
+    assert unstorable_fields({"fine": ["é", "😀", {"ok": 1}]}) == {}
+    deep: list = []
+    for _n in range(100_000):  # walked without recursion
+        deep = [deep]
+    assert unstorable_fields([deep, "\x00"]) == {"body": NUL_MESSAGE}
+
+
+def test_a_nul_in_a_validated_form_is_shown_at_its_field(client, login_as):
+    login_as(Role.SUPERVISOR)
+    seed_demo()
+    data = {
+        "name": "promo_x",
+        "language": "pt_BR",
+        "category": "MARKETING",
+        "body_text": "Oi\x00 {{first_name}}",
+        "footer_text": "kept as typed",
+    }
+    response = client.post("/templates/", data=data)
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert 'id="body_text-error"' in body
+    assert NUL_MESSAGE in body
+    assert "kept as typed" in body
+    assert db.session.query(MessageTemplate).count() == 3  # the demo ones only
+
+
+def test_a_nul_in_the_campaign_form_is_shown_at_its_field(client, login_as):
+    login_as(Role.SUPERVISOR)
+    seed_demo()
+    response = client.post(
+        "/campaigns/",
+        data={"name": "Black\x00Friday", "segment.city": "x\x00", "template_id": "1\x00"},
+    )
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert 'id="name-error"' in body
+    assert NUL_MESSAGE in body
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "field"),
+    [
+        ("/suppressions/", {"phone": "11987654321", "reason": "spam\x00"}, "reason"),
+        ("/login", {"email": "a\x00@example.com", "password": "x"}, "email"),
+        ("/me/tokens", {"name": "ci\x00"}, "name"),
+    ],
+)
+def test_a_nul_in_any_other_form_is_refused_naming_the_field(client, login_as, path, data, field):
+    login_as(Role.SUPERVISOR)
+    response = client.post(path, data=data)
+    assert response.status_code == 400
+    assert f"{field}: {NUL_MESSAGE}" in response.get_data(as_text=True)
+    assert db.session.query(Suppression).count() == 0
+
+
+def test_an_htmx_form_with_a_nul_gets_a_flash(client, login_as):
+    login_as(Role.SUPERVISOR)
+    response = client.post(
+        "/suppressions/", data={"phone": "x", "reason": "\x00"}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 400  # htmx puts it in the flash area, the form stays
+    assert 'class="flash flash-error"' in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "document", "fields"),
+    [
+        (
+            "/api/v1/templates",
+            '{"name": "promo_x", "language": "pt_BR", "body_text": "Oi\\u0000"}',
+            {"body_text": NUL_MESSAGE},
+        ),
+        (
+            "/api/v1/suppressions",
+            '{"phone": "11987654321", "reason": "\\ud800"}',
+            {"reason": NUL_MESSAGE},
+        ),
+        (
+            "/api/v1/campaigns",
+            '{"name": "x", "segment": {"city": "S\\u0000o Paulo"}}',
+            {"segment.city": NUL_MESSAGE},
+        ),
+    ],
+)
+def test_the_api_refuses_unstorable_json_naming_the_field(
+    client, api_headers, path, document, fields
+):
+    response = client.post(
+        path, data=document, content_type="application/json", headers=api_headers
+    )
+    assert response.status_code == 422
+    assert response.json == {
+        "error": {
+            "code": "validation_failed",
+            "message": "Some fields are not valid.",
+            "fields": fields,
+        }
+    }
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client, api_headers):
+    response = client.post(
+        "/api/v1/templates",
+        data="[" * 100_000,
+        content_type="application/json",
+        headers=api_headers,
+    )
+    assert response.status_code == 400
+    assert response.json["error"]["fields"] == {"body": "Nest it less deeply."}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/campaigns/",
+        "/campaigns/rows",
+        "/templates/",
+        "/suppressions/rows",
+        "/notifications/",
+        "/queue/",
+    ],
+)
+def test_a_nul_in_a_query_parameter_is_a_400_page(client, login_as, path):
+    login_as(Role.ADMIN)
+    response = client.get(path, query_string={"q": "a\x00b", "page": "1"})
+    assert response.status_code == 400
+    assert f"q: {NUL_MESSAGE}" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/campaigns", "/api/v1/suppressions", "/api/v1/templates"])
+def test_a_nul_in_an_api_query_parameter_is_a_400_envelope(client, api_headers, path):
+    response = client.get(path, query_string={"q": "\x00"}, headers=api_headers)
+    assert response.status_code == 400
+    assert response.json["error"]["fields"] == {"q": NUL_MESSAGE}

@@ -26,6 +26,7 @@ from campaigns import phones
 from campaigns.i18n import _
 from campaigns.models import Suppression
 from campaigns.services import NotFound, ServiceError
+from campaigns.validation import storable
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,14 @@ def _csv_delimiter(first_line: str) -> str:
 def _rows(reader: _csv.Reader) -> Iterator[list[str]]:
     """The CSV's rows; what the csv module cannot read is the file's problem, not a 500."""
     try:
-        yield from reader
+        for row in reader:
+            if not all(storable(cell) for cell in row):
+                raise ServiceError(
+                    _("Line %(n)d of the file has a character that cannot be saved (a NUL byte).")
+                    % {"n": reader.line_num},
+                    "file",
+                )
+            yield row
     except csv.Error as error:  # a cell over 128 KiB
         raise ServiceError(
             _("Line %(n)d of the file cannot be read as CSV (%(reason)s).")

@@ -8,6 +8,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import queries, rendering
 from campaigns.auth import requires
+from campaigns.edge import validates_fields
 from campaigns.htmx import STOP_POLLING, redirect_to
 from campaigns.i18n import _
 from campaigns.models import ParameterFormat, Role, TemplateStatus
@@ -97,6 +98,7 @@ def template_new():
 
 @bp.post("/")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def template_create():
     """Create a draft, or re-render the form (422) with a message at each bad field."""
     try:
@@ -160,6 +162,7 @@ def template_edit(template_id: int):
 
 @bp.post("/<int:template_id>")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def template_update(template_id: int):
     """Save changes (the template returns to draft), or 422 with the reasons."""
     template = _template_or_404(template_id)

@@ -53,7 +53,9 @@ class Request(flask.Request):
 
     @property
     def max_content_length(self) -> int | None:
-        if self._max_content_length is None and _view_says("takes_upload", self.endpoint):
+        # Outside an app context (no view to ask), Flask's own answer.
+        upload = current_app and _view_says("takes_upload", self.endpoint)
+        if self._max_content_length is None and upload:
             return int(current_app.config["MAX_UPLOAD_BYTES"])
         return super().max_content_length
 

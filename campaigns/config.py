@@ -45,6 +45,9 @@ GENERATE_FERNET_KEY = (
 WEBHOOK_SECRET_PREFIX = "whsec_"
 # Standard Webhooks: a signing secret of 24 to 64 random bytes.
 WEBHOOK_SECRET_BYTES = (24, 64)
+MIB = 1024 * 1024
+# Below this, ordinary forms would be refused.
+MIN_REQUEST_BYTES = 64 * 1024
 
 
 class ConfigError(RuntimeError):
@@ -210,6 +213,8 @@ class Settings:
     mock_whatsapp_url: str | None
     display_timezone: str
     phone_default_region: str
+    max_request_bytes: int
+    max_upload_bytes: int
 
     def flask_config(self) -> dict[str, Any]:
         return {
@@ -253,6 +258,13 @@ class Settings:
             "MOCK_WHATSAPP_URL": self.mock_whatsapp_url,
             "DISPLAY_TIMEZONE": self.display_timezone,
             "PHONE_DEFAULT_REGION": self.phone_default_region,
+            # A body over the limit is a 413 before it is read (campaigns/edge.py):
+            # MAX_UPLOAD_BYTES for a view that takes a file, else MAX_REQUEST_BYTES,
+            # which also bounds each form field held in memory.
+            "MAX_CONTENT_LENGTH": self.max_request_bytes,
+            "MAX_FORM_MEMORY_SIZE": self.max_request_bytes,
+            "MAX_REQUEST_BYTES": self.max_request_bytes,
+            "MAX_UPLOAD_BYTES": self.max_upload_bytes,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
             "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
@@ -373,6 +385,8 @@ def load_settings() -> Settings:
     whatsapp = os.environ.get("WHATSAPP_API_BASE_URL", "").strip().rstrip("/")
     if not whatsapp:
         whatsapp = "https://graph.facebook.com/v23.0"
+    # A request body's limit; a view that takes a file has MAX_UPLOAD_BYTES instead.
+    max_request = _int_setting("MAX_REQUEST_BYTES", MIB, minimum=MIN_REQUEST_BYTES)
     return Settings(
         env=env,
         secret_key=secret_key,
@@ -415,6 +429,9 @@ def load_settings() -> Settings:
         mock_whatsapp_url=_http_url("MOCK_WHATSAPP_URL"),
         display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
         phone_default_region=_phone_region("PHONE_DEFAULT_REGION", phones.DEFAULT_REGION),
+        max_request_bytes=max_request,
+        # At least the request's limit: an upload is a request too.
+        max_upload_bytes=_int_setting("MAX_UPLOAD_BYTES", 10 * MIB, minimum=max_request),
     )
 
 

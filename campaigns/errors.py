@@ -6,8 +6,10 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app import db
 from campaigns.htmx import is_htmx
 from campaigns.i18n import _
 
@@ -18,22 +20,49 @@ MESSAGES = {
     403: _("You do not have permission to do that."),
     404: _("There is nothing here."),
     405: _("That action is not allowed here."),
+    413: _("The request is too large."),
     429: _("Too many requests. Slow down and try again shortly."),
     500: _("Something went wrong on our side. It has been logged."),
 }
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+    # The webhook endpoint answers WhatsApp (or the mock) in JSON, as the API does.
+    return (
+        request.path.startswith(("/api/", "/webhooks/"))
+        or request.accept_mimetypes.best == "application/json"
+    )
 
 
-def _render(code: int, message: str):
+# The API's names for its error codes (the rest are the number as text).
+CODE_NAMES = {
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "validation_failed",
+}
+
+
+def _render(code: int, message: str, fields: dict[str, str] | None = None):
     if _wants_json():
-        name = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(code, str(code))
-        return jsonify(error={"code": name, "message": message}), code
+        body: dict[str, object] = {"code": CODE_NAMES.get(code, str(code)), "message": message}
+        if fields:
+            body["fields"] = fields
+        return jsonify(error=body), code
     if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
         return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code
+
+
+def refuse_fields(code: int, message: str, fields: dict[str, str]):
+    """Input refused before a view read it: the API names every field, a page the first."""
+    if _wants_json():
+        return _render(code, message, fields)
+    name, problem = next(iter(fields.items()))
+    # A page gets 400 whatever the code: htmx shows it in the flash area, where a 422
+    # would take the place of the form that was sent.
+    return _render(400, _("%(field)s: %(problem)s") % {"field": name, "problem": problem})
 
 
 def handle_http_error(error: HTTPException):
@@ -50,7 +79,27 @@ def handle_csrf_error(error: CSRFError):
 
 def handle_unexpected(error: InternalServerError):
     # Flask has already logged the traceback; the user gets a page, not a stack.
-    return _render(500, MESSAGES[500])
+    # The request's transaction may be the thing that failed, and the page's nav
+    # reads the database (the signed-in user, expired by an earlier commit): roll
+    # back first, or drawing the page fails too and werkzeug's bare page answers.
+    try:
+        db.session.rollback()
+    except Exception:
+        logger.exception("rollback after an unexpected error failed")
+    try:
+        return _render(500, MESSAGES[500])
+    except Exception:
+        logger.exception("the error page could not be drawn")
+        return _plain_500()
+
+
+def _plain_500():
+    """What answers when not even the error page can be drawn: nothing that can fail."""
+    message = str(MESSAGES[500])
+    if _wants_json():
+        return {"error": {"code": "500", "message": message}}, 500
+    page = f"<!doctype html><title>500</title><h1>500</h1><p>{escape(message)}</p>"
+    return page, 500, {"Content-Type": "text/html; charset=utf-8"}
 
 
 def init_app(app: Flask) -> None:

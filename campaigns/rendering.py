@@ -8,13 +8,18 @@ as the WhatsApp Cloud API requires. Errors are sentences fit for a form field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from campaigns.i18n import _
 from campaigns.models import ParameterFormat
 
-PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+# Meta's limits on a template's texts, in characters.
+BODY_MAX_CHARS = 1024
+HEADER_MAX_CHARS = 60
+FOOTER_MAX_CHARS = 60
+
 NAMED_VARIABLE = re.compile(r"[a-z_][a-z0-9_]*")
 POSITIONAL_VARIABLE = re.compile(r"[1-9][0-9]*")
 
@@ -32,25 +37,73 @@ SAMPLE_VALUES = {
 }
 
 
+@dataclass(frozen=True)
+class Placeholder:
+    """One ``{{…}}`` of a text: where it starts and ends, and the name inside, trimmed."""
+
+    start: int
+    end: int
+    name: str
+
+
+def placeholders(text: str) -> Iterator[Placeholder]:
+    """Each ``{{…}}`` of a text, left to right: what ``\\{\\{(.*?)\\}\\}`` would find.
+
+    A scanner, not that pattern: the regex tries its lazy match again from every
+    ``{{``, so a line of unclosed ``{{`` took quadratic time (20,000 characters, over
+    a second). Here every search starts where the one before stopped, so each
+    character is looked at a bounded number of times. Like the pattern's ``.``, a
+    variable never spans a line.
+    """
+    line_start = 0
+    while line_start <= len(text):
+        line_end = text.find("\n", line_start)
+        if line_end == -1:
+            line_end = len(text)
+        at = line_start
+        while (start := text.find("{{", at, line_end)) != -1:
+            close = text.find("}}", start + 2, line_end)
+            if close == -1:
+                break  # no "{{" after this one closes on this line either
+            yield Placeholder(start, close + 2, text[start + 2 : close].strip())
+            at = close + 2
+        line_start = line_end + 1
+
+
 def variables(text: str | None, fmt: ParameterFormat) -> list[str]:
     """The variables of a text in order of appearance (invalid ones left out)."""
     pattern = NAMED_VARIABLE if fmt is ParameterFormat.NAMED else POSITIONAL_VARIABLE
     found = []
-    for match in PLACEHOLDER.finditer(text or ""):
-        name = match.group(1).strip()
+    for placeholder in placeholders(text or ""):
+        name = placeholder.name
         if pattern.fullmatch(name) and name not in found:
             found.append(name)
     return found
 
 
+def _fill(text: str, fill: Callable[[str], str]) -> str:
+    """The text with each placeholder replaced by ``fill(name)``."""
+    pieces, at = [], 0
+    for placeholder in placeholders(text):
+        pieces += [text[at : placeholder.start], fill(placeholder.name)]
+        at = placeholder.end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
 def validate(text: str | None, fmt: ParameterFormat) -> list[str]:
-    """Every problem with the placeholders of one text, as user-facing sentences."""
+    """Every problem with a body and its placeholders, as user-facing sentences.
+
+    The length is checked first, and a body over Meta's limit is not parsed at all.
+    """
     text = text or ""
+    if len(text) > BODY_MAX_CHARS:
+        return [_("The body has at most 1024 characters (%(n)d now).") % {"n": len(text)}]
     errors: list[str] = []
-    leftover = PLACEHOLDER.sub("", text)
+    leftover = _fill(text, lambda name: "")
     if "{{" in leftover or "}}" in leftover:
         errors.append(_("A variable is not closed: write it as {{name}}."))
-    names = [match.group(1).strip() for match in PLACEHOLDER.finditer(text)]
+    names = [placeholder.name for placeholder in placeholders(text)]
     seen: set[str] = set()
     for name in names:
         if fmt is ParameterFormat.NAMED and not NAMED_VARIABLE.fullmatch(name):
@@ -83,12 +136,11 @@ def validate(text: str | None, fmt: ParameterFormat) -> list[str]:
 def render(text: str | None, fmt: ParameterFormat, values: Mapping[str, Any]) -> str:
     """Fill a text's variables; a variable without a value stays visible as [name]."""
 
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1).strip()
+    def fill(name: str) -> str:
         value = values.get(name)
         return f"[{name}]" if value is None or value == "" else str(value)
 
-    return PLACEHOLDER.sub(fill, text or "")
+    return _fill(text or "", fill)
 
 
 def sample_values(names: list[str], fmt: ParameterFormat) -> dict[str, str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from werkzeug.datastructures import MultiDict
+
 from campaigns import rendering
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.i18n import _
@@ -22,6 +24,7 @@ TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 URL = re.compile(r"https?://[^\s]+")
 MAX_BUTTONS = 10
+URL_MAX_CHARS = 2000  # Meta's limit on a URL button's address
 
 
 class Invalid(ValueError):
@@ -44,6 +47,55 @@ class Checker:
     def done(self) -> None:
         if self.errors:
             raise Invalid(self.errors)
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store the text: no NUL byte, and valid as UTF-8.
+
+    A JSON string such as ``"\\ud800"`` decodes to a lone surrogate, which has no
+    UTF-8 form, so psycopg cannot send it; forms and query strings cannot carry one
+    (werkzeug replaces undecodable bytes), but any of them can carry a NUL.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unstorable_fields(data: Any) -> dict[str, str]:
+    """Each field of a form or JSON document with text PostgreSQL cannot store, and why.
+
+    Fields are named as the parsers below name them: keys joined by dots two levels
+    deep (``segment.city``, ``variables.first_name``); a list's items, and anything
+    deeper, are reported at the key that holds them. Walked without recursion, so a
+    deeply nested document cannot exhaust the stack.
+    """
+    found: dict[str, str] = {}
+    # (the field's name so far, the value, whether the name is complete)
+    stack: list[tuple[tuple[str, ...], Any, bool]] = [((), data, False)]
+    while stack:
+        path, value, named = stack.pop()
+        if isinstance(value, str):
+            if not storable(value):
+                found.setdefault(".".join(path) or "body", unstorable_message())
+        elif isinstance(value, Mapping):
+            # A form may repeat a field: every value of a MultiDict, not just its first.
+            items = value.items(multi=True) if isinstance(value, MultiDict) else value.items()
+            for key, item in items:
+                key_path = path if named else (*path, str(key))
+                if isinstance(key, str) and not storable(key):
+                    found.setdefault(".".join(key_path), unstorable_message())
+                stack.append((key_path, item, named or len(key_path) == 2))
+        elif isinstance(value, list | tuple):
+            stack.extend((path, item, bool(path)) for item in value)
+    return found
+
+
+def unstorable_message() -> str:
+    return _("This contains a character that cannot be saved (such as a NUL byte); remove it.")
 
 
 def _text(data: Mapping[str, Any], name: str) -> str:
@@ -129,6 +181,8 @@ def parse_buttons(raw: Any, check: Checker) -> list[dict[str, str]]:
             check.fail("buttons", _("Each button needs a type (quick reply or URL) and a text."))
         elif len(text) > 25:
             check.fail("buttons", _("Button texts have at most 25 characters: %(t)s") % {"t": text})
+        elif kind == "URL" and len(str(item.get("url", ""))) > URL_MAX_CHARS:
+            check.fail("buttons", _("A button's address has at most 2000 characters."))
         elif kind == "URL" and not URL.fullmatch(str(item.get("url", ""))):
             check.fail("buttons", _("A URL button needs an address starting with https://."))
         else:
@@ -143,7 +197,7 @@ def parse_buttons(raw: Any, check: Checker) -> list[dict[str, str]]:
 
 def parse_template(data: Mapping[str, Any]) -> TemplateFields:
     """A message template as the WhatsApp Cloud API accepts it."""
-    check = Checker()
+    check = Checker(unstorable_fields(data))
     name = _text(data, "name")
     if not TEMPLATE_NAME.fullmatch(name):
         check.fail("name", _("Use lowercase letters, digits and _ only (up to 512)."))
@@ -155,19 +209,16 @@ def parse_template(data: Mapping[str, Any]) -> TemplateFields:
     header = _text(data, "header_text") or None
     body = _text(data, "body_text")
     footer = _text(data, "footer_text") or None
-    if header and len(header) > 60:
+    if header and len(header) > rendering.HEADER_MAX_CHARS:
         check.fail("header_text", _("The header has at most 60 characters."))
     if header and "{{" in header:
         check.fail("header_text", _("Variables go in the body; the header is plain text."))
     if not body:
         check.fail("body_text", _("The body is required."))
-    elif len(body) > 1024:
-        check.fail(
-            "body_text", _("The body has at most 1024 characters (%(n)d now).") % {"n": len(body)}
-        )
+    # Its length first: a body over the limit is refused before it is parsed.
     for problem in rendering.validate(body, fmt or ParameterFormat.NAMED):
         check.fail("body_text", problem)
-    if footer and len(footer) > 60:
+    if footer and len(footer) > rendering.FOOTER_MAX_CHARS:
         check.fail("footer_text", _("The footer has at most 60 characters."))
     if footer and "{{" in footer:
         check.fail("footer_text", _("The footer cannot have variables."))
@@ -206,7 +257,7 @@ class SenderFields:
 
 def parse_sender(data: Mapping[str, Any]) -> SenderFields:
     """A WhatsApp sender; secrets left blank keep their stored value."""
-    check = Checker()
+    check = Checker(unstorable_fields(data))
     name = _text(data, "name")
     if not name or len(name) > 100:
         check.fail("name", _("Give the sender a name (up to 100 characters)."))
@@ -245,7 +296,7 @@ class UserLimits:
 
 def parse_user_changes(data: Mapping[str, Any]) -> UserLimits:
     """The admin-editable parts of a user; absent keys stay as they are."""
-    check = Checker()
+    check = Checker(unstorable_fields(data))
     campaign = api = None
     if "campaign_rate_limit_per_minute" in data:
         campaign = _int(data, "campaign_rate_limit_per_minute", check, 1, 1_000_000, 100)
@@ -365,7 +416,7 @@ class CampaignFields:
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
     """A campaign as the JSON API sends it; ``template_variables`` None = unknown template."""
-    check = Checker()
+    check = Checker(unstorable_fields(data))
     name = _text(data, "name")
     if not name or len(name) > 200:
         check.fail("name", _("Give the campaign a name (up to 200 characters)."))

@@ -320,3 +320,18 @@ def test_a_bad_notification_webhook_secret_is_refused(env, raw):
     env.setenv("NOTIFICATION_WEBHOOK_SECRET", raw)
     with pytest.raises(ConfigError, match="NOTIFICATION_WEBHOOK_SECRET must be whsec_"):
         config.load_settings()
+
+
+def test_request_bodies_are_limited_and_uploads_have_their_own_limit(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("DATABASE_URL", "postgresql://db.example.com/disparo")
+    env.delenv("MAX_REQUEST_BYTES", raising=False)
+    env.delenv("MAX_UPLOAD_BYTES", raising=False)
+    flask = config.load_settings().flask_config()
+    assert flask["MAX_CONTENT_LENGTH"] == flask["MAX_REQUEST_BYTES"] == 1024 * 1024
+    assert flask["MAX_FORM_MEMORY_SIZE"] == 1024 * 1024
+    assert flask["MAX_UPLOAD_BYTES"] == 10 * 1024 * 1024
+    env.setenv("MAX_REQUEST_BYTES", "2000000")
+    env.setenv("MAX_UPLOAD_BYTES", "1000000")
+    with pytest.raises(ConfigError, match="MAX_UPLOAD_BYTES must be at least 2000000"):
+        config.load_settings()

@@ -56,3 +56,55 @@ def test_render_fills_values_and_marks_missing_ones():
 def test_sample_values_know_customer_fields():
     samples = rendering.sample_values(["first_name", "order_code"], NAMED)
     assert samples == {"first_name": "Maria", "order_code": "order code"}
+
+
+class CountingText(str):
+    """A text that adds up the characters its searches pass over: the scanner's work."""
+
+    scanned = 0
+
+    def find(self, sub, start=0, end=None):  # type: ignore[override]
+        end = len(self) if end is None else end
+        found = super().find(sub, start, end)
+        self.scanned += (found + len(sub) if found != -1 else end) - start
+        return found
+
+
+PATHOLOGICAL = {
+    "unclosed": lambda n: "{{" * n,
+    "unclosed with names": lambda n: "{{a" * n,
+    "one line each": lambda n: "{{\n" * n,
+    "empty variables": lambda n: "{{}}" * n,
+    "nested": lambda n: "{" * n + "}" * n,
+    "closed at the end": lambda n: "{{" * n + "}}",
+}
+
+
+@pytest.mark.parametrize("make", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
+def test_finding_placeholders_is_linear_in_the_text(make):
+    """The old lazy regex took quadratic time on these ("{{" * 10000: over a second)."""
+    work = {}
+    for n in (2_500, 10_000):
+        text = CountingText(make(n))
+        list(rendering.placeholders(text))
+        assert text.scanned <= 3 * len(text) + 3
+        work[n] = text.scanned
+    assert work[10_000] <= 4 * work[2_500] + 8
+
+
+def test_placeholders_are_what_the_lazy_pattern_found():
+    import re
+
+    pattern = re.compile(r"\{\{(.*?)\}\}")
+    for text in ("{{{1}}}", "a {{b}} {{c\n}} {{d}}", "{{ x }}}}{{y", "}}{{", "{{a}}{{b}}"):
+        found = [(p.start, p.end, p.name) for p in rendering.placeholders(text)]
+        assert found == [(m.start(), m.end(), m.group(1).strip()) for m in pattern.finditer(text)]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(monkeypatch):
+    def no_parsing(text):
+        raise AssertionError("parsed an over-length body")
+
+    monkeypatch.setattr(rendering, "placeholders", no_parsing)
+    errors = rendering.validate("{{" * 10_000, NAMED)
+    assert errors == ["The body has at most 1024 characters (20000 now)."]

@@ -156,6 +156,23 @@ def test_import_shows_the_first_50_invalid_lines_but_counts_all(app):
     assert report.invalid[-1] == (51, "bad49")
 
 
+def test_a_file_the_csv_module_cannot_read_is_refused_at_the_file_field(app):
+    with pytest.raises(ServiceError) as refused:
+        import_suppressions("phone,reason\n11987654321," + "r" * 200_000 + "\n", None)
+    assert refused.value.field == "file"
+    assert refused.value.message == (
+        "Line 2 of the file cannot be read as CSV (field larger than field limit (131072))."
+    )
+
+
+def test_a_nul_byte_in_the_file_is_refused_at_the_file_field(app):
+    with pytest.raises(ServiceError) as refused:
+        import_suppressions("phone,reason\n11987654321,ok\n11912345678,a\x00b\n", None)
+    assert refused.value.field == "file"
+    assert refused.value.message.startswith("Line 3 of the file has a character")
+    assert db.session.query(Suppression).count() == 0
+
+
 def test_import_takes_100000_numbers_in_one_go(app):
     lines = [f"+55 11 9{n:08d}" for n in range(100_000)]
     report = import_suppressions(lines, None)

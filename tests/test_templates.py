@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app import db
+from campaigns import rendering
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -75,6 +76,7 @@ def test_create_a_draft_with_buttons(client, sender, supervisor):
         ("body_text", "Oi {{First}}", "not a valid name"),
         ("header_text", "Oi {{first_name}}", "Variables go in the body"),
         ("buttons", "Ver | ftp://x", "https://"),
+        ("buttons", "Ver | https://x.example/" + "a" * 2000, "at most 2000"),
     ],
 )
 def test_bad_fields_are_a_422_with_the_message_at_the_field(
@@ -117,6 +119,45 @@ def test_live_preview_fragment(client, sender, supervisor):
     assert "Oi Maria Maria" in body
     assert "appears more than once" in body
     assert 'hx-trigger="input changed delay:400ms' in body
+
+
+@pytest.fixture
+def parsed_lengths(monkeypatch) -> list[int]:
+    """The length of every text the placeholder scanner is given."""
+    lengths: list[int] = []
+    scan = rendering.placeholders
+
+    def counting(text):
+        lengths.append(len(text))
+        return scan(text)
+
+    monkeypatch.setattr(rendering, "placeholders", counting)
+    return lengths
+
+
+def test_an_over_length_body_is_refused_at_its_field_and_never_parsed_whole(
+    client, sender, supervisor, parsed_lengths
+):
+    response = client.post("/templates/", data=VALID | {"body_text": "{{" * 10_000})
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert 'id="body_text-error"' in body
+    assert "at most 1024 characters (20000 now)" in body
+    # The form's preview shows what fits; nothing longer reaches the parser.
+    assert max(parsed_lengths) <= rendering.BODY_MAX_CHARS
+
+
+def test_the_live_preview_parses_at_most_the_limit(client, sender, supervisor, parsed_lengths):
+    response = client.post(
+        "/templates/preview",
+        data=VALID | {"body_text": "{{first_name}} " + "{{" * 10_000},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert "at most 1024 characters (20015 now)" in body
+    assert "Maria" in body  # what fits is still shown filled in
+    assert parsed_lengths and max(parsed_lengths) <= rendering.BODY_MAX_CHARS
 
 
 def test_list_filters_and_rows_fragment(client, sender, supervisor):

@@ -9,9 +9,10 @@ reason and source.
 
 from __future__ import annotations
 
+import _csv
 import csv
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from campaigns import phones
 from campaigns.i18n import _
 from campaigns.models import Suppression
 from campaigns.services import NotFound, ServiceError
+from campaigns.validation import storable
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,25 @@ def _csv_delimiter(first_line: str) -> str:
     return ","
 
 
+def _rows(reader: _csv.Reader) -> Iterator[list[str]]:
+    """The CSV's rows; what the csv module cannot read is the file's problem, not a 500."""
+    try:
+        for row in reader:
+            if not all(storable(cell) for cell in row):
+                raise ServiceError(
+                    _("Line %(n)d of the file has a character that cannot be saved (a NUL byte).")
+                    % {"n": reader.line_num},
+                    "file",
+                )
+            yield row
+    except csv.Error as error:  # a cell over 128 KiB
+        raise ServiceError(
+            _("Line %(n)d of the file cannot be read as CSV (%(reason)s).")
+            % {"n": reader.line_num, "reason": error},
+            "file",
+        ) from None
+
+
 def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> ImportReport:
     """Suppress every number of a CSV: a ``phone`` column (and ``reason``), or one bare column."""
     all_lines = lines.splitlines() if isinstance(lines, str) else list(lines)
@@ -161,7 +182,7 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
     wanted: dict[str, str] = {}  # phone → reason; a number's first line wins
     repeated = invalid_count = numbers = 0
     invalid: list[tuple[int, str]] = []
-    for cells in reader:
+    for cells in _rows(reader):
         cells = [cell.strip() for cell in cells]
         if not any(cells):
             continue

@@ -25,6 +25,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import erp, queries, recipients, rendering
 from campaigns.auth import requires
+from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
@@ -167,6 +168,7 @@ def _parse_form() -> tuple[dict[str, Any], CampaignFields]:
 
 @bp.post("/")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def campaign_create():
     """Create a draft, or 422 with a message at each bad field."""
     data = campaign_data_from_form(request.form)
@@ -192,6 +194,7 @@ def campaign_edit(campaign_id: int):
 
 @bp.post("/<int:campaign_id>")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def campaign_update(campaign_id: int):
     """Save changes, or 422 with the reasons."""
     campaign = _campaign_or_404(campaign_id)

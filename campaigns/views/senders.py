@@ -6,6 +6,7 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 
 from campaigns import progress, queries
 from campaigns.auth import requires
+from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, Sender
@@ -48,6 +49,7 @@ def sender_new():
 
 @bp.post("/")
 @requires(Role.ADMIN)
+@validates_fields
 def sender_create():
     """Create a sender, or 422 with a message at each bad field."""
     try:
@@ -70,6 +72,7 @@ def sender_edit(sender_id: int):
 
 @bp.post("/<int:sender_id>")
 @requires(Role.ADMIN)
+@validates_fields
 def sender_update(sender_id: int):
     """Save a sender; blank secret fields keep the stored secrets."""
     sender = _sender_or_404(sender_id)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, flash, render_template, request, url_for
+from flask import Blueprint, current_app, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from campaigns import queries
+from campaigns import errors, queries
 from campaigns.auth import requires
+from campaigns.edge import takes_upload
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role
@@ -23,9 +25,6 @@ from campaigns.services.suppressions import (
 )
 
 bp = Blueprint("suppressions", __name__, url_prefix="/suppressions")
-
-# 100,000 lines of number plus reason fit easily; more is not a suppression list.
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
 def _list_page() -> queries.SuppressionPage:
@@ -53,11 +52,10 @@ def _index_page(
 
 def _uploaded_text(upload: FileStorage | None) -> str:
     """The uploaded CSV as text, or ServiceError at the file field."""
-    data = upload.read(MAX_UPLOAD_BYTES + 1) if upload and upload.filename else b""
+    # No larger than MAX_UPLOAD_BYTES: the whole request is refused before that (413).
+    data = upload.read() if upload and upload.filename else b""
     if not data:
         raise ServiceError(_("Choose a CSV file."), "file")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ServiceError(_("The file is larger than 10 MB; split it."), "file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -98,7 +96,18 @@ def suppression_create():
     return redirect_to(url_for("suppressions.suppression_index"))
 
 
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(error: RequestEntityTooLarge):
+    """A file over MAX_UPLOAD_BYTES: the message at the file field, not an error page."""
+    if request.endpoint != "suppressions.suppression_import":
+        return errors.handle_http_error(error)
+    limit = current_app.config["MAX_UPLOAD_BYTES"] / (1024 * 1024)
+    message = _("The file is larger than %(n)s MB; split it.") % {"n": f"{limit:.3g}"}
+    return _index_page(errors={"file": message}, status=413)
+
+
 @bp.post("/import")
+@takes_upload
 @requires(Role.SUPERVISOR)
 def suppression_import():
     """Add every number of an uploaded CSV and show what happened to each line."""

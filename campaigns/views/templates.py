@@ -8,6 +8,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import queries, rendering
 from campaigns.auth import requires
+from campaigns.edge import validates_fields
 from campaigns.htmx import STOP_POLLING, redirect_to
 from campaigns.i18n import _
 from campaigns.models import ParameterFormat, Role, TemplateStatus
@@ -51,7 +52,10 @@ def _preview(form) -> dict:
         if form.get("parameter_format") == "positional"
         else ParameterFormat.NAMED
     )
-    body = form.get("body_text", "")
+    typed = form.get("body_text", "")
+    problems = rendering.validate(typed, fmt)
+    # Over the limit, only what fits is parsed and shown; the problem says why.
+    body = typed[: rendering.BODY_MAX_CHARS]
     names = rendering.variables(body, fmt)
     samples = rendering.sample_values(names, fmt)
     return {
@@ -64,8 +68,8 @@ def _preview(form) -> dict:
             if line.strip()
         ],
         "variables": names,
-        "problems": rendering.validate(body, fmt),
-        "length": len(body),
+        "problems": problems,
+        "length": len(typed),
     }
 
 
@@ -94,6 +98,7 @@ def template_new():
 
 @bp.post("/")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def template_create():
     """Create a draft, or re-render the form (422) with a message at each bad field."""
     try:
@@ -157,6 +162,7 @@ def template_edit(template_id: int):
 
 @bp.post("/<int:template_id>")
 @requires(Role.SUPERVISOR)
+@validates_fields
 def template_update(template_id: int):
     """Save changes (the template returns to draft), or 422 with the reasons."""
     template = _template_or_404(template_id)

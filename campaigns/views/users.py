@@ -8,6 +8,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import queries
 from campaigns.auth import requires
+from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, User
@@ -76,6 +77,7 @@ def user_edit(user_id: int) -> str:
 
 @bp.post("/users/<int:user_id>")
 @requires(Role.ADMIN)
+@validates_fields
 def user_update(user_id: int):
     """Change role and limits, or 422 with the reasons."""
     user = _user_or_404(user_id)

@@ -1,0 +1,90 @@
+"""What a request must pass before a view reads it: a size, and text PostgreSQL can store.
+
+Every body is limited before it is read: ``MAX_UPLOAD_BYTES`` for a view marked
+:func:`takes_upload`, else ``MAX_REQUEST_BYTES`` (Flask's ``MAX_CONTENT_LENGTH``).
+Werkzeug refuses a larger ``Content-Length`` with a 413 before reading a byte, and
+caps a body without one (chunked: the server sets ``wsgi.input_terminated``) as it
+is read. The limit is the request's own rather than set by a ``before_request``
+hook, so it holds whichever hook reads the body first (CSRFProtect reads forms).
+
+Text: a NUL byte (or, from JSON, a lone surrogate) in any query parameter, form
+field or JSON string would reach PostgreSQL and fail there as a 500. One hook,
+:func:`refuse_unstorable`, answers it first, naming the field: 400 for a query
+parameter, 422 for a field of the body (the API's envelope; a page or a flash
+otherwise). A view marked :func:`validates_fields` parses its form with
+``campaigns.validation``, which puts the same message at the field of the
+re-rendered form, so the hook leaves that view's form to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import flask
+from flask import Flask, current_app, request
+
+from campaigns import errors
+from campaigns.i18n import _
+from campaigns.validation import unstorable_fields
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_upload(view: F) -> F:
+    """Mark a view whose form carries a file: its body may be up to ``MAX_UPLOAD_BYTES``."""
+    view.takes_upload = True  # type: ignore[attr-defined]
+    return view
+
+
+def validates_fields(view: F) -> F:
+    """Mark a view whose form goes through ``campaigns.validation`` (see the docstring)."""
+    view.validates_fields = True  # type: ignore[attr-defined]
+    return view
+
+
+def _view_says(flag: str, endpoint: str | None) -> bool:
+    view = current_app.view_functions.get(endpoint or "")
+    return bool(getattr(view, flag, False))
+
+
+class Request(flask.Request):
+    """A request whose body limit is its view's (see the module's docstring)."""
+
+    @property
+    def max_content_length(self) -> int | None:
+        # Outside an app context (no view to ask), Flask's own answer.
+        upload = current_app and _view_says("takes_upload", self.endpoint)
+        if self._max_content_length is None and upload:
+            return int(current_app.config["MAX_UPLOAD_BYTES"])
+        return super().max_content_length
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        self._max_content_length = value
+
+
+def refuse_unstorable() -> Any:
+    """before_request: refuse text PostgreSQL cannot store, naming where it was."""
+    if request.blueprint == "webhooks":
+        return None  # nothing is read before the signature is checked there
+    if fields := unstorable_fields(request.args):
+        return errors.refuse_fields(400, _("Some query parameters are not valid."), fields)
+    checks_itself = _view_says("validates_fields", request.endpoint)
+    if not checks_itself and (fields := unstorable_fields(request.form)):
+        return errors.refuse_fields(422, _("Some fields are not valid."), fields)
+    if request.is_json:
+        try:
+            document = request.get_json(silent=True)
+        except RecursionError:  # json.loads gives up on "[[[[…" a few hundred deep
+            return errors.refuse_fields(
+                400, _("The JSON is nested too deeply."), {"body": _("Nest it less deeply.")}
+            )
+        if fields := unstorable_fields(document):
+            return errors.refuse_fields(422, _("Some fields are not valid."), fields)
+    return None
+
+
+def init_app(app: Flask) -> None:
+    app.request_class = Request
+    app.before_request(refuse_unstorable)

@@ -30,6 +30,7 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 MOCK_ERP_MAX_CUSTOMERS = 9_999_999
 # Provider calls in flight per worker process at most (threads, pooled connections).
 MAX_CALLS_IN_FLIGHT = 1000
+MAX_PROXIES = 10  # PROXY_COUNT: proxies in front of the app that append X-Forwarded-For
 MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
 
 
@@ -171,6 +172,7 @@ class Settings:
     whatsapp_app_secret: str | None
     webhook_verify_token: str | None
     notification_webhook_url: str | None
+    proxy_count: int
     login_max_failures: int
     login_lockout_minutes: int
     stalled_worker_seconds: int
@@ -213,6 +215,7 @@ class Settings:
             "WHATSAPP_APP_SECRET": self.whatsapp_app_secret,
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
+            "PROXY_COUNT": self.proxy_count,
             "LOGIN_MAX_FAILURES": self.login_max_failures,
             "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
@@ -275,6 +278,11 @@ def load_settings() -> Settings:
         whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
+        # Production runs behind a platform's router (one proxy); development is reached
+        # directly, where trusting X-Forwarded-For would let anyone pick an address.
+        proxy_count=_int_setting(
+            "PROXY_COUNT", 1 if env == "production" else 0, minimum=0, maximum=MAX_PROXIES
+        ),
         login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
         login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.

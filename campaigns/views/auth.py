@@ -10,6 +10,7 @@ from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from campaigns.i18n import _
+from campaigns.security import client_address
 from campaigns.services.users import authenticate
 
 bp = Blueprint("auth", __name__)
@@ -39,7 +40,7 @@ def login() -> str | Response:
 def login_submit() -> tuple[str, int] | Response:
     """Check the credentials; 422 re-renders the form with the reason."""
     email = request.form.get("email", "")
-    result = authenticate(email, request.form.get("password", ""), request.remote_addr or "")
+    result = authenticate(email, request.form.get("password", ""), client_address())
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)

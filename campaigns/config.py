@@ -173,8 +173,8 @@ class Settings:
     webhook_verify_token: str | None
     notification_webhook_url: str | None
     proxy_count: int
-    login_max_failures: int
-    login_lockout_minutes: int
+    login_free_failures: int
+    login_max_delay_seconds: int
     stalled_worker_seconds: int
     sending_lease_seconds: int
     calls_in_flight: int
@@ -216,8 +216,8 @@ class Settings:
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "PROXY_COUNT": self.proxy_count,
-            "LOGIN_MAX_FAILURES": self.login_max_failures,
-            "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
+            "LOGIN_FREE_FAILURES": self.login_free_failures,
+            "LOGIN_MAX_DELAY_SECONDS": self.login_max_delay_seconds,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
             "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
             "WHATSAPP_CALLS_IN_FLIGHT": self.calls_in_flight,
@@ -283,8 +283,8 @@ def load_settings() -> Settings:
         proxy_count=_int_setting(
             "PROXY_COUNT", 1 if env == "production" else 0, minimum=0, maximum=MAX_PROXIES
         ),
-        login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
-        login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
+        login_free_failures=_int_setting("LOGIN_FREE_FAILURES", 5),
+        login_max_delay_seconds=_int_setting("LOGIN_MAX_DELAY_SECONDS", 60, maximum=3600),
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.
         stalled_worker_seconds=_int_setting("STALLED_WORKER_SECONDS", 120, minimum=15),
         sending_lease_seconds=_int_setting("SENDING_LEASE_SECONDS", 120),

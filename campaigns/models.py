@@ -156,12 +156,13 @@ class ApiToken(Model):
 
 
 class LoginAttempt(Model):
-    """Each login try, kept to lock out guessing per account and per address."""
+    """Each checked sign-in, kept 30 days to slow guessing per account and per address."""
 
     __tablename__ = "login_attempts"
     __table_args__ = (
         sa.Index("login_attempts_email_at_idx", "email", "attempted_at"),
         sa.Index("login_attempts_ip_at_idx", "ip_address", "attempted_at"),
+        sa.Index("login_attempts_attempted_at_idx", "attempted_at"),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)

@@ -37,10 +37,14 @@ def login() -> str | Response:
 
 
 @bp.post("/login")
-def login_submit() -> tuple[str, int] | Response:
-    """Check the credentials; 422 re-renders the form with the reason."""
+def login_submit() -> tuple[str, int] | tuple[str, int, dict[str, str]] | Response:
+    """Check the credentials; 422 re-renders the form with the reason, 429 while a
+    run of failures makes sign-ins wait."""
     email = request.form.get("email", "")
     result = authenticate(email, request.form.get("password", ""), client_address())
+    if result.retry_after:
+        page = render_template("auth/login.html", email=email, error=result.error)
+        return page, 429, {"Retry-After": str(result.retry_after)}
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)

@@ -120,12 +120,20 @@ class User(UserMixin, Model):
     api_rate_limit_per_minute: Mapped[int] = mapped_column(default=1000, server_default="1000")
     created_at: Mapped[datetime] = created_at_column()
     last_login_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Part of every session's user id (see get_id): bumping it ends every session.
+    session_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     api_tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 
     @property
     def is_active(self) -> bool:  # Flask-Login refuses inactive users at login and on load
         return not self.is_disabled
+
+    def get_id(self) -> str:
+        """The id Flask-Login keeps in the session and the remember-me cookie: with the
+        session version, so a bump (sign-out, new password, new role, disabled) ends
+        every session and cookie issued before it (campaigns/auth.py checks it)."""
+        return f"{self.id}:{self.session_version}"
 
     def can(self, role: Role) -> bool:
         return self.role.includes(role)

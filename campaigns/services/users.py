@@ -144,8 +144,9 @@ def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
         raise NotFound(_("There is no such user."))
     if changes.role is not None and user.id == acting_user_id and changes.role is not Role.ADMIN:
         raise Conflict(_("You cannot remove your own admin role."))
-    if changes.role is not None:
+    if changes.role is not None and changes.role is not user.role:
         user.role = changes.role
+        _end_sessions(user)
     if changes.campaign_rate_limit_per_minute is not None:
         user.campaign_rate_limit_per_minute = changes.campaign_rate_limit_per_minute
     if changes.api_rate_limit_per_minute is not None:
@@ -161,6 +162,8 @@ def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User
         raise NotFound(_("There is no such user."))
     if user.id == acting_user_id and disabled:
         raise Conflict(_("You cannot disable yourself."))
+    if disabled and not user.is_disabled:
+        _end_sessions(user)
     user.is_disabled = disabled
     db.session.commit()
     return user
@@ -177,8 +180,24 @@ def reset_password(user_id: int) -> str:
         raise NotFound(_("There is no such user."))
     password = generate_password()
     user.password_hash = hash_password(password)
+    _end_sessions(user)
     db.session.commit()
     return password
+
+
+def sign_out_everywhere(user_id: int) -> None:
+    """Signing out ends every session of the user, on every device."""
+    db.session.execute(
+        sa.update(User).where(User.id == user_id).values(session_version=User.session_version + 1)
+    )
+    db.session.commit()
+
+
+def _end_sessions(user: User) -> None:
+    # Every session and remember-me cookie holds the version it was issued under
+    # (User.get_id); the next request of each finds it changed and is signed out.
+    # The caller commits.
+    user.session_version = User.session_version + 1
 
 
 def revoke_api_token(token_id: int, user_id: int) -> None:

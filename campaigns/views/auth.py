@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 
 from campaigns.i18n import _
 from campaigns.security import client_address
-from campaigns.services.users import authenticate
+from campaigns.services.users import authenticate, sign_out_everywhere
 
 bp = Blueprint("auth", __name__)
 
@@ -53,7 +53,8 @@ def login_submit() -> tuple[str, int] | tuple[str, int, dict[str, str]] | Respon
 
 @bp.post("/logout")
 def logout() -> Response:
-    """End the session."""
+    """End the session, and the user's sessions everywhere else."""
+    sign_out_everywhere(current_user.id)
     logout_user()
     flash(_("You are signed out."), "info")
     return redirect(url_for("auth.login"), code=303)

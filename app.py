@@ -84,8 +84,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     htmx.init_app(app)
 
-    from campaigns import auth, cli, edge, errors, i18n, views
+    from campaigns import auth, cli, edge, errors, i18n, security, views
 
+    security.init_app(app)
     edge.init_app(app)
     i18n.init_app(app)
     auth.init_app(app)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, abort, jsonify, redirect, request, url_for
-from flask_login import current_user
+from flask_login import current_user, login_user
 from werkzeug.wrappers import Response as BaseResponse
 
 from app import db, htmx, login_manager
@@ -70,9 +70,24 @@ def enforce_roles() -> Any:
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    user = db.session.get(User, int(user_id))
-    return user if user is not None and user.is_active else None
+def load_user(session_id: str) -> User | None:
+    """The session's user, unless disabled or its session version moved on (User.get_id):
+    sign-out, a new password, a new role or being disabled ends every other session."""
+    user_id, _sep, version = session_id.partition(":")
+    try:
+        key, issued_under = int(user_id), int(version)
+    except ValueError:  # a session from before versions: signed out
+        return None
+    user = db.session.get(User, key)
+    if user is None or not user.is_active or user.session_version != issued_under:
+        return None
+    return user
+
+
+def keep_session(user: User) -> None:
+    """After a change that ended ``user``'s sessions: keep this request's, if it is theirs."""
+    if current_user.is_authenticated and current_user.id == user.id:
+        login_user(user)
 
 
 @login_manager.unauthorized_handler

@@ -35,6 +35,7 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 MOCK_ERP_MAX_CUSTOMERS = 9_999_999
 # Provider calls in flight per worker process at most (threads, pooled connections).
 MAX_CALLS_IN_FLIGHT = 1000
+MAX_PROXIES = 10  # PROXY_COUNT: proxies in front of the app that append X-Forwarded-For
 MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
 # What production cannot start without; nothing else is required.
 REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "DISPARO_ENCRYPTION_KEY")
@@ -189,8 +190,9 @@ class Settings:
     webhook_verify_token: str | None
     notification_webhook_url: str | None
     notification_webhook_secret: str
-    login_max_failures: int
-    login_lockout_minutes: int
+    proxy_count: int
+    login_free_failures: int
+    login_max_delay_seconds: int
     stalled_worker_seconds: int
     sending_lease_seconds: int
     calls_in_flight: int
@@ -234,8 +236,9 @@ class Settings:
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "NOTIFICATION_WEBHOOK_SECRET": self.notification_webhook_secret,
-            "LOGIN_MAX_FAILURES": self.login_max_failures,
-            "LOGIN_LOCKOUT_MINUTES": self.login_lockout_minutes,
+            "PROXY_COUNT": self.proxy_count,
+            "LOGIN_FREE_FAILURES": self.login_free_failures,
+            "LOGIN_MAX_DELAY_SECONDS": self.login_max_delay_seconds,
             "STALLED_WORKER_SECONDS": self.stalled_worker_seconds,
             "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
             "WHATSAPP_CALLS_IN_FLIGHT": self.calls_in_flight,
@@ -398,8 +401,13 @@ def load_settings() -> Settings:
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
         notification_webhook_secret=_notification_webhook_secret(secret_key),
-        login_max_failures=_int_setting("LOGIN_MAX_FAILURES", 5),
-        login_lockout_minutes=_int_setting("LOGIN_LOCKOUT_MINUTES", 15),
+        # Production runs behind a platform's router (one proxy); development is reached
+        # directly, where trusting X-Forwarded-For would let anyone pick an address.
+        proxy_count=_int_setting(
+            "PROXY_COUNT", 1 if env == "production" else 0, minimum=0, maximum=MAX_PROXIES
+        ),
+        login_free_failures=_int_setting("LOGIN_FREE_FAILURES", 5),
+        login_max_delay_seconds=_int_setting("LOGIN_MAX_DELAY_SECONDS", 60, maximum=3600),
         # Above Procrastinate's 10 s heartbeat interval, or live workers look dead.
         stalled_worker_seconds=_int_setting("STALLED_WORKER_SECONDS", 120, minimum=15),
         sending_lease_seconds=_int_setting("SENDING_LEASE_SECONDS", 120),

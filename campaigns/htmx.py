@@ -36,3 +36,12 @@ def redirect_to(url: str) -> BaseResponse:
         response.headers["HX-Redirect"] = url
         return response
     return redirect(url, code=303)
+
+
+def replace_page(response: Response) -> Response:
+    """Have htmx put this full page in place of the current one's body, where a plain
+    form would load it: for a result that exists in this response only (no redirect)."""
+    if is_htmx():
+        response.headers["HX-Retarget"] = "body"
+        response.headers["HX-Reswap"] = "innerHTML"
+    return response

@@ -121,12 +121,20 @@ class User(UserMixin, Model):
     api_rate_limit_per_minute: Mapped[int] = mapped_column(default=1000, server_default="1000")
     created_at: Mapped[datetime] = created_at_column()
     last_login_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Part of every session's user id (see get_id): bumping it ends every session.
+    session_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     api_tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 
     @property
     def is_active(self) -> bool:  # Flask-Login refuses inactive users at login and on load
         return not self.is_disabled
+
+    def get_id(self) -> str:
+        """The id Flask-Login keeps in the session and the remember-me cookie: with the
+        session version, so a bump (sign-out, new password, new role, disabled) ends
+        every session and cookie issued before it (campaigns/auth.py checks it)."""
+        return f"{self.id}:{self.session_version}"
 
     def can(self, role: Role) -> bool:
         return self.role.includes(role)
@@ -157,12 +165,13 @@ class ApiToken(Model):
 
 
 class LoginAttempt(Model):
-    """Each login try, kept to lock out guessing per account and per address."""
+    """Each checked sign-in, kept 30 days to slow guessing per account and per address."""
 
     __tablename__ = "login_attempts"
     __table_args__ = (
         sa.Index("login_attempts_email_at_idx", "email", "attempted_at"),
         sa.Index("login_attempts_ip_at_idx", "ip_address", "attempted_at"),
+        sa.Index("login_attempts_attempted_at_idx", "attempted_at"),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)

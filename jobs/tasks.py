@@ -18,6 +18,7 @@ from campaigns import (
     clock,
     erp,
     fanout,
+    login_throttle,
     maintenance,
     notifications,
     pump,
@@ -203,12 +204,17 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
-    without them; drop expired rate-limit buckets."""
+    without them; drop expired rate-limit buckets and sign-in attempts past 30 days."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
+    attempts = login_throttle.delete_old_attempts(db.session)
     db.session.commit()
-    logger.info("maintenance: removed %s old rate-limit buckets", removed)
+    logger.info(
+        "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts",
+        removed,
+        attempts,
+    )
 
 
 @app.periodic(cron="*/2 * * * *", periodic_id="stalled")

@@ -371,3 +371,19 @@ def signed_webhook(body: Any, secret: str | None = None) -> tuple[bytes, dict[st
     """``body`` as JSON, signed with ``secret`` (the demo sender's app secret unless told)."""
     raw = json.dumps(body).encode()
     return raw, sign_webhook(raw, secret or default_sender().app_secret or "")
+
+
+class OwnContextClient(FlaskClient):
+    """A test client whose every request has an app context of its own, as under a real
+    server. A plain test client's requests share the test's app context, and with it
+    Flask-Login's user cached in ``g``: the last one signed in, whatever the client."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+def browser(app: Flask) -> FlaskClient:
+    """A client of its own, as a separate browser is."""
+    client = OwnContextClient(app, app.response_class, use_cookies=True)
+    return client

@@ -48,8 +48,16 @@ def page() -> Iterator[object]:
         )
         page = browser.new_page()
         page.set_default_timeout(15_000)
+        # Whatever a test does, the Content-Security-Policy (campaigns/security.py) must
+        # refuse nothing the pages use: Chromium reports each refusal on the console.
+        refused: list[str] = []
+        page.on(
+            "console",
+            lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         yield page
         browser.close()
+        assert refused == []
 
 
 def sign_in(page, live_server: str, user) -> None:
@@ -129,9 +137,8 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert page.get_attribute(progress, "hx-trigger") == "every 2s"
 
     page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
-    page.wait_for_function(
-        "!document.querySelector(\"section[id$='-progress']\").hasAttribute('hx-trigger')"
-    )
+    # Waits are selectors, not wait_for_function: it polls with eval, which the CSP refuses.
+    page.wait_for_selector("section[id$='-progress']:not([hx-trigger])")
     assert page.evaluate("window.sameDocument") is True
     assert page.inner_text("[id$='-status']") == "completed"  # the badge, out of band
     assert page.locator("button:has-text('Pause')").count() == 0  # so are the buttons
@@ -224,9 +231,9 @@ def test_notifications_are_marked_read_in_place_and_the_badge_follows(
     page.screenshot(path=str(ARTIFACTS / "notifications-unread.png"), full_page=True)
 
     page.locator("#dashboard-notifications li.unread button:has-text('Mark as read')").first.click()
-    page.wait_for_function(
-        "document.querySelectorAll('#dashboard-notifications li.unread').length == 2"
-    )
+    from playwright.sync_api import expect
+
+    expect(page.locator("#dashboard-notifications li.unread")).to_have_count(2)
     assert badge.inner_text().split()[0] == "2"
     assert page.get_by_text("2 unread notifications").count() == 1
 

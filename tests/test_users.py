@@ -17,15 +17,25 @@ def admin(login_as):
 
 def test_admin_creates_a_user_and_sees_the_password_once(client, admin):
     response = client.post("/users/", data={"email": "new@example.com", "role": "supervisor"})
-    assert response.status_code == 303
-    page = client.get("/users/").get_data(as_text=True)
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
     match = re.search(r"Created new@example.com. Their password, shown once: (\S+)<", page)
     assert match
+    assert_not_in_the_session(client, match.group(1))
+    assert response.headers["Cache-Control"] == "no-store"
+    again = client.get("/users/")
+    assert again.status_code == 200
+    assert match.group(1) not in again.get_data(as_text=True)
     user = db.session.query(User).filter_by(email="new@example.com").one()
     assert user.role is Role.SUPERVISOR
     other = client.application.test_client()
     assert login(other, user, password=match.group(1)).status_code == 303
-    assert match.group(1) not in client.get("/users/").get_data(as_text=True)
+
+
+def assert_not_in_the_session(client, secret: str) -> None:
+    """The session cookie is signed, not encrypted: a secret in it could be read."""
+    with client.session_transaction() as session:
+        assert secret not in repr(dict(session))
 
 
 def test_changing_role_and_limits(client, admin, user_factory):
@@ -71,12 +81,30 @@ def test_disabling_a_user_stops_their_tokens(client, admin, user_factory):
 
 def test_reset_password(client, admin, user_factory):
     user = user_factory()
-    client.post(f"/users/{user.id}/reset-password")
-    page = client.get("/users/").get_data(as_text=True)
+    response = client.post(f"/users/{user.id}/reset-password")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
     password = re.search(r"New password for \S+, shown once: (\S+)<", page).group(1)
+    assert_not_in_the_session(client, password)
+    again = client.get("/users/")
+    assert again.status_code == 200
+    assert password not in again.get_data(as_text=True)
     other = client.application.test_client()
     assert login(other, user).status_code == 422  # the old one is gone
     assert login(other, user, password=password).status_code == 303
+
+
+def test_reset_password_from_the_confirm_button_replaces_the_page(client, admin, user_factory):
+    """The button asks first through htmx; the answer takes the page's place (no redirect
+    could carry the password without the session)."""
+    user = user_factory()
+    response = client.post(f"/users/{user.id}/reset-password", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert (response.headers["HX-Retarget"], response.headers["HX-Reswap"]) == (
+        "body",
+        "innerHTML",
+    )
+    assert "shown once" in response.get_data(as_text=True)
 
 
 def test_everyone_manages_their_own_tokens(client, login_as):

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import db
-from campaigns.i18n import _
+from campaigns import login_throttle
+from campaigns.i18n import _, ngettext
 from campaigns.models import (
     ApiToken,
-    LoginAttempt,
     Role,
     User,
 )
@@ -27,14 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 MIN_PASSWORD_LENGTH = 10
+EMAIL_MAX_LENGTH = 320  # users.email and login_attempts.email
 
 
 # A password hash to compare against when the email is unknown, so a failed
 # login takes the same time whether or not the account exists.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(8))
-
-
-IP_FAILURE_FACTOR = 4  # an address may fail this many times the per-account limit
 
 
 def hash_password(password: str) -> str:
@@ -49,7 +47,7 @@ def hash_token(raw: str) -> str:
 def create_user(email: str, password: str, role: Role = Role.VIEWER) -> User:
     """Create a user; the email is unique regardless of case."""
     email = email.strip()
-    if "@" not in email or len(email) > 320:
+    if "@" not in email or len(email) > EMAIL_MAX_LENGTH:
         raise ServiceError(_("Enter a valid email address."), "email")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ServiceError(
@@ -79,45 +77,60 @@ def create_api_token(user_id: int, name: str = "default") -> tuple[ApiToken, str
 class LoginResult:
     user: User | None
     error: str | None = None
+    retry_after: int | None = None  # seconds, when refused for too many failures
 
 
 def authenticate(email: str, password: str, ip_address: str) -> LoginResult:
-    """Check a login, refusing while the account or address is locked out by failures."""
-    email = email.strip().lower()
-    max_failures = _login_setting("LOGIN_MAX_FAILURES")
-    window = timedelta(minutes=_login_setting("LOGIN_LOCKOUT_MINUTES"))
-    since = datetime.now(UTC) - window
-    failures_by_email, failures_by_ip = db.session.execute(
-        sa.select(
-            sa.func.count().filter(LoginAttempt.email == email),
-            sa.func.count().filter(LoginAttempt.ip_address == ip_address),
-        ).where(
-            LoginAttempt.attempted_at > since,
-            LoginAttempt.succeeded.is_(False),
-            sa.or_(LoginAttempt.email == email, LoginAttempt.ip_address == ip_address),
+    """Check a sign-in, unless too many failures make it wait (campaigns/login_throttle.py).
+
+    The throttle's locks are held from its count to this commit, so concurrent
+    attempts on one account or from one address are counted one after the other.
+    """
+    email = email.strip().lower()[:EMAIL_MAX_LENGTH]  # longer is nobody's, and would not fit
+    verdict = login_throttle.check(
+        db.session,
+        email,
+        ip_address,
+        free=_login_setting("LOGIN_FREE_FAILURES"),
+        cap=_login_setting("LOGIN_MAX_DELAY_SECONDS"),
+    )
+    if verdict.wait_seconds:
+        db.session.rollback()  # releases the locks; a refused attempt is not recorded
+        logger.warning(
+            "sign-in delayed %ss for %s from %s", verdict.wait_seconds, email, ip_address
         )
-    ).one()
-    if failures_by_email >= max_failures or failures_by_ip >= max_failures * IP_FAILURE_FACTOR:
-        logger.warning("login locked out for %s from %s", email, ip_address)
-        return LoginResult(
-            None,
-            _("Too many failed sign-ins. Try again in %(n)d minutes.")
-            % {"n": int(window.total_seconds() // 60)},
-        )
+        return LoginResult(None, _try_again_in(verdict.wait_seconds), verdict.wait_seconds)
 
     user = db.session.scalar(sa.select(User).where(sa.func.lower(User.email) == email))
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
     ok = bool(user and valid and user.is_active)
-    db.session.add(LoginAttempt(email=email, ip_address=ip_address, succeeded=ok))
+    login_throttle.record(db.session, email, ip_address, ok, verdict.now)
     if ok:
         assert user is not None
-        user.last_login_at = sa.func.now()
+        user.last_login_at = verdict.now
     db.session.commit()
     if ok:
         return LoginResult(user)
     if user and valid and not user.is_active:
         return LoginResult(None, _("This account is disabled."))
     return LoginResult(None, _("Wrong email or password."))
+
+
+def _try_again_in(seconds: int) -> str:
+    if seconds < 60:
+        text = ngettext(
+            "Too many failed sign-ins. Try again in %(n)d second.",
+            "Too many failed sign-ins. Try again in %(n)d seconds.",
+            seconds,
+        )
+        return text % {"n": seconds}
+    minutes = math.ceil(seconds / 60)
+    text = ngettext(
+        "Too many failed sign-ins. Try again in %(n)d minute.",
+        "Too many failed sign-ins. Try again in %(n)d minutes.",
+        minutes,
+    )
+    return text % {"n": minutes}
 
 
 def _login_setting(name: str) -> int:
@@ -131,8 +144,9 @@ def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
         raise NotFound(_("There is no such user."))
     if changes.role is not None and user.id == acting_user_id and changes.role is not Role.ADMIN:
         raise Conflict(_("You cannot remove your own admin role."))
-    if changes.role is not None:
+    if changes.role is not None and changes.role is not user.role:
         user.role = changes.role
+        _end_sessions(user)
     if changes.campaign_rate_limit_per_minute is not None:
         user.campaign_rate_limit_per_minute = changes.campaign_rate_limit_per_minute
     if changes.api_rate_limit_per_minute is not None:
@@ -148,6 +162,8 @@ def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User
         raise NotFound(_("There is no such user."))
     if user.id == acting_user_id and disabled:
         raise Conflict(_("You cannot disable yourself."))
+    if disabled and not user.is_disabled:
+        _end_sessions(user)
     user.is_disabled = disabled
     db.session.commit()
     return user
@@ -164,8 +180,24 @@ def reset_password(user_id: int) -> str:
         raise NotFound(_("There is no such user."))
     password = generate_password()
     user.password_hash = hash_password(password)
+    _end_sessions(user)
     db.session.commit()
     return password
+
+
+def sign_out_everywhere(user_id: int) -> None:
+    """Signing out ends every session of the user, on every device."""
+    db.session.execute(
+        sa.update(User).where(User.id == user_id).values(session_version=User.session_version + 1)
+    )
+    db.session.commit()
+
+
+def _end_sessions(user: User) -> None:
+    # Every session and remember-me cookie holds the version it was issued under
+    # (User.get_id); the next request of each finds it changed and is signed out.
+    # The caller commits.
+    user.session_version = User.session_version + 1
 
 
 def revoke_api_token(token_id: int, user_id: int) -> None:

@@ -10,7 +10,8 @@ from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from campaigns.i18n import _
-from campaigns.services.users import authenticate
+from campaigns.security import client_address
+from campaigns.services.users import authenticate, sign_out_everywhere
 
 bp = Blueprint("auth", __name__)
 
@@ -36,10 +37,14 @@ def login() -> str | Response:
 
 
 @bp.post("/login")
-def login_submit() -> tuple[str, int] | Response:
-    """Check the credentials; 422 re-renders the form with the reason."""
+def login_submit() -> tuple[str, int] | tuple[str, int, dict[str, str]] | Response:
+    """Check the credentials; 422 re-renders the form with the reason, 429 while a
+    run of failures makes sign-ins wait."""
     email = request.form.get("email", "")
-    result = authenticate(email, request.form.get("password", ""), request.remote_addr or "")
+    result = authenticate(email, request.form.get("password", ""), client_address())
+    if result.retry_after:
+        page = render_template("auth/login.html", email=email, error=result.error)
+        return page, 429, {"Retry-After": str(result.retry_after)}
     if result.user is None:
         return render_template("auth/login.html", email=email, error=result.error), 422
     login_user(result.user)
@@ -48,7 +53,8 @@ def login_submit() -> tuple[str, int] | Response:
 
 @bp.post("/logout")
 def logout() -> Response:
-    """End the session."""
+    """End the session, and the user's sessions everywhere else."""
+    sign_out_everywhere(current_user.id)
     logout_user()
     flash(_("You are signed out."), "info")
     return redirect(url_for("auth.login"), code=303)

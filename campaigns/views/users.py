@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, render_template, request, url_for
+from flask import Blueprint, abort, flash, make_response, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from campaigns import queries
-from campaigns.auth import requires
+from campaigns.auth import keep_session, requires
 from campaigns.edge import validates_fields
-from campaigns.htmx import redirect_to
+from campaigns.htmx import redirect_to, replace_page
 from campaigns.i18n import _
 from campaigns.models import Role, User
 from campaigns.services import NotFound, ServiceError
@@ -60,12 +60,20 @@ def user_create():
         return render_template(
             "users/index.html", users=queries.list_users(), errors=error.errors, form=request.form
         ), 422
-    flash(
+    return _with_password_shown_once(
         _("Created %(email)s. Their password, shown once: %(p)s")
-        % {"email": user.email, "p": password},
-        "success",
+        % {"email": user.email, "p": password}
     )
-    return redirect_to(url_for("users.user_index"))
+
+
+def _with_password_shown_once(message: str) -> Response:
+    """The users page with a generated password, in this response only: not flashed,
+    as a flash rides in the session cookie, which is signed but readable; and not
+    cached (security.py: no-store)."""
+    page = render_template(
+        "users/index.html", users=queries.list_users(), errors={}, form={}, shown_once=message
+    )
+    return replace_page(make_response(page))
 
 
 @bp.get("/users/<int:user_id>")
@@ -121,13 +129,14 @@ def _set_disabled(user_id: int, disabled: bool) -> Response:
 @bp.post("/users/<int:user_id>/reset-password")
 @requires(Role.ADMIN)
 def user_reset_password(user_id: int) -> Response:
-    """Give the user a new random password, shown once to the admin."""
+    """Give the user a new random password, shown once to the admin; it ends the
+    user's sessions."""
     user = _user_or_404(user_id)
     password = reset_password(user_id)
-    flash(
-        _("New password for %(e)s, shown once: %(p)s") % {"e": user.email, "p": password}, "success"
+    keep_session(user)  # an admin resetting their own password stays signed in here
+    return _with_password_shown_once(
+        _("New password for %(e)s, shown once: %(p)s") % {"e": user.email, "p": password}
     )
-    return redirect_to(url_for("users.user_index"))
 
 
 @bp.get("/me/tokens")

@@ -11,7 +11,7 @@ Downgrade decrypts every value back to plaintext; one that no configured key
 opens stops it (the old code would send a token as a password).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from alembic import op
 from campaigns import encryption
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -25,6 +25,8 @@ LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 URL = re.compile(r"https?://[^\s]+")
 MAX_BUTTONS = 10
 URL_MAX_CHARS = 2000  # Meta's limit on a URL button's address
+INTEGER_MAX = 2**31 - 1  # PostgreSQL's integer: most tables' ids
+BIGINT_MAX = 2**63 - 1  # bigint: messages', notifications' and Procrastinate jobs' ids
 
 
 class Invalid(ValueError):
@@ -98,6 +100,28 @@ def unstorable_message() -> str:
     return _("This contains a character that cannot be saved (such as a NUL byte); remove it.")
 
 
+def row_id(raw: Any) -> int | None:
+    """An id from a number or its digits, if an integer key can hold it; else None.
+
+    Larger numbers never reach the database, which would refuse them as out of range.
+    """
+    if isinstance(raw, bool):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e999 is infinity
+        return None
+    return value if 1 <= value <= INTEGER_MAX else None
+
+
+def bigint(raw: str) -> int:
+    """A whole number for ``request.args.get(…, type=bigint)``, clamped to bigint's range.
+
+    As a bound on ids (``after``, ``up_to``) a larger number means what the largest does.
+    """
+    return max(-BIGINT_MAX - 1, min(int(raw), BIGINT_MAX))
+
+
 def _text(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     return "" if value is None else str(value).strip()
@@ -119,7 +143,7 @@ def _int(
         return default
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e999 is infinity
         check.fail(field, _("Enter a whole number."))
         return default
     if isinstance(raw, bool) or not low <= value <= high:

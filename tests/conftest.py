@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -234,3 +235,25 @@ def campaign(app, owner, live_server) -> Campaign:
     """A draft for 120 SP customers on the demo sender, its and its owner's limits lifted."""
     lift_limits(owner)
     return demo_campaign(owner.id)
+
+
+FUZZ_CASES = pytest.StashKey[dict[str, Counter[str]]]()
+
+
+@pytest.fixture
+def fuzz_cases(request: pytest.FixtureRequest) -> Counter[str]:
+    """This fuzz test's cases by outcome, reported in the run's "fuzz cases" summary."""
+    tests = request.config.stash.setdefault(FUZZ_CASES, {})
+    return tests.setdefault(request.node.name, Counter())
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    tests = config.stash.get(FUZZ_CASES, {})
+    if not tests:
+        return
+    terminalreporter.section("fuzz cases")
+    for name, counts in tests.items():
+        outcomes = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()) if k != "cases")
+        terminalreporter.write_line(f"{name}: {counts['cases']} cases ran ({outcomes})")
+    total = sum(counts["cases"] for counts in tests.values())
+    terminalreporter.write_line(f"{total} fuzz cases ran in all")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app import db
@@ -236,3 +238,39 @@ def test_api_rate_limit_is_a_429_with_headers(client, app, user_factory):
         client.get("/api/v1/me", headers={"Authorization": f"Bearer {other_raw}"}).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        (
+            "/api/v1/senders",
+            '{"name": "Loja", "rate_limit_per_minute": 1e999}',
+            "rate_limit_per_minute",
+        ),
+        ("/api/v1/campaigns", '{"name": "C", "sender_id": 1, "template_id": 1e999}', "template_id"),
+        (
+            "/api/v1/campaigns",
+            '{"name": "C", "sender_id": 1, "template_id": 2147483648}',
+            "template_id",
+        ),
+        ("/api/v1/templates", json.dumps(TEMPLATE | {"sender_id": 2**31}), "sender_id"),
+        ("/api/v1/templates", json.dumps(TEMPLATE | {"sender_id": True}), "sender_id"),
+    ],
+)
+def test_numbers_beyond_every_range_are_a_422_at_the_field(
+    client, token_for, seeded, path, raw, field
+):
+    """JSON's 1e999 is infinity, and ids past the column's range never reach the database."""
+    response = client.post(
+        path, data=raw, content_type="application/json", headers=token_for(Role.ADMIN)
+    )
+    assert response.status_code == 422
+    assert field in response.json["error"]["fields"]
+
+
+def test_ids_larger_than_their_column_are_json_404s(client, token_for, seeded):
+    headers = token_for(Role.ADMIN)
+    assert client.get("/api/v1/campaigns/2147483648", headers=headers).status_code == 404
+    response = client.post("/api/v1/templates/99999999999999999999/submit", headers=headers)
+    assert response.status_code == 404 and response.json["error"]["code"] == "not_found"

@@ -291,3 +291,13 @@ def test_viewers_read_but_cannot_change_templates(client, sender, login_as):
     template_id = db.session.query(MessageTemplate.id).first()[0]
     assert client.post(f"/templates/{template_id}/submit").status_code == 403
     assert client.get(f"/templates/{template_id}").status_code == 200
+
+
+@pytest.mark.parametrize("sender_id", ["abc", "2147483648", "-1"])
+def test_a_sender_id_that_is_no_sender_is_a_422_at_the_field(client, sender, supervisor, sender_id):
+    # With a second sender, the form lets the user choose (and shows the message there).
+    db.session.add(Sender(name="Other", provider=Provider.MOCK, phone_number_id="2"))
+    db.session.commit()
+    response = client.post("/templates/", data=VALID | {"sender_id": sender_id})
+    assert response.status_code == 422
+    assert 'id="sender_id-error"' in response.get_data(as_text=True)

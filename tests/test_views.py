@@ -121,3 +121,25 @@ def test_an_htmx_request_that_fails_answers_with_a_flash_not_a_page(client, logi
     assert plain.status_code == 404 and "<html" in plain.get_data(as_text=True)
     page = client.get("/").get_data(as_text=True)
     assert '"target":"#flashes","swapOverride":"innerHTML"' in page
+
+
+def test_ids_larger_than_their_column_are_not_found(client, login_as):
+    """PostgreSQL refuses such a number as out of range: the route must not match it."""
+    login_as(Role.ADMIN)
+    seed_demo()
+    for path in ("/campaigns/2147483648", "/templates/99999999999999999999/edit"):
+        assert client.get(path).status_code == 404
+    for path in ("/notifications/9223372036854775808/read", "/admin/queue/jobs/2" + "0" * 19):
+        assert client.post(path).status_code == 404
+    # Up to the column's own limit, an unknown id is an ordinary 404 too.
+    assert client.get("/campaigns/2147483647").status_code == 404
+    assert client.post("/notifications/9223372036854775807/read").status_code == 404
+
+
+def test_query_and_form_bounds_beyond_bigint_mean_the_largest(client, login_as):
+    user = login_as(Role.SUPERVISOR)
+    seed_demo()
+    campaign = demo_campaign(user.id, 5)
+    rows = client.get(f"/campaigns/{campaign.id}/recipients/rows", query_string={"after": 10**30})
+    assert rows.status_code == 200
+    assert client.post("/notifications/read-all", data={"up_to": "9" * 30}).status_code == 303

@@ -34,7 +34,7 @@ from campaigns.models import (
 from campaigns.providers.errors import is_retryable
 from campaigns.services import Conflict, NotFound, ServiceError
 from campaigns.services.suppressions import is_suppressed
-from campaigns.validation import CampaignFields
+from campaigns.validation import CampaignFields, row_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,8 @@ def allowed_actions(status: CampaignStatus) -> set[str]:
 
 def template_variables_for(template_id: Any) -> list[str] | None:
     """The variables of an approved template, or None if there is no such approved template."""
-    try:
-        template = db.session.get(MessageTemplate, int(template_id))
-    except (TypeError, ValueError):
-        return None
+    template_key = row_id(template_id)
+    template = db.session.get(MessageTemplate, template_key) if template_key else None
     if template is None or template.status is not TemplateStatus.APPROVED:
         return None
     return rendering.variables(template.body_text, template.parameter_format)

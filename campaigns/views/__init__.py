@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
+
+from campaigns.validation import BIGINT_MAX, INTEGER_MAX
+
+
+class IdConverter(IntegerConverter):
+    """``<int:…>`` in a route: an id of an integer key.
+
+    A larger number reaching the database is refused as out of range: a 500 for what
+    is only an id that does not exist. No row can have it, so it becomes 0, which no
+    row has either (ids start at 1), and the view answers 404 as for any unknown id.
+    (Refusing it here instead would make werkzeug answer 405 on a path that another
+    method's route shares.)
+    """
+
+    largest = INTEGER_MAX
+
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        return number if number <= self.largest else 0
+
+
+class BigIdConverter(IdConverter):
+    """``<bigint:…>``: an id of a bigint key."""
+
+    largest = BIGINT_MAX
 
 
 def init_app(app: Flask) -> None:
+    # Before any blueprint: a rule finds its converter when it is added.
+    app.url_map.converters["int"] = IdConverter
+    app.url_map.converters["bigint"] = BigIdConverter
     from app import csrf
     from campaigns.views import (
         api,

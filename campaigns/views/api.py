@@ -50,6 +50,7 @@ from campaigns.validation import (
     parse_sender,
     parse_template,
     parse_user_changes,
+    row_id,
 )
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -264,7 +265,7 @@ def template_create() -> tuple[Response, int]:
     data = body()
     fields = _template_fields(data)
     sender_id = data.get("sender_id")
-    if sender_id is not None and not isinstance(sender_id, int):
+    if sender_id is not None and (not isinstance(sender_id, int) or row_id(sender_id) is None):
         raise Invalid({"sender_id": _("Give the sender's id as a number.")})
     return jsonify(template_json(create_template(fields, g.api_user.id, sender_id))), 201
 

@@ -54,6 +54,7 @@ from campaigns.validation import (
     CampaignFields,
     Checker,
     Invalid,
+    bigint,
     campaign_data_from_form,
     parse_campaign,
     parse_segment,
@@ -400,7 +401,7 @@ def campaign_duplicate(campaign_id: int) -> Response:
 def _recipient_fragment(template: str, campaign_id: int) -> str:
     campaign = _campaign_or_404(campaign_id)
     filters = recipients.RecipientFilters.from_args(request.args)
-    page = recipients.recipient_page(campaign_id, filters, request.args.get("after", type=int))
+    page = recipients.recipient_page(campaign_id, filters, request.args.get("after", type=bigint))
     return render_template(
         template, campaign=campaign, filters=filters, page=page, statuses=list(MessageStatus)
     )

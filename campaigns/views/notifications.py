@@ -23,6 +23,7 @@ from campaigns.i18n import ngettext
 from campaigns.models import Role
 from campaigns.services import NotFound
 from campaigns.services.notifications import mark_all_read, mark_read
+from campaigns.validation import bigint
 from campaigns.views import main
 from campaigns.views.auth import safe_next
 
@@ -66,7 +67,7 @@ def _fragment_for(next_url: str) -> str | None:
     return None
 
 
-@bp.post("/<int:notification_id>/read")
+@bp.post("/<bigint:notification_id>/read")
 @requires(Role.VIEWER)  # anyone signed in, on their own notifications
 def notification_read(notification_id: int) -> str | Response:
     """Mark one of the user's own notifications read (again: nothing changes)."""
@@ -84,7 +85,7 @@ def notification_read(notification_id: int) -> str | Response:
 def notification_read_all() -> str | Response:
     """Mark the user's unread notifications read, up to the newest the page showed."""
     next_url = safe_next(request.args.get("next"))
-    marked = mark_all_read(current_user.id, request.form.get("up_to", type=int))
+    marked = mark_all_read(current_user.id, request.form.get("up_to", type=bigint))
     fragment = _fragment_for(next_url)
     if fragment is not None:
         return fragment

@@ -66,14 +66,14 @@ def _job_action(job_id: int, action: Callable[[int, User], None], done: str) -> 
     return redirect_to(url_for("queue.queue_index", **args))
 
 
-@bp.post("/jobs/<int:job_id>/retry")
+@bp.post("/jobs/<bigint:job_id>/retry")
 @requires(Role.ADMIN)
 def job_retry(job_id: int) -> Response:
     """Run a failed job once more, now."""
     return _job_action(job_id, retry_job, _("Job #%(id)d is back in its queue."))
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<bigint:job_id>/cancel")
 @requires(Role.ADMIN)
 def job_cancel(job_id: int) -> Response:
     """Cancel a waiting job."""

@@ -19,7 +19,7 @@ from campaigns.services.templates import (
     sync_template_status,
     update_template,
 )
-from campaigns.validation import Invalid, parse_template
+from campaigns.validation import Invalid, parse_template, row_id
 
 bp = Blueprint("templates", __name__, url_prefix="/templates")
 
@@ -103,7 +103,10 @@ def template_create():
     """Create a draft, or re-render the form (422) with a message at each bad field."""
     try:
         fields = parse_template(request.form)
-        sender_id = int(request.form["sender_id"]) if request.form.get("sender_id") else None
+        raw_sender = request.form.get("sender_id")
+        sender_id = row_id(raw_sender) if raw_sender else None
+        if raw_sender and sender_id is None:
+            raise Invalid({"sender_id": _("Choose a sender.")})
         template = create_template(fields, current_user.id, sender_id)
     except (Invalid, ServiceError) as error:
         return _form_page(request.form, error.errors, status=422)

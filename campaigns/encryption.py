@@ -51,6 +51,24 @@ def decrypt(token: str) -> str:
         raise _undecryptable() from None
 
 
+def readable(token: str) -> str | None:
+    """The plaintext of a stored token, or None when no configured key opens it."""
+    try:
+        return decrypt(token)
+    except UndecryptableSecret:
+        return None
+
+
+def undecryptable_count(connection: sa.Connection) -> int:
+    """How many stored secrets no configured key opens (the health check reports them)."""
+    count = 0
+    for table_name, columns in ENCRYPTED_COLUMNS.items():
+        table = sa.table(table_name, *(sa.column(c, sa.Text) for c in columns))
+        for row in connection.execute(sa.select(*table.c)):
+            count += sum(1 for value in row if value is not None and not is_encrypted(value))
+    return count
+
+
 def is_encrypted(value: str) -> bool:
     """Whether a stored value is a token one of the configured keys opens."""
     try:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import joinedload
 
 from app import db
-from campaigns import queues
+from campaigns import encryption, queues
 from campaigns.models import (
     ApiToken,
     Campaign,
@@ -66,6 +66,8 @@ class Health:
     code_revision: str | None
     queue_schema: bool
     live_workers: int
+    # Stored secrets no configured key opens: DISPARO_ENCRYPTION_KEY replaced, not rotated.
+    undecryptable_secrets: int = 0
     error: str | None = None
 
     @property
@@ -75,6 +77,7 @@ class Health:
             and self.migrations_at_head
             and self.queue_schema
             and self.live_workers > 0
+            and self.undecryptable_secrets == 0
         )
 
 
@@ -90,10 +93,11 @@ def health() -> Health:
         ).scalar()
         queue_schema = queues.has_queue_schema(db.session)
         workers = queues.live_workers(db.session) if queue_schema else 0
+        locked = encryption.undecryptable_count(db.session.connection()) if revision == head else 0
     except SQLAlchemyError as exc:
         db.session.rollback()
         return Health(False, False, None, head, False, 0, error=type(exc).__name__)
-    return Health(True, revision == head, revision, head, queue_schema, workers)
+    return Health(True, revision == head, revision, head, queue_schema, workers, locked)
 
 
 @dataclass(frozen=True)

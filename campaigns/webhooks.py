@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, message_states, phones
+from campaigns import campaign_states, encryption, message_states, phones
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
@@ -89,11 +89,16 @@ def signers(raw_body: bytes, header: str | None, global_secret: str | None) -> S
     if not header or not header.startswith("sha256="):
         return Signers()
     given = _utf8(header.removeprefix("sha256=").strip())
-    rows = db.session.execute(sa.select(Sender.id, Sender.app_secret)).all()
+    # The stored tokens, opened one by one: a secret no key opens (a key replaced instead
+    # of rotated) costs its own sender its webhooks, not every sender theirs.
+    stored = sa.type_coerce(Sender.app_secret, sa.Text).label("token")
+    rows = db.session.execute(sa.select(Sender.id, stored).where(stored.is_not(None))).all()
+    secrets = [(row.id, encryption.readable(row.token)) for row in rows]
+    for sender_id, secret in secrets:
+        if secret is None:
+            logger.error("sender %s: no configured key opens its app secret", sender_id)
     # Every secret is compared, so timing says nothing about which one matched.
-    by_sender = [
-        (row.id, _signed_with(row.app_secret, raw_body, given)) for row in rows if row.app_secret
-    ]
+    by_sender = [(i, _signed_with(secret, raw_body, given)) for i, secret in secrets if secret]
     every_sender = _signed_with(global_secret, raw_body, given) if global_secret else False
     return Signers(every_sender, frozenset(sender_id for sender_id, ok in by_sender if ok))
 

@@ -37,8 +37,8 @@ def stored(sender_id: int) -> tuple[str | None, str | None]:
     return row.access_token, row.app_secret
 
 
-def make_sender(**secrets: str | None) -> Sender:
-    sender = Sender(name="Loja", provider=Provider.CLOUD_API, **secrets)
+def make_sender(name: str = "Loja", **secrets: str | None) -> Sender:
+    sender = Sender(name=name, provider=Provider.CLOUD_API, **secrets)
     db.session.add(sender)
     db.session.commit()
     return sender
@@ -107,3 +107,22 @@ def test_a_secret_no_configured_key_opens_is_a_clear_error(app, use_keys):
     db.session.rollback()
     with pytest.raises(encryption.UndecryptableSecret, match="Put the old key back"):
         encryption.rotate_stored_secrets(db.session.connection())
+
+
+def test_a_secret_no_key_opens_costs_only_its_sender_and_turns_the_health_check_red(
+    app, client, use_keys
+):
+    from campaigns import webhooks
+    from tests.helpers import sign_webhook
+
+    use_keys(OLD_KEY)
+    make_sender(app_secret="lost-secret")
+    use_keys(NEW_KEY)  # replaced, not rotated
+    kept = make_sender("Loja 2", app_secret="kept-secret")
+    raw = b'{"object": "whatsapp_business_account", "entry": []}'
+    header = sign_webhook(raw, "kept-secret")["X-Hub-Signature-256"]
+    assert webhooks.signers(raw, header, None).sender_ids == {kept.id}
+    assert not webhooks.signers(raw, sign_webhook(raw, "lost-secret")["X-Hub-Signature-256"], None)
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.json["undecryptable_secrets"] == 1

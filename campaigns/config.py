@@ -46,6 +46,11 @@ GENERATE_FERNET_KEY = (
 WEBHOOK_SECRET_PREFIX = "whsec_"
 # Standard Webhooks: a signing secret of 24 to 64 random bytes.
 WEBHOOK_SECRET_BYTES = (24, 64)
+# Settings earlier versions read, and what took their place (a warning at startup).
+RETIRED_SETTINGS = {
+    "LOGIN_MAX_FAILURES": "failures now slow the next sign-in down; see LOGIN_FREE_FAILURES",
+    "LOGIN_LOCKOUT_MINUTES": "there is no lockout any more; see LOGIN_MAX_DELAY_SECONDS",
+}
 MIB = 1024 * 1024
 # Below this, ordinary forms would be refused.
 MIN_REQUEST_BYTES = 64 * 1024
@@ -375,6 +380,9 @@ def load_settings() -> Settings:
     env = environment()
     if env == "production":
         _require_production_settings()
+    for name, instead in RETIRED_SETTINGS.items():
+        if os.environ.get(name, "").strip():
+            logger.warning("%s is no longer read: %s", name, instead)
     mocks = mocks_enabled()
     secret_key = _secret_key(env)
     encryption_keys()  # validated here, so a bad key stops the app at startup
@@ -439,7 +447,9 @@ def load_settings() -> Settings:
         phone_default_region=_phone_region("PHONE_DEFAULT_REGION", phones.DEFAULT_REGION),
         max_request_bytes=max_request,
         # At least the request's limit: an upload is a request too.
-        max_upload_bytes=_int_setting("MAX_UPLOAD_BYTES", 10 * MIB, minimum=max_request),
+        max_upload_bytes=_int_setting(
+            "MAX_UPLOAD_BYTES", max(10 * MIB, max_request), minimum=max_request
+        ),
     )
 
 

@@ -335,3 +335,18 @@ def test_request_bodies_are_limited_and_uploads_have_their_own_limit(env):
     env.setenv("MAX_UPLOAD_BYTES", "1000000")
     with pytest.raises(ConfigError, match="MAX_UPLOAD_BYTES must be at least 2000000"):
         config.load_settings()
+
+
+def test_the_upload_limit_is_never_below_the_request_limit(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("MAX_REQUEST_BYTES", str(20 * 1024 * 1024))
+    env.delenv("MAX_UPLOAD_BYTES", raising=False)
+    assert config.load_settings().flask_config()["MAX_UPLOAD_BYTES"] == 20 * 1024 * 1024
+
+
+def test_a_retired_sign_in_setting_is_named_in_a_warning(env, caplog):
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("LOGIN_LOCKOUT_MINUTES", "15")
+    with caplog.at_level("WARNING", logger="campaigns.config"):
+        config.load_settings()
+    assert "LOGIN_LOCKOUT_MINUTES is no longer read" in caplog.text

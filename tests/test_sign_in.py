@@ -192,6 +192,27 @@ def test_attempts_older_than_30_days_are_pruned_by_maintenance(app):
     assert [a.email for a in db.session.query(LoginAttempt)] == ["29@example.com"]
 
 
+def test_a_backlog_of_old_attempts_is_pruned_in_batches(app):
+    from campaigns import login_throttle
+
+    now = db.session.scalar(sa.select(sa.func.now()))
+    for n in range(5):
+        db.session.add(
+            LoginAttempt(
+                email=f"{n}@example.com",
+                ip_address=ADDRESS_A,
+                succeeded=False,
+                attempted_at=now - timedelta(days=40 - n),
+            )
+        )
+    db.session.commit()
+    assert login_throttle.delete_old_attempts(db.session, batch=2) == 2
+    assert login_throttle.delete_old_attempts(db.session, batch=2) == 2
+    assert login_throttle.delete_old_attempts(db.session, batch=2) == 1
+    db.session.commit()
+    assert db.session.query(LoginAttempt).count() == 0
+
+
 def test_an_overlong_email_is_refused_not_an_error(client):
     response = login_as(client, "x" * 5000 + "@example.com", "x" * 12, ADDRESS_A)
     assert response.status_code == 422

@@ -160,6 +160,17 @@ def test_the_live_preview_parses_at_most_the_limit(client, sender, supervisor, p
     assert parsed_lengths and max(parsed_lengths) <= rendering.BODY_MAX_CHARS
 
 
+def test_the_live_preview_counts_the_body_as_it_will_be_saved(client, sender, supervisor):
+    typed = "a" * rendering.BODY_MAX_CHARS + "\n"  # the trailing newline is not stored
+    response = client.post(
+        "/templates/preview", data=VALID | {"body_text": typed}, headers={"HX-Request": "true"}
+    )
+    assert "at most 1024 characters" not in response.get_data(as_text=True)
+    saved = client.post("/templates/", data=VALID | {"body_text": typed})
+    assert saved.status_code in (200, 302, 303)
+    assert "at most 1024 characters" not in saved.get_data(as_text=True)
+
+
 def test_list_filters_and_rows_fragment(client, sender, supervisor):
     _template(client)
     page = client.get("/templates/?status=draft").get_data(as_text=True)

@@ -52,7 +52,8 @@ def _preview(form) -> dict:
         if form.get("parameter_format") == "positional"
         else ParameterFormat.NAMED
     )
-    typed = form.get("body_text", "")
+    # Stripped as parse_template stores it, so the preview counts what will be saved.
+    typed = form.get("body_text", "").strip()
     problems = rendering.validate(typed, fmt)
     # Over the limit, only what fits is parsed and shown; the problem says why.
     body = typed[: rendering.BODY_MAX_CHARS]

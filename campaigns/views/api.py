@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import progress, queries, ratelimit
+from campaigns import edge, progress, queries, ratelimit
 from campaigns.auth import requires
 from campaigns.i18n import _
 from campaigns.models import (
@@ -92,7 +92,8 @@ def authenticate() -> Response | None:
     role = getattr(view, "required_role", Role.VIEWER)
     if not user.can(role):
         return error(403, "forbidden", _("This needs the %(role)s role.") % {"role": role.value})
-    return None
+    # Only now is the body read: an unknown caller got its 401 above, unread.
+    return edge.refuse_unstorable()
 
 
 @bp.after_request

@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from campaigns import webhooks
 from campaigns.errors import json_error
 from campaigns.i18n import _
+from campaigns.security import client_address
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def whatsapp_receive() -> Response:
     signature = request.headers.get("X-Hub-Signature-256")
     signed = webhooks.signers(raw, signature, current_app.config["WHATSAPP_APP_SECRET"])
     if not signed:
-        logger.warning("webhook refused: bad or missing signature from %s", request.remote_addr)
+        logger.warning("webhook refused: bad or missing signature from %s", client_address())
         return json_error(401, "bad_signature", "Signature does not match.")
     summary = webhooks.apply(webhooks.parse(raw), signed, current_app.config)
     logger.info("webhook applied: %s", summary)

@@ -87,9 +87,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from campaigns import auth, cli, edge, errors, i18n, security, views
 
     security.init_app(app)
-    edge.init_app(app)
     i18n.init_app(app)
     auth.init_app(app)
+    edge.init_app(app)  # after auth: who may ask is decided before what was asked is read
     errors.init_app(app)
     views.init_app(app)
     cli.init_app(app)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Response, abort, jsonify, redirect, request, url_for
+from flask import Flask, Response, abort, redirect, request, url_for
 from flask_login import current_user, login_user
 from werkzeug.wrappers import Response as BaseResponse
 
 from app import db, htmx, login_manager
+from campaigns.errors import json_error
 from campaigns.i18n import _
 from campaigns.models import Role, User
 
@@ -99,9 +100,7 @@ def unauthorized() -> BaseResponse:
         response.headers["HX-Redirect"] = login_url
         return response
     if request.accept_mimetypes.best == "application/json":
-        response = jsonify(error={"code": "unauthenticated", "message": _("Sign in first.")})
-        response.status_code = 401
-        return response
+        return json_error(401, "unauthenticated", _("Sign in first."))
     return redirect(login_url)
 
 

@@ -8,12 +8,19 @@ is read. The limit is the request's own rather than set by a ``before_request``
 hook, so it holds whichever hook reads the body first (CSRFProtect reads forms).
 
 Text: a NUL byte (or, from JSON, a lone surrogate) in any query parameter, form
-field or JSON string would reach PostgreSQL and fail there as a 500. One hook,
-:func:`refuse_unstorable`, answers it first, naming the field: 400 for a query
+field or JSON string would reach PostgreSQL and fail there as a 500.
+:func:`refuse_unstorable` answers it first, naming the field: 400 for a query
 parameter, 422 for a field of the body (the API's envelope; a page or a flash
-otherwise). A view marked :func:`validates_fields` parses its form with
-``campaigns.validation``, which puts the same message at the field of the
-re-rendered form, so the hook leaves that view's form to it.
+otherwise). It runs after the caller is known, so a caller who may not be there
+gets the same answer whatever it sent (the login page, a 401): for pages it is a
+``before_request`` hook registered after ``campaigns.auth``'s; the API calls it at
+the end of its own ``authenticate``, after the token and the rate-limit count; the
+WhatsApp webhooks read nothing before the signature and then parse totally.
+
+The :func:`validates_fields` flag is what ties a view to its parser: a view marked
+with it parses its form with ``campaigns.validation``, which puts the same message
+at the field of the re-rendered form, so the check leaves that view's form to it.
+A view that reads its form any other way must not carry the flag.
 """
 
 from __future__ import annotations
@@ -64,10 +71,13 @@ class Request(flask.Request):
         self._max_content_length = value
 
 
+# Blueprints that authenticate their callers themselves (campaigns.auth): the API
+# calls refuse_unstorable once the caller is known; the webhooks need no check.
+CHECKED_AFTER_AUTHENTICATION = frozenset({"api", "webhooks"})
+
+
 def refuse_unstorable() -> Any:
-    """before_request: refuse text PostgreSQL cannot store, naming where it was."""
-    if request.blueprint == "webhooks":
-        return None  # nothing is read before the signature is checked there
+    """Refuse text PostgreSQL cannot store, naming where it was; None when it can."""
     if fields := unstorable_fields(request.args):
         return errors.refuse_fields(400, _("Some query parameters are not valid."), fields)
     checks_itself = _view_says("validates_fields", request.endpoint)
@@ -85,6 +95,14 @@ def refuse_unstorable() -> Any:
     return None
 
 
+def refuse_unstorable_on_pages() -> Any:
+    """before_request (after campaigns.auth's): :func:`refuse_unstorable` for pages."""
+    if request.blueprint in CHECKED_AFTER_AUTHENTICATION:
+        return None
+    return refuse_unstorable()
+
+
 def init_app(app: Flask) -> None:
+    """Call after ``auth.init_app``: hooks run in the order they were registered."""
     app.request_class = Request
-    app.before_request(refuse_unstorable)
+    app.before_request(refuse_unstorable_on_pages)

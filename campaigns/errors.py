@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -44,12 +44,22 @@ CODE_NAMES = {
 }
 
 
+def json_error(
+    status: int, code: str, message: str, fields: dict[str, str] | None = None
+) -> Response:
+    """The one JSON error envelope: ``{"error": {"code", "message", "fields"}}``
+    (``fields`` only when there are some), for the API, the webhooks and any JSON caller."""
+    body: dict[str, object] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    response = jsonify(error=body)
+    response.status_code = status
+    return response
+
+
 def _render(code: int, message: str, fields: dict[str, str] | None = None):
     if _wants_json():
-        body: dict[str, object] = {"code": CODE_NAMES.get(code, str(code)), "message": message}
-        if fields:
-            body["fields"] = fields
-        return jsonify(error=body), code
+        return json_error(code, CODE_NAMES.get(code, str(code)), message, fields)
     if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
         return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code
@@ -97,7 +107,7 @@ def _plain_500():
     """What answers when not even the error page can be drawn: nothing that can fail."""
     message = str(MESSAGES[500])
     if _wants_json():
-        return {"error": {"code": "500", "message": message}}, 500
+        return json_error(500, "500", message)
     page = f"<!doctype html><title>500</title><h1>500</h1><p>{escape(message)}</p>"
     return page, 500, {"Content-Type": "text/html; charset=utf-8"}
 

@@ -25,6 +25,15 @@ def pg_enum(enum_class: type[enum.Enum], name: str) -> sa.Enum:
     )
 
 
+def width(column: sa.ColumnElement[Any]) -> int:
+    """A text column's width (``width(LoginAttempt.__table__.c.email)``): what a check
+    that must agree with the table reads, rather than repeating the number."""
+    length = getattr(column.type, "length", None)
+    if not isinstance(length, int):
+        raise TypeError(f"{column} has no width")
+    return length
+
+
 def created_at_column() -> Mapped[datetime]:
     return mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 

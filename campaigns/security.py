@@ -23,6 +23,8 @@ from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
+from campaigns.models import LoginAttempt, width
+
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -43,7 +45,8 @@ HEADERS = {
 }
 # Production only: a development server on http://127.0.0.1 must stay reachable.
 HSTS = "max-age=31536000"
-ADDRESS_MAX_LENGTH = 45  # login_attempts.ip_address: the longest IPv6 text
+# The longest IPv6 text; what sign-in records the address in.
+ADDRESS_MAX_LENGTH = width(LoginAttempt.__table__.c.ip_address)
 
 
 def client_address() -> str:

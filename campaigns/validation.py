@@ -444,10 +444,10 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     name = _text(data, "name")
     if not name or len(name) > 200:
         check.fail("name", _("Give the campaign a name (up to 200 characters)."))
-    sender_id = _int(data, "sender_id", check, 1, 2**31 - 1, 0)
+    sender_id = _int(data, "sender_id", check, 1, INTEGER_MAX, 0)
     if not sender_id:
         check.fail("sender_id", _("Choose a sender."))
-    template_id = _int(data, "template_id", check, 1, 2**31 - 1, 0)
+    template_id = _int(data, "template_id", check, 1, INTEGER_MAX, 0)
     if not template_id or template_variables is None:
         check.fail("template_id", _("Choose an approved template."))
     segment = parse_segment(data.get("segment"), check)

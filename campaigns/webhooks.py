@@ -34,6 +34,7 @@ from campaigns import campaign_states, encryption, message_states, phones
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
+from campaigns.validation import BIGINT_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ HANDLED_FIELDS = frozenset({"messages", "user_preferences"})
 MAX_CHALLENGE_DIGITS = 64  # Meta's hub.challenge is an integer of about ten digits
 MAX_PHONE_NUMBER_ID = 64  # senders.phone_number_id's width
 MAX_WAMID = 128  # messages.provider_message_id's width
-MAX_MESSAGE_ID = 2**63 - 1  # messages.id is a bigint
 MAX_ERROR_CODE_DIGITS = 12  # Meta's codes have up to six
 MAX_TIMESTAMP_DIGITS = 12  # seconds: past year 9999 either way
 MAX_LOGGED_PROBLEMS = 20  # one warning per request, however broken the body
@@ -314,8 +314,8 @@ def _find_message(wamid: str, callback: Any) -> sa.Row[Message, int] | None:
         .limit(1)
     )
     found = db.session.execute(with_sender.where(Message.provider_message_id == wamid)).first()
-    message_id = _digits(callback, len(str(MAX_MESSAGE_ID)))
-    if found is None and message_id is not None and message_id <= MAX_MESSAGE_ID:
+    message_id = _digits(callback, len(str(BIGINT_MAX)))  # messages.id is a bigint
+    if found is None and message_id is not None and message_id <= BIGINT_MAX:
         # The status may beat our own record of the wamid (the send's commit); a message
         # with another wamid is not this status's.
         found = db.session.execute(

@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -28,8 +29,9 @@ def web_command() -> list[str]:
     return [GUNICORN, *argv[1:]]
 
 
-def test_the_web_process_logs_requests_without_their_query_string(database_url_for_test):
-    env = os.environ | {"DATABASE_URL": database_url_for_test, "DISPARO_ENV": "development"}
+def access_log_of(database_url: str, request: Callable[[str], requests.Response], **env) -> str:
+    """Run the web process, make one request to its base URL, return its access log."""
+    env = os.environ | env | {"DATABASE_URL": database_url, "DISPARO_ENV": "development"}
     # From the checkout's root, as the platform runs it: gunicorn reads ./gunicorn.conf.py.
     process = subprocess.Popen(
         web_command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -42,17 +44,38 @@ def test_the_web_process_logs_requests_without_their_query_string(database_url_f
                 port = match[1]
                 break
         assert port, "gunicorn did not start"
-        response = requests.get(
-            f"http://127.0.0.1:{port}/login",
-            params={"next": f"/campaigns/1/recipients?q=+{PHONE}"},
-            headers={"Referer": f"http://127.0.0.1:{port}/campaigns/1/recipients?q={NAME}"},
-            timeout=30,
-        )
-        assert response.status_code == 200
+        assert request(f"http://127.0.0.1:{port}").status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         access_log, _ = process.communicate(timeout=30)
+    return access_log
+
+
+def test_the_web_process_logs_requests_without_their_query_string(database_url_for_test):
+    access_log = access_log_of(
+        database_url_for_test,
+        lambda base: requests.get(
+            f"{base}/login",
+            params={"next": f"/campaigns/1/recipients?q=+{PHONE}"},
+            headers={"Referer": f"{base}/campaigns/1/recipients?q={NAME}"},
+            timeout=30,
+        ),
+    )
     lines = [line for line in access_log.splitlines() if "/login" in line]
     assert len(lines) == 1, access_log
     assert '"GET /login HTTP/1.1" 200' in lines[0]
     assert PHONE not in access_log and NAME not in access_log and "?" not in lines[0]
+
+
+def test_behind_a_proxy_the_access_log_names_the_client(database_url_for_test):
+    """ProxyFix rewrites the request's environ, which gunicorn's ``%(h)s`` reads."""
+    access_log = access_log_of(
+        database_url_for_test,
+        lambda base: requests.get(
+            f"{base}/login", headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30
+        ),
+        PROXY_COUNT="1",
+    )
+    lines = [line for line in access_log.splitlines() if "/login" in line]
+    assert len(lines) == 1, access_log
+    assert lines[0].startswith("203.0.113.7 "), lines[0]

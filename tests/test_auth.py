@@ -23,6 +23,12 @@ def test_htmx_requests_are_sent_to_login_with_a_full_page_redirect(client):
     assert response.headers["HX-Redirect"].startswith("/login")
 
 
+def test_a_json_caller_without_a_session_gets_the_401_envelope(client):
+    response = client.get("/", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json == {"error": {"code": "unauthenticated", "message": "Sign in first."}}
+
+
 def test_login_page_renders(client):
     response = client.get("/login")
     assert response.status_code == 200

@@ -248,6 +248,14 @@ def test_the_api_refuses_unstorable_json_naming_the_field(
             "fields": fields,
         }
     }
+    assert_counted(response)
+
+
+def assert_counted(response) -> None:
+    """The answer counted against the caller's API budget, as every API answer does."""
+    assert int(response.headers["X-RateLimit-Limit"]) > 0
+    assert int(response.headers["X-RateLimit-Remaining"]) >= 0
+    assert "X-RateLimit-Reset" in response.headers
 
 
 def test_deeply_nested_json_is_a_400_not_a_500(client, api_headers):
@@ -284,3 +292,54 @@ def test_a_nul_in_an_api_query_parameter_is_a_400_envelope(client, api_headers, 
     response = client.get(path, query_string={"q": "\x00"}, headers=api_headers)
     assert response.status_code == 400
     assert response.json["error"]["fields"] == {"q": NUL_MESSAGE}
+    assert_counted(response)
+
+
+class NulStream(CountingStream):
+    """A JSON body with a NUL in a field, counting what the app reads of it."""
+
+    def __init__(self) -> None:
+        io.BytesIO.__init__(self, b'{"name": "promo_x", "body_text": "Oi\\u0000"}')
+        self.bytes_read = 0
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}], ids=["no token", "bad token"]
+)
+def test_an_unknown_api_caller_gets_401_whatever_it_sent(client, headers):
+    """Who asks is checked before what was asked is read: a 401, the body unread."""
+    in_query = client.get("/api/v1/campaigns", query_string={"q": "\x00"}, headers=headers)
+    body = NulStream()
+    in_body = client.post(
+        "/api/v1/templates",
+        input_stream=body,
+        content_length=len(body.getvalue()),
+        content_type="application/json",
+        headers=headers,
+    )
+    for response in (in_query, in_body):
+        assert response.status_code == 401
+        assert response.json["error"]["code"] == "unauthenticated"
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="disparo"'
+    assert body.bytes_read == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("get", "/campaigns/", None),
+        ("post", "/suppressions/", {"phone": "11987654321", "reason": "spam"}),
+    ],
+)
+def test_an_anonymous_page_with_a_nul_is_answered_as_without_it(client, method, path, data):
+    """The sign-in requirement comes first: a NUL changes nothing for who may not ask."""
+    send = getattr(client, method)
+    plain = send(path, data=data)
+    with_nul = send(
+        path,
+        query_string={"q": "a\x00b"},
+        data=data and {name: value + "\x00" for name, value in data.items()},
+    )
+    for response in (plain, with_nul):
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/login?next=")

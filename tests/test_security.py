@@ -64,6 +64,15 @@ def test_a_forwarded_value_that_is_no_address_is_kept_cut_to_fit(proxied):
     assert addresses() == [("not-an-address-" + "x" * 100)[:45]]
 
 
+def test_a_refused_webhook_is_logged_with_the_client_address_sign_in_sees(proxied, caplog):
+    forwarded = "not-an-address-" + "x" * 100
+    response = proxied.test_client().post(
+        "/webhooks/whatsapp", data=b"{}", headers={"X-Forwarded-For": forwarded}
+    )
+    assert response.status_code == 401
+    assert f"webhook refused: bad or missing signature from {forwarded[:45]}" in caplog.messages
+
+
 def test_proxy_count_defaults_to_one_in_production_and_none_in_development(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "load_env_file", lambda: None)
     monkeypatch.setattr(config, "INSTANCE_PATH", tmp_path)

@@ -165,12 +165,15 @@ def test_a_file_the_csv_module_cannot_read_is_refused_at_the_file_field(app):
     )
 
 
-def test_a_nul_byte_in_the_file_is_refused_at_the_file_field(app):
-    with pytest.raises(ServiceError) as refused:
-        import_suppressions("phone,reason\n11987654321,ok\n11912345678,a\x00b\n", None)
-    assert refused.value.field == "file"
-    assert refused.value.message.startswith("Line 3 of the file has a character")
-    assert db.session.query(Suppression).count() == 0
+def test_a_line_with_a_nul_byte_is_an_invalid_line_and_the_rest_are_imported(app):
+    report = import_suppressions(
+        "phone,reason\n11987654321,ok\n11912345678,a\x00b\n119\x0087654322\n11987654323,\n",
+        None,
+    )
+    assert (report.added, report.already_present, report.invalid_count) == (2, 0, 2)
+    # Shown where the NUL was, as a character a page can show.
+    assert report.invalid == [(3, "11912345678"), (4, "119\ufffd87654322")]
+    assert {s.phone for s in db.session.query(Suppression)} == {E164, "+5511987654323"}
 
 
 def test_import_takes_100000_numbers_in_one_go(app):

@@ -9,7 +9,6 @@ reason and source.
 
 from __future__ import annotations
 
-import _csv
 import csv
 import logging
 from collections.abc import Collection, Iterable, Iterator
@@ -152,17 +151,14 @@ def _csv_delimiter(first_line: str) -> str:
     return ","
 
 
-def _rows(reader: _csv.Reader) -> Iterator[list[str]]:
-    """The CSV's rows; what the csv module cannot read is the file's problem, not a 500."""
+def _rows(lines: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """The CSV's rows with their line numbers; what the csv module cannot read is the
+    file's problem, not a 500."""
+    first = next((line for line in lines if line.strip()), "")
+    reader = csv.reader(lines, delimiter=_csv_delimiter(first))
     try:
         for row in reader:
-            if not all(storable(cell) for cell in row):
-                raise ServiceError(
-                    _("Line %(n)d of the file has a character that cannot be saved (a NUL byte).")
-                    % {"n": reader.line_num},
-                    "file",
-                )
-            yield row
+            yield reader.line_num, row
     except csv.Error as error:  # a cell over 128 KiB
         raise ServiceError(
             _("Line %(n)d of the file cannot be read as CSV (%(reason)s).")
@@ -174,15 +170,13 @@ def _rows(reader: _csv.Reader) -> Iterator[list[str]]:
 def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> ImportReport:
     """Suppress every number of a CSV: a ``phone`` column (and ``reason``), or one bare column."""
     all_lines = lines.splitlines() if isinstance(lines, str) else list(lines)
-    first = next((line for line in all_lines if line.strip()), "")
-    reader = csv.reader(all_lines, delimiter=_csv_delimiter(first))
     region = current_app.config["PHONE_DEFAULT_REGION"]
     phone_at, reason_at = 0, None
     header_seen = False
     wanted: dict[str, str] = {}  # phone → reason; a number's first line wins
     repeated = invalid_count = numbers = 0
     invalid: list[tuple[int, str]] = []
-    for cells in _rows(reader):
+    for line_num, cells in _rows(all_lines):
         cells = [cell.strip() for cell in cells]
         if not any(cells):
             continue
@@ -201,11 +195,12 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
                 "file",
             )
         raw = cells[phone_at] if phone_at < len(cells) else ""
-        phone = phones.normalise(raw, region)
+        # A line with text PostgreSQL cannot store (a NUL) is invalid like any other.
+        phone = phones.normalise(raw, region) if all(map(storable, cells)) else None
         if phone is None:
             invalid_count += 1
             if len(invalid) < MAX_REPORTED_INVALID:
-                invalid.append((reader.line_num, raw[:40]))
+                invalid.append((line_num, raw[:40].replace("\x00", "\ufffd")))
         elif phone in wanted:
             repeated += 1
         else:

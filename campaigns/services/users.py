@@ -17,8 +17,10 @@ from campaigns import login_throttle
 from campaigns.i18n import _, ngettext
 from campaigns.models import (
     ApiToken,
+    LoginAttempt,
     Role,
     User,
+    width,
 )
 from campaigns.services import Conflict, NotFound, ServiceError
 from campaigns.validation import UserLimits
@@ -27,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 MIN_PASSWORD_LENGTH = 10
-EMAIL_MAX_LENGTH = 320  # users.email and login_attempts.email
+# A user's email, and every sign-in's (recorded in login_attempts), must fit.
+EMAIL_MAX_LENGTH = min(width(User.__table__.c.email), width(LoginAttempt.__table__.c.email))
 
 
 # A password hash to compare against when the email is unknown, so a failed

@@ -10,8 +10,9 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import progress, queries, ratelimit
+from campaigns import edge, progress, queries, ratelimit
 from campaigns.auth import requires
+from campaigns.errors import json_error
 from campaigns.i18n import _
 from campaigns.models import (
     Campaign,
@@ -56,22 +57,13 @@ from campaigns.validation import (
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-def error(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        body["fields"] = fields
-    response = jsonify(error=body)
-    response.status_code = status
-    return response
-
-
 @bp.before_request
 def authenticate() -> Response | None:
     """Every API call carries ``Authorization: Bearer <token>`` of an active user."""
     scheme, _sep, raw = request.headers.get("Authorization", "").partition(" ")
     user = user_for_token(raw.strip()) if scheme.lower() == "bearer" and raw else None
     if user is None:
-        response = error(
+        response = json_error(
             401, "unauthenticated", _("Send a valid API token as: Authorization: Bearer <token>.")
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="disparo"'
@@ -82,7 +74,7 @@ def authenticate() -> Response | None:
     decision = ratelimit.consume(db.session, [limit])
     g.rate_limit = (limit, decision)
     if not decision.allowed:
-        return error(
+        return json_error(
             429,
             "rate_limited",
             _("Too many requests: %(n)d a minute. Try again in %(s)d s.")
@@ -91,8 +83,11 @@ def authenticate() -> Response | None:
     view = current_app.view_functions.get(request.endpoint or "")
     role = getattr(view, "required_role", Role.VIEWER)
     if not user.can(role):
-        return error(403, "forbidden", _("This needs the %(role)s role.") % {"role": role.value})
-    return None
+        return json_error(
+            403, "forbidden", _("This needs the %(role)s role.") % {"role": role.value}
+        )
+    # Only now is the body read: an unknown caller got its 401 above, unread.
+    return edge.refuse_unstorable()
 
 
 @bp.after_request
@@ -110,23 +105,23 @@ def rate_limit_headers(response: Response) -> Response:
 
 @bp.errorhandler(Invalid)
 def invalid(exc: Invalid) -> Response:
-    return error(422, "validation_failed", _("Some fields are not valid."), exc.errors)
+    return json_error(422, "validation_failed", _("Some fields are not valid."), exc.errors)
 
 
 @bp.errorhandler(NotFound)
 def not_found(exc: NotFound) -> Response:
-    return error(404, "not_found", exc.message)
+    return json_error(404, "not_found", exc.message)
 
 
 @bp.errorhandler(Conflict)
 def conflict(exc: Conflict) -> Response:
-    return error(409, "conflict", exc.message)
+    return json_error(409, "conflict", exc.message)
 
 
 @bp.errorhandler(ServiceError)
 def refused(exc: ServiceError) -> Response:
     fields = {exc.field: exc.message} if exc.field else None
-    return error(422, "validation_failed", exc.message, fields)
+    return json_error(422, "validation_failed", exc.message, fields)
 
 
 def body() -> dict[str, Any]:

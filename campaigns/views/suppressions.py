@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 
 from campaigns import errors, queries
 from campaigns.auth import requires
+from campaigns.config import MIB
 from campaigns.edge import takes_upload
 from campaigns.htmx import redirect_to
 from campaigns.i18n import _
@@ -101,7 +102,7 @@ def too_large(error: RequestEntityTooLarge):
     """A file over MAX_UPLOAD_BYTES: the message at the file field, not an error page."""
     if request.endpoint != "suppressions.suppression_import":
         return errors.handle_http_error(error)
-    limit = current_app.config["MAX_UPLOAD_BYTES"] / (1024 * 1024)
+    limit = current_app.config["MAX_UPLOAD_BYTES"] / MIB
     message = _("The file is larger than %(n)s MB; split it.") % {"n": f"{limit:.3g}"}
     return _index_page(errors={"file": message}, status=413)
 

@@ -8,7 +8,9 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.wrappers import Response
 
 from campaigns import webhooks
+from campaigns.errors import json_error
 from campaigns.i18n import _
+from campaigns.security import client_address
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def whatsapp_verify() -> Response:
 
 
 @bp.post("/whatsapp")
-def whatsapp_receive() -> tuple[Response, int]:
+def whatsapp_receive() -> Response:
     """Statuses and replies, accepted only with a valid X-Hub-Signature-256.
 
     A signed body Disparo cannot use (or parts of it) is still acknowledged with a
@@ -45,8 +47,8 @@ def whatsapp_receive() -> tuple[Response, int]:
     signature = request.headers.get("X-Hub-Signature-256")
     signed = webhooks.signers(raw, signature, current_app.config["WHATSAPP_APP_SECRET"])
     if not signed:
-        logger.warning("webhook refused: bad or missing signature from %s", request.remote_addr)
-        return jsonify(error={"code": "bad_signature", "message": "Signature does not match."}), 401
+        logger.warning("webhook refused: bad or missing signature from %s", client_address())
+        return json_error(401, "bad_signature", "Signature does not match.")
     summary = webhooks.apply(webhooks.parse(raw), signed, current_app.config)
     logger.info("webhook applied: %s", summary)
-    return jsonify(ok=True, **summary), 200
+    return jsonify(ok=True, **summary)

@@ -288,3 +288,95 @@ def test_a_campaign_survives_a_postgres_restart(own_postgres: OwnPostgres, tmp_p
         assert len(duplicates) <= left_sending, (len(duplicates), left_sending)
         db.session.remove()
         db.engine.dispose()
+
+
+# -- a provider storm: the mock WhatsApp refusing a share of calls for a few seconds
+
+
+def sent_count(campaign_id: int) -> int:
+    return db.session.scalar(
+        sa.select(sa.func.count()).where(
+            Message.campaign_id == campaign_id, Message.provider_message_id.is_not(None)
+        )
+    )
+
+
+def campaign_row(campaign_id: int) -> Campaign:
+    return db.session.get(Campaign, campaign_id, populate_existing=True)
+
+
+def start_storm(live_server: str, **storm: float) -> None:
+    response = requests.post(f"{live_server}/mock/whatsapp/storm", json=storm, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_a_storm_of_throttles_and_5xx_slows_the_campaign_and_it_recovers(
+    app, live_server, start_worker, user_factory
+):
+    """Nothing only throttled fails, throttles spend no try, and the campaign completes by
+    itself. The storm is shorter than three tries' backoff (2 s + 4 s), so no transient
+    error can use up a message's tries on campaign-messages either."""
+    app.config.update(MOCK_WHATSAPP_WEBHOOKS=False, MOCK_WHATSAPP_LATENCY_MS=20)
+    owner = user_factory(Role.SUPERVISOR)
+    lift_limits(owner)
+    campaign = demo_campaign(owner.id, 1000, name="Storm")
+    start_worker(concurrency=5)
+    send_campaign_now(campaign.id, owner.id)
+    wait_for(lambda: sent_count(campaign.id) >= 100, what="sending under way")
+    start_storm(live_server, seconds=3, throttle=0.5, transient=0.3)
+    wait_for(lambda: campaign_row(campaign.id).status is CampaignStatus.COMPLETED, 120, "completed")
+
+    given = requests.get(f"{live_server}/mock/whatsapp/storm", timeout=10).json()["given"]
+    throttles = given.get("130429", 0)
+    assert throttles > 0 and given.get("131000", 0) + given.get("131016", 0) > 0, given
+    rows = message_counts(campaign.id)
+    assert set(rows) <= TERMINAL, rows
+    assert_counters_match_rows(campaign.id)
+    # Failed: only the numbers the mock always refuses as undeliverable (…0000).
+    failed_codes = set(
+        db.session.scalars(
+            sa.select(Message.error_code).where(
+                Message.campaign_id == campaign.id, Message.status == MessageStatus.FAILED
+            )
+        )
+    )
+    assert failed_codes <= {"131026"}, failed_codes
+    # Every throttle gave its try back: a message's attempts count every call, its tries
+    # only those that were its fault (no message was handed over to message-retry, whose
+    # reset would give tries back too).
+    attempts, tries = db.session.execute(
+        sa.select(sa.func.sum(Message.attempts), sa.func.sum(Message.tries)).where(
+            Message.campaign_id == campaign.id
+        )
+    ).one()
+    assert attempts - tries >= throttles, (attempts, tries, throttles)
+
+
+def test_a_storm_of_permanent_errors_pauses_the_campaign(
+    app, live_server, start_worker, user_factory
+):
+    app.config.update(MOCK_WHATSAPP_WEBHOOKS=False)
+    owner = user_factory(Role.SUPERVISOR)
+    lift_limits(owner)
+    from campaigns.services.templates import default_sender
+
+    default_sender().rate_limit_per_minute = 1200  # 20 a second: the storm starts mid-way
+    db.session.commit()
+    campaign = demo_campaign(owner.id, 600, name="Permanent storm")
+    start_worker(concurrency=5)
+    send_campaign_now(campaign.id, owner.id)
+    wait_for(lambda: sent_count(campaign.id) >= 20, what="sending under way")
+    start_storm(live_server, seconds=60, permanent=1.0)
+    wait_for(lambda: campaign_row(campaign.id).status is CampaignStatus.PAUSED, 60, "paused")
+
+    paused = campaign_row(campaign.id)
+    assert "failed, more than 50 % allowed" in (paused.status_reason or "")
+    failed_codes = set(
+        db.session.scalars(
+            sa.select(Message.error_code).where(
+                Message.campaign_id == campaign.id, Message.status == MessageStatus.FAILED
+            )
+        )
+    )
+    assert failed_codes and failed_codes <= {"131026", "132001"}, failed_codes
+    assert message_counts(campaign.id).get("pending", 0) > 0  # the rest wait for a resume

@@ -39,6 +39,15 @@ secret of the sender owning the phone number id (else ``WHATSAPP_APP_SECRET``).
 The webhooks wait in ``mock_whatsapp_webhooks``; the ``mock_whatsapp.post_webhooks``
 job (``mocks/tasks.py``) posts the due ones, and a failed post is tried again
 later with a growing delay, never dropped. ``MOCK_WHATSAPP_WEBHOOKS=off`` queues none.
+
+A **storm** is the provider having a bad minute, started at run time:
+``POST /mock/whatsapp/storm`` (or ``POST /storm`` on the mock process) with
+``{"seconds": 60, "throttle": 0.5, "transient": 0.2, "permanent": 0}`` answers, for
+the next ``seconds``, that share of every call with HTTP 429 / 130429, with HTTP 500 /
+131000 or 503 / 131016 (half each), and with HTTP 400 / 131026 or 132001 (half each),
+whatever the number; the rest go on as usual. ``GET`` on the same path says what storm
+is on, for how many more seconds, and how many errors of each code storms have given
+(``{"storm": …, "given": {"130429": n, …}}``); a new storm replaces the one that is on.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,7 +85,17 @@ bp = Blueprint("mock_whatsapp", __name__, url_prefix="/mock/whatsapp")
 UNDELIVERABLE = (131026, 400, "Message undeliverable")
 THROTTLED = (130429, 429, "Rate limit hit")
 TRANSIENT = (131000, 500, "Something went wrong")
+UNAVAILABLE = (131016, 503, "Service unavailable")
+NO_TEMPLATE = (132001, 404, "Template name does not exist in the translation")
 FORCED_ERRORS = {"0000": UNDELIVERABLE, "0429": THROTTLED, "0500": TRANSIENT}
+# A storm's shares, by what the engine must do: wait, try again, give up.
+STORM_ERRORS = {
+    "throttle": (THROTTLED,),
+    "transient": (TRANSIENT, UNAVAILABLE),
+    "permanent": (UNDELIVERABLE, NO_TEMPLATE),
+}
+STORM_MAX_SECONDS = 3600
+STORM_EXTENSION = "mock_whatsapp_storm"  # the web process's Storms, per Flask app
 FORCED_THROTTLES = 2  # a …0429 number is throttled on its first two tries, then passes
 TRIES_KEPT = 100_000  # the (phone number id, number, callback data) keys counted at most
 TRIES_EXTENSION = "mock_whatsapp_tries"  # the web process's ThrottleTries, per Flask app
@@ -289,17 +308,103 @@ class ThrottleTries:
             return tries
 
 
+@dataclass(frozen=True)
+class Storm:
+    """For ``seconds`` from ``started`` (``time.monotonic()``), shares of calls refused."""
+
+    seconds: float
+    throttle: float = 0.0
+    transient: float = 0.0
+    permanent: float = 0.0
+    started: float = 0.0
+
+    @classmethod
+    def parse(cls, payload: Any, now: float) -> Storm:
+        """A storm from its JSON; ValueError with the reason if it is not one."""
+        if not isinstance(payload, dict) or set(payload) - {"seconds", *STORM_ERRORS}:
+            raise ValueError(
+                "A storm is a JSON object of seconds, throttle, transient and permanent."
+            )
+        values = {}
+        for key in ("seconds", *STORM_ERRORS):
+            value = payload.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key} must be a number.")
+            values[key] = float(value)
+        if not 0 < values["seconds"] <= STORM_MAX_SECONDS:
+            raise ValueError(f"seconds must be more than 0 and at most {STORM_MAX_SECONDS}.")
+        shares = [values[key] for key in STORM_ERRORS]
+        if not all(0 <= share <= 1 for share in shares) or sum(shares) > 1:
+            raise ValueError("The shares must be between 0 and 1, and add up to at most 1.")
+        return cls(started=now, **values)
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.started + self.seconds - now)
+
+    def error(self, now: float) -> tuple[int, int, str] | None:
+        """The error this call gets from the storm, if it is on and the draw says so."""
+        if not self.remaining(now):
+            return None
+        draw = random.random()
+        for key, errors in STORM_ERRORS.items():
+            share = getattr(self, key)
+            if draw < share:
+                return random.choice(errors)
+            draw -= share
+        return None
+
+    def describe(self, now: float) -> dict[str, float]:
+        shares = {key: getattr(self, key) for key in STORM_ERRORS}
+        return {"seconds": self.seconds, "remaining": self.remaining(now), **shares}
+
+
+class Storms:
+    """The storm on now, if any, and every storm's errors given by code, in this process's
+    memory (thread-safe, like ThrottleTries)."""
+
+    def __init__(self) -> None:
+        self._storm: Storm | None = None
+        self.given: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def start(self, payload: Any) -> Storm:
+        storm = Storm.parse(payload, time.monotonic())
+        with self._lock:
+            self._storm = storm
+        logger.info("mock WhatsApp: storm %s", storm.describe(storm.started))
+        return storm
+
+    def error(self) -> tuple[int, int, str] | None:
+        """The error the storm gives this call, if one is on and its draw says so; counted."""
+        storm = self._storm
+        error = storm.error(time.monotonic()) if storm is not None else None
+        if error is not None:
+            with self._lock:
+                self.given[str(error[0])] += 1
+        return error
+
+    def describe(self) -> dict[str, Any]:
+        """The storm on (or the last one, with 0 remaining) and the errors given so far."""
+        with self._lock:
+            storm, given = self._storm, dict(self.given)
+        return {"storm": storm.describe(time.monotonic()) if storm else None, "given": given}
+
+
 def injected_error(
     phone_number_id: str,
     accepted: Accepted,
     config: Mapping[str, Any],
     tries: ThrottleTries,
+    storms: Storms | None = None,
 ) -> tuple[int, int, str] | None:
-    """The error this send gets: forced by the number's last digits, or drawn at the rates.
+    """The error this send gets: a storm's, forced by the number's last digits, or drawn
+    at the rates.
 
     A ``…0429`` number is throttled on its first ``FORCED_THROTTLES`` tries only; after
     that it is any number, drawn at the rates like the others.
     """
+    if storms is not None and (error := storms.error()) is not None:
+        return error
     forced = FORCED_ERRORS.get(accepted.wa_id[-4:])
     tried = (phone_number_id, accepted.wa_id, accepted.callback_data)
     if forced is THROTTLED and tries.count(tried) > FORCED_THROTTLES:
@@ -320,11 +425,15 @@ def injected_error(
 
 
 def screen(
-    phone_number_id: str, payload: Any, config: Mapping[str, Any], tries: ThrottleTries
+    phone_number_id: str,
+    payload: Any,
+    config: Mapping[str, Any],
+    tries: ThrottleTries,
+    storms: Storms | None = None,
 ) -> Accepted:
     """Decide a send as Meta would: the message to record, or MetaError (invalid, injected)."""
     accepted = validate(payload)
-    error = injected_error(phone_number_id, accepted, config, tries)
+    error = injected_error(phone_number_id, accepted, config, tries, storms)
     if error is not None:
         raise MetaError(error)
     return accepted
@@ -475,6 +584,11 @@ def _tries() -> ThrottleTries:
     return tries
 
 
+def _storms() -> Storms:
+    storms: Storms = current_app.extensions.setdefault(STORM_EXTENSION, Storms())
+    return storms
+
+
 @bp.post("/<version>/<phone_number_id>/messages")
 def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     """Accept a template message like the Cloud API, or refuse it the way Meta would."""
@@ -483,11 +597,26 @@ def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     latency_ms = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0))
     if latency_ms:
         time.sleep(latency_ms / 1000)
-    accepted = screen(phone_number_id, request.get_json(silent=True), config, _tries())
+    accepted = screen(phone_number_id, request.get_json(silent=True), config, _tries(), _storms())
     [wamid] = record_many(db.session, [(phone_number_id, accepted, arrived)], config)
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
         defer_poster(config)
     return jsonify(accepted_body(accepted, wamid)), 200
+
+
+@bp.post("/storm")
+def storm_start() -> tuple[Response, int]:
+    """Start a storm (the module's docstring says what it is); 400 with the reason if bad."""
+    try:
+        storm = _storms().start(request.get_json(silent=True))
+    except ValueError as error:
+        return _bad_query(str(error))
+    return jsonify(storm.describe(storm.started)), 200
+
+
+@bp.get("/storm")
+def storm_now() -> tuple[Response, int]:
+    return jsonify(_storms().describe()), 200
 
 
 def _parse_since(raw: str) -> datetime:

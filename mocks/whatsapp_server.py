@@ -29,6 +29,9 @@ poster job is deferred (in the flusher's thread: Procrastinate's sync API), at m
 once every ``POSTER_DEFER_SECONDS``: a poster that is waiting or running comes back
 by itself for whatever falls due later.
 
+``POST /storm`` starts a storm and ``GET /storm`` reads it, as on the web port
+(``mocks/whatsapp.py`` says what a storm is); the storm lives in this process.
+
 ``GET /stats`` says how many calls are in flight now and at most since the start,
 and how many were accepted, refused and recorded in how many flushes.
 
@@ -95,6 +98,7 @@ class MockWhatsApp:
         self.latency = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0)) / 1000
         self.webhooks = bool(config.get("MOCK_WHATSAPP_WEBHOOKS", True))
         self.tries = whatsapp.ThrottleTries()
+        self.storms = whatsapp.Storms()
         self.stats = Stats()
         self._waiting: list[tuple[str, Accepted, datetime, asyncio.Future[str]]] = []
         self._arrived = asyncio.Event()
@@ -104,6 +108,8 @@ class MockWhatsApp:
         app = web.Application()
         app.router.add_post("/{base:.+}/{phone_number_id}/messages", self.send)
         app.router.add_get("/stats", self.stats_view)
+        app.router.add_post("/storm", self.storm_start)
+        app.router.add_get("/storm", self.storm_now)
         return app
 
     async def send(self, request: web.Request) -> web.Response:
@@ -119,7 +125,11 @@ class MockWhatsApp:
             phone_number_id = request.match_info["phone_number_id"]
             try:
                 accepted = whatsapp.screen(
-                    phone_number_id, _json_or_none(request, body), self.config, self.tries
+                    phone_number_id,
+                    _json_or_none(request, body),
+                    self.config,
+                    self.tries,
+                    self.storms,
                 )
                 wamid = await self.record(phone_number_id, accepted, arrived)
             except MetaError as error:
@@ -132,6 +142,17 @@ class MockWhatsApp:
 
     async def stats_view(self, request: web.Request) -> web.Response:
         return _json_response(asdict(self.stats) | {"pid": os.getpid()}, 200)
+
+    async def storm_start(self, request: web.Request) -> web.Response:
+        try:
+            storm = self.storms.start(_json_or_none(request, await request.read()))
+        except ValueError as error:
+            refusal = {"code": "invalid_request", "message": str(error)}
+            return _json_response({"error": refusal}, 400)
+        return _json_response(storm.describe(storm.started), 200)
+
+    async def storm_now(self, request: web.Request) -> web.Response:
+        return _json_response(self.storms.describe(), 200)
 
     def record(
         self, phone_number_id: str, accepted: Accepted, arrived: datetime

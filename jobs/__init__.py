@@ -21,6 +21,18 @@ app = procrastinate.App(
         conninfo=database_url,  # a callable: resolved when the pool connects, not at import
         min_size=1,
         max_size=10,
+        # A server that vanishes without closing its connections (a network blackhole,
+        # procrastinate#1334) would leave a worker hanging on a dead socket; TCP
+        # keepalives and a send timeout make its connections fail within about a minute,
+        # so the worker exits and its process manager restarts it. libpq ignores these
+        # on a Unix socket (the embedded database).
+        kwargs={
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 60_000,
+        },
     ),
     # The mock WhatsApp's task only where the mocks run: production never registers it.
     import_paths=["jobs.tasks", *(["mocks.tasks"] if mocks_enabled() else [])],

@@ -52,6 +52,7 @@ RETIRED_SETTINGS = {
     "LOGIN_LOCKOUT_MINUTES": "there is no lockout any more; see LOGIN_MAX_DELAY_SECONDS",
 }
 MIB = 1024 * 1024
+MAX_AUDIT_RETENTION_DAYS = 36_500  # a century: past it, a date before the epoch of anything here
 # Below this, ordinary forms would be refused.
 MIN_REQUEST_BYTES = 64 * 1024
 
@@ -222,6 +223,7 @@ class Settings:
     phone_default_region: str
     max_request_bytes: int
     max_upload_bytes: int
+    audit_retention_days: int
 
     def flask_config(self) -> dict[str, Any]:
         return {
@@ -273,6 +275,7 @@ class Settings:
             "MAX_FORM_MEMORY_SIZE": self.max_request_bytes,
             "MAX_REQUEST_BYTES": self.max_request_bytes,
             "MAX_UPLOAD_BYTES": self.max_upload_bytes,
+            "AUDIT_RETENTION_DAYS": self.audit_retention_days,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
             "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
@@ -449,6 +452,12 @@ def load_settings() -> Settings:
         # At least the request's limit: an upload is a request too.
         max_upload_bytes=_int_setting(
             "MAX_UPLOAD_BYTES", max(10 * MIB, max_request), minimum=max_request
+        ),
+        # Two years: who changed a role, a limit or the opt-out list is asked about long
+        # after the fact (a complaint, a dispute, a security review), and the rows hold
+        # no customer's data (phones masked), so keeping them costs little.
+        audit_retention_days=_int_setting(
+            "AUDIT_RETENTION_DAYS", 730, maximum=MAX_AUDIT_RETENTION_DAYS
         ),
     )
 

@@ -496,3 +496,35 @@ class Suppression(Model):
         sa.ForeignKey("users.id", ondelete="SET NULL")
     )
     created_at: Mapped[datetime] = created_at_column()
+
+
+class AuditEvent(Model):
+    """An administrative action: who did it, what, to what, and when (campaigns/audit.py).
+
+    ``actor_email`` is kept as written, so the row still says who after the user is
+    deleted (``actor_id`` then goes NULL) and names the CLI or the system for what
+    no signed-in user did. ``details`` never holds a secret or a full phone number.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # Retention deletes by age; the page filters by action, newest (highest id) first.
+        sa.Index("audit_events_at_idx", "at"),
+        sa.Index("audit_events_action_id_idx", "action", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    at: Mapped[datetime] = created_at_column()
+    actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    actor_email: Mapped[str] = mapped_column(sa.Text)
+    action: Mapped[str] = mapped_column(sa.String(40))
+    target_type: Mapped[str | None] = mapped_column(sa.String(40))
+    target_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    target_label: Mapped[str | None] = mapped_column(sa.Text)
+    details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
+    client_address: Mapped[str | None] = mapped_column(sa.String(45))
+
+    def __repr__(self) -> str:
+        return f"<AuditEvent {self.id} {self.action} by {self.actor_email}>"

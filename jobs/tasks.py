@@ -14,6 +14,7 @@ from procrastinate import JobContext, RetryStrategy, builtin_tasks
 
 from app import db
 from campaigns import (
+    audit,
     campaign_states,
     clock,
     erp,
@@ -204,16 +205,20 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
-    without them; drop expired rate-limit buckets and sign-in attempts past 30 days."""
+    without them; drop expired rate-limit buckets, sign-in attempts past 30 days and
+    audit events past AUDIT_RETENTION_DAYS."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     attempts = login_throttle.delete_old_attempts(db.session)
+    events = audit.delete_old_events(db.session, current_app.config["AUDIT_RETENTION_DAYS"])
     db.session.commit()
     logger.info(
-        "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts",
+        "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
+        " %s old audit events",
         removed,
         attempts,
+        events,
     )
 
 

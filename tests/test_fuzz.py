@@ -374,6 +374,7 @@ API_READS: list[tuple[str, list[str]]] = [
     ("/campaigns", ["status", "q", "page"]),
     ("/campaigns/{id}", []),
     ("/campaigns/{id}/progress", []),
+    ("/audit", ["action", "actor", "before"]),
 ]
 
 

@@ -23,6 +23,7 @@ APP_TABLES = {
     "notifications",
     "campaign_activity",
     "suppressions",
+    "audit_events",
 }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import providers
+from campaigns import audit, providers
 from campaigns.i18n import _
 from campaigns.models import Provider, Sender
 from campaigns.services import NotFound, ServiceError
@@ -20,6 +21,7 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
     sender = Sender() if sender_id is None else db.session.get(Sender, sender_id)
     if sender is None:
         raise NotFound(_("There is no such sender."))
+    before = {} if sender_id is None else _audited(sender)
     clash = db.session.scalar(
         sa.select(Sender.id).where(Sender.name == fields.name, Sender.id != (sender_id or 0))
     )
@@ -35,8 +37,62 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
         sender.app_secret = secrets.token_hex(32)  # the mock signs its webhooks with it
     if sender_id is None:
         db.session.add(sender)
+        db.session.flush()  # its id, for the audit row
+    _record_changes(sender, before, created=sender_id is None)
     db.session.commit()
     return sender
+
+
+# What a sender's pace is made of: a change to them is recorded as settings.change.
+PACE_SETTINGS = ("rate_limit_per_minute", "min_interval_ms")
+# Written to the trail only as "replaced", never as values.
+SECRET_SETTINGS = ("access_token", "app_secret", "webhook_verify_token")
+
+
+def _audited(sender: Sender) -> dict[str, Any]:
+    """The sender's settings as the audit trail may hold them."""
+    values: dict[str, Any] = {
+        name: getattr(sender, name) for name in (*SENDER_SETTINGS, *SECRET_SETTINGS)
+    }
+    values["provider"] = sender.provider.value if sender.provider else None
+    # The business's own number, but the trail keeps no full phone number of anyone's.
+    values["display_phone_number"] = audit.mask_phone(sender.display_phone_number)
+    return values
+
+
+def _record_changes(sender: Sender, before: dict[str, Any], created: bool) -> None:
+    """One sender.create; or a sender.update for what changed besides the pace and a
+    settings.change for the pace (either only if something changed)."""
+    after = _audited(sender)
+    changed = [name for name in after if after[name] != before.get(name)]
+    replaced = [name for name in SECRET_SETTINGS if name in changed]
+    plain = {name: after[name] for name in after if name not in SECRET_SETTINGS}
+
+    def record(action: str, details: dict[str, Any]) -> None:
+        audit.record(
+            db.session,
+            action,
+            target_type="sender",
+            target_id=sender.id,
+            target_label=sender.name,
+            details=details,
+        )
+
+    if created:
+        record("sender.create", plain | ({"credentials_set": replaced} if replaced else {}))
+        return
+    fields = {
+        name: audit.change(before[name], after[name])
+        for name in changed
+        if name not in SECRET_SETTINGS and name not in PACE_SETTINGS
+    }
+    if fields or replaced:
+        record("sender.update", fields | ({"credentials_replaced": replaced} if replaced else {}))
+    pace = {
+        name: audit.change(before[name], after[name]) for name in changed if name in PACE_SETTINGS
+    }
+    if pace:
+        record("settings.change", pace)
 
 
 def check_sender_connection(sender_id: int) -> tuple[bool, str]:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
 
 from app import AnySession, db, rows_changed
-from campaigns import phones
+from campaigns import audit, phones
 from campaigns.i18n import _
 from campaigns.models import Suppression
 from campaigns.services import NotFound, ServiceError
@@ -74,6 +74,15 @@ def suppress(
     ).scalar()
     # A number already there keeps its row unchanged: its first reason and source stand.
     suppression = db.session.scalars(sa.select(Suppression).where(Suppression.phone == phone)).one()
+    if new_id is not None:
+        audit.record(
+            db.session,
+            "suppression.add",
+            target_type="suppression",
+            target_id=suppression.id,
+            target_label=audit.mask_phone(phone),
+            details={"source": source},
+        )
     db.session.commit()
     if new_id is not None:
         logger.info("suppression %s added (%s) by user %s", suppression.id, source, user_id)
@@ -112,12 +121,20 @@ def add_suppression(phone_raw: str, reason: str, source: str, user_id: int | Non
 
 def remove_suppression(suppression_id: int) -> None:
     """Take a number off the suppression list: campaigns reach it again."""
+    phone = db.session.scalar(sa.select(Suppression.phone).where(Suppression.id == suppression_id))
     removed = db.session.execute(
         sa.delete(Suppression).where(Suppression.id == suppression_id).returning(Suppression.id)
     ).scalar()
     if removed is None:
         db.session.rollback()
         raise NotFound(_("There is no such opt-out."))
+    audit.record(
+        db.session,
+        "suppression.remove",
+        target_type="suppression",
+        target_id=suppression_id,
+        target_label=audit.mask_phone(phone),
+    )
     db.session.commit()
     logger.info("suppression %s removed", suppression_id)
 
@@ -229,6 +246,12 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
         ["phone", "reason", "source", "created_by_id"], unnested
     )
     added = len(db.session.execute(_unless_listed(insert)).all())
+    audit.record(
+        db.session,
+        "suppression.import",
+        target_type="suppression",
+        details={"numbers": numbers, "added": added, "invalid": invalid_count},
+    )
     db.session.commit()
     logger.info(
         "suppression import by user %s: %d added, %d invalid", user_id, added, invalid_count

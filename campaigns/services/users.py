@@ -13,7 +13,7 @@ from flask import current_app
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import db
-from campaigns import login_throttle
+from campaigns import audit, login_throttle
 from campaigns.i18n import _, ngettext
 from campaigns.models import (
     ApiToken,
@@ -62,6 +62,15 @@ def create_user(email: str, password: str, role: Role = Role.VIEWER) -> User:
         raise ServiceError(_("A user with that email already exists."), "email")
     user = User(email=email, password_hash=hash_password(password), role=role)
     db.session.add(user)
+    db.session.flush()  # its id, for the audit row
+    audit.record(
+        db.session,
+        "user.create",
+        target_type="user",
+        target_id=user.id,
+        target_label=user.email,
+        details={"role": role.value},
+    )
     db.session.commit()
     logger.info("created user %s (%s) with role %s", user.id, user.email, role)
     return user
@@ -72,6 +81,8 @@ def create_api_token(user_id: int, name: str = "default") -> tuple[ApiToken, str
     raw = "dsp_" + secrets.token_urlsafe(32)
     token = ApiToken(user_id=user_id, name=name, token_sha256=hash_token(raw), prefix=raw[:10])
     db.session.add(token)
+    db.session.flush()  # its id, for the audit row
+    _record_token(token, "api_token.create")
     db.session.commit()
     return token, raw
 
@@ -148,14 +159,48 @@ def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
     if changes.role is not None and user.id == acting_user_id and changes.role is not Role.ADMIN:
         raise Conflict(_("You cannot remove your own admin role."))
     if changes.role is not None and changes.role is not user.role:
+        _record_user(
+            user, "user.role_change", {"role": audit.change(user.role.value, changes.role.value)}
+        )
         user.role = changes.role
         _end_sessions(user)
-    if changes.campaign_rate_limit_per_minute is not None:
-        user.campaign_rate_limit_per_minute = changes.campaign_rate_limit_per_minute
-    if changes.api_rate_limit_per_minute is not None:
-        user.api_rate_limit_per_minute = changes.api_rate_limit_per_minute
+    limits = {}
+    for name in USER_LIMITS:
+        new = getattr(changes, name)
+        if new is not None and new != getattr(user, name):
+            limits[name] = audit.change(getattr(user, name), new)
+            setattr(user, name, new)
+    if limits:
+        _record_user(user, "settings.change", limits)
     db.session.commit()
     return user
+
+
+# The limits an admin sets on a user (recorded as settings.change when they change).
+USER_LIMITS = ("campaign_rate_limit_per_minute", "api_rate_limit_per_minute")
+
+
+def _record_user(user: User, action: str, details: dict | None = None) -> None:
+    audit.record(
+        db.session,
+        action,
+        target_type="user",
+        target_id=user.id,
+        target_label=user.email,
+        details=details,
+    )
+
+
+def _record_token(token: ApiToken, action: str) -> None:
+    # Its name and owner only: neither the token nor its prefix.
+    audit.record(
+        db.session,
+        action,
+        target_type="api_token",
+        target_id=token.id,
+        target_label=token.name,
+        details={"user_id": token.user_id},
+    )
 
 
 def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User:
@@ -167,6 +212,8 @@ def set_user_disabled(user_id: int, disabled: bool, acting_user_id: int) -> User
         raise Conflict(_("You cannot disable yourself."))
     if disabled and not user.is_disabled:
         _end_sessions(user)
+    if disabled != user.is_disabled:
+        _record_user(user, "user.disable" if disabled else "user.enable")
     user.is_disabled = disabled
     db.session.commit()
     return user
@@ -184,6 +231,7 @@ def reset_password(user_id: int) -> str:
     password = generate_password()
     user.password_hash = hash_password(password)
     _end_sessions(user)
+    _record_user(user, "user.password_reset")
     db.session.commit()
     return password
 
@@ -210,6 +258,7 @@ def revoke_api_token(token_id: int, user_id: int) -> None:
         raise NotFound(_("There is no such token."))
     if token.revoked_at is None:
         token.revoked_at = sa.func.now()
+        _record_token(token, "api_token.revoke")
         db.session.commit()
 
 

@@ -38,6 +38,7 @@ def init_app(app: Flask) -> None:
     from app import csrf
     from campaigns.views import (
         api,
+        audit,
         auth,
         campaigns,
         filters,
@@ -65,6 +66,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(queue.bp)
+    app.register_blueprint(audit.bp)
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)

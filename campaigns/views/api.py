@@ -10,11 +10,12 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import edge, progress, queries, ratelimit
+from campaigns import audit, edge, progress, queries, ratelimit
 from campaigns.auth import requires
 from campaigns.errors import json_error
 from campaigns.i18n import _
 from campaigns.models import (
+    AuditEvent,
     Campaign,
     CampaignStatus,
     MessageTemplate,
@@ -47,6 +48,7 @@ from campaigns.services.users import update_user, user_for_token
 from campaigns.validation import (
     CampaignFields,
     Invalid,
+    bigint,
     parse_campaign,
     parse_sender,
     parse_template,
@@ -445,3 +447,29 @@ def campaign_duplicate(campaign_id: int) -> tuple[Response, int]:
 def campaign_progress(campaign_id: int) -> Response:
     """Counts, success rate, throughput and ETA, live."""
     return jsonify(progress.get_progress(_found(queries.get_campaign(campaign_id))).as_dict())
+
+
+def audit_event_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "actor_id": event.actor_id,
+        "actor_email": event.actor_email,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "target_label": event.target_label,
+        "details": event.details,
+        "client_address": event.client_address,
+    }
+
+
+@bp.get("/audit")
+@requires(Role.ADMIN)
+def audit_list() -> Response:
+    """Administrative actions, newest first, 50 a page: ?action=&actor=&before=<next_before>."""
+    if request.args.get("action") and request.args["action"] not in audit.ACTIONS:
+        raise Invalid({"action": _("Unknown action.")})
+    filters = audit.AuditFilters.from_args(request.args)
+    page = audit.events_page(filters, request.args.get("before", type=bigint))
+    return jsonify(events=[audit_event_json(e) for e in page.events], next_before=page.next_before)

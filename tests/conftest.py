@@ -23,7 +23,7 @@ from app import db
 from campaigns import providers
 from campaigns.config import database_url
 from campaigns.models import Campaign, Role, User
-from campaigns.services.users import create_user
+from campaigns.services.users import create_api_token, create_user
 from tests.helpers import (
     PASSWORD,
     PROCRASTINATE,
@@ -141,6 +141,17 @@ def user_factory(app: Flask) -> Callable[..., User]:
 
     def make(role: Role = Role.VIEWER, email: str | None = None, password: str = PASSWORD) -> User:
         return create_user(email or f"user{next(counter)}@example.com", password, role)
+
+    return make
+
+
+@pytest.fixture
+def token_for(user_factory) -> Callable[[Role], dict[str, str]]:
+    """The API headers of a new user of ``role``, with a token of their own."""
+
+    def make(role: Role) -> dict[str, str]:
+        _token, raw = create_api_token(user_factory(role).id)
+        return {"Authorization": f"Bearer {raw}"}
 
     return make
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -22,6 +20,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
 
 from app import create_app, db
 from campaigns import counters, erp, phones, queues
@@ -33,12 +32,14 @@ from campaigns.services.campaigns import create_campaign, template_variables_for
 from campaigns.services.demo import seed_demo
 from campaigns.services.templates import default_sender
 from campaigns.validation import parse_campaign
+from mocks import whatsapp as mock_whatsapp
 
 SUFFIX = os.getpid()
 TEMPLATE_DB = f"disparo_test_template_{SUFFIX}"
 TEST_DB = f"disparo_test_{SUFFIX}"
 PASSWORD = "correct horse battery"
 PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
+WEBHOOK_URL = "/webhooks/whatsapp"
 
 
 def url_for_database(server_url: str, name: str) -> str:
@@ -361,16 +362,30 @@ def status_webhook(
     return webhook_body("messages", {"statuses": [entry]}, phone_number_id)
 
 
-def sign_webhook(raw: bytes, secret: str) -> dict[str, str]:
-    """The headers Meta sends with a body signed under ``secret``."""
-    signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": f"sha256={signature}", "Content-Type": "application/json"}
+def reply_webhook(
+    text: str, phone: str = "5511987650000", phone_number_id: str | None = None
+) -> dict:
+    """A customer's text reply as Meta sends it, to the demo sender's number unless told."""
+    message = {"from": phone, "type": "text", "text": {"body": text}}
+    return webhook_body("messages", {"messages": [message]}, phone_number_id)
 
 
-def signed_webhook(body: Any, secret: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """``body`` as JSON, signed with ``secret`` (the demo sender's app secret unless told)."""
-    raw = json.dumps(body).encode()
-    return raw, sign_webhook(raw, secret or default_sender().app_secret or "")
+def webhook_signature(raw: bytes, secret: str | None = None) -> str:
+    """``X-Hub-Signature-256`` for ``raw`` under ``secret`` (the demo sender's app secret
+    unless told), computed as the mock WhatsApp signs what it posts."""
+    return mock_whatsapp.sign(raw, secret or default_sender().app_secret or "")
+
+
+def post_webhook(client: FlaskClient, body: Any, secret: str | None = None) -> TestResponse:
+    """POST ``body`` (JSON, or bytes as they are) to the webhook endpoint, signed as Meta
+    signs it: with ``secret``, the demo sender's app secret unless told."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(
+        WEBHOOK_URL,
+        data=raw,
+        headers={"X-Hub-Signature-256": webhook_signature(raw, secret)},
+        content_type="application/json",
+    )
 
 
 class OwnContextClient(FlaskClient):

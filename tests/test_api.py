@@ -12,16 +12,6 @@ from campaigns.services.users import create_api_token, set_user_disabled
 
 
 @pytest.fixture
-def token_for(app, user_factory):
-    def make(role: Role) -> dict[str, str]:
-        user = user_factory(role)
-        _token, raw = create_api_token(user.id)
-        return {"Authorization": f"Bearer {raw}"}
-
-    return make
-
-
-@pytest.fixture
 def seeded(app):
     seed_demo()
 

@@ -11,7 +11,6 @@ from werkzeug.test import encode_multipart
 from app import db
 from campaigns.models import MessageTemplate, Role, Suppression
 from campaigns.services.demo import seed_demo
-from campaigns.services.users import create_api_token
 from campaigns.validation import unstorable_fields
 
 MIB = 1024 * 1024
@@ -33,12 +32,6 @@ class CountingStream(io.BytesIO):
         data = super().readline(size)
         self.bytes_read += len(data)
         return data
-
-
-@pytest.fixture
-def api_headers(app, user_factory) -> dict[str, str]:
-    _token, raw = create_api_token(user_factory(Role.SUPERVISOR).id)
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def test_an_oversize_webhook_is_refused_by_its_length_before_a_byte_is_read(client):
@@ -69,12 +62,12 @@ def test_a_webhook_without_a_length_is_cut_at_the_limit(client):
     assert body.bytes_read <= MIB + 64 * 1024  # the limit, and at most one read past it
 
 
-def test_an_oversize_api_call_is_a_413_envelope(client, api_headers):
+def test_an_oversize_api_call_is_a_413_envelope(client, token_for):
     response = client.post(
         "/api/v1/templates",
         data=b'{"name": "' + b"x" * (2 * MIB) + b'"}',
         content_type="application/json",
-        headers=api_headers,
+        headers=token_for(Role.SUPERVISOR),
     )
     assert response.status_code == 413
     assert response.json == {"error": {"code": "too_large", "message": "The request is too large."}}
@@ -235,10 +228,10 @@ def test_an_htmx_form_with_a_nul_gets_a_flash(client, login_as):
     ],
 )
 def test_the_api_refuses_unstorable_json_naming_the_field(
-    client, api_headers, path, document, fields
+    client, token_for, path, document, fields
 ):
     response = client.post(
-        path, data=document, content_type="application/json", headers=api_headers
+        path, data=document, content_type="application/json", headers=token_for(Role.SUPERVISOR)
     )
     assert response.status_code == 422
     assert response.json == {
@@ -258,12 +251,12 @@ def assert_counted(response) -> None:
     assert "X-RateLimit-Reset" in response.headers
 
 
-def test_deeply_nested_json_is_a_400_not_a_500(client, api_headers):
+def test_deeply_nested_json_is_a_400_not_a_500(client, token_for):
     response = client.post(
         "/api/v1/templates",
         data="[" * 100_000,
         content_type="application/json",
-        headers=api_headers,
+        headers=token_for(Role.SUPERVISOR),
     )
     assert response.status_code == 400
     assert response.json["error"]["fields"] == {"body": "Nest it less deeply."}
@@ -288,8 +281,8 @@ def test_a_nul_in_a_query_parameter_is_a_400_page(client, login_as, path):
 
 
 @pytest.mark.parametrize("path", ["/api/v1/campaigns", "/api/v1/suppressions", "/api/v1/templates"])
-def test_a_nul_in_an_api_query_parameter_is_a_400_envelope(client, api_headers, path):
-    response = client.get(path, query_string={"q": "\x00"}, headers=api_headers)
+def test_a_nul_in_an_api_query_parameter_is_a_400_envelope(client, token_for, path):
+    response = client.get(path, query_string={"q": "\x00"}, headers=token_for(Role.SUPERVISOR))
     assert response.status_code == 400
     assert response.json["error"]["fields"] == {"q": NUL_MESSAGE}
     assert_counted(response)

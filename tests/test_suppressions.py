@@ -18,7 +18,6 @@ from campaigns.services.suppressions import (
     remove_suppression,
     suppress,
 )
-from campaigns.services.users import create_api_token
 
 PHONE = "(11) 98765-4321"
 E164 = "+5511987654321"
@@ -27,16 +26,6 @@ E164 = "+5511987654321"
 @pytest.fixture
 def supervisor(login_as):
     return login_as(Role.SUPERVISOR)
-
-
-@pytest.fixture
-def token_for(app, user_factory):
-    def make(role: Role) -> dict[str, str]:
-        user = user_factory(role)
-        _token, raw = create_api_token(user.id)
-        return {"Authorization": f"Bearer {raw}"}
-
-    return make
 
 
 def numbers(count: int, start: int = 0) -> list[str]:

@@ -19,8 +19,8 @@ from campaigns.services.templates import default_sender
 from tests.helpers import (
     assert_counters_match_rows,
     jobs,
-    sign_webhook,
-    signed_webhook,
+    post_webhook,
+    reply_webhook,
     status_webhook,
     webhook_body,
 )
@@ -28,7 +28,6 @@ from tests.helpers import (
 URL = "/webhooks/whatsapp"
 OTHER_NUMBER_ID = "100000000000777"
 OTHER_SECRET = "the-other-senders-app-secret"
-OPT_OUT_PHONE = "+5511987650000"
 
 
 @pytest.fixture
@@ -66,11 +65,6 @@ def _status_now(message: Message) -> MessageStatus:
 
 def _suppressed() -> int:
     return db.session.scalar(sa.select(sa.func.count()).select_from(Suppression)) or 0
-
-
-def _reply(text: str, phone_number_id: str | None = None) -> dict:
-    message = {"from": OPT_OUT_PHONE.lstrip("+"), "type": "text", "text": {"body": text}}
-    return webhook_body("messages", {"messages": [message]}, phone_number_id)
 
 
 # The handshake
@@ -127,7 +121,7 @@ def test_the_handshake_refuses_a_wrong_token_or_mode(app, client, campaign, toke
     "header", ["sha256=" + "é" * 64, "sha256=ünïcödé", "é", "sha256=" + "0" * 64, "md5=abc", ""]
 )
 def test_a_bad_signature_of_any_characters_is_refused_and_changes_nothing(client, sent, header):
-    raw, _ = signed_webhook(status_webhook(f"wamid.{sent.id}", "read", sent.id))
+    raw = json.dumps(status_webhook(f"wamid.{sent.id}", "read", sent.id)).encode()
     response = client.post(
         URL, data=raw, headers={"X-Hub-Signature-256": header, "Content-Type": "application/json"}
     )
@@ -177,11 +171,6 @@ BROKEN_STATUSES = {
 }
 
 
-def _post_signed(client, body: object):
-    raw, headers = signed_webhook(body)
-    return client.post(URL, data=raw, headers=headers)
-
-
 def _assert_skipped_and_nothing_changed(response, campaign, sent, caplog) -> None:
     assert response.status_code == 200
     assert response.json["ok"] is True and response.json["skipped"] >= 1
@@ -199,7 +188,7 @@ def _assert_skipped_and_nothing_changed(response, campaign, sent, caplog) -> Non
 def test_a_signed_body_of_the_wrong_shape_is_acknowledged_and_changes_nothing(
     client, campaign, sent, caplog, case
 ):
-    response = _post_signed(client, SHAPES[case])
+    response = post_webhook(client, SHAPES[case])
     _assert_skipped_and_nothing_changed(response, campaign, sent, caplog)
 
 
@@ -214,7 +203,7 @@ def test_a_status_of_the_wrong_shape_is_acknowledged_and_changes_nothing(
             del status[key]
         else:
             status[key] = value
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     _assert_skipped_and_nothing_changed(response, campaign, sent, caplog)
 
 
@@ -223,8 +212,7 @@ def test_a_status_of_the_wrong_shape_is_acknowledged_and_changes_nothing(
     [b"not json", b"\xff\xfe\x00", b'{"entry": [', b"[" * 20_000, b"", json.dumps("x").encode()],
 )
 def test_a_signed_body_that_is_not_a_json_object_is_acknowledged(client, sent, caplog, raw):
-    headers = sign_webhook(raw, default_sender().app_secret or "")
-    response = client.post(URL, data=raw, headers=headers)
+    response = post_webhook(client, raw)
     assert response.status_code == 200 and response.json["skipped"] == 1
     assert _status_now(sent) is MessageStatus.SENT
     assert "body is not a JSON object" in caplog.text
@@ -247,7 +235,7 @@ def test_a_signed_body_that_is_not_a_json_object_is_acknowledged(client, sent, c
     ],
 )
 def test_statuses_replies_and_preferences_of_the_wrong_type_are_skipped(client, sent, part):
-    response = _post_signed(client, webhook_body("messages", part))
+    response = post_webhook(client, webhook_body("messages", part))
     assert response.status_code == 200 and response.json["skipped"] >= 1
     assert response.json["opt_outs"] == 0
     assert _status_now(sent) is MessageStatus.SENT
@@ -260,14 +248,14 @@ def test_statuses_replies_and_preferences_of_the_wrong_type_are_skipped(client, 
 )
 def test_an_unknown_wamid_with_a_strange_callback_is_an_unknown_message(client, sent, callback):
     body = status_webhook("wamid.nobody", "read", sent.id, biz_opaque_callback_data=callback)
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     assert response.status_code == 200 and response.json["unknown"] == 1
     assert _status_now(sent) is MessageStatus.SENT
 
 
 def test_an_unknown_phone_number_id_is_skipped(client, sent, caplog):
     body = status_webhook(f"wamid.{sent.id}", "read", sent.id, phone_number_id="999999")
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     assert response.status_code == 200 and response.json["skipped"] == 1
     assert _status_now(sent) is MessageStatus.SENT
     assert "phone number id 999999, which no sender has" in caplog.text
@@ -281,7 +269,7 @@ def test_a_change_without_a_usable_phone_number_id_is_skipped(client, sent, numb
     body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
     value = body["entry"][0]["changes"][0]["value"]
     value["metadata"] = {"phone_number_id": number_id} if number_id is not None else "x"
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     assert response.status_code == 200 and response.json["skipped"] == 1
     assert _status_now(sent) is MessageStatus.SENT
 
@@ -290,7 +278,7 @@ def test_texts_postgresql_refuses_are_cleaned_not_refused(client, campaign, sent
     # NUL bytes dropped; a lone surrogate (JSON escapes it, UTF-8 cannot hold it) replaced.
     error = {"code": 131026, "message": "no\u0000pe\ud800"}
     body = status_webhook(f"wamid.{sent.id}", "failed", sent.id, errors=[error])
-    assert _post_signed(client, body).json["applied"] == 1
+    assert post_webhook(client, body).json["applied"] == 1
     db.session.expire_all()
     message = db.session.get(Message, sent.id)
     assert (message.status, message.error_code, message.error_text) == (
@@ -298,12 +286,12 @@ def test_texts_postgresql_refuses_are_cleaned_not_refused(client, campaign, sent
         "131026",
         "nope?",
     )
-    response = _post_signed(client, _reply("SAIR\u0000"))
+    response = post_webhook(client, reply_webhook("SAIR\u0000"))
     assert response.status_code == 200
     preference = {"wa_id": "5511987650001", "category": "marketing_messages", "value": "stop"}
     preference["detail"] = "stop\u0000 it\udc00"
     body = webhook_body("user_preferences", {"user_preferences": [preference]})
-    assert _post_signed(client, body).json["opt_outs"] == 1
+    assert post_webhook(client, body).json["opt_outs"] == 1
     reason = db.session.scalar(
         sa.select(Suppression.reason).where(Suppression.phone == "+5511987650001")
     )
@@ -315,7 +303,7 @@ def test_the_usable_parts_of_a_body_are_applied_and_the_rest_skipped(client, cam
     statuses = body["entry"][0]["changes"][0]["value"]["statuses"]
     statuses.insert(0, {"id": ["broken"], "status": "failed"})
     body["entry"].insert(0, "not an entry")
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     assert response.status_code == 200
     assert (response.json["applied"], response.json["skipped"]) == (1, 2)
     assert _status_now(sent) is MessageStatus.READ
@@ -325,7 +313,7 @@ def test_the_usable_parts_of_a_body_are_applied_and_the_rest_skipped(client, cam
 def test_fields_disparo_does_not_handle_are_ignored_quietly(client, sent, caplog):
     change = {"field": "message_template_status_update", "value": {"event": "APPROVED"}}
     body = {"entry": [{"id": "1", "changes": [change]}]}
-    response = _post_signed(client, body)
+    response = post_webhook(client, body)
     assert response.status_code == 200 and response.json["skipped"] == 0
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
@@ -337,14 +325,14 @@ def test_another_senders_secret_cannot_change_this_senders_messages(
     client, campaign, sent, other_sender, caplog
 ):
     # The demo sender's number, signed with the other sender's secret.
-    raw, headers = signed_webhook(status_webhook(f"wamid.{sent.id}", "read", sent.id), OTHER_SECRET)
-    response = client.post(URL, data=raw, headers=headers)
+    response = post_webhook(
+        client, status_webhook(f"wamid.{sent.id}", "read", sent.id), OTHER_SECRET
+    )
     assert response.status_code == 200 and response.json["skipped"] == 1
     assert _status_now(sent) is MessageStatus.SENT
     assert "is not signed with its app secret" in caplog.text
     # Its own opt-out replies too: the suppression list is everyone's.
-    raw, headers = signed_webhook(_reply("SAIR"), OTHER_SECRET)
-    assert client.post(URL, data=raw, headers=headers).json["opt_outs"] == 0
+    assert post_webhook(client, reply_webhook("SAIR"), OTHER_SECRET).json["opt_outs"] == 0
     assert _suppressed() == 0
     assert_counters_match_rows(campaign.id)
 
@@ -352,8 +340,7 @@ def test_another_senders_secret_cannot_change_this_senders_messages(
 def test_a_sender_cannot_reach_another_senders_message_by_its_wamid(client, sent, other_sender):
     # Its own number and secret, about the demo sender's message.
     body = status_webhook(f"wamid.{sent.id}", "read", sent.id, phone_number_id=OTHER_NUMBER_ID)
-    raw, headers = signed_webhook(body, OTHER_SECRET)
-    response = client.post(URL, data=raw, headers=headers)
+    response = post_webhook(client, body, OTHER_SECRET)
     assert response.status_code == 200
     assert (response.json["applied"], response.json["skipped"]) == (0, 1)
     assert _status_now(sent) is MessageStatus.SENT
@@ -374,7 +361,7 @@ def test_a_status_that_beats_the_sends_record_finds_its_message_by_callback(
     client, sending_message
 ):
     body = status_webhook("wamid.early", "delivered", sending_message.id)
-    assert _post_signed(client, body).json["applied"] == 1
+    assert post_webhook(client, body).json["applied"] == 1
     db.session.expire_all()
     message = db.session.get(Message, sending_message.id)
     assert (message.status, message.provider_message_id) == (
@@ -390,8 +377,7 @@ def test_a_sender_cannot_reach_another_senders_message_by_callback(
     body = status_webhook(
         "wamid.new", "delivered", sending_message.id, phone_number_id=OTHER_NUMBER_ID
     )
-    raw, headers = signed_webhook(body, OTHER_SECRET)
-    response = client.post(URL, data=raw, headers=headers)
+    response = post_webhook(client, body, OTHER_SECRET)
     assert response.status_code == 200
     assert (response.json["applied"], response.json["skipped"]) == (0, 1)
     db.session.expire_all()
@@ -400,17 +386,15 @@ def test_a_sender_cannot_reach_another_senders_message_by_callback(
 
 
 def test_a_senders_own_opt_out_replies_apply(client, sent, other_sender):
-    raw, headers = signed_webhook(_reply("SAIR", OTHER_NUMBER_ID), OTHER_SECRET)
-    assert client.post(URL, data=raw, headers=headers).json["opt_outs"] == 1
+    reply = reply_webhook("SAIR", phone_number_id=OTHER_NUMBER_ID)
+    assert post_webhook(client, reply, OTHER_SECRET).json["opt_outs"] == 1
     assert _suppressed() == 1
 
 
 def test_the_global_secret_covers_every_sender(app, client, campaign, sent, other_sender):
     app.config["WHATSAPP_APP_SECRET"] = "global-secret"
-    raw, headers = signed_webhook(
-        status_webhook(f"wamid.{sent.id}", "read", sent.id), "global-secret"
-    )
-    assert client.post(URL, data=raw, headers=headers).json["applied"] == 1
+    body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
+    assert post_webhook(client, body, "global-secret").json["applied"] == 1
     assert _status_now(sent) is MessageStatus.READ
     assert_counters_match_rows(campaign.id)
 
@@ -419,8 +403,8 @@ def test_each_change_is_checked_against_its_own_sender(client, campaign, sent, o
     # One body, two changes: the demo sender's (signed by its secret) and the other
     # sender's (not): the first applies, the second is skipped.
     body = status_webhook(f"wamid.{sent.id}", "read", sent.id)
-    body["entry"].append(_reply("SAIR", OTHER_NUMBER_ID)["entry"][0])
-    response = _post_signed(client, body)
+    body["entry"].append(reply_webhook("SAIR", phone_number_id=OTHER_NUMBER_ID)["entry"][0])
+    response = post_webhook(client, body)
     assert (response.status_code, response.json["applied"], response.json["skipped"]) == (
         200,
         1,

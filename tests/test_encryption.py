@@ -113,16 +113,16 @@ def test_a_secret_no_key_opens_costs_only_its_sender_and_turns_the_health_check_
     app, client, use_keys
 ):
     from campaigns import webhooks
-    from tests.helpers import sign_webhook
+    from tests.helpers import webhook_signature
 
     use_keys(OLD_KEY)
     make_sender(app_secret="lost-secret")
     use_keys(NEW_KEY)  # replaced, not rotated
     kept = make_sender("Loja 2", app_secret="kept-secret")
     raw = b'{"object": "whatsapp_business_account", "entry": []}'
-    header = sign_webhook(raw, "kept-secret")["X-Hub-Signature-256"]
+    header = webhook_signature(raw, "kept-secret")
     assert webhooks.signers(raw, header, None).sender_ids == {kept.id}
-    assert not webhooks.signers(raw, sign_webhook(raw, "lost-secret")["X-Hub-Signature-256"], None)
+    assert not webhooks.signers(raw, webhook_signature(raw, "lost-secret"), None)
     health = client.get("/healthz")
     assert health.status_code == 503
     assert health.json["undecryptable_secrets"] == 1

@@ -222,6 +222,8 @@ class Settings:
     phone_default_region: str
     max_request_bytes: int
     max_upload_bytes: int
+    data_retention_days: int
+    phone_hash_key: bytes
 
     def flask_config(self) -> dict[str, Any]:
         return {
@@ -273,6 +275,8 @@ class Settings:
             "MAX_FORM_MEMORY_SIZE": self.max_request_bytes,
             "MAX_REQUEST_BYTES": self.max_request_bytes,
             "MAX_UPLOAD_BYTES": self.max_upload_bytes,
+            "DATA_RETENTION_DAYS": self.data_retention_days,
+            "PHONE_HASH_KEY": self.phone_hash_key,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
             "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
@@ -375,6 +379,26 @@ def _notification_webhook_secret(secret_key: str) -> str:
     return raw
 
 
+MIN_PHONE_HASH_KEY_LENGTH = 32
+
+
+def _phone_hash_key(secret_key: str) -> bytes:
+    """The key of the opt-outs kept as a hash after an erasure (services/suppressions.py).
+
+    Unset, it is derived from SECRET_KEY. Changing it (or SECRET_KEY, when derived)
+    loses the match: numbers kept only as a hash are no longer recognised.
+    """
+    raw = os.environ.get("PHONE_HASH_KEY", "").strip()
+    if not raw:
+        return _derived_key(secret_key, "phone hash")
+    if len(raw) < MIN_PHONE_HASH_KEY_LENGTH:
+        raise ConfigError(
+            f"PHONE_HASH_KEY must be at least {MIN_PHONE_HASH_KEY_LENGTH} random characters; "
+            'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return raw.encode()
+
+
 def load_settings() -> Settings:
     """Read every setting once, raising :class:`ConfigError` on the first bad one."""
     env = environment()
@@ -450,6 +474,9 @@ def load_settings() -> Settings:
         max_upload_bytes=_int_setting(
             "MAX_UPLOAD_BYTES", max(10 * MIB, max_request), minimum=max_request
         ),
+        # Days after a campaign ends before its recipients' personal data is erased.
+        data_retention_days=_int_setting("DATA_RETENTION_DAYS", 180, maximum=36_500),
+        phone_hash_key=_phone_hash_key(secret_key),
     )
 
 

@@ -45,8 +45,8 @@ def upgrade():
 
 def downgrade():
     op.execute("DELETE FROM suppressions WHERE phone IS NULL")
-    op.drop_constraint("suppressions_phone_or_hash_check", "suppressions", type_="check")
-    op.drop_constraint("suppressions_phone_hash_key", "suppressions", type_="unique")
+    op.drop_constraint(op.f("suppressions_phone_or_hash_check"), "suppressions", type_="check")
+    op.drop_constraint(op.f("suppressions_phone_hash_key"), "suppressions", type_="unique")
     op.drop_column("suppressions", "phone_hash")
     op.alter_column("suppressions", "phone", existing_type=sa.String(20), nullable=False)
     op.execute(

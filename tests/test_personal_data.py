@@ -7,12 +7,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from flask_migrate import downgrade, upgrade
 
 from app import db
-from campaigns import campaign_states, counters, fanout, message_states
+from campaigns import campaign_states, config, counters, fanout, message_states
 from campaigns.clock import database_now
+from campaigns.config import ConfigError
 from campaigns.models import (
     Campaign,
     CampaignActivity,
@@ -21,10 +24,11 @@ from campaigns.models import (
     MessageStatus,
     Role,
     Suppression,
+    User,
 )
 from campaigns.services import ServiceError, personal_data
 from campaigns.services.suppressions import is_suppressed, phone_hash, suppress_quietly
-from tests.helpers import assert_counters_match_rows, demo_campaign
+from tests.helpers import assert_counters_match_rows, demo_campaign, make_app
 
 S = MessageStatus
 ANA = "+5511987650001"
@@ -340,3 +344,62 @@ def test_the_erasure_page_puts_a_bad_number_at_its_field(client, login_as, raw):
         response = client.post(url, data={"phone": raw})
         assert response.status_code == 422
         assert b'class="field-error" id="phone-error"' in response.data
+
+
+# -- settings
+
+
+def test_the_retention_and_hash_key_settings(monkeypatch, tmp_path):
+    monkeypatch.setattr(config, "load_env_file", lambda: None)
+    monkeypatch.setattr(config, "INSTANCE_PATH", tmp_path)
+    monkeypatch.setenv("DISPARO_ENV", "development")
+    monkeypatch.setenv("SECRET_KEY", "s" * 40)
+    for name in ("DATA_RETENTION_DAYS", "PHONE_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    default = config.load_settings()
+    assert default.data_retention_days == 180
+    assert default.phone_hash_key == config.load_settings().phone_hash_key  # stable
+    monkeypatch.setenv("SECRET_KEY", "t" * 40)
+    assert config.load_settings().phone_hash_key != default.phone_hash_key
+    monkeypatch.setenv("PHONE_HASH_KEY", "k" * 32)
+    monkeypatch.setenv("DATA_RETENTION_DAYS", "30")
+    chosen = config.load_settings()
+    assert (chosen.phone_hash_key, chosen.data_retention_days) == (b"k" * 32, 30)
+    for name, value in (("PHONE_HASH_KEY", "short"), ("DATA_RETENTION_DAYS", "0")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            config.load_settings()
+        monkeypatch.setenv(name, {"PHONE_HASH_KEY": "k" * 32, "DATA_RETENTION_DAYS": "30"}[name])
+
+
+# -- the migration
+
+
+def test_0012_downgrade_keeps_erased_rows_valid_and_drops_hash_only_opt_outs(empty_database_url):
+    app = make_app(empty_database_url)
+    with app.app_context():
+        upgrade(revision="0012")
+        owner = User(email="owner@example.com", password_hash="x")
+        db.session.add(owner)
+        db.session.commit()
+        campaign_id = demo_campaign(owner.id).id
+        db.session.remove()
+        with psycopg.connect(empty_database_url) as conn:
+            conn.execute(
+                "INSERT INTO suppressions (phone, phone_hash, reason, source) VALUES"
+                " (NULL, repeat('a', 64), '', 'manual'), ('+5511987650001', NULL, 'x', 'manual')"
+            )
+            conn.execute(
+                "INSERT INTO messages (id, campaign_id, phone, customer_ref, status) VALUES"
+                "  (7, %(c)s, NULL, NULL, 'sent'), (8, %(c)s, NULL, NULL, 'sent')",
+                {"c": campaign_id},
+            )
+        downgrade(revision="0010")
+        with psycopg.connect(empty_database_url) as conn:
+            assert conn.execute("SELECT phone FROM suppressions").fetchall() == [
+                ("+5511987650001",)
+            ]
+            assert conn.execute(
+                "SELECT phone, customer_ref FROM messages ORDER BY id"
+            ).fetchall() == [("erased-7", "erased-7"), ("erased-8", "erased-8")]
+        upgrade()

@@ -402,4 +402,5 @@ def test_0012_downgrade_keeps_erased_rows_valid_and_drops_hash_only_opt_outs(emp
             assert conn.execute(
                 "SELECT phone, customer_ref FROM messages ORDER BY id"
             ).fetchall() == [("erased-7", "erased-7"), ("erased-8", "erased-8")]
-        upgrade()
+        db.session.remove()
+        db.engine.dispose()  # the scratch database is dropped after the test

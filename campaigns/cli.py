@@ -1,4 +1,5 @@
-"""``flask`` commands: user management, the demo data and the rotation of stored secrets."""
+"""``flask`` commands: user management, the demo data, the rotation of stored secrets and
+the erasure of a person's data."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from app import db
 from campaigns import encryption
 from campaigns.config import INSTANCE_PATH
 from campaigns.models import Role
-from campaigns.services import ServiceError, demo
+from campaigns.services import ServiceError, demo, personal_data
 from campaigns.services.users import create_api_token, create_user
 
 users_cli = AppGroup("users", help="Manage users.")
 secrets_cli = AppGroup("secrets", help="Manage the secrets stored encrypted.")
+data_cli = AppGroup("data", help="Personal data (LGPD).")
 DEMO_CREDENTIALS = INSTANCE_PATH / "demo-admin.txt"
 
 
@@ -79,7 +81,44 @@ def secrets_rotate() -> None:
     click.echo(f"Re-encrypted {count} stored secrets with the first key.")
 
 
+def _describe(report: personal_data.ErasureReport) -> str:
+    if report.nothing_stored:
+        return f"Nothing is stored for the number ending {report.phone_tail}."
+    opt_out = "yes, kept as a one-way hash" if report.opt_out or report.opt_out_hashed else "no"
+    return "\n".join(
+        [
+            f"Number ending {report.phone_tail} (hash {report.fingerprint}…):",
+            f"  messages: {report.messages} in {report.campaigns} campaigns"
+            f" ({report.waiting} not sent yet, to be cancelled; {report.in_call} in a call now)",
+            f"  opt-out: {opt_out}",
+            f"  test sends in campaign activity: {report.activity}",
+        ]
+    )
+
+
+@data_cli.command("erase")
+@click.argument("phone")
+@click.option("--yes", is_flag=True, help="Erase without asking.")
+def data_erase(phone: str, yes: bool) -> None:
+    """Erase a person's number and data from every store; an opt-out stays, as a hash."""
+    try:
+        preview = personal_data.preview_erasure(phone)
+    except ServiceError as error:
+        raise click.BadParameter(error.message, param_hint="PHONE") from None
+    click.echo(_describe(preview))
+    if preview.nothing_stored:
+        return
+    if not yes:
+        click.confirm("Erase it?", abort=True)
+    report = personal_data.erase_person(phone, None)
+    click.echo(
+        f"Erased: {report.messages} messages ({report.waiting} cancelled), "
+        f"{report.activity} activity entries; an opt-out stays, as a hash only."
+    )
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(data_cli)
     app.cli.add_command(seed_demo)

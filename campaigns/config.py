@@ -224,6 +224,8 @@ class Settings:
     max_request_bytes: int
     max_upload_bytes: int
     audit_retention_days: int
+    data_retention_days: int
+    phone_hash_key: bytes
 
     def flask_config(self) -> dict[str, Any]:
         return {
@@ -276,6 +278,8 @@ class Settings:
             "MAX_REQUEST_BYTES": self.max_request_bytes,
             "MAX_UPLOAD_BYTES": self.max_upload_bytes,
             "AUDIT_RETENTION_DAYS": self.audit_retention_days,
+            "DATA_RETENTION_DAYS": self.data_retention_days,
+            "PHONE_HASH_KEY": self.phone_hash_key,
             # werkzeug's default; the test suite sets a cheap one (scrypt costs ~85 ms a hash).
             "PASSWORD_HASH_METHOD": "scrypt",
             # The CSRF token lives as long as the session, so a page left open
@@ -378,6 +382,26 @@ def _notification_webhook_secret(secret_key: str) -> str:
     return raw
 
 
+MIN_PHONE_HASH_KEY_LENGTH = 32
+
+
+def _phone_hash_key(secret_key: str) -> bytes:
+    """The key of the opt-outs kept as a hash after an erasure (services/suppressions.py).
+
+    Unset, it is derived from SECRET_KEY. Changing it (or SECRET_KEY, when derived)
+    loses the match: numbers kept only as a hash are no longer recognised.
+    """
+    raw = os.environ.get("PHONE_HASH_KEY", "").strip()
+    if not raw:
+        return _derived_key(secret_key, "phone hash")
+    if len(raw) < MIN_PHONE_HASH_KEY_LENGTH:
+        raise ConfigError(
+            f"PHONE_HASH_KEY must be at least {MIN_PHONE_HASH_KEY_LENGTH} random characters; "
+            'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return raw.encode()
+
+
 def load_settings() -> Settings:
     """Read every setting once, raising :class:`ConfigError` on the first bad one."""
     env = environment()
@@ -459,6 +483,9 @@ def load_settings() -> Settings:
         audit_retention_days=_int_setting(
             "AUDIT_RETENTION_DAYS", 730, maximum=MAX_AUDIT_RETENTION_DAYS
         ),
+        # Days after a campaign ends before its recipients' personal data is erased.
+        data_retention_days=_int_setting("DATA_RETENTION_DAYS", 180, maximum=36_500),
+        phone_hash_key=_phone_hash_key(secret_key),
     )
 
 

@@ -46,8 +46,9 @@ NEXT: dict[MessageStatus | None, frozenset[MessageStatus]] = {
     S.RETRYING: frozenset({S.SENDING, S.PENDING, S.CANCELLED, S.FAILED}),
     S.SENDING: frozenset(
         # sent, or further along when a status webhook beats the send's own record;
-        # back to waiting on a transient error or a lease run out; pending on a pause code
-        {S.SENT, S.DELIVERED, S.READ, S.FAILED, S.QUEUED, S.RETRYING, S.PENDING}
+        # back to waiting on a transient error or a lease run out; pending on a pause code;
+        # cancelled when claimed again after its recipient's data was erased mid-call
+        {S.SENT, S.DELIVERED, S.READ, S.FAILED, S.QUEUED, S.RETRYING, S.PENDING, S.CANCELLED}
     ),
     S.SENT: frozenset({S.DELIVERED, S.READ, S.FAILED}),
     S.DELIVERED: frozenset({S.READ, S.FAILED}),
@@ -67,6 +68,8 @@ WEBHOOK_STAMP = {S.SENT: "sent_at", S.DELIVERED: "delivered_at", S.READ: "read_a
 # Counted cumulatively: a read message counts as delivered and sent too.
 LEVELS = {"sent": 1, "delivered": 2, "read": 3}
 MAX_ERROR_TEXT = 2000
+# The code of a message cancelled because its recipient's personal data was erased.
+ERASED_CODE = "erased"
 
 
 def _check(sources: Iterable[MessageStatus | None], to: MessageStatus) -> None:
@@ -296,16 +299,22 @@ def claim(
     """
     if not ids:
         return []
-    rows = session.execute(
-        CLAIM, {"ids": list(ids), "campaign_id": campaign_id, "source": source.value}
-    ).all()
-    claimed = [
+    rows = sorted(
+        session.execute(
+            CLAIM, {"ids": list(ids), "campaign_id": campaign_id, "source": source.value}
+        ),
+        key=lambda row: row.id,
+    )
+    counters.apply(session, campaign_id, counter_deltas(source, S.SENDING, len(rows)))
+    statelog.moved_each([row.id for row in rows], campaign_id, source, S.SENDING)
+    # A number erased while its call was in flight (services/personal_data.py) came
+    # back to wait: it is never called again.
+    cancel_erased(session, [row.id for row in rows if row.phone is None], [S.SENDING])
+    return [
         Claimed(row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for)
-        for row in sorted(rows, key=lambda row: row.id)
+        for row in rows
+        if row.phone is not None
     ]
-    counters.apply(session, campaign_id, counter_deltas(source, S.SENDING, len(claimed)))
-    statelog.moved_each([c.id for c in claimed], campaign_id, source, S.SENDING)
-    return claimed
 
 
 def record_sent(session: AnySession, campaign_id: int, sent: Sequence[tuple[int, str]]) -> None:
@@ -387,6 +396,27 @@ def requeue(
     codes = {i: code for i, code, _ in errors}
     for message_id in moved:
         statelog.moved(message_id, campaign_id, S.SENDING, to, code=codes[message_id])
+    return moved
+
+
+def cancel_erased(
+    session: AnySession, message_ids: Sequence[int], sources: Sequence[MessageStatus]
+) -> int:
+    """Cancel these messages, if in one of ``sources``, because their recipient's personal
+    data is erased: code ``erased``, never called again. How many moved.
+
+    One statement each: an erasure concerns one person's few rows.
+    """
+    moved = 0
+    for message_id in message_ids:
+        if transition(session, message_id, sources, S.CANCELLED, code=ERASED_CODE) is None:
+            continue
+        session.execute(
+            sa.update(Message)
+            .where(Message.id == message_id)
+            .values(error_code=ERASED_CODE, error_text=None)
+        )
+        moved += 1
     return moved
 
 
@@ -472,6 +502,7 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             Message.campaign_id == campaign_id,
             Message.status == S.FAILED,
             which,
+            Message.phone.is_not(None),  # its recipient's data was erased
             ~sa.exists().where(Suppression.phone == Message.phone),
         )
         .values(

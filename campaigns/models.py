@@ -301,6 +301,8 @@ class Campaign(Model):
     audience_loaded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # The pump staggers message jobs from here, so successive batches keep the pace.
     pace_cursor_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the retention task erased its recipients' personal data (DATA_RETENTION_DAYS).
+    data_erased_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
@@ -353,8 +355,11 @@ class Message(Model):
 
     id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
-    phone: Mapped[str] = mapped_column(sa.String(32))  # E.164, or the raw value when skipped
-    customer_ref: Mapped[str] = mapped_column(sa.String(64))
+    # E.164, or the raw value when skipped. The phone, customer ref, customer data,
+    # variables and error text are personal data: NULL (and {}) once erased
+    # (services/personal_data.py); the status, codes, times and counts stay.
+    phone: Mapped[str | None] = mapped_column(sa.String(32))
+    customer_ref: Mapped[str | None] = mapped_column(sa.String(64))
     customer_data: Mapped[dict[str, Any]] = mapped_column(
         JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
     )
@@ -484,12 +489,21 @@ class CampaignActivity(Model):
 
 
 class Suppression(Model):
-    """A phone number that opted out: skipped at send time."""
+    """A phone number that opted out: skipped at send time.
+
+    Once the person's data was erased, the number is kept only as a one-way hash
+    (``phone_hash``, see ``services/suppressions.phone_hash``): still skipped, no
+    longer readable.
+    """
 
     __tablename__ = "suppressions"
+    __table_args__ = (
+        sa.CheckConstraint("phone IS NOT NULL OR phone_hash IS NOT NULL", name="phone_or_hash"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    phone: Mapped[str] = mapped_column(sa.String(20), unique=True)  # E.164
+    phone: Mapped[str | None] = mapped_column(sa.String(20), unique=True)  # E.164
+    phone_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     reason: Mapped[str] = mapped_column(sa.String(200))
     source: Mapped[str] = mapped_column(sa.String(40))  # manual, import, opt_out_reply, provider
     created_by_id: Mapped[int | None] = mapped_column(

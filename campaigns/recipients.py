@@ -37,6 +37,9 @@ RECIPIENT_CSV_COLUMNS = (
 )
 
 
+# The phone cell of a recipient whose personal data was erased.
+ERASED_MARK = "erased"
+
 CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
 
 
@@ -130,7 +133,8 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[sa.Row]:
         sa.select(
             Message.customer_ref,
             _recipient_name(),
-            Message.phone,
+            # Its personal data erased (retention, or the person's request): said so.
+            sa.func.coalesce(Message.phone, sa.literal(ERASED_MARK)),
             Message.status,
             Message.error_code,
             Message.error_text,

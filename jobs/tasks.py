@@ -42,7 +42,7 @@ from campaigns.queues import (
     TEMPLATE_SYNC_TASK,
     job_message_ids,
 )
-from campaigns.services import ServiceError
+from campaigns.services import ServiceError, personal_data
 from campaigns.services.templates import pending_template_ids, sync_template_status
 from jobs import app
 from jobs.context import flask_app
@@ -220,6 +220,18 @@ def reconcile(timestamp: int) -> None:
         attempts,
         events,
     )
+
+
+@app.periodic(cron="43 * * * *", periodic_id="erase-expired-personal-data")
+@app.task(
+    name="maintenance.erase_expired_personal_data",
+    queue=MAINTENANCE_QUEUE,
+    queueing_lock="maintenance.erase_expired_personal_data",
+)
+def erase_expired_personal_data(timestamp: int) -> None:
+    """Erase recipients' personal data DATA_RETENTION_DAYS after their campaign ended,
+    in batches (a backlog is worked off over several hourly runs)."""
+    personal_data.erase_expired(current_app.config["DATA_RETENTION_DAYS"])
 
 
 @app.periodic(cron="*/2 * * * *", periodic_id="stalled")

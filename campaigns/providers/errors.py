@@ -125,6 +125,7 @@ EXPLANATIONS: dict[str, str] = {
     "suppressed": N_("The number is on the opt-out list."),
     "duplicate": N_("Another customer of this campaign has the same number."),
     "missing_value": N_("A template variable had no value for this customer."),
+    "erased": N_("Not sent: the person's data was erased on their request."),
     JOB_FAILED_CODE: N_(
         "Disparo's sending job failed on an unexpected error; the message may be retried."
     ),

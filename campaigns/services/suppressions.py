@@ -10,6 +10,8 @@ reason and source.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import logging
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -89,13 +91,17 @@ def suppress(
     return suppression, new_id is not None
 
 
-def suppress_quietly(session: AnySession, phone: str, reason: str, source: str) -> bool:
+def suppress_quietly(session: AnySession, phone: str | None, reason: str, source: str) -> bool:
     """Put an E.164 number on the list in the caller's transaction; whether it is new there.
 
     For the engine and the webhooks: what WhatsApp or the customer said is recorded
-    as it came (the reason cut to the column's width), never refused.
+    as it came (the reason cut to the column's width), never refused. A message
+    whose number was erased (None) has nothing to list; a number listed as a hash
+    is already there, and is not stored again in the clear.
     """
     _check_source(source)
+    if phone is None or _listed_as_hash(session, phone):
+        return False
     insert = pg_insert(Suppression).values(
         phone=phone, reason=reason[:MAX_REASON_LENGTH], source=source
     )
@@ -109,7 +115,10 @@ def lift_provider_suppression(session: AnySession, phone: str) -> bool:
     """
     removed = rows_changed(
         session,
-        sa.delete(Suppression).where(Suppression.phone == phone, Suppression.source == "provider"),
+        sa.delete(Suppression).where(
+            sa.or_(Suppression.phone == phone, Suppression.phone_hash == phone_hash(phone)),
+            Suppression.source == "provider",
+        ),
     )
     return bool(removed)
 
@@ -140,13 +149,56 @@ def remove_suppression(suppression_id: int) -> None:
 
 
 def is_suppressed(phones: Collection[str]) -> set[str]:
-    """Which of these E.164 numbers are on the suppression list (one query)."""
+    """Which of these E.164 numbers are on the suppression list, in the clear or as a hash
+    (one query)."""
     if not phones:
         return set()
+    hashes = {phone_hash(phone): phone for phone in phones}
     # One array parameter, not IN (…): a batch of any size stays one short statement.
     wanted = sa.bindparam("phones", list(phones), type_=ARRAY(sa.String))
-    return set(
-        db.session.scalars(sa.select(Suppression.phone).where(Suppression.phone == sa.any_(wanted)))
+    hashed = sa.bindparam("hashes", list(hashes), type_=ARRAY(sa.String))
+    rows = db.session.execute(
+        sa.select(Suppression.phone, Suppression.phone_hash).where(
+            sa.or_(Suppression.phone == sa.any_(wanted), Suppression.phone_hash == sa.any_(hashed))
+        )
+    )
+    return {row.phone if row.phone is not None else hashes[row.phone_hash] for row in rows}
+
+
+def phone_hash(phone: str) -> str:
+    """The one-way form an erased opt-out keeps: HMAC-SHA256 of the E.164 number, in hex.
+
+    Keyed (PHONE_HASH_KEY, or derived from SECRET_KEY), so the list cannot be
+    reversed by hashing every possible number without the key; changing the key
+    loses the match for every number kept this way.
+    """
+    key = current_app.config["PHONE_HASH_KEY"]
+    return hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()
+
+
+def _listed_as_hash(session: AnySession, phone: str) -> bool:
+    query = sa.select(Suppression.id).where(Suppression.phone_hash == phone_hash(phone))
+    return session.execute(query).first() is not None
+
+
+def keep_only_as_hash(session: AnySession, phone: str) -> bool:
+    """The number's opt-out, if any, stays on the list as a hash only (caller commits).
+
+    The reason goes too (it may quote the person's reply); the source and date stay.
+    Whether the number was listed (in the clear or as a hash already).
+    """
+    digest = phone_hash(phone)
+    if _listed_as_hash(session, phone):
+        # Listed twice (added again by hand after an erasure): the hashed row is enough.
+        session.execute(sa.delete(Suppression).where(Suppression.phone == phone))
+        return True
+    return bool(
+        rows_changed(
+            session,
+            sa.update(Suppression)
+            .where(Suppression.phone == phone)
+            .values(phone=None, phone_hash=digest, reason=""),
+        )
     )
 
 

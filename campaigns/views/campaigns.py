@@ -474,7 +474,8 @@ def campaign_errors(campaign_id: int) -> str:
         "campaigns/_errors.html",
         campaign=campaign,
         breakdown=recipients.error_breakdown(campaign_id),
-        can_retry=campaign.status in RETRY_FAILED_STATUSES,
+        # Erased messages have no number to send to again.
+        can_retry=campaign.status in RETRY_FAILED_STATUSES and campaign.data_erased_at is None,
     )
 
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, make_response, render_template, request, url_for
+from collections.abc import Mapping
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -12,7 +23,7 @@ from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to, replace_page
 from campaigns.i18n import _
 from campaigns.models import Role, User
-from campaigns.services import NotFound, ServiceError
+from campaigns.services import NotFound, ServiceError, personal_data
 from campaigns.services.users import (
     create_api_token,
     create_user,
@@ -168,3 +179,51 @@ def my_token_revoke(token_id: int) -> Response:
     except NotFound:
         abort(404)
     return redirect_to(url_for("users.my_tokens"))
+
+
+def _personal_data_page(
+    form: Mapping[str, str] | None = None,
+    errors: Mapping[str, str] | None = None,
+    report: personal_data.ErasureReport | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    page = render_template(
+        "users/personal_data.html",
+        form=form or {},
+        errors=errors or {},
+        report=report,
+        retention_days=current_app.config["DATA_RETENTION_DAYS"],
+    )
+    return page, status
+
+
+@bp.get("/users/personal-data")
+@requires(Role.ADMIN)
+def personal_data_index() -> tuple[str, int]:
+    """Erase one person's data: enter the number, see what is stored, confirm."""
+    return _personal_data_page()
+
+
+@bp.post("/users/personal-data/preview")
+@requires(Role.ADMIN)
+@validates_fields  # the phone's own check refuses a NUL at the field
+def personal_data_preview() -> tuple[str, int]:
+    """What erasing the number would remove, store by store (a POST: no number in a URL)."""
+    try:
+        report = personal_data.preview_erasure(request.form.get("phone", ""))
+    except ServiceError as error:
+        return _personal_data_page(request.form, error.errors, status=422)
+    return _personal_data_page(request.form, report=report)
+
+
+@bp.post("/users/personal-data/erase")
+@requires(Role.ADMIN)
+@validates_fields
+def personal_data_erase():
+    """Erase it (the button asks first); the result is shown in this response only."""
+    try:
+        report = personal_data.erase_person(request.form.get("phone", ""), current_user)
+    except ServiceError as error:
+        return _personal_data_page(request.form, error.errors, status=422)
+    page, _status = _personal_data_page(report=report)
+    return replace_page(make_response(page))

@@ -870,3 +870,23 @@ def test_the_mock_process_idles_with_mocks_off(start_mock_process):
     assert not mock.answering()
     mock.process.terminate()
     assert mock.process.wait(timeout=30) == 0
+
+
+FETCH_MAINTENANCE_JOB = "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['maintenance'], NULL)"
+
+
+def _fetch_maintenance_job() -> int | None:
+    """What an ops worker's free slot takes next (procrastinate's own fetch)."""
+    job_id = db.session.execute(db.text(FETCH_MAINTENANCE_JOB)).scalar()
+    db.session.commit()
+    return job_id
+
+
+def test_one_poster_runs_at_a_time(app, real_queue):
+    # A run in progress frees the queueing lock, so the mock server defers the next one
+    # a second later; that one waits for the first to end instead of taking another of
+    # the ops worker's slots (ten slow runs at once starved the pump: bench/soak.py).
+    mock_tasks.defer_post_webhooks(0)
+    assert _fetch_maintenance_job() is not None  # the first run starts
+    mock_tasks.defer_post_webhooks(0)
+    assert _fetch_maintenance_job() is None  # the second waits

@@ -507,6 +507,47 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
+def report(out: Path, span_seconds: float) -> str:
+    """A Markdown table of a soak's seconds (``<out>/seconds.jsonl``), ``span_seconds`` a row.
+
+    Works on a soak still running or cut short: the file grows a line a second. The
+    longest quiet run here is in whole ticks of /stats (no accepted call); the exact
+    longest gap, from the mock's log, is in the summary at the end.
+    """
+    seconds = [json.loads(line) for line in (out / "seconds.jsonl").read_text().splitlines()]
+    if not seconds:
+        return "no seconds recorded yet"
+    start = seconds[0]["t"]
+    spans: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for second in seconds:
+        spans[int((second["t"] - start) // span_seconds)].append(second)
+    header = (
+        "| minutes | accepted | msg/s | longest quiet (s) | load1 mean / max | max todo / doing"
+        " | max connections (run db / server) | RSS MB at the end (messages, ops, web, mock) |"
+    )
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for index, span in sorted(spans.items()):
+        accepted = sum(s["accepted"] or 0 for s in span)
+        quiet = longest = 0.0
+        for before, second in itertools.pairwise(span):
+            quiet = 0.0 if second["accepted"] else quiet + second["t"] - before["t"]
+            longest = max(longest, quiet)
+        loads = [s["load"][0] for s in span]
+        rss = span[-1]["rss_mb"]
+        minutes = f"{index * span_seconds / 60:g}-{(index + 1) * span_seconds / 60:g}"
+        roles = ("messages", "ops", "web", "mock")
+        rows.append(
+            f"| {minutes} | {accepted:,} | {accepted / (span[-1]['t'] - span[0]['t'] + 1):.1f}"
+            f" | {longest:.1f} | {sum(loads) / len(loads):.1f} / {max(loads):.1f}"
+            f" | {max(s['todo'] for s in span)} / {max(s['doing'] for s in span)}"
+            f" | {max(s['db_connections'] for s in span)}"
+            f" / {max(s['server_connections'] for s in span)}"
+            f" | {', '.join(str(rss.get(role, '-')) for role in roles)}"
+            " |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3600.0, help="how long to send")
@@ -528,10 +569,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--out", type=Path, help="evidence directory (default: a new one in /tmp)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs on success too")
+    parser.add_argument(
+        "--report", type=Path, metavar="OUT", help="print OUT's seconds as a table, then exit"
+    )
+    parser.add_argument("--report-minutes", type=float, default=10.0, help="a row per this")
     parser.add_argument("--serve-mock", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_mock:
         return serve_mock(args.serve_mock, args.jitter_ms)
+    if args.report:
+        print(report(args.report, args.report_minutes * 60))
+        return 0
     # What engine.Stack reads from its arguments.
     args.fanout_recipients = args.campaign_recipients
     out = args.out or Path(f"/tmp/disparo-soak-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -872,6 +872,22 @@ def test_the_mock_process_idles_with_mocks_off(start_mock_process):
     assert mock.process.wait(timeout=30) == 0
 
 
+def test_no_transaction_stays_open_while_webhooks_are_posted(mock_app, send, receiver, monkeypatch):
+    send()
+    _point_webhooks_at(mock_app, receiver)
+    _make_all_due()
+    post = mock_whatsapp._post
+    open_during_posts = []
+
+    def watched(*args):
+        open_during_posts.append(db.session().in_transaction())
+        return post(*args)
+
+    monkeypatch.setattr(mock_whatsapp, "_post", watched)
+    assert mock_whatsapp.post_due_webhooks().posted >= 2
+    assert open_during_posts and not any(open_during_posts)
+
+
 FETCH_MAINTENANCE_JOB = "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['maintenance'], NULL)"
 
 

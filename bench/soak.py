@@ -38,6 +38,7 @@ failure or with ``--keep-logs``).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import itertools
 import json
@@ -65,6 +66,11 @@ SETTLE_SECONDS = 15.0  # a call's row is in the log by then (latency, group comm
 LOG_PROBLEM = re.compile(rb"Traceback|\bERROR\b|\bCRITICAL\b")
 EXCERPT_LINES = 40  # per log, kept in the evidence directory
 STALL_SNAPSHOTS = 30  # per stall at most
+# A gap after a minute that used this share of the sender's limit is the limit binding
+# (the limiter holding messages until its 60-s window frees room), not a stall. Not 1:
+# the call that ends the gap waited for room for its whole batch (1 s of the pace, 1/60
+# of the limit), and the window counts one 1-s bucket more than its length (1/60).
+LIMIT_BOUND_SHARE = 0.95
 
 ACTIVITY = """
 SELECT pid, application_name, state, wait_event_type, wait_event,
@@ -130,6 +136,33 @@ def serve_mock(port: int, jitter_ms: float) -> int:
 
     whatsapp_server.MockWhatsApp = JitteredMock  # type: ignore[misc]
     return whatsapp_server.main(["--port", str(port)])
+
+
+def classify_gaps(arrivals: list[float], threshold: float, per_minute: int) -> dict[str, Any]:
+    """The gaps between accepted calls (arrival times) longer than ``threshold``: each
+    with the calls accepted in the 60 s before it ended, split into stalls and gaps the
+    sender's limit explains (that minute used ``LIMIT_BOUND_SHARE`` of it or more)."""
+    times = sorted(arrivals)
+    longest, longest_at = 0.0, None
+    stalls, limit_bound = [], []
+    for i, (a, b) in enumerate(itertools.pairwise(times), start=1):
+        if b - a > longest:
+            longest, longest_at = b - a, a
+        if b - a > threshold:
+            in_minute = i - bisect.bisect_left(times, b - 60.0)
+            gap = {
+                "from": time.strftime("%H:%M:%S", time.localtime(a)),
+                "seconds": round(b - a, 2),
+                "accepted_in_the_minute_before": in_minute,
+            }
+            bound = in_minute >= LIMIT_BOUND_SHARE * per_minute
+            (limit_bound if bound else stalls).append(gap)
+    return {
+        "longest_gap_s": round(longest, 3),
+        "longest_gap_at": longest_at and time.strftime("%H:%M:%S", time.localtime(longest_at)),
+        "stalls": stalls,
+        "limit_bound_gaps": limit_bound,
+    }
 
 
 @dataclass
@@ -344,17 +377,6 @@ class Soak:
             unknown += 0 if known else count
         return codes, unknown
 
-    def gaps(self, upto: float) -> tuple[float, float | None, int]:
-        """(longest gap between accepted calls' arrivals up to ``upto``, where it began,
-        gaps over the threshold)."""
-        times = sorted(t for t in self.figures.arrivals if t <= upto)
-        longest, at, over = 0.0, None, 0
-        for a, b in itertools.pairwise(times):
-            if b - a > longest:
-                longest, at = b - a, a
-            over += b - a > self.args.stall_seconds
-        return longest, at, over
-
     def progress(self, started: float) -> dict[str, Any]:
         self.scan_logs()
         now = time.time()
@@ -362,15 +384,17 @@ class Soak:
         recent = [t for t in figures.arrivals if now - PROGRESS_SECONDS - SETTLE_SECONDS <= t]
         recent = sorted(t for t in recent if t <= now - SETTLE_SECONDS)
         minute_gap = max((b - a for a, b in itertools.pairwise(recent)), default=None)
-        longest, _at, over = self.gaps(now - SETTLE_SECONDS)
+        settled = [t for t in figures.arrivals if t <= now - SETTLE_SECONDS]
+        gaps = classify_gaps(settled, self.args.stall_seconds, self.args.per_minute)
         codes, unknown = self.failures()
         line = {
             "elapsed_s": round(now - started),
             "accepted": len(figures.arrivals),
             "per_s_last_minute": round(len(recent) / PROGRESS_SECONDS, 1),
             "longest_gap_last_minute_s": minute_gap and round(minute_gap, 2),
-            "longest_gap_s": round(longest, 2),
-            "gaps_over_threshold": over,
+            "longest_gap_s": gaps["longest_gap_s"],
+            "stalls": len(gaps["stalls"]),
+            "limit_bound_gaps": len(gaps["limit_bound_gaps"]),
             "live_stalls": len(figures.stalls) + (self.stall is not None),
             "duplicates": len(figures.duplicates),
             "failed_unknown": unknown,
@@ -423,7 +447,7 @@ class Soak:
         figures = self.figures
         first = min(figures.arrivals, default=started_wall)
         last = max(figures.arrivals, default=started_wall)
-        longest, at, over = self.gaps(last)
+        gaps = classify_gaps(figures.arrivals, self.args.stall_seconds, self.args.per_minute)
         codes, unknown = self.failures()
         per_minute = Counter(int((t - first) // 60) for t in figures.arrivals)
         rates = [per_minute[m] / 60 for m in range(int((last - first) // 60))]
@@ -440,9 +464,7 @@ class Soak:
             "mean_per_s": round(len(figures.arrivals) / (last - first), 1) if last > first else 0,
             "min_minute_per_s": round(min(rates), 1) if rates else None,
             "max_minute_per_s": round(max(rates), 1) if rates else None,
-            "longest_gap_s": round(longest, 3),
-            "longest_gap_at": at and time.strftime("%H:%M:%S", time.localtime(at)),
-            "gaps_over_threshold": over,
+            **gaps,
             "live_stalls": [
                 {k: v for k, v in s.items() if k != "snapshots"} for s in figures.stalls
             ],
@@ -467,8 +489,11 @@ def verdict(result: dict[str, Any], stall_seconds: float) -> list[str]:
         problems.append(f"{result['duplicates']} duplicates")
     if result["failed_unknown"]:
         problems.append(f"{result['failed_unknown']} failures of unknown code")
-    if result["longest_gap_s"] > stall_seconds:
-        problems.append(f"a stall of {result['longest_gap_s']} s")
+    if result["stalls"]:
+        longest = max(gap["seconds"] for gap in result["stalls"])
+        problems.append(
+            f"{len(result['stalls'])} stalls over {stall_seconds} s, the longest {longest} s"
+        )
     if result["log_problems"]:
         problems.append(f"{result['log_problems']} error lines in the logs")
     if result["exited"]:
@@ -484,7 +509,10 @@ def table(result: dict[str, Any]) -> str:
             f"{result['mean_per_s']} ({result['min_minute_per_s']}, {result['max_minute_per_s']})",
         ),
         ("longest gap", f"{result['longest_gap_s']} s at {result['longest_gap_at']}"),
-        ("gaps over threshold", str(result["gaps_over_threshold"])),
+        (
+            "gaps over threshold: stalls / the limit binding",
+            f"{len(result['stalls'])} / {len(result['limit_bound_gaps'])}",
+        ),
         ("duplicates", str(result["duplicates"])),
         ("failed (unknown code)", f"{sum(result['failed'].values())} ({result['failed_unknown']})"),
         ("log error lines / exited", f"{result['log_problems']} / {len(result['exited'])}"),
@@ -572,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", type=Path, metavar="OUT", help="print OUT's seconds as a table, then exit"
     )
+    parser.add_argument(
+        "--gaps-from",
+        type=Path,
+        metavar="CSV",
+        help="classify the gaps of a mock log dump (arrival epoch seconds first), then exit",
+    )
     parser.add_argument("--report-minutes", type=float, default=10.0, help="a row per this")
     parser.add_argument("--serve-mock", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -579,6 +613,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve_mock(args.serve_mock, args.jitter_ms)
     if args.report:
         print(report(args.report, args.report_minutes * 60))
+        return 0
+    if args.gaps_from:
+        with args.gaps_from.open() as dump:
+            arrivals = [float(row.split(",", 1)[0]) for row in dump if row.strip()]
+        print(json.dumps(classify_gaps(arrivals, args.stall_seconds, args.per_minute), indent=1))
         return 0
     # What engine.Stack reads from its arguments.
     args.fanout_recipients = args.campaign_recipients

@@ -94,6 +94,11 @@ FAILED = """
 SELECT right(phone, 4), coalesce(error_code, '-'), left(coalesce(error_text, ''), 80), count(*)
   FROM messages WHERE status = 'failed' GROUP BY 1, 2, 3 ORDER BY 4 DESC
 """
+# What the sender's limit has granted in its window now (read-only, takes no lock).
+SENDER_USED = """
+SELECT used FROM disparo_rate_limit_usage(
+    'whatsapp:' || (SELECT sender_id FROM campaigns ORDER BY id LIMIT 1), %(limit)s, 60000, 0)
+"""
 SERVER_CONNECTIONS = """
 SELECT count(*), (SELECT setting::int FROM pg_settings WHERE name = 'max_connections')
   FROM pg_stat_activity WHERE backend_type = 'client backend'
@@ -287,6 +292,7 @@ class Soak:
         self.minute_arrivals += arrived
         sample = self.monitor.sample()
         (server_connections, max_connections) = self.conn.execute(SERVER_CONNECTIONS).fetchone()
+        (sender_used,) = self.conn.execute(SENDER_USED, {"limit": self.args.per_minute}).fetchone()
         rss = self.rss()
         for role, mb in rss.items():
             figures.rss_first.setdefault(role, mb)
@@ -317,6 +323,7 @@ class Soak:
             "load": load,
             "rss_mb": rss,
             "campaign": self.current and self.current["id"],
+            "sender_used": sender_used,  # of --per-minute, in the limiter's window now
         }
         self.seconds_file.write(json.dumps(record) + "\n")
         self.watch_stall(now, record)

@@ -66,10 +66,11 @@ SETTLE_SECONDS = 15.0  # a call's row is in the log by then (latency, group comm
 LOG_PROBLEM = re.compile(rb"Traceback|\bERROR\b|\bCRITICAL\b")
 EXCERPT_LINES = 40  # per log, kept in the evidence directory
 STALL_SNAPSHOTS = 30  # per stall at most
-# A gap after a minute that used this share of the sender's limit is the limit binding
-# (the limiter holding messages until its 60-s window frees room), not a stall. Not 1:
-# the call that ends the gap waited for room for its whole batch (1 s of the pace, 1/60
-# of the limit), and the window counts one 1-s bucket more than its length (1/60).
+# A gap that began when the calls of the last LIMIT_WINDOW_SECONDS had reached this
+# share of the sender's limit is the limit binding (the limiter holding batches until its
+# window frees room), not a stall. The limiter's window is 60 s and counts one 1-s bucket
+# more (61 s); arrival times at the mock jitter by the latency's spread, hence 0.95.
+LIMIT_WINDOW_SECONDS = 61.0
 LIMIT_BOUND_SHARE = 0.95
 
 ACTIVITY = """
@@ -145,22 +146,22 @@ def serve_mock(port: int, jitter_ms: float) -> int:
 
 def classify_gaps(arrivals: list[float], threshold: float, per_minute: int) -> dict[str, Any]:
     """The gaps between accepted calls (arrival times) longer than ``threshold``: each
-    with the calls accepted in the 60 s before it ended, split into stalls and gaps the
-    sender's limit explains (that minute used ``LIMIT_BOUND_SHARE`` of it or more)."""
+    with the calls accepted in the limiter's window before it began, split into stalls
+    and gaps the sender's limit explains (``LIMIT_BOUND_SHARE`` of it or more)."""
     times = sorted(arrivals)
     longest, longest_at = 0.0, None
     stalls, limit_bound = [], []
-    for i, (a, b) in enumerate(itertools.pairwise(times), start=1):
+    for i, (a, b) in enumerate(itertools.pairwise(times)):
         if b - a > longest:
             longest, longest_at = b - a, a
         if b - a > threshold:
-            in_minute = i - bisect.bisect_left(times, b - 60.0)
+            in_window = i + 1 - bisect.bisect_right(times, a - LIMIT_WINDOW_SECONDS)
             gap = {
                 "from": time.strftime("%H:%M:%S", time.localtime(a)),
                 "seconds": round(b - a, 2),
-                "accepted_in_the_minute_before": in_minute,
+                "accepted_in_the_window_before": in_window,
             }
-            bound = in_minute >= LIMIT_BOUND_SHARE * per_minute
+            bound = in_window >= LIMIT_BOUND_SHARE * per_minute
             (limit_bound if bound else stalls).append(gap)
     return {
         "longest_gap_s": round(longest, 3),

@@ -29,6 +29,11 @@ COME_BACK_WITHIN_SECONDS = 60.0
     queue=MAINTENANCE_QUEUE,
     # One waiting run at most: it posts whatever is due when it starts.
     queueing_lock=POST_WEBHOOKS_LOCK,
+    # And one running at most. The queueing lock frees as a run starts, and the mock
+    # server defers a run every second while it accepts calls, so runs slower than that
+    # (webhooks to a busy web) piled up until they held all ten of the ops worker's
+    # slots and starved the pump on the same worker: sending stopped (bench/soak.py).
+    lock=POST_WEBHOOKS_LOCK,
 )
 def post_webhooks(timestamp: int | None = None) -> None:
     """Post the mock's due status webhooks, then come back when the next one is due."""

@@ -718,6 +718,7 @@ def _post_batch(url: str, config: Mapping[str, Any]) -> tuple[int, int, int]:
         return 0, 0, 0
     claimed = sorted(claimed, key=lambda row: row.id)  # a message's sent before its delivered
     keys = _secrets_for(sorted({_phone_number_id(row.payload) for row in claimed}))
+    db.session.commit()  # nor the read of the secrets: a snapshot held over HTTP holds vacuum
     fallback = config.get("WHATSAPP_APP_SECRET")
     posted: list[int] = []
     failed: list[int] = []

@@ -870,3 +870,39 @@ def test_the_mock_process_idles_with_mocks_off(start_mock_process):
     assert not mock.answering()
     mock.process.terminate()
     assert mock.process.wait(timeout=30) == 0
+
+
+def test_no_transaction_stays_open_while_webhooks_are_posted(mock_app, send, receiver, monkeypatch):
+    send()
+    _point_webhooks_at(mock_app, receiver)
+    _make_all_due()
+    post = mock_whatsapp._post
+    open_during_posts = []
+
+    def watched(*args):
+        open_during_posts.append(db.session().in_transaction())
+        return post(*args)
+
+    monkeypatch.setattr(mock_whatsapp, "_post", watched)
+    assert mock_whatsapp.post_due_webhooks().posted >= 2
+    assert open_during_posts and not any(open_during_posts)
+
+
+FETCH_MAINTENANCE_JOB = "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['maintenance'], NULL)"
+
+
+def _fetch_maintenance_job() -> int | None:
+    """What an ops worker's free slot takes next (procrastinate's own fetch)."""
+    job_id = db.session.execute(db.text(FETCH_MAINTENANCE_JOB)).scalar()
+    db.session.commit()
+    return job_id
+
+
+def test_one_poster_runs_at_a_time(app, real_queue):
+    # A run in progress frees the queueing lock, so the mock server defers the next one
+    # a second later; that one waits for the first to end instead of taking another of
+    # the ops worker's slots (ten slow runs at once starved the pump: bench/soak.py).
+    mock_tasks.defer_post_webhooks(0)
+    assert _fetch_maintenance_job() is not None  # the first run starts
+    mock_tasks.defer_post_webhooks(0)
+    assert _fetch_maintenance_job() is None  # the second waits

@@ -352,11 +352,25 @@ def send_limits(sender: Sender, owner: User) -> list[Limit]:
     return [whatsapp_limit(sender), campaign_limit(owner)]
 
 
+def counted_seconds(limit: Limit) -> float:
+    """The span over which the limiter counts a window's grants: the window plus one of its
+    buckets (a sixtieth of it; ``disparo_rate_limit_bucket_ms``, migration 0003), since a
+    bucket counts whole while any part of it overlaps the window. A steady rate of
+    ``limit`` per this span is what the limiter grants without ever holding one back."""
+    return (limit.window_ms + max(1, limit.window_ms // 60)) / 1000
+
+
 def pace_seconds(sender: Sender, owner: User) -> float:
     """Seconds between two messages of a campaign, so that :func:`send_limits` always grants:
-    the slowest of the sender's rate, the sender's minimum gap and the owner's rate."""
+    the slowest of the sender's rate, the sender's minimum gap and the owner's rate.
+
+    Paced at the bare limit (60 s / limit), the pump ran a sixtieth faster than the
+    limiter grants; the messages it held back piled up and went out together when a
+    bucket freed: bursts of several seconds' worth in one second (bench/README.md, the
+    soak), which a provider counting per second would throttle.
+    """
+    limits = send_limits(sender, owner)
     return max(
-        MINUTE / sender.rate_limit_per_minute,
+        *(counted_seconds(limit) / limit.limit for limit in limits),
         sender.min_interval_ms / 1000.0,
-        MINUTE / owner.campaign_rate_limit_per_minute,
     )

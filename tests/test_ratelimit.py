@@ -511,3 +511,18 @@ def test_consume_each_decides_every_key_on_its_own(app: Flask):
     assert ratelimit.consume_each(db.session, []) == []
     with pytest.raises(ValueError):
         ratelimit.consume_each(db.session, [fresh, fresh])
+
+
+def test_the_pace_is_what_the_limiter_grants_over_the_span_it_counts(app: Flask, user_factory):
+    from campaigns.models import Provider, Sender
+
+    user = user_factory()
+    user.campaign_rate_limit_per_minute = 100_000
+    sender = Sender(name="fast", provider=Provider.MOCK, rate_limit_per_minute=4800)
+    sender.min_interval_ms = 0
+    # A 60-s window is counted over 61 s (its 1-s buckets count whole): pacing at
+    # 60 s / 4,800 would outrun the limiter by a sixtieth and pile messages up.
+    assert ratelimit.counted_seconds(ratelimit.whatsapp_limit(sender)) == 61.0
+    assert ratelimit.pace_seconds(sender, user) == pytest.approx(61.0 / 4800)
+    sender.min_interval_ms = 1000  # a gap longer than that pace binds instead
+    assert ratelimit.pace_seconds(sender, user) == 1.0

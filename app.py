@@ -17,7 +17,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSession
 from flask_wtf import CSRFProtect
-from sqlalchemy import CursorResult, Executable, MetaData
+from sqlalchemy import CursorResult, Executable, MetaData, delete, func, select
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 
 
@@ -51,6 +51,25 @@ def rows_changed(session: AnySession, statement: Executable) -> int:
     # Such a statement returns a CursorResult, which counts the rows; Session.execute
     # is typed to return a plain Result.
     return cast("CursorResult[Any]", session.execute(statement)).rowcount
+
+
+# Maintenance deletes at most this many rows of a kind a run (every 2 minutes), so a
+# backlog (the first run after an upgrade, an attack) is cleared over several short
+# transactions rather than one long one.
+DELETE_BATCH = 10_000
+
+
+def delete_oldest(
+    session: AnySession,
+    model: Any,
+    at: Any,
+    older_than: Any,
+    batch: int = DELETE_BATCH,
+) -> int:
+    """Delete up to ``batch`` rows of ``model`` whose ``at`` column is before ``now() -
+    older_than``, oldest first; how many. The caller commits."""
+    oldest = select(model.id).where(at < func.now() - older_than).order_by(at).limit(batch)
+    return rows_changed(session, delete(model).where(model.id.in_(oldest)))
 
 
 migrate = Migrate()

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from flask import g, has_request_context, request
 from flask_login import current_user
 
-from app import AnySession, db, rows_changed
+from app import DELETE_BATCH, AnySession, db, delete_oldest
 from campaigns import security
 from campaigns.models import AuditEvent, User
 from campaigns.queries import containing
@@ -67,8 +67,6 @@ ACTIONS = (
 SECRET_WORDS = ("password", "secret", "token")
 SYSTEM = "system"
 EVENTS_PER_PAGE = 50
-# Maintenance deletes at most this many a run (every 2 minutes), as for sign-in attempts.
-DELETE_BATCH = 10_000
 
 
 def mask_phone(phone: str | None) -> str | None:
@@ -191,10 +189,4 @@ def events_page(
 def delete_old_events(session: AnySession, days: int, batch: int = DELETE_BATCH) -> int:
     """Delete up to ``batch`` of the events older than ``days`` (maintenance); the caller
     commits."""
-    oldest = (
-        sa.select(AuditEvent.id)
-        .where(AuditEvent.at < sa.func.now() - timedelta(days=days))
-        .order_by(AuditEvent.at)
-        .limit(batch)
-    )
-    return rows_changed(session, sa.delete(AuditEvent).where(AuditEvent.id.in_(oldest)))
+    return delete_oldest(session, AuditEvent, AuditEvent.at, timedelta(days=days), batch)

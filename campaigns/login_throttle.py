@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from app import AnySession, rows_changed
+from app import DELETE_BATCH, AnySession, delete_oldest
 from campaigns.models import LoginAttempt
 
 BASE_DELAY_SECONDS = 1.0
@@ -116,18 +116,7 @@ def record(session: AnySession, email: str, address: str, succeeded: bool, at: d
     session.add(LoginAttempt(email=email, ip_address=address, succeeded=succeeded, attempted_at=at))
 
 
-# Maintenance deletes at most this many a run (every 2 minutes), so a backlog (the first
-# run after an upgrade, an attack) is cleared over several short transactions.
-DELETE_BATCH = 10_000
-
-
 def delete_old_attempts(session: AnySession, batch: int = DELETE_BATCH) -> int:
     """Delete up to ``batch`` of the attempts older than 30 days (maintenance); the caller
     commits."""
-    oldest = (
-        sa.select(LoginAttempt.id)
-        .where(LoginAttempt.attempted_at < sa.func.now() - KEEP)
-        .order_by(LoginAttempt.attempted_at)
-        .limit(batch)
-    )
-    return rows_changed(session, sa.delete(LoginAttempt).where(LoginAttempt.id.in_(oldest)))
+    return delete_oldest(session, LoginAttempt, LoginAttempt.attempted_at, KEEP, batch)

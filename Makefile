@@ -15,7 +15,7 @@ MOCK_WHATSAPP_URL ?= http://127.0.0.1:$(MOCK_WHATSAPP_PORT)/v23.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export APP_BASE_URL
 
-.PHONY: run test install env db stop-db lint clean
+.PHONY: run test install env db stop-db lint clean messages
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# After changing UI text: extract every marked string into translations/messages.pot,
+# merge it into each language's .po (translate what is new or fuzzy there), and compile
+# the .mo files Flask-Babel reads. Commit all three; tests/test_i18n.py fails while a
+# msgid has no translation or a .mo is older than its .po.
+messages: install
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k N_ --no-location --sort-output \
+		--project Disparo --copyright-holder "Disparo contributors" -o translations/messages.pot .
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching --ignore-obsolete
+	$(BIN)/pybabel compile -d translations --statistics
 
 clean: stop-db
 	rm -rf $(VENV) instance .env

@@ -220,6 +220,7 @@ class Settings:
     mock_whatsapp_webhook_delay_ms: int
     mock_whatsapp_url: str | None
     display_timezone: str
+    default_locale: str
     phone_default_region: str
     max_request_bytes: int
     max_upload_bytes: int
@@ -269,6 +270,7 @@ class Settings:
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
             "MOCK_WHATSAPP_URL": self.mock_whatsapp_url,
             "DISPLAY_TIMEZONE": self.display_timezone,
+            "DEFAULT_LOCALE": self.default_locale,
             "PHONE_DEFAULT_REGION": self.phone_default_region,
             # A body over the limit is a 413 before it is read (campaigns/edge.py):
             # MAX_UPLOAD_BYTES for a view that takes a file, else MAX_REQUEST_BYTES,
@@ -471,6 +473,7 @@ def load_settings() -> Settings:
         ),
         mock_whatsapp_url=_http_url("MOCK_WHATSAPP_URL"),
         display_timezone=_timezone("DISPLAY_TIMEZONE", "America/Sao_Paulo"),
+        default_locale=_locale("DEFAULT_LOCALE", "pt_BR"),
         phone_default_region=_phone_region("PHONE_DEFAULT_REGION", phones.DEFAULT_REGION),
         max_request_bytes=max_request,
         # At least the request's limit: an upload is a request too.
@@ -514,6 +517,16 @@ def _timezone(name: str, default: str) -> str:
         raise ConfigError(
             f"{name} must be an IANA time zone such as America/Sao_Paulo, not {value!r}"
         ) from None
+    return value
+
+
+def _locale(name: str, default: str) -> str:
+    """The interface's fallback language: one the catalogues hold (campaigns/i18n.py)."""
+    raw = os.environ.get(name, "").strip()
+    value = raw.replace("-", "_") or default
+    known = ("en", "pt_BR")  # i18n.LOCALES; config imports nothing of Flask-Babel
+    if value not in known:
+        raise ConfigError(f"{name} must be one of {', '.join(known)}, not {raw!r}")
     return value
 
 

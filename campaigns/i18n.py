@@ -1,26 +1,236 @@
-"""Translatable strings. English only for now; Brazilian Portuguese comes later.
+"""The reader's language, time zone and local formats (Flask-Babel).
 
-Python code marks UI text with ``_()`` and templates with ``{% trans %}`` / ``_()``
-(Jinja's i18n extension), so Babel can extract every string when the catalogues
-arrive; until then the null translations return the English text.
+English is the source language; ``translations/pt_BR`` holds Brazilian Portuguese.
+Python code marks UI text with ``_()`` (translated now, in the request's locale) or,
+where text is defined at import time, with ``_l()`` (a lazy string, translated each
+time it is shown); ``N_()`` only marks text that is translated later with ``_()``.
+Templates use ``_()`` and ``ngettext()`` (Jinja's i18n extension, new style).
+
+The locale is the signed-in user's own setting, else the browser's
+``Accept-Language``, else ``DEFAULT_LOCALE``. The JSON API stays English: only
+its human messages follow ``Accept-Language`` (its codes never change). Times are
+shown in the user's time zone (``DISPLAY_TIMEZONE`` until they choose one).
+
+Outside a request (jobs, the CLI) the locale is ``DEFAULT_LOCALE``; code that
+writes for a particular person wraps itself in :func:`for_user`.
 """
 
 from __future__ import annotations
 
-import gettext
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from flask import Flask
+import flask_babel
+from babel.dates import get_timezone_name
+from babel.numbers import NumberFormatError, parse_decimal
+from flask import Flask, current_app, has_request_context, request
+from flask_babel import Babel, force_locale, get_locale, get_timezone
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext as ngettext
+from flask_login import current_user
 
-_ = gettext.gettext
-ngettext = gettext.ngettext
+__all__ = [
+    "LOCALES",
+    "N_",
+    "_",
+    "_l",
+    "for_user",
+    "force_locale",
+    "get_locale",
+    "html_lang",
+    "ngettext",
+    "parse_amount",
+]
+
+# The interface's languages, as Babel names them (the first is the source language).
+LOCALES = ("en", "pt_BR")
+LOCALE_NAMES = {"en": "English", "pt_BR": "Português (Brasil)"}
+API_PREFIX = "/api/"
+# The catalogues: messages.pot extracted from the code (babel.cfg), one .po per
+# language, compiled to the .mo that Flask-Babel reads (make messages).
+TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
 
 
 def N_(text: str) -> str:
-    """Mark text for translation without translating it now (Babel's default ``N_``):
-    for module-level strings, translated with ``_()`` where they are shown."""
+    """Mark text for extraction without translating it now (Babel's ``N_``): the code
+    translates it with ``_()`` where it is shown."""
     return text
 
 
+def _browser_locale() -> str | None:
+    """The best of LOCALES for the request's Accept-Language, by full tag and then by
+    language alone (a pt-PT browser reads pt_BR better than English)."""
+    tags = [locale.replace("_", "-") for locale in LOCALES]
+    best = request.accept_languages.best_match(tags)
+    if best is None:
+        languages = {tag.split("-")[0]: tag for tag in reversed(tags)}
+        for value, _quality in request.accept_languages:
+            best = languages.get(value.replace("_", "-").split("-")[0].lower())
+            if best:
+                break
+    return best.replace("-", "_") if best else None
+
+
+def select_locale() -> str:
+    default = str(current_app.config["DEFAULT_LOCALE"])
+    if not has_request_context():
+        return default
+    if not request.path.startswith(API_PREFIX):
+        user_locale = getattr(current_user, "locale", None) if current_user else None
+        if user_locale in LOCALES:
+            return str(user_locale)
+        return _browser_locale() or default
+    # The API's messages follow the client's Accept-Language, else English.
+    return (_browser_locale() or "en") if "Accept-Language" in request.headers else "en"
+
+
+def select_timezone() -> str:
+    if has_request_context() and current_user and getattr(current_user, "timezone", None):
+        return str(current_user.timezone)
+    return str(current_app.config["DISPLAY_TIMEZONE"])
+
+
+@contextmanager
+def for_user(user: Any) -> Iterator[None]:
+    """Translate and format for ``user`` (their own locale, else DEFAULT_LOCALE) inside the
+    block: what a job writes to one person, such as a notification's outgoing text."""
+    locale = getattr(user, "locale", None) or current_app.config["DEFAULT_LOCALE"]
+    with force_locale(locale):
+        yield
+
+
+def current_zone() -> ZoneInfo:
+    """The reader's time zone as a ZoneInfo (Flask-Babel's is pytz, whose zones must not
+    be attached with ``replace(tzinfo=…)``: that gives the zone's 1914 offset)."""
+    return ZoneInfo(str(get_timezone()))
+
+
+def html_lang() -> str:
+    """The page's ``<html lang>``: BCP 47 (``pt-BR``, ``en``)."""
+    return str(get_locale() or "en").replace("_", "-")
+
+
+def valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def timezone_label(name: str | None = None) -> str:
+    """The zone times are shown in, as the reader says it: "Horário de Brasília"."""
+    zone = ZoneInfo(name) if name else current_zone()
+    return str(get_timezone_name(zone, locale=get_locale()))
+
+
+def parse_amount(raw: str) -> Decimal:
+    """An amount as a person types it, in either convention: ``1.234,56``, ``1234,56``,
+    ``1,234.56``, ``1234.56``, with or without ``R$``. Raises ValueError when it is not one.
+
+    The decimal separator is the last of ``,`` and ``.`` when followed by one or two
+    digits; the other is a grouping separator, checked by Babel in groups of three.
+    """
+    text = raw.strip().replace("R$", "").replace("\u00a0", "").replace(" ", "")
+    if not text:
+        raise ValueError("empty")
+    last = max(text.rfind(","), text.rfind("."))
+    decimal_comma = last != -1 and text[last] == "," and len(text) - last - 1 in (1, 2)
+    decimal_point = last != -1 and text[last] == "." and len(text) - last - 1 in (1, 2)
+    if text.count(",") + text.count(".") == 1 and not (decimal_comma or decimal_point):
+        decimal_comma = decimal_point = False  # "1.234" or "1,234": a thousands separator
+    locale = "pt_BR" if decimal_comma or (not decimal_point and "." in text) else "en"
+    try:
+        value = parse_decimal(text, locale=locale, strict=True)
+    except (NumberFormatError, InvalidOperation) as error:
+        raise ValueError(str(error)) from error
+    if not value.is_finite():
+        raise ValueError("not finite")
+    return value
+
+
+def format_number(value: float | int | Decimal | None, digits: int | None = None) -> str:
+    """1.000.000 (pt_BR) or 1,000,000 (en); ``digits`` fixes the decimals."""
+    if value is None:
+        return "—"
+    pattern = None if digits is None else "#,##0" + ("." + "0" * digits if digits else "")
+    return str(flask_babel.format_decimal(value, format=pattern))
+
+
+def format_percent(value: float | None, digits: int = 1) -> str:
+    """A percentage already times 100 (98.5): "98,5 %" (pt_BR) or "98.5 %" (en)."""
+    if value is None:
+        return "—"
+    return format_number(value, digits) + "\u00a0%"
+
+
+def format_money(value: float | Decimal | None, currency: str = "BRL") -> str:
+    """R$ 1.234,56 (pt_BR) or R$1,234.56 (en)."""
+    if value is None:
+        return "—"
+    return str(flask_babel.format_currency(value, currency))
+
+
+def format_datetime(value: datetime | None, fmt: str = "short") -> str:
+    """A timestamp in the reader's time zone: 04/12/2026 14:30 (pt_BR)."""
+    if value is None:
+        return ""
+    return str(flask_babel.format_datetime(value, fmt))
+
+
+def format_date(value: datetime | None, fmt: str = "short") -> str:
+    if value is None:
+        return ""
+    return str(flask_babel.format_date(value, fmt))
+
+
+def format_time(value: datetime | None, fmt: str = "short") -> str:
+    """A time of day in the reader's time zone: 14:30 ("short"), 14:30:05 ("medium")."""
+    if value is None:
+        return ""
+    return str(flask_babel.format_time(value, fmt))
+
+
+def input_datetime(value: datetime | None) -> str:
+    """The value of a ``datetime-local`` input, in the reader's time zone (the browser
+    shows it the local way; the wire format is ISO)."""
+    if value is None:
+        return ""
+    return value.astimezone(current_zone()).strftime("%Y-%m-%dT%H:%M")
+
+
+def format_ago(value: datetime | None, now: datetime | None = None) -> str:
+    """How long ago (or from now): "há 5 minutos", "in 3 hours"."""
+    if value is None:
+        return ""
+    reference = now or datetime.now(value.tzinfo)
+    delta: timedelta = value - reference
+    return str(flask_babel.format_timedelta(delta, add_direction=True, threshold=0.9))
+
+
 def init_app(app: Flask) -> None:
-    app.jinja_env.add_extension("jinja2.ext.i18n")
-    app.jinja_env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+    app.config.setdefault("DEFAULT_LOCALE", "pt_BR")
+    app.config["BABEL_DEFAULT_LOCALE"] = "en"  # the source language of the msgids
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS)
+    Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    app.jinja_env.filters.update(
+        number=format_number,
+        percent=format_percent,
+        money=format_money,
+        datetime=format_datetime,
+        date=format_date,
+        time=format_time,
+        input_datetime=input_datetime,
+        ago=format_ago,
+    )
+    app.jinja_env.globals.update(
+        html_lang=html_lang,
+        timezone_label=timezone_label,
+        LOCALE_NAMES=LOCALE_NAMES,
+    )

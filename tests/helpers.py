@@ -63,6 +63,9 @@ def make_app(url: str, **overrides: object) -> Flask:
         "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
         # The mock WhatsApp on the test app's own port, whatever a local .env says.
         "MOCK_WHATSAPP_URL": None,
+        # The suite reads the source language unless a test asks for another (a user's
+        # preference, an Accept-Language header): tests/test_i18n.py covers pt_BR.
+        "DEFAULT_LOCALE": "en",
     }
     config.update(overrides)
     return create_app(config)

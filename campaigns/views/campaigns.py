@@ -7,7 +7,6 @@ import io
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import (
     Blueprint,
@@ -27,7 +26,7 @@ from campaigns import erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.i18n import _, ngettext
+from campaigns.i18n import _, current_zone, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import get_progress, throughput_chart
 from campaigns.services import ServiceError
@@ -305,13 +304,12 @@ def campaign_dry_run(campaign_id: int) -> str:
 
 
 def _operator_time(raw: str) -> datetime:
-    """A datetime-local value, in the operator's time zone."""
+    """A datetime-local value, in the operator's time zone (their preference)."""
     try:
         naive = datetime.fromisoformat(raw)
     except ValueError:
         raise Invalid({"scheduled_at": _("Enter a date and time.")}) from None
-    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
-    return naive.replace(tzinfo=zone) if naive.tzinfo is None else naive
+    return naive.replace(tzinfo=current_zone()) if naive.tzinfo is None else naive
 
 
 def _run_action(campaign_id: int, action, *args) -> Response:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,14 +12,6 @@ from campaigns import htmx, models, queries
 from campaigns.i18n import _
 
 logger = logging.getLogger(__name__)
-
-
-def local_datetime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    """A UTC timestamp shown in the operator's time zone."""
-    if value is None:
-        return ""
-    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
-    return value.astimezone(zone).strftime(fmt)
 
 
 def duration(seconds: float | None) -> str:
@@ -56,7 +46,6 @@ def unread_notifications() -> queries.UnreadNotifications:
 
 
 def init_app(app: Flask) -> None:
-    app.jinja_env.filters["datetime"] = local_datetime
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.globals.update(
         Role=models.Role,

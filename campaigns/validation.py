@@ -17,7 +17,7 @@ from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering
 from campaigns.erp import SEGMENT_KEYS
-from campaigns.i18n import _
+from campaigns.i18n import _, format_number
 from campaigns.models import ParameterFormat, Provider, Role, TemplateCategory
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
@@ -148,7 +148,9 @@ def _int(
         return default
     if isinstance(raw, bool) or not low <= value <= high:
         check.fail(
-            field, _("Enter a number from %(low)s to %(high)s.") % {"low": low, "high": high}
+            field,
+            _("Enter a number from %(low)s to %(high)s.")
+            % {"low": format_number(low), "high": format_number(high)},
         )
     return value
 

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import campaign_states, encryption, message_states, phones
+from campaigns.i18n import _
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
@@ -432,7 +433,9 @@ def _apply_reply(message: Any, keywords: Collection[str], where: str, skipped: _
     if phone is None:
         skipped(f"{where}.from", "is not a phone number")
         return 0
-    suppress_quietly(db.session, phone, f"Replied “{text.strip()[:50]}”", "opt_out_reply")
+    # The reason is kept as text, in the language of the request (DEFAULT_LOCALE for Meta's).
+    reason = _("Replied “%(text)s”") % {"text": text.strip()[:50]}
+    suppress_quietly(db.session, phone, reason, "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
 
@@ -449,7 +452,7 @@ def _apply_preference(preference: Any, where: str, skipped: _Skipped) -> str | N
         skipped(f"{where}.wa_id", "is not a phone number")
         return None
     if preference.get("value") == "stop":
-        reason = _text(preference.get("detail")) or "Stopped marketing messages"
+        reason = _text(preference.get("detail")) or _("Stopped marketing messages")
         suppress_quietly(db.session, phone, reason, "provider")
         logger.info("marketing opt-out preference from a customer: number suppressed")
         return "opt_outs"

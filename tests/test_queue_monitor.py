@@ -188,10 +188,11 @@ def test_cancelling_a_message_job_cancels_its_message(client, admin):
 @pytest.mark.parametrize(
     ("action", "state", "refusal"),
     [
-        ("retry", "todo", "Only failed jobs can be retried; job #{id} is todo."),
-        ("retry", "doing", "Only failed jobs can be retried; job #{id} is doing."),
+        # The job's status by its label (To do, Running, Failed), not its raw value.
+        ("retry", "todo", "Only failed jobs can be retried; job #{id} is “To do”."),
+        ("retry", "doing", "Only failed jobs can be retried; job #{id} is “Running”."),
         ("cancel", "doing", "Job #{id} is running; only waiting jobs can be cancelled."),
-        ("cancel", "failed", "Job #{id} has ended (failed); there is nothing to cancel."),
+        ("cancel", "failed", "Job #{id} has ended (Failed); there is nothing to cancel."),
     ],
 )
 def test_a_job_in_the_wrong_state_is_refused(client, admin, action, state, refusal):

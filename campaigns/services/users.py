@@ -131,20 +131,25 @@ def authenticate(email: str, password: str, ip_address: str) -> LoginResult:
 
 
 def _try_again_in(seconds: int) -> str:
+    # Flask-Babel's ngettext fills the placeholders itself: %(n)d comes as a keyword.
     if seconds < 60:
-        text = ngettext(
-            "Too many failed sign-ins. Try again in %(n)d second.",
-            "Too many failed sign-ins. Try again in %(n)d seconds.",
-            seconds,
+        return str(
+            ngettext(
+                "Too many failed sign-ins. Try again in %(n)d second.",
+                "Too many failed sign-ins. Try again in %(n)d seconds.",
+                seconds,
+                n=seconds,
+            )
         )
-        return text % {"n": seconds}
     minutes = math.ceil(seconds / 60)
-    text = ngettext(
-        "Too many failed sign-ins. Try again in %(n)d minute.",
-        "Too many failed sign-ins. Try again in %(n)d minutes.",
-        minutes,
+    return str(
+        ngettext(
+            "Too many failed sign-ins. Try again in %(n)d minute.",
+            "Too many failed sign-ins. Try again in %(n)d minutes.",
+            minutes,
+            n=minutes,
+        )
     )
-    return text % {"n": minutes}
 
 
 def _login_setting(name: str) -> int:

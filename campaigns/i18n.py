@@ -17,13 +17,14 @@ writes for a particular person wraps itself in :func:`for_user`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import flask_babel
 from babel.dates import get_timezone_name
@@ -124,10 +125,23 @@ def valid_timezone(name: str) -> bool:
     return True
 
 
+# Brazil's four zones first (Fernando de Noronha, Brasília, Amazonas, Acre).
+BRAZILIAN_ZONES = ("America/Sao_Paulo", "America/Manaus", "America/Rio_Branco", "America/Noronha")
+
+
+def timezone_choices() -> list[str]:
+    """Every IANA zone the system knows, Brazil's first."""
+    others = sorted(available_timezones() - set(BRAZILIAN_ZONES))
+    return [*BRAZILIAN_ZONES, *(zone for zone in others if "/" in zone)]
+
+
 def timezone_label(name: str | None = None) -> str:
     """The zone times are shown in, as the reader says it: "Horário de Brasília"."""
     zone = ZoneInfo(name) if name else current_zone()
     return str(get_timezone_name(zone, locale=get_locale()))
+
+
+AMOUNT = re.compile(r"-?\d[\d.,]*")
 
 
 def parse_amount(raw: str) -> Decimal:
@@ -138,8 +152,8 @@ def parse_amount(raw: str) -> Decimal:
     digits; the other is a grouping separator, checked by Babel in groups of three.
     """
     text = raw.strip().replace("R$", "").replace("\u00a0", "").replace(" ", "")
-    if not text:
-        raise ValueError("empty")
+    if not AMOUNT.fullmatch(text):  # digits and separators only: no exponent, no NaN
+        raise ValueError("not an amount")
     last = max(text.rfind(","), text.rfind("."))
     decimal_comma = last != -1 and text[last] == "," and len(text) - last - 1 in (1, 2)
     decimal_point = last != -1 and text[last] == "." and len(text) - last - 1 in (1, 2)
@@ -219,6 +233,10 @@ def init_app(app: Flask) -> None:
     app.config["BABEL_DEFAULT_LOCALE"] = "en"  # the source language of the msgids
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS)
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    # Flask-Babel keeps the choice in ``g``, which lives as long as the app context: a
+    # request inside an app context already pushed (a test, a CLI command calling views)
+    # would otherwise read the previous request's language.
+    app.before_request(flask_babel.refresh)
     app.jinja_env.filters.update(
         number=format_number,
         percent=format_percent,
@@ -232,5 +250,6 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals.update(
         html_lang=html_lang,
         timezone_label=timezone_label,
+        current_zone=current_zone,
         LOCALE_NAMES=LOCALE_NAMES,
     )

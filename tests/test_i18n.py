@@ -199,3 +199,48 @@ def test_amounts_are_read_in_either_convention(typed, amount):
 def test_what_is_not_an_amount_is_refused(typed):
     with pytest.raises(ValueError):
         i18n.parse_amount(typed)
+
+
+# Every page an operator reaches from the nav, read in Portuguese: no English word left.
+PAGES = [
+    "/",
+    "/campaigns/",
+    "/campaigns/new",
+    "/campaigns/{campaign}",
+    "/templates/",
+    "/templates/new",
+    "/templates/{template}",
+    "/senders/",
+    "/senders/new",
+    "/senders/{sender}/edit",
+    "/suppressions/",
+    "/notifications/",
+    "/users/",
+    "/users/{user}",
+    "/users/personal-data",
+    "/queue/",
+    "/audit/",
+    "/me/tokens",
+    "/me/preferences",
+    "/this-page-does-not-exist",
+]
+
+
+def test_no_english_is_left_on_the_pages_read_in_portuguese(app, client, login_as):
+    from tests.helpers import demo_campaign, english_only_words, english_words_in, visible_text
+
+    admin = login_as(Role.ADMIN)
+    campaign = demo_campaign(admin.id, size=5, name="Natal")
+    template, sender = campaign.template, campaign.sender
+    vocabulary = english_only_words()
+    left = {}
+    for path in PAGES:
+        url = path.format(
+            campaign=campaign.id, template=template.id, sender=sender.id, user=admin.id
+        )
+        response = client.get(url, headers={"Accept-Language": "pt-BR"})
+        assert response.status_code in (200, 404), url
+        words = english_words_in(visible_text(response.get_data(as_text=True)), vocabulary)
+        if words:
+            left[url] = sorted(words)
+    assert not left, left

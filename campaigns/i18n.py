@@ -11,12 +11,14 @@ The locale is the signed-in user's own setting, else the browser's
 its human messages follow ``Accept-Language`` (its codes never change). Times are
 shown in the user's time zone (``DISPLAY_TIMEZONE`` until they choose one).
 
-Outside a request (jobs, the CLI) the locale is ``DEFAULT_LOCALE``; code that
-writes for a particular person wraps itself in :func:`for_user`.
+Outside a request (jobs, the CLI) the locale is the shell's (``LANG``) when it is
+Portuguese or English, else ``DEFAULT_LOCALE``; code that writes for a particular
+person wraps itself in :func:`for_user`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,10 +80,23 @@ def _browser_locale() -> str | None:
     return best.replace("-", "_") if best else None
 
 
+def _environment_locale() -> str | None:
+    """The shell's language for the CLI (LC_ALL, LC_MESSAGES, LANG, as gettext reads
+    them): pt_BR for any Portuguese, en for English, None for C/POSIX or another."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name, "")
+        if value:
+            language = value.split(".")[0].split("_")[0].lower()
+            return {"pt": "pt_BR", "en": "en"}.get(language)
+    return None
+
+
 def select_locale() -> str:
     default = str(current_app.config["DEFAULT_LOCALE"])
     if not has_request_context():
-        return default
+        # A CLI command speaks the shell's language; a job's texts are for a person
+        # and are wrapped in for_user(), which overrides this.
+        return _environment_locale() or default
     if not request.path.startswith(API_PREFIX):
         user_locale = getattr(current_user, "locale", None) if current_user else None
         if user_locale in LOCALES:

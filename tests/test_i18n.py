@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import flask_babel
 import pytest
 from babel.messages import checkers
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
@@ -244,3 +245,13 @@ def test_no_english_is_left_on_the_pages_read_in_portuguese(app, client, login_a
         if words:
             left[url] = sorted(words)
     assert not left, left
+
+
+def test_the_cli_speaks_the_shells_language(app, runner, monkeypatch):
+    monkeypatch.setenv("LANG", "pt_BR.UTF-8")
+    result = runner.invoke(args=["data", "erase", "not a phone"])
+    assert result.exit_code != 0
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    flask_babel.refresh()  # a new command is a new process: nothing cached
+    english = runner.invoke(args=["data", "erase", "not a phone"])
+    assert english.output != result.output and english.exit_code == result.exit_code

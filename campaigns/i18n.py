@@ -156,7 +156,8 @@ def timezone_label(name: str | None = None) -> str:
     return str(get_timezone_name(zone, locale=get_locale()))
 
 
-AMOUNT = re.compile(r"-?\d[\d.,]*")
+# ASCII digits: \d would also take "٣" or "३", which Babel and Decimal read as 3.
+AMOUNT = re.compile(r"-?[0-9][0-9.,]*")
 
 
 def parse_amount(raw: str) -> Decimal:

@@ -202,6 +202,13 @@ def test_what_is_not_an_amount_is_refused(typed):
         i18n.parse_amount(typed)
 
 
+@pytest.mark.parametrize("typed", ["\u0663", "1\u0660\u0660", "\u0967\u0968,50"])
+def test_an_amount_has_ascii_digits_only(typed):
+    # Decimal() and Babel read Arabic-Indic and Devanagari digits as numbers.
+    with pytest.raises(ValueError):
+        i18n.parse_amount(typed)
+
+
 # Every page an operator reaches from the nav, read in Portuguese: no English word left.
 PAGES = [
     "/",

@@ -11,19 +11,22 @@ The locale is the signed-in user's own setting, else the browser's
 its human messages follow ``Accept-Language`` (its codes never change). Times are
 shown in the user's time zone (``DISPLAY_TIMEZONE`` until they choose one).
 
-Outside a request (jobs, the CLI) the locale is ``DEFAULT_LOCALE``; code that
-writes for a particular person wraps itself in :func:`for_user`.
+Outside a request (jobs, the CLI) the locale is the shell's (``LANG``) when it is
+Portuguese or English, else ``DEFAULT_LOCALE``; code that writes for a particular
+person wraps itself in :func:`for_user`.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import flask_babel
 from babel.dates import get_timezone_name
@@ -77,10 +80,23 @@ def _browser_locale() -> str | None:
     return best.replace("-", "_") if best else None
 
 
+def _environment_locale() -> str | None:
+    """The shell's language for the CLI (LC_ALL, LC_MESSAGES, LANG, as gettext reads
+    them): pt_BR for any Portuguese, en for English, None for C/POSIX or another."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name, "")
+        if value:
+            language = value.split(".")[0].split("_")[0].lower()
+            return {"pt": "pt_BR", "en": "en"}.get(language)
+    return None
+
+
 def select_locale() -> str:
     default = str(current_app.config["DEFAULT_LOCALE"])
     if not has_request_context():
-        return default
+        # A CLI command speaks the shell's language; a job's texts are for a person
+        # and are wrapped in for_user(), which overrides this.
+        return _environment_locale() or default
     if not request.path.startswith(API_PREFIX):
         user_locale = getattr(current_user, "locale", None) if current_user else None
         if user_locale in LOCALES:
@@ -124,10 +140,24 @@ def valid_timezone(name: str) -> bool:
     return True
 
 
+# Brazil's four zones first (Fernando de Noronha, Brasília, Amazonas, Acre).
+BRAZILIAN_ZONES = ("America/Sao_Paulo", "America/Manaus", "America/Rio_Branco", "America/Noronha")
+
+
+def timezone_choices() -> list[str]:
+    """Every IANA zone the system knows, Brazil's first."""
+    others = sorted(available_timezones() - set(BRAZILIAN_ZONES))
+    return [*BRAZILIAN_ZONES, *(zone for zone in others if "/" in zone)]
+
+
 def timezone_label(name: str | None = None) -> str:
     """The zone times are shown in, as the reader says it: "Horário de Brasília"."""
     zone = ZoneInfo(name) if name else current_zone()
     return str(get_timezone_name(zone, locale=get_locale()))
+
+
+# ASCII digits: \d would also take "٣" or "३", which Babel and Decimal read as 3.
+AMOUNT = re.compile(r"-?[0-9][0-9.,]*")
 
 
 def parse_amount(raw: str) -> Decimal:
@@ -138,8 +168,8 @@ def parse_amount(raw: str) -> Decimal:
     digits; the other is a grouping separator, checked by Babel in groups of three.
     """
     text = raw.strip().replace("R$", "").replace("\u00a0", "").replace(" ", "")
-    if not text:
-        raise ValueError("empty")
+    if not AMOUNT.fullmatch(text):  # digits and separators only: no exponent, no NaN
+        raise ValueError("not an amount")
     last = max(text.rfind(","), text.rfind("."))
     decimal_comma = last != -1 and text[last] == "," and len(text) - last - 1 in (1, 2)
     decimal_point = last != -1 and text[last] == "." and len(text) - last - 1 in (1, 2)
@@ -219,6 +249,10 @@ def init_app(app: Flask) -> None:
     app.config["BABEL_DEFAULT_LOCALE"] = "en"  # the source language of the msgids
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS)
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    # Flask-Babel keeps the choice in ``g``, which lives as long as the app context: a
+    # request inside an app context already pushed (a test, a CLI command calling views)
+    # would otherwise read the previous request's language.
+    app.before_request(flask_babel.refresh)
     app.jinja_env.filters.update(
         number=format_number,
         percent=format_percent,
@@ -232,5 +266,6 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals.update(
         html_lang=html_lang,
         timezone_label=timezone_label,
+        current_zone=current_zone,
         LOCALE_NAMES=LOCALE_NAMES,
     )

@@ -132,6 +132,10 @@ class User(UserMixin, Model):
     last_login_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # Part of every session's user id (see get_id): bumping it ends every session.
     session_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The user's own choices (campaigns/i18n.py); NULL until they choose: the browser's
+    # Accept-Language picks the language, DISPLAY_TIMEZONE the time zone.
+    locale: Mapped[str | None] = mapped_column(sa.String(10))
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
 
     api_tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 

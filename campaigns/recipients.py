@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import counters
+from campaigns.i18n import N_, _
 from campaigns.models import Message, MessageStatus
 from campaigns.providers import errors
 from campaigns.queries import containing, enum_member
@@ -37,8 +38,25 @@ RECIPIENT_CSV_COLUMNS = (
 )
 
 
-# The phone cell of a recipient whose personal data was erased.
-ERASED_MARK = "erased"
+def recipient_csv_header(zone: str) -> list[str]:
+    """RECIPIENT_CSV_COLUMNS as the reader reads them; the times' headers name their zone."""
+    return [
+        _("Customer ref"),
+        _("Name"),
+        _("Phone"),
+        _("Status"),
+        _("Error code"),
+        _("Error message"),
+        _("Sent at (%(zone)s)") % {"zone": zone},
+        _("Delivered at (%(zone)s)") % {"zone": zone},
+        _("Read at (%(zone)s)") % {"zone": zone},
+        _("Failed at (%(zone)s)") % {"zone": zone},
+        _("WhatsApp message ID"),
+    ]
+
+
+# The phone cell of a recipient whose personal data was erased (translated when written).
+ERASED_MARK = N_("erased")
 
 CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
 
@@ -134,7 +152,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[sa.Row]:
             Message.customer_ref,
             _recipient_name(),
             # Its personal data erased (retention, or the person's request): said so.
-            sa.func.coalesce(Message.phone, sa.literal(ERASED_MARK)),
+            sa.func.coalesce(Message.phone, sa.literal(_(ERASED_MARK))),
             Message.status,
             Message.error_code,
             Message.error_text,

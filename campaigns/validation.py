@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -17,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering
 from campaigns.erp import SEGMENT_KEYS
-from campaigns.i18n import _, format_number
+from campaigns.i18n import _, format_money, format_number, parse_amount
 from campaigns.models import ParameterFormat, Provider, Role, TemplateCategory
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
@@ -25,6 +26,8 @@ LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 URL = re.compile(r"https?://[^\s]+")
 MAX_BUTTONS = 10
 URL_MAX_CHARS = 2000  # Meta's limit on a URL button's address
+# The largest minimum spend a segment takes (R$ 1 trillion): exact as a float.
+MAX_AMOUNT = Decimal(10**12)
 INTEGER_MAX = 2**31 - 1  # PostgreSQL's integer: most tables' ids
 BIGINT_MAX = 2**63 - 1  # bigint: messages', notifications' and Procrastinate jobs' ids
 
@@ -347,6 +350,23 @@ CUSTOMER_FIELDS = (
 )
 
 
+def _amount(value: Any) -> Decimal | None:
+    """A finite amount: a JSON number, or text as a person types it in either convention
+    (``1.234,56``, ``1,234.56``, ``R$ 150``); None when it is not one."""
+    if isinstance(value, bool):  # before int: bool is an int
+        return None
+    if isinstance(value, int | float):
+        amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = parse_amount(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return amount if amount.is_finite() else None
+
+
 def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
     """ERP segment criteria: only the keys the ERP understands, each checked."""
     if raw is None:
@@ -377,14 +397,21 @@ def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
         else:
             segment["tags"] = [t.strip() for t in tags if t.strip()]
     spent = raw.get("min_total_spent")
-    if spent not in (None, ""):
-        try:
-            amount = float(str(spent).replace(",", "."))
-            if amount < 0:
-                raise ValueError
-            segment["min_total_spent"] = amount
-        except ValueError:
-            check.fail("segment.min_total_spent", _("Enter an amount of zero or more."))
+    if not (spent is None or (isinstance(spent, str) and not spent.strip())):
+        amount = _amount(spent)
+        if amount is None or amount < 0:
+            check.fail(
+                "segment.min_total_spent",
+                _("Enter an amount of zero or more, like 1,234.56 or R$ 150."),
+            )
+        elif amount > MAX_AMOUNT:
+            check.fail(
+                "segment.min_total_spent",
+                _("Enter an amount up to %(max)s.") % {"max": format_money(MAX_AMOUNT)},
+            )
+        else:
+            # Stored as a JSON number; the ERP client sends it as plain digits ("1234.56").
+            segment["min_total_spent"] = float(amount)
     for key, low, high in (("last_purchase_within_days", 1, 3650), ("max_audience", 1, 10_000_000)):
         if raw.get(key) not in (None, ""):
             segment[key] = _int(raw, key, check, low, high, 0, field=f"segment.{key}")

@@ -41,6 +41,12 @@ from tests.helpers import (
     url_for_database,
 )
 
+# The CLI speaks the shell's language (campaigns/i18n.py): the suite's is neutral, so
+# commands answer in DEFAULT_LOCALE (English here) on any machine.
+for _name in ("LC_ALL", "LC_MESSAGES"):
+    os.environ.pop(_name, None)
+os.environ["LANG"] = "C.UTF-8"
+
 
 @pytest.fixture(scope="session")
 def server_url() -> str:

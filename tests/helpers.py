@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import os
 import re
@@ -405,3 +406,53 @@ def browser(app: Flask) -> FlaskClient:
     """A client of its own, as a separate browser is."""
     client = OwnContextClient(app, app.response_class, use_cookies=True)
     return client
+
+
+# --- what is left in English on a page read in Portuguese (tests/test_i18n.py, browser) ---
+
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+# Tokens that are data or code, not UI text: addresses, identifiers, URLs, file names.
+_NOT_TEXT = re.compile(r"\S*[@_/\\:=]\S*|\S+\.\S+|\{\{[^}]*\}\}")
+# Words both languages use, or names, that English msgids hold but no msgstr repeats.
+_SHARED_WORDS = {"disparo", "whatsapp", "meta", "erp", "api", "csv", "json", "id", "ok", "cli"}
+
+
+def english_only_words() -> frozenset[str]:
+    """Words of the English msgids that no pt_BR translation uses: seeing one on a page
+    read in Portuguese means a string escaped translation (or a raw code is shown)."""
+    from babel.messages.pofile import read_po
+
+    from campaigns.i18n import TRANSLATIONS
+
+    with open(TRANSLATIONS / "pt_BR" / "LC_MESSAGES" / "messages.po", "rb") as po:
+        catalogue = read_po(po, locale="pt_BR")
+    english: set[str] = set()
+    portuguese: set[str] = set()
+    for message in catalogue:
+        if not message.id:
+            continue
+        ids = message.id if isinstance(message.id, tuple) else (message.id,)
+        strings = message.string if isinstance(message.string, tuple) else (message.string,)
+        for text in ids:
+            english.update(w.lower() for w in _WORD.findall(re.sub(r"%\(\w+\)\w", " ", text)))
+        for text in strings:
+            portuguese.update(w.lower() for w in _WORD.findall(text))
+    return frozenset(english - portuguese - _SHARED_WORDS)
+
+
+def visible_text(html: str) -> str:
+    """A page's text as a reader meets it: element text and the attributes people read
+    (placeholder, title, aria-label, alt, value of buttons, hx-confirm questions); not
+    scripts, styles, <code>, the hidden CSRF inputs or the htmx config."""
+    html = re.sub(r"(?is)<(script|style|code|pre)\b.*?</\1>", " ", html)
+    html = re.sub(r"(?is)<meta\b[^>]*>", " ", html)
+    read = re.findall(
+        r'(?i)\b(?:placeholder|title|aria-label|alt|hx-confirm|data-confirm)="([^"]*)"', html
+    )
+    text = re.sub(r"(?s)<[^>]+>", " ", html)
+    return html_module.unescape(" ".join([text, *read]))
+
+
+def english_words_in(text: str, vocabulary: frozenset[str]) -> set[str]:
+    text = _NOT_TEXT.sub(" ", text)
+    return {w for w in _WORD.findall(text) if w.lower() in vocabulary}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -122,3 +123,41 @@ def test_viewers_cannot_create_or_control(client, app, payload, user_factory):
     assert client.post("/api/v1/campaigns", json=payload, headers=headers).status_code == 403
     assert client.get("/api/v1/campaigns", headers=headers).status_code == 200
     assert client.post("/api/v1/campaigns/1/send-now", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        (150, 150.0),
+        (1234.56, 1234.56),
+        ("1.234,56", 1234.56),
+        ("1234,56", 1234.56),
+        ("1,234.56", 1234.56),
+        ("R$ 1.234,56", 1234.56),
+        ("150.00", 150.0),
+    ],
+)
+def test_min_total_spent_is_a_number_or_an_amount_in_either_convention(
+    client, headers, payload, given, stored
+):
+    payload["segment"]["min_total_spent"] = given
+    campaign = create(client, headers, payload)
+    assert campaign["segment"]["min_total_spent"] == stored  # a JSON number, as before
+    assert isinstance(campaign["segment"]["min_total_spent"], float)
+
+
+@pytest.mark.parametrize("given", ["lots", "1e5", -1, True, 1e13, [100], {"v": 1}, "NaN"])
+def test_min_total_spent_that_is_no_amount_is_422(client, headers, payload, given):
+    payload["segment"]["min_total_spent"] = given
+    response = client.post("/api/v1/campaigns", json=payload, headers=headers)
+    assert response.status_code == 422
+    assert "amount" in response.json["error"]["fields"]["segment.min_total_spent"]
+
+
+def test_min_total_spent_of_nan_in_the_json_is_422(client, headers, payload):
+    body = json.dumps(payload | {"segment": {"min_total_spent": float("nan")}})
+    response = client.post(
+        "/api/v1/campaigns", data=body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 422
+    assert "segment.min_total_spent" in response.json["error"]["fields"]

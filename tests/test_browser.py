@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def page() -> Iterator[object]:
+@contextmanager
+def chromium_page(locale: str | None = None) -> Iterator[object]:
+    """A page in Debian's Chromium; ``locale`` sets its language (and Accept-Language)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -46,7 +48,7 @@ def page() -> Iterator[object]:
                 "--disable-sync",
             ],
         )
-        page = browser.new_page()
+        page = browser.new_page(**({"locale": locale} if locale else {}))
         page.set_default_timeout(15_000)
         # Whatever a test does, the Content-Security-Policy (campaigns/security.py) must
         # refuse nothing the pages use: Chromium reports each refusal on the console.
@@ -58,6 +60,19 @@ def page() -> Iterator[object]:
         yield page
         browser.close()
         assert refused == []
+
+
+@pytest.fixture
+def page() -> Iterator[object]:
+    with chromium_page() as opened:
+        yield opened
+
+
+@pytest.fixture
+def page_pt_br() -> Iterator[object]:
+    """A Brazilian operator's browser: pt-BR first in Accept-Language."""
+    with chromium_page("pt-BR") as opened:
+        yield opened
 
 
 def sign_in(page, live_server: str, user) -> None:
@@ -266,3 +281,92 @@ def test_an_action_that_fails_says_so_where_the_user_is(app, live_server, page, 
     cancel.click()
     page.wait_for_selector("#flashes .flash-error:has-text('There is nothing here.')")
     assert page.url == f"{live_server}/admin/queue/?status=todo"  # the page stays
+
+
+def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
+    app, live_server, page_pt_br, user_factory, start_worker
+):
+    """The main flow in a pt-BR browser: every page it visits, the questions it asks and
+    the CSV it exports hold no word that only the English strings use."""
+    from app import db
+    from campaigns.services.demo import seed_demo
+    from campaigns.services.templates import default_sender
+    from tests.helpers import english_only_words, english_words_in, visible_text
+
+    page = page_pt_br
+    app.config["WTF_CSRF_ENABLED"] = True
+    seed_demo()
+    sender = default_sender()
+    sender.min_interval_ms = 200
+    db.session.commit()
+    user = user_factory(Role.SUPERVISOR)
+    start_worker()
+    vocabulary = english_only_words()
+    left: dict[str, list[str]] = {}
+
+    def check(where: str, text: str | None = None) -> None:
+        words = english_words_in(
+            text if text is not None else visible_text(page.content()), vocabulary
+        )
+        if words:
+            left[where] = sorted(words)
+
+    page.goto(f"{live_server}/login")
+    check("sign-in")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Entrar')")
+    page.wait_for_selector("h1:has-text('Painel')")
+    assert page.get_attribute("html", "lang") == "pt-BR"
+    check("dashboard")
+
+    page.goto(f"{live_server}/campaigns/new")
+    check("new campaign")
+    page.fill("input[name=name]", "Promoção de Natal")
+    page.select_option("select[name=template_id]", index=1)
+    page.wait_for_selector("select[name='var.first_name.source']")
+    check("new campaign with its variables")
+    page.select_option("select[name='var.first_name.source']", "first_name")
+    page.select_option("select[name='var.city.source']", "city")
+    for name, text in (("discount", "10%"), ("coupon", "NATAL")):
+        page.select_option(f"select[name='var.{name}.source']", "text")
+        page.fill(f"input[name='var.{name}.text']", text)
+    page.fill("input[name='segment.state']", "SP")
+    page.fill("input[name='segment.max_audience']", "6")
+    page.fill("input[name='segment.min_total_spent']", "1,00")  # typed the Brazilian way
+    page.uncheck("input[name='segment.opted_in_only']")
+    page.click("button:has-text('Salvar rascunho')")
+    page.wait_for_selector("h1:has-text('Promoção de Natal')")
+    check("draft")
+
+    questions: list[str] = []
+
+    def answer(dialog) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", answer)
+    page.click("button:has-text('Enviar agora')")
+    page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
+    page.wait_for_selector("section[id$='-progress']:not([hx-trigger])")
+    check("the send-now question", " ".join(questions))
+    assert page.inner_text("[id$='-status']") == "Concluída"
+    page.wait_for_selector("[id$='-recipient-table'] tbody tr:nth-child(6)")
+    page.reload()  # the page as drawn once it is done: activity, errors, receipts
+    check("completed campaign")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-completed-pt-BR.png"), full_page=True)
+
+    with page.expect_download() as download:
+        page.click("a:has-text('Exportar')")
+    exported = Path(download.value.path()).read_text(encoding="utf-8-sig")
+    header, *rows = exported.splitlines()
+    assert len(rows) == 6 and ";" in header and "," not in header
+    check("CSV", exported)
+
+    page.goto(f"{live_server}/notifications/")
+    check("notifications")
+    page.screenshot(path=str(ARTIFACTS / "notifications-pt-BR.png"), full_page=True)
+    page.goto(f"{live_server}/templates/")
+    check("templates")
+    assert not left, left

@@ -112,6 +112,45 @@ def test_bad_campaign_fields_are_422_at_the_field(
     assert db.session.query(Campaign).count() == 0
 
 
+@pytest.mark.parametrize(
+    "typed", ["1.234,56", "1234,56", "1,234.56", "1234.56", "R$ 1.234,56", "R$\u00a01.234,56"]
+)
+def test_minimum_spent_is_typed_either_way_and_kept_a_number(client, demo, supervisor, typed):
+    sender, promo = demo
+    campaign = create(client, sender, promo, **{"segment.min_total_spent": typed})
+    assert campaign.segment["min_total_spent"] == 1234.56
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "R$1,234.56" in page
+
+
+@pytest.mark.parametrize("typed", ["lots", "1e5", "-5", "1.2.3", "12,34,5", "R$", "10000000000000"])
+def test_a_minimum_spent_that_is_no_amount_is_422_at_the_field(client, demo, supervisor, typed):
+    sender, promo = demo
+    data = form_for(sender, promo, **{"segment.min_total_spent": typed})
+    response = client.post("/campaigns/", data=data)
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert 'aria-invalid="true" aria-describedby="segment.min_total_spent-error"' in body
+    assert "Enter an amount" in body
+    assert f'value="{typed}"' in body  # kept as typed
+    assert db.session.query(Campaign).count() == 0
+
+
+def test_the_edit_form_shows_the_minimum_spent_in_reais_and_takes_it_back(client, demo, supervisor):
+    sender, promo = demo
+    campaign = create(client, sender, promo, **{"segment.min_total_spent": "1234,5"})
+    html = client.get(f"/campaigns/{campaign.id}/edit").get_data(as_text=True)
+    assert 'name="segment.min_total_spent" value="R$1,234.50"' in html
+    html = client.get(
+        f"/campaigns/{campaign.id}/edit", headers={"Accept-Language": "pt-BR"}
+    ).get_data(as_text=True)
+    assert 'name="segment.min_total_spent" value="R$\u00a01.234,50"' in html
+    data = form_for(sender, promo, **{"segment.min_total_spent": "R$\u00a01.234,50"})
+    assert client.post(f"/campaigns/{campaign.id}", data=data).status_code == 303
+    db.session.refresh(campaign)
+    assert campaign.segment["min_total_spent"] == 1234.5
+
+
 def test_a_template_not_approved_cannot_be_chosen(client, demo, supervisor):
     sender, promo = demo
     promo.status = TemplateStatus.PAUSED
@@ -151,6 +190,19 @@ def test_live_audience_count_from_the_erp(client, demo, supervisor, live_server)
         "/campaigns/audience", data=form_for(sender, promo, **{"segment.state": "XYZ"})
     )
     assert "two-letter" in bad.get_data(as_text=True)
+
+
+def test_the_erp_counts_a_brazilian_amount_as_the_same_number(
+    client, demo, supervisor, live_server
+):
+    sender, promo = demo
+
+    def count(spent: str) -> int:
+        data = form_for(sender, promo, **{"segment.min_total_spent": spent})
+        body = client.post("/campaigns/audience", data=data).get_data(as_text=True)
+        return int(re.search(r"<strong>([\d,]+)</strong>", body).group(1).replace(",", ""))
+
+    assert count("R$ 1.234,56") == count("1234.56") < count("0")
 
 
 def test_audience_count_says_when_the_erp_is_down(app, client, demo, supervisor):

@@ -166,7 +166,6 @@ def test_the_campaign_page_writes_numbers_the_readers_way(app, user_factory):
     portuguese = reader.get(f"/campaigns/{campaign.id}", headers=PT_BR).get_data(as_text=True)
     assert '<html lang="pt-BR"' in portuguese
     assert "<small>Total</small><strong>1.234</strong>" in portuguese
-    assert "0 of 1.234 messages" in portuguese
     assert "1,234" not in portuguese
 
 
@@ -224,6 +223,7 @@ def test_every_page_draws_in_portuguese_with_words_in_its_badges(app, user_facto
         f"/users/{admin.id}",
         "/users/personal-data",
         "/me/tokens",
+        "/me/preferences",
         "/admin/queue/",
         "/audit/",
         "/notifications/",

@@ -1,4 +1,5 @@
-"""The demo data `make run` seeds once: an admin, a mock sender and approved templates."""
+"""The demo data `make run` seeds once: an admin, a mock sender and approved templates,
+in Brazilian Portuguese like the shops Disparo is made for."""
 
 from __future__ import annotations
 
@@ -58,12 +59,15 @@ DEMO_TEMPLATES: list[dict[str, Any]] = [
     },
     {
         "name": "welcome_back",
-        "language": "en_US",
+        "language": "pt_BR",
         "category": TemplateCategory.MARKETING,
         "parameter_format": ParameterFormat.NAMED,
         "header_text": None,
-        "body_text": "Hi {{first_name}}, we miss you! Here is {{discount}} off your next order.",
-        "footer_text": "Reply STOP to opt out",
+        "body_text": (
+            "Oi {{first_name}}, estamos com saudade! Sua próxima compra tem {{discount}} "
+            "de desconto."
+        ),
+        "footer_text": "Responda SAIR para não receber mais mensagens",
         "buttons": [],
     },
 ]
@@ -77,7 +81,7 @@ def seed_demo() -> DemoSeed:
     password = generate_password()
     admin = User(email=DEMO_ADMIN_EMAIL, password_hash=hash_password(password), role=Role.ADMIN)
     sender = Sender(
-        name="Demo sender (mock)",
+        name="Loja Centro (simulador)",  # the mock WhatsApp provider
         provider=Provider.MOCK,
         phone_number_id="100000000000001",
         display_phone_number="+55 11 90000-0001",

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningInsert
 
 from app import AnySession, db, rows_changed
-from campaigns import audit, phones
+from campaigns import audit, csvfiles, phones
 from campaigns.i18n import _
 from campaigns.models import Suppression
 from campaigns.services import NotFound, ServiceError
@@ -36,6 +36,9 @@ SUPPRESSION_SOURCES = frozenset({"manual", "import", "opt_out_reply", "provider"
 MAX_REASON_LENGTH = 200  # the column's width
 MAX_IMPORT_LINES = 100_000
 MAX_REPORTED_INVALID = 50
+# An import's header row, in English or Portuguese (any case).
+PHONE_HEADERS = frozenset({"phone", "telefone"})
+REASON_HEADERS = frozenset({"reason", "motivo"})
 
 
 def _unless_listed(insert: Insert) -> ReturningInsert[tuple[int]]:
@@ -212,19 +215,11 @@ class ImportReport:
     invalid_count: int  # every invalid line, shown or not
 
 
-def _csv_delimiter(first_line: str) -> str:
-    # Spreadsheets set to Portuguese save CSV with semicolons (the comma is the decimal mark).
-    for candidate in (",", ";", "\t"):
-        if candidate in first_line:
-            return candidate
-    return ","
-
-
 def _rows(lines: list[str]) -> Iterator[tuple[int, list[str]]]:
     """The CSV's rows with their line numbers; what the csv module cannot read is the
-    file's problem, not a 500."""
-    first = next((line for line in lines if line.strip()), "")
-    reader = csv.reader(lines, delimiter=_csv_delimiter(first))
+    file's problem, not a 500. Spreadsheets set to Portuguese save CSV with semicolons
+    (the comma is their decimal mark), others with commas; some with tabs."""
+    reader = csv.reader(lines, delimiter=csvfiles.sniff_delimiter(lines))
     try:
         for row in reader:
             yield reader.line_num, row
@@ -236,9 +231,16 @@ def _rows(lines: list[str]) -> Iterator[tuple[int, list[str]]]:
         ) from None
 
 
+def _column(names: list[str], wanted: Collection[str]) -> int | None:
+    return next((at for at, name in enumerate(names) if name in wanted), None)
+
+
 def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> ImportReport:
-    """Suppress every number of a CSV: a ``phone`` column (and ``reason``), or one bare column."""
+    """Suppress every number of a CSV: a ``phone`` (``telefone``) column and an optional
+    ``reason`` (``motivo``), or one bare column; separated by ``,``, ``;`` or tabs."""
     all_lines = lines.splitlines() if isinstance(lines, str) else list(lines)
+    if all_lines:  # Excel's UTF-8 byte order mark, when the text was not decoded as utf-8-sig
+        all_lines[0] = all_lines[0].removeprefix(csvfiles.BOM)
     region = current_app.config["PHONE_DEFAULT_REGION"]
     phone_at, reason_at = 0, None
     header_seen = False
@@ -251,10 +253,10 @@ def import_suppressions(lines: Iterable[str] | str, user_id: int | None) -> Impo
             continue
         if not header_seen:
             header_seen = True
-            names = [cell.lstrip("\ufeff").lower() for cell in cells]
-            if "phone" in names:
-                phone_at = names.index("phone")
-                reason_at = names.index("reason") if "reason" in names else None
+            names = [cell.lower() for cell in cells]
+            header_at = _column(names, PHONE_HEADERS)
+            if header_at is not None:
+                phone_at, reason_at = header_at, _column(names, REASON_HEADERS)
                 continue
         numbers += 1
         if numbers > MAX_IMPORT_LINES:

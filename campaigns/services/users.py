@@ -13,7 +13,7 @@ from flask import current_app
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import db
-from campaigns import audit, login_throttle
+from campaigns import audit, i18n, login_throttle
 from campaigns.i18n import _, ngettext
 from campaigns.models import (
     ApiToken,
@@ -177,6 +177,22 @@ def update_user(user_id: int, changes: UserLimits, acting_user_id: int) -> User:
             setattr(user, name, new)
     if limits:
         _record_user(user, "settings.change", limits)
+    db.session.commit()
+    return user
+
+
+def set_preferences(user_id: int, locale: str | None, timezone: str | None) -> User:
+    """A user's own language and time zone; None (empty) gives the choice back to the
+    browser's Accept-Language and to DISPLAY_TIMEZONE. Not audited: it changes only
+    what this user sees."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(_("There is no such user."))
+    if locale is not None and locale not in i18n.LOCALES:
+        raise ServiceError(_("Choose a language from the list."), "locale")
+    if timezone is not None and not i18n.valid_timezone(timezone):
+        raise ServiceError(_("Choose a time zone from the list."), "timezone")
+    user.locale, user.timezone = locale, timezone
     db.session.commit()
     return user
 

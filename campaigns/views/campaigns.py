@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +19,7 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import erp, queries, recipients, rendering
+from campaigns import csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
@@ -402,7 +399,12 @@ def _recipient_fragment(template: str, campaign_id: int) -> str:
     filters = recipients.RecipientFilters.from_args(request.args)
     page = recipients.recipient_page(campaign_id, filters, request.args.get("after", type=bigint))
     return render_template(
-        template, campaign=campaign, filters=filters, page=page, statuses=list(MessageStatus)
+        template,
+        campaign=campaign,
+        filters=filters,
+        page=page,
+        statuses=list(MessageStatus),
+        csv_formats=csvfiles.offered_formats(),
     )
 
 
@@ -418,44 +420,18 @@ def campaign_recipient_rows(campaign_id: int) -> str:
     return _recipient_fragment("campaigns/_recipient_rows.html", campaign_id)
 
 
-CSV_CHUNK_ROWS = 1000  # rows per chunk written to the client
-
-
-def _csv_cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value)
-    # A spreadsheet runs a cell that starts like a formula; names and error texts
-    # come from outside (the ERP, WhatsApp). A +<digits> phone is only a number.
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not (
-        text[:1] == "+" and text[1:].isdigit()
-    ):
-        return "'" + text
-    return text
-
-
-def _csv_chunks(header: Iterable[str], rows: Iterable[Iterable[object]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    buffer.write("\ufeff")  # without this mark, Excel reads UTF-8 names as Latin-1
-    writer.writerow(header)
-    for n, row in enumerate(rows, 1):
-        writer.writerow([_csv_cell(value) for value in row])
-        if n % CSV_CHUNK_ROWS == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
 @bp.get("/<int:campaign_id>/recipients.csv")
 def campaign_recipients_csv(campaign_id: int) -> Response:
-    """Every recipient as CSV, streamed as it is read (a million rows never sit in memory)."""
+    """Every recipient as CSV, streamed as it is read (a million rows never sit in memory),
+    in the reader's spreadsheet format or the one ``?format=`` names (csvfiles)."""
     _campaign_or_404(campaign_id)
-    chunks = _csv_chunks(
-        recipients.RECIPIENT_CSV_COLUMNS, recipients.recipient_csv_rows(campaign_id)
+    fmt = csvfiles.chosen_format(request.args.get("format"))
+    zone = current_zone()
+    chunks = csvfiles.chunks(
+        recipients.recipient_csv_header(zone.key),
+        recipients.recipient_csv_rows(campaign_id),
+        fmt,
+        zone,
     )
     filename = f"campaign-{campaign_id}-recipients.csv"
     return Response(

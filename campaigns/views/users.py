@@ -17,7 +17,7 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import queries
+from campaigns import i18n, queries
 from campaigns.auth import keep_session, requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to, replace_page
@@ -30,6 +30,7 @@ from campaigns.services.users import (
     generate_password,
     reset_password,
     revoke_api_token,
+    set_preferences,
     set_user_disabled,
     update_user,
 )
@@ -148,6 +149,37 @@ def user_reset_password(user_id: int) -> Response:
     return _with_password_shown_once(
         _("New password for %(e)s, shown once: %(p)s") % {"e": user.email, "p": password}
     )
+
+
+@bp.get("/me/preferences")
+def my_preferences() -> str:
+    """The signed-in user's language and time zone."""
+    return _preferences_page({})
+
+
+def _preferences_page(errors: Mapping[str, str], form: Mapping[str, str] | None = None) -> str:
+    return render_template(
+        "users/preferences.html",
+        errors=errors,
+        form=form or {"locale": current_user.locale or "", "timezone": current_user.timezone or ""},
+        timezones=i18n.timezone_choices(),
+    )
+
+
+@bp.post("/me/preferences")
+@requires(Role.VIEWER)
+@validates_fields
+def my_preferences_update():
+    """Save them (empty: the browser's language, the default time zone), or 422."""
+    form = request.form
+    try:
+        set_preferences(current_user.id, form.get("locale") or None, form.get("timezone") or None)
+    except ServiceError as error:
+        return _preferences_page(error.errors, form), 422
+    # Flashed after the commit, so it reads in the language just chosen.
+    with i18n.force_locale(i18n.select_locale()):
+        flash(_("Preferences saved."), "success")
+    return redirect_to(url_for("users.my_preferences"))
 
 
 @bp.get("/me/tokens")

@@ -19,6 +19,7 @@ from typing import Any
 
 from flask_babel import lazy_pgettext as _lp
 
+from campaigns import audit
 from campaigns.i18n import _l, format_money, format_number, ngettext
 from campaigns.models import (
     CampaignStatus,
@@ -112,6 +113,12 @@ AUDIT_ACTION: Labels = {
     "settings.change": _lp("audit action", "Limits changed"),
     "data.erase": _lp("audit action", "Personal data erased"),
 }
+# Who acted, when it was not a user (audit.current_actor); "cli:<OS user>" stays as it is.
+AUDIT_ACTOR: Labels = {
+    audit.SYSTEM: _lp("audit actor", "System"),
+    "anonymous": _lp("audit actor", "Anonymous"),
+    "cli": _lp("audit actor", "Command line"),
+}
 AUDIT_TARGET: Labels = {
     "user": _lp("audit target", "User"),
     "api_token": _lp("audit target", "API token"),
@@ -196,6 +203,7 @@ KINDS: dict[str, Labels] = {
     "error_code": ERROR_CODE,
     "suppression_source": SUPPRESSION_SOURCE,
     "audit_action": AUDIT_ACTION,
+    "audit_actor": AUDIT_ACTOR,
     "audit_target": AUDIT_TARGET,
     "audit_detail": AUDIT_DETAIL,
     "job_status": JOB_STATUS,

@@ -173,11 +173,14 @@ def test_the_audit_page_shows_actions_and_details_in_words(client, app, login_as
     admin = login_as(Role.ADMIN)
     other = user_factory(Role.VIEWER)
     update_user(other.id, UserLimits(5000, None, Role.SUPERVISOR), admin.id)
+    audit.record(db.session, "data.erase", actor=audit.SYSTEM, target_type="phone")
+    db.session.commit()
     page = re.sub(r"\s+", " ", client.get("/audit/").get_data(as_text=True))
     assert "Role changed" in page and "Limits changed" in page and "User created" in page
     assert "Role: Viewer → Supervisor" in page
     assert "Campaign messages per minute: 100 → 5,000" in page
     assert "<code>role</code>" not in page
+    assert "<td>System</td>" in page and "<td>Phone number</td>" in page  # not system, phone
 
 
 def test_the_queue_monitor_names_job_statuses(client, app, login_as):

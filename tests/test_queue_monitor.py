@@ -93,7 +93,8 @@ def test_failed_jobs_show_task_attempts_times_and_where_the_error_is(client, adm
     assert all(re.search(r"\d:\d\d:\d\d", cell) for cell in cells[6:9])  # deferred/started/ended
     assert f"{SEND_TASK}[{failed}]" in cells[9]  # the worker's log line to look for
     assert "does not store why a job failed" in body
-    assert "“Job &lt;task&gt;[&lt;id&gt;](…) ended with status: Error”" in body
+    # The log line as code, outside the translated sentence.
+    assert "<code>Job &lt;task&gt;[&lt;id&gt;](…) ended with status: Error</code>" in body
     assert f'id="job-{waiting}"' not in body
 
     everything = client.get("/admin/queue/jobs?status=").get_data(as_text=True)

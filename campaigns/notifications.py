@@ -62,12 +62,13 @@ def _params(kind: str, campaign: Campaign, totals: dict[str, int]) -> dict[str, 
     if kind == "completed":
         params |= {"sent": totals["sent"], "failed": totals["failed"]}
     if kind in ("auto_paused", "failed"):
-        reason = campaign.status_reason_code
-        params["reason"] = (
-            reasons.Reason(reason, dict(campaign.status_reason_params or {})).as_json()
-            if reason
-            else reasons.verbatim("").as_json()
+        code = campaign.status_reason_code
+        reason = (
+            reasons.Reason(code, dict(campaign.status_reason_params or {}))
+            if code
+            else reasons.verbatim("")
         )
+        params["reason"] = reason.as_json()
     return params
 
 

@@ -133,6 +133,7 @@ OLD_REASONS = {
     "disabled": "WhatsApp disabled the template (132016).",
     "erp": "The ERP could not give the audience: The ERP failed (500)",
     "odd": "Paused: 3 of the last 010 messages failed, more than 50 % allowed.",
+    "pt": "Pausada pela resposta 190 do WhatsApp: token expired",
     "none": None,
 }
 OLD_DETAILS = [
@@ -148,6 +149,7 @@ OLD_DETAILS = [
     ("paused", "Paused: 7 of the last 13 messages failed, more than 50 % allowed."),
     ("failed", "WhatsApp disabled the template (132016)."),
     ("paused", "something an older release wrote"),
+    ("started", "enviada agora"),
 ]
 OLD_NOTICES = [
     ("started", "Campaign “Black “Friday”” started sending."),
@@ -160,6 +162,7 @@ OLD_NOTICES = [
     ("auto_paused", "Campaign “Pedidos” was paused: "),
     ("failed", "Campaign “X” failed: The ERP could not give the audience: timeout"),
     ("completed", "Mine finished."),
+    ("completed", "Campanha “Natal” concluída: 1200 enviadas, 3 com falha."),
 ]
 OLD_OPT_OUTS = [
     ("+5511900000001", "Replied “PARE”", "opt_out_reply"),
@@ -234,6 +237,7 @@ def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
             "erp": ["erp_failed", {"message": "The ERP failed (500)"}],
             # "010" is not how the code wrote a count: kept as it was, not misread.
             "odd": ["text", {"text": OLD_REASONS["odd"]}],
+            "pt": ["whatsapp_stop", {"code": 190, "message": "token expired"}],
             "none": [None, None],
         }
         assert rows("SELECT detail_code, detail_params FROM campaign_activity ORDER BY id") == [
@@ -249,6 +253,7 @@ def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
             ("failure_rate", {"failed": 7, "n": 13, "pct": 50}),
             ("template_disabled", {}),
             ("text", {"text": "something an older release wrote"}),
+            ("sent_now", {}),
         ]
         rate_7_of_13 = {"code": "failure_rate", "params": {"failed": 7, "n": 13, "pct": 50}}
         assert rows("SELECT code, params FROM notifications ORDER BY id") == [
@@ -264,6 +269,7 @@ def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
                 {"name": "X", "reason": {"code": "erp_failed", "params": {"message": "timeout"}}},
             ),
             ("text", {"text": "Mine finished."}),
+            ("campaign_completed", {"name": "Natal", "sent": 1200, "failed": 3}),
         ]
         assert rows("SELECT reason FROM suppressions ORDER BY phone") == [
             ("PARE",),
@@ -283,11 +289,18 @@ def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
         db.session.remove()
 
         downgrade(revision="0014-1")
+        # Each as it was; what was read from Portuguese comes back in English.
         assert dict(rows(f"SELECT name, status_reason FROM campaigns WHERE id <> {base}")) == (
-            OLD_REASONS
+            OLD_REASONS | {"pt": "Paused by WhatsApp's answer 190: token expired"}
         )
-        assert rows("SELECT action, detail FROM campaign_activity ORDER BY id") == OLD_DETAILS
-        assert rows("SELECT kind, text FROM notifications ORDER BY id") == OLD_NOTICES
+        assert rows("SELECT action, detail FROM campaign_activity ORDER BY id") == [
+            *OLD_DETAILS[:-1],
+            ("started", "sent now"),
+        ]
+        assert rows("SELECT kind, text FROM notifications ORDER BY id") == [
+            *OLD_NOTICES[:-1],
+            ("completed", "Campaign “Natal” completed: 1200 sent, 3 failed."),
+        ]
         assert rows("SELECT phone, reason, source FROM suppressions ORDER BY phone") == [
             OLD_OPT_OUTS[0],
             OLD_OPT_OUTS[1],

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
-from flask_babel import force_locale, refresh
+from flask_babel import force_locale
 
 from app import db
 from campaigns import campaign_states, notifications, reasons
@@ -34,10 +34,8 @@ AT = "2026-12-05T13:00:00+00:00"
 
 
 def read(client: FlaskClient, url: str, language: str | None = None) -> str:
-    """A page as a browser in ``language`` reads it. Requests here share the test's app
-    context, where Flask-Babel keeps the locale it chose: forget it first."""
-    refresh()
-    headers = {"Accept-Language": language} if language else {}
+    """A page (or an htmx fragment) as a browser in ``language`` reads it."""
+    headers = {"HX-Request": "true"} | ({"Accept-Language": language} if language else {})
     response = client.get(url, headers=headers)
     assert response.status_code == 200, response.status_code
     return response.get_data(as_text=True)
@@ -169,9 +167,10 @@ def test_an_auto_pause_is_stored_as_a_code_and_shown_in_the_readers_language(
     page = read(client, f"/campaigns/{paused.id}")
     assert english in page
     assert f'Disparo paused the campaign <small class="muted">({english})</small>' in page
-    # No translation yet: the English words, with the reader's numbers.
-    assert "1.500 of the last 2.000" in read(client, f"/campaigns/{paused.id}", "pt-BR")
-    assert "1.500 of the last 2.000" in read(client, "/campaigns/", "pt-BR")
+    # In Portuguese: Portuguese numbers (and words, once the catalogue has them).
+    for url in (f"/campaigns/{paused.id}", "/campaigns/"):
+        page = read(client, url, "pt-BR")
+        assert "1.500" in page and "2.000" in page and "1,500" not in page, url
 
 
 def test_a_whatsapp_stop_keeps_whatsapps_words_as_a_parameter(app, user_factory):
@@ -202,13 +201,14 @@ class Posted:
 
 
 def test_a_notification_is_worded_for_its_reader_and_its_webhook_for_the_owner(
-    app, client, paused, monkeypatch
+    app, client, paused, monkeypatch, user_factory
 ):
     posted = Posted()
     monkeypatch.setattr(notifications.requests, "post", posted)
-    app.config.update(
-        NOTIFICATION_WEBHOOK_URL="http://receiver.invalid/hook", DEFAULT_LOCALE="pt_BR"
-    )
+    app.config.update(NOTIFICATION_WEBHOOK_URL="http://receiver.invalid/hook", DEFAULT_LOCALE="en")
+    owner = paused.owner
+    owner.locale = "pt_BR"
+    db.session.commit()
     notifications.deliver(paused.id, "auto_paused", first_attempt=True)
 
     notice = db.session.scalars(sa.select(Notification).filter_by(campaign_id=paused.id)).one()
@@ -217,28 +217,35 @@ def test_a_notification_is_worded_for_its_reader_and_its_webhook_for_the_owner(
         "name": paused.name,
         "reason": {"code": "failure_rate", "params": {"failed": 1500, "n": 2000, "pct": 50}},
     }
-    # The owner has no language of their own: DEFAULT_LOCALE's numbers, and the code.
+    # The webhook speaks the owner's language (not DEFAULT_LOCALE's), with the code.
     (payload,) = posted.payloads
     assert payload["code"] == "campaign_paused"
-    assert "1.500 of the last 2.000" in payload["text"]
+    assert "1.500" in payload["text"] and "2.000" in payload["text"]
+    assert paused.name in payload["text"] and "1,500" not in payload["text"]
 
-    # On the page, in the reader's language (the browser's here), whatever the owner's.
-    login(client, paused.owner)
-    for language, figures in (
-        ("en", "1,500 of the last 2,000"),
-        ("pt-BR", "1.500 of the last 2.000"),
-    ):
-        body = read(client, "/notifications/", language)
-        assert f"Campaign “{paused.name}” was paused: Paused: {figures}" in body, language
+    # On a page, each reader's own language: the owner's Portuguese, whatever the browser,
+    login(client, owner)
+    page = read(client, "/notifications/", "en")
+    assert paused.name in page and "1.500" in page and "1,500" not in page
+    # and an admin's English (they see everyone's notifications on the dashboard).
+    client.post("/logout")
+    login(client, user_factory(Role.ADMIN))
+    page = read(client, "/dashboard/notifications", "en")
+    assert (
+        f"Campaign “{paused.name}” was paused: Paused: 1,500 of the last 2,000 messages failed,"
+        " more than 50 % allowed." in page
+    )
 
 
 def test_the_api_gives_english_and_the_code_whatever_the_readers_language(
     app, client, paused, user_factory
 ):
     app.config["DEFAULT_LOCALE"] = "pt_BR"
-    _token, raw = create_api_token(user_factory(Role.VIEWER).id)
+    reader = user_factory(Role.VIEWER)
+    reader.locale = "pt_BR"
+    db.session.commit()
+    _token, raw = create_api_token(reader.id)
     headers = {"Authorization": f"Bearer {raw}", "Accept-Language": "pt-BR"}
-    refresh()  # this request's own locale (the tests' app context outlives requests)
     english = "Paused: 1,500 of the last 2,000 messages failed, more than 50 % allowed."
     campaign = client.get(f"/api/v1/campaigns/{paused.id}", headers=headers).json
     assert (campaign["status_reason"], campaign["status_reason_code"]) == (english, "failure_rate")

@@ -8,9 +8,10 @@ code of ``campaigns/reasons.py`` plus its parameters (JSONB), worded when shown:
 - ``campaign_activity.detail`` → ``detail_code`` + ``detail_params``
 - ``notifications.text`` → ``code`` + ``params`` (``kind`` stays)
 
-Existing rows are read back into codes with the exact English formats the code
-wrote (they never changed, and no translation existed yet): a text is converted
-only if the code's English rebuilt from what was read is the very same text;
+Existing rows are read back into codes with the exact formats the older code
+wrote: its English (unchanged since the first release) and the pt_BR catalogue's
+words for it (a job whose locale was Portuguese wrote those). A text is converted
+only if the code's words rebuilt from what was read are the very same text;
 anything else becomes code ``text`` with ``{"text": <old>}``, shown verbatim.
 
 Opt-outs keep a ``reason`` column, but only people's words: a reply's opt-out
@@ -18,10 +19,11 @@ Opt-outs keep a ``reason`` column, but only people's words: a reply's opt-out
 says the rest), and WhatsApp's opt-outs that came without words ("Stopped
 marketing messages", "131050") keep none (source ``provider`` says it).
 
-Downgrade words every code back into the English the older code wrote.
+Downgrade words every code back into the English the older code wrote (a row read
+from Portuguese comes back in English).
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 
 import re
@@ -32,15 +34,16 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
 BATCH = 1000
 TEXT = "text"
 
-# The English each code stood for before this revision, frozen here (the catalogue
-# in campaigns/reasons.py may change; this must not).
+# What the older code wrote for each code, frozen here (the catalogue in
+# campaigns/reasons.py may change; this must not): the English msgids, and the pt_BR
+# catalogue's words for them, which a job wrote when its locale was Portuguese.
 ENGLISH = {
     "failure_rate": (
         "Paused: %(failed)d of the last %(n)d messages failed, more than %(pct)d %% allowed."
@@ -50,10 +53,8 @@ ENGLISH = {
     "erp_failed": "The ERP could not give the audience: %(message)s",
     "scheduled_time_reached": "scheduled time reached",
     "sent_now": "sent now",
-    "scheduled_for": "%(at)s",
     "duplicated_from": "duplicated from #%(id)d",
     "duplicated_as": "as #%(id)d",
-    "test_phone": "%(phone)s",
     "retried_messages": "%(n)d messages (%(codes)s)",
     "retention_reached": "retention period reached",
     "campaign_started": "Campaign “%(name)s” started sending.",
@@ -61,96 +62,124 @@ ENGLISH = {
     "campaign_paused": "Campaign “%(name)s” was paused: %(reason)s",
     "campaign_failed": "Campaign “%(name)s” failed: %(reason)s",
 }
-
-
-def _int(text):
-    return int(text)
-
-
-def _whatsapp_code(text):
-    return None if text == "None" else int(text)
-
-
-# (pattern, code, parameter names and how each is read), tried in order with fullmatch.
-REASONS = [
-    (
-        r"Paused: (\d+) of the last (\d+) messages failed, more than (\d+) % allowed\.",
-        "failure_rate",
-        (("failed", _int), ("n", _int), ("pct", _int)),
+PORTUGUESE = {
+    "failure_rate": (
+        "Pausada: %(failed)d das últimas %(n)d mensagens falharam, mais que os %(pct)d %%"
+        " permitidos."
     ),
-    (
-        r"Paused by WhatsApp's answer (None|-?\d+): (.*)",
-        "whatsapp_stop",
-        (("code", _whatsapp_code), ("message", str)),
-    ),
-    (r"WhatsApp disabled the template \(132016\)\.", "template_disabled", ()),
-    (r"The ERP could not give the audience: (.*)", "erp_failed", (("message", str),)),
-]
-DETAILS = [
-    (r"scheduled time reached", "scheduled_time_reached", ()),
-    (r"sent now", "sent_now", ()),
-    (r"duplicated from #(\d+)", "duplicated_from", (("id", _int),)),
-    (r"as #(\d+)", "duplicated_as", (("id", _int),)),
-    (r"(\d+) messages \((.*)\)", "retried_messages", (("n", _int), ("codes", str))),
-    (r"retention period reached", "retention_reached", ()),
-    *REASONS,
-]
-NOTIFICATIONS = [
-    (r"Campaign “(.*)” started sending\.", "campaign_started", (("name", str),)),
-    (
-        r"Campaign “(.*)” completed: (\d+) sent, (\d+) failed\.",
-        "campaign_completed",
-        (("name", str), ("sent", _int), ("failed", _int)),
-    ),
-    # The name is read up to the first closing quote that the sentence's own words
-    # follow; the reason (WhatsApp's words) may hold anything.
-    (r"Campaign “(.*?)” was paused: (.*)", "campaign_paused", (("name", str), ("reason", None))),
-    (r"Campaign “(.*?)” failed: (.*)", "campaign_failed", (("name", str), ("reason", None))),
+    "whatsapp_stop": "Pausada pela resposta %(code)s do WhatsApp: %(message)s",
+    "template_disabled": "O WhatsApp desativou o modelo (132016).",
+    "erp_failed": "O ERP não conseguiu fornecer o público: %(message)s",
+    "scheduled_time_reached": "horário agendado atingido",
+    "sent_now": "enviada agora",
+    "duplicated_from": "duplicada da #%(id)d",
+    "duplicated_as": "como #%(id)d",
+    "retried_messages": "%(n)d mensagens (%(codes)s)",
+    "retention_reached": "período de retenção atingido",
+    "campaign_started": "A campanha “%(name)s” começou a ser enviada.",
+    "campaign_completed": "Campanha “%(name)s” concluída: %(sent)d enviadas, %(failed)d com falha.",
+    "campaign_paused": "A campanha “%(name)s” foi pausada: %(reason)s",
+    "campaign_failed": "A campanha “%(name)s” falhou: %(reason)s",
+}
+# Which codes each column held, in the order they are tried.
+REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")
+DETAIL_CODES = (
+    "scheduled_time_reached",
+    "sent_now",
+    "duplicated_from",
+    "duplicated_as",
+    "retried_messages",
+    "retention_reached",
+    *REASON_CODES,
+)
+NOTIFICATION_CODES = ("campaign_started", "campaign_completed", "campaign_paused", "campaign_failed")
+PLACEHOLDER = re.compile(r"%\((\w+)\)([sd])|%%")
+
+
+def _pattern(text):
+    """A format's regex: its words as they are; %(x)d a whole number, %(x)s any text
+    (the shortest that lets the rest match: a name ends at the first closing quote the
+    sentence's own words follow; a reason, last, may hold anything)."""
+    parts, end = [], 0
+    for match in PLACEHOLDER.finditer(text):
+        parts.append(re.escape(text[end : match.start()]))
+        name, kind = match.groups()
+        if name is None:
+            parts.append("%")
+        else:
+            parts.append(f"(?P<{name}>-?[0-9]+)" if kind == "d" else f"(?P<{name}>.*?)")
+        end = match.end()
+    parts.append(re.escape(text[end:]))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+FORMATS = [
+    (language, code, _pattern(text), {m[1] for m in PLACEHOLDER.finditer(text) if m[2] == "d"})
+    for language, formats in (("en", ENGLISH), ("pt_BR", PORTUGUESE))
+    for code, text in formats.items()
 ]
 
 
-def english(code, params, depth=0):
-    """The English the older code wrote for this code and parameters."""
+def worded(code, params, formats=ENGLISH, depth=0):
+    """What the older code wrote for this code and parameters (English unless told)."""
     params = params if isinstance(params, dict) else {}
     if code == TEXT:
         return str(params.get("text", ""))
+    if code == "scheduled_for":
+        return str(params.get("at", ""))
+    if code == "test_phone":
+        return str(params.get("phone", ""))
     values = dict(params)
     reason = values.get("reason")
     if isinstance(reason, dict) and depth < 3:
-        values["reason"] = english(reason.get("code"), reason.get("params"), depth + 1)
+        values["reason"] = worded(reason.get("code"), reason.get("params"), formats, depth + 1)
     try:
-        return ENGLISH[code] % values
+        return formats[code] % values
     except (KeyError, TypeError, ValueError):  # a code this revision does not know
-        return params.get("text") or str(code)
+        return str(params.get("text") or code)
 
 
 def _verbatim(text):
     return TEXT, {"text": text}
 
 
-def _parse(text, patterns):
-    for pattern, code, fields in patterns:
-        match = re.fullmatch(pattern, text, re.DOTALL)
+def _read(groups, numbers):
+    params = {}
+    for name, value in groups.items():
+        if name == "reason":  # a reason inside the sentence (in either language)
+            inner = _parse(value, REASON_CODES)
+            params[name] = {"code": inner[0], "params": inner[1]}
+        elif name == "code":  # WhatsApp's error code, or None when it gave none
+            params[name] = None if value == "None" else int(value)
+        else:
+            params[name] = int(value) if name in numbers else value
+    return params
+
+
+def _parse(text, codes):
+    """(code, params) for a sentence the older code wrote, read back only if the code's
+    words rebuilt from them are the very same text; else the text kept verbatim."""
+    for language, code, pattern, numbers in FORMATS:
+        if code not in codes:
+            continue
+        match = pattern.fullmatch(text)
         if match is None:
             continue
         try:
-            params = {}
-            for (name, read), value in zip(fields, match.groups(), strict=True):
-                if read is None:  # a reason inside the sentence
-                    inner = parse_reason(value)
-                    params[name] = {"code": inner[0], "params": inner[1]}
-                else:
-                    params[name] = read(value)
-        except ValueError:
+            params = _read(match.groupdict(), numbers)
+        except ValueError:  # "None" is no number, nor a code
             continue
-        if english(code, params) == text:  # read back exactly, or not at all
+        rebuilt = dict(params)
+        if "reason" in rebuilt:  # checked on its own: its words as they were
+            rebuilt["reason"] = {"code": TEXT, "params": {"text": match["reason"]}}
+        if worded(code, rebuilt, ENGLISH if language == "en" else PORTUGUESE) == text:
             return code, params
     return _verbatim(text)
 
 
 def parse_reason(text):
-    """A campaign's status reason as the older code wrote it → (code, params)."""
-    return _parse(text, REASONS)
+    """A campaign's status reason → (code, params)."""
+    return _parse(text, REASON_CODES)
 
 
 def parse_detail(action, detail):
@@ -164,12 +193,12 @@ def parse_detail(action, detail):
             at = None
         if at is not None and at.tzinfo is not None:
             return "scheduled_for", {"at": detail}
-    return _parse(detail, DETAILS)
+    return _parse(detail, DETAIL_CODES)
 
 
 def parse_notification(text):
     """A notification's text → (code, params)."""
-    return _parse(text, NOTIFICATIONS)
+    return _parse(text, NOTIFICATION_CODES)
 
 
 def _table(name, *columns):
@@ -277,7 +306,7 @@ def downgrade():
     op.add_column("notifications", sa.Column("text", sa.Text()))
 
     def back(code, params):
-        return (english(code, params),)
+        return (worded(code, params),)
 
     _rewrite(
         _table(

@@ -230,7 +230,9 @@ def test_notifications_are_marked_read_in_place_and_the_badge_follows(
     app.config["WTF_CSRF_ENABLED"] = True
     user = user_factory(Role.VIEWER)
     for text in ("Campaign “A” completed.", "Campaign “B” failed.", "Campaign “C” started."):
-        db.session.add(Notification(user_id=user.id, kind="completed", text=text))
+        db.session.add(
+            Notification(user_id=user.id, kind="completed", code="text", params={"text": text})
+        )
     db.session.commit()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

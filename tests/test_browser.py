@@ -325,7 +325,7 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.goto(f"{live_server}/campaigns/new")
     check("new campaign")
     page.fill("input[name=name]", "Promoção de Natal")
-    page.select_option("select[name=template_id]", index=1)
+    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
     page.wait_for_selector("select[name='var.first_name.source']")
     check("new campaign with its variables")
     page.select_option("select[name='var.first_name.source']", "first_name")

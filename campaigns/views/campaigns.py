@@ -465,8 +465,7 @@ def campaign_retry_failed(campaign_id: int) -> Response:
                 "%(num)d failed message will be sent again.",
                 "%(num)d failed messages will be sent again.",
                 retried,
-            )
-            % {"num": retried},
+            ),
             "success",
         )
 

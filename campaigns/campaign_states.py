@@ -9,7 +9,9 @@ automatic pause on WhatsApp's answer or on a run of failures.
 
 Every change happens under the campaign's row lock (:func:`lock`), records an
 activity entry and, where the owner should know, defers a notification in the
-same transaction: all of it commits together or not at all.
+same transaction: all of it commits together or not at all. Reasons and details
+are stored as codes of ``reasons.py`` with their parameters, never as sentences:
+a job does not know the language of whoever reads them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession, db
-from campaigns import counters, message_states, queues
+from campaigns import counters, message_states, queues, reasons
 from campaigns.clock import database_now
-from campaigns.i18n import _
 from campaigns.models import Campaign, CampaignActivity, CampaignStatus
 from campaigns.providers.errors import ErrorKind
 
@@ -55,19 +56,25 @@ def record_activity(
     campaign_id: int,
     user_id: int | None,
     action: str,
-    detail: str | None = None,
+    detail: reasons.Reason | None = None,
 ) -> None:
     """Add to the campaign's activity (committed with the caller's transaction; no user: the
-    system did it)."""
+    system did it). ``action`` is a key of ``reasons.ACTIONS``."""
     session.add(
-        CampaignActivity(campaign_id=campaign_id, user_id=user_id, action=action, detail=detail)
+        CampaignActivity(
+            campaign_id=campaign_id,
+            user_id=user_id,
+            action=action,
+            detail_code=detail.code if detail else None,
+            detail_params=dict(detail.params) if detail else None,
+        )
     )
 
 
 def start(session: AnySession, campaign: Campaign) -> None:
     """Mark a locked campaign as sending and defer its fan-out (caller commits)."""
     campaign.status = CampaignStatus.SENDING
-    campaign.status_reason = None
+    campaign.set_status_reason(None)
     campaign.started_at = campaign.started_at or database_now(session)
     counters.ensure_rows(session, campaign.id)
     queues.defer_fan_out(session, campaign.id)
@@ -84,7 +91,9 @@ def start_due(tick: datetime) -> list[int]:
     ).all()
     for campaign in campaigns:
         start(db.session, campaign)
-        record_activity(db.session, campaign.id, None, "started", _("scheduled time reached"))
+        record_activity(
+            db.session, campaign.id, None, "started", reasons.Reason(reasons.SCHEDULED_TIME_REACHED)
+        )
     db.session.commit()
     return [c.id for c in campaigns]
 
@@ -106,20 +115,20 @@ def complete(session: AnySession, campaign: Campaign) -> None:
     logger.info("campaign %s completed", campaign.id)
 
 
-def fail(campaign_id: int, reason: str) -> None:
+def fail(campaign_id: int, reason: reasons.Reason) -> None:
     """The campaign cannot be carried out at all: failed, with the reason shown; commits."""
     campaign = lock(db.session, campaign_id)
     if campaign is None or campaign.status.is_finished:
         db.session.rollback()
         return
     campaign.status = CampaignStatus.FAILED
-    campaign.status_reason = reason
+    campaign.set_status_reason(reason)
     campaign.completed_at = database_now(db.session)
     message_states.cancel_unsent(db.session, campaign_id)
     record_activity(db.session, campaign_id, None, "failed", reason)
     queues.defer_notification(db.session, campaign_id, "failed")
     db.session.commit()
-    logger.error("campaign %s failed: %s", campaign_id, reason)
+    logger.error("campaign %s failed: %s %s", campaign_id, reason.code, reason.params)
 
 
 def stop_for_code(campaign_id: int, code: int | None, text: str, kind: ErrorKind) -> None:
@@ -131,9 +140,9 @@ def stop_for_code(campaign_id: int, code: int | None, text: str, kind: ErrorKind
     """
     if code == TEMPLATE_DISABLED_CODE:
         db.session.commit()
-        fail(campaign_id, _("WhatsApp disabled the template (132016)."))
+        fail(campaign_id, reasons.Reason(reasons.TEMPLATE_DISABLED))
         return
-    reason = _("Paused by WhatsApp's answer %(code)s: %(m)s") % {"code": code, "m": text}
+    reason = reasons.Reason(reasons.WHATSAPP_STOP, {"code": code, "message": text})
     _auto_pause(campaign_id, reason, every_campaign_of_sender=kind is ErrorKind.PAUSE_SENDER)
     db.session.commit()
 
@@ -149,13 +158,15 @@ def pause_if_failing(campaign_id: int, config: Mapping[str, Any]) -> None:
     outcomes = sent + failed
     if outcomes < int(config["AUTO_PAUSE_MIN_OUTCOMES"]) or failed <= threshold * outcomes:
         return
-    reason = _(
-        "Paused: %(failed)d of the last %(n)d messages failed, more than %(pct)d %% allowed."
-    ) % {"failed": failed, "n": outcomes, "pct": round(threshold * 100)}
+    reason = reasons.Reason(
+        reasons.FAILURE_RATE, {"failed": failed, "n": outcomes, "pct": round(threshold * 100)}
+    )
     _auto_pause(campaign_id, reason, every_campaign_of_sender=False)
 
 
-def _auto_pause(campaign_id: int, reason: str, *, every_campaign_of_sender: bool) -> None:
+def _auto_pause(
+    campaign_id: int, reason: reasons.Reason, *, every_campaign_of_sender: bool
+) -> None:
     campaign = lock(db.session, campaign_id)
     assert campaign is not None
     targets = [campaign]
@@ -173,8 +184,8 @@ def _auto_pause(campaign_id: int, reason: str, *, every_campaign_of_sender: bool
     for target in targets:
         if target.status is CampaignStatus.SENDING:
             target.status = CampaignStatus.PAUSED
-            target.status_reason = reason
+            target.set_status_reason(reason)
             message_states.unqueue(db.session, target.id)
             record_activity(db.session, target.id, None, "paused", reason)
             queues.defer_notification(db.session, target.id, "auto_paused")
-            logger.warning("campaign %s auto-paused: %s", target.id, reason)
+            logger.warning("campaign %s auto-paused: %s %s", target.id, reason.code, reason.params)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app import Model
+from campaigns import reasons
 from campaigns.encryption import EncryptedText
 
 
@@ -253,6 +254,8 @@ class MessageTemplate(Model):
     status: Mapped[TemplateStatus] = mapped_column(
         pg_enum(TemplateStatus, "template_status"), default=TemplateStatus.DRAFT
     )
+    # Meta's own reason for a rejection ("INVALID_FORMAT"), kept as the provider gave it;
+    # Disparo writes nothing here but NULL.
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
     provider_template_id: Mapped[str | None] = mapped_column(sa.String(64))
     created_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
@@ -296,7 +299,10 @@ class Campaign(Model):
     status: Mapped[CampaignStatus] = mapped_column(
         pg_enum(CampaignStatus, "campaign_status"), default=CampaignStatus.DRAFT
     )
-    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Why it is paused or failed: a code of campaigns/reasons.py and its parameters, worded
+    # in the reader's language when shown (status_reason); NULL when there is none to tell.
+    status_reason_code: Mapped[str | None] = mapped_column(sa.String(reasons.CODE_WIDTH))
+    status_reason_params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     scheduled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
@@ -315,6 +321,16 @@ class Campaign(Model):
     owner: Mapped[User] = relationship()
     sender: Mapped[Sender] = relationship()
     template: Mapped[MessageTemplate] = relationship()
+
+    @property
+    def status_reason(self) -> str | None:
+        """Why it is paused or failed, in the reader's language (None: no reason given)."""
+        return reasons.render_or_none(self.status_reason_code, self.status_reason_params)
+
+    def set_status_reason(self, reason: reasons.Reason | None) -> None:
+        """Record why (or, with None, that there is no reason any more)."""
+        self.status_reason_code = reason.code if reason else None
+        self.status_reason_params = dict(reason.params) if reason else None
 
     def __repr__(self) -> str:
         return f"<Campaign {self.id} {self.name!r} {self.status}>"
@@ -460,7 +476,13 @@ class RateLimitKey(Model):
 
 
 class Notification(Model):
-    """An in-app notice for a user: a campaign started, completed, paused or failed."""
+    """An in-app notice for a user: a campaign started, completed, paused or failed.
+
+    ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``failed``);
+    its words are a code of campaigns/reasons.py and its parameters (the campaign's
+    name, its counts, the reason it stopped), worded in the reader's language when
+    shown (:attr:`text`).
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (sa.Index("notifications_user_unread_idx", "user_id", "read_at"),)
@@ -471,13 +493,27 @@ class Notification(Model):
         sa.ForeignKey("campaigns.id", ondelete="CASCADE")
     )
     kind: Mapped[str] = mapped_column(sa.String(40))
-    text: Mapped[str] = mapped_column(sa.Text)
+    code: Mapped[str] = mapped_column(sa.String(reasons.CODE_WIDTH))
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
     created_at: Mapped[datetime] = created_at_column()
     read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
+    @property
+    def text(self) -> str:
+        """The notice in the reader's language."""
+        return reasons.render(self.code, self.params)
+
 
 class CampaignActivity(Model):
-    """Who did what to a campaign, and when (the user is NULL for the system)."""
+    """Who did what to a campaign, and when (the user is NULL for the system).
+
+    ``action`` is what was done, a key of ``reasons.ACTIONS`` (``paused``); the detail,
+    if any, is a code of campaigns/reasons.py and its parameters (why it paused, when
+    it is scheduled for, which masked number a test went to). Both are worded in the
+    reader's language when shown (:attr:`summary`, :attr:`detail`).
+    """
 
     __tablename__ = "campaign_activity"
     __table_args__ = (sa.Index("campaign_activity_campaign_idx", "campaign_id", "created_at"),)
@@ -486,10 +522,21 @@ class CampaignActivity(Model):
     campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     action: Mapped[str] = mapped_column(sa.String(40))
-    detail: Mapped[str | None] = mapped_column(sa.Text)
+    detail_code: Mapped[str | None] = mapped_column(sa.String(reasons.CODE_WIDTH))
+    detail_params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = created_at_column()
 
     user: Mapped[User | None] = relationship()
+
+    @property
+    def summary(self) -> str:
+        """Who did what, in the reader's language: "ana@… paused the campaign"."""
+        return reasons.action_text(self.action, self.user.email if self.user else None)
+
+    @property
+    def detail(self) -> str | None:
+        """The detail in the reader's language (None when there is none)."""
+        return reasons.render_or_none(self.detail_code, self.detail_params)
 
 
 class Suppression(Model):
@@ -508,8 +555,11 @@ class Suppression(Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     phone: Mapped[str | None] = mapped_column(sa.String(20), unique=True)  # E.164
     phone_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    # Words, never Disparo's own: what the operator typed (manual, import), the customer's
+    # reply (opt_out_reply), WhatsApp's text (provider); "" when there were none.
     reason: Mapped[str] = mapped_column(sa.String(200))
-    source: Mapped[str] = mapped_column(sa.String(40))  # manual, import, opt_out_reply, provider
+    # How it got here, a code the page words: manual, import, opt_out_reply, provider.
+    source: Mapped[str] = mapped_column(sa.String(40))
     created_by_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("users.id", ondelete="SET NULL")
     )

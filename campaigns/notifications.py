@@ -5,6 +5,11 @@ headers ``webhook-id`` (the same on every retry of one notification, so a receiv
 can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 ``NOTIFICATION_WEBHOOK_SECRET``. A receiver verifies the raw body with
 ``Webhook(secret).verify(body, headers)`` from the ``standardwebhooks`` package.
+
+A notice is stored as a code of ``reasons.py`` with its parameters (the campaign's
+name and counts, and the reason it stopped as it stood then), worded when read, in
+the reader's language; the webhook's ``text`` is worded in the owner's language
+(``i18n.for_user``), next to the stable ``code``.
 """
 
 from __future__ import annotations
@@ -20,17 +25,17 @@ from flask import current_app
 from standardwebhooks.webhooks import Webhook
 
 from app import db
-from campaigns import counters
-from campaigns.i18n import _
+from campaigns import counters, i18n, reasons
 from campaigns.models import Campaign, Notification
 
 logger = logging.getLogger(__name__)
 
-TEXTS = {
-    "started": _("Campaign “%(name)s” started sending."),
-    "completed": _("Campaign “%(name)s” completed: %(sent)d sent, %(failed)d failed."),
-    "auto_paused": _("Campaign “%(name)s” was paused: %(reason)s"),
-    "failed": _("Campaign “%(name)s” failed: %(reason)s"),
+# Each kind of notice, and the code of its words.
+CODES = {
+    "started": reasons.CAMPAIGN_STARTED,
+    "completed": reasons.CAMPAIGN_COMPLETED,
+    "auto_paused": reasons.CAMPAIGN_PAUSED,
+    "failed": reasons.CAMPAIGN_FAILED,
 }
 WEBHOOK_TIMEOUT = (3.05, 10)
 
@@ -50,6 +55,29 @@ def signed_request(
     return body, headers
 
 
+def _params(kind: str, campaign: Campaign, totals: dict[str, int]) -> dict[str, Any]:
+    """What the notice's words need: the name, the counts once it completed, and why it
+    paused or failed (the campaign's reason as it stands now, kept as it was)."""
+    params: dict[str, Any] = {"name": campaign.name}
+    if kind == "completed":
+        params |= {"sent": totals["sent"], "failed": totals["failed"]}
+    if kind in ("auto_paused", "failed"):
+        code = campaign.status_reason_code
+        reason = (
+            reasons.Reason(code, dict(campaign.status_reason_params or {}))
+            if code
+            else reasons.verbatim("")
+        )
+        params["reason"] = reason.as_json()
+    return params
+
+
+def _owners_text(campaign: Campaign, notice: reasons.Reason) -> str:
+    """The notice in its owner's language (their own, else DEFAULT_LOCALE)."""
+    with i18n.for_user(campaign.owner):
+        return reasons.render(notice.code, notice.params)
+
+
 def deliver(
     campaign_id: int, kind: str, *, first_attempt: bool, event_id: str | None = None
 ) -> None:
@@ -59,19 +87,20 @@ def deliver(
     every attempt (the job passes its own id).
     """
     campaign = db.session.get(Campaign, campaign_id)
-    if campaign is None or kind not in TEXTS:
+    if campaign is None or kind not in CODES:
         logger.warning("notification %s for campaign %s dropped: unknown", kind, campaign_id)
         return
     totals = counters.totals(db.session, campaign_id)
-    text = TEXTS[kind] % {
-        "name": campaign.name,
-        "sent": totals["sent"],
-        "failed": totals["failed"],
-        "reason": campaign.status_reason or "",
-    }
+    notice = reasons.Reason(CODES[kind], _params(kind, campaign, totals))
     if first_attempt:
         db.session.add(
-            Notification(user_id=campaign.owner_id, campaign_id=campaign_id, kind=kind, text=text)
+            Notification(
+                user_id=campaign.owner_id,
+                campaign_id=campaign_id,
+                kind=kind,
+                code=notice.code,
+                params=notice.params,
+            )
         )
         db.session.commit()
     url = current_app.config.get("NOTIFICATION_WEBHOOK_URL")
@@ -81,7 +110,8 @@ def deliver(
         "event": f"campaign.{kind}",
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status.value},
         "counters": totals,
-        "text": text,
+        "code": notice.code,
+        "text": _owners_text(campaign, notice),
     }
     body, headers = signed_request(
         payload,

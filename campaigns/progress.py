@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import joinedload
 
 from app import db
-from campaigns import counters, ratelimit
+from campaigns import counters, ratelimit, reasons
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -35,7 +36,8 @@ class Progress:
 
     campaign_id: int
     status: CampaignStatus
-    status_reason: str | None
+    status_reason_code: str | None  # a code of reasons.py, worded when shown
+    status_reason_params: dict[str, Any] | None
     total: int
     pending: int
     queued: int
@@ -53,6 +55,11 @@ class Progress:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     read_at: datetime | None = None  # the database's now() when these figures were read
+
+    @property
+    def status_reason(self) -> str | None:
+        """Why it is paused or failed, in the reader's language."""
+        return reasons.render_or_none(self.status_reason_code, self.status_reason_params)
 
     @property
     def in_flight(self) -> int:
@@ -118,7 +125,11 @@ class Progress:
         return {
             "campaign_id": self.campaign_id,
             "status": self.status.value,
-            "status_reason": self.status_reason,
+            # The API's text is English; the code is what a client should compare.
+            "status_reason": reasons.render_english(
+                self.status_reason_code, self.status_reason_params
+            ),
+            "status_reason_code": self.status_reason_code,
             "total": self.total,
             "in_flight": self.in_flight,
             "pending": self.pending,
@@ -186,7 +197,8 @@ def _progress_of(
     return Progress(
         campaign_id=campaign.id,
         status=campaign.status,
-        status_reason=campaign.status_reason,
+        status_reason_code=campaign.status_reason_code,
+        status_reason_params=campaign.status_reason_params,
         total=totals["total"],
         pending=totals["pending"],
         queued=totals["queued"],

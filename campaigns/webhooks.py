@@ -31,7 +31,6 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import campaign_states, encryption, message_states, phones
-from campaigns.i18n import _
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
@@ -396,7 +395,7 @@ def _apply_status(
     if not moved:
         return "ignored"  # a duplicate, or a stage the message has already passed
     if failed and code in OPT_OUT_CODES:
-        suppress_quietly(db.session, message.phone, text or "131050", "provider")
+        suppress_quietly(db.session, message.phone, text or "", "provider")
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
@@ -433,9 +432,8 @@ def _apply_reply(message: Any, keywords: Collection[str], where: str, skipped: _
     if phone is None:
         skipped(f"{where}.from", "is not a phone number")
         return 0
-    # The reason is kept as text, in the language of the request (DEFAULT_LOCALE for Meta's).
-    reason = _("Replied “%(text)s”") % {"text": text.strip()[:50]}
-    suppress_quietly(db.session, phone, reason, "opt_out_reply")
+    # The reason is the customer's own words; the source says they replied.
+    suppress_quietly(db.session, phone, text.strip()[:50], "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
 
@@ -452,8 +450,8 @@ def _apply_preference(preference: Any, where: str, skipped: _Skipped) -> str | N
         skipped(f"{where}.wa_id", "is not a phone number")
         return None
     if preference.get("value") == "stop":
-        reason = _text(preference.get("detail")) or _("Stopped marketing messages")
-        suppress_quietly(db.session, phone, reason, "provider")
+        # WhatsApp's words, if it gave any; the source says WhatsApp reported it.
+        suppress_quietly(db.session, phone, _text(preference.get("detail")) or "", "provider")
         logger.info("marketing opt-out preference from a customer: number suppressed")
         return "opt_outs"
     if preference.get("value") == "resume" and lift_provider_suppression(db.session, phone):

@@ -24,9 +24,9 @@ from campaigns import (
     notifications,
     pump,
     ratelimit,
+    reasons,
     sending,
 )
-from campaigns.i18n import _
 from campaigns.queues import (
     FAN_OUT_TASK,
     MAINTENANCE_QUEUE,
@@ -92,7 +92,7 @@ def fan_out(context: JobContext, campaign_id: int) -> None:
         if not last:
             raise
         campaign_states.fail(
-            campaign_id, _("The ERP could not give the audience: %(m)s") % {"m": error.message}
+            campaign_id, reasons.Reason(reasons.ERP_FAILED, {"message": error.message})
         )
 
 

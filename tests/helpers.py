@@ -302,7 +302,9 @@ def wait_for(
 def _state() -> str:
     """What the campaigns and jobs look like, to explain a missed deadline."""
     campaigns = db.session.execute(
-        sa.select(Campaign.id, Campaign.status, Campaign.status_reason)
+        sa.select(
+            Campaign.id, Campaign.status, Campaign.status_reason_code, Campaign.status_reason_params
+        )
     ).all()
     queued = db.session.execute(
         sa.text(

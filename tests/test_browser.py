@@ -230,7 +230,9 @@ def test_notifications_are_marked_read_in_place_and_the_badge_follows(
     app.config["WTF_CSRF_ENABLED"] = True
     user = user_factory(Role.VIEWER)
     for text in ("Campaign “A” completed.", "Campaign “B” failed.", "Campaign “C” started."):
-        db.session.add(Notification(user_id=user.id, kind="completed", text=text))
+        db.session.add(
+            Notification(user_id=user.id, kind="completed", code="text", params={"text": text})
+        )
     db.session.commit()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -323,7 +325,7 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.goto(f"{live_server}/campaigns/new")
     check("new campaign")
     page.fill("input[name=name]", "Promoção de Natal")
-    page.select_option("select[name=template_id]", index=1)
+    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
     page.wait_for_selector("select[name='var.first_name.source']")
     check("new campaign with its variables")
     page.select_option("select[name='var.first_name.source']", "first_name")

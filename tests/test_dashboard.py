@@ -258,9 +258,15 @@ def test_notifications_are_the_users_own_and_everyones_for_admins(
     viewer = login_as(Role.VIEWER)
     other = user_factory(Role.SUPERVISOR)
     campaign = make_campaign(CampaignStatus.SENDING, owner=other)
-    mine = Notification(user_id=viewer.id, kind="completed", text="Mine finished.")
+    mine = Notification(
+        user_id=viewer.id, kind="completed", code="text", params={"text": "Mine finished."}
+    )
     theirs = Notification(
-        user_id=other.id, campaign_id=campaign.id, kind="auto_paused", text="Theirs paused."
+        user_id=other.id,
+        campaign_id=campaign.id,
+        kind="auto_paused",
+        code="text",
+        params={"text": "Theirs paused."},
     )
     db.session.add_all([mine, theirs])
     db.session.commit()

@@ -123,3 +123,191 @@ def test_0010_encrypts_existing_sender_secrets_and_its_downgrade_decrypts_them(
         assert encryption.decrypt(raw()["plain"][0]) == "EAAG-token"
         db.session.remove()
         db.engine.dispose()
+
+
+# Rows as the code before 0014 wrote them: English sentences.
+OLD_REASONS = {
+    "rate": "Paused: 1500 of the last 2000 messages failed, more than 50 % allowed.",
+    "stop": "Paused by WhatsApp's answer 131048: Spam rate limit hit: wait",
+    "no code": "Paused by WhatsApp's answer None: unreachable",
+    "disabled": "WhatsApp disabled the template (132016).",
+    "erp": "The ERP could not give the audience: The ERP failed (500)",
+    "odd": "Paused: 3 of the last 010 messages failed, more than 50 % allowed.",
+    "pt": "Pausada pela resposta 190 do WhatsApp: token expired",
+    "none": None,
+}
+OLD_DETAILS = [
+    ("created", None),
+    ("started", "scheduled time reached"),
+    ("started", "sent now"),
+    ("scheduled", "2026-12-05T13:00:00+00:00"),
+    ("created", "duplicated from #12"),
+    ("duplicated", "as #13"),
+    ("test_sent", "+55119876****"),
+    ("retried_failed", "5 messages (130429, 131000, 503, —)"),
+    ("data_erased", "retention period reached"),
+    ("paused", "Paused: 7 of the last 13 messages failed, more than 50 % allowed."),
+    ("failed", "WhatsApp disabled the template (132016)."),
+    ("paused", "something an older release wrote"),
+    ("started", "enviada agora"),
+]
+OLD_NOTICES = [
+    ("started", "Campaign “Black “Friday”” started sending."),
+    ("completed", "Campaign “Pedidos” completed: 1200 sent, 3 failed."),
+    (
+        "auto_paused",
+        "Campaign “Pedidos” was paused: Paused: 7 of the last 13 messages failed,"
+        " more than 50 % allowed.",
+    ),
+    ("auto_paused", "Campaign “Pedidos” was paused: "),
+    ("failed", "Campaign “X” failed: The ERP could not give the audience: timeout"),
+    ("completed", "Mine finished."),
+    ("completed", "Campanha “Natal” concluída: 1200 enviadas, 3 com falha."),
+]
+OLD_OPT_OUTS = [
+    ("+5511900000001", "Replied “PARE”", "opt_out_reply"),
+    ("+5511900000002", "Stopped marketing messages", "provider"),
+    ("+5511900000003", "131050", "provider"),
+    ("+5511900000004", "User requested to stop marketing messages", "provider"),
+    ("+5511900000005", "asked by phone", "manual"),
+]
+
+
+def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
+    empty_database_url,
+):
+    from campaigns.models import User
+    from tests.helpers import demo_campaign
+
+    app = make_app(empty_database_url)
+    with app.app_context():
+        # Today's models write the base rows at the head; then back to the revision before.
+        upgrade()
+        owner = User(email="owner@example.com", password_hash="x")
+        db.session.add(owner)
+        db.session.commit()
+        base = demo_campaign(owner.id).id
+        owner_id = owner.id
+        db.session.remove()
+        downgrade(revision="0014-1")
+
+        with psycopg.connect(empty_database_url) as conn:
+            conn.execute("DELETE FROM campaign_activity")
+            ids = {}
+            for name, reason in OLD_REASONS.items():
+                ids[name] = conn.execute(
+                    "INSERT INTO campaigns (name, owner_id, sender_id, template_id, status,"
+                    " status_reason) SELECT %s, owner_id, sender_id, template_id, 'paused', %s"
+                    " FROM campaigns WHERE id = %s RETURNING id",
+                    [name, reason, base],
+                ).fetchone()[0]
+            for action, detail in OLD_DETAILS:
+                conn.execute(
+                    "INSERT INTO campaign_activity (campaign_id, action, detail)"
+                    " VALUES (%s, %s, %s)",
+                    [base, action, detail],
+                )
+            for kind, text in OLD_NOTICES:
+                conn.execute(
+                    "INSERT INTO notifications (user_id, kind, text) VALUES (%s, %s, %s)",
+                    [owner_id, kind, text],
+                )
+            for phone, reason, source in OLD_OPT_OUTS:
+                conn.execute(
+                    "INSERT INTO suppressions (phone, reason, source) VALUES (%s, %s, %s)",
+                    [phone, reason, source],
+                )
+
+        def rows(query: str) -> list[tuple]:
+            with psycopg.connect(empty_database_url) as conn:
+                return conn.execute(query).fetchall()
+
+        upgrade(revision="0014")
+        reasons = dict(
+            rows(
+                "SELECT name, json_build_array(status_reason_code, status_reason_params)"
+                f" FROM campaigns WHERE id <> {base}"
+            )
+        )
+        assert reasons == {
+            "rate": ["failure_rate", {"failed": 1500, "n": 2000, "pct": 50}],
+            "stop": ["whatsapp_stop", {"code": 131048, "message": "Spam rate limit hit: wait"}],
+            "no code": ["whatsapp_stop", {"code": None, "message": "unreachable"}],
+            "disabled": ["template_disabled", {}],
+            "erp": ["erp_failed", {"message": "The ERP failed (500)"}],
+            # "010" is not how the code wrote a count: kept as it was, not misread.
+            "odd": ["text", {"text": OLD_REASONS["odd"]}],
+            "pt": ["whatsapp_stop", {"code": 190, "message": "token expired"}],
+            "none": [None, None],
+        }
+        assert rows("SELECT detail_code, detail_params FROM campaign_activity ORDER BY id") == [
+            (None, None),
+            ("scheduled_time_reached", {}),
+            ("sent_now", {}),
+            ("scheduled_for", {"at": "2026-12-05T13:00:00+00:00"}),
+            ("duplicated_from", {"id": 12}),
+            ("duplicated_as", {"id": 13}),
+            ("test_phone", {"phone": "+55119876****"}),
+            ("retried_messages", {"n": 5, "codes": "130429, 131000, 503, —"}),
+            ("retention_reached", {}),
+            ("failure_rate", {"failed": 7, "n": 13, "pct": 50}),
+            ("template_disabled", {}),
+            ("text", {"text": "something an older release wrote"}),
+            ("sent_now", {}),
+        ]
+        rate_7_of_13 = {"code": "failure_rate", "params": {"failed": 7, "n": 13, "pct": 50}}
+        assert rows("SELECT code, params FROM notifications ORDER BY id") == [
+            ("campaign_started", {"name": "Black “Friday”"}),
+            ("campaign_completed", {"name": "Pedidos", "sent": 1200, "failed": 3}),
+            ("campaign_paused", {"name": "Pedidos", "reason": rate_7_of_13}),
+            (
+                "campaign_paused",
+                {"name": "Pedidos", "reason": {"code": "text", "params": {"text": ""}}},
+            ),
+            (
+                "campaign_failed",
+                {"name": "X", "reason": {"code": "erp_failed", "params": {"message": "timeout"}}},
+            ),
+            ("text", {"text": "Mine finished."}),
+            ("campaign_completed", {"name": "Natal", "sent": 1200, "failed": 3}),
+        ]
+        assert rows("SELECT reason FROM suppressions ORDER BY phone") == [
+            ("PARE",),
+            ("",),
+            ("",),
+            ("User requested to stop marketing messages",),
+            ("asked by phone",),
+        ]
+        # And the app words them (here in English).
+        from campaigns.models import Campaign, Notification
+
+        campaign = db.session.get(Campaign, ids["rate"])
+        assert campaign.status_reason == (
+            "Paused: 1,500 of the last 2,000 messages failed, more than 50 % allowed."
+        )
+        assert db.session.query(Notification).count() == len(OLD_NOTICES)
+        db.session.remove()
+
+        downgrade(revision="0014-1")
+        # Each as it was; what was read from Portuguese comes back in English.
+        assert dict(rows(f"SELECT name, status_reason FROM campaigns WHERE id <> {base}")) == (
+            OLD_REASONS | {"pt": "Paused by WhatsApp's answer 190: token expired"}
+        )
+        assert rows("SELECT action, detail FROM campaign_activity ORDER BY id") == [
+            *OLD_DETAILS[:-1],
+            ("started", "sent now"),
+        ]
+        assert rows("SELECT kind, text FROM notifications ORDER BY id") == [
+            *OLD_NOTICES[:-1],
+            ("completed", "Campaign “Natal” completed: 1200 sent, 3 failed."),
+        ]
+        assert rows("SELECT phone, reason, source FROM suppressions ORDER BY phone") == [
+            OLD_OPT_OUTS[0],
+            OLD_OPT_OUTS[1],
+            ("+5511900000003", "Stopped marketing messages", "provider"),  # one way of saying it
+            OLD_OPT_OUTS[3],
+            OLD_OPT_OUTS[4],
+        ]
+        upgrade()
+        db.session.remove()
+        db.engine.dispose()

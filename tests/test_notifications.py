@@ -21,7 +21,9 @@ from tests.helpers import counted_statements, csrf_token_from
 @pytest.fixture
 def notify(app):
     def make(user: User, text: str = "Something happened.", *, read: bool = False) -> Notification:
-        notification = Notification(user_id=user.id, kind="completed", text=text)
+        notification = Notification(
+            user_id=user.id, kind="completed", code="text", params={"text": text}
+        )
         if read:
             notification.read_at = sa.func.now()
         db.session.add(notification)

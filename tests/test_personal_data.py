@@ -27,6 +27,7 @@ from campaigns.models import (
     Suppression,
     User,
 )
+from campaigns.reasons import TEST_PHONE, Reason
 from campaigns.services import ServiceError, personal_data
 from campaigns.services.suppressions import is_suppressed, phone_hash, suppress_quietly
 from tests.helpers import assert_counters_match_rows, demo_campaign, make_app
@@ -168,7 +169,10 @@ def test_an_erased_campaign_still_shows_its_page_progress_and_export(app, client
         sa.update(Message).where(Message.status == S.FAILED).values(error_code="131000")
     )
     test_send = CampaignActivity(
-        campaign_id=campaign.id, action="test_sent", detail=ANA[:-4] + "****"
+        campaign_id=campaign.id,
+        action="test_sent",
+        detail_code=TEST_PHONE,
+        detail_params={"phone": ANA[:-4] + "****"},
     )
     db.session.add(test_send)
     db.session.commit()
@@ -197,7 +201,9 @@ def test_erasure_removes_the_number_from_every_store_and_cancels_what_waits(app,
     old = _ended(owner.id, [BIA, ANA], days_ago=3)  # ANA's message failed here
     sending = _campaign(owner.id, [ANA, BIA], name="sending")  # both queued
     suppress_quietly(db.session, ANA, "Replied “PARE”", "opt_out_reply")
-    campaign_states.record_activity(db.session, old.id, owner.id, "test_sent", ANA[:-4] + "****")
+    campaign_states.record_activity(
+        db.session, old.id, owner.id, "test_sent", Reason(TEST_PHONE, {"phone": ANA[:-4] + "****"})
+    )
     db.session.commit()
     ana_queued = _message(sending.id, ANA).id
 
@@ -226,10 +232,8 @@ def test_erasure_removes_the_number_from_every_store_and_cancels_what_waits(app,
         "",
     )
     assert suppression.source == "opt_out_reply"
-    assert (
-        db.session.scalars(sa.select(CampaignActivity.detail).filter_by(action="test_sent")).one()
-        is None
-    )
+    test_send = db.session.scalars(sa.select(CampaignActivity).filter_by(action="test_sent")).one()
+    assert (test_send.detail_code, test_send.detail_params) == (None, None)
     assert BIA in {row[0] for row in _personal(sending.id)}
     # the request is in the audit trail, without the number
     event = db.session.scalars(sa.select(AuditEvent).filter_by(action="data.erase")).one()

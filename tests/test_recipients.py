@@ -352,7 +352,11 @@ def test_retry_failed_requeues_only_retryable_errors_and_reopens_the_campaign(
         sa.select(CampaignActivity).where(CampaignActivity.action == "retried_failed")
     ).one()
     assert activity.user_id == supervisor.id
-    assert activity.detail == "5 messages (130429, 131000, 503, —)"
+    assert (activity.detail_code, activity.detail_params) == (
+        "retried_messages",
+        {"n": 5, "codes": "130429, 131000, 503, —"},
+    )
+    assert activity.detail == "messages: 5; error codes: 130429, 131000, 503, —"
     page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
     assert "5 failed messages will be sent again." in page
 

@@ -19,7 +19,16 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import campaign_states, erp, message_states, phones, providers, ratelimit, rendering
+from campaigns import (
+    campaign_states,
+    erp,
+    message_states,
+    phones,
+    providers,
+    ratelimit,
+    reasons,
+    rendering,
+)
 from campaigns.clock import database_now
 from campaigns.i18n import _, _l
 from campaigns.labels import label
@@ -164,9 +173,13 @@ def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaig
     _check_sender_and_template(_fields_of(campaign))
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
-    campaign.status_reason = None
+    campaign.set_status_reason(None)
     campaign_states.record_activity(
-        db.session, campaign.id, user_id, "scheduled", when.astimezone(UTC).isoformat()
+        db.session,
+        campaign.id,
+        user_id,
+        "scheduled",
+        reasons.Reason(reasons.SCHEDULED_FOR, {"at": when.astimezone(UTC).isoformat()}),
     )
     db.session.commit()
     return campaign
@@ -210,10 +223,18 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     db.session.add(copy)
     db.session.flush()
     campaign_states.record_activity(
-        db.session, copy.id, user_id, "created", _("duplicated from #%(id)d") % {"id": source.id}
+        db.session,
+        copy.id,
+        user_id,
+        "created",
+        reasons.Reason(reasons.DUPLICATED_FROM, {"id": source.id}),
     )
     campaign_states.record_activity(
-        db.session, source.id, user_id, "duplicated", _("as #%(id)d") % {"id": copy.id}
+        db.session,
+        source.id,
+        user_id,
+        "duplicated",
+        reasons.Reason(reasons.DUPLICATED_AS, {"id": copy.id}),
     )
     db.session.commit()
     return copy
@@ -225,7 +246,9 @@ def send_campaign_now(campaign_id: int, user_id: int) -> Campaign:
     _require(campaign, "send_now")
     _check_sender_and_template(_fields_of(campaign))
     campaign_states.start(db.session, campaign)
-    campaign_states.record_activity(db.session, campaign.id, user_id, "started", _("sent now"))
+    campaign_states.record_activity(
+        db.session, campaign.id, user_id, "started", reasons.Reason(reasons.SENT_NOW)
+    )
     db.session.commit()
     return campaign
 
@@ -235,7 +258,7 @@ def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "pause")
     campaign.status = CampaignStatus.PAUSED
-    campaign.status_reason = None
+    campaign.set_status_reason(None)
     message_states.unqueue(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "paused")
     db.session.commit()
@@ -248,7 +271,7 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     _require(campaign, "resume")
     _check_sender_and_template(_fields_of(campaign))
     campaign.status = CampaignStatus.SENDING
-    campaign.status_reason = None
+    campaign.set_status_reason(None)
     campaign.pace_cursor_at = None
     campaign_states.defer_next_step(
         db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
@@ -362,7 +385,11 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     except providers.SendError as error:
         raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": error.message}) from error
     campaign_states.record_activity(
-        db.session, campaign_id, user_id, "test_sent", phone[:-4] + "****"
+        db.session,
+        campaign_id,
+        user_id,
+        "test_sent",
+        reasons.Reason(reasons.TEST_PHONE, {"phone": phone[:-4] + "****"}),
     )
     db.session.commit()
     return result.provider_message_id
@@ -405,7 +432,7 @@ def retry_failed(campaign_id: int, user_id: int) -> int:
         raise Conflict(_("No failed message has an error worth retrying."))
     if campaign.status is CampaignStatus.COMPLETED:
         campaign.status = CampaignStatus.SENDING
-        campaign.status_reason = None
+        campaign.set_status_reason(None)
         campaign.completed_at = None
     if campaign.status is CampaignStatus.SENDING:
         campaign_states.defer_next_step(
@@ -416,8 +443,10 @@ def retry_failed(campaign_id: int, user_id: int) -> int:
         campaign.id,
         user_id,
         "retried_failed",
-        _("%(n)d messages (%(codes)s)")
-        % {"n": retried, "codes": ", ".join(sorted(code or "—" for code in codes))},
+        reasons.Reason(
+            reasons.RETRIED_MESSAGES,
+            {"n": retried, "codes": ", ".join(sorted(code or "—" for code in codes))},
+        ),
     )
     db.session.commit()
     logger.info("campaign %s: %d failed messages retried by user %s", campaign.id, retried, user_id)

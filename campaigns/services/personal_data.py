@@ -13,8 +13,9 @@ What Disparo stores about a person, and where:
   not to be contacted; forgetting it would message them again); an erasure keeps
   it only as a one-way hash (``suppressions.keep_only_as_hash``), which the
   fan-out and the test send still match.
-- ``campaign_activity``: a test send's masked number (``+55119876****``). Cleared
-  with the campaign's data, or with the person's when it is theirs.
+- ``campaign_activity``: a test send's masked number (``+55119876****``, the
+  ``phone`` of its detail's parameters). Cleared with the campaign's data, or with
+  the person's when it is theirs.
 - ``login_attempts`` (operators' emails and addresses): pruned after 30 days by
   ``maintenance.reconcile``. Notifications, logs and job arguments carry ids and
   counts, never a number. The mock WhatsApp's log (``mock_whatsapp_messages``)
@@ -36,7 +37,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import AnySession, db, rows_changed
-from campaigns import audit, campaign_states, message_states, phones
+from campaigns import audit, campaign_states, message_states, phones, reasons
 from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import (
@@ -144,6 +145,11 @@ def _masked(phone: str) -> str:
     return phone[:-4] + "****"
 
 
+def _test_sent_to(phone: str) -> sa.ColumnElement[bool]:
+    """An activity entry's detail names this number (masked) as a test send's."""
+    return CampaignActivity.detail_params["phone"].astext == _masked(phone)
+
+
 def _person_rows(session: AnySession, phone: str, *, lock: bool) -> list[sa.Row]:
     rows = session.execute(PERSON_MESSAGES, {"phone": phone}).all()
     if lock and rows:
@@ -163,9 +169,7 @@ def _report(session: AnySession, phone: str, rows: list[sa.Row], *, done: bool) 
         )
     ).all()
     activity = session.scalar(
-        sa.select(sa.func.count()).where(
-            CampaignActivity.action == TEST_SENT, CampaignActivity.detail == _masked(phone)
-        )
+        sa.select(sa.func.count()).where(CampaignActivity.action == TEST_SENT, _test_sent_to(phone))
     )
     return ErasureReport(
         phone_tail=phone[-4:],
@@ -210,8 +214,8 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
     keep_only_as_hash(session, phone)
     session.execute(
         sa.update(CampaignActivity)
-        .where(CampaignActivity.action == TEST_SENT, CampaignActivity.detail == _masked(phone))
-        .values(detail=None)
+        .where(CampaignActivity.action == TEST_SENT, _test_sent_to(phone))
+        .values(detail_code=None, detail_params=None)
     )
     # In this transaction: the erasure and its record commit together, or neither does.
     audit.record(
@@ -317,9 +321,9 @@ def _mark_erased(session: AnySession, campaign_id: int, cutoff: datetime) -> boo
     session.execute(
         sa.update(CampaignActivity)
         .where(CampaignActivity.campaign_id == campaign_id, CampaignActivity.action == TEST_SENT)
-        .values(detail=None)
+        .values(detail_code=None, detail_params=None)
     )
     campaign_states.record_activity(
-        session, campaign_id, None, "data_erased", _("retention period reached")
+        session, campaign_id, None, "data_erased", reasons.Reason(reasons.RETENTION_REACHED)
     )
     return True

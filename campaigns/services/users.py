@@ -131,25 +131,23 @@ def authenticate(email: str, password: str, ip_address: str) -> LoginResult:
 
 
 def _try_again_in(seconds: int) -> str:
-    # Flask-Babel's ngettext fills the placeholders itself: %(n)d comes as a keyword.
+    # Flask-Babel's ngettext formats the text itself, with num= and the keywords given.
     if seconds < 60:
-        return str(
-            ngettext(
-                "Too many failed sign-ins. Try again in %(n)d second.",
-                "Too many failed sign-ins. Try again in %(n)d seconds.",
-                seconds,
-                n=seconds,
-            )
+        text = ngettext(
+            "Too many failed sign-ins. Try again in %(n)d second.",
+            "Too many failed sign-ins. Try again in %(n)d seconds.",
+            seconds,
+            n=seconds,
         )
+        return str(text)
     minutes = math.ceil(seconds / 60)
-    return str(
-        ngettext(
-            "Too many failed sign-ins. Try again in %(n)d minute.",
-            "Too many failed sign-ins. Try again in %(n)d minutes.",
-            minutes,
-            n=minutes,
-        )
+    text = ngettext(
+        "Too many failed sign-ins. Try again in %(n)d minute.",
+        "Too many failed sign-ins. Try again in %(n)d minutes.",
+        minutes,
+        n=minutes,
     )
+    return str(text)
 
 
 def _login_setting(name: str) -> int:

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import audit, edge, progress, queries, ratelimit
+from campaigns import audit, edge, progress, queries, ratelimit, reasons
 from campaigns.auth import requires
 from campaigns.errors import json_error
 from campaigns.i18n import _
@@ -341,7 +341,11 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status.value,
-        "status_reason": campaign.status_reason,
+        # English whatever the client's language; the code is what a client should compare.
+        "status_reason": reasons.render_english(
+            campaign.status_reason_code, campaign.status_reason_params
+        ),
+        "status_reason_code": campaign.status_reason_code,
         "owner_id": campaign.owner_id,
         "sender_id": campaign.sender_id,
         "template_id": campaign.template_id,

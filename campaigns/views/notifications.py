@@ -93,5 +93,5 @@ def notification_read_all() -> str | Response:
         message = ngettext(
             "%(num)d notification marked as read.", "%(num)d notifications marked as read.", marked
         )
-        flash(message % {"num": marked}, "success")
+        flash(message, "success")  # ngettext filled in num
     return redirect_to(next_url)

@@ -57,7 +57,7 @@ lint: install
 # the .mo files Flask-Babel reads. Commit all three; tests/test_i18n.py fails while a
 # msgid has no translation or a .mo is older than its .po.
 messages: install
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k N_ --no-location --sort-output \
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k N_ -k _lp:1c,2 --no-location --sort-output \
 		--project Disparo --copyright-holder "Disparo contributors" -o translations/messages.pot .
 	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching --ignore-obsolete
 	$(BIN)/pybabel compile -d translations --statistics

@@ -13,6 +13,8 @@ from flask.cli import AppGroup
 from app import db
 from campaigns import encryption
 from campaigns.config import INSTANCE_PATH
+from campaigns.i18n import _, format_number
+from campaigns.labels import label
 from campaigns.models import Role
 from campaigns.services import ServiceError, demo, personal_data
 from campaigns.services.users import create_api_token, create_user
@@ -35,17 +37,19 @@ DEMO_CREDENTIALS = INSTANCE_PATH / "demo-admin.txt"
 def users_create(email: str, role: str, api_token: bool) -> None:
     """Create a user. On a non-interactive stdin the password is its first line."""
     if sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = click.prompt(_("Password"), hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     try:
         user = create_user(email, password, Role(role))
     except ServiceError as error:
         raise click.ClickException(error.message) from None
-    click.echo(f"Created {user.email} with role {user.role.value}.")
+    click.echo(
+        _("Created %(email)s with role %(role)s.") % {"email": user.email, "role": label(user.role)}
+    )
     if api_token:
-        _, raw = create_api_token(user.id, name="cli")
-        click.echo("API token (shown once):")
+        _token, raw = create_api_token(user.id, name="cli")
+        click.echo(_("API token (shown once):"))
         click.echo(raw)
 
 
@@ -55,7 +59,7 @@ def seed_demo() -> None:
     if current_app.config["DISPARO_ENV"] == "production":
         # A known admin and a mock sender have no place in a real deployment.
         raise click.ClickException(
-            "seed-demo is for development only and refuses to run with DISPARO_ENV=production."
+            _("seed-demo is for development only and refuses to run with DISPARO_ENV=production.")
         )
     # The password is generated once and only its hash is stored, so the
     # plain one is kept (git-ignored, 0600) for `make run` to print every time.
@@ -67,9 +71,14 @@ def seed_demo() -> None:
         credentials.chmod(0o600)
     if credentials.exists():
         email, password = credentials.read_text().split()[:2]
-        click.echo(f"Demo admin: {email} / {password}  (kept in {credentials})")
+        click.echo(
+            _("Demo admin: %(email)s / %(password)s  (kept in %(file)s)")
+            % {"email": email, "password": password, "file": credentials}
+        )
     else:
-        click.echo(f"Demo data already present; sign in as {seed.admin_email}.")
+        click.echo(
+            _("Demo data already present; sign in as %(email)s.") % {"email": seed.admin_email}
+        )
 
 
 @secrets_cli.command("rotate")
@@ -78,20 +87,34 @@ def secrets_rotate() -> None:
     # After prepending a new key: once this has run, the old keys can be dropped.
     count = encryption.rotate_stored_secrets(db.session.connection())
     db.session.commit()
-    click.echo(f"Re-encrypted {count} stored secrets with the first key.")
+    click.echo(
+        _("Re-encrypted %(n)s stored secrets with the first key.") % {"n": format_number(count)}
+    )
 
 
 def _describe(report: personal_data.ErasureReport) -> str:
     if report.nothing_stored:
-        return f"Nothing is stored for the number ending {report.phone_tail}."
-    opt_out = "yes, kept as a one-way hash" if report.opt_out or report.opt_out_hashed else "no"
+        return _("Nothing is stored for the number ending %(tail)s.") % {"tail": report.phone_tail}
+    kept = report.opt_out or report.opt_out_hashed
+    opt_out = _("yes, kept as a one-way hash") if kept else _("no")
+    n = format_number
     return "\n".join(
         [
-            f"Number ending {report.phone_tail} (hash {report.fingerprint}…):",
-            f"  messages: {report.messages} in {report.campaigns} campaigns"
-            f" ({report.waiting} not sent yet, to be cancelled; {report.in_call} in a call now)",
-            f"  opt-out: {opt_out}",
-            f"  test sends in campaign activity: {report.activity}",
+            _("Number ending %(tail)s (hash %(hash)s…):")
+            % {"tail": report.phone_tail, "hash": report.fingerprint},
+            "  "
+            + _(
+                "messages: %(m)s in %(c)s campaigns"
+                " (%(w)s not sent yet, to be cancelled; %(call)s in a call now)"
+            )
+            % {
+                "m": n(report.messages),
+                "c": n(report.campaigns),
+                "w": n(report.waiting),
+                "call": n(report.in_call),
+            },
+            "  " + _("opt-out: %(answer)s") % {"answer": opt_out},
+            "  " + _("test sends in campaign activity: %(n)s") % {"n": n(report.activity)},
         ]
     )
 
@@ -109,11 +132,18 @@ def data_erase(phone: str, yes: bool) -> None:
     if preview.nothing_stored:
         return
     if not yes:
-        click.confirm("Erase it?", abort=True)
+        click.confirm(_("Erase it?"), abort=True)
     report = personal_data.erase_person(phone, None)
     click.echo(
-        f"Erased: {report.messages} messages ({report.waiting} cancelled), "
-        f"{report.activity} activity entries; an opt-out stays, as a hash only."
+        _(
+            "Erased: %(m)s messages (%(w)s cancelled), %(a)s activity entries;"
+            " an opt-out stays, as a hash only."
+        )
+        % {
+            "m": format_number(report.messages),
+            "w": format_number(report.waiting),
+            "a": format_number(report.activity),
+        }
     )
 
 

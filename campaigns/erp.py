@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from campaigns.config import ConfigError
+from campaigns.i18n import _
 from campaigns.redact import redact_urls
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ DEFAULT_PAGE_SIZE = 500
 class ErpError(Exception):
     """The ERP could not answer, or refused: ``status`` None means never reached.
 
-    Its message is shown to operators and sent in notifications, so credentials in
+    Its message is shown to operators and sent in notifications, in the language of
+    the code that raised it (a page's reader; DEFAULT_LOCALE in a job; English in the
+    page reader's prefetch thread, which has no app context), and credentials in
     any URL it names (``ERP_BASE_URL``'s user and password, a token in a query,
     as ``requests`` repeats them) are masked when it is made.
     """
@@ -177,30 +180,35 @@ class ErpClient:
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except requests.Timeout:
-            raise ErpError(f"The ERP did not answer in time ({url}).") from None
+            raise ErpError(_("The ERP did not answer in time (%(url)s).") % {"url": url}) from None
         except requests.RequestException as exc:
-            raise ErpError(f"Could not reach the ERP at {url}: {exc}") from None
+            raise ErpError(
+                _("Could not reach the ERP at %(url)s: %(error)s") % {"url": url, "error": exc}
+            ) from None
         status = response.status_code
         if not 200 <= status < 300:
             message, fields = _error_details(response)
             level = logging.INFO if 400 <= status < 500 else logging.WARNING
             logger.log(level, "ERP %s answered %s: %s", path, status, message or response.reason)
             if 400 <= status < 500:
-                text = message or f"The ERP refused the request ({status})."
-                raise ErpError(text, status=status, fields=fields)
-            detail = f": {message}" if message else ""
-            raise ErpError(f"The ERP failed ({status}){detail}", status=status)
+                refused = _("The ERP refused the request (%(status)s).") % {"status": status}
+                raise ErpError(message or refused, status=status, fields=fields)
+            if message:
+                failed = _("The ERP failed (%(status)s): %(message)s")
+            else:
+                failed = _("The ERP failed (%(status)s).")
+            raise ErpError(failed % {"status": status, "message": message}, status=status)
         try:
             return response.json()
         except ValueError as exc:  # requests' JSONDecodeError is a ValueError
-            raise ErpError("The ERP answered with something that is not JSON.", status) from exc
+            raise ErpError(_("The ERP answered with something that is not JSON."), status) from exc
 
     def count(self, segment: Mapping[str, object] | None) -> int:
         """How many customers the segment selects."""
         body = self._get("/customers/count", segment_query(segment))
         value = body.get("count") if isinstance(body, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ErpError("The ERP's count answer has no count.", 200)
+            raise ErpError(_("The ERP's count answer has no count."), 200)
         return value
 
     def page(
@@ -219,12 +227,12 @@ class ErpClient:
         customers = body.get("customers") if isinstance(body, dict) else None
         next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
         if not isinstance(customers, list) or not all(isinstance(c, dict) for c in customers):
-            raise ErpError("The ERP's page has no list of customers.", 200)
+            raise ErpError(_("The ERP's page has no list of customers."), 200)
         if next_cursor is not None and not isinstance(next_cursor, str):
-            raise ErpError("The ERP's next cursor is not a string.", 200)
+            raise ErpError(_("The ERP's next cursor is not a string."), 200)
         # A cursor that does not move would page (and send) forever.
         if cursor is not None and next_cursor == cursor:
-            raise ErpError("The ERP returned the same cursor twice.", 200)
+            raise ErpError(_("The ERP returned the same cursor twice."), 200)
         return ErpPage(customers=customers, next_cursor=next_cursor)
 
     def iter_customers(

@@ -11,19 +11,37 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app import db
 from campaigns.htmx import is_htmx
-from campaigns.i18n import _
+from campaigns.i18n import _, _l
 
 logger = logging.getLogger(__name__)
 
+# Lazy: each is translated when an error is shown, for that reader (not at import).
 MESSAGES = {
-    400: _("The request could not be understood."),
-    403: _("You do not have permission to do that."),
-    404: _("There is nothing here."),
-    405: _("That action is not allowed here."),
-    413: _("The request is too large."),
-    429: _("Too many requests. Slow down and try again shortly."),
-    500: _("Something went wrong on our side. It has been logged."),
+    400: _l("The request could not be understood."),
+    401: _l("Sign in first."),
+    403: _l("You do not have permission to do that."),
+    404: _l("There is nothing here."),
+    405: _l("That action is not allowed here."),
+    406: _l("There is no answer in a form the client accepts."),
+    409: _l("That conflicts with the current state; reload and try again."),
+    410: _l("This is gone for good."),
+    413: _l("The request is too large."),
+    414: _l("The address is too long."),
+    415: _l("The request's content type is not supported here."),
+    429: _l("Too many requests. Slow down and try again shortly."),
+    431: _l("The request's headers are too large."),
+    500: _l("Something went wrong on our side. It has been logged."),
+    501: _l("That is not supported."),
+    502: _l("A service Disparo depends on answered badly. Try again shortly."),
+    503: _l("Disparo is unavailable for a moment. Try again shortly."),
+    504: _l("A service Disparo depends on did not answer in time. Try again shortly."),
 }
+
+
+def message_for(code: int) -> str:
+    """The page's words for an HTTP status; a status without its own, those of its class."""
+    text = MESSAGES.get(code) or MESSAGES[500 if code >= 500 else 400]
+    return str(text)
 
 
 def _wants_json() -> bool:
@@ -77,7 +95,7 @@ def refuse_fields(code: int, message: str, fields: dict[str, str]):
 
 def handle_http_error(error: HTTPException):
     code = error.code or 500
-    return _render(code, MESSAGES.get(code, error.description or ""))
+    return _render(code, message_for(code))
 
 
 def handle_csrf_error(error: CSRFError):
@@ -97,7 +115,7 @@ def handle_unexpected(error: InternalServerError):
     except Exception:
         logger.exception("rollback after an unexpected error failed")
     try:
-        return _render(500, MESSAGES[500])
+        return _render(500, message_for(500))
     except Exception:
         logger.exception("the error page could not be drawn")
         return _plain_500()
@@ -105,7 +123,10 @@ def handle_unexpected(error: InternalServerError):
 
 def _plain_500():
     """What answers when not even the error page can be drawn: nothing that can fail."""
-    message = str(MESSAGES[500])
+    try:
+        message = str(MESSAGES[500])
+    except Exception:  # the translation itself failing: the source text
+        message = "Something went wrong on our side. It has been logged."
     if _wants_json():
         return json_error(500, "500", message)
     page = f"<!doctype html><title>500</title><h1>500</h1><p>{escape(message)}</p>"

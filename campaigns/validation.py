@@ -18,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering
 from campaigns.erp import SEGMENT_KEYS
-from campaigns.i18n import _, format_money, parse_amount
+from campaigns.i18n import _, format_money, format_number, parse_amount
 from campaigns.models import ParameterFormat, Provider, Role, TemplateCategory
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
@@ -151,7 +151,9 @@ def _int(
         return default
     if isinstance(raw, bool) or not low <= value <= high:
         check.fail(
-            field, _("Enter a number from %(low)s to %(high)s.") % {"low": low, "high": high}
+            field,
+            _("Enter a number from %(low)s to %(high)s.")
+            % {"low": format_number(low), "high": format_number(high)},
         )
     return value
 

@@ -90,7 +90,7 @@ def test_transitions_202_or_409_with_the_reason(client, headers, payload):
     base = f"/api/v1/campaigns/{campaign['id']}"
     refused = client.post(f"{base}/pause", headers=headers)
     assert refused.status_code == 409
-    assert "draft campaign cannot be paused" in refused.json["error"]["message"]
+    assert "status “Draft” cannot be paused" in refused.json["error"]["message"]
     assert client.post(f"{base}/send-now", headers=headers).status_code == 202
     assert client.post(f"{base}/pause", headers=headers).json["status"] == "paused"
     assert client.post(f"{base}/resume", headers=headers).json["status"] == "sending"
@@ -98,7 +98,7 @@ def test_transitions_202_or_409_with_the_reason(client, headers, payload):
     again = client.post(f"{base}/resume", headers=headers)
     assert (
         again.status_code == 409
-        and "cancelled campaign cannot be resumed" in again.json["error"]["message"]
+        and "status “Cancelled” cannot be resumed" in again.json["error"]["message"]
     )
     jobs = db.session.execute(sa.text("SELECT task_name FROM procrastinate_jobs")).scalars().all()
     assert "campaigns.fan_out" in jobs

@@ -274,7 +274,9 @@ def test_only_draft_or_scheduled_campaigns_can_be_edited(client, demo, superviso
         f"/campaigns/{campaign.id}", data=form_for(sender, promo, name="changed")
     )
     assert response.status_code == 422
-    assert f"A {status.value} campaign cannot be edited" in response.get_data(as_text=True)
+    # The status by its label, not its raw value.
+    refusal = f"A campaign with status “{status.value.capitalize()}” cannot be edited"
+    assert refusal in response.get_data(as_text=True)
     db.session.refresh(campaign)
     assert campaign.name == "Black Friday SP"
 

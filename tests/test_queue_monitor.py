@@ -93,7 +93,8 @@ def test_failed_jobs_show_task_attempts_times_and_where_the_error_is(client, adm
     assert all(re.search(r"\d:\d\d:\d\d", cell) for cell in cells[6:9])  # deferred/started/ended
     assert f"{SEND_TASK}[{failed}]" in cells[9]  # the worker's log line to look for
     assert "does not store why a job failed" in body
-    assert "“Job &lt;task&gt;[&lt;id&gt;](…) ended with status: Error”" in body
+    # The log line as code, outside the translated sentence.
+    assert "<code>Job &lt;task&gt;[&lt;id&gt;](…) ended with status: Error</code>" in body
     assert f'id="job-{waiting}"' not in body
 
     everything = client.get("/admin/queue/jobs?status=").get_data(as_text=True)
@@ -188,10 +189,11 @@ def test_cancelling_a_message_job_cancels_its_message(client, admin):
 @pytest.mark.parametrize(
     ("action", "state", "refusal"),
     [
-        ("retry", "todo", "Only failed jobs can be retried; job #{id} is todo."),
-        ("retry", "doing", "Only failed jobs can be retried; job #{id} is doing."),
+        # The job's status by its label (To do, Running, Failed), not its raw value.
+        ("retry", "todo", "Only failed jobs can be retried; job #{id} is “To do”."),
+        ("retry", "doing", "Only failed jobs can be retried; job #{id} is “Running”."),
         ("cancel", "doing", "Job #{id} is running; only waiting jobs can be cancelled."),
-        ("cancel", "failed", "Job #{id} has ended (failed); there is nothing to cancel."),
+        ("cancel", "failed", "Job #{id} has ended (Failed); there is nothing to cancel."),
     ],
 )
 def test_a_job_in_the_wrong_state_is_refused(client, admin, action, state, refusal):

@@ -288,4 +288,4 @@ def test_an_opt_out_reply_keeps_the_customers_words(app, client, login_as, campa
     assert (suppression.reason, suppression.source) == ("PARE", "opt_out_reply")
     login_as(Role.VIEWER)
     page = read(client, "/suppressions/")
-    assert "“PARE”" in page and "replied to opt out" in page
+    assert "“PARE”" in page and "Replied to opt out" in page  # the source's label

@@ -60,8 +60,8 @@ def test_blank_secrets_keep_the_stored_ones(client, admin):
         ("provider", "twilio", "Choose one of"),
         ("phone_number_id", "", "needs the phone number id"),
         ("phone_number_id", "abc", "digits"),
-        ("rate_limit_per_minute", "0", "from 1 to 1000000"),
-        ("min_interval_ms", "3600001", "from 0 to 3600000"),
+        ("rate_limit_per_minute", "0", "from 1 to 1,000,000"),  # local numbers
+        ("min_interval_ms", "3600001", "from 0 to 3,600,000"),
         ("min_interval_ms", "soon", "whole number"),
     ],
 )

@@ -456,7 +456,7 @@ def test_pause_resume_and_cancel(app, campaign, fake):
     assert _message(ids[2]).status is MessageStatus.CANCELLED
     rows = message_counts(campaign.id)
     assert rows.get("pending", 0) == rows.get("queued", 0) == 0 and rows["cancelled"] > 0
-    with pytest.raises(Conflict, match="cancelled campaign cannot be resumed"):
+    with pytest.raises(Conflict, match="status “Cancelled” cannot be resumed"):
         resume_campaign(campaign.id, campaign.owner_id)
     assert_counters_match_rows(campaign.id)
 

@@ -271,7 +271,7 @@ def test_csv_import_from_the_page_shows_the_report(client, supervisor):
 def test_csv_import_of_10000_lines(client, supervisor):
     response = upload(client, "\n".join(numbers(10_000)) + "\n")
     assert response.status_code == 200
-    assert "10000 added, 0 already on the list, 0 invalid" in response.get_data(as_text=True)
+    assert "10,000 added, 0 already on the list, 0 invalid" in response.get_data(as_text=True)
     assert db.session.query(Suppression).count() == 10_000
     assert queries.list_suppressions(None, 1).pages == 200
 

@@ -13,6 +13,7 @@ from requests.adapters import HTTPAdapter
 
 from campaigns import rendering
 from campaigns.config import MAX_CALLS_IN_FLIGHT
+from campaigns.i18n import _
 from campaigns.models import MessageTemplate, ParameterFormat, Sender
 from campaigns.providers.base import (
     META_TEMPLATE_STATUS,
@@ -208,7 +209,7 @@ class CloudApiProvider(WhatsAppProvider):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if not self.sender.access_token:
-            raise ProviderError("This sender has no access token.")
+            raise ProviderError(_("This sender has no access token."))
         headers = {"Authorization": f"Bearer {self.sender.access_token}"}
         try:
             response = _session.request(
@@ -220,7 +221,9 @@ class CloudApiProvider(WhatsAppProvider):
                 **kwargs,
             )
         except requests.RequestException as exc:
-            raise ProviderError(f"WhatsApp could not be reached: {type(exc).__name__}") from exc
+            raise ProviderError(
+                _("WhatsApp could not be reached: %(error)s") % {"error": type(exc).__name__}
+            ) from exc
         try:
             body = response.json()
         except ValueError:
@@ -229,7 +232,8 @@ class CloudApiProvider(WhatsAppProvider):
             error = body.get("error") or {}
             message = error.get("error_user_msg") or error.get("message") or response.reason
             raise ProviderError(
-                f"WhatsApp answered {response.status_code}: {message}",
+                _("WhatsApp answered %(status)s: %(message)s")
+                % {"status": response.status_code, "message": message},
                 code=error.get("code"),
                 http_status=response.status_code,
             )
@@ -237,20 +241,21 @@ class CloudApiProvider(WhatsAppProvider):
 
     def check_connection(self) -> str:
         if not self.sender.phone_number_id:
-            raise ProviderError("Set the phone number id first.")
+            raise ProviderError(_("Set the phone number id first."))
         body = self._request(
             "GET",
             self.sender.phone_number_id,
             params={"fields": "display_phone_number,verified_name,quality_rating"},
         )
-        return (
-            f"Connected: {body.get('verified_name', '?')} {body.get('display_phone_number', '')}"
-            f" (quality {body.get('quality_rating', 'unknown')})."
-        )
+        return _("Connected: %(name)s %(number)s (quality %(quality)s).") % {
+            "name": body.get("verified_name", "?"),
+            "number": body.get("display_phone_number", ""),
+            "quality": body.get("quality_rating") or _("unknown"),
+        }
 
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
         if not self.sender.waba_id:
-            raise ProviderError("Set the WhatsApp Business Account id (WABA id) first.")
+            raise ProviderError(_("Set the WhatsApp Business Account id (WABA id) first."))
         examples = rendering.sample_values(
             rendering.variables(template.body_text, template.parameter_format),
             template.parameter_format,
@@ -265,17 +270,20 @@ class CloudApiProvider(WhatsAppProvider):
         body = self._request("POST", f"{self.sender.waba_id}/message_templates", json=payload)
         status = META_TEMPLATE_STATUS.get(str(body.get("status", "PENDING")).upper())
         if "id" not in body or status is None:
-            raise ProviderError(f"Unexpected answer from WhatsApp: {body!r}")
+            raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": body})
         return TemplateSubmission(str(body["id"]), status)
 
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
         if not template.provider_template_id:
-            raise ProviderError("This template was never submitted.")
+            raise ProviderError(_("This template was never submitted."))
         body = self._request(
             "GET", template.provider_template_id, params={"fields": "status,rejected_reason"}
         )
         status = META_TEMPLATE_STATUS.get(str(body.get("status", "")).upper())
         if status is None:
-            raise ProviderError(f"Unknown template status from WhatsApp: {body.get('status')!r}")
+            raise ProviderError(
+                _("Unknown template status from WhatsApp: %(status)r")
+                % {"status": body.get("status")}
+            )
         reason = body.get("rejected_reason")
         return TemplateStatusReport(status, None if reason in (None, "NONE") else str(reason))

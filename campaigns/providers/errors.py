@@ -8,8 +8,9 @@ says what each kind does to a message and its campaign.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-from campaigns.i18n import N_
+from campaigns.i18n import _l
 
 
 class ErrorKind(enum.StrEnum):
@@ -77,63 +78,64 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
     return ErrorKind.PERMANENT
 
 
-# What each code means, in words for the operator. Keys are codes as message rows keep
-# them: Meta's error.code, or Disparo's own reason for a skipped recipient.
-EXPLANATIONS: dict[str, str] = {
-    "130429": N_("Too many messages per second for this number; it passes once sending slows."),
-    "131056": N_("Too many messages to this one customer lately; it passes after a pause."),
-    "4": N_("The app reached its WhatsApp API call limit; it passes after a few minutes."),
-    "80007": N_("The business account reached its API call limit; it passes after a few minutes."),
-    "1": N_("WhatsApp reported an unknown, temporary problem."),
-    "2": N_("WhatsApp's service was temporarily unavailable."),
-    "131000": N_("Something went wrong at WhatsApp; a later try usually works."),
-    "131016": N_("WhatsApp's service was overloaded or unavailable for a moment."),
-    "131057": N_("The account was in maintenance (a throughput upgrade); it passes in a minute."),
-    "131049": N_(
+# What each code means, in words for the operator (lazy: translated for each reader).
+# Keys are codes as message rows keep them: Meta's error.code, or Disparo's own reason
+# for a skipped recipient (campaigns/labels.py has their short names).
+EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
+    "130429": _l("Too many messages per second for this number; it passes once sending slows."),
+    "131056": _l("Too many messages to this one customer lately; it passes after a pause."),
+    "4": _l("The app reached its WhatsApp API call limit; it passes after a few minutes."),
+    "80007": _l("The business account reached its API call limit; it passes after a few minutes."),
+    "1": _l("WhatsApp reported an unknown, temporary problem."),
+    "2": _l("WhatsApp's service was temporarily unavailable."),
+    "131000": _l("Something went wrong at WhatsApp; a later try usually works."),
+    "131016": _l("WhatsApp's service was overloaded or unavailable for a moment."),
+    "131057": _l("The account was in maintenance (a throughput upgrade); it passes in a minute."),
+    "131049": _l(
         "WhatsApp held the message back so the customer does not get too much marketing;"
         " try again hours later."
     ),
-    "131026": N_(
+    "131026": _l(
         "The message could not be delivered: the number may not be on WhatsApp, use an old"
         " app, or have blocked the business."
     ),
-    "131050": N_("The customer stopped marketing messages; the number is on the opt-out list."),
-    "131047": N_("More than 24 hours since the customer last replied; only templates can go."),
-    "132000": N_("The number of variables does not match the approved template."),
-    "132001": N_("The template does not exist in this language, or is not approved."),
-    "132005": N_("The text with its variables filled in is too long."),
-    "132007": N_("The filled-in text breaks WhatsApp's formatting rules."),
-    "132012": N_("A variable's value does not have the format the template expects."),
-    "131008": N_("A required parameter is missing."),
-    "131009": N_("A parameter value is not valid."),
-    "100": N_("WhatsApp rejected a parameter of the request as invalid."),
-    "130472": N_("The customer's number is part of a Meta experiment and gets no such messages."),
-    "131030": N_("The number is not among the test sender's allowed recipients."),
-    "131052": N_("WhatsApp could not download the message's media."),
-    "131053": N_("The message's media could not be uploaded."),
-    "131048": N_("WhatsApp limited this number after spam reports; check its quality rating."),
-    "132015": N_("WhatsApp paused the template for low quality."),
-    "132016": N_("WhatsApp disabled the template after repeated pauses."),
-    "0": N_("WhatsApp could not authenticate the request; check the sender's access token."),
-    "190": N_("The sender's access token expired or is not valid."),
-    "3": N_("The app lacks the capability this call needs."),
-    "10": N_("The app lacks a permission needed to send for this number."),
-    "368": N_("The number is temporarily blocked for breaking WhatsApp's policies."),
-    "131031": N_("The WhatsApp Business Account is locked."),
-    "131042": N_("The business account has a payment problem."),
-    "invalid_phone": N_("The ERP's phone number for this customer is not a valid number."),
-    "suppressed": N_("The number is on the opt-out list."),
-    "duplicate": N_("Another customer of this campaign has the same number."),
-    "missing_value": N_("A template variable had no value for this customer."),
-    "erased": N_("Not sent: the person's data was erased on their request."),
-    JOB_FAILED_CODE: N_(
+    "131050": _l("The customer stopped marketing messages; the number is on the opt-out list."),
+    "131047": _l("More than 24 hours since the customer last replied; only templates can go."),
+    "132000": _l("The number of variables does not match the approved template."),
+    "132001": _l("The template does not exist in this language, or is not approved."),
+    "132005": _l("The text with its variables filled in is too long."),
+    "132007": _l("The filled-in text breaks WhatsApp's formatting rules."),
+    "132012": _l("A variable's value does not have the format the template expects."),
+    "131008": _l("A required parameter is missing."),
+    "131009": _l("A parameter value is not valid."),
+    "100": _l("WhatsApp rejected a parameter of the request as invalid."),
+    "130472": _l("The customer's number is part of a Meta experiment and gets no such messages."),
+    "131030": _l("The number is not among the test sender's allowed recipients."),
+    "131052": _l("WhatsApp could not download the message's media."),
+    "131053": _l("The message's media could not be uploaded."),
+    "131048": _l("WhatsApp limited this number after spam reports; check its quality rating."),
+    "132015": _l("WhatsApp paused the template for low quality."),
+    "132016": _l("WhatsApp disabled the template after repeated pauses."),
+    "0": _l("WhatsApp could not authenticate the request; check the sender's access token."),
+    "190": _l("The sender's access token expired or is not valid."),
+    "3": _l("The app lacks the capability this call needs."),
+    "10": _l("The app lacks a permission needed to send for this number."),
+    "368": _l("The number is temporarily blocked for breaking WhatsApp's policies."),
+    "131031": _l("The WhatsApp Business Account is locked."),
+    "131042": _l("The business account has a payment problem."),
+    "invalid_phone": _l("The ERP's phone number for this customer is not a valid number."),
+    "suppressed": _l("The number is on the opt-out list."),
+    "duplicate": _l("Another customer of this campaign has the same number."),
+    "missing_value": _l("A template variable had no value for this customer."),
+    "erased": _l("Not sent: the person's data was erased on their request."),
+    JOB_FAILED_CODE: _l(
         "Disparo's sending job failed on an unexpected error; the message may be retried."
     ),
 }
-NO_CODE_EXPLANATION = N_("WhatsApp could not be reached, or gave no reason.")
-PERMISSION_EXPLANATION = N_("The app lacks a permission for this number or account.")
-HTTP_STATUS_EXPLANATION = N_("WhatsApp answered with an HTTP error and no error code.")
-UNKNOWN_EXPLANATION = N_("A code Disparo does not know; see Meta's error-code reference.")
+NO_CODE_EXPLANATION = _l("WhatsApp could not be reached, or gave no reason.")
+PERMISSION_EXPLANATION = _l("The app lacks a permission for this number or account.")
+HTTP_STATUS_EXPLANATION = _l("WhatsApp answered with an HTTP error and no error code.")
+UNKNOWN_EXPLANATION = _l("A code Disparo does not know; see Meta's error-code reference.")
 
 KNOWN_CODES = (
     THROTTLED_CODES
@@ -181,7 +183,11 @@ def is_retryable(code: str | None) -> bool:
 
 
 def explain(code: str | None) -> str:
-    """A short English sentence saying what the code means (translate it when shown)."""
+    """A short sentence saying what the code means, in the current reader's language."""
+    return str(_explanation(code))
+
+
+def _explanation(code: str | None) -> Any:
     if not code:
         return NO_CODE_EXPLANATION
     if code in EXPLANATIONS:

@@ -30,7 +30,8 @@ from campaigns import (
     rendering,
 )
 from campaigns.clock import database_now
-from campaigns.i18n import _
+from campaigns.i18n import _, _l
+from campaigns.labels import label
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -65,15 +66,22 @@ CAMPAIGN_TRANSITIONS: dict[str, frozenset[CampaignStatus]] = {
         }
     ),
 }
-ACTION_LABELS = {
-    "edit": _("edited"),
-    "schedule": _("scheduled"),
-    "unschedule": _("unscheduled"),
-    "send_now": _("sent now"),
-    "pause": _("paused"),
-    "resume": _("resumed"),
-    "cancel": _("cancelled"),
+# What the operator is told when the campaign's status does not allow the action: one
+# whole sentence each (a translation cannot be assembled from "edited", "paused"…).
+REFUSALS = {
+    "edit": _l("A campaign with status “%(status)s” cannot be edited."),
+    "schedule": _l("A campaign with status “%(status)s” cannot be scheduled."),
+    "unschedule": _l("A campaign with status “%(status)s” cannot be unscheduled."),
+    "send_now": _l("A campaign with status “%(status)s” cannot be sent now."),
+    "pause": _l("A campaign with status “%(status)s” cannot be paused."),
+    "resume": _l("A campaign with status “%(status)s” cannot be resumed."),
+    "cancel": _l("A campaign with status “%(status)s” cannot be cancelled."),
 }
+
+
+def refusal(action: str, status: CampaignStatus) -> str:
+    """Why a campaign in ``status`` cannot take ``action``, in the reader's words."""
+    return str(REFUSALS[action]) % {"status": label(status)}
 
 
 def allowed_actions(status: CampaignStatus) -> set[str]:
@@ -116,10 +124,7 @@ def _locked_campaign(campaign_id: int) -> Campaign:
 def _require(campaign: Campaign, action: str) -> None:
     if campaign.status not in CAMPAIGN_TRANSITIONS[action]:
         db.session.rollback()
-        raise Conflict(
-            _("A %(status)s campaign cannot be %(action)s.")
-            % {"status": campaign.status.value, "action": ACTION_LABELS[action]}
-        )
+        raise Conflict(refusal(action, campaign.status))
 
 
 def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
@@ -409,8 +414,8 @@ def retry_failed(campaign_id: int, user_id: int) -> int:
     if campaign.status not in RETRY_FAILED_STATUSES:
         db.session.rollback()
         raise Conflict(
-            _("A %(status)s campaign cannot send its failed messages again.")
-            % {"status": campaign.status.value}
+            _("A campaign with status “%(status)s” cannot send its failed messages again.")
+            % {"status": label(campaign.status)}
         )
     failed_codes = db.session.scalars(
         sa.select(Message.error_code)

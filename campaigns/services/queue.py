@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from app import db
 from campaigns import message_states, queues
 from campaigns.i18n import _
+from campaigns.labels import label_for
 from campaigns.models import MessageStatus, User
 from campaigns.services import Conflict, NotFound
 
@@ -31,8 +32,8 @@ def retry_job(job_id: int, user: User) -> None:
     if job.status != "failed":
         db.session.rollback()
         raise Conflict(
-            _("Only failed jobs can be retried; job #%(id)d is %(status)s.")
-            % {"id": job_id, "status": job.status}
+            _("Only failed jobs can be retried; job #%(id)d is “%(status)s”.")
+            % {"id": job_id, "status": label_for("job_status", job.status)}
         )
     try:
         queues.retry_job_now(db.session, job_id)
@@ -64,7 +65,7 @@ def cancel_job(job_id: int, user: User) -> None:
             message = _("Job #%(id)d is running; only waiting jobs can be cancelled.")
         else:
             message = _("Job #%(id)d has ended (%(status)s); there is nothing to cancel.")
-        raise Conflict(message % {"id": job_id, "status": job.status})
+        raise Conflict(message % {"id": job_id, "status": label_for("job_status", job.status)})
     queues.cancel_waiting_job(db.session, job_id)
     waiting_as = {queues.SEND_TASK: MessageStatus.QUEUED, queues.RETRY_TASK: MessageStatus.RETRYING}
     if job.task_name in waiting_as:

@@ -12,6 +12,7 @@ from app import db
 from campaigns import providers, queues
 from campaigns.clock import database_now
 from campaigns.i18n import _
+from campaigns.labels import label
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -86,7 +87,8 @@ def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate
     template = _get_template_for_update(template_id)
     if template.status not in EDITABLE_TEMPLATE_STATUSES:
         raise ServiceError(
-            _("A %(status)s template cannot be edited.") % {"status": template.status.value}
+            _("A template with status “%(status)s” cannot be edited.")
+            % {"status": label(template.status)}
         )
     in_use = db.session.scalar(
         sa.select(Campaign.name)
@@ -128,8 +130,8 @@ def submit_template(template_id: int) -> MessageTemplate:
     template = _get_template_for_update(template_id)
     if template.status not in SUBMITTABLE_TEMPLATE_STATUSES:
         raise Conflict(
-            _("Only draft or rejected templates can be submitted; this one is %(s)s.")
-            % {"s": template.status.value}
+            _("Only draft or rejected templates can be submitted; this one is “%(s)s”.")
+            % {"s": label(template.status)}
         )
     provider = providers.for_sender(template.sender, current_app.config)
     try:

@@ -14,6 +14,7 @@ from campaigns import audit, edge, progress, queries, ratelimit, reasons
 from campaigns.auth import requires
 from campaigns.errors import json_error
 from campaigns.i18n import _
+from campaigns.labels import label
 from campaigns.models import (
     AuditEvent,
     Campaign,
@@ -86,7 +87,7 @@ def authenticate() -> Response | None:
     role = getattr(view, "required_role", Role.VIEWER)
     if not user.can(role):
         return json_error(
-            403, "forbidden", _("This needs the %(role)s role.") % {"role": role.value}
+            403, "forbidden", _("This needs the %(role)s role.") % {"role": label(role)}
         )
     # Only now is the body read: an unknown caller got its 401 above, unread.
     return edge.refuse_unstorable()

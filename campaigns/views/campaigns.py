@@ -23,7 +23,7 @@ from campaigns import csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.i18n import _, current_zone, ngettext
+from campaigns.i18n import _, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import get_progress, throughput_chart
 from campaigns.services import ServiceError
@@ -36,6 +36,7 @@ from campaigns.services.campaigns import (
     dry_run,
     duplicate_campaign,
     pause_campaign,
+    refusal,
     resume_campaign,
     retry_failed,
     schedule_campaign,
@@ -184,7 +185,7 @@ def campaign_edit(campaign_id: int):
     """The form, filled in (draft and scheduled campaigns only)."""
     campaign = _campaign_or_404(campaign_id)
     if "edit" not in allowed_actions(campaign.status):
-        flash(_("A %(s)s campaign cannot be edited.") % {"s": campaign.status.value}, "error")
+        flash(refusal("edit", campaign.status), "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
     return _form_page(_data_of(campaign), {}, campaign)
 
@@ -462,9 +463,10 @@ def campaign_retry_failed(campaign_id: int) -> Response:
         retried = retry_failed(campaign_id, user_id)
         flash(
             ngettext(
-                "%(num)d failed message will be sent again.",
-                "%(num)d failed messages will be sent again.",
+                "%(n)s failed message will be sent again.",
+                "%(n)s failed messages will be sent again.",
                 retried,
+                n=format_number(retried),
             ),
             "success",
         )

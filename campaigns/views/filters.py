@@ -8,7 +8,7 @@ from flask import Flask
 from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
-from campaigns import htmx, models, queries
+from campaigns import htmx, labels, models, queries
 from campaigns.i18n import _
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ def unread_notifications() -> queries.UnreadNotifications:
 
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["duration"] = duration
+    # {{ status|label }}, {{ code|label("job_status") }}: words, never the raw value.
+    app.jinja_env.filters["label"] = labels.label
+    app.jinja_env.filters["audit_value"] = labels.audit_value
     app.jinja_env.globals.update(
         Role=models.Role,
         TemplateStatus=models.TemplateStatus,
@@ -55,4 +58,8 @@ def init_app(app: Flask) -> None:
         Provider=models.Provider,
         CAMPAIGN_CHANGED=htmx.CAMPAIGN_CHANGED,
         unread_notifications=unread_notifications,
+        label=labels.label,
+        label_for=labels.label_for,
+        explain=labels.explain,
+        segment_facts=labels.segment_facts,
     )

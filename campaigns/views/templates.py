@@ -11,6 +11,7 @@ from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import STOP_POLLING, redirect_to
 from campaigns.i18n import _
+from campaigns.labels import label
 from campaigns.models import ParameterFormat, Role, TemplateStatus
 from campaigns.services import ServiceError
 from campaigns.services.templates import (
@@ -198,7 +199,7 @@ def template_sync(template_id: int) -> Response:
     _template_or_404(template_id)
     try:
         template = sync_template_status(template_id)
-        flash(_("Status: %(s)s.") % {"s": template.status.value}, "success")
+        flash(_("Status: %(s)s.") % {"s": label(template.status)}, "success")
     except ServiceError as error:
         flash(error.message, "error")
     return redirect_to(url_for("templates.template_show", template_id=template_id))

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from app import db
 from campaigns import campaign_states, erp, message_states, phones, queues, rendering
 from campaigns.clock import database_now
-from campaigns.i18n import _
 from campaigns.models import Campaign, CampaignStatus, MessageStatus
 from campaigns.services.suppressions import is_suppressed
 
@@ -92,15 +91,17 @@ def _message_rows(
     rows = []
     for customer, phone in zip(customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
+        # A skip keeps its code, worded in the reader's language when shown
+        # (providers/errors.describe); only the missing variables' names are data.
         reason = code = None
         if phone is None:
-            code, reason = "invalid_phone", _("The phone number is not valid.")
+            code = "invalid_phone"
         elif phone in suppressed:
-            code, reason = "suppressed", _("The number opted out (suppression list).")
+            code = "suppressed"
         elif phone in taken:
-            code, reason = "duplicate", _("Another customer of this campaign has this number.")
+            code = "duplicate"
         elif empty := rendering.missing_params(params):
-            code, reason = "missing_value", _("No value for %(v)s.") % {"v": ", ".join(empty)}
+            code, reason = "missing_value", ", ".join(empty)
         if code is None:
             taken.add(phone)
         rows.append(

@@ -90,6 +90,7 @@ ERROR_CODE: Labels = {
     "missing_value": _lp("error code", "Missing variable"),
     "erased": _lp("error code", "Data erased"),
     errors.JOB_FAILED_CODE: _lp("error code", "Sending job failed"),
+    errors.WORKER_STOPPED_CODE: _lp("error code", "Worker stopped"),
 }
 SUPPRESSION_SOURCE: Labels = {
     "manual": _lp("opt-out source", "Added by hand"),

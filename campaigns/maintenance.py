@@ -21,9 +21,8 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import campaign_states, message_states, queues
-from campaigns.i18n import _
 from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus
-from campaigns.providers.errors import JOB_FAILED_CODE
+from campaigns.providers.errors import JOB_FAILED_CODE, WORKER_STOPPED_CODE
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +71,11 @@ def retry_stuck_sending(lease_seconds: float) -> int:
     by_campaign: dict[int, list[int]] = defaultdict(list)
     for message_id, campaign_id in stuck:
         by_campaign[campaign_id].append(message_id)
-    text = _("Its worker stopped during the call; it is sent again (it may arrive twice).")
     for campaign_id, ids in by_campaign.items():
         moved = message_states.requeue(
             db.session,
             campaign_id,
-            [(message_id, None, text) for message_id in ids],
+            [(message_id, WORKER_STOPPED_CODE, None) for message_id in ids],
             MessageStatus.RETRYING,
             tries="reset",
         )
@@ -105,11 +103,9 @@ def settle_orphaned_messages() -> int:
                 db.session, row.id, waiting, MessageStatus.PENDING, aborted_job_id=row.job_id
             )
             continue
-        text = _("Its sending job #%(job)d failed unexpectedly (the worker log says why).") % {
-            "job": row.job_id
-        }
+        # The code says it in the reader's language; the job's id is in the log line.
         if message_states.fail(
-            db.session, row.id, waiting, JOB_FAILED_CODE, text, failed_job_id=row.job_id
+            db.session, row.id, waiting, JOB_FAILED_CODE, None, failed_job_id=row.job_id
         ):
             logger.error("message %s failed: its job %s failed", row.id, row.job_id)
             failed += 1

@@ -357,7 +357,7 @@ def unclaim(
 def requeue(
     session: AnySession,
     campaign_id: int,
-    errors: Sequence[tuple[int, str | None, str]],
+    errors: Sequence[tuple[int, str | None, str | None]],
     to: MessageStatus,
     *,
     tries: str = "keep",
@@ -388,7 +388,7 @@ def requeue(
                 "to": to.value,
                 "ids": [i for i, _, _ in errors],
                 "codes": [code for _, code, _ in errors],
-                "texts": [text[:MAX_ERROR_TEXT] for _, _, text in errors],
+                "texts": [text[:MAX_ERROR_TEXT] if text else None for _, _, text in errors],
             },
         ).scalars()
     )
@@ -434,7 +434,7 @@ def fail(
     message_id: int,
     sources: Sequence[MessageStatus],
     code: str | None,
-    text: str,
+    text: str | None,
     **detail: object,
 ) -> int | None:
     """Fail a message in one of ``sources`` with its error; its campaign's id, or None if not.
@@ -446,7 +446,11 @@ def fail(
     campaign_id = session.execute(
         sa.update(Message)
         .where(Message.id == message_id)
-        .values(error_code=code, error_text=text[:MAX_ERROR_TEXT], failed_at=sa.func.now())
+        .values(
+            error_code=code,
+            error_text=text[:MAX_ERROR_TEXT] if text else None,
+            failed_at=sa.func.now(),
+        )
         .returning(Message.campaign_id)
     ).scalar_one()
     counters.bump_minute(session, campaign_id, failed=1)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters
+from campaigns import counters, labels
 from campaigns.i18n import N_, _
 from campaigns.models import Message, MessageStatus
 from campaigns.providers import errors
@@ -141,7 +142,11 @@ def recipient_page(
     return RecipientPage(messages, messages[-1].id if more else None, total)
 
 
-def recipient_csv_rows(campaign_id: int) -> Iterator[sa.Row]:
+def _error_text(code: str | None, text: str | None) -> str | None:
+    return errors.describe(code, text) if code or text else None
+
+
+def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
     """Every message of the campaign as RECIPIENT_CSV_COLUMNS, in id order.
 
     A server-side cursor hands the rows over CSV_FETCH_ROWS at a time, so a
@@ -167,8 +172,20 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[sa.Row]:
         .execution_options(yield_per=CSV_FETCH_ROWS)
     )
     result = db.session.execute(query)
+    status_words = {status: labels.label(status) for status in MessageStatus}
     try:
-        yield from result
+        for row in result:
+            # Words, not codes: the status as the page shows it, Disparo's own error
+            # codes worded in the reader's language (WhatsApp's text stays as it came).
+            yield (
+                *row[:3],
+                status_words[row.status],
+                row.error_code,
+                errors.describe(row.error_code, row.error_text)
+                if row.error_code or row.error_text
+                else None,
+                *row[6:],
+            )
     finally:
         result.close()  # also when the download is abandoned half-way
 

@@ -80,7 +80,7 @@ def test_a_brazilian_reader_gets_semicolons_and_local_times(app, client, campaig
 def test_an_english_reader_gets_commas_and_iso_times(client, campaign):
     (row,) = read(export(client, campaign, EN), ",")
     assert row["Sent at (America/Sao_Paulo)"] == "2026-12-04 14:30:05"
-    assert row["Customer ref"] == "C1" and row["Status"] == "delivered"
+    assert row["Customer ref"] == "C1" and row["Status"] == "Delivered"
 
 
 def test_times_are_in_the_readers_time_zone_and_format_in_their_language(client, campaign):

@@ -27,16 +27,17 @@ PO = i18n.TRANSLATIONS / "pt_BR" / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")
 
 
-def extracted_msgids() -> set[str]:
-    """What `make messages` extracts from the code now (babel.cfg, the same keywords)."""
+def extracted_msgids() -> set[tuple[str, str | None]]:
+    """What `make messages` extracts from the code now (babel.cfg, the same keywords):
+    (msgid, context) pairs."""
     with open(ROOT / "babel.cfg") as cfg:
         method_map, options_map = parse_mapping_cfg(cfg)
-    keywords = {**DEFAULT_KEYWORDS, "_l": None, "N_": None}
+    keywords = {**DEFAULT_KEYWORDS, "_l": None, "N_": None, "_lp": ((1, "c"), 2)}
     found = set()
-    for _file, _line, message, _comments, _context in extract_from_dir(
+    for _file, _line, message, _comments, context in extract_from_dir(
         str(ROOT), method_map, options_map, keywords=keywords
     ):
-        found.add(message if isinstance(message, str) else message[0])
+        found.add((message if isinstance(message, str) else message[0], context))
     return found
 
 
@@ -48,8 +49,8 @@ def catalogue():
 
 def test_every_string_in_the_code_has_a_pt_br_translation(catalogue):
     missing = []
-    for msgid in sorted(extracted_msgids()):
-        message = catalogue.get(msgid)
+    for msgid, context in sorted(extracted_msgids(), key=str):
+        message = catalogue.get(msgid, context=context)
         strings = (message.string if message else None) or ""
         forms = strings if isinstance(strings, tuple) else (strings,)
         if message is None or message.fuzzy or not all(forms):

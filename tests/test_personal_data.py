@@ -188,7 +188,7 @@ def test_an_erased_campaign_still_shows_its_page_progress_and_export(app, client
     assert b"/retry-failed" not in errors.data  # retryable, but there is no number to send to
     export = client.get(f"/campaigns/{campaign.id}/recipients.csv").get_data(as_text=True)
     lines = export.strip().splitlines()
-    assert len(lines) == 3 and ",erased,sent," in lines[1] and ",erased,failed,131000," in lines[2]
+    assert len(lines) == 3 and ",erased,Sent," in lines[1] and ",erased,Failed,131000," in lines[2]
     assert ANA not in export and BIA not in export and "Person" not in export
     db.session.refresh(test_send)
     assert test_send.detail is None

@@ -191,12 +191,19 @@ def test_keyset_pages_keep_the_filter_and_the_search(client, campaign, viewer):
 
 
 def test_rows_show_the_error_code_and_text(client, campaign, viewer):
+    # An English sentence an older version stored with its own code is not shown: the
+    # code is worded for the reader; missing_value keeps the variables' names.
     add(campaign, MessageStatus.SKIPPED, error_code="invalid_phone", error_text="Not a number.")
+    add(
+        campaign, MessageStatus.SKIPPED, error_code="missing_value", error_text="No value for city."
+    )
     add(campaign, MessageStatus.FAILED, error_code="131049", error_text="<b>held</b>")
     html = fragment(client, f"/campaigns/{campaign.id}/recipients")
     # Disparo's own code by its label, Meta's as the code; each explained in its title.
     invalid, held = escape(explain("invalid_phone")), escape(explain("131049"))
-    assert f'<span title="{invalid}">Invalid number</span> Not a number.' in html
+    assert f'<span title="{invalid}">Invalid number</span> </td>' in html
+    assert "Not a number." not in html
+    assert ">Missing variable</span> city</td>" in html
     assert f'<code title="{held}">131049</code> &lt;b&gt;held&lt;/b&gt;' in html
     assert "invalid_phone" not in html.split("<tbody>")[1]
 
@@ -243,7 +250,7 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     failed, read, skipped = (dict(zip(columns, r, strict=True)) for r in rows[1:4])
     assert failed["name"] == 'Ana "Aninha", Souza'
     assert failed["error_message"] == "Undeliverable,\nline two"
-    assert (failed["status"], failed["error_code"]) == ("failed", "131026")
+    assert (failed["status"], failed["error_code"]) == ("Failed", "131026")  # its label
     assert failed["phone"].startswith("+55")  # a phone is not mistaken for a formula
     assert read["name"] == '\'=HYPERLINK("http://x")'  # would run in a spreadsheet
     assert read["provider_message_id"] == "wamid.1" and read["sent_at"] == ""

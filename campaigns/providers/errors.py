@@ -8,6 +8,7 @@ says what each kind does to a message and its campaign.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 from campaigns.i18n import _l
@@ -52,6 +53,14 @@ PERMISSION_CODES = range(200, 300)
 OPT_OUT_CODES = frozenset({131050})
 # Disparo's own code for a message whose sending job failed unexpectedly (maintenance.py).
 JOB_FAILED_CODE = "job_failed"
+# Disparo's own code for a message whose worker died during its call: sent again.
+WORKER_STOPPED_CODE = "worker_stopped"
+# Disparo's own codes: the row keeps no text (the code is worded when shown), except
+# missing_value, whose text is the names of the variables that had no value.
+OWN_CODES = frozenset(
+    {"invalid_phone", "suppressed", "duplicate", "missing_value", "erased"}
+    | {JOB_FAILED_CODE, WORKER_STOPPED_CODE}
+)
 
 
 def classify(code: int | None, http_status: int | None) -> ErrorKind:
@@ -131,6 +140,9 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     JOB_FAILED_CODE: _l(
         "Disparo's sending job failed on an unexpected error; the message may be retried."
     ),
+    WORKER_STOPPED_CODE: _l(
+        "Its worker stopped during the call; it is sent again (it may arrive twice)."
+    ),
 }
 NO_CODE_EXPLANATION = _l("WhatsApp could not be reached, or gave no reason.")
 PERMISSION_EXPLANATION = _l("The app lacks a permission for this number or account.")
@@ -159,7 +171,7 @@ def stored_kind(code: str | None) -> ErrorKind | None:
     """
     if not code:
         return classify(None, None)
-    if code == JOB_FAILED_CODE:  # Disparo's own failure, not the message's
+    if code in (JOB_FAILED_CODE, WORKER_STOPPED_CODE):  # Disparo's own, not the message's
         return ErrorKind.RETRY
     number = _number(code)
     if number is None:
@@ -185,6 +197,32 @@ def is_retryable(code: str | None) -> bool:
 def explain(code: str | None) -> str:
     """A short sentence saying what the code means, in the current reader's language."""
     return str(_explanation(code))
+
+
+# What the fan-out and earlier versions wrote as missing_value's text, before the names.
+_OLD_MISSING_VALUE = re.compile(r"^No value for (.*)\.$")
+
+
+def detail(code: str | None, text: str | None) -> str | None:
+    """What a message row's error text adds to its code: WhatsApp's own text, or the
+    names of the variables that had no value; nothing for Disparo's other codes.
+
+    Rows written before Disparo's codes were worded when shown hold an English sentence
+    for them: it is not shown (the code's wording is), only missing_value's names."""
+    if code not in OWN_CODES:
+        return text or None
+    if code == "missing_value" and text:
+        return _OLD_MISSING_VALUE.sub(r"\1", text)
+    return None
+
+
+def describe(code: str | None, text: str | None) -> str:
+    """A message row's error in one text (the CSV's): Disparo's own codes worded in the
+    reader's language with their detail, WhatsApp's text as WhatsApp gave it."""
+    if code in OWN_CODES:
+        extra = detail(code, text)
+        return f"{explain(code)} ({extra})" if extra else explain(code)
+    return text or explain(code)
 
 
 def _explanation(code: str | None) -> Any:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from campaigns import htmx, labels, models, queries
 from campaigns.i18n import _
+from campaigns.providers import errors
 
 logger = logging.getLogger(__name__)
 
@@ -61,5 +62,6 @@ def init_app(app: Flask) -> None:
         label=labels.label,
         label_for=labels.label_for,
         explain=labels.explain,
+        error_detail=errors.detail,
         segment_facts=labels.segment_facts,
     )

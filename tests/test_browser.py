@@ -360,7 +360,7 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.screenshot(path=str(ARTIFACTS / "campaign-completed-pt-BR.png"), full_page=True)
 
     with page.expect_download() as download:
-        page.click("a:has-text('Exportar')")
+        page.click("a:has-text('Excel em português')")
     exported = Path(download.value.path()).read_text(encoding="utf-8-sig")
     header, *rows = exported.splitlines()
     assert len(rows) == 6 and ";" in header and "," not in header

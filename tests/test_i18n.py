@@ -243,7 +243,7 @@ def test_no_english_is_left_on_the_pages_read_in_portuguese(app, client, login_a
     template, sender = campaign.template, campaign.sender
     vocabulary = english_only_words()
     left = {}
-    client.post("/logout")
+    client.post("/logout", headers={"Accept-Language": "pt-BR"})
     for url in ("/login", "/login?next=/campaigns/"):
         response = client.get(url, headers={"Accept-Language": "pt-BR"})
         words = english_words_in(visible_text(response.get_data(as_text=True)), vocabulary)

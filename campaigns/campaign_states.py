@@ -131,18 +131,30 @@ def fail(campaign_id: int, reason: reasons.Reason) -> None:
     logger.error("campaign %s failed: %s %s", campaign_id, reason.code, reason.params)
 
 
-def stop_for_code(campaign_id: int, code: int | None, text: str, kind: ErrorKind) -> None:
+def stop_for_code(
+    campaign_id: int,
+    code: int | None,
+    text: str,
+    kind: ErrorKind,
+    *,
+    own_reason: str | None = None,
+) -> None:
     """WhatsApp said stop (quality, template, account): pause, or fail, and commit.
 
     132016 (the template disabled) fails the campaign, which cannot go on at all;
     account-wide codes pause every sending campaign of the sender; the rest pause
-    this campaign. Resuming is the operator's decision.
+    this campaign. Resuming is the operator's decision. ``own_reason``: the stop is
+    Disparo's own finding (a reasons code), not WhatsApp's answer.
     """
     if code == TEMPLATE_DISABLED_CODE:
         db.session.commit()
         fail(campaign_id, reasons.Reason(reasons.TEMPLATE_DISABLED))
         return
-    reason = reasons.Reason(reasons.WHATSAPP_STOP, {"code": code, "message": text})
+    reason = (
+        reasons.Reason(own_reason)
+        if own_reason
+        else reasons.Reason(reasons.WHATSAPP_STOP, {"code": code, "message": text})
+    )
     _auto_pause(campaign_id, reason, every_campaign_of_sender=kind is ErrorKind.PAUSE_SENDER)
     db.session.commit()
 

@@ -38,6 +38,8 @@ FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
 ERP_FAILED = "erp_failed"
+SENDER_WITHOUT_ACCESS_TOKEN = "sender_without_access_token"  # providers' SendError.reason
+SENDER_WITHOUT_PHONE_NUMBER_ID = "sender_without_phone_number_id"
 # -- an activity entry's detail
 SCHEDULED_TIME_REACHED = "scheduled_time_reached"
 SENT_NOW = "sent_now"
@@ -80,6 +82,12 @@ WORDINGS: dict[str, Wording] = {
     WHATSAPP_STOP: Wording(_l("Paused by WhatsApp's answer %(code)s: %(message)s")),
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
+    SENDER_WITHOUT_ACCESS_TOKEN: Wording(
+        _l("Paused: the sender has no access token. Add it on the sender's page, then resume.")
+    ),
+    SENDER_WITHOUT_PHONE_NUMBER_ID: Wording(
+        _l("Paused: the sender has no phone number id. Add it on the sender's page, then resume.")
+    ),
     SCHEDULED_TIME_REACHED: Wording(_l("scheduled time reached")),
     SENT_NOW: Wording(_l("sent now")),
     SCHEDULED_FOR: Wording(_l("for %(at)s"), datetimes=("at",)),

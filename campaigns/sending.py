@@ -220,9 +220,7 @@ def _sort(
         if not isinstance(outcome, providers.SendError):
             # A bug in the call itself: fail the message with it rather than lose it.
             logger.error("message %s: unexpected error in its call", message.id, exc_info=outcome)
-            outcome = providers.SendError(
-                f"The send failed unexpectedly: {type(outcome).__name__}", ErrorKind.PERMANENT
-            )
+            outcome = providers.SendError(type(outcome).__name__, ErrorKind.PERMANENT)
         error = outcome
         entry = (message.id, _code(error), error.message)
         kind = error.kind
@@ -308,7 +306,9 @@ def _record(
     # counter shard; taken while holding this group's shard, the two could deadlock.
     if settled.stop is not None:
         stop = settled.stop
-        campaign_states.stop_for_code(campaign_id, stop.code, stop.message, stop.kind)
+        campaign_states.stop_for_code(
+            campaign_id, stop.code, stop.message, stop.kind, own_reason=stop.reason
+        )
     elif settled.failed:
         campaign_states.pause_if_failing(campaign_id, config)
         session.commit()

@@ -155,7 +155,7 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     # Waits are selectors, not wait_for_function: it polls with eval, which the CSP refuses.
     page.wait_for_selector("section[id$='-progress']:not([hx-trigger])")
     assert page.evaluate("window.sameDocument") is True
-    assert page.inner_text("[id$='-status']") == "completed"  # the badge, out of band
+    assert page.inner_text("[id$='-status']") == "Completed"  # the badge, out of band
     assert page.locator("button:has-text('Pause')").count() == 0  # so are the buttons
     # The recipients were drawn before the fan-out; they are fetched again once it is done.
     page.wait_for_selector("[id$='-recipient-table'] tbody tr:nth-child(6)")

@@ -29,6 +29,7 @@ from campaigns.models import (
     Notification,
     Suppression,
 )
+from campaigns.providers import errors
 from campaigns.providers.base import SendError, SendResult
 from campaigns.providers.errors import ErrorKind
 from campaigns.services import Conflict
@@ -486,6 +487,25 @@ def test_an_auth_error_pauses_the_campaign_with_the_reason(app, campaign, fake):
     )  # it goes out after resume
 
 
+def test_a_sender_set_up_without_its_token_pauses_with_disparos_own_reason(app, campaign, fake):
+    """Not WhatsApp's answer but Disparo's finding: a reason code, worded for the reader."""
+    first = _queue_all(app, campaign)[0]
+    fake.script = [
+        SendError(
+            "This sender has no access token.",
+            ErrorKind.PAUSE_SENDER,
+            reason="sender_without_access_token",
+        )
+    ]
+    assert send(app, campaign, [first]).stopped == [first]
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.PAUSED
+    assert campaign.status_reason_code == "sender_without_access_token"
+    assert "no access token" in campaign.status_reason and "WhatsApp's answer" not in (
+        campaign.status_reason
+    )
+
+
 def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign, fake):
     app.config.update(AUTO_PAUSE_FAILURE_RATE=0.5, AUTO_PAUSE_MIN_OUTCOMES=10)
     ids = _queue_all(app, campaign)
@@ -565,7 +585,9 @@ def test_a_message_whose_job_failed_fails_with_the_reason_and_can_be_retried(app
     assert maintenance.settle_orphaned_messages() == 0  # once
     message = _message(batch[0])
     assert (message.status, message.error_code) == (MessageStatus.FAILED, "job_failed")
-    assert "failed unexpectedly" in message.error_text and message.failed_at
+    # The code is worded when shown (errors.describe); the job's id is in the log line.
+    assert message.error_text is None and message.failed_at
+    assert "failed on an unexpected error" in errors.describe(message.error_code, None)
     assert _message(other[0]).status is MessageStatus.QUEUED  # its job waits
     assert_counters_match_rows(campaign.id)
     # Disparo's own failure, not the messages': "retry failed" sends them again.

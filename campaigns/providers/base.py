@@ -29,9 +29,14 @@ class SendError(ProviderError):
         kind: ErrorKind,
         code: int | None = None,
         http_status: int | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message, code, http_status)
         self.kind = kind
+        # Disparo's own finding rather than WhatsApp's answer (a sender set up without
+        # its token): a campaigns.reasons code, worded for whoever reads the pause.
+        self.reason = reason
 
 
 @dataclass(frozen=True)

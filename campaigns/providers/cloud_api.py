@@ -63,11 +63,7 @@ def template_message(
     missing = [name for name in names if name not in params]
     if missing:
         # Meta would answer 132000; saying so here costs no request and no quota.
-        raise SendError(
-            f"No value for the template variables {', '.join(missing)}.",
-            ErrorKind.PERMANENT,
-            code=132000,
-        )
+        raise SendError(", ".join(missing), ErrorKind.PERMANENT, code=132000)  # the names
     if template.parameter_format is ParameterFormat.NAMED:
         parameters = [
             {"type": "text", "parameter_name": name, "text": str(params[name])} for name in names
@@ -115,9 +111,7 @@ def post_message(
     except requests.RequestException as exc:
         # Unreachable or too slow: transient. A read timeout may hide a send that
         # went through; the retry then duplicates it (Meta has no idempotency key).
-        raise SendError(
-            f"WhatsApp could not be reached: {type(exc).__name__}", ErrorKind.RETRY
-        ) from exc
+        raise SendError(type(exc).__name__, ErrorKind.RETRY) from exc
     with response:
         try:
             body = response.json()
@@ -131,16 +125,12 @@ def post_message(
         error = error if isinstance(error, dict) else {}
         code = _error_code(error)
         message = error.get("error_user_msg") or error.get("message") or response.reason
-        raise SendError(
-            f"WhatsApp answered {status}: {message}", classify(code, status), code, status
-        )
+        raise SendError(str(message), classify(code, status), code, status)
     try:
         wamid = str(body["messages"][0]["id"])
     except (KeyError, IndexError, TypeError):
         # Accepted or not, we cannot tell: retrying risks a duplicate, failing risks a loss.
-        raise SendError(
-            f"WhatsApp answered {status} without a message id.", ErrorKind.RETRY, None, status
-        ) from None
+        raise SendError(f"HTTP {status}", ErrorKind.RETRY, None, status) from None
     return SendResult(wamid)
 
 
@@ -160,7 +150,11 @@ def send_template_message(
 ) -> SendResult:
     """Send one template message for a sender through a Graph-API-shaped endpoint."""
     if not sender.phone_number_id:
-        raise SendError("This sender has no phone number id.", ErrorKind.PAUSE_SENDER)
+        raise SendError(
+            "This sender has no phone number id.",
+            ErrorKind.PAUSE_SENDER,
+            reason="sender_without_phone_number_id",
+        )
     payload = template_message(to=to, template=template, params=params, callback_data=callback_data)
     try:
         return post_message(base_url, sender.phone_number_id, token, payload)
@@ -196,7 +190,11 @@ class CloudApiProvider(WhatsAppProvider):
         callback_data: str,
     ) -> SendResult:
         if not self.sender.access_token:
-            raise SendError("This sender has no access token.", ErrorKind.PAUSE_SENDER)
+            raise SendError(
+                "This sender has no access token.",
+                ErrorKind.PAUSE_SENDER,
+                reason="sender_without_access_token",
+            )
         return send_template_message(
             self.base_url,
             self.sender,

@@ -41,7 +41,7 @@ from campaigns.models import (
     Sender,
     TemplateStatus,
 )
-from campaigns.providers.errors import is_retryable
+from campaigns.providers.errors import explain, is_retryable
 from campaigns.services import Conflict, NotFound, ServiceError
 from campaigns.services.suppressions import is_suppressed
 from campaigns.validation import CampaignFields, row_id
@@ -383,7 +383,12 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
             to=phone, template=campaign.template, params=params, callback_data=f"test-{campaign_id}"
         )
     except providers.SendError as error:
-        raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": error.message}) from error
+        if error.reason:  # Disparo's own finding, said in the reader's words
+            raise ServiceError(reasons.render(error.reason)) from error
+        # What the code means in the reader's words, and WhatsApp's own as it gave them.
+        code = str(error.code or error.http_status or "") or None
+        said = f"{explain(code)} ({error.message})" if error.message else explain(code)
+        raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": said}) from error
     campaign_states.record_activity(
         db.session,
         campaign_id,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import psycopg
 from flask import current_app
 from procrastinate import JobContext, RetryStrategy, builtin_tasks
+from sqlalchemy import exc as sa_exc
 
 from app import db
 from campaigns import (
@@ -135,10 +137,24 @@ def _send(
     )
 
 
-# Message jobs never retry as jobs: each message keeps its own tries (campaigns/sending.py)
-# and comes back in a new job. A job that fails on an unexpected error leaves its waiting
-# messages to maintenance (failed, retryable) and its claimed ones to the sending lease.
-@app.task(name=SEND_TASK, queue=MESSAGES_QUEUE, pass_context=True)
+# Message jobs retry as jobs only when their database connection was lost (a restart, a
+# failover): nothing is wrong with their messages, and a second run claims only those
+# still waiting (the claimed ones are the sending lease's). Otherwise each message keeps
+# its own tries (campaigns/sending.py) and comes back in a new job; a job that fails on
+# an unexpected error leaves its waiting messages to maintenance (failed, retryable).
+DATABASE_LOST = RetryStrategy(
+    max_attempts=3,
+    wait=5,
+    retry_exceptions={
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.PendingRollbackError,
+        psycopg.OperationalError,
+    },
+)
+
+
+@app.task(name=SEND_TASK, queue=MESSAGES_QUEUE, pass_context=True, retry=DATABASE_LOST)
 def send_messages(
     context: JobContext,
     campaign_id: int | None = None,
@@ -149,7 +165,7 @@ def send_messages(
     _send(context, campaign_id, message_ids, message_id, retry_queue=False)
 
 
-@app.task(name=RETRY_TASK, queue=RETRY_QUEUE, pass_context=True)
+@app.task(name=RETRY_TASK, queue=RETRY_QUEUE, pass_context=True, retry=DATABASE_LOST)
 def retry_messages(
     context: JobContext,
     campaign_id: int | None = None,

@@ -55,7 +55,7 @@ def users_create(email: str, role: str, api_token: bool) -> None:
 
 @click.command("seed-demo")
 def seed_demo() -> None:
-    """Create the demo admin, a mock sender and approved templates (only once)."""
+    """Create the demo admin, a mock sender, approved templates and a draft (only once)."""
     if current_app.config["DISPARO_ENV"] == "production":
         # A known admin and a mock sender have no place in a real deployment.
         raise click.ClickException(
@@ -66,6 +66,7 @@ def seed_demo() -> None:
     credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))
     seed = demo.seed_demo()
     if seed.created:
+        demo.seed_demo_campaign()
         credentials.parent.mkdir(exist_ok=True)
         credentials.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")
         credentials.chmod(0o600)

@@ -50,6 +50,16 @@ def test_seed_demo_prints_the_same_credentials_every_time(runner, app):
     assert db.session.query(User).count() == 1
 
 
+def test_seed_demo_leaves_a_draft_in_portuguese_to_send(runner, app):
+    from campaigns.models import Campaign, CampaignStatus
+
+    runner.invoke(args=["seed-demo"])
+    runner.invoke(args=["seed-demo"])  # once only
+    (draft,) = db.session.query(Campaign).all()
+    assert (draft.name, draft.status) == ("Promoção de Natal", CampaignStatus.DRAFT)
+    assert draft.template.language == "pt_BR" and draft.sender.name.startswith("Loja Centro")
+
+
 def test_seed_demo_refuses_to_run_in_production(runner, app):
     app.config["DISPARO_ENV"] = "production"
     result = runner.invoke(args=["seed-demo"])

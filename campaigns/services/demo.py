@@ -1,5 +1,5 @@
-"""The demo data `make run` seeds once: an admin, a mock sender and approved templates,
-in Brazilian Portuguese like the shops Disparo is made for."""
+"""The demo data `make run` seeds once: an admin, a mock sender, approved templates and
+a draft campaign, in Brazilian Portuguese like the shops Disparo is made for."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns.models import (
+    Campaign,
     MessageTemplate,
     ParameterFormat,
     Provider,
@@ -20,7 +21,9 @@ from campaigns.models import (
     TemplateStatus,
     User,
 )
+from campaigns.services.campaigns import create_campaign, template_variables_for
 from campaigns.services.users import generate_password, hash_password
+from campaigns.validation import parse_campaign
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,35 @@ def seed_demo() -> DemoSeed:
         )
     db.session.commit()
     return DemoSeed(DEMO_ADMIN_EMAIL, password, created=True)
+
+
+DEMO_CAMPAIGN = {
+    "name": "Promoção de Natal",
+    "segment": {"state": "SP", "max_audience": 300, "opted_in_only": True},
+    "variables": {
+        "first_name": {"field": "first_name"},
+        "discount": {"text": "15%"},
+        "city": {"field": "city"},
+        "coupon": {"text": "NATAL15"},
+    },
+}
+
+
+def seed_demo_campaign() -> Campaign | None:
+    """A draft for the demo admin to send at once: 300 customers in São Paulo state on
+    the promo_weekend template (`flask seed-demo`, with the rest of the demo, once)."""
+    admin = db.session.scalar(sa.select(User).where(User.email == DEMO_ADMIN_EMAIL))
+    template = db.session.scalar(
+        sa.select(MessageTemplate).where(MessageTemplate.name == "promo_weekend")
+    )
+    if admin is None or template is None:
+        return None
+    fields = parse_campaign(
+        {
+            **DEMO_CAMPAIGN,
+            "sender_id": template.sender_id,
+            "template_id": template.id,
+        },
+        template_variables_for(template.id),
+    )
+    return create_campaign(fields, admin.id)

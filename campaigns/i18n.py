@@ -3,7 +3,9 @@
 English is the source language; ``translations/pt_BR`` holds Brazilian Portuguese.
 Python code marks UI text with ``_()`` (translated now, in the request's locale) or,
 where text is defined at import time, with ``_l()`` (a lazy string, translated each
-time it is shown); ``N_()`` only marks text that is translated later with ``_()``.
+time it is shown; ``_lp(context, text)`` when one English word needs two translations,
+such as a campaign's "Paused" and a template's); ``N_()`` only marks text that is
+translated later with ``_()``.
 Templates use ``_()`` and ``ngettext()`` (Jinja's i18n extension, new style).
 
 The locale is the signed-in user's own setting, else the browser's
@@ -35,6 +37,7 @@ from flask import Flask, current_app, has_request_context, request
 from flask_babel import Babel, force_locale, get_locale, get_timezone
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import lazy_pgettext as _lp
 from flask_babel import ngettext as ngettext
 from flask_login import current_user
 
@@ -43,6 +46,7 @@ __all__ = [
     "N_",
     "_",
     "_l",
+    "_lp",
     "for_user",
     "force_locale",
     "get_locale",

@@ -17,10 +17,8 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from flask_babel import lazy_pgettext as _lp
-
 from campaigns import audit
-from campaigns.i18n import _l, format_money, format_number, ngettext
+from campaigns.i18n import _l, _lp, format_money, format_number, ngettext
 from campaigns.models import (
     CampaignStatus,
     MessageStatus,

@@ -201,8 +201,23 @@ def parse_notification(text):
     return _parse(text, NOTIFICATION_CODES)
 
 
-def _table(name, *columns):
-    return sa.table(name, sa.column("id"), *columns)
+# Where a sentence was stored, and the code and parameters that replace it.
+STORES = (
+    ("campaigns", "status_reason", "status_reason_code", "status_reason_params"),
+    ("campaign_activity", "detail", "detail_code", "detail_params"),
+    ("notifications", "text", "code", "params"),
+)
+
+
+def _table(name, text, code, params, *extra):
+    return sa.table(
+        name,
+        sa.column("id"),
+        *extra,
+        sa.column(text, sa.Text),
+        sa.column(code, sa.String),
+        sa.column(params, JSONB),
+    )
 
 
 def _rewrite(table, present, read, write, convert):
@@ -246,41 +261,17 @@ def upgrade():
         sa.Column("params", JSONB, server_default=sa.text("'{}'::jsonb"), nullable=False),
     )
 
+    (reasons, activity, notifications) = STORES
+    _rewrite(_table(*reasons), reasons[1], reasons[1:2], reasons[2:], parse_reason)
     _rewrite(
-        _table(
-            "campaigns",
-            sa.column("status_reason", sa.Text),
-            sa.column("status_reason_code", sa.String),
-            sa.column("status_reason_params", JSONB),
-        ),
-        "status_reason",
-        ("status_reason",),
-        ("status_reason_code", "status_reason_params"),
-        parse_reason,
-    )
-    _rewrite(
-        _table(
-            "campaign_activity",
-            sa.column("action", sa.String),
-            sa.column("detail", sa.Text),
-            sa.column("detail_code", sa.String),
-            sa.column("detail_params", JSONB),
-        ),
-        "detail",
-        ("action", "detail"),
-        ("detail_code", "detail_params"),
+        _table(*activity, sa.column("action", sa.String)),
+        activity[1],
+        ("action", activity[1]),
+        activity[2:],
         parse_detail,
     )
     _rewrite(
-        _table(
-            "notifications",
-            sa.column("text", sa.Text),
-            sa.column("code", sa.String),
-            sa.column("params", JSONB),
-        ),
-        "text",
-        ("text",),
-        ("code", "params"),
+        _table(*notifications), notifications[1], notifications[1:2], notifications[2:],
         parse_notification,
     )
     op.alter_column("notifications", "code", existing_type=sa.String(40), nullable=False)
@@ -308,42 +299,8 @@ def downgrade():
     def back(code, params):
         return (worded(code, params),)
 
-    _rewrite(
-        _table(
-            "campaigns",
-            sa.column("status_reason", sa.Text),
-            sa.column("status_reason_code", sa.String),
-            sa.column("status_reason_params", JSONB),
-        ),
-        "status_reason_code",
-        ("status_reason_code", "status_reason_params"),
-        ("status_reason",),
-        back,
-    )
-    _rewrite(
-        _table(
-            "campaign_activity",
-            sa.column("detail", sa.Text),
-            sa.column("detail_code", sa.String),
-            sa.column("detail_params", JSONB),
-        ),
-        "detail_code",
-        ("detail_code", "detail_params"),
-        ("detail",),
-        back,
-    )
-    _rewrite(
-        _table(
-            "notifications",
-            sa.column("text", sa.Text),
-            sa.column("code", sa.String),
-            sa.column("params", JSONB),
-        ),
-        "code",
-        ("code", "params"),
-        ("text",),
-        back,
-    )
+    for name, text, code, params in STORES:
+        _rewrite(_table(name, text, code, params), code, (code, params), (text,), back)
     op.alter_column("notifications", "text", existing_type=sa.Text(), nullable=False)
     op.drop_column("notifications", "params")
     op.drop_column("notifications", "code")

@@ -143,7 +143,7 @@ def _send(
 # its own tries (campaigns/sending.py) and comes back in a new job; a job that fails on
 # an unexpected error leaves its waiting messages to maintenance (failed, retryable).
 DATABASE_LOST = RetryStrategy(
-    max_attempts=3,
+    max_attempts=2,  # retries: 3 runs in all
     wait=5,
     retry_exceptions={
         sa_exc.OperationalError,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
@@ -89,15 +90,29 @@ def test_runs_and_waits_of_a_job_that_keeps_failing(frozen_clock, task, queue, e
     "error",
     [
         RuntimeError("a bug"),
-        sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
         SendError("Message undeliverable", ErrorKind.PERMANENT, code=131026),
     ],
-    ids=["bug", "database", "send-error"],
+    ids=["bug", "send-error"],
 )
-def test_a_message_job_never_retries_as_a_job(task, error):
+def test_a_message_job_does_not_retry_as_a_job_on_its_own_errors(task, error):
     """Each message keeps its own tries (tests/test_sending.py); a job that fails on an
     unexpected error fails at once, and maintenance settles its messages."""
     assert task.get_retry_exception(exception=error, job=job_of(task, 0)) is None
+
+
+@pytest.mark.parametrize("task", [tasks.send_messages, tasks.retry_messages])
+@pytest.mark.parametrize(
+    "error",
+    [
+        sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        psycopg.OperationalError("the connection is lost"),
+    ],
+    ids=["sqlalchemy", "psycopg"],
+)
+def test_a_message_job_whose_database_connection_was_lost_runs_again(frozen_clock, task, error):
+    """Nothing is wrong with its messages (a restart, a failover): a second run claims
+    those still waiting, 5 s later, up to 3 runs; then maintenance settles them."""
+    assert runs_and_waits(task, error) == (3, [5, 5])
 
 
 def test_a_fan_out_retries_only_an_erp_error():

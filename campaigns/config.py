@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pytz
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -513,6 +514,8 @@ def _timezone(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip() or default
     try:
         ZoneInfo(value)
+        if value not in pytz.all_timezones_set:  # Flask-Babel's zones (campaigns/i18n.py)
+            raise ValueError(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
             f"{name} must be an IANA time zone such as America/Sao_Paulo, not {value!r}"

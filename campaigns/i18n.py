@@ -20,6 +20,7 @@ person wraps itself in :func:`for_user`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import flask_babel
+import pytz
 from babel.dates import get_timezone_name
 from babel.numbers import NumberFormatError, parse_decimal
 from flask import Flask, current_app, has_request_context, request
@@ -40,6 +42,8 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import lazy_pgettext as _lp
 from flask_babel import ngettext as ngettext
 from flask_login import current_user
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOCALES",
@@ -77,7 +81,9 @@ def _browser_locale() -> str | None:
     best = request.accept_languages.best_match(tags)
     if best is None:
         languages = {tag.split("-")[0]: tag for tag in reversed(tags)}
-        for value, _quality in request.accept_languages:
+        for value, quality in request.accept_languages:
+            if quality <= 0:  # "pt;q=0" refuses Portuguese
+                continue
             best = languages.get(value.replace("_", "-").split("-")[0].lower())
             if best:
                 break
@@ -112,7 +118,11 @@ def select_locale() -> str:
 
 def select_timezone() -> str:
     if has_request_context() and current_user and getattr(current_user, "timezone", None):
-        return str(current_user.timezone)
+        zone = str(current_user.timezone)
+        if valid_timezone(zone):
+            return zone
+        # A zone a newer tzdata dropped: the default, not a 500 on every page.
+        logger.warning("user %s: unknown time zone %r", current_user.id, zone)
     return str(current_app.config["DISPLAY_TIMEZONE"])
 
 
@@ -120,8 +130,8 @@ def select_timezone() -> str:
 def for_user(user: Any) -> Iterator[None]:
     """Translate and format for ``user`` (their own locale, else DEFAULT_LOCALE) inside the
     block: what a job writes to one person, such as a notification's outgoing text."""
-    locale = getattr(user, "locale", None) or current_app.config["DEFAULT_LOCALE"]
-    with force_locale(locale):
+    locale = getattr(user, "locale", None)
+    with force_locale(locale if locale in LOCALES else current_app.config["DEFAULT_LOCALE"]):
         yield
 
 
@@ -137,6 +147,11 @@ def html_lang() -> str:
 
 
 def valid_timezone(name: str) -> bool:
+    """A zone both the system's tzdata (ZoneInfo) and Flask-Babel's pytz know: ZoneInfo
+    also takes file names such as ``posix/America/Sao_Paulo`` or ``localtime``, which
+    pytz refuses on every page that shows a time."""
+    if name not in pytz.all_timezones_set:
+        return False
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -150,7 +165,8 @@ BRAZILIAN_ZONES = ("America/Sao_Paulo", "America/Manaus", "America/Rio_Branco", 
 
 def timezone_choices() -> list[str]:
     """Every IANA zone the system knows, Brazil's first."""
-    others = sorted(available_timezones() - set(BRAZILIAN_ZONES))
+    known = available_timezones() & pytz.all_timezones_set
+    others = sorted(known - set(BRAZILIAN_ZONES))
     return [*BRAZILIAN_ZONES, *(zone for zone in others if "/" in zone)]
 
 

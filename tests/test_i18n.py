@@ -136,6 +136,9 @@ def test_without_a_header_or_a_choice_the_default_locale_applies(app, client, us
     [
         ({"locale": "fr", "timezone": ""}, "locale"),
         ({"locale": "", "timezone": "Mars/Base"}, "timezone"),
+        # Files the system's tzdata has but Flask-Babel's pytz refuses on every page.
+        ({"locale": "", "timezone": "posix/America/Sao_Paulo"}, "timezone"),
+        ({"locale": "", "timezone": "localtime"}, "timezone"),
     ],
 )
 def test_a_choice_not_offered_is_refused_at_its_field(client, user_factory, form, field):
@@ -270,3 +273,19 @@ def test_the_cli_speaks_the_shells_language(app, runner, monkeypatch):
     flask_babel.refresh()  # a new command is a new process: nothing cached
     english = runner.invoke(args=["data", "erase", "not a phone"])
     assert english.output != result.output and english.exit_code == result.exit_code
+
+
+def test_a_stored_zone_no_longer_known_falls_back_to_the_default(client, user_factory):
+    user = user_factory(Role.VIEWER)
+    sign_in(client, user)
+    user.timezone = "posix/America/Sao_Paulo"  # stored by an older version, say
+    db.session.commit()
+    page = client.get("/")
+    assert page.status_code == 200 and "America/Sao_Paulo" in page.get_data(as_text=True)
+
+
+def test_a_language_refused_with_q0_is_not_chosen(client, user_factory):
+    user = user_factory(Role.VIEWER)
+    sign_in(client, user)
+    page = client.get("/", headers={"Accept-Language": "pt;q=0, fr"})
+    assert '<html lang="en"' in page.get_data(as_text=True)  # DEFAULT_LOCALE here

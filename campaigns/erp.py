@@ -21,8 +21,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from campaigns import reasons
 from campaigns.config import ConfigError
-from campaigns.i18n import _
 from campaigns.redact import redact_urls
 
 logger = logging.getLogger(__name__)
@@ -47,21 +47,38 @@ DEFAULT_PAGE_SIZE = 500
 class ErpError(Exception):
     """The ERP could not answer, or refused: ``status`` None means never reached.
 
-    Its message is shown to operators and sent in notifications, in the language of
-    the code that raised it (a page's reader; DEFAULT_LOCALE in a job; English in the
-    page reader's prefetch thread, which has no app context), and credentials in
-    any URL it names (``ERP_BASE_URL``'s user and password, a token in a query,
-    as ``requests`` repeats them) are masked when it is made.
+    ``reason`` says what went wrong as a code and parameters (campaigns/reasons.py),
+    worded in the reader's language wherever it is shown (``message``) and stored as
+    it is in a campaign's failure; the ERP's own words (a refusal's message, a field's
+    error) are kept as the ERP gave them. Credentials in any URL it names
+    (``ERP_BASE_URL``'s user and password, a token in a query, as ``requests``
+    repeats them) are masked when it is made.
     """
 
     def __init__(
-        self, message: str, status: int | None = None, fields: Mapping[str, str] | None = None
+        self,
+        reason: reasons.Reason | str,
+        status: int | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
-        message = redact_urls(message)
-        super().__init__(message)
-        self.message = message
+        if isinstance(reason, str):  # the ERP's own words
+            reason = reasons.verbatim(reason)
+        params = {
+            name: redact_urls(value) if isinstance(value, str) else value
+            for name, value in reason.params.items()
+        }
+        self.reason = reasons.Reason(reason.code, params)
+        super().__init__(reason.code)
         self.status = status
         self.fields = {name: redact_urls(text) for name, text in (fields or {}).items()}
+
+    @property
+    def message(self) -> str:
+        """What went wrong, in the reader's language."""
+        return reasons.render(self.reason.code, self.reason.params)
+
+    def __str__(self) -> str:  # the log's words, English like every log line
+        return reasons.render_english(self.reason.code, self.reason.params) or self.reason.code
 
     @property
     def is_caller_error(self) -> bool:
@@ -69,7 +86,7 @@ class ErpError(Exception):
         return self.status is not None and 400 <= self.status < 500 and self.status != 429
 
     def __repr__(self) -> str:
-        return f"ErpError({self.message!r}, status={self.status!r}, fields={self.fields!r})"
+        return f"ErpError({self.reason!r}, status={self.status!r}, fields={self.fields!r})"
 
 
 @dataclass(frozen=True)
@@ -180,10 +197,10 @@ class ErpClient:
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except requests.Timeout:
-            raise ErpError(_("The ERP did not answer in time (%(url)s).") % {"url": url}) from None
+            raise ErpError(reasons.Reason(reasons.ERP_TIMEOUT, {"url": url})) from None
         except requests.RequestException as exc:
             raise ErpError(
-                _("Could not reach the ERP at %(url)s: %(error)s") % {"url": url, "error": exc}
+                reasons.Reason(reasons.ERP_UNREACHABLE, {"url": url, "error": str(exc)})
             ) from None
         status = response.status_code
         if not 200 <= status < 300:
@@ -191,24 +208,25 @@ class ErpClient:
             level = logging.INFO if 400 <= status < 500 else logging.WARNING
             logger.log(level, "ERP %s answered %s: %s", path, status, message or response.reason)
             if 400 <= status < 500:
-                refused = _("The ERP refused the request (%(status)s).") % {"status": status}
+                refused = reasons.Reason(reasons.ERP_REFUSED, {"status": status})
                 raise ErpError(message or refused, status=status, fields=fields)
-            if message:
-                failed = _("The ERP failed (%(status)s): %(message)s")
-            else:
-                failed = _("The ERP failed (%(status)s).")
-            raise ErpError(failed % {"status": status, "message": message}, status=status)
+            failed = (
+                reasons.Reason(reasons.ERP_FAILED_SAID, {"status": status, "message": message})
+                if message
+                else reasons.Reason(reasons.ERP_FAILED_STATUS, {"status": status})
+            )
+            raise ErpError(failed, status=status)
         try:
             return response.json()
         except ValueError as exc:  # requests' JSONDecodeError is a ValueError
-            raise ErpError(_("The ERP answered with something that is not JSON."), status) from exc
+            raise ErpError(reasons.Reason(reasons.ERP_NOT_JSON), status) from exc
 
     def count(self, segment: Mapping[str, object] | None) -> int:
         """How many customers the segment selects."""
         body = self._get("/customers/count", segment_query(segment))
         value = body.get("count") if isinstance(body, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ErpError(_("The ERP's count answer has no count."), 200)
+            raise ErpError(reasons.Reason(reasons.ERP_NO_COUNT), 200)
         return value
 
     def page(
@@ -227,12 +245,12 @@ class ErpClient:
         customers = body.get("customers") if isinstance(body, dict) else None
         next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
         if not isinstance(customers, list) or not all(isinstance(c, dict) for c in customers):
-            raise ErpError(_("The ERP's page has no list of customers."), 200)
+            raise ErpError(reasons.Reason(reasons.ERP_NO_CUSTOMERS), 200)
         if next_cursor is not None and not isinstance(next_cursor, str):
-            raise ErpError(_("The ERP's next cursor is not a string."), 200)
+            raise ErpError(reasons.Reason(reasons.ERP_BAD_CURSOR), 200)
         # A cursor that does not move would page (and send) forever.
         if cursor is not None and next_cursor == cursor:
-            raise ErpError(_("The ERP returned the same cursor twice."), 200)
+            raise ErpError(reasons.Reason(reasons.ERP_SAME_CURSOR), 200)
         return ErpPage(customers=customers, next_cursor=next_cursor)
 
     def iter_customers(

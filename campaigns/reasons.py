@@ -37,7 +37,20 @@ logger = logging.getLogger(__name__)
 FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
-ERP_FAILED = "erp_failed"
+ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
+ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
+# -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and
+# nested in a campaign's failure
+ERP_TIMEOUT = "erp_timeout"
+ERP_UNREACHABLE = "erp_unreachable"
+ERP_REFUSED = "erp_refused"
+ERP_FAILED_STATUS = "erp_failed_status"
+ERP_FAILED_SAID = "erp_failed_said"
+ERP_NOT_JSON = "erp_not_json"
+ERP_NO_COUNT = "erp_no_count"
+ERP_NO_CUSTOMERS = "erp_no_customers"
+ERP_BAD_CURSOR = "erp_bad_cursor"
+ERP_SAME_CURSOR = "erp_same_cursor"
 SENDER_WITHOUT_ACCESS_TOKEN = "sender_without_access_token"  # providers' SendError.reason
 SENDER_WITHOUT_PHONE_NUMBER_ID = "sender_without_phone_number_id"
 # -- an activity entry's detail
@@ -82,6 +95,20 @@ WORDINGS: dict[str, Wording] = {
     WHATSAPP_STOP: Wording(_l("Paused by WhatsApp's answer %(code)s: %(message)s")),
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
+    ERP_AUDIENCE_FAILED: Wording(
+        _l("The ERP could not give the audience: %(message)s"), nested=("message",)
+    ),
+    # url and error are the ERP's address (credentials masked) and requests' own words.
+    ERP_TIMEOUT: Wording(_l("The ERP did not answer in time (%(url)s).")),
+    ERP_UNREACHABLE: Wording(_l("Could not reach the ERP at %(url)s: %(error)s")),
+    ERP_REFUSED: Wording(_l("The ERP refused the request (%(status)s).")),
+    ERP_FAILED_STATUS: Wording(_l("The ERP failed (%(status)s).")),
+    ERP_FAILED_SAID: Wording(_l("The ERP failed (%(status)s): %(message)s")),
+    ERP_NOT_JSON: Wording(_l("The ERP answered with something that is not JSON.")),
+    ERP_NO_COUNT: Wording(_l("The ERP's count answer has no count.")),
+    ERP_NO_CUSTOMERS: Wording(_l("The ERP's page has no list of customers.")),
+    ERP_BAD_CURSOR: Wording(_l("The ERP's next cursor is not a string.")),
+    ERP_SAME_CURSOR: Wording(_l("The ERP returned the same cursor twice.")),
     SENDER_WITHOUT_ACCESS_TOKEN: Wording(
         _l("Paused: the sender has no access token. Add it on the sender's page, then resume.")
     ),

@@ -94,7 +94,8 @@ def fan_out(context: JobContext, campaign_id: int) -> None:
         if not last:
             raise
         campaign_states.fail(
-            campaign_id, reasons.Reason(reasons.ERP_FAILED, {"message": error.message})
+            campaign_id,
+            reasons.Reason(reasons.ERP_AUDIENCE_FAILED, {"message": error.reason.as_json()}),
         )
 
 

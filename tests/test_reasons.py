@@ -289,3 +289,41 @@ def test_an_opt_out_reply_keeps_the_customers_words(app, client, login_as, campa
     login_as(Role.VIEWER)
     page = read(client, "/suppressions/")
     assert "“PARE”" in page and "Replied to opt out" in page  # the source's label
+
+
+def test_an_erp_failure_is_stored_as_codes_and_worded_for_each_reader(
+    app, client, login_as, monkeypatch
+):
+    """What the ERP did wrong is a code inside the campaign's failure: a Portuguese reader
+    reads it all in Portuguese, the API in English, whoever's worker failed it."""
+    from campaigns import erp, fanout
+    from jobs import tasks
+
+    supervisor = login_as(Role.SUPERVISOR)
+    campaign = demo_campaign(supervisor.id)
+    campaign.status = CampaignStatus.SENDING
+    db.session.commit()
+
+    def refused(*args, **kwargs):
+        raise erp.ErpError(reasons.Reason(reasons.ERP_REFUSED, {"status": 422}), status=422)
+
+    monkeypatch.setattr(fanout, "load_audience", refused)
+
+    class Context:
+        class job:  # the shape of Procrastinate's JobContext.job
+            id, attempts = 1, 0
+
+    with force_locale("pt_BR"):  # a worker started in Portuguese stores no Portuguese
+        tasks.fan_out(Context, campaign.id)
+    db.session.refresh(campaign)
+    assert campaign.status is CampaignStatus.FAILED
+    assert campaign.status_reason_params == {
+        "message": {"code": "erp_refused", "params": {"status": 422}}
+    }
+    english = "The ERP could not give the audience: The ERP refused the request (422)."
+    assert reasons.render_english(campaign.status_reason_code, campaign.status_reason_params) == (
+        english
+    )
+    page = read(client, f"/campaigns/{campaign.id}", "pt-BR")
+    assert "O ERP não conseguiu fornecer o público" in page and "(422)" in page
+    assert "refused the request" not in page

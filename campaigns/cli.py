@@ -66,10 +66,11 @@ def seed_demo() -> None:
     credentials = Path(current_app.config.get("DEMO_CREDENTIALS_FILE", DEMO_CREDENTIALS))
     seed = demo.seed_demo()
     if seed.created:
-        demo.seed_demo_campaign()
+        # Kept before anything else can fail: only the password's hash is stored.
         credentials.parent.mkdir(exist_ok=True)
         credentials.write_text(f"{seed.admin_email}\n{seed.admin_password}\n")
         credentials.chmod(0o600)
+        demo.seed_demo_campaign()
     if credentials.exists():
         email, password = credentials.read_text().split()[:2]
         click.echo(

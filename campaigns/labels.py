@@ -89,6 +89,8 @@ ERROR_CODE: Labels = {
     "erased": _lp("error code", "Data erased"),
     errors.JOB_FAILED_CODE: _lp("error code", "Sending job failed"),
     errors.WORKER_STOPPED_CODE: _lp("error code", "Worker stopped"),
+    errors.SENDER_WITHOUT_ACCESS_TOKEN: _lp("error code", "Sender without token"),
+    errors.SENDER_WITHOUT_PHONE_NUMBER_ID: _lp("error code", "Sender without number id"),
 }
 SUPPRESSION_SOURCE: Labels = {
     "manual": _lp("opt-out source", "Added by hand"),
@@ -188,6 +190,20 @@ CUSTOMER_FIELD: Labels = {
     "last_purchase_at": _lp("customer field", "Last purchase"),
     "id": _lp("customer field", "Customer id"),
 }
+# Why Meta rejected a template (its rejected_reason, kept as Meta sent it).
+TEMPLATE_REJECTION: Labels = {
+    "ABUSIVE_CONTENT": _lp("template rejection", "Meta found the content abusive."),
+    "INVALID_FORMAT": _lp(
+        "template rejection", "The format is not valid (variables, length or characters)."
+    ),
+    "PROMOTIONAL": _lp("template rejection", "The content is promotional for the category chosen."),
+    "TAG_CONTENT_MISMATCH": _lp(
+        "template rejection", "The content does not match the category chosen."
+    ),
+    "INCORRECT_CATEGORY": _lp("template rejection", "The category chosen is not the right one."),
+    "SCAM": _lp("template rejection", "Meta judged the content a scam."),
+    "NONE": _lp("template rejection", "Meta gave no reason."),
+}
 YES = _l("Yes")
 NO = _l("No")
 
@@ -208,6 +224,7 @@ KINDS: dict[str, Labels] = {
     "job_status": JOB_STATUS,
     "segment_key": SEGMENT_KEY,
     "customer_field": CUSTOMER_FIELD,
+    "template_rejection": TEMPLATE_REJECTION,
 }
 ENUM_KINDS: dict[type[enum.Enum], str] = {
     CampaignStatus: "campaign_status",

@@ -51,7 +51,8 @@ ERP_NO_COUNT = "erp_no_count"
 ERP_NO_CUSTOMERS = "erp_no_customers"
 ERP_BAD_CURSOR = "erp_bad_cursor"
 ERP_SAME_CURSOR = "erp_same_cursor"
-SENDER_WITHOUT_ACCESS_TOKEN = "sender_without_access_token"  # providers' SendError.reason
+# providers' SendError.reason, also a message row's error code (providers/errors.py)
+SENDER_WITHOUT_ACCESS_TOKEN = "sender_without_access_token"
 SENDER_WITHOUT_PHONE_NUMBER_ID = "sender_without_phone_number_id"
 # -- an activity entry's detail
 SCHEDULED_TIME_REACHED = "scheduled_time_reached"

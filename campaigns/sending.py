@@ -191,16 +191,16 @@ class _Settled:
     """A group's outcomes, sorted by what happens to each message next."""
 
     sent: list[tuple[int, str]] = field(default_factory=list)
-    again: dict[float, list[tuple[int, str | None, str]]] = field(
+    again: dict[float, list[tuple[int, str | None, str | None]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # wait seconds -> transient errors that try again on this queue
-    throttled: list[tuple[int, str | None, str]] = field(default_factory=list)
+    throttled: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     throttle_wait: float = THROTTLE_WAIT_MIN
-    handed_over: dict[float, list[tuple[int, str | None, str]]] = field(
+    handed_over: dict[float, list[tuple[int, str | None, str | None]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # wait seconds -> errors that move on to message-retry
     failed: list[tuple[message_states.Claimed, providers.SendError]] = field(default_factory=list)
-    paused: list[tuple[int, str | None, str]] = field(default_factory=list)  # a pausing code
+    paused: list[tuple[int, str | None, str | None]] = field(default_factory=list)  # a pausing code
     stop: providers.SendError | None = None  # the first pausing error
 
 
@@ -222,7 +222,7 @@ def _sort(
             logger.error("message %s: unexpected error in its call", message.id, exc_info=outcome)
             outcome = providers.SendError(type(outcome).__name__, ErrorKind.PERMANENT)
         error = outcome
-        entry = (message.id, _code(error), error.message)
+        entry = (message.id, error.row_code, error.row_text)
         kind = error.kind
         if kind is ErrorKind.THROTTLED:
             throttled_for = message.throttled_for or 0.0
@@ -246,12 +246,6 @@ def _sort(
         else:
             settled.failed.append((message, error))
     return settled
-
-
-def _code(error: providers.SendError) -> str | None:
-    if error.code is not None:
-        return str(error.code)
-    return str(error.http_status) if error.http_status else None
 
 
 def _record(
@@ -316,8 +310,8 @@ def _record(
 
 def _fail(message: message_states.Claimed, error: providers.SendError) -> None:
     """Give up on one message with its code; an opt-out code suppresses its number."""
-    code = _code(error)
-    message_states.fail(db.session, message.id, [MessageStatus.SENDING], code, error.message)
+    code = error.row_code
+    message_states.fail(db.session, message.id, [MessageStatus.SENDING], code, error.row_text)
     logger.warning("message %s failed (%s): %s", message.id, code, error.message)
     if error.code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, error.message, "provider")

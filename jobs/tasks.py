@@ -149,7 +149,6 @@ DATABASE_LOST = RetryStrategy(
     retry_exceptions={
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
-        sa_exc.PendingRollbackError,
         psycopg.OperationalError,
     },
 )

@@ -240,3 +240,11 @@ def test_every_page_draws_in_portuguese_with_words_in_its_badges(app, user_facto
         for value, text in re.findall(r'<option value="([a-z_A-Z]+)"[^>]*>([^<]*)<', html):
             # Queue names are identifiers, shown as code like task names.
             assert value != text.strip() or value in KNOWN_QUEUES, (url, value)
+
+
+def test_metas_rejection_reasons_are_worded_and_an_unknown_one_shown_as_sent(app):
+    from campaigns.labels import label_for
+
+    with app.test_request_context(headers={"Accept-Language": "en"}):
+        assert label_for("template_rejection", "INVALID_FORMAT").startswith("The format")
+        assert label_for("template_rejection", "SOMETHING_NEW") == "SOMETHING_NEW"

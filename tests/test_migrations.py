@@ -286,9 +286,19 @@ def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
             "Paused: 1,500 of the last 2,000 messages failed, more than 50 % allowed."
         )
         assert db.session.query(Notification).count() == len(OLD_NOTICES)
+        # Codes newer than any sentence read above, nested too, go back as English.
+        later = db.session.get(Campaign, ids["none"])
+        later.status_reason_code = "erp_audience_failed"
+        later.status_reason_params = {"message": {"code": "erp_refused", "params": {"status": 422}}}
+        db.session.commit()
         db.session.remove()
 
         downgrade(revision="0014-1")
+        assert rows(f"SELECT status_reason FROM campaigns WHERE id = {ids['none']}") == [
+            ("The ERP could not give the audience: The ERP refused the request (422).",)
+        ]
+        with psycopg.connect(empty_database_url) as conn:  # as it was before
+            conn.execute(f"UPDATE campaigns SET status_reason = NULL WHERE id = {ids['none']}")
         # Each as it was; what was read from Portuguese comes back in English.
         assert dict(rows(f"SELECT name, status_reason FROM campaigns WHERE id <> {base}")) == (
             OLD_REASONS | {"pt": "Paused by WhatsApp's answer 190: token expired"}

@@ -505,6 +505,14 @@ def test_a_sender_set_up_without_its_token_pauses_with_disparos_own_reason(app, 
     assert "no access token" in campaign.status_reason and "WhatsApp's answer" not in (
         campaign.status_reason
     )
+    # The message waits for resume with the same code and no English sentence.
+    message = db.session.get(Message, first)
+    assert (message.status, message.error_code, message.error_text) == (
+        MessageStatus.PENDING,
+        "sender_without_access_token",
+        None,
+    )
+    assert "add it on the sender's page" in errors.describe(message.error_code, None)
 
 
 def test_a_run_of_failures_pauses_the_campaign_and_tells_the_owner(app, campaign, fake):

@@ -38,6 +38,22 @@ class SendError(ProviderError):
         # its token): a campaigns.reasons code, worded for whoever reads the pause.
         self.reason = reason
 
+    @property
+    def row_code(self) -> str | None:
+        """What a message row keeps as this error's code: Meta's (0 is one), else the
+        HTTP status, else Disparo's own reason, else nothing."""
+        if self.code is not None:
+            return str(self.code)
+        if self.http_status:
+            return str(self.http_status)
+        return self.reason
+
+    @property
+    def row_text(self) -> str | None:
+        """The row's error text: WhatsApp's words; none for Disparo's own reason (worded
+        when shown, in the reader's language)."""
+        return None if self.reason else self.message
+
 
 @dataclass(frozen=True)
 class SendResult:

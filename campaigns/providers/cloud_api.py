@@ -25,7 +25,12 @@ from campaigns.providers.base import (
     WhatsAppProvider,
     template_components,
 )
-from campaigns.providers.errors import ErrorKind, classify
+from campaigns.providers.errors import (
+    SENDER_WITHOUT_ACCESS_TOKEN,
+    SENDER_WITHOUT_PHONE_NUMBER_ID,
+    ErrorKind,
+    classify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +158,7 @@ def send_template_message(
         raise SendError(
             "This sender has no phone number id.",
             ErrorKind.PAUSE_SENDER,
-            reason="sender_without_phone_number_id",
+            reason=SENDER_WITHOUT_PHONE_NUMBER_ID,
         )
     payload = template_message(to=to, template=template, params=params, callback_data=callback_data)
     try:
@@ -193,7 +198,7 @@ class CloudApiProvider(WhatsAppProvider):
             raise SendError(
                 "This sender has no access token.",
                 ErrorKind.PAUSE_SENDER,
-                reason="sender_without_access_token",
+                reason=SENDER_WITHOUT_ACCESS_TOKEN,
             )
         return send_template_message(
             self.base_url,

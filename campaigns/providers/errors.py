@@ -13,6 +13,9 @@ from typing import Any
 
 from campaigns.i18n import _l
 
+# Disparo's own reasons a sender cannot send (SendError.reason): worded there too.
+from campaigns.reasons import SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_NUMBER_ID
+
 
 class ErrorKind(enum.StrEnum):
     RETRY = "retry"  # transient: try again with backoff
@@ -60,6 +63,7 @@ WORKER_STOPPED_CODE = "worker_stopped"
 OWN_CODES = frozenset(
     {"invalid_phone", "suppressed", "duplicate", "missing_value", "erased"}
     | {JOB_FAILED_CODE, WORKER_STOPPED_CODE}
+    | {SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_NUMBER_ID}
 )
 
 
@@ -143,6 +147,12 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     WORKER_STOPPED_CODE: _l(
         "Its worker stopped during the call; it is sent again (it may arrive twice)."
     ),
+    SENDER_WITHOUT_ACCESS_TOKEN: _l(
+        "The sender has no access token: add it on the sender's page, then resume."
+    ),
+    SENDER_WITHOUT_PHONE_NUMBER_ID: _l(
+        "The sender has no phone number id: add it on the sender's page, then resume."
+    ),
 }
 NO_CODE_EXPLANATION = _l("WhatsApp could not be reached, or gave no reason.")
 PERMISSION_EXPLANATION = _l("The app lacks a permission for this number or account.")
@@ -173,6 +183,8 @@ def stored_kind(code: str | None) -> ErrorKind | None:
         return classify(None, None)
     if code in (JOB_FAILED_CODE, WORKER_STOPPED_CODE):  # Disparo's own, not the message's
         return ErrorKind.RETRY
+    if code in (SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_NUMBER_ID):
+        return ErrorKind.PAUSE_SENDER
     number = _number(code)
     if number is None:
         return ErrorKind.PERMANENT

@@ -386,7 +386,7 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
         if error.reason:  # Disparo's own finding, said in the reader's words
             raise ServiceError(reasons.render(error.reason)) from error
         # What the code means in the reader's words, and WhatsApp's own as it gave them.
-        code = str(error.code or error.http_status or "") or None
+        code = error.row_code
         said = f"{explain(code)} ({error.message})" if error.message else explain(code)
         raise ServiceError(_("WhatsApp refused it: %(m)s") % {"m": said}) from error
     campaign_states.record_activity(

@@ -82,6 +82,24 @@ PORTUGUESE = {
     "campaign_failed": "A campanha “%(name)s” falhou: %(reason)s",
 }
 # Which codes each column held, in the order they are tried.
+# Codes no older row holds (what the code words since this revision), in English for a
+# downgrade only: what the older columns would have said.
+LATER = {
+    "sender_without_access_token": "This sender has no access token.",
+    "sender_without_phone_number_id": "This sender has no phone number id.",
+    "erp_audience_failed": "The ERP could not give the audience: %(message)s",
+    "erp_timeout": "The ERP did not answer in time (%(url)s).",
+    "erp_unreachable": "Could not reach the ERP at %(url)s: %(error)s",
+    "erp_refused": "The ERP refused the request (%(status)s).",
+    "erp_failed_status": "The ERP failed (%(status)s).",
+    "erp_failed_said": "The ERP failed (%(status)s): %(message)s",
+    "erp_not_json": "The ERP answered with something that is not JSON.",
+    "erp_no_count": "The ERP's count answer has no count.",
+    "erp_no_customers": "The ERP's page has no list of customers.",
+    "erp_bad_cursor": "The ERP's next cursor is not a string.",
+    "erp_same_cursor": "The ERP returned the same cursor twice.",
+}
+
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")
 DETAIL_CODES = (
     "scheduled_time_reached",
@@ -130,11 +148,11 @@ def worded(code, params, formats=ENGLISH, depth=0):
     if code == "test_phone":
         return str(params.get("phone", ""))
     values = dict(params)
-    reason = values.get("reason")
-    if isinstance(reason, dict) and depth < 3:
-        values["reason"] = worded(reason.get("code"), reason.get("params"), formats, depth + 1)
+    for name, inner in params.items():  # a reason inside this one (reason, message)
+        if isinstance(inner, dict) and "code" in inner and depth < 3:
+            values[name] = worded(inner.get("code"), inner.get("params"), formats, depth + 1)
     try:
-        return formats[code] % values
+        return (formats.get(code) or LATER[code]) % values
     except (KeyError, TypeError, ValueError):  # a code this revision does not know
         return str(params.get("text") or code)
 

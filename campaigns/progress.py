@@ -26,6 +26,12 @@ from campaigns.models import (
 LIVE_BEFORE_START = timedelta(minutes=5)
 
 
+# Until a campaign has sent for this long, and this many messages in the last minute, its
+# rate is not measured yet: the ETA comes from the limits (the pace) alone.
+MEASURED_AFTER_SECONDS = 30
+MEASURED_AFTER_SENDS = 5
+
+
 # Delivered/read webhooks keep arriving after completion; the page follows them this long.
 RECEIPTS_FOLLOW = timedelta(hours=1)
 
@@ -51,6 +57,7 @@ class Progress:
     cancelled: int
     sent_last_minute: int
     allowed_per_minute: float
+    pace: ratelimit.Pace | None = None  # the limit that sets allowed_per_minute
     scheduled_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -80,10 +87,48 @@ class Progress:
         return self.sent / outcomes if outcomes else None
 
     @property
+    def counts(self) -> dict[str, int]:
+        """The counters as read (counters.COLUMNS), for recipients.rows_in_status."""
+        return {name: getattr(self, name) for name in counters.COLUMNS}
+
+    @property
+    def reached(self) -> int:
+        """Messages that went their way (sent, failed or skipped): done, less the cancelled."""
+        return self.sent + self.failed + self.skipped
+
+    @property
+    def percent_reached(self) -> float:
+        return 100.0 * self.reached / self.total if self.total else 0.0
+
+    @property
+    def measured_per_minute(self) -> float | None:
+        """Sends per minute over the last minute (or since the start, within its first
+        minute); None until there is a rate to measure (MEASURED_AFTER_*)."""
+        elapsed = self.elapsed_seconds
+        if (
+            elapsed is None
+            or elapsed < MEASURED_AFTER_SECONDS
+            or self.sent_last_minute < MEASURED_AFTER_SENDS
+        ):
+            return None
+        return self.sent_last_minute * 60.0 / min(60.0, elapsed)
+
+    @property
+    def eta_from_limits(self) -> bool:
+        """The ETA is the limits' alone: no rate measured yet."""
+        return self.measured_per_minute is None
+
+    @property
     def eta_seconds(self) -> float | None:
-        """Remaining ÷ min(recent throughput, what the limits allow); None when unknown."""
-        rate = min(self.sent_last_minute, self.allowed_per_minute)
-        if self.status is not CampaignStatus.SENDING or rate <= 0 or not self.in_flight:
+        """Remaining ÷ min(measured throughput, what the limits allow); from the limits
+        alone until a rate is measured. None when not sending or nothing remains."""
+        if self.status is not CampaignStatus.SENDING or not self.in_flight:
+            return None
+        measured = self.measured_per_minute
+        rate = (
+            self.allowed_per_minute if measured is None else min(measured, self.allowed_per_minute)
+        )
+        if rate <= 0:
             return None
         return self.in_flight / rate * 60.0
 
@@ -145,6 +190,8 @@ class Progress:
             "success_rate": self.success_rate,
             "sent_last_minute": self.sent_last_minute,
             "eta_seconds": self.eta_seconds,
+            "eta_from_limits": self.eta_from_limits,
+            "pace_limited_by": self.pace.binding if self.pace else None,
             "is_finished": self.is_finished,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
@@ -193,7 +240,7 @@ def _progress_of(
     read_at: datetime,
 ) -> Progress:
     """A campaign's Progress from figures already read (its sender and owner give the pace)."""
-    allowed = 60.0 / ratelimit.pace_seconds(campaign.sender, campaign.owner)
+    pace = ratelimit.pace(campaign.sender, campaign.owner)
     return Progress(
         campaign_id=campaign.id,
         status=campaign.status,
@@ -211,7 +258,8 @@ def _progress_of(
         skipped=totals["skipped"],
         cancelled=totals["cancelled"],
         sent_last_minute=sent_last_minute,
-        allowed_per_minute=allowed,
+        allowed_per_minute=pace.per_minute,
+        pace=pace,
         scheduled_at=campaign.scheduled_at,
         started_at=campaign.started_at,
         completed_at=campaign.completed_at,

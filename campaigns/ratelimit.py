@@ -360,17 +360,48 @@ def counted_seconds(limit: Limit) -> float:
     return (limit.window_ms + max(1, limit.window_ms // 60)) / 1000
 
 
-def pace_seconds(sender: Sender, owner: User) -> float:
-    """Seconds between two messages of a campaign, so that :func:`send_limits` always grants:
-    the slowest of the sender's rate, the sender's minimum gap and the owner's rate.
+# Which limit sets a campaign's pace (Pace.binding).
+PACE_OWNER = "owner"  # the owner's messages per minute across their campaigns
+PACE_SENDER_RATE = "sender_rate"  # the sender's WhatsApp messages per minute
+PACE_SENDER_GAP = "sender_gap"  # the sender's minimum gap between two messages
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A campaign's pace: seconds between two messages, and the limit that sets it."""
+
+    seconds: float
+    binding: str  # PACE_OWNER, PACE_SENDER_RATE or PACE_SENDER_GAP
+    value: int  # that limit's own figure: messages per minute, or the gap in ms
+
+    @property
+    def per_minute(self) -> float:
+        return 60.0 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def pace(sender: Sender, owner: User) -> Pace:
+    """The slowest of the sender's rate, the sender's minimum gap and the owner's rate.
 
     Paced at the bare limit (60 s / limit), the pump ran a sixtieth faster than the
     limiter grants; the messages it held back piled up and went out together when a
     bucket freed: bursts of several seconds' worth in one second (bench/README.md, the
-    soak), which a provider counting per second would throttle.
+    soak), which a provider counting per second would throttle. On a tie the owner's
+    limit is named first, then the sender's rate.
     """
-    limits = send_limits(sender, owner)
-    return max(
-        *(counted_seconds(limit) / limit.limit for limit in limits),
-        sender.min_interval_ms / 1000.0,
-    )
+    sender_rate, owner_rate = send_limits(sender, owner)
+    candidates = [
+        Pace(counted_seconds(owner_rate) / owner_rate.limit, PACE_OWNER, owner_rate.limit),
+        Pace(
+            counted_seconds(sender_rate) / sender_rate.limit,
+            PACE_SENDER_RATE,
+            sender_rate.limit,
+        ),
+        Pace(sender.min_interval_ms / 1000.0, PACE_SENDER_GAP, sender.min_interval_ms),
+    ]
+    return max(candidates, key=lambda candidate: candidate.seconds)  # the first of a tie
+
+
+def pace_seconds(sender: Sender, owner: User) -> float:
+    """Seconds between two messages of a campaign, so that :func:`send_limits` always grants
+    (:func:`pace`)."""
+    return pace(sender, owner).seconds

@@ -102,7 +102,7 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     return conditions
 
 
-def _rows_in_status(totals: Mapping[str, int], status: MessageStatus | None) -> int:
+def rows_in_status(totals: Mapping[str, int], status: MessageStatus | None) -> int:
     """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read)."""
     if status is None:
         return totals["total"]
@@ -138,7 +138,7 @@ def recipient_page(
     messages = messages[:per_page]
     total = None
     if not filters.q:  # a search is not counted: "load more" is enough, a count costs a scan
-        total = _rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+        total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
     return RecipientPage(messages, messages[-1].id if more else None, total)
 
 

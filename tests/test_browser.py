@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,21 +142,52 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.fill("input[name='segment.state']", "SP")
     page.fill("input[name='segment.max_audience']", "6")
     page.uncheck("input[name='segment.opted_in_only']")
+    # The owner's cap and the sender's limits show by the sender, before anything is sent.
+    hint = page.inner_text("label:has(select[name=sender_id]) small")
+    assert "Your campaigns send at most 100 messages a minute" in hint
+    option = page.inner_text("select[name=sender_id] option")
+    assert option.endswith(f"({sender.rate_limit_per_minute}/min, at least 200 ms apart)")
     page.click("button:has-text('Save draft')")
     page.wait_for_selector("h1:has-text('Browser run')")
+    # One of the six has opted out: the fan-out skips it, and the Errors section must say so.
+    from campaigns.models import Campaign
+    from campaigns.services.campaigns import dry_run
+    from campaigns.services.suppressions import add_suppression
+
+    drafted = db.session.query(Campaign).filter_by(name="Browser run").one()
+    add_suppression(dry_run(drafted, app.config, 6)[-1].phone, "asked us to stop", "manual", None)
+    page.reload()
+    page.wait_for_selector("[id$='-errors']:has-text('No message has failed')")
+    page.wait_for_selector("text=No recipients yet: they are loaded when the campaign starts.")
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Send now')")
     page.wait_for_selector(".badge-sending")
+    assert "Sending started" in page.inner_text("#flashes")  # the action says what it did
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
     progress = "section[id$='-progress']"
     assert page.get_attribute(progress, "hx-trigger") == "every 2s"
+    # The ETA from the start: from the limits (the sender's rate binds), before any rate.
+    page.wait_for_selector("[id$='-pace']:has-text('The ETA is estimated from the limits')")
+    assert "limited by the sender's" in page.inner_text("[id$='-pace']")
+    assert page.inner_text("[id$='-eta']") not in ("", "—")
+    # Still sending, the other sections follow without a reload: the skip, the recipients.
+    page.wait_for_selector("[id$='-errors']:has-text('Skipped')")
+    assert "No message has failed" not in page.inner_text("[id$='-errors']")
+    page.wait_for_selector("[id$='-recipient-count']:has-text('6 recipients')")
+    page.wait_for_selector("[id$='-recipient-table'] tbody tr:nth-child(6)")
+    assert page.locator(".badge-sending").count() > 0, "too late: the campaign had finished"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-progress-sending.png"), full_page=True)
+    assert page.evaluate("window.sameDocument") is True
 
     page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
     # Waits are selectors, not wait_for_function: it polls with eval, which the CSP refuses.
     page.wait_for_selector("section[id$='-progress']:not([hx-trigger])")
     assert page.evaluate("window.sameDocument") is True
     assert page.inner_text("[id$='-status']") == "Completed"  # the badge, out of band
+    # Said out loud, from the live region outside the polled section.
+    assert page.inner_text("[id$='-announce']") == "Campaign completed"
     assert page.locator("button:has-text('Pause')").count() == 0  # so are the buttons
     # The recipients were drawn before the fan-out; they are fetched again once it is done.
     page.wait_for_selector("[id$='-recipient-table'] tbody tr:nth-child(6)")
@@ -174,6 +206,59 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert [path for path in polled if "/progress" in path] == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
+
+
+def test_a_cancelled_campaign_shows_what_went_and_what_was_cancelled(
+    app, live_server, page, user_factory, start_worker
+):
+    """Cancel while it sends: the page says what was sent and what was cancelled, never
+    "100 % done"; before that, a poll that fails says the figures may be stale, and retries."""
+    from campaigns.services.templates import default_sender
+    from tests.helpers import demo_campaign
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    user = user_factory(Role.SUPERVISOR)
+    campaign = demo_campaign(user.id, size=30, name="To be cancelled")
+    default_sender().min_interval_ms = 200  # 20/min binds: one message every 3 s
+    from app import db
+
+    db.session.commit()
+    start_worker()
+    sign_in(page, live_server, user)
+    page.goto(f"{live_server}/campaigns/{campaign.id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector(".badge-sending")
+    from playwright.sync_api import expect
+
+    sent_figure = page.locator("section[id$='-progress'] .stats > div:nth-child(3) strong")
+    expect(sent_figure).not_to_have_text("0", timeout=30_000)  # one went out
+
+    # The progress poll fails (the network is gone): the figures stay, marked stale...
+    note = "section[id$='-progress'] .stale-note"
+    page.route("**/progress?*", lambda route: route.abort())
+    page.wait_for_selector(note, state="visible")
+    assert "Figures may be out of date" in page.inner_text(note)
+    page.unroute("**/progress?*")
+    # ...until the next poll succeeds, which it retries by itself.
+    page.wait_for_selector(note, state="hidden")
+    assert page.get_attribute("section[id$='-progress']", "hx-trigger") == "every 2s"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Cancel campaign')")
+    page.wait_for_selector("[id$='-cancelled-summary']")
+    flash = page.inner_text("#flashes")
+    summary = page.inner_text("[id$='-cancelled-summary']")
+    sent, cancelled = (int(n) for n in re.findall(r"(\d+) (?:sent|cancelled)", summary))
+    assert summary == f"Cancelled: {sent} sent, {cancelled} cancelled"
+    assert f"Cancelled: {sent} sent, {cancelled} cancelled." in flash
+    assert sent >= 1 and cancelled >= 1
+    percent = page.inner_text("[id$='-percent']")
+    assert percent != "100 %" and percent.endswith("%")
+    bar = page.locator("[id$='-bar']")
+    assert int(bar.get_attribute("value")) < int(bar.get_attribute("max")) == 30
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-cancelled.png"), full_page=True)
 
 
 def test_a_question_with_an_apostrophe_is_asked_before_posting(

@@ -4,6 +4,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from babel.dates import format_datetime
 
 from app import db
@@ -11,6 +12,8 @@ from campaigns.models import (
     Campaign,
     CampaignActivity,
     CampaignStatus,
+    Message,
+    MessageStatus,
     MessageTemplate,
     Role,
     TemplateStatus,
@@ -385,3 +388,62 @@ def test_senders_page_shows_this_minutes_usage(client, demo, login_as):
     login_as(Role.ADMIN)
     body = client.get("/senders/").get_data(as_text=True)
     assert "0 of 20 used" in body
+
+
+def _flashes(page: str) -> list[str]:
+    return re.findall(r'<article class="flash flash-\w+" role="\w+">([^<]*)</article>', page)
+
+
+def test_send_now_pause_resume_and_cancel_say_what_happened(
+    app, client, login_as, fake, live_server
+):
+    """Each action confirms itself in a flash, through htmx (HX-Redirect) as through a form."""
+    from campaigns import fanout
+    from tests.helpers import demo_campaign, lift_limits
+
+    user = login_as(Role.SUPERVISOR)
+    lift_limits(user)
+    campaign = demo_campaign(user.id)
+    htmx = {"HX-Request": "true"}
+
+    response = client.post(f"/campaigns/{campaign.id}/send-now", headers=htmx)
+    assert response.status_code == 204
+    assert response.headers["HX-Redirect"] == f"/campaigns/{campaign.id}"
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert _flashes(page) == [
+        "Sending started: the recipients are being loaded, then sent at the pace."
+    ]
+    fanout.load_audience(campaign.id, app.config)
+    waiting = db.session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Message)
+        .where(Message.campaign_id == campaign.id, Message.status == MessageStatus.PENDING)
+    )
+
+    page = client.post(f"/campaigns/{campaign.id}/pause", follow_redirects=True)
+    assert _flashes(page.get_data(as_text=True)) == [f"Paused — {waiting} messages wait."]
+    page = client.post(f"/campaigns/{campaign.id}/resume", follow_redirects=True)
+    assert _flashes(page.get_data(as_text=True)) == [f"Sending resumed — {waiting} messages to go."]
+    client.post(f"/campaigns/{campaign.id}/cancel", headers=htmx)
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert _flashes(page) == [f"Cancelled: 0 sent, {waiting} cancelled."]
+    # A refusal still says why, and nothing claims it happened.
+    page = client.post(f"/campaigns/{campaign.id}/pause", follow_redirects=True)
+    flashes = _flashes(page.get_data(as_text=True))
+    assert len(flashes) == 1 and "Paused" not in flashes[0]
+
+
+def test_the_form_shows_the_owners_cap_and_each_senders_limits(client, demo, supervisor):
+    sender, _promo = demo
+    sender.rate_limit_per_minute = 80
+    sender.min_interval_ms = 250
+    supervisor.campaign_rate_limit_per_minute = 100
+    db.session.commit()
+    page = client.get("/campaigns/new").get_data(as_text=True)
+    option = re.search(rf'<option value="{sender.id}"[^>]*>([^<]*)</option>', page).group(1)
+    assert option == f"{sender.name} (80/min, at least 250 ms apart)"
+    assert "Your campaigns send at most 100 messages a minute in all (your limit)" in page
+    # Editing it says the same: the owner's cap (the reader's own here).
+    campaign = create(client, sender, _promo)
+    page = client.get(f"/campaigns/{campaign.id}/edit").get_data(as_text=True)
+    assert "Your campaigns send at most 100 messages a minute" in page

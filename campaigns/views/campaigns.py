@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
-from campaigns.progress import get_progress, throughput_chart
+from campaigns.progress import Progress, get_progress, throughput_chart
 from campaigns.services import ServiceError
 from campaigns.services.campaigns import (
     RETRY_FAILED_STATUSES,
@@ -131,6 +132,8 @@ def _form_page(
             templates=queries.approved_templates(),
             mapping=_mapping_rows(data.get("template_id"), data),
             customer_fields=CUSTOMER_FIELDS,
+            # Whose campaign limit paces it: the owner's (the creator's, for a new one).
+            owner=campaign.owner if campaign else current_user,
         ),
         status,
     )
@@ -264,6 +267,9 @@ def campaign_progress(campaign_id: int):
     campaign = _campaign_or_404(campaign_id)
     progress = get_progress(campaign)
     changed = request.args.get("shown") != campaign.status.value
+    context: dict[str, Any] = {}
+    if not changed:  # a change refetches both sections anyway (CAMPAIGN_CHANGED)
+        context = _sections_behind(campaign, progress)
     response = make_response(
         render_template(
             "campaigns/_progress.html",
@@ -272,12 +278,46 @@ def campaign_progress(campaign_id: int):
             chart=throughput_chart(progress),
             actions=allowed_actions(campaign.status),
             oob=changed,
+            **context,
         ),
         200 if progress.is_live else STOP_POLLING,
     )
     # The errors and the recipients were drawn for the old state (before the fan-out,
     # say): they fetch themselves again.
     return trigger(response, CAMPAIGN_CHANGED) if changed else response
+
+
+def _sections_behind(campaign: Campaign, progress: Progress) -> dict[str, Any]:
+    """What the progress answer brings out of band besides itself, from what the poll says
+    the page shows: the Errors section when the failed and skipped figures moved since it
+    was drawn (``errors``); the recipients' count for the table's status filter, or the
+    table's first page when it still lists nothing for want of an audience (``listed``,
+    ``status``, ``q``: the table's own fields). The counters decide (O(1)); the breakdown
+    and the first page are read only when they changed."""
+    context: dict[str, Any] = {}
+    errors_shown = request.args.get("errors", type=int)
+    if errors_shown is not None and errors_shown != progress.failed + progress.skipped:
+        context |= {
+            "breakdown": recipients.error_breakdown(campaign.id),
+            "can_retry": _can_retry(campaign),
+            "errors_oob": True,
+        }
+    listed = request.args.get("listed", type=int)
+    filters = recipients.RecipientFilters.from_args(request.args)
+    if listed is None or filters.q:  # no table yet, or a search (which is not counted)
+        return context
+    if listed == 0 and filters.status is None and progress.total > 0:
+        page = recipients.recipient_page(campaign.id, filters)
+        context |= {"table_oob": True}
+    else:
+        total = recipients.rows_in_status(progress.counts, filters.status)
+        page = recipients.RecipientPage([], None, total)
+        context |= {"count_oob": True}
+    return context | {
+        "page": page,
+        "filters": filters,
+        "csv_formats": csvfiles.offered_formats(),
+    }
 
 
 @bp.get("/<int:campaign_id>/receipts")
@@ -310,13 +350,53 @@ def _operator_time(raw: str) -> datetime:
     return naive.replace(tzinfo=current_zone()) if naive.tzinfo is None else naive
 
 
-def _run_action(campaign_id: int, action, *args) -> Response:
+def _run_action(
+    campaign_id: int, action, *args, done: Callable[[Campaign], str] | None = None
+) -> Response:
+    """Run an operator's action; flash its refusal, or what happened (``done``, given the
+    campaign after the action). A redirect follows, also for htmx (HX-Redirect), so the
+    flash shows on the page drawn next."""
     _campaign_or_404(campaign_id)
     try:
-        action(campaign_id, *args, current_user.id)
+        campaign = action(campaign_id, *args, current_user.id)
     except (Invalid, ServiceError) as error:
         flash(next(iter(error.errors.values())), "error")
+    else:
+        if done is not None and isinstance(campaign, Campaign):
+            flash(done(campaign), "success")
     return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
+
+
+def _sending_started(campaign: Campaign) -> str:
+    return _("Sending started: the recipients are being loaded, then sent at the pace.")
+
+
+def _paused(campaign: Campaign) -> str:
+    waiting = get_progress(campaign).in_flight
+    return ngettext(
+        "Paused — %(n)s message waits.",
+        "Paused — %(n)s messages wait.",
+        waiting,
+        n=format_number(waiting),
+    )
+
+
+def _resumed(campaign: Campaign) -> str:
+    waiting = get_progress(campaign).in_flight
+    return ngettext(
+        "Sending resumed — %(n)s message to go.",
+        "Sending resumed — %(n)s messages to go.",
+        waiting,
+        n=format_number(waiting),
+    )
+
+
+def _cancelled(campaign: Campaign) -> str:
+    progress = get_progress(campaign)
+    return _("Cancelled: %(sent)s sent, %(cancelled)s cancelled.") % {
+        "sent": format_number(progress.sent),
+        "cancelled": format_number(progress.cancelled),
+    }
 
 
 @bp.post("/<int:campaign_id>/schedule")
@@ -342,28 +422,28 @@ def campaign_unschedule(campaign_id: int) -> Response:
 @requires(Role.SUPERVISOR)
 def campaign_send_now(campaign_id: int) -> Response:
     """Start sending at once."""
-    return _run_action(campaign_id, send_campaign_now)
+    return _run_action(campaign_id, send_campaign_now, done=_sending_started)
 
 
 @bp.post("/<int:campaign_id>/pause")
 @requires(Role.SUPERVISOR)
 def campaign_pause(campaign_id: int) -> Response:
     """Stop sending until resumed."""
-    return _run_action(campaign_id, pause_campaign)
+    return _run_action(campaign_id, pause_campaign, done=_paused)
 
 
 @bp.post("/<int:campaign_id>/resume")
 @requires(Role.SUPERVISOR)
 def campaign_resume(campaign_id: int) -> Response:
     """Carry on where it stopped."""
-    return _run_action(campaign_id, resume_campaign)
+    return _run_action(campaign_id, resume_campaign, done=_resumed)
 
 
 @bp.post("/<int:campaign_id>/cancel")
 @requires(Role.SUPERVISOR)
 def campaign_cancel(campaign_id: int) -> Response:
     """Cancel for good (the page asks to confirm)."""
-    return _run_action(campaign_id, cancel_campaign)
+    return _run_action(campaign_id, cancel_campaign, done=_cancelled)
 
 
 @bp.post("/<int:campaign_id>/test-send")
@@ -449,9 +529,13 @@ def campaign_errors(campaign_id: int) -> str:
         "campaigns/_errors.html",
         campaign=campaign,
         breakdown=recipients.error_breakdown(campaign_id),
-        # Erased messages have no number to send to again.
-        can_retry=campaign.status in RETRY_FAILED_STATUSES and campaign.data_erased_at is None,
+        can_retry=_can_retry(campaign),
     )
+
+
+def _can_retry(campaign: Campaign) -> bool:
+    """Whether "retry failed" applies: to its status, and not once the numbers are erased."""
+    return campaign.status in RETRY_FAILED_STATUSES and campaign.data_erased_at is None
 
 
 @bp.post("/<int:campaign_id>/retry-failed")

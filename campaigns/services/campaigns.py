@@ -25,6 +25,7 @@ from campaigns import (
     message_states,
     phones,
     providers,
+    queues,
     ratelimit,
     reasons,
     rendering,
@@ -261,6 +262,7 @@ def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.set_status_reason(None)
     message_states.unqueue(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "paused")
+    queues.defer_notification(db.session, campaign.id, "paused")
     db.session.commit()
     return campaign
 
@@ -289,6 +291,7 @@ def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.completed_at = sa.func.now()
     message_states.cancel_unsent(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "cancelled")
+    queues.defer_notification(db.session, campaign.id, "cancelled")
     db.session.commit()
     return campaign
 

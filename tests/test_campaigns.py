@@ -205,6 +205,74 @@ def test_the_erp_counts_a_brazilian_amount_as_the_same_number(
     assert count("R$ 1.234,56") == count("1234.56") < count("0")
 
 
+def _tag_boxes(html: str) -> dict[str, bool]:
+    """The form's tag checkboxes: value → ticked."""
+    boxes = re.findall(
+        r'<input class="segment-field" type="checkbox" name="segment.tags"[^>]*>', html
+    )
+    return {re.search(r'value="([^"]*)"', box).group(1): " checked" in box for box in boxes}
+
+
+def test_tags_are_ticked_from_the_erps_list(client, demo, supervisor, live_server):
+    sender, promo = demo
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    assert _tag_boxes(html) == dict.fromkeys(
+        ["vip", "newsletter", "churn-risk", "b2b", "promo"], False
+    )
+    assert 'name="segment.tags" value=' in html and "comma-separated" not in html
+
+    # Ticked boxes come as one value each, are saved as a list and come back ticked,
+    # with a saved tag the ERP no longer knows still shown (ticked, and said so).
+    data = form_for(sender, promo, **{"segment.tags": None})
+    response = client.post("/campaigns/", data=data | {"segment.tags": ["vip", "b2b"]})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    campaign = db.session.query(Campaign).one()
+    assert campaign.segment["tags"] == ["vip", "b2b"]
+    campaign.segment = campaign.segment | {"tags": ["vip", "gold"]}
+    db.session.commit()
+    html = client.get(f"/campaigns/{campaign.id}/edit").get_data(as_text=True)
+    boxes = _tag_boxes(html)
+    assert boxes["vip"] and boxes["gold"] and not boxes["b2b"]
+    assert "not in the ERP's list" in html
+
+
+def test_without_the_erps_list_tags_are_typed(app, client, demo, supervisor):
+    app.config["ERP_BASE_URL"] = "http://127.0.0.1:9/mock/erp"
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    assert _tag_boxes(html) == {}
+    assert re.search(r'<input name="segment.tags" value=""[^>]*class="segment-field"', html)
+    assert "list of tags could not be read" in html
+
+
+def test_an_unknown_tag_is_a_field_problem_not_an_outage(client, demo, supervisor, live_server):
+    sender, promo = demo
+    data = form_for(sender, promo, **{"segment.tags": "vip, gold"})
+    body = client.post("/campaigns/audience", data=data).get_data(as_text=True)
+    assert "did not answer" not in body
+    assert "The ERP does not accept these criteria; check them:" in body
+    assert re.search(r"<li><strong>Tags</strong>: unknown tag gold; known tags: vip,", body)
+    dry = demo_campaign_with(client, sender, promo, data)
+    body = client.get(f"/campaigns/{dry}/dry-run").get_data(as_text=True)
+    assert "did not answer" not in body and "Tags: unknown tag gold" in body
+
+
+def demo_campaign_with(client, sender, promo, data) -> int:
+    response = client.post("/campaigns/", data=data)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return int(response.headers["Location"].rsplit("/", 1)[-1])
+
+
+def test_the_count_follows_typing_ticking_and_pasting(client, demo, supervisor):
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    trigger = re.search(r'<div id="campaign-audience"[^>]*hx-trigger="([^"]*)"', html).group(1)
+    for event in ("load,", "input changed ", "change ", "paste "):
+        assert event in trigger
+    assert trigger.count("from:.segment-field") == 3
+    assert 'hx-sync="this:replace"' in html
+    # Placeholders read as examples, not as values already typed.
+    assert 'placeholder="e.g. SP"' in html
+
+
 def test_audience_count_says_when_the_erp_is_down(app, client, demo, supervisor):
     app.config["ERP_BASE_URL"] = "http://127.0.0.1:9/mock/erp"
     sender, promo = demo

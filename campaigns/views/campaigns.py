@@ -23,7 +23,8 @@ from campaigns import csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.i18n import _, current_zone, format_number, ngettext
+from campaigns.config import ConfigError
+from campaigns.i18n import _, _l, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import get_progress, throughput_chart
 from campaigns.services import ServiceError
@@ -58,6 +59,19 @@ from campaigns.validation import (
 )
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
+
+# The form waits this long for the ERP's tags (connect, read), not a job's 30 s.
+ERP_FORM_TIMEOUT = (3.05, 5.0)
+# The audience fields as the form labels them, for the ERP's per-field refusals.
+SEGMENT_LABELS = {
+    "city": _l("City"),
+    "state": _l("State"),
+    "tags": _l("Tags"),
+    "min_total_spent": _l("Minimum total spent"),
+    "last_purchase_within_days": _l("Bought within (days)"),
+    "max_audience": _l("At most (pilot wave)"),
+    "opted_in_only": _l("Only customers who opted in"),
+}
 
 
 def _campaign_or_404(campaign_id: int) -> Campaign:
@@ -115,18 +129,43 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     return rows
 
 
+def _erp_tags() -> tuple[list[str] | None, str | None]:
+    """The tags the ERP knows, or None and why not (the form then takes typed ones)."""
+    try:
+        with erp.client_from_config(current_app.config, timeout=ERP_FORM_TIMEOUT) as client:
+            return client.tags(), None
+    except erp.ErpError as error:
+        return None, error.message
+    except ConfigError:
+        return None, _("No ERP is configured (ERP_BASE_URL).")
+
+
+def _chosen_tags(segment: Any) -> list[str]:
+    """The segment's tags as a list, whether saved (a list) or as the form sent them."""
+    tags = segment.get("tags") if isinstance(segment, dict) else None
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        return []
+    return [str(tag).strip() for tag in tags if str(tag).strip()]
+
+
 def _form_page(
     data: dict[str, Any],
     errors: dict[str, str],
     campaign: Campaign | None = None,
     status: int = 200,
 ):
+    known_tags, tags_problem = _erp_tags()
     return (
         render_template(
             "campaigns/form.html",
             data=data,
             errors=errors,
             campaign=campaign,
+            known_tags=known_tags,
+            tags_problem=tags_problem,
+            chosen_tags=_chosen_tags(data.get("segment")),
             senders=queries.list_senders(),
             templates=queries.approved_templates(),
             mapping=_mapping_rows(data.get("template_id"), data),
@@ -225,15 +264,32 @@ def campaign_audience() -> str:
     """The live audience count from the ERP for the criteria on the form (htmx)."""
     check = Checker()
     segment = parse_segment(campaign_data_from_form(request.form)["segment"], check)
-    count, problem = None, None
+    count, problem, field_problems = None, None, []
     if check.errors:
         problem = next(iter(check.errors.values()))
     else:
         try:
             count = audience_count(segment, current_app.config)
         except erp.ErpError as error:
-            problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
-    return render_template("campaigns/_audience.html", count=count, problem=problem, initial=False)
+            problem, field_problems = _erp_problem(error)
+    return render_template(
+        "campaigns/_audience.html",
+        count=count,
+        problem=problem,
+        field_problems=field_problems,
+        initial=False,
+    )
+
+
+def _erp_problem(error: erp.ErpError) -> tuple[str, list[tuple[str, str]]]:
+    """What an ERP error says to the operator: a refusal of the criteria (a 4xx, with the
+    ERP's words at each field it names) is theirs to fix; anything else is an outage."""
+    if not error.is_caller_error:
+        return _("The ERP did not answer: %(m)s") % {"m": error.message}, []
+    if not error.fields:
+        return _("The ERP does not accept these criteria: %(m)s") % {"m": error.message}, []
+    fields = [(str(SEGMENT_LABELS.get(name, name)), text) for name, text in error.fields.items()]
+    return _("The ERP does not accept these criteria; check them:"), fields
 
 
 @bp.get("/<int:campaign_id>")
@@ -297,7 +353,8 @@ def campaign_dry_run(campaign_id: int) -> str:
     try:
         rows = dry_run(campaign, current_app.config, limit)
     except erp.ErpError as error:
-        problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
+        problem, fields = _erp_problem(error)
+        problem = " ".join([problem, *(f"{label}: {text}." for label, text in fields)])
     return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)
 
 

@@ -19,7 +19,8 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import csvfiles, erp, queries, recipients, rendering
+from app import db
+from campaigns import counters, csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
@@ -100,15 +101,24 @@ def campaign_index() -> str:
     """Campaigns with status filter, search and pagination."""
     page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
     return render_template(
-        "campaigns/index.html", page=page, status=_status_filter(), q=request.args.get("q", "")
+        "campaigns/index.html",
+        page=page,
+        totals=_totals(page),
+        status=_status_filter(),
+        q=request.args.get("q", ""),
     )
+
+
+def _totals(page: queries.CampaignPage) -> dict[int, dict[str, int]]:
+    """The page's campaigns' figures (sent, failed, done), in one statement."""
+    return counters.totals_of(db.session, [c.id for c in page.campaigns])
 
 
 @bp.get("/rows")
 def campaign_rows() -> str:
     """The list's rows alone: re-rendered by the filters, and polled while any is live."""
     page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
-    return render_template("campaigns/_rows.html", page=page)
+    return render_template("campaigns/_rows.html", page=page, totals=_totals(page))
 
 
 def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:

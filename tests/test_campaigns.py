@@ -423,13 +423,41 @@ def test_test_send_goes_through_the_sender(app, client, demo, supervisor, live_s
     )
     body = response.get_data(as_text=True)
     assert response.status_code == 200, body
-    assert f'id="campaign-{campaign.id}-test-send"' in body and "Sent (wamid." in body
+    assert f'id="campaign-{campaign.id}-test-send"' in body
+    # WhatsApp's message id is said as what it is, not as the bare jargon "wamid".
+    assert re.search(r"Sent\. WhatsApp(&#39;|')s id for this message: wamid\.", body)
     import requests
 
     log = requests.get(f"{live_server}/mock/whatsapp/log", timeout=5).json()
     assert [(e["to"], e["message_id"]) for e in log] == [("+5511987654321", f"test-{campaign.id}")]
     bad = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "123"})
     assert bad.status_code == 422 and "area code" in bad.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "status", [CampaignStatus.CANCELLED, CampaignStatus.FAILED, CampaignStatus.COMPLETED]
+)
+def test_no_test_send_on_a_campaign_that_sends_no_more(client, demo, supervisor, status):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    assert "test-send" in client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    campaign.status = status
+    db.session.commit()
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "test-send" not in page and "Send a test" not in page
+    assert "Duplicate" in page  # the way to try its message again
+    # Posted anyway (an old page, the API's caller): refused, and nothing is sent.
+    response = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "11987654321"})
+    assert response.status_code == 422
+    assert "sends nothing more, so it has no test; duplicate it" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED],
+)
+def test_a_test_send_is_offered_while_the_campaign_may_still_send(status):
+    assert "test_send" in allowed_actions(status)
 
 
 def test_test_send_refuses_a_number_on_the_opt_out_list(app, client, demo, supervisor, live_server):

@@ -85,8 +85,19 @@ def refusal(action: str, status: CampaignStatus) -> str:
     return str(REFUSALS[action]) % {"status": label(status)}
 
 
+# A test message shows what the campaign will send: offered until it can send no more. A
+# cancelled, failed or completed campaign never sends again (its copy, a draft, can test).
+TEST_SEND_STATUSES = frozenset(
+    {CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED}
+)
+
+
 def allowed_actions(status: CampaignStatus) -> set[str]:
-    return {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+    """What the campaign page offers in ``status``: its transitions, and ``test_send``."""
+    actions = {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+    if status in TEST_SEND_STATUSES:
+        actions.add("test_send")
+    return actions
 
 
 def template_variables_for(template_id: Any) -> list[str] | None:
@@ -355,6 +366,14 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
+    if campaign.status not in TEST_SEND_STATUSES:
+        raise Conflict(
+            _(
+                "A campaign with status “%(status)s” sends nothing more, so it has no test;"
+                " duplicate it to try its message."
+            )
+            % {"status": label(campaign.status)}
+        )
     phone = phones.normalise(phone_raw, current_app.config["PHONE_DEFAULT_REGION"])
     if phone is None:
         raise ServiceError(

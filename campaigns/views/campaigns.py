@@ -440,14 +440,14 @@ def campaign_test_send(campaign_id: int):
     _campaign_or_404(campaign_id)
     phone = request.form.get("phone", "")
     try:
-        wamid = send_test_message(campaign_id, phone, current_user.id)
+        message_id = send_test_message(campaign_id, phone, current_user.id)
     except ServiceError as error:
         html = render_template(
             "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, error=error.message
         )
         return html, 422
     return render_template(
-        "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, wamid=wamid
+        "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, message_id=message_id
     )
 
 

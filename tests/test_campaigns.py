@@ -160,6 +160,31 @@ def test_a_template_not_approved_cannot_be_chosen(client, demo, supervisor):
     assert "approved template" in response.get_data(as_text=True)
 
 
+def _selected(body: str, name: str) -> str | None:
+    """The option selected in the variable's select ("" for "— choose —"), None without one."""
+    select = re.search(rf'<select name="var.{name}.source".*?</select>', body, re.S)
+    if select is None:
+        return None
+    chosen = re.search(r'<option value="([^"]*)" selected', select.group(0))
+    return chosen.group(1) if chosen else ""
+
+
+def test_named_variables_are_matched_to_customer_fields_of_the_same_name(client, demo, supervisor):
+    sender, promo = demo  # {{first_name}}, {{discount}}, {{city}}, {{coupon}}
+    response = client.post("/campaigns/mapping", data={"template_id": str(promo.id)})
+    body = response.get_data(as_text=True)
+    assert [_selected(body, n) for n in ("first_name", "discount", "city", "coupon")] == [
+        "first_name",
+        "",
+        "city",
+        "",
+    ]
+    # What the operator chose is kept: another field, or "— choose —" on purpose.
+    chosen = {"template_id": str(promo.id), "var.first_name.source": "name", "var.city.source": ""}
+    body = client.post("/campaigns/mapping", data=chosen).get_data(as_text=True)
+    assert (_selected(body, "first_name"), _selected(body, "city")) == ("name", "")
+
+
 def test_mapping_fragment_follows_the_chosen_template(client, demo, supervisor):
     order = db.session.query(MessageTemplate).filter_by(name="order_ready").one()
     response = client.post(

@@ -122,17 +122,25 @@ def campaign_rows() -> str:
 
 
 def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:
-    """Each variable of the chosen template with what it is mapped to on the form."""
+    """Each variable of the chosen template with what it is mapped to on the form.
+
+    A variable the form has not mapped yet, named like a customer field ({{first_name}},
+    {{city}}), is mapped to that field by default; one the operator set to "— choose —"
+    (its select was on the form) stays unmapped.
+    """
     variables = form.get("variables", {})
     # Without a template, keep showing what was typed, so nothing is lost.
     names = template_variables_for(template_id) or list(variables)
     rows = []
     for name in names:
         source = variables.get(name, {})
+        field = source.get("field", "")
+        if not source and name in CUSTOMER_FIELDS and f"var.{name}.source" not in request.form:
+            field = name
         rows.append(
             {
                 "name": name,
-                "source": "text" if "text" in source else source.get("field", ""),
+                "source": "text" if "text" in source else field,
                 "text": source.get("text", ""),
             }
         )

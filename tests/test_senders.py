@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import pytest
-
 import re
 
+import pytest
 import sqlalchemy as sa
 
 from app import db
 from campaigns import reasons
-from campaigns.models import Campaign, CampaignStatus, Provider, Role, Sender
+from campaigns.models import CampaignStatus, Provider, Role, Sender
 from campaigns.services.templates import default_sender
 from tests.helpers import demo_campaign
 

@@ -161,6 +161,4 @@ def record_template_review(
         if template.status_reason and template.status_reason.strip().upper() != "NONE":
             code = reasons.TEMPLATE_REJECTED_WHY
             params["reason"] = template.status_reason
-    session.add(
-        Notification(user_id=template.created_by_id, kind=kind, code=code, params=params)
-    )
+    session.add(Notification(user_id=template.created_by_id, kind=kind, code=code, params=params))

@@ -360,7 +360,7 @@ class SenderHealth:
 
     @property
     def failure_percent(self) -> float | None:
-        """Failed ÷ (sent + failed) × 100; None before any outcome."""
+        """The failed share of outcomes in percent; None before any outcome."""
         outcomes = self.sent + self.failed
         return 100.0 * self.failed / outcomes if outcomes else None
 

@@ -170,7 +170,7 @@ def _selected(body: str, name: str) -> str | None:
 
 
 def test_named_variables_are_matched_to_customer_fields_of_the_same_name(client, demo, supervisor):
-    sender, promo = demo  # {{first_name}}, {{discount}}, {{city}}, {{coupon}}
+    _sender, promo = demo  # {{first_name}}, {{discount}}, {{city}}, {{coupon}}
     response = client.post("/campaigns/mapping", data={"template_id": str(promo.id)})
     body = response.get_data(as_text=True)
     assert [_selected(body, n) for n in ("first_name", "discount", "city", "coupon")] == [

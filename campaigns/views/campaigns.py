@@ -22,9 +22,9 @@ from werkzeug.wrappers import Response
 from app import db
 from campaigns import counters, csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
+from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.config import ConfigError
 from campaigns.i18n import _, _l, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import get_progress, throughput_chart
@@ -282,7 +282,8 @@ def campaign_audience() -> str:
     """The live audience count from the ERP for the criteria on the form (htmx)."""
     check = Checker()
     segment = parse_segment(campaign_data_from_form(request.form)["segment"], check)
-    count, problem, field_problems = None, None, []
+    count, problem = None, None
+    field_problems: list[tuple[str, str]] = []
     if check.errors:
         problem = next(iter(check.errors.values()))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +60,7 @@ from campaigns.validation import (
     parse_segment,
 )
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
 
 # The form waits this long for the ERP's tags (connect, read), not a job's 30 s.
@@ -147,15 +149,15 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     return rows
 
 
-def _erp_tags() -> tuple[list[str] | None, str | None]:
-    """The tags the ERP knows, or None and why not (the form then takes typed ones)."""
+def _erp_tags() -> list[str] | None:
+    """The tags the ERP knows, or None (logged) when it cannot say: the form takes typed ones,
+    and the live count then says what the ERP answers."""
     try:
         with erp.client_from_config(current_app.config, timeout=ERP_FORM_TIMEOUT) as client:
-            return client.tags(), None
-    except erp.ErpError as error:
-        return None, error.message
-    except ConfigError:
-        return None, _("No ERP is configured (ERP_BASE_URL).")
+            return client.tags()
+    except (erp.ErpError, ConfigError) as error:
+        logger.warning("the ERP's tags could not be read: %s", error)
+        return None
 
 
 def _chosen_tags(segment: Any) -> list[str]:
@@ -174,7 +176,7 @@ def _form_page(
     campaign: Campaign | None = None,
     status: int = 200,
 ):
-    known_tags, tags_problem = _erp_tags()
+    known_tags = _erp_tags()
     return (
         render_template(
             "campaigns/form.html",
@@ -182,7 +184,6 @@ def _form_page(
             errors=errors,
             campaign=campaign,
             known_tags=known_tags,
-            tags_problem=tags_problem,
             chosen_tags=_chosen_tags(data.get("segment")),
             senders=queries.list_senders(),
             templates=queries.approved_templates(),

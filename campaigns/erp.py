@@ -1,8 +1,9 @@
 """The ERP client: customer segments counted and paged over HTTP.
 
 The fan-out job pages a campaign's segment through a :class:`PageReader`, one page
-ahead (storing the cursor after each page, so a crash resumes where it stopped) and the
-campaign form asks :meth:`ErpClient.count` for a live audience size. Every failure
+ahead (storing the cursor after each page, so a crash resumes where it stopped), the
+campaign form asks :meth:`ErpClient.count` for a live audience size and
+:meth:`ErpClient.tags` for the tags a segment may name (``GET /tags``). Every failure
 — unreachable, timed out, 5xx, a body that is not the expected JSON, or a 4xx with
 the ERP's per-field messages — is one :class:`ErpError`, so callers handle one
 exception and decide from ``status`` whether retrying can help.
@@ -229,6 +230,14 @@ class ErpClient:
             raise ErpError(reasons.Reason(reasons.ERP_NO_COUNT), 200)
         return value
 
+    def tags(self) -> list[str]:
+        """The tags the ERP knows (``{"tags": ["vip", ...]}``), as it orders them."""
+        body = self._get("/tags", {})
+        tags = body.get("tags") if isinstance(body, dict) else None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ErpError(_("The ERP's tags answer has no list of tags."), 200)
+        return list(dict.fromkeys(t.strip() for t in tags if t.strip()))
+
     def page(
         self,
         segment: Mapping[str, object] | None,
@@ -319,9 +328,11 @@ class PageReader:
         return page
 
 
-def client_from_config(config: Mapping[str, Any]) -> ErpClient:
+def client_from_config(
+    config: Mapping[str, Any], timeout: tuple[float, float] = DEFAULT_TIMEOUT
+) -> ErpClient:
     """An :class:`ErpClient` for ``ERP_BASE_URL`` (the mock ERP when mocks are on)."""
     base_url = config.get("ERP_BASE_URL")
     if not base_url:
         raise ConfigError("ERP_BASE_URL is not set: no ERP to read customers from.")
-    return ErpClient(str(base_url))
+    return ErpClient(str(base_url), timeout=timeout)

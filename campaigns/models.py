@@ -476,9 +476,11 @@ class RateLimitKey(Model):
 
 
 class Notification(Model):
-    """An in-app notice for a user: a campaign started, completed, paused or failed.
+    """An in-app notice for a user: a campaign started, completed, paused, was cancelled or
+    failed; a template was approved or rejected.
 
-    ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``failed``);
+    ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``paused``,
+    ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``);
     its words are a code of campaigns/reasons.py and its parameters (the campaign's
     name, its counts, the reason it stopped), worded in the reader's language when
     shown (:attr:`text`).
@@ -504,6 +506,12 @@ class Notification(Model):
     def text(self) -> str:
         """The notice in the reader's language."""
         return reasons.render(self.code, self.params)
+
+    @property
+    def template_id(self) -> int | None:
+        """The template a template's notice is about (its parameters keep the id)."""
+        value = (self.params or {}).get("template_id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class CampaignActivity(Model):

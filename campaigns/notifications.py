@@ -6,6 +6,11 @@ can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 ``NOTIFICATION_WEBHOOK_SECRET``. A receiver verifies the raw body with
 ``Webhook(secret).verify(body, headers)`` from the ``standardwebhooks`` package.
 
+Campaigns tell their owner when they start, complete, pause (on their own or by an
+operator's hand), are cancelled or fail; a template tells its creator when WhatsApp
+approves or rejects it (:func:`record_template_review`, in-app only, in the same
+transaction as the status it reports).
+
 A notice is stored as a code of ``reasons.py`` with its parameters (the campaign's
 name and counts, and the reason it stopped as it stood then), worded when read, in
 the reader's language; the webhook's ``text`` is worded in the owner's language
@@ -24,9 +29,9 @@ import requests
 from flask import current_app
 from standardwebhooks.webhooks import Webhook
 
-from app import db
+from app import AnySession, db
 from campaigns import counters, i18n, reasons
-from campaigns.models import Campaign, Notification
+from campaigns.models import Campaign, MessageTemplate, Notification, TemplateStatus
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ CODES = {
     "completed": reasons.CAMPAIGN_COMPLETED,
     "auto_paused": reasons.CAMPAIGN_PAUSED,
     "failed": reasons.CAMPAIGN_FAILED,
+    "paused": reasons.CAMPAIGN_PAUSED_BY_HAND,
+    "cancelled": reasons.CAMPAIGN_CANCELLED,
 }
 WEBHOOK_TIMEOUT = (3.05, 10)
 
@@ -61,6 +68,8 @@ def _params(kind: str, campaign: Campaign, totals: dict[str, int]) -> dict[str, 
     params: dict[str, Any] = {"name": campaign.name}
     if kind == "completed":
         params |= {"sent": totals["sent"], "failed": totals["failed"]}
+    if kind == "cancelled":
+        params |= {"sent": totals["sent"], "cancelled": totals["cancelled"]}
     if kind in ("auto_paused", "failed"):
         code = campaign.status_reason_code
         reason = (
@@ -120,3 +129,36 @@ def deliver(
     )
     response = requests.post(url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
     response.raise_for_status()
+
+
+# A template's review outcomes its creator hears of, and the notice's kind.
+TEMPLATE_KINDS = {
+    TemplateStatus.APPROVED: "template_approved",
+    TemplateStatus.REJECTED: "template_rejected",
+}
+
+
+def record_template_review(
+    session: AnySession, template: MessageTemplate, before: TemplateStatus | None
+) -> None:
+    """Tell the template's creator it was approved or rejected (caller commits).
+
+    Only a change is told: a sync that finds the template as it was adds nothing. The
+    parameters carry its id (the notice links to it), name and language, and WhatsApp's
+    reason for a rejection as it gave it.
+    """
+    kind = TEMPLATE_KINDS.get(template.status)
+    if kind is None or template.status == before or template.created_by_id is None:
+        return
+    params: dict[str, Any] = {
+        "template_id": template.id,
+        "name": template.name,
+        "language": template.language,
+    }
+    code = reasons.TEMPLATE_APPROVED
+    if template.status is TemplateStatus.REJECTED:
+        code = reasons.TEMPLATE_REJECTED
+        if template.status_reason and template.status_reason.strip().upper() != "NONE":
+            code = reasons.TEMPLATE_REJECTED_WHY
+            params["reason"] = template.status_reason
+    session.add(Notification(user_id=template.created_by_id, kind=kind, code=code, params=params))

@@ -341,3 +341,70 @@ def list_notifications(user_id: int, unread_only: bool = False, page: int = 1) -
         query = query.where(Notification.read_at.is_(None))
     query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
     return NotificationPage(*_paginate(query, page, NOTIFICATIONS_PER_PAGE))
+
+
+# -- a sender's page: its campaigns and how its sends went lately
+
+SENDER_CAMPAIGNS = 20
+SENDER_HEALTH_MINUTES = 60
+
+
+@dataclass(frozen=True)
+class SenderHealth:
+    """How a sender's sends went in the last ``minutes``, and its campaigns WhatsApp stopped."""
+
+    minutes: int
+    sent: int
+    failed: int
+    stopped: list[Campaign]  # paused or failed with a reason, newest first
+
+    @property
+    def failure_percent(self) -> float | None:
+        """The failed share of outcomes in percent; None before any outcome."""
+        outcomes = self.sent + self.failed
+        return 100.0 * self.failed / outcomes if outcomes else None
+
+
+def sender_campaigns(sender_id: int, limit: int = SENDER_CAMPAIGNS) -> tuple[list[Campaign], int]:
+    """The sender's newest campaigns (with their owner) and how many it has in all."""
+    campaigns = list(
+        db.session.scalars(
+            sa.select(Campaign)
+            .where(Campaign.sender_id == sender_id)
+            .options(joinedload(Campaign.owner))
+            .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+            .limit(limit)
+        )
+    )
+    total = db.session.scalar(
+        sa.select(sa.func.count()).select_from(Campaign).where(Campaign.sender_id == sender_id)
+    )
+    return campaigns, int(total or 0)
+
+
+def sender_health(sender_id: int, minutes: int = SENDER_HEALTH_MINUTES) -> SenderHealth:
+    """Sent and failed in the sender's last ``minutes`` (per-minute stats, every campaign of
+    it), and its campaigns now paused or failed with a reason."""
+    row = db.session.execute(
+        sa.text(
+            "SELECT coalesce(sum(s.sent), 0)::bigint AS sent,"
+            " coalesce(sum(s.failed), 0)::bigint AS failed"
+            " FROM campaign_minute_stats s JOIN campaigns c ON c.id = s.campaign_id"
+            " WHERE c.sender_id = :sender_id"
+            " AND s.minute >= date_trunc('minute', now()) - make_interval(mins => :minutes)"
+        ),
+        {"sender_id": sender_id, "minutes": minutes},
+    ).one()
+    stopped = list(
+        db.session.scalars(
+            sa.select(Campaign)
+            .where(
+                Campaign.sender_id == sender_id,
+                Campaign.status.in_((CampaignStatus.PAUSED, CampaignStatus.FAILED)),
+                Campaign.status_reason_code.is_not(None),
+            )
+            .order_by(Campaign.id.desc())
+            .limit(SENDER_CAMPAIGNS)
+        )
+    )
+    return SenderHealth(minutes, int(row.sent), int(row.failed), stopped)

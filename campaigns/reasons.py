@@ -68,6 +68,11 @@ CAMPAIGN_STARTED = "campaign_started"
 CAMPAIGN_COMPLETED = "campaign_completed"
 CAMPAIGN_PAUSED = "campaign_paused"
 CAMPAIGN_FAILED = "campaign_failed"
+CAMPAIGN_PAUSED_BY_HAND = "campaign_paused_by_hand"
+CAMPAIGN_CANCELLED = "campaign_cancelled"
+TEMPLATE_APPROVED = "template_approved"
+TEMPLATE_REJECTED = "template_rejected"
+TEMPLATE_REJECTED_WHY = "template_rejected_why"
 # -- words kept as they came, shown verbatim in every language (rows the migration could
 # not read back into a code; tests' own notices)
 TEXT = "text"
@@ -131,6 +136,22 @@ WORDINGS: dict[str, Wording] = {
     ),
     CAMPAIGN_PAUSED: Wording(_l("Campaign “%(name)s” was paused: %(reason)s"), nested=("reason",)),
     CAMPAIGN_FAILED: Wording(_l("Campaign “%(name)s” failed: %(reason)s"), nested=("reason",)),
+    CAMPAIGN_PAUSED_BY_HAND: Wording(
+        _l("Campaign “%(name)s” was paused by an operator; it sends again once resumed.")
+    ),
+    CAMPAIGN_CANCELLED: Wording(
+        _l("Campaign “%(name)s” was cancelled: %(sent)s sent, %(cancelled)s not sent."),
+        numbers=("sent", "cancelled"),
+    ),
+    # name: the template's name; language: its language code (pt_BR), both as WhatsApp has them.
+    TEMPLATE_APPROVED: Wording(
+        _l("Template “%(name)s” (%(language)s) was approved: campaigns can use it now.")
+    ),
+    TEMPLATE_REJECTED: Wording(_l("Template “%(name)s” (%(language)s) was rejected.")),
+    # reason: WhatsApp's own words (INVALID_FORMAT…), shown as they came.
+    TEMPLATE_REJECTED_WHY: Wording(
+        _l("Template “%(name)s” (%(language)s) was rejected: %(reason)s")
+    ),
 }
 
 # What was done to a campaign (CampaignActivity.action), said of who did it: an email,

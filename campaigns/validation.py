@@ -493,6 +493,12 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         if key.startswith("segment.") and value != ""
     }
     segment["opted_in_only"] = form.get("segment.opted_in_only") == "on"
+    # The tags come as one checkbox each (the ERP's list), or typed comma-separated.
+    getlist = getattr(form, "getlist", None)
+    if getlist is not None:
+        tags = [tag for tag in getlist("segment.tags") if tag.strip()]
+        if tags:
+            segment["tags"] = ",".join(tags)
     variables: dict[str, dict[str, str]] = {}
     for key, source in form.items():
         if key.startswith("var.") and key.endswith(".source"):

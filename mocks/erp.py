@@ -9,7 +9,8 @@ only the rows of a returned page are turned into JSON.
 
 ``GET /mock/erp/customers?<filters>&cursor=&limit=`` pages a segment in id order
 (``{"customers": [...], "next_cursor": ...}``), ``GET /mock/erp/customers/count``
-counts it and ``GET /mock/erp/customers/C0000042`` reads one customer. Filters:
+counts it, ``GET /mock/erp/customers/C0000042`` reads one customer and ``GET
+/mock/erp/tags`` lists the tags a segment can name (``{"tags": ["vip", ...]}``). Filters:
 ``city``, ``state`` (case-insensitive), ``tags`` (comma-separated, any of them),
 ``min_total_spent``, ``last_purchase_within_days``, ``opted_in_only`` and
 ``max_audience`` (the first N matches); a bad one is a 400 with a message per field.
@@ -583,6 +584,12 @@ def customer_list() -> Response:
 def customer_count() -> Response:
     """How many customers a segment selects."""
     return jsonify(count=count(_total(), parse_segment(request.args)))
+
+
+@bp.get("/tags")
+def tag_list() -> Response:
+    """The tags customers carry, the ones a segment's ``tags`` may name."""
+    return jsonify(tags=[tag for tag, _share in TAGS])
 
 
 @bp.get("/customers/<customer_id>")

@@ -163,6 +163,31 @@ def test_a_template_not_approved_cannot_be_chosen(client, demo, supervisor):
     assert "approved template" in response.get_data(as_text=True)
 
 
+def _selected(body: str, name: str) -> str | None:
+    """The option selected in the variable's select ("" for "— choose —"), None without one."""
+    select = re.search(rf'<select name="var.{name}.source".*?</select>', body, re.S)
+    if select is None:
+        return None
+    chosen = re.search(r'<option value="([^"]*)" selected', select.group(0))
+    return chosen.group(1) if chosen else ""
+
+
+def test_named_variables_are_matched_to_customer_fields_of_the_same_name(client, demo, supervisor):
+    _sender, promo = demo  # {{first_name}}, {{discount}}, {{city}}, {{coupon}}
+    response = client.post("/campaigns/mapping", data={"template_id": str(promo.id)})
+    body = response.get_data(as_text=True)
+    assert [_selected(body, n) for n in ("first_name", "discount", "city", "coupon")] == [
+        "first_name",
+        "",
+        "city",
+        "",
+    ]
+    # What the operator chose is kept: another field, or "— choose —" on purpose.
+    chosen = {"template_id": str(promo.id), "var.first_name.source": "name", "var.city.source": ""}
+    body = client.post("/campaigns/mapping", data=chosen).get_data(as_text=True)
+    assert (_selected(body, "first_name"), _selected(body, "city")) == ("name", "")
+
+
 def test_mapping_fragment_follows_the_chosen_template(client, demo, supervisor):
     order = db.session.query(MessageTemplate).filter_by(name="order_ready").one()
     response = client.post(
@@ -206,6 +231,74 @@ def test_the_erp_counts_a_brazilian_amount_as_the_same_number(
         return int(re.search(r"<strong>([\d,]+)</strong>", body).group(1).replace(",", ""))
 
     assert count("R$ 1.234,56") == count("1234.56") < count("0")
+
+
+def _tag_boxes(html: str) -> dict[str, bool]:
+    """The form's tag checkboxes: value → ticked."""
+    boxes = re.findall(
+        r'<input class="segment-field" type="checkbox" name="segment.tags"[^>]*>', html
+    )
+    return {re.search(r'value="([^"]*)"', box).group(1): " checked" in box for box in boxes}
+
+
+def test_tags_are_ticked_from_the_erps_list(client, demo, supervisor, live_server):
+    sender, promo = demo
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    assert _tag_boxes(html) == dict.fromkeys(
+        ["vip", "newsletter", "churn-risk", "b2b", "promo"], False
+    )
+    assert 'name="segment.tags" value=' in html and "comma-separated" not in html
+
+    # Ticked boxes come as one value each, are saved as a list and come back ticked,
+    # with a saved tag the ERP no longer knows still shown (ticked, and said so).
+    data = form_for(sender, promo, **{"segment.tags": None})
+    response = client.post("/campaigns/", data=data | {"segment.tags": ["vip", "b2b"]})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    campaign = db.session.query(Campaign).one()
+    assert campaign.segment["tags"] == ["vip", "b2b"]
+    campaign.segment = campaign.segment | {"tags": ["vip", "gold"]}
+    db.session.commit()
+    html = client.get(f"/campaigns/{campaign.id}/edit").get_data(as_text=True)
+    boxes = _tag_boxes(html)
+    assert boxes["vip"] and boxes["gold"] and not boxes["b2b"]
+    assert "not in the ERP's list" in html
+
+
+def test_without_the_erps_list_tags_are_typed(app, client, demo, supervisor):
+    app.config["ERP_BASE_URL"] = "http://127.0.0.1:9/mock/erp"
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    assert _tag_boxes(html) == {}
+    assert re.search(r'<input name="segment.tags" value=""[^>]*class="segment-field"', html)
+    assert "list of tags could not be read" in html
+
+
+def test_an_unknown_tag_is_a_field_problem_not_an_outage(client, demo, supervisor, live_server):
+    sender, promo = demo
+    data = form_for(sender, promo, **{"segment.tags": "vip, gold"})
+    body = client.post("/campaigns/audience", data=data).get_data(as_text=True)
+    assert "did not answer" not in body
+    assert "The ERP does not accept these criteria; check them:" in body
+    assert re.search(r"<li><strong>Tags</strong>: unknown tag gold; known tags: vip,", body)
+    dry = demo_campaign_with(client, sender, promo, data)
+    body = client.get(f"/campaigns/{dry}/dry-run").get_data(as_text=True)
+    assert "did not answer" not in body and "Tags: unknown tag gold" in body
+
+
+def demo_campaign_with(client, sender, promo, data) -> int:
+    response = client.post("/campaigns/", data=data)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return int(response.headers["Location"].rsplit("/", 1)[-1])
+
+
+def test_the_count_follows_typing_ticking_and_pasting(client, demo, supervisor):
+    html = client.get("/campaigns/new").get_data(as_text=True)
+    trigger = re.search(r'<div id="campaign-audience"[^>]*hx-trigger="([^"]*)"', html).group(1)
+    for event in ("load,", "input changed ", "change ", "paste "):
+        assert event in trigger
+    assert trigger.count("from:.segment-field") == 3
+    assert 'hx-sync="this:replace"' in html
+    # Placeholders read as examples, not as values already typed.
+    assert 'placeholder="e.g. SP"' in html
 
 
 def test_audience_count_says_when_the_erp_is_down(app, client, demo, supervisor):
@@ -358,13 +451,41 @@ def test_test_send_goes_through_the_sender(app, client, demo, supervisor, live_s
     )
     body = response.get_data(as_text=True)
     assert response.status_code == 200, body
-    assert f'id="campaign-{campaign.id}-test-send"' in body and "Sent (wamid." in body
+    assert f'id="campaign-{campaign.id}-test-send"' in body
+    # WhatsApp's message id is said as what it is, not as the bare jargon "wamid".
+    assert re.search(r"Sent\. WhatsApp(&#39;|')s id for this message: wamid\.", body)
     import requests
 
     log = requests.get(f"{live_server}/mock/whatsapp/log", timeout=5).json()
     assert [(e["to"], e["message_id"]) for e in log] == [("+5511987654321", f"test-{campaign.id}")]
     bad = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "123"})
     assert bad.status_code == 422 and "area code" in bad.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "status", [CampaignStatus.CANCELLED, CampaignStatus.FAILED, CampaignStatus.COMPLETED]
+)
+def test_no_test_send_on_a_campaign_that_sends_no_more(client, demo, supervisor, status):
+    sender, promo = demo
+    campaign = create(client, sender, promo)
+    assert "test-send" in client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    campaign.status = status
+    db.session.commit()
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "test-send" not in page and "Send a test" not in page
+    assert "Duplicate" in page  # the way to try its message again
+    # Posted anyway (an old page, the API's caller): refused, and nothing is sent.
+    response = client.post(f"/campaigns/{campaign.id}/test-send", data={"phone": "11987654321"})
+    assert response.status_code == 422
+    assert "sends nothing more, so it has no test; duplicate it" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED],
+)
+def test_a_test_send_is_offered_while_the_campaign_may_still_send(status):
+    assert "test_send" in allowed_actions(status)
 
 
 def test_test_send_refuses_a_number_on_the_opt_out_list(app, client, demo, supervisor, live_server):

@@ -297,3 +297,47 @@ def test_the_page_renders_every_section_for_a_viewer(client, login_as, make_camp
         assert f'id="{section}"' in body
     assert 'id="dashboard-queues"' in body
     assert "/admin/queue/" not in body  # the monitor link is for admins
+
+
+# -- empty states: what is missing, said once, with what to do next
+
+
+def test_no_campaigns_is_said_once_with_a_link_to_create_one(client, login_as, demo):
+    login_as(Role.SUPERVISOR)
+    body = client.get("/").get_data(as_text=True)
+    assert body.count("No campaigns yet.") == 1
+    assert "No campaign is sending, paused or scheduled." not in body
+    assert 'id="empty-campaigns"' in body and 'href="/campaigns/new"' in body
+    assert 'id="dashboard-campaigns"' not in body  # no empty "Active campaigns" section
+    # The demo has an active sender and approved templates: nothing else is missing.
+    assert 'id="empty-senders"' not in body and 'id="empty-templates"' not in body
+
+
+def test_campaigns_that_are_all_finished_leave_only_the_active_lists_words(
+    client, login_as, make_campaign
+):
+    login_as(Role.VIEWER)
+    make_campaign(CampaignStatus.COMPLETED)
+    body = client.get("/").get_data(as_text=True)
+    assert "No campaigns yet." not in body
+    assert body.count("No campaign is sending, paused or scheduled.") == 1
+
+
+@pytest.mark.parametrize(
+    ("role", "sender_step", "template_step"),
+    [
+        (Role.ADMIN, 'href="/senders/new"', 'href="/templates/new"'),
+        (Role.SUPERVISOR, "Ask an administrator to add one.", 'href="/templates/new"'),
+        (Role.VIEWER, "Ask an administrator to add one.", "Ask a supervisor to create one."),
+    ],
+)
+def test_without_a_sender_or_an_approved_template_the_dashboard_says_what_to_do(
+    client, login_as, role, sender_step, template_step
+):
+    login_as(role)
+    body = client.get("/").get_data(as_text=True)
+    senders = re.search(r'<p class="empty-state" id="empty-senders">(.*?)</p>', body, re.S)
+    templates = re.search(r'<p class="empty-state" id="empty-templates">(.*?)</p>', body, re.S)
+    assert senders and sender_step in senders.group(1)
+    assert templates and template_step in templates.group(1)
+    assert ('href="/campaigns/new"' in body) is (role is not Role.VIEWER)

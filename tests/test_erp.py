@@ -193,6 +193,32 @@ def test_the_page_reader_raises_the_erps_errors_to_the_caller():
         assert time.monotonic() - started < 5
 
 
+def test_tags_reads_the_erps_list(client):
+    assert client.tags() == ["vip", "newsletter", "churn-risk", "b2b", "promo"]
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"tags": "vip"}', b'{"tags": [1, 2]}', b"[]", b'{"names": ["vip"]}']
+)
+def test_a_malformed_tags_answer_is_an_erp_error(body):
+    with serving(answering("200 OK", body)) as base, ErpClient(base) as erp:
+        with pytest.raises(ErpError, match="no list of tags"):
+            erp.tags()
+
+
+def test_tags_are_trimmed_and_each_given_once():
+    body = b'{"tags": [" vip ", "vip", "", "b2b"]}'
+    with serving(answering("200 OK", body)) as base, ErpClient(base) as erp:
+        assert erp.tags() == ["vip", "b2b"]
+
+
+def test_an_unknown_tag_is_a_caller_error_at_the_tags_field(client):
+    with pytest.raises(ErpError) as caught:
+        client.count({"tags": ["vip", "gold"]})
+    assert caught.value.is_caller_error
+    assert set(caught.value.fields) == {"tags"} and "gold" in caught.value.fields["tags"]
+
+
 def test_a_bad_segment_is_a_caller_error_with_the_erps_field_messages(client):
     with pytest.raises(ErpError) as caught:
         client.count({"state": "São Paulo", "last_purchase_within_days": 0})
@@ -291,5 +317,8 @@ def test_the_client_comes_from_the_config_and_needs_a_base_url():
     with client_from_config({"ERP_BASE_URL": "https://erp.example.com/api/"}) as erp:
         assert erp.base_url == "https://erp.example.com/api"
         assert erp.timeout == (3.05, 30.0)
+    short = client_from_config({"ERP_BASE_URL": "https://erp.example.com"}, timeout=(1.0, 5.0))
+    with short:
+        assert short.timeout == (1.0, 5.0)
         with pytest.raises(ValueError):
             erp.page(None, limit=0)

@@ -144,6 +144,16 @@ def test_filters_select_exactly_the_matching_customers(erp, everyone, query, mat
     assert walk(erp, query) == expected
 
 
+def test_the_tags_endpoint_lists_every_tag_a_segment_may_name(erp, everyone):
+    response = erp.get("/mock/erp/tags")
+    assert response.status_code == 200
+    assert response.json == {"tags": ["vip", "newsletter", "churn-risk", "b2b", "promo"]}
+    carried = {tag for customer in everyone for tag in customer["tags"]}
+    assert set(response.json["tags"]) == carried == TAG_NAMES
+    for tag in response.json["tags"]:  # each one a filter the ERP accepts
+        assert count(erp, {"tags": tag}) > 0
+
+
 def test_a_customer_is_the_same_every_time_and_computed_from_its_id_alone(erp):
     first = erp.get("/mock/erp/customers/C0000042")
     assert first.status_code == 200

@@ -9,13 +9,27 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from app import db
-from campaigns import queries
+from campaigns import counters, notifications, queries
 from campaigns.clock import database_now
-from campaigns.models import Notification, Role, User
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    MessageTemplate,
+    Notification,
+    Role,
+    TemplateStatus,
+    User,
+)
+from campaigns.providers.base import TemplateStatusReport
+from campaigns.queues import NOTIFY_TASK
 from campaigns.services import NotFound
+from campaigns.services.campaigns import cancel_campaign, pause_campaign
+from campaigns.services.demo import seed_demo
 from campaigns.services.notifications import mark_all_read, mark_read
+from campaigns.services.templates import submit_template, sync_template_status
 from campaigns.services.users import create_api_token
-from tests.helpers import counted_statements, csrf_token_from
+from mocks.provider import MockProvider
+from tests.helpers import counted_statements, csrf_token_from, demo_campaign, jobs
 
 
 @pytest.fixture
@@ -440,3 +454,142 @@ def test_a_failing_count_leaves_the_page_without_a_badge(client, login_as, monke
     response = client.get("/campaigns/")
     assert response.status_code == 200
     assert badge(response.get_data(as_text=True)) == (True, "0", "0 unread notifications")
+
+
+# -- what the notices cover: an operator's pause, a cancel, a template's review
+
+
+@pytest.fixture
+def sending(app, user_factory) -> Campaign:
+    """A campaign marked as sending (nothing loaded), its owner a supervisor."""
+    campaign = demo_campaign(user_factory(Role.SUPERVISOR).id, name="Natal")
+    campaign.status = CampaignStatus.SENDING
+    db.session.commit()
+    return campaign
+
+
+def _notices(campaign_id: int) -> list[tuple[str, str]]:
+    return [
+        (n.kind, n.text)
+        for n in db.session.scalars(
+            sa.select(Notification).filter_by(campaign_id=campaign_id).order_by(Notification.id)
+        )
+    ]
+
+
+def test_an_operators_pause_and_a_cancel_tell_the_owner(sending, user_factory):
+    admin = user_factory(Role.ADMIN)
+    pause_campaign(sending.id, admin.id)
+    assert {"campaign_id": sending.id, "kind": "paused"} in [
+        job["args"] for job in jobs(NOTIFY_TASK)
+    ]
+    notifications.deliver(sending.id, "paused", first_attempt=True)
+    cancel_campaign(sending.id, admin.id)
+    assert {"campaign_id": sending.id, "kind": "cancelled"} in [
+        job["args"] for job in jobs(NOTIFY_TASK)
+    ]
+    notifications.deliver(sending.id, "cancelled", first_attempt=True)
+
+    owner_id = sending.owner_id
+    assert {n.user_id for n in db.session.scalars(sa.select(Notification))} == {owner_id}
+    assert _notices(sending.id) == [
+        ("paused", "Campaign “Natal” was paused by an operator; it sends again once resumed."),
+        ("cancelled", "Campaign “Natal” was cancelled: 0 sent, 0 not sent."),
+    ]
+
+
+def test_a_cancelled_notice_counts_what_was_sent_and_what_was_not(sending):
+    counters.ensure_rows(db.session, sending.id)
+    db.session.execute(
+        sa.text(
+            "UPDATE campaign_counters SET sent = 1200, cancelled = 3400"
+            " WHERE campaign_id = :c AND shard = 0"
+        ),
+        {"c": sending.id},
+    )
+    db.session.commit()
+    notifications.deliver(sending.id, "cancelled", first_attempt=True)
+    assert _notices(sending.id) == [
+        ("cancelled", "Campaign “Natal” was cancelled: 1,200 sent, 3,400 not sent.")
+    ]
+
+
+@pytest.fixture
+def reviewed(app, client, login_as):
+    """A supervisor's template, submitted to the mock: (its creator, the template)."""
+    seed_demo()
+    creator = login_as(Role.SUPERVISOR)
+
+    def make(body: str = "Oi {{first_name}}!") -> MessageTemplate:
+        response = client.post(
+            "/templates/",
+            data={
+                "name": f"promo_{len(body)}",
+                "language": "pt_BR",
+                "category": "MARKETING",
+                "parameter_format": "named",
+                "body_text": body,
+            },
+        )
+        assert response.status_code == 303, response.get_data(as_text=True)
+        template = db.session.get(
+            MessageTemplate, int(response.headers["Location"].rsplit("/")[-1])
+        )
+        submit_template(template.id)
+        return template
+
+    return creator, make
+
+
+def _template_notices(user_id: int) -> list[Notification]:
+    return list(
+        db.session.scalars(
+            sa.select(Notification).filter_by(user_id=user_id).order_by(Notification.id)
+        )
+    )
+
+
+def test_an_approval_tells_the_creator_once_and_links_to_the_template(app, client, reviewed):
+    creator, make = reviewed
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 600
+    template = make()
+    sync_template_status(template.id)  # still pending: nothing to tell
+    assert _template_notices(creator.id) == []
+
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
+    sync_template_status(template.id)
+    sync_template_status(template.id)  # approved again: told once
+    [notice] = _template_notices(creator.id)
+    assert (notice.kind, notice.campaign_id, notice.template_id) == (
+        "template_approved",
+        None,
+        template.id,
+    )
+    assert notice.text == (
+        f"Template “{template.name}” (pt_BR) was approved: campaigns can use it now."
+    )
+    page = client.get("/notifications/").get_data(as_text=True)
+    assert f'href="/templates/{template.id}"' in page
+    assert "was approved: campaigns can use it now." in page
+
+
+def test_a_rejection_tells_the_creator_whatsapps_reason(app, client, reviewed):
+    creator, make = reviewed
+    template = make("Oi {{first_name}} REJECT_ME")
+    sync_template_status(template.id)
+    [notice] = _template_notices(creator.id)
+    assert notice.kind == "template_rejected"
+    assert notice.text.startswith(
+        f"Template “{template.name}” (pt_BR) was rejected: INVALID_FORMAT"
+    )
+    assert "REJECT_ME" in notice.text
+
+
+def test_a_rejection_without_a_reason_says_only_that(app, reviewed, monkeypatch):
+    creator, make = reviewed
+    template = make()
+    report = TemplateStatusReport(TemplateStatus.REJECTED, "NONE")
+    monkeypatch.setattr(MockProvider, "template_status", lambda self, t: report)
+    sync_template_status(template.id)
+    [notice] = _template_notices(creator.id)
+    assert notice.text == f"Template “{template.name}” (pt_BR) was rejected."

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 
 from flask import render_template_string
 
 from app import db
-from campaigns.models import Role
+from campaigns import counters
+from campaigns.models import CampaignStatus, Role
 from campaigns.services.demo import seed_demo
 from tests.helpers import demo_campaign, translate_one
 
@@ -143,3 +145,58 @@ def test_query_and_form_bounds_beyond_bigint_mean_the_largest(client, login_as):
     rows = client.get(f"/campaigns/{campaign.id}/recipients/rows", query_string={"after": 10**30})
     assert rows.status_code == 200
     assert client.post("/notifications/read-all", data={"up_to": "9" * 30}).status_code == 303
+
+
+# -- the campaigns list: figures, and an empty state that says what to do
+
+
+def test_the_campaigns_list_shows_progress_sent_and_failed(client, login_as):
+    user = login_as(Role.SUPERVISOR)
+    cancelled = demo_campaign(user.id, name="Cut short")
+    draft = demo_campaign(user.id, name="Not yet")
+    cancelled.status = CampaignStatus.CANCELLED
+    counters.ensure_rows(db.session, cancelled.id)
+    counters.apply(
+        db.session,
+        cancelled.id,
+        {"total": 300, "sent": 120, "failed": 5, "skipped": 3, "cancelled": 172},
+    )
+    db.session.commit()
+
+    body = client.get("/campaigns/").get_data(as_text=True)
+    heads = re.findall(r"<th>([^<]*)</th>", body)
+    assert heads[:5] == ["Name", "Status", "Progress", "Sent", "Failed"]
+
+    def row(campaign_id: int) -> list[str]:
+        found = re.search(rf'<tr id="campaign-{campaign_id}-row">(.*?)</tr>', body, re.S)
+        return [
+            " ".join(re.sub(r"<[^>]+>", " ", c).split())
+            for c in re.findall(r"<td.*?</td>", found.group(1), re.S)
+        ]
+
+    # Cancelled: its bar stops at what reached an outcome, not at "100 % done".
+    assert row(cancelled.id)[2:5] == ["128 of 300 172 cancelled", "120", "5"]
+    assert '<progress value="128" max="300"' in body
+    assert row(draft.id)[2:5] == ["—", "0", "0"]
+    assert client.get("/campaigns/rows").get_data(as_text=True).count("<progress") == 1
+
+
+def test_no_campaigns_yet_links_to_creating_one_and_a_search_says_no_match(client, login_as):
+    login_as(Role.SUPERVISOR)
+    body = client.get("/campaigns/").get_data(as_text=True)
+    assert "No campaigns yet." in body and 'href="/campaigns/new"' in body
+    body = client.get("/campaigns/rows?q=zzz").get_data(as_text=True)
+    assert "No campaign matches." in body and "No campaigns yet." not in body
+
+
+def test_no_template_yet_links_to_creating_one(client, login_as):
+    login_as(Role.SUPERVISOR)
+    body = client.get("/templates/").get_data(as_text=True)
+    assert "No template yet." in body and 'href="/templates/new"' in body
+
+
+def test_the_campaign_form_says_what_is_missing(client, login_as):
+    login_as(Role.SUPERVISOR)
+    body = client.get("/campaigns/new").get_data(as_text=True)
+    assert 'id="empty-senders"' in body and "Ask an administrator to add one." in body
+    assert 'id="empty-templates"' in body and 'href="/templates/new"' in body

@@ -25,6 +25,7 @@ from campaigns import (
     message_states,
     phones,
     providers,
+    queues,
     ratelimit,
     reasons,
     rendering,
@@ -84,8 +85,19 @@ def refusal(action: str, status: CampaignStatus) -> str:
     return str(REFUSALS[action]) % {"status": label(status)}
 
 
+# A test message shows what the campaign will send: offered until it can send no more. A
+# cancelled, failed or completed campaign never sends again (its copy, a draft, can test).
+TEST_SEND_STATUSES = frozenset(
+    {CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED}
+)
+
+
 def allowed_actions(status: CampaignStatus) -> set[str]:
-    return {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+    """What the campaign page offers in ``status``: its transitions, and ``test_send``."""
+    actions = {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
+    if status in TEST_SEND_STATUSES:
+        actions.add("test_send")
+    return actions
 
 
 def template_variables_for(template_id: Any) -> list[str] | None:
@@ -261,6 +273,7 @@ def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.set_status_reason(None)
     message_states.unqueue(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "paused")
+    queues.defer_notification(db.session, campaign.id, "paused")
     db.session.commit()
     return campaign
 
@@ -289,6 +302,7 @@ def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign.completed_at = sa.func.now()
     message_states.cancel_unsent(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "cancelled")
+    queues.defer_notification(db.session, campaign.id, "cancelled")
     db.session.commit()
     return campaign
 
@@ -352,6 +366,14 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(_("There is no such campaign."))
+    if campaign.status not in TEST_SEND_STATUSES:
+        raise Conflict(
+            _(
+                "A campaign with status “%(status)s” sends nothing more, so it has no test;"
+                " duplicate it to try its message."
+            )
+            % {"status": label(campaign.status)}
+        )
     phone = phones.normalise(phone_raw, current_app.config["PHONE_DEFAULT_REGION"])
     if phone is None:
         raise ServiceError(

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import providers, queues
+from campaigns import notifications, providers, queues
 from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.labels import label
@@ -139,6 +139,7 @@ def submit_template(template_id: int) -> MessageTemplate:
     except providers.ProviderError as error:
         db.session.rollback()
         raise ServiceError(error.message) from error
+    before = template.status
     template.provider_template_id = submission.provider_template_id
     template.status = submission.status
     template.status_reason = None
@@ -147,6 +148,7 @@ def submit_template(template_id: int) -> MessageTemplate:
     # a submitted template never waits without its check (the periodic sync follows later).
     check_at = database_now(db.session) + timedelta(seconds=provider.review_check_seconds)
     queues.defer_template_sync(db.session, template.id, check_at)
+    notifications.record_template_review(db.session, template, before)  # decided at once
     db.session.commit()
     db.session.refresh(template)
     return template
@@ -165,8 +167,10 @@ def sync_template_status(template_id: int) -> MessageTemplate:
         raise ServiceError(error.message) from error
     if report.status != template.status or report.reason != template.status_reason:
         logger.info("template %s: %s → %s", template.id, template.status, report.status)
+    before = template.status
     template.status = report.status
     template.status_reason = report.reason
+    notifications.record_template_review(db.session, template, before)
     db.session.commit()
     return template
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -20,11 +21,13 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import csvfiles, erp, queries, recipients, rendering
+from app import db
+from campaigns import counters, csvfiles, erp, queries, recipients, rendering
 from campaigns.auth import requires
+from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.i18n import _, current_zone, format_number, ngettext
+from campaigns.i18n import _, _l, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import Progress, get_progress, throughput_chart
 from campaigns.services import ServiceError
@@ -58,7 +61,21 @@ from campaigns.validation import (
     parse_segment,
 )
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
+
+# The form waits this long for the ERP's tags (connect, read), not a job's 30 s.
+ERP_FORM_TIMEOUT = (3.05, 5.0)
+# The audience fields as the form labels them, for the ERP's per-field refusals.
+SEGMENT_LABELS = {
+    "city": _l("City"),
+    "state": _l("State"),
+    "tags": _l("Tags"),
+    "min_total_spent": _l("Minimum total spent"),
+    "last_purchase_within_days": _l("Bought within (days)"),
+    "max_audience": _l("At most (pilot wave)"),
+    "opted_in_only": _l("Only customers who opted in"),
+}
 
 
 def _campaign_or_404(campaign_id: int) -> Campaign:
@@ -87,33 +104,71 @@ def campaign_index() -> str:
     """Campaigns with status filter, search and pagination."""
     page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
     return render_template(
-        "campaigns/index.html", page=page, status=_status_filter(), q=request.args.get("q", "")
+        "campaigns/index.html",
+        page=page,
+        totals=_totals(page),
+        status=_status_filter(),
+        q=request.args.get("q", ""),
     )
+
+
+def _totals(page: queries.CampaignPage) -> dict[int, dict[str, int]]:
+    """The page's campaigns' figures (sent, failed, done), in one statement."""
+    return counters.totals_of(db.session, [c.id for c in page.campaigns])
 
 
 @bp.get("/rows")
 def campaign_rows() -> str:
     """The list's rows alone: re-rendered by the filters, and polled while any is live."""
     page = queries.list_campaigns(_status_filter(), request.args.get("q"), _page_number())
-    return render_template("campaigns/_rows.html", page=page)
+    return render_template("campaigns/_rows.html", page=page, totals=_totals(page))
 
 
 def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:
-    """Each variable of the chosen template with what it is mapped to on the form."""
+    """Each variable of the chosen template with what it is mapped to on the form.
+
+    A variable the form has not mapped yet, named like a customer field ({{first_name}},
+    {{city}}), is mapped to that field by default; one the operator set to "— choose —"
+    (its select was on the form) stays unmapped.
+    """
     variables = form.get("variables", {})
     # Without a template, keep showing what was typed, so nothing is lost.
     names = template_variables_for(template_id) or list(variables)
     rows = []
     for name in names:
         source = variables.get(name, {})
+        field = source.get("field", "")
+        if not source and name in CUSTOMER_FIELDS and f"var.{name}.source" not in request.form:
+            field = name
         rows.append(
             {
                 "name": name,
-                "source": "text" if "text" in source else source.get("field", ""),
+                "source": "text" if "text" in source else field,
                 "text": source.get("text", ""),
             }
         )
     return rows
+
+
+def _erp_tags() -> list[str] | None:
+    """The tags the ERP knows, or None (logged) when it cannot say: the form takes typed ones,
+    and the live count then says what the ERP answers."""
+    try:
+        with erp.client_from_config(current_app.config, timeout=ERP_FORM_TIMEOUT) as client:
+            return client.tags()
+    except (erp.ErpError, ConfigError) as error:
+        logger.warning("the ERP's tags could not be read: %s", error)
+        return None
+
+
+def _chosen_tags(segment: Any) -> list[str]:
+    """The segment's tags as a list, whether saved (a list) or as the form sent them."""
+    tags = segment.get("tags") if isinstance(segment, dict) else None
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        return []
+    return [str(tag).strip() for tag in tags if str(tag).strip()]
 
 
 def _form_page(
@@ -122,12 +177,15 @@ def _form_page(
     campaign: Campaign | None = None,
     status: int = 200,
 ):
+    known_tags = _erp_tags()
     return (
         render_template(
             "campaigns/form.html",
             data=data,
             errors=errors,
             campaign=campaign,
+            known_tags=known_tags,
+            chosen_tags=_chosen_tags(data.get("segment")),
             senders=queries.list_senders(),
             templates=queries.approved_templates(),
             mapping=_mapping_rows(data.get("template_id"), data),
@@ -229,14 +287,32 @@ def campaign_audience() -> str:
     check = Checker()
     segment = parse_segment(campaign_data_from_form(request.form)["segment"], check)
     count, problem = None, None
+    field_problems: list[tuple[str, str]] = []
     if check.errors:
         problem = next(iter(check.errors.values()))
     else:
         try:
             count = audience_count(segment, current_app.config)
         except erp.ErpError as error:
-            problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
-    return render_template("campaigns/_audience.html", count=count, problem=problem, initial=False)
+            problem, field_problems = _erp_problem(error)
+    return render_template(
+        "campaigns/_audience.html",
+        count=count,
+        problem=problem,
+        field_problems=field_problems,
+        initial=False,
+    )
+
+
+def _erp_problem(error: erp.ErpError) -> tuple[str, list[tuple[str, str]]]:
+    """What an ERP error says to the operator: a refusal of the criteria (a 4xx, with the
+    ERP's words at each field it names) is theirs to fix; anything else is an outage."""
+    if not error.is_caller_error:
+        return _("The ERP did not answer: %(m)s") % {"m": error.message}, []
+    if not error.fields:
+        return _("The ERP does not accept these criteria: %(m)s") % {"m": error.message}, []
+    fields = [(str(SEGMENT_LABELS.get(name, name)), text) for name, text in error.fields.items()]
+    return _("The ERP does not accept these criteria; check them:"), fields
 
 
 @bp.get("/<int:campaign_id>")
@@ -337,7 +413,8 @@ def campaign_dry_run(campaign_id: int) -> str:
     try:
         rows = dry_run(campaign, current_app.config, limit)
     except erp.ErpError as error:
-        problem = _("The ERP did not answer: %(m)s") % {"m": error.message}
+        problem, fields = _erp_problem(error)
+        problem = " ".join([problem, *(f"{label}: {text}." for label, text in fields)])
     return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)
 
 
@@ -453,14 +530,14 @@ def campaign_test_send(campaign_id: int):
     _campaign_or_404(campaign_id)
     phone = request.form.get("phone", "")
     try:
-        wamid = send_test_message(campaign_id, phone, current_user.id)
+        message_id = send_test_message(campaign_id, phone, current_user.id)
     except ServiceError as error:
         html = render_template(
             "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, error=error.message
         )
         return html, 422
     return render_template(
-        "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, wamid=wamid
+        "campaigns/_test_send.html", campaign_id=campaign_id, phone=phone, message_id=message_id
     )
 
 

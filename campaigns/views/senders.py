@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, render_template, request, url_for
 
-from campaigns import progress, queries
+from app import db
+from campaigns import counters, progress, queries
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to
@@ -35,6 +36,23 @@ def sender_index() -> str:
     senders = queries.list_senders()
     return render_template(
         "senders/index.html", senders=senders, usage=progress.sender_usage(senders)
+    )
+
+
+@bp.get("/<int:sender_id>")
+@requires(Role.ADMIN)
+def sender_show(sender_id: int) -> str:
+    """One sender: its limits and this minute's use, its health and connection, its campaigns."""
+    sender = _sender_or_404(sender_id)
+    campaigns, campaign_count = queries.sender_campaigns(sender_id)
+    return render_template(
+        "senders/show.html",
+        sender=sender,
+        usage=progress.sender_usage([sender])[sender.id],
+        health=queries.sender_health(sender_id),
+        campaigns=campaigns,
+        campaign_count=campaign_count,
+        totals=counters.totals_of(db.session, [c.id for c in campaigns]),
     )
 
 

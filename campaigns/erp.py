@@ -235,7 +235,7 @@ class ErpClient:
         body = self._get("/tags", {})
         tags = body.get("tags") if isinstance(body, dict) else None
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise ErpError(_("The ERP's tags answer has no list of tags."), 200)
+            raise ErpError(reasons.Reason(reasons.ERP_NO_TAGS), 200)
         return list(dict.fromkeys(t.strip() for t in tags if t.strip()))
 
     def page(

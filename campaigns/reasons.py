@@ -51,6 +51,7 @@ ERP_NO_COUNT = "erp_no_count"
 ERP_NO_CUSTOMERS = "erp_no_customers"
 ERP_BAD_CURSOR = "erp_bad_cursor"
 ERP_SAME_CURSOR = "erp_same_cursor"
+ERP_NO_TAGS = "erp_no_tags"
 # providers' SendError.reason, also a message row's error code (providers/errors.py)
 SENDER_WITHOUT_ACCESS_TOKEN = "sender_without_access_token"
 SENDER_WITHOUT_PHONE_NUMBER_ID = "sender_without_phone_number_id"
@@ -115,6 +116,7 @@ WORDINGS: dict[str, Wording] = {
     ERP_NO_CUSTOMERS: Wording(_l("The ERP's page has no list of customers.")),
     ERP_BAD_CURSOR: Wording(_l("The ERP's next cursor is not a string.")),
     ERP_SAME_CURSOR: Wording(_l("The ERP returned the same cursor twice.")),
+    ERP_NO_TAGS: Wording(_l("The ERP's tags answer has no list of tags.")),
     SENDER_WITHOUT_ACCESS_TOKEN: Wording(
         _l("Paused: the sender has no access token. Add it on the sender's page, then resume.")
     ),

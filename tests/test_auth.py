@@ -178,7 +178,7 @@ def test_403_is_a_friendly_page(guarded_app, user_factory):
     response = client.post("/guarded/admin")
     assert response.status_code == 403
     assert b"You do not have permission" in response.data
-    assert b"<nav>" in response.data
+    assert b'<nav class="site-nav"' in response.data  # the site's navigation, to go on
 
 
 def test_csrf_token_is_required_on_state_changing_requests(app, user_factory):

@@ -32,8 +32,9 @@ pytestmark = [
 
 
 @contextmanager
-def chromium_page(locale: str | None = None) -> Iterator[object]:
-    """A page in Debian's Chromium; ``locale`` sets its language (and Accept-Language)."""
+def chromium_page(locale: str | None = None, **context: object) -> Iterator[object]:
+    """A page in Debian's Chromium; ``locale`` sets its language (and Accept-Language),
+    ``context`` any other option of Playwright's new_page (viewport, color_scheme…)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -49,7 +50,7 @@ def chromium_page(locale: str | None = None) -> Iterator[object]:
                 "--disable-sync",
             ],
         )
-        page = browser.new_page(**({"locale": locale} if locale else {}))
+        page = browser.new_page(**({"locale": locale} if locale else {}), **context)
         page.set_default_timeout(15_000)
         # Whatever a test does, the Content-Security-Policy (campaigns/security.py) must
         # refuse nothing the pages use: Chromium reports each refusal on the console.
@@ -106,6 +107,7 @@ def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_fac
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
+    page.click("nav .nav-account summary")  # the account's menu: tokens, preferences, sign out
     page.click("text=Sign out")
     page.wait_for_selector("text=You are signed out.")
     page.goto(f"{live_server}/")
@@ -457,3 +459,159 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.goto(f"{live_server}/templates/")
     check("templates")
     assert not left, left
+
+
+# axe-core, vendored for the tests only (tests/vendor/README.md): the accessibility check.
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-4.14.1.min.js"
+WIDTHS = (375, 1280)  # a phone, a laptop
+
+
+def _main_pages(live_server: str, campaign_id: int) -> dict[str, str]:
+    return {
+        "dashboard": "/",
+        "campaigns": "/campaigns/",
+        "campaign": f"/campaigns/{campaign_id}",
+        "templates": "/templates/",
+        "senders": "/senders/",
+        "users": "/users/",
+        "queue": "/admin/queue/",
+        "audit": "/audit/",
+        "notifications": "/notifications/",
+    }
+
+
+def _overflowing(page) -> list[str]:
+    """What sticks out of the viewport sideways (empty when the page has no sideways scroll)."""
+    return page.evaluate(
+        """() => {
+          if (document.documentElement.scrollWidth <= window.innerWidth) return [];
+          const out = [];
+          for (const element of document.querySelectorAll('body *')) {
+            const box = element.getBoundingClientRect();
+            if (box.width && box.right > window.innerWidth + 0.5 && element.checkVisibility()) {
+              out.push(element.tagName.toLowerCase() + (element.id ? '#' + element.id : '')
+                       + (element.className && element.className.baseVal === undefined
+                          ? '.' + String(element.className).trim().split(/\\s+/).join('.') : '')
+                       + ' right=' + Math.round(box.right));
+            }
+          }
+          return [`scrollWidth ${document.documentElement.scrollWidth} > ${window.innerWidth}`,
+                  ...out.slice(0, 8)];
+        }"""
+    )
+
+
+def _serious_accessibility_violations(page) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now."""
+    if not page.evaluate("typeof window.axe") == "object":
+        page.add_script_tag(content=AXE.read_text(encoding="utf-8"))
+    found = page.evaluate(
+        """async () => {
+          const result = await axe.run(document, {resultTypes: ['violations']});
+          return result.violations
+            .filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => `${v.id} (${v.impact}): ` + v.nodes.slice(0, 5)
+                 .map(n => n.target.join(' ') + (n.failureSummary ? ' [' +
+                      n.failureSummary.replace(/\\s+/g, ' ').slice(0, 160) + ']' : ''))
+                 .join(' | '));
+        }"""
+    )
+    return list(found)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
+    app, live_server, user_factory, start_worker, scheme
+):
+    """Every main page at 375 px and 1280 px, in the operating system's light and dark
+    schemes: no sideways scroll of the page (wide tables scroll in their own box), and
+    no serious or critical axe-core finding. Screenshots go to test-artifacts/."""
+    from app import db
+    from campaigns.models import Campaign, CampaignStatus, Notification
+    from campaigns.services.campaigns import send_campaign_now
+    from tests.helpers import demo_campaign, lift_limits, wait_for
+
+    admin = user_factory(Role.ADMIN)
+    lift_limits(admin)
+    campaign = demo_campaign(admin.id, size=12, name="Black Friday — São Paulo, long name")
+    start_worker()
+    send_campaign_now(campaign.id, admin.id)
+    wait_for(
+        lambda: db.session.get(Campaign, campaign.id).status is CampaignStatus.COMPLETED,
+        what="the campaign completed",
+    )
+    db.session.add(
+        Notification(
+            user_id=admin.id, kind="completed", code="text", params={"text": "Campaign done."}
+        )
+    )
+    db.session.commit()
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: dict[str, list[str]] = {}
+    suffix = "" if scheme == "light" else "-dark"
+    # bypass_csp: axe-core is injected as a script the policy would refuse; the other
+    # tests keep the policy on and check that nothing the pages use is refused.
+    with chromium_page(color_scheme=scheme, bypass_csp=True) as page:
+        sign_in(page, live_server, admin)
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 800})
+            for name, path in _main_pages(live_server, campaign.id).items():
+                page.goto(f"{live_server}{path}")
+                page.wait_for_selector("h1")
+                page.screenshot(path=str(ARTIFACTS / f"{name}-{width}{suffix}.png"), full_page=True)
+                if overflow := _overflowing(page):
+                    problems[f"{name} at {width} px overflows"] = overflow
+                if violations := _serious_accessibility_violations(page):
+                    problems[f"{name} at {width} px, axe"] = violations
+        # On the phone the links fold into "Menu", which opens over the page.
+        page.set_viewport_size({"width": 375, "height": 800})
+        page.goto(f"{live_server}/campaigns/")
+        campaigns_link = page.locator("nav a:has-text('Campaigns')")
+        assert campaigns_link.is_hidden()
+        page.click("nav summary:has-text('Menu')")
+        page.click("nav .nav-account summary")
+        assert campaigns_link.is_visible()
+        assert page.locator("nav button:has-text('Sign out')").is_visible()
+        page.screenshot(path=str(ARTIFACTS / f"menu-375{suffix}.png"), full_page=True)
+        if overflow := _overflowing(page):
+            problems["the open menu overflows"] = overflow
+        if violations := _serious_accessibility_violations(page):
+            problems["the open menu, axe"] = violations
+        campaigns_link.click()
+        page.wait_for_selector("h1:has-text('Campaigns')")
+    assert not problems, "\n".join(f"{where}: {what}" for where, what in problems.items())
+
+
+def test_the_colour_scheme_follows_the_system_until_one_is_chosen(
+    app, live_server, page, user_factory
+):
+    """No choice: no data-theme, so Pico follows the system's scheme. Dark, chosen in the
+    account's menu, stays on the next pages; "As my system" gives the choice back."""
+    app.config["WTF_CSRF_ENABLED"] = True
+    user = user_factory(Role.VIEWER)
+    page.emulate_media(color_scheme="light")
+    sign_in(page, live_server, user)
+    page.goto(f"{live_server}/campaigns/")
+    assert page.get_attribute("html", "data-theme") is None
+    background = "() => getComputedStyle(document.documentElement).backgroundColor"
+    light = page.evaluate(background)
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(background) != light  # the system's dark scheme, followed
+
+    page.emulate_media(color_scheme="light")
+    page.click("nav .nav-account summary")
+    page.click("nav button:has-text('Dark')")
+    page.wait_for_selector("html[data-theme=dark]")
+    assert page.url == f"{live_server}/campaigns/"  # back where the reader was
+    dark = page.evaluate(background)
+    assert dark != light
+    page.goto(f"{live_server}/templates/")
+    assert page.get_attribute("html", "data-theme") == "dark"
+    page.click("nav .nav-account summary")
+    assert page.get_attribute("nav button[value=dark]", "aria-pressed") == "true"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "theme-dark-chosen.png"), full_page=True)
+
+    page.click("nav button:has-text('As my system')")
+    page.wait_for_selector("html:not([data-theme])")
+    assert page.evaluate(background) == light

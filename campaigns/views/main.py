@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from campaigns import progress, queries, queues
+from campaigns.auth import requires
 from campaigns.htmx import STOP_POLLING
+from campaigns.i18n import _
 from campaigns.models import Notification, Role
+from campaigns.views.auth import safe_next
 
 bp = Blueprint("main", __name__)
+
+# The colour scheme a reader chose (base.html reads the cookie): absent, it follows the
+# system's. A cookie, not the user row: it is this browser's screen, and no query reads it.
+THEME_COOKIE = "theme"
+THEMES = frozenset({"auto", "light", "dark"})
+THEME_COOKIE_SECONDS = 400 * 24 * 3600  # the longest a browser keeps one
 
 
 def _notifications() -> list[tuple[Notification, str]]:
@@ -68,6 +77,28 @@ def dashboard_queues() -> str:
 def dashboard_notifications() -> str:
     """The newest notifications, polled; the nav's badge follows them out of band."""
     return notifications_fragment(oob=True)
+
+
+@bp.post("/theme")
+@requires(Role.VIEWER)
+def set_theme() -> Response:
+    """Remember this browser's colour scheme (auto: the system's) and go back where it was."""
+    theme = request.form.get("theme", "")
+    response = redirect(safe_next(request.form.get("next")), code=303)
+    if theme not in THEMES:
+        flash(_("Choose automatic, light or dark colours."), "error")
+    elif theme == "auto":
+        response.delete_cookie(THEME_COOKIE)
+    else:
+        response.set_cookie(
+            THEME_COOKIE,
+            theme,
+            max_age=THEME_COOKIE_SECONDS,
+            secure=current_app.config["SESSION_COOKIE_SECURE"],
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
 
 
 @bp.get("/healthz")

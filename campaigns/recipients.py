@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import aggregate_order_by, array_agg
 
 from app import db
-from campaigns import counters, labels
+from campaigns import counters, csvfiles, labels
 from campaigns.i18n import N_, _
 from campaigns.models import Message, MessageStatus
 from campaigns.providers import errors
@@ -213,8 +213,12 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
         for row in result:
             # Words, not codes: the status as the page shows it, Disparo's own error
             # codes worded in the reader's language (WhatsApp's text stays as it came).
+            ref, name, phone = row[:3]
             yield (
-                *row[:3],
+                # Kept as text by a spreadsheet, not read as numbers (csvfiles.KEEP_AS_TEXT).
+                None if ref is None else csvfiles.Identifier(ref),
+                name,
+                csvfiles.Identifier(phone),
                 status_words[row.status],
                 row.error_code,
                 errors.describe(row.error_code, row.error_text)

@@ -6,8 +6,10 @@ import csv
 import io
 import re
 import time
+from datetime import datetime
 from itertools import count
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -356,8 +358,10 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     response = client.get(f"/campaigns/{campaign.id}/recipients.csv")
     assert response.status_code == 200 and response.is_streamed
     assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    # Named after the campaign ("Recipients") and the day where the reader is.
+    today = datetime.now(ZoneInfo("America/Sao_Paulo")).date().isoformat()
     assert response.headers["Content-Disposition"] == (
-        f'attachment; filename="campaign-{campaign.id}-recipients.csv"'
+        f"attachment; filename=\"recipients-{today}.csv\"; filename*=UTF-8''recipients-{today}.csv"
     )
     body = response.get_data().decode("utf-8")
     assert body.startswith("\ufeff")
@@ -385,7 +389,8 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     assert failed["name"] == 'Ana "Aninha", Souza'
     assert failed["error_message"] == "Undeliverable,\nline two"
     assert (failed["status"], failed["error_code"]) == ("Failed", "131026")  # its label
-    assert failed["phone"].startswith("+55")  # a phone is not mistaken for a formula
+    # A phone is neither a formula nor a number: after a word joiner, a spreadsheet keeps it.
+    assert failed["phone"].startswith(csvfiles.KEEP_AS_TEXT + "+55")
     assert read["name"] == '\'=HYPERLINK("http://x")'  # would run in a spreadsheet
     assert read["provider_message_id"] == "wamid.1" and read["sent_at"] == ""
     assert (skipped["name"], skipped["phone"]) == ("João", "'-12")

@@ -13,25 +13,53 @@ a spreadsheet opens a plain date and time as one (a value with an offset, such a
 
 Every file starts with a UTF-8 byte order mark: without it, Excel reads UTF-8 as its
 Windows code page ("JoÃ£o").
+
+Phones (and customer refs) that a spreadsheet would read as a number are written
+after an invisible U+2060 WORD JOINER (:data:`KEEP_AS_TEXT`). Read as a number,
+``+5511987654321`` loses its ``+`` and shows as ``5,51199E+12``, and a ref's
+leading zeros are gone for good once the sheet is saved. The other ways out are
+worse: a leading apostrophe, tab or space becomes a visible part of the value in
+one program or another (an apostrophe means "text" when typed into a cell, not
+always when read from a file); ``="+55…"`` is a formula, right in Excel but read as that formula's
+text by anything that is not a spreadsheet (a script, a database import, our own
+opt-out import). A word joiner is not shown, is not a space (nothing trims or
+splits on it), and phone parsers skip it: libphonenumber reads from the first
+``+`` or digit, and ours drops it (campaigns/phones.py), so an exported file
+imports back.
+
+A download is named after what it holds and the day (:func:`content_disposition`):
+``promocao-de-natal-2026-12-04.csv``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from campaigns.i18n import _l, get_locale
+from campaigns.search import fold
 
 BOM = "\ufeff"
 CHUNK_ROWS = 1000  # rows per chunk handed to the client
 SNIFF_LINES = 50  # an upload's delimiter is guessed from its first lines
 SNIFF_CHARS = 4096  # csv.Sniffer's quote search is quadratic on hostile text
 DELIMITERS = (",", ";", "\t")
+# Written before an Identifier that starts like a number: the spreadsheet keeps it text.
+KEEP_AS_TEXT = "\u2060"  # WORD JOINER: invisible, not a space
+SLUG_CHARS = 80  # a download's name keeps this much of what it is named after
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+class Identifier(str):
+    """A value a spreadsheet must keep as written (a phone, a customer ref), not read
+    as a number (see KEEP_AS_TEXT)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,8 @@ def cell(value: object, fmt: CsvFormat, zone: ZoneInfo) -> str:
     if isinstance(value, int):
         return str(value)
     text = str(value)
+    if isinstance(value, Identifier) and text[:1] in ("+", *"0123456789"):
+        return KEEP_AS_TEXT + text
     # A spreadsheet runs a cell that starts like a formula; names and error texts
     # come from outside (the ERP, WhatsApp). A +<digits> phone is only a number.
     if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not (
@@ -86,6 +116,24 @@ def cell(value: object, fmt: CsvFormat, zone: ZoneInfo) -> str:
     ):
         return "'" + text
     return text
+
+
+def slug(text: str) -> str:
+    """``text`` for a file name: lower case, no accents, words joined by ``-``."""
+    return _NOT_WORD.sub("-", fold(text)[:SLUG_CHARS]).strip("-")
+
+
+def content_disposition(name: str, day: date, fallback: str) -> str:
+    """An attachment named ``<name as a slug>-<day>.csv``, ``fallback`` for a name with no
+    letter or digit to keep. ``filename`` is ASCII for every client; ``filename*``
+    (RFC 6266) carries the UTF-8 name, which differs for a name in another script."""
+    utf8 = slug(name) or fallback
+    ascii_name = _NOT_WORD.sub("-", utf8.encode("ascii", "ignore").decode()).strip("-")
+    suffix = f"-{day.isoformat()}.csv"
+    return (
+        f'attachment; filename="{ascii_name or fallback}{suffix}";'
+        f" filename*=UTF-8''{quote(utf8 + suffix, safe='')}"
+    )
 
 
 def chunks(

@@ -32,7 +32,10 @@ DEFAULT_REGION = "BR"
 BRAZIL = 55
 # Far above any way of writing a real number; longer input is not worth parsing.
 MAX_INPUT_LENGTH = 64
-_SEPARATORS = re.compile(r"[\s().\-/\u2010-\u2015\u2212]")
+# Spaces, brackets, dots, dashes, slashes, and the invisible format characters a copied
+# number can carry: zero-width spaces and joiners, direction marks, the word joiner the
+# CSV export puts before a phone (campaigns/csvfiles.py), a byte order mark.
+_SEPARATORS = re.compile(r"[\s().\-/\u2010-\u2015\u2212\u200b-\u200f\u2060\ufeff]")
 # 0xx11: the trunk 0, then "xx" where the caller picks a carrier code.
 _CARRIER_PLACEHOLDER = re.compile(r"^0xx", re.IGNORECASE)
 _DIALLABLE = re.compile(r"\+?[0-9]+")

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by, array_agg
 
 from app import db
-from campaigns import counters, labels
+from campaigns import counters, csvfiles, labels
 from campaigns.i18n import N_, _
 from campaigns.models import Message, MessageStatus
 from campaigns.providers import errors
-from campaigns.queries import containing, enum_member
+from campaigns.queries import enum_member
+from campaigns.search import MAX_SEARCH_CHARS, contains_folded, fold
 
 RECIPIENTS_PER_PAGE = 50
 
@@ -65,13 +67,15 @@ CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
 @dataclass(frozen=True)
 class RecipientFilters:
     status: MessageStatus | None = None
-    q: str | None = None  # a phone (any digits of it), a customer name or an exact customer ref
+    # Any digits of a phone, or part of a customer's name or ref, accents and case aside.
+    q: str | None = None
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> RecipientFilters:
+        q = (args.get("q") or "")[:MAX_SEARCH_CHARS].strip()
         return cls(
             status=enum_member(MessageStatus, args.get("status")),
-            q=(args.get("q") or "").strip() or None,
+            q=q if fold(q) else None,  # an accent alone is nothing to search for
         )
 
 
@@ -79,7 +83,8 @@ class RecipientFilters:
 class RecipientPage:
     messages: list[Message]
     next_after: int | None  # the last id shown, when more rows follow it
-    total: int | None  # rows matching the status filter; None with a search (not counted)
+    total: int | None  # rows in the status filter (from the counters); None on later pages
+    matching: int | None = None  # of those, the rows the search finds; None without one
 
 
 def _recipient_name() -> sa.ColumnElement[str]:
@@ -91,9 +96,10 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     if filters.status:
         conditions.append(Message.status == filters.status)
     if filters.q:
+        # "Vitoria" finds Vitória, "c0000042" finds C0000042 (campaigns/search.py).
         matches = [
-            _recipient_name().ilike(containing(filters.q)),
-            Message.customer_ref == filters.q,
+            contains_folded(_recipient_name(), filters.q),
+            contains_folded(Message.customer_ref, filters.q),
         ]
         if digits := re.sub(r"\D", "", filters.q):
             # Phones are kept as +<digits>, so "(11) 98765" finds +5511987654321.
@@ -123,23 +129,53 @@ def recipient_page(
 
     Keyset, not OFFSET: a deep page costs what the first does, and rows the fan-out
     adds meanwhile (under the campaign's lock, so always with higher ids) neither
-    repeat a row nor push one out of view.
+    repeat a row nor push one out of view. The first page also says how many rows
+    there are: the status filter's from the counters, and with a search how many of
+    them it finds.
     """
-    query = (
-        sa.select(Message)
-        .where(*_recipients_where(campaign_id, filters))
-        .order_by(Message.id)
-        .limit(per_page + 1)
-    )
+    where = _recipients_where(campaign_id, filters)
+    if after is None and filters.q:
+        return _first_page_of_search(campaign_id, filters, where, per_page)
+    query = sa.select(Message).where(*where).order_by(Message.id).limit(per_page + 1)
     if after is not None:
         query = query.where(Message.id > after)
     messages = list(db.session.scalars(query))
     more = len(messages) > per_page
     messages = messages[:per_page]
-    total = None
-    if not filters.q:  # a search is not counted: "load more" is enough, a count costs a scan
-        total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
-    return RecipientPage(messages, messages[-1].id if more else None, total)
+    next_after = messages[-1].id if more else None
+    if after is not None:  # "load more": the first page said how many
+        return RecipientPage(messages, next_after, None)
+    total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+    return RecipientPage(messages, next_after, total)
+
+
+def _first_page_of_search(
+    campaign_id: int,
+    filters: RecipientFilters,
+    where: list[sa.ColumnElement[bool]],
+    per_page: int,
+) -> RecipientPage:
+    """The count and the first page's ids in one pass over the campaign's rows.
+
+    The planner cannot tell how many rows a regular expression keeps, so it reads every
+    row of the campaign for a page of a search whether the page fills early or not;
+    counting in that same pass costs nothing more (about 100 ms for 100,000 messages:
+    tests/test_recipients.py prints the figures), where a page and then a count read
+    them twice.
+    """
+    first_ids = array_agg(aggregate_order_by(Message.id, Message.id.asc()))[1 : per_page + 1]
+    matching, ids = db.session.execute(sa.select(sa.func.count(), first_ids).where(*where)).one()
+    ids = ids or []
+    # The rows, checked again: one may have changed status since the pass.
+    shown = ids[:per_page]
+    messages = list(
+        db.session.scalars(
+            sa.select(Message).where(Message.id.in_(shown), *where).order_by(Message.id)
+        )
+    )
+    next_after = shown[-1] if len(ids) > per_page else None
+    total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+    return RecipientPage(messages, next_after, total, matching)
 
 
 def _error_text(code: str | None, text: str | None) -> str | None:
@@ -177,8 +213,12 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
         for row in result:
             # Words, not codes: the status as the page shows it, Disparo's own error
             # codes worded in the reader's language (WhatsApp's text stays as it came).
+            ref, name, phone = row[:3]
             yield (
-                *row[:3],
+                # Kept as text by a spreadsheet, not read as numbers (csvfiles.KEEP_AS_TEXT).
+                None if ref is None else csvfiles.Identifier(ref),
+                name,
+                csvfiles.Identifier(phone),
                 status_words[row.status],
                 row.error_code,
                 errors.describe(row.error_code, row.error_text)

@@ -10,10 +10,11 @@ only the rows of a returned page are turned into JSON.
 ``GET /mock/erp/customers?<filters>&cursor=&limit=`` pages a segment in id order
 (``{"customers": [...], "next_cursor": ...}``), ``GET /mock/erp/customers/count``
 counts it, ``GET /mock/erp/customers/C0000042`` reads one customer and ``GET
-/mock/erp/tags`` lists the tags a segment can name (``{"tags": ["vip", ...]}``). Filters:
-``city``, ``state`` (case-insensitive), ``tags`` (comma-separated, any of them),
-``min_total_spent``, ``last_purchase_within_days``, ``opted_in_only`` and
-``max_audience`` (the first N matches); a bad one is a 400 with a message per field.
+/mock/erp/tags`` lists the tags a segment can name (``{"tags": ["vip", ...]}``).
+Filters: ``city`` (accents and case aside: "sao paulo" is São Paulo), ``state``
+(case-insensitive), ``tags`` (comma-separated, any of them), ``min_total_spent``,
+``last_purchase_within_days``, ``opted_in_only`` and ``max_audience`` (the first N
+matches); a bad one is a 400 with a message per field.
 
 About 1 % of phones are invalid (too short, or with letters) and about 1 % repeat
 an earlier customer's phone, so the fan-out's validation and de-duplication have
@@ -45,6 +46,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.wrappers import Response
 
 from campaigns.erp import SEGMENT_KEYS
+from campaigns.search import fold
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ _SALTS = {
 _CITY_CUMULATIVE = np.cumsum([w for *_, w in CITIES]) / sum(w for *_, w in CITIES)
 _STATES = tuple(sorted({uf for _, uf, _, _ in CITIES}))
 _STATE_OF_CITY = np.array([_STATES.index(uf) for _, uf, _, _ in CITIES], dtype=np.uint8)
-_CITY_BY_NAME = {name.casefold(): i for i, (name, *_) in enumerate(CITIES)}
+_CITY_BY_NAME = {fold(name): i for i, (name, *_) in enumerate(CITIES)}
 _TAG_BITS = {tag: 1 << i for i, (tag, _) in enumerate(TAGS)}
 
 
@@ -270,7 +272,7 @@ def clear_cache() -> None:
 class Segment:
     """A parsed, normalised segment: hashable, so selections can be cached by it."""
 
-    city: str | None = None  # casefolded
+    city: str | None = None  # folded: lower case, without accents (campaigns/search.py)
     state: str | None = None  # upper case
     tags: frozenset[str] = frozenset()
     min_spent_cents: int | None = None
@@ -350,7 +352,8 @@ def parse_segment(args: Mapping[str, str], allowed: frozenset[str] = frozenset()
     cap = values["max_audience"]
     spent = values["min_total_spent"]
     return Segment(
-        city=values["city"].casefold() or None,
+        # A value folding to nothing (only combining marks) is no city: it finds nobody.
+        city=fold(values["city"]) or values["city"] or None,
         state=values["state"].upper() or None,
         tags=_tag_names(values["tags"]),
         min_spent_cents=_cents_at_least(spent) if spent else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -18,6 +19,7 @@ from app import db
 from campaigns import csvfiles, recipients
 from campaigns.models import Campaign, Message, MessageStatus, Role, Suppression, User
 from campaigns.services.suppressions import import_suppressions
+from campaigns.views import campaigns as campaign_views
 from tests.helpers import demo_campaign
 
 PT_BR = {"Accept-Language": "pt-BR,pt;q=0.9"}
@@ -74,7 +76,7 @@ def test_a_brazilian_reader_gets_semicolons_and_local_times(app, client, campaig
     assert row["sent_at"] == "04/12/2026 14:30:05"
     assert row["delivered_at"] == "04/12/2026 14:31:00"
     assert row["read_at"] == ""
-    assert row["name"] == "João Conceição" and row["phone"] == "+5511987654321"
+    assert row["name"] == "João Conceição" and row["phone"] == "\u2060+5511987654321"
 
 
 def test_an_english_reader_gets_commas_and_iso_times(client, campaign):
@@ -138,6 +140,82 @@ def test_decimals_take_the_formats_mark_and_text_is_kept_inert():
     assert csvfiles.cell(Decimal("1234.56"), csvfiles.STANDARD, zone) == "1234.56"
     body = "".join(csvfiles.chunks(["a", "b"], [[Decimal("2.5"), SENT]], csvfiles.EXCEL_BR, zone))
     assert body == "\ufeffa;b\r\n2,5;04/12/2026 14:30:05\r\n"
+
+
+@pytest.mark.parametrize("fmt", [csvfiles.EXCEL_BR, csvfiles.STANDARD])
+def test_phones_and_refs_stay_text_in_a_spreadsheet(fmt):
+    """A value that starts like a number, in a column of identifiers, follows an invisible
+    word joiner, which no spreadsheet reads as a number or a formula; text does not."""
+    zone = ZoneInfo("America/Sao_Paulo")
+    ident = csvfiles.Identifier
+    cells = [
+        ident("+5511987654321"),  # Excel: 5,51199E+12, the + gone
+        ident("5511987654321"),
+        ident("000123"),  # a ref: its zeros gone
+        ident("+55 (11) x"),  # a raw phone starting with +: not a formula either
+        ident("C0000042"),  # text already
+        ident("-12"),  # like a formula: made inert as any text is
+        ident("erased"),
+        "+5511987654321",  # not an identifier: written as it is
+    ]
+    assert [csvfiles.cell(v, fmt, zone) for v in cells] == [
+        "\u2060+5511987654321",
+        "\u20605511987654321",
+        "\u2060000123",
+        "\u2060+55 (11) x",
+        "C0000042",
+        "'-12",
+        "erased",
+        "+5511987654321",
+    ]
+    assert unicodedata.category(csvfiles.KEEP_AS_TEXT) == "Cf"  # a format char: not shown
+    assert not csvfiles.KEEP_AS_TEXT.isspace()  # nothing trims it away
+
+
+def test_an_exported_phone_imports_back_as_an_opt_out(client, campaign, login_as):
+    (row,) = read(export(client, campaign, PT_BR), ";", list(recipients.RECIPIENT_CSV_COLUMNS))
+    login_as(Role.SUPERVISOR)
+    response = upload(client, f"telefone;motivo\n{row['phone']};pediu\n".encode())
+    assert "1 added, 0 already on the list, 0 invalid" in response.get_data(as_text=True)
+    assert reasons() == {"+5511987654321": "pediu"}
+
+
+@pytest.mark.parametrize(
+    ("name", "filename", "utf8"),
+    [
+        ("Promoção de Natal", "promocao-de-natal", "promocao-de-natal"),
+        ("  BLACK   Friday!! 50% off ", "black-friday-50-off", "black-friday-50-off"),
+        ("Ação_São-João / 2026", "acao-sao-joao-2026", "acao-sao-joao-2026"),
+        # Another script: the ASCII name falls back to the campaign's id, the UTF-8 one
+        # keeps its letters.
+        ("Акция Зима", "campaign-{id}", "%D0%B0%D0%BA%D1%86%D0%B8%D1%8F-%D0%B7%D0%B8%D0%BC%D0%B0"),
+        ("🎄🎁", "campaign-{id}", "campaign-{id}"),
+    ],
+)
+def test_the_file_is_named_after_the_campaign_and_the_day(client, campaign, name, filename, utf8):
+    campaign.name = name
+    db.session.commit()
+    response = client.get(f"/campaigns/{campaign.id}/recipients.csv", headers=PT_BR)
+    assert response.status_code == 200
+    response.close()
+    today = datetime.now(ZoneInfo("America/Sao_Paulo")).date().isoformat()
+    filename, utf8 = (part.format(id=campaign.id) for part in (filename, utf8))
+    assert response.headers["Content-Disposition"] == (
+        f"attachment; filename=\"{filename}-{today}.csv\"; filename*=UTF-8''{utf8}-{today}.csv"
+    )
+
+
+def test_the_day_in_the_name_is_the_readers(client, campaign, monkeypatch):
+    class At2UtcOnTheFifth(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 5, 2, 0, tzinfo=UTC).astimezone(tz)
+
+    monkeypatch.setattr(campaign_views, "datetime", At2UtcOnTheFifth)
+    response = client.get(f"/campaigns/{campaign.id}/recipients.csv")
+    response.close()
+    # Still 4 December in São Paulo (23:00), where the reader is.
+    assert 'filename="natal-2026-12-04.csv"' in response.headers["Content-Disposition"]
 
 
 def test_the_format_follows_the_language_outside_a_page(app):

@@ -101,6 +101,17 @@ def purchased_within(days: int) -> Callable[[dict], bool]:
 FILTER_CASES = [
     ({"city": "são PAULO"}, lambda c: c["city"] == "São Paulo"),
     ({"city": "Niterói"}, lambda c: c["city"] == "Niterói"),
+    # Typed without accents, in any case, with stray spaces: the same city.
+    ({"city": "sao paulo"}, lambda c: c["city"] == "São Paulo"),
+    ({"city": "  NITEROI "}, lambda c: c["city"] == "Niterói"),
+    ({"city": "Florianopolis"}, lambda c: c["city"] == "Florianópolis"),
+    ({"city": "brasília"}, lambda c: c["city"] == "Brasília"),
+    ({"city": "Sao  Paulo"}, lambda c: c["city"] == "São Paulo"),
+    # Written decomposed (o + U+0301, as macOS may send it): the same letter.
+    ({"city": "Niteroi\u0301"}, lambda c: c["city"] == "Niterói"),
+    # Accents are ignored, not letters: "Sã" is no city; a bare mark is no filter-all.
+    ({"city": "Sã"}, lambda c: False),
+    ({"city": "\u0301"}, lambda c: False),
     ({"city": "Atlantis"}, lambda c: False),
     ({"state": "rj"}, lambda c: c["state"] == "RJ"),
     ({"state": "AC"}, lambda c: False),

@@ -21,6 +21,10 @@ from campaigns.phones import is_known_region, normalise
         ("0055 11 98765 4321", "+5511987654321"),
         ("+55\u00a011\u00a098765\u20134321", "+5511987654321"),
         ("+55 11 98765 4321\n", "+5511987654321"),
+        # Invisible format characters a copied number carries: the CSV export's word
+        # joiner, a direction mark, a zero-width space, a byte order mark.
+        ("\u2060+5511987654321", "+5511987654321"),
+        ("\u200e(11) 98765\u200b-4321\ufeff", "+5511987654321"),
         ("11 3456-7890", "+551134567890"),
         ("+55 11 4000-0000", "+551140000000"),
         ("55 98765 4321", "+5555987654321"),

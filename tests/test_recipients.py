@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
+from datetime import datetime
 from itertools import count
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -56,7 +60,7 @@ def add(
         ref = next(_refs)
         message = Message(
             campaign_id=campaign.id,
-            customer_ref=f"C{ref}",
+            customer_ref=columns.pop("customer_ref", f"C{ref}"),
             phone=phone or f"+55119{ref:08d}",
             customer_data={"name": name or f"Customer {ref}", "city": "Santos"},
             status=status,
@@ -134,15 +138,144 @@ def test_search_by_phone_digits_name_or_customer_ref(client, campaign, viewer):
     base = f"/campaigns/{campaign.id}/recipients"
     by_phone = fragment(client, f"{base}?q=(11) 98765")
     assert shown_ids(by_phone) == [ana]
-    assert "recipients ·" not in by_phone  # a search is not counted
+    assert "1 of 5 recipients matches" in by_phone  # a search says what it found of how many
     assert shown_ids(fragment(client, f"{base}?q=souza")) == [ana]
     # % and _ are taken literally, not as ILIKE wildcards.
     assert shown_ids(fragment(client, f"{base}?q=%25")) == [ze]
     assert shown_ids(fragment(client, f"{base}?q=_")) == [ze]
     ref = db.session.get(Message, ana).customer_ref
     assert shown_ids(fragment(client, f"{base}?q={ref}")) == [ana]
+    assert shown_ids(fragment(client, f"{base}?q={ref.lower()}")) == [ana]  # any case
     assert shown_ids(fragment(client, f"{base}?q=zé&status=pending")) == []
     assert "No recipient matches." in fragment(client, f"{base}?q=nobody")
+
+
+def test_search_ignores_accents_and_case_both_ways(client, campaign, viewer):
+    [vitoria] = add(campaign, name="Vitória Araújo")
+    [joao] = add(campaign, MessageStatus.FAILED, name="JOAO CONCEICAO")  # typed without accents
+    [jose] = add(campaign, name="Jose\u0301 Ma\u0301rio")  # stored decomposed (e + U+0301)
+    [ref_case] = add(campaign, name="Nobody", customer_ref="erp-00042x")
+    add(campaign, n=3)
+    base = f"/campaigns/{campaign.id}/recipients"
+
+    def found(q: str, status: str = "") -> list[int]:
+        return shown_ids(fragment(client, f"{base}?q={quote(q)}&status={status}"))
+
+    for q in ("Vitoria", "VITÓRIA", "vitória araujo", "ARAUJO", "  vitoria   araújo "):
+        assert found(q) == [vitoria], q
+    for q in ("João", "conceição", "joão conceição", "JOAO"):
+        assert found(q) == [joao], q
+    for q in ("josé", "jose mario", "JOSÉ MÁRIO"):
+        assert found(q) == [jose], q
+    assert found("ERP-00042X") == [ref_case]
+    assert found("00042") == [ref_case]  # part of a ref, as the operator types it
+    assert found("joão", "failed") == [joao]
+    assert found("joão", "pending") == []
+    # The search's own accents are ignored too; its letters are not.
+    assert found("vítoriá araujõ") == [vitoria]
+    assert found("vitorja") == [] and found("joaoo") == []
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "\\",
+        "(",
+        "[",
+        "]",
+        "*",
+        "+",
+        "?",
+        "{1,2}",
+        "a{",
+        "\\d",
+        "$",
+        "^",
+        "|",
+        ".",
+        "(?i)",
+        "🎄",
+        "ø",
+        "x" * 500,
+        "[[:alpha:]]",
+        "\\m",
+        "a\\",
+    ],
+)
+def test_any_search_text_is_taken_literally(client, campaign, viewer, q):
+    [odd] = add(campaign, name=f"Odd {q[:100]} name")
+    add(campaign, name="Plain")
+    html = fragment(client, f"/campaigns/{campaign.id}/recipients?q={quote(q)}")
+    # What was typed is found as typed, and is no pattern matching anything else.
+    assert shown_ids(html) == [odd]
+
+
+def test_an_accent_alone_searches_nothing(client, campaign, viewer):
+    everyone = add(campaign, n=2)
+    html = fragment(client, f"/campaigns/{campaign.id}/recipients?q=%CC%81")  # U+0301
+    assert shown_ids(html) == everyone and ">2 recipients</span>" in html
+
+
+def test_the_search_says_how_many_it_found_of_how_many(client, campaign, viewer):
+    add(campaign, MessageStatus.FAILED, 2, name="Márcia Lima")
+    add(campaign, MessageStatus.SENT, 1, name="Marcia Souza")
+    add(campaign, MessageStatus.SENT, 4, name="Pedro")
+    base = f"/campaigns/{campaign.id}/recipients"
+    html = fragment(client, f"{base}?q=marcia")
+    assert len(shown_ids(html)) == 3
+    assert "<strong>3 of 7 recipients match</strong>" in html
+    assert "<strong>1 of 5 recipients matches</strong>" in fragment(
+        client, f"{base}?q=souza&status=sent"
+    )
+    assert "0 of 7 recipients match" in fragment(client, f"{base}?q=nobody")
+    # Without a search, the total alone, as before.
+    plain = fragment(client, f"{base}?status=failed")
+    assert ">2 recipients</span>" in plain and " of " not in plain.split("<table>")[0]
+    # The box searches as the operator types, and at once on Enter or when cleared.
+    assert (
+        "input changed delay:300ms from:find input[name=q], search from:find input[name=q]" in html
+    )
+
+
+def test_a_search_over_a_100k_message_campaign(client, campaign, viewer):
+    """A measurement: prints how long the first page of a search (rows and count) takes;
+    the time is not asserted (a shared machine), the answer is."""
+    n = 100_000
+    names = ["Vitória Araújo", "João Silva", "Ana Souza", "José Lima", "Márcia Gonçalves"]
+    db.session.execute(
+        sa.text(
+            "INSERT INTO messages (campaign_id, customer_ref, phone, customer_data, status)"
+            " SELECT :c, 'C' || lpad(i::text, 7, '0'), '+55119' || lpad(i::text, 8, '0'),"
+            " jsonb_build_object('name', (CAST(:names AS text[]))[1 + i % 5] || ' ' || i),"
+            " 'pending' FROM generate_series(1, :n) AS i"
+        ),
+        {"c": campaign.id, "n": n, "names": names},
+    )
+    counters.apply(db.session, campaign.id, {"total": n, "pending": n})
+    db.session.commit()
+    db.session.execute(sa.text("ANALYZE messages"))
+    db.session.commit()
+    base = f"/campaigns/{campaign.id}/recipients"
+    figures = {}
+    fragment(client, base)
+    started = time.perf_counter()
+    fragment(client, base)
+    figures["(no search)"] = (time.perf_counter() - started) * 1000
+    for q, found in (
+        ("vitoria araujo", n // 5),  # common: the page fills at once, the count reads all
+        ("C0099999", 1),  # rare: both read every row of the campaign
+        ("zzz", 0),
+    ):
+        fragment(client, f"{base}?q={quote(q)}")  # warm
+        started = time.perf_counter()
+        html = fragment(client, f"{base}?q={quote(q)}")
+        figures[q] = (time.perf_counter() - started) * 1000
+        verb = "matches" if found == 1 else "match"
+        assert f"{found:,} of {n:,} recipients {verb}" in html
+    print(
+        f"\nsearch over {n:,} messages, first page and count: "
+        + ", ".join(f"{q!r} {ms:.0f} ms" for q, ms in figures.items())
+    )
 
 
 def test_keyset_pages_have_no_overlap_and_no_gap_even_with_inserts(client, campaign, viewer):
@@ -182,10 +315,13 @@ def test_keyset_pages_keep_the_filter_and_the_search(client, campaign, viewer):
         wanted += add(campaign, MessageStatus.FAILED, name="Maria")
         add(campaign, MessageStatus.FAILED, name="Pedro")
         add(campaign, MessageStatus.SENT, name="Maria")
-    page_one = fragment(client, f"/campaigns/{campaign.id}/recipients?status=failed&q=maria")
+    page_one = fragment(client, f"/campaigns/{campaign.id}/recipients?status=failed&q=MARÍA")
+    # Counted over every page, not the first one's 50 rows.
+    assert "60 of 120 recipients match" in page_one
     more = next_rows_url(page_one)
-    assert "status=failed" in more and "q=maria" in more
+    assert "status=failed" in more and "q=MAR%C3%8DA" in more
     page_two = fragment(client, more)
+    assert " of " not in page_two  # "load more" brings rows only
     assert shown_ids(page_one) + shown_ids(page_two) == wanted
     assert next_rows_url(page_two) is None
 
@@ -222,8 +358,10 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     response = client.get(f"/campaigns/{campaign.id}/recipients.csv")
     assert response.status_code == 200 and response.is_streamed
     assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    # Named after the campaign ("Recipients") and the day where the reader is.
+    today = datetime.now(ZoneInfo("America/Sao_Paulo")).date().isoformat()
     assert response.headers["Content-Disposition"] == (
-        f'attachment; filename="campaign-{campaign.id}-recipients.csv"'
+        f"attachment; filename=\"recipients-{today}.csv\"; filename*=UTF-8''recipients-{today}.csv"
     )
     body = response.get_data().decode("utf-8")
     assert body.startswith("\ufeff")
@@ -251,7 +389,8 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     assert failed["name"] == 'Ana "Aninha", Souza'
     assert failed["error_message"] == "Undeliverable,\nline two"
     assert (failed["status"], failed["error_code"]) == ("Failed", "131026")  # its label
-    assert failed["phone"].startswith("+55")  # a phone is not mistaken for a formula
+    # A phone is neither a formula nor a number: after a word joiner, a spreadsheet keeps it.
+    assert failed["phone"].startswith(csvfiles.KEEP_AS_TEXT + "+55")
     assert read["name"] == '\'=HYPERLINK("http://x")'  # would run in a spreadsheet
     assert read["provider_message_id"] == "wamid.1" and read["sent_at"] == ""
     assert (skipped["name"], skipped["phone"]) == ("João", "'-12")

@@ -581,7 +581,7 @@ def campaign_recipient_rows(campaign_id: int) -> str:
 def campaign_recipients_csv(campaign_id: int) -> Response:
     """Every recipient as CSV, streamed as it is read (a million rows never sit in memory),
     in the reader's spreadsheet format or the one ``?format=`` names (csvfiles)."""
-    _campaign_or_404(campaign_id)
+    campaign = _campaign_or_404(campaign_id)
     fmt = csvfiles.chosen_format(request.args.get("format"))
     zone = current_zone()
     chunks = csvfiles.chunks(
@@ -590,11 +590,14 @@ def campaign_recipients_csv(campaign_id: int) -> Response:
         fmt,
         zone,
     )
-    filename = f"campaign-{campaign_id}-recipients.csv"
+    # The campaign's name and today's date where the reader is: promocao-de-natal-2026-12-04.csv
+    disposition = csvfiles.content_disposition(
+        campaign.name, datetime.now(zone).date(), fallback=f"campaign-{campaign_id}"
+    )
     return Response(
         stream_with_context(chunks),
         mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": disposition},
     )
 
 

@@ -147,7 +147,7 @@ def test_pages_show_the_status_word_not_its_value(
     assert f'<small class="badge badge-{status.value}">{word}</small>' in page
     assert f">{status.value}<" not in page
     # The nav names the reader's role by its word.
-    assert "· Viewer</small>" in page
+    assert "· Viewer</li>" in page
 
 
 def test_the_campaign_page_writes_numbers_the_readers_way(app, user_factory):

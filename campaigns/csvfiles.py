@@ -91,6 +91,9 @@ def offered_formats() -> list[CsvFormat]:
     return [own, *(fmt for fmt in FORMATS.values() if fmt is not own)]
 
 
+NUMBER_LIKE = re.compile(r"\+?[0-9]+")
+
+
 def cell(value: object, fmt: CsvFormat, zone: ZoneInfo) -> str:
     """One value as text: times in ``zone``, decimals with the format's mark, and text a
     spreadsheet would run as a formula made inert."""
@@ -107,7 +110,9 @@ def cell(value: object, fmt: CsvFormat, zone: ZoneInfo) -> str:
     if isinstance(value, int):
         return str(value)
     text = str(value)
-    if isinstance(value, Identifier) and text[:1] in ("+", *"0123456789"):
+    # Only a number-like identifier (a phone, a numeric ref) is kept as text this way:
+    # anything else still meets the formula check below, whatever it starts with.
+    if isinstance(value, Identifier) and NUMBER_LIKE.fullmatch(text):
         return KEEP_AS_TEXT + text
     # A spreadsheet runs a cell that starts like a formula; names and error texts
     # come from outside (the ERP, WhatsApp). A +<digits> phone is only a number.

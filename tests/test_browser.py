@@ -86,6 +86,22 @@ def sign_in(page, live_server: str, user) -> None:
     page.wait_for_selector("h1:has-text('Dashboard')")
 
 
+def fill_campaign_form(page, name: str, coupon: str, audience: int) -> None:
+    """The new-campaign form for the demo's promo_weekend, as an operator fills it: SP's
+    customers, at most ``audience`` of them, the two fixed values typed."""
+    page.fill("input[name=name]", name)
+    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
+    page.wait_for_selector("select[name='var.first_name.source']")  # htmx swapped the mapping in
+    page.select_option("select[name='var.first_name.source']", "first_name")
+    page.select_option("select[name='var.city.source']", "city")
+    for variable, text in (("discount", "10%"), ("coupon", coupon)):
+        page.select_option(f"select[name='var.{variable}.source']", "text")
+        page.fill(f"input[name='var.{variable}.text']", text)
+    page.fill("input[name='segment.state']", "SP")
+    page.fill("input[name='segment.max_audience']", str(audience))
+    page.uncheck("input[name='segment.opted_in_only']")
+
+
 def test_sign_in_see_the_dashboard_and_sign_out(app, live_server, page, user_factory):
     app.config["WTF_CSRF_ENABLED"] = True  # the real thing, as a browser meets it
     user = user_factory(Role.SUPERVISOR)
@@ -133,17 +149,7 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     sign_in(page, live_server, user)
 
     page.goto(f"{live_server}/campaigns/new")
-    page.fill("input[name=name]", "Browser run")
-    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
-    page.wait_for_selector("select[name='var.first_name.source']")  # htmx swapped the mapping in
-    page.select_option("select[name='var.first_name.source']", "first_name")
-    page.select_option("select[name='var.city.source']", "city")
-    for name, text in (("discount", "10%"), ("coupon", "WEB")):
-        page.select_option(f"select[name='var.{name}.source']", "text")
-        page.fill(f"input[name='var.{name}.text']", text)
-    page.fill("input[name='segment.state']", "SP")
-    page.fill("input[name='segment.max_audience']", "6")
-    page.uncheck("input[name='segment.opted_in_only']")
+    fill_campaign_form(page, "Browser run", "WEB", 6)
     # The owner's cap and the sender's limits show by the sender, before anything is sent.
     hint = page.inner_text("label:has(select[name=sender_id]) small")
     assert "Your campaigns send at most 100 messages a minute" in hint
@@ -411,19 +417,9 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
 
     page.goto(f"{live_server}/campaigns/new")
     check("new campaign")
-    page.fill("input[name=name]", "Promoção de Natal")
-    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
-    page.wait_for_selector("select[name='var.first_name.source']")
+    fill_campaign_form(page, "Promoção de Natal", "NATAL", 6)
     check("new campaign with its variables")
-    page.select_option("select[name='var.first_name.source']", "first_name")
-    page.select_option("select[name='var.city.source']", "city")
-    for name, text in (("discount", "10%"), ("coupon", "NATAL")):
-        page.select_option(f"select[name='var.{name}.source']", "text")
-        page.fill(f"input[name='var.{name}.text']", text)
-    page.fill("input[name='segment.state']", "SP")
-    page.fill("input[name='segment.max_audience']", "6")
     page.fill("input[name='segment.min_total_spent']", "1,00")  # typed the Brazilian way
-    page.uncheck("input[name='segment.opted_in_only']")
     page.click("button:has-text('Salvar rascunho')")
     page.wait_for_selector("h1:has-text('Promoção de Natal')")
     check("draft")

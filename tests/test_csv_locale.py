@@ -144,15 +144,17 @@ def test_decimals_take_the_formats_mark_and_text_is_kept_inert():
 
 @pytest.mark.parametrize("fmt", [csvfiles.EXCEL_BR, csvfiles.STANDARD])
 def test_phones_and_refs_stay_text_in_a_spreadsheet(fmt):
-    """A value that starts like a number, in a column of identifiers, follows an invisible
-    word joiner, which no spreadsheet reads as a number or a formula; text does not."""
+    """A number-like value (digits, maybe after +) in a column of identifiers follows an
+    invisible word joiner, which no spreadsheet reads as a number; anything else meets
+    the formula check, so a ref like +HYPERLINK(…) is still made inert."""
     zone = ZoneInfo("America/Sao_Paulo")
     ident = csvfiles.Identifier
     cells = [
         ident("+5511987654321"),  # Excel: 5,51199E+12, the + gone
         ident("5511987654321"),
         ident("000123"),  # a ref: its zeros gone
-        ident("+55 (11) x"),  # a raw phone starting with +: not a formula either
+        ident("+55 (11) x"),  # a raw phone, not only digits: made inert like any text
+        ident('+HYPERLINK("http://x","y")'),  # an ERP's ref may be anything
         ident("C0000042"),  # text already
         ident("-12"),  # like a formula: made inert as any text is
         ident("erased"),
@@ -162,7 +164,8 @@ def test_phones_and_refs_stay_text_in_a_spreadsheet(fmt):
         "\u2060+5511987654321",
         "\u20605511987654321",
         "\u2060000123",
-        "\u2060+55 (11) x",
+        "'+55 (11) x",
+        '\'+HYPERLINK("http://x","y")',
         "C0000042",
         "'-12",
         "erased",

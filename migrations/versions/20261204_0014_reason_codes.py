@@ -99,6 +99,15 @@ LATER = {
     "erp_bad_cursor": "The ERP's next cursor is not a string.",
     "erp_same_cursor": "The ERP returned the same cursor twice.",
     "erp_no_tags": "The ERP's tags answer has no list of tags.",
+    "campaign_paused_by_hand": (
+        "Campaign “%(name)s” was paused by an operator; it sends again once resumed."
+    ),
+    "campaign_cancelled": "Campaign “%(name)s” was cancelled: %(sent)s sent, %(cancelled)s not sent.",
+    "template_approved": (
+        "Template “%(name)s” (%(language)s) was approved: campaigns can use it now."
+    ),
+    "template_rejected": "Template “%(name)s” (%(language)s) was rejected.",
+    "template_rejected_why": "Template “%(name)s” (%(language)s) was rejected: %(reason)s",
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

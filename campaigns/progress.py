@@ -26,10 +26,9 @@ from campaigns.models import (
 LIVE_BEFORE_START = timedelta(minutes=5)
 
 
-# Until a campaign has sent for this long, and this many messages in the last minute, its
-# rate is not measured yet: the ETA comes from the limits (the pace) alone.
+# Until a campaign has sent for this long its rate is not measured yet: the ETA comes from
+# the limits (the pace) alone. After it, the measured rate (none: no ETA, it stalled).
 MEASURED_AFTER_SECONDS = 30
-MEASURED_AFTER_SENDS = 5
 
 
 # Delivered/read webhooks keep arriving after completion; the page follows them this long.
@@ -103,25 +102,24 @@ class Progress:
     @property
     def measured_per_minute(self) -> float | None:
         """Sends per minute over the last minute (or since the start, within its first
-        minute); None until there is a rate to measure (MEASURED_AFTER_*)."""
+        minute); None in the first MEASURED_AFTER_SECONDS, when there is no rate to
+        measure yet. After that it is what was measured, 0 for a campaign that stalled."""
         elapsed = self.elapsed_seconds
-        if (
-            elapsed is None
-            or elapsed < MEASURED_AFTER_SECONDS
-            or self.sent_last_minute < MEASURED_AFTER_SENDS
-        ):
+        if elapsed is None or elapsed < MEASURED_AFTER_SECONDS:
             return None
         return self.sent_last_minute * 60.0 / min(60.0, elapsed)
 
     @property
     def eta_from_limits(self) -> bool:
-        """The ETA is the limits' alone: no rate measured yet."""
-        return self.measured_per_minute is None
+        """The ETA shown is the limits' alone (no rate measured yet); False with no ETA."""
+        return self.eta_seconds is not None and self.measured_per_minute is None
 
     @property
     def eta_seconds(self) -> float | None:
         """Remaining ÷ min(measured throughput, what the limits allow); from the limits
-        alone until a rate is measured. None when not sending or nothing remains."""
+        alone until a rate is measured. None when not sending, nothing remains, or nothing
+        went out in the last minute (stalled: no worker, WhatsApp holding it back), rather
+        than an optimistic figure."""
         if self.status is not CampaignStatus.SENDING or not self.in_flight:
             return None
         measured = self.measured_per_minute

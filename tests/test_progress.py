@@ -340,8 +340,13 @@ def test_the_eta_comes_from_the_limits_until_a_rate_is_measured():
     # Two seconds in, two sent: the owner's 100/min (61 s counted), not 300 ÷ 2/min.
     early = progress(2, 2, in_flight=298)
     assert early.eta_from_limits and early.eta_seconds == pytest.approx(298 * 0.61)
-    # A handful of sends is not a rate either, even later.
-    assert progress(45, 3).eta_from_limits
+    # Later, what was measured, however slow: 3 in 45 s is 4/min, not the limits' 100.
+    slow = progress(45, 3)
+    assert not slow.eta_from_limits and slow.eta_seconds == pytest.approx(300 / 4 * 60)
+    # Nothing went out in the last minute (no worker, WhatsApp holding it): no ETA rather
+    # than an optimistic one, and not said to come from the limits.
+    stalled = progress(300, 0)
+    assert stalled.eta_seconds is None and not stalled.eta_from_limits
     # Measured: 40 in the first 45 s is 53.3/min, slower than the limits allow.
     measured = progress(45, 40, in_flight=260)
     assert not measured.eta_from_limits

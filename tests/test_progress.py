@@ -307,6 +307,19 @@ def test_the_poll_brings_the_errors_and_the_recipients_that_moved(
         f"/campaigns/{campaign.id}/progress?shown=sending&errors={skipped + 3}", headers=HX
     ).get_data(as_text=True)
     assert "-errors" not in again  # unchanged: the breakdown is not read again
+    # Drawn a moment ago, a moved figure waits for the next refresh (10 s): a failing
+    # campaign's poll does not read the breakdown every 2 s.
+    assert "errors_at=" in root  # when the section was drawn
+    fresh = int(datetime.now(UTC).timestamp())
+    soon = client.get(
+        f"/campaigns/{campaign.id}/progress?shown=sending&errors=0&errors_at={fresh}", headers=HX
+    ).get_data(as_text=True)
+    assert "-errors" not in soon and "errors=0" in _root(soon)  # still the figure shown
+    later = client.get(
+        f"/campaigns/{campaign.id}/progress?shown=sending&errors=0&errors_at={fresh - 11}",
+        headers=HX,
+    ).get_data(as_text=True)
+    assert _oob_root(later, f"campaign-{campaign.id}-errors")
 
 
 def test_the_eta_comes_from_the_limits_until_a_rate_is_measured():

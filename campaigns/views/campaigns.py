@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -363,6 +363,9 @@ def campaign_progress(campaign_id: int):
     return trigger(response, CAMPAIGN_CHANGED) if changed else response
 
 
+ERRORS_REFRESH_SECONDS = 10
+
+
 def _sections_behind(campaign: Campaign, progress: Progress) -> dict[str, Any]:
     """What the progress answer brings out of band besides itself, from what the poll says
     the page shows: the Errors section when the failed and skipped figures moved since it
@@ -371,12 +374,25 @@ def _sections_behind(campaign: Campaign, progress: Progress) -> dict[str, Any]:
     ``status``, ``q``: the table's own fields). The counters decide (O(1)); the breakdown
     and the first page are read only when they changed."""
     context: dict[str, Any] = {}
+    # The section's figure and when it was drawn ride in the poll's URL: the breakdown
+    # (a GROUP BY over the failed and skipped rows) is read again when the figure moved,
+    # at most every ERRORS_REFRESH_SECONDS, not on every poll of a failing campaign.
     errors_shown = request.args.get("errors", type=int)
-    if errors_shown is not None and errors_shown != progress.failed + progress.skipped:
+    errors_at = request.args.get("errors_at", type=int)
+    now = int((progress.read_at or datetime.now(UTC)).timestamp())
+    current = progress.failed + progress.skipped
+    context |= {"errors_count": errors_shown, "errors_at": errors_at}
+    if (
+        errors_shown is not None
+        and errors_shown != current
+        and (errors_at is None or not 0 <= now - errors_at < ERRORS_REFRESH_SECONDS)
+    ):
         context |= {
             "breakdown": recipients.error_breakdown(campaign.id),
             "can_retry": _can_retry(campaign),
             "errors_oob": True,
+            "errors_count": current,
+            "errors_at": now,
         }
     listed = request.args.get("listed", type=int)
     filters = recipients.RecipientFilters.from_args(request.args)

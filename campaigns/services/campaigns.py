@@ -85,10 +85,17 @@ def refusal(action: str, status: CampaignStatus) -> str:
     return str(REFUSALS[action]) % {"status": label(status)}
 
 
-# A test message shows what the campaign will send: offered until it can send no more. A
-# cancelled, failed or completed campaign never sends again (its copy, a draft, can test).
+# A test message shows what the campaign will send: offered while it may still send. A
+# completed campaign may ("retry failed" sends its failures again, and the operator may
+# test first); a cancelled or failed one never sends again (its copy, a draft, can test).
 TEST_SEND_STATUSES = frozenset(
-    {CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED}
+    {
+        CampaignStatus.DRAFT,
+        CampaignStatus.SCHEDULED,
+        CampaignStatus.SENDING,
+        CampaignStatus.PAUSED,
+        CampaignStatus.COMPLETED,
+    }
 )
 
 

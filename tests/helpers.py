@@ -81,6 +81,22 @@ def migrate_to(url: str, revision: str = "head") -> None:
         db.engine.dispose()
 
 
+def demo_campaign_at(revision: str) -> tuple[int, int]:
+    """In the app context of an empty database: a demo campaign and its owner made by
+    today's models at the head, then the schema stepped back to ``revision`` (a
+    migration test's starting rows); the owner's and the campaign's ids."""
+    from flask_migrate import downgrade, upgrade
+
+    upgrade()
+    owner = User(email="owner@example.com", password_hash="x")
+    db.session.add(owner)
+    db.session.commit()
+    owner_id, campaign_id = owner.id, demo_campaign(owner.id).id
+    db.session.remove()
+    downgrade(revision=revision)
+    return owner_id, campaign_id
+
+
 @contextmanager
 def scratch_app(
     server_url: str, template_database: str, name: str, **config: Any

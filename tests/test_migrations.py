@@ -178,20 +178,12 @@ OLD_OPT_OUTS = [
 def test_0014_reads_old_sentences_into_codes_and_its_downgrade_writes_them_back(
     empty_database_url,
 ):
-    from campaigns.models import User
-    from tests.helpers import demo_campaign
+    from tests.helpers import demo_campaign_at
 
     app = make_app(empty_database_url)
     with app.app_context():
         # Today's models write the base rows at the head; then back to the revision before.
-        upgrade()
-        owner = User(email="owner@example.com", password_hash="x")
-        db.session.add(owner)
-        db.session.commit()
-        base = demo_campaign(owner.id).id
-        owner_id = owner.id
-        db.session.remove()
-        downgrade(revision="0014-1")
+        owner_id, base = demo_campaign_at("0014-1")
 
         with psycopg.connect(empty_database_url) as conn:
             conn.execute("DELETE FROM campaign_activity")

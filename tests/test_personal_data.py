@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from flask_migrate import downgrade, upgrade
+from flask_migrate import downgrade
 
 from app import db
 from campaigns import campaign_states, config, counters, fanout, message_states
@@ -25,12 +25,11 @@ from campaigns.models import (
     MessageStatus,
     Role,
     Suppression,
-    User,
 )
 from campaigns.reasons import TEST_PHONE, Reason
 from campaigns.services import ServiceError, personal_data
 from campaigns.services.suppressions import is_suppressed, phone_hash, suppress_quietly
-from tests.helpers import assert_counters_match_rows, demo_campaign, make_app
+from tests.helpers import assert_counters_match_rows, demo_campaign, demo_campaign_at, make_app
 
 S = MessageStatus
 ANA = "+5511987650001"
@@ -388,13 +387,7 @@ def test_0012_downgrade_keeps_erased_rows_valid_and_drops_hash_only_opt_outs(emp
     app = make_app(empty_database_url)
     with app.app_context():
         # The rows are made with today's models, then the schema goes back to 0012.
-        upgrade()
-        owner = User(email="owner@example.com", password_hash="x")
-        db.session.add(owner)
-        db.session.commit()
-        campaign_id = demo_campaign(owner.id).id
-        db.session.remove()
-        downgrade(revision="0012")
+        _owner_id, campaign_id = demo_campaign_at("0012")
         with psycopg.connect(empty_database_url) as conn:
             conn.execute(
                 "INSERT INTO suppressions (phone, phone_hash, reason, source) VALUES"

@@ -523,13 +523,17 @@ def _timezone(name: str, default: str) -> str:
     return value
 
 
+# The interface's languages, as Babel names them (the first is the source language):
+# here, where DEFAULT_LOCALE is checked, and campaigns/i18n.py's for the rest.
+LOCALES = ("en", "pt_BR")
+
+
 def _locale(name: str, default: str) -> str:
     """The interface's fallback language: one the catalogues hold (campaigns/i18n.py)."""
     raw = os.environ.get(name, "").strip()
     value = raw.replace("-", "_") or default
-    known = ("en", "pt_BR")  # i18n.LOCALES; config imports nothing of Flask-Babel
-    if value not in known:
-        raise ConfigError(f"{name} must be one of {', '.join(known)}, not {raw!r}")
+    if value not in LOCALES:
+        raise ConfigError(f"{name} must be one of {', '.join(LOCALES)}, not {raw!r}")
     return value
 
 

@@ -43,6 +43,8 @@ from flask_babel import lazy_pgettext as _lp
 from flask_babel import ngettext as ngettext
 from flask_login import current_user
 
+from campaigns.config import LOCALES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -59,8 +61,6 @@ __all__ = [
     "parse_amount",
 ]
 
-# The interface's languages, as Babel names them (the first is the source language).
-LOCALES = ("en", "pt_BR")
 LOCALE_NAMES = {"en": "English", "pt_BR": "Português (Brasil)"}
 API_PREFIX = "/api/"
 # The catalogues: messages.pot extracted from the code (babel.cfg), one .po per

@@ -222,9 +222,7 @@ def test_an_invalid_encryption_key_is_refused_without_repeating_it(env, raw):
     env.setenv("DISPARO_ENCRYPTION_KEY", raw)
     with pytest.raises(ConfigError, match="DISPARO_ENCRYPTION_KEY is not valid") as caught:
         config.load_settings()
-    assert "neither a Fernet key nor a random secret of at least 32 characters" in str(
-        caught.value
-    )
+    assert "neither a Fernet key nor a random secret of at least 32 characters" in str(caught.value)
     assert raw.strip(",") not in str(caught.value)
 
 

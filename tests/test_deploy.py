@@ -446,10 +446,12 @@ def test_a_buildpack_deploy_sends_a_campaign(scratch_database):
                     response = requests.get(f"{base}/healthz", timeout=5)
                 except requests.ConnectionError:
                     return None  # gunicorn still starting
-                return response.json() if response.status_code == 200 else None
+                body = response.json()
+                # 200 from the first heartbeat on; both workers' are awaited.
+                return body if response.status_code == 200 and body["live_workers"] == 2 else None
 
-            health = until(healthy, 90, "/healthz answering 200", deployment)
-            assert health["live_workers"] == 2 and health["undecryptable_secrets"] == 0
+            health = until(healthy, 90, "/healthz 200 with both workers", deployment)
+            assert health["migrations_at_head"] and health["undecryptable_secrets"] == 0
 
             # The first admin, as the README says; the token is the output's last line.
             output = deployment.run(

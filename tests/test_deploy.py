@@ -267,6 +267,7 @@ class Deployment:
     env: dict[str, str]
     logs: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    stopped: bool = False
 
     def run(self, name: str, command: str, stdin: str = "", timeout: float = 300) -> str:
         """One command through ``bash -c`` in the app's directory, as a one-off dyno; its
@@ -312,7 +313,11 @@ class Deployment:
         )
 
     def stop(self) -> None:
-        """SIGTERM to every process group, as the platform stops dynos; SIGKILL after 30 s."""
+        """SIGTERM to every process group, as the platform stops dynos; SIGKILL after 30 s.
+        Once: a group already reaped is never signalled again."""
+        if self.stopped:
+            return
+        self.stopped = True
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -378,8 +383,8 @@ def build(app_dir: Path) -> Path:
 
 
 def app_json_config(given: dict[str, str]) -> dict[str, str]:
-    """The config vars app.json sets up: values, generated secrets (64 hex digits, as the
-    platform's generator), and the required ones an operator types (``given``)."""
+    """The config vars app.json sets up: values, generated secrets (64 random hex digits),
+    and the required ones an operator types (``given``)."""
     values = {}
     for name, spec in APP_JSON["env"].items():
         if "value" in spec:

@@ -42,7 +42,7 @@ MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
 REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "DISPARO_ENCRYPTION_KEY")
 ENCRYPTION_KEY = "DISPARO_ENCRYPTION_KEY"
 # DISPARO_ENCRYPTION_KEY takes a Fernet key, or any random secret at least this long, from
-# which a Fernet key is derived (what app.json's "generator": "secret" makes: 64 hex digits).
+# which a Fernet key is derived (such as app.json's "generator": "secret" makes).
 MIN_ENCRYPTION_SECRET_LENGTH = 32
 GENERATE_ENCRYPTION_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 WEBHOOK_SECRET_PREFIX = "whsec_"

@@ -212,8 +212,8 @@ def queue_retry_failed(queue: str | None, campaign_id: int | None) -> None:
         # retried after that finds nothing to send. The campaign's own retry sends them.
         click.echo(
             _(
-                "Messages the campaign already failed are sent again from its page:"
-                " Errors, “Retry failed messages”."
+                "Messages the campaign already failed are sent again from its page: the"
+                " Errors section's “Retry … failed messages”."
             )
         )
 

@@ -214,7 +214,7 @@ def test_retry_failed_of_a_campaign_and_a_queueing_lock_that_holds_one_back(runn
     assert "Retried 1 failed job." in result.output
     held = f"1 left failed: a waiting job holds its queueing lock and will run: #{pump}"
     assert held in result.output
-    assert "“Retry failed messages”" in result.output  # the campaign's own retry
+    assert "“Retry … failed messages”" in result.output  # the campaign's own retry
     assert (job_status(mine), job_status(pump), job_status(theirs)) == ("todo", "failed", "failed")
 
 

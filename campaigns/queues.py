@@ -237,7 +237,7 @@ def cancel_waiting_job(session: AnySession, job_id: int) -> None:
 # holds one: it is being fetched, so it is no longer what the filter asked for)
 FAILED_JOB_IDS = sa.text(
     "-- failed jobs of a queue and/or a campaign, in id order from :after_id, locked\n"
-    "SELECT id FROM procrastinate_jobs"
+    "SELECT id, queueing_lock FROM procrastinate_jobs"
     " WHERE status = 'failed' AND id > :after_id"
     " AND (CAST(:queue AS varchar) IS NULL OR queue_name = :queue)"
     " AND (CAST(:campaign_id AS text) IS NULL"
@@ -286,13 +286,27 @@ DELETE_FINISHED_JOBS = sa.text(
 PURGE_BATCH = 1000
 
 
-def failed_job_ids(
+RETRY_JOBS = sa.text(
+    "-- Procrastinate's own retry of each job, in one statement (jobs without a queueing lock)\n"
+    "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)"
+    " FROM unnest(CAST(:job_ids AS bigint[])) AS id"
+)
+
+
+def failed_jobs(
     session: AnySession, queue: str | None, campaign_id: int | None, after_id: int, limit: int
-) -> list[int]:
-    """The next ``limit`` failed jobs (of ``queue``, of ``campaign_id``) after ``after_id``,
-    locked until the caller's transaction ends."""
+) -> list[sa.Row]:
+    """(id, queueing_lock) of the next ``limit`` failed jobs (of ``queue``, of
+    ``campaign_id``) after ``after_id``, locked until the caller's transaction ends."""
     params = {"queue": queue, "campaign_id": campaign_id, "after_id": after_id, "limit": limit}
-    return list(session.execute(FAILED_JOB_IDS, params).scalars())
+    return list(session.execute(FAILED_JOB_IDS, params).all())
+
+
+def retry_jobs_now(session: AnySession, job_ids: Sequence[int]) -> None:
+    """Several failed jobs back to todo, due now: jobs without a queueing lock only (one
+    with a lock may meet a waiting twin: :func:`retry_job_now`, in a savepoint)."""
+    if job_ids:
+        session.execute(RETRY_JOBS, {"job_ids": list(job_ids)})
 
 
 def campaign_waiting_jobs(session: AnySession, campaign_id: int) -> list[sa.Row]:

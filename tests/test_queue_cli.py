@@ -186,12 +186,13 @@ def test_status_says_when_no_worker_runs(runner):
 
 def test_retry_failed_puts_every_failed_job_of_a_queue_back(runner):
     ours = [failed_job(args={"campaign_id": 5, "message_ids": [1]}) for _ in range(3)]
+    ours.append(failed_job(queueing_lock="alone"))  # a lock no waiting job holds
     other = failed_job(task=NOTIFY_TASK, queue=NOTIFICATIONS_QUEUE)
     waiting = defer_job()
     result = runner.invoke(args=["queue", "retry-failed", "--queue", queues.MESSAGES_QUEUE])
     assert result.exit_code == 0, result.output
-    assert "Retried 3 failed jobs." in result.output
-    assert [job_status(j) for j in ours] == ["todo"] * 3
+    assert "Retried 4 failed jobs." in result.output
+    assert [job_status(j) for j in ours] == ["todo"] * 4
     assert job_status(other) == "failed" and job_status(waiting) == "todo"
     events = db.session.execute(
         sa.text("SELECT CAST(type AS text) FROM procrastinate_events WHERE job_id = :id"),

@@ -125,17 +125,22 @@ def retry_failed_jobs(
     retried: list[int] = []
     held: list[int] = []
     after = 0
-    while ids := queues.failed_job_ids(db.session, queue, campaign_id, after, batch):
-        for job_id in ids:
+    while jobs := queues.failed_jobs(db.session, queue, campaign_id, after, batch):
+        free = [job.id for job in jobs if job.queueing_lock is None]
+        queues.retry_jobs_now(db.session, free)  # no twin can refuse these: one statement
+        retried += free
+        for job in jobs:
+            if job.queueing_lock is None:
+                continue
             try:
                 with db.session.begin_nested():
-                    queues.retry_job_now(db.session, job_id)
+                    queues.retry_job_now(db.session, job.id)
             except sa.exc.IntegrityError:
-                held.append(job_id)
+                held.append(job.id)
             else:
-                retried.append(job_id)
+                retried.append(job.id)
         db.session.commit()
-        after = ids[-1]
+        after = jobs[-1].id
     db.session.commit()
     logger.info(
         "%d failed jobs retried (%d held by a queueing lock) by %s; queue %s, campaign %s",

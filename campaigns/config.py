@@ -198,6 +198,7 @@ class Settings:
     webhook_verify_token: str | None
     notification_webhook_url: str | None
     notification_webhook_secret: str
+    metrics_token: str | None
     proxy_count: int
     login_free_failures: int
     login_max_delay_seconds: int
@@ -248,6 +249,7 @@ class Settings:
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "NOTIFICATION_WEBHOOK_SECRET": self.notification_webhook_secret,
+            "METRICS_TOKEN": self.metrics_token,
             "PROXY_COUNT": self.proxy_count,
             "LOGIN_FREE_FAILURES": self.login_free_failures,
             "LOGIN_MAX_DELAY_SECONDS": self.login_max_delay_seconds,
@@ -417,6 +419,21 @@ def _notification_webhook_secret(secret_key: str) -> str:
 MIN_PHONE_HASH_KEY_LENGTH = 32
 
 
+# A bearer token guessed one request at a time: 16 random characters are out of reach.
+MIN_METRICS_TOKEN = 16
+
+
+def _metrics_token() -> str | None:
+    """The scraper's bearer token for /metrics (besides an admin's API token); None: unset."""
+    raw = os.environ.get("METRICS_TOKEN", "").strip()
+    if raw and len(raw) < MIN_METRICS_TOKEN:
+        raise ConfigError(
+            f"METRICS_TOKEN must have at least {MIN_METRICS_TOKEN} characters; generate one with:"
+            ' python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return raw or None
+
+
 def _phone_hash_key(secret_key: str) -> bytes:
     """The key of the opt-outs kept as a hash after an erasure (services/suppressions.py).
 
@@ -468,6 +485,7 @@ def load_settings() -> Settings:
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
         notification_webhook_secret=_notification_webhook_secret(secret_key),
+        metrics_token=_metrics_token(),
         # Production runs behind a platform's router (one proxy); development is reached
         # directly, where trusting X-Forwarded-For would let anyone pick an address.
         proxy_count=_int_setting(

@@ -447,6 +447,39 @@ LIST_JOBS = sa.text(
 )
 
 
+# Not in QUEUE_COUNTS: that one is a scan of every job; this reads only waiting ones.
+OLDEST_DUE = sa.text(
+    "-- per queue, how long its oldest due waiting job has waited since it fell due: its"
+    " scheduled_at, or (none) when it was deferred, the 'deferred' event of the lowest id\n"
+    "SELECT o.queue_name, o.due,"
+    " coalesce(extract(epoch FROM now() - least(o.oldest_scheduled, e.at)), 0) AS seconds"
+    " FROM (SELECT queue_name, count(*) AS due, min(scheduled_at) AS oldest_scheduled,"
+    "   min(id) FILTER (WHERE scheduled_at IS NULL) AS oldest_unscheduled"
+    "   FROM procrastinate_jobs"
+    "   WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())"
+    "   GROUP BY queue_name) AS o"
+    " LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events"
+    "   WHERE job_id = o.oldest_unscheduled AND type = 'deferred') AS e ON true"
+)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    queue: str
+    due: int  # waiting jobs a worker could take now
+    oldest_due_seconds: float  # how long the oldest of them has waited since it fell due
+
+
+def backlogs() -> list[Backlog]:
+    """Every known queue (0 when nothing is due) and any other with due jobs."""
+    found = {
+        row.queue_name: Backlog(row.queue_name, int(row.due), max(float(row.seconds), 0.0))
+        for row in db.session.execute(OLDEST_DUE)
+    }
+    names = [*KNOWN_QUEUES, *sorted(set(found) - set(KNOWN_QUEUES))]
+    return [found.get(name, Backlog(name, 0, 0.0)) for name in names]
+
+
 def stalled_after_seconds() -> int:
     """The maintenance task's threshold, so the monitor calls stalled what it will retry."""
     return int(current_app.config["STALLED_WORKER_SECONDS"])

@@ -224,6 +224,59 @@ def test_a_failed_job_is_reported_with_its_job_and_without_personal_data(
     assert args["nome"] == NAME
 
 
+JOB_LOGS_AN_ERROR = """
+import logging, sys
+import sentry_sdk
+from procrastinate import JobContext
+from procrastinate.jobs import Job
+import jobs
+from jobs.context import flask_context
+
+job = Job(
+    id=41, queue="campaign-sender", task_name="campaigns.fan_out", lock=None,
+    queueing_lock=None, task_kwargs={"campaign_id": 7}, attempts=1, status="doing",
+)
+
+def task():
+    logging.getLogger("campaigns.fanout").error("ERP page refused for %s", sys.argv[1])
+
+context = JobContext(app=jobs.app, job=job, start_timestamp=0.0, abort_reason=lambda: None)
+flask_context(task, context, None)  # the worker's task middleware
+sentry_sdk.flush(timeout=30)
+"""
+
+
+def test_an_error_a_job_logs_carries_the_job(sentry, database_url_for_test):
+    env = os.environ | {
+        "DATABASE_URL": database_url_for_test,
+        "DISPARO_ENV": "development",
+        "SENTRY_DSN": sentry.dsn,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", JOB_LOGS_AN_ERROR, PHONE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    [event] = sentry.events()
+    assert event["logentry"]["formatted"] == "ERP page refused for [phone]"
+    assert (
+        event["tags"]
+        | {
+            "job_id": "41",
+            "task": "campaigns.fan_out",
+            "queue": "campaign-sender",
+            "attempt": "2",
+            "campaign_id": "7",
+        }
+        == event["tags"]
+    )
+    assert_nothing_personal(sentry)
+
+
 UNSET = """
 import sys
 import app, jobs

@@ -46,7 +46,6 @@ _RECORD_ATTRIBUTES = frozenset(vars(_BARE_RECORD)) | {"message", "asctime", "tas
 # Procrastinate's extras: ``job`` becomes the job's fields; ``jobs`` (every deferred
 # job's context, on a batch defer) and ``worker`` (repeated on every line) are dropped.
 _DROPPED_EXTRAS = frozenset({"job", "jobs", "worker"})
-CONTEXT_FIELDS = ("request_id", "job_id", "task", "queue", "attempt", "campaign_id")
 
 
 def json_enabled() -> bool:
@@ -69,10 +68,6 @@ def bound(**fields: object) -> Iterator[None]:
         yield
     finally:
         unbind(token)
-
-
-def current_context() -> Mapping[str, object]:
-    return _context.get()
 
 
 def job_fields(job: Any) -> dict[str, object]:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, request
+from flask import Flask
 from werkzeug.wsgi import ClosingIterator
 
 from campaigns import error_reporting, logs
@@ -51,7 +51,7 @@ class RequestIdMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request_id = accepted(environ.get("HTTP_X_REQUEST_ID")) or new_id()
-        environ[ENVIRON_KEY] = request_id
+        environ[ENVIRON_KEY] = request_id  # for a view that wants to show it
         token = logs.bind(request_id=request_id)
         error_reporting.tag_request(request_id)
 
@@ -78,11 +78,6 @@ class RequestIdMiddleware:
         # The id stays bound while the body is sent and until the server closes it, so
         # what is logged meanwhile (a streamed body, gunicorn's access line) carries it.
         return ClosingIterator(response, [forget])
-
-
-def current() -> str | None:
-    """The id of the request being handled (for a view that wants to show it)."""
-    return request.environ.get(ENVIRON_KEY)
 
 
 def init_app(app: Flask) -> None:

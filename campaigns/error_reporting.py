@@ -89,6 +89,7 @@ def init() -> bool:
             recursive=True,
         ),
         before_send=before_send,
+        before_send_transaction=before_send,  # a trace's request and breadcrumbs alike
         before_breadcrumb=before_breadcrumb,
     )
     _started = True

@@ -135,13 +135,17 @@ sentry_sdk.flush(timeout=30)
 """
 
 
-def test_an_exception_in_a_view_is_reported_without_personal_data(sentry, database_url_for_test):
+@pytest.mark.parametrize("traces", ["0", "1"])  # with tracing, the request's trace is sent too
+def test_an_exception_in_a_view_is_reported_without_personal_data(
+    sentry, database_url_for_test, traces
+):
     request_id = "router-" + uuid.uuid4().hex
     env = os.environ | {
         "DATABASE_URL": database_url_for_test,
         "DISPARO_ENV": "development",
         "SENTRY_DSN": sentry.dsn,
         "SENTRY_ENVIRONMENT": "staging",
+        "SENTRY_TRACES_SAMPLE_RATE": traces,
     }
     done = subprocess.run(
         [sys.executable, "-c", VIEW_FAILS, NAME, PHONE, request_id],
@@ -169,6 +173,8 @@ def test_an_exception_in_a_view_is_reported_without_personal_data(sentry, databa
     assert event["request"].get("query_string") in (None, "", redact.FILTERED)
     crumbs = [c["message"] for c in event["breadcrumbs"]["values"] if c.get("message")]
     assert "sending to [phone] failed" in crumbs
+    traced = '"type":"transaction"' in sentry.everything()
+    assert traced == (traces == "1")
     assert_nothing_personal(sentry)
 
 

@@ -312,6 +312,55 @@ def mocks_enabled() -> bool:
     return mocks
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def log_format() -> str:
+    """``LOG_FORMAT``: ``text`` (the default, one readable line) or ``json`` (one JSON
+    object a line, docs/logging.md).
+
+    Read on its own, not through :func:`load_settings`, because every process configures
+    its logging before anything else: gunicorn's config file, a worker's import of
+    ``jobs`` and Alembic's ``env.py`` call it as well as ``create_app``.
+    """
+    load_env_file()
+    raw = os.environ.get("LOG_FORMAT", "").strip().lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class SentrySettings:
+    dsn: str
+    environment: str
+    traces_sample_rate: float
+
+
+def sentry_settings() -> SentrySettings | None:
+    """Error reporting (campaigns/error_reporting.py): ``SENTRY_DSN`` turns it on, unset
+    it stays off; ``SENTRY_ENVIRONMENT`` defaults to ``DISPARO_ENV``, and
+    ``SENTRY_TRACES_SAMPLE_RATE`` (0 to 1) to 0, no performance traces."""
+    env = environment()
+    dsn = os.environ.get("SENTRY_DSN", "").strip()
+    if not dsn:
+        return None
+    from sentry_sdk.utils import BadDsn, Dsn  # the SDK's own parser: what init would accept
+
+    try:
+        Dsn(dsn)
+    except BadDsn:  # the message never repeats the DSN, which holds the project's key
+        raise ConfigError(
+            "SENTRY_DSN is not a Sentry DSN (https://<key>@<host>/<project id>); "
+            "copy it from the project's Client Keys page, or unset it"
+        ) from None
+    return SentrySettings(
+        dsn=dsn,
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "").strip() or env,
+        traces_sample_rate=_fraction("SENTRY_TRACES_SAMPLE_RATE", 0.0),
+    )
+
+
 def _require_production_settings() -> None:
     """Name every missing required setting at once, rather than one per restart."""
     missing = [name for name in REQUIRED_IN_PRODUCTION if not os.environ.get(name, "").strip()]

@@ -108,6 +108,7 @@ LATER = {
     ),
     "template_rejected": "Template “%(name)s” (%(language)s) was rejected.",
     "template_rejected_why": "Template “%(name)s” (%(language)s) was rejected: %(reason)s",
+    "command_line": "from the command line (%(actor)s)",
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

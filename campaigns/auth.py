@@ -21,7 +21,17 @@ from campaigns.errors import json_error
 from campaigns.i18n import _
 from campaigns.models import Role, User
 
-PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.login_submit", "main.healthz"})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "static",
+        "auth.login",
+        "auth.login_submit",
+        "main.healthz",
+        # The API's description: it holds no data, and a client reads it before it has a token.
+        "api_docs.document",
+        "api_docs.page",
+    }
+)
 SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks"})
 # Mock blueprints are registered only when MOCKS_ENABLED, never in production.
 MOCK_BLUEPRINT_PREFIX = "mock_"

@@ -663,6 +663,7 @@ def answer(
 ) -> dict[str, Schema]:
     out: Schema = {"description": description, "headers": header_refs(*RATE_HEADERS, required=True)}
     if created:
+        # Required (required=True) once every 201 carries it, as the API's contract says.
         out["headers"] |= header_refs("Location")
     if idempotent:
         out["headers"] |= header_refs("Idempotent-Replayed")
@@ -757,20 +758,27 @@ IDEMPOTENCY_KEY: Schema = {
 
 
 def creating(
-    summary: str, item: str, *, tag: str, role: Role, body: str | None, parameters=(), **kw
+    summary: str,
+    item: str,
+    *,
+    tag: str,
+    role: Role,
+    body: str | None,
+    errors: tuple[str, ...] = (),
+    more: dict[str, Schema] | None = None,
+    description: str = "",
 ) -> Schema:
-    """A POST that creates: 201 with Location, and Idempotency-Key."""
-    op = operation(
+    """A POST that creates: 201 with Location, and Idempotency-Key (its 409 among the errors)."""
+    return operation(
         summary,
-        answer("201", "Created.", ref(item), created=True, idempotent=True) | kw.pop("more", {}),
+        answer("201", "Created.", ref(item), created=True, idempotent=True) | (more or {}),
         role=role,
         tag=tag,
         body=body,
-        parameters=[*parameters, IDEMPOTENCY_KEY],
-        errors=("409", *kw.pop("errors", ())),
-        **kw,
+        parameters=[IDEMPOTENCY_KEY],
+        errors=("409", *errors),
+        description=description,
     )
-    return op
 
 
 def paths() -> dict[str, Schema]:

@@ -547,7 +547,7 @@ class ApiContract:
 
     def problems(self, exchanges: list[ApiExchange]) -> list[str]:
         """What is wrong with each answer, one line per problem, naming the endpoint."""
-        found = []
+        found: list[str] = []
         for exchange in exchanges:
             errors = (
                 _unrouted_errors(exchange) if not exchange.routed else _document_errors(exchange)

@@ -34,7 +34,9 @@ def test_the_document_and_the_docs_page_are_public_and_uncounted(client):
     assert 'data-spec-url="/api/v1/openapi.json"' in html
     assert "<script>" not in html and "style=" not in html  # nothing inline
     # The page's own policy: its styles by this request's nonce, nothing else relaxed.
-    nonce = re.search(r'nonce="([^"]+)"', html).group(1)
+    found = re.search(r'nonce="([^"]+)"', html)
+    assert found is not None
+    nonce = found.group(1)
     assert page.headers["Content-Security-Policy"] == security.api_docs_policy(nonce)
     assert "script-src 'self';" in page.headers["Content-Security-Policy"]
     assert (

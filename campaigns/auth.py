@@ -27,12 +27,14 @@ PUBLIC_ENDPOINTS = frozenset(
         "auth.login",
         "auth.login_submit",
         "main.healthz",
+        "main.livez",
+        "main.readyz",
         # The API's description: it holds no data, and a client reads it before it has a token.
         "api_docs.document",
         "api_docs.page",
     }
 )
-SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks"})
+SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "metrics"})
 # Mock blueprints are registered only when MOCKS_ENABLED, never in production.
 MOCK_BLUEPRINT_PREFIX = "mock_"
 

@@ -22,7 +22,17 @@ from campaigns.i18n import _
 from campaigns.models import Role, User
 
 PUBLIC_ENDPOINTS = frozenset(
-    {"static", "auth.login", "auth.login_submit", "main.healthz", "main.livez", "main.readyz"}
+    {
+        "static",
+        "auth.login",
+        "auth.login_submit",
+        "main.healthz",
+        "main.livez",
+        "main.readyz",
+        # The API's description: it holds no data, and a client reads it before it has a token.
+        "api_docs.document",
+        "api_docs.page",
+    }
 )
 SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "metrics"})
 # Mock blueprints are registered only when MOCKS_ENABLED, never in production.

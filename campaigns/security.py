@@ -37,6 +37,33 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+def api_docs_policy(nonce: str) -> str:
+    """The API docs page's policy (``GET /api/docs``), the one page that differs, and only
+    in what the vendored Redoc (static/vendor/redoc-2.5.4.standalone.js) needs:
+
+    - styles: styled-components injects Redoc's CSS as <style> elements, which carry this
+      request's nonce (static/api-docs.js hands it to Redoc); the two <style> elements the
+      bundle writes itself, perfect-scrollbar's fixed CSS and an empty one, are allowed by
+      their hashes (a new Redoc's would differ: tests/test_browser.py fails on a refusal);
+    - its search runs in a Web Worker that Redoc starts from a blob: URL.
+
+    Scripts stay 'self' only, as everywhere; images too ('self' and data:), which keeps
+    the bundle's credit logo from cdn.redoc.ly off the page (nothing leaves the site).
+    """
+    styles = " ".join(f"'{source}'" for source in (f"nonce-{nonce}", *API_DOCS_STYLE_HASHES))
+    return (
+        CONTENT_SECURITY_POLICY.replace("style-src 'self'", f"style-src 'self' {styles}")
+        + "; worker-src blob:"
+    )
+
+
+API_DOCS_STYLE_HASHES = (
+    "sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc=",  # perfect-scrollbar's CSS
+    "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",  # an empty <style>
+)
+
 HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",

@@ -25,6 +25,7 @@ from campaigns.config import database_url
 from campaigns.models import Campaign, Role, User
 from campaigns.services.users import create_api_token, create_user
 from tests.helpers import (
+    API_CONTRACT,
     PASSWORD,
     PROCRASTINATE,
     SUFFIX,
@@ -114,6 +115,20 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask):
     return app.test_cli_runner()
+
+
+@pytest.fixture(autouse=True)
+def api_answers_match_document() -> Iterator[None]:
+    """Every /api/v1 answer the test got through a test app (tests/helpers.py's make_app
+    records them) must be one campaigns/openapi.py's document describes."""
+    API_CONTRACT.take()
+    yield
+    if problems := API_CONTRACT.problems(API_CONTRACT.take()):
+        pytest.fail(
+            "answers the OpenAPI document (campaigns/openapi.py) does not describe:\n"
+            + "\n".join(problems),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

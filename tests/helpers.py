@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html as html_module
 import json
 import os
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
+from werkzeug.wrappers import Response
 
 from app import create_app, db
 from campaigns import counters, erp, phones, queues
@@ -69,7 +72,9 @@ def make_app(url: str, **overrides: object) -> Flask:
         "DEFAULT_LOCALE": "en",
     }
     config.update(overrides)
-    return create_app(config)
+    app = create_app(config)
+    app.after_request(API_CONTRACT.record)
+    return app
 
 
 def migrate_to(url: str, revision: str = "head") -> None:
@@ -474,3 +479,124 @@ def visible_text(html: str) -> str:
 def english_words_in(text: str, vocabulary: frozenset[str]) -> set[str]:
     text = _NOT_TEXT.sub(" ", text)
     return {w for w in _WORD.findall(text) if w.lower() in vocabulary}
+
+
+# --- every /api/v1 answer a test gets is one the OpenAPI document describes ----------------
+
+
+@dataclass(frozen=True)
+class ApiExchange:
+    """One /api/v1 request and its answer, as openapi-core reads them (copied at the end of
+    the request: the request's own objects do not outlive it)."""
+
+    request: Any  # openapi_core.testing.MockRequest
+    response: Any  # openapi_core.testing.MockResponse
+    routed: bool  # False: no route took the path and method (werkzeug's 404 or 405)
+
+    @property
+    def name(self) -> str:
+        request = self.request
+        return f"{request.method.upper()} {request.path} → {self.response.status_code}"
+
+
+class ApiContract:
+    """Checks the JSON API's answers against campaigns/openapi.py's document.
+
+    ``make_app`` installs :meth:`record` as an after_request hook of every test app, and
+    conftest's autouse fixture calls :meth:`problems` after each test and fails it on any:
+    an undocumented path, method, status, header or field, or a body its schema refuses.
+    Responses only: many tests send invalid requests on purpose. A request no route took
+    (an unknown path under /api/v1, a method its path does not take) cannot be in the
+    document; its answer must be a 404 or 405 in the error envelope.
+    """
+
+    def __init__(self) -> None:
+        self.exchanges: list[ApiExchange] = []
+        self._lock = threading.Lock()  # live-server tests answer in threads
+
+    def record(self, response: Response) -> Response:
+        from flask import request
+        from openapi_core.testing import MockRequest, MockResponse
+
+        if not request.path.startswith("/api/v1/") or response.is_streamed:
+            return response
+        exchange = ApiExchange(
+            MockRequest(
+                "http://localhost",
+                request.method,
+                request.path,
+                args=request.args,
+                headers=dict(request.headers),
+            ),
+            MockResponse(
+                response.get_data(),
+                status_code=response.status_code,
+                headers=dict(response.headers),
+                content_type=response.mimetype or "",
+            ),
+            routed=request.url_rule is not None,
+        )
+        with self._lock:
+            self.exchanges.append(exchange)
+        return response
+
+    def take(self) -> list[ApiExchange]:
+        with self._lock:
+            taken, self.exchanges = self.exchanges, []
+        return taken
+
+    def problems(self, exchanges: list[ApiExchange]) -> list[str]:
+        """What is wrong with each answer, one line per problem, naming the endpoint."""
+        found: list[str] = []
+        for exchange in exchanges:
+            errors = (
+                _unrouted_errors(exchange) if not exchange.routed else _document_errors(exchange)
+            )
+            found.extend(f"{exchange.name}: {error}" for error in errors)
+        return found
+
+
+API_CONTRACT = ApiContract()
+
+
+@functools.cache
+def api_document() -> Any:
+    from openapi_core import OpenAPI
+
+    from campaigns.openapi import document
+
+    return OpenAPI.from_dict(document())
+
+
+def _describe(error: BaseException) -> str:
+    """openapi-core's error with its causes (the schema errors say which field)."""
+    parts = [str(error)]
+    for cause in getattr(error, "schema_errors", None) or ():
+        where = "/".join(str(p) for p in cause.absolute_path) or "(body)"
+        parts.append(f"at {where}: {cause.message}")
+    if error.__cause__ is not None:
+        parts.append(_describe(error.__cause__))
+    return "; ".join(parts)
+
+
+def _document_errors(exchange: ApiExchange) -> list[str]:
+    return [
+        _describe(error)
+        for error in api_document().iter_response_errors(exchange.request, exchange.response)
+    ]
+
+
+def _unrouted_errors(exchange: ApiExchange) -> list[str]:
+    from openapi_schema_validator import OAS31Validator
+
+    from campaigns.openapi import schemas
+
+    response = exchange.response
+    if response.status_code not in (404, 405):
+        return [f"no route, yet the answer is {response.status_code} (404 or 405 expected)"]
+    try:
+        body = json.loads(response.data)
+    except ValueError:
+        return ["the answer is not JSON"]
+    validator = OAS31Validator(schemas()["Error"])
+    return [f"not the error envelope: {error.message}" for error in validator.iter_errors(body)]

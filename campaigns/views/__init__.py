@@ -41,6 +41,7 @@ def init_app(app: Flask) -> None:
         audit,
         auth,
         campaigns,
+        docs,
         filters,
         main,
         metrics,
@@ -71,6 +72,7 @@ def init_app(app: Flask) -> None:
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(docs.bp)  # public: the API's document and its docs page
     # Signed by WhatsApp (X-Hub-Signature-256), not by a browser session.
     csrf.exempt(webhooks.bp)
     app.register_blueprint(webhooks.bp)

@@ -1,0 +1,1149 @@
+"""The JSON API's OpenAPI 3.1 document (``GET /api/v1/openapi.json``), built from the code.
+
+Built in Python rather than kept as a JSON file, so the parts that would otherwise be
+copied can come from where the code keeps them: every enum from ``campaigns.models``,
+every bound and pattern of a request body from ``campaigns.validation`` (and the
+constants it uses), the audit actions from ``campaigns.audit``. A value added there
+appears here; nothing is kept in step by hand but the shape of each answer, and the
+suite checks that shape: every ``/api/v1`` answer any test gets through the Flask test
+client is validated against this document (``tests/helpers.py``, ``ApiContract``), and
+the response objects refuse properties they do not list, so a field added to an answer
+without being documented fails the suite.
+
+The document is built once per process (:func:`document`) and served as it is.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import cache
+from typing import Any
+
+from campaigns import audit, rendering
+from campaigns.erp import SEGMENT_KEYS
+from campaigns.models import (
+    CampaignStatus,
+    MessageStatus,
+    ParameterFormat,
+    Provider,
+    Role,
+    TemplateCategory,
+    TemplateStatus,
+)
+from campaigns.ratelimit import PACE_OWNER, PACE_SENDER_GAP, PACE_SENDER_RATE
+from campaigns.services.suppressions import SUPPRESSION_SOURCES
+from campaigns.validation import (
+    CUSTOMER_FIELDS,
+    INTEGER_MAX,
+    LANGUAGE,
+    MAX_AMOUNT,
+    MAX_BUTTONS,
+    TEMPLATE_NAME,
+    URL_MAX_CHARS,
+)
+
+Schema = dict[str, Any]
+
+DOCUMENT_PATH = "/api/v1/openapi.json"
+# The lists' pages with a cursor (the API contract of issue 16): a page's rows.
+LIST_LIMIT_MAX = 500
+LIST_LIMIT_DEFAULT = 50
+MESSAGES_LIMIT_DEFAULT = 100
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def values(enum: type[Enum]) -> list[str]:
+    return [member.value for member in enum]
+
+
+def nullable(schema: Schema) -> Schema:
+    """The schema, or null: ``type: [T, "null"]`` (an enum also lists None)."""
+    out = dict(schema)
+    out["type"] = [schema["type"], "null"]
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    return out
+
+
+def obj(properties: dict[str, Schema], optional: tuple[str, ...] = (), **extra: Any) -> Schema:
+    """An answer's object: every property listed, each required unless named optional,
+    none other allowed (an undocumented field fails the suite's check)."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+def fixed(pattern: Any) -> str:
+    """A Python pattern used with fullmatch, anchored for JSON Schema (which searches)."""
+    return f"^(?:{pattern.pattern})$"
+
+
+STRING: Schema = {"type": "string"}
+INTEGER: Schema = {"type": "integer"}
+ID: Schema = {"type": "integer", "minimum": 1, "maximum": INTEGER_MAX}
+BIG_ID: Schema = {"type": "integer", "minimum": 1}
+DATE_TIME: Schema = {"type": "string", "format": "date-time"}
+COUNT: Schema = {"type": "integer", "minimum": 0}
+
+
+def _segment_schema() -> Schema:
+    properties: dict[str, Schema] = {
+        "city": {"type": "string", "description": "Customers in this city (any accents, case)."},
+        "state": {"type": "string", "pattern": "^[A-Za-z]{2}$", "description": "e.g. SP"},
+        "tags": {
+            "type": "array",
+            "items": STRING,
+            "description": "Customers with every tag (a request may send them comma-separated).",
+        },
+        "min_total_spent": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": float(MAX_AMOUNT),
+            "description": "A request may send text: 1.234,56, 1,234.56, R$ 150.",
+        },
+        "last_purchase_within_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+        "max_audience": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+        "opted_in_only": {"type": "boolean", "default": True},
+    }
+    assert set(properties) == set(SEGMENT_KEYS), "a segment key is missing from the document"
+    return {
+        "type": "object",
+        "description": "The ERP's criteria for the audience; a key not listed is refused (422).",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _variables_schema() -> Schema:
+    from_field = obj({"field": {"type": "string", "enum": list(CUSTOMER_FIELDS)}})
+    from_text = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1024}})
+    return {
+        "type": "object",
+        "description": (
+            "Each variable of the template's body mapped to a customer field or a fixed text; "
+            "every variable must be mapped, and only the template's."
+        ),
+        "additionalProperties": {"oneOf": [from_field, from_text]},
+    }
+
+
+def _button_schema() -> Schema:
+    return obj(
+        {
+            "type": {"type": "string", "enum": ["QUICK_REPLY", "URL"]},
+            "text": {"type": "string", "minLength": 1, "maxLength": 25},
+            "url": {
+                "type": "string",
+                "pattern": "^https?://\\S+$",
+                "maxLength": URL_MAX_CHARS,
+                "description": "URL buttons only.",
+            },
+        },
+        optional=("url",),
+    )
+
+
+def schemas() -> dict[str, Schema]:
+    error = obj(
+        {
+            "error": obj(
+                {
+                    "code": {
+                        "type": "string",
+                        "description": (
+                            "What went wrong, to compare: bad_request, invalid_idempotency_key, "
+                            "unauthenticated, forbidden, not_found, method_not_allowed, conflict, "
+                            "idempotency_key_in_use, too_large, validation_failed, "
+                            "idempotency_key_reused, rate_limited, internal_error."
+                        ),
+                    },
+                    "message": {
+                        "type": "string",
+                        "description": "Words for a person, in the Accept-Language's language.",
+                    },
+                    "fields": {
+                        "type": "object",
+                        "description": (
+                            "One message per refused field, named as sent (nested ones joined "
+                            "by dots: segment.state, variables.first_name; body: the body)."
+                        ),
+                        "additionalProperties": STRING,
+                    },
+                },
+                optional=("fields",),
+            )
+        }
+    )
+    user = obj(
+        {
+            "id": ID,
+            "email": STRING,
+            "role": {"type": "string", "enum": values(Role)},
+            "disabled": {"type": "boolean"},
+            "campaign_rate_limit_per_minute": INTEGER,
+            "api_rate_limit_per_minute": INTEGER,
+        }
+    )
+    sender = obj(
+        {
+            "id": ID,
+            "name": STRING,
+            "provider": {"type": "string", "enum": values(Provider)},
+            "phone_number_id": nullable(STRING),
+            "display_phone_number": nullable(STRING),
+            "waba_id": nullable(STRING),
+            "rate_limit_per_minute": INTEGER,
+            "min_interval_ms": INTEGER,
+            "has_access_token": {"type": "boolean", "description": "Secrets are write-only."},
+            "has_app_secret": {"type": "boolean"},
+        }
+    )
+    template = obj(
+        {
+            "id": ID,
+            "sender_id": ID,
+            "name": STRING,
+            "language": STRING,
+            "category": {"type": "string", "enum": values(TemplateCategory)},
+            "parameter_format": {"type": "string", "enum": values(ParameterFormat)},
+            "header": nullable(STRING),
+            "body": STRING,
+            "footer": nullable(STRING),
+            "buttons": {"type": "array", "items": ref("Button")},
+            "variables": {
+                "type": "array",
+                "items": STRING,
+                "description": "The body's variables, in order.",
+            },
+            "status": {"type": "string", "enum": values(TemplateStatus)},
+            "status_reason": nullable(STRING),
+            "provider_template_id": nullable(STRING),
+        }
+    )
+    campaign = obj(
+        {
+            "id": ID,
+            "name": STRING,
+            "status": {"type": "string", "enum": values(CampaignStatus)},
+            "status_reason": {
+                **nullable(STRING),
+                "description": "English whatever the client's language.",
+            },
+            "status_reason_code": {
+                **nullable(STRING),
+                "description": (
+                    "A stable code to compare rather than the text: failure_rate, whatsapp_stop, "
+                    "template_disabled, erp_audience_failed (erp_failed before it), "
+                    "sender_without_access_token, sender_without_phone_number_id, or text."
+                ),
+            },
+            "owner_id": ID,
+            "sender_id": ID,
+            "template_id": ID,
+            "segment": ref("Segment"),
+            "variables": ref("VariableMapping"),
+            "scheduled_at": nullable(DATE_TIME),
+            "started_at": nullable(DATE_TIME),
+            "completed_at": nullable(DATE_TIME),
+            "created_at": nullable(DATE_TIME),
+        }
+    )
+    counts = {
+        name: COUNT
+        for name in (
+            "total",
+            "in_flight",
+            "pending",
+            "queued",
+            "sending",
+            "retrying",
+            "sent",
+            "delivered",
+            "read",
+            "failed",
+            "skipped",
+            "cancelled",
+        )
+    }
+    progress = obj(
+        {
+            "campaign_id": ID,
+            "status": {"type": "string", "enum": values(CampaignStatus)},
+            "status_reason": nullable(STRING),
+            "status_reason_code": nullable(STRING),
+            **counts,
+            "success_rate": {
+                **nullable({"type": "number"}),
+                "description": "Percent of the messages that went their way that were sent.",
+            },
+            "sent_last_minute": COUNT,
+            "eta_seconds": {
+                **nullable({"type": "number", "minimum": 0}),
+                "description": "None when not sending, nothing remains, or it stalled.",
+            },
+            "eta_from_limits": {"type": "boolean"},
+            "pace_limited_by": nullable(
+                {"type": "string", "enum": [PACE_OWNER, PACE_SENDER_RATE, PACE_SENDER_GAP]}
+            ),
+            "is_finished": {"type": "boolean"},
+            "started_at": nullable(DATE_TIME),
+            "completed_at": nullable(DATE_TIME),
+            "elapsed_seconds": nullable({"type": "number", "minimum": 0}),
+        }
+    )
+    suppression = obj(
+        {
+            "id": ID,
+            "phone": {
+                **nullable(STRING),
+                "description": "E.164; null once the person's data was erased (kept as a hash).",
+            },
+            "reason": {"type": "string", "description": "People's words only; empty if none."},
+            "source": {"type": "string", "enum": sorted(SUPPRESSION_SOURCES)},
+            "created_at": DATE_TIME,
+        }
+    )
+    audit_event = obj(
+        {
+            "id": BIG_ID,
+            "at": DATE_TIME,
+            "actor_id": nullable(ID),
+            "actor_email": {"type": "string", "description": "Or cli, system."},
+            "action": {"type": "string", "enum": list(audit.ACTIONS)},
+            "target_type": nullable(STRING),
+            "target_id": nullable(INTEGER),
+            "target_label": nullable(STRING),
+            "details": {"type": "object", "description": "Never a secret or a full phone number."},
+            "client_address": nullable(STRING),
+        }
+    )
+    message = obj(
+        {
+            "id": BIG_ID,
+            "phone": {**nullable(STRING), "description": "E.164; null once erased."},
+            "customer_ref": nullable(STRING),
+            "status": {"type": "string", "enum": values(MessageStatus)},
+            "attempts": COUNT,
+            "error_code": nullable(STRING),
+            "error_message": {
+                **nullable(STRING),
+                "description": (
+                    "Disparo's own codes worded in English; WhatsApp's or the ERP's text as given."
+                ),
+            },
+            "wamid": {**nullable(STRING), "description": "The provider's message id."},
+            "created_at": DATE_TIME,
+            **{
+                name: nullable(DATE_TIME)
+                for name in (
+                    "queued_at",
+                    "sent_at",
+                    "delivered_at",
+                    "read_at",
+                    "failed_at",
+                    "updated_at",
+                )
+            },
+        }
+    )
+    next_cursor = {
+        **nullable(STRING),
+        "description": "The next page's cursor (pass it as ?cursor=); null on the last page.",
+    }
+    numbered = {
+        "page": {"type": "integer", "minimum": 1},
+        "pages": {"type": "integer", "minimum": 0},
+        "total": COUNT,
+    }
+    numbered_note = (
+        "page, pages and total are there for page-numbered pages (neither cursor nor limit "
+        "given), left out with a cursor or a limit."
+    )
+
+    def list_of(key: str, item: str, *fields: str, description: str = "") -> Schema:
+        extra = {name: numbered[name] for name in fields}
+        return obj(
+            {key: {"type": "array", "items": ref(item)}, **extra, "next_cursor": next_cursor},
+            # next_cursor: in every list answer once the contract's pagination is in.
+            optional=(*fields, "next_cursor"),
+            description=description,
+        )
+
+    return {
+        "Error": error,
+        "User": user,
+        "Sender": sender,
+        "Button": _button_schema(),
+        "Template": template,
+        "Segment": _segment_schema(),
+        "VariableMapping": _variables_schema(),
+        "Campaign": campaign,
+        "Progress": progress,
+        "Suppression": suppression,
+        "AuditEvent": audit_event,
+        "Message": message,
+        "SenderList": list_of("senders", "Sender", description="Every sender without a limit."),
+        "TemplateList": list_of(
+            "templates", "Template", description="Up to 500 templates without a limit."
+        ),
+        "CampaignList": list_of(
+            "campaigns", "Campaign", "page", "pages", "total", description=numbered_note
+        ),
+        "SuppressionList": list_of(
+            "suppressions", "Suppression", "page", "pages", "total", description=numbered_note
+        ),
+        "AuditPage": obj(
+            {
+                "events": {"type": "array", "items": ref("AuditEvent")},
+                "next_before": {
+                    **nullable(BIG_ID),
+                    "description": "Pass as ?before= for the next page; null on the last.",
+                },
+                "next_cursor": next_cursor,
+            },
+            optional=("next_before", "next_cursor"),
+        ),
+        "MessagePage": obj(
+            {"messages": {"type": "array", "items": ref("Message")}, "next_cursor": next_cursor}
+        ),
+        **request_schemas(),
+    }
+
+
+def request_schemas() -> dict[str, Schema]:
+    """Request bodies, with the rules campaigns/validation.py applies (422 names the field)."""
+    rate = {"type": "integer", "minimum": 1, "maximum": 1_000_000}
+    sender_properties: dict[str, Schema] = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "provider": {"type": "string", "enum": values(Provider)},
+        "phone_number_id": {
+            **nullable({"type": "string", "pattern": "^[0-9]+$"}),
+            "description": "Required for cloud_api.",
+        },
+        "display_phone_number": nullable(STRING),
+        "waba_id": nullable({"type": "string", "pattern": "^[0-9]+$"}),
+        "rate_limit_per_minute": {**rate, "default": 20},
+        "min_interval_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "default": 1000},
+        "webhook_verify_token": nullable(STRING),
+        "access_token": {
+            **nullable({"type": "string", "writeOnly": True}),
+            "description": "Write-only; blank or absent keeps the stored one.",
+        },
+        "app_secret": {
+            **nullable({"type": "string", "writeOnly": True}),
+            "description": "Write-only; blank or absent keeps the stored one.",
+        },
+    }
+    template_properties: dict[str, Schema] = {
+        "name": {"type": "string", "pattern": fixed(TEMPLATE_NAME)},
+        "language": {"type": "string", "pattern": fixed(LANGUAGE), "examples": ["pt_BR"]},
+        "category": {"type": "string", "enum": values(TemplateCategory)},
+        "parameter_format": {
+            "type": "string",
+            "enum": values(ParameterFormat),
+            "default": ParameterFormat.NAMED.value,
+        },
+        "header": nullable(
+            {
+                "type": "string",
+                "maxLength": rendering.HEADER_MAX_CHARS,
+                "description": "Plain text, no variables.",
+            }
+        ),
+        "body": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": rendering.BODY_MAX_CHARS,
+            "description": "Variables as {{name}} (named) or {{1}} (positional).",
+        },
+        "footer": nullable(
+            {
+                "type": "string",
+                "maxLength": rendering.FOOTER_MAX_CHARS,
+                "description": "No variables.",
+            }
+        ),
+        "buttons": {"type": "array", "items": ref("Button"), "maxItems": MAX_BUTTONS},
+        "sender_id": {
+            **ID,
+            "description": "Creation only: the sender's account (default: the first sender).",
+        },
+    }
+    campaign_properties: dict[str, Schema] = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "sender_id": ID,
+        "template_id": {**ID, "description": "An approved template."},
+        "segment": ref("Segment"),
+        "variables": ref("VariableMapping"),
+    }
+    return {
+        "UserChanges": {
+            "type": "object",
+            "description": "Keys not sent stay as they are.",
+            "properties": {
+                "role": {"type": "string", "enum": values(Role)},
+                "campaign_rate_limit_per_minute": rate,
+                "api_rate_limit_per_minute": rate,
+            },
+        },
+        "SenderInput": {
+            "type": "object",
+            "properties": sender_properties,
+            "required": ["name", "provider"],
+        },
+        "SenderChanges": {
+            "type": "object",
+            "description": "Fields not sent stay as they are.",
+            "properties": sender_properties,
+        },
+        "TemplateInput": {
+            "type": "object",
+            "properties": template_properties,
+            "required": ["name", "language", "category", "body"],
+        },
+        "TemplateChanges": {
+            "type": "object",
+            "description": "Fields not sent stay as they are; the template returns to draft.",
+            "properties": {k: v for k, v in template_properties.items() if k != "sender_id"},
+        },
+        "CampaignInput": {
+            "type": "object",
+            "properties": campaign_properties,
+            "required": ["name", "sender_id", "template_id"],
+        },
+        "CampaignChanges": {
+            "type": "object",
+            "description": "Fields not sent stay as they are.",
+            "properties": campaign_properties,
+        },
+        "Schedule": {
+            "type": "object",
+            "properties": {
+                "scheduled_at": {
+                    **DATE_TIME,
+                    "description": "ISO 8601 with its offset, in the future.",
+                    "examples": ["2030-01-31T09:00:00-03:00"],
+                }
+            },
+            "required": ["scheduled_at"],
+        },
+        "SuppressionInput": {
+            "type": "object",
+            "properties": {
+                "phone": {
+                    "type": "string",
+                    "description": "Any form a person types; kept as E.164.",
+                },
+                "reason": {"type": "string", "maxLength": 200, "default": ""},
+            },
+            "required": ["phone"],
+        },
+    }
+
+
+# --- headers and responses -------------------------------------------------------------
+
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def headers() -> dict[str, Schema]:
+    return {
+        "X-RateLimit-Limit": {
+            "description": "The caller's API requests a minute.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "X-RateLimit-Remaining": {
+            "description": "What is left of it now.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "X-RateLimit-Reset": {
+            "description": "Seconds until the budget is whole again.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "Retry-After": {
+            "description": "Seconds to wait before the next request.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "WWW-Authenticate": {
+            "required": True,
+            "schema": {"type": "string", "const": 'Bearer realm="disparo"'},
+        },
+        "Location": {
+            "description": "The created resource's path, e.g. /api/v1/campaigns/7.",
+            "schema": {"type": "string", "pattern": "^/api/v1/[a-z]+/[0-9]+$"},
+        },
+        "Idempotent-Replayed": {
+            "description": "Present (true) when this is the kept answer to an earlier request "
+            "with the same Idempotency-Key: nothing was created again.",
+            "schema": {"type": "string", "enum": ["true"]},
+        },
+    }
+
+
+def header_refs(*names: str, required: bool = False) -> dict[str, Schema]:
+    """Headers by reference; ``required`` repeats them inline as required."""
+    shared = headers()
+    return {
+        name: (
+            {**shared[name], "required": True}
+            if required
+            else {"$ref": f"#/components/headers/{name}"}
+        )
+        for name in names
+    }
+
+
+def error_response(description: str, **headers: Schema) -> Schema:
+    return {
+        "description": description,
+        "headers": {**header_refs(*RATE_HEADERS), **headers},
+        "content": {"application/json": {"schema": ref("Error")}},
+    }
+
+
+def responses() -> dict[str, Schema]:
+    return {
+        "BadRequest": error_response(
+            "A malformed request (bad_request): a query parameter with text that cannot be "
+            "stored (a NUL byte), JSON nested too deeply; invalid_idempotency_key."
+        ),
+        "Unauthenticated": {
+            "description": "No valid token (unauthenticated), checked before anything is read.",
+            "headers": header_refs("WWW-Authenticate"),
+            "content": {"application/json": {"schema": ref("Error")}},
+        },
+        "Forbidden": error_response("The token's user lacks the role (forbidden)."),
+        "NotFound": error_response("No such resource (not_found)."),
+        "Conflict": error_response(
+            "The resource's state refuses this (conflict, with the reason), or the request's "
+            "Idempotency-Key is still being processed (idempotency_key_in_use)."
+        ),
+        "TooLarge": error_response("The body is over MAX_REQUEST_BYTES (too_large)."),
+        "Invalid": error_response(
+            "Some fields are not valid (validation_failed, one message per field in "
+            "fields), or an Idempotency-Key reused with another body or path "
+            "(idempotency_key_reused)."
+        ),
+        "RateLimited": error_response(
+            "Over the caller's requests a minute (rate_limited).",
+            **{"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+        ),
+        "InternalError": error_response("An unexpected error, logged (internal_error)."),
+    }
+
+
+# Every authenticated operation can answer these (the token, the budget, the body's size
+# and text are checked for every request before its view).
+COMMON_ERRORS = {
+    "400": "BadRequest",
+    "401": "Unauthenticated",
+    "413": "TooLarge",
+    "422": "Invalid",
+    "429": "RateLimited",
+    "500": "InternalError",
+}
+
+
+def answer(
+    status: str,
+    description: str,
+    schema: Schema | None,
+    *,
+    created: bool = False,
+    idempotent: bool = False,
+) -> dict[str, Schema]:
+    out: Schema = {"description": description, "headers": header_refs(*RATE_HEADERS, required=True)}
+    if created:
+        # Required (required=True) once every 201 carries it, as the API's contract says.
+        out["headers"] |= header_refs("Location")
+    if idempotent:
+        out["headers"] |= header_refs("Idempotent-Replayed")
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return {status: out}
+
+
+def operation(
+    summary: str,
+    responses_: dict[str, Schema],
+    *,
+    errors: tuple[str, ...] = (),
+    role: Role = Role.VIEWER,
+    tag: str,
+    parameters: list[Schema] | None = None,
+    body: str | None = None,
+    description: str = "",
+) -> Schema:
+    named = {"403": "Forbidden", "404": "NotFound", "409": "Conflict"}
+    all_errors = COMMON_ERRORS | {code: named[code] for code in errors}
+    if role is not Role.VIEWER:
+        all_errors["403"] = "Forbidden"
+    op: Schema = {
+        "summary": summary,
+        "description": (description + f"\n\nRole: {role.value} or above.").strip(),
+        "tags": [tag],
+        "responses": responses_
+        | {
+            code: {"$ref": f"#/components/responses/{name}"}
+            for code, name in sorted(all_errors.items())
+        },
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(body)}},
+        }
+    return op
+
+
+def path_id(name: str, big: bool = False) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": BIG_ID if big else ID}
+
+
+def query(name: str, schema: Schema, description: str = "") -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def cursor_parameters(default: int = LIST_LIMIT_DEFAULT) -> list[Schema]:
+    return [
+        query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX, "default": default},
+            "Rows a page (422 otherwise). With limit or cursor the answer pages by cursor.",
+        ),
+        query(
+            "cursor",
+            STRING,
+            "An opaque next_cursor from an earlier answer of the same list (422 if malformed; "
+            "422 with page).",
+        ),
+    ]
+
+
+IDEMPOTENCY_KEY: Schema = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe: the same key (kept 24 hours for this user) with the same method, "
+        "path and body gets the first answer again, with Idempotent-Replayed: true, and creates "
+        "nothing. 1 to 255 visible ASCII characters (else 400 invalid_idempotency_key); reused "
+        "with another body or path, 422 idempotency_key_reused; while the first is still being "
+        "processed, 409 idempotency_key_in_use. An answer with status 5xx is not kept."
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX,
+        "pattern": "^[!-~]+$",
+    },
+}
+
+
+def creating(
+    summary: str,
+    item: str,
+    *,
+    tag: str,
+    role: Role,
+    body: str | None,
+    errors: tuple[str, ...] = (),
+    more: dict[str, Schema] | None = None,
+    description: str = "",
+) -> Schema:
+    """A POST that creates: 201 with Location, and Idempotency-Key (its 409 among the errors)."""
+    return operation(
+        summary,
+        answer("201", "Created.", ref(item), created=True, idempotent=True) | (more or {}),
+        role=role,
+        tag=tag,
+        body=body,
+        parameters=[IDEMPOTENCY_KEY],
+        errors=("409", *errors),
+        description=description,
+    )
+
+
+def paths() -> dict[str, Schema]:
+    campaign_id = path_id("campaign_id")
+    template_id = path_id("template_id")
+    sender_id = path_id("sender_id")
+    suppression_id = path_id("suppression_id")
+    sup = Role.SUPERVISOR
+    admin = Role.ADMIN
+    action_summaries = {
+        "send-now": "Start sending now",
+        "pause": "Pause a sending campaign",
+        "resume": "Resume a paused campaign",
+        "cancel": "Cancel a campaign",
+    }
+    out: dict[str, Schema] = {
+        DOCUMENT_PATH: {
+            "get": {
+                "summary": "This document",
+                "description": "Public: no token, not counted against a rate limit.",
+                "tags": ["Meta"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3.1 document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "500": {"$ref": "#/components/responses/InternalError"},
+                },
+            }
+        },
+        "/api/v1/me": {
+            "get": operation(
+                "Who this token belongs to", answer("200", "The user.", ref("User")), tag="Users"
+            )
+        },
+        "/api/v1/users/{user_id}": {
+            "parameters": [path_id("user_id")],
+            "patch": operation(
+                "Change a user's role or rate limits",
+                answer("200", "The user as changed.", ref("User")),
+                role=admin,
+                tag="Users",
+                body="UserChanges",
+                errors=("404", "409"),
+                description="409: an admin removing their own admin role.",
+            ),
+        },
+        "/api/v1/senders": {
+            "get": operation(
+                "Senders",
+                answer("200", "Senders by name.", ref("SenderList")),
+                tag="Senders",
+                parameters=cursor_parameters(),
+            ),
+            "post": creating(
+                "Create a sender", "Sender", tag="Senders", role=admin, body="SenderInput"
+            ),
+        },
+        "/api/v1/senders/{sender_id}": {
+            "parameters": [sender_id],
+            "get": operation(
+                "One sender",
+                answer("200", "The sender.", ref("Sender")),
+                tag="Senders",
+                errors=("404",),
+            ),
+            "patch": operation(
+                "Change a sender",
+                answer("200", "The sender as changed.", ref("Sender")),
+                role=admin,
+                tag="Senders",
+                body="SenderChanges",
+                errors=("404",),
+            ),
+        },
+        "/api/v1/templates": {
+            "get": operation(
+                "Templates",
+                answer("200", "Templates, last changed first.", ref("TemplateList")),
+                tag="Templates",
+                parameters=[
+                    query(
+                        "status",
+                        {"type": "string", "enum": values(TemplateStatus)},
+                        "An unknown value filters nothing.",
+                    ),
+                    query("language", STRING, "e.g. pt_BR"),
+                    query(
+                        "category",
+                        {"type": "string", "enum": values(TemplateCategory)},
+                        "An unknown value filters nothing.",
+                    ),
+                    query("q", STRING, "Part of the name."),
+                    *cursor_parameters(),
+                ],
+            ),
+            "post": creating(
+                "Create a draft template",
+                "Template",
+                tag="Templates",
+                role=sup,
+                body="TemplateInput",
+                description="In the first sender's account unless sender_id says.",
+            ),
+        },
+        "/api/v1/templates/{template_id}": {
+            "parameters": [template_id],
+            "get": operation(
+                "One template",
+                answer("200", "The template with its review status.", ref("Template")),
+                tag="Templates",
+                errors=("404",),
+            ),
+            "patch": operation(
+                "Change a template",
+                answer("200", "The template, back to draft.", ref("Template")),
+                role=sup,
+                tag="Templates",
+                body="TemplateChanges",
+                errors=("404",),
+                description="422 when its status or a scheduled or sending campaign refuses it.",
+            ),
+        },
+        "/api/v1/templates/{template_id}/submit": {
+            "parameters": [template_id],
+            "post": operation(
+                "Send the template for review",
+                answer("202", "Submitted; the outcome arrives later.", ref("Template")),
+                role=sup,
+                tag="Templates",
+                errors=("404", "409"),
+                description="409 unless it is a draft or rejected; 422 with the provider's words.",
+            ),
+        },
+        "/api/v1/templates/{template_id}/sync": {
+            "parameters": [template_id],
+            "post": operation(
+                "Ask the provider for the review status now",
+                answer("200", "The template as the provider has it.", ref("Template")),
+                role=sup,
+                tag="Templates",
+                errors=("404",),
+            ),
+        },
+        "/api/v1/campaigns": {
+            "get": operation(
+                "Campaigns",
+                answer("200", "Campaigns, newest first.", ref("CampaignList")),
+                tag="Campaigns",
+                parameters=[
+                    query(
+                        "status",
+                        {"type": "string", "enum": values(CampaignStatus)},
+                        "422 when unknown.",
+                    ),
+                    query("q", STRING, "Part of the name."),
+                    query(
+                        "page",
+                        {"type": "integer", "minimum": 1, "default": 1},
+                        "Page-numbered pages of 20 (not with cursor).",
+                    ),
+                    *cursor_parameters(),
+                ],
+            ),
+            "post": creating(
+                "Create a draft campaign",
+                "Campaign",
+                tag="Campaigns",
+                role=sup,
+                body="CampaignInput",
+                description="Every template variable must be mapped.",
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}": {
+            "parameters": [campaign_id],
+            "get": operation(
+                "One campaign",
+                answer("200", "The campaign.", ref("Campaign")),
+                tag="Campaigns",
+                errors=("404",),
+            ),
+            "patch": operation(
+                "Change a draft or scheduled campaign",
+                answer("200", "The campaign as changed.", ref("Campaign")),
+                role=sup,
+                tag="Campaigns",
+                body="CampaignChanges",
+                errors=("404", "409"),
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}/schedule": {
+            "parameters": [campaign_id],
+            "post": operation(
+                "Schedule a campaign",
+                answer("202", "Scheduled.", ref("Campaign")),
+                role=sup,
+                tag="Campaigns",
+                body="Schedule",
+                errors=("404", "409"),
+                description="422 unless the time has its offset and is in the future.",
+            ),
+        },
+        **{
+            f"/api/v1/campaigns/{{campaign_id}}/{action}": {
+                "parameters": [campaign_id],
+                "post": operation(
+                    summary,
+                    answer("202", "Accepted: the campaign's new state.", ref("Campaign")),
+                    role=sup,
+                    tag="Campaigns",
+                    errors=("404", "409"),
+                    description="409 with the reason when its status refuses it.",
+                ),
+            }
+            for action, summary in action_summaries.items()
+        },
+        "/api/v1/campaigns/{campaign_id}/duplicate": {
+            "parameters": [campaign_id],
+            "post": creating(
+                "A new draft like this campaign",
+                "Campaign",
+                tag="Campaigns",
+                role=sup,
+                body=None,
+                errors=("404",),
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}/progress": {
+            "parameters": [campaign_id],
+            "get": operation(
+                "Counts, success rate, throughput and ETA, live",
+                answer("200", "The campaign's progress now.", ref("Progress")),
+                tag="Campaigns",
+                errors=("404",),
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}/messages": {
+            "parameters": [campaign_id],
+            "get": operation(
+                "A campaign's messages",
+                answer("200", "Messages by id, a page.", ref("MessagePage")),
+                tag="Campaigns",
+                errors=("404",),
+                parameters=[
+                    query(
+                        "status",
+                        {"type": "string", "enum": values(MessageStatus)},
+                        "422 when unknown.",
+                    ),
+                    *cursor_parameters(MESSAGES_LIMIT_DEFAULT),
+                ],
+            ),
+        },
+        "/api/v1/suppressions": {
+            "get": operation(
+                "Opted-out numbers",
+                answer("200", "Newest first.", ref("SuppressionList")),
+                tag="Opt-outs",
+                parameters=[
+                    query("q", STRING, "Matches the phone's digits."),
+                    query(
+                        "page",
+                        {"type": "integer", "minimum": 1, "default": 1},
+                        "Page-numbered pages of 50 (not with cursor).",
+                    ),
+                    *cursor_parameters(),
+                ],
+            ),
+            "post": creating(
+                "Suppress a number",
+                "Suppression",
+                tag="Opt-outs",
+                role=sup,
+                body="SuppressionInput",
+                more=answer(
+                    "200", "Already there: the existing entry.", ref("Suppression"), idempotent=True
+                ),
+            ),
+        },
+        "/api/v1/suppressions/{suppression_id}": {
+            "parameters": [suppression_id],
+            "get": operation(
+                "One opt-out",
+                answer("200", "The opt-out.", ref("Suppression")),
+                tag="Opt-outs",
+                errors=("404",),
+            ),
+            "delete": operation(
+                "Take a number off the list",
+                answer("204", "Removed.", None),
+                role=sup,
+                tag="Opt-outs",
+                errors=("404",),
+            ),
+        },
+        "/api/v1/audit": {
+            "get": operation(
+                "Administrative actions",
+                answer("200", "Newest first, 50 a page.", ref("AuditPage")),
+                role=admin,
+                tag="Audit",
+                parameters=[
+                    query(
+                        "action",
+                        {"type": "string", "enum": list(audit.ACTIONS)},
+                        "422 when unknown.",
+                    ),
+                    query("actor", STRING, "Part of the actor's email (or cli, system)."),
+                    query("before", {"type": "integer"}, "The previous answer's next_before."),
+                    *cursor_parameters(),
+                ],
+            ),
+        },
+    }
+    return out
+
+
+DESCRIPTION = """\
+Disparo's JSON API. Every call but this document carries `Authorization: Bearer <token>`
+(create one on the "API tokens" page or with `flask users create … --api-token`), and
+counts against the token user's requests a minute: every answer to an authenticated call
+carries `X-RateLimit-Limit`, `-Remaining` and `-Reset`; over it, 429 with `Retry-After`.
+
+Errors are JSON: `{"error": {"code", "message", "fields"}}`, `fields` naming each refused
+field. An unknown path under `/api/v1` answers 404 `not_found`, a method a path does not
+take 405 `method_not_allowed`, both with this envelope. Messages follow Accept-Language;
+`code` is what to compare. Text PostgreSQL cannot store (a NUL byte, a lone surrogate such
+as "\\ud800") is refused at its field once the token is checked.
+
+Lists page by cursor: pass `limit` (1-500) or a `cursor` (a previous answer's
+`next_cursor`); without either they answer as they always did (senders and templates:
+every row; campaigns and suppressions: `page`-numbered pages; audit: `before`).
+"""
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (built once; do not change what it returns)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Disparo API",
+            "version": "v1",
+            "description": DESCRIPTION,
+            "license": {"name": "AGPL-3.0-or-later", "identifier": "AGPL-3.0-or-later"},
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "tags": [
+            {"name": name}
+            for name in ("Users", "Senders", "Templates", "Campaigns", "Opt-outs", "Audit", "Meta")
+        ],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token of an active user.",
+                }
+            },
+            "schemas": schemas(),
+            "headers": headers(),
+            "responses": responses(),
+        },
+    }

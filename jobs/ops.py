@@ -74,7 +74,7 @@ async def run(groups: tuple[QueueGroup, ...]) -> int:
         if stopping in done:
             logger.info("ops: stop requested, stopping %d workers", len(workers))
         else:
-            ended = ", ".join(workers[task].name for task in done if task in workers)
+            ended = ", ".join(group.name for task, group in workers.items() if task in done)
             logger.warning("ops: %s stopped by itself; stopping the others", ended)
         stopping.cancel()
         for task in workers:

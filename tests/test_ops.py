@@ -279,3 +279,39 @@ def test_the_web_and_cli_pool_carries_the_process_name(env, monkeypatch):
     options = config.load_settings().flask_config()["SQLALCHEMY_ENGINE_OPTIONS"]
     assert options["connect_args"] == {"application_name": "disparo-web"}
     assert (options["pool_size"], options["max_overflow"]) == (5, 10)  # SQLAlchemy's own
+
+
+def _refused(argv: list[str], **settings: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "DISPARO_ENV": "development",
+        "DATABASE_URL": "postgresql://db.invalid/disparo",  # never reached
+        **settings,
+    }
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_worker_refuses_a_pool_its_message_jobs_could_deadlock_on():
+    """Five message jobs can hold ten connections at once (session and limiter each)."""
+    procrastinate = str(Path(sys.executable).with_name("procrastinate"))
+    result = _refused(
+        [procrastinate, "--app=jobs.app", "worker", "--queues=campaign-messages"],
+        DB_POOL_SIZE="6",
+        DB_MAX_OVERFLOW="2",
+        WORKER_CONCURRENCY="5",
+    )
+    assert result.returncode != 0
+    assert "DB_POOL_SIZE + DB_MAX_OVERFLOW (6 + 2) is below the 10" in result.stderr
+
+
+def test_the_web_refuses_fewer_connections_than_threads_plus_one():
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    result = _refused(
+        [gunicorn, "--bind", "127.0.0.1:0", "app:create_app()"],
+        WEB_THREADS="8",
+        DB_POOL_SIZE="4",
+        DB_MAX_OVERFLOW="0",
+    )
+    assert result.returncode != 0
+    assert "must be at least WEB_THREADS + 1 (9)" in result.stdout + result.stderr

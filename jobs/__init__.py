@@ -9,6 +9,7 @@ per process, on its first deferral (see :func:`open_for_deferring`).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
@@ -46,7 +47,8 @@ def _connection_kwargs() -> dict[str, Any]:
 
 
 def _cli_concurrency(argv: list[str]) -> int:
-    """The concurrency ``procrastinate … worker`` was given, else WORKER_CONCURRENCY."""
+    """The concurrency ``procrastinate … worker`` was given (flag, then the CLI's own
+    environment variable), else WORKER_CONCURRENCY (``worker_defaults``)."""
     for i, arg in enumerate(argv):
         value = None
         if arg.startswith("--concurrency="):
@@ -55,7 +57,8 @@ def _cli_concurrency(argv: list[str]) -> int:
             value = argv[i + 1]
         if value is not None and value.strip().isdigit():
             return int(value)  # anything else: the CLI refuses it itself
-    return worker_concurrency()
+    own = os.environ.get("PROCRASTINATE_WORKER_CONCURRENCY", "").strip()  # the CLI's own
+    return int(own) if own.isdigit() else worker_concurrency()
 
 
 _mocks = mocks_enabled()
@@ -64,7 +67,9 @@ _concurrency = worker_concurrency()
 if process_role() == "worker":
     # `procrastinate … worker`: size (and check) its pools now, so settings its jobs
     # could deadlock on stop it before it takes a job.
-    context.configure(slots=_cli_concurrency(sys.argv), limiter_slots=None, what="worker")
+    context.configure(
+        slots=_cli_concurrency(sys.argv), limiter_slots=None, what="the worker process"
+    )
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(

@@ -41,7 +41,7 @@ def flask_app() -> Flask:
 
     if _pool is None and not _job_slots:
         return create_app()
-    size, overflow = _pool or sqlalchemy_pool("this worker", 2 * _job_slots)
+    size, overflow = _pool or sqlalchemy_pool("this worker process", 2 * _job_slots)
     engine = load_settings().flask_config()["SQLALCHEMY_ENGINE_OPTIONS"]
     return create_app(
         {"SQLALCHEMY_ENGINE_OPTIONS": {**engine, "pool_size": size, "max_overflow": overflow}}

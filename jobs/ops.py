@@ -31,6 +31,7 @@ import logging
 import signal
 import sys
 
+from campaigns import logs
 from campaigns.config import (
     ConfigError,
     QueueGroup,
@@ -94,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    logs.configure(args.log_level.upper())  # text or JSON (LOG_FORMAT), like every process
     set_process_role("ops")  # before any connection opens: they are named disparo-ops
     load_env_file()
     try:

@@ -14,11 +14,12 @@ from flask import current_app
 from procrastinate import JobContext, RetryStrategy, builtin_tasks
 from sqlalchemy import exc as sa_exc
 
-from app import db
+from app import DELETE_BATCH, db
 from campaigns import (
     audit,
     campaign_states,
     clock,
+    counters,
     erp,
     fanout,
     login_throttle,
@@ -221,20 +222,23 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
-    without them; drop expired rate-limit buckets, sign-in attempts past 30 days and
-    audit events past AUDIT_RETENTION_DAYS."""
+    without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
+    events past AUDIT_RETENTION_DAYS and /metrics' per-minute figures past a day."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     attempts = login_throttle.delete_old_attempts(db.session)
     events = audit.delete_old_events(db.session, current_app.config["AUDIT_RETENTION_DAYS"])
+    minutes = ratelimit.delete_old_denials(db.session)
+    minutes += counters.delete_old_ops_minutes(db.session, DELETE_BATCH)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
-        " %s old audit events",
+        " %s old audit events, %s old metrics minutes",
         removed,
         attempts,
         events,
+        minutes,
     )
 
 

@@ -148,7 +148,27 @@ def worker_argv(
             out.append(f"--concurrency={concurrency}")
         else:
             out.append(arg)
+    if concurrency is not None and not any(a.startswith("--concurrency=") for a in out):
+        out.append(f"--concurrency={concurrency}")  # the Procfile leaves it to the settings
     return out
+
+
+def ops_argv() -> list[str]:
+    """The Procfile's ``ops`` command (``python -m jobs.ops``), quiet."""
+    argv = procfile()["ops"]
+    if argv[:3] != ["python", "-m", "jobs.ops"]:
+        raise RuntimeError(f"Procfile ops: expected python -m jobs.ops, not {argv}")
+    return [sys.executable, *argv[1:], "--log-level=warning"]
+
+
+def ops_workers(env: dict[str, str]) -> int:
+    """How many Procrastinate workers ``ops`` registers with this environment's OPS_WORKERS."""
+    from unittest import mock
+
+    from campaigns import config
+
+    with mock.patch.dict(os.environ, {"OPS_WORKERS": env.get("OPS_WORKERS", "")}):
+        return len(config.ops_workers())
 
 
 def free_port() -> int:
@@ -286,8 +306,8 @@ class Stack:
             argv = worker_argv("worker", f"messages-{i}", app, setup.concurrency)
             self.start(f"messages-{i}", "messages", argv)
         if ops:
-            self.start("ops", "ops", worker_argv("ops", "ops"))
-        self.wait_registered(setup.processes + (1 if ops else 0))
+            self.start("ops", "ops", ops_argv())
+        self.wait_registered(setup.processes + (ops_workers(self.env()) if ops else 0))
 
     def wait_registered(self, count: int) -> None:
         import psycopg

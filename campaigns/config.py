@@ -11,6 +11,7 @@ import binascii
 import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -230,13 +231,22 @@ class Settings:
     audit_retention_days: int
     data_retention_days: int
     phone_hash_key: bytes
+    db_pool_size: int | None = None  # None: the process's own default (sqlalchemy_pool)
+    db_max_overflow: int | None = None
 
     def flask_config(self) -> dict[str, Any]:
         return {
             "DISPARO_ENV": self.env,
             "SECRET_KEY": self.secret_key,
             "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(database_url()),
-            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "SQLALCHEMY_ENGINE_OPTIONS": {
+                "pool_pre_ping": True,
+                # The web's and the CLI's pool; a worker sizes its own (jobs/context.py).
+                "pool_size": self.db_pool_size if self.db_pool_size is not None else 5,
+                "max_overflow": self.db_max_overflow if self.db_max_overflow is not None else 10,
+                # pg_stat_activity then counts connections per process (README, Deploying).
+                "connect_args": {"application_name": application_name()},
+            },
             "SESSION_COOKIE_SECURE": self.env == "production",
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",
@@ -523,6 +533,12 @@ def load_settings() -> Settings:
         whatsapp = "https://graph.facebook.com/v23.0"
     # A request body's limit; a view that takes a file has MAX_UPLOAD_BYTES instead.
     max_request = _int_setting("MAX_REQUEST_BYTES", MIB, minimum=MIN_REQUEST_BYTES)
+    # The connection settings, checked here too, so a bad one stops the web app at startup.
+    db_pool_size, db_max_overflow = db_pool()
+    queue_pool()
+    worker_concurrency()
+    ops_workers()
+    web_threads()
     return Settings(
         env=env,
         secret_key=secret_key,
@@ -586,6 +602,8 @@ def load_settings() -> Settings:
         # Days after a campaign ends before its recipients' personal data is erased.
         data_retention_days=_int_setting("DATA_RETENTION_DAYS", 180, maximum=36_500),
         phone_hash_key=_phone_hash_key(secret_key),
+        db_pool_size=db_pool_size,
+        db_max_overflow=db_max_overflow,
     )
 
 
@@ -650,3 +668,174 @@ def _mock_erp_customers() -> int:
             f"MOCK_ERP_CUSTOMERS must be at most {MOCK_ERP_MAX_CUSTOMERS:_}, not {value:_}"
         )
     return value
+
+
+# -- Database connections: every pool's size, the concurrency behind them, and the name
+# each process gives its connections. Read by create_app, jobs/ (the queue's pool, the
+# workers' SQLAlchemy pools) and gunicorn.conf.py; README, "Deploying", counts them.
+
+MAX_POOL = 100  # per process; far above what any plan allows, it catches typos
+MAX_CONCURRENCY = 100
+MAX_WEB_THREADS = 64
+# The queues the `ops` process works (jobs/ops.py); campaign-messages is `worker`'s.
+# campaigns/queues.py names them too (tests/test_ops.py checks they agree).
+OPS_QUEUES = (
+    "campaign-scheduler",
+    "campaign-sender",
+    "campaign-notifications",
+    "message-retry",
+    "maintenance",
+    "builtin",
+)
+# The source documents' concurrency per queue (notifications 3, retry 3, scheduler 2);
+# campaign-sender 3 (two long fan-outs still leave a slot for the pumps), maintenance
+# with Procrastinate's builtin queue 2 (short periodic jobs).
+DEFAULT_OPS_WORKERS = (
+    "campaign-scheduler:2; campaign-sender:3; campaign-notifications:3; "
+    "message-retry:3; maintenance,builtin:2"
+)
+# What this process's connections are called in pg_stat_activity: disparo-<role>.
+PROCESS_ROLES = ("web", "worker", "ops", "release", "cli", "mock")
+_process_role: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueGroup:
+    """Queues one in-process worker of ``ops`` takes jobs from, at most ``concurrency``
+    at once in all."""
+
+    queues: tuple[str, ...]
+    concurrency: int
+
+    @property
+    def name(self) -> str:
+        return "ops-" + "+".join(self.queues)
+
+
+def db_pool() -> tuple[int | None, int | None]:
+    """``DB_POOL_SIZE`` and ``DB_MAX_OVERFLOW``: SQLAlchemy's pool in every process.
+
+    Unset, each process keeps its own default: web and CLI 5 (+10 for a burst), a
+    worker what its jobs can hold at once (+2), see :func:`sqlalchemy_pool`.
+    """
+    size = os.environ.get("DB_POOL_SIZE", "").strip()
+    overflow = os.environ.get("DB_MAX_OVERFLOW", "").strip()
+    return (
+        _int_setting("DB_POOL_SIZE", 0, minimum=1, maximum=MAX_POOL) if size else None,
+        _int_setting("DB_MAX_OVERFLOW", 0, minimum=0, maximum=MAX_POOL) if overflow else None,
+    )
+
+
+def sqlalchemy_pool(what: str, held_at_once: int) -> tuple[int, int]:
+    """(pool_size, max_overflow) for a process whose threads can hold ``held_at_once``
+    connections together; refuses settings that could leave them waiting on each other.
+
+    A message job holds its session's connection while the rate limiter takes another
+    (campaigns/ratelimit.py), so with fewer than that a pool can deadlock (every
+    connection held by a job waiting for a second one) or starve a job past the pool's
+    30 s timeout: the concurrency must come down with the pool, not the pool alone.
+    """
+    size, overflow = db_pool()
+    size = held_at_once if size is None else size
+    overflow = 2 if overflow is None else overflow
+    if size + overflow < held_at_once:
+        raise ConfigError(
+            f"DB_POOL_SIZE + DB_MAX_OVERFLOW ({size} + {overflow}) is below the "
+            f"{held_at_once} database connections {what} can hold at once; lower its "
+            "concurrency or raise the pool (README, Deploying)"
+        )
+    return size, overflow
+
+
+def queue_pool() -> tuple[int, int]:
+    """``QUEUE_POOL_MIN_SIZE``, ``QUEUE_POOL_MAX_SIZE``: Procrastinate's pool per process
+    (fetching, finishing, heartbeats; the web opens it only to defer the mocks' job)."""
+    low = _int_setting("QUEUE_POOL_MIN_SIZE", 1, minimum=0, maximum=MAX_POOL)
+    high = _int_setting("QUEUE_POOL_MAX_SIZE", 10, minimum=1, maximum=MAX_POOL)
+    if low > high:
+        raise ConfigError(
+            f"QUEUE_POOL_MIN_SIZE ({low}) must be at most QUEUE_POOL_MAX_SIZE ({high})"
+        )
+    return low, high
+
+
+def worker_concurrency() -> int:
+    """``WORKER_CONCURRENCY``: message jobs the ``worker`` process runs at once."""
+    return _int_setting("WORKER_CONCURRENCY", 5, maximum=MAX_CONCURRENCY)
+
+
+def web_threads() -> int:
+    """``WEB_THREADS``: gunicorn's threads per web process (gunicorn.conf.py)."""
+    return _int_setting("WEB_THREADS", 8, maximum=MAX_WEB_THREADS)
+
+
+def ops_workers() -> tuple[QueueGroup, ...]:
+    """``OPS_WORKERS``: the ``ops`` process's queue groups, each with its concurrency.
+
+    ``queue[,queue…]:n`` separated by ``;``. Each group is one Procrastinate worker
+    in the process (jobs/ops.py), so a queue alone in its group runs at most n jobs
+    at once; every ops queue must be in exactly one group, or its jobs would never run.
+    """
+    raw = os.environ.get("OPS_WORKERS", "").strip() or DEFAULT_OPS_WORKERS
+    example = "campaign-sender:3; maintenance,builtin:2"
+    groups: list[QueueGroup] = []
+    seen: set[str] = set()
+    for part in filter(None, (p.strip() for p in raw.split(";"))):
+        names, colon, number = part.rpartition(":")
+        queues = tuple(q.strip() for q in names.split(",") if q.strip())
+        if not colon or not queues or not number.strip().isdigit():
+            raise ConfigError(
+                f"OPS_WORKERS must be groups of queues and their concurrency such as "
+                f"{example!r}, not {part!r}"
+            )
+        concurrency = int(number)
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"OPS_WORKERS: {names}'s concurrency must be 1 to {MAX_CONCURRENCY}, not {number}"
+            )
+        for queue in queues:
+            if queue not in OPS_QUEUES:
+                raise ConfigError(
+                    f"OPS_WORKERS: {queue!r} is not an ops queue ({', '.join(OPS_QUEUES)})"
+                )
+            if queue in seen:
+                raise ConfigError(f"OPS_WORKERS names {queue} twice")
+            seen.add(queue)
+        groups.append(QueueGroup(queues, concurrency))
+    missing = [queue for queue in OPS_QUEUES if queue not in seen]
+    if missing:
+        raise ConfigError(
+            f"OPS_WORKERS leaves out {', '.join(missing)}, whose jobs would never run"
+        )
+    return tuple(groups)
+
+
+def set_process_role(role: str) -> None:
+    """Name this process's connections (an entry point that knows what it is)."""
+    global _process_role
+    if role not in PROCESS_ROLES:
+        raise ValueError(f"unknown process role {role!r}")
+    _process_role = role
+
+
+def process_role() -> str:
+    """What this process is: set by its entry point, else read from its command line
+    (gunicorn: web; ``procrastinate … worker``: worker; ``flask db upgrade``: release)."""
+    if _process_role is not None:
+        return _process_role
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    # `python -m x` runs x/__main__.py: the package's name is the program's.
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    args = sys.argv[1:]
+    if name == "gunicorn":
+        return "web"
+    if name == "procrastinate":
+        return "worker" if "worker" in args else "cli"
+    if name == "flask" and "db" in args and "upgrade" in args[args.index("db") :]:
+        return "release"
+    return "cli"
+
+
+def application_name() -> str:
+    """The ``application_name`` of this process's connections: ``disparo-<role>``."""
+    return f"disparo-{process_role()}"

@@ -13,11 +13,20 @@ import argparse
 import os
 import sys
 import threading
+from typing import Any
 
 import procrastinate
 
 from campaigns import error_reporting, logs
-from campaigns.config import database_url, mocks_enabled
+from campaigns.config import (
+    application_name,
+    database_url,
+    mocks_enabled,
+    process_role,
+    queue_pool,
+    worker_concurrency,
+)
+from jobs import context
 from jobs.context import flask_context, size_thread_pool
 
 
@@ -37,27 +46,62 @@ if logs.json_enabled():
     logs.configure(_cli_log_level())
 error_reporting.init()
 
-app = procrastinate.App(
-    connector=procrastinate.PsycopgConnector(
-        conninfo=database_url,  # a callable: resolved when the pool connects, not at import
-        min_size=1,
-        max_size=10,
+
+def _connection_kwargs() -> dict[str, Any]:
+    """Each new connection's parameters, read when it opens (the process may name
+    itself after this module is imported: jobs/ops.py)."""
+    return {
         # A server that vanishes without closing its connections (a network blackhole,
         # procrastinate#1334) would leave a worker hanging on a dead socket; TCP
         # keepalives and a send timeout make its connections fail within about a minute,
         # so the worker exits and its process manager restarts it. libpq ignores these
         # on a Unix socket (the embedded database).
-        kwargs={
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-            "tcp_user_timeout": 60_000,
-        },
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,
+        "application_name": application_name(),
+    }
+
+
+def _cli_concurrency(argv: list[str]) -> int:
+    """The concurrency ``procrastinate … worker`` was given (flag, then the CLI's own
+    environment variable), else WORKER_CONCURRENCY (``worker_defaults``)."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--concurrency="):
+            value = arg.partition("=")[2]
+        elif arg in ("--concurrency", "-c") and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None and value.strip().isdigit():
+            return int(value)  # anything else: the CLI refuses it itself
+    own = os.environ.get("PROCRASTINATE_WORKER_CONCURRENCY", "").strip()  # the CLI's own
+    return int(own) if own.isdigit() else worker_concurrency()
+
+
+_mocks = mocks_enabled()
+_queue_min, _queue_max = queue_pool()
+_concurrency = worker_concurrency()
+if process_role() == "worker":
+    # `procrastinate … worker`: size (and check) its pools now, so settings its jobs
+    # could deadlock on stop it before it takes a job.
+    context.configure(
+        slots=_cli_concurrency(sys.argv), limiter_slots=None, what="the worker process"
+    )
+
+app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(
+        conninfo=database_url,  # a callable: resolved when the pool connects, not at import
+        min_size=_queue_min,
+        max_size=_queue_max,
+        kwargs=_connection_kwargs,  # a callable too (psycopg_pool 3.3)
     ),
     # The mock WhatsApp's task only where the mocks run: production never registers it.
-    import_paths=["jobs.tasks", *(["mocks.tasks"] if mocks_enabled() else [])],
+    import_paths=["jobs.tasks", *(["mocks.tasks"] if _mocks else [])],
     worker_defaults={
+        # The `worker` process's (the Procfile gives it no --concurrency); ops sets its own.
+        "concurrency": _concurrency,
         # Paced message jobs become due without a NOTIFY: poll about every second.
         "fetch_job_polling_interval": 1.0,
         # Heroku sends SIGKILL 30 s after SIGTERM.

@@ -11,9 +11,26 @@ from typing import Any
 from flask import Flask
 
 from campaigns import error_reporting, logs, statelog
+from campaigns.config import sqlalchemy_pool
 
 _sized_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-_job_slots = 0  # the worker's concurrency, once size_thread_pool has seen it
+_job_slots = 0  # the process's jobs at once: configure(), or the worker's concurrency
+_pool: tuple[int, int] | None = None  # its SQLAlchemy pool (pool_size, max_overflow)
+
+
+def configure(slots: int, limiter_slots: int | None, what: str) -> None:
+    """Size this worker process for ``slots`` jobs at once, ``limiter_slots`` of them
+    message jobs (all of them when None), and check the pool settings allow it.
+
+    A message job holds two connections while it takes the rate limits (its session's
+    and the limiter's autocommit one), any other job one: so the pool holds one a slot
+    and one more a message slot. With fewer kept than that, every job past the pool
+    opens a connection and closes it again (bench/README.md); with fewer allowed, jobs
+    wait on each other (config.sqlalchemy_pool refuses that).
+    """
+    global _job_slots, _pool
+    _job_slots = slots
+    _pool = sqlalchemy_pool(what, slots + (slots if limiter_slots is None else limiter_slots))
 
 
 @functools.cache
@@ -22,14 +39,12 @@ def flask_app() -> Flask:
     from app import create_app
     from campaigns.config import load_settings
 
-    if not _job_slots:
+    if _pool is None and not _job_slots:
         return create_app()
-    # A message job holds two connections while it takes the rate limits (its session's
-    # and the limiter's autocommit one). With fewer kept in the pool than that, every
-    # job past the pool opens a connection and closes it again (bench/README.md).
+    size, overflow = _pool or sqlalchemy_pool("this worker process", 2 * _job_slots)
     engine = load_settings().flask_config()["SQLALCHEMY_ENGINE_OPTIONS"]
     return create_app(
-        {"SQLALCHEMY_ENGINE_OPTIONS": {**engine, "pool_size": 2 * _job_slots, "max_overflow": 2}}
+        {"SQLALCHEMY_ENGINE_OPTIONS": {**engine, "pool_size": size, "max_overflow": overflow}}
     )
 
 
@@ -58,12 +73,15 @@ async def size_thread_pool(call_next: Any, context: Any, worker: Any) -> Any:
     Procrastinate runs sync tasks in the event loop's default executor, which has
     min(32, cores + 4) threads — 6 on a 2-core dyno, fewer than ``--concurrency``.
     """
-    global _job_slots
     loop = asyncio.get_running_loop()
     if loop not in _sized_loops:
-        _sized_loops.add(loop)
-        _job_slots = worker.concurrency
-        loop.set_default_executor(
-            ThreadPoolExecutor(max_workers=worker.concurrency + 2, thread_name_prefix="job")
-        )
+        size_loop(loop, _job_slots or worker.concurrency)
     return await call_next()
+
+
+def size_loop(loop: asyncio.AbstractEventLoop, slots: int) -> None:
+    """One thread per job slot of the process (and two spare), once per loop."""
+    global _job_slots
+    _sized_loops.add(loop)
+    _job_slots = slots
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=slots + 2, thread_name_prefix="job"))

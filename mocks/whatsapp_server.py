@@ -60,7 +60,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from campaigns import logs
-from campaigns.config import load_settings, mocks_enabled
+from campaigns.config import load_settings, mocks_enabled, set_process_role
 from mocks import whatsapp
 from mocks.whatsapp import Accepted, MetaError
 
@@ -244,7 +244,12 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM or SIGINT; answer the calls in flight, then stop."""
     # One connection: the flusher records one group at a time.
-    engine = sa.create_engine(config["SQLALCHEMY_DATABASE_URI"], pool_size=1, max_overflow=1)
+    engine = sa.create_engine(
+        config["SQLALCHEMY_DATABASE_URI"],
+        pool_size=1,
+        max_overflow=1,
+        connect_args=config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"],  # disparo-mock
+    )
     mock = MockWhatsApp(config, engine, flush_seconds)
     flusher = asyncio.create_task(mock.flush_forever())
     runner = web.AppRunner(
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()  # stdout, text or JSON as LOG_FORMAT says, like every process
     if not mocks_enabled():
         return idle("mocks are off (DISPARO_MOCKS), so there is nothing to serve")
+    set_process_role("mock")
     config = load_settings().flask_config()
     if args.port is None and not config["MOCK_WHATSAPP_URL"]:
         return idle("MOCK_WHATSAPP_URL is unset: the web port serves the mock WhatsApp")

@@ -21,6 +21,7 @@ from campaigns import (
     clock,
     erp,
     fanout,
+    idempotency,
     login_throttle,
     maintenance,
     notifications,
@@ -221,20 +222,22 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
-    without them; drop expired rate-limit buckets, sign-in attempts past 30 days and
-    audit events past AUDIT_RETENTION_DAYS."""
+    without them; drop expired rate-limit buckets, sign-in attempts past 30 days,
+    audit events past AUDIT_RETENTION_DAYS and API idempotency keys past 24 hours."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     attempts = login_throttle.delete_old_attempts(db.session)
     events = audit.delete_old_events(db.session, current_app.config["AUDIT_RETENTION_DAYS"])
+    keys = idempotency.delete_old_keys(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
-        " %s old audit events",
+        " %s old audit events, %s old idempotency keys",
         removed,
         attempts,
         events,
+        keys,
     )
 
 

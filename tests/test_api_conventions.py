@@ -796,6 +796,18 @@ def test_an_abandoned_claim_is_taken_over_after_its_lease(client, headers, admin
     assert answer.status_code == 201 and senders_named("Took over") == 1
 
 
+def test_an_erasure_forgets_the_kept_responses_that_hold_the_number(client, headers):
+    keyed = headers | {"Idempotency-Key": "opt-out"}
+    first = client.post("/api/v1/suppressions", json={"phone": "+5511911110000"}, headers=keyed)
+    assert first.status_code == 201
+    other = headers | {"Idempotency-Key": "another"}
+    client.post("/api/v1/suppressions", json={"phone": "+5511911119999"}, headers=other)
+    erase_person("+5511911110000", None)
+    kept = db.session.scalars(sa.select(IdempotencyKey.response_body)).all()
+    assert len(kept) == 1 and "+5511911119999" in kept[0]
+    assert not any("+5511911110000" in body for body in kept)
+
+
 def test_a_key_on_a_request_that_creates_nothing_is_ignored(client, headers, admin):
     campaign = demo_campaign(admin.id, name="Paused")
     keyed = headers | {"Idempotency-Key": "not-a-create"}

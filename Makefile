@@ -15,7 +15,7 @@ MOCK_WHATSAPP_URL ?= http://127.0.0.1:$(MOCK_WHATSAPP_PORT)/v23.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export APP_BASE_URL
 
-.PHONY: run test install env db stop-db lint clean messages
+.PHONY: run test install env db stop-db lint clean messages requirements
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The deploy's manifest (a Heroku-style Python buildpack installs requirements.txt only):
+# pyproject.toml's production dependencies, no extras, at constraints.txt's versions, with
+# the hash of every file PyPI has for each, so any platform's wheel installs with
+# --require-hashes. Run it after changing a production pin; tests/test_requirements.py
+# fails while requirements.txt is out of step.
+requirements: install
+	CUSTOM_COMPILE_COMMAND="make requirements" $(BIN)/pip-compile --quiet --generate-hashes \
+		--no-reuse-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+		-c constraints.txt -o requirements.txt pyproject.toml
 
 # After changing UI text: extract every marked string into translations/messages.pot,
 # merge it into each language's .po (translate what is new or fuzzy there), and compile

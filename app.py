@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask
@@ -78,21 +76,15 @@ csrf = CSRFProtect()
 htmx = HTMX()
 
 
-def _configure_logging() -> None:
-    # 12-factor: log to stdout only; gunicorn and honcho collect it.
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-
-
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app: settings from the environment, extensions, blueprints."""
+    from campaigns import error_reporting, logs
     from campaigns.config import PROJECT_ROOT, load_settings
 
-    _configure_logging()
+    # 12-factor: log to stdout only (LOG_FORMAT: text or json); gunicorn and honcho
+    # collect it. Error reporting starts before anything can fail.
+    logs.configure()
+    error_reporting.init()
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_mapping(load_settings().flask_config())
     if test_config:
@@ -103,9 +95,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     htmx.init_app(app)
 
-    from campaigns import auth, cli, edge, errors, i18n, security, views
+    from campaigns import auth, cli, edge, errors, i18n, request_id, security, views
 
     security.init_app(app)
+    request_id.init_app(app)  # after ProxyFix: the outermost layer, around every response
     i18n.init_app(app)
     auth.init_app(app)
     edge.init_app(app)  # after auth: who may ask is decided before what was asked is read

@@ -131,10 +131,15 @@ def worker_argv(
 ) -> list[str]:
     """The Procfile's ``kind`` command, quiet, with this name (and app, concurrency)."""
     argv = procfile()[kind]
-    if argv[0] != "procrastinate":
+    # `python -m procrastinate` (the checkout's directory on the import path, README,
+    # Processes), or the script.
+    for prefix in (["python", "-m", "procrastinate"], ["procrastinate"]):
+        if argv[: len(prefix)] == prefix:
+            break
+    else:
         raise RuntimeError(f"Procfile {kind}: expected a procrastinate command, not {argv[0]}")
-    out = [str(BIN / "procrastinate")]
-    for arg in argv[1:]:
+    out = [str(BIN / "python"), "-m", "procrastinate"]
+    for arg in argv[len(prefix) :]:
         if arg.startswith("--app="):
             out += [f"--app={app or arg.removeprefix('--app=')}", "--log-level=warning"]
         elif arg.startswith("--name="):

@@ -21,8 +21,10 @@ from campaigns.errors import json_error
 from campaigns.i18n import _
 from campaigns.models import Role, User
 
-PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.login_submit", "main.healthz"})
-SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"static", "auth.login", "auth.login_submit", "main.healthz", "main.livez", "main.readyz"}
+)
+SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "metrics"})
 # Mock blueprints are registered only when MOCKS_ENABLED, never in production.
 MOCK_BLUEPRINT_PREFIX = "mock_"
 

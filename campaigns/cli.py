@@ -1,5 +1,5 @@
 """``flask`` commands: user management, the demo data, the rotation of stored secrets and
-the erasure of a person's data."""
+the erasure of a person's data; the job queue's are in ``queue_cli.py``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from campaigns.config import INSTANCE_PATH
 from campaigns.i18n import _, format_number
 from campaigns.labels import label
 from campaigns.models import Role
+from campaigns.queue_cli import queue_cli
 from campaigns.services import ServiceError, demo, personal_data
 from campaigns.services.users import create_api_token, create_user
 
@@ -151,6 +152,7 @@ def data_erase(phone: str, yes: bool) -> None:
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(queue_cli)
     app.cli.add_command(secrets_cli)
     app.cli.add_command(data_cli)
     app.cli.add_command(seed_demo)

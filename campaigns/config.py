@@ -41,9 +41,10 @@ MOCK_WHATSAPP_URL_EXAMPLE = "http://127.0.0.1:5001/v23.0"
 # What production cannot start without; nothing else is required.
 REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "DISPARO_ENCRYPTION_KEY")
 ENCRYPTION_KEY = "DISPARO_ENCRYPTION_KEY"
-GENERATE_FERNET_KEY = (
-    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
-)
+# DISPARO_ENCRYPTION_KEY takes a Fernet key, or any random secret at least this long, from
+# which a Fernet key is derived (such as app.json's "generator": "secret" makes).
+MIN_ENCRYPTION_SECRET_LENGTH = 32
+GENERATE_ENCRYPTION_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 WEBHOOK_SECRET_PREFIX = "whsec_"
 # Standard Webhooks: a signing secret of 24 to 64 random bytes.
 WEBHOOK_SECRET_BYTES = (24, 64)
@@ -197,6 +198,7 @@ class Settings:
     webhook_verify_token: str | None
     notification_webhook_url: str | None
     notification_webhook_secret: str
+    metrics_token: str | None
     proxy_count: int
     login_free_failures: int
     login_max_delay_seconds: int
@@ -247,6 +249,7 @@ class Settings:
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "NOTIFICATION_WEBHOOK_SECRET": self.notification_webhook_secret,
+            "METRICS_TOKEN": self.metrics_token,
             "PROXY_COUNT": self.proxy_count,
             "LOGIN_FREE_FAILURES": self.login_free_failures,
             "LOGIN_MAX_DELAY_SECONDS": self.login_max_delay_seconds,
@@ -309,6 +312,55 @@ def mocks_enabled() -> bool:
     return mocks
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def log_format() -> str:
+    """``LOG_FORMAT``: ``text`` (the default, one readable line) or ``json`` (one JSON
+    object a line, docs/logging.md).
+
+    Read on its own, not through :func:`load_settings`, because every process configures
+    its logging before anything else: gunicorn's config file, a worker's import of
+    ``jobs`` and Alembic's ``env.py`` call it as well as ``create_app``.
+    """
+    load_env_file()
+    raw = os.environ.get("LOG_FORMAT", "").strip().lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class SentrySettings:
+    dsn: str
+    environment: str
+    traces_sample_rate: float
+
+
+def sentry_settings() -> SentrySettings | None:
+    """Error reporting (campaigns/error_reporting.py): ``SENTRY_DSN`` turns it on, unset
+    it stays off; ``SENTRY_ENVIRONMENT`` defaults to ``DISPARO_ENV``, and
+    ``SENTRY_TRACES_SAMPLE_RATE`` (0 to 1) to 0, no performance traces."""
+    env = environment()
+    dsn = os.environ.get("SENTRY_DSN", "").strip()
+    if not dsn:
+        return None
+    from sentry_sdk.utils import BadDsn, Dsn  # the SDK's own parser: what init would accept
+
+    try:
+        Dsn(dsn)
+    except BadDsn:  # the message never repeats the DSN, which holds the project's key
+        raise ConfigError(
+            "SENTRY_DSN is not a Sentry DSN (https://<key>@<host>/<project id>); "
+            "copy it from the project's Client Keys page, or unset it"
+        ) from None
+    return SentrySettings(
+        dsn=dsn,
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "").strip() or env,
+        traces_sample_rate=_fraction("SENTRY_TRACES_SAMPLE_RATE", 0.0),
+    )
+
+
 def _require_production_settings() -> None:
     """Name every missing required setting at once, rather than one per restart."""
     missing = [name for name in REQUIRED_IN_PRODUCTION if not os.environ.get(name, "").strip()]
@@ -319,12 +371,13 @@ def _require_production_settings() -> None:
         f"Production needs {', '.join(missing)}, which {verb} not set (README, Configuration)."
     )
     if ENCRYPTION_KEY in missing:
-        message += f" Generate {ENCRYPTION_KEY} with: {GENERATE_FERNET_KEY}"
+        message += f" Generate {ENCRYPTION_KEY} with: {GENERATE_ENCRYPTION_KEY}"
     raise ConfigError(message)
 
 
 def _derived_key(secret_key: str, purpose: str) -> bytes:
-    """32 bytes of key for one purpose, derived from the development SECRET_KEY."""
+    """32 bytes of key for one purpose, derived from a secret (HKDF-SHA256, info ``disparo
+    <purpose>``): SECRET_KEY's, or an encryption secret's."""
     hkdf = HKDF(algorithm=SHA256(), length=32, salt=None, info=f"disparo {purpose}".encode())
     return hkdf.derive(secret_key.encode())
 
@@ -333,31 +386,58 @@ def encryption_keys() -> list[str]:
     """``DISPARO_ENCRYPTION_KEY``'s Fernet keys, the one that encrypts first.
 
     Several comma-separated keys rotate: the first encrypts, every one decrypts
-    (``flask secrets rotate`` re-encrypts with the first). Production requires it;
-    development derives a fixed key of its own from its SECRET_KEY, which no
-    production process ever uses (production never reaches this fallback).
+    (``flask secrets rotate`` re-encrypts with the first). Each entry is a Fernet key,
+    used as it is, or a random secret of at least 32 characters, from which its Fernet
+    key is derived (:func:`fernet_key_from_secret`), so a platform's generated secret
+    serves as it comes. Production requires it; development derives a fixed key of its
+    own from its SECRET_KEY, which no production process ever uses (production never
+    reaches this fallback).
     """
     env = environment()
     raw = os.environ.get(ENCRYPTION_KEY, "").strip()
     if not raw:
         if env == "production":
             raise ConfigError(
-                f"{ENCRYPTION_KEY} is not set. Production needs a Fernet key to encrypt "
-                f"senders' secrets; generate one with: {GENERATE_FERNET_KEY}"
+                f"{ENCRYPTION_KEY} is not set. Production needs it to encrypt senders' "
+                f"secrets; generate one with: {GENERATE_ENCRYPTION_KEY}"
             )
         derived = _derived_key(_secret_key(env), "development encryption key")
         return [base64.urlsafe_b64encode(derived).decode()]
-    keys = [key.strip() for key in raw.split(",")]
-    for position, key in enumerate(keys, start=1):
-        try:
-            Fernet(key)
-        except (ValueError, binascii.Error):  # the message never repeats the key
-            which = f"key {position} of {len(keys)}" if len(keys) > 1 else "its value"
+    entries = [entry.strip() for entry in raw.split(",")]
+    keys = []
+    for position, entry in enumerate(entries, start=1):
+        if _is_fernet_key(entry):
+            keys.append(entry)
+        elif len(entry) >= MIN_ENCRYPTION_SECRET_LENGTH:
+            keys.append(fernet_key_from_secret(entry))
+        else:  # the message never repeats the value
+            which = f"key {position} of {len(entries)}" if len(entries) > 1 else "its value"
             raise ConfigError(
-                f"{ENCRYPTION_KEY} is not valid: {which} is not a Fernet key "
-                f"(32 url-safe base64-encoded bytes). Generate one with: {GENERATE_FERNET_KEY}"
-            ) from None
+                f"{ENCRYPTION_KEY} is not valid: {which} is neither a Fernet key nor a random "
+                f"secret of at least {MIN_ENCRYPTION_SECRET_LENGTH} characters. "
+                f"Generate one with: {GENERATE_ENCRYPTION_KEY}"
+            )
     return keys
+
+
+def _is_fernet_key(value: str) -> bool:
+    """32 url-safe base64-encoded bytes, as ``Fernet.generate_key()`` makes them."""
+    try:
+        Fernet(value)
+    except (ValueError, binascii.Error):
+        return False
+    return True
+
+
+def fernet_key_from_secret(secret: str) -> str:
+    """The Fernet key of a ``DISPARO_ENCRYPTION_KEY`` entry that is not one itself.
+
+    HKDF-SHA256 (RFC 5869) over the secret's UTF-8 bytes, no salt, info ``disparo
+    encryption key``, 32 bytes, url-safe base64: the same secret always gives the same
+    key, in every process. HKDF, not a password hash, because the secret is random
+    (a platform's generator, ``secrets.token_urlsafe``), never a word someone chose.
+    """
+    return base64.urlsafe_b64encode(_derived_key(secret, "encryption key")).decode()
 
 
 def _notification_webhook_secret(secret_key: str) -> str:
@@ -386,6 +466,21 @@ def _notification_webhook_secret(secret_key: str) -> str:
 
 
 MIN_PHONE_HASH_KEY_LENGTH = 32
+
+
+# A bearer token guessed one request at a time: 16 random characters are out of reach.
+MIN_METRICS_TOKEN = 16
+
+
+def _metrics_token() -> str | None:
+    """The scraper's bearer token for /metrics (besides an admin's API token); None: unset."""
+    raw = os.environ.get("METRICS_TOKEN", "").strip()
+    if raw and len(raw) < MIN_METRICS_TOKEN:
+        raise ConfigError(
+            f"METRICS_TOKEN must have at least {MIN_METRICS_TOKEN} characters; generate one with:"
+            ' python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return raw or None
 
 
 def _phone_hash_key(secret_key: str) -> bytes:
@@ -439,6 +534,7 @@ def load_settings() -> Settings:
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
         notification_webhook_secret=_notification_webhook_secret(secret_key),
+        metrics_token=_metrics_token(),
         # Production runs behind a platform's router (one proxy); development is reached
         # directly, where trusting X-Forwarded-For would let anyone pick an address.
         proxy_count=_int_setting(

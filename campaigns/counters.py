@@ -12,12 +12,13 @@ state moves them is ``message_states.counter_deltas``.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
-from app import AnySession
+from app import AnySession, rows_changed
 from campaigns.models import COUNTER_SHARDS
 
 IN_FLIGHT = ("pending", "queued", "sending", "retrying")
@@ -47,6 +48,13 @@ def minute_upsert(rows_sql: str) -> str:
 # -- messages sent (and failed) per minute, for throughput and the hourly chart
 BUMP_MINUTE = sa.text(
     minute_upsert("VALUES (:campaign_id, date_trunc('minute', now()), :shard, :sent, :failed)")
+)
+# -- messages failed this minute by error code ('' for none), for /metrics
+BUMP_FAILURE_MINUTE = sa.text(
+    "INSERT INTO message_failure_minutes AS f (minute, campaign_id, error_code, shard, failed)"
+    " VALUES (date_trunc('minute', now()), :campaign_id, :code, :shard, :failed)"
+    " ON CONFLICT (minute, campaign_id, error_code, shard) DO UPDATE"
+    " SET failed = f.failed + excluded.failed"
 )
 # -- sent over the sliding last 60 s: this minute's bucket in full, plus the previous
 # bucket weighted by how much of it is still inside the window (sends assumed even)
@@ -159,17 +167,116 @@ def totals_of(session: AnySession, campaign_ids: Collection[int]) -> dict[int, d
     return {campaign_id: found.get(campaign_id, dict(zero)) for campaign_id in campaign_ids}
 
 
-def bump_minute(session: AnySession, campaign_id: int, sent: int = 0, failed: int = 0) -> None:
-    if sent or failed:
-        session.execute(
-            BUMP_MINUTE,
-            {
-                "campaign_id": campaign_id,
-                "shard": shard_for(session),
-                "sent": sent,
-                "failed": failed,
-            },
-        )
+def bump_minute(
+    session: AnySession,
+    campaign_id: int,
+    sent: int = 0,
+    failed: int = 0,
+    error_code: str | None = None,
+) -> None:
+    """Count this minute's sends and failures; failures by ``error_code`` too (/metrics)."""
+    if not (sent or failed):
+        return
+    params = {"campaign_id": campaign_id, "shard": shard_for(session)}
+    session.execute(BUMP_MINUTE, params | {"sent": sent, "failed": failed})
+    if failed:
+        # After the campaign's counter and minute rows: their lock orders this row's writers.
+        session.execute(BUMP_FAILURE_MINUTE, params | {"failed": failed, "code": error_code or ""})
+
+
+# How long the per-minute figures of /metrics are kept (campaign_minute_stats, which the
+# campaign page's hourly chart reads, is kept with its campaign).
+OPS_MINUTES_KEPT = "1 day"
+# -- statuses WhatsApp reported, applied now: how many, their lag and the newest's time
+RECORD_WEBHOOK_LAGS = sa.text(
+    "INSERT INTO webhook_status_minutes AS w"
+    " (minute, shard, statuses, lag_seconds_sum, lag_seconds_max, last_applied_at)"
+    " SELECT date_trunc('minute', now()), :shard, count(*), sum(lag), max(lag), now()"
+    " FROM (SELECT greatest(extract(epoch FROM now() - at), 0) AS lag"
+    "       FROM unnest(CAST(:ats AS timestamptz[])) AS t(at)) AS l"
+    " ON CONFLICT (minute, shard) DO UPDATE"
+    " SET statuses = w.statuses + excluded.statuses,"
+    " lag_seconds_sum = w.lag_seconds_sum + excluded.lag_seconds_sum,"
+    " lag_seconds_max = greatest(w.lag_seconds_max, excluded.lag_seconds_max),"
+    " last_applied_at = greatest(w.last_applied_at, excluded.last_applied_at)"
+)
+DELETE_OLD_OPS_MINUTES = tuple(
+    sa.text(
+        f"DELETE FROM {table} WHERE minute < now() - interval '{OPS_MINUTES_KEPT}'"
+        f" AND ctid = ANY(ARRAY(SELECT ctid FROM {table}"
+        f"   WHERE minute < now() - interval '{OPS_MINUTES_KEPT}' LIMIT :batch))"
+    )
+    for table in ("message_failure_minutes", "webhook_status_minutes")
+)
+
+
+# -- the /metrics figures of one minute, every campaign (campaign_minute_stats_minute_idx)
+OUTCOMES_IN_MINUTE = sa.text(
+    "SELECT coalesce(sum(sent), 0)::bigint, coalesce(sum(failed), 0)::bigint"
+    " FROM campaign_minute_stats WHERE minute = :minute"
+)
+FAILED_IN_MINUTE = sa.text(
+    "SELECT error_code, sum(failed)::bigint FROM message_failure_minutes"
+    " WHERE minute = :minute GROUP BY error_code"
+)
+WEBHOOKS_IN_MINUTE = sa.text(
+    "SELECT coalesce(sum(statuses), 0)::bigint AS statuses,"
+    " coalesce(sum(lag_seconds_sum), 0) AS lag_sum, coalesce(max(lag_seconds_max), 0) AS lag_max"
+    " FROM webhook_status_minutes WHERE minute = :minute"
+)
+# -- how long ago the newest status was applied (NULL: none in the last OPS_MINUTES_KEPT)
+LAST_WEBHOOK_STATUS_AGE = sa.text(
+    "SELECT extract(epoch FROM now() - max(last_applied_at)) FROM webhook_status_minutes"
+    " WHERE minute = (SELECT max(minute) FROM webhook_status_minutes)"
+)
+
+
+@dataclass(frozen=True)
+class WebhookMinute:
+    statuses: int
+    lag_seconds_sum: float
+    lag_seconds_max: float
+
+
+def outcomes_in_minute(session: AnySession, minute: datetime) -> tuple[int, int]:
+    """(sent, failed) in the minute starting at ``minute``, every campaign."""
+    sent, failed = session.execute(OUTCOMES_IN_MINUTE, {"minute": minute}).one()
+    return int(sent), int(failed)
+
+
+def failed_in_minute(session: AnySession, minute: datetime) -> dict[str, int]:
+    """Messages failed in the minute starting at ``minute`` by error code ('' for none)."""
+    return {code: int(n) for code, n in session.execute(FAILED_IN_MINUTE, {"minute": minute})}
+
+
+def webhooks_in_minute(session: AnySession, minute: datetime) -> WebhookMinute:
+    """Statuses applied in the minute starting at ``minute`` and their lags."""
+    row = session.execute(WEBHOOKS_IN_MINUTE, {"minute": minute}).one()
+    return WebhookMinute(int(row.statuses), float(row.lag_sum), float(row.lag_max))
+
+
+def last_webhook_status_age(session: AnySession) -> float | None:
+    """Seconds since the newest status was applied; None if none in OPS_MINUTES_KEPT."""
+    seconds = session.execute(LAST_WEBHOOK_STATUS_AGE).scalar_one()
+    return None if seconds is None else max(float(seconds), 0.0)
+
+
+def record_webhook_lags(session: AnySession, applied_at: Sequence[datetime]) -> None:
+    """Statuses applied now, each with WhatsApp's own time for it: their lag, per minute.
+
+    One row write per webhook (a random shard of the minute's), in the caller's
+    transaction. A timestamp ahead of the database's clock counts as no lag.
+    """
+    if applied_at:
+        session.execute(RECORD_WEBHOOK_LAGS, {"shard": random_shard(), "ats": list(applied_at)})
+
+
+def delete_old_ops_minutes(session: AnySession, batch: int) -> int:
+    """Delete up to ``batch`` rows of each /metrics minute table older than OPS_MINUTES_KEPT."""
+    deleted = 0
+    for statement in DELETE_OLD_OPS_MINUTES:
+        deleted += rows_changed(session, statement.bindparams(batch=batch))
+    return deleted
 
 
 def recent_outcomes(session: AnySession, campaign_id: int) -> tuple[int, int]:

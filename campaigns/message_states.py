@@ -453,7 +453,7 @@ def fail(
         )
         .returning(Message.campaign_id)
     ).scalar_one()
-    counters.bump_minute(session, campaign_id, failed=1)
+    counters.bump_minute(session, campaign_id, failed=1, error_code=code)
     return campaign_id
 
 
@@ -477,7 +477,7 @@ def record_status(
     values: dict[str, Any] = {}
     if to is S.FAILED:
         values |= {"failed_at": at, "error_code": error_code, "error_text": error_text}
-        counters.bump_minute(session, message.campaign_id, failed=1)
+        counters.bump_minute(session, message.campaign_id, failed=1, error_code=error_code)
     else:
         values[WEBHOOK_STAMP[to]] = at
         if old is S.SENDING:

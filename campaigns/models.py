@@ -446,6 +446,8 @@ class CampaignMinuteStat(Model):
     """
 
     __tablename__ = "campaign_minute_stats"
+    # /metrics reads one minute across every campaign (campaigns/metrics.py).
+    __table_args__ = (sa.Index("campaign_minute_stats_minute_idx", "minute"),)
 
     campaign_id: Mapped[int] = mapped_column(
         sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
@@ -454,6 +456,46 @@ class CampaignMinuteStat(Model):
     shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
     sent: Mapped[int] = mapped_column(default=0, server_default="0")
     failed: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class MessageFailureMinute(Model):
+    """Messages failed per minute, campaign and error code ('' for none): /metrics' failures
+    by code. Per campaign and sharded like campaign_minute_stats, and written after them in
+    the same transaction, so the campaign's counter shard already orders its writers."""
+
+    __tablename__ = "message_failure_minutes"
+
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(primary_key=True)
+    error_code: Mapped[str] = mapped_column(sa.String(32), primary_key=True, server_default="")
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
+    failed: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class RateLimitDenialMinute(Model):
+    """Units the rate limiter held back per minute, by the kind of key that held them
+    (whatsapp, campaign, api, retry); written only when a call is refused (ratelimit.py)."""
+
+    __tablename__ = "rate_limit_denial_minutes"
+
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
+    units: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+
+
+class WebhookStatusMinute(Model):
+    """WhatsApp statuses applied per minute: how many, their lag (applied minus WhatsApp's
+    timestamp: sum and largest) and the last one's time; one row write per webhook."""
+
+    __tablename__ = "webhook_status_minutes"
+
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
+    statuses: Mapped[int] = mapped_column(default=0, server_default="0")
+    lag_seconds_sum: Mapped[float] = mapped_column(sa.Float, default=0, server_default="0")
+    lag_seconds_max: Mapped[float] = mapped_column(sa.Float, default=0, server_default="0")
+    last_applied_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 class RateLimitBucket(Model):

@@ -127,16 +127,17 @@ class Health:
         )
 
 
+DATABASE_REVISION = sa.text(
+    "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
+    " ELSE (SELECT max(version_num) FROM alembic_version) END"
+)
+
+
 def health() -> Health:
     """Is the database reachable, migrated to head, with the queue schema and a live worker?"""
     head = migrations_head()
     try:
-        revision = db.session.execute(
-            sa.text(
-                "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
-                " ELSE (SELECT max(version_num) FROM alembic_version) END"
-            )
-        ).scalar()
+        revision = db.session.execute(DATABASE_REVISION).scalar()
         queue_schema = queues.has_queue_schema(db.session)
         workers = queues.live_workers(db.session) if queue_schema else 0
         locked = encryption.undecryptable_count(db.session.connection()) if revision == head else 0
@@ -144,6 +145,34 @@ def health() -> Health:
         db.session.rollback()
         return Health(False, False, None, head, False, 0, error=type(exc).__name__)
     return Health(True, revision == head, revision, head, queue_schema, workers, locked)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """/readyz: can this process serve requests? The database answers, at the code's schema."""
+
+    database: bool
+    migrations_at_head: bool
+    database_revision: str | None
+    code_revision: str | None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.database and self.migrations_at_head
+
+
+def readiness() -> Readiness:
+    """One statement: the database's Alembic revision, compared with the code's head."""
+    head = migrations_head()
+    try:
+        revision = db.session.execute(DATABASE_REVISION).scalar()
+    except SQLAlchemyError as exc:
+        return Readiness(False, False, None, head, error=type(exc).__name__)
+    finally:
+        # A probe every few seconds must not keep a pooled connection in a transaction.
+        db.session.rollback()
+    return Readiness(True, revision == head, revision, head)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ Procfile says which process consumes which queue. Statements go through
 Procrastinate's own SQL functions where it has one (defer, retry, cancel), so the
 engine can insert jobs in the same transaction as the state change they carry
 (``procrastinate_defer_jobs_v1``, frozen in migration 0001): no crash can leave a
-message queued without its job, or a job without its message. The rest are reads:
-the queue monitor's, the health check's and maintenance's.
+message queued without its job, or a job without its message. The rest are reads
+(the queue monitor's, the health check's, maintenance's and ``flask queue status``'s)
+and the operator's bulk statements behind ``flask queue``: the failed jobs to retry, a
+campaign's waiting jobs to cancel, and the finished jobs to purge.
 
 Procrastinate 3.10 keeps no error text for a failed job: ``procrastinate_jobs``
 has no such column and ``procrastinate_events`` holds only a type and a time.
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from app import AnySession, db
+from app import AnySession, db, rows_changed
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +232,120 @@ def cancel_waiting_job(session: AnySession, job_id: int) -> None:
     session.execute(CANCEL_JOB, {"job_id": job_id})
 
 
+# -- the operator's bulk actions (`flask queue …`): the same functions as the monitor's,
+# on every job a filter selects, a batch at a time (locked, and skipped while a worker
+# holds one: it is being fetched, so it is no longer what the filter asked for)
+FAILED_JOB_IDS = sa.text(
+    "-- failed jobs of a queue and/or a campaign, in id order from :after_id, locked\n"
+    "SELECT id, queueing_lock FROM procrastinate_jobs"
+    " WHERE status = 'failed' AND id > :after_id"
+    " AND (CAST(:queue AS varchar) IS NULL OR queue_name = :queue)"
+    " AND (CAST(:campaign_id AS text) IS NULL"
+    "      OR args->>'campaign_id' = CAST(:campaign_id AS text))"
+    " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+CAMPAIGN_WAITING_JOBS = sa.text(
+    "-- a campaign's waiting jobs of the given tasks, locked (skipping one being fetched)\n"
+    "SELECT id, task_name, args FROM procrastinate_jobs"
+    " WHERE status = 'todo' AND task_name = ANY(:tasks)"
+    " AND args->>'campaign_id' = CAST(:campaign_id AS text)"
+    " ORDER BY id FOR UPDATE SKIP LOCKED"
+)
+# The tasks that move a campaign's messages on: cancelled with it. Its notifications are
+# not among them (the owner is told it was cancelled).
+CAMPAIGN_ENGINE_TASKS = (FAN_OUT_TASK, PUMP_TASK, SEND_TASK, RETRY_TASK)
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+# A finished job, in one of :statuses, whose last event (when it ended) is over :days old.
+# A failed or aborted message job that still carries a waiting message is kept: it is
+# how maintenance finds that message (ORPHANED_MESSAGES), which would otherwise wait
+# forever; maintenance settles it within two minutes, and a later purge takes the job.
+_FINISHED_JOBS = (
+    " FROM procrastinate_jobs AS j"
+    " WHERE j.status = ANY(CAST(:statuses AS procrastinate_job_status[]))"
+    " AND (SELECT max(e.at) FROM procrastinate_events AS e WHERE e.job_id = j.id)"
+    "     < now() - make_interval(days => :days)"
+)
+_HOLDS_WAITING_MESSAGE = (
+    "j.task_name IN (:send_task, :retry_task) AND j.status IN ('failed', 'aborted')"
+    " AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(coalesce(j.args->'message_ids',"
+    "   jsonb_build_array(j.args->'message_id'))) AS x(id)"
+    "   JOIN messages AS m ON m.id = CAST(x.id AS bigint)"
+    "   WHERE m.status IN ('queued', 'retrying'))"
+)
+COUNT_FINISHED_JOBS = sa.text(
+    "-- finished jobs a purge would delete, and those it keeps for maintenance\n"
+    f"SELECT count(*) FILTER (WHERE NOT ({_HOLDS_WAITING_MESSAGE})) AS deletable,"
+    f" count(*) FILTER (WHERE {_HOLDS_WAITING_MESSAGE}) AS kept" + _FINISHED_JOBS
+)
+DELETE_FINISHED_JOBS = sa.text(
+    "-- delete a batch of finished jobs (their events cascade)\n"
+    "DELETE FROM procrastinate_jobs WHERE id IN (SELECT j.id"
+    + _FINISHED_JOBS
+    + f" AND NOT ({_HOLDS_WAITING_MESSAGE}) ORDER BY j.id LIMIT :limit FOR UPDATE SKIP LOCKED)"
+)
+PURGE_BATCH = 1000
+
+
+RETRY_JOBS = sa.text(
+    "-- Procrastinate's own retry of each job, in one statement (jobs without a queueing lock)\n"
+    "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)"
+    " FROM unnest(CAST(:job_ids AS bigint[])) AS id"
+)
+
+
+def failed_jobs(
+    session: AnySession, queue: str | None, campaign_id: int | None, after_id: int, limit: int
+) -> list[sa.Row]:
+    """(id, queueing_lock) of the next ``limit`` failed jobs (of ``queue``, of
+    ``campaign_id``) after ``after_id``, locked until the caller's transaction ends."""
+    params = {"queue": queue, "campaign_id": campaign_id, "after_id": after_id, "limit": limit}
+    return list(session.execute(FAILED_JOB_IDS, params).all())
+
+
+def retry_jobs_now(session: AnySession, job_ids: Sequence[int]) -> None:
+    """Several failed jobs back to todo, due now: jobs without a queueing lock only (one
+    with a lock may meet a waiting twin: :func:`retry_job_now`, in a savepoint)."""
+    if job_ids:
+        session.execute(RETRY_JOBS, {"job_ids": list(job_ids)})
+
+
+def campaign_waiting_jobs(session: AnySession, campaign_id: int) -> list[sa.Row]:
+    """(id, task_name, args) of the campaign's waiting fan-out, pump and message jobs,
+    locked until the caller's transaction ends."""
+    params = {"tasks": list(CAMPAIGN_ENGINE_TASKS), "campaign_id": campaign_id}
+    return list(session.execute(CAMPAIGN_WAITING_JOBS, params).all())
+
+
+def _finished_params(days: int, statuses: Sequence[str]) -> dict[str, Any]:
+    unknown = set(statuses) - set(FINISHED_STATUSES)
+    if unknown or not statuses:
+        # Never a waiting or running job, whatever the caller passes.
+        raise ValueError(f"not finished job statuses: {sorted(unknown) or 'none given'}")
+    if days < 0:
+        raise ValueError("days must not be negative")
+    return {
+        "statuses": list(statuses),
+        "days": days,
+        "send_task": SEND_TASK,
+        "retry_task": RETRY_TASK,
+    }
+
+
+def count_finished_jobs(session: AnySession, days: int, statuses: Sequence[str]) -> tuple[int, int]:
+    """(how many finished jobs a purge would delete, how many it keeps for maintenance)."""
+    row = session.execute(COUNT_FINISHED_JOBS, _finished_params(days, statuses)).one()
+    return int(row.deletable), int(row.kept)
+
+
+def delete_finished_jobs(
+    session: AnySession, days: int, statuses: Sequence[str], batch: int = PURGE_BATCH
+) -> int:
+    """Delete up to ``batch`` finished jobs ended over ``days`` days ago; how many. The
+    caller commits."""
+    params = _finished_params(days, statuses) | {"limit": batch}
+    return rows_changed(session, DELETE_FINISHED_JOBS.bindparams(**params))
+
+
 QUEUE_SCHEMA = sa.text(
     "-- has the database Procrastinate's schema?\n"
     "SELECT to_regclass('procrastinate_jobs') IS NOT NULL"
@@ -298,6 +414,18 @@ _JOB_COLUMNS = (
     "   FROM procrastinate_events WHERE job_id = j.id) AS e ON true"
 )
 
+OLDEST_DUE = sa.text(
+    "-- per queue, how long its oldest due job has waited: since it became todo (its last\n"
+    "-- event: deferred, retried) or its scheduled time came, whichever is later\n"
+    "SELECT j.queue_name,"
+    " max(extract(epoch FROM now() - greatest(j.scheduled_at, e.at))) AS seconds"
+    " FROM procrastinate_jobs AS j"
+    " LEFT JOIN LATERAL (SELECT max(at) AS at FROM procrastinate_events"
+    "   WHERE job_id = j.id) AS e ON true"
+    " WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+    " GROUP BY j.queue_name"
+)
+
 STALLED_JOBS = sa.text(
     "-- running jobs whose worker is gone or silent: Procrastinate's own stalled-job rule\n"
     + _JOB_COLUMNS
@@ -317,6 +445,39 @@ LIST_JOBS = sa.text(
     " AND (CAST(:before_id AS bigint) IS NULL OR j.id < :before_id)"
     " ORDER BY j.id DESC LIMIT :limit"
 )
+
+
+# Not in QUEUE_COUNTS: that one is a scan of every job; this reads only waiting ones.
+OLDEST_DUE = sa.text(
+    "-- per queue, how long its oldest due waiting job has waited since it fell due: its"
+    " scheduled_at, or (none) when it was deferred, the 'deferred' event of the lowest id\n"
+    "SELECT o.queue_name, o.due,"
+    " coalesce(extract(epoch FROM now() - least(o.oldest_scheduled, e.at)), 0) AS seconds"
+    " FROM (SELECT queue_name, count(*) AS due, min(scheduled_at) AS oldest_scheduled,"
+    "   min(id) FILTER (WHERE scheduled_at IS NULL) AS oldest_unscheduled"
+    "   FROM procrastinate_jobs"
+    "   WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())"
+    "   GROUP BY queue_name) AS o"
+    " LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events"
+    "   WHERE job_id = o.oldest_unscheduled AND type = 'deferred') AS e ON true"
+)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    queue: str
+    due: int  # waiting jobs a worker could take now
+    oldest_due_seconds: float  # how long the oldest of them has waited since it fell due
+
+
+def backlogs() -> list[Backlog]:
+    """Every known queue (0 when nothing is due) and any other with due jobs."""
+    found = {
+        row.queue_name: Backlog(row.queue_name, int(row.due), max(float(row.seconds), 0.0))
+        for row in db.session.execute(OLDEST_DUE)
+    }
+    names = [*KNOWN_QUEUES, *sorted(set(found) - set(KNOWN_QUEUES))]
+    return [found.get(name, Backlog(name, 0, 0.0)) for name in names]
 
 
 def stalled_after_seconds() -> int:
@@ -434,6 +595,13 @@ def workers() -> list[Worker]:
         Worker(row.id, row.last_heartbeat, float(row.seconds_since_heartbeat), row.running)
         for row in db.session.execute(WORKERS)
     ]
+
+
+def oldest_due_seconds() -> dict[str, float]:
+    """Per queue with due jobs, how many seconds its oldest due job has waited."""
+    return {
+        row.queue_name: max(0.0, float(row.seconds or 0)) for row in db.session.execute(OLDEST_DUE)
+    }
 
 
 def stalled_jobs(seconds_since_heartbeat: int | None = None) -> list[JobRow]:

@@ -39,12 +39,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+
+from app import rows_changed
 
 if TYPE_CHECKING:
     from app import AnySession
@@ -95,6 +99,37 @@ WITH old_keys AS (
 SELECT count(*) FROM old_buckets
 """)
 
+BINDING_KEY = sa.text("""
+-- of a refused call's keys, the one whose next slot opens last (it held the units back)
+SELECT k.key
+  FROM unnest(CAST(:keys AS text[]), CAST(:limits AS integer[]),
+              CAST(:windows_ms AS integer[]), CAST(:gaps_ms AS integer[]))
+       WITH ORDINALITY AS k(key, lim, window_ms, gap_ms, i)
+ CROSS JOIN LATERAL disparo_rate_limit_usage(k.key, k.lim, k.window_ms, k.gap_ms) AS u
+ ORDER BY u.next_slot_at DESC, k.i
+ LIMIT 1
+""")
+
+RECORD_DENIALS = sa.text("""
+-- units the limiter held back this minute, by kind of key (for /metrics)
+INSERT INTO rate_limit_denial_minutes AS d (minute, kind, shard, units)
+SELECT date_trunc('minute', now()), t.kind, CAST(:shard AS smallint), t.units
+  FROM unnest(CAST(:kinds AS text[]), CAST(:units AS bigint[])) AS t(kind, units)
+    ON CONFLICT (minute, kind, shard) DO UPDATE SET units = d.units + excluded.units
+""")
+
+DENIALS_IN_MINUTE = sa.text("""
+-- units held back by kind of key in the minute starting at :minute (for /metrics)
+SELECT kind, sum(units)::bigint AS units FROM rate_limit_denial_minutes
+ WHERE minute = :minute GROUP BY kind
+""")
+
+DELETE_OLD_DENIALS = sa.text("""
+-- denial counts older than a day: /metrics reads only the last complete minute
+DELETE FROM rate_limit_denial_minutes WHERE minute < now() - interval '1 day'
+""")
+
+DENIAL_SHARDS = 8
 MINUTE = 60.0
 RETRY_LIMIT = 10
 RETRY_WINDOW_SECONDS = 300.0
@@ -245,7 +280,13 @@ def consume(
                     f" (its limit is {limit.limit})"
                 )
     params = _limit_params(limits, synchronous_commit) | {"units": units, "partial": partial}
-    (row,) = _call(session, CONSUME, params)
+    with _autocommit(session) as connection:
+        (row,) = connection.execute(CONSUME, params).all()
+        if row.granted < units:
+            kind = (
+                key_kind(limits[0].key) if len(limits) == 1 else _binding_kind(connection, params)
+            )
+            _record_denials(connection, {kind: units - row.granted})
     return _decision(row, row.granted)
 
 
@@ -259,15 +300,58 @@ def consume_each(
     """
     if not limits:
         return []
-    rows = _call(session, CONSUME_EACH, _limit_params(limits, synchronous_commit))
+    with _autocommit(session) as connection:
+        rows = connection.execute(CONSUME_EACH, _limit_params(limits, synchronous_commit)).all()
+        denied: dict[str, int] = {}
+        for limit, row in zip(limits, rows, strict=True):
+            if not row.allowed:
+                kind = key_kind(limit.key)
+                denied[kind] = denied.get(kind, 0) + 1
+        _record_denials(connection, denied)
     return [_decision(row, 1 if row.allowed else 0) for row in rows]
 
 
-def _call(session: AnySession, statement: sa.TextClause, params: dict[str, object]) -> list[sa.Row]:
-    """Run a limiter function on its own pooled connection: the call is its transaction."""
+@contextmanager
+def _autocommit(session: AnySession) -> Iterator[sa.Connection]:
+    """A pooled connection of its own in autocommit: each limiter call is its transaction."""
     with _engine(session).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
-        return list(connection.execute(statement, params).all())
+        yield connection
+
+
+# The kinds of key Disparo makes (the prefix before the colon); /metrics counts denials
+# by kind, and any other key (a test's, a future one's) as "other", so labels stay few.
+KEY_KINDS = frozenset({"whatsapp", "campaign", "api", "retry"})
+
+
+def key_kind(key: str) -> str:
+    kind = key.partition(":")[0]
+    return kind if kind in KEY_KINDS else "other"
+
+
+def _binding_kind(connection: sa.Connection, params: dict[str, object]) -> str:
+    """Of a refused call's keys, the kind of the one that frees up last: the key whose
+    window or gap set the call's retry_after (read after the call, without locks)."""
+    key = connection.execute(BINDING_KEY, params).scalar_one()
+    return key_kind(key)
+
+
+def _record_denials(connection: sa.Connection, units_by_kind: dict[str, int]) -> None:
+    """Count units held back this minute by kind (one statement, only on a refusal).
+
+    Its own tiny transaction after the limiter's, on a random shard of the minute's
+    rows: the grant path is untouched, and refusals of many keys rarely share a row.
+    """
+    if units_by_kind:
+        kinds = sorted(units_by_kind)  # one order for every writer: no deadlock
+        connection.execute(
+            RECORD_DENIALS,
+            {
+                "kinds": kinds,
+                "units": [units_by_kind[kind] for kind in kinds],
+                "shard": random.randrange(DENIAL_SHARDS),
+            },
+        )
 
 
 def _decision(row: sa.Row, granted: int) -> Decision:
@@ -316,6 +400,18 @@ def delete_old_buckets(session: AnySession) -> int:
         ).scalar_one()
     logger.info("deleted %d old rate-limit buckets", deleted)
     return deleted
+
+
+def denials_in_minute(session: AnySession, minute: datetime) -> dict[str, int]:
+    """Units held back per kind of key in the minute starting at ``minute`` (only kinds
+    that held some back)."""
+    rows = session.execute(DENIALS_IN_MINUTE, {"minute": minute})
+    return {kind: int(units) for kind, units in rows}
+
+
+def delete_old_denials(session: AnySession) -> int:
+    """Delete denial counts older than a day (the caller commits); how many rows."""
+    return rows_changed(session, DELETE_OLD_DENIALS)
 
 
 def whatsapp_limit(sender: Sender) -> Limit:

@@ -64,6 +64,7 @@ DUPLICATED_AS = "duplicated_as"
 TEST_PHONE = "test_phone"
 RETRIED_MESSAGES = "retried_messages"
 RETENTION_REACHED = "retention_reached"
+COMMAND_LINE = "command_line"  # {"actor": "cli:<OS user>"}: done by a `flask` command
 # -- a notification
 CAMPAIGN_STARTED = "campaign_started"
 CAMPAIGN_COMPLETED = "campaign_completed"
@@ -131,6 +132,7 @@ WORDINGS: dict[str, Wording] = {
     TEST_PHONE: Wording(_l("to %(phone)s")),
     RETRIED_MESSAGES: Wording(_l("messages: %(n)s; error codes: %(codes)s"), numbers=("n",)),
     RETENTION_REACHED: Wording(_l("retention period reached")),
+    COMMAND_LINE: Wording(_l("from the command line (%(actor)s)")),
     CAMPAIGN_STARTED: Wording(_l("Campaign “%(name)s” started sending.")),
     CAMPAIGN_COMPLETED: Wording(
         _l("Campaign “%(name)s” completed: %(sent)s sent, %(failed)s failed."),

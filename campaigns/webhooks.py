@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, encryption, message_states, phones
+from campaigns import campaign_states, counters, encryption, message_states, phones
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
@@ -275,12 +275,15 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0}
     skipped = _Skipped()
     failed_campaigns: dict[int, tuple[int | None, str]] = {}
+    applied_at: list[datetime] = []  # WhatsApp's time of each status applied (its lag)
     for change in _changes(payload, signed, skipped):
         value = change.value
         at = f"{change.where}.value"
         for s, status in enumerate(_items(value, "statuses", at, skipped)):
             where = f"{at}.statuses[{s}]"
-            outcome = _apply_status(status, change.sender_ids, failed_campaigns, where, skipped)
+            outcome = _apply_status(
+                status, change.sender_ids, failed_campaigns, applied_at, where, skipped
+            )
             if outcome:
                 summary[outcome] += 1
         for m, message in enumerate(_items(value, "messages", at, skipped)):
@@ -292,6 +295,7 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
                 summary[outcome] += 1
     skipped.log()
     summary["skipped"] = len(skipped.problems)
+    counters.record_webhook_lags(db.session, applied_at)
     # What the failures say about their campaigns, once each, after the statuses are
     # committed: a pause takes the campaign's lock, which a batch's claim holds (shared)
     # while it waits for a counter shard; taken while holding the statuses' shard, the
@@ -347,6 +351,7 @@ def _apply_status(
     status: Any,
     sender_ids: Collection[int],
     failed_campaigns: dict[int, tuple[int | None, str]],
+    applied_at: list[datetime],
     where: str,
     skipped: _Skipped,
 ) -> str | None:
@@ -394,6 +399,7 @@ def _apply_status(
     )
     if not moved:
         return "ignored"  # a duplicate, or a stage the message has already passed
+    applied_at.append(at)
     if failed and code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, text or "", "provider")
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):

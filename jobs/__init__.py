@@ -9,12 +9,33 @@ per process, on its first deferral (see :func:`open_for_deferring`).
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import threading
 
 import procrastinate
 
+from campaigns import error_reporting, logs
 from campaigns.config import database_url, mocks_enabled
 from jobs.context import flask_context, size_thread_pool
+
+
+def _cli_log_level() -> str:
+    """The level Procrastinate's CLI was asked for (``--log-level``), INFO by default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--log-level", default=os.environ.get("PROCRASTINATE_LOG_LEVEL"))
+    level = parser.parse_known_args(sys.argv[1:])[0].log_level or "info"
+    return str(level).upper()
+
+
+# A worker is ``procrastinate --app=jobs.app worker``: its CLI imports this module, then
+# calls logging.basicConfig, which does nothing once the root logger has a handler. So in
+# JSON the handler goes in here, before the worker's first line, at the CLI's level.
+# (In the web process and the CLI, create_app has configured logging already.)
+if logs.json_enabled():
+    logs.configure(_cli_log_level())
+error_reporting.init()
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from campaigns import statelog
+from campaigns import error_reporting, logs, statelog
 
 _sized_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _job_slots = 0  # the worker's concurrency, once size_thread_pool has seen it
@@ -41,9 +41,13 @@ def flask_context(call_next: Any, context: Any, worker: Any) -> Any:
     """
     # The job and attempt, for the log line of every state change the job makes.
     token = statelog.current_job.set((context.job.id, context.job.attempts + 1))
+    # Its id, task, queue and attempt on every line it writes (campaigns/logs.py) and on
+    # every error it reports (tags).
+    fields = logs.job_fields(context.job)
     try:
-        with flask_app().app_context():
-            return call_next()
+        with logs.bound(**fields), error_reporting.job_scope(fields):
+            with flask_app().app_context():
+                return call_next()
     finally:
         statelog.current_job.reset(token)
 

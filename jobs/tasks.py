@@ -14,11 +14,12 @@ from flask import current_app
 from procrastinate import JobContext, RetryStrategy, builtin_tasks
 from sqlalchemy import exc as sa_exc
 
-from app import db
+from app import DELETE_BATCH, db
 from campaigns import (
     audit,
     campaign_states,
     clock,
+    counters,
     erp,
     fanout,
     idempotency,
@@ -222,21 +223,25 @@ def sync_pending_templates(timestamp: int) -> None:
 )
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
-    without them; drop expired rate-limit buckets, sign-in attempts past 30 days,
-    audit events past AUDIT_RETENTION_DAYS and API idempotency keys past 24 hours."""
+    without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
+    events past AUDIT_RETENTION_DAYS, /metrics' per-minute figures past a day and API
+    idempotency keys past 24 hours."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
     attempts = login_throttle.delete_old_attempts(db.session)
     events = audit.delete_old_events(db.session, current_app.config["AUDIT_RETENTION_DAYS"])
+    minutes = ratelimit.delete_old_denials(db.session)
+    minutes += counters.delete_old_ops_minutes(db.session, DELETE_BATCH)
     keys = idempotency.delete_old_keys(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
-        " %s old audit events, %s old idempotency keys",
+        " %s old audit events, %s old metrics minutes, %s old idempotency keys",
         removed,
         attempts,
         events,
+        minutes,
         keys,
     )
 

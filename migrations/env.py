@@ -6,8 +6,15 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from campaigns import logs
+
 config = context.config
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+if logs.json_enabled():
+    # alembic.ini's fileConfig would put its text handler back on the root logger;
+    # create_app has set up the JSON one, and alembic logs at INFO through it.
+    logs.configure()
+else:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
 
 target_db = current_app.extensions["migrate"].db

@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from aiohttp import web
 
+from campaigns import logs
 from campaigns.config import load_settings, mocks_enabled
 from mocks import whatsapp
 from mocks.whatsapp import Accepted, MetaError
@@ -309,11 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "--flush-ms", type=float, default=FLUSH_SECONDS * 1000, help="the group commit's window"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure()  # stdout, text or JSON as LOG_FORMAT says, like every process
     if not mocks_enabled():
         return idle("mocks are off (DISPARO_MOCKS), so there is nothing to serve")
     config = load_settings().flask_config()

@@ -46,6 +46,10 @@ from tests.helpers import (
 for _name in ("LC_ALL", "LC_MESSAGES"):
     os.environ.pop(_name, None)
 os.environ["LANG"] = "C.UTF-8"
+# Plain logs and no error reporting, whatever the checkout's .env says: no test sends a
+# developer's Sentry an event (tests that want either set it for their own processes).
+os.environ["LOG_FORMAT"] = "text"
+os.environ["SENTRY_DSN"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from campaigns import config
 from campaigns.config import ConfigError
@@ -202,7 +204,7 @@ def test_production_names_every_missing_setting_at_once(env):
     assert "SECRET_KEY, DATABASE_URL, DISPARO_ENCRYPTION_KEY, which are not set" in str(
         caught.value
     )
-    assert "Fernet.generate_key()" in str(caught.value)  # how to make the key
+    assert "secrets.token_urlsafe(48)" in str(caught.value)  # how to make the key
 
 
 @pytest.mark.parametrize(
@@ -210,7 +212,7 @@ def test_production_names_every_missing_setting_at_once(env):
     [
         "not-a-key",
         base64.urlsafe_b64encode(b"too short").decode(),
-        KEY[:-2],  # cut: not base64 any more
+        "s" * (config.MIN_ENCRYPTION_SECRET_LENGTH - 1),  # a secret one character short
         f"{KEY},",  # an empty entry
     ],
 )
@@ -220,7 +222,7 @@ def test_an_invalid_encryption_key_is_refused_without_repeating_it(env, raw):
     env.setenv("DISPARO_ENCRYPTION_KEY", raw)
     with pytest.raises(ConfigError, match="DISPARO_ENCRYPTION_KEY is not valid") as caught:
         config.load_settings()
-    assert "not a Fernet key" in str(caught.value)
+    assert "neither a Fernet key nor a random secret of at least 32 characters" in str(caught.value)
     assert raw.strip(",") not in str(caught.value)
 
 
@@ -229,8 +231,46 @@ def test_several_encryption_keys_rotate_and_a_bad_one_is_named_by_position(env):
     env.setenv("DISPARO_ENCRYPTION_KEY", f" {KEY} , {OLD_KEY} ")
     assert config.encryption_keys() == [KEY, OLD_KEY]
     env.setenv("DISPARO_ENCRYPTION_KEY", f"{KEY},nope")
-    with pytest.raises(ConfigError, match="key 2 of 2 is not a Fernet key"):
+    with pytest.raises(ConfigError, match="key 2 of 2 is neither a Fernet key"):
         config.encryption_keys()
+
+
+# What app.json's "generator": "secret" gives: 64 hex digits, not a Fernet key.
+GENERATED_SECRET = "3f" * 32
+
+
+def test_a_long_random_secret_gives_its_own_fixed_fernet_key(env):
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    env.setenv("DISPARO_ENCRYPTION_KEY", GENERATED_SECRET)
+    config.load_settings()  # accepted at startup
+    [derived] = config.encryption_keys()
+    assert derived not in (GENERATED_SECRET, KEY)
+    Fernet(derived)  # a valid key
+    # The documented derivation (README), so any tool can reproduce the key.
+    hkdf = HKDF(algorithm=SHA256(), length=32, salt=None, info=b"disparo encryption key")
+    assert derived == base64.urlsafe_b64encode(hkdf.derive(GENERATED_SECRET.encode())).decode()
+    assert config.encryption_keys() == [derived]  # the same in every process
+    env.setenv("DISPARO_ENCRYPTION_KEY", "4f" * 32)
+    assert config.encryption_keys() != [derived]  # from the secret, not a constant
+    # Exactly 32 characters is enough; a Fernet key is still taken as it is.
+    env.setenv("DISPARO_ENCRYPTION_KEY", "k" * config.MIN_ENCRYPTION_SECRET_LENGTH)
+    assert len(config.encryption_keys()) == 1
+    env.setenv("DISPARO_ENCRYPTION_KEY", KEY)
+    assert config.encryption_keys() == [KEY]
+
+
+def test_secrets_and_fernet_keys_rotate_together(env):
+    """Moving from a Fernet key to a generated secret (or back) is an ordinary rotation."""
+    env.setenv("DISPARO_ENV", "development")
+    env.setenv("DISPARO_ENCRYPTION_KEY", f"{GENERATED_SECRET},{KEY}")
+    new, old = config.encryption_keys()
+    assert old == KEY and new == config.fernet_key_from_secret(GENERATED_SECRET)
+    token = Fernet(KEY).encrypt(b"EAAG-token")
+    ring = MultiFernet([Fernet(new), Fernet(old)])
+    assert ring.decrypt(token) == b"EAAG-token"  # the old key still reads
+    rotated = ring.rotate(token)
+    assert Fernet(new).decrypt(rotated) == b"EAAG-token"  # and the secret's key encrypts
 
 
 def test_development_derives_a_fixed_key_of_its_own_from_its_secret(env):

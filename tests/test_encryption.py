@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from app import db
-from campaigns import encryption
+from campaigns import config, encryption
 from campaigns.models import Provider, Sender
 
 NEW_KEY = Fernet.generate_key().decode()
@@ -92,6 +92,24 @@ def test_rotation_re_encrypts_with_the_first_key_so_the_old_one_can_go(app, runn
     assert all(Fernet(NEW_KEY).decrypt(value.encode()) for value in after if value)
 
     use_keys(NEW_KEY)  # the old key dropped
+    db.session.expire_all()
+    again = db.session.get(Sender, sender.id)
+    assert (again.access_token, again.app_secret) == ("EAAG-token", "app-secret")
+
+
+def test_a_generated_secret_replaces_a_fernet_key_by_rotation(app, runner, use_keys):
+    """app.json's generated secret (64 hex digits) as the new first key: existing secrets
+    under the old Fernet key are read, re-encrypted under the secret's key, and the old
+    key can go."""
+    secret = "a1" * 32
+    use_keys(OLD_KEY)
+    sender = make_sender(access_token="EAAG-token", app_secret="app-secret")
+    use_keys(secret, OLD_KEY)
+    result = runner.invoke(args=["secrets", "rotate"])
+    assert result.exit_code == 0, result.output
+    derived = Fernet(config.fernet_key_from_secret(secret))
+    assert all(derived.decrypt(value.encode()) for value in stored(sender.id) if value)
+    use_keys(secret)
     db.session.expire_all()
     again = db.session.get(Sender, sender.id)
     assert (again.access_token, again.app_secret) == ("EAAG-token", "app-secret")

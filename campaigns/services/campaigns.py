@@ -301,14 +301,19 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     return campaign
 
 
-def cancel_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """Cancel for good: every message not yet being sent is cancelled at once."""
+def cancel_campaign(
+    campaign_id: int, user_id: int | None, detail: reasons.Reason | None = None
+) -> Campaign:
+    """Cancel for good: every message not yet being sent is cancelled at once.
+
+    ``detail`` goes on the activity entry (``flask queue cancel-campaign``: from the
+    command line, by whom)."""
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "cancel")
     campaign.status = CampaignStatus.CANCELLED
     campaign.completed_at = sa.func.now()
     message_states.cancel_unsent(db.session, campaign.id)
-    campaign_states.record_activity(db.session, campaign.id, user_id, "cancelled")
+    campaign_states.record_activity(db.session, campaign.id, user_id, "cancelled", detail)
     queues.defer_notification(db.session, campaign.id, "cancelled")
     db.session.commit()
     return campaign

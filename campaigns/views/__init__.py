@@ -43,6 +43,7 @@ def init_app(app: Flask) -> None:
         campaigns,
         filters,
         main,
+        metrics,
         notifications,
         queue,
         senders,
@@ -73,3 +74,5 @@ def init_app(app: Flask) -> None:
     # Signed by WhatsApp (X-Hub-Signature-256), not by a browser session.
     csrf.exempt(webhooks.bp)
     app.register_blueprint(webhooks.bp)
+    # Read by Prometheus with a bearer token (views/metrics.py): GET only, no session.
+    app.register_blueprint(metrics.bp)

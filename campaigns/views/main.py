@@ -1,4 +1,4 @@
-"""The dashboard, its live fragments, and the health check."""
+"""The dashboard, its live fragments, and the health checks (/livez, /readyz, /healthz)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,22 @@ def set_theme() -> Response:
             samesite="Lax",
         )
     return response
+
+
+@bp.get("/livez")
+def livez() -> tuple[Response, int]:
+    """The process answers (no database): a platform restarts it when this fails."""
+    return jsonify(live=True), 200
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Can this process serve? 200 when the database answers at the code's migration head,
+    503 otherwise; what a router's health check should use (workers are /healthz's and
+    /metrics' concern, not a reason to stop serving pages)."""
+    readiness = queries.readiness()
+    body = asdict(readiness) | {"ready": readiness.ready}
+    return jsonify(body), 200 if readiness.ready else 503
 
 
 @bp.get("/healthz")

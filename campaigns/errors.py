@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 from app import db
 from campaigns.htmx import is_htmx
@@ -52,14 +52,34 @@ def _wants_json() -> bool:
     )
 
 
-# The API's names for its error codes (the rest are the number as text).
+# The API's names for its error codes: a client compares the name, never the words. A
+# status without a name of its own gets its class's (bad_request, internal_error).
 CODE_NAMES = {
+    400: "bad_request",
+    401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    410: "gone",
     413: "too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
     422: "validation_failed",
+    429: "rate_limited",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
 }
+
+
+def code_name(status: int) -> str:
+    """The error code's name for an HTTP status (its class's when it has none)."""
+    return CODE_NAMES.get(status) or CODE_NAMES[500 if status >= 500 else 400]
 
 
 def json_error(
@@ -77,7 +97,7 @@ def json_error(
 
 def _render(code: int, message: str, fields: dict[str, str] | None = None):
     if _wants_json():
-        return json_error(code, CODE_NAMES.get(code, str(code)), message, fields)
+        return json_error(code, code_name(code), message, fields)
     if is_htmx():  # shown in the page's flash area (base.html's responseHandling)
         return render_template("errors/_flash.html", message=message), code
     return render_template("errors/error.html", code=code, message=message), code
@@ -95,7 +115,13 @@ def refuse_fields(code: int, message: str, fields: dict[str, str]):
 
 def handle_http_error(error: HTTPException):
     code = error.code or 500
-    return _render(code, message_for(code))
+    answer = _render(code, message_for(code))
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        # A 405 says which methods the address takes (RFC 9110), as werkzeug's own does.
+        response = make_response(answer)
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+    return answer
 
 
 def handle_csrf_error(error: CSRFError):
@@ -128,7 +154,7 @@ def _plain_500():
     except Exception:  # the translation itself failing: the source text
         message = "Something went wrong on our side. It has been logged."
     if _wants_json():
-        return json_error(500, "500", message)
+        return json_error(500, code_name(500), message)
     page = f"<!doctype html><title>500</title><h1>500</h1><p>{escape(message)}</p>"
     return page, 500, {"Content-Type": "text/html; charset=utf-8"}
 

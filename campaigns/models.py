@@ -646,3 +646,30 @@ class AuditEvent(Model):
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.id} {self.action} by {self.actor_email}>"
+
+
+class IdempotencyKey(Model):
+    """A create request's ``Idempotency-Key`` and, once it finished, its response
+    (campaigns/idempotency.py): a retry gets that response again instead of a second
+    resource. Kept 24 hours (maintenance deletes older ones)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "key", name="idempotency_keys_user_key_key"),
+        sa.CheckConstraint("state IN ('in_progress', 'done')", name="state_known"),
+        sa.Index("idempotency_keys_created_at_idx", "created_at"),
+    )
+
+    # A new id for every claim: what the claimant's later writes match on, so a request
+    # that outlived its lease cannot overwrite the claim that replaced it.
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(sa.String(255))
+    method: Mapped[str] = mapped_column(sa.String(10))
+    path: Mapped[str] = mapped_column(sa.Text)
+    body_sha256: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    response_status: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    response_body: Mapped[str | None] = mapped_column(sa.Text)
+    response_location: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = created_at_column()

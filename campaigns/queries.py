@@ -5,9 +5,10 @@ summary. No writes here; a campaign's progress is in ``progress.py`` and its rec
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,6 +44,51 @@ def _paginate(query: sa.Select, page: int, per_page: int) -> tuple[list, int, in
     page = min(max(1, page), pages)
     rows = db.session.scalars(query.limit(per_page).offset((page - 1) * per_page))
     return list(rows), page, pages, total
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KeysetPage(Generic[T]):
+    """A page of rows in a list's order and the last row's key when more rows follow it
+    (what the API's next cursor holds; campaigns/cursors.py)."""
+
+    rows: list[T]
+    next_key: tuple[Any, ...] | None
+
+
+def keyset_page(
+    query: sa.Select,
+    key: Sequence[Any],
+    *,
+    descending: bool,
+    after: Sequence[Any] | None,
+    limit: int | None,
+) -> KeysetPage:
+    """``limit`` rows of ``query`` (every row with None) ordered by the ``key`` columns
+    (the list's order, ending with the id), starting after the row whose key is ``after``.
+
+    A row comparison, ``(created_at, id) < (…, …)``: PostgreSQL walks an index on the
+    key as a range where there is one, and the comparison follows the ORDER BY exactly
+    (text by the same collation), so pages neither overlap nor leave gaps.
+    """
+    query = query.order_by(*(column.desc() if descending else column for column in key))
+    if after is not None:
+        row, bound = sa.tuple_(*key), sa.tuple_(*after)
+        query = query.where(row < bound if descending else row > bound)
+    if limit is None:
+        return KeysetPage(list(db.session.scalars(query)), None)
+    rows = list(db.session.scalars(query.limit(limit + 1)))
+    if len(rows) <= limit:
+        return KeysetPage(rows, None)
+    rows = rows[:limit]
+    return KeysetPage(rows, key_of(rows[-1], key))
+
+
+def key_of(row: Any, key: Sequence[Any]) -> tuple[Any, ...]:
+    """The values of the ``key`` columns in a row (the ORM object)."""
+    return tuple(getattr(row, column.key) for column in key)
 
 
 @cache
@@ -180,11 +226,22 @@ class TemplateFilters:
         )
 
 
+TEMPLATES_SHOWN = 500  # the list page's (and the API's without a cursor) rows, at most
+TEMPLATE_KEY = (MessageTemplate.updated_at, MessageTemplate.id)
+
+
 def list_templates(filters: TemplateFilters) -> list[MessageTemplate]:
     """Templates matching the list page's filters, newest first."""
-    query = sa.select(MessageTemplate).order_by(
-        MessageTemplate.updated_at.desc(), MessageTemplate.id.desc()
-    )
+    return templates_page(filters, None, TEMPLATES_SHOWN).rows
+
+
+def templates_page(
+    filters: TemplateFilters, after: Sequence[Any] | None, limit: int
+) -> KeysetPage[MessageTemplate]:
+    """Templates matching the filters, most recently changed first (``updated_at, id``),
+    after the key ``after``. An edit moves a template to the front: a walk through the
+    pages meanwhile does not see it again where it was."""
+    query = sa.select(MessageTemplate)
     if filters.status:
         query = query.where(MessageTemplate.status == filters.status)
     if filters.language:
@@ -193,7 +250,7 @@ def list_templates(filters: TemplateFilters) -> list[MessageTemplate]:
         query = query.where(MessageTemplate.category == filters.category)
     if filters.q:
         query = query.where(MessageTemplate.name.ilike(containing(filters.q)))
-    return list(db.session.scalars(query.limit(500)))
+    return keyset_page(query, TEMPLATE_KEY, descending=True, after=after, limit=limit)
 
 
 def template_languages() -> list[str]:
@@ -218,8 +275,16 @@ def approved_templates() -> list[MessageTemplate]:
     )
 
 
+SENDER_KEY = (Sender.name, Sender.id)
+
+
 def list_senders() -> list[Sender]:
     return list(db.session.scalars(sa.select(Sender).order_by(Sender.name)))
+
+
+def senders_page(after: Sequence[Any] | None, limit: int | None) -> KeysetPage[Sender]:
+    """Senders by name (``name, id``; names are unique), after the key ``after``."""
+    return keyset_page(sa.select(Sender), SENDER_KEY, descending=False, after=after, limit=limit)
 
 
 def get_sender(sender_id: int) -> Sender | None:
@@ -261,15 +326,31 @@ class CampaignPage:
 CAMPAIGNS_PER_PAGE = 20
 
 
-def list_campaigns(status: CampaignStatus | None, q: str | None, page: int = 1) -> CampaignPage:
-    """One page of campaigns, newest first, filtered by status and name."""
+CAMPAIGN_KEY = (Campaign.created_at, Campaign.id)
+
+
+def _campaigns(status: CampaignStatus | None, q: str | None) -> sa.Select:
     query = sa.select(Campaign)
     if status:
         query = query.where(Campaign.status == status)
     if q:
         query = query.where(Campaign.name.ilike(containing(q)))
-    query = query.order_by(Campaign.created_at.desc(), Campaign.id.desc())
+    return query
+
+
+def list_campaigns(status: CampaignStatus | None, q: str | None, page: int = 1) -> CampaignPage:
+    """One page of campaigns, newest first, filtered by status and name."""
+    query = _campaigns(status, q).order_by(Campaign.created_at.desc(), Campaign.id.desc())
     return CampaignPage(*_paginate(query, page, CAMPAIGNS_PER_PAGE))
+
+
+def campaigns_page(
+    status: CampaignStatus | None, q: str | None, after: Sequence[Any] | None, limit: int
+) -> KeysetPage[Campaign]:
+    """Campaigns in list_campaigns' order (``created_at, id``, newest first) after ``after``."""
+    return keyset_page(
+        _campaigns(status, q), CAMPAIGN_KEY, descending=True, after=after, limit=limit
+    )
 
 
 def get_campaign(campaign_id: int) -> Campaign | None:
@@ -299,8 +380,10 @@ class SuppressionPage:
 SUPPRESSIONS_PER_PAGE = 50
 
 
-def list_suppressions(q: str | None, page: int = 1) -> SuppressionPage:
-    """One page of opt-outs, newest first; ``q`` matches digits of the phone (or the reason)."""
+SUPPRESSION_KEY = (Suppression.created_at, Suppression.id)
+
+
+def _suppressions(q: str | None) -> sa.Select:
     query = sa.select(Suppression)
     digits = re.sub(r"\D", "", q or "")
     if digits:
@@ -308,8 +391,24 @@ def list_suppressions(q: str | None, page: int = 1) -> SuppressionPage:
         query = query.where(Suppression.phone.contains(digits))
     elif q and q.strip():
         query = query.where(Suppression.reason.ilike(containing(q.strip())))
-    query = query.order_by(Suppression.created_at.desc(), Suppression.id.desc())
+    return query
+
+
+def list_suppressions(q: str | None, page: int = 1) -> SuppressionPage:
+    """One page of opt-outs, newest first; ``q`` matches digits of the phone (or the reason)."""
+    query = _suppressions(q).order_by(Suppression.created_at.desc(), Suppression.id.desc())
     return SuppressionPage(*_paginate(query, page, SUPPRESSIONS_PER_PAGE))
+
+
+def suppressions_page(
+    q: str | None, after: Sequence[Any] | None, limit: int
+) -> KeysetPage[Suppression]:
+    """Opt-outs in list_suppressions' order (``created_at, id``, newest first) after ``after``."""
+    return keyset_page(_suppressions(q), SUPPRESSION_KEY, descending=True, after=after, limit=limit)
+
+
+def get_suppression(suppression_id: int) -> Suppression | None:
+    return db.session.get(Suppression, suppression_id)
 
 
 RECENT_NOTIFICATIONS = 10

@@ -22,6 +22,7 @@ from campaigns import (
     counters,
     erp,
     fanout,
+    idempotency,
     login_throttle,
     maintenance,
     notifications,
@@ -223,7 +224,8 @@ def sync_pending_templates(timestamp: int) -> None:
 def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
     without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
-    events past AUDIT_RETENTION_DAYS and /metrics' per-minute figures past a day."""
+    events past AUDIT_RETENTION_DAYS, /metrics' per-minute figures past a day and API
+    idempotency keys past 24 hours."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
@@ -231,14 +233,16 @@ def reconcile(timestamp: int) -> None:
     events = audit.delete_old_events(db.session, current_app.config["AUDIT_RETENTION_DAYS"])
     minutes = ratelimit.delete_old_denials(db.session)
     minutes += counters.delete_old_ops_minutes(db.session, DELETE_BATCH)
+    keys = idempotency.delete_old_keys(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
-        " %s old audit events, %s old metrics minutes",
+        " %s old audit events, %s old metrics minutes, %s old idempotency keys",
         removed,
         attempts,
         events,
         minutes,
+        keys,
     )
 
 

@@ -57,7 +57,10 @@ def test_a_database_error_on_the_api_gets_the_json_envelope(
     response = client.get("/api/v1/me", headers=token_for(Role.VIEWER))
     assert response.status_code == 500
     assert response.json == {
-        "error": {"code": "500", "message": "Something went wrong on our side. It has been logged."}
+        "error": {
+            "code": "internal_error",
+            "message": "Something went wrong on our side. It has been logged.",
+        }
     }
 
 

@@ -339,15 +339,17 @@ API_WRITES: list[tuple[str, str, dict[str, Any]]] = [
 
 API_READS: list[tuple[str, list[str]]] = [
     ("/me", []),
-    ("/senders", []),
+    ("/senders", ["limit", "cursor"]),
     ("/senders/{id}", []),
-    ("/templates", ["status", "language", "category", "q"]),
+    ("/templates", ["status", "language", "category", "q", "limit", "cursor"]),
     ("/templates/{id}", []),
-    ("/suppressions", ["q", "page"]),
-    ("/campaigns", ["status", "q", "page"]),
+    ("/suppressions", ["q", "page", "limit", "cursor"]),
+    ("/suppressions/{id}", []),
+    ("/campaigns", ["status", "q", "page", "limit", "cursor"]),
     ("/campaigns/{id}", []),
     ("/campaigns/{id}/progress", []),
-    ("/audit", ["action", "actor", "before"]),
+    ("/campaigns/{id}/messages", ["status", "limit", "cursor"]),
+    ("/audit", ["action", "actor", "before", "limit", "cursor"]),
 ]
 
 

@@ -26,6 +26,7 @@ APP_TABLES = {
     "campaign_activity",
     "suppressions",
     "audit_events",
+    "idempotency_keys",
 }
 
 

@@ -368,7 +368,13 @@ def test_api_contract(client, token_for):
     assert again.json == body
 
     listed = client.get("/api/v1/suppressions", headers=headers).json
-    assert listed == {"suppressions": [body], "page": 1, "pages": 1, "total": 1}
+    assert listed == {
+        "suppressions": [body],
+        "page": 1,
+        "pages": 1,
+        "total": 1,
+        "next_cursor": None,  # every list answer carries it (the API's cursor pages)
+    }
     assert client.get("/api/v1/suppressions?q=5599", headers=headers).json["total"] == 0
 
     deleted = client.delete(f"/api/v1/suppressions/{body['id']}", headers=headers)

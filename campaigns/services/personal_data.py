@@ -16,6 +16,9 @@ What Disparo stores about a person, and where:
 - ``campaign_activity``: a test send's masked number (``+55119876****``, the
   ``phone`` of its detail's parameters). Cleared with the campaign's data, or with
   the person's when it is theirs.
+- ``idempotency_keys``: the API's kept response to an opt-out created with an
+  ``Idempotency-Key`` holds its number for the key's 24 hours; an erasure deletes
+  those rows (a retry with such a key then runs again instead of replaying).
 - ``login_attempts`` (operators' emails and addresses): pruned after 30 days by
   ``maintenance.reconcile``. Notifications, logs and job arguments carry ids and
   counts, never a number. The mock WhatsApp's log (``mock_whatsapp_messages``)
@@ -29,6 +32,7 @@ and a large backlog is worked off over several runs.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +48,7 @@ from campaigns.models import (
     FINISHED_CAMPAIGN_STATUSES,
     Campaign,
     CampaignActivity,
+    IdempotencyKey,
     MessageStatus,
     Suppression,
     User,
@@ -212,6 +217,12 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
     if ids:
         session.execute(ERASE_MESSAGES, {"ids": ids})
     keep_only_as_hash(session, phone)
+    # The number as the API wrote it in a kept response: "phone":"+5511…" (JSON).
+    session.execute(
+        sa.delete(IdempotencyKey).where(
+            IdempotencyKey.response_body.contains(json.dumps(phone), autoescape=True)
+        )
+    )
     session.execute(
         sa.update(CampaignActivity)
         .where(CampaignActivity.action == TEST_SENT, _test_sent_to(phone))

@@ -6,25 +6,30 @@ import math
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import audit, edge, progress, queries, ratelimit, reasons
+from campaigns import audit, cursors, edge, progress, queries, ratelimit, reasons, recipients
 from campaigns.auth import requires
+from campaigns.cursors import encode_or_none, parse_page
 from campaigns.errors import json_error
-from campaigns.i18n import _
+from campaigns.i18n import _, force_locale
+from campaigns.idempotency import idempotent
 from campaigns.labels import label
 from campaigns.models import (
     AuditEvent,
     Campaign,
     CampaignStatus,
+    Message,
+    MessageStatus,
     MessageTemplate,
     Role,
     Sender,
     Suppression,
     User,
 )
+from campaigns.providers import errors as provider_errors
 from campaigns.services import Conflict, NotFound, ServiceError
 from campaigns.services.campaigns import (
     cancel_campaign,
@@ -188,6 +193,13 @@ def _found(thing):
     return thing
 
 
+def _created(document: dict[str, Any], endpoint: str, **values: Any) -> tuple[Response, int]:
+    """201 with the new resource and its URL path in ``Location``."""
+    response = jsonify(document)
+    response.headers["Location"] = url_for(endpoint, **values)
+    return response, 201
+
+
 @bp.get("/me")
 def me() -> Response:
     """Who this token belongs to, with its limits."""
@@ -204,8 +216,13 @@ def user_update(user_id: int) -> Response:
 
 @bp.get("/senders")
 def sender_list() -> Response:
-    """Every sender."""
-    return jsonify(senders=[sender_json(s) for s in queries.list_senders()])
+    """Every sender by name; with ?limit=&cursor=, a page of them."""
+    wanted = parse_page(request.args, "senders", ("text", "id"))
+    page = queries.senders_page(wanted.after, wanted.limit)
+    return jsonify(
+        senders=[sender_json(s) for s in page.rows],
+        next_cursor=encode_or_none("senders", page.next_key),
+    )
 
 
 @bp.get("/senders/<int:sender_id>")
@@ -216,9 +233,11 @@ def sender_get(sender_id: int) -> Response:
 
 @bp.post("/senders")
 @requires(Role.ADMIN)
+@idempotent
 def sender_create() -> tuple[Response, int]:
     """Create a sender."""
-    return jsonify(sender_json(save_sender(parse_sender(body())))), 201
+    sender = save_sender(parse_sender(body()))
+    return _created(sender_json(sender), "api.sender_get", sender_id=sender.id)
 
 
 @bp.patch("/senders/<int:sender_id>")
@@ -245,9 +264,16 @@ def _template_fields(data: dict[str, Any]):
 
 @bp.get("/templates")
 def template_list() -> Response:
-    """Templates, filtered by ?status=&language=&category=&q=."""
+    """Templates, filtered by ?status=&language=&category=&q=, most recently changed first
+    (500 at most; with ?limit=&cursor=, a page of them)."""
     filters = queries.TemplateFilters.from_args(request.args)
-    return jsonify(templates=[template_json(t) for t in queries.list_templates(filters)])
+    wanted = parse_page(request.args, "templates", ("time", "id"))
+    limit = wanted.limit or queries.TEMPLATES_SHOWN  # None: the older answer, every row
+    page = queries.templates_page(filters, wanted.after, limit)
+    return jsonify(
+        templates=[template_json(t) for t in page.rows],
+        next_cursor=encode_or_none("templates", page.next_key),
+    )
 
 
 @bp.get("/templates/<int:template_id>")
@@ -258,6 +284,7 @@ def template_get(template_id: int) -> Response:
 
 @bp.post("/templates")
 @requires(Role.SUPERVISOR)
+@idempotent
 def template_create() -> tuple[Response, int]:
     """Create a draft template (in the first sender's account unless sender_id says)."""
     data = body()
@@ -265,7 +292,8 @@ def template_create() -> tuple[Response, int]:
     sender_id = data.get("sender_id")
     if sender_id is not None and (not isinstance(sender_id, int) or row_id(sender_id) is None):
         raise Invalid({"sender_id": _("Give the sender's id as a number.")})
-    return jsonify(template_json(create_template(fields, g.api_user.id, sender_id))), 201
+    template = create_template(fields, g.api_user.id, sender_id)
+    return _created(template_json(template), "api.template_get", template_id=template.id)
 
 
 @bp.patch("/templates/<int:template_id>")
@@ -305,18 +333,39 @@ def suppression_json(suppression: Suppression) -> dict[str, Any]:
 
 @bp.get("/suppressions")
 def suppression_list() -> Response:
-    """Opted-out numbers, newest first, 50 a page; ?q= matches the phone's digits."""
-    page = queries.list_suppressions(request.args.get("q"), request.args.get("page", 1, type=int))
+    """Opted-out numbers, newest first, 50 a page (?page=, or ?limit=&cursor=); ?q= matches
+    the phone's digits."""
+    wanted = parse_page(request.args, "suppressions", ("time", "id"), older_paging=("page",))
+    q = request.args.get("q")
+    if wanted.by_cursor:
+        rows = queries.suppressions_page(q, wanted.after, wanted.limit or cursors.DEFAULT_LIMIT)
+        return jsonify(
+            suppressions=[suppression_json(s) for s in rows.rows],
+            next_cursor=encode_or_none("suppressions", rows.next_key),
+        )
+    page = queries.list_suppressions(q, request.args.get("page", 1, type=int))
+    more = page.page < page.pages and bool(page.suppressions)
     return jsonify(
         suppressions=[suppression_json(s) for s in page.suppressions],
         page=page.page,
         pages=page.pages,
         total=page.total,
+        next_cursor=encode_or_none(
+            "suppressions",
+            queries.key_of(page.suppressions[-1], queries.SUPPRESSION_KEY) if more else None,
+        ),
     )
+
+
+@bp.get("/suppressions/<int:suppression_id>")
+def suppression_get(suppression_id: int) -> Response:
+    """One opted-out number."""
+    return jsonify(suppression_json(_found(queries.get_suppression(suppression_id))))
 
 
 @bp.post("/suppressions")
 @requires(Role.SUPERVISOR)
+@idempotent
 def suppression_create() -> tuple[Response, int]:
     """Suppress a number: 201 when added, 200 with the existing entry when already there."""
     data = body()
@@ -325,7 +374,11 @@ def suppression_create() -> tuple[Response, int]:
         field = "reason" if isinstance(phone, str) else "phone"
         raise Invalid({field: _("Send it as a string.")})
     suppression, created = suppress(phone, reason, "manual", g.api_user.id)
-    return jsonify(suppression_json(suppression)), 201 if created else 200
+    if not created:
+        return jsonify(suppression_json(suppression)), 200
+    return _created(
+        suppression_json(suppression), "api.suppression_get", suppression_id=suppression.id
+    )
 
 
 @bp.delete("/suppressions/<int:suppression_id>")
@@ -368,28 +421,42 @@ def _campaign_fields(data: dict[str, Any]) -> CampaignFields:
 
 @bp.get("/campaigns")
 def campaign_list() -> Response:
-    """Campaigns, newest first: ?status=&q=&page= (20 a page)."""
+    """Campaigns, newest first: ?status=&q=, and ?page= (20 a page) or ?limit=&cursor=."""
     try:
         status = CampaignStatus(request.args["status"]) if request.args.get("status") else None
     except ValueError:
         raise Invalid({"status": _("Unknown status.")}) from None
-    page = queries.list_campaigns(
-        status, request.args.get("q"), request.args.get("page", 1, type=int)
-    )
+    wanted = parse_page(request.args, "campaigns", ("time", "id"), older_paging=("page",))
+    q = request.args.get("q")
+    if wanted.by_cursor:
+        rows = queries.campaigns_page(
+            status, q, wanted.after, wanted.limit or cursors.DEFAULT_LIMIT
+        )
+        return jsonify(
+            campaigns=[campaign_json(c) for c in rows.rows],
+            next_cursor=encode_or_none("campaigns", rows.next_key),
+        )
+    page = queries.list_campaigns(status, q, request.args.get("page", 1, type=int))
+    more = page.page < page.pages and bool(page.campaigns)
     return jsonify(
         campaigns=[campaign_json(c) for c in page.campaigns],
         page=page.page,
         pages=page.pages,
         total=page.total,
+        next_cursor=encode_or_none(
+            "campaigns",
+            queries.key_of(page.campaigns[-1], queries.CAMPAIGN_KEY) if more else None,
+        ),
     )
 
 
 @bp.post("/campaigns")
 @requires(Role.SUPERVISOR)
+@idempotent
 def campaign_create() -> tuple[Response, int]:
     """Create a draft campaign (every template variable mapped)."""
     campaign = create_campaign(_campaign_fields(body()), g.api_user.id)
-    return jsonify(campaign_json(campaign)), 201
+    return _created(campaign_json(campaign), "api.campaign_get", campaign_id=campaign.id)
 
 
 @bp.get("/campaigns/<int:campaign_id>")
@@ -442,16 +509,78 @@ def campaign_action(campaign_id: int, action: str) -> tuple[Response, int]:
 
 @bp.post("/campaigns/<int:campaign_id>/duplicate")
 @requires(Role.SUPERVISOR)
+@idempotent
 def campaign_duplicate(campaign_id: int) -> tuple[Response, int]:
     """A new draft like this campaign."""
     _found(queries.get_campaign(campaign_id))
-    return jsonify(campaign_json(duplicate_campaign(campaign_id, g.api_user.id))), 201
+    copy = duplicate_campaign(campaign_id, g.api_user.id)
+    return _created(campaign_json(copy), "api.campaign_get", campaign_id=copy.id)
 
 
 @bp.get("/campaigns/<int:campaign_id>/progress")
 def campaign_progress(campaign_id: int) -> Response:
     """Counts, success rate, throughput and ETA, live."""
     return jsonify(progress.get_progress(_found(queries.get_campaign(campaign_id))).as_dict())
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A recipient's message. Call it under ``force_locale("en")``: Disparo's own error
+    codes are worded in English, as every text the API gives (WhatsApp's as it came)."""
+    code, text = message.error_code, message.error_text
+    return {
+        "id": message.id,
+        "phone": message.phone,  # None once the person's data was erased
+        "customer_ref": message.customer_ref,
+        "status": message.status.value,
+        "attempts": message.attempts,
+        "error_code": code,
+        "error_message": provider_errors.describe(code, text) if code or text else None,
+        "wamid": message.provider_message_id,
+        "created_at": _iso(message.created_at),
+        "queued_at": _iso(message.queued_at),
+        "sent_at": _iso(message.sent_at),
+        "delivered_at": _iso(message.delivered_at),
+        "read_at": _iso(message.read_at),
+        "failed_at": _iso(message.failed_at),
+        "updated_at": _iso(message.updated_at),
+    }
+
+
+MESSAGES_PER_PAGE = 100
+
+
+@bp.get("/campaigns/<int:campaign_id>/messages")
+def campaign_messages(campaign_id: int) -> Response:
+    """The campaign's messages in id order, 100 a page: ?status=&limit=&cursor=."""
+    problems: dict[str, str] = {}
+    raw_status = request.args.get("status")
+    status = None
+    if raw_status is not None:
+        try:
+            status = MessageStatus(raw_status)
+        except ValueError:
+            problems["status"] = _("Unknown status.")
+    # The cursor names its campaign: another campaign's is refused, not followed.
+    list_name = f"campaigns/{campaign_id}/messages"
+    try:
+        wanted = parse_page(
+            request.args, list_name, ("bigid",), default_limit=MESSAGES_PER_PAGE, always=True
+        )
+    except Invalid as exc:
+        problems |= exc.errors
+    if problems:
+        raise Invalid(problems)
+    _found(db.session.get(Campaign, campaign_id))
+    after = wanted.after[0] if wanted.after else None
+    messages, next_after = recipients.messages_after(
+        campaign_id, status, after, wanted.limit or MESSAGES_PER_PAGE
+    )
+    with force_locale("en"):
+        listed = [message_json(m) for m in messages]
+    return jsonify(
+        messages=listed,
+        next_cursor=encode_or_none(list_name, None if next_after is None else (next_after,)),
+    )
 
 
 def audit_event_json(event: AuditEvent) -> dict[str, Any]:
@@ -472,9 +601,20 @@ def audit_event_json(event: AuditEvent) -> dict[str, Any]:
 @bp.get("/audit")
 @requires(Role.ADMIN)
 def audit_list() -> Response:
-    """Administrative actions, newest first, 50 a page: ?action=&actor=&before=<next_before>."""
+    """Administrative actions, newest first, 50 a page: ?action=&actor=, and
+    ?before=<next_before> or ?limit=&cursor=<next_cursor>."""
     if request.args.get("action") and request.args["action"] not in audit.ACTIONS:
         raise Invalid({"action": _("Unknown action.")})
     filters = audit.AuditFilters.from_args(request.args)
-    page = audit.events_page(filters, request.args.get("before", type=bigint))
-    return jsonify(events=[audit_event_json(e) for e in page.events], next_before=page.next_before)
+    wanted = parse_page(request.args, "audit", ("bigid",), older_paging=("before",))
+    if wanted.by_cursor:
+        before = wanted.after[0] if wanted.after else None
+        page = audit.events_page(filters, before, wanted.limit or cursors.DEFAULT_LIMIT)
+    else:
+        page = audit.events_page(filters, request.args.get("before", type=bigint))
+    next_key = None if page.next_before is None else (page.next_before,)
+    return jsonify(
+        events=[audit_event_json(e) for e in page.events],
+        next_before=page.next_before,
+        next_cursor=encode_or_none("audit", next_key),
+    )

@@ -334,6 +334,14 @@ def test_livez_answers_without_a_database():
     assert ready.json["database"] is False and ready.json["ready"] is False
 
 
+def test_a_scrape_with_an_api_token_answers_503_while_the_database_is_down():
+    # The admin's token is looked up in the database: that read fails like the others.
+    client = make_app("postgresql://postgres@127.0.0.1:1/nowhere").test_client()
+    response = client.get("/metrics", headers={"Authorization": "Bearer some-api-token"})
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "unavailable"
+
+
 def test_readyz_is_public_and_ready_at_head(client):
     response = client.get("/readyz")  # no sign-in, no worker needed
     assert response.status_code == 200

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response
 
+from app import db
 from campaigns import errors, metrics
 from campaigns.errors import json_error
 from campaigns.i18n import _
@@ -53,13 +54,16 @@ def refusal() -> Response | None:
 @bp.get("/metrics")
 def scrape() -> Response:
     """Prometheus' text format, read from the database now (campaigns/metrics.py)."""
-    if (refused := refusal()) is not None:
-        return refused
     try:
+        # An admin's token is looked up in the database too: inside the try, so a
+        # database that is down answers 503 whichever credential the scraper sends.
+        if (refused := refusal()) is not None:
+            return refused
         body = generate_latest(metrics.REGISTRY)
     except SQLAlchemyError:
         # The database is down or the reads ran past their timeout: the scrape fails
         # (Prometheus records up == 0), and the reason is in this log line.
+        db.session.rollback()
         logger.exception("metrics: reading the database failed")
         return json_error(503, "unavailable", errors.message_for(503))
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

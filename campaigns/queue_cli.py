@@ -19,10 +19,9 @@ import click
 from flask.cli import AppGroup
 
 from app import db
-from campaigns import audit, queues, reasons
+from campaigns import audit, queries, queues, reasons
 from campaigns.i18n import _, format_datetime, format_number, get_locale, ngettext
 from campaigns.labels import label_for
-from campaigns.models import Campaign
 from campaigns.services import ServiceError
 from campaigns.services import queue as queue_service
 
@@ -74,7 +73,7 @@ def _known_queue(value: str | None) -> str | None:
 def _existing_campaign(campaign_id: int | None, hint: str) -> int | None:
     if campaign_id is None:
         return None
-    found = db.session.get(Campaign, campaign_id) is not None
+    found = queries.get_campaign(campaign_id) is not None
     db.session.rollback()
     if not found:
         raise click.BadParameter(

@@ -414,18 +414,6 @@ _JOB_COLUMNS = (
     "   FROM procrastinate_events WHERE job_id = j.id) AS e ON true"
 )
 
-OLDEST_DUE = sa.text(
-    "-- per queue, how long its oldest due job has waited: since it became todo (its last\n"
-    "-- event: deferred, retried) or its scheduled time came, whichever is later\n"
-    "SELECT j.queue_name,"
-    " max(extract(epoch FROM now() - greatest(j.scheduled_at, e.at))) AS seconds"
-    " FROM procrastinate_jobs AS j"
-    " LEFT JOIN LATERAL (SELECT max(at) AS at FROM procrastinate_events"
-    "   WHERE job_id = j.id) AS e ON true"
-    " WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
-    " GROUP BY j.queue_name"
-)
-
 STALLED_JOBS = sa.text(
     "-- running jobs whose worker is gone or silent: Procrastinate's own stalled-job rule\n"
     + _JOB_COLUMNS
@@ -599,9 +587,7 @@ def workers() -> list[Worker]:
 
 def oldest_due_seconds() -> dict[str, float]:
     """Per queue with due jobs, how many seconds its oldest due job has waited."""
-    return {
-        row.queue_name: max(0.0, float(row.seconds or 0)) for row in db.session.execute(OLDEST_DUE)
-    }
+    return {backlog.queue: backlog.oldest_due_seconds for backlog in backlogs() if backlog.due}
 
 
 def stalled_jobs(seconds_since_heartbeat: int | None = None) -> list[JobRow]:

@@ -570,7 +570,7 @@ def campaign_messages(campaign_id: int) -> Response:
         problems |= exc.errors
     if problems:
         raise Invalid(problems)
-    _found(db.session.get(Campaign, campaign_id))
+    _found(queries.get_campaign(campaign_id))
     after = wanted.after[0] if wanted.after else None
     messages, next_after = recipients.messages_after(
         campaign_id, status, after, wanted.limit or MESSAGES_PER_PAGE

@@ -99,6 +99,33 @@ def _workers() -> Iterator[Metric]:
     yield running
 
 
+# -- open connections to this database by the process that holds them (config's
+# application_name: disparo-web, disparo-worker, disparo-ops, ...). A process that
+# is up holds at least one (a worker its LISTEN connection), whatever its heartbeats.
+CONNECTIONS = sa.text(
+    "SELECT application_name, count(*) AS n FROM pg_stat_activity"
+    " WHERE datname = current_database() GROUP BY application_name"
+)
+SERVED_PROCESSES = ("disparo-web", "disparo-worker", "disparo-ops")
+
+
+def _connections() -> Iterator[Metric]:
+    found: dict[str, int] = dict.fromkeys(SERVED_PROCESSES, 0)
+    for name, n in db.session.execute(CONNECTIONS):
+        key = name if name and name.startswith("disparo-") else "other"
+        found[key] = found.get(key, 0) + int(n)
+    connections = _gauge(
+        "disparo_database_connections",
+        "Connections open to this database by process (application_name; other: anything"
+        " not named disparo-*): a process kind at 0 is down; the sum is what counts"
+        " against the plan's connection limit.",
+        ["process"],
+    )
+    for name, n in sorted(found.items()):
+        connections.add_metric([name], n)
+    yield connections
+
+
 # -- campaigns by status and the code of their status reason (few rows: one a campaign)
 CAMPAIGNS_BY_STATUS = sa.select(
     Campaign.status, Campaign.status_reason_code, sa.func.count()
@@ -224,11 +251,18 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
+            db.session.execute(sa.text("SET TRANSACTION READ ONLY"))
             db.session.execute(sa.text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
             minute = db.session.execute(LAST_COMPLETE_MINUTE).scalar_one()
             # Listed first: a generator would leave its transaction open if the caller
             # stopped reading halfway.
-            metrics = [*_jobs(), *_workers(), *_campaigns(), *_last_minute(minute)]
+            metrics = [
+                *_jobs(),
+                *_workers(),
+                *_connections(),
+                *_campaigns(),
+                *_last_minute(minute),
+            ]
         finally:
             db.session.rollback()
         yield from metrics

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -271,6 +272,16 @@ def test_the_figures_match_the_state(app, client, campaign, fake, owner, scrape)
     assert 30 <= lag < 600
     assert _value(samples, "disparo_webhook_status_lag_max_seconds") == lag
     assert 0 <= _value(samples, "disparo_webhook_last_status_age_seconds") < 600
+
+
+def test_connections_are_counted_by_process(app, scrape):
+    before = _with_label(scrape(), "disparo_database_connections", "process")
+    assert before["disparo-worker"] == 0 and before["disparo-ops"] == 0  # none is running
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, application_name="disparo-worker"):
+        during = _with_label(scrape(), "disparo_database_connections", "process")
+    assert during["disparo-worker"] == 1
+    assert during["disparo-ops"] == 0
 
 
 def test_a_failing_read_answers_503(client, app, scrape, monkeypatch):

@@ -479,7 +479,7 @@ MIN_PHONE_HASH_KEY_LENGTH = 32
 
 
 # A bearer token guessed one request at a time: 16 random characters are out of reach.
-MIN_METRICS_TOKEN = 16
+MIN_METRICS_TOKEN = 32
 
 
 def _metrics_token() -> str | None:

@@ -459,6 +459,21 @@ def test_a_buildpack_deploy_sends_a_campaign(scratch_database):
 
             health = until(healthy, 90, "/healthz 200 with every worker", deployment)
             assert health["migrations_at_head"] and health["undecryptable_secrets"] == 0
+            assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+            # Prometheus' view, with the token app.json generated: both workers connected.
+            scrape = requests.get(
+                f"{base}/metrics",
+                headers={"Authorization": f"Bearer {env['METRICS_TOKEN']}"},
+                timeout=10,
+            )
+            assert scrape.status_code == 200, scrape.text
+            for process in ("disparo-worker", "disparo-ops"):
+                found = re.search(
+                    rf'^disparo_database_connections{{process="{process}"}} (\S+)$',
+                    scrape.text,
+                    re.M,
+                )
+                assert found and float(found.group(1)) >= 1, (process, scrape.text)
 
             # The first admin, as the README says; the token is the output's last line.
             output = deployment.run(

@@ -32,7 +32,7 @@ from tests.helpers import (
     status_webhook,
 )
 
-METRICS_TOKEN = "scraper-token-0123456789abcdef"
+METRICS_TOKEN = "scraper-token-0123456789abcdef-0123456789"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -164,8 +164,6 @@ class ProcfileStack(engine.Stack):
     """engine.Stack, its web started exactly as the Procfile's ``web`` line."""
 
     def start_web(self) -> str:
-        import psutil
-        import requests
 
         self.start_mock()
         port = engine.free_port()
@@ -176,18 +174,7 @@ class ProcfileStack(engine.Stack):
         ]
         argv[0] = str(engine.BIN / argv[0])
         web = self.start("web", "web", argv)
-        deadline = time.monotonic() + 60
-        while True:
-            self.check()
-            try:
-                if requests.get(f"{self.base}/mock/erp/customers/count", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer in 60 s; see {self.log_dir}")
-            time.sleep(0.2)
-        self._web_workers = [child.pid for child in psutil.Process(web.pid).children()]
+        self.wait_for_web(web)
         return self.base
 
 

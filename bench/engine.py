@@ -265,7 +265,6 @@ class Stack:
         return mock_api_base_url({"APP_BASE_URL": self.base, **self.extra_env})
 
     def start_web(self) -> str:
-        import requests
 
         self.start_mock()
         port = free_port()
@@ -285,6 +284,13 @@ class Stack:
                 "app:create_app()",
             ],
         )
+        self.wait_for_web(web)
+        return self.base
+
+    def wait_for_web(self, web: subprocess.Popen) -> None:
+        """Until gunicorn answers (60 s at most); then note its worker processes."""
+        import requests
+
         deadline = time.monotonic() + 60
         while True:
             self.check()
@@ -299,7 +305,6 @@ class Stack:
         import psutil
 
         self._web_workers = [child.pid for child in psutil.Process(web.pid).children()]
-        return self.base
 
     def start_workers(self, setup: Setup, app: str | None = None, ops: bool = True) -> None:
         for i in range(1, setup.processes + 1):

@@ -30,7 +30,14 @@ from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.personal_data import erase_person
 from campaigns.services.suppressions import phone_hash
 from jobs import tasks
-from tests.helpers import assert_counters_match_rows, demo_campaign, jobs, lift_limits
+from tests.helpers import (
+    assert_counters_match_rows,
+    demo_campaign,
+    jobs,
+    lift_limits,
+    post_webhook,
+    status_webhook,
+)
 
 
 def _queue_all(app, campaign: Campaign) -> list[int]:
@@ -215,6 +222,17 @@ def test_131026_is_remembered_as_a_hash_and_skipped_by_the_next_campaign(app, sm
     assert skipped.error_text is None  # worded when shown, in the reader's language
     assert "30 days" in errors.explain("undeliverable")
     assert "131026" in errors.describe("undeliverable", None)
+
+
+def test_131026_in_a_status_webhook_is_remembered_too(app, client, small):
+    first = _queue_all(app, small)[0]
+    assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
+    wamid = _message(first).provider_message_id
+    body = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "no"}])
+    assert post_webhook(client, body).status_code == 200
+    message = _message(first)
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "131026")
+    assert undeliverable.recent(db.session, [message.phone], 30) == {message.phone}
 
 
 def test_131026_is_forgotten_after_the_period(app, small, monkeypatch):

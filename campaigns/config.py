@@ -207,6 +207,9 @@ class Settings:
     sending_lease_seconds: int
     calls_in_flight: int
     throttle_deadline_minutes: int
+    marketing_limit_retry_hours: int
+    pair_limit_retry_seconds: int
+    undeliverable_days: int
     auto_pause_failure_rate: float
     auto_pause_min_outcomes: int
     opt_out_keywords: frozenset[str]
@@ -219,6 +222,8 @@ class Settings:
     mock_whatsapp_throttle_rate: float
     mock_whatsapp_transient_rate: float
     mock_whatsapp_permanent_rate: float
+    mock_whatsapp_marketing_limit_rate: float
+    mock_whatsapp_pair_limit_rate: float
     mock_whatsapp_webhooks: bool
     mock_whatsapp_read_rate: float
     mock_whatsapp_webhook_delay_ms: int
@@ -267,6 +272,9 @@ class Settings:
             "SENDING_LEASE_SECONDS": self.sending_lease_seconds,
             "WHATSAPP_CALLS_IN_FLIGHT": self.calls_in_flight,
             "THROTTLE_DEADLINE_MINUTES": self.throttle_deadline_minutes,
+            "MARKETING_LIMIT_RETRY_HOURS": self.marketing_limit_retry_hours,
+            "PAIR_LIMIT_RETRY_SECONDS": self.pair_limit_retry_seconds,
+            "UNDELIVERABLE_DAYS": self.undeliverable_days,
             "AUTO_PAUSE_FAILURE_RATE": self.auto_pause_failure_rate,
             "AUTO_PAUSE_MIN_OUTCOMES": self.auto_pause_min_outcomes,
             "OPT_OUT_KEYWORDS": self.opt_out_keywords,
@@ -279,6 +287,8 @@ class Settings:
             "MOCK_WHATSAPP_THROTTLE_RATE": self.mock_whatsapp_throttle_rate,
             "MOCK_WHATSAPP_TRANSIENT_RATE": self.mock_whatsapp_transient_rate,
             "MOCK_WHATSAPP_PERMANENT_RATE": self.mock_whatsapp_permanent_rate,
+            "MOCK_WHATSAPP_MARKETING_LIMIT_RATE": self.mock_whatsapp_marketing_limit_rate,
+            "MOCK_WHATSAPP_PAIR_LIMIT_RATE": self.mock_whatsapp_pair_limit_rate,
             "MOCK_WHATSAPP_WEBHOOKS": self.mock_whatsapp_webhooks,
             "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
@@ -566,6 +576,15 @@ def load_settings() -> Settings:
             "WHATSAPP_CALLS_IN_FLIGHT", 100, minimum=1, maximum=MAX_CALLS_IN_FLIGHT
         ),
         throttle_deadline_minutes=_int_setting("THROTTLE_DEADLINE_MINUTES", 30),
+        # Meta's error policies (docs/architecture.md): a message held by the per-user
+        # marketing limit (131049) is tried once more this long after; one hit by the pair
+        # rate limit (131056) waits this long, within THROTTLE_DEADLINE_MINUTES; a number
+        # WhatsApp could not deliver to (131026) is skipped by campaigns for this long.
+        marketing_limit_retry_hours=_int_setting(
+            "MARKETING_LIMIT_RETRY_HOURS", 24, maximum=24 * 30
+        ),
+        pair_limit_retry_seconds=_int_setting("PAIR_LIMIT_RETRY_SECONDS", 60, maximum=3600),
+        undeliverable_days=_int_setting("UNDELIVERABLE_DAYS", 30, maximum=3650),
         # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
         auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),
         auto_pause_min_outcomes=_int_setting("AUTO_PAUSE_MIN_OUTCOMES", 20),
@@ -579,6 +598,8 @@ def load_settings() -> Settings:
         mock_whatsapp_throttle_rate=_fraction("MOCK_WHATSAPP_THROTTLE_RATE", 0.0),
         mock_whatsapp_transient_rate=_fraction("MOCK_WHATSAPP_TRANSIENT_RATE", 0.0),
         mock_whatsapp_permanent_rate=_fraction("MOCK_WHATSAPP_PERMANENT_RATE", 0.0),
+        mock_whatsapp_marketing_limit_rate=_fraction("MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 0.0),
+        mock_whatsapp_pair_limit_rate=_fraction("MOCK_WHATSAPP_PAIR_LIMIT_RATE", 0.0),
         mock_whatsapp_webhooks=_flag("MOCK_WHATSAPP_WEBHOOKS", default=True),
         mock_whatsapp_read_rate=_fraction("MOCK_WHATSAPP_READ_RATE", 0.6),
         mock_whatsapp_webhook_delay_ms=_int_setting(

@@ -1,7 +1,8 @@
 """The fan-out: a sending campaign's audience, read from the ERP into ``messages``.
 
 One message row per customer, ``pending``, or ``skipped`` with the reason (an
-invalid number, a duplicate, an opted-out number, a variable without a value).
+invalid number, a duplicate, an opted-out number, a number WhatsApp could not
+deliver to lately, a variable without a value).
 Resumable and idempotent: the ERP cursor advances in the same transaction as the
 page's rows, under the campaign's row lock, and rows are unique per ERP customer,
 so a fan-out that crashed carries on from its last page and adds nothing twice.
@@ -20,6 +21,8 @@ from app import db
 from campaigns import campaign_states, erp, message_states, phones, queues, rendering
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, MessageStatus
+from campaigns.providers.errors import UNDELIVERABLE_CODE
+from campaigns.services import undeliverable
 from campaigns.services.suppressions import is_suppressed
 
 PAGE_SIZE = 1000  # the mock ERP's largest page; fewer round trips and commits
@@ -83,6 +86,7 @@ def _message_rows(
     normalised = [phones.normalise(c.get("phone"), region) for c in customers]
     wanted = [p for p in normalised if p]
     suppressed = is_suppressed(wanted)
+    unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
     taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
     # The variables' fields, and always the name: the recipients table shows and searches it.
     fields = sorted(
@@ -98,6 +102,8 @@ def _message_rows(
             code = "invalid_phone"
         elif phone in suppressed:
             code = "suppressed"
+        elif phone in unreachable:
+            code = UNDELIVERABLE_CODE
         elif phone in taken:
             code = "duplicate"
         elif empty := rendering.missing_params(params):

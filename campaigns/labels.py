@@ -87,6 +87,7 @@ ERROR_CODE: Labels = {
     "duplicate": _lp("error code", "Duplicate number"),
     "missing_value": _lp("error code", "Missing variable"),
     "erased": _lp("error code", "Data erased"),
+    errors.UNDELIVERABLE_CODE: _lp("error code", "Undeliverable lately"),
     errors.JOB_FAILED_CODE: _lp("error code", "Sending job failed"),
     errors.WORKER_STOPPED_CODE: _lp("error code", "Worker stopped"),
     errors.SENDER_WITHOUT_ACCESS_TOKEN: _lp("error code", "Sender without token"),

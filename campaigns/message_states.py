@@ -245,7 +245,7 @@ CLAIM = sa.text(
     " tries = tries + 1, updated_at = now()"
     " WHERE id = ANY(CAST(:ids AS bigint[])) AND campaign_id = (SELECT id FROM c)"
     " AND status = CAST(:source AS message_status)"
-    " RETURNING id, phone, params, tries,"
+    " RETURNING id, phone, params, tries, error_code,"
     " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for"
 )
 # -- the provider accepted these: `sent` unless a status webhook moved one on already
@@ -279,6 +279,7 @@ class Claimed:
     params: dict[str, Any]
     tries: int  # calls on its current queue, this one included
     throttled_for: float | None  # seconds since WhatsApp first throttled it, if it did
+    last_code: str | None = None  # the error of its last call, if any (a 131049 hold)
 
 
 def waiting(
@@ -311,7 +312,9 @@ def claim(
     # back to wait: it is never called again.
     cancel_erased(session, [row.id for row in rows if row.phone is None], [S.SENDING])
     return [
-        Claimed(row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for)
+        Claimed(
+            row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for, row.error_code
+        )
         for row in rows
         if row.phone is not None
     ]

@@ -616,6 +616,18 @@ class Suppression(Model):
     created_at: Mapped[datetime] = created_at_column()
 
 
+class UndeliverableNumber(Model):
+    """A number a send failed with 131026 (undeliverable), as its keyed hash only, and
+    when: later campaigns skip it for UNDELIVERABLE_DAYS (services/undeliverable.py)."""
+
+    __tablename__ = "undeliverable_numbers"
+
+    phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failed_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), index=True
+    )
+
+
 class AuditEvent(Model):
     """An administrative action: who did it, what, to what, and when (campaigns/audit.py).
 

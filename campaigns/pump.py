@@ -61,7 +61,11 @@ def pump(campaign_id: int) -> bool:
         return False
     interval = ratelimit.pace_seconds(campaign.sender, campaign.owner)
     size = batch_size(interval, campaign.sender.min_interval_ms)
-    room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - in_flight
+    # The window bounds what the pump itself queued: a message waiting on message-retry
+    # (131049 holds it a day) keeps the campaign sending but takes no room, or a day's
+    # holds would stop the rest of the audience.
+    queued = totals["queued"] + totals["sending"]
+    room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - queued
     now = database_now(db.session)
     if room > 0 and totals["pending"] > 0:
         ids = message_states.queue_next(db.session, campaign_id, room)

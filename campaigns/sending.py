@@ -16,6 +16,13 @@ Each message keeps its own tries (``messages.tries``): 3 on campaign-messages,
 then 5 on message-retry. What an error means is decided by its code
 (``providers/errors.py``): try this message again, later, without spending a try
 (throttled, until the throttle deadline), give up on it, or pause the campaign.
+
+Meta's error policies (docs/architecture.md, "Error policies"): a message held by the
+per-user marketing limit (131049) moves to message-retry due MARKETING_LIMIT_RETRY_HOURS
+later and fails if held again; one hit by the pair rate limit (131056) waits
+PAIR_LIMIT_RETRY_SECONDS without spending a try, under the throttle deadline, and the
+sender is not slowed; a number found undeliverable (131026) is remembered
+(``services/undeliverable.py``) for later campaigns to skip.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers.base import SendResult
-from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind
+from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind
+from campaigns.services import undeliverable
 from campaigns.services.suppressions import suppress_quietly
 
 logger = logging.getLogger(__name__)
@@ -54,7 +62,9 @@ logger = logging.getLogger(__name__)
 # the wait before each next try: base ** tries seconds (2, 4; then 3, 9, 27, 81).
 SEND_TRIES, SEND_BACKOFF = 3, 2.0
 RETRY_TRIES, RETRY_BACKOFF = 5, 3.0
-SLOW_RETRY_SECONDS = 3600.0  # WhatsApp said "much later" (131049)
+# The per-user marketing limit (131049) says the same again until it is held once:
+# the code a message kept from its last call tells a held message from a fresh one.
+MARKETING_LIMIT_CODE = "131049"
 # A throttled message waits about as long as it has been throttled, within these bounds.
 THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 
@@ -88,6 +98,8 @@ class BatchReport:
     sent: list[int] = field(default_factory=list)
     retrying: list[int] = field(default_factory=list)  # back to wait for another try
     throttled: list[int] = field(default_factory=list)
+    pair_limited: list[int] = field(default_factory=list)  # 131056: later, no try spent
+    marketing_held: list[int] = field(default_factory=list)  # 131049: message-retry, hours on
     failed: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)  # not granted by a limit: a later job
     stopped: list[int] = field(default_factory=list)  # paused or cancelled with the campaign
@@ -196,6 +208,10 @@ class _Settled:
     )  # wait seconds -> transient errors that try again on this queue
     throttled: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     throttle_wait: float = THROTTLE_WAIT_MIN
+    # The pair rate limit (131056): waits like a throttle, but the sender is not slowed.
+    pair_limited: list[tuple[int, str | None, str | None]] = field(default_factory=list)
+    # The per-user marketing limit (131049), held for message-retry hours later.
+    marketing_held: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     handed_over: dict[float, list[tuple[int, str | None, str | None]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # wait seconds -> errors that move on to message-retry
@@ -233,14 +249,24 @@ def _sort(
                 )
                 continue
             settled.failed.append((message, error))  # throttled past the deadline
+        elif kind is ErrorKind.PAIR_LIMITED:
+            # Same deadline as a throttle (throttled_at stamps the first of either), so a
+            # recipient that stays limited ends failed rather than waiting forever.
+            if (message.throttled_for or 0.0) < deadline:
+                settled.pair_limited.append(entry)
+                continue
+            settled.failed.append((message, error))
         elif kind in (ErrorKind.PAUSE_CAMPAIGN, ErrorKind.PAUSE_SENDER):
             settled.stop = settled.stop or error
             settled.paused.append(entry)
-        elif kind is ErrorKind.SLOW_RETRY and not retry_queue:
-            settled.handed_over[SLOW_RETRY_SECONDS].append(entry)  # "much later": message-retry
-        elif kind in (ErrorKind.RETRY, ErrorKind.SLOW_RETRY) and message.tries < tries:
-            wait = SLOW_RETRY_SECONDS if kind is ErrorKind.SLOW_RETRY else backoff**message.tries
-            settled.again[wait].append(entry)
+        elif kind is ErrorKind.SLOW_RETRY:
+            # Not retried at once: held once, hours later; held again, it fails.
+            if message.last_code == MARKETING_LIMIT_CODE:
+                settled.failed.append((message, error))
+            else:
+                settled.marketing_held.append(entry)
+        elif kind is ErrorKind.RETRY and message.tries < tries:
+            settled.again[backoff**message.tries].append(entry)
         elif kind is ErrorKind.RETRY and not retry_queue:
             settled.handed_over[0.0].append(entry)  # this queue's tries ran out: message-retry
         else:
@@ -280,6 +306,22 @@ def _record(
             retry_queue=retry_queue,
         )
         report.throttled.extend(moved)
+    if settled.pair_limited:
+        moved = message_states.requeue(
+            session, campaign_id, settled.pair_limited, waiting, tries="refund", throttled=True
+        )
+        seconds = float(config["PAIR_LIMIT_RETRY_SECONDS"])
+        queues.defer_sends(
+            session, campaign_id, [moved], [_later(seconds)], retry_queue=retry_queue
+        )
+        report.pair_limited.extend(moved)
+    if settled.marketing_held:
+        moved = message_states.requeue(
+            session, campaign_id, settled.marketing_held, MessageStatus.RETRYING, tries="reset"
+        )
+        hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
+        queues.defer_retries(session, campaign_id, moved, _later(3600.0 * hours))
+        report.marketing_held.extend(moved)
     for seconds, errors in settled.handed_over.items():
         moved = message_states.requeue(
             session, campaign_id, errors, MessageStatus.RETRYING, tries="reset"
@@ -315,6 +357,8 @@ def _fail(message: message_states.Claimed, error: providers.SendError) -> None:
     logger.warning("message %s failed (%s): %s", message.id, code, error.message)
     if error.code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, error.message, "provider")
+    if error.code in UNDELIVERABLE_CODES:
+        undeliverable.remember(db.session, message.phone)
 
 
 def campaign_of(message_ids: Sequence[int]) -> int | None:

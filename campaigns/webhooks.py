@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from app import db
 from campaigns import campaign_states, counters, encryption, message_states, phones
 from campaigns.models import Campaign, Message, MessageStatus, Sender
-from campaigns.providers.errors import OPT_OUT_CODES, ErrorKind, classify
+from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
+from campaigns.services import undeliverable
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
 from campaigns.validation import BIGINT_MAX
 
@@ -402,6 +403,8 @@ def _apply_status(
     applied_at.append(at)
     if failed and code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, text or "", "provider")
+    if failed and code in UNDELIVERABLE_CODES:  # WhatsApp often says so only here, later
+        undeliverable.remember(db.session, message.phone)
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"

@@ -46,7 +46,7 @@ from campaigns.queues import (
     TEMPLATE_SYNC_TASK,
     job_message_ids,
 )
-from campaigns.services import ServiceError, personal_data
+from campaigns.services import ServiceError, personal_data, undeliverable
 from campaigns.services.templates import pending_template_ids, sync_template_status
 from jobs import app
 from jobs.context import flask_app
@@ -225,7 +225,7 @@ def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
     without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
     events past AUDIT_RETENTION_DAYS, /metrics' per-minute figures past a day and API
-    idempotency keys past 24 hours."""
+    idempotency keys past 24 hours, and undeliverable numbers past UNDELIVERABLE_DAYS."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
@@ -234,15 +234,18 @@ def reconcile(timestamp: int) -> None:
     minutes = ratelimit.delete_old_denials(db.session)
     minutes += counters.delete_old_ops_minutes(db.session, DELETE_BATCH)
     keys = idempotency.delete_old_keys(db.session)
+    forgotten = undeliverable.delete_expired(db.session, current_app.config["UNDELIVERABLE_DAYS"])
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
-        " %s old audit events, %s old metrics minutes, %s old idempotency keys",
+        " %s old audit events, %s old metrics minutes, %s old idempotency keys,"
+        " %s undeliverable numbers past UNDELIVERABLE_DAYS",
         removed,
         attempts,
         events,
         minutes,
         keys,
+        forgotten,
     )
 
 

@@ -17,8 +17,10 @@ posts to the latter when ``MOCK_WHATSAPP_URL`` is set (``make run`` sets it).
 Failures can be injected, each 0 by default: ``MOCK_WHATSAPP_LATENCY_MS`` before
 every answer, then the share of sends answered HTTP 429 / 130429 (throttled,
 ``MOCK_WHATSAPP_THROTTLE_RATE``), HTTP 500 / 131000 (transient,
-``MOCK_WHATSAPP_TRANSIENT_RATE``) and HTTP 400 / 131026 (undeliverable,
-``MOCK_WHATSAPP_PERMANENT_RATE``). Some recipients always fail the same way, so
+``MOCK_WHATSAPP_TRANSIENT_RATE``), HTTP 400 / 131026 (undeliverable,
+``MOCK_WHATSAPP_PERMANENT_RATE``), HTTP 400 / 131049 (per-user marketing limit,
+``MOCK_WHATSAPP_MARKETING_LIMIT_RATE``) and HTTP 400 / 131056 (pair rate limit,
+``MOCK_WHATSAPP_PAIR_LIMIT_RATE``). Some recipients always fail the same way, so
 tests need no randomness — by the last four digits of ``to``:
 
 - ``…0000``: HTTP 400, code 131026 (Message undeliverable, permanent);
@@ -85,6 +87,12 @@ bp = Blueprint("mock_whatsapp", __name__, url_prefix="/mock/whatsapp")
 UNDELIVERABLE = (131026, 400, "Message undeliverable")
 THROTTLED = (130429, 429, "Rate limit hit")
 TRANSIENT = (131000, 500, "Something went wrong")
+MARKETING_LIMIT = (
+    131049,
+    400,
+    "This message was not delivered to maintain healthy ecosystem engagement.",
+)
+PAIR_LIMIT = (131056, 400, "(Business Account, Consumer Account) pair rate limit hit")
 UNAVAILABLE = (131016, 503, "Service unavailable")
 NO_TEMPLATE = (132001, 404, "Template name does not exist in the translation")
 FORCED_ERRORS = {"0000": UNDELIVERABLE, "0429": THROTTLED, "0500": TRANSIENT}
@@ -416,6 +424,8 @@ def injected_error(
         (THROTTLED, "MOCK_WHATSAPP_THROTTLE_RATE"),
         (TRANSIENT, "MOCK_WHATSAPP_TRANSIENT_RATE"),
         (UNDELIVERABLE, "MOCK_WHATSAPP_PERMANENT_RATE"),
+        (MARKETING_LIMIT, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE"),
+        (PAIR_LIMIT, "MOCK_WHATSAPP_PAIR_LIMIT_RATE"),
     ):
         rate = float(config.get(key, 0.0))
         if draw < rate:

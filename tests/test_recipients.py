@@ -596,6 +596,7 @@ def test_unknown_campaign_is_404(client, viewer):
     [
         ("131000", ErrorKind.RETRY, True),
         ("130429", ErrorKind.THROTTLED, True),
+        ("131056", ErrorKind.PAIR_LIMITED, True),
         ("131049", ErrorKind.SLOW_RETRY, True),
         ("132015", ErrorKind.PAUSE_CAMPAIGN, True),
         ("368", ErrorKind.PAUSE_SENDER, True),

@@ -260,7 +260,8 @@ def test_a_batch_mixing_outcomes_records_each_message(app, campaign, fake):
     }
     report = send(app, campaign, ids)
     assert report.sent == [sent] and sorted(report.failed) == [permanent, opted_out]
-    assert sorted(report.retrying) == [transient, slow] and report.throttled == [throttled]
+    assert report.retrying == [transient] and report.throttled == [throttled]
+    assert report.marketing_held == [slow]
     state = {i: _message(i) for i in ids}
     assert state[sent].status is MessageStatus.SENT
     # A transient error spends a try and waits 2 s on this queue.
@@ -276,7 +277,8 @@ def test_a_batch_mixing_outcomes_records_each_message(app, campaign, fake):
     assert state[permanent].error_text == "Message undeliverable"
     phone = state[opted_out].phone
     assert db.session.query(Suppression).filter_by(phone=phone, source="provider").count() == 1
-    # "Much later": handed over to message-retry, due in an hour, with fresh tries.
+    # Held by the marketing limit: handed over to message-retry, due a day later
+    # (MARKETING_LIMIT_RETRY_HOURS), with fresh tries (tests/test_error_policies.py).
     assert (state[slow].status, state[slow].tries) == (MessageStatus.RETRYING, 0)
     later = {tuple(j["args"]["message_ids"]): j for j in jobs(queues.SEND_TASK)}
     now = datetime.now(UTC)

@@ -234,7 +234,7 @@ def test_an_error_in_a_200_answer_is_still_an_error(graph):
     stub.body = meta_error(131056, "Pair rate limit hit")
     with pytest.raises(SendError) as caught:
         send(provider_for(base))
-    assert (caught.value.kind, caught.value.code) == (ErrorKind.RETRY, 131056)
+    assert (caught.value.kind, caught.value.code) == (ErrorKind.PAIR_LIMITED, 131056)
 
 
 def test_an_answer_without_a_wamid_is_retried(graph):

@@ -140,7 +140,7 @@ def post_message(
 
 
 # Errors that pass by themselves: logged at INFO, not as warnings.
-QUIET_KINDS = (ErrorKind.RETRY, ErrorKind.THROTTLED)
+QUIET_KINDS = (ErrorKind.RETRY, ErrorKind.THROTTLED, ErrorKind.PAIR_LIMITED)
 
 
 def send_template_message(

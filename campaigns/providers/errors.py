@@ -20,14 +20,18 @@ from campaigns.reasons import SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_
 class ErrorKind(enum.StrEnum):
     RETRY = "retry"  # transient: try again with backoff
     THROTTLED = "throttled"  # this number sends too fast: later, without spending a try
-    SLOW_RETRY = "slow_retry"  # try again, hours later (per-user marketing cap)
+    SLOW_RETRY = "slow_retry"  # held, tried once more a day later (per-user marketing cap)
+    # Too many messages to this one recipient: that message waits, without spending a
+    # try; unlike THROTTLED, the sender is not slowed (the limit is the pair's, not its).
+    PAIR_LIMITED = "pair_limited"
     PERMANENT = "permanent"  # this message will never go: fail it
     PAUSE_CAMPAIGN = "pause_campaign"  # the campaign cannot go on until someone acts
     PAUSE_SENDER = "pause_sender"  # every campaign of this number must stop
 
 
 THROTTLED_CODES = frozenset({130429})
-RETRY_CODES = frozenset({131056, 1, 2, 131000, 131016, 131057, 4, 80007})
+PAIR_LIMITED_CODES = frozenset({131056})
+RETRY_CODES = frozenset({1, 2, 131000, 131016, 131057, 4, 80007})
 SLOW_RETRY_CODES = frozenset({131049})
 PERMANENT_CODES = frozenset(
     {
@@ -54,6 +58,11 @@ PAUSE_SENDER_CODES = frozenset({368, 131031, 131042})
 PERMISSION_CODES = range(200, 300)
 # Numbers that opted out: the code feeds the suppression list too.
 OPT_OUT_CODES = frozenset({131050})
+# Numbers WhatsApp cannot deliver to: remembered for a while, skipped by later campaigns
+# (services/undeliverable.py).
+UNDELIVERABLE_CODES = frozenset({131026})
+# Disparo's own code for a recipient skipped because its number was undeliverable lately.
+UNDELIVERABLE_CODE = "undeliverable"
 # Disparo's own code for a message whose sending job failed unexpectedly (maintenance.py).
 JOB_FAILED_CODE = "job_failed"
 # Disparo's own code for a message whose worker died during its call: sent again.
@@ -61,7 +70,7 @@ WORKER_STOPPED_CODE = "worker_stopped"
 # Disparo's own codes: the row keeps no text (the code is worded when shown), except
 # missing_value, whose text is the names of the variables that had no value.
 OWN_CODES = frozenset(
-    {"invalid_phone", "suppressed", "duplicate", "missing_value", "erased"}
+    {"invalid_phone", "suppressed", "duplicate", "missing_value", "erased", UNDELIVERABLE_CODE}
     | {JOB_FAILED_CODE, WORKER_STOPPED_CODE}
     | {SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_NUMBER_ID}
 )
@@ -72,6 +81,8 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
     if code is not None:
         if code in THROTTLED_CODES:
             return ErrorKind.THROTTLED
+        if code in PAIR_LIMITED_CODES:
+            return ErrorKind.PAIR_LIMITED
         if code in RETRY_CODES:
             return ErrorKind.RETRY
         if code in SLOW_RETRY_CODES:
@@ -96,7 +107,10 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
 # for a skipped recipient (campaigns/labels.py has their short names).
 EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     "130429": _l("Too many messages per second for this number; it passes once sending slows."),
-    "131056": _l("Too many messages to this one customer lately; it passes after a pause."),
+    "131056": _l(
+        "Too many messages to this one customer lately: Disparo waits a little and tries"
+        " again, without counting it as a try and without slowing the sender."
+    ),
     "4": _l("The app reached its WhatsApp API call limit; it passes after a few minutes."),
     "80007": _l("The business account reached its API call limit; it passes after a few minutes."),
     "1": _l("WhatsApp reported an unknown, temporary problem."),
@@ -105,12 +119,14 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     "131016": _l("WhatsApp's service was overloaded or unavailable for a moment."),
     "131057": _l("The account was in maintenance (a throughput upgrade); it passes in a minute."),
     "131049": _l(
-        "WhatsApp held the message back so the customer does not get too much marketing;"
-        " try again hours later."
+        "Held: WhatsApp's per-user marketing limit (the customer got enough marketing"
+        " lately); Disparo tries it once more later (24 h by default) and fails it if it is"
+        " held again."
     ),
     "131026": _l(
         "The message could not be delivered: the number may not be on WhatsApp, use an old"
-        " app, or have blocked the business."
+        " app, or have blocked the business. Disparo skips this number in later campaigns"
+        " for a while (30 days by default)."
     ),
     "131050": _l("The customer stopped marketing messages; the number is on the opt-out list."),
     "131047": _l("More than 24 hours since the customer last replied; only templates can go."),
@@ -141,6 +157,10 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     "duplicate": _l("Another customer of this campaign has the same number."),
     "missing_value": _l("A template variable had no value for this customer."),
     "erased": _l("Not sent: the person's data was erased on their request."),
+    UNDELIVERABLE_CODE: _l(
+        "Not sent: WhatsApp could not deliver to this number lately (131026); Disparo skips"
+        " it for a while (30 days by default)."
+    ),
     JOB_FAILED_CODE: _l(
         "Disparo's sending job failed on an unexpected error; the message may be retried."
     ),
@@ -161,6 +181,7 @@ UNKNOWN_EXPLANATION = _l("A code Disparo does not know; see Meta's error-code re
 
 KNOWN_CODES = (
     THROTTLED_CODES
+    | PAIR_LIMITED_CODES
     | RETRY_CODES
     | SLOW_RETRY_CODES
     | PERMANENT_CODES

@@ -13,6 +13,9 @@ What Disparo stores about a person, and where:
   not to be contacted; forgetting it would message them again); an erasure keeps
   it only as a one-way hash (``suppressions.keep_only_as_hash``), which the
   fan-out and the test send still match.
+- ``undeliverable_numbers``: a number WhatsApp could not deliver to (131026), as its
+  keyed hash only, and when; deleted UNDELIVERABLE_DAYS later by
+  ``maintenance.reconcile``, or with the person's data on request.
 - ``campaign_activity``: a test send's masked number (``+55119876****``, the
   ``phone`` of its detail's parameters). Cleared with the campaign's data, or with
   the person's when it is theirs.
@@ -53,7 +56,7 @@ from campaigns.models import (
     Suppression,
     User,
 )
-from campaigns.services import ServiceError
+from campaigns.services import ServiceError, undeliverable
 from campaigns.services.suppressions import keep_only_as_hash, phone_hash
 
 logger = logging.getLogger(__name__)
@@ -217,6 +220,7 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
     if ids:
         session.execute(ERASE_MESSAGES, {"ids": ids})
     keep_only_as_hash(session, phone)
+    undeliverable.forget(session, phone)
     # The number as the API wrote it in a kept response: "phone":"+5511…" (JSON).
     session.execute(
         sa.delete(IdempotencyKey).where(

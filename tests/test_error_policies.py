@@ -1,0 +1,267 @@
+"""Meta's error policies, each code answered by the mock WhatsApp and handled by the engine.
+
+131049 (per-user marketing limit) holds a message for message-retry a day later, once;
+131056 (pair rate limit) puts it back without spending a try and leaves the sender's
+rate alone; 131026 (undeliverable) remembers the number, as a hash, for later
+campaigns to skip. Waits are never waited: the held time is moved back in the database.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from campaigns import counters, fanout, pump, queues, sending
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Message,
+    MessageStatus,
+    Sender,
+    UndeliverableNumber,
+)
+from campaigns.providers import errors
+from campaigns.services import undeliverable
+from campaigns.services.campaigns import send_campaign_now
+from campaigns.services.personal_data import erase_person
+from campaigns.services.suppressions import phone_hash
+from jobs import tasks
+from tests.helpers import (
+    assert_counters_match_rows,
+    demo_campaign,
+    jobs,
+    lift_limits,
+    post_webhook,
+    status_webhook,
+)
+
+
+def _queue_all(app, campaign: Campaign) -> list[int]:
+    send_campaign_now(campaign.id, campaign.owner_id)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    return [i for j in jobs(queues.SEND_TASK) for i in j["args"]["message_ids"]]
+
+
+def _message(message_id: int) -> Message:
+    return db.session.get(Message, message_id, populate_existing=True)
+
+
+def _due(task: str) -> list[list[int]]:
+    """The message ids of this task's jobs a worker would fetch now (due, not started)."""
+    return [
+        list(row.args["message_ids"])
+        for row in db.session.execute(
+            sa.text(
+                "SELECT args FROM procrastinate_jobs WHERE task_name = :task AND status = 'todo'"
+                " AND (scheduled_at IS NULL OR scheduled_at <= now()) ORDER BY id"
+            ),
+            {"task": task},
+        )
+    ]
+
+
+def _backdate_jobs(task: str, hours: float) -> None:
+    """Move this task's waiting jobs back in time, as if ``hours`` had passed."""
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET scheduled_at = scheduled_at - make_interval(secs => :s)"
+            " WHERE task_name = :task AND status = 'todo'"
+        ),
+        {"task": task, "s": hours * 3600},
+    )
+    db.session.commit()
+
+
+@pytest.fixture
+def small(app, owner, live_server, monkeypatch) -> Campaign:
+    """A campaign of a few customers on the demo (mock) sender, its limits lifted; the
+    sends go to the live server's mock WhatsApp."""
+    monkeypatch.setitem(app.config, "APP_BASE_URL", live_server)
+    lift_limits(owner)
+    return demo_campaign(owner.id, size=4, name="Policies")
+
+
+def test_the_mock_answers_the_new_codes_and_they_map_to_their_policies(app, small, monkeypatch):
+    ids = _queue_all(app, small)
+    for setting, code, kind in (
+        ("MOCK_WHATSAPP_MARKETING_LIMIT_RATE", "131049", errors.ErrorKind.SLOW_RETRY),
+        ("MOCK_WHATSAPP_PAIR_LIMIT_RATE", "131056", errors.ErrorKind.PAIR_LIMITED),
+    ):
+        monkeypatch.setitem(app.config, setting, 1.0)
+        sending.send_batch(small.id, ids[:1], app.config, retry_queue=False)
+        assert _message(ids[0]).error_code == code
+        assert errors.stored_kind(code) is kind and errors.is_retryable(code)
+        monkeypatch.setitem(app.config, setting, 0.0)
+        db.session.execute(  # back to queued for the next code, as a fresh message
+            sa.update(Message)
+            .where(Message.id == ids[0])
+            .values(status=MessageStatus.QUEUED, error_code=None, throttled_at=None, tries=0)
+        )
+        db.session.commit()
+
+
+def test_131049_is_held_a_day_retried_once_then_failed(app, small, monkeypatch):
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 1.0)
+    ids = _queue_all(app, small)
+    report = sending.send_batch(small.id, ids, app.config, retry_queue=False)
+    assert sorted(report.marketing_held) == sorted(ids) and not report.failed
+    for message_id in ids:
+        message = _message(message_id)
+        assert (message.status, message.error_code, message.tries) == (
+            MessageStatus.RETRYING,
+            "131049",
+            0,
+        )
+    # Not retried at once: its message-retry job is due MARKETING_LIMIT_RETRY_HOURS on.
+    (held,) = jobs(queues.RETRY_TASK)
+    assert sorted(held["args"]["message_ids"]) == sorted(ids)
+    assert held["scheduled_at"] > datetime.now(UTC) + timedelta(hours=23)
+    assert _due(queues.RETRY_TASK) == []
+    # Held messages keep the campaign sending (nothing pending, nothing queued).
+    assert pump.pump(small.id) is True
+    db.session.refresh(small)
+    assert small.status is CampaignStatus.SENDING
+    assert counters.totals(db.session, small.id)["retrying"] == len(ids)
+    assert_counters_match_rows(small.id)
+
+    # A day later the job is due: the first passes, the others are held again and fail.
+    _backdate_jobs(queues.RETRY_TASK, 25)
+    assert [sorted(due) for due in _due(queues.RETRY_TASK)] == [sorted(ids)]
+    first, rest = ids[0], ids[1:]
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 0.0)
+    assert sending.send_batch(small.id, [first], app.config, retry_queue=True).sent == [first]
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 1.0)
+    report = sending.send_batch(small.id, rest, app.config, retry_queue=True)
+    assert sorted(report.failed) == sorted(rest) and not report.marketing_held
+    for message_id in rest:
+        message = _message(message_id)
+        assert (message.status, message.error_code) == (MessageStatus.FAILED, "131049")
+        assert message.attempts == 2  # the first call and the one retry, no more
+    assert len(jobs(queues.RETRY_TASK)) == 1  # no further hold was deferred
+    assert_counters_match_rows(small.id)
+
+
+def test_131056_waits_without_spending_a_try_and_the_sender_keeps_its_rate(app, small, monkeypatch):
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PAIR_LIMIT_RATE", 1.0)
+    rate = sa.select(Sender.rate_limit_per_minute, Sender.min_interval_ms).where(
+        Sender.id == small.sender_id
+    )
+    rate_before = db.session.execute(rate).one()
+    ids = _queue_all(app, small)
+    message_id = ids[0]
+    for call in (1, 2, 3, 4):  # more calls than the queue's 3 tries: none is spent
+        report = sending.send_batch(small.id, [message_id], app.config, retry_queue=False)
+        assert report.pair_limited == [message_id] and not report.throttled
+        message = _message(message_id)
+        assert (message.status, message.tries, message.attempts) == (
+            MessageStatus.QUEUED,
+            0,
+            call,
+        )
+        assert message.error_code == "131056" and message.throttled_at is not None
+    # It waits PAIR_LIMIT_RETRY_SECONDS on its own queue, not on message-retry.
+    later = [j for j in jobs(queues.SEND_TASK) if j["args"]["message_ids"] == [message_id]]
+    wait = app.config["PAIR_LIMIT_RETRY_SECONDS"]
+    assert later[-1]["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=wait - 5)
+    assert jobs(queues.RETRY_TASK) == []
+    assert db.session.execute(rate).one() == rate_before  # the sender is not slowed
+    # Past the throttle deadline it fails with the code, rather than loop forever.
+    deadline = app.config["THROTTLE_DEADLINE_MINUTES"]
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id)
+        .values(throttled_at=sa.func.now() - timedelta(minutes=deadline + 1))
+    )
+    db.session.commit()
+    report = sending.send_batch(small.id, [message_id], app.config, retry_queue=False)
+    assert report.failed == [message_id]
+    assert (_message(message_id).status, _message(message_id).error_code) == (
+        MessageStatus.FAILED,
+        "131056",
+    )
+    # It passes once the pair limit lifts: the others go out.
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PAIR_LIMIT_RATE", 0.0)
+    report = sending.send_batch(small.id, ids[1:], app.config, retry_queue=False)
+    assert sorted(report.sent) == sorted(ids[1:])
+    assert_counters_match_rows(small.id)
+
+
+def _undeliverable_first(app, campaign: Campaign, monkeypatch) -> str:
+    """Send the campaign's first message into a 131026; its number."""
+    ids = _queue_all(app, campaign)
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PERMANENT_RATE", 1.0)
+    report = sending.send_batch(campaign.id, ids[:1], app.config, retry_queue=False)
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PERMANENT_RATE", 0.0)
+    assert report.failed == ids[:1]
+    message = _message(ids[0])
+    assert message.error_code == "131026"
+    return message.phone
+
+
+def _next_campaign_row(app, owner_id: int, phone: str) -> Message:
+    later = demo_campaign(owner_id, size=4, name="Next")
+    send_campaign_now(later.id, owner_id)
+    fanout.load_audience(later.id, app.config)
+    assert_counters_match_rows(later.id)
+    return db.session.scalars(
+        sa.select(Message).where(Message.campaign_id == later.id, Message.phone == phone)
+    ).one()
+
+
+def test_131026_is_remembered_as_a_hash_and_skipped_by_the_next_campaign(app, small, monkeypatch):
+    phone = _undeliverable_first(app, small, monkeypatch)
+    (row,) = db.session.scalars(sa.select(UndeliverableNumber)).all()
+    assert row.phone_hash == phone_hash(phone) and phone not in row.phone_hash
+    skipped = _next_campaign_row(app, small.owner_id, phone)
+    assert (skipped.status, skipped.error_code) == (MessageStatus.SKIPPED, "undeliverable")
+    assert skipped.error_text is None  # worded when shown, in the reader's language
+    assert "30 days" in errors.explain("undeliverable")
+    assert "131026" in errors.describe("undeliverable", None)
+
+
+def test_131026_in_a_status_webhook_is_remembered_too(app, client, small):
+    first = _queue_all(app, small)[0]
+    assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
+    wamid = _message(first).provider_message_id
+    body = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "no"}])
+    assert post_webhook(client, body).status_code == 200
+    message = _message(first)
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "131026")
+    assert undeliverable.recent(db.session, [message.phone], 30) == {message.phone}
+
+
+def test_131026_is_forgotten_after_the_period(app, small, monkeypatch):
+    phone = _undeliverable_first(app, small, monkeypatch)
+    days = app.config["UNDELIVERABLE_DAYS"]
+    assert undeliverable.delete_expired(db.session, days) == 0  # still within the period
+    db.session.execute(
+        sa.update(UndeliverableNumber).values(
+            failed_at=sa.func.now() - timedelta(days=days, minutes=1)
+        )
+    )
+    db.session.commit()
+    # Past the period the fan-out no longer skips it, even before maintenance prunes...
+    assert undeliverable.recent(db.session, [phone], days) == set()
+    # ...and the maintenance job deletes the row, as its tick runs it.
+    tasks.reconcile(timestamp=int(time.time()))
+    assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+    row = _next_campaign_row(app, small.owner_id, phone)
+    assert row.status is MessageStatus.PENDING
+
+
+def test_131026_goes_with_the_persons_erasure(app, small, monkeypatch):
+    phone = _undeliverable_first(app, small, monkeypatch)
+    report = erase_person(phone, None)
+    assert report.messages >= 1
+    assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+
+
+def test_the_error_breakdown_says_what_disparo_did(app):
+    assert "24 h" in errors.explain("131049") and "once" in errors.explain("131049")
+    assert "without slowing the sender" in errors.explain("131056")
+    assert "later campaigns" in errors.explain("131026")

@@ -109,6 +109,10 @@ LATER = {
     "template_rejected": "Template “%(name)s” (%(language)s) was rejected.",
     "template_rejected_why": "Template “%(name)s” (%(language)s) was rejected: %(reason)s",
     "command_line": "from the command line (%(actor)s)",
+    "account_quality_dropped": (
+        "Sender “%(name)s”: WhatsApp lowered its quality rating from %(before)s to"
+        " %(quality)s; its messaging limit may drop if this goes on."
+    ),
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")
@@ -121,7 +125,12 @@ DETAIL_CODES = (
     "retention_reached",
     *REASON_CODES,
 )
-NOTIFICATION_CODES = ("campaign_started", "campaign_completed", "campaign_paused", "campaign_failed")
+NOTIFICATION_CODES = (
+    "campaign_started",
+    "campaign_completed",
+    "campaign_paused",
+    "campaign_failed",
+)
 PLACEHOLDER = re.compile(r"%\((\w+)\)([sd])|%%")
 
 
@@ -300,7 +309,10 @@ def upgrade():
         parse_detail,
     )
     _rewrite(
-        _table(*notifications), notifications[1], notifications[1:2], notifications[2:],
+        _table(*notifications),
+        notifications[1],
+        notifications[1:2],
+        notifications[2:],
         parse_notification,
     )
     op.alter_column("notifications", "code", existing_type=sa.String(40), nullable=False)
@@ -346,4 +358,3 @@ def downgrade():
         "UPDATE suppressions SET reason = 'Stopped marketing messages'"
         " WHERE source = 'provider' AND reason = '' AND phone IS NOT NULL"
     )
-

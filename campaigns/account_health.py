@@ -13,7 +13,7 @@ reports a value different from its previous report, which is kept apart
 the phone number, so they apply to the reporting sender only.
 
 A quality drop to YELLOW or RED tells the owners of the sender's unfinished campaigns,
-or the admins when there are none, in-app (``account_quality_dropped``).
+or the admins when there are none (``notifications.record_quality_drop``).
 """
 
 from __future__ import annotations
@@ -27,15 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession
-from campaigns import reasons
-from campaigns.models import (
-    FINISHED_CAMPAIGN_STATUSES,
-    Campaign,
-    Notification,
-    Role,
-    Sender,
-    User,
-)
+from campaigns import notifications
+from campaigns.models import Sender
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +42,6 @@ UNLIMITED = "TIER_UNLIMITED"
 _TIER = re.compile(r"TIER_(\d{1,9})(K?)")
 # The quality update webhook's events that say what the quality became.
 QUALITY_EVENTS = {"FLAGGED": "RED", "UNFLAGGED": "GREEN"}
-QUALITY_NOTICE_KIND = "account_quality"
 
 
 @dataclass(frozen=True)
@@ -170,7 +162,7 @@ def apply_report(session: AnySession, sender: Sender, report: AccountReport) -> 
         before = sender.quality_rating
         sender.quality_rating = report.quality_rating
         if _QUALITY_RANK[report.quality_rating] > _QUALITY_RANK.get(before or "GREEN", 0):
-            notify_quality_drop(session, sender, before)
+            notifications.record_quality_drop(session, sender, before)
     if report.throughput_per_second is not None:
         sender.throughput_per_second = report.throughput_per_second
     if report.display_phone_number and not sender.display_phone_number:
@@ -190,46 +182,3 @@ def override_messaging_limit(session: AnySession, sender: Sender, limit: int | N
         member.messaging_limit = limit
         member.messaging_limit_overridden = True
     return changed
-
-
-def notify_quality_drop(session: AnySession, sender: Sender, before: str | None) -> None:
-    """Tell whoever runs campaigns on this sender (else the admins) its quality dropped."""
-    owners = set(
-        session.scalars(
-            sa.select(Campaign.owner_id)
-            .join(User, User.id == Campaign.owner_id)
-            .where(
-                Campaign.sender_id == sender.id,
-                Campaign.status.not_in(FINISHED_CAMPAIGN_STATUSES),
-                User.is_disabled.is_(False),
-            )
-        )
-    )
-    if not owners:
-        owners = set(
-            session.scalars(
-                sa.select(User.id).where(User.role == Role.ADMIN, User.is_disabled.is_(False))
-            )
-        )
-    params = {
-        "sender_id": sender.id,
-        "name": sender.name,
-        "quality": sender.quality_rating,
-        "before": before or "UNKNOWN",
-    }
-    for user_id in sorted(owners):
-        session.add(
-            Notification(
-                user_id=user_id,
-                kind=QUALITY_NOTICE_KIND,
-                code=reasons.ACCOUNT_QUALITY_DROPPED,
-                params=params,
-            )
-        )
-    logger.warning(
-        "sender %s: quality dropped from %s to %s; %d users told",
-        sender.id,
-        before or "UNKNOWN",
-        sender.quality_rating,
-        len(owners),
-    )

@@ -536,7 +536,8 @@ class Notification(Model):
     failed; a template was approved or rejected.
 
     ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``paused``,
-    ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``);
+    ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``,
+    ``account_quality``: a sender's quality rating dropped);
     its words are a code of campaigns/reasons.py and its parameters (the campaign's
     name, its counts, the reason it stopped), worded in the reader's language when
     shown (:attr:`text`).

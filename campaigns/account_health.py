@@ -42,6 +42,8 @@ UNLIMITED = "TIER_UNLIMITED"
 _TIER = re.compile(r"TIER_(\d{1,9})(K?)")
 # The quality update webhook's events that say what the quality became.
 QUALITY_EVENTS = {"FLAGGED": "RED", "UNFLAGGED": "GREEN"}
+# ...and the one that says Meta raised the number's throughput (to 1,000 msg/s).
+THROUGHPUT_UP = "THROUGHPUT_UPGRADE"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
     """The report in a ``phone_number_quality_update`` or ``account_update`` value: the
     limit from ``max_daily_conversations_per_business`` (else the older ``current_limit``
     or ``messaging_limit_tier``), the quality from ``quality_rating`` or else the event
-    (FLAGGED: RED, UNFLAGGED: GREEN)."""
+    (FLAGGED: RED, UNFLAGGED: GREEN), the throughput from ``throughput.level`` or a
+    THROUGHPUT_UPGRADE event (1,000 msg/s)."""
     limit = None
     for key in ("max_daily_conversations_per_business", "current_limit", "messaging_limit_tier"):
         if (limit := tier(value.get(key))) is not None:
@@ -127,10 +130,13 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
     event = value.get("event")
     if rating is None and isinstance(event, str):
         rating = QUALITY_EVENTS.get(event.strip().upper())
+    per_second = throughput(value.get("throughput"))
+    if per_second is None and isinstance(event, str) and event.strip().upper() == THROUGHPUT_UP:
+        per_second = THROUGHPUT_LEVELS["HIGH"]
     return AccountReport(
         quality_rating=rating,
         messaging_limit_tier=limit,
-        throughput_per_second=throughput(value.get("throughput")),
+        throughput_per_second=per_second,
     )
 
 

@@ -6,12 +6,13 @@ the portfolio's messaging limit that holds until Meta reports something new."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
 import sqlalchemy as sa
 from flask import Flask
+from procrastinate import JobContext
 
 from app import db
 from campaigns import account_health
@@ -120,6 +121,11 @@ def test_the_portfolio_limit_wins_over_the_deprecated_tier():
     assert report.throughput_per_second == 80
 
 
+def test_a_throughput_upgrade_event_means_1000_a_second():
+    report = account_health.from_webhook({"event": "THROUGHPUT_UPGRADE"})
+    assert (report.throughput_per_second, report.quality_rating) == (1000, None)
+
+
 # -- reads from the Graph API (the mock)
 
 
@@ -186,13 +192,15 @@ def test_the_periodic_read_refreshes_every_sender_and_logs_a_failure_with_the_jo
         class job:  # JobContext's shape
             id = 4242
 
+    context = cast(JobContext, Context())
+
     with caplog.at_level(logging.WARNING, logger="jobs.tasks"):
-        tasks.read_accounts(Context(), 0)
+        tasks.read_accounts(context, 0)
     assert "job 4242: sender" in caplog.text
     assert _fresh(first.id).quality_rating is None  # failed, logged, not raised
 
     mock_app.config["APP_BASE_URL"] = live_server
-    tasks.read_accounts(Context(), 0)
+    tasks.read_accounts(context, 0)
     assert _fresh(first.id).quality_rating == "GREEN"
     assert (_fresh(second.id).quality_rating, _fresh(second.id).throughput_per_second) == (
         "YELLOW",

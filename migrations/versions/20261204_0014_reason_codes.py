@@ -125,12 +125,7 @@ DETAIL_CODES = (
     "retention_reached",
     *REASON_CODES,
 )
-NOTIFICATION_CODES = (
-    "campaign_started",
-    "campaign_completed",
-    "campaign_paused",
-    "campaign_failed",
-)
+NOTIFICATION_CODES = ("campaign_started", "campaign_completed", "campaign_paused", "campaign_failed")
 PLACEHOLDER = re.compile(r"%\((\w+)\)([sd])|%%")
 
 
@@ -309,10 +304,7 @@ def upgrade():
         parse_detail,
     )
     _rewrite(
-        _table(*notifications),
-        notifications[1],
-        notifications[1:2],
-        notifications[2:],
+        _table(*notifications), notifications[1], notifications[1:2], notifications[2:],
         parse_notification,
     )
     op.alter_column("notifications", "code", existing_type=sa.String(40), nullable=False)
@@ -358,3 +350,4 @@ def downgrade():
         "UPDATE suppressions SET reason = 'Stopped marketing messages'"
         " WHERE source = 'provider' AND reason = '' AND phone IS NOT NULL"
     )
+

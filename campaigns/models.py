@@ -216,10 +216,24 @@ class Sender(Model):
     min_interval_ms: Mapped[int] = mapped_column(default=1000, server_default="1000")
     is_active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     created_at: Mapped[datetime] = created_at_column()
+    # The business portfolio; Meta sets the messaging limit per portfolio (a sender
+    # without one is its own). The rest is what Meta says (campaigns/account_health.py).
+    business_id: Mapped[str | None] = mapped_column(sa.String(64))
+    quality_rating: Mapped[str | None] = mapped_column(sa.String(16))
+    # Unique users per moving 24 h; None: unlimited. The effective value: Meta's, or an
+    # admin's override until Meta reports a value other than messaging_limit_reported.
+    messaging_limit: Mapped[int | None] = mapped_column(sa.BigInteger)
+    messaging_limit_reported: Mapped[str | None] = mapped_column(sa.String(32))
+    messaging_limit_overridden: Mapped[bool] = mapped_column(
+        default=False, server_default=sa.false()
+    )
+    throughput_per_second: Mapped[int | None]
+    account_read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (
         sa.CheckConstraint("rate_limit_per_minute BETWEEN 1 AND 1000000", name="rate_limit_range"),
         sa.CheckConstraint("min_interval_ms BETWEEN 0 AND 3600000", name="min_interval_range"),
+        sa.Index("senders_business_id_idx", "business_id"),
     )
 
     def __repr__(self) -> str:
@@ -522,7 +536,8 @@ class Notification(Model):
     failed; a template was approved or rejected.
 
     ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``paused``,
-    ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``);
+    ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``,
+    ``account_quality``: a sender's quality rating dropped);
     its words are a code of campaigns/reasons.py and its parameters (the campaign's
     name, its counts, the reason it stopped), worded in the reader's language when
     shown (:attr:`text`).

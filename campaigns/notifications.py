@@ -9,7 +9,9 @@ can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 Campaigns tell their owner when they start, complete, pause (on their own or by an
 operator's hand), are cancelled or fail; a template tells its creator when WhatsApp
 approves or rejects it (:func:`record_template_review`, in-app only, in the same
-transaction as the status it reports).
+transaction as the status it reports); a quality drop of a sender's number to YELLOW
+or RED tells the owners of its unfinished campaigns, else the admins
+(:func:`record_quality_drop`, in-app only).
 
 A notice is stored as a code of ``reasons.py`` with its parameters (the campaign's
 name and counts, and the reason it stopped as it stood then), worded when read, in
@@ -26,12 +28,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import sqlalchemy as sa
 from flask import current_app
 from standardwebhooks.webhooks import Webhook
 
 from app import AnySession, db
 from campaigns import counters, i18n, reasons
-from campaigns.models import Campaign, MessageTemplate, Notification, TemplateStatus
+from campaigns.models import (
+    FINISHED_CAMPAIGN_STATUSES,
+    Campaign,
+    MessageTemplate,
+    Notification,
+    Role,
+    Sender,
+    TemplateStatus,
+    User,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ CODES = {
     "cancelled": reasons.CAMPAIGN_CANCELLED,
 }
 WEBHOOK_TIMEOUT = (3.05, 10)
+QUALITY_NOTICE_KIND = "account_quality"
 
 
 def signed_request(
@@ -162,3 +175,48 @@ def record_template_review(
             code = reasons.TEMPLATE_REJECTED_WHY
             params["reason"] = template.status_reason
     session.add(Notification(user_id=template.created_by_id, kind=kind, code=code, params=params))
+
+
+def record_quality_drop(session: AnySession, sender: Sender, before: str | None) -> None:
+    """Tell whoever runs campaigns on this sender (the owners of its unfinished ones,
+    else the active admins), in-app, that Meta lowered its quality rating to
+    ``sender.quality_rating`` (the caller commits, with the rating)."""
+    owners = set(
+        session.scalars(
+            sa.select(Campaign.owner_id)
+            .join(User, User.id == Campaign.owner_id)
+            .where(
+                Campaign.sender_id == sender.id,
+                Campaign.status.not_in(FINISHED_CAMPAIGN_STATUSES),
+                User.is_disabled.is_(False),
+            )
+        )
+    )
+    if not owners:
+        owners = set(
+            session.scalars(
+                sa.select(User.id).where(User.role == Role.ADMIN, User.is_disabled.is_(False))
+            )
+        )
+    params = {
+        "sender_id": sender.id,
+        "name": sender.name,
+        "quality": sender.quality_rating,
+        "before": before or "UNKNOWN",
+    }
+    for user_id in sorted(owners):
+        session.add(
+            Notification(
+                user_id=user_id,
+                kind=QUALITY_NOTICE_KIND,
+                code=reasons.ACCOUNT_QUALITY_DROPPED,
+                params=params,
+            )
+        )
+    logger.warning(
+        "sender %s: quality dropped from %s to %s; %d users told",
+        sender.id,
+        before or "UNKNOWN",
+        sender.quality_rating,
+        len(owners),
+    )

@@ -204,6 +204,27 @@ def schemas() -> dict[str, Schema]:
             "min_interval_ms": INTEGER,
             "has_access_token": {"type": "boolean", "description": "Secrets are write-only."},
             "has_app_secret": {"type": "boolean"},
+            "business_id": {
+                **nullable(STRING),
+                "description": "The business portfolio; null: the sender is its own.",
+            },
+            "quality_rating": {
+                **nullable({"type": "string", "enum": ["GREEN", "YELLOW", "RED", "UNKNOWN"]}),
+                "description": "The number's quality as Meta last said; null: never read.",
+            },
+            "messaging_limit": {
+                **nullable({"type": "integer", "minimum": 0}),
+                "description": (
+                    "Unique users a day (moving 24 h) the portfolio may reach with templates"
+                    " outside a customer-service window: Meta's (250, 2000, 10000, 100000),"
+                    " or an admin's override until Meta reports a different value."
+                    " null: unlimited."
+                ),
+            },
+            "throughput_per_second": {
+                **nullable({"type": "integer", "minimum": 0}),
+                "description": "Messages a second Meta allows the number; null: never read.",
+            },
         }
     )
     template = obj(
@@ -430,6 +451,10 @@ def request_schemas() -> dict[str, Schema]:
         },
         "display_phone_number": nullable(STRING),
         "waba_id": nullable({"type": "string", "pattern": "^[0-9]+$"}),
+        "business_id": {
+            **nullable({"type": "string", "pattern": "^[0-9]+$", "maxLength": 64}),
+            "description": "The business portfolio (Meta's messaging limit is per portfolio).",
+        },
         "rate_limit_per_minute": {**rate, "default": 20},
         "min_interval_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "default": 1000},
         "webhook_verify_token": nullable(STRING),
@@ -502,7 +527,18 @@ def request_schemas() -> dict[str, Schema]:
         "SenderChanges": {
             "type": "object",
             "description": "Fields not sent stay as they are.",
-            "properties": sender_properties,
+            "properties": sender_properties
+            | {
+                "messaging_limit": {
+                    **nullable({"type": "integer", "minimum": 0}),
+                    "description": (
+                        "Overrides the messaging limit of the sender's business portfolio"
+                        " (every sender with its business_id; this one alone without one)"
+                        " until Meta reports a value different from its last report."
+                        " null: unlimited. Audited as settings.change."
+                    ),
+                }
+            },
         },
         "TemplateInput": {
             "type": "object",

@@ -48,6 +48,7 @@ SEND_TASK = "messages.send"
 RETRY_TASK = "messages.retry"
 NOTIFY_TASK = "campaigns.notify"
 TEMPLATE_SYNC_TASK = "templates.sync"
+ACCOUNT_READ_TASK = "senders.read_account"
 
 # The most messages one message job carries (about what Meta's default 80 msg/s allows
 # a number in a second, with room).
@@ -160,6 +161,18 @@ def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None
 def defer_template_sync(session: AnySession, template_id: int, at: datetime) -> None:
     """Ask the provider for a submitted template's review outcome at ``at``."""
     defer(session, TEMPLATE_SYNC_TASK, MAINTENANCE_QUEUE, [{"template_id": template_id}], [at])
+
+
+def defer_account_read(session: AnySession, sender_id: int) -> None:
+    """Read what Meta says about a sender's number (quality, limit, throughput) soon,
+    unless a read is already waiting."""
+    defer(
+        session,
+        ACCOUNT_READ_TASK,
+        MAINTENANCE_QUEUE,
+        [{"sender_id": sender_id}],
+        queueing_lock=f"account-read-{sender_id}",
+    )
 
 
 def campaign_has_job(session: AnySession, task: str, campaign_id: int) -> bool:

@@ -75,6 +75,7 @@ CAMPAIGN_CANCELLED = "campaign_cancelled"
 TEMPLATE_APPROVED = "template_approved"
 TEMPLATE_REJECTED = "template_rejected"
 TEMPLATE_REJECTED_WHY = "template_rejected_why"
+ACCOUNT_QUALITY_DROPPED = "account_quality_dropped"
 # -- words kept as they came, shown verbatim in every language (rows the migration could
 # not read back into a code; tests' own notices)
 TEXT = "text"
@@ -155,6 +156,13 @@ WORDINGS: dict[str, Wording] = {
     # reason: WhatsApp's own words (INVALID_FORMAT…), shown as they came.
     TEMPLATE_REJECTED_WHY: Wording(
         _l("Template “%(name)s” (%(language)s) was rejected: %(reason)s")
+    ),
+    # name: the sender's name; before, quality: Meta's ratings (GREEN, YELLOW, RED, UNKNOWN).
+    ACCOUNT_QUALITY_DROPPED: Wording(
+        _l(
+            "Sender “%(name)s”: WhatsApp lowered its quality rating from %(before)s to"
+            " %(quality)s; its messaging limit may drop if this goes on."
+        )
     ),
 }
 

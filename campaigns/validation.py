@@ -263,6 +263,7 @@ SENDER_SETTINGS = (
     "phone_number_id",
     "display_phone_number",
     "waba_id",
+    "business_id",
     "rate_limit_per_minute",
     "min_interval_ms",
     "webhook_verify_token",
@@ -276,6 +277,7 @@ class SenderFields:
     phone_number_id: str | None
     display_phone_number: str | None
     waba_id: str | None
+    business_id: str | None
     rate_limit_per_minute: int
     min_interval_ms: int
     webhook_verify_token: str | None
@@ -297,6 +299,11 @@ def parse_sender(data: Mapping[str, Any]) -> SenderFields:
     waba_id = _text(data, "waba_id") or None
     if waba_id and not waba_id.isdigit():
         check.fail("waba_id", _("The WABA id is the number Meta shows (digits)."))
+    business_id = _text(data, "business_id") or None
+    if business_id and (not business_id.isascii() or not business_id.isdigit()):
+        check.fail("business_id", _("The business id is the number Meta shows (digits)."))
+    elif business_id and len(business_id) > 64:
+        check.fail("business_id", _("The business id is the number Meta shows (digits)."))
     if provider is Provider.CLOUD_API and not phone_number_id:
         check.fail("phone_number_id", _("The Cloud API needs the phone number id."))
     rate = _int(data, "rate_limit_per_minute", check, 1, 1_000_000, 20)
@@ -308,12 +315,31 @@ def parse_sender(data: Mapping[str, Any]) -> SenderFields:
         phone_number_id=phone_number_id,
         display_phone_number=_text(data, "display_phone_number") or None,
         waba_id=waba_id,
+        business_id=business_id,
         rate_limit_per_minute=rate,
         min_interval_ms=gap,
         webhook_verify_token=_text(data, "webhook_verify_token") or None,
         access_token=_text(data, "access_token") or None,
         app_secret=_text(data, "app_secret") or None,
     )
+
+
+def parse_messaging_limit(data: Mapping[str, Any]) -> int | None:
+    """An admin's messaging limit for a sender's portfolio: unique users a day, a whole
+    number from 0 (JSON's, not text), or null for unlimited."""
+    raw = data.get("messaging_limit")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= BIGINT_MAX:
+        raise Invalid(
+            {
+                "messaging_limit": _(
+                    "The messaging limit is a whole number of users a day from 0, or null"
+                    " for unlimited."
+                )
+            }
+        )
+    return raw
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ from typing import Any, TypeGuard
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, counters, encryption, message_states, phones
+from campaigns import (
+    account_health,
+    campaign_states,
+    counters,
+    encryption,
+    message_states,
+    phones,
+)
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
 from campaigns.services import undeliverable
@@ -47,6 +54,10 @@ WEBHOOK_STATUS = {
 }
 # The change fields Disparo applies; they carry the business number in value.metadata.
 HANDLED_FIELDS = frozenset({"messages", "user_preferences"})
+# What Meta says about a number's account (campaigns/account_health.py): these name the
+# number by its display number (value.display_phone_number, or value.phone_number).
+ACCOUNT_FIELDS = frozenset({"phone_number_quality_update", "account_update"})
+MAX_DISPLAY_DIGITS = 20  # E.164 has at most 15
 MAX_CHALLENGE_DIGITS = 64  # Meta's hub.challenge is an integer of about ten digits
 MAX_PHONE_NUMBER_ID = 64  # senders.phone_number_id's width
 MAX_WAMID = 128  # messages.provider_message_id's width
@@ -214,6 +225,7 @@ class _Change:
     where: str
     value: Mapping[str, Any]
     sender_ids: tuple[int, ...]
+    field: str = "messages"
 
 
 def _changes(payload: Any, signed: Signers, skipped: _Skipped) -> Iterator[_Change]:
@@ -242,14 +254,17 @@ def _change(
     if not isinstance(change.get("field"), str):
         skipped(f"{where}.field", "is not text")
         return None
-    if change["field"] not in HANDLED_FIELDS:
-        return None  # template, quality and account updates: not Disparo's to apply
+    field_name = change["field"]
+    if field_name not in HANDLED_FIELDS and field_name not in ACCOUNT_FIELDS:
+        return None  # template updates: not Disparo's to apply
     value = change.get("value")
     if not isinstance(value, dict):
         skipped(f"{where}.value", "is not an object")
         return None
     metadata = value.get("metadata")
     number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if field_name in ACCOUNT_FIELDS and number_id is None:
+        return _account_change(value, where, field_name, signed, senders_of, skipped)
     if not isinstance(number_id, str) or _digits(number_id, MAX_PHONE_NUMBER_ID) is None:
         skipped(f"{where}.value.metadata.phone_number_id", "is not a phone number id")
         return None
@@ -263,7 +278,37 @@ def _change(
     if not allowed:
         skipped(where, f"of phone number id {number_id} is not signed with its app secret")
         return None
-    return _Change(where, value, allowed)
+    return _Change(where, value, allowed, field_name)
+
+
+def _account_change(
+    value: Mapping[str, Any],
+    where: str,
+    field_name: str,
+    signed: Signers,
+    senders_of: dict[str, list[int]],
+    skipped: _Skipped,
+) -> _Change | None:
+    """A quality or account update, for the senders whose display number it names."""
+    key = "display_phone_number" if "display_phone_number" in value else "phone_number"
+    raw = value.get(key)
+    digits = "".join(c for c in raw if c in "0123456789") if isinstance(raw, str) else ""
+    if not isinstance(raw, str) or not 0 < len(digits) <= MAX_DISPLAY_DIGITS:
+        skipped(f"{where}.value.{key}", "is not a phone number")
+        return None
+    cache_key = f"+{digits}"  # apart from the phone number ids in the same cache
+    if cache_key not in senders_of:
+        shown = sa.func.regexp_replace(Sender.display_phone_number, r"\D", "", "g")
+        query = sa.select(Sender.id).where(shown == digits).order_by(Sender.id)
+        senders_of[cache_key] = list(db.session.scalars(query))
+    if not senders_of[cache_key]:
+        skipped(where, f"names phone number {digits}, which no sender has")
+        return None
+    allowed = tuple(sender_id for sender_id in senders_of[cache_key] if signed.cover(sender_id))
+    if not allowed:
+        skipped(where, f"of phone number {digits} is not signed with its app secret")
+        return None
+    return _Change(where, value, allowed, field_name)
 
 
 def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str, int]:
@@ -280,6 +325,9 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     for change in _changes(payload, signed, skipped):
         value = change.value
         at = f"{change.where}.value"
+        if change.field in ACCOUNT_FIELDS:
+            summary["applied"] += _apply_account(value, change.sender_ids, at, skipped)
+            continue
         for s, status in enumerate(_items(value, "statuses", at, skipped)):
             where = f"{at}.statuses[{s}]"
             outcome = _apply_status(
@@ -408,6 +456,33 @@ def _apply_status(
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
+
+
+# The parts of an account webhook that say something, and what reads each.
+_ACCOUNT_PARTS = {
+    "quality_rating": account_health.quality,
+    "max_daily_conversations_per_business": account_health.tier,
+    "current_limit": account_health.tier,
+    "messaging_limit_tier": account_health.tier,
+}
+
+
+def _apply_account(
+    value: Mapping[str, Any], sender_ids: tuple[int, ...], where: str, skipped: _Skipped
+) -> int:
+    """Apply a quality or account update to its senders; 1 if it said anything usable."""
+    for key, read in _ACCOUNT_PARTS.items():
+        if value.get(key) is not None and read(value[key]) is None:
+            skipped(f"{where}.{key}", "is not a value Meta gives")
+    report = account_health.from_webhook(dict(value))
+    if not report:
+        return 0  # an account event about something else (a ban review, a verification)
+    for sender_id in sender_ids:
+        sender = db.session.get(Sender, sender_id)
+        if sender is not None:
+            account_health.apply_report(db.session, sender, report)
+    logger.info("senders %s: account report %s", list(sender_ids), report)
+    return 1
 
 
 def _stop_kind(code: int | None) -> ErrorKind | None:

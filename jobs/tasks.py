@@ -31,7 +31,9 @@ from campaigns import (
     reasons,
     sending,
 )
+from campaigns.providers import ProviderError
 from campaigns.queues import (
+    ACCOUNT_READ_TASK,
     FAN_OUT_TASK,
     MAINTENANCE_QUEUE,
     MESSAGES_QUEUE,
@@ -47,6 +49,7 @@ from campaigns.queues import (
     job_message_ids,
 )
 from campaigns.services import ServiceError, personal_data, undeliverable
+from campaigns.services.senders import readable_sender_ids, refresh_account
 from campaigns.services.templates import pending_template_ids, sync_template_status
 from jobs import app
 from jobs.context import flask_app
@@ -215,6 +218,38 @@ def sync_pending_templates(timestamp: int) -> None:
             sync_template_status(template_id)
         except ServiceError as error:
             logger.warning("template %s: status sync failed: %s", template_id, error.message)
+
+
+def _read_account(job_id: int | None, sender_id: int) -> None:
+    """One sender's account read; Meta's refusal or silence is logged, never raised (the
+    next periodic read tries again)."""
+    try:
+        refresh_account(sender_id)
+    except (ProviderError, ServiceError) as error:
+        db.session.rollback()
+        logger.warning(
+            "job %s: sender %s: account read failed: %s", job_id, sender_id, error.message
+        )
+
+
+@app.task(name=ACCOUNT_READ_TASK, queue=MAINTENANCE_QUEUE, pass_context=True)
+def read_account(context: JobContext, sender_id: int) -> None:
+    """Read a newly connected sender's quality rating, messaging limit and throughput."""
+    _read_account(context.job.id, sender_id)
+
+
+@app.periodic(cron="*/15 * * * *", periodic_id="read-accounts")
+@app.task(
+    name="senders.read_accounts",
+    queue=MAINTENANCE_QUEUE,
+    queueing_lock="senders.read_accounts",
+    pass_context=True,
+)
+def read_accounts(context: JobContext, timestamp: int) -> None:
+    """Every 15 minutes, read every active sender's account from Meta (the webhooks
+    bring changes at once; this catches what they missed)."""
+    for sender_id in readable_sender_ids():
+        _read_account(context.job.id, sender_id)
 
 
 @app.periodic(cron="*/2 * * * *", periodic_id="reconcile")

@@ -65,3 +65,18 @@ class MockWhatsAppWebhook(Model):
 
     def __repr__(self) -> str:
         return f"<MockWhatsAppWebhook {self.id} {self.wamid} {self.status}>"
+
+
+class MockWhatsAppNumber(Model):
+    """What the mock WhatsApp reports about a phone number id, once told something other
+    than its defaults (``mocks.whatsapp.ACCOUNT_DEFAULTS``)."""
+
+    __tablename__ = "mock_whatsapp_numbers"
+
+    phone_number_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    quality_rating: Mapped[str] = mapped_column(sa.String(16))
+    messaging_limit_tier: Mapped[str] = mapped_column(sa.String(32))
+    throughput_level: Mapped[str] = mapped_column(sa.String(32))
+
+    def __repr__(self) -> str:
+        return f"<MockWhatsAppNumber {self.phone_number_id} {self.quality_rating}>"

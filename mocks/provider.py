@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import requests
+
+from campaigns.account_health import AccountReport
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
 from campaigns.providers.base import (
     ProviderError,
@@ -24,7 +27,7 @@ from campaigns.providers.base import (
     TemplateSubmission,
     WhatsAppProvider,
 )
-from campaigns.providers.cloud_api import send_template_message
+from campaigns.providers.cloud_api import TIMEOUT, read_account, send_template_message
 
 # The Graph API version in the mock's URLs; the mock accepts any.
 MOCK_API_VERSION = "v23.0"
@@ -48,11 +51,36 @@ class MockProvider(WhatsAppProvider):
         self.review_check_seconds = self.approval_seconds + 1  # just after it decides
         self.reject_marker = str(config["MOCK_TEMPLATE_REJECT_MARKER"])
         self.base_url = mock_api_base_url(config)
+        # The asyncio mock process serves only sends: account reads go to the web port.
+        self.graph_url = mock_api_base_url({"APP_BASE_URL": config["APP_BASE_URL"]})
 
     def check_connection(self) -> str:
         if not self.sender.phone_number_id:
             raise ProviderError("The mock needs a phone number id, like the Cloud API.")
         return f"Mock WhatsApp ready for phone number id {self.sender.phone_number_id}."
+
+    def account_status(self) -> AccountReport:
+        return read_account(self._request, self.sender)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A Graph API call to the mock, with no token; ProviderError as the Cloud API's."""
+        try:
+            response = requests.request(
+                method, f"{self.graph_url}/{path}", timeout=TIMEOUT, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise ProviderError(
+                f"The mock WhatsApp could not be reached: {type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 400:
+            raise ProviderError(
+                f"The mock WhatsApp answered {response.status_code}.",
+                http_status=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            return {}
 
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
         return TemplateSubmission(f"mock-{template.id}", TemplateStatus.PENDING)

@@ -50,6 +50,22 @@ the next ``seconds``, that share of every call with HTTP 429 / 130429, with HTTP
 whatever the number; the rest go on as usual. ``GET`` on the same path says what storm
 is on, for how many more seconds, and how many errors of each code storms have given
 (``{"storm": …, "given": {"130429": n, …}}``); a new storm replaces the one that is on.
+
+**Account health**: ``GET /mock/whatsapp/<version>/<phone_number_id>`` answers the Graph
+API's phone-number fields (``display_phone_number``, ``quality_rating``,
+``whatsapp_business_manager_messaging_limit``, the deprecated ``messaging_limit_tier``,
+``throughput.level``): GREEN, ``TIER_UNLIMITED`` and ``HIGH`` (1,000 msg/s) unless told
+otherwise by ``POST /mock/whatsapp/<phone_number_id>/quality`` or ``/account`` with
+``{"quality": "RED", "messaging_limit": "TIER_2K", "throughput": "STANDARD"}`` (each
+optional; ``event`` overrides the webhook's). Each stores the new state
+(``mock_whatsapp_numbers``) and posts at once, signed like the status webhooks, a
+``phone_number_quality_update`` (``event`` FLAGGED for YELLOW or RED, UNFLAGGED for
+GREEN, else UPGRADE/DOWNGRADE for a limit change; ``current_limit`` and
+``max_daily_conversations_per_business``) or an ``account_update``
+(``max_daily_conversations_per_business``), naming the number by its display number
+under the WABA id as Meta does. Meta's quality webhook says YELLOW by no event of its
+own, so the mock adds ``quality_rating`` to both. The answer says whether the post was
+acknowledged (``{"posted": true, "status": 200, "state": {…}}``).
 """
 
 from __future__ import annotations
@@ -77,7 +93,7 @@ from werkzeug.wrappers import Response
 
 from app import AnySession, db
 from campaigns.models import Sender
-from mocks.models import MockWhatsAppMessage, MockWhatsAppWebhook
+from mocks.models import MockWhatsAppMessage, MockWhatsAppNumber, MockWhatsAppWebhook
 
 logger = logging.getLogger(__name__)
 
@@ -769,3 +785,173 @@ def post_due_webhooks(max_batches: int = WEBHOOK_MAX_BATCHES) -> PostReport:
     if posted or failed:
         logger.info("mock webhooks: %d posted, %d to retry", posted, failed)
     return PostReport(posted, failed, next_due_in)
+
+
+# -- account health: what the mock reports about a number, and the webhooks that say so
+ACCOUNT_DEFAULTS = {
+    "quality_rating": "GREEN",
+    "messaging_limit_tier": "TIER_UNLIMITED",
+    "throughput_level": "HIGH",
+}
+MOCK_QUALITIES = ("GREEN", "YELLOW", "RED", "UNKNOWN")
+MOCK_TIERS = (
+    "TIER_50",
+    "TIER_250",
+    "TIER_1K",
+    "TIER_2K",
+    "TIER_10K",
+    "TIER_100K",
+    "TIER_UNLIMITED",
+)
+MOCK_THROUGHPUTS = ("STANDARD", "HIGH", "NOT_APPLICABLE")
+_TIER_ORDER = {tier: i for i, tier in enumerate(MOCK_TIERS)}
+
+
+def _number_state(phone_number_id: str) -> dict[str, str]:
+    row = db.session.get(MockWhatsAppNumber, phone_number_id)
+    if row is None:
+        return dict(ACCOUNT_DEFAULTS)
+    return {
+        "quality_rating": row.quality_rating,
+        "messaging_limit_tier": row.messaging_limit_tier,
+        "throughput_level": row.throughput_level,
+    }
+
+
+def _display_number(phone_number_id: str) -> tuple[str, str | None]:
+    """The number's display digits and WABA id, from its sender; a made-up US test number
+    (+1 555…) when no sender gives one."""
+    row = _senders_for(db.session, [phone_number_id]).get(phone_number_id)
+    shown = row["display_phone_number"] if row else None
+    digits = re.sub(r"\D", "", shown or "") or "1555" + phone_number_id[-7:].rjust(7, "0")
+    return digits, row["waba_id"] if row else None
+
+
+@bp.get("/<version>/<phone_number_id>")
+def phone_number_read(version: str, phone_number_id: str) -> tuple[Response, int]:
+    """The Graph API's phone-number read, with the fields account health asks for."""
+    if not phone_number_id.isdigit():
+        raise _invalid("phone number id must be digits")
+    state = _number_state(phone_number_id)
+    digits, _waba = _display_number(phone_number_id)
+    return jsonify(
+        id=phone_number_id,
+        display_phone_number=digits,
+        verified_name="Mock WhatsApp",
+        quality_rating=state["quality_rating"],
+        whatsapp_business_manager_messaging_limit=state["messaging_limit_tier"],
+        messaging_limit_tier=state["messaging_limit_tier"],
+        throughput={"level": state["throughput_level"]},
+    ), 200
+
+
+def _portfolio_numbers(phone_number_id: str) -> list[str]:
+    """The other phone number ids whose senders share this one's business portfolio."""
+    business = (
+        sa.select(Sender.business_id)
+        .where(Sender.phone_number_id == phone_number_id, Sender.business_id.is_not(None))
+        .scalar_subquery()
+    )
+    query = sa.select(Sender.phone_number_id).where(
+        Sender.business_id == business,
+        Sender.phone_number_id.is_not(None),
+        Sender.phone_number_id != phone_number_id,
+    )
+    return sorted({number for number in db.session.scalars(query) if number})
+
+
+def _choose(payload: dict[str, Any], key: str, allowed: Sequence[str]) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.upper() not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}.")
+    return value.upper()
+
+
+def _account_webhook(field: str, phone_number_id: str) -> tuple[Response, int]:
+    payload = request.get_json(silent=True)
+    if not phone_number_id.isdigit() or not isinstance(payload, dict):
+        return _bad_query("POST a JSON object to a phone number id (digits).")
+    try:
+        quality = _choose(payload, "quality", MOCK_QUALITIES)
+        limit = _choose(payload, "messaging_limit", MOCK_TIERS)
+        level = _choose(payload, "throughput", MOCK_THROUGHPUTS)
+        event = payload.get("event")
+        if event is not None and (not isinstance(event, str) or not event.isidentifier()):
+            raise ValueError("event must be a word such as FLAGGED or UPGRADE.")
+    except ValueError as error:
+        return _bad_query(str(error))
+    before = _number_state(phone_number_id)
+    state = {
+        "quality_rating": quality or before["quality_rating"],
+        "messaging_limit_tier": limit or before["messaging_limit_tier"],
+        "throughput_level": level or before["throughput_level"],
+    }
+    db.session.merge(MockWhatsAppNumber(phone_number_id=phone_number_id, **state))
+    if limit:
+        # Meta sets the limit per business portfolio: every number of it reports it.
+        for other in _portfolio_numbers(phone_number_id):
+            theirs = _number_state(other) | {"messaging_limit_tier": limit}
+            db.session.merge(MockWhatsAppNumber(phone_number_id=other, **theirs))
+    digits, waba_id = _display_number(phone_number_id)
+    secret = _secrets_for([phone_number_id]).get(phone_number_id)
+    db.session.commit()  # the new state is what a read during the post sees
+    secret = secret or current_app.config.get("WHATSAPP_APP_SECRET")
+    tier = state["messaging_limit_tier"]
+    if event is None and field == "phone_number_quality_update":
+        if quality in ("YELLOW", "RED"):
+            event = "FLAGGED"
+        elif quality == "GREEN":
+            event = "UNFLAGGED"
+        elif limit:
+            grew = _TIER_ORDER[tier] >= _TIER_ORDER[before["messaging_limit_tier"]]
+            event = "UPGRADE" if grew else "DOWNGRADE"
+    value: dict[str, Any] = {
+        ("display_phone_number" if field == "phone_number_quality_update" else "phone_number"): (
+            digits
+        ),
+        "event": event or ("ACCOUNT_UPDATE" if field == "account_update" else "ONBOARDING"),
+        "quality_rating": state["quality_rating"],
+        "max_daily_conversations_per_business": tier,
+    }
+    if field == "phone_number_quality_update":
+        value["current_limit"] = tier
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": waba_id or "0",
+                "time": int(time.time()),
+                "changes": [{"field": field, "value": value}],
+            }
+        ],
+    }
+    url = str(current_app.config["APP_BASE_URL"]).rstrip("/") + WEBHOOK_PATH
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    status = None
+    if secret is None:
+        logger.warning("mock %s for %s: no app secret to sign it with", field, phone_number_id)
+    else:
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, secret)}
+        try:
+            with _session.post(url, data=raw, headers=headers, timeout=WEBHOOK_TIMEOUT) as answer:
+                status = answer.status_code
+        except requests.RequestException as exc:
+            logger.info("mock %s to %s failed: %s", field, url, type(exc).__name__)
+    posted = status is not None and 200 <= status < 300
+    return jsonify(posted=posted, status=status, state=state), 200
+
+
+@bp.post("/<phone_number_id>/quality")
+def quality_update(phone_number_id: str) -> tuple[Response, int]:
+    """Change the number's quality (and limit or throughput) and post Meta's
+    ``phone_number_quality_update`` webhook about it."""
+    return _account_webhook("phone_number_quality_update", phone_number_id)
+
+
+@bp.post("/<phone_number_id>/account")
+def account_update(phone_number_id: str) -> tuple[Response, int]:
+    """Change the number's limit (and quality or throughput) and post Meta's
+    ``account_update`` webhook about it."""
+    return _account_webhook("account_update", phone_number_id)

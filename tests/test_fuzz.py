@@ -699,6 +699,59 @@ def test_signed_webhooks_of_any_json(client, recipients, fuzz_cases):
     _webhook_test(client, fuzz_cases, JSON)
 
 
+def _account_webhook(leaf: st.SearchStrategy, display: str) -> st.SearchStrategy[dict]:
+    """Meta's phone_number_quality_update and account_update about the demo sender's
+    number (by its display digits), its leaves sometimes junk from ``leaf``."""
+
+    def field(good: st.SearchStrategy) -> st.SearchStrategy:
+        return good if leaf.is_empty else mostly(good, leaf, odds=10)
+
+    def shaped(keys: dict, extra: dict) -> st.SearchStrategy[dict]:
+        return mostly(
+            st.fixed_dictionaries(keys, optional=extra),
+            st.fixed_dictionaries({}, optional=keys | extra),
+            odds=10,
+        )
+
+    number = mostly(st.just(display), st.sampled_from(["+" + display, "1", ""]) | TEXT)
+    tier = mostly(st.sampled_from(["TIER_250", "TIER_2K", "TIER_10K", "TIER_UNLIMITED"]), TEXT)
+    extra = {
+        "event": field(st.sampled_from(["FLAGGED", "UNFLAGGED", "UPGRADE", "DOWNGRADE"])),
+        "current_limit": field(tier),
+        "max_daily_conversations_per_business": field(tier),
+        "quality_rating": field(mostly(st.sampled_from(["GREEN", "YELLOW", "RED"]), TEXT)),
+    }
+    quality = shaped({"display_phone_number": field(number)}, extra)
+    account = shaped({"phone_number": field(number)}, extra)
+    change = st.one_of(
+        shaped({"field": st.just("phone_number_quality_update"), "value": field(quality)}, {}),
+        shaped({"field": st.just("account_update"), "value": field(account)}, {}),
+    )
+    entry = shaped({"id": field(TEXT), "changes": st.lists(change, max_size=3)}, {})
+    return shaped({"object": st.just("whatsapp_business_account"), "entry": st.lists(entry)}, {})
+
+
+@pytest.mark.parametrize("junk", [False, True])
+def test_signed_account_webhooks(client, recipients, fuzz_cases, junk):
+    """Quality and account updates, well formed or with junk leaves: always a 200, and
+    the well-formed ones reach the sender (its quality, its limit)."""
+    sender = default_sender()
+    display = "".join(c for c in sender.display_phone_number or "" if c.isdigit())
+    assert display, "the demo sender has a display number"
+
+    @examples(100)
+    @given(payload=_account_webhook(JSON if junk else st.nothing(), display))
+    def run(payload: Any) -> None:
+        response = check(fuzz_cases, lambda: post_webhook(client, payload))
+        assert response.status_code == 200, response.get_data()[:500]
+        if response.json["applied"]:
+            fuzz_cases["applied an account report"] += 1
+
+    run()
+    if not junk:
+        assert fuzz_cases["applied an account report"] >= fuzz_cases["cases"] // 5, fuzz_cases
+
+
 def test_unsigned_webhooks_are_refused(client, recipients, fuzz_cases):
     """Any signature header but the right one: 401, nothing changed."""
     hexes = st.one_of(

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from campaigns.account_health import AccountReport
 from campaigns.models import MessageTemplate, TemplateStatus
 from campaigns.providers.errors import ErrorKind
 
@@ -120,6 +121,11 @@ class WhatsAppProvider(ABC):
     @abstractmethod
     def check_connection(self) -> str:
         """Ask the provider about this sender; return what it said, or raise ProviderError."""
+
+    @abstractmethod
+    def account_status(self) -> AccountReport:
+        """What Meta says about this sender's number: quality rating, messaging limit
+        and throughput (``GET /{phone-number-id}``); raise ProviderError if it cannot."""
 
     @abstractmethod
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:

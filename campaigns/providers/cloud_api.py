@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from campaigns import rendering
+from campaigns import account_health, rendering
 from campaigns.config import MAX_CALLS_IN_FLIGHT
 from campaigns.i18n import _
 from campaigns.models import MessageTemplate, ParameterFormat, Sender
@@ -177,6 +177,27 @@ def send_template_message(
         raise
 
 
+# The phone number's fields that say how it stands with Meta: the portfolio's messaging
+# limit (and the deprecated per-number tier, for older API versions), its quality and
+# its throughput level.
+ACCOUNT_FIELDS = (
+    "display_phone_number,quality_rating,whatsapp_business_manager_messaging_limit,"
+    "messaging_limit_tier,throughput"
+)
+
+
+def read_account(request: Any, sender: Sender) -> account_health.AccountReport:
+    """``GET /{phone-number-id}?fields=…`` through ``request(method, path, **kwargs)``
+    (a provider's own), as an AccountReport; ProviderError if it said nothing usable."""
+    if not sender.phone_number_id:
+        raise ProviderError(_("Set the phone number id first."))
+    body = request("GET", sender.phone_number_id, params={"fields": ACCOUNT_FIELDS})
+    report = account_health.from_graph(body if isinstance(body, dict) else {})
+    if not report:
+        raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": body})
+    return report
+
+
 class CloudApiProvider(WhatsAppProvider):
     # Meta's automated review usually answers within a minute or two; a manual one takes
     # up to 24 h, which the periodic sync of templates under review follows.
@@ -255,6 +276,9 @@ class CloudApiProvider(WhatsAppProvider):
             "number": body.get("display_phone_number", ""),
             "quality": body.get("quality_rating") or _("unknown"),
         }
+
+    def account_status(self) -> account_health.AccountReport:
+        return read_account(self._request, self.sender)
 
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
         if not self.sender.waba_id:

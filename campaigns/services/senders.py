@@ -1,7 +1,9 @@
-"""WhatsApp senders: numbers, credentials and pace, and a connection check."""
+"""WhatsApp senders: numbers, credentials and pace, a connection check, and what Meta
+says about each number (campaigns/account_health.py)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
@@ -9,11 +11,16 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import audit, providers
+from campaigns import account_health, audit, providers, queues
 from campaigns.i18n import _
 from campaigns.models import Provider, Sender
 from campaigns.services import NotFound, ServiceError
 from campaigns.validation import SENDER_SETTINGS, SenderFields
+
+logger = logging.getLogger(__name__)
+
+# A change to any of these (or a new secret) makes the next read of the account worth it.
+CONNECTION_SETTINGS = ("provider", "phone_number_id", "access_token")
 
 
 def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
@@ -38,7 +45,74 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
     if sender_id is None:
         db.session.add(sender)
         db.session.flush()  # its id, for the audit row
+    after = _audited(sender)
     _record_changes(sender, before, created=sender_id is None)
+    if can_read_account(sender) and any(
+        after[name] != before.get(name) for name in CONNECTION_SETTINGS
+    ):
+        # Connected (or connected differently): read its quality and limits, in a job
+        # so that saving never waits on Meta.
+        queues.defer_account_read(db.session, sender.id)
+    db.session.commit()
+    return sender
+
+
+def can_read_account(sender: Sender) -> bool:
+    """Has the sender what a Graph API read needs (the mock asks for no token)?"""
+    return bool(sender.phone_number_id) and (
+        sender.provider is Provider.MOCK or bool(sender.access_token)
+    )
+
+
+def refresh_account(sender_id: int) -> bool:
+    """Read and apply what Meta says about the sender's number; False if it cannot be
+    read (no phone number id or token). ProviderError if Meta refuses or is down."""
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    if not can_read_account(sender):
+        return False
+    report = providers.for_sender(sender, current_app.config).account_status()
+    db.session.commit()  # no snapshot held while Meta answered
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        return False  # deleted while Meta answered
+    account_health.apply_report(db.session, sender, report)
+    db.session.commit()
+    return True
+
+
+def readable_sender_ids() -> list[int]:
+    """Active senders whose account can be read, by id."""
+    query = (
+        sa.select(Sender.id)
+        .where(Sender.is_active.is_(True), Sender.phone_number_id.is_not(None))
+        .order_by(Sender.id)
+    )
+    return list(db.session.scalars(query))
+
+
+def override_messaging_limit(sender_id: int, limit: int | None) -> Sender:
+    """An admin's messaging limit for the sender's portfolio (None: unlimited), until
+    Meta reports a value other than its last one; audited as a settings.change."""
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    before = {s.id: s.messaging_limit for s in account_health.portfolio(db.session, sender)}
+    for member_id in account_health.override_messaging_limit(db.session, sender, limit):
+        member = db.session.get(Sender, member_id)
+        assert member is not None  # locked by portfolio()
+        audit.record(
+            db.session,
+            "settings.change",
+            target_type="sender",
+            target_id=member.id,
+            target_label=member.name,
+            details={
+                "messaging_limit": audit.change(before.get(member.id), limit),
+                "business_id": member.business_id,
+            },
+        )
     db.session.commit()
     return sender
 

@@ -42,7 +42,7 @@ from campaigns.services.campaigns import (
     template_variables_for,
     update_campaign,
 )
-from campaigns.services.senders import save_sender
+from campaigns.services.senders import override_messaging_limit, save_sender
 from campaigns.services.suppressions import remove_suppression, suppress
 from campaigns.services.templates import (
     create_template,
@@ -56,6 +56,7 @@ from campaigns.validation import (
     Invalid,
     bigint,
     parse_campaign,
+    parse_messaging_limit,
     parse_sender,
     parse_template,
     parse_user_changes,
@@ -163,6 +164,11 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "min_interval_ms": sender.min_interval_ms,
         "has_access_token": bool(sender.access_token),
         "has_app_secret": bool(sender.app_secret),
+        # What Meta says about the account (campaigns/account_health.py).
+        "business_id": sender.business_id,
+        "quality_rating": sender.quality_rating,
+        "messaging_limit": sender.messaging_limit,
+        "throughput_per_second": sender.throughput_per_second,
     }
 
 
@@ -243,10 +249,19 @@ def sender_create() -> tuple[Response, int]:
 @bp.patch("/senders/<int:sender_id>")
 @requires(Role.ADMIN)
 def sender_update(sender_id: int) -> Response:
-    """Change a sender (send every field, as in the form; secrets only to change them)."""
+    """Change a sender (send every field, as in the form; secrets only to change them).
+
+    ``messaging_limit`` (users a day, null: unlimited) overrides Meta's for the sender's
+    business portfolio until Meta reports a different one."""
+    data = body()
     current = sender_json(_found(queries.get_sender(sender_id)))
-    fields = parse_sender(current | body())
-    return jsonify(sender_json(save_sender(fields, sender_id)))
+    fields = parse_sender(current | data)
+    override = "messaging_limit" in data
+    limit = parse_messaging_limit(data) if override else None
+    sender = save_sender(fields, sender_id)
+    if override:
+        sender = override_messaging_limit(sender_id, limit)
+    return jsonify(sender_json(sender))
 
 
 # The API names template texts "header"/"body"/"footer"; the form says *_text.

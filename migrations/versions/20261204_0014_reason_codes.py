@@ -109,6 +109,10 @@ LATER = {
     "template_rejected": "Template “%(name)s” (%(language)s) was rejected.",
     "template_rejected_why": "Template “%(name)s” (%(language)s) was rejected: %(reason)s",
     "command_line": "from the command line (%(actor)s)",
+    "account_quality_dropped": (
+        "Sender “%(name)s”: WhatsApp lowered its quality rating from %(before)s to"
+        " %(quality)s; its messaging limit may drop if this goes on."
+    ),
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

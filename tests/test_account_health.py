@@ -1,0 +1,425 @@
+"""Know the account: quality rating, messaging limit and throughput of each sender, read
+from the (mock) Graph API on connect and periodically, updated at once by the
+phone_number_quality_update and account_update webhooks, and an admin's override of
+the portfolio's messaging limit that holds until Meta reports something new."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+from procrastinate import JobContext
+
+from app import db
+from campaigns import account_health
+from campaigns.models import AuditEvent, Notification, Provider, Role, Sender
+from campaigns.providers import ProviderError
+from campaigns.services.senders import refresh_account
+from jobs import tasks
+from tests.helpers import post_webhook
+
+PHONE_NUMBER_ID = "100000000000901"
+APP_SECRET = "account-health-app-secret"
+
+
+@pytest.fixture
+def mock_app(app: Flask, live_server: str) -> Flask:
+    """The test app on a socket: the mock WhatsApp answers reads and posts webhooks to it."""
+    app.config.update(APP_BASE_URL=live_server, MOCK_WHATSAPP_URL="")
+    return app
+
+
+def _sender(name: str, phone_number_id: str, business_id: str | None = None, **more) -> Sender:
+    sender = Sender(
+        name=name,
+        provider=Provider.MOCK,
+        phone_number_id=phone_number_id,
+        display_phone_number=f"+55 11 9{phone_number_id[-8:]}",
+        waba_id="200000000000901",
+        business_id=business_id,
+        app_secret=APP_SECRET,
+        **more,
+    )
+    db.session.add(sender)
+    db.session.commit()
+    return sender
+
+
+def _fresh(sender_id: int) -> Sender:
+    db.session.expire_all()
+    sender = db.session.get(Sender, sender_id)
+    assert sender is not None
+    return sender
+
+
+def _mock(base: str, phone_number_id: str, kind: str, **body: Any) -> dict[str, Any]:
+    """Tell the mock WhatsApp the number changed; it posts Meta's webhook about it."""
+    response = requests.post(
+        f"{base}/mock/whatsapp/{phone_number_id}/{kind}", json=body, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _quality_webhook(display: str, **value: Any) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "200000000000901",
+                "changes": [
+                    {
+                        "field": "phone_number_quality_update",
+                        "value": {"display_phone_number": display, **value},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+# -- parsing Meta's values
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit"),
+    [
+        ("TIER_250", 250),
+        ("TIER_2K", 2000),
+        ("tier_10k", 10_000),
+        ("TIER_100K", 100_000),
+        ("TIER_UNLIMITED", None),
+        ("UNLIMITED", None),
+    ],
+)
+def test_meta_tiers_are_read_as_users_a_day(raw, limit):
+    tier = account_health.tier(raw)
+    assert tier is not None
+    assert account_health.tier_limit(tier) == limit
+
+
+@pytest.mark.parametrize("raw", [None, 5, "TIER_", "TIER_2M", "2000", "TIER_-1", ["TIER_2K"]])
+def test_anything_else_is_no_tier(raw):
+    assert account_health.tier(raw) is None
+
+
+def test_the_portfolio_limit_wins_over_the_deprecated_tier():
+    report = account_health.from_graph(
+        {
+            "quality_rating": "YELLOW",
+            "whatsapp_business_manager_messaging_limit": "TIER_10K",
+            "messaging_limit_tier": "TIER_1K",
+            "throughput": {"level": "STANDARD"},
+        }
+    )
+    assert report.quality_rating == "YELLOW"
+    assert report.messaging_limit_tier == "TIER_10K"
+    assert report.throughput_per_second == 80
+
+
+def test_a_throughput_upgrade_event_means_1000_a_second():
+    report = account_health.from_webhook({"event": "THROUGHPUT_UPGRADE"})
+    assert (report.throughput_per_second, report.quality_rating) == (1000, None)
+
+
+# -- reads from the Graph API (the mock)
+
+
+def test_connecting_a_sender_queues_a_read_that_fills_in_the_mock_defaults(
+    mock_app, client, token_for
+):
+    headers = token_for(Role.ADMIN)
+    answer = client.post(
+        "/api/v1/senders",
+        json={"name": "Health", "provider": "mock", "phone_number_id": PHONE_NUMBER_ID},
+        headers=headers,
+    )
+    assert answer.status_code == 201
+    created = answer.json
+    assert created["quality_rating"] is None and created["business_id"] is None
+    jobs = db.session.execute(
+        sa.text(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = 'senders.read_account'"
+            " AND status = 'todo'"
+        )
+    ).scalars()
+    assert list(jobs) == [{"sender_id": created["id"]}]
+    db.session.rollback()
+
+    assert refresh_account(created["id"]) is True  # what the job does
+
+    read = client.get(f"/api/v1/senders/{created['id']}", headers=headers).json
+    assert read["quality_rating"] == "GREEN"
+    assert read["messaging_limit"] is None  # unlimited
+    assert read["throughput_per_second"] == 1000
+    sender = _fresh(created["id"])
+    assert sender.messaging_limit_reported == "TIER_UNLIMITED"
+    assert sender.account_read_at is not None
+    # No display number was given: the read fills it in from Meta's answer.
+    assert sender.display_phone_number == "15550000901"
+
+
+def test_a_change_that_does_not_touch_the_connection_reads_nothing_new(mock_app, client, token_for):
+    sender = _sender("Quiet", PHONE_NUMBER_ID)
+    headers = token_for(Role.ADMIN)
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}", json={"rate_limit_per_minute": 30}, headers=headers
+    )
+    assert answer.status_code == 200
+    waiting = db.session.execute(
+        sa.text("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'senders.read_account'")
+    ).scalar()
+    assert waiting == 0
+
+
+def test_the_periodic_read_refreshes_every_sender_and_logs_a_failure_with_the_job_id(
+    mock_app, live_server, caplog
+):
+    first = _sender("First", PHONE_NUMBER_ID)
+    second = _sender("Second", "100000000000902")
+    broken = _sender("Broken", "100000000000903")
+    # The mock's numbers change; the periodic read sees it without any webhook.
+    _mock(live_server, "100000000000902", "quality", quality="YELLOW", throughput="STANDARD")
+    db.session.execute(sa.update(Sender).values(quality_rating=None, throughput_per_second=None))
+    db.session.commit()
+    mock_app.config["APP_BASE_URL"] = "http://127.0.0.1:9"  # nobody listens: reads fail
+
+    class Context:
+        class job:  # JobContext's shape
+            id = 4242
+
+    context = cast(JobContext, Context())
+
+    with caplog.at_level(logging.WARNING, logger="jobs.tasks"):
+        tasks.read_accounts(context, 0)
+    assert "job 4242: sender" in caplog.text
+    assert _fresh(first.id).quality_rating is None  # failed, logged, not raised
+
+    mock_app.config["APP_BASE_URL"] = live_server
+    tasks.read_accounts(context, 0)
+    assert _fresh(first.id).quality_rating == "GREEN"
+    assert (_fresh(second.id).quality_rating, _fresh(second.id).throughput_per_second) == (
+        "YELLOW",
+        80,
+    )
+    assert _fresh(broken.id).throughput_per_second == 1000
+
+
+def test_a_sender_without_a_phone_number_id_is_not_read(mock_app):
+    sender = Sender(name="No number", provider=Provider.MOCK)
+    db.session.add(sender)
+    db.session.commit()
+    assert refresh_account(sender.id) is False
+
+
+def test_a_refusal_is_a_provider_error(mock_app):
+    sender = _sender("Refused", "100000000000904")
+    mock_app.config["APP_BASE_URL"] = "http://127.0.0.1:9"
+    with pytest.raises(ProviderError):
+        refresh_account(sender.id)
+
+
+# -- webhooks, through the real endpoint, posted and signed by the mock
+
+
+def test_the_mock_quality_webhook_updates_the_sender_and_warns_its_owners(
+    mock_app, live_server, user_factory
+):
+    sender = _sender("Flagged", PHONE_NUMBER_ID, quality_rating="GREEN")
+    admin = user_factory(Role.ADMIN)
+    answer = _mock(live_server, PHONE_NUMBER_ID, "quality", quality="RED")
+    assert answer["posted"] is True and answer["status"] == 200
+    assert answer["state"]["quality_rating"] == "RED"
+    assert _fresh(sender.id).quality_rating == "RED"
+    # No campaign uses it: the admins hear of it.
+    notices = db.session.scalars(sa.select(Notification).where(Notification.user_id == admin.id))
+    [notice] = list(notices)
+    assert notice.code == "account_quality_dropped"
+    assert notice.params["quality"] == "RED" and notice.params["before"] == "GREEN"
+    assert "Flagged" in notice.text and "RED" in notice.text
+
+    # Back to GREEN: updated, and nobody is told of good news.
+    _mock(live_server, PHONE_NUMBER_ID, "quality", quality="GREEN")
+    assert _fresh(sender.id).quality_rating == "GREEN"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Notification)) == 1
+
+
+def test_the_mock_account_webhook_changes_the_portfolios_limit(mock_app, live_server):
+    one = _sender("One", PHONE_NUMBER_ID, business_id="300")
+    two = _sender("Two", "100000000000905", business_id="300")
+    other = _sender("Other", "100000000000906", business_id="400")
+    answer = _mock(live_server, PHONE_NUMBER_ID, "account", messaging_limit="TIER_2K")
+    assert answer["posted"] is True
+    assert _fresh(one.id).messaging_limit == 2000
+    assert _fresh(two.id).messaging_limit == 2000  # the same portfolio
+    assert _fresh(other.id).messaging_limit is None
+    # The mock's read agrees with its webhook.
+    refresh_account(two.id)
+    assert _fresh(two.id).messaging_limit == 2000
+
+
+def test_a_quality_webhook_names_its_number_by_display_digits(client, app):
+    sender = _sender("Digits", PHONE_NUMBER_ID)
+    body = _quality_webhook(
+        "5511900000901", event="DOWNGRADE", max_daily_conversations_per_business="TIER_250"
+    )
+    response = post_webhook(client, body, APP_SECRET)
+    assert response.status_code == 200
+    assert (_fresh(sender.id).messaging_limit, _fresh(sender.id).quality_rating) == (250, None)
+    flagged = post_webhook(client, _quality_webhook("5511900000901", event="FLAGGED"), APP_SECRET)
+    assert flagged.status_code == 200
+    assert _fresh(sender.id).quality_rating == "RED"
+
+
+def test_an_unsigned_or_foreign_account_webhook_changes_nothing(client, app):
+    sender = _sender("Guarded", PHONE_NUMBER_ID)
+    body = _quality_webhook("5511900000901", quality_rating="RED", current_limit="TIER_250")
+    assert post_webhook(client, body, "someone-elses-secret").status_code in (200, 401, 403)
+    assert _fresh(sender.id).quality_rating is None
+    assert _fresh(sender.id).messaging_limit_reported is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"display_phone_number": 5511900000901, "event": "FLAGGED"},
+        {"display_phone_number": "5511900000901", "current_limit": "TIER_LOTS"},
+        {"display_phone_number": "5511900000901", "quality_rating": ["RED"]},
+        {"display_phone_number": "", "event": "FLAGGED"},
+        {"display_phone_number": "9" * 40, "event": "FLAGGED"},
+        {"display_phone_number": "5511900000999", "event": "FLAGGED"},
+        {"phone_number": None},
+    ],
+)
+def test_junk_in_an_account_webhook_is_skipped_and_logged(client, app, caplog, value):
+    sender = _sender("Junk", PHONE_NUMBER_ID)
+    body = _quality_webhook("x")
+    body["entry"][0]["changes"][0]["value"] = value
+    with caplog.at_level(logging.WARNING, logger="campaigns.webhooks"):
+        response = post_webhook(client, body, APP_SECRET)
+    assert response.status_code == 200
+    assert response.json["skipped"] >= 1
+    assert "webhook parts skipped" in caplog.text
+    assert _fresh(sender.id).quality_rating is None
+    assert _fresh(sender.id).messaging_limit is None
+
+
+def test_an_account_event_about_something_else_changes_nothing(client, app):
+    sender = _sender("Verified", PHONE_NUMBER_ID)
+    body = _quality_webhook("x")
+    body["entry"][0]["changes"][0] = {
+        "field": "account_update",
+        "value": {"phone_number": "5511900000901", "event": "VERIFIED_ACCOUNT"},
+    }
+    response = post_webhook(client, body, APP_SECRET)
+    assert response.status_code == 200 and response.json["skipped"] == 0
+    assert _fresh(sender.id).account_read_at is None
+
+
+# -- the admin's override
+
+
+def test_the_override_applies_to_the_portfolio_and_holds_until_meta_changes_its_report(
+    mock_app, live_server, client, token_for
+):
+    one = _sender("P1", PHONE_NUMBER_ID, business_id="500")
+    two = _sender("P2", "100000000000907", business_id="500")
+    alone = _sender("Alone", "100000000000908")
+    refresh_account(one.id)  # Meta: unlimited
+    headers = token_for(Role.ADMIN)
+
+    answer = client.patch(
+        f"/api/v1/senders/{one.id}", json={"messaging_limit": 2000}, headers=headers
+    )
+    assert answer.status_code == 200
+    assert answer.json["messaging_limit"] == 2000
+    assert _fresh(two.id).messaging_limit == 2000  # the whole portfolio
+    assert _fresh(alone.id).messaging_limit is None
+    audited = db.session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.action == "settings.change")
+    ).all()
+    assert {(e.target_id, e.details["messaging_limit"]["after"]) for e in audited} == {
+        (one.id, 2000),
+        (two.id, 2000),
+    }
+
+    # Meta says the same again (the periodic read): the override holds.
+    refresh_account(one.id)
+    refresh_account(two.id)
+    assert (_fresh(one.id).messaging_limit, _fresh(two.id).messaging_limit) == (2000, 2000)
+    _mock(live_server, PHONE_NUMBER_ID, "quality", quality="GREEN")  # same limit in it
+    assert _fresh(one.id).messaging_limit == 2000
+
+    # Meta reports something new: it replaces the override across the portfolio.
+    _mock(live_server, PHONE_NUMBER_ID, "account", messaging_limit="TIER_10K")
+    assert (_fresh(one.id).messaging_limit, _fresh(two.id).messaging_limit) == (10_000, 10_000)
+    assert not _fresh(two.id).messaging_limit_overridden
+
+    # An override to unlimited, on a sender that is its own portfolio.
+    answer = client.patch(
+        f"/api/v1/senders/{alone.id}", json={"messaging_limit": None}, headers=headers
+    )
+    assert answer.status_code == 200 and answer.json["messaging_limit"] is None
+    assert _fresh(alone.id).messaging_limit_overridden
+
+
+@pytest.mark.parametrize("bad", ["2000", 1.5, -1, True, {"n": 1}, 2**63])
+def test_a_bad_override_is_a_422_at_the_field(client, token_for, bad):
+    sender = _sender("Bad", PHONE_NUMBER_ID)
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}", json={"messaging_limit": bad}, headers=token_for(Role.ADMIN)
+    )
+    assert answer.status_code == 422
+    assert "messaging_limit" in answer.json["error"]["fields"]
+    assert _fresh(sender.id).messaging_limit_overridden is False
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.SUPERVISOR])
+def test_only_an_admin_overrides(client, token_for, role):
+    sender = _sender("Guarded limit", PHONE_NUMBER_ID)
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}", json={"messaging_limit": 10}, headers=token_for(role)
+    )
+    assert answer.status_code == 403
+    assert _fresh(sender.id).messaging_limit is None
+
+
+def test_business_id_is_a_sender_setting(client, token_for):
+    headers = token_for(Role.ADMIN)
+    answer = client.post(
+        "/api/v1/senders",
+        json={"name": "Biz", "provider": "mock", "business_id": "123456"},
+        headers=headers,
+    )
+    assert answer.status_code == 201 and answer.json["business_id"] == "123456"
+    bad = client.post(
+        "/api/v1/senders",
+        json={"name": "Biz2", "provider": "mock", "business_id": "12a"},
+        headers=headers,
+    )
+    assert bad.status_code == 422 and "business_id" in bad.json["error"]["fields"]
+
+
+# -- display
+
+
+def test_the_sender_pages_show_the_account(client, login_as):
+    sender = _sender(
+        "Shown",
+        PHONE_NUMBER_ID,
+        business_id="777",
+        quality_rating="YELLOW",
+        messaging_limit=2000,
+        messaging_limit_reported="TIER_2K",
+        throughput_per_second=80,
+    )
+    login_as(Role.ADMIN)
+    page = client.get(f"/senders/{sender.id}").get_data(as_text=True)
+    assert 'badge-quality-yellow">Yellow' in page
+    assert "2,000 a day" in page and "80 messages a second" in page and "777" in page
+    listing = client.get("/senders/").get_data(as_text=True)
+    assert "badge-quality-yellow" in listing and "2,000 a day" in listing

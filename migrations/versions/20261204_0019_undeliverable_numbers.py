@@ -7,14 +7,14 @@ it last failed so. Later campaigns' fan-out skips such numbers (code
 person's erasure deletes theirs. The index on ``failed_at`` serves the prune.
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0018
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0016"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 

@@ -9,7 +9,8 @@ can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 Campaigns tell their owner when they start, complete, pause (on their own or by an
 operator's hand), are cancelled or fail; a template tells its creator when WhatsApp
 approves or rejects it (:func:`record_template_review`, in-app only, in the same
-transaction as the status it reports).
+transaction as the status it reports), and when WhatsApp rates it RED
+(:func:`record_template_quality`).
 
 A notice is stored as a code of ``reasons.py`` with its parameters (the campaign's
 name and counts, and the reason it stopped as it stood then), worded when read, in
@@ -162,3 +163,24 @@ def record_template_review(
             code = reasons.TEMPLATE_REJECTED_WHY
             params["reason"] = template.status_reason
     session.add(Notification(user_id=template.created_by_id, kind=kind, code=code, params=params))
+
+
+def record_template_quality(
+    session: AnySession, template: MessageTemplate, before: str | None
+) -> None:
+    """Warn the template's creator that WhatsApp rated it RED (caller commits).
+
+    Only the drop is told (a RED reported again adds nothing): a red template is the
+    one WhatsApp pauses next, and the campaigns using it with it.
+    """
+    if template.quality_rating != "RED" or before == "RED" or template.created_by_id is None:
+        return
+    params = {"template_id": template.id, "name": template.name, "language": template.language}
+    session.add(
+        Notification(
+            user_id=template.created_by_id,
+            kind="template_quality_red",
+            code=reasons.TEMPLATE_QUALITY_RED,
+            params=params,
+        )
+    )

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
+TEMPLATE_PAUSED = "template_paused"  # message_template_status_update said PAUSED
 ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
 ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
 # -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and
@@ -75,6 +76,7 @@ CAMPAIGN_CANCELLED = "campaign_cancelled"
 TEMPLATE_APPROVED = "template_approved"
 TEMPLATE_REJECTED = "template_rejected"
 TEMPLATE_REJECTED_WHY = "template_rejected_why"
+TEMPLATE_QUALITY_RED = "template_quality_red"
 # -- words kept as they came, shown verbatim in every language (rows the migration could
 # not read back into a code; tests' own notices)
 TEXT = "text"
@@ -102,6 +104,7 @@ WORDINGS: dict[str, Wording] = {
     # code: WhatsApp's error code (an id: never grouped); message: WhatsApp's own words.
     WHATSAPP_STOP: Wording(_l("Paused by WhatsApp's answer %(code)s: %(message)s")),
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
+    TEMPLATE_PAUSED: Wording(_l("WhatsApp paused the template. Resume once it is approved again.")),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
     ERP_AUDIENCE_FAILED: Wording(
         _l("The ERP could not give the audience: %(message)s"), nested=("message",)
@@ -155,6 +158,12 @@ WORDINGS: dict[str, Wording] = {
     # reason: WhatsApp's own words (INVALID_FORMAT…), shown as they came.
     TEMPLATE_REJECTED_WHY: Wording(
         _l("Template “%(name)s” (%(language)s) was rejected: %(reason)s")
+    ),
+    TEMPLATE_QUALITY_RED: Wording(
+        _l(
+            "Template “%(name)s” (%(language)s) dropped to low quality (red):"
+            " WhatsApp may pause it."
+        )
     ),
 }
 

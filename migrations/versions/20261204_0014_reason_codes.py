@@ -109,6 +109,10 @@ LATER = {
     "template_rejected": "Template “%(name)s” (%(language)s) was rejected.",
     "template_rejected_why": "Template “%(name)s” (%(language)s) was rejected: %(reason)s",
     "command_line": "from the command line (%(actor)s)",
+    "template_paused": "WhatsApp paused the template. Resume once it is approved again.",
+    "template_quality_red": (
+        "Template “%(name)s” (%(language)s) dropped to low quality (red): WhatsApp may pause it."
+    ),
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

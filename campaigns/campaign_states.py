@@ -201,3 +201,26 @@ def _auto_pause(
             record_activity(db.session, target.id, None, "paused", reason)
             queues.defer_notification(db.session, target.id, "auto_paused")
             logger.warning("campaign %s auto-paused: %s %s", target.id, reason.code, reason.params)
+
+
+def pause_for_template(campaign_id: int, reason: reasons.Reason) -> None:
+    """WhatsApp paused the campaign's template: a sending or scheduled campaign pauses at
+    once, with the reason, and its owner is told; commits.
+
+    A scheduled one pauses too, so it does not start with a template WhatsApp refuses;
+    resuming it (the operator's decision, once the template is approved) starts it.
+    """
+    campaign = lock(db.session, campaign_id)
+    if campaign is None or campaign.status not in (
+        CampaignStatus.SENDING,
+        CampaignStatus.SCHEDULED,
+    ):
+        db.session.rollback()
+        return
+    campaign.status = CampaignStatus.PAUSED
+    campaign.set_status_reason(reason)
+    message_states.unqueue(db.session, campaign.id)
+    record_activity(db.session, campaign.id, None, "paused", reason)
+    queues.defer_notification(db.session, campaign.id, "auto_paused")
+    db.session.commit()
+    logger.warning("campaign %s auto-paused: %s", campaign.id, reason.code)

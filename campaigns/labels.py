@@ -26,6 +26,7 @@ from campaigns.models import (
     Provider,
     Role,
     TemplateCategory,
+    TemplateQuality,
     TemplateStatus,
 )
 from campaigns.providers import errors
@@ -60,6 +61,12 @@ TEMPLATE_STATUS: Labels = {
     TemplateStatus.REJECTED: _lp("template status", "Rejected"),
     TemplateStatus.PAUSED: _lp("template status", "Paused"),
     TemplateStatus.DISABLED: _lp("template status", "Disabled"),
+}
+TEMPLATE_QUALITY: Labels = {
+    TemplateQuality.GREEN: _lp("template quality", "High (green)"),
+    TemplateQuality.YELLOW: _lp("template quality", "Medium (yellow)"),
+    TemplateQuality.RED: _lp("template quality", "Low (red)"),
+    TemplateQuality.UNKNOWN: _lp("template quality", "Not rated yet"),
 }
 TEMPLATE_CATEGORY: Labels = {
     TemplateCategory.MARKETING: _lp("template category", "Marketing"),
@@ -213,6 +220,7 @@ KINDS: dict[str, Labels] = {
     "message_status": MESSAGE_STATUS,
     "template_status": TEMPLATE_STATUS,
     "template_category": TEMPLATE_CATEGORY,
+    "template_quality": TEMPLATE_QUALITY,
     "parameter_format": PARAMETER_FORMAT,
     "role": ROLE,
     "provider": PROVIDER,
@@ -232,6 +240,7 @@ ENUM_KINDS: dict[type[enum.Enum], str] = {
     MessageStatus: "message_status",
     TemplateStatus: "template_status",
     TemplateCategory: "template_category",
+    TemplateQuality: "template_quality",
     ParameterFormat: "parameter_format",
     Role: "role",
     Provider: "provider",

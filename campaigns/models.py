@@ -79,6 +79,15 @@ class TemplateStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class TemplateQuality(enum.StrEnum):
+    """A template's quality as WhatsApp rates it (``message_template_quality_update``)."""
+
+    GREEN = "GREEN"
+    YELLOW = "YELLOW"
+    RED = "RED"
+    UNKNOWN = "UNKNOWN"
+
+
 class CampaignStatus(enum.StrEnum):
     DRAFT = "draft"
     SCHEDULED = "scheduled"
@@ -247,6 +256,10 @@ class MessageTemplate(Model):
     __table_args__ = (
         sa.UniqueConstraint("sender_id", "name", "language", name="message_templates_name_key"),
         sa.Index("message_templates_status_idx", "status"),
+        sa.CheckConstraint(
+            "quality_rating IN ('GREEN', 'YELLOW', 'RED', 'UNKNOWN')",
+            name="quality_rating",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -272,6 +285,8 @@ class MessageTemplate(Model):
     # Disparo writes nothing here but NULL.
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
     provider_template_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # A TemplateQuality value from WhatsApp's last quality webhook; NULL until one arrives.
+    quality_rating: Mapped[str | None] = mapped_column(sa.String(16))
     created_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
@@ -533,11 +548,12 @@ class RateLimitKey(Model):
 
 class Notification(Model):
     """An in-app notice for a user: a campaign started, completed, paused, was cancelled or
-    failed; a template was approved or rejected.
+    failed; a template was approved, rejected or rated RED.
 
     ``kind`` is what happened (``started``, ``completed``, ``auto_paused``, ``paused``,
     ``cancelled``, ``failed``, ``template_approved``, ``template_rejected``,
-    ``account_quality``: a sender's quality rating dropped);
+    ``template_quality_red``, ``account_quality``: a template rated RED, a sender's
+    quality rating dropped);
     its words are a code of campaigns/reasons.py and its parameters (the campaign's
     name, its counts, the reason it stopped), worded in the reader's language when
     shown (:attr:`text`).

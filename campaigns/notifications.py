@@ -9,7 +9,8 @@ can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 Campaigns tell their owner when they start, complete, pause (on their own or by an
 operator's hand), are cancelled or fail; a template tells its creator when WhatsApp
 approves or rejects it (:func:`record_template_review`, in-app only, in the same
-transaction as the status it reports); a quality drop of a sender's number to YELLOW
+transaction as the status it reports), and when WhatsApp rates it RED
+(:func:`record_template_quality`); a quality drop of a sender's number to YELLOW
 or RED tells the owners of its unfinished campaigns, else the admins
 (:func:`record_quality_drop`, in-app only).
 
@@ -219,4 +220,25 @@ def record_quality_drop(session: AnySession, sender: Sender, before: str | None)
         before or "UNKNOWN",
         sender.quality_rating,
         len(owners),
+    )
+
+
+def record_template_quality(
+    session: AnySession, template: MessageTemplate, before: str | None
+) -> None:
+    """Warn the template's creator that WhatsApp rated it RED (caller commits).
+
+    Only the drop is told (a RED reported again adds nothing): a red template is the
+    one WhatsApp pauses next, and the campaigns using it with it.
+    """
+    if template.quality_rating != "RED" or before == "RED" or template.created_by_id is None:
+        return
+    params = {"template_id": template.id, "name": template.name, "language": template.language}
+    session.add(
+        Notification(
+            user_id=template.created_by_id,
+            kind="template_quality_red",
+            code=reasons.TEMPLATE_QUALITY_RED,
+            params=params,
+        )
     )

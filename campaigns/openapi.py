@@ -28,6 +28,7 @@ from campaigns.models import (
     Provider,
     Role,
     TemplateCategory,
+    TemplateQuality,
     TemplateStatus,
 )
 from campaigns.ratelimit import PACE_OWNER, PACE_SENDER_GAP, PACE_SENDER_RATE
@@ -247,6 +248,11 @@ def schemas() -> dict[str, Schema]:
             "status": {"type": "string", "enum": values(TemplateStatus)},
             "status_reason": nullable(STRING),
             "provider_template_id": nullable(STRING),
+            "quality_rating": {
+                **nullable({"type": "string", "enum": values(TemplateQuality)}),
+                "description": "WhatsApp's rating of the template, from its quality webhook;"
+                " null until one arrives.",
+            },
         }
     )
     campaign = obj(

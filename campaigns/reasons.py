@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
+TEMPLATE_PAUSED = "template_paused"  # message_template_status_update said PAUSED
 ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
 ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
 # -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and
@@ -76,6 +77,7 @@ TEMPLATE_APPROVED = "template_approved"
 TEMPLATE_REJECTED = "template_rejected"
 TEMPLATE_REJECTED_WHY = "template_rejected_why"
 ACCOUNT_QUALITY_DROPPED = "account_quality_dropped"
+TEMPLATE_QUALITY_RED = "template_quality_red"
 # -- words kept as they came, shown verbatim in every language (rows the migration could
 # not read back into a code; tests' own notices)
 TEXT = "text"
@@ -103,6 +105,7 @@ WORDINGS: dict[str, Wording] = {
     # code: WhatsApp's error code (an id: never grouped); message: WhatsApp's own words.
     WHATSAPP_STOP: Wording(_l("Paused by WhatsApp's answer %(code)s: %(message)s")),
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
+    TEMPLATE_PAUSED: Wording(_l("WhatsApp paused the template. Resume once it is approved again.")),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
     ERP_AUDIENCE_FAILED: Wording(
         _l("The ERP could not give the audience: %(message)s"), nested=("message",)
@@ -162,6 +165,12 @@ WORDINGS: dict[str, Wording] = {
         _l(
             "Sender “%(name)s”: WhatsApp lowered its quality rating from %(before)s to"
             " %(quality)s; its messaging limit may drop if this goes on."
+        )
+    ),
+    TEMPLATE_QUALITY_RED: Wording(
+        _l(
+            "Template “%(name)s” (%(language)s) dropped to low quality (red):"
+            " WhatsApp may pause it."
         )
     ),
 }

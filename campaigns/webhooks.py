@@ -11,6 +11,10 @@ Each change of a webhook (``entry[].changes[]``) names its business number
 with that sender's app secret or the global one, and only to that sender's
 messages: one sender's secret cannot touch another's campaigns.
 
+Template changes (``message_template_status_update``, ``…_quality_update``,
+``template_category_update``) arrive on the WABA object without a phone number id:
+``template_webhooks.py`` applies them, under the same signatures and parsing rules.
+
 Parsing is total: a signed body that is not JSON, or any part of the wrong shape
 or type, is skipped with a warning saying where and what was wrong, and the
 request is still acknowledged (Meta retries any other answer for days).
@@ -37,6 +41,7 @@ from campaigns import (
     encryption,
     message_states,
     phones,
+    template_webhooks,
 )
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
@@ -256,7 +261,7 @@ def _change(
         return None
     field_name = change["field"]
     if field_name not in HANDLED_FIELDS and field_name not in ACCOUNT_FIELDS:
-        return None  # template updates: not Disparo's to apply
+        return None  # templates' changes: template_webhooks.py; the rest not Disparo's to apply
     value = change.get("value")
     if not isinstance(value, dict):
         skipped(f"{where}.value", "is not an object")
@@ -342,6 +347,8 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
             where = f"{at}.user_preferences[{p}]"
             if outcome := _apply_preference(preference, where, skipped):
                 summary[outcome] += 1
+    template_summary, template_stops = template_webhooks.apply(payload, signed, skipped)
+    summary |= template_summary
     skipped.log()
     summary["skipped"] = len(skipped.problems)
     counters.record_webhook_lags(db.session, applied_at)
@@ -356,6 +363,7 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
         else:
             campaign_states.pause_if_failing(campaign_id, config)
     db.session.commit()
+    template_webhooks.stop_campaigns(template_stops)  # after the commit, as the stops above
     return summary
 
 

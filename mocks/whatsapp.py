@@ -42,6 +42,16 @@ The webhooks wait in ``mock_whatsapp_webhooks``; the ``mock_whatsapp.post_webhoo
 job (``mocks/tasks.py``) posts the due ones, and a failed post is tried again
 later with a growing delay, never dropped. ``MOCK_WHATSAPP_WEBHOOKS=off`` queues none.
 
+Template webhooks are posted on demand, as Meta posts them when it reviews, pauses,
+rates or re-categorises a template: ``POST /mock/whatsapp/templates/<provider id>/status``
+with ``{"event": "PAUSED"}`` (and an optional ``"reason"``), ``…/quality`` with
+``{"new_quality_score": "RED"}``, ``…/category`` with ``{"new_category": "MARKETING"}``.
+The mock builds the ``message_template_status_update`` (``_quality_update``,
+``template_category_update``) webhook on the WABA object for the template with that
+provider id (``mock-<id>`` for templates the mock reviewed), posts it at once, signed
+like the status webhooks, and answers ``{"posted": true|false, "status": <the app's
+HTTP status>, "webhook": <the body>}``; 404 for no such template, 400 for a bad body.
+
 A **storm** is the provider having a bad minute, started at run time:
 ``POST /mock/whatsapp/storm`` (or ``POST /storm`` on the mock process) with
 ``{"seconds": 60, "throttle": 0.5, "transient": 0.2, "permanent": 0}`` answers, for
@@ -92,7 +102,7 @@ from requests.adapters import HTTPAdapter
 from werkzeug.wrappers import Response
 
 from app import AnySession, db
-from campaigns.models import Sender
+from campaigns.models import MessageTemplate, Sender
 from mocks.models import MockWhatsAppMessage, MockWhatsAppNumber, MockWhatsAppWebhook
 
 logger = logging.getLogger(__name__)
@@ -955,3 +965,78 @@ def account_update(phone_number_id: str) -> tuple[Response, int]:
     """Change the number's limit (and quality or throughput) and post Meta's
     ``account_update`` webhook about it."""
     return _account_webhook("account_update", phone_number_id)
+
+
+# -- template webhooks on demand: the path's kind, its webhook field, the body's key
+TEMPLATE_WEBHOOKS = {
+    "status": ("message_template_status_update", "event"),
+    "quality": ("message_template_quality_update", "new_quality_score"),
+    "category": ("template_category_update", "new_category"),
+}
+
+
+def template_webhook(
+    template: MessageTemplate, kind: str, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The webhook Meta posts about ``template`` (``kind``: a key of TEMPLATE_WEBHOOKS),
+    on the WABA object, with the ``given`` new value and the template's current one as
+    the previous."""
+    field, key = TEMPLATE_WEBHOOKS[kind]
+    value: dict[str, Any] = {
+        "message_template_id": template.provider_template_id,
+        "message_template_name": template.name,
+        "message_template_language": template.language,
+    }
+    if kind == "status":
+        value |= {"event": given[key], "reason": given.get("reason") or "NONE"}
+    elif kind == "quality":
+        value |= {
+            "previous_quality_score": template.quality_rating or "UNKNOWN",
+            "new_quality_score": given[key],
+        }
+    else:
+        value |= {"previous_category": template.category.value, "new_category": given[key]}
+    waba_id = template.sender.waba_id or template.sender.phone_number_id or "0"
+    entry = {"id": waba_id, "time": int(time.time()), "changes": [{"value": value, "field": field}]}
+    return {"object": "whatsapp_business_account", "entry": [entry]}
+
+
+def post_signed(payload: dict[str, Any], secret: str) -> int | None:
+    """Post one webhook to the app now, signed; the app's HTTP status (None: unreachable)."""
+    url = str(current_app.config["APP_BASE_URL"]).rstrip("/") + WEBHOOK_PATH
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body, secret)}
+    try:
+        with _session.post(url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT) as response:
+            return response.status_code
+    except requests.RequestException as exc:
+        logger.info("mock template webhook to %s failed: %s", url, type(exc).__name__)
+        return None
+
+
+@bp.post("/templates/<provider_template_id>/<kind>")
+def template_event(provider_template_id: str, kind: str) -> tuple[Response, int]:
+    """Post a template webhook now (the module's docstring says which and how)."""
+    if kind not in TEMPLATE_WEBHOOKS:
+        return _bad_query(f"kind must be one of {', '.join(TEMPLATE_WEBHOOKS)}.")
+    given = request.get_json(silent=True)
+    key = TEMPLATE_WEBHOOKS[kind][1]
+    if not isinstance(given, dict) or not isinstance(given.get(key), str):
+        return _bad_query(f"The body must be a JSON object with {key} as a string.")
+    template = db.session.scalar(
+        sa.select(MessageTemplate)
+        .where(MessageTemplate.provider_template_id == provider_template_id)
+        .order_by(MessageTemplate.id)
+        .limit(1)
+    )
+    if template is None:
+        return jsonify(error={"code": "not_found", "message": "No such template."}), 404
+    payload = template_webhook(template, kind, given)
+    secret = template.sender.app_secret or current_app.config.get("WHATSAPP_APP_SECRET")
+    db.session.commit()  # no transaction held while the app applies it
+    if not secret:
+        return _bad_query("The template's sender has no app secret to sign with.")
+    status = post_signed(payload, secret)
+    return jsonify(
+        posted=status is not None and 200 <= status < 300, status=status, webhook=payload
+    ), 200

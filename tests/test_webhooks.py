@@ -311,7 +311,7 @@ def test_the_usable_parts_of_a_body_are_applied_and_the_rest_skipped(client, cam
 
 
 def test_fields_disparo_does_not_handle_are_ignored_quietly(client, sent, caplog):
-    change = {"field": "message_template_status_update", "value": {"event": "APPROVED"}}
+    change = {"field": "security", "value": {"event": "PASSWORD_CHANGED"}}
     body = {"entry": [{"id": "1", "changes": [change]}]}
     response = post_webhook(client, body)
     assert response.status_code == 200 and response.json["skipped"] == 0

@@ -290,12 +290,16 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "resume")
     _check_sender_and_template(_fields_of(campaign))
-    campaign.status = CampaignStatus.SENDING
-    campaign.set_status_reason(None)
-    campaign.pace_cursor_at = None
-    campaign_states.defer_next_step(
-        db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
-    )
+    if campaign.started_at is None:
+        # Paused before it started (scheduled when WhatsApp paused its template): it starts.
+        campaign_states.start(db.session, campaign)
+    else:
+        campaign.status = CampaignStatus.SENDING
+        campaign.set_status_reason(None)
+        campaign.pace_cursor_at = None
+        campaign_states.defer_next_step(
+            db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
+        )
     campaign_states.record_activity(db.session, campaign.id, user_id, "resumed")
     db.session.commit()
     return campaign

@@ -190,6 +190,7 @@ def template_json(template: MessageTemplate) -> dict[str, Any]:
         "status": template.status.value,
         "status_reason": template.status_reason,
         "provider_template_id": template.provider_template_id,
+        "quality_rating": template.quality_rating,
     }
 
 

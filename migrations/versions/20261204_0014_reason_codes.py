@@ -113,6 +113,10 @@ LATER = {
         "Sender “%(name)s”: WhatsApp lowered its quality rating from %(before)s to"
         " %(quality)s; its messaging limit may drop if this goes on."
     ),
+    "template_paused": "WhatsApp paused the template. Resume once it is approved again.",
+    "template_quality_red": (
+        "Template “%(name)s” (%(language)s) dropped to low quality (red): WhatsApp may pause it."
+    ),
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

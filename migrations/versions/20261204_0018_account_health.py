@@ -15,14 +15,14 @@ messaging limit and throughput, and the mock WhatsApp's view of the same
   told otherwise than its defaults (GREEN, unlimited, 1,000 msg/s).
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,289 @@
+"""WhatsApp's template webhooks: a template's status, quality and category as they change.
+
+Meta posts them on the WhatsApp Business Account object (``entry[].id`` is the WABA
+id; the change's ``value`` has no ``metadata.phone_number_id``):
+
+- ``message_template_status_update``: ``event`` (APPROVED, REJECTED, PAUSED,
+  DISABLED, PENDING, and others Disparo does not record), ``reason``;
+- ``message_template_quality_update``: ``previous_quality_score``,
+  ``new_quality_score`` (GREEN, YELLOW, RED, UNKNOWN);
+- ``template_category_update``: ``previous_category``, ``new_category``;
+
+each with ``message_template_id``, ``message_template_name`` and
+``message_template_language``. The template is found by Meta's id
+(``provider_template_id``), else by name and language in a sender of that WABA, and
+only among the senders whose app secret (or the global one) signed the body.
+
+Approved and rejected have the effect the periodic sync's finding would (the
+creator is told); PAUSED pauses the template's sending and scheduled campaigns at
+once (``template_paused``), DISABLED fails its sending, scheduled and paused ones
+(``template_disabled``), each owner told as for any automatic pause. A template
+approved again resumes nothing: the operator does. A drop to RED warns the
+template's creator. The periodic sync stays the fallback for a webhook never received.
+
+Parsing is as tolerant as ``webhooks.py``'s: a part of the wrong shape is skipped
+with the request's warning, a template Disparo does not have is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from app import db
+from campaigns import campaign_states, notifications, reasons
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    MessageTemplate,
+    Sender,
+    TemplateCategory,
+    TemplateQuality,
+    TemplateStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_FIELD = "message_template_status_update"
+QUALITY_FIELD = "message_template_quality_update"
+CATEGORY_FIELD = "template_category_update"
+FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
+# Meta's events Disparo records; others (IN_APPEAL, PENDING_DELETION, FLAGGED…) are logged.
+STATUS_EVENTS = {
+    "APPROVED": TemplateStatus.APPROVED,
+    "REJECTED": TemplateStatus.REJECTED,
+    "PAUSED": TemplateStatus.PAUSED,
+    "DISABLED": TemplateStatus.DISABLED,
+    "PENDING": TemplateStatus.PENDING,
+}
+MAX_ID = 64  # provider_template_id's and waba_id's width
+MAX_NAME = 512
+MAX_LANGUAGE = 16
+MAX_REASON = 200
+# The campaigns a template's stop reaches: those that would send with it next.
+PAUSED_REACHES = (CampaignStatus.SENDING, CampaignStatus.SCHEDULED)
+DISABLED_REACHES = (CampaignStatus.SENDING, CampaignStatus.SCHEDULED, CampaignStatus.PAUSED)
+
+
+class Skipper(Protocol):
+    def __call__(self, where: str, what: str) -> None: ...
+
+
+class Signed(Protocol):
+    def cover(self, sender_id: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A template WhatsApp paused or disabled: its campaigns stop once the webhook commits."""
+
+    template_id: int
+    status: TemplateStatus
+
+
+def _word(value: Any, max_length: int, *, number: bool = False) -> str | None:
+    """Printable ASCII of at most ``max_length`` (ids, names, codes); with ``number``, a
+    whole number as its digits too (Meta sends template ids as numbers)."""
+    if number and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    return None
+
+
+def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int], list[Stop]]:
+    """Apply every template change of a webhook (the caller commits, then calls
+    :func:`stop_campaigns` with the stops). Parts ``webhooks.py`` already reports as
+    malformed (the body, ``entry``, ``changes``) are passed over silently here."""
+    summary = {"templates_applied": 0, "templates_unknown": 0}
+    stops: list[Stop] = []
+    entries = payload.get("entry") if isinstance(payload, dict) else None
+    for e, entry in enumerate(entries if isinstance(entries, list) else []):
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for c, change in enumerate(changes if isinstance(changes, list) else []):
+            field = change.get("field") if isinstance(change, dict) else None
+            if not isinstance(field, str) or field not in FIELDS:
+                continue  # webhooks.py reports a field that is not text
+            where = f"entry[{e}].changes[{c}]"
+            value = change.get("value")
+            if not isinstance(value, dict):
+                skipped(f"{where}.value", "is not an object")
+                continue
+            waba_id = _word(entry.get("id"), MAX_ID, number=True)
+            outcome = _apply_change(field, value, waba_id, signed, stops, where, skipped)
+            if outcome:
+                summary[outcome] += 1
+    return summary, stops
+
+
+def _templates(
+    value: Mapping[str, Any], waba_id: str | None, signed: Signed, where: str, skipped: Skipper
+) -> list[MessageTemplate] | None:
+    """The templates a change is about, locked; None if it names none usably."""
+    meta_id = _word(value.get("message_template_id"), MAX_ID, number=True)
+    name = _word(value.get("message_template_name"), MAX_NAME)
+    language = _word(value.get("message_template_language"), MAX_LANGUAGE)
+    if meta_id is None and (name is None or language is None):
+        skipped(f"{where}.value", "names no template (message_template_id, or name and language)")
+        return None
+    query = sa.select(MessageTemplate).join(Sender, Sender.id == MessageTemplate.sender_id)
+    if waba_id is not None:  # a sender without its WABA id recorded is not excluded
+        query = query.where(sa.or_(Sender.waba_id == waba_id, Sender.waba_id.is_(None)))
+    found: list[MessageTemplate] = []
+    if meta_id is not None:
+        found = list(
+            db.session.scalars(
+                query.where(MessageTemplate.provider_template_id == meta_id)
+                .order_by(MessageTemplate.id)
+                .with_for_update(of=MessageTemplate)
+            )
+        )
+    if not found and name is not None and language is not None and waba_id is not None:
+        by_name = query.where(
+            Sender.waba_id == waba_id,
+            MessageTemplate.name == name,
+            MessageTemplate.language == language,
+        )
+        found = list(
+            db.session.scalars(
+                by_name.order_by(MessageTemplate.id).with_for_update(of=MessageTemplate)
+            )
+        )
+    allowed = [t for t in found if signed.cover(t.sender_id)]
+    if found and not allowed:
+        skipped(where, "is about a template of a sender whose app secret did not sign it")
+        return None
+    return allowed
+
+
+def _update(
+    field: str, value: Mapping[str, Any], stops: list[Stop], where: str, skipped: Skipper
+) -> Callable[[MessageTemplate], None] | None:
+    """What the change does to each template it is about; None if there is nothing to do
+    (skipped, or an event Disparo does not record)."""
+    if field == STATUS_FIELD:
+        event = _word(value.get("event"), MAX_REASON)
+        if event is None:
+            skipped(f"{where}.value.event", "is not a template status")
+            return None
+        status = STATUS_EVENTS.get(event)
+        if status is None:
+            logger.info(
+                "template webhook %s: event %s is not a status Disparo records", where, event
+            )
+            return None
+        raw_reason = _word(value.get("reason"), MAX_REASON)
+        reason = raw_reason if raw_reason and raw_reason.upper() != "NONE" else None
+        return lambda template: _set_status(template, status, reason, stops)
+    if field == QUALITY_FIELD:
+        quality = _word(value.get("new_quality_score"), MAX_REASON)
+        if quality is None or quality not in TemplateQuality.__members__:
+            skipped(f"{where}.value.new_quality_score", "is not GREEN, YELLOW, RED or UNKNOWN")
+            return None
+        return lambda template: _set_quality(template, quality)
+    category = _word(value.get("new_category"), MAX_REASON)
+    if category is None or category not in TemplateCategory.__members__:
+        skipped(f"{where}.value.new_category", "is not a template category Disparo knows")
+        return None
+    return lambda template: _set_category(template, TemplateCategory(category))
+
+
+def _apply_change(
+    field: str,
+    value: Mapping[str, Any],
+    waba_id: str | None,
+    signed: Signed,
+    stops: list[Stop],
+    where: str,
+    skipped: Skipper,
+) -> str | None:
+    update = _update(field, value, stops, where, skipped)
+    if update is None:
+        return None
+    templates = _templates(value, waba_id, signed, where, skipped)
+    if templates is None:
+        return None
+    if not templates:
+        logger.warning(
+            "template webhook %s (%s) about template id %r, %r/%r: no such template, ignored",
+            where,
+            field,
+            _word(value.get("message_template_id"), MAX_ID, number=True),
+            _word(value.get("message_template_name"), MAX_NAME),
+            _word(value.get("message_template_language"), MAX_LANGUAGE),
+        )
+        return "templates_unknown"
+    for template in templates:
+        update(template)
+    return "templates_applied"
+
+
+def _set_quality(template: MessageTemplate, quality: str) -> None:
+    before = template.quality_rating
+    template.quality_rating = quality
+    notifications.record_template_quality(db.session, template, before)
+    if before != quality:
+        logger.info("template %s quality: %s → %s", template.id, before, quality)
+
+
+def _set_category(template: MessageTemplate, category: TemplateCategory) -> None:
+    before = template.category
+    template.category = category
+    if before is not category:
+        logger.info("template %s category: %s → %s (by WhatsApp)", template.id, before, category)
+
+
+def _set_status(
+    template: MessageTemplate, status: TemplateStatus, reason: str | None, stops: list[Stop]
+) -> None:
+    before = template.status
+    if before is TemplateStatus.DRAFT:
+        # Edited since it was submitted (an edit forgets the provider's id, so only a
+        # name match gets here): WhatsApp's word is about the version before the edit.
+        logger.info("template %s is a draft again: WhatsApp's %s not applied", template.id, status)
+        return
+    template.status = status
+    template.status_reason = reason if status is TemplateStatus.REJECTED else None
+    notifications.record_template_review(db.session, template, before)
+    if status is not before:
+        logger.info("template %s: %s → %s (webhook)", template.id, before, status)
+    if status in (TemplateStatus.PAUSED, TemplateStatus.DISABLED):
+        stops.append(Stop(template.id, status))
+    elif status is TemplateStatus.APPROVED and before is TemplateStatus.PAUSED:
+        logger.info(
+            "template %s approved again: its paused campaigns wait for the operator", template.id
+        )
+
+
+def stop_campaigns(stops: list[Stop]) -> None:
+    """Pause (PAUSED) or fail (DISABLED) the campaigns that would send with these templates;
+    each campaign under its own lock and commit, as the engine's own stops."""
+    for stop in stops:
+        paused = stop.status is TemplateStatus.PAUSED
+        campaign_ids = list(
+            db.session.scalars(
+                sa.select(Campaign.id)
+                .where(
+                    Campaign.template_id == stop.template_id,
+                    Campaign.status.in_(PAUSED_REACHES if paused else DISABLED_REACHES),
+                )
+                .order_by(Campaign.id)
+            )
+        )
+        db.session.commit()
+        for campaign_id in campaign_ids:
+            if paused:
+                campaign_states.pause_for_template(
+                    campaign_id, reasons.Reason(reasons.TEMPLATE_PAUSED)
+                )
+            else:
+                campaign_states.fail(campaign_id, reasons.Reason(reasons.TEMPLATE_DISABLED))

@@ -357,6 +357,25 @@ def unclaim(
     return moved
 
 
+# WhatsApp's per-user marketing limit: a message failed with it is held for a day once.
+MARKETING_LIMIT_CODE = "131049"
+
+
+def held_count(session: AnySession, campaign_id: int) -> int:
+    """The campaign's messages 131049 holds (retrying with that code kept): a read, by
+    the (campaign_id, status, id) index, of its retrying messages only."""
+    return int(
+        session.execute(
+            sa.text(
+                "-- messages held by WhatsApp's per-user marketing limit, waiting a day\n"
+                "SELECT count(*) FROM messages WHERE campaign_id = :campaign_id"
+                " AND status = 'retrying' AND error_code = :code"
+            ),
+            {"campaign_id": campaign_id, "code": MARKETING_LIMIT_CODE},
+        ).scalar_one()
+    )
+
+
 def requeue(
     session: AnySession,
     campaign_id: int,
@@ -365,6 +384,7 @@ def requeue(
     *,
     tries: str = "keep",
     throttled: bool = False,
+    clear_throttle: bool = False,
 ) -> list[int]:
     """Messages whose call failed, (id, code, text), from `sending` back to waiting in ``to``.
 
@@ -376,6 +396,10 @@ def requeue(
     if not errors:
         return []
     throttle = "throttled_at = coalesce(throttled_at, now())," if throttled else ""
+    if clear_throttle:
+        # A new wait of its own (131049's hold): an earlier throttle's deadline no longer
+        # runs, or the held message's one retry would fail at its first throttle.
+        throttle = "throttled_at = NULL,"
     statement = sa.text(
         # -- calls that failed: back to waiting, the error kept, the try budget adjusted
         "UPDATE messages AS m SET status = CAST(:to AS message_status), error_code = v.code,"

@@ -61,10 +61,13 @@ def pump(campaign_id: int) -> bool:
         return False
     interval = ratelimit.pace_seconds(campaign.sender, campaign.owner)
     size = batch_size(interval, campaign.sender.min_interval_ms)
-    # The window bounds what the pump itself queued: a message waiting on message-retry
-    # (131049 holds it a day) keeps the campaign sending but takes no room, or a day's
-    # holds would stop the rest of the audience.
-    queued = totals["queued"] + totals["sending"]
+    # The window bounds the messages on their way: queued, sending and retrying (a
+    # transient outage must not move the whole audience into message-retry), but not
+    # those 131049 holds for a day: they keep the campaign sending and take no room, or
+    # a day's holds would stop the rest of the audience.
+    queued = totals["queued"] + totals["sending"] + totals["retrying"]
+    if totals["retrying"]:
+        queued -= message_states.held_count(db.session, campaign_id)
     room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - queued
     now = database_now(db.session)
     if room > 0 and totals["pending"] > 0:

@@ -64,7 +64,7 @@ SEND_TRIES, SEND_BACKOFF = 3, 2.0
 RETRY_TRIES, RETRY_BACKOFF = 5, 3.0
 # The per-user marketing limit (131049) says the same again until it is held once:
 # the code a message kept from its last call tells a held message from a fresh one.
-MARKETING_LIMIT_CODE = "131049"
+MARKETING_LIMIT_CODE = message_states.MARKETING_LIMIT_CODE
 # A throttled message waits about as long as it has been throttled, within these bounds.
 THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 
@@ -317,7 +317,12 @@ def _record(
         report.pair_limited.extend(moved)
     if settled.marketing_held:
         moved = message_states.requeue(
-            session, campaign_id, settled.marketing_held, MessageStatus.RETRYING, tries="reset"
+            session,
+            campaign_id,
+            settled.marketing_held,
+            MessageStatus.RETRYING,
+            tries="reset",
+            clear_throttle=True,
         )
         hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
         queues.defer_retries(session, campaign_id, moved, _later(3600.0 * hours))

@@ -367,6 +367,21 @@ def test_the_override_applies_to_the_portfolio_and_holds_until_meta_changes_its_
     assert _fresh(alone.id).messaging_limit_overridden
 
 
+def test_a_patch_that_sends_back_what_it_read_sets_no_override(
+    mock_app, live_server, client, token_for
+):
+    sender = _sender("Echo", PHONE_NUMBER_ID, business_id="700")
+    refresh_account(sender.id)  # Meta: unlimited
+    headers = token_for(Role.ADMIN)
+    read = client.get(f"/api/v1/senders/{sender.id}", headers=headers).json
+    answer = client.patch(f"/api/v1/senders/{sender.id}", json=read, headers=headers)
+    assert answer.status_code == 200
+    assert _fresh(sender.id).messaging_limit_overridden is False
+    assert not db.session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.action == "settings.change")
+    ).all()
+
+
 @pytest.mark.parametrize("bad", ["2000", 1.5, -1, True, {"n": 1}, 2**63])
 def test_a_bad_override_is_a_422_at_the_field(client, token_for, bad):
     sender = _sender("Bad", PHONE_NUMBER_ID)

@@ -108,6 +108,14 @@ def test_the_mock_answers_the_new_codes_and_they_map_to_their_policies(app, smal
 def test_131049_is_held_a_day_retried_once_then_failed(app, small, monkeypatch):
     monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 1.0)
     ids = _queue_all(app, small)
+    # Throttled an hour ago: the hold starts a wait of its own, or its one retry would
+    # be past the throttle's deadline and fail at its first 130429.
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.id.in_(ids))
+        .values(throttled_at=sa.func.now() - timedelta(hours=1))
+    )
+    db.session.commit()
     report = sending.send_batch(small.id, ids, app.config, retry_queue=False)
     assert sorted(report.marketing_held) == sorted(ids) and not report.failed
     for message_id in ids:
@@ -117,6 +125,7 @@ def test_131049_is_held_a_day_retried_once_then_failed(app, small, monkeypatch):
             "131049",
             0,
         )
+        assert message.throttled_at is None
     # Not retried at once: its message-retry job is due MARKETING_LIMIT_RETRY_HOURS on.
     (held,) = jobs(queues.RETRY_TASK)
     assert sorted(held["args"]["message_ids"]) == sorted(ids)

@@ -151,7 +151,20 @@ def test_approved_again_resumes_nothing_but_is_recorded_and_the_operator_resumes
     [approved] = _notifications(reasons.TEMPLATE_APPROVED)
     assert approved.user_id == template.created_by_id and approved.template_id == template.id
 
-    # The operator resumes: the one that had never started starts now.
+    # The operator resumes: the one whose time is still to come is scheduled again for
+    # it (not sent now); once its time has passed, resuming starts it.
+    resumed = resume_campaign(later.id, owner.id)
+    assert resumed.status is CampaignStatus.SCHEDULED and resumed.started_at is None
+    assert later.id not in {job["args"]["campaign_id"] for job in jobs(queues.FAN_OUT_TASK)}
+    post_webhook(client, status_body(template, "PAUSED"))
+    post_webhook(client, status_body(template, "APPROVED"))
+    assert _fresh(Campaign, later.id).status is CampaignStatus.PAUSED
+    db.session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == later.id)
+        .values(scheduled_at=database_now(db.session) - timedelta(minutes=1))
+    )
+    db.session.commit()
     resumed = resume_campaign(later.id, owner.id)
     assert resumed.status is CampaignStatus.SENDING and resumed.started_at is not None
     assert later.id in {job["args"]["campaign_id"] for job in jobs(queues.FAN_OUT_TASK)}

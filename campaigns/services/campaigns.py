@@ -290,8 +290,17 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "resume")
     _check_sender_and_template(_fields_of(campaign))
-    if campaign.started_at is None:
-        # Paused before it started (scheduled when WhatsApp paused its template): it starts.
+    if (
+        campaign.started_at is None
+        and campaign.scheduled_at is not None
+        and (campaign.scheduled_at > database_now(db.session))
+    ):
+        # Paused before its time (WhatsApp paused its template): scheduled again, so it
+        # starts at the time the operator chose, not now.
+        campaign.status = CampaignStatus.SCHEDULED
+        campaign.set_status_reason(None)
+    elif campaign.started_at is None:
+        # Paused before it started and its time has passed: it starts now.
         campaign_states.start(db.session, campaign)
     else:
         campaign.status = CampaignStatus.SENDING

@@ -255,10 +255,16 @@ def sender_update(sender_id: int) -> Response:
     ``messaging_limit`` (users a day, null: unlimited) overrides Meta's for the sender's
     business portfolio until Meta reports a different one."""
     data = body()
-    current = sender_json(_found(queries.get_sender(sender_id)))
+    found = _found(queries.get_sender(sender_id))
+    current = sender_json(found)
     fields = parse_sender(current | data)
-    override = "messaging_limit" in data
-    limit = parse_messaging_limit(data) if override else None
+    # A client that sends back what it read (every field, as the docstring asks) sets
+    # no override: a messaging_limit is one when it differs from the sender's, or when
+    # Meta has not been read yet (null then means "unknown", not "unlimited").
+    limit = parse_messaging_limit(data) if "messaging_limit" in data else None
+    override = "messaging_limit" in data and (
+        limit != current["messaging_limit"] or found.account_read_at is None
+    )
     sender = save_sender(fields, sender_id)
     if override:
         sender = override_messaging_limit(sender_id, limit)

@@ -142,8 +142,10 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
 
 def portfolio(session: AnySession, sender: Sender) -> list[Sender]:
     """The senders sharing this one's business portfolio (itself alone without one),
-    locked in id order so concurrent reports apply one after the other."""
-    query = sa.select(Sender).order_by(Sender.id).with_for_update()
+    locked in id order so concurrent reports apply one after the other. FOR NO KEY
+    UPDATE, as campaign_states.lock does: rows referencing a sender (campaigns,
+    templates) can still be inserted meanwhile."""
+    query = sa.select(Sender).order_by(Sender.id).with_for_update(key_share=True)
     if sender.business_id:
         query = query.where(Sender.business_id == sender.business_id)
     else:

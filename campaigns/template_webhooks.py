@@ -19,7 +19,8 @@ creator is told); PAUSED pauses the template's sending and scheduled campaigns a
 once (``template_paused``), DISABLED fails its sending, scheduled and paused ones
 (``template_disabled``), each owner told as for any automatic pause. A template
 approved again resumes nothing: the operator does. A drop to RED warns the
-template's creator. The periodic sync stays the fallback for a webhook never received.
+template's creator. The periodic sync stays the fallback for a review's outcome
+never received (it asks about pending templates only: a lost PAUSED is not caught).
 
 Parsing is as tolerant as ``webhooks.py``'s: a part of the wrong shape is skipped
 with the request's warning, a template Disparo does not have is logged and ignored.

@@ -46,6 +46,7 @@ from campaigns.models import (
     TemplateQuality,
     TemplateStatus,
 )
+from campaigns.validation import identifier
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +87,6 @@ class Stop:
     status: TemplateStatus
 
 
-def _word(value: Any, max_length: int, *, number: bool = False) -> str | None:
-    """Printable ASCII of at most ``max_length`` (ids, names, codes); with ``number``, a
-    whole number as its digits too (Meta sends template ids as numbers)."""
-    if number and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        value = str(value)
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= max_length
-        and value.isascii()
-        and value.isprintable()
-    ):
-        return value
-    return None
-
-
 def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int], list[Stop]]:
     """Apply every template change of a webhook (the caller commits, then calls
     :func:`stop_campaigns` with the stops). Parts ``webhooks.py`` already reports as
@@ -119,7 +105,7 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
             if not isinstance(value, dict):
                 skipped(f"{where}.value", "is not an object")
                 continue
-            waba_id = _word(entry.get("id"), MAX_ID, number=True)
+            waba_id = identifier(entry.get("id"), MAX_ID, number=True)
             outcome = _apply_change(field, value, waba_id, signed, stops, where, skipped)
             if outcome:
                 summary[outcome] += 1
@@ -130,9 +116,9 @@ def _templates(
     value: Mapping[str, Any], waba_id: str | None, signed: Signed, where: str, skipped: Skipper
 ) -> list[MessageTemplate] | None:
     """The templates a change is about, locked; None if it names none usably."""
-    meta_id = _word(value.get("message_template_id"), MAX_ID, number=True)
-    name = _word(value.get("message_template_name"), MAX_NAME)
-    language = _word(value.get("message_template_language"), MAX_LANGUAGE)
+    meta_id = identifier(value.get("message_template_id"), MAX_ID, number=True)
+    name = identifier(value.get("message_template_name"), MAX_NAME)
+    language = identifier(value.get("message_template_language"), MAX_LANGUAGE)
     if meta_id is None and (name is None or language is None):
         skipped(f"{where}.value", "names no template (message_template_id, or name and language)")
         return None
@@ -172,7 +158,7 @@ def _update(
     """What the change does to each template it is about; None if there is nothing to do
     (skipped, or an event Disparo does not record)."""
     if field == STATUS_FIELD:
-        event = _word(value.get("event"), MAX_REASON)
+        event = identifier(value.get("event"), MAX_REASON)
         if event is None:
             skipped(f"{where}.value.event", "is not a template status")
             return None
@@ -182,16 +168,16 @@ def _update(
                 "template webhook %s: event %s is not a status Disparo records", where, event
             )
             return None
-        raw_reason = _word(value.get("reason"), MAX_REASON)
+        raw_reason = identifier(value.get("reason"), MAX_REASON)
         reason = raw_reason if raw_reason and raw_reason.upper() != "NONE" else None
         return lambda template: _set_status(template, status, reason, stops)
     if field == QUALITY_FIELD:
-        quality = _word(value.get("new_quality_score"), MAX_REASON)
+        quality = identifier(value.get("new_quality_score"), MAX_REASON)
         if quality is None or quality not in TemplateQuality.__members__:
             skipped(f"{where}.value.new_quality_score", "is not GREEN, YELLOW, RED or UNKNOWN")
             return None
         return lambda template: _set_quality(template, quality)
-    category = _word(value.get("new_category"), MAX_REASON)
+    category = identifier(value.get("new_category"), MAX_REASON)
     if category is None or category not in TemplateCategory.__members__:
         skipped(f"{where}.value.new_category", "is not a template category Disparo knows")
         return None
@@ -218,9 +204,9 @@ def _apply_change(
             "template webhook %s (%s) about template id %r, %r/%r: no such template, ignored",
             where,
             field,
-            _word(value.get("message_template_id"), MAX_ID, number=True),
-            _word(value.get("message_template_name"), MAX_NAME),
-            _word(value.get("message_template_language"), MAX_LANGUAGE),
+            identifier(value.get("message_template_id"), MAX_ID, number=True),
+            identifier(value.get("message_template_name"), MAX_NAME),
+            identifier(value.get("message_template_language"), MAX_LANGUAGE),
         )
         return "templates_unknown"
     for template in templates:

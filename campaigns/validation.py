@@ -32,6 +32,22 @@ INTEGER_MAX = 2**31 - 1  # PostgreSQL's integer: most tables' ids
 BIGINT_MAX = 2**63 - 1  # bigint: messages', notifications' and Procrastinate jobs' ids
 
 
+def identifier(value: Any, max_length: int, *, number: bool = False) -> str | None:
+    """An id or code as a provider sends it (Meta's are ASCII): printable ASCII of at most
+    ``max_length``; with ``number``, a whole number >= 0 as its digits too (Meta sends
+    some ids as JSON numbers). None for anything else."""
+    if number and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    return None
+
+
 class Invalid(ValueError):
     """Bad input: ``errors`` maps each field to its message."""
 

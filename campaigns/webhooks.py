@@ -47,7 +47,7 @@ from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
-from campaigns.validation import BIGINT_MAX
+from campaigns.validation import BIGINT_MAX, identifier
 
 logger = logging.getLogger(__name__)
 
@@ -192,18 +192,6 @@ def _text(value: Any) -> str | None:
     return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def _identifier(value: Any, max_length: int) -> str | None:
-    """An id to look up (Meta's are ASCII): printable ASCII of at most ``max_length``."""
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= max_length
-        and value.isascii()
-        and value.isprintable()
-    ):
-        return value
-    return None
-
-
 def _digits(value: Any, max_digits: int) -> int | None:
     """A whole number >= 0 Meta sends as a number or as a string of ASCII digits."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -273,17 +261,9 @@ def _change(
     if not isinstance(number_id, str) or _digits(number_id, MAX_PHONE_NUMBER_ID) is None:
         skipped(f"{where}.value.metadata.phone_number_id", "is not a phone number id")
         return None
-    if number_id not in senders_of:
-        query = sa.select(Sender.id).where(Sender.phone_number_id == number_id)
-        senders_of[number_id] = list(db.session.scalars(query))
-    if not senders_of[number_id]:
-        skipped(where, f"names phone number id {number_id}, which no sender has")
-        return None
-    allowed = tuple(sender_id for sender_id in senders_of[number_id] if signed.cover(sender_id))
-    if not allowed:
-        skipped(where, f"of phone number id {number_id} is not signed with its app secret")
-        return None
-    return _Change(where, value, allowed, field_name)
+    query = sa.select(Sender.id).where(Sender.phone_number_id == number_id)
+    named, change = f"phone number id {number_id}", (where, value, field_name)
+    return _signed_change(named, number_id, query, change, signed, senders_of, skipped)
 
 
 def _account_change(
@@ -301,17 +281,34 @@ def _account_change(
     if not isinstance(raw, str) or not 0 < len(digits) <= MAX_DISPLAY_DIGITS:
         skipped(f"{where}.value.{key}", "is not a phone number")
         return None
-    cache_key = f"+{digits}"  # apart from the phone number ids in the same cache
+    shown = sa.func.regexp_replace(Sender.display_phone_number, r"\D", "", "g")
+    query = sa.select(Sender.id).where(shown == digits).order_by(Sender.id)
+    named, change = f"phone number {digits}", (where, value, field_name)
+    # Cached as "+digits": apart from the phone number ids in the same cache.
+    return _signed_change(named, f"+{digits}", query, change, signed, senders_of, skipped)
+
+
+def _signed_change(
+    named: str,
+    cache_key: str,
+    query: Any,
+    change: tuple[str, Mapping[str, Any], str],
+    signed: Signers,
+    senders_of: dict[str, list[int]],
+    skipped: _Skipped,
+) -> _Change | None:
+    """The change ``(where, value, field)`` for the senders ``query`` finds (read once a
+    webhook per ``cache_key``) whose app secret signed the body; None, with the reason
+    skipped, when no sender has the number ``named`` or none of them signed it."""
+    where, value, field_name = change
     if cache_key not in senders_of:
-        shown = sa.func.regexp_replace(Sender.display_phone_number, r"\D", "", "g")
-        query = sa.select(Sender.id).where(shown == digits).order_by(Sender.id)
         senders_of[cache_key] = list(db.session.scalars(query))
     if not senders_of[cache_key]:
-        skipped(where, f"names phone number {digits}, which no sender has")
+        skipped(where, f"names {named}, which no sender has")
         return None
     allowed = tuple(sender_id for sender_id in senders_of[cache_key] if signed.cover(sender_id))
     if not allowed:
-        skipped(where, f"of phone number {digits} is not signed with its app secret")
+        skipped(where, f"of {named} is not signed with its app secret")
         return None
     return _Change(where, value, allowed, field_name)
 
@@ -415,7 +412,7 @@ def _apply_status(
     if not isinstance(status, dict):
         skipped(where, "is not an object")
         return None
-    wamid = _identifier(status.get("id"), MAX_WAMID)
+    wamid = identifier(status.get("id"), MAX_WAMID)
     if wamid is None:
         skipped(f"{where}.id", f"is not a message id of at most {MAX_WAMID} characters")
         return None

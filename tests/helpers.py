@@ -135,7 +135,14 @@ def csrf_token_from(html: bytes) -> str:
 @contextmanager
 def serving(wsgi_app: Callable[..., Any]) -> Iterator[str]:
     """Serve a WSGI app on a free local port in a thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    with serving_server(make_server("127.0.0.1", 0, wsgi_app, threaded=True)) as url:
+        yield url
+
+
+@contextmanager
+def serving_server(server: Any) -> Iterator[str]:
+    """Run an HTTP server bound to 127.0.0.1 (a socketserver: http.server's or
+    werkzeug's) in a thread; yield its base URL; shut it down and close it after."""
     # A short poll interval: shutdown() waits for the loop to notice (0.5 s by default).
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True

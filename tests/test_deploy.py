@@ -43,7 +43,7 @@ import pytest
 import requests
 
 from campaigns import config
-from tests.helpers import SUFFIX, admin_execute, url_for_database
+from tests.helpers import SUFFIX, admin_execute, serving_server, url_for_database
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_JSON = json.loads((ROOT / "app.json").read_text())
@@ -168,14 +168,8 @@ class Stub:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}"
-        finally:
-            server.shutdown()
-            thread.join()
-            server.server_close()
+        with serving_server(server) as url:
+            yield url
 
 
 ERP_FILTERS = {"city", "opted_in_only", "max_audience"}

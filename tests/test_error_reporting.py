@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from app import db
 from campaigns import redact
 from campaigns.config import ConfigError, sentry_settings
 from jobs import tasks
-from tests.helpers import PROCRASTINATE, wait_for
+from tests.helpers import PROCRASTINATE, serving_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "Maria Aparecida"
@@ -79,11 +78,8 @@ class SentryStub:
 @pytest.fixture
 def sentry() -> Iterator[SentryStub]:
     stub = SentryStub()
-    thread = threading.Thread(target=stub.server.serve_forever, daemon=True)
-    thread.start()
-    yield stub
-    stub.server.shutdown()
-    stub.server.server_close()
+    with serving_server(stub.server):
+        yield stub
 
 
 def assert_nothing_personal(stub: SentryStub) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from flask_login import UserMixin
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app import Model
-from campaigns import reasons
+from campaigns import reasons, slowdown
 from campaigns.encryption import EncryptedText
 
 
@@ -238,10 +238,23 @@ class Sender(Model):
     )
     throughput_per_second: Mapped[int | None]
     account_read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # WhatsApp's throughput error (130429) slows the sender (campaigns/slowdown.py): the
+    # share of its rate as of the last such error, the last step down, the last error.
+    slowdown_factor: Mapped[float] = mapped_column(sa.Float, default=1.0, server_default="1")
+    slowed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_throttled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The share of its rate the sender sends at now, recovery included: computed by
+    # Postgres when the row is read, with its clock (the limiter and pump use it).
+    throughput_factor: Mapped[float] = column_property(
+        slowdown.factor_now(slowdown_factor, last_throttled_at)
+    )
 
     __table_args__ = (
         sa.CheckConstraint("rate_limit_per_minute BETWEEN 1 AND 1000000", name="rate_limit_range"),
         sa.CheckConstraint("min_interval_ms BETWEEN 0 AND 3600000", name="min_interval_range"),
+        sa.CheckConstraint(
+            "slowdown_factor > 0 AND slowdown_factor <= 1", name="slowdown_factor_range"
+        ),
         sa.Index("senders_business_id_idx", "business_id"),
     )
 

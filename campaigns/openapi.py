@@ -19,7 +19,7 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from campaigns import audit, rendering
+from campaigns import audit, rendering, slowdown
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.models import (
     CampaignStatus,
@@ -225,6 +225,21 @@ def schemas() -> dict[str, Schema]:
             "throughput_per_second": {
                 **nullable({"type": "integer", "minimum": 0}),
                 "description": "Messages a second Meta allows the number; null: never read.",
+            },
+            "throughput_factor": {
+                "type": "number",
+                "minimum": slowdown.FLOOR,
+                "maximum": 1,
+                "description": (
+                    "The share of rate_limit_per_minute (and of the minimum gap's pace) the"
+                    " sender sends at now: WhatsApp's throughput error (130429) steps it"
+                    f" down by {slowdown.STEP:g}, to {slowdown.FLOOR:g} at least; each minute"
+                    " without another gives a step back. 1: full speed."
+                ),
+            },
+            "last_throttled_at": {
+                **nullable(DATE_TIME),
+                "description": "The sender's last throughput error; null: never.",
             },
         }
     )

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from app import rows_changed
+from campaigns import slowdown
 
 if TYPE_CHECKING:
     from app import AnySession
@@ -414,13 +415,24 @@ def delete_old_denials(session: AnySession) -> int:
     return rows_changed(session, DELETE_OLD_DENIALS)
 
 
+def throughput_factor(sender: Sender) -> float:
+    """The share of its rate the sender sends at now (``slowdown.py``); 1 for a sender
+    not read from the database (nothing slowed it)."""
+    return sender.throughput_factor or 1.0
+
+
 def whatsapp_limit(sender: Sender) -> Limit:
-    """The sender's WhatsApp limit: its messages per minute, and its minimum gap."""
+    """The sender's WhatsApp limit: its messages per minute, and its minimum gap, both
+    slowed while WhatsApp's throughput errors say so (``slowdown.py``)."""
+    factor = throughput_factor(sender)
     return Limit(
         key=f"whatsapp:{sender.id}",
-        limit=sender.rate_limit_per_minute,
+        limit=slowdown.slowed_rate(sender.rate_limit_per_minute, factor),
         window_seconds=MINUTE,
-        min_gap_seconds=sender.min_interval_ms / 1000,
+        min_gap_seconds=slowdown.slowed_gap_ms(
+            sender.min_interval_ms, factor, round(LONGEST_GAP_SECONDS * 1000)
+        )
+        / 1000,
     )
 
 
@@ -469,6 +481,9 @@ class Pace:
     seconds: float
     binding: str  # PACE_OWNER, PACE_SENDER_RATE or PACE_SENDER_GAP
     value: int  # that limit's own figure: messages per minute, or the gap in ms
+    # The share of its rate the sender sends at (below 1: WhatsApp's throughput errors
+    # slowed it, and value is the slowed figure).
+    sender_factor: float = 1.0
 
     @property
     def per_minute(self) -> float:
@@ -485,14 +500,21 @@ def pace(sender: Sender, owner: User) -> Pace:
     limit is named first, then the sender's rate.
     """
     sender_rate, owner_rate = send_limits(sender, owner)
+    factor = throughput_factor(sender)
     candidates = [
-        Pace(counted_seconds(owner_rate) / owner_rate.limit, PACE_OWNER, owner_rate.limit),
+        Pace(
+            counted_seconds(owner_rate) / owner_rate.limit,
+            PACE_OWNER,
+            owner_rate.limit,
+            factor,
+        ),
         Pace(
             counted_seconds(sender_rate) / sender_rate.limit,
             PACE_SENDER_RATE,
             sender_rate.limit,
+            factor,
         ),
-        Pace(sender.min_interval_ms / 1000.0, PACE_SENDER_GAP, sender.min_interval_ms),
+        Pace(sender_rate.min_gap_seconds, PACE_SENDER_GAP, sender_rate.min_gap_ms, factor),
     ]
     return max(candidates, key=lambda candidate: candidate.seconds)  # the first of a tie
 

@@ -21,7 +21,8 @@ Meta's error policies (docs/architecture.md, "Error policies"): a message held b
 per-user marketing limit (131049) moves to message-retry due MARKETING_LIMIT_RETRY_HOURS
 later and fails if held again; one hit by the pair rate limit (131056) waits
 PAIR_LIMIT_RETRY_SECONDS without spending a try, under the throttle deadline, and the
-sender is not slowed; a number found undeliverable (131026) is remembered
+sender is not slowed; a throughput error (130429, or HTTP 429) waits the same way and
+also slows the sender (``slowdown.py``); a number found undeliverable (131026) is remembered
 (``services/undeliverable.py``) for later campaigns to skip.
 """
 
@@ -40,7 +41,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import joinedload, load_only
 
 from app import db
-from campaigns import calls, campaign_states, message_states, providers, queues, ratelimit
+from campaigns import (
+    calls,
+    campaign_states,
+    message_states,
+    providers,
+    queues,
+    ratelimit,
+    slowdown,
+)
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -80,6 +89,7 @@ CAMPAIGN_LOAD = (
         Sender.access_token,
         Sender.rate_limit_per_minute,
         Sender.min_interval_ms,
+        Sender.throughput_factor,
     ),
     joinedload(Campaign.template).load_only(
         MessageTemplate.name,
@@ -176,7 +186,7 @@ def send_batch(
         db.session.commit()
     for group in calls.as_they_return(started):
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
-        _record(campaign_id, outcomes, config, retry_queue=retry_queue, report=report)
+        _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
     return report
 
 
@@ -208,6 +218,7 @@ class _Settled:
     )  # wait seconds -> transient errors that try again on this queue
     throttled: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     throttle_wait: float = THROTTLE_WAIT_MIN
+    slow_down: bool = False  # a throughput error (130429): the sender slows
     # The pair rate limit (131056): waits like a throttle, but the sender is not slowed.
     pair_limited: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     # The per-user marketing limit (131049), held for message-retry hours later.
@@ -241,6 +252,7 @@ def _sort(
         entry = (message.id, error.row_code, error.row_text)
         kind = error.kind
         if kind is ErrorKind.THROTTLED:
+            settled.slow_down = True  # even for a message past the deadline: it is an event
             throttled_for = message.throttled_for or 0.0
             if throttled_for < deadline:
                 settled.throttled.append(entry)
@@ -276,6 +288,7 @@ def _sort(
 
 def _record(
     campaign_id: int,
+    sender_id: int,
     outcomes: Sequence[tuple[message_states.Claimed, BaseException | SendResult]],
     config: Mapping[str, Any],
     *,
@@ -345,6 +358,8 @@ def _record(
     # What the outcomes say about the campaign, in transactions of its own: a pause takes
     # the campaign's lock, which other batches' claims hold (shared) while they wait for a
     # counter shard; taken while holding this group's shard, the two could deadlock.
+    if settled.slow_down:
+        _slow_down(sender_id)
     if settled.stop is not None:
         stop = settled.stop
         campaign_states.stop_for_code(
@@ -353,6 +368,19 @@ def _record(
     elif settled.failed:
         campaign_states.pause_if_failing(campaign_id, config)
         session.commit()
+
+
+def _slow_down(sender_id: int) -> None:
+    """WhatsApp said the number sends too fast: its rate steps down (``slowdown.py``);
+    commits. Its own transaction, after the outcomes', holding nothing else."""
+    stepped = slowdown.slow_down(db.session, sender_id)
+    db.session.commit()
+    if stepped is not None and stepped[1]:
+        logger.warning(
+            "sender %s slowed to %d%% of its rate: WhatsApp's throughput error (130429)",
+            sender_id,
+            round(stepped[0] * 100),
+        )
 
 
 def _fail(message: message_states.Claimed, error: providers.SendError) -> None:

@@ -157,9 +157,12 @@ def test_131049_is_held_a_day_retried_once_then_failed(app, small, monkeypatch):
 
 def test_131056_waits_without_spending_a_try_and_the_sender_keeps_its_rate(app, small, monkeypatch):
     monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PAIR_LIMIT_RATE", 1.0)
-    rate = sa.select(Sender.rate_limit_per_minute, Sender.min_interval_ms).where(
-        Sender.id == small.sender_id
-    )
+    rate = sa.select(
+        Sender.rate_limit_per_minute,
+        Sender.min_interval_ms,
+        Sender.throughput_factor,
+        Sender.last_throttled_at,
+    ).where(Sender.id == small.sender_id)
     rate_before = db.session.execute(rate).one()
     ids = _queue_all(app, small)
     message_id = ids[0]
@@ -178,7 +181,8 @@ def test_131056_waits_without_spending_a_try_and_the_sender_keeps_its_rate(app, 
     wait = app.config["PAIR_LIMIT_RETRY_SECONDS"]
     assert later[-1]["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=wait - 5)
     assert jobs(queues.RETRY_TASK) == []
-    assert db.session.execute(rate).one() == rate_before  # the sender is not slowed
+    assert db.session.execute(rate).one() == rate_before  # the sender is not slowed (1.0)
+    assert rate_before.throughput_factor == 1.0
     # Past the throttle deadline it fails with the code, rather than loop forever.
     deadline = app.config["THROTTLE_DEADLINE_MINUTES"]
     db.session.execute(

@@ -19,7 +19,7 @@ from campaigns.reasons import SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_
 
 class ErrorKind(enum.StrEnum):
     RETRY = "retry"  # transient: try again with backoff
-    THROTTLED = "throttled"  # this number sends too fast: later, without spending a try
+    THROTTLED = "throttled"  # this number sends too fast: later, no try spent; it slows
     SLOW_RETRY = "slow_retry"  # held, tried once more a day later (per-user marketing cap)
     # Too many messages to this one recipient: that message waits, without spending a
     # try; unlike THROTTLED, the sender is not slowed (the limit is the pair's, not its).
@@ -106,7 +106,11 @@ def classify(code: int | None, http_status: int | None) -> ErrorKind:
 # Keys are codes as message rows keep them: Meta's error.code, or Disparo's own reason
 # for a skipped recipient (campaigns/labels.py has their short names).
 EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
-    "130429": _l("Too many messages per second for this number; it passes once sending slows."),
+    "130429": _l(
+        "Too many messages per second for this number: Disparo slows the sender (down to"
+        " half its rate, back to full speed a few minutes after the last such error) and"
+        " sends the message again, without counting it as a try."
+    ),
     "131056": _l(
         "Too many messages to this one customer lately: Disparo waits a little and tries"
         " again, without counting it as a try and without slowing the sender."

@@ -169,6 +169,8 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "quality_rating": sender.quality_rating,
         "messaging_limit": sender.messaging_limit,
         "throughput_per_second": sender.throughput_per_second,
+        "throughput_factor": ratelimit.throughput_factor(sender),
+        "last_throttled_at": _iso(sender.last_throttled_at),
     }
 
 

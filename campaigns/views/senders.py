@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, render_template, request, url_for
 
 from app import db
-from campaigns import counters, progress, queries
+from campaigns import counters, progress, queries, slowdown
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import redirect_to
@@ -53,6 +53,7 @@ def sender_show(sender_id: int) -> str:
         campaigns=campaigns,
         campaign_count=campaign_count,
         totals=counters.totals_of(db.session, [c.id for c in campaigns]),
+        recovery_minutes=slowdown.RECOVERY_MINUTES,
     )
 
 

@@ -82,13 +82,32 @@ SKIP_REASONS: dict[str, LazyString] = {
     "button_variable": _l(
         "Its URL button has a variable: Disparo cannot fill button variables yet."
     ),
-    "button_kind": _l("It has a %(kind)s button, which Disparo cannot send yet."),
-    "component_kind": _l("It has a %(kind)s component, which Disparo cannot send yet."),
+    "button_kind": _l("It has a button of a kind Disparo cannot send yet: %(kind)s."),
+    "component_kind": _l("It has a part Disparo cannot send yet: %(kind)s."),
     "invalid": _l("It does not pass Disparo's template checks: %(problems)s"),
     "draft": _l(
         "Disparo has a draft of this name and language being edited; it was left as it is."
     ),
     "repeated": _l("WhatsApp listed this name and language twice; the first was used."),
+}
+
+
+# Meta's words for a header format, a button or a component, worded for the reader; one
+# not listed is shown as WhatsApp wrote it.
+KIND_WORDS: dict[str, LazyString] = {
+    "IMAGE": _l("an image"),
+    "VIDEO": _l("a video"),
+    "DOCUMENT": _l("a document"),
+    "LOCATION": _l("a location"),
+    "PHONE_NUMBER": _l("phone number"),
+    "OTP": _l("one-time password"),
+    "COPY_CODE": _l("copy code"),
+    "FLOW": _l("flow"),
+    "CATALOG": _l("catalog"),
+    "MPM": _l("multi-product"),
+    "VOICE_CALL": _l("voice call"),
+    "CAROUSEL": _l("carousel"),
+    "LIMITED_TIME_OFFER": _l("limited-time offer"),
 }
 
 
@@ -102,7 +121,8 @@ class Skipped:
     @property
     def reason(self) -> str:
         """The reason in the reader's language (the request's locale)."""
-        return str(SKIP_REASONS[self.code]) % dict(self.params)
+        words = {k: str(KIND_WORDS.get(v, v)) for k, v in self.params.items()}
+        return str(SKIP_REASONS[self.code]) % words
 
 
 @dataclass
@@ -163,7 +183,7 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
         if kind == "HEADER":
             header_format = str(component.get("format", "TEXT")).upper()
             if header_format != "TEXT":
-                return skip("header_media", format=header_format.lower())
+                return skip("header_media", format=header_format)
             if isinstance(text, str) and "{{" in text:
                 return skip("header_variable")
             texts["header_text"] = text
@@ -177,10 +197,10 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
                 if button_kind == "URL" and "{{" in str(button.get("url", "")):
                     return skip("button_variable")
                 if button_kind not in ("QUICK_REPLY", "URL"):
-                    return skip("button_kind", kind=button_kind.replace("_", " ").lower())
+                    return skip("button_kind", kind=button_kind or "?")
                 buttons.append({k: v for k, v in button.items() if k in ("type", "text", "url")})
         else:
-            return skip("component_kind", kind=kind.replace("_", " ").lower() or "?")
+            return skip("component_kind", kind=kind or "?")
     try:
         fields = parse_template(
             {"name": name, "language": language, "category": category, "parameter_format": fmt}

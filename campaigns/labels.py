@@ -211,6 +211,8 @@ TEMPLATE_REJECTION: Labels = {
     "INCORRECT_CATEGORY": _lp("template rejection", "The category chosen is not the right one."),
     "SCAM": _lp("template rejection", "Meta judged the content a scam."),
     "NONE": _lp("template rejection", "Meta gave no reason."),
+    # Not Meta's: Disparo's word for a template gone from its WABA (template_import.py).
+    "DELETED": _lp("template rejection", "Deleted in WhatsApp Manager."),
 }
 YES = _l("Yes")
 NO = _l("No")

@@ -33,6 +33,7 @@ from campaigns.models import (
 )
 from campaigns.ratelimit import PACE_OWNER, PACE_SENDER_GAP, PACE_SENDER_RATE
 from campaigns.services.suppressions import SUPPRESSION_SOURCES
+from campaigns.services.template_import import SKIP_REASONS
 from campaigns.validation import (
     CUSTOMER_FIELDS,
     INTEGER_MAX,
@@ -432,6 +433,43 @@ def schemas() -> dict[str, Schema]:
         "Suppression": suppression,
         "AuditEvent": audit_event,
         "Message": message,
+        "TemplateImport": obj(
+            {
+                "imported": COUNT,
+                "updated": COUNT,
+                "unchanged": COUNT,
+                "skipped": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "name": STRING,
+                            "language": STRING,
+                            "code": {
+                                "type": "string",
+                                "enum": list(SKIP_REASONS),
+                                "description": "Why, to compare.",
+                            },
+                            "reason": {
+                                "type": "string",
+                                "description": "Why, in the Accept-Language's language.",
+                            },
+                        }
+                    ),
+                    "description": (
+                        "WhatsApp's templates not imported or not updated, each with why: "
+                        "ones Disparo cannot send as WhatsApp has them (a media, location or "
+                        "variable header, a button needing a value or of another kind, "
+                        "another component, an unknown status or category, texts the "
+                        "template form refuses), and drafts being edited in Disparo."
+                    ),
+                },
+            },
+            description=(
+                "updated counts templates brought in step with WhatsApp (status, quality, "
+                "category, texts) and those gone from WhatsApp Manager, now disabled with "
+                "status_reason DELETED (their scheduled, sending and paused campaigns fail)."
+            ),
+        ),
         "SenderList": list_of("senders", "Sender", description="Every sender without a limit."),
         "TemplateList": list_of(
             "templates", "Template", description="Up to 500 templates without a limit."
@@ -925,6 +963,25 @@ def paths() -> dict[str, Schema]:
                 tag="Senders",
                 body="SenderChanges",
                 errors=("404",),
+            ),
+        },
+        "/api/v1/senders/{sender_id}/templates/import": {
+            "parameters": [sender_id],
+            "post": operation(
+                "Import the sender's templates from WhatsApp",
+                answer("200", "What the import did.", ref("TemplateImport")),
+                role=sup,
+                tag="Templates",
+                errors=("404", "409"),
+                description=(
+                    "Reads every template of the sender's WhatsApp Business Account "
+                    "(GET /{waba-id}/message_templates) and creates those Disparo does not "
+                    "have (found by WhatsApp's id, else name and language), updates those it "
+                    "has. Running it again changes nothing. Under the sender's route: the "
+                    "templates live in its WABA. 409 when the sender has no waba_id (or uses "
+                    "the mock WhatsApp where it is off); 422 with the provider's words when "
+                    "WhatsApp cannot be reached or refuses."
+                ),
             ),
         },
         "/api/v1/templates": {

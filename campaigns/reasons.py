@@ -38,6 +38,7 @@ FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
 TEMPLATE_PAUSED = "template_paused"  # message_template_status_update said PAUSED
+TEMPLATE_DELETED = "template_deleted"  # gone from its WABA's listing (the import's sync)
 ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
 ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
 # -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and
@@ -106,6 +107,7 @@ WORDINGS: dict[str, Wording] = {
     WHATSAPP_STOP: Wording(_l("Paused by WhatsApp's answer %(code)s: %(message)s")),
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
     TEMPLATE_PAUSED: Wording(_l("WhatsApp paused the template. Resume once it is approved again.")),
+    TEMPLATE_DELETED: Wording(_l("The template was deleted in WhatsApp Manager.")),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
     ERP_AUDIENCE_FAILED: Wording(
         _l("The ERP could not give the audience: %(message)s"), nested=("message",)

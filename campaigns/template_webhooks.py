@@ -85,6 +85,9 @@ class Stop:
 
     template_id: int
     status: TemplateStatus
+    # The campaigns' reason when it is not the status's own (a template deleted in
+    # WhatsApp Manager: services/template_import.py).
+    reason: str | None = None
 
 
 def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int], list[Stop]]:
@@ -170,18 +173,18 @@ def _update(
             return None
         raw_reason = identifier(value.get("reason"), MAX_REASON)
         reason = raw_reason if raw_reason and raw_reason.upper() != "NONE" else None
-        return lambda template: _set_status(template, status, reason, stops)
+        return lambda template: set_status(template, status, reason, stops)
     if field == QUALITY_FIELD:
         quality = identifier(value.get("new_quality_score"), MAX_REASON)
         if quality is None or quality not in TemplateQuality.__members__:
             skipped(f"{where}.value.new_quality_score", "is not GREEN, YELLOW, RED or UNKNOWN")
             return None
-        return lambda template: _set_quality(template, quality)
+        return lambda template: set_quality(template, quality)
     category = identifier(value.get("new_category"), MAX_REASON)
     if category is None or category not in TemplateCategory.__members__:
         skipped(f"{where}.value.new_category", "is not a template category Disparo knows")
         return None
-    return lambda template: _set_category(template, TemplateCategory(category))
+    return lambda template: set_category(template, TemplateCategory(category))
 
 
 def _apply_change(
@@ -214,7 +217,7 @@ def _apply_change(
     return "templates_applied"
 
 
-def _set_quality(template: MessageTemplate, quality: str) -> None:
+def set_quality(template: MessageTemplate, quality: str) -> None:
     before = template.quality_rating
     template.quality_rating = quality
     notifications.record_template_quality(db.session, template, before)
@@ -222,16 +225,23 @@ def _set_quality(template: MessageTemplate, quality: str) -> None:
         logger.info("template %s quality: %s → %s", template.id, before, quality)
 
 
-def _set_category(template: MessageTemplate, category: TemplateCategory) -> None:
+def set_category(template: MessageTemplate, category: TemplateCategory) -> None:
     before = template.category
     template.category = category
     if before is not category:
         logger.info("template %s category: %s → %s (by WhatsApp)", template.id, before, category)
 
 
-def _set_status(
-    template: MessageTemplate, status: TemplateStatus, reason: str | None, stops: list[Stop]
+def set_status(
+    template: MessageTemplate,
+    status: TemplateStatus,
+    reason: str | None,
+    stops: list[Stop],
+    stop_reason: str | None = None,
 ) -> None:
+    """Record WhatsApp's status for a template (a webhook's, or a listing's: the import),
+    telling its creator and queueing the stop of its campaigns (the caller commits, then
+    calls :func:`stop_campaigns`)."""
     before = template.status
     if before is TemplateStatus.DRAFT:
         # Edited since it was submitted (an edit forgets the provider's id, so only a
@@ -239,12 +249,12 @@ def _set_status(
         logger.info("template %s is a draft again: WhatsApp's %s not applied", template.id, status)
         return
     template.status = status
-    template.status_reason = reason if status is TemplateStatus.REJECTED else None
+    template.status_reason = reason if status is TemplateStatus.REJECTED or stop_reason else None
     notifications.record_template_review(db.session, template, before)
     if status is not before:
         logger.info("template %s: %s → %s (webhook)", template.id, before, status)
     if status in (TemplateStatus.PAUSED, TemplateStatus.DISABLED):
-        stops.append(Stop(template.id, status))
+        stops.append(Stop(template.id, status, stop_reason))
     elif status is TemplateStatus.APPROVED and before is TemplateStatus.PAUSED:
         logger.info(
             "template %s approved again: its paused campaigns wait for the operator", template.id
@@ -273,4 +283,5 @@ def stop_campaigns(stops: list[Stop]) -> None:
                     campaign_id, reasons.Reason(reasons.TEMPLATE_PAUSED)
                 )
             else:
-                campaign_states.fail(campaign_id, reasons.Reason(reasons.TEMPLATE_DISABLED))
+                code = stop.reason or reasons.TEMPLATE_DISABLED
+                campaign_states.fail(campaign_id, reasons.Reason(code))

@@ -48,7 +48,7 @@ from campaigns.queues import (
     TEMPLATE_SYNC_TASK,
     job_message_ids,
 )
-from campaigns.services import ServiceError, personal_data, undeliverable
+from campaigns.services import ServiceError, personal_data, template_import, undeliverable
 from campaigns.services.senders import readable_sender_ids, refresh_account
 from campaigns.services.templates import pending_template_ids, sync_template_status
 from jobs import app
@@ -218,6 +218,31 @@ def sync_pending_templates(timestamp: int) -> None:
             sync_template_status(template_id)
         except ServiceError as error:
             logger.warning("template %s: status sync failed: %s", template_id, error.message)
+
+
+@app.periodic(cron="29 * * * *", periodic_id="sync-waba-templates")
+@app.task(
+    name="templates.sync_wabas",
+    queue=MAINTENANCE_QUEUE,
+    queueing_lock="templates.sync_wabas",
+    pass_context=True,
+)
+def sync_waba_templates(context: JobContext, timestamp: int) -> None:
+    """Every hour, read each connected sender's WABA templates: new ones imported, status,
+    quality and category brought in step, deleted ones disabled (the webhooks bring
+    changes at once; this catches what they missed, at about 60 Graph calls an hour for
+    the largest WABA, of the 5,000 Meta allows)."""
+    for sender_id in template_import.connected_sender_ids():
+        try:
+            template_import.import_templates(sender_id)
+        except ServiceError as error:
+            db.session.rollback()
+            logger.warning(
+                "job %s: sender %s: template sync failed: %s",
+                context.job.id,
+                sender_id,
+                error.message,
+            )
 
 
 def _read_account(job_id: int | None, sender_id: int) -> None:

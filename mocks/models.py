@@ -80,3 +80,30 @@ class MockWhatsAppNumber(Model):
 
     def __repr__(self) -> str:
         return f"<MockWhatsAppNumber {self.phone_number_id} {self.quality_rating}>"
+
+
+class MockWhatsAppTemplate(Model):
+    """A template of a WhatsApp Business Account made outside Disparo, as if in WhatsApp
+    Manager (``mocks/waba_templates.py``): what the mock's template listing serves besides
+    the templates Disparo submitted to the mock."""
+
+    __tablename__ = "mock_whatsapp_templates"
+    __table_args__ = (
+        sa.UniqueConstraint("waba_id", "name", "language", name="mock_whatsapp_templates_name_key"),
+    )
+
+    # Meta's template ids are long numbers; these start past any small test id.
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.Identity(start=7_000_000_000_000_001), primary_key=True
+    )
+    waba_id: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(512))
+    language: Mapped[str] = mapped_column(sa.String(16))
+    category: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(32))
+    parameter_format: Mapped[str] = mapped_column(sa.String(16))
+    components: Mapped[list[Any]] = mapped_column(JSONB)
+    quality_score: Mapped[str] = mapped_column(sa.String(16))
+
+    def __repr__(self) -> str:
+        return f"<MockWhatsAppTemplate {self.id} {self.name}/{self.language} {self.status}>"

@@ -25,9 +25,15 @@ from campaigns.providers.base import (
     SendResult,
     TemplateStatusReport,
     TemplateSubmission,
+    WabaTemplates,
     WhatsAppProvider,
 )
-from campaigns.providers.cloud_api import TIMEOUT, read_account, send_template_message
+from campaigns.providers.cloud_api import (
+    TIMEOUT,
+    read_account,
+    read_templates,
+    send_template_message,
+)
 
 # The Graph API version in the mock's URLs; the mock accepts any.
 MOCK_API_VERSION = "v23.0"
@@ -61,6 +67,9 @@ class MockProvider(WhatsAppProvider):
 
     def account_status(self) -> AccountReport:
         return read_account(self._request, self.sender)
+
+    def list_templates(self) -> WabaTemplates:
+        return read_templates(self._request, self.sender)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """A Graph API call to the mock, with no token; ProviderError as the Cloud API's."""

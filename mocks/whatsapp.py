@@ -49,8 +49,10 @@ with ``{"event": "PAUSED"}`` (and an optional ``"reason"``), ``…/quality`` wit
 The mock builds the ``message_template_status_update`` (``_quality_update``,
 ``template_category_update``) webhook on the WABA object for the template with that
 provider id (``mock-<id>`` for templates the mock reviewed), posts it at once, signed
-like the status webhooks, and answers ``{"posted": true|false, "status": <the app's
-HTTP status>, "webhook": <the body>}``; 404 for no such template, 400 for a bad body.
+like the status webhooks (a template made "in WhatsApp Manager",
+``mocks/waba_templates.py``, changes there too), and answers ``{"posted": true|false,
+"status": <the app's HTTP status>, "webhook": <the body>}``; 404 for no such template,
+400 for a bad body.
 
 A **storm** is the provider having a bad minute, started at run time:
 ``POST /mock/whatsapp/storm`` (or ``POST /storm`` on the mock process) with
@@ -1029,7 +1031,11 @@ def template_event(provider_template_id: str, kind: str) -> tuple[Response, int]
         .order_by(MessageTemplate.id)
         .limit(1)
     )
+    from mocks.waba_templates import apply_event
+
+    apply_event(provider_template_id, given)  # a template made "in WhatsApp Manager"
     if template is None:
+        db.session.commit()
         return jsonify(error={"code": "not_found", "message": "No such template."}), 404
     payload = template_webhook(template, kind, given)
     secret = template.sender.app_secret or current_app.config.get("WHATSAPP_APP_SECRET")

@@ -12,6 +12,7 @@ from campaigns.providers.base import (
     SendResult,
     TemplateStatusReport,
     TemplateSubmission,
+    WabaTemplates,
     WhatsAppProvider,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "SendResult",
     "TemplateStatusReport",
     "TemplateSubmission",
+    "WabaTemplates",
     "WhatsAppProvider",
     "for_sender",
 ]

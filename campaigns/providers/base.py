@@ -68,6 +68,16 @@ class TemplateSubmission:
 
 
 @dataclass(frozen=True)
+class WabaTemplates:
+    """A WhatsApp Business Account's templates as the Graph API lists them (Meta's JSON
+    objects, unread); ``complete`` is False when the listing stopped at the page cap or on
+    a cursor that did not move, so what is missing from it may still exist."""
+
+    templates: list[dict[str, Any]]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class TemplateStatusReport:
     status: TemplateStatus
     reason: str | None = None
@@ -134,6 +144,11 @@ class WhatsAppProvider(ABC):
     @abstractmethod
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
         """The template's current review status."""
+
+    @abstractmethod
+    def list_templates(self) -> WabaTemplates:
+        """Every template of the sender's WhatsApp Business Account
+        (``GET /{waba-id}/message_templates``, page after page); ProviderError if it cannot."""
 
     @abstractmethod
     def send_template(

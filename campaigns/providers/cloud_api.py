@@ -22,6 +22,7 @@ from campaigns.providers.base import (
     SendResult,
     TemplateStatusReport,
     TemplateSubmission,
+    WabaTemplates,
     WhatsAppProvider,
     template_components,
 )
@@ -198,6 +199,47 @@ def read_account(request: Any, sender: Sender) -> account_health.AccountReport:
     return report
 
 
+# What an import reads of each template (services/template_import.py).
+TEMPLATE_FIELDS = "id,name,status,language,category,components,parameter_format,quality_score"
+# 100 a page: Meta caps a WABA at 6,000 templates (a verified portfolio), so a full
+# listing is at most 60 calls of the 5,000 an hour Meta allows per WABA; the page cap
+# stops a cursor that never ends well past that.
+TEMPLATES_PAGE_SIZE = 100
+TEMPLATES_MAX_PAGES = 100
+
+
+def read_templates(request: Any, sender: Sender) -> WabaTemplates:
+    """``GET /{waba-id}/message_templates`` through ``request(method, path, **kwargs)`` (a
+    provider's own, which maps errors), following ``paging.cursors.after`` while the
+    answer has a ``paging.next``; ProviderError if an answer is not a Graph list."""
+    if not sender.waba_id:
+        raise ProviderError(_("Set the WhatsApp Business Account id (WABA id) first."))
+    params: dict[str, Any] = {"fields": TEMPLATE_FIELDS, "limit": TEMPLATES_PAGE_SIZE}
+    found: list[dict[str, Any]] = []
+    seen_cursors: set[str] = set()
+    for _page in range(TEMPLATES_MAX_PAGES):
+        body = request("GET", f"{sender.waba_id}/message_templates", params=params)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": body})
+        found.extend(item for item in data if isinstance(item, dict))
+        paging = body.get("paging")
+        paging = paging if isinstance(paging, dict) else {}
+        cursors = paging.get("cursors")
+        after = cursors.get("after") if isinstance(cursors, dict) else None
+        if not paging.get("next"):  # Meta leaves `next` out of the last page
+            return WabaTemplates(found, complete=True)
+        if not isinstance(after, str) or not after or after in seen_cursors:
+            logger.warning("sender %s: template listing's cursor did not move", sender.id)
+            return WabaTemplates(found, complete=False)
+        seen_cursors.add(after)
+        params = params | {"after": after}
+    logger.warning(
+        "sender %s: template listing stopped after %s pages", sender.id, TEMPLATES_MAX_PAGES
+    )
+    return WabaTemplates(found, complete=False)
+
+
 class CloudApiProvider(WhatsAppProvider):
     # Meta's automated review usually answers within a minute or two; a manual one takes
     # up to 24 h, which the periodic sync of templates under review follows.
@@ -299,6 +341,9 @@ class CloudApiProvider(WhatsAppProvider):
         if "id" not in body or status is None:
             raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": body})
         return TemplateSubmission(str(body["id"]), status)
+
+    def list_templates(self) -> WabaTemplates:
+        return read_templates(self._request, self.sender)
 
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
         if not template.provider_template_id:

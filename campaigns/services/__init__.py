@@ -1,7 +1,8 @@
 """Every write, by area (as ``campaigns/views`` is): plain typed functions that own the
 transaction and the jobs it defers.
 
-One module per area: ``users`` (accounts, sign-in, API tokens), ``templates``,
+One module per area: ``users`` (accounts, sign-in, API tokens), ``templates`` (and
+``template_import``: a WABA's templates brought in),
 ``senders``, ``campaigns``, ``suppressions``, ``queue`` (the queue monitor's actions
 and ``flask queue``'s), ``notifications`` (marking them read) and ``demo`` (the seed
 data). A refused write

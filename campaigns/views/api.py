@@ -30,7 +30,7 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers import errors as provider_errors
-from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.services import Conflict, NotFound, ServiceError, template_import
 from campaigns.services.campaigns import (
     cancel_campaign,
     create_campaign,
@@ -343,6 +343,22 @@ def template_sync(template_id: int) -> Response:
     """Ask the provider for the review status now."""
     _found(queries.get_template(template_id))
     return jsonify(template_json(sync_template_status(template_id)))
+
+
+@bp.post("/senders/<int:sender_id>/templates/import")
+@requires(Role.SUPERVISOR)
+def template_import_run(sender_id: int) -> Response:
+    """Import the sender's WABA templates from WhatsApp now and say what happened."""
+    result = template_import.import_templates(sender_id, g.api_user.id)
+    return jsonify(
+        imported=result.imported,
+        updated=result.updated,
+        unchanged=result.unchanged,
+        skipped=[
+            {"name": s.name, "language": s.language, "code": s.code, "reason": s.reason}
+            for s in result.skipped
+        ],
+    )
 
 
 def suppression_json(suppression: Suppression) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Message templates: list, create and edit with a live preview, submit for review, sync."""
+"""Message templates: list, create and edit with a live preview, submit for review, sync,
+import from WhatsApp."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from werkzeug.wrappers import Response
 from campaigns import queries, rendering
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
-from campaigns.htmx import STOP_POLLING, redirect_to
+from campaigns.htmx import STOP_POLLING, is_htmx, redirect_to
 from campaigns.i18n import _
 from campaigns.labels import label
 from campaigns.models import ParameterFormat, Role, TemplateStatus
-from campaigns.services import ServiceError
+from campaigns.services import ServiceError, template_import
 from campaigns.services.templates import (
     create_template,
     submit_template,
@@ -25,16 +26,42 @@ from campaigns.validation import Invalid, parse_template, row_id
 bp = Blueprint("templates", __name__, url_prefix="/templates")
 
 
-@bp.get("/")
-def template_index() -> str:
-    """The template list with its filters."""
+def _index_page(**import_outcome) -> str:
     filters = queries.TemplateFilters.from_args(request.args)
     return render_template(
         "templates/index.html",
         templates=queries.list_templates(filters),
         filters=filters,
         languages=queries.template_languages(),
+        import_senders=[s for s in queries.list_senders() if s.waba_id],
+        **import_outcome,
     )
+
+
+@bp.get("/")
+def template_index() -> str:
+    """The template list with its filters."""
+    return _index_page()
+
+
+@bp.post("/import")
+@requires(Role.SUPERVISOR)
+def template_import_run():
+    """Import the chosen sender's templates from WhatsApp now (inline: at most 60 Graph
+    pages) and show what happened, in place (htmx) or on the list page."""
+    sender_id = row_id(request.form.get("sender_id"))
+    result, error = None, None
+    try:
+        if sender_id is None:
+            raise ServiceError(_("Choose a sender."))
+        result = template_import.import_templates(sender_id, current_user.id)
+    except ServiceError as refused:
+        error = refused.message
+    outcome = {"import_result": result, "import_error": error, "import_sender_id": sender_id}
+    status = 422 if error else 200
+    if is_htmx():
+        return render_template("templates/_import_result.html", **outcome), status
+    return _index_page(**outcome), status
 
 
 @bp.get("/rows")

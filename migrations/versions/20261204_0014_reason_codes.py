@@ -98,6 +98,7 @@ LATER = {
     "erp_no_customers": "The ERP's page has no list of customers.",
     "erp_bad_cursor": "The ERP's next cursor is not a string.",
     "erp_same_cursor": "The ERP returned the same cursor twice.",
+    "template_deleted": "The template was deleted in WhatsApp Manager.",
     "erp_no_tags": "The ERP's tags answer has no list of tags.",
     "campaign_paused_by_hand": (
         "Campaign “%(name)s” was paused by an operator; it sends again once resumed."

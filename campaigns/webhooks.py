@@ -457,7 +457,8 @@ def _apply_status(
     if failed and code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, text or "", "provider")
     if failed and code in UNDELIVERABLE_CODES:  # WhatsApp often says so only here, later
-        undeliverable.remember(db.session, message.phone)
+        # From the row, not the message read above: an erasure may have committed since.
+        undeliverable.remember_message(db.session, message.id)
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"

@@ -238,6 +238,11 @@ class Sender(Model):
     )
     throughput_per_second: Mapped[int | None]
     account_read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the event that set each fact happened (a webhook's time, a read's): an older
+    # one arriving late is ignored (migration 0021). The limit's is the portfolio's.
+    quality_rating_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    throughput_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    messaging_limit_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (
         sa.CheckConstraint("rate_limit_per_minute BETWEEN 1 AND 1000000", name="rate_limit_range"),
@@ -293,6 +298,11 @@ class MessageTemplate(Model):
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
     )
     submitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The time of the webhook that last set the status, quality and category: an older
+    # one arriving late is ignored (template_webhooks.py, migration 0021).
+    status_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    quality_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    category_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     sender: Mapped[Sender] = relationship()
 

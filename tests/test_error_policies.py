@@ -341,7 +341,9 @@ def test_a_131026_send_result_for_a_recipient_erased_during_the_call_writes_no_h
     assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
 
 
-def test_the_erasure_preview_lists_the_undeliverable_store(app, client, small, monkeypatch, login_as):
+def test_the_erasure_preview_lists_the_undeliverable_store(
+    app, client, small, monkeypatch, login_as
+):
     phone = _undeliverable_first(app, small, monkeypatch)
     # Its campaign's data erased already (retention): only the store's row is left.
     db.session.execute(sa.update(Message).values(phone=None, customer_data={}, params=None))

@@ -5,6 +5,7 @@ the portfolio's messaging limit that holds until Meta reports something new."""
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import Any, cast
 
@@ -667,3 +668,99 @@ def test_junk_or_foreign_capability_webhooks_change_nothing(client, app, caplog)
         assert post_webhook(client, unknown, APP_SECRET).json["skipped"] == 1
     assert "WABA id 999, which no sender has" in caplog.text
     assert _fresh(sender.id).messaging_limit == 7
+
+
+# -- the override on the sender page
+
+HTMX = {"HX-Request": "true"}
+
+
+def test_an_admin_overrides_and_clears_the_limit_on_the_sender_page(mock_app, client, login_as):
+    one = _sender("Page one", PHONE_NUMBER_ID, business_id="900")
+    two = _sender("Page two", "100000000000921", business_id="900")
+    refresh_account(one.id)  # Meta: unlimited
+    login_as(Role.ADMIN)
+    page = html.unescape(client.get(f"/senders/{one.id}").get_data(as_text=True))
+    assert 'id="sender-limit-form"' in page and "Use Meta's limit again" not in page
+
+    url = f"/senders/{one.id}/messaging-limit"
+    answer = client.post(url, data={"messaging_limit": "2.500"}, headers=HTMX)
+    assert answer.status_code == 200
+    panel = html.unescape(answer.get_data(as_text=True))
+    assert 'id="sender-account"' in panel
+    assert "2,500 a day" in panel and "set by an admin" in panel
+    assert "Use Meta's limit again" in panel
+    assert (_fresh(two.id).messaging_limit, _fresh(two.id).messaging_limit_overridden) == (
+        2500,
+        True,
+    )
+    audited = db.session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.action == "settings.change")
+    ).all()
+    assert {(e.target_id, e.details["messaging_limit"]["after"]) for e in audited} == {
+        (one.id, 2500),
+        (two.id, 2500),
+    }
+    assert all(e.actor_email for e in audited)
+
+    unlimited = client.post(url, data={"messaging_limit": "", "unlimited": "1"}, headers=HTMX)
+    assert unlimited.status_code == 200 and "Unlimited" in unlimited.get_data(as_text=True)
+    assert _fresh(one.id).messaging_limit is None and _fresh(one.id).messaging_limit_overridden
+
+    cleared = client.post(url, data={"action": "clear"}, headers=HTMX)
+    assert cleared.status_code == 200
+    assert "The messaging limit is Meta's again." in html.unescape(cleared.get_data(as_text=True))
+    for sender_id in (one.id, two.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (None, False)
+    db.session.expire_all()
+    last = db.session.scalars(
+        sa.select(AuditEvent)
+        .where(AuditEvent.action == "settings.change", AuditEvent.target_id == two.id)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).one()
+    assert last.details["messaging_limit_overridden"] == {"before": True, "after": False}
+
+    # A plain form (no htmx): back to the page, with a flash.
+    plain = client.post(url, data={"messaging_limit": "300"})
+    assert plain.status_code == 303 and plain.headers["Location"].endswith(f"/senders/{one.id}")
+    assert _fresh(one.id).messaging_limit == 300
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20])
+def test_a_bad_limit_on_the_sender_page_is_an_error_at_its_field(client, login_as, bad):
+    sender = _sender("Page bad", PHONE_NUMBER_ID)
+    login_as(Role.ADMIN)
+    url = f"/senders/{sender.id}/messaging-limit"
+    answer = client.post(url, data={"messaging_limit": bad}, headers=HTMX)
+    assert answer.status_code == 422
+    panel = answer.get_data(as_text=True)
+    assert 'id="messaging_limit-error"' in panel and 'aria-invalid="true"' in panel
+    assert "whole number from 0" in panel
+    plain = client.post(url, data={"messaging_limit": bad})
+    assert plain.status_code == 422 and "whole number from 0" in plain.get_data(as_text=True)
+    assert _fresh(sender.id).messaging_limit_overridden is False
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.SUPERVISOR])
+def test_only_an_admin_overrides_on_the_page(client, login_as, role):
+    sender = _sender("Page guarded", PHONE_NUMBER_ID)
+    login_as(role)
+    answer = client.post(f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "5"})
+    assert answer.status_code in (302, 403)
+    assert _fresh(sender.id).messaging_limit_overridden is False
+
+
+def test_the_override_form_speaks_portuguese(client, login_as):
+    sender = _sender("Página", PHONE_NUMBER_ID)
+    user = login_as(Role.ADMIN)
+    user.locale = "pt_BR"
+    db.session.commit()
+    page = client.get(f"/senders/{sender.id}", headers={"Accept-Language": "pt-BR"})
+    text = page.get_data(as_text=True)
+    assert "Definir o limite" in text
+    bad = client.post(
+        f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "x"}, headers=HTMX
+    )
+    assert "número inteiro" in bad.get_data(as_text=True)

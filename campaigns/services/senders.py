@@ -136,6 +136,30 @@ def override_messaging_limit(sender_id: int, limit: int | None) -> Sender:
     return sender
 
 
+def clear_messaging_limit_override(sender_id: int) -> Sender:
+    """End an admin's override of the sender's portfolio: Meta's last report applies again
+    (unknown until Meta is read, if it never was); audited as a settings.change for each
+    sender that had it."""
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    for member, before in account_health.clear_override(db.session, sender):
+        audit.record(
+            db.session,
+            "settings.change",
+            target_type="sender",
+            target_id=member.id,
+            target_label=member.name,
+            details={
+                "messaging_limit": audit.change(before, member.messaging_limit),
+                "messaging_limit_overridden": audit.change(True, False),
+                "business_id": member.business_id,
+            },
+        )
+    db.session.commit()
+    return sender
+
+
 # What a sender's pace is made of: a change to them is recorded as settings.change.
 PACE_SETTINGS = ("rate_limit_per_minute", "min_interval_ms")
 # Written to the trail only as "replaced", never as values.

@@ -12,6 +12,17 @@ reports a value different from its previous report, which is kept apart
 (``messaging_limit_reported``) for that comparison. Quality and throughput belong to
 the phone number, so they apply to the reporting sender only.
 
+The override holds against the *portfolio's* previous report (the last one applied to
+any member), so a member never read before does not lose it on its first read; a first
+report ever for the portfolio is no change either (the admin's value holds over it).
+
+Meta's webhooks arrive late, out of order or again: each report carries the time of its
+event (a webhook's ``entry[].time``, a Graph API read's own time, both in whole seconds)
+and each fact keeps the time of the report that set it (``quality_rating_at``,
+``throughput_at``, ``messaging_limit_at``, the last the portfolio's): an older report
+does not overwrite it. The ``business_capability_update`` webhook brings the portfolio's
+messaging limit alone (:func:`from_capability`).
+
 A quality drop to YELLOW or RED tells the owners of the sender's unfinished campaigns,
 or the admins when there are none (``notifications.record_quality_drop``).
 """
@@ -22,7 +33,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -44,6 +55,8 @@ _TIER = re.compile(r"TIER_(\d{1,9})(K?)")
 QUALITY_EVENTS = {"FLAGGED": "RED", "UNFLAGGED": "GREEN"}
 # ...and the one that says Meta raised the number's throughput (to 1,000 msg/s).
 THROUGHPUT_UP = "THROUGHPUT_UPGRADE"
+# The business_capability_update webhook's limit, newest name first.
+CAPABILITY_LIMITS = ("max_daily_conversations_per_business", "max_daily_conversation_per_phone")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class AccountReport:
     messaging_limit_tier: str | None = None  # normalised: TIER_2K, TIER_UNLIMITED…
     throughput_per_second: int | None = None
     display_phone_number: str | None = None
+    at: datetime | None = None  # when Meta said it (whole seconds); None: now
 
     def __bool__(self) -> bool:
         return any(
@@ -140,12 +154,42 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
     )
 
 
+def limit(value: Any) -> str | None:
+    """A messaging limit as ``business_capability_update`` gives it, normalised: a tier
+    (``TIER_2K``), or a number of users a day (2000, or "2000"; -1 is unlimited)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        return tier(value)
+    if value == -1:
+        return UNLIMITED
+    if not 0 < value < 10**9:
+        return None
+    return f"TIER_{value // 1000}K" if value % 1000 == 0 else f"TIER_{value}"
+
+
+def from_capability(value: dict[str, Any]) -> AccountReport:
+    """The report in a ``business_capability_update`` value: the portfolio's limit from
+    ``max_daily_conversations_per_business`` (v24+), else the older
+    ``max_daily_conversation_per_phone``."""
+    found = None
+    for key in CAPABILITY_LIMITS:
+        if (found := limit(value.get(key))) is not None:
+            break
+    return AccountReport(messaging_limit_tier=found)
+
+
 def portfolio(session: AnySession, sender: Sender) -> list[Sender]:
     """The senders sharing this one's business portfolio (itself alone without one),
     locked in id order so concurrent reports apply one after the other. FOR NO KEY
     UPDATE, as campaign_states.lock does: rows referencing a sender (campaigns,
     templates) can still be inserted meanwhile."""
-    query = sa.select(Sender).order_by(Sender.id).with_for_update(key_share=True)
+    query = (
+        sa.select(Sender)
+        .order_by(Sender.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)  # the times as of the lock, not before
+    )
     if sender.business_id:
         query = query.where(Sender.business_id == sender.business_id)
     else:
@@ -153,30 +197,98 @@ def portfolio(session: AnySession, sender: Sender) -> list[Sender]:
     return list(session.scalars(query))
 
 
-def apply_report(session: AnySession, sender: Sender, report: AccountReport) -> None:
-    """Apply what Meta said about ``sender`` (the caller commits)."""
+def whole_seconds(moment: datetime) -> datetime:
+    """A time as Meta's webhooks give theirs: a read at 12:00:00.5 is not newer than a
+    webhook of 12:00:00, which may have been sent later in that second."""
+    return moment.replace(microsecond=0)
+
+
+def _newer(at: datetime, applied: datetime | None) -> bool:
+    """Is a report of ``at`` as new as the one applied (same second: the later arrival
+    wins, as Meta gives no finer order)?"""
+    return applied is None or at >= applied
+
+
+def apply_report(session: AnySession, sender: Sender, report: AccountReport) -> bool:
+    """Apply what Meta said about ``sender`` (the caller commits); False if every part of
+    it was older than what was already applied (a late or replayed webhook)."""
     now = datetime.now(UTC)
+    at = report.at or whole_seconds(now)
+    applied = stale = False
     if report.messaging_limit_tier is not None:
-        for member in portfolio(session, sender):
-            if member.messaging_limit_reported != report.messaging_limit_tier:
-                # Meta changed its mind: its new value replaces any override.
-                member.messaging_limit_reported = report.messaging_limit_tier
-                member.messaging_limit = tier_limit(report.messaging_limit_tier)
-                member.messaging_limit_overridden = False
-            elif not member.messaging_limit_overridden:
-                member.messaging_limit = tier_limit(report.messaging_limit_tier)
-            member.account_read_at = now
+        if _apply_limit(portfolio(session, sender), report.messaging_limit_tier, at, now):
+            applied = True
+        else:
+            stale = True
+    if report.quality_rating is not None or report.throughput_per_second is not None:
+        # Locked, and read again as locked, like the portfolio: two reports about the
+        # number apply one after the other, each against the other's time.
+        session.execute(
+            sa.select(Sender)
+            .where(Sender.id == sender.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
     if report.quality_rating is not None:
-        before = sender.quality_rating
-        sender.quality_rating = report.quality_rating
-        if _QUALITY_RANK[report.quality_rating] > _QUALITY_RANK.get(before or "GREEN", 0):
-            notifications.record_quality_drop(session, sender, before)
+        if _newer(at, sender.quality_rating_at):
+            before = sender.quality_rating
+            sender.quality_rating = report.quality_rating
+            sender.quality_rating_at = at
+            applied = True
+            if _QUALITY_RANK[report.quality_rating] > _QUALITY_RANK.get(before or "GREEN", 0):
+                notifications.record_quality_drop(session, sender, before)
+        else:
+            stale = True
     if report.throughput_per_second is not None:
-        sender.throughput_per_second = report.throughput_per_second
+        if _newer(at, sender.throughput_at):
+            sender.throughput_per_second = report.throughput_per_second
+            sender.throughput_at = at
+            applied = True
+        else:
+            stale = True
     if report.display_phone_number and not sender.display_phone_number:
         sender.display_phone_number = report.display_phone_number[:32]
-    if report:
+    if applied:
         sender.account_read_at = now
+    if stale:
+        logger.info(
+            "sender %s: parts of an account report of %s older than those applied: ignored",
+            sender.id,
+            at.isoformat(),
+        )
+    return applied or not stale
+
+
+def _last_report(members: list[Sender]) -> Sender | None:
+    """The member holding the portfolio's latest limit report (reports apply to every
+    member at once, so a member never read, or added since, holds none)."""
+    reported = [m for m in members if m.messaging_limit_reported is not None]
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return max(reported, key=lambda m: m.messaging_limit_at or oldest, default=None)
+
+
+def _apply_limit(members: list[Sender], reported: str, at: datetime, now: datetime) -> bool:
+    """Meta's limit for the portfolio ``members`` (locked); False if older than the one
+    applied. The override holds unless this differs from the portfolio's previous report."""
+    times = [m.messaging_limit_at for m in members if m.messaging_limit_at is not None]
+    if times and at < max(times):
+        return False
+    last = _last_report(members)
+    previous = last.messaging_limit_reported if last is not None else None
+    override = next((m for m in members if m.messaging_limit_overridden), None)
+    # Meta changed its mind: its new value replaces any override.
+    keep_override = override is not None and (previous is None or previous == reported)
+    for member in members:
+        member.messaging_limit_reported = reported
+        member.messaging_limit_at = at
+        member.account_read_at = now
+        if keep_override:
+            member.messaging_limit = cast(Sender, override).messaging_limit
+            member.messaging_limit_overridden = True
+        else:
+            member.messaging_limit = tier_limit(reported)
+            member.messaging_limit_overridden = False
+    return True
 
 
 def override_messaging_limit(session: AnySession, sender: Sender, limit: int | None) -> list[int]:
@@ -189,4 +301,22 @@ def override_messaging_limit(session: AnySession, sender: Sender, limit: int | N
             changed.append(member.id)
         member.messaging_limit = limit
         member.messaging_limit_overridden = True
+    return changed
+
+
+def clear_override(session: AnySession, sender: Sender) -> list[tuple[Sender, int | None]]:
+    """End the override of the sender's portfolio: every member back to Meta's last
+    report (unknown if Meta never reported one). The members changed, each with its
+    limit before (the caller audits and commits)."""
+    members = portfolio(session, sender)
+    last = _last_report(members)
+    reported = last.messaging_limit_reported if last is not None else None
+    meta = tier_limit(reported) if reported is not None else None
+    changed = []
+    for member in members:
+        if not member.messaging_limit_overridden:
+            continue
+        changed.append((member, member.messaging_limit))
+        member.messaging_limit = meta
+        member.messaging_limit_overridden = False
     return changed

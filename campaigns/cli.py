@@ -117,6 +117,9 @@ def _describe(report: personal_data.ErasureReport) -> str:
                 "call": n(report.in_call),
             },
             "  " + _("opt-out: %(answer)s") % {"answer": opt_out},
+            "  "
+            + _("undeliverable numbers: %(answer)s")
+            % {"answer": _("yes, to be deleted") if report.undeliverable else _("no")},
             "  " + _("test sends in campaign activity: %(n)s") % {"n": n(report.activity)},
         ]
     )

@@ -238,6 +238,11 @@ class Sender(Model):
     )
     throughput_per_second: Mapped[int | None]
     account_read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the event that set each fact happened (a webhook's time, a read's): an older
+    # one arriving late is ignored (migration 0021). The limit's is the portfolio's.
+    quality_rating_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    throughput_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    messaging_limit_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # WhatsApp's throughput error (130429) slows the sender (campaigns/slowdown.py): the
     # share of its rate as of the last such error, the last step down, the last error.
     slowdown_factor: Mapped[float] = mapped_column(sa.Float, default=1.0, server_default="1")
@@ -306,6 +311,11 @@ class MessageTemplate(Model):
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
     )
     submitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The time of the webhook that last set the status, quality and category: an older
+    # one arriving late is ignored (template_webhooks.py, migration 0021).
+    status_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    quality_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    category_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     sender: Mapped[Sender] = relationship()
 

@@ -391,7 +391,8 @@ def _fail(message: message_states.Claimed, error: providers.SendError) -> None:
     if error.code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, error.message, "provider")
     if error.code in UNDELIVERABLE_CODES:
-        undeliverable.remember(db.session, message.phone)
+        # From the row: the recipient's data may have been erased during the call.
+        undeliverable.remember_message(db.session, message.id)
 
 
 def campaign_of(message_ids: Sequence[int]) -> int | None:

@@ -22,6 +22,12 @@ approved again resumes nothing: the operator does. A drop to RED warns the
 template's creator. The periodic sync stays the fallback for a review's outcome
 never received (it asks about pending templates only: a lost PAUSED is not caught).
 
+Meta retries a webhook for days and does not keep their order: each change is applied
+as of its entry's ``time`` (the time of arrival if it has none), and each template keeps
+the time of the change that last set its status, quality and category
+(``status_event_at``…); an older change about the same thing is ignored (counted
+``templates_stale``), so a replayed APPROVED cannot undo a later PAUSED.
+
 Parsing is as tolerant as ``webhooks.py``'s: a part of the wrong shape is skipped
 with the request's warning, a template Disparo does not have is logged and ignored.
 """
@@ -31,12 +37,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, notifications, reasons
+from campaigns import campaign_states, clock, notifications, reasons
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -54,6 +61,12 @@ STATUS_FIELD = "message_template_status_update"
 QUALITY_FIELD = "message_template_quality_update"
 CATEGORY_FIELD = "template_category_update"
 FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
+# Where each field's applied time is kept: an older change of that field is ignored.
+EVENT_TIMES = {
+    STATUS_FIELD: "status_event_at",
+    QUALITY_FIELD: "quality_event_at",
+    CATEGORY_FIELD: "category_event_at",
+}
 # Meta's events Disparo records; others (IN_APPEAL, PENDING_DELETION, FLAGGED…) are logged.
 STATUS_EVENTS = {
     "APPROVED": TemplateStatus.APPROVED,
@@ -94,11 +107,15 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
     """Apply every template change of a webhook (the caller commits, then calls
     :func:`stop_campaigns` with the stops). Parts ``webhooks.py`` already reports as
     malformed (the body, ``entry``, ``changes``) are passed over silently here."""
-    summary = {"templates_applied": 0, "templates_unknown": 0}
+    summary = {"templates_applied": 0, "templates_unknown": 0, "templates_stale": 0}
     stops: list[Stop] = []
     entries = payload.get("entry") if isinstance(payload, dict) else None
+    arrived: datetime | None = None
     for e, entry in enumerate(entries if isinstance(entries, list) else []):
         changes = entry.get("changes") if isinstance(entry, dict) else None
+        at, time_ok = clock.entry_time(entry) if isinstance(entry, dict) else (None, False)
+        if not time_ok:
+            continue  # webhooks.py reports a time that is not one
         for c, change in enumerate(changes if isinstance(changes, list) else []):
             field = change.get("field") if isinstance(change, dict) else None
             if not isinstance(field, str) or field not in FIELDS:
@@ -109,7 +126,11 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
                 skipped(f"{where}.value", "is not an object")
                 continue
             waba_id = identifier(entry.get("id"), MAX_ID, number=True)
-            outcome = _apply_change(field, value, waba_id, signed, stops, where, skipped)
+            if at is None:
+                arrived = arrived or clock.database_now(db.session).replace(microsecond=0)
+            when = at or arrived
+            assert when is not None
+            outcome = _apply_change(field, value, waba_id, signed, stops, where, skipped, when)
             if outcome:
                 summary[outcome] += 1
     return summary, stops
@@ -158,8 +179,8 @@ def _templates(
 def _update(
     field: str, value: Mapping[str, Any], stops: list[Stop], where: str, skipped: Skipper
 ) -> Callable[[MessageTemplate], None] | None:
-    """What the change does to each template it is about; None if there is nothing to do
-    (skipped, or an event Disparo does not record)."""
+    """What the change does to each template it is about (the time check aside); None if
+    there is nothing to do (skipped, or an event Disparo does not record)."""
     if field == STATUS_FIELD:
         event = identifier(value.get("event"), MAX_REASON)
         if event is None:
@@ -195,6 +216,7 @@ def _apply_change(
     stops: list[Stop],
     where: str,
     skipped: Skipper,
+    at: datetime,
 ) -> str | None:
     update = _update(field, value, stops, where, skipped)
     if update is None:
@@ -212,9 +234,28 @@ def _apply_change(
             identifier(value.get("message_template_language"), MAX_LANGUAGE),
         )
         return "templates_unknown"
+    column = EVENT_TIMES[field]
+    fresh = [t for t in templates if _newer(at, getattr(t, column))]
     for template in templates:
+        if template not in fresh:
+            logger.info(
+                "template webhook %s (%s) of %s about template %s: older than the one"
+                " applied (%s), ignored",
+                where,
+                field,
+                at.isoformat(),
+                template.id,
+                getattr(template, column).isoformat(),
+            )
+            continue
         update(template)
-    return "templates_applied"
+        setattr(template, column, at)
+    return "templates_applied" if fresh else "templates_stale"
+
+
+def _newer(at: datetime, applied: datetime | None) -> bool:
+    """As new as what was applied (the same second: the later arrival wins)."""
+    return applied is None or at >= applied
 
 
 def set_quality(template: MessageTemplate, quality: str) -> None:

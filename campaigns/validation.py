@@ -358,6 +358,22 @@ def parse_messaging_limit(data: Mapping[str, Any]) -> int | None:
     return raw
 
 
+_WHOLE_NUMBER = re.compile(r"\d+|\d{1,3}(?:([.,])\d{3})(?:\1\d{3})*")
+
+
+def parse_messaging_limit_form(form: Mapping[str, Any]) -> int | None:
+    """The sender page's messaging limit: "unlimited" ticked (None), or a whole number of
+    users a day from 0, typed with or without thousands separators (2000, 2,000, 2.000)."""
+    if form.get("unlimited"):
+        return None
+    raw = str(form.get("messaging_limit") or "").strip().replace(" ", "")
+    if _WHOLE_NUMBER.fullmatch(raw) and int(re.sub(r"\D", "", raw)) <= BIGINT_MAX:
+        return int(re.sub(r"\D", "", raw))
+    raise Invalid(
+        {"messaging_limit": _("Enter the users a day as a whole number from 0, or tick Unlimited.")}
+    )
+
+
 @dataclass(frozen=True)
 class UserLimits:
     campaign_rate_limit_per_minute: int | None

@@ -14,6 +14,11 @@ messages: one sender's secret cannot touch another's campaigns.
 Template changes (``message_template_status_update``, ``…_quality_update``,
 ``template_category_update``) arrive on the WABA object without a phone number id:
 ``template_webhooks.py`` applies them, under the same signatures and parsing rules.
+What Meta says about a number's account (``phone_number_quality_update``,
+``account_update``: the number by its display digits) and about the business
+portfolio (``business_capability_update``: the senders of the entry's WABA id) goes
+to ``account_health.py``, as of the entry's ``time``: an older report than the one
+applied (a late or replayed webhook) changes nothing.
 
 Parsing is total: a signed body that is not JSON, or any part of the wrong shape
 or type, is skipped with a warning saying where and what was wrong, and the
@@ -27,7 +32,7 @@ import hmac
 import json
 import logging
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
@@ -37,6 +42,7 @@ from app import db
 from campaigns import (
     account_health,
     campaign_states,
+    clock,
     counters,
     encryption,
     message_states,
@@ -62,6 +68,9 @@ HANDLED_FIELDS = frozenset({"messages", "user_preferences"})
 # What Meta says about a number's account (campaigns/account_health.py): these name the
 # number by its display number (value.display_phone_number, or value.phone_number).
 ACCOUNT_FIELDS = frozenset({"phone_number_quality_update", "account_update"})
+# The business portfolio's capabilities (its messaging limit), on the WABA: the senders
+# with the entry's WABA id.
+CAPABILITY_FIELD = "business_capability_update"
 MAX_DISPLAY_DIGITS = 20  # E.164 has at most 15
 MAX_CHALLENGE_DIGITS = 64  # Meta's hub.challenge is an integer of about ten digits
 MAX_PHONE_NUMBER_ID = 64  # senders.phone_number_id's width
@@ -219,6 +228,7 @@ class _Change:
     value: Mapping[str, Any]
     sender_ids: tuple[int, ...]
     field: str = "messages"
+    at: datetime | None = None  # the entry's time: when Meta says the change happened
 
 
 def _changes(payload: Any, signed: Signers, skipped: _Skipped) -> Iterator[_Change]:
@@ -232,14 +242,27 @@ def _changes(payload: Any, signed: Signers, skipped: _Skipped) -> Iterator[_Chan
         if not isinstance(entry, dict):
             skipped(where, "is not an object")
             continue
+        at, time_ok = clock.entry_time(entry)
+        if not time_ok:
+            # Statuses carry their own times; what needs the entry's is skipped below.
+            skipped(f"{where}.time", "is not a Unix time")
         for c, change in enumerate(_items(entry, "changes", where, skipped, required=True)):
-            found = _change(change, f"{where}.changes[{c}]", signed, senders_of, skipped)
-            if found is not None:
+            found = _change(change, f"{where}.changes[{c}]", signed, senders_of, skipped, entry)
+            if found is None:
+                continue
+            if found.field in HANDLED_FIELDS:
                 yield found
+            elif time_ok:
+                yield replace(found, at=at)
 
 
 def _change(
-    change: Any, where: str, signed: Signers, senders_of: dict[str, list[int]], skipped: _Skipped
+    change: Any,
+    where: str,
+    signed: Signers,
+    senders_of: dict[str, list[int]],
+    skipped: _Skipped,
+    entry: Mapping[str, Any],
 ) -> _Change | None:
     if not isinstance(change, dict):
         skipped(where, "is not an object")
@@ -248,12 +271,18 @@ def _change(
         skipped(f"{where}.field", "is not text")
         return None
     field_name = change["field"]
-    if field_name not in HANDLED_FIELDS and field_name not in ACCOUNT_FIELDS:
+    if (
+        field_name not in HANDLED_FIELDS
+        and field_name not in ACCOUNT_FIELDS
+        and field_name != CAPABILITY_FIELD
+    ):
         return None  # templates' changes: template_webhooks.py; the rest not Disparo's to apply
     value = change.get("value")
     if not isinstance(value, dict):
         skipped(f"{where}.value", "is not an object")
         return None
+    if field_name == CAPABILITY_FIELD:
+        return _capability_change(entry, value, where, signed, senders_of, skipped)
     metadata = value.get("metadata")
     number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     if field_name in ACCOUNT_FIELDS and number_id is None:
@@ -288,6 +317,25 @@ def _account_change(
     return _signed_change(named, f"+{digits}", query, change, signed, senders_of, skipped)
 
 
+def _capability_change(
+    entry: Mapping[str, Any],
+    value: Mapping[str, Any],
+    where: str,
+    signed: Signers,
+    senders_of: dict[str, list[int]],
+    skipped: _Skipped,
+) -> _Change | None:
+    """A business portfolio's capability update, for the senders of the entry's WABA."""
+    waba_id = identifier(entry.get("id"), MAX_PHONE_NUMBER_ID, number=True)
+    if waba_id is None:
+        skipped(f"{where.rsplit('.', 1)[0]}.id", "is not a WhatsApp Business Account id")
+        return None
+    query = sa.select(Sender.id).where(Sender.waba_id == waba_id).order_by(Sender.id)
+    named, change = f"WABA id {waba_id}", (where, value, CAPABILITY_FIELD)
+    # Cached as "waba:<id>": apart from the phone number ids and display numbers.
+    return _signed_change(named, f"waba:{waba_id}", query, change, signed, senders_of, skipped)
+
+
 def _signed_change(
     named: str,
     cache_key: str,
@@ -320,15 +368,16 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     it. Returns what happened, for the log and the answer: ``skipped`` counts the
     parts of the wrong shape or not signed by their sender.
     """
-    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0}
+    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0, "stale": 0}
     skipped = _Skipped()
     failed_campaigns: dict[int, tuple[int | None, str]] = {}
     applied_at: list[datetime] = []  # WhatsApp's time of each status applied (its lag)
     for change in _changes(payload, signed, skipped):
         value = change.value
         at = f"{change.where}.value"
-        if change.field in ACCOUNT_FIELDS:
-            summary["applied"] += _apply_account(value, change.sender_ids, at, skipped)
+        if change.field in ACCOUNT_FIELDS or change.field == CAPABILITY_FIELD:
+            if outcome := _apply_account(change, at, skipped):
+                summary[outcome] += 1
             continue
         for s, status in enumerate(_items(value, "statuses", at, skipped)):
             where = f"{at}.statuses[{s}]"
@@ -457,7 +506,8 @@ def _apply_status(
     if failed and code in OPT_OUT_CODES:
         suppress_quietly(db.session, message.phone, text or "", "provider")
     if failed and code in UNDELIVERABLE_CODES:  # WhatsApp often says so only here, later
-        undeliverable.remember(db.session, message.phone)
+        # From the row, not the message read above: an erasure may have committed since.
+        undeliverable.remember_message(db.session, message.id)
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
@@ -472,22 +522,36 @@ _ACCOUNT_PARTS = {
 }
 
 
-def _apply_account(
-    value: Mapping[str, Any], sender_ids: tuple[int, ...], where: str, skipped: _Skipped
-) -> int:
-    """Apply a quality or account update to its senders; 1 if it said anything usable."""
-    for key, read in _ACCOUNT_PARTS.items():
+_CAPABILITY_PARTS = dict.fromkeys(account_health.CAPABILITY_LIMITS, account_health.limit)
+
+
+def _apply_account(change: _Change, where: str, skipped: _Skipped) -> str | None:
+    """Apply a quality, account or capability update to its senders (a limit to their
+    portfolios): "applied", "stale" if older than what they hold, None if it said
+    nothing usable."""
+    value = change.value
+    if change.field == CAPABILITY_FIELD:
+        parts: Mapping[str, Any] = _CAPABILITY_PARTS
+        report = account_health.from_capability(dict(value))
+    else:
+        parts = _ACCOUNT_PARTS
+        report = account_health.from_webhook(dict(value))
+    for key, read in parts.items():
         if value.get(key) is not None and read(value[key]) is None:
             skipped(f"{where}.{key}", "is not a value Meta gives")
-    report = account_health.from_webhook(dict(value))
     if not report:
-        return 0  # an account event about something else (a ban review, a verification)
-    for sender_id in sender_ids:
+        return None  # an account event about something else (a ban review, a verification)
+    # A time ahead of ours is taken as now: the periodic reads are "now" reads, and a
+    # report stamped in the future would hold them off until then.
+    now = account_health.whole_seconds(clock.database_now(db.session))
+    report = replace(report, at=min(change.at, now) if change.at else now)
+    fresh = False
+    for sender_id in change.sender_ids:
         sender = db.session.get(Sender, sender_id)
         if sender is not None:
-            account_health.apply_report(db.session, sender, report)
-    logger.info("senders %s: account report %s", list(sender_ids), report)
-    return 1
+            fresh = account_health.apply_report(db.session, sender, report) or fresh
+    logger.info("senders %s: %s report %s", list(change.sender_ids), change.field, report)
+    return "applied" if fresh else "stale"
 
 
 def _stop_kind(code: int | None) -> ErrorKind | None:

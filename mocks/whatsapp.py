@@ -76,8 +76,11 @@ GREEN, else UPGRADE/DOWNGRADE for a limit change; ``current_limit`` and
 ``max_daily_conversations_per_business``) or an ``account_update``
 (``max_daily_conversations_per_business``), naming the number by its display number
 under the WABA id as Meta does. Meta's quality webhook says YELLOW by no event of its
-own, so the mock adds ``quality_rating`` to both. The answer says whether the post was
-acknowledged (``{"posted": true, "status": 200, "state": {…}}``).
+own, so the mock adds ``quality_rating`` to both. ``POST …/<phone_number_id>/capability``
+with ``{"messaging_limit": "TIER_10K"}`` posts a ``business_capability_update`` on the
+number's WABA (``max_daily_conversations_per_business``; with ``"legacy": true`` the
+older ``max_daily_conversation_per_phone``, users a day, -1 for unlimited). The answer
+says whether the post was acknowledged (``{"posted": true, "status": 200, "state": {…}}``).
 """
 
 from __future__ import annotations
@@ -817,6 +820,17 @@ MOCK_TIERS = (
 )
 MOCK_THROUGHPUTS = ("STANDARD", "HIGH", "NOT_APPLICABLE")
 _TIER_ORDER = {tier: i for i, tier in enumerate(MOCK_TIERS)}
+CAPABILITY_FIELD = "business_capability_update"
+# The older capability field's users a day for each tier (-1: unlimited).
+_LEGACY_LIMITS = {
+    "TIER_50": 50,
+    "TIER_250": 250,
+    "TIER_1K": 1000,
+    "TIER_2K": 2000,
+    "TIER_10K": 10_000,
+    "TIER_100K": 100_000,
+    "TIER_UNLIMITED": -1,
+}
 
 
 def _number_state(phone_number_id: str) -> dict[str, str]:
@@ -919,14 +933,24 @@ def _account_webhook(field: str, phone_number_id: str) -> tuple[Response, int]:
         elif limit:
             grew = _TIER_ORDER[tier] >= _TIER_ORDER[before["messaging_limit_tier"]]
             event = "UPGRADE" if grew else "DOWNGRADE"
-    value: dict[str, Any] = {
-        ("display_phone_number" if field == "phone_number_quality_update" else "phone_number"): (
-            digits
-        ),
-        "event": event or ("ACCOUNT_UPDATE" if field == "account_update" else "ONBOARDING"),
-        "quality_rating": state["quality_rating"],
-        "max_daily_conversations_per_business": tier,
-    }
+    value: dict[str, Any]
+    if field == CAPABILITY_FIELD:
+        # On the WABA, no number; v24+ names the limit as a tier, older versions as
+        # users a day per phone (-1: unlimited).
+        if payload.get("legacy") is True:
+            value = {"max_daily_conversation_per_phone": _LEGACY_LIMITS[tier]}
+        else:
+            value = {"max_daily_conversations_per_business": tier}
+        value["max_phone_numbers_per_business"] = 2
+    else:
+        value = {
+            (
+                "display_phone_number" if field == "phone_number_quality_update" else "phone_number"
+            ): digits,
+            "event": event or ("ACCOUNT_UPDATE" if field == "account_update" else "ONBOARDING"),
+            "quality_rating": state["quality_rating"],
+            "max_daily_conversations_per_business": tier,
+        }
     if field == "phone_number_quality_update":
         value["current_limit"] = tier
     body = {
@@ -960,6 +984,13 @@ def quality_update(phone_number_id: str) -> tuple[Response, int]:
     """Change the number's quality (and limit or throughput) and post Meta's
     ``phone_number_quality_update`` webhook about it."""
     return _account_webhook("phone_number_quality_update", phone_number_id)
+
+
+@bp.post("/<phone_number_id>/capability")
+def capability_update(phone_number_id: str) -> tuple[Response, int]:
+    """Change the number's portfolio's limit and post Meta's ``business_capability_update``
+    webhook about it (on the number's WABA; ``"legacy": true`` for the older field)."""
+    return _account_webhook(CAPABILITY_FIELD, phone_number_id)
 
 
 @bp.post("/<phone_number_id>/account")

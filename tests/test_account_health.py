@@ -5,6 +5,7 @@ the portfolio's messaging limit that holds until Meta reports something new."""
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import Any, cast
 
@@ -16,10 +17,12 @@ from procrastinate import JobContext
 
 from app import db
 from campaigns import account_health
+from campaigns.clock import database_now
 from campaigns.models import AuditEvent, Notification, Provider, Role, Sender
 from campaigns.providers import ProviderError
 from campaigns.services.senders import refresh_account
 from jobs import tasks
+from mocks.provider import MockProvider
 from tests.helpers import post_webhook
 
 PHONE_NUMBER_ID = "100000000000901"
@@ -438,3 +441,326 @@ def test_the_sender_pages_show_the_account(client, login_as):
     assert "2,000 a day" in page and "80 messages a second" in page and "777" in page
     listing = client.get("/senders/").get_data(as_text=True)
     assert "badge-quality-yellow" in listing and "2,000 a day" in listing
+
+
+# -- the portfolio's previous report, event times, the capability webhook (issue 17)
+
+
+def _ago(seconds: int) -> int:
+    """A webhook's entry time, ``seconds`` before the database's now."""
+    return int(database_now(db.session).timestamp()) - seconds
+
+
+def _timed(body: dict[str, Any], at: int) -> dict[str, Any]:
+    body["entry"][0]["time"] = at
+    return body
+
+
+def _capability(value: dict[str, Any], at: int | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": "200000000000901",
+        "changes": [{"field": "business_capability_update", "value": value}],
+    }
+    if at is not None:
+        entry["time"] = at
+    return {"object": "whatsapp_business_account", "entry": [entry]}
+
+
+def test_a_member_never_read_keeps_the_portfolios_override_on_its_first_read(
+    mock_app, client, token_for
+):
+    read = _sender("Read", PHONE_NUMBER_ID, business_id="800")
+    refresh_account(read.id)  # Meta: unlimited, for the portfolio
+    new = _sender("Never read", "100000000000911", business_id="800")
+    answer = client.patch(
+        f"/api/v1/senders/{read.id}", json={"messaging_limit": 1500}, headers=token_for(Role.ADMIN)
+    )
+    assert answer.status_code == 200
+    assert _fresh(new.id).messaging_limit == 1500 and _fresh(new.id).messaging_limit_overridden
+
+    refresh_account(new.id)  # its first read: Meta still says unlimited
+    for sender_id in (read.id, new.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (1500, True)
+        assert fresh.messaging_limit_reported == "TIER_UNLIMITED"
+
+
+def test_an_override_before_any_report_holds_over_the_first_one(mock_app, client, token_for):
+    sender = _sender("Early", PHONE_NUMBER_ID, business_id="810")
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}", json={"messaging_limit": 900}, headers=token_for(Role.ADMIN)
+    )
+    assert answer.status_code == 200
+    refresh_account(sender.id)  # nothing to compare with: no change from Meta
+    assert (_fresh(sender.id).messaging_limit, _fresh(sender.id).messaging_limit_overridden) == (
+        900,
+        True,
+    )
+
+
+def test_a_late_quality_or_account_webhook_does_not_undo_a_newer_one(client, app):
+    one = _sender("Late", PHONE_NUMBER_ID, business_id="820")
+    two = _sender("Late too", "100000000000912", business_id="820")
+    flagged = _quality_webhook(
+        "5511900000901", event="FLAGGED", max_daily_conversations_per_business="TIER_10K"
+    )
+    assert post_webhook(client, _timed(flagged, _ago(60)), APP_SECRET).json["applied"] == 1
+    # Sent two minutes ago, delivered now: older than what was applied.
+    unflagged = _quality_webhook(
+        "5511900000901", event="UNFLAGGED", max_daily_conversations_per_business="TIER_250"
+    )
+    late = post_webhook(client, _timed(unflagged, _ago(120)), APP_SECRET)
+    assert (late.json["applied"], late.json["stale"]) == (0, 1)
+    assert (_fresh(one.id).quality_rating, _fresh(one.id).messaging_limit) == ("RED", 10_000)
+    # The portfolio's limit is as new as the portfolio's last report, whichever number.
+    account = _quality_webhook("x")
+    account["entry"][0]["changes"][0] = {
+        "field": "account_update",
+        "value": {
+            "phone_number": "5511900000912",
+            "max_daily_conversations_per_business": "TIER_2K",
+        },
+    }
+    assert post_webhook(client, _timed(account, _ago(90)), APP_SECRET).json["stale"] == 1
+    assert _fresh(two.id).messaging_limit == 10_000
+    # A newer one applies, and a replay of it changes nothing more.
+    newer = _timed(_quality_webhook("5511900000901", event="UNFLAGGED"), _ago(10))
+    assert post_webhook(client, newer, APP_SECRET).json["applied"] == 1
+    assert _fresh(one.id).quality_rating == "GREEN"
+    # Replayed: its quality is older than the one applied since (its limit, as old as
+    # the limit applied, says the same again).
+    assert post_webhook(client, flagged, APP_SECRET).status_code == 200
+    assert (_fresh(one.id).quality_rating, _fresh(one.id).messaging_limit) == ("GREEN", 10_000)
+
+
+def test_a_graph_read_is_a_now_read_a_webhook_older_than_it_is_ignored(mock_app, client):
+    sender = _sender("Read now", PHONE_NUMBER_ID)
+    refresh_account(sender.id)  # GREEN, unlimited, at the database's now
+    read_at = _fresh(sender.id).quality_rating_at
+    assert read_at is not None and read_at.microsecond == 0
+    older = _quality_webhook("5511900000901", event="FLAGGED", current_limit="TIER_250")
+    assert post_webhook(client, _timed(older, _ago(30)), APP_SECRET).json["stale"] == 1
+    assert (_fresh(sender.id).quality_rating, _fresh(sender.id).messaging_limit) == ("GREEN", None)
+    # One stamped ahead of our clock is taken as now: it cannot hold the reads off.
+    ahead = _quality_webhook("5511900000901", event="FLAGGED")
+    assert post_webhook(client, _timed(ahead, _ago(-3600)), APP_SECRET).json["applied"] == 1
+    assert _fresh(sender.id).quality_rating_at <= database_now(db.session)
+    db.session.rollback()
+
+
+def test_an_account_webhook_whose_time_is_not_one_is_skipped(client, app):
+    sender = _sender("Bad time", PHONE_NUMBER_ID)
+    body = _timed(_quality_webhook("5511900000901", event="FLAGGED"), "soon")  # type: ignore[arg-type]
+    answer = post_webhook(client, body, APP_SECRET)
+    assert answer.status_code == 200 and answer.json["skipped"] == 1
+    assert _fresh(sender.id).quality_rating is None
+
+
+def test_an_account_read_holds_no_transaction_during_the_call(mock_app, monkeypatch):
+    sender = _sender("No snapshot", PHONE_NUMBER_ID)
+    real = MockProvider.account_status
+    seen: list[bool] = []
+
+    def watched(self):
+        seen.append(db.session().in_transaction())
+        return real(self)
+
+    monkeypatch.setattr(MockProvider, "account_status", watched)
+    assert refresh_account(sender.id) is True
+    assert seen == [False]
+    assert _fresh(sender.id).quality_rating == "GREEN"
+
+
+@pytest.mark.parametrize("change", ["delete", "reconnect"])
+def test_an_account_read_of_a_sender_changed_during_the_call_applies_nothing(
+    mock_app, monkeypatch, change
+):
+    sender = _sender("Moving", PHONE_NUMBER_ID)
+    real = MockProvider.account_status
+
+    def changed_meanwhile(self):
+        report = real(self)
+        with mock_app.app_context():  # another request, its own session
+            if change == "delete":
+                db.session.execute(sa.delete(Sender).where(Sender.id == sender.id))
+            else:
+                db.session.execute(
+                    sa.update(Sender)
+                    .where(Sender.id == sender.id)
+                    .values(phone_number_id="100000000000999")
+                )
+            db.session.commit()
+        return report
+
+    monkeypatch.setattr(MockProvider, "account_status", changed_meanwhile)
+    assert refresh_account(sender.id) is False
+    db.session.expire_all()
+    left = db.session.get(Sender, sender.id)
+    assert left is None if change == "delete" else left.quality_rating is None
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        ({"max_daily_conversations_per_business": "TIER_10K"}, 10_000),
+        ({"max_daily_conversations_per_business": 2000}, 2000),
+        (
+            {"max_daily_conversation_per_phone": 100000, "max_phone_numbers_per_business": 2},
+            100_000,
+        ),
+        ({"max_daily_conversation_per_phone": "250"}, 250),
+        ({"max_daily_conversation_per_phone": -1}, None),
+        (
+            {
+                "max_daily_conversations_per_business": "TIER_2K",
+                "max_daily_conversation_per_phone": 1,
+            },
+            2000,
+        ),
+    ],
+)
+def test_the_capability_webhook_sets_the_portfolios_limit(client, app, value, limit):
+    one = _sender("Cap", PHONE_NUMBER_ID, business_id="830", messaging_limit=5)
+    two = Sender(name="Cap other WABA", provider=Provider.MOCK, business_id="830", app_secret="x")
+    db.session.add(two)
+    db.session.commit()
+    answer = post_webhook(client, _capability(value, _ago(5)), APP_SECRET)
+    assert answer.status_code == 200 and answer.json["applied"] == 1
+    assert _fresh(one.id).messaging_limit == limit
+    assert _fresh(two.id).messaging_limit == limit  # the same portfolio, another WABA
+
+
+def test_the_capability_webhook_ends_an_override_only_when_the_limit_changes(
+    mock_app, live_server, client, token_for
+):
+    one = _sender("Cap one", PHONE_NUMBER_ID, business_id="840")
+    two = _sender("Cap two", "100000000000913", business_id="840")
+    refresh_account(one.id)  # unlimited
+    headers = token_for(Role.ADMIN)
+    client.patch(f"/api/v1/senders/{one.id}", json={"messaging_limit": 300}, headers=headers)
+    same = _mock(live_server, PHONE_NUMBER_ID, "capability", messaging_limit="TIER_UNLIMITED")
+    assert same["posted"] is True
+    assert (_fresh(one.id).messaging_limit, _fresh(two.id).messaging_limit) == (300, 300)
+    answer = _mock(
+        live_server, "100000000000913", "capability", messaging_limit="TIER_2K", legacy=True
+    )
+    assert answer["posted"] is True
+    for sender_id in (one.id, two.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (2000, False)
+    # The mock's read agrees with its webhook.
+    refresh_account(one.id)
+    assert _fresh(one.id).messaging_limit == 2000
+
+
+def test_junk_or_foreign_capability_webhooks_change_nothing(client, app, caplog):
+    sender = _sender("Cap junk", PHONE_NUMBER_ID, messaging_limit=7)
+    for body, secret in (
+        (_capability({"max_daily_conversations_per_business": "LOTS"}), APP_SECRET),
+        (_capability({"max_daily_conversation_per_phone": [1]}), APP_SECRET),
+        (_capability({"max_daily_conversations_per_business": "TIER_2K"}), "not-its-secret"),
+    ):
+        body_unknown = post_webhook(client, body, secret)
+        assert body_unknown.status_code in (200, 401)
+    unknown = _capability({"max_daily_conversations_per_business": "TIER_2K"})
+    unknown["entry"][0]["id"] = "999"
+    with caplog.at_level(logging.WARNING, logger="campaigns.webhooks"):
+        assert post_webhook(client, unknown, APP_SECRET).json["skipped"] == 1
+    assert "WABA id 999, which no sender has" in caplog.text
+    assert _fresh(sender.id).messaging_limit == 7
+
+
+# -- the override on the sender page
+
+HTMX = {"HX-Request": "true"}
+
+
+def test_an_admin_overrides_and_clears_the_limit_on_the_sender_page(mock_app, client, login_as):
+    one = _sender("Page one", PHONE_NUMBER_ID, business_id="900")
+    two = _sender("Page two", "100000000000921", business_id="900")
+    refresh_account(one.id)  # Meta: unlimited
+    login_as(Role.ADMIN)
+    page = html.unescape(client.get(f"/senders/{one.id}").get_data(as_text=True))
+    assert 'id="sender-limit-form"' in page and "Use Meta's limit again" not in page
+
+    url = f"/senders/{one.id}/messaging-limit"
+    answer = client.post(url, data={"messaging_limit": "2.500"}, headers=HTMX)
+    assert answer.status_code == 200
+    panel = html.unescape(answer.get_data(as_text=True))
+    assert 'id="sender-account"' in panel
+    assert "2,500 a day" in panel and "set by an admin" in panel
+    assert "Use Meta's limit again" in panel
+    assert (_fresh(two.id).messaging_limit, _fresh(two.id).messaging_limit_overridden) == (
+        2500,
+        True,
+    )
+    audited = db.session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.action == "settings.change")
+    ).all()
+    assert {(e.target_id, e.details["messaging_limit"]["after"]) for e in audited} == {
+        (one.id, 2500),
+        (two.id, 2500),
+    }
+    assert all(e.actor_email for e in audited)
+
+    unlimited = client.post(url, data={"messaging_limit": "", "unlimited": "1"}, headers=HTMX)
+    assert unlimited.status_code == 200 and "Unlimited" in unlimited.get_data(as_text=True)
+    assert _fresh(one.id).messaging_limit is None and _fresh(one.id).messaging_limit_overridden
+
+    cleared = client.post(url, data={"action": "clear"}, headers=HTMX)
+    assert cleared.status_code == 200
+    assert "The messaging limit is Meta's again." in html.unescape(cleared.get_data(as_text=True))
+    for sender_id in (one.id, two.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (None, False)
+    db.session.expire_all()
+    last = db.session.scalars(
+        sa.select(AuditEvent)
+        .where(AuditEvent.action == "settings.change", AuditEvent.target_id == two.id)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).one()
+    assert last.details["messaging_limit_overridden"] == {"before": True, "after": False}
+
+    # A plain form (no htmx): back to the page, with a flash.
+    plain = client.post(url, data={"messaging_limit": "300"})
+    assert plain.status_code == 303 and plain.headers["Location"].endswith(f"/senders/{one.id}")
+    assert _fresh(one.id).messaging_limit == 300
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20])
+def test_a_bad_limit_on_the_sender_page_is_an_error_at_its_field(client, login_as, bad):
+    sender = _sender("Page bad", PHONE_NUMBER_ID)
+    login_as(Role.ADMIN)
+    url = f"/senders/{sender.id}/messaging-limit"
+    answer = client.post(url, data={"messaging_limit": bad}, headers=HTMX)
+    assert answer.status_code == 422
+    panel = answer.get_data(as_text=True)
+    assert 'id="messaging_limit-error"' in panel and 'aria-invalid="true"' in panel
+    assert "whole number from 0" in panel
+    plain = client.post(url, data={"messaging_limit": bad})
+    assert plain.status_code == 422 and "whole number from 0" in plain.get_data(as_text=True)
+    assert _fresh(sender.id).messaging_limit_overridden is False
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.SUPERVISOR])
+def test_only_an_admin_overrides_on_the_page(client, login_as, role):
+    sender = _sender("Page guarded", PHONE_NUMBER_ID)
+    login_as(role)
+    answer = client.post(f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "5"})
+    assert answer.status_code in (302, 403)
+    assert _fresh(sender.id).messaging_limit_overridden is False
+
+
+def test_the_override_form_speaks_portuguese(client, login_as):
+    sender = _sender("Página", PHONE_NUMBER_ID)
+    user = login_as(Role.ADMIN)
+    user.locale = "pt_BR"
+    db.session.commit()
+    page = client.get(f"/senders/{sender.id}", headers={"Accept-Language": "pt-BR"})
+    text = page.get_data(as_text=True)
+    assert "Definir o limite" in text
+    bad = client.post(
+        f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "x"}, headers=HTMX
+    )
+    assert "número inteiro" in bad.get_data(as_text=True)

@@ -8,6 +8,7 @@ campaigns to skip. Waits are never waited: the held time is moved back in the da
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,21 +16,23 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import counters, fanout, pump, queues, sending
+from campaigns import counters, fanout, message_states, pump, queues, sending
 from campaigns.models import (
     Campaign,
     CampaignStatus,
     Message,
     MessageStatus,
+    Role,
     Sender,
     UndeliverableNumber,
 )
 from campaigns.providers import errors
 from campaigns.services import undeliverable
 from campaigns.services.campaigns import send_campaign_now
-from campaigns.services.personal_data import erase_person
+from campaigns.services.personal_data import erase_person, preview_erasure
 from campaigns.services.suppressions import phone_hash
 from jobs import tasks
+from mocks.provider import MockProvider
 from tests.helpers import (
     assert_counters_match_rows,
     demo_campaign,
@@ -278,3 +281,85 @@ def test_the_error_breakdown_says_what_disparo_did(app):
     assert "24 h" in errors.explain("131049") and "once" in errors.explain("131049")
     assert "without slowing the sender" in errors.explain("131056")
     assert "later campaigns" in errors.explain("131026")
+
+
+def _erase_elsewhere(app, phone: str) -> None:
+    """Erase the number from another session (a thread with its own app context), as an
+    admin's request would while this one works."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                erase_person(phone, None)
+            except BaseException as error:  # pragma: no cover - reported below
+                failure.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and not failure, failure
+
+
+def test_a_late_131026_webhook_for_an_erased_recipient_writes_no_hash(
+    app, client, small, monkeypatch
+):
+    first = _queue_all(app, small)[0]
+    assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
+    message = _message(first)
+    phone, wamid = message.phone, message.provider_message_id
+    db.session.commit()
+    real = message_states.record_status
+
+    def erased_meanwhile(session, message, *args, **kwargs):
+        # The webhook has read the message (with its number); the erasure commits now.
+        _erase_elsewhere(app, phone)
+        return real(session, message, *args, **kwargs)
+
+    monkeypatch.setattr(message_states, "record_status", erased_meanwhile)
+    body = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "no"}])
+    assert post_webhook(client, body).status_code == 200
+    after = _message(first)
+    assert (after.status, after.error_code, after.phone) == (MessageStatus.FAILED, "131026", None)
+    assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+
+
+def test_a_131026_send_result_for_a_recipient_erased_during_the_call_writes_no_hash(
+    app, small, monkeypatch
+):
+    ids = _queue_all(app, small)
+    phone = _message(ids[0]).phone
+    db.session.commit()
+    real = MockProvider.send_template
+
+    def erased_during_the_call(self, **kwargs):
+        _erase_elsewhere(app, phone)  # the message is in `sending`: its number goes
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(MockProvider, "send_template", erased_during_the_call)
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_PERMANENT_RATE", 1.0)
+    report = sending.send_batch(small.id, ids[:1], app.config, retry_queue=False)
+    assert report.failed == ids[:1]
+    after = _message(ids[0])
+    assert (after.error_code, after.phone) == ("131026", None)
+    assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+
+
+def test_the_erasure_preview_lists_the_undeliverable_store(
+    app, client, small, monkeypatch, login_as
+):
+    phone = _undeliverable_first(app, small, monkeypatch)
+    # Its campaign's data erased already (retention): only the store's row is left.
+    db.session.execute(sa.update(Message).values(phone=None, customer_data={}, params=None))
+    db.session.commit()
+    report = preview_erasure(phone)
+    assert report.undeliverable and report.messages == 0 and not report.nothing_stored
+    login_as(Role.ADMIN)
+    page = client.post("/users/personal-data/preview", data={"phone": phone})
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "Undeliverable numbers" in text and "could not deliver to it lately" in text
+    done = erase_person(phone, None)
+    assert done.undeliverable and done.details()["undeliverable_deleted"] is True
+    assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+    assert preview_erasure(phone).nothing_stored

@@ -409,3 +409,55 @@ def test_signed_template_webhooks_with_junk_leaves(client, template, owner, fuzz
 
     run()
     assert fuzz_cases["applied a change"] >= fuzz_cases["cases"] // 20, fuzz_cases
+
+
+def _at(body: dict, seconds: int) -> dict:
+    body["entry"][0]["time"] = seconds
+    return body
+
+
+@pytest.mark.parametrize(
+    ("field", "newer", "older", "read"),
+    [
+        (
+            "message_template_status_update",
+            {"event": "PAUSED", "reason": "NONE"},
+            {"event": "APPROVED", "reason": "NONE"},
+            lambda t: t.status,
+        ),
+        (
+            "message_template_quality_update",
+            {"new_quality_score": "RED"},
+            {"new_quality_score": "GREEN"},
+            lambda t: t.quality_rating,
+        ),
+        (
+            "template_category_update",
+            {"new_category": "UTILITY"},
+            {"new_category": "MARKETING"},
+            lambda t: t.category,
+        ),
+    ],
+)
+def test_a_late_or_replayed_template_webhook_does_not_undo_a_newer_one(
+    client, template, field, newer, older, read
+):
+    first = post_webhook(client, _at(template_body(field, about(template, **newer)), 1_800_000_100))
+    assert first.status_code == 200 and first.json["templates_applied"] == 1
+    after_newer = read(_fresh(MessageTemplate, template.id))
+    # Sent a minute before, delivered after (Meta retries and does not keep the order).
+    late = post_webhook(client, _at(template_body(field, about(template, **older)), 1_800_000_040))
+    assert late.status_code == 200
+    assert (late.json["templates_applied"], late.json["templates_stale"]) == (0, 1)
+    assert read(_fresh(MessageTemplate, template.id)) == after_newer
+    # The same second as the newer one: the later arrival wins (Meta gives no finer order).
+    again = post_webhook(client, _at(template_body(field, about(template, **older)), 1_800_000_100))
+    assert again.json["templates_applied"] == 1
+    assert read(_fresh(MessageTemplate, template.id)) != after_newer
+
+
+def test_a_template_webhook_whose_time_is_not_one_is_skipped(client, template):
+    body = _at(status_body(template, "PAUSED"), "yesterday")  # type: ignore[arg-type]
+    answer = post_webhook(client, body)
+    assert answer.status_code == 200 and answer.json["skipped"] == 1
+    assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED

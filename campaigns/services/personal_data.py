@@ -118,12 +118,13 @@ class ErasureReport:
     in_call: int  # of those, in a call right now: its outcome is kept, the number not
     opt_out: bool  # on the opt-out list in the clear: kept, as a hash only
     opt_out_hashed: bool  # already listed as a hash
+    undeliverable: bool  # in the undeliverable store (131026): deleted
     activity: int  # test sends to the number in campaigns' activity
     done: bool  # False: a preview, nothing changed yet
 
     @property
     def nothing_stored(self) -> bool:
-        return not (self.messages or self.opt_out or self.activity)
+        return not (self.messages or self.opt_out or self.undeliverable or self.activity)
 
     def details(self) -> dict[str, object]:
         """For the audit trail: counts and the fingerprint, never the number."""
@@ -134,6 +135,7 @@ class ErasureReport:
             "campaigns": self.campaigns,
             "cancelled": self.waiting,
             "opt_out_kept_as_hash": self.opt_out or self.opt_out_hashed,
+            "undeliverable_deleted": self.undeliverable,
             "activity_entries": self.activity,
         }
 
@@ -188,6 +190,7 @@ def _report(session: AnySession, phone: str, rows: list[sa.Row], *, done: bool) 
         in_call=statuses.count(MessageStatus.SENDING),
         opt_out=phone in listed,
         opt_out_hashed=None in listed,
+        undeliverable=undeliverable.is_remembered(session, phone),
         activity=activity or 0,
         done=done,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from flask import current_app
 
 from app import db
 from campaigns import account_health, audit, providers, queues
+from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import Provider, Sender
 from campaigns.services import NotFound, ServiceError
@@ -66,20 +68,37 @@ def can_read_account(sender: Sender) -> bool:
 
 def refresh_account(sender_id: int) -> bool:
     """Read and apply what Meta says about the sender's number; False if it cannot be
-    read (no phone number id or token). ProviderError if Meta refuses or is down."""
+    read (no phone number id or token), or was deleted or connected otherwise while
+    Meta answered. ProviderError if Meta refuses or is down.
+
+    No transaction is open during the call (it can take seconds, and a transaction
+    left open holds back vacuum and any lock it took): what the call needs is read and
+    the transaction ended, then the report is applied in a new one."""
     sender = db.session.get(Sender, sender_id)
     if sender is None:
         raise NotFound(_("There is no such sender."))
     if not can_read_account(sender):
+        db.session.rollback()
         return False
+    # A "now" read: what Meta answers is as of the call, at the database's time.
+    read_at = account_health.whole_seconds(database_now(db.session))
+    connection = _connection(sender)
+    db.session.expunge(sender)  # a detached copy the provider reads, with no lazy load
+    db.session.rollback()  # ends the transaction before the call
     report = providers.for_sender(sender, current_app.config).account_status()
-    db.session.commit()  # no snapshot held while Meta answered
-    sender = db.session.get(Sender, sender_id)
-    if sender is None:
-        return False  # deleted while Meta answered
-    account_health.apply_report(db.session, sender, report)
+    current = db.session.get(Sender, sender_id)
+    if current is None or _connection(current) != connection or not can_read_account(current):
+        db.session.rollback()
+        logger.info("sender %s: deleted or reconnected during its account read", sender_id)
+        return False
+    account_health.apply_report(db.session, current, replace(report, at=read_at))
     db.session.commit()
     return True
+
+
+def _connection(sender: Sender) -> tuple[Any, ...]:
+    """What an account read is about: the same values after the call, the same number."""
+    return sender.provider, sender.phone_number_id
 
 
 def readable_sender_ids() -> list[int]:
@@ -110,6 +129,30 @@ def override_messaging_limit(sender_id: int, limit: int | None) -> Sender:
             target_label=member.name,
             details={
                 "messaging_limit": audit.change(before.get(member.id), limit),
+                "business_id": member.business_id,
+            },
+        )
+    db.session.commit()
+    return sender
+
+
+def clear_messaging_limit_override(sender_id: int) -> Sender:
+    """End an admin's override of the sender's portfolio: Meta's last report applies again
+    (unknown until Meta is read, if it never was); audited as a settings.change for each
+    sender that had it."""
+    sender = db.session.get(Sender, sender_id)
+    if sender is None:
+        raise NotFound(_("There is no such sender."))
+    for member, before in account_health.clear_override(db.session, sender):
+        audit.record(
+            db.session,
+            "settings.change",
+            target_type="sender",
+            target_id=member.id,
+            target_label=member.name,
+            details={
+                "messaging_limit": audit.change(before, member.messaging_limit),
+                "messaging_limit_overridden": audit.change(True, False),
                 "business_id": member.business_id,
             },
         )

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import DELETE_BATCH, AnySession, rows_changed
-from campaigns.models import UndeliverableNumber
+from campaigns.models import Message, UndeliverableNumber
 from campaigns.services.suppressions import phone_hash
 
 
@@ -38,6 +38,19 @@ def remember(session: AnySession, phone: str | None) -> None:
     )
 
 
+def remember_message(session: AnySession, message_id: int) -> None:
+    """This message's number failed with 131026 (caller commits), unless its recipient's
+    data was erased since the message was read: the number is read again here, from the
+    row, held FOR SHARE. An erasure that committed before left no number on the row (it
+    erases every message of the person), so nothing is written back; one running now
+    waits for this transaction at its lock on the person's messages, then deletes the
+    hash with the rest (``personal_data.erase_person``)."""
+    phone = session.scalar(
+        sa.select(Message.phone).where(Message.id == message_id).with_for_update(read=True)
+    )
+    remember(session, phone)
+
+
 def recent(session: AnySession, phones: Collection[str], days: int) -> set[str]:
     """Which of these E.164 numbers failed with 131026 in the last ``days`` days."""
     if not phones:
@@ -51,6 +64,14 @@ def recent(session: AnySession, phones: Collection[str], days: int) -> set[str]:
         )
     )
     return {hashes[digest] for digest in found}
+
+
+def is_remembered(session: AnySession, phone: str) -> bool:
+    """Is this number in the store, however old its row (what an erasure would delete)?"""
+    digest = phone_hash(phone)
+    return bool(
+        session.scalar(sa.select(sa.exists().where(UndeliverableNumber.phone_hash == digest)))
+    )
 
 
 def forget(session: AnySession, phone: str) -> int:

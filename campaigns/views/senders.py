@@ -8,12 +8,22 @@ from app import db
 from campaigns import counters, progress, queries, slowdown
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
-from campaigns.htmx import redirect_to
+from campaigns.htmx import is_htmx, redirect_to
 from campaigns.i18n import _
 from campaigns.models import Role, Sender
 from campaigns.services import ServiceError
-from campaigns.services.senders import check_sender_connection, save_sender
-from campaigns.validation import SENDER_SETTINGS, Invalid, parse_sender
+from campaigns.services.senders import (
+    check_sender_connection,
+    clear_messaging_limit_override,
+    override_messaging_limit,
+    save_sender,
+)
+from campaigns.validation import (
+    SENDER_SETTINGS,
+    Invalid,
+    parse_messaging_limit_form,
+    parse_sender,
+)
 
 bp = Blueprint("senders", __name__, url_prefix="/senders")
 
@@ -43,17 +53,60 @@ def sender_index() -> str:
 @requires(Role.ADMIN)
 def sender_show(sender_id: int) -> str:
     """One sender: its limits and this minute's use, its health and connection, its campaigns."""
-    sender = _sender_or_404(sender_id)
-    campaigns, campaign_count = queries.sender_campaigns(sender_id)
+    return _show_page(_sender_or_404(sender_id), {}, {})
+
+
+def _show_page(sender: Sender, limit_form, limit_errors) -> str:
+    campaigns, campaign_count = queries.sender_campaigns(sender.id)
     return render_template(
         "senders/show.html",
         sender=sender,
         usage=progress.sender_usage([sender])[sender.id],
-        health=queries.sender_health(sender_id),
+        health=queries.sender_health(sender.id),
         campaigns=campaigns,
         campaign_count=campaign_count,
         totals=counters.totals_of(db.session, [c.id for c in campaigns]),
         recovery_minutes=slowdown.RECOVERY_MINUTES,
+        limit_form=limit_form,
+        limit_errors=limit_errors,
+    )
+
+
+@bp.post("/<int:sender_id>/messaging-limit")
+@requires(Role.ADMIN)
+@validates_fields
+def sender_messaging_limit(sender_id: int):
+    """Override the messaging limit of the sender's business portfolio until Meta reports a
+    new one, or (``action=clear``) go back to Meta's; as the API's PATCH, audited. htmx gets
+    the account panel again; a plain form the page."""
+    sender = _sender_or_404(sender_id)
+    try:
+        if request.form.get("action") == "clear":
+            clear_messaging_limit_override(sender_id)
+            done = _("The messaging limit is Meta's again.")
+        else:
+            override_messaging_limit(sender_id, parse_messaging_limit_form(request.form))
+            done = _("Messaging limit set for the business portfolio until Meta reports a new one.")
+    except (Invalid, ServiceError) as error:
+        if is_htmx():
+            panel = render_template(
+                "senders/_account_panel.html",
+                sender=sender,
+                limit_form=request.form,
+                limit_errors=error.errors,
+            )
+            return panel, 422
+        return _show_page(sender, request.form, error.errors), 422
+    if not is_htmx():
+        flash(done, "success")
+        return redirect_to(url_for("senders.sender_show", sender_id=sender_id))
+    db.session.expire_all()
+    return render_template(
+        "senders/_account_panel.html",
+        sender=_sender_or_404(sender_id),
+        limit_form={},
+        limit_errors={},
+        limit_done=done,
     )
 
 

@@ -10,14 +10,14 @@
 Adding nullable columns and one with a constant default takes a brief lock only.
 
 Revision ID: 0022
-Revises: 0019
+Revises: 0021
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0022"
-down_revision = "0019"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 

@@ -50,8 +50,9 @@ NEXT: dict[MessageStatus | None, frozenset[MessageStatus]] = {
         # cancelled when claimed again after its recipient's data was erased mid-call
         {S.SENT, S.DELIVERED, S.READ, S.FAILED, S.QUEUED, S.RETRYING, S.PENDING, S.CANCELLED}
     ),
-    S.SENT: frozenset({S.DELIVERED, S.READ, S.FAILED}),
-    S.DELIVERED: frozenset({S.READ, S.FAILED}),
+    # retrying: a failed status webhook's 131049 holds it (hold_from_webhook)
+    S.SENT: frozenset({S.DELIVERED, S.READ, S.FAILED, S.RETRYING}),
+    S.DELIVERED: frozenset({S.READ, S.FAILED, S.RETRYING}),
     S.READ: frozenset(),
     S.FAILED: frozenset({S.PENDING}),  # "retry failed"
     S.SKIPPED: frozenset(),
@@ -157,8 +158,12 @@ def transition_campaign(
 
 
 def cancel_unsent(session: AnySession, campaign_id: int) -> int:
-    """Cancel what has not started sending (a message mid-call finishes its call)."""
-    return transition_campaign(session, campaign_id, [S.PENDING, S.QUEUED], S.CANCELLED)
+    """Cancel what has not started sending (a message mid-call finishes its call).
+
+    Retrying messages too, held ones (131049) among them: their jobs, due later, find
+    them no longer waiting and do nothing.
+    """
+    return transition_campaign(session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED)
 
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
@@ -245,7 +250,7 @@ CLAIM = sa.text(
     " tries = tries + 1, updated_at = now()"
     " WHERE id = ANY(CAST(:ids AS bigint[])) AND campaign_id = (SELECT id FROM c)"
     " AND status = CAST(:source AS message_status)"
-    " RETURNING id, phone, params, tries, error_code,"
+    " RETURNING id, phone, params, tries, held_until IS NOT NULL AS held,"
     " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for"
 )
 # -- the provider accepted these: `sent` unless a status webhook moved one on already
@@ -256,7 +261,10 @@ RECORD_SENT = sa.text(
     " old AS (SELECT m.id, m.status FROM messages AS m JOIN v ON v.id = m.id"
     "   ORDER BY m.id FOR UPDATE OF m),"
     " moved AS (UPDATE messages AS m SET provider_message_id = v.wamid, sent_at = now(),"
-    "   error_code = NULL, error_text = NULL, throttled_at = NULL, updated_at = now(),"
+    # a webhook that got there first keeps its error (a failure's, a 131049 hold's)
+    "   error_code = CASE WHEN old.status = 'sending' THEN NULL ELSE m.error_code END,"
+    "   error_text = CASE WHEN old.status = 'sending' THEN NULL ELSE m.error_text END,"
+    "   throttled_at = NULL, updated_at = now(),"
     "   status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
     "   FROM old JOIN v ON v.id = old.id WHERE m.id = old.id"
     "   RETURNING m.id, old.status = 'sending' AS moved)"
@@ -279,7 +287,7 @@ class Claimed:
     params: dict[str, Any]
     tries: int  # calls on its current queue, this one included
     throttled_for: float | None  # seconds since WhatsApp first throttled it, if it did
-    last_code: str | None = None  # the error of its last call, if any (a 131049 hold)
+    held: bool = False  # 131049 held it once already (held_until set): held again, it fails
 
 
 def waiting(
@@ -312,9 +320,7 @@ def claim(
     # back to wait: it is never called again.
     cancel_erased(session, [row.id for row in rows if row.phone is None], [S.SENDING])
     return [
-        Claimed(
-            row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for, row.error_code
-        )
+        Claimed(row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for, row.held)
         for row in rows
         if row.phone is not None
     ]
@@ -361,19 +367,81 @@ def unclaim(
 MARKETING_LIMIT_CODE = "131049"
 
 
+@dataclass(frozen=True)
+class Held:
+    """A campaign's messages 131049 holds now: retrying, their one retry still to come."""
+
+    count: int = 0
+    first_due: datetime | None = None  # when the earliest is tried again
+    last_due: datetime | None = None  # when the last one is
+
+
+HELD = sa.text(
+    # -- messages held by WhatsApp's per-user marketing limit, their retry to come: read
+    # from the partial index messages_held_idx (migration 0020), never the campaign
+    "SELECT count(*) AS n, min(held_until) AS first_due, max(held_until) AS last_due"
+    " FROM messages WHERE campaign_id = :campaign_id AND status = 'retrying'"
+    " AND held_until IS NOT NULL AND held_until > now()"
+)
+
+
+def held(session: AnySession, campaign_id: int) -> Held:
+    """The campaign's held messages (retrying, ``held_until`` to come) and their times.
+
+    A held message whose time has come is no longer held: its job takes it (in flight).
+    """
+    row = session.execute(HELD, {"campaign_id": campaign_id}).one()
+    return Held(int(row.n), row.first_due, row.last_due)
+
+
 def held_count(session: AnySession, campaign_id: int) -> int:
-    """The campaign's messages 131049 holds (retrying with that code kept): a read, by
-    the (campaign_id, status, id) index, of its retrying messages only."""
-    return int(
-        session.execute(
-            sa.text(
-                "-- messages held by WhatsApp's per-user marketing limit, waiting a day\n"
-                "SELECT count(*) FROM messages WHERE campaign_id = :campaign_id"
-                " AND status = 'retrying' AND error_code = :code"
-            ),
-            {"campaign_id": campaign_id, "code": MARKETING_LIMIT_CODE},
-        ).scalar_one()
-    )
+    """How many of the campaign's messages 131049 holds now (:func:`held`)."""
+    return held(session, campaign_id).count
+
+
+# -- a failed status webhook's 131049: the message back to retrying, held until :until,
+# unless 131049 held it once already (then it fails) or its campaign is over. FOR SHARE
+# on the campaign, as the claim: a cancel or fail committed first is seen (no hold), and
+# one that comes after waits for this hold and then cancels it.
+HOLD_FROM_WEBHOOK = sa.text(
+    "WITH c AS (SELECT id FROM campaigns WHERE id = :campaign_id"
+    "   AND status IN ('sending', 'paused') FOR SHARE),"
+    " old AS (SELECT id, status FROM messages WHERE id = :id"
+    "   AND campaign_id = (SELECT id FROM c) AND held_until IS NULL"
+    "   AND status = ANY(CAST(:from_ AS message_status[])) FOR UPDATE)"
+    " UPDATE messages AS m SET status = 'retrying', held_until = :until, tries = 0,"
+    " throttled_at = NULL, error_code = :code, error_text = :text, updated_at = now()"
+    " FROM old WHERE m.id = old.id RETURNING old.status::text AS old_status"
+)
+
+
+def hold_from_webhook(
+    session: AnySession, message: Message, until: datetime, code: str, text: str | None
+) -> bool:
+    """Hold a message a failed status webhook reports with 131049 (sent, then refused
+    by the per-user marketing limit): back to retrying until ``until``, its tries fresh,
+    as the send holds one. False when it was held once already, is no longer where a
+    failure can come from (a replay: nothing held twice), or its campaign is over; the
+    caller then records the failure. The caller defers its retry job."""
+    sources = WEBHOOK_SOURCES[S.FAILED]
+    _check(sources, S.RETRYING)
+    row = session.execute(
+        HOLD_FROM_WEBHOOK,
+        {
+            "campaign_id": message.campaign_id,
+            "id": message.id,
+            "from_": [s.value for s in sources],
+            "until": until,
+            "code": code,
+            "text": text[:MAX_ERROR_TEXT] if text else None,
+        },
+    ).first()
+    if row is None:
+        return False
+    old = MessageStatus(row.old_status)
+    counters.apply(session, message.campaign_id, counter_deltas(old, S.RETRYING))
+    statelog.moved(message.id, message.campaign_id, old, S.RETRYING, code=code)
+    return True
 
 
 def requeue(
@@ -384,22 +452,23 @@ def requeue(
     *,
     tries: str = "keep",
     throttled: bool = False,
-    clear_throttle: bool = False,
+    held_until: datetime | None = None,
 ) -> list[int]:
     """Messages whose call failed, (id, code, text), from `sending` back to waiting in ``to``.
 
     The error stays on the message (operators see the last one); ``tries`` says what
     happens to its try budget (:data:`TRIES_AFTER`); ``throttled`` stamps the first
-    throttle. Returns the ids moved (a webhook may have moved one on meanwhile).
+    throttle; ``held_until`` marks them held by 131049 until then. Returns the ids moved
+    (a webhook may have moved one on meanwhile).
     """
     _check([S.SENDING], to)
     if not errors:
         return []
     throttle = "throttled_at = coalesce(throttled_at, now())," if throttled else ""
-    if clear_throttle:
+    if held_until is not None:
         # A new wait of its own (131049's hold): an earlier throttle's deadline no longer
         # runs, or the held message's one retry would fail at its first throttle.
-        throttle = "throttled_at = NULL,"
+        throttle = "throttled_at = NULL, held_until = :held_until,"
     statement = sa.text(
         # -- calls that failed: back to waiting, the error kept, the try budget adjusted
         "UPDATE messages AS m SET status = CAST(:to AS message_status), error_code = v.code,"
@@ -413,6 +482,7 @@ def requeue(
             statement,
             {
                 "to": to.value,
+                "held_until": held_until,
                 "ids": [i for i, _, _ in errors],
                 "codes": [code for _, code, _ in errors],
                 "texts": [text[:MAX_ERROR_TEXT] if text else None for _, _, text in errors],
@@ -543,6 +613,7 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             failed_at=None,
             tries=0,
             throttled_at=None,
+            held_until=None,  # a reopened 131049 is held once more
         ),
     )
     counters.apply(session, campaign_id, {"failed": -count, "pending": count})

@@ -417,6 +417,14 @@ class Message(Model):
         sa.Index(
             "messages_sending_idx", "sending_at", postgresql_where=sa.text("status = 'sending'")
         ),
+        # The messages 131049 holds, per campaign, by when they are tried again (migration
+        # 0020): the pump's window, the page's count and its "tried again from".
+        sa.Index(
+            "messages_held_idx",
+            "campaign_id",
+            "held_until",
+            postgresql_where=sa.text("status = 'retrying' AND held_until IS NOT NULL"),
+        ),
         sa.Index(
             "messages_provider_message_id_key",
             "provider_message_id",
@@ -444,6 +452,9 @@ class Message(Model):
     tries: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
     # When WhatsApp first throttled it (130429) since it was last sent or reopened.
     throttled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Held by WhatsApp's per-user marketing limit (131049) until then, when its one retry
+    # is due: set once, so a message held again fails; cleared by "retry failed".
+    held_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(128))
     error_code: Mapped[str | None] = mapped_column(sa.String(32))
     error_text: Mapped[str | None] = mapped_column(sa.Text)

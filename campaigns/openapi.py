@@ -323,6 +323,18 @@ def schemas() -> dict[str, Schema]:
             "status_reason": nullable(STRING),
             "status_reason_code": nullable(STRING),
             **counts,
+            "held": {
+                **COUNT,
+                "description": (
+                    "Of the retrying, the messages WhatsApp's per-user marketing limit"
+                    " (131049) holds: each is tried once more MARKETING_LIMIT_RETRY_HOURS"
+                    " (24 by default) after it was held, and fails if held again."
+                ),
+            },
+            "held_retry_from": {
+                **nullable(DATE_TIME),
+                "description": "When the first held message is tried again; null when none is.",
+            },
             "success_rate": {
                 **nullable({"type": "number"}),
                 "description": "Percent of the messages that went their way that were sent.",

@@ -4,7 +4,7 @@ the dashboard's active campaigns, and every limit as it stands now. Reads only."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import joinedload
 
 from app import db
-from campaigns import counters, ratelimit, reasons
+from campaigns import counters, message_states, ratelimit, reasons
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -61,6 +61,9 @@ class Progress:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     read_at: datetime | None = None  # the database's now() when these figures were read
+    # Of the retrying, those WhatsApp's per-user marketing limit (131049) holds, and when
+    # the first and the last of them are tried again (read only while some are retrying).
+    held: message_states.Held = field(default_factory=message_states.Held)
 
     @property
     def status_reason(self) -> str | None:
@@ -70,6 +73,15 @@ class Progress:
     @property
     def in_flight(self) -> int:
         return self.pending + self.queued + self.sending + self.retrying
+
+    @property
+    def held_count(self) -> int:
+        return self.held.count
+
+    @property
+    def held_retry_from(self) -> datetime | None:
+        """When the first held message is tried again; None when none is held."""
+        return self.held.first_due if self.held.count else None
 
     @property
     def done(self) -> int:
@@ -119,16 +131,23 @@ class Progress:
         """Remaining ÷ min(measured throughput, what the limits allow); from the limits
         alone until a rate is measured. None when not sending, nothing remains, or nothing
         went out in the last minute (stalled: no worker, WhatsApp holding it back), rather
-        than an optimistic figure."""
+        than an optimistic figure. Held messages (131049) are not sent at the rate: the
+        campaign ends no sooner than the last of them is tried again."""
         if self.status is not CampaignStatus.SENDING or not self.in_flight:
             return None
+        until_held = 0.0
+        if self.held.count and self.held.last_due is not None and self.read_at is not None:
+            until_held = max(0.0, (self.held.last_due - self.read_at).total_seconds())
+        rest = self.in_flight - self.held.count
+        if rest <= 0:
+            return until_held if self.held.count else None
         measured = self.measured_per_minute
         rate = (
             self.allowed_per_minute if measured is None else min(measured, self.allowed_per_minute)
         )
         if rate <= 0:
             return None
-        return self.in_flight / rate * 60.0
+        return max(rest / rate * 60.0, until_held)
 
     @property
     def is_finished(self) -> bool:
@@ -179,6 +198,8 @@ class Progress:
             "queued": self.queued,
             "sending": self.sending,
             "retrying": self.retrying,
+            "held": self.held_count,
+            "held_retry_from": (self.held_retry_from.isoformat() if self.held_retry_from else None),
             "sent": self.sent,
             "delivered": self.delivered,
             "read": self.read,
@@ -198,8 +219,12 @@ class Progress:
 
 
 def get_progress(campaign: Campaign) -> Progress:
-    """Counters summed over their shards, plus the last minute's sends."""
-    return _progress_of(campaign, *counters.snapshot(db.session, campaign.id))
+    """Counters summed over their shards, plus the last minute's sends, and the messages
+    131049 holds when some are retrying (their partial index: never the campaign's rows)."""
+    progress = _progress_of(campaign, *counters.snapshot(db.session, campaign.id))
+    if progress.retrying and not progress.is_finished:
+        progress = replace(progress, held=message_states.held(db.session, campaign.id))
+    return progress
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ million future-dated rows in ``procrastinate_jobs``, makes pause and cancel
 instant, and stops rate-limited jobs from stampeding. Each run moves the next
 pending rows to queued and defers their jobs, staggered at the pace, in one
 transaction with its own next run; the run that finds nothing left in flight
-completes the campaign.
+completes the campaign. While only messages 131049 holds remain (nothing pending,
+nothing else in flight), it comes back when the earliest is due, or after
+HELD_INTERVAL_SECONDS if sooner, rather than every INTERVAL_SECONDS for a day.
 
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
@@ -18,7 +20,7 @@ because messages of one batch go out together.
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from app import db
 from campaigns import campaign_states, counters, message_states, queues, ratelimit
@@ -32,6 +34,10 @@ WINDOW_HORIZON_SECONDS = 60.0
 # Come back every 2 s: a window of WINDOW_JOBS full batches per interval caps a campaign
 # at 5,000 msg/s, above Meta's 1,000 for an upgraded number.
 INTERVAL_SECONDS = 2.0
+# With only held messages left, come back when the first is due, but at least this
+# often: a held message can leave otherwise (maintenance settles one whose job was
+# lost), and a resume or "retry failed" brings the waiting pump forward anyway.
+HELD_INTERVAL_SECONDS = 300.0
 # A batch holds what the limits allow in this long.
 BATCH_SECONDS = 1.0
 
@@ -65,9 +71,12 @@ def pump(campaign_id: int) -> bool:
     # transient outage must not move the whole audience into message-retry), but not
     # those 131049 holds for a day: they keep the campaign sending and take no room, or
     # a day's holds would stop the rest of the audience.
-    queued = totals["queued"] + totals["sending"] + totals["retrying"]
-    if totals["retrying"]:
-        queued -= message_states.held_count(db.session, campaign_id)
+    held = (
+        message_states.held(db.session, campaign_id)
+        if totals["retrying"]
+        else message_states.Held()
+    )
+    queued = in_flight - held.count
     room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - queued
     now = database_now(db.session)
     if room > 0 and totals["pending"] > 0:
@@ -77,6 +86,18 @@ def pump(campaign_id: int) -> bool:
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
         campaign.pace_cursor_at = start_at + timedelta(seconds=len(ids) * interval)
         queues.defer_sends(db.session, campaign_id, jobs, slots)
-    queues.defer_pump(db.session, campaign_id, now + timedelta(seconds=INTERVAL_SECONDS))
+    queues.defer_pump(db.session, campaign_id, _next_run(now, totals["pending"], queued, held))
     db.session.commit()
     return True
+
+
+def _next_run(
+    now: datetime, pending: int, on_their_way: int, held: message_states.Held
+) -> datetime:
+    """When the pump comes back: INTERVAL_SECONDS on, unless only held messages remain;
+    then when the first of them is due (its job takes it, and the runs after it see it
+    in flight and complete the campaign once it settles), HELD_INTERVAL_SECONDS at most."""
+    soon = now + timedelta(seconds=INTERVAL_SECONDS)
+    if pending or on_their_way > 0 or not held.count or held.first_due is None:
+        return soon
+    return max(soon, min(held.first_due, now + timedelta(seconds=HELD_INTERVAL_SECONDS)))

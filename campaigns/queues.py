@@ -70,6 +70,14 @@ HAS_JOB = sa.text(
 )
 
 
+BRING_FORWARD = sa.text(
+    "-- the job waiting under a queueing lock, due no later than :at (now if NULL)\n"
+    "UPDATE procrastinate_jobs SET scheduled_at = coalesce(CAST(:at AS timestamptz), now())"
+    " WHERE queueing_lock = :queueing_lock AND status = 'todo'"
+    " AND scheduled_at > coalesce(CAST(:at AS timestamptz), now())"
+)
+
+
 def defer(
     session: AnySession,
     task: str,
@@ -77,10 +85,11 @@ def defer(
     args_list: Sequence[Mapping[str, Any]],
     at: Sequence[datetime | None] | None = None,
     queueing_lock: str | None = None,
-) -> None:
-    """Insert jobs in the session's transaction (all or none)."""
+) -> bool:
+    """Insert jobs in the session's transaction (all or none); False when a job with the
+    same queueing lock is already waiting (nothing inserted)."""
     if not args_list:
-        return
+        return True
     params = {
         "queue": queue,
         "task": task,
@@ -90,7 +99,7 @@ def defer(
     }
     if queueing_lock is None:
         session.execute(DEFER_JOBS, params)
-        return
+        return True
     # One waiting job per queueing lock: a second one is "already enqueued", and
     # the savepoint keeps that refusal from aborting the caller's transaction.
     try:
@@ -98,6 +107,8 @@ def defer(
             session.execute(DEFER_JOBS, params)
     except IntegrityError:
         logger.debug("%s: a job with queueing lock %s is already waiting", task, queueing_lock)
+        return False
+    return True
 
 
 def defer_fan_out(session: AnySession, campaign_id: int) -> None:
@@ -110,15 +121,13 @@ def pump_lock(campaign_id: int) -> str:
 
 
 def defer_pump(session: AnySession, campaign_id: int, at: datetime | None = None) -> None:
-    """Run the campaign's pump (at ``at``, else now), unless one is already waiting."""
-    defer(
-        session,
-        PUMP_TASK,
-        SENDER_QUEUE,
-        [{"campaign_id": campaign_id}],
-        [at],
-        pump_lock(campaign_id),
-    )
+    """Run the campaign's pump at ``at`` (else now): one waiting pump per campaign, so
+    if one is already waiting it is brought forward to ``at`` when due later (a pump
+    that only held messages sent hours ahead must not keep a resume or a "retry
+    failed" waiting as long). Workers poll for it (an update sends no notification)."""
+    lock = pump_lock(campaign_id)
+    if not defer(session, PUMP_TASK, SENDER_QUEUE, [{"campaign_id": campaign_id}], [at], lock):
+        session.execute(BRING_FORWARD, {"at": at, "queueing_lock": lock})
 
 
 def defer_sends(

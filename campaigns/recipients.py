@@ -37,6 +37,9 @@ RECIPIENT_CSV_COLUMNS = (
     "read_at",
     "failed_at",
     "provider_message_id",
+    # Added last (columns keep their places for the spreadsheets that read them): what
+    # Disparo says a code means, in the reader's language, beside WhatsApp's own text.
+    "error_explanation",
 )
 
 
@@ -54,6 +57,7 @@ def recipient_csv_header(zone: str) -> list[str]:
         _("Read at (%(zone)s)") % {"zone": zone},
         _("Failed at (%(zone)s)") % {"zone": zone},
         _("WhatsApp message ID"),
+        _("What the error means"),
     ]
 
 
@@ -217,6 +221,9 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
     )
     result = db.session.execute(query)
     status_words = {status: labels.label(status) for status in MessageStatus}
+    # Each code's words once per export, not once per row of a million.
+    explanations = {code: errors.explain(code) for code in errors.EXPLANATIONS}
+    explained = explanations.get
     try:
         for row in result:
             # Words, not codes: the status as the page shows it, Disparo's own error
@@ -233,6 +240,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
                 if row.error_code or row.error_text
                 else None,
                 *row[6:],
+                explained(row.error_code),
             )
     finally:
         result.close()  # also when the download is abandoned half-way

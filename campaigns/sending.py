@@ -71,9 +71,6 @@ logger = logging.getLogger(__name__)
 # the wait before each next try: base ** tries seconds (2, 4; then 3, 9, 27, 81).
 SEND_TRIES, SEND_BACKOFF = 3, 2.0
 RETRY_TRIES, RETRY_BACKOFF = 5, 3.0
-# The per-user marketing limit (131049) says the same again until it is held once:
-# the code a message kept from its last call tells a held message from a fresh one.
-MARKETING_LIMIT_CODE = message_states.MARKETING_LIMIT_CODE
 # A throttled message waits about as long as it has been throttled, within these bounds.
 THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 
@@ -190,6 +187,11 @@ def send_batch(
     return report
 
 
+def marketing_hold_until(config: Mapping[str, Any]) -> datetime:
+    """When a message 131049 holds now is tried again: its ``held_until`` and its job's time."""
+    return _later(3600.0 * float(config["MARKETING_LIMIT_RETRY_HOURS"]))
+
+
 def _retry_limits(waiting: Sequence[tuple[int, int]]) -> tuple[list[int], float]:
     """(ids held back by their own retry limit, seconds until they may go): one call.
 
@@ -272,8 +274,9 @@ def _sort(
             settled.stop = settled.stop or error
             settled.paused.append(entry)
         elif kind is ErrorKind.SLOW_RETRY:
-            # Not retried at once: held once, hours later; held again, it fails.
-            if message.last_code == MARKETING_LIMIT_CODE:
+            # Not retried at once: held once, hours later; held again, it fails. Its
+            # held_until says it was held, whatever errors came in between.
+            if message.held:
                 settled.failed.append((message, error))
             else:
                 settled.marketing_held.append(entry)
@@ -329,16 +332,16 @@ def _record(
         )
         report.pair_limited.extend(moved)
     if settled.marketing_held:
+        until = marketing_hold_until(config)
         moved = message_states.requeue(
             session,
             campaign_id,
             settled.marketing_held,
             MessageStatus.RETRYING,
             tries="reset",
-            clear_throttle=True,
+            held_until=until,
         )
-        hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
-        queues.defer_retries(session, campaign_id, moved, _later(3600.0 * hours))
+        queues.defer_retries(session, campaign_id, moved, until)
         report.marketing_held.extend(moved)
     for seconds, errors in settled.handed_over.items():
         moved = message_states.requeue(

@@ -4,7 +4,10 @@ Statuses never move a message backwards (``read`` then a late ``delivered`` stay
 ``read``) and the same webhook delivered twice changes nothing. Opt-out replies,
 the 131050 error and a marketing "stop" preference put the number on the
 suppression list; a failure whose code means stop pauses its campaign, as the
-same error on the send would.
+same error on the send would. A failure with the per-user marketing limit (131049)
+holds the message as the send does (back to retrying, tried once more
+MARKETING_LIMIT_RETRY_HOURS later) while its campaign sends or is paused; held once
+already, or its campaign over, it fails.
 
 Each change of a webhook (``entry[].changes[]``) names its business number
 (``value.metadata.phone_number_id``) and is applied only if the body is signed
@@ -33,7 +36,7 @@ import json
 import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import sqlalchemy as sa
@@ -47,8 +50,10 @@ from campaigns import (
     encryption,
     message_states,
     phones,
+    queues,
     template_webhooks,
 )
+from campaigns.clock import database_now
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
 from campaigns.services import undeliverable
@@ -78,6 +83,19 @@ MAX_WAMID = 128  # messages.provider_message_id's width
 MAX_ERROR_CODE_DIGITS = 12  # Meta's codes have up to six
 MAX_TIMESTAMP_DIGITS = 12  # seconds: past year 9999 either way
 MAX_LOGGED_PROBLEMS = 20  # one warning per request, however broken the body
+# A 131049 failure this long before a held message's current call started is about the
+# call it was held for (a replay while its one retry is in flight), not about this one.
+STALE_FAILURE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class _MarketingLimited:
+    """A failed status with the per-user marketing limit (131049), applied after the rest."""
+
+    message_id: int
+    at: datetime
+    code: str
+    text: str | None
 
 
 def _utf8(text: str) -> bytes:
@@ -372,6 +390,7 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     skipped = _Skipped()
     failed_campaigns: dict[int, tuple[int | None, str]] = {}
     applied_at: list[datetime] = []  # WhatsApp's time of each status applied (its lag)
+    limited: list[_MarketingLimited] = []
     for change in _changes(payload, signed, skipped):
         value = change.value
         at = f"{change.where}.value"
@@ -382,7 +401,7 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
         for s, status in enumerate(_items(value, "statuses", at, skipped)):
             where = f"{at}.statuses[{s}]"
             outcome = _apply_status(
-                status, change.sender_ids, failed_campaigns, applied_at, where, skipped
+                status, change.sender_ids, failed_campaigns, applied_at, limited, where, skipped
             )
             if outcome:
                 summary[outcome] += 1
@@ -395,6 +414,12 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
                 summary[outcome] += 1
     template_summary, template_stops = template_webhooks.apply(payload, signed, skipped)
     summary |= template_summary
+    if limited:
+        # Each hold takes its campaign's lock (shared) and then a counter shard, as a
+        # batch's claim does, so it starts in a transaction of its own, holding no shard.
+        db.session.commit()
+        for item in limited:
+            summary[_apply_marketing_limit(item, failed_campaigns, applied_at, config)] += 1
     skipped.log()
     summary["skipped"] = len(skipped.problems)
     counters.record_webhook_lags(db.session, applied_at)
@@ -455,6 +480,7 @@ def _apply_status(
     sender_ids: Collection[int],
     failed_campaigns: dict[int, tuple[int | None, str]],
     applied_at: list[datetime],
+    limited: list[_MarketingLimited],
     where: str,
     skipped: _Skipped,
 ) -> str | None:
@@ -491,6 +517,9 @@ def _apply_status(
         )
         return "unknown"
     message = found.Message
+    if failed and code is not None and classify(code, None) is ErrorKind.SLOW_RETRY:
+        limited.append(_MarketingLimited(message.id, at, str(code), text))
+        return None  # counted once applied, after the other statuses
     moved = message_states.record_status(
         db.session,
         message,
@@ -511,6 +540,54 @@ def _apply_status(
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
+
+
+def _apply_marketing_limit(
+    item: _MarketingLimited,
+    failed_campaigns: dict[int, tuple[int | None, str]],
+    applied_at: list[datetime],
+    config: Mapping[str, Any],
+) -> str:
+    """A failure with the per-user marketing limit: held once while its campaign sends or
+    is paused, its retry job deferred with it; else failed as any failure. Commits.
+
+    Idempotent: a replay finds the message held (retrying, nowhere a failure comes from)
+    and changes nothing, or finds its retry in flight and is recognised as stale.
+    """
+    session = db.session
+    message = session.get(Message, item.message_id, populate_existing=True)
+    if message is None:  # erased meanwhile
+        session.commit()
+        return "unknown"
+    if (
+        message.held_until is not None
+        and message.status is MessageStatus.SENDING
+        and message.sending_at is not None
+        and item.at < message.sending_at - timedelta(seconds=STALE_FAILURE_SECONDS)
+    ):
+        session.commit()
+        return "ignored"  # the failure of the call it was held for, replayed
+    hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
+    until = database_now(session) + timedelta(hours=hours)
+    if message_states.hold_from_webhook(session, message, until, item.code, item.text):
+        queues.defer_retries(session, message.campaign_id, [message.id], until)
+        outcome = "applied"
+    elif message_states.record_status(
+        session,
+        message,
+        MessageStatus.FAILED,
+        item.at,
+        error_code=item.code,
+        error_text=item.text,
+    ):
+        failed_campaigns.setdefault(message.campaign_id, (int(item.code), item.text or ""))
+        outcome = "applied"
+    else:
+        outcome = "ignored"  # a duplicate, or a stage the message has already passed
+    if outcome == "applied":
+        applied_at.append(item.at)
+    session.commit()
+    return outcome
 
 
 # The parts of an account webhook that say something, and what reads each.

@@ -378,6 +378,7 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
         "Read at (America/Sao_Paulo)",
         "Failed at (America/Sao_Paulo)",
         "WhatsApp message ID",
+        "What the error means",  # added last: the columns before keep their places
     ]
     assert len(rows) == 1 + 6
     expected = db.session.scalars(
@@ -388,6 +389,9 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     failed, read, skipped = (dict(zip(columns, r, strict=True)) for r in rows[1:4])
     assert failed["name"] == 'Ana "Aninha", Souza'
     assert failed["error_message"] == "Undeliverable,\nline two"
+    # WhatsApp's text as it came, and beside it what Disparo says the code means.
+    assert failed["error_explanation"] == explain("131026")
+    assert read["error_explanation"] == ""
     assert (failed["status"], failed["error_code"]) == ("Failed", "131026")  # its label
     # A phone is neither a formula nor a number: after a word joiner, a spreadsheet keeps it.
     assert failed["phone"].startswith(csvfiles.KEEP_AS_TEXT + "+55")

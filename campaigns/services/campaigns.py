@@ -317,7 +317,8 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
 def cancel_campaign(
     campaign_id: int, user_id: int | None, detail: reasons.Reason | None = None
 ) -> Campaign:
-    """Cancel for good: every message not yet being sent is cancelled at once.
+    """Cancel for good: every message not yet being sent is cancelled at once (retrying
+    ones too, those 131049 holds among them: their jobs find nothing left to do).
 
     ``detail`` goes on the activity entry (``flask queue cancel-campaign``: from the
     command line, by whom)."""

@@ -165,13 +165,13 @@ def cancel_campaign_and_jobs(
 ) -> CampaignCancel:
     """Cancel a campaign as its page does, then cancel its waiting engine jobs.
 
-    The campaign's cancel (services/campaigns) cancels its pending and queued messages
-    and tells its owner; its waiting fan-out, pump and message jobs would then only
-    find nothing to do, so they are cancelled here rather than left to run. A message
-    job takes its messages still waiting (retrying ones among them) with it, as on the
-    monitor. A job running now is left to finish: it cancels what it finds waiting,
-    and its call in flight keeps its outcome. A campaign cancelled before gets only
-    the job sweep; one that ended otherwise (completed, failed) is refused.
+    The campaign's cancel (services/campaigns) cancels its pending, queued and retrying
+    messages and tells its owner; its waiting fan-out, pump and message jobs would then
+    only find nothing to do, so they are cancelled here rather than left to run. A
+    message job takes any message still waiting with it, as on the monitor. A job
+    running now is left to finish: it cancels what it finds waiting, and its call in
+    flight keeps its outcome. A campaign cancelled before gets only the job sweep; one
+    that ended otherwise (completed, failed) is refused.
     """
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:

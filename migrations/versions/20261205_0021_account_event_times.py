@@ -13,14 +13,14 @@ API read's own time), and an older event about it is ignored.
 NULL: nothing applied yet, so any event applies.
 
 Revision ID: 0021
-Revises: 0019
+Revises: 0020
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0021"
-down_revision = "0019"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 

@@ -63,7 +63,7 @@ from campaigns.models import (
 from campaigns.providers.base import SendResult
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind
 from campaigns.services import undeliverable
-from campaigns.services.suppressions import suppress_quietly
+from campaigns.services.suppressions import suppress_message
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +392,8 @@ def _fail(message: message_states.Claimed, error: providers.SendError) -> None:
     message_states.fail(db.session, message.id, [MessageStatus.SENDING], code, error.row_text)
     logger.warning("message %s failed (%s): %s", message.id, code, error.message)
     if error.code in OPT_OUT_CODES:
-        suppress_quietly(db.session, message.phone, error.message, "provider")
+        # From the row: an erased recipient's opt-out is kept only as a hash.
+        suppress_message(db.session, message.id, message.phone, error.message, "provider")
     if error.code in UNDELIVERABLE_CODES:
         # From the row: the recipient's data may have been erased during the call.
         undeliverable.remember_message(db.session, message.id)

@@ -57,7 +57,11 @@ from campaigns.clock import database_now
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
 from campaigns.services import undeliverable
-from campaigns.services.suppressions import lift_provider_suppression, suppress_quietly
+from campaigns.services.suppressions import (
+    lift_provider_suppression,
+    suppress_message,
+    suppress_quietly,
+)
 from campaigns.validation import BIGINT_MAX, identifier
 
 logger = logging.getLogger(__name__)
@@ -533,7 +537,8 @@ def _apply_status(
         return "ignored"  # a duplicate, or a stage the message has already passed
     applied_at.append(at)
     if failed and code in OPT_OUT_CODES:
-        suppress_quietly(db.session, message.phone, text or "", "provider")
+        # From the row too: an erased recipient's opt-out is kept only as a hash.
+        suppress_message(db.session, message.id, message.phone, text or "", "provider")
     if failed and code in UNDELIVERABLE_CODES:  # WhatsApp often says so only here, later
         # From the row, not the message read above: an erasure may have committed since.
         undeliverable.remember_message(db.session, message.id)

@@ -24,9 +24,11 @@ from campaigns.models import (
     MessageStatus,
     Role,
     Sender,
+    Suppression,
     UndeliverableNumber,
 )
 from campaigns.providers import errors
+from campaigns.providers.base import SendError
 from campaigns.services import undeliverable
 from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.personal_data import erase_person, preview_erasure
@@ -343,6 +345,70 @@ def test_a_131026_send_result_for_a_recipient_erased_during_the_call_writes_no_h
     after = _message(ids[0])
     assert (after.error_code, after.phone) == ("131026", None)
     assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
+
+
+def _listed(phone: str) -> list[tuple[str | None, str | None]]:
+    """The suppression rows of this number: (phone in the clear, hash)."""
+    return [
+        (row.phone, row.phone_hash)
+        for row in db.session.scalars(
+            sa.select(Suppression).where(
+                sa.or_(Suppression.phone == phone, Suppression.phone_hash == phone_hash(phone))
+            )
+        )
+    ]
+
+
+def test_a_late_opt_out_webhook_for_an_erased_recipient_keeps_it_only_as_a_hash(
+    app, client, small, monkeypatch
+):
+    first = _queue_all(app, small)[0]
+    assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
+    message = _message(first)
+    phone, wamid = message.phone, message.provider_message_id
+    db.session.commit()
+    real = message_states.record_status
+
+    def erased_meanwhile(session, message, *args, **kwargs):
+        _erase_elsewhere(app, phone)  # the webhook has read the number; the erasure commits
+        return real(session, message, *args, **kwargs)
+
+    monkeypatch.setattr(message_states, "record_status", erased_meanwhile)
+    body = status_webhook(wamid, "failed", first, errors=[{"code": 131050, "title": "stop"}])
+    assert post_webhook(client, body).status_code == 200
+    assert _message(first).phone is None
+    # The opt-out stands (the person asked not to be contacted), never in the clear.
+    assert _listed(phone) == [(None, phone_hash(phone))]
+
+
+def test_an_opt_out_send_result_for_a_recipient_erased_during_the_call_is_hashed(
+    app, small, monkeypatch
+):
+    ids = _queue_all(app, small)
+    phone = _message(ids[0]).phone
+    db.session.commit()
+
+    def opted_out_while_erased(self, **kwargs):
+        _erase_elsewhere(app, phone)  # the message is in `sending`: its number goes
+        raise SendError("opted out", errors.ErrorKind.PERMANENT, 131050, 400)
+
+    monkeypatch.setattr(MockProvider, "send_template", opted_out_while_erased)
+    assert sending.send_batch(small.id, ids[:1], app.config, retry_queue=False).failed == ids[:1]
+    assert _message(ids[0]).phone is None
+    assert _listed(phone) == [(None, phone_hash(phone))]
+
+
+def test_an_opt_out_send_result_lists_the_number_in_the_clear_otherwise(app, small, monkeypatch):
+    ids = _queue_all(app, small)
+    phone = _message(ids[0]).phone
+    db.session.commit()
+
+    def opted_out(self, **kwargs):
+        raise SendError("opted out", errors.ErrorKind.PERMANENT, 131050, 400)
+
+    monkeypatch.setattr(MockProvider, "send_template", opted_out)
+    assert sending.send_batch(small.id, ids[:1], app.config, retry_queue=False).failed == ids[:1]
+    assert _listed(phone) == [(phone, None)]
 
 
 def test_the_erasure_preview_lists_the_undeliverable_store(

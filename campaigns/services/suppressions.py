@@ -25,7 +25,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from app import AnySession, db, rows_changed
 from campaigns import audit, csvfiles, phones
 from campaigns.i18n import _
-from campaigns.models import Suppression
+from campaigns.models import Message, Suppression
 from campaigns.services import NotFound, ServiceError
 from campaigns.validation import storable
 
@@ -109,6 +109,33 @@ def suppress_quietly(session: AnySession, phone: str | None, reason: str, source
         phone=phone, reason=reason[:MAX_REASON_LENGTH], source=source
     )
     return session.execute(_unless_listed(insert)).scalar() is not None
+
+
+def suppress_message(
+    session: AnySession, message_id: int, phone_seen: str | None, reason: str, source: str
+) -> bool:
+    """WhatsApp says this message's recipient opted out (131050): list the number, in the
+    caller's transaction; whether it is new there.
+
+    The number is read again from the message's row, held FOR SHARE, as
+    ``undeliverable.remember_message`` does: if the recipient's data was erased since
+    ``phone_seen`` was read, the opt-out is still kept (the person asked not to be
+    contacted) but only as a hash, as the erasure keeps opt-outs, never in the clear.
+    An erasure running meanwhile waits, then hashes the new row with the rest.
+    """
+    phone = session.scalar(
+        sa.select(Message.phone).where(Message.id == message_id).with_for_update(read=True)
+    )
+    if phone is not None:
+        return suppress_quietly(session, phone, reason, source)
+    if phone_seen is None or _listed_as_hash(session, phone_seen):
+        return False
+    _check_source(source)
+    insert = pg_insert(Suppression).values(
+        phone=None, phone_hash=phone_hash(phone_seen), reason="", source=source
+    )
+    new = insert.on_conflict_do_nothing(index_elements=[Suppression.phone_hash])
+    return session.execute(new.returning(Suppression.id)).scalar() is not None
 
 
 def lift_provider_suppression(session: AnySession, phone: str) -> bool:

@@ -418,7 +418,8 @@ def delete_old_denials(session: AnySession) -> int:
 def throughput_factor(sender: Sender) -> float:
     """The share of its rate the sender sends at now (``slowdown.py``); 1 for a sender
     not read from the database (nothing slowed it)."""
-    return sender.throughput_factor or 1.0
+    factor = sender.throughput_factor
+    return 1.0 if factor is None else min(1.0, max(slowdown.FLOOR, factor))
 
 
 def whatsapp_limit(sender: Sender) -> Limit:

@@ -53,13 +53,18 @@ SENDERS = sa.table(
 
 def factor_now(factor: Any, last_throttled_at: Any) -> sa.ColumnElement[float]:
     """The share of its rate a sender sends at now: ``factor`` as of its last throughput
-    error, a step back for each whole RECOVERY_SECONDS since, at most 1 (SQL)."""
-    elapsed = sa.extract("epoch", sa.func.now() - last_throttled_at)
+    error, a step back for each whole RECOVERY_SECONDS since, FLOOR to 1 (SQL).
+
+    ``now()`` is the reading transaction's start, which can be a little before another
+    transaction's committed error: the time since is then taken as 0, never negative
+    (a negative step would slow the sender below the floor for good).
+    """
+    elapsed = sa.func.greatest(0, sa.extract("epoch", sa.func.now() - last_throttled_at))
     steps = sa.func.least(sa.func.floor(elapsed / RECOVERY_SECONDS), RECOVERY_STEPS)
     recovered = sa.cast(factor * sa.func.power(1 / STEP, steps), sa.Float)
     return sa.case(
         (last_throttled_at.is_(None), sa.literal(1.0, sa.Float)),
-        else_=sa.func.least(1.0, recovered),
+        else_=sa.func.greatest(FLOOR, sa.func.least(1.0, recovered)),
     )
 
 
@@ -80,7 +85,8 @@ def _slow_down_statement() -> sa.Update:
                 (steps, sa.func.greatest(FLOOR, current * STEP)), else_=current
             ),
             slowed_at=sa.case((steps, sa.func.now()), else_=SENDERS.c.slowed_at),
-            last_throttled_at=sa.func.now(),
+            # Never moved back by a transaction that started before the last error's.
+            last_throttled_at=sa.func.greatest(SENDERS.c.last_throttled_at, sa.func.now()),
         )
         .returning(
             SENDERS.c.slowdown_factor, (SENDERS.c.slowed_at == sa.func.now()).label("stepped")

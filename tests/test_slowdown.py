@@ -8,6 +8,7 @@ moved back in the database, whose clock decides.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -114,6 +115,35 @@ def test_an_error_during_the_recovery_steps_down_from_where_it_had_got_to(app, s
     _backdate(sender.id, 1 - slowdown.RECOVERY_SECONDS)  # a minute and a second: 0.8
     assert _sender(sender.id).throughput_factor == pytest.approx(0.8)
     assert _error(sender.id)[0] == pytest.approx(0.64)  # 0.8 * 0.8, not 0.64 * 0.8
+
+
+def test_an_error_read_by_a_transaction_that_started_earlier_never_goes_below_the_floor(
+    app, sender
+):
+    for _ in range(4):  # at the floor, last stepped long enough ago to step again
+        _error(sender.id)
+        _backdate(sender.id, slowdown.EVENT_SECONDS + 1)
+    assert _sender(sender.id).throughput_factor == pytest.approx(0.5)
+    engine = db.engine
+    with engine.connect() as early, engine.connect() as late:
+        early.execute(sa.text("SELECT now()"))  # its transaction (and now()) starts here
+        time.sleep(0.05)
+        late.execute(slowdown.SLOW_DOWN, {"sender_id": sender.id})  # a later error, first
+        late.commit()
+        # The earlier transaction sees an error "after" its now(): no negative recovery.
+        factor = early.execute(
+            sa.select(Sender.throughput_factor).where(Sender.id == sender.id)
+        ).scalar_one()
+        assert factor == pytest.approx(0.5)
+        row = early.execute(slowdown.SLOW_DOWN, {"sender_id": sender.id}).one()
+        early.commit()
+        assert row.slowdown_factor == pytest.approx(0.5)
+    after = _sender(sender.id)
+    assert after.slowdown_factor == pytest.approx(0.5)
+    assert after.throughput_factor == pytest.approx(0.5)
+    # The last error's time was not moved back by the earlier transaction's clock.
+    _backdate(sender.id, slowdown.RECOVERY_MINUTES * 60)
+    assert _sender(sender.id).throughput_factor == 1.0  # and it recovers all the way
 
 
 def test_the_limiter_grants_at_the_slower_rate(app, sender, owner):

@@ -224,6 +224,7 @@ class Settings:
     mock_whatsapp_permanent_rate: float
     mock_whatsapp_marketing_limit_rate: float
     mock_whatsapp_pair_limit_rate: float
+    mock_whatsapp_throughput_cap: int
     mock_whatsapp_webhooks: bool
     mock_whatsapp_read_rate: float
     mock_whatsapp_webhook_delay_ms: int
@@ -289,6 +290,7 @@ class Settings:
             "MOCK_WHATSAPP_PERMANENT_RATE": self.mock_whatsapp_permanent_rate,
             "MOCK_WHATSAPP_MARKETING_LIMIT_RATE": self.mock_whatsapp_marketing_limit_rate,
             "MOCK_WHATSAPP_PAIR_LIMIT_RATE": self.mock_whatsapp_pair_limit_rate,
+            "MOCK_WHATSAPP_THROUGHPUT_CAP": self.mock_whatsapp_throughput_cap,
             "MOCK_WHATSAPP_WEBHOOKS": self.mock_whatsapp_webhooks,
             "MOCK_WHATSAPP_READ_RATE": self.mock_whatsapp_read_rate,
             "MOCK_WHATSAPP_WEBHOOK_DELAY_MS": self.mock_whatsapp_webhook_delay_ms,
@@ -600,6 +602,8 @@ def load_settings() -> Settings:
         mock_whatsapp_permanent_rate=_fraction("MOCK_WHATSAPP_PERMANENT_RATE", 0.0),
         mock_whatsapp_marketing_limit_rate=_fraction("MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 0.0),
         mock_whatsapp_pair_limit_rate=_fraction("MOCK_WHATSAPP_PAIR_LIMIT_RATE", 0.0),
+        # Sends per second per phone number id; 0: no cap (mocks/whatsapp.py, ThroughputCap).
+        mock_whatsapp_throughput_cap=_int_setting("MOCK_WHATSAPP_THROUGHPUT_CAP", 0, minimum=0),
         mock_whatsapp_webhooks=_flag("MOCK_WHATSAPP_WEBHOOKS", default=True),
         mock_whatsapp_read_rate=_fraction("MOCK_WHATSAPP_READ_RATE", 0.6),
         mock_whatsapp_webhook_delay_ms=_int_setting(

@@ -28,3 +28,5 @@ def init_app(app: Flask) -> None:
         app.register_blueprint(blueprint)
     # The …0429 numbers' tries, counted per app (each test's app starts from none).
     app.extensions[whatsapp.TRIES_EXTENSION] = whatsapp.ThrottleTries()
+    # And the sends the throughput cap has seen (MOCK_WHATSAPP_THROUGHPUT_CAP).
+    app.extensions[whatsapp.CAP_EXTENSION] = whatsapp.ThroughputCap()

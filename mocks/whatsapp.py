@@ -31,6 +31,18 @@ tests need no randomness — by the last four digits of ``to``:
   the last ``TRIES_KEPT`` such keys: a restart, or a key forgotten, starts again.
 - ``…0500``: HTTP 500, code 131000 (Something went wrong, retry).
 
+A **throughput cap** stands in for Meta's messages per second per number (80 by
+default, up to 1,000 upgraded): ``MOCK_WHATSAPP_THROUGHPUT_CAP`` sends per second per
+phone number id (0, the default, is no cap). A send beyond it is answered HTTP 429 /
+130429 like the throttled error above, before anything else is decided (a storm, a
+forced number, the rates). The window is *sliding*: a send is admitted when fewer
+than the cap were admitted for its phone number id in the second before it (refused
+sends do not count, so a sender over the cap still gets the cap's worth through).
+Decided when the call's latency has passed, in the answering process's memory
+(:class:`ThroughputCap`, thread-safe like ``ThrottleTries``); the mock process's
+``GET /stats`` counts its refusals (``capped``). ``bench/throughput.py`` measures the
+engine's slowdown (``campaigns/slowdown.py``) against it.
+
 Later, like Meta, the mock posts signed status webhooks for each accepted message
 to ``{APP_BASE_URL}/webhooks/whatsapp``: ``sent``, then ``delivered``, then
 ``read`` for about ``MOCK_WHATSAPP_READ_RATE`` of the messages (decided by a hash
@@ -94,8 +106,8 @@ import re
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -138,6 +150,8 @@ STORM_EXTENSION = "mock_whatsapp_storm"  # the web process's Storms, per Flask a
 FORCED_THROTTLES = 2  # a …0429 number is throttled on its first two tries, then passes
 TRIES_KEPT = 100_000  # the (phone number id, number, callback data) keys counted at most
 TRIES_EXTENSION = "mock_whatsapp_tries"  # the web process's ThrottleTries, per Flask app
+CAP_EXTENSION = "mock_whatsapp_cap"  # the web process's ThroughputCap, per Flask app
+CAP_WINDOW_SECONDS = 1.0  # MOCK_WHATSAPP_THROUGHPUT_CAP counts sends in this sliding window
 CALLBACK_DATA_MAX = 512  # Meta's limit on biz_opaque_callback_data
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
@@ -347,6 +361,38 @@ class ThrottleTries:
             return tries
 
 
+class ThroughputCap:
+    """Sends admitted per phone number id in the last second (sliding), in this process's
+    memory: at most ``per_second`` of them, the rest refused.
+
+    Only admitted sends are counted, so a sender that keeps calling above the cap still
+    gets the cap's worth through (a refusal spends nothing). Each phone number id keeps
+    at most ``per_second`` times. Thread-safe: the web process answers on many threads.
+    ``clock`` is injectable for the tests (``time.monotonic``).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.refused = 0  # sends refused since the start
+        self._admitted: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, phone_number_id: str, per_second: int) -> bool:
+        """Whether this send fits under ``per_second`` (0: no cap); counted if it does."""
+        if per_second <= 0:
+            return True
+        now = self.clock()
+        with self._lock:
+            times = self._admitted.setdefault(phone_number_id, deque())
+            while times and times[0] <= now - CAP_WINDOW_SECONDS:
+                times.popleft()
+            if len(times) >= per_second:
+                self.refused += 1
+                return False
+            times.append(now)
+            return True
+
+
 @dataclass(frozen=True)
 class Storm:
     """For ``seconds`` from ``started`` (``time.monotonic()``), shares of calls refused."""
@@ -435,13 +481,17 @@ def injected_error(
     config: Mapping[str, Any],
     tries: ThrottleTries,
     storms: Storms | None = None,
+    cap: ThroughputCap | None = None,
 ) -> tuple[int, int, str] | None:
-    """The error this send gets: a storm's, forced by the number's last digits, or drawn
-    at the rates.
+    """The error this send gets: the throughput cap's, a storm's, forced by the number's
+    last digits, or drawn at the rates.
 
     A ``…0429`` number is throttled on its first ``FORCED_THROTTLES`` tries only; after
     that it is any number, drawn at the rates like the others.
     """
+    per_second = int(config.get("MOCK_WHATSAPP_THROUGHPUT_CAP", 0))
+    if cap is not None and not cap.admit(phone_number_id, per_second):
+        return THROTTLED
     if storms is not None and (error := storms.error()) is not None:
         return error
     forced = FORCED_ERRORS.get(accepted.wa_id[-4:])
@@ -471,10 +521,11 @@ def screen(
     config: Mapping[str, Any],
     tries: ThrottleTries,
     storms: Storms | None = None,
+    cap: ThroughputCap | None = None,
 ) -> Accepted:
     """Decide a send as Meta would: the message to record, or MetaError (invalid, injected)."""
     accepted = validate(payload)
-    error = injected_error(phone_number_id, accepted, config, tries, storms)
+    error = injected_error(phone_number_id, accepted, config, tries, storms, cap)
     if error is not None:
         raise MetaError(error)
     return accepted
@@ -630,6 +681,11 @@ def _storms() -> Storms:
     return storms
 
 
+def _cap() -> ThroughputCap:
+    cap: ThroughputCap = current_app.extensions.setdefault(CAP_EXTENSION, ThroughputCap())
+    return cap
+
+
 @bp.post("/<version>/<phone_number_id>/messages")
 def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     """Accept a template message like the Cloud API, or refuse it the way Meta would."""
@@ -638,7 +694,9 @@ def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     latency_ms = int(config.get("MOCK_WHATSAPP_LATENCY_MS", 0))
     if latency_ms:
         time.sleep(latency_ms / 1000)
-    accepted = screen(phone_number_id, request.get_json(silent=True), config, _tries(), _storms())
+    accepted = screen(
+        phone_number_id, request.get_json(silent=True), config, _tries(), _storms(), _cap()
+    )
     [wamid] = record_many(db.session, [(phone_number_id, accepted, arrived)], config)
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):
         defer_poster(config)

@@ -33,7 +33,8 @@ by itself for whatever falls due later.
 (``mocks/whatsapp.py`` says what a storm is); the storm lives in this process.
 
 ``GET /stats`` says how many calls are in flight now and at most since the start,
-and how many were accepted, refused and recorded in how many flushes.
+and how many were accepted, refused (``capped``: of them, by the throughput cap,
+``MOCK_WHATSAPP_THROUGHPUT_CAP``) and recorded in how many flushes.
 
 With mocks off (production) or without ``MOCK_WHATSAPP_URL`` the process idles
 until it is stopped, then exits 0: honcho stops every process when one exits.
@@ -100,6 +101,7 @@ class MockWhatsApp:
         self.webhooks = bool(config.get("MOCK_WHATSAPP_WEBHOOKS", True))
         self.tries = whatsapp.ThrottleTries()
         self.storms = whatsapp.Storms()
+        self.cap = whatsapp.ThroughputCap()
         self.stats = Stats()
         self._waiting: list[tuple[str, Accepted, datetime, asyncio.Future[str]]] = []
         self._arrived = asyncio.Event()
@@ -131,6 +133,7 @@ class MockWhatsApp:
                     self.config,
                     self.tries,
                     self.storms,
+                    self.cap,
                 )
                 wamid = await self.record(phone_number_id, accepted, arrived)
             except MetaError as error:
@@ -142,7 +145,8 @@ class MockWhatsApp:
             stats.in_flight -= 1
 
     async def stats_view(self, request: web.Request) -> web.Response:
-        return _json_response(asdict(self.stats) | {"pid": os.getpid()}, 200)
+        counts = asdict(self.stats) | {"capped": self.cap.refused, "pid": os.getpid()}
+        return _json_response(counts, 200)
 
     async def storm_start(self, request: web.Request) -> web.Response:
         try:

@@ -545,9 +545,11 @@ def test_mock_whatsapp_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "INSTANCE_PATH", tmp_path)
     monkeypatch.setattr(config, "database_url", lambda: "postgresql://db.example.com/disparo")
     monkeypatch.setenv("DISPARO_ENV", "development")
-    for name in ("LATENCY_MS", "THROTTLE_RATE", "WEBHOOKS", "READ_RATE", "WEBHOOK_DELAY_MS", "URL"):
+    names = ("LATENCY_MS", "THROTTLE_RATE", "WEBHOOKS", "READ_RATE", "WEBHOOK_DELAY_MS", "URL")
+    for name in (*names, "THROUGHPUT_CAP"):
         monkeypatch.delenv(f"MOCK_WHATSAPP_{name}", raising=False)
     defaults = config.load_settings().flask_config()
+    assert defaults["MOCK_WHATSAPP_THROUGHPUT_CAP"] == 0
     assert defaults["MOCK_WHATSAPP_LATENCY_MS"] == 0
     assert defaults["MOCK_WHATSAPP_THROTTLE_RATE"] == 0.0
     assert defaults["MOCK_WHATSAPP_WEBHOOKS"] is True
@@ -571,6 +573,13 @@ def test_mock_whatsapp_settings(monkeypatch, tmp_path):
 
     monkeypatch.setenv("MOCK_WHATSAPP_READ_RATE", "60%")
     with pytest.raises(ConfigError, match="MOCK_WHATSAPP_READ_RATE"):
+        config.load_settings()
+    monkeypatch.delenv("MOCK_WHATSAPP_READ_RATE")
+
+    monkeypatch.setenv("MOCK_WHATSAPP_THROUGHPUT_CAP", "80")
+    assert config.load_settings().flask_config()["MOCK_WHATSAPP_THROUGHPUT_CAP"] == 80
+    monkeypatch.setenv("MOCK_WHATSAPP_THROUGHPUT_CAP", "-1")
+    with pytest.raises(ConfigError, match="MOCK_WHATSAPP_THROUGHPUT_CAP"):
         config.load_settings()
 
 
@@ -596,6 +605,53 @@ def test_throttle_tries_are_counted_per_key_and_bounded():
     assert len(tries) == 2
     assert tries.count(b) == 1  # so it starts again; now a is forgotten
     assert tries.count(a) == 1
+
+
+class Clock:
+    """A clock the test moves by hand (the throughput cap's window, without timing)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_throughput_cap_admits_so_many_a_second_per_number_in_a_sliding_window():
+    clock = Clock()
+    cap = mock_whatsapp.ThroughputCap(clock)
+    assert [cap.admit("1", 3) for _ in range(4)] == [True, True, True, False]
+    assert cap.admit("2", 3)  # each phone number id has its own window
+    clock.now += 0.5
+    assert not cap.admit("1", 3)  # all three are still within the last second
+    clock.now += 0.5  # the first three are exactly a second old: out of the window
+    assert [cap.admit("1", 3) for _ in range(4)] == [True, True, True, False]
+    assert cap.refused == 3  # refusals take no room: the window holds only admitted sends
+    clock.now += 0.999
+    assert not cap.admit("1", 3)  # sliding, not per whole second
+    assert all(cap.admit("1", 0) for _ in range(100))  # 0: no cap
+    assert cap.refused == 4
+
+
+def test_sends_beyond_the_throughput_cap_are_throttled_like_meta(mock_app, sender, send):
+    clock = Clock()
+    mock_app.extensions[mock_whatsapp.CAP_EXTENSION] = mock_whatsapp.ThroughputCap(clock)
+    assert mock_app.config["MOCK_WHATSAPP_THROUGHPUT_CAP"] == 0  # off unless asked for
+    for n in range(3):
+        send(callback_data=str(n))
+    mock_app.config["MOCK_WHATSAPP_THROUGHPUT_CAP"] = 2
+    clock.now += 1.0
+    send(callback_data="3")
+    send(callback_data="4")
+    with pytest.raises(SendError) as caught:
+        send(callback_data="5")
+    error = caught.value
+    assert (error.kind, error.code, error.http_status) == (ErrorKind.THROTTLED, 130429, 429)
+    other = _sender("Mock 888", OTHER_PHONE_NUMBER_ID)
+    send(callback_data="6", via=other)  # another number has its own cap
+    clock.now += 1.0
+    send(callback_data="5")  # a second later it goes through
+    assert [row.message_id for row in logged()] == ["0", "1", "2", "3", "4", "6", "5"]
 
 
 # -- the mock process (mocks/whatsapp_server.py), started as the Procfile's `mock:` does
@@ -774,6 +830,7 @@ def test_the_mock_process_answers_like_the_web_port(
         "recorded": 1,
         "flushes": 1,
         "failed_flushes": 0,
+        "capped": 0,  # no throughput cap unless MOCK_WHATSAPP_THROUGHPUT_CAP
         "pid": 0,
     }
     mock.process.terminate()

@@ -1,18 +1,21 @@
-"""The sender's slowdown against a provider that really caps throughput (130429 beyond it).
+"""The sender's limits and slowdown against a provider that really caps throughput.
 
     .venv/bin/python bench/throughput.py
-    .venv/bin/python bench/throughput.py --recipients 1000 --cap 80 --multiples 0.8,1,1.5,3 \\
+    .venv/bin/python bench/throughput.py --recipients 1000 --cap 80 --runs 1,1@80,1.5@100 \\
         --latency-ms 300 --setup 1x5
 
 The stack of ``bench/engine.py`` (its ``Stack``: the mock WhatsApp process, gunicorn,
 the Procfile's workers, on a scratch database), the owner's limit lifted. The mock
 answers after ``--latency-ms`` and caps each phone number id at ``--cap`` sends a second
 (``MOCK_WHATSAPP_THROUGHPUT_CAP``, a sliding window): beyond it, 429 / 130429. Then,
-one after the other in the same stack, a campaign of ``--recipients`` per multiple M
-of ``--multiples``: the sender configured at M x cap x 60 a minute, no minimum gap, its
-slowdown and its limiter's window cleared first. M = 1 is the oracle (the sender
-configured exactly at the cap); above 1, 130429 must come and the slowdown
-(``campaigns/slowdown.py``) must bring the sender down to what the provider takes.
+one after the other in the same stack, a campaign of ``--recipients`` per run ``M@R``
+of ``--runs``: the sender configured at M x cap x 60 a minute, no minimum gap, Meta
+reporting R messages a second (``throughput_per_second``: the per-second limit,
+``ratelimit.throughput_limit``; no R: not reported, the per-minute limit alone), its
+slowdown and its limiter's keys cleared first. ``1@cap`` is the oracle (configured at
+the cap, and Meta saying so); ``1`` is the per-minute limit alone at the cap; ``R``
+above the cap is Meta reporting more than the number takes, which only the slowdown
+(``campaigns/slowdown.py``) can find out.
 
 For each: the wall time from send-now to ``completed``, msg/s from the messages'
 ``sent_at`` (overall, and per ``--bucket-seconds`` to show any oscillation), the
@@ -47,12 +50,13 @@ from bench import _common, engine  # noqa: E402  (needs ROOT on sys.path)
 # limiter key's window forgotten, so one run's grants do not hold back the next.
 RESET_SENDER = """
 UPDATE senders SET rate_limit_per_minute = %(per_minute)s, min_interval_ms = 0,
+       throughput_per_second = %(reported)s,
        slowdown_factor = 1, slowed_at = NULL, last_throttled_at = NULL
  WHERE id = %(id)s
 """
 RESET_LIMITER = (
-    "DELETE FROM rate_limit_buckets WHERE key = %(key)s",
-    "DELETE FROM rate_limit_keys WHERE key = %(key)s",
+    "DELETE FROM rate_limit_buckets WHERE key LIKE %(key)s",
+    "DELETE FROM rate_limit_keys WHERE key LIKE %(key)s",
 )
 OUTCOMES = """
 SELECT count(*) FILTER (WHERE sent_at IS NOT NULL) AS sent,
@@ -114,13 +118,14 @@ def one_run(
     stack: engine.Stack,
     sender: dict[str, Any],
     multiple: float,
+    reported: int | None,
 ) -> dict[str, Any]:
     from campaigns.services.campaigns import send_campaign_now
 
     per_minute = round(multiple * args.cap * 60)
-    conn.execute(RESET_SENDER, {"per_minute": per_minute, "id": sender["id"]})
-    for statement in RESET_LIMITER:
-        conn.execute(statement, {"key": f"whatsapp:{sender['id']}"})
+    conn.execute(RESET_SENDER, {"per_minute": per_minute, "reported": reported, "id": sender["id"]})
+    for statement in RESET_LIMITER:  # its per-minute and per-second keys
+        conn.execute(statement, {"key": f"whatsapp:{sender['id']}%"})
     campaign_id, owner_id, _segment = engine.create_campaign(args.recipients)
     mock = stack.mock_api_base_url().removesuffix("/v23.0")
     before = _mock_stats(mock)
@@ -165,6 +170,7 @@ def one_run(
     return {
         "multiple": multiple,
         "configured_per_minute": per_minute,
+        "reported_per_second": reported,
         "status": status,
         "sent": sent,
         "skipped": skipped,
@@ -216,11 +222,15 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             stack.start_workers(setup)
             assert stack.env()["MOCK_WHATSAPP_THROUGHPUT_CAP"] == str(args.cap)
             runs = []
-            for multiple in args.multiples:
-                runs.append(one_run(args, conn, stack, sender, multiple))
+            for multiple, reported in args.runs:
+                runs.append(one_run(args, conn, stack, sender, multiple, reported))
                 print(f"bench/throughput.py: {json.dumps(runs[-1])}", file=sys.stderr)
             db.session.execute(sa.text("SELECT 1"))  # the app's pool is still fine
-    oracle = next((r for r in runs if r["multiple"] == 1), runs[0])
+    # The oracle: configured at the cap, and Meta saying the cap (the per-second limit).
+    oracle = next(
+        (r for r in runs if r["multiple"] == 1 and r["reported_per_second"] == args.cap),
+        runs[0],
+    )
     for result in runs:
         result["ratio_to_oracle"] = round(result["msg_per_s"] / oracle["msg_per_s"], 3)
         result["ratio_to_cap"] = round(result["msg_per_s"] / args.cap, 3)
@@ -233,11 +243,22 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     }
 
 
-def _multiples(text: str) -> list[float]:
-    values = [float(part) for part in text.split(",") if part.strip()]
-    if not values or any(value <= 0 for value in values):
-        raise argparse.ArgumentTypeError("multiples are positive numbers, e.g. 1,1.5,3")
-    return values
+def _runs(text: str) -> list[tuple[float, int | None]]:
+    """``M`` or ``M@R``: the sender configured at M x cap a second, and Meta saying it may
+    send R a second (``throughput_per_second``; none: not said, the per-minute limit only)."""
+    runs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        multiple, _, reported = part.partition("@")
+        try:
+            run = (float(multiple), int(reported) if reported else None)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: M or M@R, e.g. 1,1@80,1.5@100") from None
+        if run[0] <= 0 or (run[1] is not None and run[1] <= 0):
+            raise argparse.ArgumentTypeError(f"{part!r}: positive numbers")
+        runs.append(run)
+    if not runs:
+        raise argparse.ArgumentTypeError("at least one run, e.g. 1,1@80,1.5@100")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=1_000, help="per campaign")
     parser.add_argument("--cap", type=int, default=80, help="the mock's sends per second")
     parser.add_argument(
-        "--multiples", type=_multiples, default=[0.8, 1.0, 1.5, 3.0], help="the sender's rate x cap"
+        "--runs",
+        type=_runs,
+        default=[(1.0, None), (1.0, 80), (1.5, 100)],
+        help="M[@R],...: the sender's rate x cap, and the throughput Meta reports (a second)",
     )
     parser.add_argument("--setup", default="1x5", help="message workers, PxC")
     parser.add_argument("--latency-ms", type=int, default=300, help="the mock's latency")

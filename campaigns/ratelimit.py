@@ -437,6 +437,31 @@ def whatsapp_limit(sender: Sender) -> Limit:
     )
 
 
+def throughput_limit(sender: Sender) -> Limit | None:
+    """The sender's throughput as Meta counts it: messages in any second, from what Meta
+    says the number may send (``throughput_per_second``, account_health.py), slowed like
+    the rest (``slowdown.py``). None while Meta has not said.
+
+    The per-minute limit alone lets a minute's messages come in bursts (two batches a
+    worker fetched in the same poll, throttled ones coming back together), which Meta,
+    counting per second, answers with 130429 (bench/README.md, "throughput").
+    """
+    if not sender.throughput_per_second:
+        return None
+    return Limit(
+        key=f"whatsapp:{sender.id}:second",
+        limit=slowdown.slowed_rate(sender.throughput_per_second, throughput_factor(sender)),
+        window_seconds=1.0,
+    )
+
+
+def whatsapp_limits(sender: Sender) -> list[Limit]:
+    """Every limit a message of this sender takes: per minute (and its gap), and per second
+    once Meta has said the number's throughput."""
+    per_second = throughput_limit(sender)
+    return [whatsapp_limit(sender)] + ([per_second] if per_second else [])
+
+
 def campaign_limit(owner: User) -> Limit:
     """The campaign owner's limit: messages per minute across all their campaigns."""
     return Limit(
@@ -457,8 +482,9 @@ def retry_limit(message_id: int) -> Limit:
 
 
 def send_limits(sender: Sender, owner: User) -> list[Limit]:
-    """The limits one campaign message consumes together: its sender's and its owner's."""
-    return [whatsapp_limit(sender), campaign_limit(owner)]
+    """The limits one campaign message consumes together: its sender's (per minute, and per
+    second once Meta has said its throughput) and its owner's."""
+    return [*whatsapp_limits(sender), campaign_limit(owner)]
 
 
 def counted_seconds(limit: Limit) -> float:
@@ -492,7 +518,8 @@ class Pace:
 
 
 def pace(sender: Sender, owner: User) -> Pace:
-    """The slowest of the sender's rate, the sender's minimum gap and the owner's rate.
+    """The slowest of the sender's rate, its minimum gap, its throughput a second as Meta
+    says it (once read) and the owner's rate.
 
     Paced at the bare limit (60 s / limit), the pump ran a sixtieth faster than the
     limiter grants; the messages it held back piled up and went out together when a
@@ -500,8 +527,9 @@ def pace(sender: Sender, owner: User) -> Pace:
     soak), which a provider counting per second would throttle. On a tie the owner's
     limit is named first, then the sender's rate.
     """
-    sender_rate, owner_rate = send_limits(sender, owner)
+    sender_rate, owner_rate = whatsapp_limit(sender), campaign_limit(owner)
     factor = throughput_factor(sender)
+    per_second = throughput_limit(sender)
     candidates = [
         Pace(
             counted_seconds(owner_rate) / owner_rate.limit,
@@ -517,6 +545,17 @@ def pace(sender: Sender, owner: User) -> Pace:
         ),
         Pace(sender_rate.min_gap_seconds, PACE_SENDER_GAP, sender_rate.min_gap_ms, factor),
     ]
+    if per_second is not None:
+        # Meta's throughput, said as the sender's rate a minute (the same binding: it is
+        # the sender's rate, set by Meta rather than by an admin).
+        candidates.append(
+            Pace(
+                counted_seconds(per_second) / per_second.limit,
+                PACE_SENDER_RATE,
+                per_second.limit * 60,
+                factor,
+            )
+        )
     return max(candidates, key=lambda candidate: candidate.seconds)  # the first of a tie
 
 

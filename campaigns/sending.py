@@ -87,6 +87,7 @@ CAMPAIGN_LOAD = (
         Sender.rate_limit_per_minute,
         Sender.min_interval_ms,
         Sender.throughput_factor,
+        Sender.throughput_per_second,
     ),
     joinedload(Campaign.template).load_only(
         MessageTemplate.name,

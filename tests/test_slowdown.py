@@ -159,6 +159,28 @@ def test_the_limiter_grants_at_the_slower_rate(app, sender, owner):
     assert decision.granted == 80
 
 
+def test_metas_throughput_is_a_per_second_limit_slowed_like_the_rest(app, sender, owner):
+    sender.rate_limit_per_minute, sender.min_interval_ms = 600_000, 0
+    owner.campaign_rate_limit_per_minute = 600_000
+    db.session.commit()
+    assert ratelimit.throughput_limit(_sender(sender.id)) is None  # Meta has not said yet
+    sender.throughput_per_second = 80
+    db.session.commit()
+    limit = ratelimit.throughput_limit(_sender(sender.id))
+    assert (limit.key, limit.limit, limit.window_seconds) == (f"whatsapp:{sender.id}:second", 80, 1)
+    # The pace follows Meta's 80 a second (said as the sender's rate a minute), and a
+    # second's worth of messages is all the limiter grants in any second.
+    pace = ratelimit.pace(_sender(sender.id), owner)
+    assert (pace.binding, pace.value) == ("sender_rate", 4800)
+    limits = ratelimit.send_limits(_sender(sender.id), owner)
+    assert ratelimit.consume(db.session, limits, units=200, partial=True).granted == 80
+    assert ratelimit.consume(db.session, limits, units=10, partial=True).granted == 0
+    _error(sender.id)  # 130429: 64 a second from now on
+    limit = ratelimit.throughput_limit(_sender(sender.id))
+    assert limit.limit == 64
+    assert ratelimit.pace(_sender(sender.id), owner).value == 64 * 60
+
+
 @pytest.fixture
 def small(app, owner, live_server, monkeypatch) -> Campaign:
     monkeypatch.setitem(app.config, "APP_BASE_URL", live_server)

@@ -420,7 +420,7 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     params = rendering.params_for(campaign.variable_mapping, sample)
     if empty := rendering.missing_params(params):
         params |= rendering.sample_values(empty, campaign.template.parameter_format)
-    decision = ratelimit.consume(db.session, [ratelimit.whatsapp_limit(campaign.sender)])
+    decision = ratelimit.consume(db.session, ratelimit.whatsapp_limits(campaign.sender))
     if not decision.allowed:
         raise ServiceError(
             _("The sender's limit is used up; try again in %(s)d s.")

@@ -2,14 +2,14 @@
 
 Called by the message jobs in ``jobs/tasks.py``; it never imports ``jobs``. A job
 carries a batch of one campaign's messages (``queues.defer_sends``). The batch
-checks its campaign, takes the retried messages' own retry limits in one limiter
-call, claims the rest (``sending``, committed before any call, so a crash from there
-on leaves rows maintenance sends again: at-least-once), then takes the sender's and
-owner's limits for them in one more call, as a partial grant, and starts the granted
-calls at once on the process's call pool (``calls.py``): nothing but the grant's
-return lies between a grant and its request, which is what a minimum gap can lose
-at the provider. What a limit holds back goes back to waiting, its try and attempt
-given back, for a later job. Outcomes are recorded as the calls return, in one
+checks its campaign, claims its messages (``sending``, committed before any call, so a
+crash from there on leaves rows maintenance sends again: at-least-once), takes the
+sender's and owner's limits for them in one limiter call, as a partial grant, then,
+for the granted ones that are retries, their own retry limits in one more call (only
+when there are such: a fresh batch's calls follow its grant with nothing between, which
+is what a minimum gap can lose at the provider), and starts the calls at once on the
+process's call pool (``calls.py``). What a limit holds back goes back to waiting, its
+try and attempt given back, for a later job. Outcomes are recorded as the calls return, in one
 transaction per group of calls that returned together.
 
 Each message keeps its own tries (``messages.tries``): 3 on campaign-messages,
@@ -141,26 +141,33 @@ def send_batch(
         db.session.commit()
         return report
 
-    held, wait = _retry_limits(waiting)
-    candidates = [message_id for message_id, _ in waiting if message_id not in held]
     limits = ratelimit.send_limits(campaign.sender, campaign.owner)
     # Claimed and committed before the send limits are taken, so a granted call starts
     # right after its grant: what lies between them is what a minimum gap can lose at
     # the provider. What the limits then hold back is given back below.
-    claimed = message_states.claim(db.session, campaign_id, candidates, source)
-    report.skipped += len(candidates) - len(claimed)
+    claimed = message_states.claim(db.session, campaign_id, [i for i, _ in waiting], source)
+    report.skipped += len(waiting) - len(claimed)
     # The call threads read the sender and template while this thread records outcomes
     # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
     db.session.expunge(sender)
     db.session.expunge(template)
     db.session.commit()
-    granted = 0
+    granted: list[message_states.Claimed] = []
+    wait = 0.0
     if claimed:
         decision = ratelimit.consume(db.session, limits, units=len(claimed), partial=True)
-        granted = decision.granted
-        if granted < len(claimed):
-            wait = max(wait, decision.retry_after)
+        granted = claimed[: decision.granted]
+        if decision.granted < len(claimed):
+            wait = decision.retry_after
+    # A retry takes a unit of its own retry limit only once the send limits let it go: one
+    # they hold back is not called and spends nothing (spent on every hold, a throttled
+    # message competing with fresh batches for a busy second ran out of its 10 in minutes
+    # and waited 5: bench/README.md, "throughput").
+    attempts = dict(waiting)
+    limited, retry_wait = _retry_limits([(m.id, attempts[m.id]) for m in granted])
+    wait = max(wait, retry_wait)
+    calling = [message for message in granted if message.id not in limited]
     provider = providers.for_sender(sender, config)
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     started: dict[Future[SendResult], message_states.Claimed] = {
@@ -172,12 +179,13 @@ def send_batch(
             params=message.params,
             callback_data=str(message.id),
         ): message
-        for message in claimed[:granted]
+        for message in calling
     }
-    back = [message.id for message in claimed[granted:]]
-    if held or back:
+    called = {message.id for message in calling}
+    back = [message.id for message in claimed if message.id not in called]
+    if back:
         back = message_states.unclaim(db.session, campaign_id, back, source)
-        report.held = sorted(held + back)
+        report.held = sorted(back)
         queues.defer_sends(
             db.session, campaign_id, [report.held], [_later(wait)], retry_queue=retry_queue
         )

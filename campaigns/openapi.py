@@ -471,8 +471,11 @@ def schemas() -> dict[str, Schema]:
                         "WhatsApp's templates not imported or not updated, each with why: "
                         "ones Disparo cannot send as WhatsApp has them (a media, location or "
                         "variable header, a button needing a value or of another kind, "
-                        "another component, an unknown status or category, texts the "
-                        "template form refuses), and drafts being edited in Disparo."
+                        "another component, an unknown status or category, one WhatsApp "
+                        "reports as deleted, texts the template form refuses), and drafts "
+                        "being edited in Disparo. A template Disparo already has that is "
+                        "skipped for its content still takes WhatsApp's status (and is then "
+                        "counted in updated too)."
                     ),
                 },
             },
@@ -991,7 +994,8 @@ def paths() -> dict[str, Schema]:
                     "have (found by WhatsApp's id, else name and language), updates those it "
                     "has. Running it again changes nothing. Under the sender's route: the "
                     "templates live in its WABA. 409 when the sender has no waba_id (or uses "
-                    "the mock WhatsApp where it is off); 422 with the provider's words when "
+                    "the mock WhatsApp where it is off, or its WABA changed while the listing "
+                    "was read); 422 with the provider's words when "
                     "WhatsApp cannot be reached or refuses."
                 ),
             ),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -76,6 +76,9 @@ STATUS_EVENTS = {
     "PENDING": TemplateStatus.PENDING,
 }
 MAX_ID = 64  # provider_template_id's and waba_id's width
+# The status reason of a template gone from its WABA (services/template_import.py); its
+# campaigns fail with reasons.TEMPLATE_DELETED.
+DELETED_REASON = "DELETED"
 MAX_NAME = 512
 MAX_LANGUAGE = 16
 MAX_REASON = 200
@@ -106,9 +109,16 @@ class Stop:
 def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int], list[Stop]]:
     """Apply every template change of a webhook (the caller commits, then calls
     :func:`stop_campaigns` with the stops). Parts ``webhooks.py`` already reports as
-    malformed (the body, ``entry``, ``changes``) are passed over silently here."""
+    malformed (the body, ``entry``, ``changes``) are passed over silently here.
+
+    The templates every change is about are found first, then locked together in id
+    order (``FOR NO KEY UPDATE``: a campaign being created with one still goes on), then
+    the changes applied in the payload's order: two webhooks, or a webhook and the
+    template import (which locks in id order too), never wait on each other in a
+    cycle."""
     summary = {"templates_applied": 0, "templates_unknown": 0, "templates_stale": 0}
     stops: list[Stop] = []
+    found: list[_Found] = []
     entries = payload.get("entry") if isinstance(payload, dict) else None
     arrived: datetime | None = None
     for e, entry in enumerate(entries if isinstance(entries, list) else []):
@@ -130,16 +140,54 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
                 arrived = arrived or clock.database_now(db.session).replace(microsecond=0)
             when = at or arrived
             assert when is not None
-            outcome = _apply_change(field, value, waba_id, signed, stops, where, skipped, when)
-            if outcome:
-                summary[outcome] += 1
+            update = _update(field, value, stops, where, skipped)
+            if update is None:
+                continue
+            templates = _templates(value, waba_id, signed, where, skipped)
+            if templates is not None:
+                found.append(_Found(field, value, where, when, update, templates))
+    locked = lock_in_order({t.id for item in found for t in item.templates})
+    for item in found:
+        outcome = _apply_change(item, [t for t in item.templates if t.id in locked])
+        summary[outcome] += 1
     return summary, stops
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A change read, and the templates it is about (not locked yet)."""
+
+    field: str
+    value: Mapping[str, Any]
+    where: str
+    at: datetime
+    update: Callable[[MessageTemplate], None]
+    templates: list[MessageTemplate]
+
+
+def lock_in_order(template_ids: set[int]) -> set[int]:
+    """Lock these templates ``FOR NO KEY UPDATE`` in id order and read their rows again
+    (what a writer committed meanwhile); the ids still there. Every writer of several
+    templates at once (the webhooks, the template import) locks through here."""
+    if not template_ids:
+        return set()
+    return {
+        t.id
+        for t in db.session.scalars(
+            sa.select(MessageTemplate)
+            .where(MessageTemplate.id.in_(sorted(template_ids)))
+            .order_by(MessageTemplate.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    }
 
 
 def _templates(
     value: Mapping[str, Any], waba_id: str | None, signed: Signed, where: str, skipped: Skipper
 ) -> list[MessageTemplate] | None:
-    """The templates a change is about, locked; None if it names none usably."""
+    """The templates a change is about (not locked: :func:`apply` locks them all in id
+    order); None if it names none usably."""
     meta_id = identifier(value.get("message_template_id"), MAX_ID, number=True)
     name = identifier(value.get("message_template_name"), MAX_NAME)
     language = identifier(value.get("message_template_language"), MAX_LANGUAGE)
@@ -153,9 +201,9 @@ def _templates(
     if meta_id is not None:
         found = list(
             db.session.scalars(
-                query.where(MessageTemplate.provider_template_id == meta_id)
-                .order_by(MessageTemplate.id)
-                .with_for_update(of=MessageTemplate)
+                query.where(MessageTemplate.provider_template_id == meta_id).order_by(
+                    MessageTemplate.id
+                )
             )
         )
     if not found and name is not None and language is not None and waba_id is not None:
@@ -164,11 +212,7 @@ def _templates(
             MessageTemplate.name == name,
             MessageTemplate.language == language,
         )
-        found = list(
-            db.session.scalars(
-                by_name.order_by(MessageTemplate.id).with_for_update(of=MessageTemplate)
-            )
-        )
+        found = list(db.session.scalars(by_name.order_by(MessageTemplate.id)))
     allowed = [t for t in found if signed.cover(t.sender_id)]
     if found and not allowed:
         skipped(where, "is about a template of a sender whose app secret did not sign it")
@@ -208,30 +252,17 @@ def _update(
     return lambda template: set_category(template, TemplateCategory(category))
 
 
-def _apply_change(
-    field: str,
-    value: Mapping[str, Any],
-    waba_id: str | None,
-    signed: Signed,
-    stops: list[Stop],
-    where: str,
-    skipped: Skipper,
-    at: datetime,
-) -> str | None:
-    update = _update(field, value, stops, where, skipped)
-    if update is None:
-        return None
-    templates = _templates(value, waba_id, signed, where, skipped)
-    if templates is None:
-        return None
+def _apply_change(item: _Found, templates: list[MessageTemplate]) -> str:
+    """One change applied to its (locked) templates, each unless it knows a newer one."""
+    field, where, at = item.field, item.where, item.at
     if not templates:
         logger.warning(
             "template webhook %s (%s) about template id %r, %r/%r: no such template, ignored",
             where,
             field,
-            identifier(value.get("message_template_id"), MAX_ID, number=True),
-            identifier(value.get("message_template_name"), MAX_NAME),
-            identifier(value.get("message_template_language"), MAX_LANGUAGE),
+            identifier(item.value.get("message_template_id"), MAX_ID, number=True),
+            identifier(item.value.get("message_template_name"), MAX_NAME),
+            identifier(item.value.get("message_template_language"), MAX_LANGUAGE),
         )
         return "templates_unknown"
     column = EVENT_TIMES[field]
@@ -248,14 +279,28 @@ def _apply_change(
                 getattr(template, column).isoformat(),
             )
             continue
-        update(template)
+        item.update(template)
         setattr(template, column, at)
     return "templates_applied" if fresh else "templates_stale"
 
 
+# Meta's times are whole seconds: an event of second S happened during [S, S + 1 s).
+# The template import's times are the database clock's, to the microsecond.
+META_TIME_STEP = timedelta(seconds=1)
+
+
+def may_be_after(event_at: datetime, moment: datetime) -> bool:
+    """Whether an event recorded at ``event_at`` may have happened after ``moment``: a
+    whole second (Meta's time) spans that second; an import's time is exact."""
+    step = META_TIME_STEP if event_at.microsecond == 0 else timedelta(0)
+    return event_at + step > moment
+
+
 def _newer(at: datetime, applied: datetime | None) -> bool:
-    """As new as what was applied (the same second: the later arrival wins)."""
-    return applied is None or at >= applied
+    """As new as what was applied: the same second as another webhook's, the later arrival
+    wins (Meta gives no finer order); the same second as an import's listing, the webhook
+    wins (it may be the later)."""
+    return applied is None or may_be_after(at, applied)
 
 
 def set_quality(template: MessageTemplate, quality: str) -> None:
@@ -326,3 +371,31 @@ def stop_campaigns(stops: list[Stop]) -> None:
             else:
                 code = stop.reason or reasons.TEMPLATE_DISABLED
                 campaign_states.fail(campaign_id, reasons.Reason(code))
+
+
+def lingering_stops(sender_id: int) -> list[Stop]:
+    """The stops a sender's templates still owe: a PAUSED or DISABLED template with a
+    campaign scheduled or sending on it (its status committed, then the process died
+    before :func:`stop_campaigns` ran). Nothing else leaves one there (a campaign is
+    scheduled, resumed or started only with an approved template), so stopping them again
+    is the stop that was meant, and a second run finds none."""
+    rows = db.session.execute(
+        sa.select(MessageTemplate.id, MessageTemplate.status, MessageTemplate.status_reason)
+        .where(
+            MessageTemplate.sender_id == sender_id,
+            MessageTemplate.status.in_((TemplateStatus.PAUSED, TemplateStatus.DISABLED)),
+            sa.exists().where(
+                Campaign.template_id == MessageTemplate.id,
+                Campaign.status.in_((CampaignStatus.SCHEDULED, CampaignStatus.SENDING)),
+            ),
+        )
+        .order_by(MessageTemplate.id)
+    ).all()
+    return [
+        Stop(
+            template_id,
+            status,
+            reasons.TEMPLATE_DELETED if reason == DELETED_REASON else None,
+        )
+        for template_id, status, reason in rows
+    ]

@@ -243,6 +243,11 @@ def sync_waba_templates(context: JobContext, timestamp: int) -> None:
                 sender_id,
                 error.message,
             )
+        except Exception:  # a bug or a lost connection with one sender: the next ones go on
+            db.session.rollback()
+            logger.exception(
+                "job %s: sender %s: template sync failed unexpectedly", context.job.id, sender_id
+            )
 
 
 def _read_account(job_id: int | None, sender_id: int) -> None:

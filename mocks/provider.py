@@ -72,10 +72,13 @@ class MockProvider(WhatsAppProvider):
         return read_templates(self._request, self.sender)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A Graph API call to the mock, with no token; ProviderError as the Cloud API's."""
+        """A Graph API call to the mock, with no token unless the sender has one (the mock
+        checks a token given); ProviderError as the Cloud API's."""
+        token = self.sender.access_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             response = requests.request(
-                method, f"{self.graph_url}/{path}", timeout=TIMEOUT, **kwargs
+                method, f"{self.graph_url}/{path}", headers=headers, timeout=TIMEOUT, **kwargs
             )
         except requests.RequestException as exc:
             raise ProviderError(

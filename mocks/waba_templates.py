@@ -3,7 +3,11 @@
 ``GET /mock/whatsapp/<version>/<waba_id>/message_templates?fields=…&limit=…&after=…``
 answers Meta's list shape: ``{"data": [...], "paging": {"cursors": {"before", "after"},
 "next"}}``, ``next`` left out of the last page as Meta does, ``limit`` 1 to 1,000
-(default 25, Meta's), each object holding only the ``fields`` asked for (and ``id``).
+(default 25, Meta's), each object holding only the ``fields`` asked for (and ``id``),
+``rejected_reason`` among them (``NONE`` unless rejected). The bearer token is checked
+as Graph checks it: once any sender of the WABA has an access token, a request without
+one of those tokens gets Meta's 401 (code 190); a token given is always checked; a WABA
+of token-less mock senders is listed without one (the mock provider sends none).
 
 It lists two kinds of templates, in this order:
 
@@ -42,7 +46,7 @@ from campaigns import rendering
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
 from campaigns.providers.base import template_components
 from mocks.models import MockWhatsAppTemplate
-from mocks.whatsapp import _bad_query, _invalid, bp
+from mocks.whatsapp import MetaError, _bad_query, _invalid, bp
 
 PAGE_DEFAULT = 25
 PAGE_MAX = 1000
@@ -56,7 +60,11 @@ META_STATUSES = (
     "PENDING_DELETION",
     "LIMIT_EXCEEDED",
     "ARCHIVED",
+    "DELETED",
 )
+# Meta's rejected_reason for a rejected template made here (the mock keeps no reason of
+# its own: its most common one); NONE for any other status, as Meta answers.
+MOCK_REJECTED_REASON = "INVALID_FORMAT"
 META_CATEGORIES = ("MARKETING", "UTILITY", "AUTHENTICATION")
 QUALITY_SCORES = ("GREEN", "YELLOW", "RED", "UNKNOWN")
 PARAMETER_FORMATS = ("POSITIONAL", "NAMED")
@@ -74,6 +82,7 @@ def _made_here(row: MockWhatsAppTemplate) -> dict[str, Any]:
         "parameter_format": row.parameter_format,
         "components": row.components,
         "quality_score": {"score": row.quality_score, "date": int(time.time())},
+        "rejected_reason": MOCK_REJECTED_REASON if row.status == "REJECTED" else "NONE",
     }
 
 
@@ -89,6 +98,11 @@ def _disparos(template: MessageTemplate) -> dict[str, Any]:
         "parameter_format": fmt.value.upper(),
         "components": template_components(template, examples),
         "quality_score": {"score": template.quality_rating or "UNKNOWN", "date": int(time.time())},
+        "rejected_reason": (
+            template.status_reason or "NONE"
+            if template.status is TemplateStatus.REJECTED
+            else "NONE"
+        ),
     }
 
 
@@ -138,6 +152,7 @@ def template_list(version: str, waba_id: str) -> tuple[Response, int]:
     """The Graph API's list of a WABA's templates, a page at a time."""
     if not waba_id.isdigit():
         raise _invalid("WABA id must be digits")
+    _check_token(waba_id)
     try:
         limit = int(request.args.get("limit", PAGE_DEFAULT))
     except ValueError:
@@ -168,6 +183,29 @@ def template_list(version: str, waba_id: str) -> tuple[Response, int]:
         )
     db.session.commit()
     return jsonify(data=data, paging=paging), 200
+
+
+def _check_token(waba_id: str) -> None:
+    """The bearer token, checked as Graph checks it: one of the access tokens of the
+    WABA's senders. A WABA whose senders have none (mock senders: the mock asks for no
+    token) is listed without one; a token given is always checked. Meta's 401 (code
+    190) otherwise."""
+    tokens = {
+        token
+        for token in db.session.scalars(
+            sa.select(Sender.access_token).where(Sender.waba_id == waba_id)
+        )
+        if token
+    }
+    given = request.headers.get("Authorization")
+    if given is None and not tokens:
+        return
+    scheme, _sep, token = (given or "").partition(" ")
+    if scheme != "Bearer" or token not in tokens:
+        raise MetaError(
+            (190, 401, "Invalid OAuth access token"),
+            "The access token is missing or is not one of this WhatsApp Business Account's.",
+        )
 
 
 def _choice(given: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:

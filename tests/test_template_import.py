@@ -289,11 +289,11 @@ UNSENDABLE = {
         "component_kind",
         "It has a part Disparo cannot send yet: carousel.",
     ),
-    "archived_one": (
+    "deleted_one": (
         [body("Oi")],
-        {"status": "ARCHIVED"},
-        "unknown_status",
-        "WhatsApp reports it as ARCHIVED, a status Disparo does not know.",
+        {"status": "DELETED"},
+        "deleted",
+        "WhatsApp reports it as deleted.",
     ),
     "Bad-Name": (
         [body("Oi")],
@@ -379,13 +379,23 @@ def test_the_cloud_api_client_pages_a_graph_listing_with_its_token(
     make(client, "one", [body("Um {{1}}")])
     make(client, "two", [body("Dois {{1}}")])
     cloud = Sender(name="cloud", provider=Provider.CLOUD_API, waba_id=WABA_ID, access_token="tkn")
-    provider = CloudApiProvider(
-        cloud, {"WHATSAPP_API_BASE_URL": f"{live_server}/mock/whatsapp/v23.0"}
-    )
+    db.session.add(cloud)
+    db.session.commit()
+    config = {"WHATSAPP_API_BASE_URL": f"{live_server}/mock/whatsapp/v23.0"}
+    provider = CloudApiProvider(cloud, config)
     listing = provider.list_templates()
     assert listing.complete
     assert [t["name"] for t in listing.templates] == ["one", "two"]
     assert set(listing.templates[0]) == set(cloud_api.TEMPLATE_FIELDS.split(","))
+    # The token is sent, and checked as Graph does: another one is refused (190, 401)...
+    stranger = Sender(name="x", provider=Provider.CLOUD_API, waba_id=WABA_ID, access_token="bad")
+    with pytest.raises(ProviderError, match="WhatsApp answered 401") as refused:
+        CloudApiProvider(stranger, config).list_templates()
+    assert refused.value.code == 190
+    # ... and so is none, once the WABA's senders have a token.
+    base = f"/mock/whatsapp/v23.0/{WABA_ID}/message_templates"
+    assert client.get(base).status_code == 401
+    assert client.get(base, headers={"Authorization": "Bearer tkn"}).status_code == 200
     # Graph's errors come back as the provider's, with WhatsApp's words.
     cloud.waba_id = "not-digits"
     with pytest.raises(ProviderError, match="WhatsApp answered 400"):
@@ -600,3 +610,419 @@ def test_the_page_in_portuguese_and_for_viewers(client, sender, login_as):
     html = response.get_data(as_text=True)
     assert "Importados: 0" in html
     assert "Disparo cannot" not in html
+
+
+# -- the listing as a picture taken at listed_at: webhooks, submissions and Meta's lag
+
+
+def listing_then(monkeypatch, meanwhile) -> None:
+    """The mock's listing is read, then ``meanwhile`` happens before the import applies it
+    (a webhook, a submission: what another process commits during the Graph calls)."""
+    from mocks.provider import MockProvider
+
+    original = MockProvider.list_templates
+
+    def listed(self):
+        listing = original(self)
+        meanwhile()
+        return listing
+
+    monkeypatch.setattr(MockProvider, "list_templates", listed)
+
+
+def test_a_webhook_arriving_during_the_listing_is_not_overwritten(client, sender, monkeypatch):
+    meta_id = make(client, "promo", [body("Oi {{1}}")], quality_score="GREEN")
+    import_templates(sender.id, None)
+
+    def paused_by_webhook():
+        for kind, given in (
+            ("status", {"event": "PAUSED"}),
+            ("quality", {"new_quality_score": "RED"}),
+        ):
+            answer = client.post(f"/mock/whatsapp/templates/{meta_id}/{kind}", json=given)
+            assert answer.status_code == 200 and answer.get_json()["posted"]
+
+    listing_then(monkeypatch, paused_by_webhook)
+    result = import_templates(sender.id, None)  # its listing still says APPROVED, GREEN
+    assert counts(result) == (0, 0, 1, 0)
+    found = templates_of(sender.id)["promo"]
+    assert (found.status, found.quality_rating) == (TemplateStatus.PAUSED, "RED")
+
+
+def test_a_replayed_webhook_older_than_the_listing_does_not_undo_the_import(client, sender):
+    from tests.helpers import post_webhook
+
+    meta_id = make(client, "promo", [body("Oi {{1}}")])
+    import_templates(sender.id, None)
+    change(client, meta_id, status="PAUSED")  # its webhook lost
+    assert counts(import_templates(sender.id, None)) == (0, 1, 0, 0)
+    assert templates_of(sender.id)["promo"].status is TemplateStatus.PAUSED
+    # An APPROVED sent a minute before the listing, delivered only now.
+    from campaigns.clock import database_now
+
+    sent = int(database_now(db.session).timestamp()) - 60
+    value = {
+        "message_template_id": meta_id,
+        "message_template_name": "promo",
+        "message_template_language": "pt_BR",
+        "event": "APPROVED",
+        "reason": "NONE",
+    }
+    late = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA_ID,
+                "time": sent,
+                "changes": [{"field": "message_template_status_update", "value": value}],
+            }
+        ],
+    }
+    answer = post_webhook(client, late, secret="import-app-secret")
+    assert answer.status_code == 200 and answer.json["templates_stale"] == 1
+    assert templates_of(sender.id)["promo"].status is TemplateStatus.PAUSED
+    # One sent after the listing applies.
+    late["entry"][0]["time"] = sent + 120
+    assert post_webhook(client, late, secret="import-app-secret").json["templates_applied"] == 1
+    assert templates_of(sender.id)["promo"].status is TemplateStatus.APPROVED
+
+
+def _draft(sender_id: int, name: str = "mine") -> MessageTemplate:
+    template = MessageTemplate(
+        sender_id=sender_id,
+        name=name,
+        language="pt_BR",
+        category=TemplateCategory.MARKETING,
+        parameter_format=ParameterFormat.POSITIONAL,
+        body_text="Meu {{1}}",
+        status=TemplateStatus.DRAFT,
+    )
+    db.session.add(template)
+    db.session.commit()
+    return template
+
+
+def test_a_template_submitted_during_the_listing_is_not_taken_for_deleted(
+    client, sender, monkeypatch
+):
+    from campaigns.services.templates import submit_template
+
+    draft = _draft(sender.id)
+    listing_then(monkeypatch, lambda: submit_template(draft.id))
+    result = import_templates(sender.id, None)
+    assert counts(result) == (0, 0, 0, 0)
+    mine = templates_of(sender.id)["mine"]
+    assert (mine.status, mine.status_reason) == (TemplateStatus.PENDING, None)
+    assert mine.provider_template_id == f"mock-{draft.id}"
+
+
+def test_a_template_meta_does_not_list_yet_is_not_deleted_until_its_lag_is_past(
+    client, sender, monkeypatch
+):
+    from campaigns.services.templates import submit_template
+    from mocks import waba_templates
+
+    mine = submit_template(_draft(sender.id).id)
+    # Meta's listing lags behind its submission: it does not show it yet.
+    original = waba_templates.waba_templates
+    monkeypatch.setattr(
+        waba_templates,
+        "waba_templates",
+        lambda waba_id: [row for row in original(waba_id) if row[1]["name"] != "mine"],
+    )
+
+    def submitted(minutes_ago: int) -> None:
+        db.session.execute(
+            sa.update(MessageTemplate)
+            .where(MessageTemplate.id == mine.id)
+            .values(
+                submitted_at=sa.func.now() - sa.text(f"interval '{minutes_ago} minutes'"),
+                updated_at=sa.func.now() - sa.text(f"interval '{minutes_ago} minutes'"),
+            )
+        )
+        db.session.commit()
+
+    submitted(2)
+    assert counts(import_templates(sender.id, None)) == (0, 0, 0, 0)
+    assert templates_of(sender.id)["mine"].status is TemplateStatus.PENDING
+    submitted(60)  # long enough: it was deleted
+    assert counts(import_templates(sender.id, None)) == (0, 1, 0, 0)
+    gone = templates_of(sender.id)["mine"]
+    assert (gone.status, gone.status_reason) == (TemplateStatus.DISABLED, "DELETED")
+
+
+# -- statuses, reasons and odd JSON
+
+
+def test_a_known_template_whose_content_is_skipped_still_takes_its_status(client, mock_app, owner):
+    """A template Disparo has, changed in WhatsApp Manager to content Disparo cannot send,
+    then paused, then deleted (as Meta lists a deleted one): its campaigns stop each time."""
+    from datetime import timedelta
+
+    from campaigns.clock import database_now
+
+    campaign = demo_campaign(owner.id)
+    demo = default_sender()
+    meta_id = make(
+        client,
+        "promo_copy",
+        [body(PROMO_BODY)],
+        waba_id=str(demo.waba_id),
+        parameter_format="NAMED",
+    )
+    import_templates(demo.id, None)
+    imported = templates_of(demo.id)["promo_copy"]
+    db.session.execute(
+        sa.update(Campaign).where(Campaign.id == campaign.id).values(template_id=imported.id)
+    )
+    db.session.commit()
+    schedule_campaign(campaign.id, database_now(db.session) + timedelta(days=1), owner.id)
+    with_image = [UNSENDABLE["image_header"][0][0], body(PROMO_BODY)]
+
+    def waba_change(**given) -> None:
+        url = f"/mock/whatsapp/{demo.waba_id}/templates/{meta_id}"
+        assert client.post(url, json=given).status_code == 200
+
+    waba_change(components=with_image, status="PAUSED")
+    result = import_templates(demo.id, None)
+    assert counts(result) == (0, 1, 3, 1) and result.skipped[0].code == "header_media"
+    assert templates_of(demo.id)["promo_copy"].status is TemplateStatus.PAUSED
+    db.session.expire_all()
+    paused = db.session.get(Campaign, campaign.id)
+    assert paused is not None
+    assert (paused.status, paused.status_reason_code) == (
+        CampaignStatus.PAUSED,
+        reasons.TEMPLATE_PAUSED,
+    )
+    assert templates_of(demo.id)["promo_copy"].header_text is None  # its content left alone
+
+    waba_change(status="DELETED")
+    result = import_templates(demo.id, None)
+    assert counts(result) == (0, 1, 3, 1) and result.skipped[0].code == "deleted"
+    gone = templates_of(demo.id)["promo_copy"]
+    assert (gone.status, gone.status_reason) == (TemplateStatus.DISABLED, "DELETED")
+    db.session.expire_all()
+    failed = db.session.get(Campaign, campaign.id)
+    assert failed is not None
+    assert (failed.status, failed.status_reason_code) == (
+        CampaignStatus.FAILED,
+        reasons.TEMPLATE_DELETED,
+    )
+    assert counts(import_templates(demo.id, None)) == (0, 0, 3, 1)
+
+
+def test_archived_and_limit_exceeded_are_statuses_that_stop_sending(client, sender):
+    from campaigns.services.template_import import read
+
+    make(client, "archived_one", [body("Oi {{1}}")], status="ARCHIVED")
+    make(client, "over_limit", [body("Oi {{1}}")], status="LIMIT_EXCEEDED")
+    assert counts(import_templates(sender.id, None)) == (2, 0, 0, 0)
+    found = templates_of(sender.id)
+    assert found["archived_one"].status is TemplateStatus.DISABLED
+    assert found["over_limit"].status is TemplateStatus.PAUSED
+    unknown = read({"name": "x", "language": "pt_BR", "status": "SOMETHING_NEW"})
+    assert (unknown.code, unknown.reason) == (
+        "unknown_status",
+        "WhatsApp reports it as SOMETHING_NEW, a status Disparo does not know.",
+    )
+
+
+def test_a_rejection_brings_its_reason_and_a_known_reason_is_never_erased(
+    client, sender, monkeypatch
+):
+    assert "rejected_reason" in cloud_api.TEMPLATE_FIELDS.split(",")
+    make(client, "refused", [body("Oi {{1}}")], status="REJECTED")
+    import_templates(sender.id, None)
+    refused = templates_of(sender.id)["refused"]
+    assert (refused.status, refused.status_reason) == (TemplateStatus.REJECTED, "INVALID_FORMAT")
+
+    db.session.execute(
+        sa.update(MessageTemplate)
+        .where(MessageTemplate.id == refused.id)
+        .values(status_reason="TAG_CONTENT_MISMATCH")
+    )
+    db.session.commit()
+    from mocks import waba_templates
+
+    original = waba_templates._made_here
+    monkeypatch.setattr(  # a listing that carries no reason
+        waba_templates,
+        "_made_here",
+        lambda row: {k: v for k, v in original(row).items() if k != "rejected_reason"},
+    )
+    assert counts(import_templates(sender.id, None)) == (0, 0, 1, 0)
+    assert templates_of(sender.id)["refused"].status_reason == "TAG_CONTENT_MISMATCH"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"components": [{"type": "BUTTONS", "buttons": 5}]},
+        {"components": "BODY"},
+        {"components": [{"type": "BODY", "text": 5}]},
+        {"components": [{"type": "BUTTONS", "buttons": [{"type": "URL", "text": ["x"]}]}]},
+        {"components": [body("Oi")], "quality_score": {"score": ["GREEN"]}},
+    ],
+)
+def test_odd_graph_json_is_a_skip_not_an_error(raw):
+    from campaigns.services.template_import import Incoming, read
+
+    template = {"name": "odd", "language": "pt_BR", "status": "APPROVED", "category": "UTILITY"}
+    got = read(template | raw)
+    if "quality_score" in raw:  # a rating that is not one is no news: imported without
+        assert isinstance(got, Incoming) and got.standing.quality is None
+    else:
+        assert not isinstance(got, Incoming) and got.code == "malformed"
+
+
+# -- the hourly sync's resilience, and what it repairs
+
+
+def test_the_sync_logs_any_error_of_one_sender_and_goes_on(client, sender, caplog, monkeypatch):
+    other = Sender(
+        name="second", provider=Provider.MOCK, phone_number_id="100000000000303", waba_id="3001"
+    )
+    db.session.add(other)
+    db.session.commit()
+    make(client, "promo", [body("Oi {{1}}")], waba_id="3001")
+    from campaigns.services import template_import
+
+    real = template_import.import_templates
+
+    def broken_for_the_first(sender_id, user_id=None):
+        if sender_id == sender.id:
+            raise RuntimeError("a bug")
+        return real(sender_id, user_id)
+
+    monkeypatch.setattr(template_import, "import_templates", broken_for_the_first)
+    with caplog.at_level("ERROR", logger="jobs.tasks"):
+        tasks.sync_waba_templates(job_context(), 0)
+    assert f"job 4343: sender {sender.id}: template sync failed unexpectedly" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
+    assert set(templates_of(other.id)) == {"promo"}
+
+
+def test_no_transaction_is_open_during_the_listing_and_the_sender_is_checked_again(
+    client, sender, monkeypatch
+):
+    make(client, "promo", [body("Oi {{1}}")])
+    seen: list[bool] = []
+
+    def moved_meanwhile():
+        seen.append(db.session().in_transaction())
+        db.session.execute(
+            sa.update(Sender).where(Sender.id == sender.id).values(waba_id="300000000000999")
+        )
+        db.session.commit()
+
+    listing_then(monkeypatch, moved_meanwhile)
+    from campaigns.services import Conflict
+
+    with pytest.raises(Conflict, match="changed while its templates were read"):
+        import_templates(sender.id, None)
+    assert seen == [False]
+    assert templates_of(sender.id) == {}
+
+
+def test_the_import_locks_only_what_changes_and_lets_campaigns_be_created(
+    app, client, sender, monkeypatch
+):
+    """A campaign being created holds its template's row FOR KEY SHARE (the foreign key):
+    an import that changes other templates, or this one, does not wait for it."""
+    import threading
+
+    keep = make(client, "keep", [body("Oi {{1}}")])
+    moved = make(client, "moved", [body("Oi {{1}}")])
+    import_templates(sender.id, None)
+    change(client, moved, quality_score="RED")
+    change(client, keep, quality_score="YELLOW")
+    kept = templates_of(sender.id)["keep"].id
+    db.session.commit()
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    holder = db.engine.connect()
+    transaction = holder.begin()
+    holder.execute(
+        sa.text("SELECT 1 FROM message_templates WHERE id = :id FOR KEY SHARE"), {"id": kept}
+    )
+    outcome: list[object] = []
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                outcome.append(counts(import_templates(sender.id, None)))
+            except BaseException as error:  # reported below
+                outcome.append(error)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(10)
+        done = not thread.is_alive()
+    finally:
+        transaction.rollback()
+        holder.close()
+        thread.join(30)
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert done, "the import waited for a campaign's KEY SHARE lock"
+    assert outcome == [(0, 2, 0, 0)]
+    locks = [
+        s
+        for s in statements
+        if s.lstrip().startswith("SELECT") and "FROM message_templates" in s and "FOR " in s
+    ]
+    assert len(locks) == 1 and "FOR NO KEY UPDATE" in locks[0]
+
+
+def test_the_sync_stops_campaigns_a_dead_process_left_on_a_stopped_template(
+    client, mock_app, owner
+):
+    from datetime import timedelta
+
+    from campaigns.clock import database_now
+    from campaigns.models import CampaignActivity
+
+    campaign = demo_campaign(owner.id)
+    schedule_campaign(campaign.id, database_now(db.session) + timedelta(days=1), owner.id)
+    # PAUSED committed by a webhook, and the process died before it paused the campaign.
+    db.session.execute(
+        sa.update(MessageTemplate)
+        .where(MessageTemplate.id == campaign.template_id)
+        .values(status=TemplateStatus.PAUSED)
+    )
+    db.session.commit()
+    demo = default_sender()
+    tasks.sync_waba_templates(job_context(), 0)
+    db.session.expire_all()
+    paused = db.session.get(Campaign, campaign.id)
+    assert paused is not None
+    assert (paused.status, paused.status_reason_code) == (
+        CampaignStatus.PAUSED,
+        reasons.TEMPLATE_PAUSED,
+    )
+
+    def entries() -> int:
+        return len(
+            db.session.scalars(
+                sa.select(CampaignActivity).where(CampaignActivity.campaign_id == campaign.id)
+            ).all()
+        )
+
+    before = entries()
+    import_templates(demo.id, None)  # nothing more to do
+    assert entries() == before
+
+
+def test_mock_senders_are_not_synced_where_mocks_are_off(client, sender, mock_app):
+    from campaigns.services.template_import import connected_sender_ids
+
+    cloud = Sender(name="cloud", provider=Provider.CLOUD_API, waba_id="4001", access_token="t")
+    db.session.add(cloud)
+    db.session.commit()
+    assert connected_sender_ids() == [sender.id, cloud.id]
+    mock_app.config["MOCKS_ENABLED"] = False
+    assert connected_sender_ids() == [cloud.id]

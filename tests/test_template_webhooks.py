@@ -461,3 +461,39 @@ def test_a_template_webhook_whose_time_is_not_one_is_skipped(client, template):
     answer = post_webhook(client, body)
     assert answer.status_code == 200 and answer.json["skipped"] == 1
     assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED
+
+
+def test_a_webhook_locks_its_templates_together_in_id_order(client, template, owner):
+    """Changes about several templates lock them in one statement, in id order, FOR NO
+    KEY UPDATE (as the template import does): no lock cycle with another webhook or an
+    import, and a campaign being created with one is not held up."""
+    other = db.session.scalars(
+        sa.select(MessageTemplate)
+        .where(MessageTemplate.sender_id == template.sender_id, MessageTemplate.id != template.id)
+        .order_by(MessageTemplate.id)
+    ).first()
+    assert other is not None
+    later, earlier = sorted((template, other), key=lambda t: t.id, reverse=True)
+    body = template_body("message_template_status_update", about(later, event="PAUSED"))
+    body["entry"][0]["changes"].append(
+        {
+            "field": "message_template_quality_update",
+            "value": about(earlier, new_quality_score="RED"),
+        }
+    )
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        answer = post_webhook(client, body)
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert answer.status_code == 200 and answer.json["templates_applied"] == 2
+    locks = [s for s in statements if "FROM message_templates" in s and "FOR " in s]
+    assert len(locks) == 1
+    assert "ORDER BY message_templates.id" in locks[0] and "FOR NO KEY UPDATE" in locks[0]
+    assert _fresh(MessageTemplate, later.id).status is TemplateStatus.PAUSED
+    assert _fresh(MessageTemplate, earlier.id).quality_rating == "RED"

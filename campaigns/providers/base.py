@@ -83,15 +83,25 @@ class TemplateStatusReport:
     reason: str | None = None
 
 
-# Meta's template statuses; IN_APPEAL is still under review for us.
+# Meta's template statuses; IN_APPEAL is still under review for us. Those Disparo has no
+# status of its own for become what stops sending with the template safely:
+# - ARCHIVED, DELETED: DISABLED (campaigns fail): a send would fail every message, and
+#   only a change in WhatsApp Manager brings the template back, which the import then
+#   reads as the template's new status;
+# - LIMIT_EXCEEDED: PAUSED (campaigns pause, nothing cancelled): the WABA is over its
+#   template limit and the template comes back once others are deleted, the way a paused
+#   template comes back; the operator resumes once it is approved again.
 META_TEMPLATE_STATUS = {
     "APPROVED": TemplateStatus.APPROVED,
     "PENDING": TemplateStatus.PENDING,
     "IN_APPEAL": TemplateStatus.PENDING,
     "REJECTED": TemplateStatus.REJECTED,
     "PAUSED": TemplateStatus.PAUSED,
+    "LIMIT_EXCEEDED": TemplateStatus.PAUSED,
     "DISABLED": TemplateStatus.DISABLED,
     "PENDING_DELETION": TemplateStatus.DISABLED,
+    "ARCHIVED": TemplateStatus.DISABLED,
+    "DELETED": TemplateStatus.DISABLED,
 }
 
 

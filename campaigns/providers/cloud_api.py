@@ -200,7 +200,9 @@ def read_account(request: Any, sender: Sender) -> account_health.AccountReport:
 
 
 # What an import reads of each template (services/template_import.py).
-TEMPLATE_FIELDS = "id,name,status,language,category,components,parameter_format,quality_score"
+TEMPLATE_FIELDS = (
+    "id,name,status,language,category,components,parameter_format,quality_score,rejected_reason"
+)
 # 100 a page: Meta caps a WABA at 6,000 templates (a verified portfolio), so a full
 # listing is at most 60 calls of the 5,000 an hour Meta allows per WABA; the page cap
 # stops a cursor that never ends well past that.

@@ -143,7 +143,9 @@ def submit_template(template_id: int) -> MessageTemplate:
     template.provider_template_id = submission.provider_template_id
     template.status = submission.status
     template.status_reason = None
-    template.submitted_at = sa.func.now()
+    # The clock's time now, after WhatsApp accepted it (not the transaction's start): the
+    # template import tells a template submitted during its listing by this time.
+    template.submitted_at = sa.func.clock_timestamp()
     # Asked once the sender's provider is likely to have decided, in the same transaction:
     # a submitted template never waits without its check (the periodic sync follows later).
     check_at = database_now(db.session) + timedelta(seconds=provider.review_check_seconds)

@@ -422,10 +422,20 @@ def throughput_factor(sender: Sender) -> float:
     return 1.0 if factor is None else min(1.0, max(slowdown.FLOOR, factor))
 
 
+def minute_factor(sender: Sender) -> float:
+    """The share of its per-minute rate (and gap) the sender sends at: slowed by 130429
+    only while Meta has not said the number's throughput. Once it has, the per-second
+    limit is what slows (:func:`throughput_limit`): 130429 is Meta's per-second count, and
+    the refused calls have spent grants of the minute too, so a slowed minute on top ran
+    out and stalled the campaign for half a minute at a time (bench/README.md,
+    "throughput")."""
+    return 1.0 if sender.throughput_per_second else throughput_factor(sender)
+
+
 def whatsapp_limit(sender: Sender) -> Limit:
-    """The sender's WhatsApp limit: its messages per minute, and its minimum gap, both
-    slowed while WhatsApp's throughput errors say so (``slowdown.py``)."""
-    factor = throughput_factor(sender)
+    """The sender's WhatsApp limit: its messages per minute, and its minimum gap (slowed
+    by WhatsApp's throughput errors while Meta has not said its throughput)."""
+    factor = minute_factor(sender)
     return Limit(
         key=f"whatsapp:{sender.id}",
         limit=slowdown.slowed_rate(sender.rate_limit_per_minute, factor),
@@ -439,8 +449,8 @@ def whatsapp_limit(sender: Sender) -> Limit:
 
 def throughput_limit(sender: Sender) -> Limit | None:
     """The sender's throughput as Meta counts it: messages in any second, from what Meta
-    says the number may send (``throughput_per_second``, account_health.py), slowed like
-    the rest (``slowdown.py``). None while Meta has not said.
+    says the number may send (``throughput_per_second``, account_health.py), slowed by
+    WhatsApp's throughput errors (``slowdown.py``). None while Meta has not said.
 
     The per-minute limit alone lets a minute's messages come in bursts (two batches a
     worker fetched in the same poll, throttled ones coming back together), which Meta,
@@ -508,7 +518,7 @@ class Pace:
     seconds: float
     binding: str  # PACE_OWNER, PACE_SENDER_RATE or PACE_SENDER_GAP
     value: int  # that limit's own figure: messages per minute, or the gap in ms
-    # The share of its rate the sender sends at (below 1: WhatsApp's throughput errors
+    # The share of this limit the sender sends at (below 1: WhatsApp's throughput errors
     # slowed it, and value is the slowed figure).
     sender_factor: float = 1.0
 
@@ -528,22 +538,17 @@ def pace(sender: Sender, owner: User) -> Pace:
     limit is named first, then the sender's rate.
     """
     sender_rate, owner_rate = whatsapp_limit(sender), campaign_limit(owner)
-    factor = throughput_factor(sender)
+    factor, per_minute = throughput_factor(sender), minute_factor(sender)
     per_second = throughput_limit(sender)
     candidates = [
-        Pace(
-            counted_seconds(owner_rate) / owner_rate.limit,
-            PACE_OWNER,
-            owner_rate.limit,
-            factor,
-        ),
+        Pace(counted_seconds(owner_rate) / owner_rate.limit, PACE_OWNER, owner_rate.limit),
         Pace(
             counted_seconds(sender_rate) / sender_rate.limit,
             PACE_SENDER_RATE,
             sender_rate.limit,
-            factor,
+            per_minute,
         ),
-        Pace(sender_rate.min_gap_seconds, PACE_SENDER_GAP, sender_rate.min_gap_ms, factor),
+        Pace(sender_rate.min_gap_seconds, PACE_SENDER_GAP, sender_rate.min_gap_ms, per_minute),
     ]
     if per_second is not None:
         # Meta's throughput, said as the sender's rate a minute (the same binding: it is

@@ -232,8 +232,10 @@ def schemas() -> dict[str, Schema]:
                 "minimum": slowdown.FLOOR,
                 "maximum": 1,
                 "description": (
-                    "The share of rate_limit_per_minute (and of the minimum gap's pace) the"
-                    " sender sends at now: WhatsApp's throughput error (130429) steps it"
+                    "The share of its throughput the sender sends at now (of"
+                    " throughput_per_second once Meta has said it, else of"
+                    " rate_limit_per_minute and the minimum gap's pace): WhatsApp's"
+                    " throughput error (130429) steps it"
                     f" down by {slowdown.STEP:g}, to {slowdown.FLOOR:g} at least; each minute"
                     " without another gives a step back. 1: full speed."
                 ),

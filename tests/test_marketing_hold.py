@@ -229,6 +229,68 @@ def test_a_webhooks_131049_holds_once_and_a_replay_changes_nothing(app, client, 
     assert_counters_match_rows(small.id)
 
 
+@pytest.mark.parametrize(
+    ("status", "errors_", "then"),
+    [
+        ("failed", [{"code": 131026, "title": "undeliverable"}], MessageStatus.FAILED),
+        ("failed", [{"code": 131049, "title": "limit"}], MessageStatus.FAILED),
+        # the webhook that keeps maintenance from sending it again if the worker dies
+        ("sent", None, MessageStatus.SENT),
+    ],
+)
+def test_the_retrys_own_statuses_apply_before_the_send_records_its_wamid(
+    app, client, small, status, errors_, then
+):
+    ids = _queue_all(app, small)
+    first = ids[0]
+    wamid = _sent(app, small, first)
+    day_before = int(time.time()) - 25 * 3600
+    delivered = status_webhook(wamid, "delivered", first, ts=day_before)
+    assert post_webhook(client, delivered).json["applied"] == 1
+    assert post_webhook(client, _limited(wamid, first, day_before + 1)).json["applied"] == 1
+    # The refused call's wamid and times are gone with the hold.
+    message = _message(first)
+    assert message.status is MessageStatus.RETRYING
+    assert (message.provider_message_id, message.sent_at, message.delivered_at) == (
+        None,
+        None,
+        None,
+    )
+    # Its retry is claimed; WhatsApp's word on the new call beats the send's record.
+    _fall_due([first])
+    message_states.claim(db.session, small.id, [first], MessageStatus.RETRYING)
+    db.session.commit()
+    # A late status of the refused call, found by its callback data now: not this call's.
+    late = status_webhook(wamid, "read", first, ts=day_before + 2)
+    assert post_webhook(client, late).json["ignored"] == 1
+    extra = {} if errors_ is None else {"errors": errors_}
+    body = status_webhook("wamid.retry", status, first, ts=int(time.time()), **extra)
+    assert post_webhook(client, body).json["applied"] == 1
+    message_states.record_sent(db.session, small.id, [(first, "wamid.retry")])
+    db.session.commit()
+    message = _message(first)
+    assert (message.status, message.provider_message_id) == (then, "wamid.retry")
+    if errors_ is not None:
+        assert message.error_code == str(errors_[0]["code"])
+    assert_counters_match_rows(small.id)
+
+
+def test_retry_failed_forgets_the_failed_calls_wamid(app, client, small):
+    ids = _queue_all(app, small)
+    first = ids[0]
+    wamid = _sent(app, small, first)
+    failed = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "x"}])
+    assert post_webhook(client, failed).json["applied"] == 1
+    assert message_states.reopen_failed(db.session, small.id, ["131026"]) == 1
+    db.session.commit()
+    message = _message(first)
+    assert (message.status, message.provider_message_id, message.sent_at) == (
+        MessageStatus.PENDING,
+        None,
+        None,
+    )
+
+
 def test_a_webhooks_131049_beating_the_sends_record_keeps_the_hold(app, client, small):
     ids = _queue_all(app, small)
     first = ids[0]
@@ -241,6 +303,9 @@ def test_a_webhooks_131049_beating_the_sends_record_keeps_the_hold(app, client, 
     message = _message(first)
     assert (message.status, message.error_code) == (MessageStatus.RETRYING, "131049")
     assert message.held_until is not None
+    # Nor does the refused call's wamid come back with the record: the retry's statuses
+    # must find the message by its callback data.
+    assert (message.provider_message_id, message.sent_at) == (None, None)
     assert_counters_match_rows(small.id)
 
 

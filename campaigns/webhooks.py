@@ -581,9 +581,10 @@ def _apply_marketing_limit(
         session.commit()
         return "ignored"  # the failure of the call it was held for, replayed
     hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
-    until = database_now(session) + timedelta(hours=hours)
+    # A whole minute: the holds of a campaign's minute go in one job (queues.defer_held).
+    until = queues.held_group_due(database_now(session) + timedelta(hours=hours))
     if message_states.hold_from_webhook(session, message, until, item.code, item.text):
-        queues.defer_retries(session, message.campaign_id, [message.id], until)
+        queues.defer_held(session, message.campaign_id, message.id, until)
         outcome = "applied"
     elif message_states.record_status(
         session,

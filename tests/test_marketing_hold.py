@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from flask_babel import force_locale
+from sqlalchemy.orm import Session
 
 from app import db
-from campaigns import campaign_states, fanout, message_states, pump, queues, reasons, sending
+from campaigns import (
+    campaign_states,
+    fanout,
+    message_states,
+    pump,
+    queues,
+    reasons,
+    sending,
+    webhooks,
+)
 from campaigns.i18n import format_datetime
 from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus
 from campaigns.progress import get_progress
@@ -289,6 +301,55 @@ def test_retry_failed_forgets_the_failed_calls_wamid(app, client, small):
         None,
         None,
     )
+
+
+def test_a_campaigns_webhook_holds_of_one_minute_share_a_retry_job(app, client, small, monkeypatch):
+    ids = _queue_all(app, small)
+    assert sorted(sending.send_batch(small.id, ids, app.config, retry_queue=False).sent) == ids
+    # One minute for all of them, whatever the test's pace (a minute's edge would split them).
+    now = datetime.now(UTC).replace(second=10, microsecond=0)
+    monkeypatch.setattr(webhooks, "database_now", lambda session: now)
+    monkeypatch.setattr(queues, "BATCH_MAX", 2)  # a group is full at two
+    for message_id in ids[:3]:
+        wamid = _message(message_id).provider_message_id
+        assert post_webhook(client, _limited(wamid, message_id)).json["applied"] == 1
+    due = (now + timedelta(hours=24)).replace(second=0) + timedelta(minutes=1)
+    groups = _retry_jobs()
+    # Not one job a message: the minute's holds in one job, a full one making way for more.
+    assert [job["args"]["message_ids"] for job in groups] == [ids[:2], ids[2:3]]
+    assert {job["scheduled_at"] for job in groups} == {due}
+    assert {_message(i).held_until for i in ids[:3]} == {due}
+    # A hold of another campaign's minute, or another minute, has a job of its own.
+    wamid = _message(ids[3]).provider_message_id
+    monkeypatch.setattr(webhooks, "database_now", lambda session: now + timedelta(minutes=1))
+    assert post_webhook(client, _limited(wamid, ids[3])).json["applied"] == 1
+    assert len(_retry_jobs()) == 3
+    # Due, the group's job sends its messages together.
+    _fall_due(ids)
+    report = sending.send_batch(small.id, ids[:2], app.config, retry_queue=True)
+    assert sorted(report.sent) == ids[:2]
+    assert_counters_match_rows(small.id)
+
+
+def test_two_holds_racing_for_a_new_minute_end_in_one_job(app, caplog):
+    caplog.set_level(logging.DEBUG, "campaigns.queues")
+    due = queues.held_group_due(datetime.now(UTC) + timedelta(hours=24))
+    engine = db.engine
+    with Session(engine) as first, Session(engine) as second:
+        queues.defer_held(first, 7, 1, due)  # inserted, not committed yet
+        worker = threading.Thread(
+            target=lambda: (queues.defer_held(second, 7, 2, due), second.commit())
+        )
+        worker.start()
+        time.sleep(0.3)  # the second's insert waits on the queueing lock's index
+        first.commit()
+        worker.join(10)
+        assert not worker.is_alive()
+    # The second's insert was refused by the first's lock, and it joined the first's job.
+    assert "is already waiting" in caplog.text
+    (job,) = _retry_jobs()
+    assert job["args"] == {"campaign_id": 7, "message_ids": [1, 2]}
+    assert job["scheduled_at"] == due
 
 
 def test_a_webhooks_131049_beating_the_sends_record_keeps_the_hold(app, client, small):

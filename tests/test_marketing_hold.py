@@ -539,3 +539,30 @@ def test_the_csv_explains_the_codes_disparo_knows_in_the_readers_language(
     # WhatsApp's own text kept beside it, as it came.
     assert held[5].endswith("not delivered to maintain healthy ecosystem engagement.")
     assert by_code[""][-1] == ""  # no code, nothing to explain
+
+
+def test_a_paused_campaigns_page_says_held_messages_wait_for_the_resume(
+    app, client, login_as, small, monkeypatch
+):
+    ids = _queue_all(app, small)
+    _hold(app, small, ids[:2], monkeypatch)
+    pause_campaign(small.id, small.owner_id)
+    first_due = get_progress(db.session.get(Campaign, small.id)).held_retry_from
+    login_as()
+    url = f"/campaigns/{small.id}/progress?shown=paused"
+    html = client.get(url, headers=HX).get_data(as_text=True)
+    with app.test_request_context():
+        when = format_datetime(first_due)
+    # Paused, a due hold goes back to pending: not tried at its time, but after the resume.
+    assert "tried again from" not in html
+    assert (
+        "2 messages held by WhatsApp's per-user marketing limit — tried again once the"
+        f" campaign is resumed, not before {when}." in html
+    )
+    html = client.get(url, headers={**HX, **PT_BR}).get_data(as_text=True)
+    with app.test_request_context(headers=PT_BR):
+        when = format_datetime(first_due)
+    assert (
+        "2 mensagens retidas pelo limite de marketing por usuário do WhatsApp — tentadas de"
+        f" novo quando a campanha for retomada, não antes de {when}." in html
+    )

@@ -260,10 +260,16 @@ RECORD_SENT = sa.text(
     "   AS v(id, wamid)),"
     " old AS (SELECT m.id, m.status FROM messages AS m JOIN v ON v.id = m.id"
     "   ORDER BY m.id FOR UPDATE OF m),"
-    " moved AS (UPDATE messages AS m SET provider_message_id = v.wamid, sent_at = now(),"
-    # a webhook that got there first keeps its error (a failure's, a 131049 hold's)
-    "   error_code = CASE WHEN old.status = 'sending' THEN NULL ELSE m.error_code END,"
-    "   error_text = CASE WHEN old.status = 'sending' THEN NULL ELSE m.error_text END,"
+    # a 131049 hold a webhook made first keeps no wamid or time of the refused call (its
+    # retry's statuses must find it by callback data: HOLD_FROM_WEBHOOK)
+    " moved AS (UPDATE messages AS m SET provider_message_id = CASE"
+    "   WHEN old.status = 'retrying' THEN m.provider_message_id ELSE v.wamid END,"
+    "   sent_at = CASE WHEN old.status = 'retrying' THEN m.sent_at ELSE now() END,"
+    # a webhook that got there first with a failure or a 131049 hold keeps its error; a
+    # message that went out (sending, or moved on by an early sent, delivered or read
+    # webhook) loses an earlier try's error (a 130429, a transient error): it was sent
+    "   error_code = CASE WHEN old.status IN ('failed', 'retrying') THEN m.error_code END,"
+    "   error_text = CASE WHEN old.status IN ('failed', 'retrying') THEN m.error_text END,"
     "   throttled_at = NULL, updated_at = now(),"
     "   status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
     "   FROM old JOIN v ON v.id = old.id WHERE m.id = old.id"
@@ -394,6 +400,23 @@ def held(session: AnySession, campaign_id: int) -> Held:
     return Held(int(row.n), row.first_due, row.last_due)
 
 
+HELD_OF = sa.text(
+    # -- HELD for several campaigns at once (the dashboard's list), from the same index
+    "SELECT campaign_id, count(*) AS n, min(held_until) AS first_due,"
+    " max(held_until) AS last_due FROM messages"
+    " WHERE campaign_id = ANY(CAST(:campaign_ids AS bigint[])) AND status = 'retrying'"
+    " AND held_until IS NOT NULL AND held_until > now() GROUP BY campaign_id"
+)
+
+
+def held_of(session: AnySession, campaign_ids: Sequence[int]) -> dict[int, Held]:
+    """:func:`held` for each of these campaigns, in one statement (none held: absent)."""
+    if not campaign_ids:
+        return {}
+    rows = session.execute(HELD_OF, {"campaign_ids": list(campaign_ids)})
+    return {row.campaign_id: Held(int(row.n), row.first_due, row.last_due) for row in rows}
+
+
 def held_count(session: AnySession, campaign_id: int) -> int:
     """How many of the campaign's messages 131049 holds now (:func:`held`)."""
     return held(session, campaign_id).count
@@ -402,7 +425,10 @@ def held_count(session: AnySession, campaign_id: int) -> int:
 # -- a failed status webhook's 131049: the message back to retrying, held until :until,
 # unless 131049 held it once already (then it fails) or its campaign is over. FOR SHARE
 # on the campaign, as the claim: a cancel or fail committed first is seen (no hold), and
-# one that comes after waits for this hold and then cancels it.
+# one that comes after waits for this hold and then cancels it. The refused call's wamid
+# and times go: its retry is a new call, and until the send records the new wamid a
+# status about it is found by its callback data only while provider_message_id is NULL
+# (webhooks._find_message); the old wamid's late statuses are told apart by their time.
 HOLD_FROM_WEBHOOK = sa.text(
     "WITH c AS (SELECT id FROM campaigns WHERE id = :campaign_id"
     "   AND status IN ('sending', 'paused') FOR SHARE),"
@@ -410,7 +436,8 @@ HOLD_FROM_WEBHOOK = sa.text(
     "   AND campaign_id = (SELECT id FROM c) AND held_until IS NULL"
     "   AND status = ANY(CAST(:from_ AS message_status[])) FOR UPDATE)"
     " UPDATE messages AS m SET status = 'retrying', held_until = :until, tries = 0,"
-    " throttled_at = NULL, error_code = :code, error_text = :text, updated_at = now()"
+    " throttled_at = NULL, error_code = :code, error_text = :text, updated_at = now(),"
+    " provider_message_id = NULL, sent_at = NULL, delivered_at = NULL, read_at = NULL"
     " FROM old WHERE m.id = old.id RETURNING old.status::text AS old_status"
 )
 
@@ -614,6 +641,12 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
             tries=0,
             throttled_at=None,
             held_until=None,  # a reopened 131049 is held once more
+            # A new call, a new wamid: the old one's statuses must not find it, and the
+            # new one's, arriving before the send records it, find it by callback data.
+            provider_message_id=None,
+            sent_at=None,
+            delivered_at=None,
+            read_at=None,
         ),
     )
     counters.apply(session, campaign_id, {"failed": -count, "pending": count})

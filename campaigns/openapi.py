@@ -335,7 +335,10 @@ def schemas() -> dict[str, Schema]:
             },
             "held_retry_from": {
                 **nullable(DATE_TIME),
-                "description": "When the first held message is tried again; null when none is.",
+                "description": (
+                    "When the first held message is tried again (in a paused campaign, not"
+                    " before then and only once it is resumed); null when none is."
+                ),
             },
             "success_rate": {
                 **nullable({"type": "number"}),

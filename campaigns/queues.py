@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -160,6 +161,62 @@ def defer_retries(
     """Hand messages over to message-retry (at ``at``, else now), in batches."""
     jobs = batches(message_ids)
     defer_sends(session, campaign_id, jobs, [at] * len(jobs), retry_queue=True)
+
+
+# Messages a webhook holds (131049) arrive one at a time, for hours, and all fall due a
+# day later: one job each would drain at message-retry's 3 jobs a provider call, and
+# while due they fill the pump's window (campaigns/pump.py counts them in flight). So
+# they are grouped as the send groups its holds: one job per campaign and due minute,
+# carrying up to BATCH_MAX of them. Grouping the jobs, rather than having the pump put
+# due holds back on campaign-messages, keeps every held message in a message job of its
+# own ids (maintenance's orphan check and `flask queue cancel-campaign` read them there),
+# keeps a held retry's tries and pause handling as they are, and needs no way to tell a
+# hold that fell due from a held message already retrying after a transient error (both
+# are retrying with held_until set).
+HELD_GROUP_SECONDS = 60
+# -- a held message joins its campaign's message-retry job for its due minute: the one
+# waiting under the minute's queueing lock (found by the lock's unique index)
+JOIN_HELD_GROUP = sa.text(
+    "UPDATE procrastinate_jobs SET args = jsonb_set(args, '{message_ids}',"
+    " (args->'message_ids') || CAST(:ids AS jsonb))"
+    " WHERE queueing_lock = :queueing_lock AND status = 'todo'"
+    " RETURNING id, jsonb_array_length(args->'message_ids') AS size"
+)
+# -- a full group lets go of its minute's lock (it stays due as it is): the next hold of
+# that minute starts a new group
+CLOSE_HELD_GROUP = sa.text("UPDATE procrastinate_jobs SET queueing_lock = NULL WHERE id = :id")
+
+
+def held_group_due(at: datetime) -> datetime:
+    """``at`` rounded up to the group's whole minute: the hold's ``held_until`` and its
+    job's time."""
+    due = math.ceil(at.timestamp() / HELD_GROUP_SECONDS) * HELD_GROUP_SECONDS
+    return datetime.fromtimestamp(due, at.tzinfo or UTC)
+
+
+def defer_held(session: AnySession, campaign_id: int, message_id: int, due: datetime) -> None:
+    """Hand a message a webhook held over to message-retry at ``due`` (a whole minute,
+    :func:`held_group_due`), in its campaign's job for that minute.
+
+    The join locks the job's row until the caller commits, so holds of one minute join in
+    turn; two that find no job both insert, and the second, refused by the queueing lock
+    once the first commits, joins it. A job that is running (a due minute reached) no
+    longer takes joiners: the hold starts a new one.
+    """
+    lock = f"held-{campaign_id}-{int(due.timestamp())}"
+    args = {"campaign_id": campaign_id, "message_ids": [message_id]}
+    for _ in range(3):
+        joined = session.execute(
+            JOIN_HELD_GROUP, {"ids": json.dumps([message_id]), "queueing_lock": lock}
+        ).first()
+        if joined is not None:
+            if joined.size >= BATCH_MAX:
+                session.execute(CLOSE_HELD_GROUP, {"id": joined.id})
+            return
+        if defer(session, RETRY_TASK, RETRY_QUEUE, [args], [due], lock):
+            return
+    # Groups filling as fast as they open: a job of its own is as good, only smaller.
+    defer(session, RETRY_TASK, RETRY_QUEUE, [args], [due])
 
 
 def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:

@@ -221,9 +221,19 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
     )
     result = db.session.execute(query)
     status_words = {status: labels.label(status) for status in MessageStatus}
-    # Each code's words once per export, not once per row of a million.
-    explanations = {code: errors.explain(code) for code in errors.EXPLANATIONS}
-    explained = explanations.get
+    # Each code's words once per export, not once per row of a million: as the page's
+    # error breakdown words them (errors.explain), so a code without an entry of its own
+    # (a permission code, an HTTP status, one Disparo does not know) and a failure
+    # without a code are explained too; a row with neither has nothing to explain.
+    explanations: dict[str | None, str] = {}
+
+    def explained(code: str | None, status: MessageStatus) -> str | None:
+        if not code and status is not MessageStatus.FAILED:
+            return None
+        if code not in explanations:
+            explanations[code] = errors.explain(code)
+        return explanations[code]
+
     try:
         for row in result:
             # Words, not codes: the status as the page shows it, Disparo's own error
@@ -240,7 +250,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
                 if row.error_code or row.error_text
                 else None,
                 *row[6:],
-                explained(row.error_code),
+                explained(row.error_code, row.status),
             )
     finally:
         result.close()  # also when the download is abandoned half-way

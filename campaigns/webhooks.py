@@ -87,8 +87,10 @@ MAX_WAMID = 128  # messages.provider_message_id's width
 MAX_ERROR_CODE_DIGITS = 12  # Meta's codes have up to six
 MAX_TIMESTAMP_DIGITS = 12  # seconds: past year 9999 either way
 MAX_LOGGED_PROBLEMS = 20  # one warning per request, however broken the body
-# A 131049 failure this long before a held message's current call started is about the
-# call it was held for (a replay while its one retry is in flight), not about this one.
+# A status this long before a message's current call started is about an earlier call
+# (the one 131049 held it for, or the one before "retry failed", replayed or late while
+# the new call is in flight), not about this one: found by its callback data, as the new
+# call's wamid is not recorded yet, it is ignored. The margin allows for the clocks.
 STALE_FAILURE_SECONDS = 60
 
 
@@ -521,6 +523,8 @@ def _apply_status(
         )
         return "unknown"
     message = found.Message
+    if _about_an_earlier_call(message, at):
+        return "ignored"
     if failed and code is not None and classify(code, None) is ErrorKind.SLOW_RETRY:
         limited.append(_MarketingLimited(message.id, at, str(code), text))
         return None  # counted once applied, after the other statuses
@@ -547,6 +551,15 @@ def _apply_status(
     return "applied"
 
 
+def _about_an_earlier_call(message: Message, at: datetime) -> bool:
+    """Is a status at ``at`` about a call before the one the message is in now?"""
+    return (
+        message.status is MessageStatus.SENDING
+        and message.sending_at is not None
+        and at < message.sending_at - timedelta(seconds=STALE_FAILURE_SECONDS)
+    )
+
+
 def _apply_marketing_limit(
     item: _MarketingLimited,
     failed_campaigns: dict[int, tuple[int | None, str]],
@@ -564,18 +577,14 @@ def _apply_marketing_limit(
     if message is None:  # erased meanwhile
         session.commit()
         return "unknown"
-    if (
-        message.held_until is not None
-        and message.status is MessageStatus.SENDING
-        and message.sending_at is not None
-        and item.at < message.sending_at - timedelta(seconds=STALE_FAILURE_SECONDS)
-    ):
+    if _about_an_earlier_call(message, item.at):
         session.commit()
         return "ignored"  # the failure of the call it was held for, replayed
     hours = float(config["MARKETING_LIMIT_RETRY_HOURS"])
-    until = database_now(session) + timedelta(hours=hours)
+    # A whole minute: the holds of a campaign's minute go in one job (queues.defer_held).
+    until = queues.held_group_due(database_now(session) + timedelta(hours=hours))
     if message_states.hold_from_webhook(session, message, until, item.code, item.text):
-        queues.defer_retries(session, message.campaign_id, [message.id], until)
+        queues.defer_held(session, message.campaign_id, message.id, until)
         outcome = "applied"
     elif message_states.record_status(
         session,

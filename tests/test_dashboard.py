@@ -12,6 +12,8 @@ from campaigns import counters, progress, queues, ratelimit
 from campaigns.models import (
     Campaign,
     CampaignStatus,
+    Message,
+    MessageStatus,
     MessageTemplate,
     Notification,
     Provider,
@@ -179,6 +181,35 @@ def test_progress_for_many_matches_each_campaigns_own_progress(app, make_campaig
         # Read at two different instants; every other figure is the same.
         assert many.read_at is not None and one.read_at is not None
         assert dataclasses.replace(many, read_at=one.read_at) == one
+
+
+def test_the_lists_eta_waits_for_held_messages_as_the_campaign_page_does(
+    client, login_as, make_campaign
+):
+    campaign = make_campaign(CampaignStatus.SENDING, total=3, sent=1, retrying=2)
+    # Two messages 131049 holds for most of a day (retrying, held_until to come).
+    due = db.session.scalar(sa.select(sa.func.now())) + timedelta(hours=20)
+    for ref in ("C1", "C2"):
+        db.session.add(
+            Message(
+                campaign_id=campaign.id,
+                customer_ref=ref,
+                phone=f"+551198765432{ref[-1]}",
+                status=MessageStatus.RETRYING,
+                held_until=due,
+            )
+        )
+    db.session.commit()
+    one = progress.get_progress(campaign)
+    (many,) = [a.progress for a in progress.active_campaigns().campaigns]
+    assert dataclasses.replace(many, read_at=one.read_at) == one
+    assert many.held_count == 2 and many.eta_seconds is not None
+    assert many.eta_seconds > 19 * 3600
+    login_as(Role.VIEWER)
+    body = client.get("/dashboard/campaigns", headers=HTMX).get_data(as_text=True)
+    # The list shows the page's ETA: the last hold's time, not "—" or the pace's minutes.
+    eta = cells(row_of(body, f"dashboard-campaign-{campaign.id}"))[-1]
+    assert eta in ("19 h 59 min", "20 h 00 min"), eta
 
 
 def test_limits_show_used_of_limit_and_when_the_next_slot_opens(

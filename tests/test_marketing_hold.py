@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from flask_babel import force_locale
+from sqlalchemy.orm import Session
 
 from app import db
-from campaigns import campaign_states, fanout, message_states, pump, queues, reasons, sending
+from campaigns import (
+    campaign_states,
+    fanout,
+    message_states,
+    pump,
+    queues,
+    reasons,
+    sending,
+    webhooks,
+)
 from campaigns.i18n import format_datetime
 from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus
 from campaigns.progress import get_progress
@@ -229,6 +241,117 @@ def test_a_webhooks_131049_holds_once_and_a_replay_changes_nothing(app, client, 
     assert_counters_match_rows(small.id)
 
 
+@pytest.mark.parametrize(
+    ("status", "errors_", "then"),
+    [
+        ("failed", [{"code": 131026, "title": "undeliverable"}], MessageStatus.FAILED),
+        ("failed", [{"code": 131049, "title": "limit"}], MessageStatus.FAILED),
+        # the webhook that keeps maintenance from sending it again if the worker dies
+        ("sent", None, MessageStatus.SENT),
+    ],
+)
+def test_the_retrys_own_statuses_apply_before_the_send_records_its_wamid(
+    app, client, small, status, errors_, then
+):
+    ids = _queue_all(app, small)
+    first = ids[0]
+    wamid = _sent(app, small, first)
+    day_before = int(time.time()) - 25 * 3600
+    delivered = status_webhook(wamid, "delivered", first, ts=day_before)
+    assert post_webhook(client, delivered).json["applied"] == 1
+    assert post_webhook(client, _limited(wamid, first, day_before + 1)).json["applied"] == 1
+    # The refused call's wamid and times are gone with the hold.
+    message = _message(first)
+    assert message.status is MessageStatus.RETRYING
+    assert (message.provider_message_id, message.sent_at, message.delivered_at) == (
+        None,
+        None,
+        None,
+    )
+    # Its retry is claimed; WhatsApp's word on the new call beats the send's record.
+    _fall_due([first])
+    message_states.claim(db.session, small.id, [first], MessageStatus.RETRYING)
+    db.session.commit()
+    # A late status of the refused call, found by its callback data now: not this call's.
+    late = status_webhook(wamid, "read", first, ts=day_before + 2)
+    assert post_webhook(client, late).json["ignored"] == 1
+    extra = {} if errors_ is None else {"errors": errors_}
+    body = status_webhook("wamid.retry", status, first, ts=int(time.time()), **extra)
+    assert post_webhook(client, body).json["applied"] == 1
+    message_states.record_sent(db.session, small.id, [(first, "wamid.retry")])
+    db.session.commit()
+    message = _message(first)
+    assert (message.status, message.provider_message_id) == (then, "wamid.retry")
+    if errors_ is not None:
+        assert message.error_code == str(errors_[0]["code"])
+    assert_counters_match_rows(small.id)
+
+
+def test_retry_failed_forgets_the_failed_calls_wamid(app, client, small):
+    ids = _queue_all(app, small)
+    first = ids[0]
+    wamid = _sent(app, small, first)
+    failed = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "x"}])
+    assert post_webhook(client, failed).json["applied"] == 1
+    assert message_states.reopen_failed(db.session, small.id, ["131026"]) == 1
+    db.session.commit()
+    message = _message(first)
+    assert (message.status, message.provider_message_id, message.sent_at) == (
+        MessageStatus.PENDING,
+        None,
+        None,
+    )
+
+
+def test_a_campaigns_webhook_holds_of_one_minute_share_a_retry_job(app, client, small, monkeypatch):
+    ids = _queue_all(app, small)
+    assert sorted(sending.send_batch(small.id, ids, app.config, retry_queue=False).sent) == ids
+    # One minute for all of them, whatever the test's pace (a minute's edge would split them).
+    now = datetime.now(UTC).replace(second=10, microsecond=0)
+    monkeypatch.setattr(webhooks, "database_now", lambda session: now)
+    monkeypatch.setattr(queues, "BATCH_MAX", 2)  # a group is full at two
+    for message_id in ids[:3]:
+        wamid = _message(message_id).provider_message_id
+        assert post_webhook(client, _limited(wamid, message_id)).json["applied"] == 1
+    due = (now + timedelta(hours=24)).replace(second=0) + timedelta(minutes=1)
+    groups = _retry_jobs()
+    # Not one job a message: the minute's holds in one job, a full one making way for more.
+    assert [job["args"]["message_ids"] for job in groups] == [ids[:2], ids[2:3]]
+    assert {job["scheduled_at"] for job in groups} == {due}
+    assert {_message(i).held_until for i in ids[:3]} == {due}
+    # A hold of another campaign's minute, or another minute, has a job of its own.
+    wamid = _message(ids[3]).provider_message_id
+    monkeypatch.setattr(webhooks, "database_now", lambda session: now + timedelta(minutes=1))
+    assert post_webhook(client, _limited(wamid, ids[3])).json["applied"] == 1
+    assert len(_retry_jobs()) == 3
+    # Due, the group's job sends its messages together.
+    _fall_due(ids)
+    report = sending.send_batch(small.id, ids[:2], app.config, retry_queue=True)
+    assert sorted(report.sent) == ids[:2]
+    assert_counters_match_rows(small.id)
+
+
+def test_two_holds_racing_for_a_new_minute_end_in_one_job(app, caplog):
+    caplog.set_level(logging.DEBUG, "campaigns.queues")
+    due = queues.held_group_due(datetime.now(UTC) + timedelta(hours=24))
+    engine = db.engine
+    with Session(engine) as first, Session(engine) as second:
+        queues.defer_held(first, 7, 1, due)  # inserted, not committed yet
+        worker = threading.Thread(
+            target=lambda: (queues.defer_held(second, 7, 2, due), second.commit())
+        )
+        worker.start()
+        time.sleep(0.3)  # the second's insert waits on the queueing lock's index
+        first.commit()
+        worker.join(10)
+        assert not worker.is_alive()
+    # The second's insert was refused by the first's lock, and it joined the first's job.
+    assert "is already waiting" in caplog.text
+    (job,) = _retry_jobs()
+    assert job["args"] == {"campaign_id": 7, "message_ids": [1, 2]}
+    assert job["scheduled_at"] == due
+
+
 def test_a_webhooks_131049_beating_the_sends_record_keeps_the_hold(app, client, small):
     ids = _queue_all(app, small)
     first = ids[0]
@@ -241,6 +364,9 @@ def test_a_webhooks_131049_beating_the_sends_record_keeps_the_hold(app, client, 
     message = _message(first)
     assert (message.status, message.error_code) == (MessageStatus.RETRYING, "131049")
     assert message.held_until is not None
+    # Nor does the refused call's wamid come back with the record: the retry's statuses
+    # must find the message by its callback data.
+    assert (message.provider_message_id, message.sent_at) == (None, None)
     assert_counters_match_rows(small.id)
 
 
@@ -413,3 +539,30 @@ def test_the_csv_explains_the_codes_disparo_knows_in_the_readers_language(
     # WhatsApp's own text kept beside it, as it came.
     assert held[5].endswith("not delivered to maintain healthy ecosystem engagement.")
     assert by_code[""][-1] == ""  # no code, nothing to explain
+
+
+def test_a_paused_campaigns_page_says_held_messages_wait_for_the_resume(
+    app, client, login_as, small, monkeypatch
+):
+    ids = _queue_all(app, small)
+    _hold(app, small, ids[:2], monkeypatch)
+    pause_campaign(small.id, small.owner_id)
+    first_due = get_progress(db.session.get(Campaign, small.id)).held_retry_from
+    login_as()
+    url = f"/campaigns/{small.id}/progress?shown=paused"
+    html = client.get(url, headers=HX).get_data(as_text=True)
+    with app.test_request_context():
+        when = format_datetime(first_due)
+    # Paused, a due hold goes back to pending: not tried at its time, but after the resume.
+    assert "tried again from" not in html
+    assert (
+        "2 messages held by WhatsApp's per-user marketing limit — tried again once the"
+        f" campaign is resumed, not before {when}." in html
+    )
+    html = client.get(url, headers={**HX, **PT_BR}).get_data(as_text=True)
+    with app.test_request_context(headers=PT_BR):
+        when = format_datetime(first_due)
+    assert (
+        "2 mensagens retidas pelo limite de marketing por usuário do WhatsApp — tentadas de"
+        f" novo quando a campanha for retomada, não antes de {when}." in html
+    )

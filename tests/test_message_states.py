@@ -83,3 +83,52 @@ def test_a_guarded_move_of_a_message_elsewhere_changes_nothing(app, owner):
     assert db.session.get(Message, message_id).status is S.PENDING
     assert jobs("messages.send") == []
     assert_counters_match_rows(campaign.id)
+
+
+def _sending_with_an_earlier_error(campaign_id: int) -> Message:
+    """A message in its call whose earlier try left WhatsApp's throughput error on it."""
+    counters.ensure_rows(db.session, campaign_id)
+    row = {
+        "campaign_id": campaign_id,
+        "customer_ref": "C1",
+        "phone": "+5511987654321",
+        "customer_data": {},
+        "params": {},
+        "status": "pending",
+        "error_code": None,
+        "error_text": None,
+    }
+    message_states.add_new(db.session, campaign_id, [row])
+    message_id = db.session.scalar(sa.select(Message.id))
+    message_states.transition(db.session, message_id, [S.PENDING], S.QUEUED)
+    message_states.transition(db.session, message_id, [S.QUEUED], S.SENDING)
+    message_states.note_error(db.session, message_id, "130429", "too fast")
+    db.session.commit()
+    return db.session.get(Message, message_id)
+
+
+@pytest.mark.parametrize(
+    ("webhook", "code", "kept"),
+    [
+        (S.SENT, None, None),  # went out: an earlier try's error is no longer its story
+        (S.DELIVERED, None, None),
+        (S.READ, None, None),
+        (S.FAILED, "131026", "131026"),  # the webhook's failure is its outcome: kept
+    ],
+)
+def test_the_sends_record_keeps_only_an_error_a_webhook_made_the_outcome(
+    app, owner, webhook, code, kept
+):
+    campaign = demo_campaign(owner.id)
+    message = _sending_with_an_earlier_error(campaign.id)
+    # WhatsApp's status comes before the send's own record of the call.
+    assert message_states.record_status(
+        db.session, message, webhook, message.created_at, error_code=code, error_text=code
+    )
+    message_states.record_sent(db.session, campaign.id, [(message.id, "wamid.1")])
+    db.session.commit()
+    db.session.refresh(message)
+    assert message.status is webhook
+    assert message.error_code == kept
+    assert message.error_text == kept
+    assert_counters_match_rows(campaign.id)

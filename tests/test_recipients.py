@@ -400,6 +400,27 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     assert (skipped["name"], skipped["phone"]) == ("João", "'-12")
 
 
+def test_csv_explains_every_code_the_page_explains(client, campaign, viewer):
+    # Codes without an entry of their own the page still words (explain): a permission
+    # code, an HTTP status, an unknown code, a failure without a code.
+    cases = [
+        (MessageStatus.FAILED, "200"),
+        (MessageStatus.FAILED, "503"),
+        (MessageStatus.FAILED, "987654"),
+        (MessageStatus.FAILED, None),
+        (MessageStatus.FAILED, "131026"),
+        (MessageStatus.RETRYING, "503"),  # its last error, while it waits
+        (MessageStatus.SENT, None),  # nothing to explain
+    ]
+    for status, code in cases:
+        add(campaign, status, error_code=code)
+    body = client.get(f"/campaigns/{campaign.id}/recipients.csv").get_data().decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(body)))[1:]
+    shown = [row[-1] for row in rows]
+    assert shown == [explain(code) for _, code in cases[:-1]] + [""]
+    assert all(shown[:-1])
+
+
 def test_csv_export_reads_through_a_server_side_cursor(app, client, campaign, viewer, monkeypatch):
     monkeypatch.setattr(csvfiles, "CHUNK_ROWS", 2)
     add(campaign, n=5)

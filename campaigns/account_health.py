@@ -50,7 +50,10 @@ _QUALITY_RANK = {"GREEN": 0, "UNKNOWN": 0, "YELLOW": 1, "RED": 2}
 # second: 80 by default, up to 1,000 once Meta upgrades the number.
 THROUGHPUT_LEVELS = {"STANDARD": 80, "HIGH": 1000}
 UNLIMITED = "TIER_UNLIMITED"
-_TIER = re.compile(r"TIER_(\d{1,9})(K?)")
+_TIER = re.compile(r"TIER_([0-9]{1,9})(K?)")
+# A limit as a number in text: ASCII digits, bounded (int() takes "²", "٣" and 5,000
+# digits, or refuses them with a ValueError; neither is a value Meta gives).
+_LIMIT_NUMBER = re.compile(r"-?[0-9]{1,10}")
 # The quality update webhook's events that say what the quality became.
 QUALITY_EVENTS = {"FLAGGED": "RED", "UNFLAGGED": "GREEN"}
 # ...and the one that says Meta raised the number's throughput (to 1,000 msg/s).
@@ -156,8 +159,9 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
 
 def limit(value: Any) -> str | None:
     """A messaging limit as ``business_capability_update`` gives it, normalised: a tier
-    (``TIER_2K``), or a number of users a day (2000, or "2000"; -1 is unlimited)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    (``TIER_2K``), or a number of users a day (2000, or "2000"; -1 is unlimited); None
+    for anything else (never an error: the webhook skips it with its warning)."""
+    if isinstance(value, str) and _LIMIT_NUMBER.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
         return tier(value)

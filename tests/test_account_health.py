@@ -670,6 +670,34 @@ def test_junk_or_foreign_capability_webhooks_change_nothing(client, app, caplog)
     assert _fresh(sender.id).messaging_limit == 7
 
 
+@pytest.mark.parametrize(
+    "junk", ["--5", "-", "²", "٣٠٠٠", "9" * 5000, "-" + "9" * 5000, "1e3", " ", "TIER_٣K", 1.5]
+)
+def test_a_limit_that_is_no_number_meta_gives_is_no_limit(junk):
+    """Strict: str.isdigit() takes "²" and "٣", and int() refuses 5,000 digits."""
+    assert account_health.limit(junk) is None
+
+
+@pytest.mark.parametrize("junk", ["--5", "²", "9" * 5000])
+def test_a_capability_webhook_with_a_malformed_limit_is_acknowledged_and_skipped(
+    client, app, caplog, junk
+):
+    sender = _sender("Cap malformed", PHONE_NUMBER_ID, business_id="850", messaging_limit=7)
+    body = _capability({"max_daily_conversations_per_business": junk}, _ago(5))
+    with caplog.at_level(logging.WARNING, logger="campaigns.webhooks"):
+        answer = post_webhook(client, body, APP_SECRET)
+    assert answer.status_code == 200 and answer.json["skipped"] == 1
+    assert "value.max_daily_conversations_per_business is not a value Meta gives" in caplog.text
+    assert _fresh(sender.id).messaging_limit == 7
+    # The older name still gives the limit when the newer one is junk.
+    body = _capability(
+        {"max_daily_conversations_per_business": junk, "max_daily_conversation_per_phone": "250"},
+        _ago(4),
+    )
+    assert post_webhook(client, body, APP_SECRET).json["applied"] == 1
+    assert _fresh(sender.id).messaging_limit == 250
+
+
 # -- the override on the sender page
 
 HTMX = {"HX-Request": "true"}

@@ -756,7 +756,9 @@ def test_an_admin_overrides_and_clears_the_limit_on_the_sender_page(mock_app, cl
     assert _fresh(one.id).messaging_limit == 300
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20, "9" * 5000, "1" + ",000" * 1500, "٣٠٠"]
+)
 def test_a_bad_limit_on_the_sender_page_is_an_error_at_its_field(client, login_as, bad):
     sender = _sender("Page bad", PHONE_NUMBER_ID)
     login_as(Role.ADMIN)
@@ -792,3 +794,16 @@ def test_the_override_form_speaks_portuguese(client, login_as):
         f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "x"}, headers=HTMX
     )
     assert "número inteiro" in bad.get_data(as_text=True)
+
+
+def test_an_override_of_5000_digits_is_a_422_at_the_field(client, token_for):
+    sender = _sender("Huge", PHONE_NUMBER_ID)
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}",
+        data='{"messaging_limit": ' + "9" * 5000 + "}",
+        content_type="application/json",
+        headers=token_for(Role.ADMIN),
+    )
+    assert answer.status_code == 422, answer.get_data()[:300]
+    assert "messaging_limit" in answer.json["error"]["fields"]
+    assert _fresh(sender.id).messaging_limit_overridden is False

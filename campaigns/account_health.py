@@ -12,6 +12,9 @@ reports a value different from its previous report, which is kept apart
 (``messaging_limit_reported``) for that comparison. Quality and throughput belong to
 the phone number, so they apply to the reporting sender only.
 
+A sender whose ``business_id`` changes leaves its old portfolio's limit, report and
+override behind and takes the new one's (:func:`join_portfolio`).
+
 The override holds against the *portfolio's* previous report (the last one applied to
 any member), so a member never read before does not lose it on its first read; a first
 report ever for the portfolio is no change either (the admin's value holds over it).
@@ -293,6 +296,26 @@ def _apply_limit(members: list[Sender], reported: str, at: datetime, now: dateti
             member.messaging_limit = tier_limit(reported)
             member.messaging_limit_overridden = False
     return True
+
+
+def join_portfolio(session: AnySession, sender: Sender) -> None:
+    """The sender's ``business_id`` was set, changed or cleared (flushed): the limit it
+    holds, its report, time and override, were its old portfolio's, and an override kept
+    would spread to the new one at its next report. It takes the new portfolio's (the
+    members' latest report and override, locked), or none while it is alone there, until
+    Meta is read again."""
+    others = [m for m in portfolio(session, sender) if m.id != sender.id]
+    last = _last_report(others)
+    override = next((m for m in others if m.messaging_limit_overridden), None)
+    sender.messaging_limit_reported = last.messaging_limit_reported if last else None
+    sender.messaging_limit_at = last.messaging_limit_at if last else None
+    sender.messaging_limit_overridden = override is not None
+    if override is not None:
+        sender.messaging_limit = override.messaging_limit
+    elif last is not None and last.messaging_limit_reported is not None:
+        sender.messaging_limit = tier_limit(last.messaging_limit_reported)
+    else:
+        sender.messaging_limit = None
 
 
 def override_messaging_limit(session: AnySession, sender: Sender, limit: int | None) -> list[int]:

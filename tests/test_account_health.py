@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -420,6 +421,74 @@ def test_business_id_is_a_sender_setting(client, token_for):
         headers=headers,
     )
     assert bad.status_code == 422 and "business_id" in bad.json["error"]["fields"]
+
+
+def test_a_sender_moved_to_another_portfolio_leaves_its_override_behind(client, token_for):
+    at = database_now(db.session).replace(microsecond=0) - timedelta(hours=1)
+    overridden = {
+        "messaging_limit": 300,
+        "messaging_limit_reported": "TIER_2K",
+        "messaging_limit_at": at,
+        "messaging_limit_overridden": True,
+    }
+    one = _sender("Mover", PHONE_NUMBER_ID, business_id="910", **overridden)
+    stays = _sender("Stays", "100000000000931", business_id="910", **overridden)
+    there = _sender(
+        "There",
+        "100000000000932",
+        business_id="920",
+        messaging_limit=10_000,
+        messaging_limit_reported="TIER_10K",
+        messaging_limit_at=at,
+    )
+    headers = token_for(Role.ADMIN)
+
+    moved = client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "920"}, headers=headers)
+    assert moved.status_code == 200 and moved.json["messaging_limit"] == 10_000
+    fresh = _fresh(one.id)
+    assert (
+        fresh.messaging_limit_overridden,
+        fresh.messaging_limit_reported,
+        fresh.messaging_limit_at,
+    ) == (False, "TIER_10K", at)
+    [update] = db.session.scalars(
+        sa.select(AuditEvent).where(
+            AuditEvent.action == "sender.update", AuditEvent.target_id == one.id
+        )
+    ).all()
+    assert update.details == {
+        "business_id": {"before": "910", "after": "920"},
+        "messaging_limit": {"before": 300, "after": 10_000},
+        "messaging_limit_overridden": {"before": True, "after": False},
+    }
+    # Meta reports the new portfolio's limit again, unchanged: no override there to keep.
+    report = account_health.AccountReport(messaging_limit_tier="TIER_10K")
+    account_health.apply_report(db.session, _fresh(there.id), report)
+    db.session.commit()
+    for sender_id in (one.id, there.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (10_000, False)
+    # The old portfolio keeps its own.
+    fresh = _fresh(stays.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
+
+    # Alone in its portfolio: nothing known of it until Meta is read.
+    client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "930"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (
+        fresh.messaging_limit,
+        fresh.messaging_limit_overridden,
+        fresh.messaging_limit_reported,
+        fresh.messaging_limit_at,
+    ) == (None, False, None, None)
+    # Back into a portfolio with an admin's override: it holds for the newcomer too.
+    client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "910"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
+    # Another change leaves the limit alone.
+    client.patch(f"/api/v1/senders/{one.id}", json={"name": "Mover again"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
 
 
 # -- display

@@ -12,6 +12,9 @@ reports a value different from its previous report, which is kept apart
 (``messaging_limit_reported``) for that comparison. Quality and throughput belong to
 the phone number, so they apply to the reporting sender only.
 
+A sender whose ``business_id`` changes leaves its old portfolio's limit, report and
+override behind and takes the new one's (:func:`join_portfolio`).
+
 The override holds against the *portfolio's* previous report (the last one applied to
 any member), so a member never read before does not lose it on its first read; a first
 report ever for the portfolio is no change either (the admin's value holds over it).
@@ -50,7 +53,10 @@ _QUALITY_RANK = {"GREEN": 0, "UNKNOWN": 0, "YELLOW": 1, "RED": 2}
 # second: 80 by default, up to 1,000 once Meta upgrades the number.
 THROUGHPUT_LEVELS = {"STANDARD": 80, "HIGH": 1000}
 UNLIMITED = "TIER_UNLIMITED"
-_TIER = re.compile(r"TIER_(\d{1,9})(K?)")
+_TIER = re.compile(r"TIER_([0-9]{1,9})(K?)")
+# A limit as a number in text: ASCII digits, bounded (int() takes "²", "٣" and 5,000
+# digits, or refuses them with a ValueError; neither is a value Meta gives).
+_LIMIT_NUMBER = re.compile(r"-?[0-9]{1,10}")
 # The quality update webhook's events that say what the quality became.
 QUALITY_EVENTS = {"FLAGGED": "RED", "UNFLAGGED": "GREEN"}
 # ...and the one that says Meta raised the number's throughput (to 1,000 msg/s).
@@ -156,8 +162,9 @@ def from_webhook(value: dict[str, Any]) -> AccountReport:
 
 def limit(value: Any) -> str | None:
     """A messaging limit as ``business_capability_update`` gives it, normalised: a tier
-    (``TIER_2K``), or a number of users a day (2000, or "2000"; -1 is unlimited)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    (``TIER_2K``), or a number of users a day (2000, or "2000"; -1 is unlimited); None
+    for anything else (never an error: the webhook skips it with its warning)."""
+    if isinstance(value, str) and _LIMIT_NUMBER.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
         return tier(value)
@@ -289,6 +296,26 @@ def _apply_limit(members: list[Sender], reported: str, at: datetime, now: dateti
             member.messaging_limit = tier_limit(reported)
             member.messaging_limit_overridden = False
     return True
+
+
+def join_portfolio(session: AnySession, sender: Sender) -> None:
+    """The sender's ``business_id`` was set, changed or cleared (flushed): the limit it
+    holds, its report, time and override, were its old portfolio's, and an override kept
+    would spread to the new one at its next report. It takes the new portfolio's (the
+    members' latest report and override, locked), or none while it is alone there, until
+    Meta is read again."""
+    others = [m for m in portfolio(session, sender) if m.id != sender.id]
+    last = _last_report(others)
+    override = next((m for m in others if m.messaging_limit_overridden), None)
+    sender.messaging_limit_reported = last.messaging_limit_reported if last else None
+    sender.messaging_limit_at = last.messaging_limit_at if last else None
+    sender.messaging_limit_overridden = override is not None
+    if override is not None:
+        sender.messaging_limit = override.messaging_limit
+    elif last is not None and last.messaging_limit_reported is not None:
+        sender.messaging_limit = tier_limit(last.messaging_limit_reported)
+    else:
+        sender.messaging_limit = None
 
 
 def override_messaging_limit(session: AnySession, sender: Sender, limit: int | None) -> list[int]:

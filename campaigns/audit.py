@@ -15,7 +15,8 @@ acted after that user is gone.
 and never holds a secret, a password, a token or a full phone number: a phone is
 written through :func:`mask_phone` (its last four digits), a secret only as the
 name of what was replaced. :func:`record` refuses a details key that names a
-secret, so a slip fails in the tests rather than lands in the table.
+secret, so a slip fails in the tests rather than lands in the table, and a key not in
+``DETAIL_KEYS`` (each has its words in ``labels.AUDIT_DETAIL``), so none shows raw.
 
 Rows older than ``AUDIT_RETENTION_DAYS`` are deleted by maintenance
 (:func:`delete_old_events`, in batches).
@@ -62,6 +63,45 @@ ACTIONS = (
     "suppression.import",
     "settings.change",
     "data.erase",
+)
+# Every key a details mapping may have at its top (labels.AUDIT_DETAIL words each for
+# the audit page; a test holds them in step): record() refuses any other, so a key added
+# without its label fails in the tests of its action rather than shows raw on the page.
+DETAIL_KEYS = frozenset(
+    {
+        # users and API tokens
+        "role",
+        "user_id",
+        "campaign_rate_limit_per_minute",
+        "api_rate_limit_per_minute",
+        # senders (validation.SENDER_SETTINGS but its secret, the secrets named only)
+        "name",
+        "provider",
+        "phone_number_id",
+        "display_phone_number",
+        "waba_id",
+        "business_id",
+        "rate_limit_per_minute",
+        "min_interval_ms",
+        "credentials_set",
+        "credentials_replaced",
+        "messaging_limit",
+        "messaging_limit_overridden",
+        # opt-outs
+        "source",
+        "numbers",
+        "added",
+        "invalid",
+        # erasures (services/personal_data.ErasureReport.details)
+        "phone_last4",
+        "phone_hash_prefix",
+        "messages",
+        "campaigns",
+        "cancelled",
+        "opt_out_kept_as_hash",
+        "undeliverable_deleted",
+        "activity_entries",
+    }
 )
 # Words no details key may contain: their values would be secrets.
 SECRET_WORDS = ("password", "secret", "token")
@@ -127,6 +167,9 @@ def record(
         raise ValueError(f"unknown audit action {action!r}")
     details = dict(details or {})
     _check_details(details)
+    unknown = sorted(str(key) for key in details if key not in DETAIL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown audit details {unknown}: add them to DETAIL_KEYS, labelled")
     who = current_actor() if actor is None else actor
     event = AuditEvent(
         actor_id=None if isinstance(who, str) else who.id,

@@ -21,6 +21,12 @@ def database_now(session: AnySession) -> datetime:
     return session.execute(sa.select(sa.func.now())).scalar_one()
 
 
+def clock_now(session: AnySession) -> datetime:
+    """PostgreSQL's ``clock_timestamp()``: the time now, not the transaction's start (a
+    transaction that waited on a lock started before what it waited for)."""
+    return session.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+
+
 MAX_UNIX_DIGITS = 12  # seconds: past year 9999 either way
 
 

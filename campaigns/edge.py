@@ -17,6 +17,12 @@ gets the same answer whatever it sent (the login page, a 401): for pages it is a
 the end of its own ``authenticate``, after the token and the rate-limit count; the
 WhatsApp webhooks read nothing before the signature and then parse totally.
 
+Numbers: a JSON integer literal is read within bounds (:class:`JSONProvider`). Python
+refuses to read one of more than 4,300 digits (a ValueError, so the body was "not
+JSON"), and no column holds one of 20; one longer than :data:`MAX_JSON_INT_DIGITS` is
+read as infinity, as JSON's ``1e999`` already is, so the field it is in refuses it
+with that field's own message.
+
 The :func:`validates_fields` flag is what ties a view to its parser: a view marked
 with it parses its form with ``campaigns.validation``, which puts the same message
 at the field of the re-rendered form, so the check leaves that view's form to it.
@@ -25,17 +31,38 @@ A view that reads its form any other way must not carry the flag.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import flask
 from flask import Flask, current_app, request
+from flask.json.provider import DefaultJSONProvider
 
 from campaigns import errors
 from campaigns.i18n import _
 from campaigns.validation import unstorable_fields
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Longer than any column's (bigint: 19 digits), far shorter than int()'s 4,300 limit.
+MAX_JSON_INT_DIGITS = 100
+
+
+def bounded_int(literal: str) -> int | float:
+    """A JSON integer literal: its value, or ±infinity past MAX_JSON_INT_DIGITS digits."""
+    if len(literal.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        return float("-inf") if literal.startswith("-") else float("inf")
+    return int(literal)
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, its integers read by :func:`bounded_int` (see the docstring)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_int", bounded_int)
+        return json.loads(s, **kwargs)
 
 
 def takes_upload(view: F) -> F:
@@ -105,4 +132,5 @@ def refuse_unstorable_on_pages() -> Any:
 def init_app(app: Flask) -> None:
     """Call after ``auth.init_app``: hooks run in the order they were registered."""
     app.request_class = Request
+    app.json = JSONProvider(app)
     app.before_request(refuse_unstorable_on_pages)

@@ -144,6 +144,9 @@ AUDIT_DETAIL: Labels = {
     "phone_number_id": _lp("audit detail", "Phone number id"),
     "display_phone_number": _lp("audit detail", "Display phone number"),
     "waba_id": _lp("audit detail", "WABA id"),
+    "business_id": _lp("audit detail", "Business portfolio id"),
+    "messaging_limit": _lp("audit detail", "Messaging limit (users a day)"),
+    "messaging_limit_overridden": _lp("audit detail", "Messaging limit set by an admin"),
     "rate_limit_per_minute": _lp("audit detail", "Messages per minute"),
     "min_interval_ms": _lp("audit detail", "Minimum gap between messages (ms)"),
     "webhook_verify_token": _lp("audit detail", "Webhook verify token"),
@@ -163,6 +166,7 @@ AUDIT_DETAIL: Labels = {
     "campaigns": _lp("audit detail", "Campaigns"),
     "cancelled": _lp("audit detail", "Cancelled"),
     "opt_out_kept_as_hash": _lp("audit detail", "Opt-out kept as a hash"),
+    "undeliverable_deleted": _lp("audit detail", "Undeliverable number record deleted"),
     "activity_entries": _lp("audit detail", "Activity entries"),
 }
 # Procrastinate's job statuses (procrastinate.jobs.Status), as the queue monitor shows them.

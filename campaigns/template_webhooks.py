@@ -23,10 +23,13 @@ template's creator. The periodic sync stays the fallback for a review's outcome
 never received (it asks about pending templates only: a lost PAUSED is not caught).
 
 Meta retries a webhook for days and does not keep their order: each change is applied
-as of its entry's ``time`` (the time of arrival if it has none), and each template keeps
+as of its entry's ``time`` (the time of arrival if it has none or one ahead of the
+database's clock), and each template keeps
 the time of the change that last set its status, quality and category
 (``status_event_at``…); an older change about the same thing is ignored (counted
-``templates_stale``), so a replayed APPROVED cannot undo a later PAUSED.
+``templates_stale``), so a replayed APPROVED cannot undo a later PAUSED. Disparo's own
+changes are stamped too (``services/templates.py``: an edit, a submission, the review
+sync; ``services/template_import.py``: the listing's time).
 
 Parsing is as tolerant as ``webhooks.py``'s: a part of the wrong shape is skipped
 with the request's warning, a template Disparo does not have is logged and ignored.
@@ -120,7 +123,7 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
     stops: list[Stop] = []
     found: list[_Found] = []
     entries = payload.get("entry") if isinstance(payload, dict) else None
-    arrived: datetime | None = None
+    now: datetime | None = None  # the database's, in whole seconds as Meta's times
     for e, entry in enumerate(entries if isinstance(entries, list) else []):
         changes = entry.get("changes") if isinstance(entry, dict) else None
         at, time_ok = clock.entry_time(entry) if isinstance(entry, dict) else (None, False)
@@ -136,10 +139,10 @@ def apply(payload: Any, signed: Signed, skipped: Skipper) -> tuple[dict[str, int
                 skipped(f"{where}.value", "is not an object")
                 continue
             waba_id = identifier(entry.get("id"), MAX_ID, number=True)
-            if at is None:
-                arrived = arrived or clock.database_now(db.session).replace(microsecond=0)
-            when = at or arrived
-            assert when is not None
+            now = now or clock.database_now(db.session).replace(microsecond=0)
+            # A time ahead of ours is taken as now (as webhooks._apply_account does): one
+            # bogus future time would otherwise hold off every change until then.
+            when = min(at, now) if at is not None else now
             update = _update(field, value, stops, where, skipped)
             if update is None:
                 continue

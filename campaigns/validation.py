@@ -358,7 +358,8 @@ def parse_messaging_limit(data: Mapping[str, Any]) -> int | None:
     return raw
 
 
-_WHOLE_NUMBER = re.compile(r"\d+|\d{1,3}(?:([.,])\d{3})(?:\1\d{3})*")
+# ASCII digits only: \d takes any script's, which int() reads too.
+_WHOLE_NUMBER = re.compile(r"[0-9]+|[0-9]{1,3}(?:([.,])[0-9]{3})(?:\1[0-9]{3})*")
 
 
 def parse_messaging_limit_form(form: Mapping[str, Any]) -> int | None:
@@ -367,8 +368,11 @@ def parse_messaging_limit_form(form: Mapping[str, Any]) -> int | None:
     if form.get("unlimited"):
         return None
     raw = str(form.get("messaging_limit") or "").strip().replace(" ", "")
-    if _WHOLE_NUMBER.fullmatch(raw) and int(re.sub(r"\D", "", raw)) <= BIGINT_MAX:
-        return int(re.sub(r"\D", "", raw))
+    digits = re.sub(r"[.,]", "", raw).lstrip("0") or "0"
+    # Bounded before int(): past 4,300 digits int() raises rather than reads.
+    if _WHOLE_NUMBER.fullmatch(raw) and len(digits) <= len(str(BIGINT_MAX)):
+        if (value := int(digits)) <= BIGINT_MAX:
+            return value
     raise Invalid(
         {"messaging_limit": _("Enter the users a day as a whole number from 0, or tick Unlimited.")}
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -422,6 +423,74 @@ def test_business_id_is_a_sender_setting(client, token_for):
     assert bad.status_code == 422 and "business_id" in bad.json["error"]["fields"]
 
 
+def test_a_sender_moved_to_another_portfolio_leaves_its_override_behind(client, token_for):
+    at = database_now(db.session).replace(microsecond=0) - timedelta(hours=1)
+    overridden = {
+        "messaging_limit": 300,
+        "messaging_limit_reported": "TIER_2K",
+        "messaging_limit_at": at,
+        "messaging_limit_overridden": True,
+    }
+    one = _sender("Mover", PHONE_NUMBER_ID, business_id="910", **overridden)
+    stays = _sender("Stays", "100000000000931", business_id="910", **overridden)
+    there = _sender(
+        "There",
+        "100000000000932",
+        business_id="920",
+        messaging_limit=10_000,
+        messaging_limit_reported="TIER_10K",
+        messaging_limit_at=at,
+    )
+    headers = token_for(Role.ADMIN)
+
+    moved = client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "920"}, headers=headers)
+    assert moved.status_code == 200 and moved.json["messaging_limit"] == 10_000
+    fresh = _fresh(one.id)
+    assert (
+        fresh.messaging_limit_overridden,
+        fresh.messaging_limit_reported,
+        fresh.messaging_limit_at,
+    ) == (False, "TIER_10K", at)
+    [update] = db.session.scalars(
+        sa.select(AuditEvent).where(
+            AuditEvent.action == "sender.update", AuditEvent.target_id == one.id
+        )
+    ).all()
+    assert update.details == {
+        "business_id": {"before": "910", "after": "920"},
+        "messaging_limit": {"before": 300, "after": 10_000},
+        "messaging_limit_overridden": {"before": True, "after": False},
+    }
+    # Meta reports the new portfolio's limit again, unchanged: no override there to keep.
+    report = account_health.AccountReport(messaging_limit_tier="TIER_10K")
+    account_health.apply_report(db.session, _fresh(there.id), report)
+    db.session.commit()
+    for sender_id in (one.id, there.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (10_000, False)
+    # The old portfolio keeps its own.
+    fresh = _fresh(stays.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
+
+    # Alone in its portfolio: nothing known of it until Meta is read.
+    client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "930"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (
+        fresh.messaging_limit,
+        fresh.messaging_limit_overridden,
+        fresh.messaging_limit_reported,
+        fresh.messaging_limit_at,
+    ) == (None, False, None, None)
+    # Back into a portfolio with an admin's override: it holds for the newcomer too.
+    client.patch(f"/api/v1/senders/{one.id}", json={"business_id": "910"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
+    # Another change leaves the limit alone.
+    client.patch(f"/api/v1/senders/{one.id}", json={"name": "Mover again"}, headers=headers)
+    fresh = _fresh(one.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (300, True)
+
+
 # -- display
 
 
@@ -670,6 +739,34 @@ def test_junk_or_foreign_capability_webhooks_change_nothing(client, app, caplog)
     assert _fresh(sender.id).messaging_limit == 7
 
 
+@pytest.mark.parametrize(
+    "junk", ["--5", "-", "²", "٣٠٠٠", "9" * 5000, "-" + "9" * 5000, "1e3", " ", "TIER_٣K", 1.5]
+)
+def test_a_limit_that_is_no_number_meta_gives_is_no_limit(junk):
+    """Strict: str.isdigit() takes "²" and "٣", and int() refuses 5,000 digits."""
+    assert account_health.limit(junk) is None
+
+
+@pytest.mark.parametrize("junk", ["--5", "²", "9" * 5000])
+def test_a_capability_webhook_with_a_malformed_limit_is_acknowledged_and_skipped(
+    client, app, caplog, junk
+):
+    sender = _sender("Cap malformed", PHONE_NUMBER_ID, business_id="850", messaging_limit=7)
+    body = _capability({"max_daily_conversations_per_business": junk}, _ago(5))
+    with caplog.at_level(logging.WARNING, logger="campaigns.webhooks"):
+        answer = post_webhook(client, body, APP_SECRET)
+    assert answer.status_code == 200 and answer.json["skipped"] == 1
+    assert "value.max_daily_conversations_per_business is not a value Meta gives" in caplog.text
+    assert _fresh(sender.id).messaging_limit == 7
+    # The older name still gives the limit when the newer one is junk.
+    body = _capability(
+        {"max_daily_conversations_per_business": junk, "max_daily_conversation_per_phone": "250"},
+        _ago(4),
+    )
+    assert post_webhook(client, body, APP_SECRET).json["applied"] == 1
+    assert _fresh(sender.id).messaging_limit == 250
+
+
 # -- the override on the sender page
 
 HTMX = {"HX-Request": "true"}
@@ -728,7 +825,9 @@ def test_an_admin_overrides_and_clears_the_limit_on_the_sender_page(mock_app, cl
     assert _fresh(one.id).messaging_limit == 300
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "-5", "1,5", "2.50", "9" * 20, "9" * 5000, "1" + ",000" * 1500, "٣٠٠"]
+)
 def test_a_bad_limit_on_the_sender_page_is_an_error_at_its_field(client, login_as, bad):
     sender = _sender("Page bad", PHONE_NUMBER_ID)
     login_as(Role.ADMIN)
@@ -764,3 +863,16 @@ def test_the_override_form_speaks_portuguese(client, login_as):
         f"/senders/{sender.id}/messaging-limit", data={"messaging_limit": "x"}, headers=HTMX
     )
     assert "número inteiro" in bad.get_data(as_text=True)
+
+
+def test_an_override_of_5000_digits_is_a_422_at_the_field(client, token_for):
+    sender = _sender("Huge", PHONE_NUMBER_ID)
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}",
+        data='{"messaging_limit": ' + "9" * 5000 + "}",
+        content_type="application/json",
+        headers=token_for(Role.ADMIN),
+    )
+    assert answer.status_code == 422, answer.get_data()[:300]
+    assert "messaging_limit" in answer.json["error"]["fields"]
+    assert _fresh(sender.id).messaging_limit_overridden is False

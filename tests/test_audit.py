@@ -371,6 +371,9 @@ def test_record_refuses_secrets_and_unknown_actions(app):
         audit.record(db.session, "user.create", details={"new": {"password": "x"}})
     with pytest.raises(ValueError, match="unknown"):
         audit.record(db.session, "user.delete")
+    # A key without its words on the audit page (labels.AUDIT_DETAIL) is refused too.
+    with pytest.raises(ValueError, match="unknown audit details"):
+        audit.record(db.session, "settings.change", details={"messaging_limit_floor": 1})
     db.session.rollback()
 
 

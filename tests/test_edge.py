@@ -9,6 +9,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app import db
+from campaigns import edge
 from campaigns.models import MessageTemplate, Role, Suppression
 from campaigns.services.demo import seed_demo
 from campaigns.validation import unstorable_fields
@@ -260,6 +261,25 @@ def test_deeply_nested_json_is_a_400_not_a_500(client, token_for):
     )
     assert response.status_code == 400
     assert response.json["error"]["fields"] == {"body": "Nest it less deeply."}
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "-" + "9" * 5000, "1" + "0" * 101])
+def test_an_integer_too_long_to_read_is_refused_at_its_field(client, token_for, digits):
+    """Python refuses int() past 4,300 digits: read as infinity (as 1e999 is), the
+    number's own field says what is wrong, rather than the body being "not JSON"."""
+    response = client.post(
+        "/api/v1/senders",
+        data='{"name": "Huge", "provider": "mock", "rate_limit_per_minute": ' + digits + "}",
+        content_type="application/json",
+        headers=token_for(Role.ADMIN),
+    )
+    assert response.status_code == 422
+    assert list(response.json["error"]["fields"]) == ["rate_limit_per_minute"]
+
+
+def test_json_integers_of_any_column_size_are_read_as_they_are():
+    assert edge.bounded_int("-" + "9" * 100) == -int("9" * 100)
+    assert edge.bounded_int("0") == 0
 
 
 @pytest.mark.parametrize(

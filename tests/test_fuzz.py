@@ -699,9 +699,21 @@ def test_signed_webhooks_of_any_json(client, recipients, fuzz_cases):
     _webhook_test(client, fuzz_cases, JSON)
 
 
-def _account_webhook(leaf: st.SearchStrategy, display: str) -> st.SearchStrategy[dict]:
+# What business_capability_update may carry as a limit: Meta's values, and text that
+# str.isdigit() or a minus sign would pass but int() refuses (or takes as 5,000 digits).
+CAPABILITY_LIMITS = mostly(
+    st.sampled_from(["TIER_2K", 2000, "250", -1, "-1", 100_000, "TIER_UNLIMITED"]),
+    st.one_of(st.sampled_from(["--5", "²", "٣٠٠", "9" * 5000, "-" + "9" * 5000, "-"]), NUMBERS),
+    odds=3,
+)
+
+
+def _account_webhook(
+    leaf: st.SearchStrategy, display: str, waba_id: str
+) -> st.SearchStrategy[dict]:
     """Meta's phone_number_quality_update and account_update about the demo sender's
-    number (by its display digits), its leaves sometimes junk from ``leaf``."""
+    number (by its display digits), and business_capability_update about its WABA, its
+    leaves sometimes junk from ``leaf``."""
 
     def field(good: st.SearchStrategy) -> st.SearchStrategy:
         return good if leaf.is_empty else mostly(good, leaf, odds=10)
@@ -723,24 +735,36 @@ def _account_webhook(leaf: st.SearchStrategy, display: str) -> st.SearchStrategy
     }
     quality = shaped({"display_phone_number": field(number)}, extra)
     account = shaped({"phone_number": field(number)}, extra)
+    capability = shaped(
+        {},
+        {
+            "max_daily_conversations_per_business": field(CAPABILITY_LIMITS),
+            "max_daily_conversation_per_phone": field(CAPABILITY_LIMITS),
+            "max_phone_numbers_per_business": field(st.integers(0, 20)),
+        },
+    )
     change = st.one_of(
         shaped({"field": st.just("phone_number_quality_update"), "value": field(quality)}, {}),
         shaped({"field": st.just("account_update"), "value": field(account)}, {}),
+        shaped({"field": st.just("business_capability_update"), "value": field(capability)}, {}),
     )
-    entry = shaped({"id": field(TEXT), "changes": st.lists(change, max_size=3)}, {})
+    entry_id = field(mostly(st.just(waba_id), TEXT, odds=8))
+    entry = shaped({"id": entry_id, "changes": st.lists(change, max_size=3)}, {})
     return shaped({"object": st.just("whatsapp_business_account"), "entry": st.lists(entry)}, {})
 
 
 @pytest.mark.parametrize("junk", [False, True])
 def test_signed_account_webhooks(client, recipients, fuzz_cases, junk):
-    """Quality and account updates, well formed or with junk leaves: always a 200, and
-    the well-formed ones reach the sender (its quality, its limit)."""
+    """Quality, account and capability updates, well formed or with junk leaves (a
+    capability's limit is junk now and then even in the well-formed ones): always a 200,
+    and the well-formed ones reach the sender (its quality, its limit)."""
     sender = default_sender()
     display = "".join(c for c in sender.display_phone_number or "" if c.isdigit())
     assert display, "the demo sender has a display number"
+    assert sender.waba_id, "the demo sender has a WABA id"
 
     @examples(100)
-    @given(payload=_account_webhook(JSON if junk else st.nothing(), display))
+    @given(payload=_account_webhook(JSON if junk else st.nothing(), display, sender.waba_id))
     def run(payload: Any) -> None:
         response = check(fuzz_cases, lambda: post_webhook(client, payload))
         assert response.status_code == 200, response.get_data()[:500]

@@ -15,6 +15,7 @@ from campaigns.labels import ENUM_KINDS, KINDS, audit_value, label, label_for, s
 from campaigns.models import CampaignStatus, Role
 from campaigns.providers import errors
 from campaigns.queues import KNOWN_QUEUES
+from campaigns.services.senders import SECRET_SETTINGS
 from campaigns.services.suppressions import SUPPRESSION_SOURCES
 from campaigns.services.users import update_user
 from campaigns.validation import UserLimits
@@ -37,6 +38,10 @@ def test_every_member_of_every_enum_shown_has_a_label(enum_class):
     [
         ("job_status", [status.value for status in JobStatus]),
         ("audit_action", audit.ACTIONS),
+        # Every key audit.record takes (it refuses any other), and the secrets the
+        # credentials_* details name.
+        ("audit_detail", sorted(audit.DETAIL_KEYS)),
+        ("audit_detail", SECRET_SETTINGS),
         ("segment_key", erp.SEGMENT_KEYS),
         ("customer_field", validation.CUSTOMER_FIELDS),
         ("suppression_source", SUPPRESSION_SOURCES),
@@ -48,6 +53,25 @@ def test_every_code_of_each_kind_has_a_label(kind, codes):
     missing = [code for code in codes if code not in KINDS[kind]]
     assert not missing, f"{kind} without a label: {missing}"
     assert all(label_for(kind, code) != code for code in codes)
+
+
+def test_the_account_healths_and_erasures_details_are_worded_in_portuguese(app):
+    with app.test_request_context(headers=PT_BR):
+        words = {
+            key: label_for("audit_detail", key)
+            for key in (
+                "messaging_limit",
+                "messaging_limit_overridden",
+                "business_id",
+                "undeliverable_deleted",
+            )
+        }
+    assert words == {
+        "messaging_limit": "Limite de mensagens (usuários por dia)",
+        "messaging_limit_overridden": "Limite de mensagens definido por um administrador",
+        "business_id": "ID do portfólio empresarial",
+        "undeliverable_deleted": "Registro de número sem entrega apagado",
+    }
 
 
 def test_labels_are_lazy_so_each_reader_gets_their_language():

@@ -25,13 +25,14 @@ from campaigns.models import (
     TemplateCategory,
     TemplateStatus,
 )
+from campaigns.services import templates as template_services
 from campaigns.services.campaigns import (
     pause_campaign,
     resume_campaign,
     schedule_campaign,
     send_campaign_now,
 )
-from campaigns.services.templates import default_sender
+from campaigns.services.templates import default_sender, submit_template, sync_template_status
 from tests.helpers import demo_campaign, jobs, post_webhook
 
 WABA_ID = "200000000000001"  # the demo sender's (services/demo.py)
@@ -416,6 +417,11 @@ def _at(body: dict, seconds: int) -> dict:
     return body
 
 
+def _ago(seconds: int) -> int:
+    """An entry time ``seconds`` before the database's now (one ahead of it is now)."""
+    return int(database_now(db.session).timestamp()) - seconds
+
+
 @pytest.mark.parametrize(
     ("field", "newer", "older", "read"),
     [
@@ -442,16 +448,17 @@ def _at(body: dict, seconds: int) -> dict:
 def test_a_late_or_replayed_template_webhook_does_not_undo_a_newer_one(
     client, template, field, newer, older, read
 ):
-    first = post_webhook(client, _at(template_body(field, about(template, **newer)), 1_800_000_100))
+    base = _ago(600)
+    first = post_webhook(client, _at(template_body(field, about(template, **newer)), base + 100))
     assert first.status_code == 200 and first.json["templates_applied"] == 1
     after_newer = read(_fresh(MessageTemplate, template.id))
     # Sent a minute before, delivered after (Meta retries and does not keep the order).
-    late = post_webhook(client, _at(template_body(field, about(template, **older)), 1_800_000_040))
+    late = post_webhook(client, _at(template_body(field, about(template, **older)), base + 40))
     assert late.status_code == 200
     assert (late.json["templates_applied"], late.json["templates_stale"]) == (0, 1)
     assert read(_fresh(MessageTemplate, template.id)) == after_newer
     # The same second as the newer one: the later arrival wins (Meta gives no finer order).
-    again = post_webhook(client, _at(template_body(field, about(template, **older)), 1_800_000_100))
+    again = post_webhook(client, _at(template_body(field, about(template, **older)), base + 100))
     assert again.json["templates_applied"] == 1
     assert read(_fresh(MessageTemplate, template.id)) != after_newer
 
@@ -497,3 +504,112 @@ def test_a_webhook_locks_its_templates_together_in_id_order(client, template, ow
     assert "ORDER BY message_templates.id" in locks[0] and "FOR NO KEY UPDATE" in locks[0]
     assert _fresh(MessageTemplate, later.id).status is TemplateStatus.PAUSED
     assert _fresh(MessageTemplate, earlier.id).quality_rating == "RED"
+
+
+# -- Disparo's own changes are as of their time too; a time ahead of ours is now
+
+
+def test_a_paused_replayed_after_the_review_sync_read_approved_changes_nothing(
+    app, client, template, sending, owner
+):
+    """PAUSED(T) applied, then the sync reads APPROVED: PAUSED(T) again is older than
+    that read, and stops nothing (it paused the campaigns once, not on every replay)."""
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
+    paused = _at(status_body(template, "PAUSED"), _ago(120))
+    assert post_webhook(client, paused).json["templates_applied"] == 1
+    assert _fresh(Campaign, sending.id).status is CampaignStatus.PAUSED
+    db.session.execute(
+        sa.update(MessageTemplate)
+        .where(MessageTemplate.id == template.id)
+        .values(submitted_at=database_now(db.session) - timedelta(days=1))
+    )
+    db.session.commit()
+    synced = sync_template_status(template.id)
+    assert synced.status is TemplateStatus.APPROVED
+    assert synced.status_event_at is not None
+    assert synced.status_event_at > database_now(db.session) - timedelta(seconds=60)
+    assert resume_campaign(sending.id, owner.id).status is CampaignStatus.SENDING
+
+    replayed = post_webhook(client, _at(status_body(template, "PAUSED"), _ago(120)))
+    assert (replayed.json["templates_applied"], replayed.json["templates_stale"]) == (0, 1)
+    assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED
+    assert _fresh(Campaign, sending.id).status is CampaignStatus.SENDING
+    # One after the read still applies.
+    assert post_webhook(client, status_body(template, "PAUSED")).json["templates_applied"] == 1
+    assert _fresh(MessageTemplate, template.id).status is TemplateStatus.PAUSED
+
+
+def test_the_sync_leaves_a_status_a_webhook_told_in_its_own_second(
+    app, client, template, monkeypatch
+):
+    """A webhook of the read's second may be the later (the import's rule): it stands."""
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
+    template.submitted_at = database_now(db.session) - timedelta(days=1)
+    db.session.commit()
+    assert post_webhook(client, status_body(template, "PAUSED")).json["templates_applied"] == 1
+    told = _fresh(MessageTemplate, template.id).status_event_at
+    assert told is not None and told.microsecond == 0
+    read_at = told + timedelta(milliseconds=500)
+    monkeypatch.setattr(template_services, "clock_now", lambda session: read_at)
+    assert sync_template_status(template.id).status is TemplateStatus.PAUSED
+    assert _fresh(MessageTemplate, template.id).status_event_at == told
+    # A second later, the read is the newer.
+    monkeypatch.setattr(template_services, "clock_now", lambda session: told + timedelta(seconds=1))
+    assert sync_template_status(template.id).status is TemplateStatus.APPROVED
+
+
+def test_a_rejection_replayed_after_a_resubmission_is_about_the_one_before(client, template):
+    rejected = _at(status_body(template, "REJECTED", reason="INVALID_FORMAT"), _ago(120))
+    assert post_webhook(client, rejected).json["templates_applied"] == 1
+    resubmitted = submit_template(template.id)
+    assert resubmitted.status is TemplateStatus.PENDING
+    assert resubmitted.status_event_at > database_now(db.session) - timedelta(seconds=60)
+
+    replayed = post_webhook(client, rejected)
+    assert replayed.json["templates_stale"] == 1
+    fresh = _fresh(MessageTemplate, template.id)
+    assert (fresh.status, fresh.status_reason) == (TemplateStatus.PENDING, None)
+    # WhatsApp's word on the new submission applies.
+    assert post_webhook(client, status_body(template, "APPROVED")).json["templates_applied"] == 1
+    assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED
+
+
+def test_an_edit_is_newer_than_webhooks_about_the_version_before(client, template, login_as):
+    """A category WhatsApp set before the edit, replayed after it, does not undo the
+    operator's; nor does a status (the draft is resubmitted as a new version)."""
+    recategorised = _at(
+        template_body("template_category_update", about(template, new_category="UTILITY")),
+        _ago(120),
+    )
+    assert post_webhook(client, recategorised).json["templates_applied"] == 1
+    login_as(Role.SUPERVISOR)
+    fields = {
+        "name": template.name,
+        "language": template.language,
+        "category": "MARKETING",
+        "parameter_format": template.parameter_format.value,
+        "body_text": template.body_text,
+    }
+    edited = client.post(f"/templates/{template.id}", data=fields)
+    assert edited.status_code == 303, edited.get_data(as_text=True)
+    fresh = _fresh(MessageTemplate, template.id)
+    assert (fresh.status, fresh.category) == (TemplateStatus.DRAFT, TemplateCategory.MARKETING)
+    submit_template(template.id)
+    resubmitted = _fresh(MessageTemplate, template.id)
+    # Found by name and language now (an edit forgets Meta's id).
+    assert post_webhook(client, recategorised).json["templates_stale"] == 1
+    old_pause = _at(status_body(resubmitted, "PAUSED"), _ago(120))
+    assert post_webhook(client, old_pause).json["templates_stale"] == 1
+    fresh = _fresh(MessageTemplate, template.id)
+    assert (fresh.status, fresh.category) == (TemplateStatus.PENDING, TemplateCategory.MARKETING)
+
+
+def test_a_time_ahead_of_the_databases_is_taken_as_now(client, template):
+    """One bogus future entry.time would otherwise freeze the template's status."""
+    future = _at(status_body(template, "PAUSED"), _ago(-86_400))
+    assert post_webhook(client, future).json["templates_applied"] == 1
+    fresh = _fresh(MessageTemplate, template.id)
+    assert fresh.status_event_at <= database_now(db.session)
+    now = _at(status_body(template, "APPROVED"), _ago(0))
+    assert post_webhook(client, now).json["templates_applied"] == 1
+    assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED

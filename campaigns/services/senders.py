@@ -46,14 +46,26 @@ def save_sender(fields: SenderFields, sender_id: int | None = None) -> Sender:
         sender.app_secret = secrets.token_hex(32)  # the mock signs its webhooks with it
     if sender_id is None:
         db.session.add(sender)
-        db.session.flush()  # its id, for the audit row
+    db.session.flush()  # its id, for the audit row; its business_id, for its portfolio
     after = _audited(sender)
-    _record_changes(sender, before, created=sender_id is None)
-    if can_read_account(sender) and any(
-        after[name] != before.get(name) for name in CONNECTION_SETTINGS
+    moved = after["business_id"] != before.get("business_id")
+    limit_before = _limit_facts(sender)
+    if moved:
+        # The limit facts it holds were its old portfolio's: its override must not
+        # follow it into the new one.
+        account_health.join_portfolio(db.session, sender)
+    limit_after = _limit_facts(sender)
+    limit_changes = {
+        name: audit.change(limit_before[name], value)
+        for name, value in limit_after.items()
+        if value != limit_before[name]
+    }
+    _record_changes(sender, before, created=sender_id is None, extra=limit_changes)
+    if can_read_account(sender) and (
+        moved or any(after[name] != before.get(name) for name in CONNECTION_SETTINGS)
     ):
-        # Connected (or connected differently): read its quality and limits, in a job
-        # so that saving never waits on Meta.
+        # Connected (or connected differently, or to another portfolio): read its
+        # quality and limits, in a job so that saving never waits on Meta.
         queues.defer_account_read(db.session, sender.id)
     db.session.commit()
     return sender
@@ -177,9 +189,21 @@ def _audited(sender: Sender) -> dict[str, Any]:
     return values
 
 
-def _record_changes(sender: Sender, before: dict[str, Any], created: bool) -> None:
-    """One sender.create; or a sender.update for what changed besides the pace and a
-    settings.change for the pace (either only if something changed)."""
+def _limit_facts(sender: Sender) -> dict[str, Any]:
+    """The messaging limit as the trail records its change when the sender's portfolio
+    changes (account_health.join_portfolio)."""
+    return {
+        "messaging_limit": sender.messaging_limit,
+        "messaging_limit_overridden": sender.messaging_limit_overridden,
+    }
+
+
+def _record_changes(
+    sender: Sender, before: dict[str, Any], created: bool, extra: dict[str, Any] | None = None
+) -> None:
+    """One sender.create; or a sender.update for what changed besides the pace (and the
+    ``extra`` changes that came with it) and a settings.change for the pace (either only
+    if something changed)."""
     after = _audited(sender)
     changed = [name for name in after if after[name] != before.get(name)]
     replaced = [name for name in SECRET_SETTINGS if name in changed]
@@ -203,6 +227,7 @@ def _record_changes(sender: Sender, before: dict[str, Any], created: bool) -> No
         for name in changed
         if name not in SECRET_SETTINGS and name not in PACE_SETTINGS
     }
+    fields |= extra or {}
     if fields or replaced:
         record("sender.update", fields | ({"credentials_replaced": replaced} if replaced else {}))
     pace = {

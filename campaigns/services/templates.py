@@ -1,4 +1,12 @@
-"""Message templates: drafts, edits, review by the provider and its outcome."""
+"""Message templates: drafts, edits, review by the provider and its outcome.
+
+What Disparo itself learns or decides about a template's status and category (an edit,
+a submission, the review sync's read) is stamped with the database's clock in
+``status_event_at`` / ``category_event_at``, as the template webhooks and the import
+stamp theirs (``template_webhooks.py``): a late or replayed webhook from before it (a
+PAUSED before a newer read, a REJECTED of the submission before an edit) is older and
+ignored, and cannot undo it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,8 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import notifications, providers, queues
-from campaigns.clock import database_now
+from campaigns import notifications, providers, queues, template_webhooks
+from campaigns.clock import clock_now, database_now
 from campaigns.i18n import _
 from campaigns.labels import label
 from campaigns.models import (
@@ -112,13 +120,18 @@ def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate
     template.status_reason = None
     template.provider_template_id = None
     template.submitted_at = None
+    # The operator's version from now on: a webhook about the one before is older.
+    template.status_event_at = template.category_event_at = clock_now(db.session)
     db.session.commit()
     return template
 
 
 def _get_template_for_update(template_id: int) -> MessageTemplate:
     template = db.session.scalar(
-        sa.select(MessageTemplate).where(MessageTemplate.id == template_id).with_for_update()
+        sa.select(MessageTemplate)
+        .where(MessageTemplate.id == template_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # as locked: a webhook's time included
     )
     if template is None:
         raise NotFound(_("There is no such template."))
@@ -134,6 +147,9 @@ def submit_template(template_id: int) -> MessageTemplate:
             % {"s": label(template.status)}
         )
     provider = providers.for_sender(template.sender, current_app.config)
+    # Before the call: whatever WhatsApp says of this submission happens after it, and
+    # what it said of the one before (a REJECTED replayed late) happened before it.
+    asked_at = clock_now(db.session)
     try:
         submission = provider.submit_template(template)
     except providers.ProviderError as error:
@@ -143,6 +159,7 @@ def submit_template(template_id: int) -> MessageTemplate:
     template.provider_template_id = submission.provider_template_id
     template.status = submission.status
     template.status_reason = None
+    template.status_event_at = template.category_event_at = asked_at
     # The clock's time now, after WhatsApp accepted it (not the transaction's start): the
     # template import tells a template submitted during its listing by this time.
     template.submitted_at = sa.func.clock_timestamp()
@@ -162,16 +179,26 @@ def sync_template_status(template_id: int) -> MessageTemplate:
     if template.provider_template_id is None:
         db.session.rollback()
         return template
+    # The read's time, taken before the call as the import takes its listing's (the row
+    # is locked meanwhile: no webhook applies until this commits).
+    asked_at = clock_now(db.session)
     try:
         report = providers.for_sender(template.sender, current_app.config).template_status(template)
     except providers.ProviderError as error:
         db.session.rollback()
         raise ServiceError(error.message) from error
+    told = template.status_event_at
+    if told is not None and template_webhooks.may_be_after(told, asked_at):
+        # A webhook of the read's own second: it may be the later (the import's rule).
+        db.session.rollback()
+        logger.info("template %s: a webhook may be newer than its status read", template_id)
+        return template
     if report.status != template.status or report.reason != template.status_reason:
         logger.info("template %s: %s → %s", template.id, template.status, report.status)
     before = template.status
     template.status = report.status
     template.status_reason = report.reason
+    template.status_event_at = asked_at
     notifications.record_template_review(db.session, template, before)
     db.session.commit()
     return template

@@ -439,11 +439,13 @@ PROMO_BODY = (
 )
 
 
-def test_a_template_deleted_in_whatsapp_manager_is_disabled_and_its_campaigns_fail(
-    client, mock_app, owner
-):
-    """On the demo sender: a campaign scheduled with an imported template fails, with the
-    reason, once the template is gone from the WABA; the demo's own templates stay."""
+def _scheduled_on_an_imported_copy(client, owner) -> tuple[Campaign, Any, str]:
+    """On the demo sender: "promo_copy" made in WhatsApp Manager and imported, and a demo
+    campaign scheduled for tomorrow with it; (the campaign, the sender, Meta's id)."""
+    from datetime import timedelta
+
+    from campaigns.clock import database_now
+
     campaign = demo_campaign(owner.id)
     demo = default_sender()
     meta_id = make(
@@ -459,11 +461,16 @@ def test_a_template_deleted_in_whatsapp_manager_is_disabled_and_its_campaigns_fa
         sa.update(Campaign).where(Campaign.id == campaign.id).values(template_id=imported.id)
     )
     db.session.commit()
-    from datetime import timedelta
-
-    from campaigns.clock import database_now
-
     schedule_campaign(campaign.id, database_now(db.session) + timedelta(days=1), owner.id)
+    return campaign, demo, meta_id
+
+
+def test_a_template_deleted_in_whatsapp_manager_is_disabled_and_its_campaigns_fail(
+    client, mock_app, owner
+):
+    """On the demo sender: a campaign scheduled with an imported template fails, with the
+    reason, once the template is gone from the WABA; the demo's own templates stay."""
+    campaign, demo, meta_id = _scheduled_on_an_imported_copy(client, owner)
 
     response = client.delete(f"/mock/whatsapp/{demo.waba_id}/templates/{meta_id}")
     assert response.status_code == 200
@@ -757,26 +764,7 @@ def test_a_template_meta_does_not_list_yet_is_not_deleted_until_its_lag_is_past(
 def test_a_known_template_whose_content_is_skipped_still_takes_its_status(client, mock_app, owner):
     """A template Disparo has, changed in WhatsApp Manager to content Disparo cannot send,
     then paused, then deleted (as Meta lists a deleted one): its campaigns stop each time."""
-    from datetime import timedelta
-
-    from campaigns.clock import database_now
-
-    campaign = demo_campaign(owner.id)
-    demo = default_sender()
-    meta_id = make(
-        client,
-        "promo_copy",
-        [body(PROMO_BODY)],
-        waba_id=str(demo.waba_id),
-        parameter_format="NAMED",
-    )
-    import_templates(demo.id, None)
-    imported = templates_of(demo.id)["promo_copy"]
-    db.session.execute(
-        sa.update(Campaign).where(Campaign.id == campaign.id).values(template_id=imported.id)
-    )
-    db.session.commit()
-    schedule_campaign(campaign.id, database_now(db.session) + timedelta(days=1), owner.id)
+    campaign, demo, meta_id = _scheduled_on_an_imported_copy(client, owner)
     with_image = [UNSENDABLE["image_header"][0][0], body(PROMO_BODY)]
 
     def waba_change(**given) -> None:

@@ -133,19 +133,21 @@ def override_messaging_limit(sender_id: int, limit: int | None) -> Sender:
     for member_id in account_health.override_messaging_limit(db.session, sender, limit):
         member = db.session.get(Sender, member_id)
         assert member is not None  # locked by portfolio()
-        audit.record(
-            db.session,
-            "settings.change",
-            target_type="sender",
-            target_id=member.id,
-            target_label=member.name,
-            details={
-                "messaging_limit": audit.change(before.get(member.id), limit),
-                "business_id": member.business_id,
-            },
-        )
+        _audit_limit(member, {"messaging_limit": audit.change(before.get(member.id), limit)})
     db.session.commit()
     return sender
+
+
+def _audit_limit(member: Sender, changes: dict[str, Any]) -> None:
+    """An admin changed the portfolio's messaging limit: one settings.change per member."""
+    audit.record(
+        db.session,
+        "settings.change",
+        target_type="sender",
+        target_id=member.id,
+        target_label=member.name,
+        details={**changes, "business_id": member.business_id},
+    )
 
 
 def clear_messaging_limit_override(sender_id: int) -> Sender:
@@ -156,16 +158,11 @@ def clear_messaging_limit_override(sender_id: int) -> Sender:
     if sender is None:
         raise NotFound(_("There is no such sender."))
     for member, before in account_health.clear_override(db.session, sender):
-        audit.record(
-            db.session,
-            "settings.change",
-            target_type="sender",
-            target_id=member.id,
-            target_label=member.name,
-            details={
+        _audit_limit(
+            member,
+            {
                 "messaging_limit": audit.change(before, member.messaging_limit),
                 "messaging_limit_overridden": audit.change(True, False),
-                "business_id": member.business_id,
             },
         )
     db.session.commit()

@@ -268,8 +268,11 @@ RECORD_SENT = sa.text(
     # a webhook that got there first with a failure or a 131049 hold keeps its error; a
     # message that went out (sending, or moved on by an early sent, delivered or read
     # webhook) loses an earlier try's error (a 130429, a transient error): it was sent
-    "   error_code = CASE WHEN old.status IN ('failed', 'retrying') THEN m.error_code END,"
-    "   error_text = CASE WHEN old.status IN ('failed', 'retrying') THEN m.error_text END,"
+    # (and a message cancelled meanwhile, erased or not, keeps its code)
+    "   error_code = CASE WHEN old.status IN ('sending', 'sent', 'delivered', 'read')"
+    "     THEN NULL ELSE m.error_code END,"
+    "   error_text = CASE WHEN old.status IN ('sending', 'sent', 'delivered', 'read')"
+    "     THEN NULL ELSE m.error_text END,"
     "   throttled_at = NULL, updated_at = now(),"
     "   status = CASE WHEN old.status = 'sending' THEN 'sent' ELSE m.status END"
     "   FROM old JOIN v ON v.id = old.id WHERE m.id = old.id"

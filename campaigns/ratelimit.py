@@ -423,13 +423,21 @@ def throughput_factor(sender: Sender) -> float:
 
 
 def minute_factor(sender: Sender) -> float:
-    """The share of its per-minute rate (and gap) the sender sends at: slowed by 130429
-    only while Meta has not said the number's throughput. Once it has, the per-second
-    limit is what slows (:func:`throughput_limit`): 130429 is Meta's per-second count, and
-    the refused calls have spent grants of the minute too, so a slowed minute on top ran
-    out and stalled the campaign for half a minute at a time (bench/README.md,
-    "throughput")."""
-    return 1.0 if sender.throughput_per_second else throughput_factor(sender)
+    """The share of its configured rate (per minute, and gap) the sender sends at: slowed
+    by 130429, unless Meta's throughput is what binds it (Meta has said the number's
+    messages a second, and they are no more than the sender's own rate). Then the
+    per-second limit is what slows (:func:`throughput_limit`): slowing a minute that no
+    longer binds as well, which the refused calls have spent grants of too, ran it out
+    and stalled the campaign for half a minute at a time (bench/README.md,
+    "throughput"). A sender slower than its throughput (20 a minute against Meta's 80 a
+    second) is slowed on its own rate, or a 130429 would change nothing."""
+    per_second = sender.throughput_per_second
+    own = sender.rate_limit_per_minute
+    if sender.min_interval_ms:
+        own = min(own, math.floor(60_000 / sender.min_interval_ms))
+    if per_second and per_second * 60 <= own:
+        return 1.0
+    return throughput_factor(sender)
 
 
 def whatsapp_limit(sender: Sender) -> Limit:

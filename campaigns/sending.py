@@ -166,7 +166,6 @@ def send_batch(
     # and waited 5: bench/README.md, "throughput").
     attempts = dict(waiting)
     limited, retry_wait = _retry_limits([(m.id, attempts[m.id]) for m in granted])
-    wait = max(wait, retry_wait)
     calling = [message for message in granted if message.id not in limited]
     provider = providers.for_sender(sender, config)
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
@@ -186,8 +185,17 @@ def send_batch(
     if back:
         back = message_states.unclaim(db.session, campaign_id, back, source)
         report.held = sorted(back)
+        # Each at its own wait: a retry-limited message may wait minutes, the ones the
+        # send limits held back about a second (their throttle deadline runs meanwhile).
+        limited_back = [i for i in report.held if i in limited]
+        held_back = [i for i in report.held if i not in limited]
+        groups = [(held_back, wait), (limited_back, retry_wait)]
         queues.defer_sends(
-            db.session, campaign_id, [report.held], [_later(wait)], retry_queue=retry_queue
+            db.session,
+            campaign_id,
+            [ids for ids, _ in groups if ids],
+            [_later(seconds) for ids, seconds in groups if ids],
+            retry_queue=retry_queue,
         )
         db.session.commit()
     for group in calls.as_they_return(started):
@@ -204,10 +212,10 @@ def marketing_hold_until(config: Mapping[str, Any]) -> datetime:
 def _retry_limits(waiting: Sequence[tuple[int, int]]) -> tuple[list[int], float]:
     """(ids held back by their own retry limit, seconds until they may go): one call.
 
-    A message that was called before (attempts > 0: a transient error, a throttle, a dead
-    worker, "retry failed") is a retry and takes one unit of its own retry limit first; if
-    the sender's or owner's limit then holds it back, that unit is spent all the same (the
-    limiter errs towards sending less, never more).
+    Of messages the send limits granted: one called before (attempts > 0: a transient
+    error, a throttle, a dead worker, "retry failed") is a retry and takes one unit of its
+    own retry limit; refused, its send grant is spent all the same (the limiter errs
+    towards sending less, never more).
     """
     retried = [message_id for message_id, attempts in waiting if attempts > 0]
     if not retried:

@@ -42,6 +42,7 @@ from campaigns.services.campaigns import (
     send_campaign_now,
 )
 from campaigns.services.suppressions import add_suppression
+from campaigns.services.templates import default_sender
 from tests.helpers import (
     assert_counters_match_rows,
     audience_numbers,
@@ -352,6 +353,33 @@ def test_the_eleventh_retry_within_5_minutes_waits(app, campaign, fake):
     assert message.status is MessageStatus.QUEUED
     waiting = [j for j in jobs(queues.SEND_TASK) if j["args"]["message_ids"] == [message_id]]
     assert (waiting[-1]["scheduled_at"] - datetime.now(UTC)).total_seconds() > 200
+
+
+def test_a_retry_limited_message_does_not_hold_back_the_others_of_its_batch(app, campaign, fake):
+    """A retry out of its 10 a 5 minutes waits minutes; a message the send limits held
+    back in the same batch waits only for its limit, in a job of its own."""
+    retried, fresh = _queue_all(app, campaign)[:2]
+    throttled = SendError("Rate limit hit", ErrorKind.THROTTLED, 130429, 429)
+    fake.plan = {retried: [throttled] * 20}
+    send(app, campaign, [retried])  # its first call: not a retry
+    for _ in range(10):  # its 10 retries of the window
+        assert send(app, campaign, [retried]).throttled == [retried]
+    sender = default_sender()
+    sender.rate_limit_per_minute = 1  # one grant left this minute: the retried message's
+    db.session.commit()
+    db.session.execute(sa.text("DELETE FROM rate_limit_buckets WHERE key LIKE 'whatsapp:%'"))
+    db.session.commit()
+    report = send(app, campaign, [retried, fresh])
+    assert sorted(report.held) == sorted([retried, fresh]) and len(fake.calls) == 11
+    now = datetime.now(UTC)
+    due = {
+        tuple(j["args"]["message_ids"]): (j["scheduled_at"] - now).total_seconds()
+        for j in jobs(queues.SEND_TASK)
+        if j["args"]["message_ids"] in ([retried], [fresh])
+    }
+    assert due[(retried,)] > 200  # its own retry limit: minutes
+    assert due[(fresh,)] < 65  # the sender's minute
+    assert_counters_match_rows(campaign.id)
 
 
 def test_retry_failed_counts_against_the_retry_limit(app, campaign, fake):

@@ -180,9 +180,25 @@ def test_metas_throughput_is_a_per_second_limit_slowed_like_the_rest(app, sender
     assert limit.limit == 64
     pace = ratelimit.pace(_sender(sender.id), owner)
     assert (pace.value, pace.sender_factor) == (64 * 60, pytest.approx(0.8))
-    # Meta's per-second count is what slows; the per-minute rate stays the admin's (the
-    # refused calls spent grants of it too: slowed as well, it ran out and stalled).
+    # Meta's per-second count binds, and is what slows; the per-minute rate stays the
+    # admin's (the refused calls spent grants of it too: slowed as well, it ran out).
     assert ratelimit.whatsapp_limit(_sender(sender.id)).limit == 600_000
+
+
+def test_a_sender_slower_than_its_throughput_is_slowed_on_its_own_rate(app, sender, owner):
+    """20 a minute, 1 s apart, against Meta's 80 a second: the per-second limit never
+    binds, so a 130429 slows the configured rate and gap, or it would change nothing."""
+    sender.rate_limit_per_minute, sender.min_interval_ms = 20, 1000
+    sender.throughput_per_second = 80
+    owner.campaign_rate_limit_per_minute = 10_000
+    db.session.commit()
+    _error(sender.id)
+    slowed = _sender(sender.id)
+    limit = ratelimit.whatsapp_limit(slowed)
+    assert (limit.limit, limit.min_gap_ms) == (16, 1250)
+    pace = ratelimit.pace(slowed, owner)
+    assert pace.binding in ("sender_rate", "sender_gap") and pace.sender_factor == 0.8
+    assert pace.per_minute <= 16
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ The state is three columns on ``senders`` (migration 0022): the factor as of the
 error, the last step and the last error. The current factor is computed by Postgres
 when a sender is read (``Sender.throughput_factor``, :func:`factor_now`), with the
 database's clock, so no job has to wake up to speed a sender up again and every
-worker agrees on it. ``ratelimit`` applies it to Meta's throughput a second once Meta
-has said it (``throughput_limit``), else to the per-minute rate and gap
-(``whatsapp_limit``), and ``pace`` follows: the limiter grants at the slower rate at
+worker agrees on it. ``ratelimit`` applies it to Meta's throughput a second
+(``throughput_limit``) and, unless that throughput is what binds the sender, to its
+configured rate and gap (``whatsapp_limit``, ``minute_factor``), and ``pace`` follows: the limiter grants at the slower rate at
 once, and the pump paces its next run by it.
 A 131056 (pair rate limit) does not come here: that limit is one recipient's.
 """

@@ -15,8 +15,8 @@ when a sender is read (``Sender.throughput_factor``, :func:`factor_now`), with t
 database's clock, so no job has to wake up to speed a sender up again and every
 worker agrees on it. ``ratelimit`` applies it to Meta's throughput a second
 (``throughput_limit``) and, unless that throughput is what binds the sender, to its
-configured rate and gap (``whatsapp_limit``, ``minute_factor``), and ``pace`` follows: the limiter grants at the slower rate at
-once, and the pump paces its next run by it.
+configured rate and gap (``whatsapp_limit``, ``minute_factor``), and ``pace`` follows:
+the limiter grants at the slower rate at once, and the pump paces its next run by it.
 A 131056 (pair rate limit) does not come here: that limit is one recipient's.
 """
 

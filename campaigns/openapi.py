@@ -225,9 +225,7 @@ def schemas() -> dict[str, Schema]:
             },
             "messaging_limit_overridden": {
                 "type": "boolean",
-                "description": (
-                    "true: messaging_limit is an admin's override, not Meta's report."
-                ),
+                "description": "true: messaging_limit is an admin's override, not Meta's report.",
             },
             "throughput_per_second": {
                 **nullable({"type": "integer", "minimum": 0}),

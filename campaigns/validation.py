@@ -368,8 +368,7 @@ def parse_limit_overridden(data: Mapping[str, Any]) -> bool | None:
         raise Invalid(
             {
                 "messaging_limit_overridden": _(
-                    "Send false to use Meta's messaging limit again, or true to keep the"
-                    " override."
+                    "Send false to use Meta's messaging limit again, or true to keep the override."
                 )
             }
         )

@@ -464,9 +464,7 @@ def test_the_api_clears_the_override_and_meta_applies_again(
 def test_a_bad_clear_is_a_422_at_the_field(mock_app, client, token_for, bad):
     sender = _sender("Bad clear", PHONE_NUMBER_ID, business_id="520")
     refresh_account(sender.id)  # Meta: unlimited
-    answer = client.patch(
-        f"/api/v1/senders/{sender.id}", json=bad, headers=token_for(Role.ADMIN)
-    )
+    answer = client.patch(f"/api/v1/senders/{sender.id}", json=bad, headers=token_for(Role.ADMIN))
     assert answer.status_code == 422
     assert "messaging_limit_overridden" in answer.json["error"]["fields"]
     fresh = _fresh(sender.id)

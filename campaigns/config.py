@@ -551,6 +551,7 @@ def load_settings() -> Settings:
     worker_concurrency()
     ops_workers()
     web_threads()
+    data_retention_days, undeliverable_days = _retention_days()
     return Settings(
         env=env,
         secret_key=secret_key,
@@ -586,7 +587,7 @@ def load_settings() -> Settings:
             "MARKETING_LIMIT_RETRY_HOURS", 24, maximum=24 * 30
         ),
         pair_limit_retry_seconds=_int_setting("PAIR_LIMIT_RETRY_SECONDS", 60, maximum=3600),
-        undeliverable_days=_int_setting("UNDELIVERABLE_DAYS", 30, maximum=3650),
+        undeliverable_days=undeliverable_days,
         # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
         auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),
         auto_pause_min_outcomes=_int_setting("AUTO_PAUSE_MIN_OUTCOMES", 20),
@@ -624,12 +625,29 @@ def load_settings() -> Settings:
         audit_retention_days=_int_setting(
             "AUDIT_RETENTION_DAYS", 730, maximum=MAX_AUDIT_RETENTION_DAYS
         ),
-        # Days after a campaign ends before its recipients' personal data is erased.
-        data_retention_days=_int_setting("DATA_RETENTION_DAYS", 180, maximum=36_500),
+        data_retention_days=data_retention_days,
         phone_hash_key=_phone_hash_key(secret_key),
         db_pool_size=db_pool_size,
         db_max_overflow=db_max_overflow,
     )
+
+
+def _retention_days() -> tuple[int, int]:
+    """DATA_RETENTION_DAYS (days after a campaign ends before its recipients' personal data
+    is erased) and UNDELIVERABLE_DAYS (days a number WhatsApp could not deliver to is kept,
+    as a keyed hash, for later campaigns to skip). The hash is personal data too, so it
+    never outlives the retention: unset, UNDELIVERABLE_DAYS is 30 or the retention if
+    shorter; set longer, the app refuses to start rather than keep it past the promise."""
+    retention = _int_setting("DATA_RETENTION_DAYS", 180, maximum=36_500)
+    undeliverable = _int_setting("UNDELIVERABLE_DAYS", min(30, retention), maximum=3650)
+    if undeliverable > retention:
+        raise ConfigError(
+            f"UNDELIVERABLE_DAYS ({undeliverable}) must not be longer than"
+            f" DATA_RETENTION_DAYS ({retention}): the undeliverable numbers' hashes are"
+            " personal data and would outlive the retention period. Lower"
+            " UNDELIVERABLE_DAYS or raise DATA_RETENTION_DAYS."
+        )
+    return retention, undeliverable
 
 
 def _http_url(name: str) -> str | None:

@@ -223,6 +223,10 @@ def schemas() -> dict[str, Schema]:
                     " null: unlimited."
                 ),
             },
+            "messaging_limit_overridden": {
+                "type": "boolean",
+                "description": "true: messaging_limit is an admin's override, not Meta's report.",
+            },
             "throughput_per_second": {
                 **nullable({"type": "integer", "minimum": 0}),
                 "description": "Messages a second Meta allows the number; null: never read.",
@@ -616,7 +620,18 @@ def request_schemas() -> dict[str, Schema]:
                         " until Meta reports a value different from its last report."
                         " null: unlimited. Audited as settings.change."
                     ),
-                }
+                },
+                "messaging_limit_overridden": {
+                    "type": "boolean",
+                    "description": (
+                        "false: ends the override of the sender's portfolio, so Meta's last"
+                        " report applies again (null until Meta is first read); audited as"
+                        " settings.change for each sender that had it, nothing when none"
+                        " had. true: keeps the override (422 when there is none and no"
+                        " messaging_limit sets one). 422 when not a boolean, or false with"
+                        " a messaging_limit other than the sender's."
+                    ),
+                },
             },
         },
         "TemplateInput": {

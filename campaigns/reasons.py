@@ -38,7 +38,7 @@ FAILURE_RATE = "failure_rate"
 WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
 TEMPLATE_PAUSED = "template_paused"  # message_template_status_update said PAUSED
-TEMPLATE_DELETED = "template_deleted"  # gone from its WABA's listing (the import's sync)
+TEMPLATE_DELETED = "template_deleted"  # gone from its WABA (import or webhook)
 ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
 ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
 # -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and

@@ -4,7 +4,9 @@ Meta posts them on the WhatsApp Business Account object (``entry[].id`` is the W
 id; the change's ``value`` has no ``metadata.phone_number_id``):
 
 - ``message_template_status_update``: ``event`` (APPROVED, REJECTED, PAUSED,
-  DISABLED, PENDING, and others Disparo does not record), ``reason``;
+  DISABLED, PENDING, and the statuses the template import reads as one of them:
+  IN_APPEAL, LIMIT_EXCEEDED, PENDING_DELETION, ARCHIVED, DELETED; others, such as
+  FLAGGED or REINSTATED, are logged), ``reason``;
 - ``message_template_quality_update``: ``previous_quality_score``,
   ``new_quality_score`` (GREEN, YELLOW, RED, UNKNOWN);
 - ``template_category_update``: ``previous_category``, ``new_category``;
@@ -16,8 +18,10 @@ only among the senders whose app secret (or the global one) signed the body.
 
 Approved and rejected have the effect the periodic sync's finding would (the
 creator is told); PAUSED pauses the template's sending and scheduled campaigns at
-once (``template_paused``), DISABLED fails its sending, scheduled and paused ones
-(``template_disabled``), each owner told as for any automatic pause. A template
+once (``template_paused``; LIMIT_EXCEEDED too), DISABLED fails its sending, scheduled
+and paused ones (``template_disabled``; PENDING_DELETION and ARCHIVED too, DELETED with
+the reason ``DELETED`` and ``template_deleted`` as the import's), each owner told as for
+any automatic pause. A template
 approved again resumes nothing: the operator does. A drop to RED warns the
 template's creator. The periodic sync stays the fallback for a review's outcome
 never received (it asks about pending templates only: a lost PAUSED is not caught).
@@ -56,6 +60,7 @@ from campaigns.models import (
     TemplateQuality,
     TemplateStatus,
 )
+from campaigns.providers.base import META_TEMPLATE_STATUS
 from campaigns.validation import identifier
 
 logger = logging.getLogger(__name__)
@@ -69,14 +74,6 @@ EVENT_TIMES = {
     STATUS_FIELD: "status_event_at",
     QUALITY_FIELD: "quality_event_at",
     CATEGORY_FIELD: "category_event_at",
-}
-# Meta's events Disparo records; others (IN_APPEAL, PENDING_DELETION, FLAGGED…) are logged.
-STATUS_EVENTS = {
-    "APPROVED": TemplateStatus.APPROVED,
-    "REJECTED": TemplateStatus.REJECTED,
-    "PAUSED": TemplateStatus.PAUSED,
-    "DISABLED": TemplateStatus.DISABLED,
-    "PENDING": TemplateStatus.PENDING,
 }
 MAX_ID = 64  # provider_template_id's and waba_id's width
 # The status reason of a template gone from its WABA (services/template_import.py); its
@@ -233,12 +230,18 @@ def _update(
         if event is None:
             skipped(f"{where}.value.event", "is not a template status")
             return None
-        status = STATUS_EVENTS.get(event)
+        # Meta's events Disparo records are the statuses the import reads, mapped alike
+        # (providers/base.py); others (FLAGGED, REINSTATED, LOCKED…) are logged.
+        status = META_TEMPLATE_STATUS.get(event)
         if status is None:
             logger.info(
                 "template webhook %s: event %s is not a status Disparo records", where, event
             )
             return None
+        if event == DELETED_REASON:  # gone from the WABA: as the import's DELETED
+            return lambda template: set_status(
+                template, status, DELETED_REASON, stops, reasons.TEMPLATE_DELETED
+            )
         raw_reason = identifier(value.get("reason"), MAX_REASON)
         reason = raw_reason if raw_reason and raw_reason.upper() != "NONE" else None
         return lambda template: set_status(template, status, reason, stops)

@@ -358,6 +358,23 @@ def parse_messaging_limit(data: Mapping[str, Any]) -> int | None:
     return raw
 
 
+def parse_limit_overridden(data: Mapping[str, Any]) -> bool | None:
+    """Whether the API asks for the portfolio's messaging limit to be an admin's (true)
+    or Meta's again (false); None when the body does not say."""
+    if "messaging_limit_overridden" not in data:
+        return None
+    raw = data["messaging_limit_overridden"]
+    if not isinstance(raw, bool):
+        raise Invalid(
+            {
+                "messaging_limit_overridden": _(
+                    "Send false to use Meta's messaging limit again, or true to keep the override."
+                )
+            }
+        )
+    return raw
+
+
 # ASCII digits only: \d takes any script's, which int() reads too.
 _WHOLE_NUMBER = re.compile(r"[0-9]+|[0-9]{1,3}(?:([.,])[0-9]{3})(?:\1[0-9]{3})*")
 

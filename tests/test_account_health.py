@@ -407,6 +407,83 @@ def test_only_an_admin_overrides(client, token_for, role):
     assert _fresh(sender.id).messaging_limit is None
 
 
+def test_the_api_clears_the_override_and_meta_applies_again(
+    mock_app, live_server, client, token_for
+):
+    one = _sender("C1", PHONE_NUMBER_ID, business_id="510")
+    two = _sender("C2", "100000000000917", business_id="510")
+    _mock(live_server, PHONE_NUMBER_ID, "account", messaging_limit="TIER_2K")
+    refresh_account(one.id)
+    headers = token_for(Role.ADMIN)
+    url = f"/api/v1/senders/{one.id}"
+    answer = client.patch(url, json={"messaging_limit": 300}, headers=headers)
+    assert answer.json["messaging_limit"] == 300 and answer.json["messaging_limit_overridden"]
+
+    # Sending back what it read keeps the override (true is "as it is").
+    read = client.get(url, headers=headers).json
+    assert client.patch(url, json=read, headers=headers).json["messaging_limit"] == 300
+
+    cleared = client.patch(url, json={"messaging_limit_overridden": False}, headers=headers)
+    assert cleared.status_code == 200
+    assert (cleared.json["messaging_limit"], cleared.json["messaging_limit_overridden"]) == (
+        2000,
+        False,
+    )
+    for sender_id in (one.id, two.id):
+        fresh = _fresh(sender_id)
+        assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (2000, False)
+    audited = db.session.scalars(
+        sa.select(AuditEvent)
+        .where(AuditEvent.action == "settings.change")
+        .order_by(AuditEvent.id.desc())
+        .limit(2)
+    ).all()
+    assert {e.target_id for e in audited} == {one.id, two.id}
+    for event in audited:
+        assert event.details["messaging_limit"] == {"before": 300, "after": 2000}
+        assert event.details["messaging_limit_overridden"] == {"before": True, "after": False}
+        assert event.actor_email
+
+    # Nothing to clear: 200, the same sender, no audit row.
+    count = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent))
+    again = client.patch(url, json={"messaging_limit_overridden": False}, headers=headers)
+    assert again.status_code == 200 and again.json["messaging_limit"] == 2000
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent)) == count
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"messaging_limit_overridden": "false"},
+        {"messaging_limit_overridden": 0},
+        {"messaging_limit_overridden": None},
+        {"messaging_limit_overridden": True},  # no override to keep, none set
+        {"messaging_limit_overridden": False, "messaging_limit": 500},  # both
+    ],
+)
+def test_a_bad_clear_is_a_422_at_the_field(mock_app, client, token_for, bad):
+    sender = _sender("Bad clear", PHONE_NUMBER_ID, business_id="520")
+    refresh_account(sender.id)  # Meta: unlimited
+    answer = client.patch(f"/api/v1/senders/{sender.id}", json=bad, headers=token_for(Role.ADMIN))
+    assert answer.status_code == 422
+    assert "messaging_limit_overridden" in answer.json["error"]["fields"]
+    fresh = _fresh(sender.id)
+    assert (fresh.messaging_limit, fresh.messaging_limit_overridden) == (None, False)
+
+
+def test_only_an_admin_clears_the_override(client, token_for):
+    sender = _sender("Guarded clear", PHONE_NUMBER_ID)
+    account_health.override_messaging_limit(db.session, sender, 10)
+    db.session.commit()
+    answer = client.patch(
+        f"/api/v1/senders/{sender.id}",
+        json={"messaging_limit_overridden": False},
+        headers=token_for(Role.SUPERVISOR),
+    )
+    assert answer.status_code == 403
+    assert _fresh(sender.id).messaging_limit_overridden
+
+
 def test_business_id_is_a_sender_setting(client, token_for):
     headers = token_for(Role.ADMIN)
     answer = client.post(

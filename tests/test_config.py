@@ -390,3 +390,24 @@ def test_a_retired_sign_in_setting_is_named_in_a_warning(env, caplog):
     with caplog.at_level("WARNING", logger="campaigns.config"):
         config.load_settings()
     assert "LOGIN_LOCKOUT_MINUTES is no longer read" in caplog.text
+
+
+def test_undeliverable_numbers_are_never_kept_past_the_data_retention(env):
+    env.setenv("DISPARO_ENV", "development")
+    env.delenv("UNDELIVERABLE_DAYS", raising=False)
+    env.delenv("DATA_RETENTION_DAYS", raising=False)
+    settings = config.load_settings()
+    assert (settings.undeliverable_days, settings.data_retention_days) == (30, 180)
+    # Unset, it follows a retention shorter than its 30 days.
+    env.setenv("DATA_RETENTION_DAYS", "10")
+    assert config.load_settings().undeliverable_days == 10
+    env.setenv("UNDELIVERABLE_DAYS", "10")  # as long as the retention: allowed
+    assert config.load_settings().undeliverable_days == 10
+    env.setenv("UNDELIVERABLE_DAYS", "11")
+    with pytest.raises(
+        ConfigError,
+        match=r"UNDELIVERABLE_DAYS \(11\) must not be longer than DATA_RETENTION_DAYS \(10\)",
+    ):
+        config.load_settings()
+    env.setenv("DATA_RETENTION_DAYS", "365")
+    assert config.load_settings().undeliverable_days == 11

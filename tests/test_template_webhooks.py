@@ -25,6 +25,7 @@ from campaigns.models import (
     TemplateCategory,
     TemplateStatus,
 )
+from campaigns.services import template_import
 from campaigns.services import templates as template_services
 from campaigns.services.campaigns import (
     pause_campaign,
@@ -305,7 +306,7 @@ def test_a_malformed_template_change_is_acknowledged_and_skipped(
 
 
 def test_an_event_disparo_does_not_record_changes_nothing(client, template):
-    response = post_webhook(client, status_body(template, "IN_APPEAL"))
+    response = post_webhook(client, status_body(template, "FLAGGED"))
     assert response.status_code == 200 and response.json["skipped"] == 0
     assert _fresh(MessageTemplate, template.id).status is TemplateStatus.APPROVED
 
@@ -327,6 +328,34 @@ def test_the_mock_posts_a_signed_status_webhook_that_pauses_the_campaign(
     assert entry["id"] == default_sender().waba_id
     assert entry["changes"][0]["field"] == "message_template_status_update"
     assert _fresh(Campaign, sending.id).status is CampaignStatus.PAUSED
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "reason", "campaign_status", "code"),
+    [
+        ("LIMIT_EXCEEDED", TemplateStatus.PAUSED, None, CampaignStatus.PAUSED, "template_paused"),
+        ("ARCHIVED", TemplateStatus.DISABLED, None, CampaignStatus.FAILED, "template_disabled"),
+        ("DELETED", TemplateStatus.DISABLED, "DELETED", CampaignStatus.FAILED, "template_deleted"),
+    ],
+)
+def test_the_statuses_the_import_maps_stop_campaigns_from_the_webhook_too(
+    app, client, template, sending, owner, live_server, event, status, reason, campaign_status, code
+):
+    later = _scheduled(owner.id)
+    app.config["APP_BASE_URL"] = live_server
+    response = client.post(
+        f"/mock/whatsapp/templates/{template.provider_template_id}/status",
+        json={"event": event},
+    )
+    assert response.status_code == 200 and response.json["posted"], response.json
+    fresh = _fresh(MessageTemplate, template.id)
+    assert (fresh.status, fresh.status_reason) == (status, reason)
+    for campaign in (sending, later):
+        campaign = _fresh(Campaign, campaign.id)
+        assert campaign.status is campaign_status
+        assert campaign.status_reason_code == code
+    # The same mapping as the template import's (one table: providers/base.py).
+    assert template_import.read_standing({"status": event}).status is status
 
 
 def test_the_mock_posts_quality_and_category_webhooks(app, client, template, live_server):

@@ -226,7 +226,7 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
         return skip("malformed")
     if standing.status is None:
         return skip("unknown_status", status=standing.meta_status)
-    if standing.meta_status == "DELETED":
+    if standing.meta_status == DELETED:
         return skip("deleted")
     if standing.category is None:
         return skip("unknown_category", category=(_word(raw.get("category")) or "?").upper())
@@ -516,7 +516,7 @@ def _status_change(
     status = standing.status
     if status is None:
         return None
-    if standing.meta_status == "DELETED":
+    if standing.meta_status == DELETED:
         if template.status is status and template.status_reason == DELETED:
             return None
         return status, DELETED, reasons.TEMPLATE_DELETED

@@ -42,7 +42,11 @@ from campaigns.services.campaigns import (
     template_variables_for,
     update_campaign,
 )
-from campaigns.services.senders import override_messaging_limit, save_sender
+from campaigns.services.senders import (
+    clear_messaging_limit_override,
+    override_messaging_limit,
+    save_sender,
+)
 from campaigns.services.suppressions import remove_suppression, suppress
 from campaigns.services.templates import (
     create_template,
@@ -56,6 +60,7 @@ from campaigns.validation import (
     Invalid,
     bigint,
     parse_campaign,
+    parse_limit_overridden,
     parse_messaging_limit,
     parse_sender,
     parse_template,
@@ -168,6 +173,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "business_id": sender.business_id,
         "quality_rating": sender.quality_rating,
         "messaging_limit": sender.messaging_limit,
+        "messaging_limit_overridden": sender.messaging_limit_overridden,
         "throughput_per_second": sender.throughput_per_second,
         "throughput_factor": ratelimit.throughput_factor(sender),
         "last_throttled_at": _iso(sender.last_throttled_at),
@@ -255,7 +261,8 @@ def sender_update(sender_id: int) -> Response:
     """Change a sender (send every field, as in the form; secrets only to change them).
 
     ``messaging_limit`` (users a day, null: unlimited) overrides Meta's for the sender's
-    business portfolio until Meta reports a different one."""
+    business portfolio until Meta reports a different one; ``messaging_limit_overridden``
+    false ends the override (Meta's last report applies again)."""
     data = body()
     found = _found(queries.get_sender(sender_id))
     current = sender_json(found)
@@ -264,11 +271,30 @@ def sender_update(sender_id: int) -> Response:
     # no override: a messaging_limit is one when it differs from the sender's, or when
     # Meta has not been read yet (null then means "unknown", not "unlimited").
     limit = parse_messaging_limit(data) if "messaging_limit" in data else None
-    override = "messaging_limit" in data and (
-        limit != current["messaging_limit"] or found.account_read_at is None
-    )
+    changed = "messaging_limit" in data and limit != current["messaging_limit"]
+    override = changed or ("messaging_limit" in data and found.account_read_at is None)
+    overridden = parse_limit_overridden(data)
+    # Checked before anything is saved: a refused body changes nothing.
+    if overridden is False and changed:
+        raise Invalid(
+            {
+                "messaging_limit_overridden": _(
+                    "Either set a messaging limit or use Meta's again, not both."
+                )
+            }
+        )
+    if overridden is True and not (override or found.messaging_limit_overridden):
+        raise Invalid(
+            {
+                "messaging_limit_overridden": _(
+                    "There is no override to keep: send a messaging_limit to set one."
+                )
+            }
+        )
     sender = save_sender(fields, sender_id)
-    if override:
+    if overridden is False:
+        sender = clear_messaging_limit_override(sender_id)
+    elif override:
         sender = override_messaging_limit(sender_id, limit)
     return jsonify(sender_json(sender))
 

@@ -257,7 +257,9 @@ class Soak:
             (self.figures.last_id,),
         ).fetchall()
         figures = self.figures
-        for row_id, received, message_id in rows:
+        for row_id, received, callback in rows:
+            # The message, not the call: Disparo tags each call "<id>.<attempt>".
+            message_id = None if callback is None else callback.partition(".")[0]
             figures.arrivals.append(received)
             if message_id in figures.message_ids:
                 figures.duplicates.append(

@@ -250,7 +250,7 @@ CLAIM = sa.text(
     " tries = tries + 1, updated_at = now()"
     " WHERE id = ANY(CAST(:ids AS bigint[])) AND campaign_id = (SELECT id FROM c)"
     " AND status = CAST(:source AS message_status)"
-    " RETURNING id, phone, params, tries, held_until IS NOT NULL AS held,"
+    " RETURNING id, phone, params, tries, attempts, held_until IS NOT NULL AS held,"
     " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for"
 )
 # -- the provider accepted these: `sent` unless a status webhook moved one on already
@@ -297,6 +297,7 @@ class Claimed:
     tries: int  # calls on its current queue, this one included
     throttled_for: float | None  # seconds since WhatsApp first throttled it, if it did
     held: bool = False  # 131049 held it once already (held_until set): held again, it fails
+    attempts: int = 1  # its calls ever, this one included: the call's callback data names it
 
 
 def waiting(
@@ -329,7 +330,15 @@ def claim(
     # back to wait: it is never called again.
     cancel_erased(session, [row.id for row in rows if row.phone is None], [S.SENDING])
     return [
-        Claimed(row.id, row.phone, dict(row.params or {}), row.tries, row.throttled_for, row.held)
+        Claimed(
+            row.id,
+            row.phone,
+            dict(row.params or {}),
+            row.tries,
+            row.throttled_for,
+            row.held,
+            row.attempts,
+        )
         for row in rows
         if row.phone is not None
     ]
@@ -431,7 +440,8 @@ def held_count(session: AnySession, campaign_id: int) -> int:
 # one that comes after waits for this hold and then cancels it. The refused call's wamid
 # and times go: its retry is a new call, and until the send records the new wamid a
 # status about it is found by its callback data only while provider_message_id is NULL
-# (webhooks._find_message); the old wamid's late statuses are told apart by their time.
+# (webhooks._find_message); the old wamid's late statuses are told apart by the attempt
+# their callback data names (callback_data.py), or by their time in the plain old form.
 HOLD_FROM_WEBHOOK = sa.text(
     "WITH c AS (SELECT id FROM campaigns WHERE id = :campaign_id"
     "   AND status IN ('sending', 'paused') FOR SHARE),"

@@ -42,6 +42,7 @@ from sqlalchemy.orm import joinedload, load_only
 
 from app import db
 from campaigns import (
+    callback_data,
     calls,
     campaign_states,
     message_states,
@@ -176,7 +177,7 @@ def send_batch(
             to=message.phone,
             template=template,
             params=message.params,
-            callback_data=str(message.id),
+            callback_data=callback_data.for_call(message.id, message.attempts),
         ): message
         for message in calling
     }

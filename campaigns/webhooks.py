@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from app import db
 from campaigns import (
     account_health,
+    callback_data,
     campaign_states,
     clock,
     counters,
@@ -53,6 +54,7 @@ from campaigns import (
     queues,
     template_webhooks,
 )
+from campaigns.callback_data import CallbackData
 from campaigns.clock import database_now
 from campaigns.models import Campaign, Message, MessageStatus, Sender
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
@@ -62,7 +64,7 @@ from campaigns.services.suppressions import (
     suppress_message,
     suppress_quietly,
 )
-from campaigns.validation import BIGINT_MAX, identifier
+from campaigns.validation import identifier
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,9 @@ MAX_LOGGED_PROBLEMS = 20  # one warning per request, however broken the body
 # A status this long before a message's current call started is about an earlier call
 # (the one 131049 held it for, or the one before "retry failed", replayed or late while
 # the new call is in flight), not about this one: found by its callback data, as the new
-# call's wamid is not recorded yet, it is ignored. The margin allows for the clocks.
+# call's wamid is not recorded yet, it is ignored. The margin allows for the clocks. A
+# callback data naming its attempt (callback_data.py) tells such a status apart within
+# the margin too; this is the only check for the plain form of calls before the attempt.
 STALE_FAILURE_SECONDS = 60
 
 
@@ -102,6 +106,8 @@ class _MarketingLimited:
     at: datetime
     code: str
     text: str | None
+    attempt: int | None  # the call its callback data names (None: the plain old form)
+    wamid: str
 
 
 def _utf8(text: str) -> bytes:
@@ -444,7 +450,7 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     return summary
 
 
-def _find_message(wamid: str, callback: Any) -> sa.Row[Message, int] | None:
+def _find_message(wamid: str, callback: CallbackData | None) -> sa.Row[Message, int] | None:
     """The message a status is about and its sender, by wamid or else by callback data."""
     with_sender = (
         sa.select(Message, Campaign.sender_id)
@@ -452,12 +458,13 @@ def _find_message(wamid: str, callback: Any) -> sa.Row[Message, int] | None:
         .limit(1)
     )
     found = db.session.execute(with_sender.where(Message.provider_message_id == wamid)).first()
-    message_id = _digits(callback, len(str(BIGINT_MAX)))  # messages.id is a bigint
-    if found is None and message_id is not None and message_id <= BIGINT_MAX:
+    if found is None and callback is not None:
         # The status may beat our own record of the wamid (the send's commit); a message
         # with another wamid is not this status's.
         found = db.session.execute(
-            with_sender.where(Message.id == message_id, Message.provider_message_id.is_(None))
+            with_sender.where(
+                Message.id == callback.message_id, Message.provider_message_id.is_(None)
+            )
         ).first()
     return found
 
@@ -509,7 +516,8 @@ def _apply_status(
     usable, code, text = _error(status, where, skipped) if failed else (True, None, None)
     if not usable:
         return None
-    found = _find_message(wamid, status.get("biz_opaque_callback_data"))
+    callback = callback_data.parse(status.get("biz_opaque_callback_data"))
+    found = _find_message(wamid, callback)
     if found is not None and found.sender_id not in sender_ids:
         skipped(where, "is about a message of another sender")
         return None
@@ -523,10 +531,13 @@ def _apply_status(
         )
         return "unknown"
     message = found.Message
+    attempt = None if callback is None else callback.attempt
+    if _of_another_attempt(message, attempt, wamid, status["status"], where):
+        return "ignored"
     if _about_an_earlier_call(message, at):
         return "ignored"
     if failed and code is not None and classify(code, None) is ErrorKind.SLOW_RETRY:
-        limited.append(_MarketingLimited(message.id, at, str(code), text))
+        limited.append(_MarketingLimited(message.id, at, str(code), text, attempt, wamid))
         return None  # counted once applied, after the other statuses
     moved = message_states.record_status(
         db.session,
@@ -549,6 +560,30 @@ def _apply_status(
     if failed and (message.campaign_id not in failed_campaigns or _stop_kind(code)):
         failed_campaigns[message.campaign_id] = (code, text or "")
     return "applied"
+
+
+def _of_another_attempt(
+    message: Message, attempt: int | None, wamid: str, status: str, where: str
+) -> bool:
+    """Does the status's callback data name a call other than the message's current one?
+
+    Each call's callback data carries its attempt (``callback_data.py``): a status of an
+    earlier call, replayed or late while a newer one is in flight, is dropped whatever its
+    time. The plain old form (no attempt) is left to the time check.
+    """
+    if attempt is None or attempt == message.attempts:
+        return False
+    logger.info(
+        "webhook status %r of message %d not applied (%s): about its call %d, not its"
+        " current call %d (wamid %r)",
+        status[:20],
+        message.id,
+        where,
+        attempt,
+        message.attempts,
+        wamid,
+    )
+    return True
 
 
 def _about_an_earlier_call(message: Message, at: datetime) -> bool:
@@ -577,6 +612,9 @@ def _apply_marketing_limit(
     if message is None:  # erased meanwhile
         session.commit()
         return "unknown"
+    if _of_another_attempt(message, item.attempt, item.wamid, "failed", "131049 hold"):
+        session.commit()
+        return "ignored"  # claimed for a newer call since the status was read
     if _about_an_earlier_call(message, item.at):
         session.commit()
         return "ignored"  # the failure of the call it was held for, replayed

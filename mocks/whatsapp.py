@@ -25,7 +25,8 @@ tests need no randomness — by the last four digits of ``to``:
 
 - ``…0000``: HTTP 400, code 131026 (Message undeliverable, permanent);
 - ``…0429``: HTTP 429, code 130429 (Rate limit hit, retry), on the first two tries of
-  each (phone number id, number, ``biz_opaque_callback_data``); the third passes, so
+  each (phone number id, number, ``biz_opaque_callback_data`` up to its first ``.``: the
+  message, whichever attempt the rest names); the third passes, so
   a campaign that holds such a number still completes. The tries are counted in the
   memory of the process that answers (the web process, or the mock process), for
   the last ``TRIES_KEPT`` such keys: a restart, or a key forgotten, starts again.
@@ -339,8 +340,8 @@ class ThrottleTries:
     """How often each key was tried, in this process's memory, for the last ``kept`` keys.
 
     Counts the tries of the ``…0429`` numbers, keyed by (phone number id, the number's
-    digits, ``biz_opaque_callback_data``); the least recently tried key is forgotten
-    first. Thread-safe: the web process answers on many threads.
+    digits, ``biz_opaque_callback_data`` up to its first ``.``); the least recently
+    tried key is forgotten first. Thread-safe: the web process answers on many threads.
     """
 
     def __init__(self, kept: int = TRIES_KEPT) -> None:
@@ -495,7 +496,10 @@ def injected_error(
     if storms is not None and (error := storms.error()) is not None:
         return error
     forced = FORCED_ERRORS.get(accepted.wa_id[-4:])
-    tried = (phone_number_id, accepted.wa_id, accepted.callback_data)
+    # Keyed by the message, not the call: Disparo's callback data is "<message id>.<attempt>"
+    # (campaigns/callback_data.py), a new one each try, which would be throttled forever.
+    message = None if accepted.callback_data is None else accepted.callback_data.partition(".")[0]
+    tried = (phone_number_id, accepted.wa_id, message)
     if forced is THROTTLED and tries.count(tried) > FORCED_THROTTLES:
         forced = None  # the throttle has passed
     if forced is not None:

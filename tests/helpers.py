@@ -166,6 +166,7 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
+        self.callbacks: list[str] = []  # each call's callback data, in the calls' order
         self.script: list[object] = []
         self.plan: dict[int, list[object]] = {}
         self._lock = threading.Lock()
@@ -173,13 +174,16 @@ class FakeProvider:
     def send_template(self, *, to, template, params, callback_data):
         with self._lock:
             self.calls.append((to, params))
-            planned = self.plan.get(int(callback_data))
+            self.callbacks.append(callback_data)
+            # "<message id>.<attempt>" (campaigns/callback_data.py): planned by message
+            message_id = int(callback_data.partition(".")[0])
+            planned = self.plan.get(message_id)
             if planned:
                 outcome = planned.pop(0)
             elif self.script:
                 outcome = self.script.pop(0)
             else:
-                outcome = SendResult(f"wamid.{callback_data}")
+                outcome = SendResult(f"wamid.{message_id}")
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

@@ -85,7 +85,14 @@ def campaign_status(campaign_id: int) -> CampaignStatus:
 
 
 def mock_log(live_server: str) -> list[dict]:
-    return requests.get(f"{live_server}/mock/whatsapp/log?limit=100000", timeout=10).json()
+    """What the mock accepted, each entry's ``message_id`` the message its callback data
+    names (``"<id>.<attempt>"``: a message sent twice, on two attempts, counts twice);
+    the callback data as sent in ``callback_data``."""
+    log = requests.get(f"{live_server}/mock/whatsapp/log?limit=100000", timeout=10).json()
+    for entry in log:
+        entry["callback_data"] = entry["message_id"]
+        entry["message_id"] = entry["message_id"].partition(".")[0]
+    return log
 
 
 def run_maintenance_now() -> None:
@@ -272,6 +279,9 @@ def test_one_batch_mixing_outcomes_records_each_message(
     log = Counter(entry["message_id"] for entry in mock_log(live_server))
     assert set(log) == {str(i) for i in pending if i != undeliverable}
     assert max(log.values()) == 1
+    # Each call's callback data names the attempt the message was on.
+    calls = {entry["callback_data"] for entry in mock_log(live_server)}
+    assert calls == {f"{i}.{rows[i].attempts}" for i in pending if i != undeliverable}
     assert_counters_match_rows(campaign.id)
 
 

@@ -558,13 +558,19 @@ def recipients(app: Flask, admin: User, fake, live_server) -> Recipients:
     return Recipients(
         phone_number_id=default_sender().phone_number_id or "",
         wamids=[f"wamid.{i}" for i in sent],
-        message_ids=[str(i) for i in ids],
+        # the plain old form, each call's ("<id>.<attempt>": the first is current)
+        message_ids=[f"{i}{call}" for i in ids for call in ("", ".1", ".2")],
         wa_ids=[number.lstrip("+") for number in numbers if number],
     )
 
 
-# Digits that are no message id: "²" is a digit to str.isdigit, 20 nines are past bigint.
-CALLBACK_DATA = st.one_of(st.integers().map(str), st.sampled_from(["²", "9" * 20]), TEXT)
+# Digits that are no message id: "²" is a digit to str.isdigit, 20 nines are past bigint;
+# attempts Disparo never writes (0, a leading zero, a missing one).
+CALLBACK_DATA = st.one_of(
+    st.integers().map(str),
+    st.sampled_from(["²", "9" * 20, "1.0", "1.01", "1.", "1.2.3", "test-1"]),
+    TEXT,
+)
 # Unix times of Meta's size, and sometimes any number or text.
 TIMESTAMPS = mostly(
     st.integers(1_600_000_000, 2_000_000_000).map(str),

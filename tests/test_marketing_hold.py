@@ -287,6 +287,56 @@ def test_the_retrys_own_statuses_apply_before_the_send_records_its_wamid(
     assert_counters_match_rows(small.id)
 
 
+@pytest.mark.parametrize("code", [131049, 131026])
+def test_an_earlier_calls_failure_replayed_within_the_minute_is_ignored(
+    app, client, small, code, caplog
+):
+    # A call fails; within the minute its message is retried ("Retry failed", or the
+    # hold fallen due) and claimed, and Meta delivers the old failure again. Its time is
+    # no use (within STALE_FAILURE_SECONDS of the new call); its callback data names the
+    # first call, so it changes nothing.
+    ids = _queue_all(app, small)
+    first = ids[0]
+    wamid = _sent(app, small, first)
+    assert _message(first).attempts == 1
+    now = int(time.time())
+    errors_ = [{"code": code, "title": "no"}]
+    old = status_webhook(
+        wamid, "failed", first, ts=now, errors=errors_, biz_opaque_callback_data=f"{first}.1"
+    )
+    assert post_webhook(client, old).json["applied"] == 1
+    if code == 131049:  # held: its retry falls due
+        _fall_due([first])
+        source = MessageStatus.RETRYING
+    else:  # failed: "Retry failed", and the pump's queueing
+        assert message_states.reopen_failed(db.session, small.id, [str(code)]) == 1
+        assert message_states.queue_next(db.session, small.id, 10) == [first]
+        source = MessageStatus.QUEUED
+    claimed = message_states.claim(db.session, small.id, [first], source)
+    db.session.commit()
+    assert [c.attempts for c in claimed] == [2]
+    caplog.set_level(logging.INFO, "campaigns.webhooks")
+    assert post_webhook(client, old).json["ignored"] == 1
+    assert "about its call 1, not its current call 2" in caplog.text
+    message = _message(first)
+    assert (message.status, message.provider_message_id) == (MessageStatus.SENDING, None)
+    assert len(_retry_jobs("todo")) == (1 if code == 131049 else 0)  # no second hold
+    # The new call's own status, before the send records its wamid: applied.
+    new = status_webhook(
+        "wamid.second", "delivered", first, ts=now + 1, biz_opaque_callback_data=f"{first}.2"
+    )
+    assert post_webhook(client, new).json["applied"] == 1
+    message_states.record_sent(db.session, small.id, [(first, "wamid.second")])
+    db.session.commit()
+    message = _message(first)
+    assert (message.status, message.provider_message_id, message.error_code) == (
+        MessageStatus.DELIVERED,
+        "wamid.second",
+        None,
+    )
+    assert_counters_match_rows(small.id)
+
+
 def test_retry_failed_forgets_the_failed_calls_wamid(app, client, small):
     ids = _queue_all(app, small)
     first = ids[0]

@@ -841,18 +841,24 @@ def test_the_mock_process_answers_like_the_web_port(
 def test_a_throttled_number_passes_on_its_third_try(mock_app, send, start_mock_process, via):
     if via == "mock process":
         mock_app.config["MOCK_WHATSAPP_URL"] = start_mock_process().api
-    for _ in range(2):
+    # Tried as Disparo tries: each call's callback data "<message id>.<attempt>", the
+    # tries counted by the message.
+    for attempt in (1, 2):
         with pytest.raises(SendError) as caught:
-            send(to=THROTTLED_NUMBER, callback_data="5")
+            send(to=THROTTLED_NUMBER, callback_data=f"5.{attempt}")
         assert (caught.value.kind, caught.value.code) == (ErrorKind.THROTTLED, 130429)
     with pytest.raises(SendError):  # another message to that number: its own first try
-        send(to=THROTTLED_NUMBER, callback_data="6")
+        send(to=THROTTLED_NUMBER, callback_data="6.1")
     assert logged() == []
 
-    third = send(to=THROTTLED_NUMBER, callback_data="5")
+    third = send(to=THROTTLED_NUMBER, callback_data="5.3")
     [row] = logged()
-    assert (row.wamid, row.to, row.message_id) == (third.provider_message_id, THROTTLED_NUMBER, "5")
-    send(to=THROTTLED_NUMBER, callback_data="5")  # and from then on
+    assert (row.wamid, row.to, row.message_id) == (
+        third.provider_message_id,
+        THROTTLED_NUMBER,
+        "5.3",  # logged, and echoed in its statuses, as it came
+    )
+    send(to=THROTTLED_NUMBER, callback_data="5")  # and from then on, in the plain form too
     assert len(logged()) == 2
 
 

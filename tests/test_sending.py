@@ -312,6 +312,8 @@ def test_transient_errors_are_tried_3_times_then_5_on_message_retry(app, campaig
         None,
     )
     assert len(fake.calls) == 8
+    # Each call's callback data names its attempt, for its statuses to be told apart.
+    assert fake.callbacks == [f"{message_id}.{attempt}" for attempt in range(1, 9)]
     # 2 s, 4 s, then message-retry at once, then 3, 9, 27, 81 s.
     assert waits == [2, 4, 0, 3, 9, 27, 81]
 

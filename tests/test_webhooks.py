@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import fanout, message_states, pump, queues, sending
+from campaigns import callback_data, fanout, message_states, pump, queues, sending
+from campaigns.callback_data import CallbackData
 from campaigns.models import Message, MessageStatus, Provider, Sender, Suppression
 from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.templates import default_sender
@@ -368,6 +369,91 @@ def test_a_status_that_beats_the_sends_record_finds_its_message_by_callback(
         MessageStatus.DELIVERED,
         "wamid.early",
     )
+
+
+@pytest.fixture
+def claimed_message(app, campaign, sent) -> Message:
+    """A message of the same campaign claimed for its first call (attempts 1), its wamid
+    not recorded yet."""
+    queued = [i for job in jobs(queues.SEND_TASK) for i in job["args"]["message_ids"]][1]
+    (claimed,) = message_states.claim(db.session, campaign.id, [queued], MessageStatus.QUEUED)
+    db.session.commit()
+    assert claimed.attempts == 1
+    message = db.session.get(Message, queued)
+    assert message is not None and message.provider_message_id is None
+    return message
+
+
+def _applied_delivered(client, message: Message, callback: str) -> dict:
+    body = status_webhook("wamid.early", "delivered", message.id, biz_opaque_callback_data=callback)
+    response = post_webhook(client, body)
+    assert response.status_code == 200
+    return response.json
+
+
+@pytest.mark.parametrize("form", ["{id}.1", "{id}"])  # its call's, and the plain old form
+def test_a_status_of_the_current_call_finds_its_message_by_callback(
+    client, campaign, claimed_message, form
+):
+    callback = form.format(id=claimed_message.id)
+    assert _applied_delivered(client, claimed_message, callback)["applied"] == 1
+    db.session.expire_all()
+    message = db.session.get(Message, claimed_message.id)
+    assert (message.status, message.provider_message_id) == (
+        MessageStatus.DELIVERED,
+        "wamid.early",
+    )
+    assert_counters_match_rows(campaign.id)
+
+
+@pytest.mark.parametrize("attempt", [2, 9])
+def test_a_status_of_another_call_of_the_message_is_ignored(
+    client, claimed_message, attempt, caplog
+):
+    caplog.set_level("INFO", "campaigns.webhooks")
+    callback = f"{claimed_message.id}.{attempt}"
+    summary = _applied_delivered(client, claimed_message, callback)
+    assert (summary["applied"], summary["ignored"]) == (0, 1)
+    assert f"about its call {attempt}, not its current call 1" in caplog.text
+    db.session.expire_all()
+    message = db.session.get(Message, claimed_message.id)
+    assert (message.status, message.provider_message_id) == (MessageStatus.SENDING, None)
+
+
+def test_a_test_sends_status_names_no_message(client, campaign, claimed_message):
+    # A test send's callback data is "test-<campaign id>": about no campaign message,
+    # even one whose id is that number.
+    callback = f"test-{claimed_message.id}"
+    assert _applied_delivered(client, claimed_message, callback)["unknown"] == 1
+    db.session.expire_all()
+    assert db.session.get(Message, claimed_message.id).status is MessageStatus.SENDING
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        ("17.3", CallbackData(17, 3)),
+        ("17", CallbackData(17, None)),
+        (17, CallbackData(17, None)),
+        (str(2**63 - 1) + ".2147483647", CallbackData(2**63 - 1, 2147483647)),
+        ("test-17", None),
+        ("17.0", None),
+        ("17.03", None),
+        ("17.", None),
+        (".3", None),
+        ("17.3.1", None),
+        ("17.-3", None),
+        (str(2**63) + ".1", None),
+        ("17.12345678901", None),
+        ("\u0661\u0667.3", None),  # Arabic-Indic digits: str.isdigit, not ASCII
+        (None, None),
+        (True, None),
+    ],
+)
+def test_callback_data_is_read_as_written(raw, read):
+    assert callback_data.parse(raw) == read
+    if read is not None and read.attempt is not None:
+        assert callback_data.for_call(read.message_id, read.attempt) == raw
 
 
 def test_a_sender_cannot_reach_another_senders_message_by_callback(

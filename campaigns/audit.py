@@ -47,6 +47,7 @@ from app import DELETE_BATCH, AnySession, db, delete_oldest
 from campaigns import security
 from campaigns.models import AuditEvent, User
 from campaigns.queries import containing
+from campaigns.validation import SENDER_SETTINGS
 
 ACTIONS = (
     "user.create",
@@ -74,15 +75,8 @@ DETAIL_KEYS = frozenset(
         "user_id",
         "campaign_rate_limit_per_minute",
         "api_rate_limit_per_minute",
-        # senders (validation.SENDER_SETTINGS but its secret, the secrets named only)
-        "name",
-        "provider",
-        "phone_number_id",
-        "display_phone_number",
-        "waba_id",
-        "business_id",
-        "rate_limit_per_minute",
-        "min_interval_ms",
+        # senders: their settings but the verify token (a secret), the secrets named only
+        *(key for key in SENDER_SETTINGS if key != "webhook_verify_token"),
         "credentials_set",
         "credentials_replaced",
         "messaging_limit",

@@ -303,9 +303,10 @@ def _erase_elsewhere(app, phone: str) -> None:
     assert not thread.is_alive() and not failure, failure
 
 
-def test_a_late_131026_webhook_for_an_erased_recipient_writes_no_hash(
-    app, client, small, monkeypatch
-):
+def _failed_webhook_while_erased(app, client, small, monkeypatch, code: int) -> tuple[int, str]:
+    """Send one message, then WhatsApp's failed status with ``code`` for it, the person's
+    erasure committing after the webhook read the message (with its number) and before it
+    applies; (the message's id, its number)."""
     first = _queue_all(app, small)[0]
     assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
     message = _message(first)
@@ -314,13 +315,19 @@ def test_a_late_131026_webhook_for_an_erased_recipient_writes_no_hash(
     real = message_states.record_status
 
     def erased_meanwhile(session, message, *args, **kwargs):
-        # The webhook has read the message (with its number); the erasure commits now.
         _erase_elsewhere(app, phone)
         return real(session, message, *args, **kwargs)
 
     monkeypatch.setattr(message_states, "record_status", erased_meanwhile)
-    body = status_webhook(wamid, "failed", first, errors=[{"code": 131026, "title": "no"}])
+    body = status_webhook(wamid, "failed", first, errors=[{"code": code, "title": "no"}])
     assert post_webhook(client, body).status_code == 200
+    return first, phone
+
+
+def test_a_late_131026_webhook_for_an_erased_recipient_writes_no_hash(
+    app, client, small, monkeypatch
+):
+    first, _phone = _failed_webhook_while_erased(app, client, small, monkeypatch, 131026)
     after = _message(first)
     assert (after.status, after.error_code, after.phone) == (MessageStatus.FAILED, "131026", None)
     assert db.session.scalars(sa.select(UndeliverableNumber)).all() == []
@@ -362,20 +369,7 @@ def _listed(phone: str) -> list[tuple[str | None, str | None]]:
 def test_a_late_opt_out_webhook_for_an_erased_recipient_keeps_it_only_as_a_hash(
     app, client, small, monkeypatch
 ):
-    first = _queue_all(app, small)[0]
-    assert sending.send_batch(small.id, [first], app.config, retry_queue=False).sent == [first]
-    message = _message(first)
-    phone, wamid = message.phone, message.provider_message_id
-    db.session.commit()
-    real = message_states.record_status
-
-    def erased_meanwhile(session, message, *args, **kwargs):
-        _erase_elsewhere(app, phone)  # the webhook has read the number; the erasure commits
-        return real(session, message, *args, **kwargs)
-
-    monkeypatch.setattr(message_states, "record_status", erased_meanwhile)
-    body = status_webhook(wamid, "failed", first, errors=[{"code": 131050, "title": "stop"}])
-    assert post_webhook(client, body).status_code == 200
+    first, phone = _failed_webhook_while_erased(app, client, small, monkeypatch, 131050)
     assert _message(first).phone is None
     # The opt-out stands (the person asked not to be contacted), never in the clear.
     assert _listed(phone) == [(None, phone_hash(phone))]

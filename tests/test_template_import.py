@@ -439,6 +439,16 @@ PROMO_BODY = (
 )
 
 
+def _assert_failed_for_deletion(campaign_id: int) -> None:
+    db.session.expire_all()
+    failed = db.session.get(Campaign, campaign_id)
+    assert failed is not None
+    assert (failed.status, failed.status_reason_code) == (
+        CampaignStatus.FAILED,
+        reasons.TEMPLATE_DELETED,
+    )
+
+
 def _scheduled_on_an_imported_copy(client, owner) -> tuple[Campaign, Any, str]:
     """On the demo sender: "promo_copy" made in WhatsApp Manager and imported, and a demo
     campaign scheduled for tomorrow with it; (the campaign, the sender, Meta's id)."""
@@ -478,13 +488,7 @@ def test_a_template_deleted_in_whatsapp_manager_is_disabled_and_its_campaigns_fa
     assert counts(result) == (0, 1, 3, 0)
     gone = templates_of(demo.id)["promo_copy"]
     assert (gone.status, gone.status_reason) == (TemplateStatus.DISABLED, "DELETED")
-    db.session.expire_all()
-    failed = db.session.get(Campaign, campaign.id)
-    assert failed is not None
-    assert (failed.status, failed.status_reason_code) == (
-        CampaignStatus.FAILED,
-        reasons.TEMPLATE_DELETED,
-    )
+    _assert_failed_for_deletion(campaign.id)
     assert templates_of(demo.id)["promo_weekend"].status is TemplateStatus.APPROVED
     # Nothing more happens on the next run.
     assert counts(import_templates(demo.id, None)) == (0, 0, 3, 0)
@@ -789,13 +793,7 @@ def test_a_known_template_whose_content_is_skipped_still_takes_its_status(client
     assert counts(result) == (0, 1, 3, 1) and result.skipped[0].code == "deleted"
     gone = templates_of(demo.id)["promo_copy"]
     assert (gone.status, gone.status_reason) == (TemplateStatus.DISABLED, "DELETED")
-    db.session.expire_all()
-    failed = db.session.get(Campaign, campaign.id)
-    assert failed is not None
-    assert (failed.status, failed.status_reason_code) == (
-        CampaignStatus.FAILED,
-        reasons.TEMPLATE_DELETED,
-    )
+    _assert_failed_for_deletion(campaign.id)
     assert counts(import_templates(demo.id, None)) == (0, 0, 3, 1)
 
 

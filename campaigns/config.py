@@ -209,6 +209,7 @@ class Settings:
     throttle_deadline_minutes: int
     marketing_limit_retry_hours: int
     pair_limit_retry_seconds: int
+    messaging_limit_margin_percent: int
     undeliverable_days: int
     auto_pause_failure_rate: float
     auto_pause_min_outcomes: int
@@ -275,6 +276,7 @@ class Settings:
             "THROTTLE_DEADLINE_MINUTES": self.throttle_deadline_minutes,
             "MARKETING_LIMIT_RETRY_HOURS": self.marketing_limit_retry_hours,
             "PAIR_LIMIT_RETRY_SECONDS": self.pair_limit_retry_seconds,
+            "MESSAGING_LIMIT_MARGIN_PERCENT": self.messaging_limit_margin_percent,
             "UNDELIVERABLE_DAYS": self.undeliverable_days,
             "AUTO_PAUSE_FAILURE_RATE": self.auto_pause_failure_rate,
             "AUTO_PAUSE_MIN_OUTCOMES": self.auto_pause_min_outcomes,
@@ -587,6 +589,11 @@ def load_settings() -> Settings:
             "MARKETING_LIMIT_RETRY_HOURS", 24, maximum=24 * 30
         ),
         pair_limit_retry_seconds=_int_setting("PAIR_LIMIT_RETRY_SECONDS", 60, maximum=3600),
+        # The share of the portfolio's 24-hour messaging limit Disparo leaves unused
+        # (replies, other tools, a test send): campaigns start at most the rest.
+        messaging_limit_margin_percent=_int_setting(
+            "MESSAGING_LIMIT_MARGIN_PERCENT", 10, minimum=0, maximum=90
+        ),
         undeliverable_days=undeliverable_days,
         # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
         auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -210,21 +210,32 @@ def add_new(
     return inserted
 
 
-def queue_next(session: AnySession, campaign_id: int, limit: int) -> list[int]:
-    """Move the campaign's next ``limit`` pending messages (in id order) to queued; their ids."""
+def queue_next(
+    session: AnySession,
+    campaign_id: int,
+    limit: int,
+    admit: Callable[[list[sa.Row]], set[int]] | None = None,
+) -> list[int]:
+    """Move the campaign's next ``limit`` pending messages (in id order) to queued; their ids.
+
+    ``admit``, given those messages (``id``, ``phone``; locked), says which of them may go
+    now (the 24-hour budget's, pump.py); the others stay pending, first in line next time.
+    """
+    next_pending = (
+        sa.select(Message.id, Message.phone)
+        .where(Message.campaign_id == campaign_id, Message.status == S.PENDING)
+        .order_by(Message.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if admit is None:
+        chosen: Any = next_pending.with_only_columns(Message.id).scalar_subquery()
+    else:
+        chosen = sorted(admit(list(session.execute(next_pending))))
     ids = sorted(
         session.scalars(
             sa.update(Message)
-            .where(
-                Message.id.in_(
-                    sa.select(Message.id)
-                    .where(Message.campaign_id == campaign_id, Message.status == S.PENDING)
-                    .order_by(Message.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                    .scalar_subquery()
-                )
-            )
+            .where(Message.id.in_(chosen), Message.status == S.PENDING)
             .values(status=S.QUEUED, queued_at=sa.func.now())
             .returning(Message.id)
         )

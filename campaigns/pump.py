@@ -11,6 +11,12 @@ completes the campaign. While only messages 131049 holds remain (nothing pending
 nothing else in flight), it comes back when the earliest is due, or after
 HELD_INTERVAL_SECONDS if sooner, rather than every INTERVAL_SECONDS for a day.
 
+A portfolio's 24-hour messaging budget (``ratelimit.consume_budget``) admits the new
+recipients: the pump never queues one beyond what the budget has left, so a campaign
+larger than the budget goes out in waves over the following days (room opens as the
+window leaves the recipients counted a day earlier). While it waits with nothing else on
+its way, it comes back when room opens, or after HELD_INTERVAL_SECONDS if sooner.
+
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
 serve them all; a sender with a minimum gap gets batches of one, spaced by the pump,
@@ -22,10 +28,14 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
+from flask import current_app
+
 from app import db
 from campaigns import campaign_states, counters, message_states, queues, ratelimit
 from campaigns.clock import database_now
-from campaigns.models import CampaignStatus
+from campaigns.models import CampaignStatus, Sender
+from campaigns.services.suppressions import phone_hash
 
 # The pump keeps at most this many message jobs in Procrastinate per campaign, and
 # never schedules further ahead than the horizon (at 20/min that is ~20 jobs of one).
@@ -79,25 +89,71 @@ def pump(campaign_id: int) -> bool:
     queued = in_flight - held.count
     room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - queued
     now = database_now(db.session)
+    budget = _Budget.of(campaign.sender)
     if room > 0 and totals["pending"] > 0:
-        ids = message_states.queue_next(db.session, campaign_id, room)
+        ids = message_states.queue_next(db.session, campaign_id, room, budget and budget.admit)
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
         campaign.pace_cursor_at = start_at + timedelta(seconds=len(ids) * interval)
         queues.defer_sends(db.session, campaign_id, jobs, slots)
-    queues.defer_pump(db.session, campaign_id, _next_run(now, totals["pending"], queued, held))
+    else:
+        ids = []
+    waiting_for = budget.room_at if budget and not ids else None
+    next_run = _next_run(now, totals["pending"], queued, held, waiting_for)
+    queues.defer_pump(db.session, campaign_id, next_run)
     db.session.commit()
     return True
 
 
+class _Budget:
+    """The sender's portfolio's 24-hour budget as one pump run admits recipients by it."""
+
+    def __init__(self, budget: ratelimit.Budget) -> None:
+        self.budget = budget
+        self.room_at: datetime | None = None  # set when it refused some: room opens then
+
+    @classmethod
+    def of(cls, sender: Sender) -> _Budget | None:
+        budget = ratelimit.budget(sender, current_app.config["MESSAGING_LIMIT_MARGIN_PERCENT"])
+        return None if budget is None else cls(budget)
+
+    def admit(self, rows: list[sa.Row]) -> set[int]:
+        """The messages whose recipient the budget counts now (or counted in the last 24
+        hours); one limiter call for the lot. A message without a number (its person
+        erased) goes: its claim cancels it, nothing is sent."""
+        hashes = {row.id: phone_hash(row.phone) for row in rows if row.phone}
+        if not hashes:
+            return {row.id for row in rows}
+        decision = ratelimit.consume_budget(db.session, self.budget, list(hashes.values()))
+        if decision.refused:
+            # Nothing counted and still no room (a limit of 0): look again now and then.
+            self.room_at = decision.next_room_at or decision.decided_at + timedelta(
+                seconds=HELD_INTERVAL_SECONDS
+            )
+        return {row.id for row in rows if hashes.get(row.id) not in decision.refused}
+
+
 def _next_run(
-    now: datetime, pending: int, on_their_way: int, held: message_states.Held
+    now: datetime,
+    pending: int,
+    on_their_way: int,
+    held: message_states.Held,
+    budget_room_at: datetime | None = None,
 ) -> datetime:
     """When the pump comes back: INTERVAL_SECONDS on, unless only held messages remain;
     then when the first of them is due (its job takes it, and the runs after it see it
-    in flight and complete the campaign once it settles), HELD_INTERVAL_SECONDS at most."""
+    in flight and complete the campaign once it settles), HELD_INTERVAL_SECONDS at most.
+    Waiting for the 24-hour budget with nothing on its way: when room opens (or the first
+    held message is due, if sooner), HELD_INTERVAL_SECONDS at most."""
     soon = now + timedelta(seconds=INTERVAL_SECONDS)
-    if pending or on_their_way > 0 or not held.count or held.first_due is None:
+    if on_their_way > 0:
         return soon
-    return max(soon, min(held.first_due, now + timedelta(seconds=HELD_INTERVAL_SECONDS)))
+    due = [held.first_due] if held.count and held.first_due is not None else []
+    if pending:
+        if budget_room_at is None:
+            return soon
+        due.append(budget_room_at)
+    if not due:
+        return soon
+    return max(soon, min(*due, now + timedelta(seconds=HELD_INTERVAL_SECONDS)))

@@ -43,7 +43,7 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -322,7 +322,7 @@ def _autocommit(session: AnySession) -> Iterator[sa.Connection]:
 
 # The kinds of key Disparo makes (the prefix before the colon); /metrics counts denials
 # by kind, and any other key (a test's, a future one's) as "other", so labels stay few.
-KEY_KINDS = frozenset({"whatsapp", "campaign", "api", "retry"})
+KEY_KINDS = frozenset({"whatsapp", "campaign", "api", "retry", "budget"})
 
 
 def key_kind(key: str) -> str:
@@ -576,3 +576,171 @@ def pace_seconds(sender: Sender, owner: User) -> float:
     """Seconds between two messages of a campaign, so that :func:`send_limits` always grants
     (:func:`pace`)."""
     return pace(sender, owner).seconds
+
+
+# -- The 24-hour messaging budget: a limit of another kind (migration 0024) -------------
+#
+# Meta's messaging limit is on *unique recipients* of business-initiated (template)
+# messages per business portfolio in a moving 24 hours, across every number of the
+# portfolio. A time bucket cannot tell a recipient already reached (free) from a new one,
+# so this limit keeps each counted recipient's keyed hash (budget_recipients), and one
+# call counts the asked-for recipients not counted in the window, all or nothing, or as
+# many as fit: under the portfolio's advisory lock, on the database's clock, its own
+# transaction (as consume). Every message template Disparo sends opens or continues a
+# business-initiated conversation, so every recipient counts: a customer-service window
+# the customer opened is not looked for (the budget errs towards less).
+
+BUDGET_WINDOW_SECONDS = 86_400.0
+
+CONSUME_BUDGET = sa.text("""
+-- count a portfolio's new recipients in its 24-hour budget (all, none, or as many as fit)
+SELECT refused, counted, used, decided_at, oldest_at
+  FROM disparo_budget_consume(CAST(:portfolio AS text), CAST(:limit AS integer),
+                              CAST(:window_ms AS integer), CAST(:hashes AS text[]),
+                              CAST(:partial AS boolean))
+""")
+
+BUDGET_USAGE = sa.text("""
+-- a portfolio's 24-hour budget as it stands: recipients counted in the window, the oldest
+SELECT count(*) AS used, min(counted_at) AS oldest_at, now() AS checked_at
+  FROM budget_recipients
+ WHERE portfolio = :portfolio AND counted_at > now() - CAST(:window_ms AS integer)
+                                                      * interval '1 millisecond'
+""")
+
+DELETE_OLD_BUDGET = sa.text("""
+-- recipients the 24-hour window has left (a batch; maintenance comes back for the rest)
+DELETE FROM budget_recipients
+ WHERE ctid = ANY(ARRAY(SELECT ctid FROM budget_recipients
+                         WHERE counted_at <= now() - CAST(:window_ms AS integer)
+                                                     * interval '1 millisecond'
+                         LIMIT :batch))
+""")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A business portfolio's 24-hour budget: at most ``limit`` unique recipients.
+
+    ``limit`` is Meta's messaging limit (or an admin's override) less the safety margin
+    (MESSAGING_LIMIT_MARGIN_PERCENT); ``messaging_limit`` is the limit before it."""
+
+    portfolio: str
+    limit: int
+    messaging_limit: int
+
+    @property
+    def window_ms(self) -> int:
+        return _whole_ms(BUDGET_WINDOW_SECONDS)
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """What one budget call counted: the asked-for recipients it refused (new ones that
+    did not fit), how many it counted anew, the window's count after it, and when the
+    window's oldest recipient leaves it (room opens again then; None: nothing counted)."""
+
+    refused: frozenset[str]
+    counted: int
+    used: int
+    decided_at: datetime
+    next_room_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    """A portfolio's budget now: recipients counted in the window and when room next opens."""
+
+    limit: int
+    used: int
+    checked_at: datetime
+    next_room_at: datetime | None  # the oldest counted recipient leaves the window
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+
+def portfolio_key(sender: Sender) -> str:
+    """The portfolio a sender's recipients count against: its business portfolio, or the
+    sender alone while Meta has not named one (account_health.portfolio does the same)."""
+    return f"business:{sender.business_id}" if sender.business_id else f"sender:{sender.id}"
+
+
+def budget(sender: Sender, margin_percent: int) -> Budget | None:
+    """The sender's portfolio's 24-hour budget; None when Meta sets no limit (unlimited, or
+    not said yet: account_health.py)."""
+    if sender.messaging_limit is None:
+        return None
+    allowed = math.floor(sender.messaging_limit * (100 - margin_percent) / 100)
+    return Budget(portfolio_key(sender), max(allowed, 0), sender.messaging_limit)
+
+
+def consume_budget(
+    session: AnySession, budget: Budget, phone_hashes: Sequence[str], *, partial: bool = True
+) -> BudgetDecision:
+    """Count ``phone_hashes`` (suppressions.phone_hash) in the budget, in one committed call.
+
+    A recipient counted in the last 24 hours is free and always granted; new ones are
+    counted all or none, or with ``partial`` as many as fit, in the order given. Its own
+    transaction, as :func:`consume`: a count stands even if the caller rolls back, and
+    asking again for the same recipients then costs nothing."""
+    with _autocommit(session) as connection:
+        row = connection.execute(
+            CONSUME_BUDGET,
+            {
+                "portfolio": budget.portfolio,
+                "limit": min(budget.limit, INT_MAX),
+                "window_ms": budget.window_ms,
+                "hashes": list(phone_hashes),
+                "partial": partial,
+            },
+        ).one()
+        if row.refused:
+            _record_denials(connection, {"budget": len(row.refused)})
+    return BudgetDecision(
+        refused=frozenset(row.refused),
+        counted=row.counted,
+        used=row.used,
+        decided_at=row.decided_at,
+        next_room_at=_room_at(row.oldest_at),
+    )
+
+
+def budget_usage(session: AnySession, budget: Budget) -> BudgetUsage:
+    """The budget as it stands, in the caller's session, counting nothing."""
+    row = session.execute(
+        BUDGET_USAGE, {"portfolio": budget.portfolio, "window_ms": budget.window_ms}
+    ).one()
+    return BudgetUsage(
+        limit=budget.limit,
+        used=row.used,
+        checked_at=row.checked_at,
+        next_room_at=_room_at(row.oldest_at),
+    )
+
+
+def _room_at(oldest_at: datetime | None) -> datetime | None:
+    return None if oldest_at is None else oldest_at + timedelta(seconds=BUDGET_WINDOW_SECONDS)
+
+
+def delete_old_budget(session: AnySession, batch: int) -> int:
+    """Delete up to ``batch`` recipients the window has left (the caller commits)."""
+    statement = DELETE_OLD_BUDGET.bindparams(
+        window_ms=_whole_ms(BUDGET_WINDOW_SECONDS), batch=batch
+    )
+    return rows_changed(session, statement)
+
+
+FORGET_BUDGET_RECIPIENT = sa.text("""
+-- a person's erasure: their counted rows keep counting, no longer linked to their number
+UPDATE budget_recipients SET phone_hash = 'erased:' || replace(gen_random_uuid()::text, '-', '')
+ WHERE phone_hash = :phone_hash
+""")
+
+
+def forget_budget_recipient(session: AnySession, phone_hash: str) -> int:
+    """Unlink a person from the budget (the caller commits): their rows stay counted until
+    the window leaves them, since Meta still counts the conversation, but under a random
+    token instead of their number's hash. How many rows."""
+    return rows_changed(session, FORGET_BUDGET_RECIPIENT.bindparams(phone_hash=phone_hash))

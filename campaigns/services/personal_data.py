@@ -16,6 +16,10 @@ What Disparo stores about a person, and where:
 - ``undeliverable_numbers``: a number WhatsApp could not deliver to (131026), as its
   keyed hash only, and when; deleted UNDELIVERABLE_DAYS later by
   ``maintenance.reconcile``, or with the person's data on request.
+- ``budget_recipients``: the 24-hour messaging budget's recipients, as keyed hashes, for
+  24 hours (``maintenance.reconcile`` deletes older rows); an erasure replaces the
+  person's hash with a random token, so they still count until the window leaves them
+  (Meta counts them) but nothing links the row to the number.
 - ``campaign_activity``: a test send's masked number (``+55119876****``, the
   ``phone`` of its detail's parameters). Cleared with the campaign's data, or with
   the person's when it is theirs.
@@ -44,7 +48,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import AnySession, db, rows_changed
-from campaigns import audit, campaign_states, message_states, phones, reasons
+from campaigns import audit, campaign_states, message_states, phones, ratelimit, reasons
 from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import (
@@ -224,6 +228,7 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
         session.execute(ERASE_MESSAGES, {"ids": ids})
     keep_only_as_hash(session, phone)
     undeliverable.forget(session, phone)
+    ratelimit.forget_budget_recipient(session, phone_hash(phone))
     # The number as the API wrote it in a kept response: "phone":"+5511…" (JSON).
     session.execute(
         sa.delete(IdempotencyKey).where(

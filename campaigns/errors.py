@@ -83,13 +83,19 @@ def code_name(status: int) -> str:
 
 
 def json_error(
-    status: int, code: str, message: str, fields: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    fields: dict[str, str] | None = None,
+    **more: object,
 ) -> Response:
     """The one JSON error envelope: ``{"error": {"code", "message", "fields"}}``
-    (``fields`` only when there are some), for the API, the webhooks and any JSON caller."""
+    (``fields`` only when there are some), for the API, the webhooks and any JSON caller;
+    ``more`` adds what an error of its own kind carries (the pre-flight's findings)."""
     body: dict[str, object] = {"code": code, "message": message}
     if fields:
         body["fields"] = fields
+    body.update(more)
     response = jsonify(error=body)
     response.status_code = status
     return response

@@ -94,6 +94,14 @@ ID: Schema = {"type": "integer", "minimum": 1, "maximum": INTEGER_MAX}
 BIG_ID: Schema = {"type": "integer", "minimum": 1}
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
+CONFIRM: Schema = {
+    "type": "boolean",
+    "default": False,
+    "description": (
+        "true goes ahead despite the pre-flight check's warnings that need confirmation "
+        "(without it: 409 confirmation_required listing them)."
+    ),
+}
 
 
 def _segment_schema() -> Schema:
@@ -164,7 +172,9 @@ def schemas() -> dict[str, Schema]:
                             "What went wrong, to compare: bad_request, invalid_idempotency_key, "
                             "unauthenticated, forbidden, not_found, method_not_allowed, conflict, "
                             "idempotency_key_in_use, too_large, validation_failed, "
-                            "idempotency_key_reused, rate_limited, internal_error."
+                            "idempotency_key_reused, rate_limited, internal_error; from the "
+                            "pre-flight check (schedule, send-now): confirmation_required, or "
+                            "a blocking problem's own code."
                         ),
                     },
                     "message": {
@@ -179,9 +189,78 @@ def schemas() -> dict[str, Schema]:
                         ),
                         "additionalProperties": STRING,
                     },
+                    "warnings": {
+                        "type": "array",
+                        "items": ref("Finding"),
+                        "description": "confirmation_required: the warnings to confirm.",
+                    },
+                    "blocking": {
+                        "type": "array",
+                        "items": ref("Finding"),
+                        "description": "A blocking problem's refusal: every blocking problem.",
+                    },
                 },
-                optional=("fields",),
+                optional=("fields", "warnings", "blocking"),
             )
+        }
+    )
+    finding = obj(
+        {
+            "code": {
+                "type": "string",
+                "description": (
+                    "Blocking: template_not_approved, sender_inactive, sender_not_connected, "
+                    "no_budget. Warnings that need confirmation: budget_overrun, "
+                    "number_quality_red, template_quality_red. Notes (no confirmation): "
+                    "number_quality_yellow, template_quality_yellow, messaging_limit_unknown, "
+                    "audience_estimated, audience_unknown, unpriced, list_price, in_progress."
+                ),
+            },
+            "message": {"type": "string", "description": "In English."},
+        }
+    )
+    preflight = obj(
+        {
+            "ok": {
+                "type": "boolean",
+                "description": "Nothing blocks it and no warning needs confirmation.",
+            },
+            "audience": {
+                **COUNT,
+                "description": (
+                    "Recipients still to reach: the ERP's count before the audience is "
+                    "loaded (an estimate), the messages still to send after."
+                ),
+            },
+            "budget": obj(
+                {
+                    "limit": {
+                        **nullable(COUNT),
+                        "description": (
+                            "New recipients a day: the portfolio's 24-hour messaging limit "
+                            "less MESSAGING_LIMIT_MARGIN_PERCENT; null: unlimited."
+                        ),
+                    },
+                    "remaining": nullable(COUNT),
+                    "days": {
+                        **COUNT,
+                        "description": "Days the campaign spans (0: never, no budget at all).",
+                    },
+                }
+            ),
+            "estimated_cost": obj(
+                {
+                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "amount": {"type": "number", "minimum": 0},
+                },
+                description="Meta's list price per delivered message (the Settings' rates).",
+            ),
+            "estimated_duration_seconds": {
+                **nullable({"type": "number", "minimum": 0}),
+                "description": "At the limits, waits for the budget included; null: never.",
+            },
+            "warnings": {"type": "array", "items": ref("Finding")},
+            "blocking": {"type": "array", "items": ref("Finding")},
         }
     )
     user = obj(
@@ -443,6 +522,8 @@ def schemas() -> dict[str, Schema]:
 
     return {
         "Error": error,
+        "Finding": finding,
+        "Preflight": preflight,
         "User": user,
         "Sender": sender,
         "Button": _button_schema(),
@@ -661,9 +742,15 @@ def request_schemas() -> dict[str, Schema]:
                     **DATE_TIME,
                     "description": "ISO 8601 with its offset, in the future.",
                     "examples": ["2030-01-31T09:00:00-03:00"],
-                }
+                },
+                "confirm": CONFIRM,
             },
             "required": ["scheduled_at"],
+        },
+        "Confirm": {
+            "type": "object",
+            "properties": {"confirm": CONFIRM},
+            "description": "Optional; no body, an empty one or one not JSON: confirm false.",
         },
         "SuppressionInput": {
             "type": "object",
@@ -1144,7 +1231,24 @@ def paths() -> dict[str, Schema]:
                 tag="Campaigns",
                 body="Schedule",
                 errors=("404", "409"),
-                description="422 unless the time has its offset and is in the future.",
+                description=(
+                    "422 unless the time has its offset and is in the future (checked "
+                    "first). Then the pre-flight check: 409 with a blocking problem's code, "
+                    "or 409 confirmation_required unless confirm is true."
+                ),
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}/preflight": {
+            "parameters": [campaign_id],
+            "get": operation(
+                "The pre-flight check",
+                answer(
+                    "200",
+                    "Audience, 24-hour budget, cost, duration, warnings and blocking problems.",
+                    ref("Preflight"),
+                ),
+                tag="Campaigns",
+                errors=("404",),
             ),
         },
         **{
@@ -1259,6 +1363,16 @@ def paths() -> dict[str, Schema]:
             ),
         },
     }
+    send_now = out["/api/v1/campaigns/{campaign_id}/send-now"]["post"]
+    send_now["requestBody"] = {
+        "required": False,
+        "content": {"application/json": {"schema": ref("Confirm")}},
+    }
+    send_now["description"] = (
+        "409 with the reason when its status refuses it. Then the pre-flight check: 409 with "
+        "a blocking problem's code, or 409 confirmation_required unless confirm is true."
+        "\n\nRole: supervisor or above."
+    )
     return out
 
 

@@ -12,6 +12,8 @@ user where they are.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(ValueError):
     """A refused write, with a message fit to show the user (and the field it concerns)."""
@@ -33,3 +35,24 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     """The thing exists but is in a state that refuses this change (409)."""
+
+
+class Blocked(Conflict):
+    """The pre-flight check found what stops the campaign (409 with the first one's code),
+    however the operator confirms. ``preflight`` is the whole check (campaigns/preflight.py)."""
+
+    def __init__(self, message: str, preflight: Any) -> None:
+        super().__init__(message)
+        self.preflight = preflight
+        self.code = preflight.blocking[0].code
+
+
+class ConfirmationRequired(Conflict):
+    """The pre-flight check found warnings the operator must confirm (409
+    ``confirmation_required``); sent again with confirmation, the action goes ahead."""
+
+    code = "confirmation_required"
+
+    def __init__(self, message: str, preflight: Any) -> None:
+        super().__init__(message)
+        self.preflight = preflight

@@ -24,6 +24,7 @@ from campaigns import (
     erp,
     message_states,
     phones,
+    preflight,
     providers,
     queues,
     ratelimit,
@@ -43,7 +44,13 @@ from campaigns.models import (
     TemplateStatus,
 )
 from campaigns.providers.errors import explain, is_retryable
-from campaigns.services import Conflict, NotFound, ServiceError
+from campaigns.services import (
+    Blocked,
+    ConfirmationRequired,
+    Conflict,
+    NotFound,
+    ServiceError,
+)
 from campaigns.services.suppressions import is_suppressed
 from campaigns.validation import CampaignFields, row_id
 
@@ -180,16 +187,22 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     return campaign
 
 
-def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaign:
-    """Schedule (or reschedule) a campaign for a future time."""
+def schedule_campaign(
+    campaign_id: int, when: datetime, user_id: int, *, confirm: bool = False
+) -> Campaign:
+    """Schedule (or reschedule) a campaign for a future time, once the pre-flight check
+    passes (its warnings confirmed with ``confirm``)."""
     if when.tzinfo is None:
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
-    campaign = _locked_campaign(campaign_id)
+    campaign = _campaign(campaign_id)
     _require(campaign, "schedule")
     if when <= database_now(db.session):
         db.session.rollback()
         raise ServiceError(_("Choose a time in the future."), "scheduled_at")
     _check_sender_and_template(_fields_of(campaign))
+    _preflight(campaign, confirm)
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "schedule")
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
     campaign.set_status_reason(None)
@@ -202,6 +215,27 @@ def schedule_campaign(campaign_id: int, when: datetime, user_id: int) -> Campaig
     )
     db.session.commit()
     return campaign
+
+
+def _campaign(campaign_id: int) -> Campaign:
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(_("There is no such campaign."))
+    return campaign
+
+
+def _preflight(campaign: Campaign, confirm: bool) -> None:
+    """The pre-flight check (campaigns/preflight.py), run holding no lock (it asks the
+    ERP): what it blocks is refused, and what needs confirming is refused without it."""
+    result = preflight.check(campaign, current_app.config)
+    if result.blocking:
+        raise Blocked(result.blocking[0].message, result)
+    if result.to_confirm and not confirm:
+        raise ConfirmationRequired(
+            _("Confirm the pre-flight check's warnings to go ahead: %(warnings)s")
+            % {"warnings": " ".join(w.message for w in result.to_confirm)},
+            result,
+        )
 
 
 def _fields_of(campaign: Campaign) -> CampaignFields:
@@ -259,11 +293,15 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     return copy
 
 
-def send_campaign_now(campaign_id: int, user_id: int) -> Campaign:
-    """Start a draft or scheduled campaign at once (the scheduler's own start, without waiting)."""
-    campaign = _locked_campaign(campaign_id)
+def send_campaign_now(campaign_id: int, user_id: int, *, confirm: bool = False) -> Campaign:
+    """Start a draft or scheduled campaign at once (the scheduler's own start, without
+    waiting), once the pre-flight check passes (its warnings confirmed with ``confirm``)."""
+    campaign = _campaign(campaign_id)
     _require(campaign, "send_now")
     _check_sender_and_template(_fields_of(campaign))
+    _preflight(campaign, confirm)
+    campaign = _locked_campaign(campaign_id)
+    _require(campaign, "send_now")
     campaign_states.start(db.session, campaign)
     campaign_states.record_activity(
         db.session, campaign.id, user_id, "started", reasons.Reason(reasons.SENT_NOW)

@@ -10,7 +10,17 @@ from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import audit, cursors, edge, progress, queries, ratelimit, reasons, recipients
+from campaigns import (
+    audit,
+    cursors,
+    edge,
+    preflight,
+    progress,
+    queries,
+    ratelimit,
+    reasons,
+    recipients,
+)
 from campaigns.auth import requires
 from campaigns.cursors import encode_or_none, parse_page
 from campaigns.errors import json_error
@@ -30,7 +40,14 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers import errors as provider_errors
-from campaigns.services import Conflict, NotFound, ServiceError, template_import
+from campaigns.services import (
+    Blocked,
+    ConfirmationRequired,
+    Conflict,
+    NotFound,
+    ServiceError,
+    template_import,
+)
 from campaigns.services.campaigns import (
     cancel_campaign,
     create_campaign,
@@ -130,6 +147,27 @@ def not_found(exc: NotFound) -> Response:
 @bp.errorhandler(Conflict)
 def conflict(exc: Conflict) -> Response:
     return json_error(409, "conflict", exc.message)
+
+
+@bp.errorhandler(Blocked)
+def blocked(exc: Blocked) -> Response:
+    """The pre-flight check's blocking problems: 409 with the first one's code."""
+    return _preflight_refusal(exc.code, exc.message, "blocking", exc.preflight.blocking)
+
+
+@bp.errorhandler(ConfirmationRequired)
+def confirmation_required(exc: ConfirmationRequired) -> Response:
+    """Warnings to confirm: 409 ``confirmation_required``; send again with
+    ``{"confirm": true}``."""
+    return _preflight_refusal(exc.code, exc.message, "warnings", exc.preflight.to_confirm)
+
+
+def _preflight_refusal(code: str, message: str, key: str, findings: Any) -> Response:
+    """The message was worded in the caller's language; the findings in English, as the
+    API's texts are."""
+    with force_locale("en"):
+        listed = [finding.as_dict() for finding in findings]
+    return json_error(409, code, message, **{key: listed})
 
 
 @bp.errorhandler(ServiceError)
@@ -552,8 +590,15 @@ def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
     if when.tzinfo is None:
         raise Invalid({"scheduled_at": _("Give the time with its offset, e.g. -03:00.")})
     _found(queries.get_campaign(campaign_id))
-    campaign = schedule_campaign(campaign_id, when, g.api_user.id)
+    campaign = schedule_campaign(campaign_id, when, g.api_user.id, confirm=_confirmed())
     return jsonify(campaign_json(campaign)), 202
+
+
+def _confirmed() -> bool:
+    """``{"confirm": true}`` in the body; no body, an empty one or one that is not JSON
+    confirms nothing."""
+    data = request.get_json(silent=True)
+    return isinstance(data, dict) and data.get("confirm") is True
 
 
 CAMPAIGN_ACTIONS = {
@@ -569,8 +614,18 @@ CAMPAIGN_ACTIONS = {
 def campaign_action(campaign_id: int, action: str) -> tuple[Response, int]:
     """send-now, pause, resume or cancel: 202, or 409 with the reason."""
     _found(queries.get_campaign(campaign_id))
-    campaign = CAMPAIGN_ACTIONS[action](campaign_id, g.api_user.id)
+    if action == "send-now":
+        campaign = send_campaign_now(campaign_id, g.api_user.id, confirm=_confirmed())
+    else:
+        campaign = CAMPAIGN_ACTIONS[action](campaign_id, g.api_user.id)
     return jsonify(campaign_json(campaign)), 202
+
+
+@bp.get("/campaigns/<int:campaign_id>/preflight")
+def campaign_preflight(campaign_id: int) -> Response:
+    """The pre-flight check: audience, 24-hour budget, cost, duration, warnings, blocking."""
+    campaign = _found(queries.get_campaign(campaign_id))
+    return jsonify(preflight.check(campaign, current_app.config).as_dict())
 
 
 @bp.post("/campaigns/<int:campaign_id>/duplicate")

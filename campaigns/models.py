@@ -580,6 +580,21 @@ class RateLimitKey(Model):
     last_grant_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class BudgetRecipient(Model):
+    """A recipient the 24-hour messaging budget counted for a business portfolio, as the
+    number's keyed hash; written only by ratelimit.py's SQL (migration 0024)."""
+
+    __tablename__ = "budget_recipients"
+    __table_args__ = (
+        sa.Index("budget_recipients_window_idx", "portfolio", "counted_at"),
+        sa.Index("budget_recipients_counted_at_idx", "counted_at"),
+    )
+
+    portfolio: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    counted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
 class Notification(Model):
     """An in-app notice for a user: a campaign started, completed, paused, was cancelled or
     failed; a template was approved, rejected or rated RED.

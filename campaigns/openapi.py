@@ -430,7 +430,21 @@ def schemas() -> dict[str, Schema]:
             "sent_last_minute": COUNT,
             "eta_seconds": {
                 **nullable({"type": "number", "minimum": 0}),
-                "description": "None when not sending, nothing remains, or it stalled.",
+                "description": (
+                    "None when not sending, nothing remains, or it stalled; waits for the "
+                    "24-hour budget included."
+                ),
+            },
+            "carried_over": {
+                **COUNT,
+                "description": (
+                    "Pending messages the portfolio's 24-hour messaging budget has no room "
+                    "for now: they go in later waves."
+                ),
+            },
+            "next_wave_at": {
+                **nullable(DATE_TIME),
+                "description": "When the budget has room again for them; null: none waits.",
             },
             "eta_from_limits": {"type": "boolean"},
             "pace_limited_by": nullable(

@@ -91,7 +91,8 @@ def pump(campaign_id: int) -> bool:
     now = database_now(db.session)
     budget = _Budget.of(campaign.sender)
     if room > 0 and totals["pending"] > 0:
-        ids = message_states.queue_next(db.session, campaign_id, room, budget and budget.admit)
+        admit = budget.admit if budget else None
+        ids = message_states.queue_next(db.session, campaign_id, room, admit)
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]

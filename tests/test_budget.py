@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import fanout, pump, queues, ratelimit, sending
-from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, Sender
+from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, Role, Sender
 from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.personal_data import erase_person
 from campaigns.services.suppressions import phone_hash
@@ -131,7 +131,7 @@ def limited(app, owner, live_server, monkeypatch) -> Sender:
 
 
 def _start(app, campaign: Campaign) -> None:
-    send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id, confirm=True)
     fanout.load_audience(campaign.id, app.config)
 
 
@@ -258,3 +258,29 @@ def test_an_erasure_unlinks_the_person_but_they_still_count(app, limited, owner)
     assert len(hashes) == reached and phone_hash(phone) not in hashes
     usage = ratelimit.budget_usage(db.session, ratelimit.budget(default_sender(), 10))
     assert usage.used == reached
+
+
+def test_the_page_the_api_and_the_eta_say_what_waits_for_the_budget(
+    app, client, limited, owner, token_for
+):
+    from campaigns.progress import get_progress
+    from tests.helpers import login
+
+    campaign = demo_campaign(owner.id, size=30, name="Waves")
+    _start(app, campaign)
+    rest = _audience(campaign.id) - BUDGET
+    pump.pump(campaign.id)
+    _send_queued(app, campaign.id)
+    first_counted = db.session.scalar(sa.text("SELECT min(counted_at) FROM budget_recipients"))
+    progress = get_progress(db.session.get(Campaign, campaign.id))
+    assert (progress.carried_over, progress.waves.today) == (rest, 0)
+    assert progress.next_wave_at == first_counted + timedelta(hours=24)
+    # Nothing goes out while it waits, yet the ETA is no "stalled": the next wave's time.
+    assert progress.eta_seconds > 23 * 3600
+    login(client, owner)
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert f"the remaining {rest} from" in page
+    answer = client.get(
+        f"/api/v1/campaigns/{campaign.id}/progress", headers=token_for(Role.VIEWER)
+    ).get_json()
+    assert answer["carried_over"] == rest and answer["next_wave_at"] is not None

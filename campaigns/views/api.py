@@ -167,7 +167,7 @@ def _preflight_refusal(code: str, message: str, key: str, findings: Any) -> Resp
     API's texts are."""
     with force_locale("en"):
         listed = [finding.as_dict() for finding in findings]
-    return json_error(409, code, message, **{key: listed})
+    return json_error(409, code, message, None, **{key: listed})
 
 
 @bp.errorhandler(ServiceError)

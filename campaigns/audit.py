@@ -26,8 +26,8 @@ Actions (``ACTIONS``): ``user.create``, ``user.role_change``, ``user.disable``,
 ``sender.create``, ``sender.update``, ``suppression.add``, ``suppression.remove``,
 ``suppression.import``, ``settings.change`` (a user's or a sender's rate limits or
 gap), ``message_rate.create``, ``message_rate.update``, ``message_rate.delete``
-(Meta's prices, ``services/pricing``) and ``data.erase``: a person's data erased on request, recorded by the erasure
-as ``record(session, "data.erase", target_type="phone",
+(Meta's prices, ``services/pricing``) and ``data.erase``: a person's data erased on
+request, recorded by the erasure as ``record(session, "data.erase", target_type="phone",
 target_label=mask_phone(phone), details={…what was erased, counted…})``.
 """
 

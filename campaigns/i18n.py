@@ -217,9 +217,7 @@ def format_number(
     if value is None:
         return "—"
     if exact:
-        return babel_numbers.format_decimal(
-            value, locale=get_locale(), decimal_quantization=False
-        )
+        return babel_numbers.format_decimal(value, locale=get_locale(), decimal_quantization=False)
     pattern = None if digits is None else "#,##0" + ("." + "0" * digits if digits else "")
     return str(flask_babel.format_decimal(value, format=pattern))
 

@@ -78,9 +78,7 @@ def estimate(
                 .order_by(MessageRate.country, MessageRate.effective_from.desc())
             )
         }
-    total = sum(
-        (counts[country] * rate.amount for country, rate in in_force.items()), Decimal(0)
-    )
+    total = sum((counts[country] * rate.amount for country, rate in in_force.items()), Decimal(0))
     unpriced_countries = tuple(sorted(set(counts) - set(in_force)))
     if in_force:
         currency = next(iter(in_force.values())).currency

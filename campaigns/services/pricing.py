@@ -204,9 +204,7 @@ def _check_currency(currency: str, *, other_than: int | None) -> None:
         db.session.rollback()
         raise Invalid(
             {
-                "currency": _(
-                    "All rates share one currency, %(currency)s: enter this rate in it."
-                )
+                "currency": _("All rates share one currency, %(currency)s: enter this rate in it.")
                 % {"currency": shared}
             }
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -738,6 +739,37 @@ class AuditEvent(Model):
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.id} {self.action} by {self.actor_email}>"
+
+
+class MessageRate(Model):
+    """What Meta charges per delivered template message of a category to a country, from
+    a day on (``campaigns/pricing.py`` reads the rate in force; ``services/pricing.py``
+    writes). Every row has the same currency: the service keeps it so."""
+
+    __tablename__ = "message_rates"
+    __table_args__ = (
+        sa.UniqueConstraint("category", "country", "effective_from"),
+        sa.CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Identity(), primary_key=True)
+    category: Mapped[TemplateCategory] = mapped_column(
+        pg_enum(TemplateCategory, "template_category")
+    )
+    country: Mapped[str] = mapped_column(sa.String(2))  # ISO 3166 alpha-2, uppercase
+    currency: Mapped[str] = mapped_column(sa.String(3))  # ISO 4217, uppercase
+    amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 6))
+    effective_from: Mapped[date] = mapped_column(sa.Date)
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+    updated_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+    def __repr__(self) -> str:
+        return f"<MessageRate {self.category} {self.country} {self.amount} {self.currency}>"
 
 
 class IdempotencyKey(Model):

@@ -10,7 +10,7 @@ Seeded with Brazil's rates as Meta publishes them, so a Brazilian audience is pr
 from the first run; an admin adds or corrects the rest.
 
 Revision ID: 0025
-Revises: 0023
+Revises: 0024
 """
 
 from datetime import date
@@ -21,7 +21,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0025"
-down_revision = "0023"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 

@@ -587,13 +587,24 @@ class BudgetRecipient(Model):
 
     __tablename__ = "budget_recipients"
     __table_args__ = (
-        sa.Index("budget_recipients_window_idx", "portfolio", "counted_at"),
         sa.Index("budget_recipients_counted_at_idx", "counted_at"),
+        sa.Index("budget_recipients_phone_hash_idx", "phone_hash"),
     )
 
     portfolio: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
     phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     counted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class BudgetMinute(Model):
+    """How many recipients a portfolio's 24-hour budget counted in a minute (the window's
+    count sums them); written only by ratelimit.py's SQL (migration 0024)."""
+
+    __tablename__ = "budget_minutes"
+
+    portfolio: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    count: Mapped[int]
 
 
 class Notification(Model):

@@ -158,12 +158,13 @@ class Progress:
         if rest <= 0:
             return until_held if self.held.count else None
         measured = self.measured_per_minute
-        if self.carried_over and self.waves is not None and self.read_at is not None:
-            waves_seconds = self.waves.seconds(self.allowed_per_minute / 60.0, self.read_at)
-            if waves_seconds is None:
+        if self.carried_over and self.waves is not None:
+            if self.waves.seconds is None:
                 return None
             on_their_way = rest - self.pending
-            return max(on_their_way / self.allowed_per_minute * 60.0 + waves_seconds, until_held)
+            return max(
+                on_their_way / self.allowed_per_minute * 60.0 + self.waves.seconds, until_held
+            )
         rate = (
             self.allowed_per_minute if measured is None else min(measured, self.allowed_per_minute)
         )
@@ -265,7 +266,12 @@ def _with_waves(shown: list[Progress], campaigns: list[Campaign]) -> list[Progre
             continue
         if budget.portfolio not in usage:
             usage[budget.portfolio] = ratelimit.budget_usage(db.session, budget)
-        plan = waves.plan(progress.pending, usage[budget.portfolio], progress.read_at)
+        plan = waves.plan(
+            progress.pending,
+            usage[budget.portfolio],
+            progress.read_at,
+            progress.allowed_per_minute / 60.0,
+        )
         out.append(replace(progress, waves=plan))
     return out
 

@@ -90,7 +90,7 @@ def test_the_cost_is_metas_rate_for_the_category_and_country(app, draft):
     result = _check(app, draft.id)
     # promo_weekend is MARKETING; the seeded Brazil rate is USD 0.0625 a message.
     assert result.cost.currency == "USD"
-    assert result.cost.amount == Decimal("1.88")  # 30 × 0.0625 = 1.875, half up
+    assert result.cost.amount == Decimal("1.88")  # 30 x 0.0625 = 1.875, half up
     assert result.as_dict()["estimated_cost"] == {"currency": "USD", "amount": 1.88}
 
 

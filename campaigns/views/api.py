@@ -595,9 +595,9 @@ def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
 
 
 def _confirmed() -> bool:
-    """``{"confirm": true}`` in the body; no body, an empty one or one that is not JSON
-    confirms nothing."""
-    data = request.get_json(silent=True)
+    """``{"confirm": true}`` in the body, whatever its Content-Type says; no body, an
+    empty one or one that is not JSON confirms nothing."""
+    data = request.get_json(silent=True, force=True)
     return isinstance(data, dict) and data.get("confirm") is True
 
 

@@ -335,3 +335,34 @@ def test_a_held_message_tried_again_a_day_later_is_counted_again(app, limited, o
     retry = max(retries, key=lambda job: job["scheduled_at"])
     assert retry["args"]["message_ids"] == sorted(held)
     assert retry["scheduled_at"] - now > timedelta(hours=24)  # once the others' count leaves
+
+
+def _usage(limit: int, used: int, room_in_hours: float | None, now):
+    room = None if room_in_hours is None else now + timedelta(hours=room_in_hours)
+    return ratelimit.BudgetUsage(limit=limit, used=used, checked_at=now, next_room_at=room)
+
+
+def test_waves_follow_the_budget_and_the_pace():
+    from datetime import UTC, datetime
+
+    from campaigns import waves
+
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    day = 86_400
+    # Unlimited: one wave, as long as the pace needs.
+    plan = waves.plan(1000, None, now, 10.0)
+    assert (plan.days, plan.rest, plan.seconds) == (1, 0, 100.0)
+    # 1,300 against 300 left today and 900 a day, at 10 a second: 300 now, then 900 when
+    # room opens in 5 hours, the last 100 a day after that.
+    plan = waves.plan(1300, _usage(900, 600, 5, now), now, 10.0)
+    assert (plan.today, plan.rest, plan.days) == (300, 1000, 3)
+    assert plan.rest_from == now + timedelta(hours=5)
+    assert plan.seconds == pytest.approx(5 * 3600 + day + 100 / 10.0)
+    # At 20 a minute the pace never reaches a budget of 90,000 a day: not carried over,
+    # a million takes what the pace needs (about 35 days).
+    plan = waves.plan(1_000_000, _usage(90_000, 0, None, now), now, 20 / 60)
+    assert not plan.carried_over
+    assert plan.seconds == pytest.approx(3_000_000) and plan.days == 35
+    # A budget of none: never.
+    plan = waves.plan(10, _usage(0, 0, None, now), now, 10.0)
+    assert (plan.days, plan.seconds) == (0, None)

@@ -170,6 +170,13 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.reload()
     page.wait_for_selector("[id$='-errors']:has-text('No message has failed')")
     page.wait_for_selector("text=No recipients yet: they are loaded when the campaign starts.")
+    # The pre-flight check, fetched after the page: an unlimited portfolio, nothing to confirm.
+    preflight = "section[id$='-preflight']"
+    page.wait_for_selector(f"{preflight}:has-text('Checked at')")
+    assert "Nothing stops this campaign" in page.inner_text(preflight)
+    assert page.locator("input[name=confirm]").count() == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(preflight).screenshot(path=str(ARTIFACTS / "campaign-preflight.png"))
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Send now')")
@@ -220,6 +227,62 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert [path for path in polled if "/progress" in path] == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
+
+
+def test_a_campaign_over_the_budget_goes_once_its_warning_is_confirmed(
+    app, live_server, page, user_factory
+):
+    """The pre-flight panel tells the waves before anything is sent; Send now without the
+    checkbox ticked is refused and says why, ticked it starts."""
+    from app import db
+    from campaigns.models import Campaign, CampaignStatus
+    from campaigns.services.templates import default_sender
+    from tests.helpers import demo_campaign, lift_limits
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    user = user_factory(Role.SUPERVISOR)
+    lift_limits(user)
+    sender = default_sender()
+    sender.business_id, sender.messaging_limit = "77", 1  # less the margin: no budget
+    db.session.commit()
+    campaign = demo_campaign(user.id, size=30, name="Over the budget")
+    sign_in(page, live_server, user)
+    page.goto(f"{live_server}/campaigns/{campaign.id}")
+    preflight = "section[id$='-preflight']"
+    # Blocked: the reason, and neither Send now nor Schedule can be pressed.
+    page.wait_for_selector(f"{preflight}:has-text('cannot be sent or scheduled')")
+    assert page.locator("button:has-text('Send now')").is_disabled()
+    assert page.locator("button:has-text('Schedule')").is_disabled()
+    assert "allows no recipient at all" in page.inner_text("[id$='-gate']")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-preflight-blocked.png"), full_page=True)
+
+    sender.messaging_limit = 20  # a budget of 18 a day: checked again, it may go, confirmed
+    db.session.commit()
+    page.fill("input[name=scheduled_at]", "2099-01-01T09:00")
+    page.click("button:has-text('Check again')")
+    page.wait_for_selector(f"{preflight}:has-text('To confirm before it goes')")
+    assert page.locator("button:has-text('Send now')").is_enabled()
+    assert page.input_value("input[name=scheduled_at]") == "2099-01-01T09:00"  # kept
+    panel = page.inner_text(preflight)
+    assert "To confirm before it goes" in panel and "18 today, the remaining 12" in panel
+    confirm = page.get_by_label("I have read the warnings and want to go ahead")
+    assert confirm.is_visible() and not confirm.is_checked()
+    page.screenshot(path=str(ARTIFACTS / "campaign-preflight-confirm.png"), full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector("#flashes .flash-error:has-text('warnings to confirm first')")
+    assert db.session.get(Campaign, campaign.id).status is CampaignStatus.DRAFT
+    page.wait_for_selector(f"{preflight}:has-text('Checked at')")  # drawn again, checkbox too
+
+    confirm.check()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector(".badge-sending")
+    assert "Sending started" in page.inner_text("#flashes")
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign.id).status is CampaignStatus.SENDING
 
 
 def test_a_cancelled_campaign_shows_what_went_and_what_was_cancelled(

@@ -491,6 +491,7 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.fill("input[name='segment.min_total_spent']", "1,00")  # typed the Brazilian way
     page.click("button:has-text('Salvar rascunho')")
     page.wait_for_selector("h1:has-text('Promoção de Natal')")
+    page.wait_for_selector("[id$='-preflight']:has-text('Verificado às')")  # its check too
     check("draft")
 
     questions: list[str] = []
@@ -531,11 +532,12 @@ AXE = Path(__file__).resolve().parent / "vendor" / "axe-4.14.1.min.js"
 WIDTHS = (375, 1280)  # a phone, a laptop
 
 
-def _main_pages(live_server: str, campaign_id: int) -> dict[str, str]:
+def _main_pages(live_server: str, campaign_id: int, draft_id: int) -> dict[str, str]:
     return {
         "dashboard": "/",
         "campaigns": "/campaigns/",
         "campaign": f"/campaigns/{campaign_id}",
+        "campaign-draft": f"/campaigns/{draft_id}",  # its pre-flight panel too
         "templates": "/templates/",
         "senders": "/senders/",
         "users": "/users/",
@@ -594,6 +596,7 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
     from app import db
     from campaigns.models import Campaign, CampaignStatus, Notification
     from campaigns.services.campaigns import send_campaign_now
+    from campaigns.services.templates import default_sender
     from tests.helpers import demo_campaign, lift_limits, wait_for
 
     admin = user_factory(Role.ADMIN)
@@ -610,7 +613,10 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
             user_id=admin.id, kind="completed", code="text", params={"text": "Campaign done."}
         )
     )
+    sender = default_sender()
+    sender.business_id, sender.messaging_limit = "77", 10  # a warning to confirm on the draft
     db.session.commit()
+    draft = demo_campaign(admin.id, size=12, name="Next week's — over the budget")
     ARTIFACTS.mkdir(exist_ok=True)
     problems: dict[str, list[str]] = {}
     suffix = "" if scheme == "light" else "-dark"
@@ -620,9 +626,11 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
         sign_in(page, live_server, admin)
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 800})
-            for name, path in _main_pages(live_server, campaign.id).items():
+            for name, path in _main_pages(live_server, campaign.id, draft.id).items():
                 page.goto(f"{live_server}{path}")
                 page.wait_for_selector("h1")
+                if name == "campaign-draft":
+                    page.wait_for_selector("[id$='-preflight']:has-text('Checked at')")
                 page.screenshot(path=str(ARTIFACTS / f"{name}-{width}{suffix}.png"), full_page=True)
                 if overflow := _overflowing(page):
                     problems[f"{name} at {width} px overflows"] = overflow

@@ -25,8 +25,9 @@ Actions (``ACTIONS``): ``user.create``, ``user.role_change``, ``user.disable``,
 ``user.enable``, ``user.password_reset``, ``api_token.create``, ``api_token.revoke``,
 ``sender.create``, ``sender.update``, ``suppression.add``, ``suppression.remove``,
 ``suppression.import``, ``settings.change`` (a user's or a sender's rate limits or
-gap) and ``data.erase``: a person's data erased on request, recorded by the erasure
-as ``record(session, "data.erase", target_type="phone",
+gap), ``message_rate.create``, ``message_rate.update``, ``message_rate.delete``
+(Meta's prices, ``services/pricing``) and ``data.erase``: a person's data erased on
+request, recorded by the erasure as ``record(session, "data.erase", target_type="phone",
 target_label=mask_phone(phone), details={…what was erased, counted…})``.
 """
 
@@ -63,6 +64,9 @@ ACTIONS = (
     "suppression.remove",
     "suppression.import",
     "settings.change",
+    "message_rate.create",
+    "message_rate.update",
+    "message_rate.delete",
     "data.erase",
 )
 # Every key a details mapping may have at its top (labels.AUDIT_DETAIL words each for
@@ -86,6 +90,12 @@ DETAIL_KEYS = frozenset(
         "numbers",
         "added",
         "invalid",
+        # message rates (services/pricing.RateFields.details)
+        "category",
+        "country",
+        "currency",
+        "amount",
+        "effective_from",
         # erasures (services/personal_data.ErasureReport.details)
         "phone_last4",
         "phone_hash_prefix",

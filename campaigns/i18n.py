@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import flask_babel
 import pytz
+from babel import numbers as babel_numbers
 from babel.dates import get_timezone_name
 from babel.numbers import NumberFormatError, parse_decimal
 from flask import Flask, current_app, has_request_context, request
@@ -180,19 +181,22 @@ def timezone_label(name: str | None = None) -> str:
 AMOUNT = re.compile(r"-?[0-9][0-9.,]*")
 
 
-def parse_amount(raw: str) -> Decimal:
+def parse_amount(raw: str, *, decimals: int = 2) -> Decimal:
     """An amount as a person types it, in either convention: ``1.234,56``, ``1234,56``,
     ``1,234.56``, ``1234.56``, with or without ``R$``. Raises ValueError when it is not one.
 
-    The decimal separator is the last of ``,`` and ``.`` when followed by one or two
-    digits; the other is a grouping separator, checked by Babel in groups of three.
+    The decimal separator is the last of ``,`` and ``.`` when followed by one to
+    ``decimals`` digits; the other is a grouping separator, checked by Babel in groups
+    of three. A price per message (``decimals=6``: ``0,0625`` or ``0.0625``) reads
+    ``1.234`` as 1.234, money (2) as 1234.
     """
     text = raw.strip().replace("R$", "").replace("\u00a0", "").replace(" ", "")
     if not AMOUNT.fullmatch(text):  # digits and separators only: no exponent, no NaN
         raise ValueError("not an amount")
     last = max(text.rfind(","), text.rfind("."))
-    decimal_comma = last != -1 and text[last] == "," and len(text) - last - 1 in (1, 2)
-    decimal_point = last != -1 and text[last] == "." and len(text) - last - 1 in (1, 2)
+    fraction = 0 < len(text) - last - 1 <= decimals
+    decimal_comma = last != -1 and text[last] == "," and fraction
+    decimal_point = last != -1 and text[last] == "." and fraction
     if text.count(",") + text.count(".") == 1 and not (decimal_comma or decimal_point):
         decimal_comma = decimal_point = False  # "1.234" or "1,234": a thousands separator
     locale = "pt_BR" if decimal_comma or (not decimal_point and "." in text) else "en"
@@ -205,10 +209,15 @@ def parse_amount(raw: str) -> Decimal:
     return value
 
 
-def format_number(value: float | int | Decimal | None, digits: int | None = None) -> str:
-    """1.000.000 (pt_BR) or 1,000,000 (en); ``digits`` fixes the decimals."""
+def format_number(
+    value: float | int | Decimal | None, digits: int | None = None, *, exact: bool = False
+) -> str:
+    """1.000.000 (pt_BR) or 1,000,000 (en); ``digits`` fixes the decimals; ``exact``
+    keeps every one the value has (0,0625), where the locale's pattern rounds to 3."""
     if value is None:
         return "—"
+    if exact:
+        return babel_numbers.format_decimal(value, locale=get_locale(), decimal_quantization=False)
     pattern = None if digits is None else "#,##0" + ("." + "0" * digits if digits else "")
     return str(flask_babel.format_decimal(value, format=pattern))
 
@@ -220,10 +229,17 @@ def format_percent(value: float | None, digits: int = 1) -> str:
     return format_number(value, digits) + "\u00a0%"
 
 
-def format_money(value: float | Decimal | None, currency: str = "BRL") -> str:
-    """R$ 1.234,56 (pt_BR) or R$1,234.56 (en)."""
+def format_money(
+    value: float | Decimal | None, currency: str = "BRL", *, exact: bool = False
+) -> str:
+    """R$ 1.234,56 (pt_BR) or R$1,234.56 (en); ``exact`` keeps decimals past the
+    currency's cents (a price per message: US$ 0,0625)."""
     if value is None:
         return "—"
+    if exact:
+        return babel_numbers.format_currency(
+            value, currency, locale=get_locale(), decimal_quantization=False
+        )
     return str(flask_babel.format_currency(value, currency))
 
 
@@ -234,7 +250,8 @@ def format_datetime(value: datetime | None, fmt: str = "short") -> str:
     return str(flask_babel.format_datetime(value, fmt))
 
 
-def format_date(value: datetime | None, fmt: str = "short") -> str:
+def format_date(value: date | datetime | None, fmt: str = "short") -> str:
+    """A day (04/12/2026 in pt_BR); a timestamp's in the reader's time zone."""
     if value is None:
         return ""
     return str(flask_babel.format_date(value, fmt))

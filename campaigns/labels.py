@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from campaigns import audit
-from campaigns.i18n import _l, _lp, format_money, format_number, ngettext
+from campaigns.i18n import _l, _lp, format_date, format_money, format_number, ngettext
 from campaigns.models import (
     CampaignStatus,
     MessageStatus,
@@ -120,6 +121,9 @@ AUDIT_ACTION: Labels = {
     "suppression.remove": _lp("audit action", "Opt-out removed"),
     "suppression.import": _lp("audit action", "Opt-outs imported"),
     "settings.change": _lp("audit action", "Limits changed"),
+    "message_rate.create": _lp("audit action", "Message rate added"),
+    "message_rate.update": _lp("audit action", "Message rate changed"),
+    "message_rate.delete": _lp("audit action", "Message rate deleted"),
     "data.erase": _lp("audit action", "Personal data erased"),
 }
 # Who acted, when it was not a user (audit.current_actor); "cli:<OS user>" stays as it is.
@@ -134,6 +138,7 @@ AUDIT_TARGET: Labels = {
     "sender": _lp("audit target", "Sender"),
     "suppression": _lp("audit target", "Opt-out"),
     "phone": _lp("audit target", "Phone number"),
+    "message_rate": _lp("audit target", "Message rate"),
 }
 # The keys of an audit event's details (and the secrets named in credentials_*).
 AUDIT_DETAIL: Labels = {
@@ -160,6 +165,11 @@ AUDIT_DETAIL: Labels = {
     "numbers": _lp("audit detail", "Numbers read"),
     "added": _lp("audit detail", "Added"),
     "invalid": _lp("audit detail", "Invalid"),
+    "category": _lp("audit detail", "Category"),
+    "country": _lp("audit detail", "Country"),
+    "currency": _lp("audit detail", "Currency"),
+    "amount": _lp("audit detail", "Price per message"),
+    "effective_from": _lp("audit detail", "In force from"),
     "phone_last4": _lp("audit detail", "Last digits"),
     "phone_hash_prefix": _lp("audit detail", "Hash starts with"),
     "messages": _lp("audit detail", "Messages"),
@@ -295,6 +305,20 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _exact_number(value: Any) -> str:
+    try:
+        return format_number(Decimal(str(value)), exact=True)
+    except (InvalidOperation, ValueError, ArithmeticError):
+        return str(value)
+
+
+def _iso_date(value: Any) -> str:
+    try:
+        return format_date(date.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def _segment_value(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return label(value)
@@ -339,6 +363,12 @@ def audit_value(value: Any, key: str) -> str:
         return label_for("provider", value)
     if key == "source":
         return label_for("suppression_source", value)
+    if key == "category":
+        return label_for("template_category", value)
+    if key == "amount":  # a price per message, every decimal kept (services/pricing)
+        return _exact_number(value)
+    if key == "effective_from":
+        return _iso_date(value)
     if key in ("credentials_set", "credentials_replaced") and isinstance(value, list):
         return _detail_items(value)
     if isinstance(value, list | tuple):

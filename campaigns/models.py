@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -580,6 +581,32 @@ class RateLimitKey(Model):
     last_grant_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class BudgetRecipient(Model):
+    """A recipient the 24-hour messaging budget counted for a business portfolio, as the
+    number's keyed hash; written only by ratelimit.py's SQL (migration 0024)."""
+
+    __tablename__ = "budget_recipients"
+    __table_args__ = (
+        sa.Index("budget_recipients_counted_at_idx", "counted_at"),
+        sa.Index("budget_recipients_phone_hash_idx", "phone_hash"),
+    )
+
+    portfolio: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    counted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class BudgetMinute(Model):
+    """How many recipients a portfolio's 24-hour budget counted in a minute (the window's
+    count sums them); written only by ratelimit.py's SQL (migration 0024)."""
+
+    __tablename__ = "budget_minutes"
+
+    portfolio: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), primary_key=True)
+    count: Mapped[int]
+
+
 class Notification(Model):
     """An in-app notice for a user: a campaign started, completed, paused, was cancelled or
     failed; a template was approved, rejected or rated RED.
@@ -723,6 +750,37 @@ class AuditEvent(Model):
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.id} {self.action} by {self.actor_email}>"
+
+
+class MessageRate(Model):
+    """What Meta charges per delivered template message of a category to a country, from
+    a day on (``campaigns/pricing.py`` reads the rate in force; ``services/pricing.py``
+    writes). Every row has the same currency: the service keeps it so."""
+
+    __tablename__ = "message_rates"
+    __table_args__ = (
+        sa.UniqueConstraint("category", "country", "effective_from"),
+        sa.CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Identity(), primary_key=True)
+    category: Mapped[TemplateCategory] = mapped_column(
+        pg_enum(TemplateCategory, "template_category")
+    )
+    country: Mapped[str] = mapped_column(sa.String(2))  # ISO 3166 alpha-2, uppercase
+    currency: Mapped[str] = mapped_column(sa.String(3))  # ISO 4217, uppercase
+    amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 6))
+    effective_from: Mapped[date] = mapped_column(sa.Date)
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+    updated_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+    def __repr__(self) -> str:
+        return f"<MessageRate {self.category} {self.country} {self.amount} {self.currency}>"
 
 
 class IdempotencyKey(Model):

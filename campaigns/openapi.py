@@ -210,10 +210,12 @@ def schemas() -> dict[str, Schema]:
                 "type": "string",
                 "description": (
                     "Blocking: template_not_approved, sender_inactive, sender_not_connected, "
-                    "no_budget. Warnings that need confirmation: budget_overrun, "
-                    "number_quality_red, template_quality_red. Notes (no confirmation): "
-                    "number_quality_yellow, template_quality_yellow, messaging_limit_unknown, "
-                    "audience_estimated, audience_unknown, unpriced, list_price, in_progress."
+                    "no_budget (schedule and send-now refuse the first two earlier, as before: "
+                    "422 at template_id or sender_id). Warnings that need confirmation: "
+                    "budget_overrun, number_quality_red, template_quality_red. Notes (no "
+                    "confirmation): number_quality_yellow, template_quality_yellow, "
+                    "messaging_limit_unknown, audience_estimated, audience_unknown, unpriced, "
+                    "list_price, in_progress."
                 ),
             },
             "message": {"type": "string", "description": "In English."},
@@ -256,8 +258,12 @@ def schemas() -> dict[str, Schema]:
                 description="Meta's list price per delivered message (the Settings' rates).",
             ),
             "estimated_duration_seconds": {
-                **nullable({"type": "number", "minimum": 0}),
-                "description": "At the limits, waits for the budget included; null: never.",
+                "type": "number",
+                "minimum": 0,
+                "description": (
+                    "At the limits, waits for the budget included; 0 when it cannot go "
+                    "(blocking says why)."
+                ),
             },
             "warnings": {"type": "array", "items": ref("Finding")},
             "blocking": {"type": "array", "items": ref("Finding")},
@@ -430,7 +436,21 @@ def schemas() -> dict[str, Schema]:
             "sent_last_minute": COUNT,
             "eta_seconds": {
                 **nullable({"type": "number", "minimum": 0}),
-                "description": "None when not sending, nothing remains, or it stalled.",
+                "description": (
+                    "None when not sending, nothing remains, or it stalled; waits for the "
+                    "24-hour budget included."
+                ),
+            },
+            "carried_over": {
+                **COUNT,
+                "description": (
+                    "Pending messages the portfolio's 24-hour messaging budget has no room "
+                    "for now: they go in later waves."
+                ),
+            },
+            "next_wave_at": {
+                **nullable(DATE_TIME),
+                "description": "When the budget has room again for them; null: none waits.",
             },
             "eta_from_limits": {"type": "boolean"},
             "pace_limited_by": nullable(

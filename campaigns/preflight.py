@@ -20,6 +20,7 @@ No transaction is kept open while the ERP is asked for its count.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,9 +29,13 @@ from typing import Any
 from app import db
 from campaigns import counters, erp, pricing, ratelimit, reasons, waves
 from campaigns.clock import database_now
+from campaigns.config import ConfigError
 from campaigns.i18n import _l, force_locale, format_datetime, format_number
 from campaigns.labels import label
 from campaigns.models import Campaign, Provider, TemplateStatus
+
+# A count of a large segment takes the ERP a while; a page waits for it at most this long.
+ERP_TIMEOUT = (3.05, 15.0)
 
 # The warnings an operator must confirm (the API's contract: exactly these three).
 BUDGET_OVERRUN = "budget_overrun"
@@ -53,8 +58,8 @@ WORDS: dict[str, Any] = {
     ),
     # confirmation
     BUDGET_OVERRUN: _l(
-        "The campaign needs more than the 24-hour messaging limit has left: %(today)s"
-        " recipients today, the remaining %(rest)s from %(rest_from)s, over %(days)s days."
+        "The campaign needs more than the 24-hour messaging limit has left. Recipients"
+        " today: %(today)s; the remaining %(rest)s from %(rest_from)s; %(days)s days in all."
     ),
     NUMBER_QUALITY_RED: _l(
         "WhatsApp rates this number's quality RED: more complaints may get it restricted."
@@ -104,6 +109,8 @@ class Finding:
 
 
 def _shown(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return label(value)
     if isinstance(value, datetime):
         return format_datetime(value)
     if isinstance(value, int):
@@ -124,7 +131,7 @@ class Preflight:
     messaging_limit: int | None  # Meta's, before the margin
     waves: waves.Waves
     cost: pricing.CostEstimate
-    duration_seconds: float | None
+    duration_seconds: float  # 0 when it can never go (a blocking problem says why)
     checked_at: datetime
     warnings: tuple[Finding, ...] = ()  # those needing confirmation first
     blocking: tuple[Finding, ...] = ()
@@ -168,7 +175,7 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
     confirm: list[Finding] = []
 
     if template.status is not TemplateStatus.APPROVED:
-        blocking.append(Finding("template_not_approved", {"status": label(template.status)}))
+        blocking.append(Finding("template_not_approved", {"status": template.status}))
     if not sender.is_active:
         blocking.append(Finding("sender_inactive"))
     elif sender.provider is Provider.CLOUD_API and not (
@@ -192,7 +199,8 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
     usage = None if budget is None else ratelimit.budget_usage(db.session, budget)
     if budget is None and sender.account_read_at is None and sender.provider is Provider.CLOUD_API:
         notes.append(Finding("messaging_limit_unknown"))
-    plan = waves.plan(audience, usage, now)
+    pace = ratelimit.pace(sender, campaign.owner)
+    plan = waves.plan(audience, usage, now, pace.per_minute / 60.0)
     if plan.days == 0:
         blocking.append(Finding("no_budget"))
     elif plan.carried_over and plan.rest_from is not None:
@@ -207,7 +215,6 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
                 },
             )
         )
-    pace = ratelimit.pace(sender, campaign.owner)
     by_country = (
         pricing.audience_by_country(db.session, campaign.id)
         if exact
@@ -230,7 +237,7 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
         messaging_limit=sender.messaging_limit,
         waves=plan,
         cost=cost,
-        duration_seconds=plan.seconds(pace.per_minute / 60.0, now),
+        duration_seconds=plan.seconds or 0.0,
         checked_at=now,
         warnings=(*confirm, *notes),
         blocking=tuple(blocking),
@@ -251,8 +258,11 @@ def _audience(
     segment = dict(campaign.segment)
     db.session.rollback()  # no transaction (nor lock) held while the ERP answers
     try:
-        with erp.client_from_config(config) as client:
+        with erp.client_from_config(config, timeout=ERP_TIMEOUT) as client:
             count = client.count(segment)
+    except ConfigError as error:  # no ERP configured: said, not a 500
+        notes.append(Finding("audience_unknown", {"error": str(error)}))
+        return 0, False, 0
     except erp.ErpError as error:
         notes.append(Finding("audience_unknown", {"error": error.reason}))
         return 0, False, 0

@@ -9,10 +9,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import joinedload
 
 from app import db
-from campaigns import counters, message_states, ratelimit, reasons
+from campaigns import counters, message_states, ratelimit, reasons, waves
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -64,6 +65,9 @@ class Progress:
     # Of the retrying, those WhatsApp's per-user marketing limit (131049) holds, and when
     # the first and the last of them are tried again (read only while some are retrying).
     held: message_states.Held = field(default_factory=message_states.Held)
+    # How the pending messages fit in the portfolio's 24-hour budget (read while some
+    # are pending and the portfolio has a limit): carried over to later days or not.
+    waves: waves.Waves | None = None
 
     @property
     def status_reason(self) -> str | None:
@@ -127,12 +131,24 @@ class Progress:
         return self.eta_seconds is not None and self.measured_per_minute is None
 
     @property
+    def carried_over(self) -> int:
+        """Pending messages the 24-hour budget has no room for now (a later wave)."""
+        return self.waves.rest if self.waves else 0
+
+    @property
+    def next_wave_at(self) -> datetime | None:
+        """When the budget has room again for what it carries over; None: nothing is."""
+        return self.waves.rest_from if self.waves and self.waves.carried_over else None
+
+    @property
     def eta_seconds(self) -> float | None:
         """Remaining ÷ min(measured throughput, what the limits allow); from the limits
         alone until a rate is measured. None when not sending, nothing remains, or nothing
         went out in the last minute (stalled: no worker, WhatsApp holding it back), rather
         than an optimistic figure. Held messages (131049) are not sent at the rate: the
-        campaign ends no sooner than the last of them is tried again."""
+        campaign ends no sooner than the last of them is tried again. Pending messages the
+        24-hour budget carries over go in waves (waves.py), at the limits' rate: while the
+        campaign waits for the budget nothing goes out, and that is no stall."""
         if self.status is not CampaignStatus.SENDING or not self.in_flight:
             return None
         until_held = 0.0
@@ -142,6 +158,13 @@ class Progress:
         if rest <= 0:
             return until_held if self.held.count else None
         measured = self.measured_per_minute
+        if self.carried_over and self.waves is not None:
+            if self.waves.seconds is None:
+                return None
+            on_their_way = rest - self.pending
+            return max(
+                on_their_way / self.allowed_per_minute * 60.0 + self.waves.seconds, until_held
+            )
         rate = (
             self.allowed_per_minute if measured is None else min(measured, self.allowed_per_minute)
         )
@@ -209,6 +232,8 @@ class Progress:
             "success_rate": self.success_rate,
             "sent_last_minute": self.sent_last_minute,
             "eta_seconds": self.eta_seconds,
+            "carried_over": self.carried_over,
+            "next_wave_at": self.next_wave_at.isoformat() if self.next_wave_at else None,
             "eta_from_limits": self.eta_from_limits,
             "pace_limited_by": self.pace.binding if self.pace else None,
             "is_finished": self.is_finished,
@@ -224,7 +249,31 @@ def get_progress(campaign: Campaign) -> Progress:
     progress = _progress_of(campaign, *counters.snapshot(db.session, campaign.id))
     if progress.retrying and not progress.is_finished:
         progress = replace(progress, held=message_states.held(db.session, campaign.id))
-    return progress
+    return _with_waves([progress], [campaign])[0]
+
+
+def _with_waves(shown: list[Progress], campaigns: list[Campaign]) -> list[Progress]:
+    """Each progress with how its pending messages fit in its portfolio's 24-hour budget
+    (one read per portfolio, only for campaigns sending or paused with some pending)."""
+    margin = current_app.config["MESSAGING_LIMIT_MARGIN_PERCENT"]
+    usage: dict[str, ratelimit.BudgetUsage] = {}
+    out = []
+    for progress, campaign in zip(shown, campaigns, strict=True):
+        budget = ratelimit.budget(campaign.sender, margin)
+        waiting = progress.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED)
+        if budget is None or not waiting or not progress.pending or progress.read_at is None:
+            out.append(progress)
+            continue
+        if budget.portfolio not in usage:
+            usage[budget.portfolio] = ratelimit.budget_usage(db.session, budget)
+        plan = waves.plan(
+            progress.pending,
+            usage[budget.portfolio],
+            progress.read_at,
+            progress.allowed_per_minute / 60.0,
+        )
+        out.append(replace(progress, waves=plan))
+    return out
 
 
 @dataclass(frozen=True)
@@ -359,6 +408,8 @@ def active_campaigns(limit: int = DASHBOARD_CAMPAIGNS) -> ActiveCampaigns:
         else a
         for a in shown
     ]
+    planned = _with_waves([a.progress for a in shown], [a.campaign for a in shown])
+    shown = [replace(a, progress=p) for a, p in zip(shown, planned, strict=True)]
     return ActiveCampaigns(shown, rows[0].matching)
 
 

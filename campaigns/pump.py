@@ -91,7 +91,8 @@ def pump(campaign_id: int) -> bool:
     now = database_now(db.session)
     budget = _Budget.of(campaign.sender)
     if room > 0 and totals["pending"] > 0:
-        ids = message_states.queue_next(db.session, campaign_id, room, budget and budget.admit)
+        admit = budget.admit if budget else None
+        ids = message_states.queue_next(db.session, campaign_id, room, admit)
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
@@ -120,18 +121,31 @@ class _Budget:
 
     def admit(self, rows: list[sa.Row]) -> set[int]:
         """The messages whose recipient the budget counts now (or counted in the last 24
-        hours); one limiter call for the lot. A message without a number (its person
-        erased) goes: its claim cancels it, nothing is sent."""
-        hashes = {row.id: phone_hash(row.phone) for row in rows if row.phone}
-        if not hashes:
-            return {row.id for row in rows}
-        decision = ratelimit.consume_budget(db.session, self.budget, list(hashes.values()))
-        if decision.refused:
-            # Nothing counted and still no room (a limit of 0): look again now and then.
-            self.room_at = decision.next_room_at or decision.decided_at + timedelta(
-                seconds=HELD_INTERVAL_SECONDS
-            )
-        return {row.id for row in rows if hashes.get(row.id) not in decision.refused}
+        hours); one limiter call for the lot."""
+        refused, room_at = budget_refusals(self.budget, {row.id: row.phone for row in rows})
+        if refused:
+            self.room_at = room_at
+        return {row.id for row in rows} - refused
+
+
+def budget_refusals(
+    budget: ratelimit.Budget, phones: dict[int, str | None]
+) -> tuple[set[int], datetime | None]:
+    """Count the messages' recipients in the budget, as many as fit (one limiter call):
+    (the ids it had no room for, when room opens). A message without a number (its
+    person erased) needs none: its claim cancels it, nothing is sent."""
+    hashes = {message_id: phone_hash(phone) for message_id, phone in phones.items() if phone}
+    if not hashes:
+        return set(), None
+    decision = ratelimit.consume_budget(db.session, budget, list(hashes.values()))
+    refused = {message_id for message_id, digest in hashes.items() if digest in decision.refused}
+    if not refused:
+        return set(), None
+    # Nothing counted and still no room (a limit of 0): look again now and then.
+    room_at = decision.next_room_at or decision.decided_at + timedelta(
+        seconds=HELD_INTERVAL_SECONDS
+    )
+    return refused, room_at
 
 
 def _next_run(

@@ -43,7 +43,7 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -583,18 +583,20 @@ def pace_seconds(sender: Sender, owner: User) -> float:
 # Meta's messaging limit is on *unique recipients* of business-initiated (template)
 # messages per business portfolio in a moving 24 hours, across every number of the
 # portfolio. A time bucket cannot tell a recipient already reached (free) from a new one,
-# so this limit keeps each counted recipient's keyed hash (budget_recipients), and one
-# call counts the asked-for recipients not counted in the window, all or nothing, or as
-# many as fit: under the portfolio's advisory lock, on the database's clock, its own
-# transaction (as consume). Every message template Disparo sends opens or continues a
-# business-initiated conversation, so every recipient counts: a customer-service window
-# the customer opened is not looked for (the budget errs towards less).
+# so this limit keeps each counted recipient's keyed hash (budget_recipients) and the
+# counts per minute the window sums (budget_minutes: its cost does not grow with the
+# limit; the minute straddling the window's start counts whole), and one call counts the
+# asked-for recipients not counted in the window, all or nothing, or as many as fit: under
+# the portfolio's advisory lock, on the database's clock, its own transaction (as consume).
+# Every message template Disparo sends opens or continues a business-initiated
+# conversation, so every recipient counts: a customer-service window the customer opened
+# is not looked for (the budget errs towards less).
 
 BUDGET_WINDOW_SECONDS = 86_400.0
 
 CONSUME_BUDGET = sa.text("""
 -- count a portfolio's new recipients in its 24-hour budget (all, none, or as many as fit)
-SELECT refused, counted, used, decided_at, oldest_at
+SELECT refused, counted, used, decided_at, room_at
   FROM disparo_budget_consume(CAST(:portfolio AS text), CAST(:limit AS integer),
                               CAST(:window_ms AS integer), CAST(:hashes AS text[]),
                               CAST(:partial AS boolean))
@@ -602,14 +604,17 @@ SELECT refused, counted, used, decided_at, oldest_at
 
 BUDGET_USAGE = sa.text("""
 -- a portfolio's 24-hour budget as it stands: recipients counted in the window, the oldest
-SELECT count(*) AS used, min(counted_at) AS oldest_at, now() AS checked_at
-  FROM budget_recipients
- WHERE portfolio = :portfolio AND counted_at > now() - CAST(:window_ms AS integer)
-                                                      * interval '1 millisecond'
+SELECT used, room_at, now() AS checked_at
+  FROM disparo_budget_window(CAST(:portfolio AS text), CAST(:window_ms AS integer), now())
 """)
 
 DELETE_OLD_BUDGET = sa.text("""
--- recipients the 24-hour window has left (a batch; maintenance comes back for the rest)
+-- recipients and minutes the 24-hour window has left (a batch; maintenance comes back)
+WITH minutes AS (
+    DELETE FROM budget_minutes
+     WHERE minute < now() - CAST(:window_ms AS integer) * interval '1 millisecond'
+                   - interval '1 minute'
+)
 DELETE FROM budget_recipients
  WHERE ctid = ANY(ARRAY(SELECT ctid FROM budget_recipients
                          WHERE counted_at <= now() - CAST(:window_ms AS integer)
@@ -638,7 +643,8 @@ class Budget:
 class BudgetDecision:
     """What one budget call counted: the asked-for recipients it refused (new ones that
     did not fit), how many it counted anew, the window's count after it, and when the
-    window's oldest recipient leaves it (room opens again then; None: nothing counted)."""
+    window's oldest minute of counts leaves it (room opens again then; None: nothing
+    counted)."""
 
     refused: frozenset[str]
     counted: int
@@ -654,7 +660,7 @@ class BudgetUsage:
     limit: int
     used: int
     checked_at: datetime
-    next_room_at: datetime | None  # the oldest counted recipient leaves the window
+    next_room_at: datetime | None  # the oldest minute of counts leaves the window
 
     @property
     def remaining(self) -> int:
@@ -703,7 +709,7 @@ def consume_budget(
         counted=row.counted,
         used=row.used,
         decided_at=row.decided_at,
-        next_room_at=_room_at(row.oldest_at),
+        next_room_at=row.room_at,
     )
 
 
@@ -716,12 +722,8 @@ def budget_usage(session: AnySession, budget: Budget) -> BudgetUsage:
         limit=budget.limit,
         used=row.used,
         checked_at=row.checked_at,
-        next_room_at=_room_at(row.oldest_at),
+        next_room_at=row.room_at,
     )
-
-
-def _room_at(oldest_at: datetime | None) -> datetime | None:
-    return None if oldest_at is None else oldest_at + timedelta(seconds=BUDGET_WINDOW_SECONDS)
 
 
 def delete_old_budget(session: AnySession, batch: int) -> int:

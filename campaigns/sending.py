@@ -47,6 +47,7 @@ from campaigns import (
     campaign_states,
     message_states,
     providers,
+    pump,
     queues,
     ratelimit,
     slowdown,
@@ -89,6 +90,8 @@ CAMPAIGN_LOAD = (
         Sender.min_interval_ms,
         Sender.throughput_factor,
         Sender.throughput_per_second,
+        Sender.business_id,  # the 24-hour budget's portfolio, and its limit
+        Sender.messaging_limit,
     ),
     joinedload(Campaign.template).load_only(
         MessageTemplate.name,
@@ -167,7 +170,10 @@ def send_batch(
     # and waited 5: bench/README.md, "throughput").
     attempts = dict(waiting)
     limited, retry_wait = _retry_limits([(m.id, attempts[m.id]) for m in granted])
-    calling = [message for message in granted if message.id not in limited]
+    unbudgeted, budget_wait = _budget_for_held(
+        sender, [m for m in granted if m.held and m.id not in limited], config
+    )
+    calling = [m for m in granted if m.id not in limited and m.id not in unbudgeted]
     provider = providers.for_sender(sender, config)
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     started: dict[Future[SendResult], message_states.Claimed] = {
@@ -189,8 +195,9 @@ def send_batch(
         # Each at its own wait: a retry-limited message may wait minutes, the ones the
         # send limits held back about a second (their throttle deadline runs meanwhile).
         limited_back = [i for i in report.held if i in limited]
-        held_back = [i for i in report.held if i not in limited]
-        groups = [(held_back, wait), (limited_back, retry_wait)]
+        budget_back = [i for i in report.held if i in unbudgeted]
+        held_back = [i for i in report.held if i not in limited and i not in unbudgeted]
+        groups = [(held_back, wait), (limited_back, retry_wait), (budget_back, budget_wait)]
         queues.defer_sends(
             db.session,
             campaign_id,
@@ -203,6 +210,22 @@ def send_batch(
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
         _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
     return report
+
+
+def _budget_for_held(
+    sender: Sender, held: Sequence[message_states.Claimed], config: Mapping[str, Any]
+) -> tuple[set[int], float]:
+    """(ids the 24-hour budget has no room for, seconds until it has): of messages 131049
+    held, now tried again. The pump counted their recipients when it first queued them,
+    usually a day ago (MARKETING_LIMIT_RETRY_HOURS): out of the window by now, while the
+    retry starts a conversation Meta counts. One limiter call; none without a budget."""
+    budget = ratelimit.budget(sender, config["MESSAGING_LIMIT_MARGIN_PERCENT"])
+    if budget is None or not held:
+        return set(), 0.0
+    refused, room_at = pump.budget_refusals(budget, {m.id: m.phone for m in held})
+    if not refused or room_at is None:
+        return set(), 0.0
+    return refused, max(1.0, (room_at - database_now(db.session)).total_seconds())
 
 
 def marketing_hold_until(config: Mapping[str, Any]) -> datetime:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import fanout, pump, queues, ratelimit, sending
-from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, Sender
+from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, Role, Sender
 from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.personal_data import erase_person
 from campaigns.services.suppressions import phone_hash
@@ -34,10 +34,11 @@ def _budget(portfolio: str = "business:test", limit: int = 3) -> ratelimit.Budge
 
 def _backdate_budget(hours: float = 24) -> None:
     """As if the recipients counted so far had been counted ``hours`` earlier."""
+    shift = {"shift": timedelta(hours=hours, minutes=1, seconds=1)}
     db.session.execute(
-        sa.text("UPDATE budget_recipients SET counted_at = counted_at - :shift"),
-        {"shift": timedelta(hours=hours, seconds=1)},
+        sa.text("UPDATE budget_recipients SET counted_at = counted_at - :shift"), shift
     )
+    db.session.execute(sa.text("UPDATE budget_minutes SET minute = minute - :shift"), shift)
     db.session.commit()
 
 
@@ -60,7 +61,9 @@ def test_new_recipients_are_counted_all_or_nothing_or_as_many_as_fit(app):
     # Recipients counted in the window are free, even with no room left.
     again = ratelimit.consume_budget(db.session, budget, ["a", "b", "d"], partial=False)
     assert (again.refused, again.counted, again.used) == (frozenset(), 0, 3)
-    assert again.next_room_at == first.decided_at + timedelta(hours=24)
+    # Room opens once the minute of the first count has left the window.
+    first_minute = first.decided_at.replace(second=0, microsecond=0)
+    assert again.next_room_at == first_minute + timedelta(hours=24, minutes=1)
     usage = ratelimit.budget_usage(db.session, budget)
     assert (usage.used, usage.remaining, usage.next_room_at) == (3, 0, again.next_room_at)
 
@@ -75,6 +78,19 @@ def test_a_recipient_counted_a_day_ago_counts_anew_and_old_rows_are_pruned(app):
     assert ratelimit.delete_old_budget(db.session, 1000) == 1  # "b", a day old
     db.session.commit()
     assert _counted(budget.portfolio) == 2
+
+
+def test_a_recipient_messaged_again_counts_from_the_latest_time(app):
+    """Meta counts a user in the window of their latest conversation: messaged again 20 h
+    after the first time, they still count 25 h after it (5 h after the second)."""
+    budget = _budget(limit=2)
+    ratelimit.consume_budget(db.session, budget, ["a"])
+    _backdate_budget(hours=20)
+    again = ratelimit.consume_budget(db.session, budget, ["a"])
+    assert (again.counted, again.used, again.refused) == (0, 1, frozenset())
+    _backdate_budget(hours=5)
+    assert ratelimit.budget_usage(db.session, budget).used == 1
+    assert ratelimit.consume_budget(db.session, budget, ["b", "c"]).refused == {"c"}
 
 
 def test_portfolios_have_budgets_of_their_own(app):
@@ -131,7 +147,7 @@ def limited(app, owner, live_server, monkeypatch) -> Sender:
 
 
 def _start(app, campaign: Campaign) -> None:
-    send_campaign_now(campaign.id, campaign.owner_id)
+    send_campaign_now(campaign.id, campaign.owner_id, confirm=True)
     fanout.load_audience(campaign.id, app.config)
 
 
@@ -258,3 +274,95 @@ def test_an_erasure_unlinks_the_person_but_they_still_count(app, limited, owner)
     assert len(hashes) == reached and phone_hash(phone) not in hashes
     usage = ratelimit.budget_usage(db.session, ratelimit.budget(default_sender(), 10))
     assert usage.used == reached
+
+
+def test_the_page_the_api_and_the_eta_say_what_waits_for_the_budget(
+    app, client, limited, owner, token_for
+):
+    from campaigns.progress import get_progress
+    from tests.helpers import login
+
+    campaign = demo_campaign(owner.id, size=30, name="Waves")
+    _start(app, campaign)
+    rest = _audience(campaign.id) - BUDGET
+    pump.pump(campaign.id)
+    _send_queued(app, campaign.id)
+    first_counted = db.session.scalar(sa.text("SELECT min(counted_at) FROM budget_recipients"))
+    progress = get_progress(db.session.get(Campaign, campaign.id))
+    assert (progress.carried_over, progress.waves.today) == (rest, 0)
+    first_minute = first_counted.replace(second=0, microsecond=0)
+    assert progress.next_wave_at == first_minute + timedelta(hours=24, minutes=1)
+    # Nothing goes out while it waits, yet the ETA is no "stalled": the next wave's time.
+    assert progress.eta_seconds > 23 * 3600
+    login(client, owner)
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert f"the remaining {rest} from" in page
+    answer = client.get(
+        f"/api/v1/campaigns/{campaign.id}/progress", headers=token_for(Role.VIEWER)
+    ).get_json()
+    assert answer["carried_over"] == rest and answer["next_wave_at"] is not None
+
+
+def test_a_held_message_tried_again_a_day_later_is_counted_again(app, limited, owner, monkeypatch):
+    """131049 holds a message for a day: its recipient's count has left the window when
+    it is tried again, and the retry starts a conversation Meta counts. With the day's
+    budget spent by then, the retry waits for room instead of overrunning it."""
+    campaign = demo_campaign(owner.id, size=3, name="Held")
+    _start(app, campaign)
+    pump.pump(campaign.id)
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 1.0)
+    _send_queued(app, campaign.id)
+    monkeypatch.setitem(app.config, "MOCK_WHATSAPP_MARKETING_LIMIT_RATE", 0.0)
+    held = db.session.scalars(
+        sa.select(Message.id).where(
+            Message.campaign_id == campaign.id, Message.held_until.is_not(None)
+        )
+    ).all()
+    assert held and _statuses(campaign.id) == {MessageStatus.RETRYING: len(held)}
+    _backdate_budget()  # a day on
+    budget = ratelimit.budget(default_sender(), 10)
+    others = [f"other-{n}" for n in range(BUDGET)]
+    assert not ratelimit.consume_budget(db.session, budget, others).refused
+    called = db.session.scalar(sa.text("SELECT count(*) FROM mock_whatsapp_messages"))
+    before = len(jobs(queues.RETRY_TASK))  # the holds' own, a day on
+    report = sending.send_batch(campaign.id, held, app.config, retry_queue=True)
+    assert sorted(report.held) == sorted(held) and not report.sent
+    assert db.session.scalar(sa.text("SELECT count(*) FROM mock_whatsapp_messages")) == called
+    assert _statuses(campaign.id) == {MessageStatus.RETRYING: len(held)}
+    now = db.session.scalar(sa.select(sa.func.now()))
+    retries = jobs(queues.RETRY_TASK)
+    assert len(retries) == before + 1
+    retry = max(retries, key=lambda job: job["scheduled_at"])
+    assert retry["args"]["message_ids"] == sorted(held)
+    assert retry["scheduled_at"] - now > timedelta(hours=24)  # once the others' count leaves
+
+
+def _usage(limit: int, used: int, room_in_hours: float | None, now):
+    room = None if room_in_hours is None else now + timedelta(hours=room_in_hours)
+    return ratelimit.BudgetUsage(limit=limit, used=used, checked_at=now, next_room_at=room)
+
+
+def test_waves_follow_the_budget_and_the_pace():
+    from datetime import UTC, datetime
+
+    from campaigns import waves
+
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    day = 86_400
+    # Unlimited: one wave, as long as the pace needs.
+    plan = waves.plan(1000, None, now, 10.0)
+    assert (plan.days, plan.rest, plan.seconds) == (1, 0, 100.0)
+    # 1,300 against 300 left today and 900 a day, at 10 a second: 300 now, then 900 when
+    # room opens in 5 hours, the last 100 a day after that.
+    plan = waves.plan(1300, _usage(900, 600, 5, now), now, 10.0)
+    assert (plan.today, plan.rest, plan.days) == (300, 1000, 3)
+    assert plan.rest_from == now + timedelta(hours=5)
+    assert plan.seconds == pytest.approx(5 * 3600 + day + 100 / 10.0)
+    # At 20 a minute the pace never reaches a budget of 90,000 a day: not carried over,
+    # a million takes what the pace needs (about 35 days).
+    plan = waves.plan(1_000_000, _usage(90_000, 0, None, now), now, 20 / 60)
+    assert not plan.carried_over
+    assert plan.seconds == pytest.approx(3_000_000) and plan.days == 35
+    # A budget of none: never.
+    plan = waves.plan(10, _usage(0, 0, None, now), now, 10.0)
+    assert (plan.days, plan.seconds) == (0, None)

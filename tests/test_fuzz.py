@@ -439,6 +439,13 @@ USER_FORM: dict[str, Any] = {
     "campaign_rate_limit_per_minute": "10",
     "api_rate_limit_per_minute": "1000000",
 }
+RATE_FORM: dict[str, Any] = {
+    "category": st.sampled_from(["MARKETING", "UTILITY", "authentication"]),
+    "country": st.sampled_from(["BR", "us", "PT"]),
+    "currency": "USD",
+    "amount": st.sampled_from(["0,0625", "0.0068", "1"]),
+    "effective_from": st.dates().map(str),
+}
 
 # area: [(path, the form's fields, query parameters)]
 FORMS: dict[str, list[tuple[str, dict[str, Any], list[str]]]] = {
@@ -483,6 +490,11 @@ FORMS: dict[str, list[tuple[str, dict[str, Any], list[str]]]] = {
     "suppressions": [
         ("/suppressions/", {"phone": "+5511999990000", "reason": "asked"}, ["q", "page"]),
         ("/suppressions/{id}/remove", {}, ["q", "page"]),
+    ],
+    "settings": [
+        ("/settings/rates", RATE_FORM, []),
+        ("/settings/rates/{id}", RATE_FORM, []),
+        ("/settings/rates/{id}/delete", {}, []),
     ],
 }
 

@@ -266,7 +266,7 @@ def test_the_figures_match_the_state(app, client, campaign, fake, owner, scrape)
     failed = _with_label(samples, "disparo_message_failures_by_code_last_minute", "error_code")
     assert failed == {"131026": 2, "131047": 1}
     denied = _with_label(samples, "disparo_rate_limit_denied_last_minute", "kind")
-    assert denied == {"api": 1, "campaign": 3, "retry": 2, "whatsapp": 0}
+    assert denied == {"api": 1, "budget": 0, "campaign": 3, "retry": 2, "whatsapp": 0}
     assert _value(samples, "disparo_webhook_statuses_last_minute") == 1
     lag = _value(samples, "disparo_webhook_status_lag_mean_seconds")
     assert 30 <= lag < 600

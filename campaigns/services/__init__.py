@@ -3,9 +3,9 @@ transaction and the jobs it defers.
 
 One module per area: ``users`` (accounts, sign-in, API tokens), ``templates`` (and
 ``template_import``: a WABA's templates brought in),
-``senders``, ``campaigns``, ``suppressions``, ``queue`` (the queue monitor's actions
-and ``flask queue``'s), ``notifications`` (marking them read) and ``demo`` (the seed
-data). A refused write
+``senders``, ``campaigns``, ``suppressions``, ``pricing`` (message rates), ``queue``
+(the queue monitor's actions and ``flask queue``'s), ``notifications`` (marking them
+read) and ``demo`` (the seed data). A refused write
 raises :class:`ServiceError` (or one of its kinds), whose message is fit to show the
 user where they are.
 """

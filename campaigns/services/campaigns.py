@@ -200,9 +200,10 @@ def schedule_campaign(
         db.session.rollback()
         raise ServiceError(_("Choose a time in the future."), "scheduled_at")
     _check_sender_and_template(_fields_of(campaign))
-    _preflight(campaign, confirm)
-    campaign = _locked_campaign(campaign_id)
-    _require(campaign, "schedule")
+    campaign = _checked_and_locked(campaign, "schedule", confirm)
+    if when <= database_now(db.session):  # the check's ERP call took it into the past
+        db.session.rollback()
+        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
     campaign.set_status_reason(None)
@@ -224,9 +225,22 @@ def _campaign(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _preflight(campaign: Campaign, confirm: bool) -> None:
+def _checked_and_locked(campaign: Campaign, action: str, confirm: bool) -> Campaign:
     """The pre-flight check (campaigns/preflight.py), run holding no lock (it asks the
-    ERP): what it blocks is refused, and what needs confirming is refused without it."""
+    ERP): what it blocks is refused, and what needs confirming is refused without it.
+    Then the campaign locked, as checked: changed meanwhile (an edit, another action),
+    the action is refused rather than going ahead on what was not checked."""
+    checked_at = campaign.updated_at
+    _preflight(campaign, confirm)
+    locked = _locked_campaign(campaign.id)
+    _require(locked, action)
+    if locked.updated_at != checked_at:
+        db.session.rollback()
+        raise Conflict(_("The campaign changed while it was being checked: try again."))
+    return locked
+
+
+def _preflight(campaign: Campaign, confirm: bool) -> None:
     result = preflight.check(campaign, current_app.config)
     if result.blocking:
         raise Blocked(result.blocking[0].message, result)
@@ -299,9 +313,7 @@ def send_campaign_now(campaign_id: int, user_id: int, *, confirm: bool = False) 
     campaign = _campaign(campaign_id)
     _require(campaign, "send_now")
     _check_sender_and_template(_fields_of(campaign))
-    _preflight(campaign, confirm)
-    campaign = _locked_campaign(campaign_id)
-    _require(campaign, "send_now")
+    campaign = _checked_and_locked(campaign, "send_now", confirm)
     campaign_states.start(db.session, campaign)
     campaign_states.record_activity(
         db.session, campaign.id, user_id, "started", reasons.Reason(reasons.SENT_NOW)

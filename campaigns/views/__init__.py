@@ -48,6 +48,7 @@ def init_app(app: Flask) -> None:
         notifications,
         queue,
         senders,
+        settings,
         suppressions,
         templates,
         users,
@@ -69,6 +70,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(users.bp)
     app.register_blueprint(queue.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(settings.bp)
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)

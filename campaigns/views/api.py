@@ -167,7 +167,7 @@ def _preflight_refusal(code: str, message: str, key: str, findings: Any) -> Resp
     API's texts are."""
     with force_locale("en"):
         listed = [finding.as_dict() for finding in findings]
-    return json_error(409, code, message, **{key: listed})
+    return json_error(409, code, message, None, **{key: listed})
 
 
 @bp.errorhandler(ServiceError)
@@ -595,9 +595,9 @@ def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
 
 
 def _confirmed() -> bool:
-    """``{"confirm": true}`` in the body; no body, an empty one or one that is not JSON
-    confirms nothing."""
-    data = request.get_json(silent=True)
+    """``{"confirm": true}`` in the body, whatever its Content-Type says; no body, an
+    empty one or one that is not JSON confirms nothing."""
+    data = request.get_json(silent=True, force=True)
     return isinstance(data, dict) and data.get("confirm") is True
 
 

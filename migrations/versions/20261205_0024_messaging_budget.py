@@ -6,8 +6,9 @@ keeps, per portfolio (``business:<id>``, or ``sender:<id>`` for a sender whose
 portfolio Meta has not named), each recipient's keyed hash
 (``services/suppressions.phone_hash``, never the number) and when it was last counted.
 A recipient counted within the window is free to message again; one counted longer ago
-counts anew. Maintenance deletes rows older than the window; a person's erasure deletes
-theirs.
+counts anew. ``budget_minutes`` keeps how many were counted each minute, which the window's
+count sums. Maintenance deletes rows older than the window; a person's erasure unlinks
+theirs (their hash replaced by a random token: they still count).
 
 ``disparo_budget_consume`` is the limiter's new kind of limit (campaigns/ratelimit.py):
 under the portfolio's advisory lock (the limiter's key space, key ``budget:<portfolio>``)
@@ -27,12 +28,30 @@ branch_labels = None
 depends_on = None
 
 # One call is its own transaction (ratelimit.consume_budget calls it in autocommit).
+# The window's count is read from per-minute counts (budget_minutes: at most 1,441 rows
+# a portfolio), not by counting up to 100,000 recipients' rows a call (bench/README.md,
+# "24-hour budget"); the minute straddling the window's start counts whole, so room opens
+# up to a minute late (errs towards less, as the rate limiter's buckets do).
+WINDOW = """
+CREATE FUNCTION disparo_budget_window(
+    p_portfolio text, p_window_ms integer, p_now timestamptz,
+    OUT used integer, OUT room_at timestamptz
+)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(count), 0)::integer,
+           min(minute) + interval '1 minute' + p_window_ms * interval '1 millisecond'
+      FROM budget_minutes
+     WHERE portfolio = p_portfolio
+       AND minute > p_now - p_window_ms * interval '1 millisecond' - interval '1 minute'
+$$
+"""
+
 CONSUME = """
 CREATE FUNCTION disparo_budget_consume(
     p_portfolio text, p_limit integer, p_window_ms integer, p_hashes text[],
     p_partial boolean,
     OUT refused text[], OUT counted integer, OUT used integer,
-    OUT decided_at timestamptz, OUT oldest_at timestamptz
+    OUT decided_at timestamptz, OUT room_at timestamptz
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -55,8 +74,7 @@ BEGIN
     decided_at := clock_timestamp();
     since := decided_at - p_window_ms * interval '1 millisecond';
 
-    SELECT count(*) INTO used FROM budget_recipients
-     WHERE portfolio = p_portfolio AND counted_at > since;
+    SELECT w.used INTO used FROM disparo_budget_window(p_portfolio, p_window_ms, decided_at) AS w;
     -- The asked-for recipients not counted in the window, once each, in the order asked.
     SELECT coalesce(array_agg(d.h ORDER BY d.i), '{}') INTO fresh
       FROM (SELECT h, min(i) AS i FROM unnest(p_hashes) WITH ORDINALITY AS t(h, i)
@@ -73,15 +91,39 @@ BEGIN
         counted := 0;
     END IF;
     refused := fresh[counted + 1:];
+    -- Recipients counted in the window go free, but from now on: Meta counts a user in
+    -- the window of their latest conversation, so their row and its minute's count move
+    -- to now (else the row would leave the window a day after the first message while
+    -- Meta still counts the second, and the budget would admit someone too many).
+    WITH seen AS (
+        SELECT phone_hash, date_trunc('minute', counted_at) AS minute
+          FROM budget_recipients
+         WHERE portfolio = p_portfolio AND phone_hash = ANY(p_hashes) AND counted_at > since
+           FOR UPDATE
+    ), moved AS (
+        UPDATE budget_recipients AS b SET counted_at = decided_at
+          FROM seen WHERE b.portfolio = p_portfolio AND b.phone_hash = seen.phone_hash
+    ), earlier AS (
+        SELECT minute, count(*) AS n FROM seen
+         WHERE minute < date_trunc('minute', decided_at) GROUP BY minute
+    ), emptied AS (
+        UPDATE budget_minutes AS m SET count = m.count - earlier.n
+          FROM earlier WHERE m.portfolio = p_portfolio AND m.minute = earlier.minute
+    )
+    INSERT INTO budget_minutes AS m (portfolio, minute, count)
+    SELECT p_portfolio, date_trunc('minute', decided_at), sum(n) FROM earlier HAVING sum(n) > 0
+        ON CONFLICT (portfolio, minute) DO UPDATE SET count = m.count + excluded.count;
     IF counted > 0 THEN
         INSERT INTO budget_recipients AS b (portfolio, phone_hash, counted_at)
         SELECT p_portfolio, h, decided_at FROM unnest(fresh[1:counted]) AS h
             ON CONFLICT (portfolio, phone_hash) DO UPDATE SET counted_at = excluded.counted_at;
+        INSERT INTO budget_minutes AS m (portfolio, minute, count)
+        VALUES (p_portfolio, date_trunc('minute', decided_at), counted)
+            ON CONFLICT (portfolio, minute) DO UPDATE SET count = m.count + excluded.count;
         used := used + counted;
     END IF;
-    -- When the window's first recipient leaves it (room opens again then).
-    SELECT min(counted_at) INTO oldest_at FROM budget_recipients
-     WHERE portfolio = p_portfolio AND counted_at > since;
+    -- When the window's oldest minute has left it (room opens again then).
+    SELECT w.room_at INTO room_at FROM disparo_budget_window(p_portfolio, p_window_ms, decided_at) AS w;
 END
 $$
 """
@@ -95,16 +137,22 @@ def upgrade():
         sa.Column("counted_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("portfolio", "phone_hash", name="budget_recipients_pkey"),
     )
-    # The window's count and its oldest row, and maintenance's prune.
-    op.create_index(
-        "budget_recipients_window_idx", "budget_recipients", ["portfolio", "counted_at"]
-    )
+    # Maintenance's prune, and a person's erasure (every portfolio's rows of one hash).
     op.create_index("budget_recipients_counted_at_idx", "budget_recipients", ["counted_at"])
+    op.create_index("budget_recipients_phone_hash_idx", "budget_recipients", ["phone_hash"])
+    op.create_table(
+        "budget_minutes",
+        sa.Column("portfolio", sa.String(length=80), nullable=False),
+        sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("portfolio", "minute", name="budget_minutes_pkey"),
+    )
+    op.execute(WINDOW)
     op.execute(CONSUME)
 
 
 def downgrade():
-    op.execute(
-        "DROP FUNCTION disparo_budget_consume(text, integer, integer, text[], boolean)"
-    )
+    op.execute("DROP FUNCTION disparo_budget_consume(text, integer, integer, text[], boolean)")
+    op.execute("DROP FUNCTION disparo_budget_window(text, integer, timestamptz)")
+    op.drop_table("budget_minutes")
     op.drop_table("budget_recipients")

@@ -170,6 +170,13 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.reload()
     page.wait_for_selector("[id$='-errors']:has-text('No message has failed')")
     page.wait_for_selector("text=No recipients yet: they are loaded when the campaign starts.")
+    # The pre-flight check, fetched after the page: an unlimited portfolio, nothing to confirm.
+    preflight = "section[id$='-preflight']"
+    page.wait_for_selector(f"{preflight}:has-text('Checked at')")
+    assert "Nothing stops this campaign" in page.inner_text(preflight)
+    assert page.locator("input[name=confirm]").count() == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(preflight).screenshot(path=str(ARTIFACTS / "campaign-preflight.png"))
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Send now')")
@@ -220,6 +227,62 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     assert [path for path in polled if "/progress" in path] == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
+
+
+def test_a_campaign_over_the_budget_goes_once_its_warning_is_confirmed(
+    app, live_server, page, user_factory
+):
+    """The pre-flight panel tells the waves before anything is sent; Send now without the
+    checkbox ticked is refused and says why, ticked it starts."""
+    from app import db
+    from campaigns.models import Campaign, CampaignStatus
+    from campaigns.services.templates import default_sender
+    from tests.helpers import demo_campaign, lift_limits
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    user = user_factory(Role.SUPERVISOR)
+    lift_limits(user)
+    sender = default_sender()
+    sender.business_id, sender.messaging_limit = "77", 1  # less the margin: no budget
+    db.session.commit()
+    campaign = demo_campaign(user.id, size=30, name="Over the budget")
+    sign_in(page, live_server, user)
+    page.goto(f"{live_server}/campaigns/{campaign.id}")
+    preflight = "section[id$='-preflight']"
+    # Blocked: the reason, and neither Send now nor Schedule can be pressed.
+    page.wait_for_selector(f"{preflight}:has-text('cannot be sent or scheduled')")
+    assert page.locator("button:has-text('Send now')").is_disabled()
+    assert page.locator("button:has-text('Schedule')").is_disabled()
+    assert "allows no recipient at all" in page.inner_text("[id$='-gate']")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-preflight-blocked.png"), full_page=True)
+
+    sender.messaging_limit = 20  # a budget of 18 a day: checked again, it may go, confirmed
+    db.session.commit()
+    page.fill("input[name=scheduled_at]", "2099-01-01T09:00")
+    page.click("button:has-text('Check again')")
+    page.wait_for_selector(f"{preflight}:has-text('To confirm before it goes')")
+    assert page.locator("button:has-text('Send now')").is_enabled()
+    assert page.input_value("input[name=scheduled_at]") == "2099-01-01T09:00"  # kept
+    panel = page.inner_text(preflight)
+    assert "To confirm before it goes" in panel and "18 today, the remaining 12" in panel
+    confirm = page.get_by_label("I have read the warnings and want to go ahead")
+    assert confirm.is_visible() and not confirm.is_checked()
+    page.screenshot(path=str(ARTIFACTS / "campaign-preflight-confirm.png"), full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector("#flashes .flash-error:has-text('warnings to confirm first')")
+    assert db.session.get(Campaign, campaign.id).status is CampaignStatus.DRAFT
+    page.wait_for_selector(f"{preflight}:has-text('Checked at')")  # drawn again, checkbox too
+
+    confirm.check()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector(".badge-sending")
+    assert "Sending started" in page.inner_text("#flashes")
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign.id).status is CampaignStatus.SENDING
 
 
 def test_a_cancelled_campaign_shows_what_went_and_what_was_cancelled(
@@ -428,6 +491,7 @@ def test_a_brazilian_operator_meets_no_english_from_sign_in_to_the_csv(
     page.fill("input[name='segment.min_total_spent']", "1,00")  # typed the Brazilian way
     page.click("button:has-text('Salvar rascunho')")
     page.wait_for_selector("h1:has-text('Promoção de Natal')")
+    page.wait_for_selector("[id$='-preflight']:has-text('Verificado às')")  # its check too
     check("draft")
 
     questions: list[str] = []
@@ -468,11 +532,12 @@ AXE = Path(__file__).resolve().parent / "vendor" / "axe-4.14.1.min.js"
 WIDTHS = (375, 1280)  # a phone, a laptop
 
 
-def _main_pages(live_server: str, campaign_id: int) -> dict[str, str]:
+def _main_pages(live_server: str, campaign_id: int, draft_id: int) -> dict[str, str]:
     return {
         "dashboard": "/",
         "campaigns": "/campaigns/",
         "campaign": f"/campaigns/{campaign_id}",
+        "campaign-draft": f"/campaigns/{draft_id}",  # its pre-flight panel too
         "templates": "/templates/",
         "senders": "/senders/",
         "users": "/users/",
@@ -531,6 +596,7 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
     from app import db
     from campaigns.models import Campaign, CampaignStatus, Notification
     from campaigns.services.campaigns import send_campaign_now
+    from campaigns.services.templates import default_sender
     from tests.helpers import demo_campaign, lift_limits, wait_for
 
     admin = user_factory(Role.ADMIN)
@@ -547,7 +613,10 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
             user_id=admin.id, kind="completed", code="text", params={"text": "Campaign done."}
         )
     )
+    sender = default_sender()
+    sender.business_id, sender.messaging_limit = "77", 10  # a warning to confirm on the draft
     db.session.commit()
+    draft = demo_campaign(admin.id, size=12, name="Next week's — over the budget")
     ARTIFACTS.mkdir(exist_ok=True)
     problems: dict[str, list[str]] = {}
     suffix = "" if scheme == "light" else "-dark"
@@ -557,9 +626,11 @@ def test_the_main_pages_fit_a_phone_and_pass_the_accessibility_check(
         sign_in(page, live_server, admin)
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 800})
-            for name, path in _main_pages(live_server, campaign.id).items():
+            for name, path in _main_pages(live_server, campaign.id, draft.id).items():
                 page.goto(f"{live_server}{path}")
                 page.wait_for_selector("h1")
+                if name == "campaign-draft":
+                    page.wait_for_selector("[id$='-preflight']:has-text('Checked at')")
                 page.screenshot(path=str(ARTIFACTS / f"{name}-{width}{suffix}.png"), full_page=True)
                 if overflow := _overflowing(page):
                     problems[f"{name} at {width} px overflows"] = overflow

@@ -22,7 +22,7 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import counters, csvfiles, erp, queries, recipients, rendering
+from campaigns import counters, csvfiles, erp, preflight, queries, recipients, rendering
 from campaigns.auth import requires
 from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
@@ -30,7 +30,7 @@ from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, _l, current_zone, format_number, ngettext
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
 from campaigns.progress import Progress, get_progress, throughput_chart
-from campaigns.services import ServiceError
+from campaigns.services import Blocked, ConfirmationRequired, ServiceError
 from campaigns.services.campaigns import (
     RETRY_FAILED_STATUSES,
     allowed_actions,
@@ -434,6 +434,29 @@ def campaign_dry_run(campaign_id: int) -> str:
     return render_template("campaigns/_dry_run.html", campaign=campaign, rows=rows, problem=problem)
 
 
+# The checkbox by Send now and Schedule that confirms the pre-flight check's warnings.
+CONFIRM_LABEL = _l("I have read the warnings and want to go ahead")
+
+
+def _confirmed() -> bool:
+    """The operator ticked the confirmation (``confirm=1``, sent only when it is ticked)."""
+    return request.form.get("confirm") == "1"
+
+
+@bp.get("/<int:campaign_id>/preflight")
+def campaign_preflight(campaign_id: int) -> str:
+    """The pre-flight check's panel (htmx, after the page: it asks the ERP), with the
+    Send now and Schedule controls out of band: disabled while something blocks, and the
+    confirmation checkbox by them while a warning needs it."""
+    campaign = _campaign_or_404(campaign_id)
+    return render_template(
+        "campaigns/_preflight.html",
+        campaign=campaign,
+        check=preflight.check(campaign, current_app.config),
+        actions=allowed_actions(campaign.status),
+    )
+
+
 def _operator_time(raw: str) -> datetime:
     """A datetime-local value, in the operator's time zone (their preference)."""
     try:
@@ -444,14 +467,38 @@ def _operator_time(raw: str) -> datetime:
 
 
 def _run_action(
-    campaign_id: int, action, *args, done: Callable[[Campaign], str] | None = None
+    campaign_id: int,
+    action,
+    *args,
+    done: Callable[[Campaign], str] | None = None,
+    **options: Any,
 ) -> Response:
-    """Run an operator's action; flash its refusal, or what happened (``done``, given the
-    campaign after the action). A redirect follows, also for htmx (HX-Redirect), so the
-    flash shows on the page drawn next."""
+    """Run an operator's action (``options``: its keyword arguments); flash its refusal, or
+    what happened (``done``, given the campaign after the action). A redirect follows, also
+    for htmx (HX-Redirect), so the flash shows on the page drawn next."""
     _campaign_or_404(campaign_id)
     try:
-        campaign = action(campaign_id, *args, current_user.id)
+        campaign = action(campaign_id, *args, current_user.id, **options)
+    except Blocked as blocked:
+        reasons = " ".join(finding.message for finding in blocked.preflight.blocking)
+        flash(
+            _("The pre-flight check stops this campaign: %(reasons)s") % {"reasons": reasons},
+            "error",
+        )
+    except ConfirmationRequired as required:
+        # The service's words name the API's "confirm"; the page names its checkbox, which
+        # the pre-flight panel drawn next shows.
+        flash(
+            _(
+                "Not yet: the pre-flight check has warnings to confirm first. %(warnings)s"
+                " Tick “%(confirm)s” by the buttons, then press the button again."
+            )
+            % {
+                "warnings": " ".join(w.message for w in required.preflight.to_confirm),
+                "confirm": CONFIRM_LABEL,
+            },
+            "error",
+        )
     except (Invalid, ServiceError) as error:
         flash(next(iter(error.errors.values())), "error")
     else:
@@ -501,7 +548,7 @@ def campaign_schedule(campaign_id: int) -> Response:
     except Invalid as invalid:
         flash(invalid.errors["scheduled_at"], "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
-    return _run_action(campaign_id, schedule_campaign, when)
+    return _run_action(campaign_id, schedule_campaign, when, confirm=_confirmed())
 
 
 @bp.post("/<int:campaign_id>/unschedule")
@@ -515,7 +562,7 @@ def campaign_unschedule(campaign_id: int) -> Response:
 @requires(Role.SUPERVISOR)
 def campaign_send_now(campaign_id: int) -> Response:
     """Start sending at once."""
-    return _run_action(campaign_id, send_campaign_now, done=_sending_started)
+    return _run_action(campaign_id, send_campaign_now, done=_sending_started, confirm=_confirmed())
 
 
 @bp.post("/<int:campaign_id>/pause")

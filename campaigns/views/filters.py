@@ -9,19 +9,22 @@ from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
 from campaigns import htmx, labels, models, queries
-from campaigns.i18n import _
+from campaigns.i18n import _, ngettext
 from campaigns.providers import errors
 
 logger = logging.getLogger(__name__)
 
 
 def duration(seconds: float | None) -> str:
-    """A span of time as people say it: "45 s", "3 min 05 s", "2 h 07 min"."""
+    """A span of time as people say it: "45 s", "3 min 05 s", "2 h 07 min", "2 days 3 h"."""
     if seconds is None:
         return ""
     total = max(0, round(seconds))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
+    if hours >= 24:  # a campaign carried over the budget's days (waves.py)
+        days, hours = divmod(hours, 24)
+        return ngettext("%(num)d day %(h)d h", "%(num)d days %(h)d h", days, h=hours)
     if hours:
         return _("%(h)d h %(m)02d min") % {"h": hours, "m": minutes}
     if minutes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app import db
@@ -35,7 +35,7 @@ from campaigns.labels import label
 from campaigns.models import Campaign, Provider, TemplateStatus
 
 # A count of a large segment takes the ERP a while; a page waits for it at most this long.
-ERP_TIMEOUT = (3.05, 15.0)
+ERP_TIMEOUT = (3.05, 10.0)
 
 # The warnings an operator must confirm (the API's contract: exactly these three).
 BUDGET_OVERRUN = "budget_overrun"
@@ -80,11 +80,11 @@ WORDS: dict[str, Any] = {
     ),
     "audience_unknown": _l("The ERP could not be asked for the audience's size: %(error)s"),
     "unpriced": _l(
-        "%(count)s recipients are in countries without a rate (%(countries)s): they are"
-        " not in the cost estimate."
+        "Recipients in countries without a rate (%(countries)s), left out of the cost"
+        " estimate: %(count)s."
     ),
     "list_price": _l("The estimate is Meta's list price; a provider's fee is extra."),
-    "in_progress": _l("%(sent)s messages are already out: the figures are for the rest."),
+    "in_progress": _l("Messages already out: %(sent)s. The figures are for the rest."),
 }
 
 
@@ -124,8 +124,9 @@ def _shown(value: Any) -> Any:
 class Preflight:
     """What the check found (figures as of ``checked_at``)."""
 
-    audience: int  # recipients still to reach
+    audience: int  # recipients still to reach (0 when the ERP could not say)
     audience_exact: bool  # counted from the loaded audience, not the ERP's estimate
+    audience_known: bool  # False: the ERP could not be asked; the figures leave it out
     budget_limit: int | None  # the portfolio's budget a day (the limit less the margin)
     budget_remaining: int | None
     messaging_limit: int | None  # Meta's, before the margin
@@ -191,7 +192,7 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
         elif quality == "YELLOW":
             notes.append(Finding(yellow))
 
-    audience, exact, sent = _audience(campaign, config, notes)
+    audience, exact, sent, known = _audience(campaign, config, notes)
     if sent:
         notes.append(Finding("in_progress", {"sent": sent}))
     now = database_now(db.session)
@@ -220,7 +221,11 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
         if exact
         else {config["PHONE_DEFAULT_REGION"]: audience}
     )
-    cost = pricing.estimate(db.session, template.category, by_country)
+    # The rates in force on the day it is to go (a new rate card may start before then).
+    when = campaign.scheduled_at if campaign.scheduled_at and not exact else now
+    cost = pricing.estimate(
+        db.session, template.category, by_country, on=when.astimezone(UTC).date()
+    )
     if cost.unpriced:
         notes.append(
             Finding(
@@ -232,6 +237,7 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
     return Preflight(
         audience=audience,
         audience_exact=exact,
+        audience_known=known,
         budget_limit=None if budget is None else budget.limit,
         budget_remaining=None if usage is None else usage.remaining,
         messaging_limit=sender.messaging_limit,
@@ -246,15 +252,16 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
 
 def _audience(
     campaign: Campaign, config: Mapping[str, Any], notes: list[Finding]
-) -> tuple[int, bool, int]:
-    """(recipients still to reach, whether counted exactly, messages already out).
+) -> tuple[int, bool, int, bool]:
+    """(recipients still to reach, whether counted exactly, messages already out, whether
+    known at all).
 
     Once the fan-out has loaded the audience, its messages still to send, from the
     counters; before, the ERP's count of the segment (asked with no transaction open)."""
     if campaign.audience_loaded_at is not None:
         totals = counters.totals(db.session, campaign.id)
         to_send = totals["pending"] + totals["queued"] + totals["sending"] + totals["retrying"]
-        return to_send, True, totals["sent"] + totals["failed"]
+        return to_send, True, totals["sent"] + totals["failed"], True
     segment = dict(campaign.segment)
     db.session.rollback()  # no transaction (nor lock) held while the ERP answers
     try:
@@ -262,9 +269,9 @@ def _audience(
             count = client.count(segment)
     except ConfigError as error:  # no ERP configured: said, not a 500
         notes.append(Finding("audience_unknown", {"error": str(error)}))
-        return 0, False, 0
+        return 0, False, 0, False
     except erp.ErpError as error:
         notes.append(Finding("audience_unknown", {"error": error.reason}))
-        return 0, False, 0
+        return 0, False, 0, False
     notes.append(Finding("audience_estimated"))
-    return count, False, 0
+    return count, False, 0, True

@@ -73,7 +73,7 @@ def test_the_panel_shows_the_figures_and_the_warning_to_confirm(client, login_as
     # Out of band: the checkbox by the buttons, which both forms post when ticked.
     gate = re.search(rf'<div id="campaign-{draft.id}-gate"[^>]*>.*?</div>', html, re.S).group(0)
     assert 'hx-swap-oob="true"' in gate and CONFIRM in gate
-    assert f'id="campaign-{draft.id}-confirm" name="confirm" value="1"' in gate
+    assert f'id="campaign-{draft.id}-confirm" name="confirm" value="budget_overrun"' in gate
     page = client.get(f"/campaigns/{draft.id}").get_data(as_text=True)
     assert page.count(f'hx-include="#campaign-{draft.id}-confirm"') == 2  # send now, schedule
 
@@ -90,7 +90,16 @@ def test_send_now_waits_for_the_confirmation_then_starts(client, login_as, draft
 
     client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "0"})
     assert db.session.get(Campaign, draft.id).status is CampaignStatus.DRAFT
-    response = client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "1"})
+    # The tick confirms the warnings the panel showed, not one found since.
+    sender = default_sender()
+    sender.quality_rating = "RED"
+    db.session.commit()
+    client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "budget_overrun"})
+    assert db.session.get(Campaign, draft.id).status is CampaignStatus.DRAFT
+    assert "quality RED" in flashes(client, draft.id)
+    sender.quality_rating = "GREEN"
+    db.session.commit()
+    response = client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "budget_overrun"})
     assert response.status_code == 303
     db.session.expire_all()
     assert db.session.get(Campaign, draft.id).status is CampaignStatus.SENDING
@@ -103,7 +112,7 @@ def test_schedule_waits_for_the_confirmation_too(client, login_as, draft):
     client.post(url, data={"scheduled_at": "2099-01-01T09:00"})
     assert db.session.get(Campaign, draft.id).status is CampaignStatus.DRAFT
     assert "warnings to confirm first" in flashes(client, draft.id)
-    client.post(url, data={"scheduled_at": "2099-01-01T09:00", "confirm": "1"})
+    client.post(url, data={"scheduled_at": "2099-01-01T09:00", "confirm": "budget_overrun"})
     db.session.expire_all()
     assert db.session.get(Campaign, draft.id).status is CampaignStatus.SCHEDULED
 
@@ -146,7 +155,7 @@ def test_a_viewer_sees_the_check_without_the_controls(client, login_as, draft):
 
 def test_a_started_campaign_has_no_check(client, login_as, draft):
     login_as(Role.SUPERVISOR)
-    client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "1"})
+    client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "budget_overrun"})
     page = client.get(f"/campaigns/{draft.id}").get_data(as_text=True)
     assert f"/campaigns/{draft.id}/preflight" not in page
 
@@ -162,3 +171,18 @@ def test_the_panel_in_portuguese(client, login_as, draft):
     assert "1.800 de 1.800 destinatários disponíveis" in text and "2.000" in text
     assert re.search(r"Custo estimado US\$ \d+,\d\d", text)
     assert "Verificar de novo" in text and "Pre-flight" not in text
+
+
+def test_the_panel_is_only_for_a_campaign_still_to_go(client, login_as, draft):
+    login_as(Role.SUPERVISOR)
+    client.post(f"/campaigns/{draft.id}/send-now", data={"confirm": "budget_overrun"})
+    assert db.session.get(Campaign, draft.id).status is CampaignStatus.SENDING
+    assert client.get(f"/campaigns/{draft.id}/preflight").status_code == 404
+
+
+def test_an_audience_the_erp_cannot_count_is_said_unknown(app, client, login_as, draft):
+    app.config["ERP_BASE_URL"] = "http://127.0.0.1:9/nothing-listens-here"
+    login_as(Role.SUPERVISOR)
+    text = html_text.unescape(panel(client, draft.id))
+    assert "unknown: the ERP could not say" in text
+    assert "Nothing stops this campaign" not in text

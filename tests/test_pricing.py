@@ -208,6 +208,9 @@ def test_add_change_and_delete_are_audited(app, user_factory):
         ({"country": "BRA"}, "country"),
         ({"currency": "US"}, "currency"),
         ({"currency": "ÜSD"}, "currency"),
+        ({"currency": "ABC"}, "currency"),  # three letters, but no currency
+        ({"country": "CA"}, "country"),  # +1 numbers are read as the US's
+        ({"country": "KZ"}, "country"),  # +7 numbers are read as Russia's
         ({"amount": "abc"}, "amount"),
         ({"amount": "-1"}, "amount"),
         ({"amount": "100,01"}, "amount"),

@@ -56,6 +56,10 @@ from campaigns.validation import CampaignFields, row_id
 
 logger = logging.getLogger(__name__)
 
+# What an operator confirmed of the pre-flight check's warnings: all of them (the API's
+# "confirm": true), or those named (the page's checkbox names the ones it showed).
+Confirmation = bool | frozenset[str]
+
 
 # Which statuses each operator action starts from (enforced here, for UI and API alike).
 CAMPAIGN_TRANSITIONS: dict[str, frozenset[CampaignStatus]] = {
@@ -188,7 +192,7 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
 
 
 def schedule_campaign(
-    campaign_id: int, when: datetime, user_id: int, *, confirm: bool = False
+    campaign_id: int, when: datetime, user_id: int, *, confirm: Confirmation = False
 ) -> Campaign:
     """Schedule (or reschedule) a campaign for a future time, once the pre-flight check
     passes (its warnings confirmed with ``confirm``)."""
@@ -225,7 +229,7 @@ def _campaign(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _checked_and_locked(campaign: Campaign, action: str, confirm: bool) -> Campaign:
+def _checked_and_locked(campaign: Campaign, action: str, confirm: Confirmation) -> Campaign:
     """The pre-flight check (campaigns/preflight.py), run holding no lock (it asks the
     ERP): what it blocks is refused, and what needs confirming is refused without it.
     Then the campaign locked, as checked: changed meanwhile (an edit, another action),
@@ -240,11 +244,13 @@ def _checked_and_locked(campaign: Campaign, action: str, confirm: bool) -> Campa
     return locked
 
 
-def _preflight(campaign: Campaign, confirm: bool) -> None:
+def _preflight(campaign: Campaign, confirm: Confirmation) -> None:
     result = preflight.check(campaign, current_app.config)
     if result.blocking:
         raise Blocked(result.blocking[0].message, result)
-    if result.to_confirm and not confirm:
+    codes = {warning.code for warning in result.to_confirm}
+    confirmed = confirm if isinstance(confirm, bool) else codes <= confirm
+    if codes and not confirmed:
         raise ConfirmationRequired(
             _("Confirm the pre-flight check's warnings to go ahead: %(warnings)s")
             % {"warnings": " ".join(w.message for w in result.to_confirm)},
@@ -307,7 +313,7 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     return copy
 
 
-def send_campaign_now(campaign_id: int, user_id: int, *, confirm: bool = False) -> Campaign:
+def send_campaign_now(campaign_id: int, user_id: int, *, confirm: Confirmation = False) -> Campaign:
     """Start a draft or scheduled campaign at once (the scheduler's own start, without
     waiting), once the pre-flight check passes (its warnings confirmed with ``confirm``)."""
     campaign = _campaign(campaign_id)

@@ -18,6 +18,7 @@ from typing import Any
 
 import phonenumbers
 import sqlalchemy as sa
+from babel.numbers import is_currency
 from sqlalchemy.exc import IntegrityError
 
 from app import db
@@ -74,9 +75,17 @@ def parse_rate(data: Mapping[str, Any]) -> RateFields:
     country = text["country"].upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         check.fail("country", _("Enter a country's two-letter code (ISO 3166), such as BR."))
+    elif (main := _main_region(country)) != country:
+        # A calling code shared by several countries (+1, +7) is read as its main one
+        # (pricing.audience_by_country): a rate for the others would never apply.
+        check.fail(
+            "country",
+            _("Its calling code is shared and read as %(main)s's: enter the rate for %(main)s.")
+            % {"main": main},
+        )
 
     currency = text["currency"].upper()
-    if not (CURRENCY.fullmatch(currency) and currency.isascii()):
+    if not (CURRENCY.fullmatch(currency) and currency.isascii() and is_currency(currency)):
         check.fail("currency", _("Enter a currency's three-letter code (ISO 4217), such as USD."))
 
     amount = None
@@ -196,6 +205,11 @@ def _rate_or_not_found(rate_id: int) -> MessageRate:
         db.session.rollback()
         raise NotFound(_("There is no such rate."))
     return rate
+
+
+def _main_region(country: str) -> str:
+    """The country numbers of ``country``'s calling code are read as (pricing.py)."""
+    return pricing.region_of_prefix(str(phonenumbers.country_code_for_region(country)))
 
 
 def _check_currency(currency: str, *, other_than: int | None) -> None:

@@ -438,9 +438,10 @@ def campaign_dry_run(campaign_id: int) -> str:
 CONFIRM_LABEL = _l("I have read the warnings and want to go ahead")
 
 
-def _confirmed() -> bool:
-    """The operator ticked the confirmation (``confirm=1``, sent only when it is ticked)."""
-    return request.form.get("confirm") == "1"
+def _confirmed() -> frozenset[str]:
+    """The warnings the operator confirmed by ticking the box (its value names those the
+    panel showed; sent only when ticked): one found since, which they never saw, is not."""
+    return frozenset(filter(None, request.form.get("confirm", "").split(",")))
 
 
 @bp.get("/<int:campaign_id>/preflight")
@@ -449,11 +450,14 @@ def campaign_preflight(campaign_id: int) -> str:
     Send now and Schedule controls out of band: disabled while something blocks, and the
     confirmation checkbox by them while a warning needs it."""
     campaign = _campaign_or_404(campaign_id)
+    actions = allowed_actions(campaign.status)
+    if not actions & {"send_now", "schedule"}:
+        abort(404)  # started or finished: nothing to check before it goes
     return render_template(
         "campaigns/_preflight.html",
         campaign=campaign,
         check=preflight.check(campaign, current_app.config),
-        actions=allowed_actions(campaign.status),
+        actions=actions,
     )
 
 

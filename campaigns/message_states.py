@@ -229,13 +229,20 @@ def queue_next(
         .with_for_update(skip_locked=True)
     )
     if admit is None:
-        chosen: Any = next_pending.with_only_columns(Message.id).scalar_subquery()
+        # One statement. No condition of its own beside the sub-select's: with one (the
+        # status again), Postgres planned the sub-select to run again as rows changed,
+        # and SKIP LOCKED then gave it the next rows, past the limit (the whole audience).
+        chosen: sa.ColumnElement[bool] = Message.id.in_(
+            next_pending.with_only_columns(Message.id).scalar_subquery()
+        )
     else:
-        chosen = sorted(admit(list(session.execute(next_pending))))
+        # Ids locked by the select above (this transaction's): still pending.
+        admitted = admit(list(session.execute(next_pending)))
+        chosen = sa.and_(Message.id.in_(sorted(admitted)), Message.status == S.PENDING)
     ids = sorted(
         session.scalars(
             sa.update(Message)
-            .where(Message.id.in_(chosen), Message.status == S.PENDING)
+            .where(chosen)
             .values(status=S.QUEUED, queued_at=sa.func.now())
             .returning(Message.id)
         )

@@ -224,6 +224,8 @@ def test_a_fan_out_whose_erp_stays_down_runs_3_times_then_fails_the_campaign(app
         # The third run fails the campaign instead of raising.
         ended = run_as_the_worker(tasks.fan_out, campaign_id=campaign.id)
     assert ended == (3, "succeeded")
-    assert len(server.paths) == 3
+    # The pre-flight check asked for the count once (refused: the audience is "unknown"),
+    # then the fan-out's three runs each asked for a page.
+    assert server.paths == ["/customers/count"] + ["/customers"] * 3
     db.session.refresh(campaign)
     assert campaign.status is CampaignStatus.FAILED

@@ -366,3 +366,19 @@ def test_waves_follow_the_budget_and_the_pace():
     # A budget of none: never.
     plan = waves.plan(10, _usage(0, 0, None, now), now, 10.0)
     assert (plan.days, plan.seconds) == (0, None)
+
+
+def test_the_dashboards_eta_waits_for_the_next_wave_as_the_page_does(app, client, limited, owner):
+    from campaigns import progress
+    from tests.helpers import login
+
+    campaign = demo_campaign(owner.id, size=30, name="Waves")
+    _start(app, campaign)
+    pump.pump(campaign.id)
+    _send_queued(app, campaign.id)
+    own = progress.get_progress(db.session.get(Campaign, campaign.id))
+    (listed,) = [a.progress for a in progress.active_campaigns().campaigns]
+    assert listed.carried_over == own.carried_over > 0
+    assert listed.eta_seconds == pytest.approx(own.eta_seconds, abs=5)
+    login(client, owner)
+    assert client.get("/").status_code == 200

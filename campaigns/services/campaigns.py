@@ -200,14 +200,10 @@ def schedule_campaign(
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
     campaign = _campaign(campaign_id)
     _require(campaign, "schedule")
-    if when <= database_now(db.session):
-        db.session.rollback()
-        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
+    _require_future(when)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "schedule", confirm)
-    if when <= database_now(db.session):  # the check's ERP call took it into the past
-        db.session.rollback()
-        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
+    _require_future(when)  # again: the check's ERP call may have taken it into the past
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
     campaign.set_status_reason(None)
@@ -220,6 +216,12 @@ def schedule_campaign(
     )
     db.session.commit()
     return campaign
+
+
+def _require_future(when: datetime) -> None:
+    if when <= database_now(db.session):
+        db.session.rollback()
+        raise ServiceError(_("Choose a time in the future."), "scheduled_at")
 
 
 def _campaign(campaign_id: int) -> Campaign:

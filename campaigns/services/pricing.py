@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -47,6 +47,10 @@ class RateFields:
     currency: str
     amount: Decimal
     effective_from: date
+
+    @classmethod
+    def of(cls, rate: MessageRate) -> RateFields:
+        return cls(*(getattr(rate, name) for name in FIELDS))
 
     def details(self) -> dict[str, Any]:
         """The rate as audit details (JSON: the amount and date as text)."""
@@ -116,24 +120,10 @@ def add_rate(data: Mapping[str, Any], acting_user_id: int | None) -> MessageRate
     _lock()
     _check_currency(fields.currency, other_than=None)
     _check_unique(fields, other_than=None)
-    rate = MessageRate(
-        category=fields.category,
-        country=fields.country,
-        currency=fields.currency,
-        amount=fields.amount,
-        effective_from=fields.effective_from,
-        updated_by_id=acting_user_id,
-    )
+    rate = MessageRate(**asdict(fields), updated_by_id=acting_user_id)
     db.session.add(rate)
     _flush(fields)  # its id, for the audit row
-    audit.record(
-        db.session,
-        "message_rate.create",
-        target_type="message_rate",
-        target_id=rate.id,
-        target_label=_target_label(rate),
-        details=fields.details(),
-    )
+    _audit("message_rate.create", rate, fields.details())
     db.session.commit()
     logger.info("added message rate %s: %s", rate.id, fields)
     return rate
@@ -146,9 +136,7 @@ def change_rate(rate_id: int, data: Mapping[str, Any], acting_user_id: int | Non
     rate = _rate_or_not_found(rate_id)
     _check_currency(fields.currency, other_than=rate.id)
     _check_unique(fields, other_than=rate.id)
-    before = RateFields(
-        rate.category, rate.country, rate.currency, rate.amount, rate.effective_from
-    ).details()
+    before = RateFields.of(rate).details()
     after = fields.details()
     changes = {
         name: audit.change(before[name], after[name])
@@ -160,18 +148,11 @@ def change_rate(rate_id: int, data: Mapping[str, Any], acting_user_id: int | Non
     if not changes:
         db.session.rollback()
         return rate
-    rate.category, rate.country, rate.currency = fields.category, fields.country, fields.currency
-    rate.amount, rate.effective_from = fields.amount, fields.effective_from
+    for name, value in asdict(fields).items():
+        setattr(rate, name, value)
     rate.updated_by_id = acting_user_id
     _flush(fields)
-    audit.record(
-        db.session,
-        "message_rate.update",
-        target_type="message_rate",
-        target_id=rate.id,
-        target_label=_target_label(rate),
-        details=changes,
-    )
+    _audit("message_rate.update", rate, changes)
     db.session.commit()
     return rate
 
@@ -180,19 +161,20 @@ def delete_rate(rate_id: int) -> None:
     """Delete a rate (its country's earlier rate, if any, is then in force again)."""
     _lock()
     rate = _rate_or_not_found(rate_id)
-    details = RateFields(
-        rate.category, rate.country, rate.currency, rate.amount, rate.effective_from
-    ).details()
+    _audit("message_rate.delete", rate, RateFields.of(rate).details())
+    db.session.delete(rate)
+    db.session.commit()
+
+
+def _audit(action: str, rate: MessageRate, details: dict[str, Any]) -> None:
     audit.record(
         db.session,
-        "message_rate.delete",
+        action,
         target_type="message_rate",
         target_id=rate.id,
         target_label=_target_label(rate),
         details=details,
     )
-    db.session.delete(rate)
-    db.session.commit()
 
 
 def _lock() -> None:

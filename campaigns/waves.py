@@ -32,7 +32,6 @@ class Waves:
     rest: int
     days: int
     rest_from: datetime | None
-    limit: int | None  # the budget a day; None: unlimited
     seconds: float | None
 
     @property
@@ -45,16 +44,15 @@ def plan(recipients: int, usage: BudgetUsage | None, now: datetime, per_second: 
     as it stands ``now`` (``usage`` None: an unlimited portfolio)."""
     recipients = max(recipients, 0)
     by_pace = recipients / per_second if per_second > 0 else None
-    limit = None if usage is None else usage.limit
 
     def one_wave() -> Waves:
         days = 1 if by_pace is None else max(1, math.ceil(by_pace / DAY.total_seconds()))
-        return Waves(recipients, recipients, 0, days, None, limit, by_pace)
+        return Waves(recipients, recipients, 0, days, None, by_pace)
 
     if usage is None or recipients <= usage.remaining or by_pace is None:
         return one_wave()
     if usage.limit <= 0:
-        return Waves(recipients, 0, recipients, 0, None, usage.limit, None)
+        return Waves(recipients, 0, recipients, 0, None, None)
     # Room opens when the window's oldest count leaves it; counting none yet, the first of
     # today's wave is counted about now.
     rest_from = usage.next_room_at if usage.used and usage.next_room_at else now + DAY
@@ -76,4 +74,4 @@ def plan(recipients: int, usage: BudgetUsage | None, now: datetime, per_second: 
         + last / per_second,
     )
     days = max(1 + later, math.ceil(seconds / DAY.total_seconds()))
-    return Waves(recipients, today, rest, days, rest_from, usage.limit, seconds)
+    return Waves(recipients, today, rest, days, rest_from, seconds)

@@ -268,6 +268,72 @@ class Sender(Model):
         return f"<Sender {self.id} {self.name} {self.provider}>"
 
 
+class HeaderFormat(enum.StrEnum):
+    """The kinds of header Meta allows a template (its HEADER component's ``format``)."""
+
+    TEXT = "TEXT"
+    IMAGE = "IMAGE"
+    VIDEO = "VIDEO"
+    DOCUMENT = "DOCUMENT"
+    LOCATION = "LOCATION"
+
+    @property
+    def is_media(self) -> bool:
+        return self in (HeaderFormat.IMAGE, HeaderFormat.VIDEO, HeaderFormat.DOCUMENT)
+
+
+class MediaFile(Model):
+    """A file uploaded for a media header, kept in Postgres in chunks (media_file_chunks):
+    the store the web process and the workers share on any deploy (campaigns/media.py)."""
+
+    __tablename__ = "media_files"
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('IMAGE', 'VIDEO', 'DOCUMENT')", name="kind"),
+        sa.CheckConstraint("size >= 0", name="size"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # a media HeaderFormat
+    filename: Mapped[str] = mapped_column(sa.String(255))
+    content_type: Mapped[str] = mapped_column(sa.String(127))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    created_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    created_at: Mapped[datetime] = created_at_column()
+
+    def __repr__(self) -> str:
+        return f"<MediaFile {self.id} {self.kind} {self.size}>"
+
+
+class MediaFileChunk(Model):
+    """One piece of a media file, at most media.CHUNK_BYTES, in order of ``seq``."""
+
+    __tablename__ = "media_file_chunks"
+
+    media_file_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("media_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class MediaUpload(Model):
+    """The media id WhatsApp's Media API gave a file for a sender, reused until it ages."""
+
+    __tablename__ = "media_uploads"
+
+    media_file_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("media_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    sender_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("senders.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider_media_id: Mapped[str] = mapped_column(sa.String(128))
+    uploaded_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+
 class MessageTemplate(Model):
     """A WhatsApp message template as Meta knows it, with its approval status."""
 
@@ -278,6 +344,15 @@ class MessageTemplate(Model):
         sa.CheckConstraint(
             "quality_rating IN ('GREEN', 'YELLOW', 'RED', 'UNKNOWN')",
             name="quality_rating",
+        ),
+        sa.CheckConstraint(
+            "header_format IN ('TEXT', 'IMAGE', 'VIDEO', 'DOCUMENT', 'LOCATION')",
+            name="header_format",
+        ),
+        sa.Index(
+            "message_templates_header_media_file_idx",
+            "header_media_file_id",
+            postgresql_where=sa.text("header_media_file_id IS NOT NULL"),
         ),
     )
 
@@ -291,7 +366,16 @@ class MessageTemplate(Model):
     parameter_format: Mapped[ParameterFormat] = mapped_column(
         pg_enum(ParameterFormat, "template_parameter_format"), default=ParameterFormat.NAMED
     )
+    # The header (campaigns/template_parts.py): none, or its format and what it shows: a
+    # text (with at most one variable), media by a public link or an uploaded file, or a
+    # location ({latitude, longitude, name, address}).
+    header_format: Mapped[str | None] = mapped_column(sa.String(16))
     header_text: Mapped[str | None] = mapped_column(sa.String(60))
+    header_media_link: Mapped[str | None] = mapped_column(sa.Text)
+    header_media_file_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("media_files.id", ondelete="RESTRICT")
+    )
+    header_location: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     body_text: Mapped[str] = mapped_column(sa.String(1024))
     footer_text: Mapped[str | None] = mapped_column(sa.String(60))
     buttons: Mapped[list[dict[str, Any]]] = mapped_column(
@@ -319,6 +403,7 @@ class MessageTemplate(Model):
     category_event_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     sender: Mapped[Sender] = relationship()
+    header_media_file: Mapped[MediaFile | None] = relationship()
 
     def __repr__(self) -> str:
         return f"<MessageTemplate {self.id} {self.name}/{self.language} {self.status}>"

@@ -107,3 +107,21 @@ class MockWhatsAppTemplate(Model):
 
     def __repr__(self) -> str:
         return f"<MockWhatsAppTemplate {self.id} {self.name}/{self.language} {self.status}>"
+
+
+class MockWhatsAppMedia(Model):
+    """A file the mock WhatsApp's Media API accepted (``POST /{phone-number-id}/media``):
+    its id is what a send may name in a media header; the bytes are not kept."""
+
+    __tablename__ = "mock_whatsapp_media"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
+    mime_type: Mapped[str] = mapped_column(sa.String(127))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+    def __repr__(self) -> str:
+        return f"<MockWhatsAppMedia {self.id} {self.mime_type}>"

@@ -173,6 +173,12 @@ def params_for(
     return params
 
 
+def is_optional(key: str) -> bool:
+    """Whether a campaign may leave a variable without a value: a quick reply's payload
+    (campaigns/template_parts.py), which WhatsApp replaces with the button's text."""
+    return key.startswith("payload.")
+
+
 def missing_params(params: Mapping[str, str]) -> list[str]:
     """Variables that would go out empty (WhatsApp refuses empty parameters)."""
-    return [name for name, value in params.items() if not value.strip()]
+    return [name for name, value in params.items() if not value.strip() and not is_optional(name)]

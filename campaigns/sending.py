@@ -51,18 +51,20 @@ from campaigns import (
     queues,
     ratelimit,
     slowdown,
+    template_parts,
 )
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
     CampaignStatus,
+    MediaFile,
     Message,
     MessageStatus,
     MessageTemplate,
     Sender,
     User,
 )
-from campaigns.providers.base import SendResult
+from campaigns.providers.base import ProviderError, SendError, SendResult
 from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import suppress_message
@@ -98,6 +100,12 @@ CAMPAIGN_LOAD = (
         MessageTemplate.language,
         MessageTemplate.body_text,
         MessageTemplate.parameter_format,
+        MessageTemplate.header_format,
+        MessageTemplate.header_text,
+        MessageTemplate.header_media_link,
+        MessageTemplate.header_media_file_id,
+        MessageTemplate.header_location,
+        MessageTemplate.buttons,
     ),
     joinedload(Campaign.owner).load_only(User.campaign_rate_limit_per_minute),
 )
@@ -175,6 +183,22 @@ def send_batch(
     )
     calling = [m for m in granted if m.id not in limited and m.id not in unbudgeted]
     provider = providers.for_sender(sender, config)
+    try:
+        media = header_media(sender, template, config) if calling else None
+    except ProviderError as error:
+        # The media could not be uploaded to WhatsApp: nothing was sent, so every call
+        # of the batch is tried again later, as after any transient failure.
+        logger.warning("campaign %s: header media not uploaded (%s)", campaign_id, error.code)
+        failed = SendError(error.message, ErrorKind.RETRY, error.code, error.http_status)
+        _record(
+            campaign_id,
+            sender.id,
+            [(message, failed) for message in calling],
+            config,
+            retry_queue=retry_queue,
+            report=report,
+        )
+        calling, media = [], None
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     started: dict[Future[SendResult], message_states.Claimed] = {
         calls.start(
@@ -184,6 +208,7 @@ def send_batch(
             template=template,
             params=message.params,
             callback_data=callback_data.for_call(message.id, message.attempts),
+            header_media=media,
         ): message
         for message in calling
     }
@@ -210,6 +235,22 @@ def send_batch(
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
         _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
     return report
+
+
+def header_media(
+    sender: Sender, template: MessageTemplate, config: Mapping[str, Any]
+) -> template_parts.HeaderMedia | None:
+    """What the template's media header shows in this batch's sends: its link, or the
+    media id of its uploaded file (uploaded to WhatsApp once per sender, then reused)."""
+    fmt = template_parts.header_format(template)
+    if fmt is None or not fmt.is_media or template.header_media_file_id is None:
+        return template_parts.linked_media(template)
+    from campaigns import media
+
+    file_id = template.header_media_file_id
+    filename = db.session.scalar(sa.select(MediaFile.filename).where(MediaFile.id == file_id))
+    media_id = media.media_id_for(sender, file_id, config)
+    return template_parts.HeaderMedia(fmt, media_id=media_id, filename=filename)
 
 
 def _budget_for_held(

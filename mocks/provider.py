@@ -34,6 +34,7 @@ from campaigns.providers.cloud_api import (
     read_templates,
     send_template_message,
 )
+from campaigns.template_parts import HeaderMedia
 
 # The Graph API version in the mock's URLs; the mock accepts any.
 MOCK_API_VERSION = "v23.0"
@@ -117,6 +118,7 @@ class MockProvider(WhatsAppProvider):
         template: MessageTemplate,
         params: dict[str, str],
         callback_data: str,
+        header_media: HeaderMedia | None = None,
     ) -> SendResult:
         return send_template_message(
             self.base_url,
@@ -126,4 +128,5 @@ class MockProvider(WhatsAppProvider):
             template=template,
             params=params,
             callback_data=callback_data,
+            header_media=header_media,
         )

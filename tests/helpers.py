@@ -167,13 +167,15 @@ class FakeProvider:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.callbacks: list[str] = []  # each call's callback data, in the calls' order
+        self.header_media: list[object] = []  # each call's HeaderMedia (or None)
         self.script: list[object] = []
         self.plan: dict[int, list[object]] = {}
         self._lock = threading.Lock()
 
-    def send_template(self, *, to, template, params, callback_data):
+    def send_template(self, *, to, template, params, callback_data, header_media=None):
         with self._lock:
             self.calls.append((to, params))
+            self.header_media.append(header_media)
             self.callbacks.append(callback_data)
             # "<message id>.<attempt>" (campaigns/callback_data.py): planned by message
             message_id = int(callback_data.partition(".")[0])

@@ -9,6 +9,7 @@ from typing import Any
 from campaigns.account_health import AccountReport
 from campaigns.models import MessageTemplate, TemplateStatus
 from campaigns.providers.errors import ErrorKind
+from campaigns.template_parts import HeaderMedia
 
 
 class ProviderError(Exception):
@@ -106,29 +107,12 @@ META_TEMPLATE_STATUS = {
 
 
 def template_components(
-    template: MessageTemplate, examples: dict[str, str]
+    template: MessageTemplate, examples: dict[str, str], media_handle: str | None = None
 ) -> list[dict[str, Any]]:
     """The template as Meta's ``components`` list, with example values for review."""
-    from campaigns import rendering
-    from campaigns.models import ParameterFormat
+    from campaigns import template_parts
 
-    components: list[dict[str, Any]] = []
-    if template.header_text:
-        components.append({"type": "HEADER", "format": "TEXT", "text": template.header_text})
-    body: dict[str, Any] = {"type": "BODY", "text": template.body_text}
-    names = rendering.variables(template.body_text, template.parameter_format)
-    if names and template.parameter_format is ParameterFormat.NAMED:
-        body["example"] = {
-            "body_text_named_params": [{"param_name": n, "example": examples[n]} for n in names]
-        }
-    elif names:
-        body["example"] = {"body_text": [[examples[n] for n in names]]}
-    components.append(body)
-    if template.footer_text:
-        components.append({"type": "FOOTER", "text": template.footer_text})
-    if template.buttons:
-        components.append({"type": "BUTTONS", "buttons": template.buttons})
-    return components
+    return template_parts.review_components(template, examples, media_handle)
 
 
 class WhatsAppProvider(ABC):
@@ -168,10 +152,13 @@ class WhatsAppProvider(ABC):
         template: MessageTemplate,
         params: dict[str, str],
         callback_data: str,
+        header_media: HeaderMedia | None = None,
     ) -> SendResult:
         """Send one template message to an E.164 number; raise SendError if it did not go.
 
         ``params`` maps each variable (a name, or "1", "2"… for positional
-        templates) to its text; ``callback_data`` goes out as
-        ``biz_opaque_callback_data`` and comes back in status webhooks.
+        templates; ``header.…``, ``button.…``, ``payload.…`` for the header's and the
+        buttons', campaigns/template_parts.py) to its text; ``header_media`` is what a
+        media header shows; ``callback_data`` goes out as ``biz_opaque_callback_data``
+        and comes back in status webhooks.
         """

@@ -11,10 +11,10 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from campaigns import account_health, rendering
+from campaigns import account_health, rendering, template_parts
 from campaigns.config import MAX_CALLS_IN_FLIGHT
 from campaigns.i18n import _
-from campaigns.models import MessageTemplate, ParameterFormat, Sender
+from campaigns.models import MessageTemplate, Sender
 from campaigns.providers.base import (
     META_TEMPLATE_STATUS,
     ProviderError,
@@ -32,6 +32,7 @@ from campaigns.providers.errors import (
     ErrorKind,
     classify,
 )
+from campaigns.template_parts import HeaderMedia
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +63,22 @@ _session.mount("http://", _adapter)
 
 
 def template_message(
-    *, to: str, template: MessageTemplate, params: dict[str, str], callback_data: str
+    *,
+    to: str,
+    template: MessageTemplate,
+    params: dict[str, str],
+    callback_data: str,
+    header_media: HeaderMedia | None = None,
 ) -> dict[str, Any]:
     """The Cloud API payload that sends a template message, as Meta documents it."""
-    names = rendering.variables(template.body_text, template.parameter_format)
-    missing = [name for name in names if name not in params]
-    if missing:
+    try:
+        components = template_parts.send_components(template, params, header_media)
+    except template_parts.MissingValues as missing:
         # Meta would answer 132000; saying so here costs no request and no quota.
-        raise SendError(", ".join(missing), ErrorKind.PERMANENT, code=132000)  # the names
-    if template.parameter_format is ParameterFormat.NAMED:
-        parameters = [
-            {"type": "text", "parameter_name": name, "text": str(params[name])} for name in names
-        ]
-    else:  # positional values must follow placeholder order
-        parameters = [{"type": "text", "text": str(params[name])} for name in names]
+        raise SendError(str(missing), ErrorKind.PERMANENT, code=132000) from None  # the keys
     body: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
-    if parameters:
-        body["components"] = [{"type": "body", "parameters": parameters}]
+    if components:
+        body["components"] = components
     return {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
@@ -153,6 +153,7 @@ def send_template_message(
     template: MessageTemplate,
     params: dict[str, str],
     callback_data: str,
+    header_media: HeaderMedia | None = None,
 ) -> SendResult:
     """Send one template message for a sender through a Graph-API-shaped endpoint."""
     if not sender.phone_number_id:
@@ -161,7 +162,13 @@ def send_template_message(
             ErrorKind.PAUSE_SENDER,
             reason=SENDER_WITHOUT_PHONE_NUMBER_ID,
         )
-    payload = template_message(to=to, template=template, params=params, callback_data=callback_data)
+    payload = template_message(
+        to=to,
+        template=template,
+        params=params,
+        callback_data=callback_data,
+        header_media=header_media,
+    )
     try:
         return post_message(base_url, sender.phone_number_id, token, payload)
     except SendError as error:
@@ -258,6 +265,7 @@ class CloudApiProvider(WhatsAppProvider):
         template: MessageTemplate,
         params: dict[str, str],
         callback_data: str,
+        header_media: HeaderMedia | None = None,
     ) -> SendResult:
         if not self.sender.access_token:
             raise SendError(
@@ -273,6 +281,7 @@ class CloudApiProvider(WhatsAppProvider):
             template=template,
             params=params,
             callback_data=callback_data,
+            header_media=header_media,
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -327,6 +336,17 @@ class CloudApiProvider(WhatsAppProvider):
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
         if not self.sender.waba_id:
             raise ProviderError(_("Set the WhatsApp Business Account id (WABA id) first."))
+        fmt = template_parts.header_format(template)
+        if fmt is not None and fmt.is_media:
+            # Meta reviews a media header from a sample uploaded with its resumable upload
+            # API (an app id's, not the number's): not built yet, so say so here rather
+            # than have Meta reject the template.
+            raise ProviderError(
+                _(
+                    "Disparo cannot submit a template with a media header to WhatsApp yet:"
+                    " create it in WhatsApp Manager and import it."
+                )
+            )
         examples = rendering.sample_values(
             rendering.variables(template.body_text, template.parameter_format),
             template.parameter_format,

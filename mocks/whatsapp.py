@@ -98,6 +98,7 @@ says whether the post was acknowledged (``{"posted": true, "status": 200, "state
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -121,7 +122,9 @@ from werkzeug.wrappers import Response
 
 from app import AnySession, db
 from campaigns.models import MessageTemplate, Sender
+from mocks import template_check
 from mocks.models import MockWhatsAppMessage, MockWhatsAppNumber, MockWhatsAppWebhook
+from mocks.template_check import TemplateBook
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ FORCED_THROTTLES = 2  # a …0429 number is throttled on its first two tries, th
 TRIES_KEPT = 100_000  # the (phone number id, number, callback data) keys counted at most
 TRIES_EXTENSION = "mock_whatsapp_tries"  # the web process's ThrottleTries, per Flask app
 CAP_EXTENSION = "mock_whatsapp_cap"  # the web process's ThroughputCap, per Flask app
+BOOK_EXTENSION = "mock_whatsapp_templates"  # the web process's TemplateBook
 CAP_WINDOW_SECONDS = 1.0  # MOCK_WHATSAPP_THROUGHPUT_CAP counts sends in this sliding window
 CALLBACK_DATA_MAX = 512  # Meta's limit on biz_opaque_callback_data
 
@@ -277,8 +281,11 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def validate(payload: Any) -> Accepted:
-    """Check a send like the Cloud API does; raise MetaError where it would refuse."""
+def validate(payload: Any, book: TemplateBook | None = None, phone_number_id: str = "") -> Accepted:
+    """Check a send like the Cloud API does; raise MetaError where it would refuse.
+
+    With a ``book``, a send of a template the mock knows is also checked against its
+    definition (``mocks/template_check.py``: 132012, 132000, 131053)."""
     if not isinstance(payload, dict):
         raise _invalid("The request body must be a JSON object.")
     if payload.get("messaging_product") != "whatsapp":
@@ -305,7 +312,14 @@ def validate(payload: Any) -> Accepted:
     language = template.get("language")
     if not isinstance(language, dict) or _text(language.get("code")) is None:
         raise _missing("Parameter 'template.language.code' is required.")
-    _validate_components(template.get("components", []))
+    components = template.get("components", [])
+    _validate_components(components)
+    definition = book.lookup(phone_number_id, name, language["code"]) if book else None
+    if book is not None and definition is not None:
+        try:
+            template_check.check(components, definition, book.media_known)
+        except template_check.Refused as refused:
+            raise MetaError(refused.error, refused.details) from None
     return Accepted(to, wa_id, name, callback_data)
 
 
@@ -316,7 +330,7 @@ def _validate_components(components: Any) -> None:
         if not isinstance(component, dict) or _text(component.get("type")) is None:
             raise _missing("Every component needs a type.")
         if component["type"].lower() != "body":
-            continue  # headers and buttons are accepted as they come
+            continue  # headers and buttons: checked against the template (template_check)
         parameters = component.get("parameters", [])
         if not isinstance(parameters, list):
             raise _invalid("body parameters must be a list.")
@@ -526,9 +540,10 @@ def screen(
     tries: ThrottleTries,
     storms: Storms | None = None,
     cap: ThroughputCap | None = None,
+    book: TemplateBook | None = None,
 ) -> Accepted:
     """Decide a send as Meta would: the message to record, or MetaError (invalid, injected)."""
-    accepted = validate(payload)
+    accepted = validate(payload, book, phone_number_id)
     error = injected_error(phone_number_id, accepted, config, tries, storms, cap)
     if error is not None:
         raise MetaError(error)
@@ -690,6 +705,13 @@ def _cap() -> ThroughputCap:
     return cap
 
 
+def _book() -> TemplateBook:
+    book: TemplateBook = current_app.extensions.setdefault(
+        BOOK_EXTENSION, TemplateBook(lambda: contextlib.nullcontext(db.session), seconds=0)
+    )
+    return book
+
+
 @bp.post("/<version>/<phone_number_id>/messages")
 def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     """Accept a template message like the Cloud API, or refuse it the way Meta would."""
@@ -699,7 +721,13 @@ def message_send(version: str, phone_number_id: str) -> tuple[Response, int]:
     if latency_ms:
         time.sleep(latency_ms / 1000)
     accepted = screen(
-        phone_number_id, request.get_json(silent=True), config, _tries(), _storms(), _cap()
+        phone_number_id,
+        request.get_json(silent=True),
+        config,
+        _tries(),
+        _storms(),
+        _cap(),
+        _book(),
     )
     [wamid] = record_many(db.session, [(phone_number_id, accepted, arrived)], config)
     if config.get("MOCK_WHATSAPP_WEBHOOKS", True):

@@ -59,10 +59,12 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from campaigns import logs
 from campaigns.config import load_settings, mocks_enabled, set_process_role
 from mocks import whatsapp
+from mocks.template_check import TemplateBook
 from mocks.whatsapp import Accepted, MetaError
 
 logger = logging.getLogger("mocks.whatsapp_server")
@@ -102,6 +104,7 @@ class MockWhatsApp:
         self.tries = whatsapp.ThrottleTries()
         self.storms = whatsapp.Storms()
         self.cap = whatsapp.ThroughputCap()
+        self.book = TemplateBook(lambda: Session(engine))
         self.stats = Stats()
         self._waiting: list[tuple[str, Accepted, datetime, asyncio.Future[str]]] = []
         self._arrived = asyncio.Event()
@@ -126,14 +129,19 @@ class MockWhatsApp:
             if self.latency:
                 await asyncio.sleep(self.latency)
             phone_number_id = request.match_info["phone_number_id"]
+            payload = _json_or_none(request, body)
             try:
+                # The template's definition is read in a thread (kept a few seconds), so
+                # the event loop never waits for Postgres; screen then finds it kept.
+                await asyncio.to_thread(self.book.prepare, phone_number_id, payload)
                 accepted = whatsapp.screen(
                     phone_number_id,
-                    _json_or_none(request, body),
+                    payload,
                     self.config,
                     self.tries,
                     self.storms,
                     self.cap,
+                    self.book,
                 )
                 wamid = await self.record(phone_number_id, accepted, arrived)
             except MetaError as error:

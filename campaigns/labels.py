@@ -22,6 +22,7 @@ from campaigns import audit
 from campaigns.i18n import _l, _lp, format_date, format_money, format_number, ngettext
 from campaigns.models import (
     CampaignStatus,
+    HeaderFormat,
     MessageStatus,
     ParameterFormat,
     Provider,
@@ -228,6 +229,20 @@ TEMPLATE_REJECTION: Labels = {
     # Not Meta's: Disparo's word for a template gone from its WABA (template_import.py).
     "DELETED": _lp("template rejection", "Deleted in WhatsApp Manager."),
 }
+# A template's header kinds (HeaderFormat) and button kinds (Meta's button types).
+HEADER_FORMAT: Labels = {
+    "TEXT": _lp("header format", "Text"),
+    "IMAGE": _lp("header format", "Image"),
+    "VIDEO": _lp("header format", "Video"),
+    "DOCUMENT": _lp("header format", "Document"),
+    "LOCATION": _lp("header format", "Location"),
+}
+BUTTON_KIND: Labels = {
+    "QUICK_REPLY": _lp("button kind", "Quick reply"),
+    "URL": _lp("button kind", "Link"),
+    "PHONE_NUMBER": _lp("button kind", "Call"),
+    "COPY_CODE": _lp("button kind", "Copy code"),
+}
 YES = _l("Yes")
 NO = _l("No")
 
@@ -250,6 +265,8 @@ KINDS: dict[str, Labels] = {
     "segment_key": SEGMENT_KEY,
     "customer_field": CUSTOMER_FIELD,
     "template_rejection": TEMPLATE_REJECTION,
+    "header_format": HEADER_FORMAT,
+    "button_kind": BUTTON_KIND,
 }
 ENUM_KINDS: dict[type[enum.Enum], str] = {
     CampaignStatus: "campaign_status",
@@ -260,6 +277,7 @@ ENUM_KINDS: dict[type[enum.Enum], str] = {
     ParameterFormat: "parameter_format",
     Role: "role",
     Provider: "provider",
+    HeaderFormat: "header_format",
 }
 EMPTY = "—"
 

@@ -23,6 +23,7 @@ from campaigns import audit, rendering, slowdown
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.models import (
     CampaignStatus,
+    HeaderFormat,
     MessageStatus,
     ParameterFormat,
     Provider,
@@ -34,6 +35,7 @@ from campaigns.models import (
 from campaigns.ratelimit import PACE_OWNER, PACE_SENDER_GAP, PACE_SENDER_RATE
 from campaigns.services.suppressions import SUPPRESSION_SOURCES
 from campaigns.services.template_import import SKIP_REASONS
+from campaigns.template_parts import COUPON_MAX_CHARS
 from campaigns.validation import (
     CUSTOMER_FIELDS,
     INTEGER_MAX,
@@ -148,17 +150,69 @@ def _variables_schema() -> Schema:
 def _button_schema() -> Schema:
     return obj(
         {
-            "type": {"type": "string", "enum": ["QUICK_REPLY", "URL"]},
-            "text": {"type": "string", "minLength": 1, "maxLength": 25},
+            "type": {"type": "string", "enum": ["QUICK_REPLY", "URL", "PHONE_NUMBER", "COPY_CODE"]},
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 25,
+                "description": "Every kind but COPY_CODE, whose words WhatsApp sets.",
+            },
             "url": {
                 "type": "string",
-                "pattern": "^https?://\\S+$",
+                "pattern": "^https://\\S+$",
                 "maxLength": URL_MAX_CHARS,
-                "description": "URL buttons only.",
+                "description": (
+                    "URL buttons only. Ending in {{1}}, each recipient gets their own"
+                    " ending: the campaign maps the variable button.<index>."
+                ),
+            },
+            "phone_number": {"type": "string", "description": "PHONE_NUMBER buttons only."},
+            "example": {
+                "type": "string",
+                "maxLength": COUPON_MAX_CHARS,
+                "description": (
+                    "COPY_CODE buttons only: an example code for review; the campaign"
+                    " maps the variable button.<index> to each recipient's code."
+                ),
             },
         },
-        optional=("url",),
+        optional=("text", "url", "phone_number", "example"),
     )
+
+
+def _location_schema() -> Schema:
+    text = {"type": "string", "maxLength": 1000}
+    return obj(
+        {
+            "latitude": {"type": "number", "minimum": -90, "maximum": 90},
+            "longitude": {"type": "number", "minimum": -180, "maximum": 180},
+            "name": text,
+            "address": text,
+        },
+        optional=("name", "address"),
+    )
+
+
+def _header_properties() -> dict[str, Schema]:
+    """A template's header, as read and written."""
+    return {
+        "header_format": {
+            **nullable({"type": "string", "enum": values(HeaderFormat)}),
+            "description": "null: no header. TEXT with header; media with a link or a file.",
+        },
+        "header_media_link": {
+            **nullable({"type": "string", "pattern": "^https://\\S+$"}),
+            "description": "IMAGE, VIDEO, DOCUMENT: a public address WhatsApp fetches.",
+        },
+        "header_media_file_id": {
+            **nullable(ID),
+            "description": "IMAGE, VIDEO, DOCUMENT: a file from POST /api/v1/media.",
+        },
+        "header_location": {
+            "oneOf": [ref("Location"), {"type": "null"}],
+            "description": "LOCATION: the place the header shows.",
+        },
+    }
 
 
 def schemas() -> dict[str, Schema]:
@@ -344,13 +398,18 @@ def schemas() -> dict[str, Schema]:
             "category": {"type": "string", "enum": values(TemplateCategory)},
             "parameter_format": {"type": "string", "enum": values(ParameterFormat)},
             "header": nullable(STRING),
+            **_header_properties(),
             "body": STRING,
             "footer": nullable(STRING),
             "buttons": {"type": "array", "items": ref("Button")},
             "variables": {
                 "type": "array",
                 "items": STRING,
-                "description": "The body's variables, in order.",
+                "description": (
+                    "Every variable a campaign maps, in order: the header's (header.<name>),"
+                    " the body's, the buttons' (button.<index>: a link's ending or a coupon;"
+                    " payload.<index>: a quick reply's payload, optional)."
+                ),
             },
             "status": {"type": "string", "enum": values(TemplateStatus)},
             "status_reason": nullable(STRING),
@@ -547,6 +606,7 @@ def schemas() -> dict[str, Schema]:
         "User": user,
         "Sender": sender,
         "Button": _button_schema(),
+        "Location": _location_schema(),
         "Template": template,
         "Segment": _segment_schema(),
         "VariableMapping": _variables_schema(),
@@ -664,9 +724,10 @@ def request_schemas() -> dict[str, Schema]:
             {
                 "type": "string",
                 "maxLength": rendering.HEADER_MAX_CHARS,
-                "description": "Plain text, no variables.",
+                "description": "A TEXT header's text, with at most one variable.",
             }
         ),
+        **_header_properties(),
         "body": {
             "type": "string",
             "minLength": 1,

@@ -16,10 +16,10 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-from campaigns import rendering
+from campaigns import rendering, template_parts
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.i18n import _, format_money, format_number, parse_amount
-from campaigns.models import ParameterFormat, Provider, Role, TemplateCategory
+from campaigns.models import HeaderFormat, ParameterFormat, Provider, Role, TemplateCategory
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
@@ -192,56 +192,210 @@ class TemplateFields:
     language: str
     category: TemplateCategory
     parameter_format: ParameterFormat
+    header_format: str | None
     header_text: str | None
+    header_media_link: str | None
+    header_media_file_id: int | None
+    header_location: dict[str, Any] | None
     body_text: str
     footer_text: str | None
     buttons: list[dict[str, str]]
 
 
-def parse_buttons(raw: Any, check: Checker) -> list[dict[str, str]]:
-    """Buttons from JSON (a list) or from the form (one per line: ``Text`` or ``Text | URL``)."""
-    if raw is None or raw == "":
-        return []
-    if isinstance(raw, str):
-        items: list[Any] = []
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            text, _sep, url = (part.strip() for part in line.partition("|"))
-            items.append(
-                {"type": "URL", "text": text, "url": url}
-                if url
-                else {"type": "QUICK_REPLY", "text": text}
+PHONE_BUTTON = re.compile(r"(?:tel:)?\s*(\+?[0-9][0-9 ().-]{6,30})")
+# Meta's caps on a template's buttons by kind, besides MAX_BUTTONS in all.
+BUTTON_CAPS = {"URL": 2, "PHONE_NUMBER": 1, "COPY_CODE": 1}
+
+
+def button_from_line(line: str) -> dict[str, str]:
+    """A form line: ``Text`` (quick reply), ``Text | https://…`` (a link, its address
+    ending in {{1}} when each recipient gets their own), ``Text | +55…`` (a call)."""
+    text, _sep, target = (part.strip() for part in line.partition("|"))
+    if not target:
+        return {"type": "QUICK_REPLY", "text": text}
+    if (phone := PHONE_BUTTON.fullmatch(target)) and not target.lower().startswith("http"):
+        return {"type": "PHONE_NUMBER", "text": text, "phone_number": phone.group(1)}
+    return {"type": "URL", "text": text, "url": target}
+
+
+def _button(item: Any, check: Checker) -> dict[str, str] | None:
+    """One button as Meta's JSON has it, checked; None (and a message) if it is not one."""
+    kind = str(item.get("type", "")).upper() if isinstance(item, dict) else ""
+    if kind == "COPY_CODE":
+        code = str(item.get("example", "")).strip()
+        if not code or len(code) > template_parts.COUPON_MAX_CHARS or "{{" in code:
+            check.fail(
+                "copy_code",
+                _("Give an example code of up to %(n)d characters for the copy-code button.")
+                % {"n": template_parts.COUPON_MAX_CHARS},
             )
+            return None
+        return {"type": kind, "example": code}
+    text = str(item.get("text", "")).strip() if isinstance(item, dict) else ""
+    if kind not in ("QUICK_REPLY", "URL", "PHONE_NUMBER") or not text:
+        check.fail(
+            "buttons",
+            _("Each button needs a type (quick reply, URL, phone number or copy code) and a text."),
+        )
+        return None
+    if len(text) > 25:
+        check.fail("buttons", _("Button texts have at most 25 characters: %(t)s") % {"t": text})
+        return None
+    button = {"type": kind, "text": text}
+    if kind == "URL":
+        url = str(item.get("url", ""))
+        fixed = template_parts.DYNAMIC_URL.sub("x", url)
+        if len(url) > URL_MAX_CHARS:
+            check.fail("buttons", _("A button's address has at most 2000 characters."))
+        elif not URL.fullmatch(fixed) or not fixed.startswith("https://"):
+            check.fail("buttons", _("A URL button needs an address starting with https://."))
+        elif "{{" in fixed or "}}" in fixed:
+            check.fail(
+                "buttons",
+                _("A URL button's only variable is {{1}}, at the very end of its address."),
+            )
+        else:
+            button["url"] = url
+            return button
+        return None
+    if kind == "PHONE_NUMBER":
+        phone = PHONE_BUTTON.fullmatch(str(item.get("phone_number", "")).strip())
+        if phone is None:
+            check.fail("buttons", _("A call button needs a phone number such as +5511987654321."))
+            return None
+        button["phone_number"] = phone.group(1)
+    return button
+
+
+def parse_buttons(raw: Any, check: Checker, copy_code: str = "") -> list[dict[str, str]]:
+    """Buttons from JSON (a list) or from the form (one per line, see button_from_line;
+    the copy-code button's example code in a field of its own)."""
+    items: list[Any]
+    if raw is None or raw == "":
+        items = []
+    elif isinstance(raw, str):
+        items = [button_from_line(line) for line in raw.splitlines() if line.strip()]
     elif isinstance(raw, list):
         items = raw
     else:
         check.fail("buttons", _("Buttons must be a list."))
         return []
-    buttons: list[dict[str, str]] = []
-    for item in items:
-        kind = str(item.get("type", "")).upper() if isinstance(item, dict) else ""
-        text = str(item.get("text", "")).strip() if isinstance(item, dict) else ""
-        if kind not in ("QUICK_REPLY", "URL") or not text:
-            check.fail("buttons", _("Each button needs a type (quick reply or URL) and a text."))
-        elif len(text) > 25:
-            check.fail("buttons", _("Button texts have at most 25 characters: %(t)s") % {"t": text})
-        elif kind == "URL" and len(str(item.get("url", ""))) > URL_MAX_CHARS:
-            check.fail("buttons", _("A button's address has at most 2000 characters."))
-        elif kind == "URL" and not URL.fullmatch(str(item.get("url", ""))):
-            check.fail("buttons", _("A URL button needs an address starting with https://."))
-        else:
-            button = {"type": kind, "text": text}
-            if kind == "URL":
-                button["url"] = str(item["url"])
-            buttons.append(button)
+    if copy_code.strip():
+        items = [*items, {"type": "COPY_CODE", "example": copy_code}]
+    buttons = [button for item in items if (button := _button(item, check)) is not None]
     if len(items) > MAX_BUTTONS:
         check.fail("buttons", _("At most %(n)d buttons.") % {"n": MAX_BUTTONS})
+    from campaigns.labels import label_for  # labels → audit → validation: read when used
+
+    for kind, cap in BUTTON_CAPS.items():
+        if sum(1 for b in buttons if b["type"] == kind) > cap:
+            check.fail(
+                "buttons",
+                _("At most %(n)d buttons of the kind “%(kind)s”.")
+                % {"n": cap, "kind": label_for("button_kind", kind)},
+            )
     return buttons
 
 
-def parse_template(data: Mapping[str, Any]) -> TemplateFields:
-    """A message template as the WhatsApp Cloud API accepts it."""
+def _coordinate(raw: Any, limit: int, name: str, check: Checker) -> float | None:
+    text = str(raw if raw is not None else "").strip().replace(",", ".")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -limit <= value <= limit:  # NaN and infinities fail too
+        check.fail(
+            f"header_location.{name}",
+            _("Enter a number from %(low)s to %(high)s.") % {"low": -limit, "high": limit},
+        )
+        return None
+    return value
+
+
+LOCATION_KEYS = ("latitude", "longitude", "name", "address")
+
+
+def parse_location(raw: Any, check: Checker) -> dict[str, Any] | None:
+    """A location header's place: ``{latitude, longitude, name, address}``."""
+    if not isinstance(raw, Mapping):
+        check.fail("header_location", _("Give the location's latitude and longitude."))
+        return None
+    latitude = _coordinate(raw.get("latitude"), 90, "latitude", check)
+    longitude = _coordinate(raw.get("longitude"), 180, "longitude", check)
+    place: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
+    for key, limit in (("name", 1000), ("address", 1000)):
+        text = str(raw.get(key) or "").strip()
+        if len(text) > limit:
+            check.fail(f"header_location.{key}", _("At most %(n)d characters.") % {"n": limit})
+        if text:
+            place[key] = text
+    return place if latitude is not None and longitude is not None else None
+
+
+def _header(
+    data: Mapping[str, Any], fmt: ParameterFormat, check: Checker, require_media: bool
+) -> tuple[str | None, str | None, str | None, int | None, dict[str, Any] | None]:
+    """(format, text, media link, media file id, location) of a template's header."""
+    text = _text(data, "header_text") or None
+    kind = _text(data, "header_format").upper() or ("TEXT" if text else "")
+    if kind in ("", "NONE"):
+        if text:
+            check.fail("header_format", _("Choose the header's kind."))
+        return None, None, None, None, None
+    try:
+        header = HeaderFormat(kind)
+    except ValueError:
+        options = ", ".join(member.value for member in HeaderFormat)
+        check.fail("header_format", _("Choose one of: %(options)s.") % {"options": options})
+        return None, None, None, None, None
+    if header is HeaderFormat.TEXT:
+        if not text:
+            check.fail("header_text", _("Write the header's text."))
+        elif len(text) > rendering.HEADER_MAX_CHARS:
+            check.fail("header_text", _("The header has at most 60 characters."))
+        else:
+            names = [placeholder.name for placeholder in rendering.placeholders(text)]
+            problems = rendering.validate(text, fmt)
+            if len(names) > 1:
+                check.fail("header_text", _("The header takes at most one variable."))
+            elif problems:
+                check.fail("header_text", problems[0])
+        return header.value, text, None, None, None
+    if header is HeaderFormat.LOCATION:
+        raw = data.get("header_location")
+        if raw is None:  # the form's fields, one per key
+            raw = {key: data.get(f"header_location.{key}") for key in LOCATION_KEYS}
+            if not require_media and not any(raw.values()):
+                raw = None
+        if raw is None and not require_media:
+            return header.value, None, None, None, None  # given before a campaign uses it
+        return header.value, None, None, None, parse_location(raw, check)
+    link = _text(data, "header_media_link") or None
+    file_id = None
+    raw_file = data.get("header_media_file_id")
+    if raw_file not in (None, ""):
+        file_id = row_id(raw_file)
+        if file_id is None:
+            check.fail("header_media_file_id", _("There is no such file."))
+    if link and (
+        len(link) > URL_MAX_CHARS or not link.startswith("https://") or not URL.fullmatch(link)
+    ):
+        check.fail("header_media_link", _("Give a public address starting with https://."))
+    elif link and file_id:
+        check.fail("header_media_link", _("Give a link or upload a file, not both."))
+    elif not link and not file_id and require_media:
+        check.fail(
+            "header_media_link", _("Give the header's media: a public https:// link or a file.")
+        )
+    return header.value, None, link, file_id, None
+
+
+def parse_template(data: Mapping[str, Any], *, require_media: bool = True) -> TemplateFields:
+    """A message template as the WhatsApp Cloud API accepts it.
+
+    ``require_media`` False: a media header may come without its media (a template
+    imported from WhatsApp, whose sample Meta keeps); a campaign needs it given.
+    """
     check = Checker(unstorable_fields(data))
     name = _text(data, "name")
     if not TEMPLATE_NAME.fullmatch(name):
@@ -251,13 +405,9 @@ def parse_template(data: Mapping[str, Any]) -> TemplateFields:
         check.fail("language", _("Use a language code such as pt_BR or en_US."))
     category = _choice(data, "category", TemplateCategory, check)
     fmt = _choice(data, "parameter_format", ParameterFormat, check, ParameterFormat.NAMED)
-    header = _text(data, "header_text") or None
+    header = _header(data, fmt or ParameterFormat.NAMED, check, require_media)
     body = _text(data, "body_text")
     footer = _text(data, "footer_text") or None
-    if header and len(header) > rendering.HEADER_MAX_CHARS:
-        check.fail("header_text", _("The header has at most 60 characters."))
-    if header and "{{" in header:
-        check.fail("header_text", _("Variables go in the body; the header is plain text."))
     if not body:
         check.fail("body_text", _("The body is required."))
     # Its length first: a body over the limit is refused before it is parsed.
@@ -267,9 +417,9 @@ def parse_template(data: Mapping[str, Any]) -> TemplateFields:
         check.fail("footer_text", _("The footer has at most 60 characters."))
     if footer and "{{" in footer:
         check.fail("footer_text", _("The footer cannot have variables."))
-    buttons = parse_buttons(data.get("buttons"), check)
+    buttons = parse_buttons(data.get("buttons"), check, _text(data, "copy_code"))
     check.done()
-    return TemplateFields(name, language, category, fmt, header, body, footer, buttons)
+    return TemplateFields(name, language, category, fmt, *header, body, footer, buttons)
 
 
 # A sender's settings other than its secrets, which are write-only.
@@ -517,6 +667,10 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
     for name in variables:
         item = raw.get(name)
         key = f"variables.{name}"
+        if template_parts.is_optional(name) and not (
+            isinstance(item, Mapping) and (item.get("field") or item.get("text"))
+        ):
+            continue  # a quick reply's payload: WhatsApp sends the button's text without one
         if not isinstance(item, Mapping) or not (item.get("field") or item.get("text")):
             check.fail(key, _("Map {{%(n)s}} to a customer field or a fixed text.") % {"n": name})
         elif item.get("field"):

@@ -12,7 +12,7 @@ from flask import Flask
 from procrastinate import JobContext
 
 from app import db
-from campaigns import reasons
+from campaigns import reasons, template_parts
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -232,35 +232,11 @@ def test_a_draft_being_edited_in_disparo_is_left_alone_and_said_so(client, sende
 
 
 UNSENDABLE = {
-    "image_header": (
-        [{"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["h"]}}, body("Oi")],
+    "gif_header": (
+        [{"type": "HEADER", "format": "GIF", "example": {"header_handle": ["h"]}}, body("Oi")],
         {},
-        "header_media",
-        "Its header is an image: Disparo cannot send media or location headers yet.",
-    ),
-    "location_header": (
-        [{"type": "HEADER", "format": "LOCATION"}, body("Oi")],
-        {},
-        "header_media",
-        "Its header is a location: Disparo cannot send media or location headers yet.",
-    ),
-    "header_variable": (
-        [{"type": "HEADER", "format": "TEXT", "text": "Oi {{1}}"}, body("Oi")],
-        {},
-        "header_variable",
-        "Its header has a variable: Disparo cannot fill header variables yet.",
-    ),
-    "url_variable": (
-        [
-            body("Oi"),
-            {
-                "type": "BUTTONS",
-                "buttons": [{"type": "URL", "text": "Ver", "url": "https://a.example/{{1}}"}],
-            },
-        ],
-        {},
-        "button_variable",
-        "Its URL button has a variable: Disparo cannot fill button variables yet.",
+        "header_kind",
+        "Its header is GIF, a kind Disparo cannot send yet.",
     ),
     "otp_code": (
         [
@@ -271,17 +247,14 @@ UNSENDABLE = {
         "button_kind",
         "It has a button of a kind Disparo cannot send yet: one-time password.",
     ),
-    "call_us": (
+    "flow_start": (
         [
             body("Oi"),
-            {
-                "type": "BUTTONS",
-                "buttons": [{"type": "PHONE_NUMBER", "text": "Ligue", "phone_number": "+551199"}],
-            },
+            {"type": "BUTTONS", "buttons": [{"type": "FLOW", "text": "Abrir", "flow_id": "1"}]},
         ],
         {},
         "button_kind",
-        "It has a button of a kind Disparo cannot send yet: phone number.",
+        "It has a button of a kind Disparo cannot send yet: flow.",
     ),
     "carousel_promo": (
         [body("Oi"), {"type": "CAROUSEL", "cards": []}],
@@ -530,7 +503,7 @@ def test_the_mock_listing_checks_its_query(client, sender):
 
 def test_the_api_imports_and_answers_the_summary(client, sender, token_for):
     make(client, "fine", [body("Oi {{1}}")])
-    make(client, "image_header", UNSENDABLE["image_header"][0], **UNSENDABLE["image_header"][1])
+    make(client, "gif_header", UNSENDABLE["gif_header"][0], **UNSENDABLE["gif_header"][1])
     headers = token_for(Role.SUPERVISOR)
     response = client.post(f"/api/v1/senders/{sender.id}/templates/import", headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -540,10 +513,10 @@ def test_the_api_imports_and_answers_the_summary(client, sender, token_for):
         "unchanged": 0,
         "skipped": [
             {
-                "name": "image_header",
+                "name": "gif_header",
                 "language": "pt_BR",
-                "code": "header_media",
-                "reason": UNSENDABLE["image_header"][3],
+                "code": "header_kind",
+                "reason": UNSENDABLE["gif_header"][3],
             }
         ],
     }
@@ -581,7 +554,7 @@ def test_the_api_refuses_with_json_errors(client, sender, token_for, mock_app):
 
 def test_the_page_imports_in_place_and_shows_the_summary(client, sender, login_as):
     make(client, "fine", [body("Oi {{1}}")])
-    make(client, "call_us", UNSENDABLE["call_us"][0], **UNSENDABLE["call_us"][1])
+    make(client, "flow_start", UNSENDABLE["flow_start"][0], **UNSENDABLE["flow_start"][1])
     login_as(Role.SUPERVISOR)
     page = client.get("/templates/").get_data(as_text=True)
     assert "Import from WhatsApp" in page and f'value="{sender.id}"' in page
@@ -593,7 +566,7 @@ def test_the_page_imports_in_place_and_shows_the_summary(client, sender, login_a
     html = response.get_data(as_text=True)
     assert html.startswith('<div id="import-result"')
     assert "Imported: 1. Updated: 0. Unchanged: 0. Skipped: 1." in html
-    assert "call_us" in html and "kind Disparo cannot send yet: phone number" in html
+    assert "flow_start" in html and "kind Disparo cannot send yet: flow" in html
     assert set(templates_of(sender.id)) == {"fine"}
 
     plain = client.post("/templates/import", data={"sender_id": sender.id})
@@ -612,7 +585,7 @@ def test_the_page_in_portuguese_and_for_viewers(client, sender, login_as):
     assert client.post("/templates/import", data={"sender_id": sender.id}).status_code == 403
     del viewer
     login_as(Role.SUPERVISOR)
-    make(client, "image_header", UNSENDABLE["image_header"][0], **UNSENDABLE["image_header"][1])
+    make(client, "gif_header", UNSENDABLE["gif_header"][0], **UNSENDABLE["gif_header"][1])
     response = client.post(
         "/templates/import",
         data={"sender_id": sender.id},
@@ -769,15 +742,15 @@ def test_a_known_template_whose_content_is_skipped_still_takes_its_status(client
     """A template Disparo has, changed in WhatsApp Manager to content Disparo cannot send,
     then paused, then deleted (as Meta lists a deleted one): its campaigns stop each time."""
     campaign, demo, meta_id = _scheduled_on_an_imported_copy(client, owner)
-    with_image = [UNSENDABLE["image_header"][0][0], body(PROMO_BODY)]
+    with_gif = [UNSENDABLE["gif_header"][0][0], body(PROMO_BODY)]
 
     def waba_change(**given) -> None:
         url = f"/mock/whatsapp/{demo.waba_id}/templates/{meta_id}"
         assert client.post(url, json=given).status_code == 200
 
-    waba_change(components=with_image, status="PAUSED")
+    waba_change(components=with_gif, status="PAUSED")
     result = import_templates(demo.id, None)
-    assert counts(result) == (0, 1, 3, 1) and result.skipped[0].code == "header_media"
+    assert counts(result) == (0, 1, 3, 1) and result.skipped[0].code == "header_kind"
     assert templates_of(demo.id)["promo_copy"].status is TemplateStatus.PAUSED
     db.session.expire_all()
     paused = db.session.get(Campaign, campaign.id)
@@ -1012,3 +985,55 @@ def test_mock_senders_are_not_synced_where_mocks_are_off(client, sender, mock_ap
     assert connected_sender_ids() == [sender.id, cloud.id]
     mock_app.config["MOCKS_ENABLED"] = False
     assert connected_sender_ids() == [cloud.id]
+
+
+# -- rich templates: media and location headers, variables in the header and buttons
+
+
+def test_rich_templates_are_imported_and_the_operator_gives_their_media(client, sender):
+    """A media header, a header variable, a link with its own ending, a call and a
+    copy-code button: all imported. Meta keeps only a sample of the media, so the
+    template waits for the operator's link or file, which a later listing leaves alone."""
+    image = {"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["4::aW"]}}
+    buttons = {
+        "type": "BUTTONS",
+        "buttons": [
+            {"type": "URL", "text": "Ver", "url": "https://a.example/o/{{1}}", "example": ["x"]},
+            {"type": "PHONE_NUMBER", "text": "Ligue", "phone_number": "+5511987654321"},
+            {"type": "COPY_CODE", "text": "Copiar código", "example": ["SAVE30"]},
+        ],
+    }
+    make(client, "with_image", [image, body("Oi {{1}}"), buttons])
+    make(
+        client,
+        "named_header",
+        [
+            {"type": "HEADER", "format": "TEXT", "text": "Oi {{first_name}}"},
+            body("Tudo bem, {{first_name}}?"),
+        ],
+        parameter_format="NAMED",
+    )
+    make(client, "at_the_shop", [{"type": "HEADER", "format": "LOCATION"}, body("Venha!")])
+
+    result = import_templates(sender.id, None)
+    assert counts(result) == (3, 0, 0, 0), result.skipped
+    found = templates_of(sender.id)
+    with_image = found["with_image"]
+    assert with_image.header_format == "IMAGE" and with_image.header_media_link is None
+    assert with_image.buttons == [
+        {"type": "URL", "text": "Ver", "url": "https://a.example/o/{{1}}"},
+        {"type": "PHONE_NUMBER", "text": "Ligue", "phone_number": "+5511987654321"},
+        {"type": "COPY_CODE", "example": "SAVE30"},
+    ]
+    assert template_parts.needs_media(with_image)
+    assert template_parts.keys(with_image) == ["1", "button.0", "button.2"]
+    assert template_parts.keys(found["named_header"]) == ["header.first_name", "first_name"]
+    assert template_parts.needs_media(found["at_the_shop"])
+
+    with_image.header_media_link = "https://cdn.example/promo.jpg"
+    db.session.commit()
+    assert counts(import_templates(sender.id, None)) == (0, 0, 3, 0)
+    db.session.expire_all()
+    kept = templates_of(sender.id)["with_image"]
+    assert kept.header_media_link == "https://cdn.example/promo.jpg"
+    assert not template_parts.needs_media(kept)

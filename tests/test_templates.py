@@ -74,7 +74,7 @@ def test_create_a_draft_with_buttons(client, sender, supervisor):
         ("body_text", "", "The body is required"),
         ("body_text", "x" * 1025, "at most 1024"),
         ("body_text", "Oi {{First}}", "not a valid name"),
-        ("header_text", "Oi {{first_name}}", "Variables go in the body"),
+        ("header_text", "Oi {{first_name}} {{city}}", "The header takes at most one variable"),
         ("buttons", "Ver | ftp://x", "https://"),
         ("buttons", "Ver | https://x.example/" + "a" * 2000, "at most 2000"),
     ],

@@ -30,6 +30,8 @@ from campaigns import (
     ratelimit,
     reasons,
     rendering,
+    sending,
+    template_parts,
 )
 from campaigns.clock import database_now
 from campaigns.i18n import _, _l
@@ -124,7 +126,7 @@ def template_variables_for(template_id: Any) -> list[str] | None:
     template = db.session.get(MessageTemplate, template_key) if template_key else None
     if template is None or template.status is not TemplateStatus.APPROVED:
         return None
-    return rendering.variables(template.body_text, template.parameter_format)
+    return template_parts.keys(template)
 
 
 def _check_sender_and_template(fields: CampaignFields) -> None:
@@ -134,6 +136,14 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
     template = db.session.get(MessageTemplate, fields.template_id)
     if template is None or template.status is not TemplateStatus.APPROVED:
         raise ServiceError(_("Choose an approved template."), "template_id")
+    if template_parts.needs_media(template):
+        raise ServiceError(
+            _(
+                "This template's header shows media it has none of yet:"
+                " edit it to give a link or a file."
+            ),
+            "template_id",
+        )
     template_sender = template.sender
     same_account = template.sender_id == sender.id or (
         sender.waba_id is not None and template_sender.waba_id == sender.waba_id
@@ -485,10 +495,17 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
             % {"s": int(decision.retry_after) + 1}
         )
     try:
-        result = providers.for_sender(campaign.sender, current_app.config).send_template(
-            to=phone, template=campaign.template, params=params, callback_data=f"test-{campaign_id}"
+        config = current_app.config
+        result = providers.for_sender(campaign.sender, config).send_template(
+            to=phone,
+            template=campaign.template,
+            params=params,
+            callback_data=f"test-{campaign_id}",
+            header_media=sending.header_media(campaign.sender, campaign.template, config),
         )
-    except providers.SendError as error:
+    except providers.ProviderError as error:
+        if not isinstance(error, providers.SendError):  # the header's media, not uploaded
+            raise ServiceError(error.message) from error
         if error.reason:  # Disparo's own finding, said in the reader's words
             raise ServiceError(reasons.render(error.reason)) from error
         # What the code means in the reader's words, and WhatsApp's own as it gave them.

@@ -42,6 +42,7 @@ DEMO_TEMPLATES: list[dict[str, Any]] = [
         "language": "pt_BR",
         "category": TemplateCategory.MARKETING,
         "parameter_format": ParameterFormat.NAMED,
+        "header_format": "TEXT",
         "header_text": "Ofertas de fim de semana",
         "body_text": (
             "Olá {{first_name}}! Neste fim de semana você tem {{discount}} de desconto "

@@ -73,6 +73,7 @@ from app import db
 from campaigns import providers, reasons, template_webhooks
 from campaigns.i18n import _, _l
 from campaigns.models import (
+    HeaderFormat,
     MessageTemplate,
     Provider,
     Sender,
@@ -101,13 +102,7 @@ SKIP_REASONS: dict[str, LazyString] = {
         "Its category %(category)s is not one Disparo knows (marketing, utility, authentication)."
     ),
     "unknown_format": _l("Its parameter format %(format)s is not one Disparo knows."),
-    "header_media": _l(
-        "Its header is %(format)s: Disparo cannot send media or location headers yet."
-    ),
-    "header_variable": _l("Its header has a variable: Disparo cannot fill header variables yet."),
-    "button_variable": _l(
-        "Its URL button has a variable: Disparo cannot fill button variables yet."
-    ),
+    "header_kind": _l("Its header is %(format)s, a kind Disparo cannot send yet."),
     "button_kind": _l("It has a button of a kind Disparo cannot send yet: %(kind)s."),
     "component_kind": _l("It has a part Disparo cannot send yet: %(kind)s."),
     "invalid": _l("It does not pass Disparo's template checks: %(problems)s"),
@@ -116,6 +111,19 @@ SKIP_REASONS: dict[str, LazyString] = {
     ),
     "repeated": _l("WhatsApp listed this name and language twice; the first was used."),
     "deleted": _l("WhatsApp reports it as deleted."),
+}
+
+
+# What a media or location header shows: given in Disparo (Meta keeps only a sample), so a
+# listing leaves it as it is unless the header's kind changed.
+OPERATORS_HEADER = ("header_media_link", "header_media_file_id", "header_location")
+
+# The buttons Disparo sends and what it keeps of each (Meta's JSON has more).
+BUTTON_FIELDS = {
+    "QUICK_REPLY": ("text",),
+    "URL": ("text", "url"),
+    "PHONE_NUMBER": ("text", "phone_number"),
+    "COPY_CODE": ("example",),
 }
 
 
@@ -233,7 +241,12 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
     fmt = (_word(raw.get("parameter_format")) or "POSITIONAL").lower()  # Meta's default
     if fmt not in ("named", "positional"):
         return skip("unknown_format", format=fmt.upper())
-    texts: dict[str, Any] = {"header_text": None, "body_text": None, "footer_text": None}
+    texts: dict[str, Any] = {
+        "header_format": None,
+        "header_text": None,
+        "body_text": None,
+        "footer_text": None,
+    }
     buttons: list[dict[str, str]] = []
     components = raw.get("components", [])
     if not isinstance(components, list):
@@ -246,12 +259,13 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
         if text is not None and not isinstance(text, str):
             return skip("malformed")
         if kind == "HEADER":
+            # Meta keeps a media header's sample, not the media a send shows: an operator
+            # gives that (a link or a file) before a campaign can use the template.
             header_format = str(component.get("format", "TEXT")).upper()
-            if header_format != "TEXT":
-                return skip("header_media", format=header_format)
-            if isinstance(text, str) and "{{" in text:
-                return skip("header_variable")
-            texts["header_text"] = text
+            if header_format not in HeaderFormat.__members__:
+                return skip("header_kind", format=header_format)
+            texts["header_format"] = header_format
+            texts["header_text"] = text if header_format == "TEXT" else None
         elif kind in ("BODY", "FOOTER"):
             texts[f"{kind.lower()}_text"] = text
         elif kind == "BUTTONS":
@@ -262,14 +276,14 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
                 if not isinstance(button, dict):
                     return skip("malformed")
                 button_kind = str(button.get("type", "")).upper()
-                if button_kind == "URL" and "{{" in str(button.get("url", "")):
-                    return skip("button_variable")
-                if button_kind not in ("QUICK_REPLY", "URL"):
+                if button_kind not in BUTTON_FIELDS:
                     return skip("button_kind", kind=button_kind or "?")
-                kept = {k: v for k, v in button.items() if k in ("type", "text", "url")}
+                kept = {k: v for k, v in button.items() if k in BUTTON_FIELDS[button_kind]}
+                if isinstance(kept.get("example"), list) and kept["example"]:
+                    kept["example"] = kept["example"][0]  # Meta lists a copy code's one example
                 if not all(isinstance(v, str) for v in kept.values()):
                     return skip("malformed")
-                buttons.append(kept)
+                buttons.append({"type": button_kind, **kept})
         else:
             return skip("component_kind", kind=kind or "?")
     try:
@@ -281,7 +295,8 @@ def read(raw: Mapping[str, Any]) -> Incoming | Skipped:
                 "parameter_format": fmt,
             }
             | texts
-            | {"buttons": buttons}
+            | {"buttons": buttons},
+            require_media=False,
         )
     except Invalid as invalid:
         return skip("invalid", problems=" ".join(invalid.errors.values()))
@@ -539,9 +554,13 @@ def _field_changes(plan: _Planned, listed_at: datetime) -> dict[str, Any]:
     if plan.fields is not None:
         if standing.provider_id and template.provider_template_id != standing.provider_id:
             changes["provider_template_id"] = standing.provider_id
+        same_header = plan.fields.header_format == template.header_format
         for name, value in plan.fields.__dict__.items():
-            if name not in ("name", "language", "category") and getattr(template, name) != value:
-                changes[name] = value
+            if name in ("name", "language", "category") or getattr(template, name) == value:
+                continue
+            if name in OPERATORS_HEADER and same_header:
+                continue  # what the operator gave the header to show: Meta has none of it
+            changes[name] = value
     category = standing.category
     if (
         category is not None

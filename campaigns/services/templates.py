@@ -24,6 +24,7 @@ from campaigns.labels import label
 from campaigns.models import (
     Campaign,
     CampaignStatus,
+    MediaFile,
     MessageTemplate,
     Sender,
     TemplateStatus,
@@ -86,6 +87,13 @@ def create_template(
 
 
 def _apply_template_fields(template: MessageTemplate, fields: TemplateFields) -> None:
+    if fields.header_media_file_id is not None:
+        media_file = db.session.get(MediaFile, fields.header_media_file_id)
+        if media_file is None or media_file.kind != fields.header_format:
+            raise ServiceError(
+                _("There is no such file for a header of this kind; upload it again."),
+                "header_media_file_id",
+            )
     for name, value in fields.__dict__.items():
         setattr(template, name, value)
 

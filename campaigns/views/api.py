@@ -219,7 +219,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
 
 
 def template_json(template: MessageTemplate) -> dict[str, Any]:
-    from campaigns import rendering
+    from campaigns import template_parts
 
     return {
         "id": template.id,
@@ -229,10 +229,14 @@ def template_json(template: MessageTemplate) -> dict[str, Any]:
         "category": template.category.value,
         "parameter_format": template.parameter_format.value,
         "header": template.header_text,
+        "header_format": template.header_format,
+        "header_media_link": template.header_media_link,
+        "header_media_file_id": template.header_media_file_id,
+        "header_location": template.header_location,
         "body": template.body_text,
         "footer": template.footer_text,
         "buttons": template.buttons,
-        "variables": rendering.variables(template.body_text, template.parameter_format),
+        "variables": template_parts.keys(template),
         "status": template.status.value,
         "status_reason": template.status_reason,
         "provider_template_id": template.provider_template_id,

@@ -22,13 +22,13 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import counters, csvfiles, erp, preflight, queries, recipients, rendering
+from campaigns import counters, csvfiles, erp, preflight, queries, recipients, template_parts
 from campaigns.auth import requires
 from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
 from campaigns.i18n import _, _l, current_zone, format_number, ngettext
-from campaigns.models import Campaign, CampaignStatus, MessageStatus, Role
+from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate, Role
 from campaigns.progress import Progress, get_progress, throughput_chart
 from campaigns.services import Blocked, ConfirmationRequired, ServiceError
 from campaigns.services.campaigns import (
@@ -59,6 +59,7 @@ from campaigns.validation import (
     campaign_data_from_form,
     parse_campaign,
     parse_segment,
+    row_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     variables = form.get("variables", {})
     # Without a template, keep showing what was typed, so nothing is lost.
     names = template_variables_for(template_id) or list(variables)
+    template_key = row_id(template_id)
+    template = db.session.get(MessageTemplate, template_key) if template_key else None
     rows = []
     for name in names:
         source = variables.get(name, {})
@@ -143,6 +146,8 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
         rows.append(
             {
                 "name": name,
+                "label": template_parts.describe(template, name),
+                "optional": template_parts.is_optional(name),
                 "source": "text" if "text" in source else field,
                 "text": source.get("text", ""),
             }
@@ -327,9 +332,7 @@ def campaign_show(campaign_id: int) -> str:
         activity=queries.campaign_activity(campaign_id),
         progress=progress,
         chart=throughput_chart(progress),
-        variables=rendering.variables(
-            campaign.template.body_text, campaign.template.parameter_format
-        ),
+        variables=template_parts.keys(campaign.template),
     )
 
 

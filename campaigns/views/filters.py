@@ -58,6 +58,7 @@ def init_app(app: Flask) -> None:
         Role=models.Role,
         TemplateStatus=models.TemplateStatus,
         TemplateCategory=models.TemplateCategory,
+        HeaderFormat=models.HeaderFormat,
         CampaignStatus=models.CampaignStatus,
         Provider=models.Provider,
         CAMPAIGN_CHANGED=htmx.CAMPAIGN_CHANGED,

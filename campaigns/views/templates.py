@@ -3,17 +3,27 @@ import from WhatsApp."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from campaigns import queries, rendering
+from app import db
+from campaigns import queries, rendering, template_parts
 from campaigns.auth import requires
 from campaigns.edge import validates_fields
 from campaigns.htmx import STOP_POLLING, is_htmx, redirect_to
 from campaigns.i18n import _
-from campaigns.labels import label
-from campaigns.models import ParameterFormat, Role, TemplateStatus
+from campaigns.labels import label, label_for
+from campaigns.models import (
+    HeaderFormat,
+    MediaFile,
+    MessageTemplate,
+    ParameterFormat,
+    Role,
+    TemplateStatus,
+)
 from campaigns.services import ServiceError, template_import
 from campaigns.services.templates import (
     create_template,
@@ -21,7 +31,13 @@ from campaigns.services.templates import (
     sync_template_status,
     update_template,
 )
-from campaigns.validation import Invalid, parse_template, row_id
+from campaigns.validation import (
+    LOCATION_KEYS,
+    Invalid,
+    button_from_line,
+    parse_template,
+    row_id,
+)
 
 bp = Blueprint("templates", __name__, url_prefix="/templates")
 
@@ -73,33 +89,114 @@ def template_rows() -> str:
     )
 
 
-def _preview(form) -> dict:
-    """What the preview shows for the form as typed: rendered text, variables, problems."""
+def _bubble(template: MessageTemplate, body: str) -> dict[str, Any]:
+    """What the message bubble shows for a template (saved, or as the form has it): the
+    header by its kind, the body (``body``, its variables already filled), the footer and
+    each button's kind and words."""
+    fmt = template.parameter_format
+    header: dict[str, Any] | None = None
+    if header_format := template_parts.header_format(template):
+        header = {"format": header_format.value, "location": template.header_location}
+        if header_format is HeaderFormat.TEXT:
+            names = rendering.variables(template.header_text, fmt)
+            samples = rendering.sample_values(names, fmt)
+            header["text"] = rendering.render(template.header_text, fmt, samples)
+        elif template.header_media_file_id:
+            header["src"] = url_for("media.media_file", media_file_id=template.header_media_file_id)
+        elif link := template.header_media_link:
+            header["link"], header["filename"] = link, template_parts.link_filename(link)
+    buttons = [
+        {"kind": b.get("type"), "text": b.get("text") or label_for("button_kind", b.get("type"))}
+        for b in template.buttons or []
+    ]
+    return {"header": header, "body": body, "footer": template.footer_text, "buttons": buttons}
+
+
+def _typed(form) -> MessageTemplate:
+    """The form as typed, as an unsaved template (for the preview; nothing is checked)."""
     fmt = (
         ParameterFormat.POSITIONAL
         if form.get("parameter_format") == "positional"
         else ParameterFormat.NAMED
     )
+    header_text = form.get("header_text", "").strip()
+    header_format = form.get("header_format", "").upper() or ("TEXT" if header_text else None)
+    if header_format not in {member.value for member in HeaderFormat}:
+        header_format = None
+    buttons = [
+        button_from_line(line) for line in form.get("buttons", "").splitlines() if line.strip()
+    ]
+    if form.get("copy_code", "").strip():
+        buttons.append({"type": "COPY_CODE", "example": form["copy_code"].strip()})
+    location = {
+        key: form.get(f"header_location.{key}", "").strip()
+        for key in ("latitude", "longitude", "name", "address")
+    }
+    return MessageTemplate(
+        parameter_format=fmt,
+        header_format=header_format,
+        header_text=header_text[: rendering.HEADER_MAX_CHARS],
+        header_media_link=form.get("header_media_link", "").strip() or None,
+        header_media_file_id=row_id(form.get("header_media_file_id")),
+        header_location=location,
+        footer_text=form.get("footer_text", ""),
+        buttons=buttons,
+    )
+
+
+def _preview(form) -> dict:
+    """What the preview shows for the form as typed: rendered text, variables, problems."""
+    typed = _typed(form)
+    fmt = typed.parameter_format
     # Stripped as parse_template stores it, so the preview counts what will be saved.
-    typed = form.get("body_text", "").strip()
-    problems = rendering.validate(typed, fmt)
+    text = form.get("body_text", "").strip()
+    problems = rendering.validate(text, fmt)
     # Over the limit, only what fits is parsed and shown; the problem says why.
-    body = typed[: rendering.BODY_MAX_CHARS]
+    body = text[: rendering.BODY_MAX_CHARS]
+    typed.body_text = body
     names = rendering.variables(body, fmt)
     samples = rendering.sample_values(names, fmt)
     return {
-        "header": form.get("header_text", ""),
-        "body": rendering.render(body, fmt, samples),
-        "footer": form.get("footer_text", ""),
-        "buttons": [
-            line.partition("|")[0].strip()
-            for line in form.get("buttons", "").splitlines()
-            if line.strip()
-        ],
-        "variables": names,
+        "bubble": _bubble(typed, rendering.render(body, fmt, samples)),
+        "variables": [variable.key for variable in template_parts.variables(typed)],
         "problems": problems,
-        "length": len(typed),
+        "length": len(text),
     }
+
+
+def _edit_form(template: MessageTemplate) -> dict[str, str]:
+    """The form's fields for a saved template."""
+    location = template.header_location or {}
+    buttons = [b for b in template.buttons if b.get("type") != "COPY_CODE"]
+    return {
+        "name": template.name,
+        "language": template.language,
+        "category": template.category.value,
+        "parameter_format": template.parameter_format.value,
+        "header_format": template.header_format or "",
+        "header_text": template.header_text or "",
+        "header_media_link": template.header_media_link or "",
+        "header_media_file_id": str(template.header_media_file_id or ""),
+        **{f"header_location.{key}": str(location.get(key, "")) for key in LOCATION_KEYS},
+        "body_text": template.body_text,
+        "footer_text": template.footer_text or "",
+        "buttons": "\n".join(
+            f"{b['text']} | {b.get('url') or b.get('phone_number')}"
+            if b.get("url") or b.get("phone_number")
+            else b["text"]
+            for b in buttons
+        ),
+        "copy_code": next(
+            (b["example"] for b in template.buttons if b.get("type") == "COPY_CODE"), ""
+        ),
+        "sender_id": str(template.sender_id),
+    }
+
+
+def _media_file(form) -> MediaFile | None:
+    """The uploaded file the form's media header names, if there is one."""
+    file_id = row_id(form.get("header_media_file_id"))
+    return db.session.get(MediaFile, file_id) if file_id else None
 
 
 def _form_page(form, errors, template=None, status: int = 200):
@@ -111,6 +208,7 @@ def _form_page(form, errors, template=None, status: int = 200):
             template=template,
             preview=_preview(form),
             senders=queries.list_senders(),
+            media_file=_media_file(form),
         ),
         status,
     )
@@ -143,6 +241,18 @@ def template_create():
     return redirect_to(url_for("templates.template_show", template_id=template.id))
 
 
+@bp.post("/header")
+@requires(Role.SUPERVISOR)
+def template_header_fields() -> str:
+    """The header's fields for the kind chosen (htmx, when the header's kind changes)."""
+    return render_template(
+        "templates/_header_fields.html",
+        form=request.form,
+        errors={},
+        media_file=_media_file(request.form),
+    )
+
+
 @bp.post("/preview")
 @requires(Role.SUPERVISOR)
 def template_preview() -> str:
@@ -163,11 +273,12 @@ def template_show(template_id: int) -> str:
     template = _template_or_404(template_id)
     fmt = template.parameter_format
     names = rendering.variables(template.body_text, fmt)
+    samples = rendering.sample_values(names, fmt)
     return render_template(
         "templates/show.html",
         template=template,
-        variables=names,
-        rendered=rendering.render(template.body_text, fmt, rendering.sample_values(names, fmt)),
+        variables=[variable.key for variable in template_parts.variables(template)],
+        bubble=_bubble(template, rendering.render(template.body_text, fmt, samples)),
     )
 
 
@@ -176,19 +287,7 @@ def template_show(template_id: int) -> str:
 def template_edit(template_id: int):
     """The form, filled with the template."""
     template = _template_or_404(template_id)
-    form = {
-        "name": template.name,
-        "language": template.language,
-        "category": template.category.value,
-        "parameter_format": template.parameter_format.value,
-        "header_text": template.header_text or "",
-        "body_text": template.body_text,
-        "footer_text": template.footer_text or "",
-        "buttons": "\n".join(
-            f"{b['text']} | {b['url']}" if b.get("url") else b["text"] for b in template.buttons
-        ),
-        "sender_id": str(template.sender_id),
-    }
+    form = _edit_form(template)
     return _form_page(form, {}, template)
 
 

@@ -32,6 +32,8 @@ PUBLIC_ENDPOINTS = frozenset(
         # The API's description: it holds no data, and a client reads it before it has a token.
         "api_docs.document",
         "api_docs.page",
+        # A recipient's tap on a campaign's tracked link: its signed token admits it.
+        "links.follow",
     }
 )
 SELF_AUTHENTICATED_BLUEPRINTS = frozenset({"api", "webhooks", "metrics"})

@@ -137,13 +137,28 @@ def _segment_schema() -> Schema:
 def _variables_schema() -> Schema:
     from_field = obj({"field": {"type": "string", "enum": list(CUSTOMER_FIELDS)}})
     from_text = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1024}})
+    from_track = obj(
+        {
+            "track": {
+                "type": "string",
+                "pattern": "^https://\\S+$",
+                "maxLength": URL_MAX_CHARS,
+                "description": (
+                    "button.<index> of a link whose address is {APP_BASE_URL}/l/{{1}}: each"
+                    " recipient's click is counted, then redirected here."
+                ),
+            }
+        }
+    )
     return {
         "type": "object",
         "description": (
-            "Each variable of the template's body mapped to a customer field or a fixed text; "
-            "every variable must be mapped, and only the template's."
+            "Each variable of the template (its header's, body's and buttons': the template's"
+            " `variables`) mapped to a customer field, a fixed text or, for a link button,"
+            " a tracked link; every variable must be mapped but a quick reply's payload"
+            " (payload.<index>), and only the template's."
         ),
-        "additionalProperties": {"oneOf": [from_field, from_text]},
+        "additionalProperties": {"oneOf": [from_field, from_text, from_track]},
     }
 
 

@@ -167,9 +167,12 @@ def params_for(
     """The value of each template variable for one customer, from the campaign's mapping."""
     params = {}
     for name, source in mapping.items():
-        params[name] = (
-            source["text"] if "text" in source else customer_value(customer, source["field"])
-        )
+        if "text" in source:
+            params[name] = source["text"]
+        elif "field" in source:
+            params[name] = customer_value(customer, source["field"])
+        else:  # a tracked link: its token is made at each send (campaigns/tracked_links.py)
+            params[name] = source["track"]
     return params
 
 

@@ -52,6 +52,7 @@ from campaigns import (
     ratelimit,
     slowdown,
     template_parts,
+    tracked_links,
 )
 from campaigns.clock import database_now
 from campaigns.models import (
@@ -83,7 +84,13 @@ THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 # statement (full rows of all four were 80 columns). Loaded, not lazy: the call threads
 # read the sender and template without a session.
 CAMPAIGN_LOAD = (
-    load_only(Campaign.status, Campaign.sender_id, Campaign.template_id, Campaign.owner_id),
+    load_only(
+        Campaign.status,
+        Campaign.sender_id,
+        Campaign.template_id,
+        Campaign.owner_id,
+        Campaign.variable_mapping,  # its tracked links (campaigns/tracked_links.py)
+    ),
     joinedload(Campaign.sender).load_only(
         Sender.provider,
         Sender.phone_number_id,
@@ -162,6 +169,7 @@ def send_batch(
     # The call threads read the sender and template while this thread records outcomes
     # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
+    mapping = campaign.variable_mapping  # read before the commit expires it
     db.session.expunge(sender)
     db.session.expunge(template)
     db.session.commit()
@@ -200,13 +208,14 @@ def send_batch(
         )
         calling, media = [], None
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
+    secret = config["SECRET_KEY"]
     started: dict[Future[SendResult], message_states.Claimed] = {
         calls.start(
             size,
             provider.send_template,
             to=message.phone,
             template=template,
-            params=message.params,
+            params=tracked_links.fill(message.params, mapping, secret, campaign_id, message.id),
             callback_data=callback_data.for_call(message.id, message.attempts),
             header_media=media,
         ): message

@@ -20,6 +20,7 @@ from campaigns import rendering, template_parts
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.i18n import _, format_money, format_number, parse_amount
 from campaigns.models import HeaderFormat, ParameterFormat, Provider, Role, TemplateCategory
+from campaigns.tracked_links import TRACK
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
@@ -671,6 +672,15 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
             isinstance(item, Mapping) and (item.get("field") or item.get("text"))
         ):
             continue  # a quick reply's payload: WhatsApp sends the button's text without one
+        if isinstance(item, Mapping) and item.get(TRACK) and name.startswith("button."):
+            address = str(item[TRACK]).strip()
+            if len(address) > URL_MAX_CHARS or not URL.fullmatch(address):
+                check.fail(key, _("Give the address the link leads to, starting with https://."))
+            elif not address.startswith("https://"):
+                check.fail(key, _("Give the address the link leads to, starting with https://."))
+            else:
+                mapping[name] = {TRACK: address}
+            continue
         if not isinstance(item, Mapping) or not (item.get("field") or item.get("text")):
             check.fail(key, _("Map {{%(n)s}} to a customer field or a fixed text.") % {"n": name})
         elif item.get("field"):
@@ -738,6 +748,8 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
             name = key[len("var.") : -len(".source")]
             if source == "text":
                 variables[name] = {"text": form.get(f"var.{name}.text", "")}
+            elif source == TRACK:
+                variables[name] = {TRACK: form.get(f"var.{name}.text", "")}
             elif source:
                 variables[name] = {"field": source}
     return {

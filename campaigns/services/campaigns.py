@@ -32,6 +32,7 @@ from campaigns import (
     rendering,
     sending,
     template_parts,
+    tracked_links,
 )
 from campaigns.clock import database_now
 from campaigns.i18n import _, _l
@@ -144,6 +145,7 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
             ),
             "template_id",
         )
+    _check_tracked_links(template, fields.variable_mapping)
     template_sender = template.sender
     same_account = template.sender_id == sender.id or (
         sender.waba_id is not None and template_sender.waba_id == sender.waba_id
@@ -152,6 +154,24 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
         raise ServiceError(
             _("This template belongs to another WhatsApp account than the sender's."), "template_id"
         )
+
+
+def _check_tracked_links(template: MessageTemplate, mapping: Mapping[str, Any]) -> None:
+    """A tracked link's button must be a link to Disparo's own /l/{{1}}: sent to any
+    other address, the token would land the recipient on a page that does not exist."""
+    address = tracked_links.button_address(current_app.config["APP_BASE_URL"])
+    buttons = template.buttons or []
+    for index in tracked_links.tracked(mapping):
+        button = buttons[index] if index < len(buttons) else {}
+        if button.get("type") != "URL" or button.get("url") != address:
+            raise ServiceError(
+                _(
+                    "A tracked link needs the template's button to lead to %(address)s;"
+                    " this one leads elsewhere."
+                )
+                % {"address": address},
+                f"variables.button.{index}",
+            )
 
 
 def _locked_campaign(campaign_id: int) -> Campaign:
@@ -488,6 +508,9 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     params = rendering.params_for(campaign.variable_mapping, sample)
     if empty := rendering.missing_params(params):
         params |= rendering.sample_values(empty, campaign.template.parameter_format)
+    # A test's tracked links name no message (0): they lead on and count nothing.
+    secret = current_app.config["SECRET_KEY"]
+    params = tracked_links.fill(params, campaign.variable_mapping, secret, campaign_id, 0)
     decision = ratelimit.consume(db.session, ratelimit.whatsapp_limits(campaign.sender))
     if not decision.allowed:
         raise ServiceError(

@@ -43,6 +43,7 @@ def init_app(app: Flask) -> None:
         campaigns,
         docs,
         filters,
+        links,
         main,
         metrics,
         notifications,
@@ -71,6 +72,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(queue.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(settings.bp)
+    app.register_blueprint(links.bp)  # public: a recipient's tap on a tracked link
     # Token-authenticated: no cookie session, so no CSRF to guard against.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)

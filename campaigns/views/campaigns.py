@@ -137,6 +137,7 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     names = template_variables_for(template_id) or list(variables)
     template_key = row_id(template_id)
     template = db.session.get(MessageTemplate, template_key) if template_key else None
+    app_base_url = current_app.config["APP_BASE_URL"]
     rows = []
     for name in names:
         source = variables.get(name, {})
@@ -148,8 +149,10 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
                 "name": name,
                 "label": template_parts.describe(template, name),
                 "optional": template_parts.is_optional(name),
-                "source": "text" if "text" in source else field,
-                "text": source.get("text", ""),
+                "source": "text" if "text" in source else "track" if "track" in source else field,
+                "text": source.get("text") or source.get("track", ""),
+                "trackable": template is not None
+                and template_parts.is_tracked_button(template, name, app_base_url),
             }
         )
     return rows

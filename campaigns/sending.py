@@ -60,6 +60,7 @@ from campaigns.models import (
     MessageStatus,
     MessageTemplate,
     Sender,
+    TemplateStatus,
     User,
 )
 from campaigns.providers.base import SendResult
@@ -151,11 +152,15 @@ def send_batch(
     # the provider. What the limits then hold back is given back below.
     claimed = message_states.claim(db.session, campaign_id, [i for i, _ in waiting], source)
     report.skipped += len(waiting) - len(claimed)
-    # The call threads read the sender and template while this thread records outcomes
-    # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
+    # The call threads read the sender and templates (the campaign's, and the messages'
+    # language versions) while this thread records outcomes and commits: detached, they
+    # keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
+    versions = _language_versions(claimed, template.id)
     db.session.expunge(sender)
     db.session.expunge(template)
+    for version in versions.values():
+        db.session.expunge(version)
     db.session.commit()
     granted: list[message_states.Claimed] = []
     wait = 0.0
@@ -181,7 +186,9 @@ def send_batch(
             size,
             provider.send_template,
             to=message.phone,
-            template=template,
+            template=template
+            if message.template_id is None
+            else versions.get(message.template_id, template),
             params=message.params,
             callback_data=callback_data.for_call(message.id, message.attempts),
         ): message
@@ -210,6 +217,24 @@ def send_batch(
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
         _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
     return report
+
+
+def _language_versions(
+    claimed: Sequence[message_states.Claimed], campaign_template_id: int
+) -> dict[int, MessageTemplate]:
+    """The language versions (``languages.py``) the claimed messages were given, by id,
+    in one read; none without any. Only the ones still approved: a message whose version
+    was paused or disabled since its fan-out goes in the campaign's template instead."""
+    ids = {message.template_id for message in claimed if message.template_id is not None}
+    ids.discard(campaign_template_id)  # loaded with the campaign already
+    if not ids:
+        return {}
+    found = db.session.scalars(
+        sa.select(MessageTemplate)
+        .where(MessageTemplate.id.in_(ids), MessageTemplate.status == TemplateStatus.APPROVED)
+        .execution_options(populate_existing=True)
+    )
+    return {version.id: version for version in found}
 
 
 def _budget_for_held(

@@ -18,9 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_states, erp, message_states, phones, queues, rendering
+from campaigns import campaign_states, erp, languages, message_states, phones, queues, rendering
 from campaigns.clock import database_now
-from campaigns.models import Campaign, CampaignStatus, MessageStatus
+from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate
 from campaigns.providers.errors import UNDELIVERABLE_CODE
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import is_suppressed
@@ -88,10 +88,16 @@ def _message_rows(
     suppressed = is_suppressed(wanted)
     unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
     taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
-    # The variables' fields, and always the name: the recipients table shows and searches it.
+    # The variables' fields, and always the name: the recipients table shows and searches
+    # it; and the language's field, which chose the message's template.
+    language_field = campaign.language_field
     fields = sorted(
-        {m["field"] for m in campaign.variable_mapping.values() if "field" in m} | {"name"}
+        {m["field"] for m in campaign.variable_mapping.values() if "field" in m}
+        | {"name"}
+        | ({language_field} if language_field else set())
     )
+    # Each recipient's language version, from the versions approved now (one read a page).
+    versions = languages.variants(campaign.template) if language_field else {}
     rows = []
     for customer, phone in zip(customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
@@ -117,9 +123,21 @@ def _message_rows(
                 "phone": (phone or str(customer.get("phone") or ""))[:32],
                 "customer_data": {f: customer.get(f) for f in fields},
                 "params": params,
+                "template_id": _template_for(campaign, versions, customer),
                 "status": (MessageStatus.SKIPPED if code else MessageStatus.PENDING).value,
                 "error_code": code,
                 "error_text": reason,
             }
         )
     return rows
+
+
+def _template_for(
+    campaign: Campaign, versions: Mapping[str, MessageTemplate], customer: Mapping[str, Any]
+) -> int | None:
+    """The message's template: the version in the customer's language, or None for the
+    campaign's own (no language field, no such version, or the campaign's language)."""
+    if not campaign.language_field:
+        return None
+    chosen = languages.pick(versions, customer.get(campaign.language_field), campaign.template)
+    return None if chosen.id == campaign.template_id else chosen.id

@@ -212,6 +212,7 @@ CUSTOMER_FIELD: Labels = {
     "total_spent": _lp("customer field", "Total spent"),
     "last_purchase_at": _lp("customer field", "Last purchase"),
     "id": _lp("customer field", "Customer id"),
+    "language": _lp("customer field", "Language"),
 }
 # Why Meta rejected a template (its rejected_reason, kept as Meta sent it).
 TEMPLATE_REJECTION: Labels = {

@@ -176,12 +176,12 @@ def unqueue(session: AnySession, campaign_id: int) -> int:
 # than the insert itself; rows already there (a re-run) are left alone
 INSERT_NEW = sa.text(
     "INSERT INTO messages (campaign_id, phone, customer_ref, customer_data, params, status,"
-    " error_code, error_text)"
+    " error_code, error_text, template_id)"
     " SELECT r.campaign_id, r.phone, r.customer_ref, r.customer_data, r.params,"
-    " CAST(r.status AS message_status), r.error_code, r.error_text"
+    " CAST(r.status AS message_status), r.error_code, r.error_text, r.template_id"
     " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign_id int, phone text,"
     " customer_ref text, customer_data jsonb, params jsonb, status text, error_code text,"
-    " error_text text)"
+    " error_text text, template_id int)"
     " ON CONFLICT (campaign_id, customer_ref) DO NOTHING RETURNING status::text"
 )
 
@@ -269,7 +269,7 @@ CLAIM = sa.text(
     " WHERE id = ANY(CAST(:ids AS bigint[])) AND campaign_id = (SELECT id FROM c)"
     " AND status = CAST(:source AS message_status)"
     " RETURNING id, phone, params, tries, attempts, held_until IS NOT NULL AS held,"
-    " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for"
+    " extract(epoch FROM now() - throttled_at)::float8 AS throttled_for, template_id"
 )
 # -- the provider accepted these: `sent` unless a status webhook moved one on already
 # (never backwards); the ids that moved
@@ -316,6 +316,8 @@ class Claimed:
     throttled_for: float | None  # seconds since WhatsApp first throttled it, if it did
     held: bool = False  # 131049 held it once already (held_until set): held again, it fails
     attempts: int = 1  # its calls ever, this one included: the call's callback data names it
+    # Its language version of the campaign's template (languages.py); None: the campaign's.
+    template_id: int | None = None
 
 
 def waiting(
@@ -356,6 +358,7 @@ def claim(
             row.throttled_for,
             row.held,
             row.attempts,
+            row.template_id,
         )
         for row in rows
         if row.phone is not None

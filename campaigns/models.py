@@ -434,6 +434,10 @@ class Campaign(Model):
     variable_mapping: Mapped[dict[str, Any]] = mapped_column(
         JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
     )
+    # The customer field holding each recipient's language (validation.CUSTOMER_FIELDS):
+    # the template's version in it is sent (campaigns/languages.py); NULL: the template's
+    # own language for everyone.
+    language_field: Mapped[str | None] = mapped_column(sa.String(64))
     status: Mapped[CampaignStatus] = mapped_column(
         pg_enum(CampaignStatus, "campaign_status"), default=CampaignStatus.DRAFT
     )
@@ -530,6 +534,9 @@ class Message(Model):
         JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
     )
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The language version of the campaign's template chosen for this recipient by the
+    # fan-out (campaigns/languages.py); NULL: the campaign's own template.
+    template_id: Mapped[int | None] = mapped_column(sa.ForeignKey("message_templates.id"))
     status: Mapped[MessageStatus] = mapped_column(
         pg_enum(MessageStatus, "message_status"), default=MessageStatus.PENDING
     )

@@ -96,6 +96,16 @@ ID: Schema = {"type": "integer", "minimum": 1, "maximum": INTEGER_MAX}
 BIG_ID: Schema = {"type": "integer", "minimum": 1}
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
+LANGUAGE_FIELD: Schema = {
+    "type": ["string", "null"],
+    "enum": [*CUSTOMER_FIELDS, None],
+    "description": (
+        'The customer field holding each recipient\'s language ("pt-BR", "en"): each gets'
+        " the approved version of the template's name in it, or of its base language, or"
+        " else the campaign's template. null (the default): the template's language for"
+        " everyone."
+    ),
+}
 CONFIRM: Schema = {
     "type": "boolean",
     "default": False,
@@ -458,6 +468,7 @@ def schemas() -> dict[str, Schema]:
             "template_id": ID,
             "segment": ref("Segment"),
             "variables": ref("VariableMapping"),
+            "language_field": LANGUAGE_FIELD,
             "scheduled_at": nullable(DATE_TIME),
             "started_at": nullable(DATE_TIME),
             "completed_at": nullable(DATE_TIME),
@@ -768,6 +779,7 @@ def request_schemas() -> dict[str, Schema]:
         "template_id": {**ID, "description": "An approved template."},
         "segment": ref("Segment"),
         "variables": ref("VariableMapping"),
+        "language_field": LANGUAGE_FIELD,
     }
     return {
         "UserChanges": {

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from app import db
 from campaigns import counters, csvfiles, labels
 from campaigns.i18n import N_, _
-from campaigns.models import Message, MessageStatus
+from campaigns.models import Campaign, Message, MessageStatus, MessageTemplate
 from campaigns.providers import errors
 from campaigns.queries import enum_member
 from campaigns.search import MAX_SEARCH_CHARS, contains_folded, fold
@@ -40,6 +41,8 @@ RECIPIENT_CSV_COLUMNS = (
     # Added last (columns keep their places for the spreadsheets that read them): what
     # Disparo says a code means, in the reader's language, beside WhatsApp's own text.
     "error_explanation",
+    # The language of the template the recipient gets (campaigns/languages.py).
+    "language",
 )
 
 
@@ -58,6 +61,7 @@ def recipient_csv_header(zone: str) -> list[str]:
         _("Failed at (%(zone)s)") % {"zone": zone},
         _("WhatsApp message ID"),
         _("What the error means"),
+        _("Language"),
     ]
 
 
@@ -89,6 +93,13 @@ class RecipientPage:
     total: int | None  # rows in the status filter (from the counters); None on later pages
     # of those, the rows the search finds (MATCHES_COUNTED + 1: more); None without one
     matching: int | None = None
+    # The language of each template the messages get, by template id; None: the campaign's.
+    languages: dict[int | None, str] = field(default_factory=dict)
+
+    def language(self, message: Message) -> str | None:
+        """The language of the template the recipient gets (its own version, or the
+        campaign's)."""
+        return self.languages.get(message.template_id) or self.languages.get(None)
 
     @property
     def matching_capped(self) -> bool:
@@ -147,11 +158,32 @@ def recipient_page(
     """
     where = _recipients_where(campaign_id, filters)
     messages, next_after = _after(where, after, per_page)
+    languages = _template_languages(campaign_id, messages)
     if after is not None:  # "load more": the first page said how many
-        return RecipientPage(messages, next_after, None)
+        return RecipientPage(messages, next_after, None, languages=languages)
     total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
     matching = _matching(where) if filters.q else None
-    return RecipientPage(messages, next_after, total, matching)
+    return RecipientPage(messages, next_after, total, matching, languages)
+
+
+def _template_languages(campaign_id: int, messages: list[Message]) -> dict[int | None, str]:
+    """The language of the campaign's template (key None) and of the messages' own
+    versions (by id), in one statement; none for no messages."""
+    if not messages:
+        return {}
+    ids = sorted({m.template_id for m in messages if m.template_id is not None})
+    own = sa.select(Campaign.template_id).where(Campaign.id == campaign_id).scalar_subquery()
+    rows = db.session.execute(
+        sa.select(MessageTemplate.id, MessageTemplate.language, MessageTemplate.id == own).where(
+            sa.or_(MessageTemplate.id == own, MessageTemplate.id.in_(ids))
+        )
+    )
+    found: dict[int | None, str] = {}
+    for template_id, language, is_own in rows:
+        found[template_id] = language
+        if is_own:
+            found[None] = language
+    return found
 
 
 def _after(
@@ -200,6 +232,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
     A server-side cursor hands the rows over CSV_FETCH_ROWS at a time, so a
     million-recipient export never holds more than one batch in memory.
     """
+    own, version = aliased(MessageTemplate), aliased(MessageTemplate)
     query = (
         sa.select(
             Message.customer_ref,
@@ -214,7 +247,12 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
             Message.read_at,
             Message.failed_at,
             Message.provider_message_id,
+            # The template the recipient gets: its own language version, or the campaign's.
+            sa.func.coalesce(version.language, own.language),
         )
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .join(own, own.id == Campaign.template_id)
+        .outerjoin(version, version.id == Message.template_id)
         .where(Message.campaign_id == campaign_id)
         .order_by(Message.id)
         .execution_options(yield_per=CSV_FETCH_ROWS)
@@ -249,8 +287,9 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
                 errors.describe(row.error_code, row.error_text)
                 if row.error_code or row.error_text
                 else None,
-                *row[6:],
+                *row[6:11],
                 explained(row.error_code, row.status),
+                row[11],
             )
     finally:
         result.close()  # also when the download is abandoned half-way

@@ -63,6 +63,7 @@ from campaigns.models import (
     MessageStatus,
     MessageTemplate,
     Sender,
+    TemplateStatus,
     User,
 )
 from campaigns.providers.base import ProviderError, SendError, SendResult
@@ -166,12 +167,16 @@ def send_batch(
     # the provider. What the limits then hold back is given back below.
     claimed = message_states.claim(db.session, campaign_id, [i for i, _ in waiting], source)
     report.skipped += len(waiting) - len(claimed)
-    # The call threads read the sender and template while this thread records outcomes
-    # and commits: detached, they keep what was loaded and are never expired or lazy-loaded.
+    # The call threads read the sender and templates (the campaign's, and the messages'
+    # language versions) while this thread records outcomes and commits: detached, they
+    # keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
     mapping = campaign.variable_mapping  # read before the commit expires it
+    versions = _language_versions(claimed, template.id)
     db.session.expunge(sender)
     db.session.expunge(template)
+    for version in versions.values():
+        db.session.expunge(version)
     db.session.commit()
     granted: list[message_states.Claimed] = []
     wait = 0.0
@@ -192,7 +197,9 @@ def send_batch(
     calling = [m for m in granted if m.id not in limited and m.id not in unbudgeted]
     provider = providers.for_sender(sender, config)
     try:
-        media = header_media(sender, template, config) if calling else None
+        # Each template's own (a language version may show another image), once a batch.
+        used = {template, *(versions[m.template_id] for m in calling if m.template_id in versions)}
+        medias = {t.id: header_media(sender, t, config) for t in used} if calling else {}
     except ProviderError as error:
         # The media could not be uploaded to WhatsApp: nothing was sent, so every call
         # of the batch is tried again later, as after any transient failure.
@@ -206,7 +213,7 @@ def send_batch(
             retry_queue=retry_queue,
             report=report,
         )
-        calling, media = [], None
+        calling, medias = [], {}
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     secret = config["SECRET_KEY"]
     started: dict[Future[SendResult], message_states.Claimed] = {
@@ -214,12 +221,13 @@ def send_batch(
             size,
             provider.send_template,
             to=message.phone,
-            template=template,
+            template=chosen,
             params=tracked_links.fill(message.params, mapping, secret, campaign_id, message.id),
             callback_data=callback_data.for_call(message.id, message.attempts),
-            header_media=media,
+            header_media=medias[chosen.id],
         ): message
         for message in calling
+        for chosen in [versions.get(message.template_id or 0, template)]
     }
     called = {message.id for message in calling}
     back = [message.id for message in claimed if message.id not in called]
@@ -260,6 +268,24 @@ def header_media(
     filename = db.session.scalar(sa.select(MediaFile.filename).where(MediaFile.id == file_id))
     media_id = media.media_id_for(sender, file_id, config)
     return template_parts.HeaderMedia(fmt, media_id=media_id, filename=filename)
+
+
+def _language_versions(
+    claimed: Sequence[message_states.Claimed], campaign_template_id: int
+) -> dict[int, MessageTemplate]:
+    """The language versions (``languages.py``) the claimed messages were given, by id,
+    in one read; none without any. Only the ones still approved: a message whose version
+    was paused or disabled since its fan-out goes in the campaign's template instead."""
+    ids = {message.template_id for message in claimed if message.template_id is not None}
+    ids.discard(campaign_template_id)  # loaded with the campaign already
+    if not ids:
+        return {}
+    found = db.session.scalars(
+        sa.select(MessageTemplate)
+        .where(MessageTemplate.id.in_(ids), MessageTemplate.status == TemplateStatus.APPROVED)
+        .execution_options(populate_existing=True)
+    )
+    return {version.id: version for version in found}
 
 
 def _budget_for_held(

@@ -577,6 +577,7 @@ CUSTOMER_FIELDS = (
     "total_spent",
     "last_purchase_at",
     "id",
+    "language",
 )
 
 
@@ -701,6 +702,20 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
     return mapping
 
 
+def parse_language_field(raw: Any, check: Checker) -> str | None:
+    """The customer field holding each recipient's language (campaigns/languages.py), or
+    None (absent, null or empty): the template's own language for everyone."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
+        check.fail(
+            "language_field",
+            _("Unknown customer field; use one of: %(f)s.") % {"f": ", ".join(CUSTOMER_FIELDS)},
+        )
+        return None
+    return raw
+
+
 @dataclass(frozen=True)
 class CampaignFields:
     name: str
@@ -708,6 +723,8 @@ class CampaignFields:
     template_id: int
     segment: dict[str, Any]
     variable_mapping: dict[str, dict[str, str]]
+    # The customer field with each recipient's language; None: the template's for everyone.
+    language_field: str | None = None
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -724,8 +741,9 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         check.fail("template_id", _("Choose an approved template."))
     segment = parse_segment(data.get("segment"), check)
     mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
+    language_field = parse_language_field(data.get("language_field"), check)
     check.done()
-    return CampaignFields(name, sender_id, template_id, segment, mapping)
+    return CampaignFields(name, sender_id, template_id, segment, mapping, language_field)
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -758,4 +776,5 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "template_id": form.get("template_id", ""),
         "segment": segment,
         "variables": variables,
+        "language_field": form.get("language_field", ""),
     }

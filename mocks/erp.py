@@ -98,6 +98,14 @@ MAX_DAYS_AGO = 730
 INVALID_PHONE_SHARE = 0.01
 DUPLICATE_PHONE_SHARE = 0.01
 OPTED_IN_SHARE = 0.85
+# Each customer's language as a CRM keeps it: mostly Brazilian Portuguese, some English
+# and Spanish, a few left empty (a campaign's language field falls back for them).
+LANGUAGES: tuple[tuple[str, float], ...] = (
+    ("pt_BR", 0.82),
+    ("en_US", 0.08),
+    ("es", 0.06),
+    ("", 0.04),
+)
 MEAN_SPENT_CENTS = 45_000
 MEAN_DAYS_AGO = 120
 # The segment filters a real ERP must understand: the client's own vocabulary.
@@ -119,12 +127,14 @@ _SALTS = {
     "opted_in": 8,
     "phone": 9,
     "duplicate_of": 10,
+    "language": 11,
 }
 _CITY_CUMULATIVE = np.cumsum([w for *_, w in CITIES]) / sum(w for *_, w in CITIES)
 _STATES = tuple(sorted({uf for _, uf, _, _ in CITIES}))
 _STATE_OF_CITY = np.array([_STATES.index(uf) for _, uf, _, _ in CITIES], dtype=np.uint8)
 _CITY_BY_NAME = {fold(name): i for i, (name, *_) in enumerate(CITIES)}
 _TAG_BITS = {tag: 1 << i for i, (tag, _) in enumerate(TAGS)}
+_LANGUAGE_CUMULATIVE = np.cumsum([w for _, w in LANGUAGES]) / sum(w for _, w in LANGUAGES)
 
 
 def _ascii(text: str) -> str:
@@ -205,6 +215,7 @@ class Customers:
     phone_source: np.ndarray  # int64: whose number this customer shows
     phone_source_city: np.ndarray  # uint8: that customer's city (the area code)
     phone_kind: np.ndarray  # uint8: 0 valid, 1 too short, 2 letters
+    language: np.ndarray  # uint8 index into LANGUAGES
 
 
 def generate(ids: np.ndarray) -> Customers:
@@ -238,6 +249,10 @@ def generate(ids: np.ndarray) -> Customers:
         phone_source=source,
         phone_source_city=_city_index(source),
         phone_kind=np.where(invalid, broken_kind, 0).astype(np.uint8),
+        language=np.minimum(
+            np.searchsorted(_LANGUAGE_CUMULATIVE, _uniform(ids, "language"), side="right"),
+            len(LANGUAGES) - 1,
+        ).astype(np.uint8),
     )
 
 
@@ -508,9 +523,10 @@ def render(customers: Customers, indexes: np.ndarray, now: datetime | None = Non
         customers.phone_source,
         customers.phone_source_city,
         customers.phone_kind,
+        customers.language,
     )
     rows = []
-    for n, first, last, city, tags, cents, days, second, opted_in, source, area, kind in zip(
+    for n, first, last, city, tags, cents, days, second, opted_in, source, area, kind, lang in zip(
         *(column[indexes].tolist() for column in columns), strict=True
     ):
         subscriber = (source * 73_219_147 + 11_384_507) % 100_000_000  # a bijection below 1e8
@@ -529,6 +545,7 @@ def render(customers: Customers, indexes: np.ndarray, now: datetime | None = Non
                 "total_spent": cents / 100,
                 "last_purchase_at": purchased.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "opted_in": opted_in,
+                "language": LANGUAGES[lang][0],
             }
         )
     return rows

@@ -33,6 +33,7 @@ KEYS = {
     "total_spent",
     "last_purchase_at",
     "opted_in",
+    "language",
 }
 VALID_PHONE = re.compile(r"\+55\d{2}9\d{8}")
 CITY_STATES = {name: uf for name, uf, _, _ in mock_erp.CITIES}

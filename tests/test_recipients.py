@@ -378,7 +378,8 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
         "Read at (America/Sao_Paulo)",
         "Failed at (America/Sao_Paulo)",
         "WhatsApp message ID",
-        "What the error means",  # added last: the columns before keep their places
+        "What the error means",  # added later: the columns before keep their places
+        "Language",  # the template's language the recipient gets
     ]
     assert len(rows) == 1 + 6
     expected = db.session.scalars(
@@ -398,6 +399,7 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
     assert read["name"] == '\'=HYPERLINK("http://x")'  # would run in a spreadsheet
     assert read["provider_message_id"] == "wamid.1" and read["sent_at"] == ""
     assert (skipped["name"], skipped["phone"]) == ("João", "'-12")
+    assert {r["language"] for r in (failed, read, skipped)} == {"pt_BR"}  # the campaign's
 
 
 def test_csv_explains_every_code_the_page_explains(client, campaign, viewer):
@@ -416,7 +418,8 @@ def test_csv_explains_every_code_the_page_explains(client, campaign, viewer):
         add(campaign, status, error_code=code)
     body = client.get(f"/campaigns/{campaign.id}/recipients.csv").get_data().decode("utf-8-sig")
     rows = list(csv.reader(io.StringIO(body)))[1:]
-    shown = [row[-1] for row in rows]
+    column = recipients.RECIPIENT_CSV_COLUMNS.index("error_explanation")
+    shown = [row[column] for row in rows]
     assert shown == [explain(code) for _, code in cases[:-1]] + [""]
     assert all(shown[:-1])
 

@@ -197,6 +197,7 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         template_id=fields.template_id,
         segment=fields.segment,
         variable_mapping=fields.variable_mapping,
+        language_field=fields.language_field,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -216,6 +217,7 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.template_id = fields.template_id
     campaign.segment = fields.segment
     campaign.variable_mapping = fields.variable_mapping
+    campaign.language_field = fields.language_field
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
@@ -297,6 +299,7 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         campaign.template_id,
         campaign.segment,
         campaign.variable_mapping,
+        campaign.language_field,
     )
 
 
@@ -312,7 +315,7 @@ def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
 
 
 def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """A new draft with the same sender, template, audience and mapping."""
+    """A new draft with the same sender, template, audience, mapping and language field."""
     source = db.session.get(Campaign, campaign_id)
     if source is None:
         raise NotFound(_("There is no such campaign."))
@@ -323,6 +326,7 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
         template_id=source.template_id,
         segment=dict(source.segment),
         variable_mapping=dict(source.variable_mapping),
+        language_field=source.language_field,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(copy)

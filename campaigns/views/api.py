@@ -512,6 +512,7 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "template_id": campaign.template_id,
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
+        "language_field": campaign.language_field,
         "scheduled_at": _iso(campaign.scheduled_at),
         "started_at": _iso(campaign.started_at),
         "completed_at": _iso(campaign.completed_at),

@@ -22,7 +22,16 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from app import db
-from campaigns import counters, csvfiles, erp, preflight, queries, recipients, template_parts
+from campaigns import (
+    counters,
+    csvfiles,
+    erp,
+    languages,
+    preflight,
+    queries,
+    recipients,
+    template_parts,
+)
 from campaigns.auth import requires
 from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
@@ -198,6 +207,7 @@ def _form_page(
             templates=queries.approved_templates(),
             mapping=_mapping_rows(data.get("template_id"), data),
             customer_fields=CUSTOMER_FIELDS,
+            other_languages=languages.also_approved_in(data.get("template_id")),
             # Whose campaign limit paces it: the owner's (the creator's, for a new one).
             owner=campaign.owner if campaign else current_user,
         ),
@@ -212,6 +222,7 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "template_id": str(campaign.template_id),
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
+        "language_field": campaign.language_field or "",
     }
 
 
@@ -288,6 +299,21 @@ def campaign_mapping() -> str:
     )
 
 
+@bp.post("/languages")
+@requires(Role.SUPERVISOR)
+def campaign_languages() -> str:
+    """The recipient's language choice, with the languages the template chosen on the
+    form is also approved in (htmx)."""
+    data = campaign_data_from_form(request.form)
+    return render_template(
+        "campaigns/_languages.html",
+        data=data,
+        customer_fields=CUSTOMER_FIELDS,
+        other_languages=languages.also_approved_in(data["template_id"]),
+        errors={},
+    )
+
+
 @bp.post("/audience")
 @requires(Role.SUPERVISOR)
 def campaign_audience() -> str:
@@ -336,6 +362,8 @@ def campaign_show(campaign_id: int) -> str:
         progress=progress,
         chart=throughput_chart(progress),
         variables=template_parts.keys(campaign.template),
+        # The languages its recipients may get, with a language field to choose by.
+        languages=languages.languages(campaign.template) if campaign.language_field else [],
     )
 
 

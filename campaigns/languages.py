@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import db
+from campaigns import template_parts
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
-from campaigns.services.campaigns import template_variables_for
 from campaigns.validation import row_id
 
 # A language (2 or 3 letters) and, optionally, its region (2 letters, or 3 digits as in
@@ -39,6 +39,12 @@ def normalise(value: Any) -> str | None:
     return f"{language}_{region.upper()}" if region else language
 
 
+def _required(template: MessageTemplate) -> set[str]:
+    """The variables a send of the template cannot go without (a quick reply's payload
+    may be left out: a version with other quick replies takes the same mapping)."""
+    return {key for key in template_parts.keys(template) if not template_parts.is_optional(key)}
+
+
 def variants(template: MessageTemplate) -> dict[str, MessageTemplate]:
     """The approved versions of the template's name, by language, the template included:
     on its sender, or another sender of the same WhatsApp account (WABA), as a campaign
@@ -47,7 +53,8 @@ def variants(template: MessageTemplate) -> dict[str, MessageTemplate]:
 
     Only versions taking the same variables as the template: the campaign maps those,
     and Meta refuses a send whose parameters are not the template's (132000), so a
-    version with others is left out and its readers get the default.
+    version with others is left out and its readers get the default; so is one whose
+    header lacks its media.
     """
     own_sender = db.session.get(Sender, template.sender_id)
     same_account = MessageTemplate.sender_id == template.sender_id
@@ -64,10 +71,11 @@ def variants(template: MessageTemplate) -> dict[str, MessageTemplate]:
         # The template's own sender's last, so they overwrite another sender's below.
         .order_by(MessageTemplate.sender_id == template.sender_id, MessageTemplate.id)
     )
-    wanted = set(template_variables_for(template.id) or [])
+    wanted = _required(template)
     by_language: dict[str, MessageTemplate] = {}
     for version in found:
-        if version.id == template.id or set(template_variables_for(version.id) or []) == wanted:
+        usable = _required(version) == wanted and not template_parts.needs_media(version)
+        if version.id == template.id or usable:
             by_language[version.language] = version
     if template.status is TemplateStatus.APPROVED:
         by_language[template.language] = template

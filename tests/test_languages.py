@@ -152,11 +152,15 @@ class RecordingProvider(FakeProvider):
         super().__init__()
         self.templates: dict[str, tuple[str, str]] = {}
 
-    def send_template(self, *, to, template, params, callback_data):
+    def send_template(self, *, to, template, params, callback_data, header_media=None):
         with self._lock:
             self.templates[to] = (template.name, template.language)
         return super().send_template(
-            to=to, template=template, params=params, callback_data=callback_data
+            to=to,
+            template=template,
+            params=params,
+            callback_data=callback_data,
+            header_media=header_media,
         )
 
 

@@ -229,6 +229,80 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
 
 
+# A 1×1 PNG: what an operator uploads as the header's image.
+PIXEL_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
+
+
+def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
+    app, live_server, page, user_factory, start_worker, tmp_path
+):
+    """A template with an uploaded image header and a link button whose ending is each
+    customer's own, made in the form, approved, then sent to a few customers: the mock
+    WhatsApp checks every send against the template as Meta would."""
+    from app import db
+    from campaigns.models import Campaign, MessageTemplate, TemplateStatus
+    from campaigns.services.demo import seed_demo
+    from mocks.models import MockWhatsAppMedia, MockWhatsAppMessage
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
+    seed_demo()
+    user = user_factory(Role.SUPERVISOR)
+    start_worker()
+    sign_in(page, live_server, user)
+
+    page.goto(f"{live_server}/templates/new")
+    page.fill("input[name=name]", "oferta_com_imagem")
+    page.fill("textarea[name=body_text]", "Oi {{first_name}}, a oferta da semana chegou!")
+    page.select_option("select[name=header_format]", "IMAGE")
+    page.wait_for_selector("#header-fields input[type=file]")  # htmx swapped the fields in
+    image = tmp_path / "oferta.png"
+    image.write_bytes(PIXEL_PNG)
+    page.set_input_files("#header-fields input[type=file]", str(image))
+    page.wait_for_selector("#header-fields input[name=header_media_file_id]", state="attached")
+    page.fill(
+        "textarea[name=buttons]", "Ver oferta | https://loja.example.com/oferta/{{1}}\nNão quero"
+    )
+    page.wait_for_selector("#template-preview img.bubble-media")
+    page.wait_for_selector("#template-preview .bubble-button:has-text('Ver oferta')")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "template-image-form.png"), full_page=True)
+    page.click("button:has-text('Save draft')")
+    page.wait_for_selector("h1:has-text('oferta_com_imagem')")
+    page.click("button:has-text('Submit for review')")
+    page.click("button:has-text('Sync status')")
+    page.wait_for_selector(".badge-approved")
+    page.screenshot(path=str(ARTIFACTS / "template-image-approved.png"), full_page=True)
+    template = db.session.query(MessageTemplate).filter_by(name="oferta_com_imagem").one()
+    assert (template.status, template.header_format) == (TemplateStatus.APPROVED, "IMAGE")
+
+    page.goto(f"{live_server}/campaigns/new")
+    page.fill("input[name=name]", "Oferta com imagem")
+    page.select_option("select[name=template_id]", label="oferta_com_imagem (pt_BR)")
+    page.wait_for_selector("select[name='var.button.0.source']")
+    page.select_option("select[name='var.first_name.source']", "first_name")
+    page.select_option("select[name='var.button.0.source']", "id")  # the customer's own offer
+    page.fill("input[name='segment.state']", "SP")
+    page.fill("input[name='segment.max_audience']", "4")
+    page.uncheck("input[name='segment.opted_in_only']")
+    page.click("button:has-text('Save draft')")
+    page.wait_for_selector("h1:has-text('Oferta com imagem')")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
+    page.wait_for_selector("[id$='-status']:has-text('Completed')")
+    page.screenshot(path=str(ARTIFACTS / "campaign-image-sent.png"), full_page=True)
+    db.session.expire_all()
+    campaign = db.session.query(Campaign).filter_by(name="Oferta com imagem").one()
+    sent = db.session.query(MockWhatsAppMessage).filter_by(template_name="oferta_com_imagem")
+    assert sent.count() == 4, campaign.status_reason
+    # The image went up to WhatsApp's Media API once, and every send named its id.
+    assert db.session.query(MockWhatsAppMedia).count() == 1
+
+
 def test_a_campaign_over_the_budget_goes_once_its_warning_is_confirmed(
     app, live_server, page, user_factory
 ):

@@ -24,7 +24,8 @@ from flask import jsonify, request
 from werkzeug.wrappers import Response
 
 from app import AnySession, db
-from campaigns.media import CHUNK_BYTES, KINDS
+from campaigns.edge import takes_upload
+from campaigns.media import CHUNK_BYTES, KINDS, REQUEST_LIMIT_BYTES
 from campaigns.models import Sender
 from mocks.models import MockWhatsAppMedia
 from mocks.whatsapp import MetaError, _invalid, bp
@@ -60,6 +61,7 @@ def _check_token(phone_number_id: str) -> None:
 
 
 @bp.post("/<version>/<phone_number_id>/media")
+@takes_upload(limit_bytes=REQUEST_LIMIT_BYTES)  # as Disparo's own upload: up to 100 MB
 def media_upload(version: str, phone_number_id: str) -> tuple[Response, int]:
     """Keep an uploaded file's id, type and size as Meta's Media API would; its id."""
     if not phone_number_id.isdigit():

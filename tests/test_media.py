@@ -215,6 +215,22 @@ def test_a_file_is_served_with_its_type_length_and_name(
     assert "immutable" in response.headers["Cache-Control"]
 
 
+def test_a_range_and_a_kept_copy_are_answered(app, client, login_as, monkeypatch):
+    login_as(Role.VIEWER)
+    monkeypatch.setattr(media, "CHUNK_BYTES", 16)  # the range starts and ends mid-chunk
+    data = MP4 + bytes(range(100))
+    stored = _store(data, "clip.mp4", "VIDEO")
+    part = client.get(f"/media/{stored.id}", headers={"Range": "bytes=10-29"})
+    assert part.status_code == 206
+    assert part.get_data() == data[10:30]
+    assert part.headers["Content-Range"] == f"bytes 10-29/{len(data)}"
+    assert part.headers["Content-Length"] == "20"
+    whole = client.get(f"/media/{stored.id}")
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    again = client.get(f"/media/{stored.id}", headers={"If-None-Match": whole.headers["ETag"]})
+    assert again.status_code == 304 and again.get_data() == b""
+
+
 def test_serving_needs_a_signed_in_user_and_an_existing_file(app, client, login_as):
     stored = _store(PNG, "logo.png", "IMAGE")
     assert client.get(f"/media/{stored.id}").status_code in (302, 303)
@@ -411,6 +427,15 @@ def test_a_file_is_uploaded_once_per_sender_and_reused(mock_app, monkeypatch):
     assert len(_uploads()) == 2
     kept = db.session.get(MediaUpload, (stored.id, sender.id))
     assert kept is not None and kept.provider_media_id == first
+
+
+def test_a_file_over_the_general_request_limit_is_uploaded_whole(mock_app):
+    data = PDF + bytes(2 * 1024 * 1024)  # over MAX_REQUEST_BYTES, and several chunks
+    assert len(data) > mock_app.config["MAX_REQUEST_BYTES"] and len(data) > media.CHUNK_BYTES
+    stored = _store(data, "big.pdf", "DOCUMENT")
+    media_id = media.media_id_for(_sender(), stored.id, mock_app.config)
+    [upload] = _uploads()
+    assert (upload.id, upload.size) == (media_id, len(data))
 
 
 def test_an_upload_older_than_the_reuse_days_is_uploaded_again(mock_app):

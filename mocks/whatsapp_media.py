@@ -11,8 +11,8 @@ HTTP 400; the types and limits are Disparo's own, ``campaigns/media.py``). A bea
 token, when one is sent, must be the access token of a sender with that phone number
 id (Meta's 401, code 190); the mock provider sends none for a token-less sender.
 
-:func:`media_exists` says whether the mock gave an id, for the send's checks to refuse
-a header naming one it never gave, as Meta does.
+The send's check (``mocks/template_check.py``, :func:`~mocks.template_check.media_exists`)
+refuses a header naming an id this never gave with Meta's 131053.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from flask import jsonify, request
 from werkzeug.wrappers import Response
 
-from app import AnySession, db
+from app import db
 from campaigns.edge import takes_upload
 from campaigns.media import CHUNK_BYTES, KINDS, REQUEST_LIMIT_BYTES
 from campaigns.models import Sender
@@ -34,14 +34,6 @@ from mocks.whatsapp import MetaError, _invalid, bp
 MAX_BYTES = {
     content_type: kind.max_bytes for kind in KINDS.values() for content_type in kind.content_types
 }
-
-
-def media_exists(media_id: str, session: AnySession | sa.Connection | None = None) -> bool:
-    """Whether the mock's Media API gave this id (on ``session``, else the app's)."""
-    found = (session or db.session).execute(
-        sa.select(MockWhatsAppMedia.id).where(MockWhatsAppMedia.id == str(media_id))
-    )
-    return found.first() is not None
 
 
 def _check_token(phone_number_id: str) -> None:

@@ -33,8 +33,8 @@ from campaigns.providers import ProviderError
 from campaigns.providers.cloud_api import CloudApiProvider
 from campaigns.services import ServiceError
 from jobs import tasks
+from mocks import template_check
 from mocks.models import MockWhatsAppMedia
-from mocks.whatsapp_media import media_exists
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(40)
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(40)
@@ -51,6 +51,10 @@ PHONE_NUMBER_ID = "100000000000777"
 
 def _store(data: bytes, filename: str, kind: str, user_id: int | None = None) -> MediaFile:
     return media.store(io.BytesIO(data), filename, kind, user_id)
+
+
+def media_exists(media_id: str) -> bool:
+    return template_check.media_exists(db.session, media_id)
 
 
 def _bytes_of(media_file_id: int) -> bytes:

@@ -125,7 +125,7 @@ def content_disposition(media_file: MediaFile) -> dict[str, str]:
     return {"_value": value, "filename": name}
 
 
-@bp.get("/<bigint:media_file_id>")
+@bp.get("/<bigint:media_file_id>", endpoint="media_file")
 def media_show(media_file_id: int) -> Response:
     """The file's bytes, streamed a chunk at a time from Postgres (a Range of them too)."""
     media_file = media.get(media_file_id)

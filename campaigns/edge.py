@@ -1,7 +1,10 @@
 """What a request must pass before a view reads it: a size, and text PostgreSQL can store.
 
 Every body is limited before it is read: ``MAX_UPLOAD_BYTES`` for a view marked
-:func:`takes_upload`, else ``MAX_REQUEST_BYTES`` (Flask's ``MAX_CONTENT_LENGTH``).
+:func:`takes_upload`, or the limit of its own it was marked with
+(``@takes_upload(limit_bytes=…)``: a media header's file, up to Meta's largest media
+plus the form, ``campaigns/media.py``), else ``MAX_REQUEST_BYTES`` (Flask's
+``MAX_CONTENT_LENGTH``).
 Werkzeug refuses a larger ``Content-Length`` with a 413 before reading a byte, and
 caps a body without one (chunked: the server sets ``wsgi.input_terminated``) as it
 is read. The limit is the request's own rather than set by a ``before_request``
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import flask
 from flask import Flask, current_app, request
@@ -65,10 +68,26 @@ class JSONProvider(DefaultJSONProvider):
         return json.loads(s, **kwargs)
 
 
-def takes_upload(view: F) -> F:
-    """Mark a view whose form carries a file: its body may be up to ``MAX_UPLOAD_BYTES``."""
-    view.takes_upload = True  # type: ignore[attr-defined]
-    return view
+@overload
+def takes_upload(view: F, *, limit_bytes: int | None = None) -> F: ...
+
+
+@overload
+def takes_upload(view: None = None, *, limit_bytes: int | None = None) -> Callable[[F], F]: ...
+
+
+def takes_upload(view: F | None = None, *, limit_bytes: int | None = None) -> Any:
+    """Mark a view whose form carries a file: its body may be up to ``MAX_UPLOAD_BYTES``
+    (``@takes_upload``), or up to ``limit_bytes`` (``@takes_upload(limit_bytes=…)``: a
+    limit of the view's own, larger or smaller, whatever the settings say). Werkzeug
+    spools the file to disk as it arrives, so the limit bounds the disk, not memory."""
+
+    def mark(marked: F) -> F:
+        marked.takes_upload = True  # type: ignore[attr-defined]
+        marked.upload_limit = limit_bytes  # type: ignore[attr-defined]
+        return marked
+
+    return mark if view is None else mark(view)
 
 
 def validates_fields(view: F) -> F:
@@ -90,7 +109,9 @@ class Request(flask.Request):
         # Outside an app context (no view to ask), Flask's own answer.
         upload = current_app and _view_says("takes_upload", self.endpoint)
         if self._max_content_length is None and upload:
-            return int(current_app.config["MAX_UPLOAD_BYTES"])
+            view = current_app.view_functions[self.endpoint or ""]
+            own = getattr(view, "upload_limit", None)
+            return int(own if own is not None else current_app.config["MAX_UPLOAD_BYTES"])
         return super().max_content_length
 
     @max_content_length.setter

@@ -19,7 +19,7 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from campaigns import audit, rendering, slowdown
+from campaigns import audit, media, rendering, slowdown
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.models import (
     CampaignStatus,
@@ -705,7 +705,59 @@ def schemas() -> dict[str, Schema]:
         "MessagePage": obj(
             {"messages": {"type": "array", "items": ref("Message")}, "next_cursor": next_cursor}
         ),
+        "MediaFile": _media_file_schema(),
         **request_schemas(),
+    }
+
+
+def _media_kinds() -> list[str]:
+    return list(media.KINDS)
+
+
+def _media_file_schema() -> Schema:
+    return obj(
+        {
+            "id": BIG_ID,
+            "kind": {"type": "string", "enum": _media_kinds()},
+            "filename": {"type": "string", "maxLength": 255},
+            "content_type": {
+                "type": "string",
+                "enum": sorted({t for kind in media.KINDS.values() for t in kind.content_types}),
+                "description": "Read from the file's own bytes, not from the upload's header.",
+            },
+            "size": {"type": "integer", "minimum": 1, "description": "Bytes."},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "created_at": DATE_TIME,
+        },
+        description=(
+            "A file for a template's media header, kept by Disparo (in Postgres) and "
+            "uploaded to WhatsApp's Media API once per sender when a campaign sends it. "
+            "Never changed once stored; deleted a day after upload if no template names it."
+        ),
+    )
+
+
+def _media_upload_body() -> Schema:
+    limits = "; ".join(
+        f"{name}: {', '.join(kind.content_types)}, at most {media.size_mb(kind.max_bytes):g} MB"
+        for name, kind in media.KINDS.items()
+    )
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                        "kind": {"type": "string", "enum": _media_kinds()},
+                    },
+                    "required": ["file", "kind"],
+                },
+                "encoding": {"file": {"contentType": "*/*"}},
+            }
+        },
+        "description": f"What WhatsApp takes (MB: 1,000,000 bytes): {limits}.",
     }
 
 
@@ -1452,6 +1504,39 @@ def paths() -> dict[str, Schema]:
                 errors=("404",),
             ),
         },
+        "/api/v1/media": {
+            "post": {
+                **operation(
+                    "Keep a file for a media header",
+                    answer("201", "Kept.", ref("MediaFile"), created=True),
+                    role=sup,
+                    tag="Media",
+                    description=(
+                        "Multipart form data: file and kind. The file's type is read from "
+                        "its bytes (a document's extension tells the Office formats and plain "
+                        "text apart): a file that is not one of its kind's types, empty, or "
+                        "over its kind's maximum is 422 at file. A body over the largest "
+                        f"kind's maximum plus {media.FORM_OVERHEAD_BYTES:,} bytes "
+                        f"({media.REQUEST_LIMIT_BYTES:,} bytes) is 413 too_large, unread "
+                        "(this endpoint's own limit, not MAX_REQUEST_BYTES)."
+                    ),
+                ),
+                "requestBody": _media_upload_body(),
+            },
+        },
+        "/api/v1/media/{media_file_id}": {
+            "parameters": [path_id("media_file_id", big=True)],
+            "get": operation(
+                "One media file",
+                answer(
+                    "200",
+                    "The file's facts (its bytes: GET /media/{id}, signed in).",
+                    ref("MediaFile"),
+                ),
+                tag="Media",
+                errors=("404",),
+            ),
+        },
         "/api/v1/audit": {
             "get": operation(
                 "Administrative actions",
@@ -1517,7 +1602,16 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "tags": [
             {"name": name}
-            for name in ("Users", "Senders", "Templates", "Campaigns", "Opt-outs", "Audit", "Meta")
+            for name in (
+                "Users",
+                "Senders",
+                "Templates",
+                "Media",
+                "Campaigns",
+                "Opt-outs",
+                "Audit",
+                "Meta",
+            )
         ],
         "paths": paths(),
         "components": {

@@ -25,6 +25,7 @@ from campaigns import (
     idempotency,
     login_throttle,
     maintenance,
+    media,
     notifications,
     pump,
     ratelimit,
@@ -290,8 +291,9 @@ def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
     without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
     events past AUDIT_RETENTION_DAYS, /metrics' per-minute figures past a day and API
-    idempotency keys past 24 hours, undeliverable numbers past UNDELIVERABLE_DAYS and
-    recipients the 24-hour messaging budget no longer counts."""
+    idempotency keys past 24 hours, undeliverable numbers past UNDELIVERABLE_DAYS,
+    recipients the 24-hour messaging budget no longer counts and media files no template
+    names a day after their upload."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
@@ -302,12 +304,13 @@ def reconcile(timestamp: int) -> None:
     keys = idempotency.delete_old_keys(db.session)
     forgotten = undeliverable.delete_expired(db.session, current_app.config["UNDELIVERABLE_DAYS"])
     uncounted = ratelimit.delete_old_budget(db.session, DELETE_BATCH)
+    unused = media.delete_unused(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
         " %s old audit events, %s old metrics minutes, %s old idempotency keys,"
         " %s undeliverable numbers past UNDELIVERABLE_DAYS, %s recipients out of the"
-        " 24-hour budget",
+        " 24-hour budget, %s unused media files",
         removed,
         attempts,
         events,
@@ -315,6 +318,7 @@ def reconcile(timestamp: int) -> None:
         keys,
         forgotten,
         uncounted,
+        unused,
     )
 
 

@@ -12,7 +12,7 @@ endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from campaigns.providers.cloud_api import (
     read_account,
     read_templates,
     send_template_message,
+    upload_media,
 )
 from campaigns.template_parts import HeaderMedia
 
@@ -49,6 +50,15 @@ def mock_api_base_url(config: Mapping[str, Any]) -> str:
     if url := config.get("MOCK_WHATSAPP_URL"):
         return str(url).rstrip("/")
     return f"{str(config['APP_BASE_URL']).rstrip('/')}/mock/whatsapp/{MOCK_API_VERSION}"
+
+
+def _meta_code(response: requests.Response) -> int | None:
+    """Meta's error.code in a refusal's JSON, as the Cloud API client reads it."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, int) else None
 
 
 class MockProvider(WhatsAppProvider):
@@ -77,9 +87,11 @@ class MockProvider(WhatsAppProvider):
         checks a token given); ProviderError as the Cloud API's."""
         token = self.sender.access_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers |= kwargs.pop("headers", None) or {}
+        timeout = kwargs.pop("timeout", TIMEOUT)
         try:
             response = requests.request(
-                method, f"{self.graph_url}/{path}", headers=headers, timeout=TIMEOUT, **kwargs
+                method, f"{self.graph_url}/{path}", headers=headers, timeout=timeout, **kwargs
             )
         except requests.RequestException as exc:
             raise ProviderError(
@@ -88,12 +100,26 @@ class MockProvider(WhatsAppProvider):
         if response.status_code >= 400:
             raise ProviderError(
                 f"The mock WhatsApp answered {response.status_code}.",
+                code=_meta_code(response),
                 http_status=response.status_code,
             )
         try:
             return response.json()
         except ValueError:
             return {}
+
+    def upload_media(
+        self, chunks: Iterable[bytes], *, filename: str, content_type: str, size: int
+    ) -> str:
+        # The Media API is the web port's (the asyncio mock process serves only sends).
+        return upload_media(
+            self._request,
+            self.sender,
+            chunks,
+            filename=filename,
+            content_type=content_type,
+            size=size,
+        )
 
     def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
         return TemplateSubmission(f"mock-{template.id}", TemplateStatus.PENDING)

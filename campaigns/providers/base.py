@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,3 +163,13 @@ class WhatsAppProvider(ABC):
         media header shows; ``callback_data`` goes out as ``biz_opaque_callback_data``
         and comes back in status webhooks.
         """
+
+    @abstractmethod
+    def upload_media(
+        self, chunks: Iterable[bytes], *, filename: str, content_type: str, size: int
+    ) -> str:
+        """Upload a file to WhatsApp's Media API (``POST /{phone-number-id}/media``) and
+        return its media id, for a media header to name; ProviderError if it did not go.
+
+        ``chunks`` are the file's bytes in order, ``size`` bytes in all (its
+        ``Content-Length`` is known before the first is read)."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import requests
@@ -249,6 +250,90 @@ def read_templates(request: Any, sender: Sender) -> WabaTemplates:
     return WabaTemplates(found, complete=False)
 
 
+# An upload's (connect, read) timeouts: sending up to 100 MB and Meta's reading it.
+UPLOAD_TIMEOUT = (5, 120)
+
+
+class MultipartBody:
+    """A ``multipart/form-data`` body streamed from its file's chunks, its length known
+    up front: requests sends an iterable with a ``__len__`` as it is (no chunked
+    encoding, with Content-Length), so an upload of up to 100 MB never sits in memory
+    (requests' own ``files=`` would build the whole body as bytes first)."""
+
+    def __init__(
+        self,
+        fields: Mapping[str, str],
+        *,
+        name: str,
+        filename: str,
+        content_type: str,
+        chunks: Iterable[bytes],
+        size: int,
+    ) -> None:
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        head = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
+            f"{value}\r\n".encode()
+            for key, value in fields.items()
+        )
+        # A quoted-string as browsers send it: UTF-8, no line breaks, quotes escaped.
+        quoted = " ".join(filename.splitlines()).replace("\\", "\\\\").replace('"', '\\"')
+        self.head = (
+            head
+            + (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{quoted}"\r\nContent-Type: {content_type}\r\n\r\n'
+            ).encode()
+        )
+        self.tail = f"\r\n--{boundary}--\r\n".encode()
+        self.chunks = chunks
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.head) + self.size + len(self.tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        yield from self.chunks
+        yield self.tail
+
+
+def upload_media(
+    request: Any,
+    sender: Sender,
+    chunks: Iterable[bytes],
+    *,
+    filename: str,
+    content_type: str,
+    size: int,
+) -> str:
+    """``POST /{phone-number-id}/media`` (multipart: ``messaging_product``, ``type``,
+    ``file``) through ``request(method, path, **kwargs)`` (a provider's own, which maps
+    errors to ProviderError with Meta's code); the media id Meta answered."""
+    if not sender.phone_number_id:
+        raise ProviderError(_("Set the phone number id first."))
+    body = MultipartBody(
+        {"messaging_product": "whatsapp", "type": content_type},
+        name="file",
+        filename=filename,
+        content_type=content_type,
+        chunks=chunks,
+        size=size,
+    )
+    answer = request(
+        "POST",
+        f"{sender.phone_number_id}/media",
+        data=body,
+        headers={"Content-Type": body.content_type},
+        timeout=UPLOAD_TIMEOUT,
+    )
+    media_id = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(media_id, str | int) or not str(media_id):
+        raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": answer})
+    return str(media_id)
+
+
 class CloudApiProvider(WhatsAppProvider):
     # Meta's automated review usually answers within a minute or two; a manual one takes
     # up to 24 h, which the periodic sync of templates under review follows.
@@ -288,12 +373,13 @@ class CloudApiProvider(WhatsAppProvider):
         if not self.sender.access_token:
             raise ProviderError(_("This sender has no access token."))
         headers = {"Authorization": f"Bearer {self.sender.access_token}"}
+        headers |= kwargs.pop("headers", None) or {}
         try:
             response = _session.request(
                 method,
                 f"{self.base_url}/{path}",
                 headers=headers,
-                timeout=TIMEOUT,
+                timeout=kwargs.pop("timeout", TIMEOUT),
                 proxies=_proxies_for(self.base_url),
                 **kwargs,
             )
@@ -366,6 +452,18 @@ class CloudApiProvider(WhatsAppProvider):
 
     def list_templates(self) -> WabaTemplates:
         return read_templates(self._request, self.sender)
+
+    def upload_media(
+        self, chunks: Iterable[bytes], *, filename: str, content_type: str, size: int
+    ) -> str:
+        return upload_media(
+            self._request,
+            self.sender,
+            chunks,
+            filename=filename,
+            content_type=content_type,
+            size=size,
+        )
 
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:
         if not template.provider_template_id:

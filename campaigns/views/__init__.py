@@ -45,6 +45,7 @@ def init_app(app: Flask) -> None:
         filters,
         links,
         main,
+        media,
         metrics,
         notifications,
         queue,
@@ -66,6 +67,7 @@ def init_app(app: Flask) -> None:
         mocks.init_app(app)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(templates.bp)
+    app.register_blueprint(media.bp)
     app.register_blueprint(senders.bp)
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(users.bp)

@@ -14,6 +14,7 @@ from campaigns import (
     audit,
     cursors,
     edge,
+    media,
     preflight,
     progress,
     queries,
@@ -31,6 +32,7 @@ from campaigns.models import (
     AuditEvent,
     Campaign,
     CampaignStatus,
+    MediaFile,
     Message,
     MessageStatus,
     MessageTemplate,
@@ -495,6 +497,45 @@ def suppression_delete(suppression_id: int) -> tuple[str, int]:
     """Take a number off the list (404 if there is no such entry)."""
     remove_suppression(suppression_id)
     return "", 204
+
+
+def media_json(media_file: MediaFile) -> dict[str, Any]:
+    return {
+        "id": media_file.id,
+        "kind": media_file.kind,
+        "filename": media_file.filename,
+        "content_type": media_file.content_type,
+        "size": media_file.size,
+        "sha256": media_file.sha256,
+        "created_at": media_file.created_at.isoformat(),
+    }
+
+
+@bp.post("/media")
+@edge.takes_upload(limit_bytes=media.REQUEST_LIMIT_BYTES)
+@requires(Role.SUPERVISOR)
+def media_create() -> tuple[Response, int]:
+    """Keep a file for a media header (multipart: ``file``, ``kind``); 201 with it. Its
+    type is read from its bytes; over its kind's maximum 422, over the largest 413."""
+    kind = media.kind_of(request.form.get("kind"))
+    if kind is None:
+        raise Invalid({"kind": _("Send IMAGE, VIDEO or DOCUMENT.")})
+    upload = request.files.get("file")
+    if upload is None:
+        raise Invalid({"file": _("Send the file as the multipart form field file.")})
+    try:
+        stored = media.store(upload.stream, upload.filename, kind, g.api_user.id)
+    except ServiceError as refused:
+        # The form's field is the template's; the API's is the upload's.
+        field = "file" if refused.field == media.FIELD else refused.field or "file"
+        raise Invalid({field: refused.message}) from None
+    return _created(media_json(stored), "api.media_get", media_file_id=stored.id)
+
+
+@bp.get("/media/<bigint:media_file_id>")
+def media_get(media_file_id: int) -> Response:
+    """One media file's facts (its bytes: GET /media/<id>, signed in)."""
+    return jsonify(media_json(_found(media.get(media_file_id))))
 
 
 def campaign_json(campaign: Campaign) -> dict[str, Any]:

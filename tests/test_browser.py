@@ -229,7 +229,7 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
 
 
-# A 1×1 PNG: what an operator uploads as the header's image.
+# A 1 by 1 PNG: what an operator uploads as the header's image.
 PIXEL_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"

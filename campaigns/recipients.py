@@ -1,5 +1,5 @@
-"""A campaign's recipients: keyset pages with a filter and a search, the CSV export, and the
-failed and skipped ones grouped by error code. Reads only."""
+"""A campaign's recipients: keyset pages with a filter and a search, the CSV export (with what
+each one answered), and the failed and skipped ones grouped by error code. Reads only."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ RECIPIENT_CSV_COLUMNS = (
     # Added last (columns keep their places for the spreadsheets that read them): what
     # Disparo says a code means, in the reader's language, beside WhatsApp's own text.
     "error_explanation",
+    # What the recipient answered (answers.py): their latest reply and their first reply's
+    # time, the button they tapped and their first click's time.
+    "reply_text",
+    "replied_at",
+    "clicked_button",
+    "clicked_at",
 )
 
 
@@ -58,6 +64,10 @@ def recipient_csv_header(zone: str) -> list[str]:
         _("Failed at (%(zone)s)") % {"zone": zone},
         _("WhatsApp message ID"),
         _("What the error means"),
+        _("Reply"),
+        _("Replied at (%(zone)s)") % {"zone": zone},
+        _("Button tapped"),
+        _("Tapped at (%(zone)s)") % {"zone": zone},
     ]
 
 
@@ -214,6 +224,10 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
             Message.read_at,
             Message.failed_at,
             Message.provider_message_id,
+            Message.reply_text,
+            Message.replied_at,
+            Message.clicked_button,
+            Message.clicked_at,
         )
         .where(Message.campaign_id == campaign_id)
         .order_by(Message.id)
@@ -249,8 +263,9 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
                 errors.describe(row.error_code, row.error_text)
                 if row.error_code or row.error_text
                 else None,
-                *row[6:],
+                *row[6:11],
                 explained(row.error_code, row.status),
+                *row[11:],
             )
     finally:
         result.close()  # also when the download is abandoned half-way

@@ -426,6 +426,14 @@ class Message(Model):
             "held_until",
             postgresql_where=sa.text("status = 'retrying' AND held_until IS NOT NULL"),
         ),
+        # A campaign's answered messages in id order (the recipients' "Replied" filter,
+        # migration 0027): only the rows answered, however big the campaign.
+        sa.Index(
+            "messages_replied_idx",
+            "campaign_id",
+            "id",
+            postgresql_where=sa.text("replied_at IS NOT NULL"),
+        ),
         sa.Index(
             "messages_provider_message_id_key",
             "provider_message_id",

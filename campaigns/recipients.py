@@ -77,11 +77,16 @@ ERASED_MARK = N_("erased")
 CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
 
 
+# The status filter's one choice that is no status: the recipients who replied (answers.py).
+REPLIED = "replied"
+
+
 @dataclass(frozen=True)
 class RecipientFilters:
     status: MessageStatus | None = None
     # Any digits of a phone, or part of a customer's name or ref, accents and case aside.
     q: str | None = None
+    replied: bool = False  # only those who answered (status=replied): any status
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> RecipientFilters:
@@ -89,7 +94,18 @@ class RecipientFilters:
         return cls(
             status=enum_member(MessageStatus, args.get("status")),
             q=q if fold(q) else None,  # an accent alone is nothing to search for
+            replied=args.get("status") == REPLIED,
         )
+
+    @property
+    def status_arg(self) -> str | None:
+        """The status filter as its query-string value (a "load more" link's)."""
+        return REPLIED if self.replied else self.status.value if self.status else None
+
+    @property
+    def narrowed(self) -> bool:
+        """Some rows are left out: by their status, or for not having answered."""
+        return self.status is not None or self.replied
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,8 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     conditions = [Message.campaign_id == campaign_id]
     if filters.status:
         conditions.append(Message.status == filters.status)
+    if filters.replied:  # migration 0027's partial index: the answered rows alone
+        conditions.append(Message.replied_at.is_not(None))
     if filters.q:
         # "Vitoria" finds Vitória, "c0000042" finds C0000042 (campaigns/search.py).
         matches = [
@@ -130,8 +148,13 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     return conditions
 
 
-def rows_in_status(totals: Mapping[str, int], status: MessageStatus | None) -> int:
-    """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read)."""
+def rows_in_status(
+    totals: Mapping[str, int], status: MessageStatus | None, *, replied: bool = False
+) -> int:
+    """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read); with
+    ``replied``, the messages answered (whatever their status)."""
+    if replied:
+        return totals["replied"]
     if status is None:
         return totals["total"]
     if status is MessageStatus.SENT:
@@ -159,7 +182,8 @@ def recipient_page(
     messages, next_after = _after(where, after, per_page)
     if after is not None:  # "load more": the first page said how many
         return RecipientPage(messages, next_after, None)
-    total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+    totals = counters.totals(db.session, campaign_id)
+    total = rows_in_status(totals, filters.status, replied=filters.replied)
     matching = _matching(where) if filters.q else None
     return RecipientPage(messages, next_after, total, matching)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -307,6 +308,13 @@ def test_the_progress_shows_replies_and_clicks(client, sent, token_for, login_as
     assert f'id="campaign-{campaign_id}-replied"' in html
     assert f'id="campaign-{campaign_id}-clicked">1<' in html
     assert "Replies" in html and "Clicks" in html
+    # After completion the receipts poller brings them along with delivered and read.
+    campaign = sent.campaign
+    campaign.status, campaign.completed_at = CampaignStatus.COMPLETED, database_now(db.session)
+    db.session.commit()
+    receipts = client.get(f"/campaigns/{campaign_id}/receipts").get_data(as_text=True)
+    assert f'id="campaign-{campaign_id}-replied" hx-swap-oob="true" title="100' in receipts
+    assert f'id="campaign-{campaign_id}-clicked" hx-swap-oob="true">1<' in receipts
 
 
 def test_the_recipients_table_and_csv_show_each_answer(client, sent, login_as):
@@ -328,6 +336,29 @@ def test_the_recipients_table_and_csv_show_each_answer(client, sent, login_as):
     assert answered["replied_at"] and answered["replied_at"] == answered["clicked_at"]
     others = [r for ref, r in by_ref.items() if ref not in (sent.customer_ref, rows[0][0])]
     assert others and all(r["reply_text"] == r["replied_at"] == "" for r in others)
+
+
+def test_the_recipients_can_be_filtered_to_those_who_replied(client, sent, login_as):
+    login_as(Role.VIEWER)
+    url = f"/campaigns/{sent.campaign_id}/recipients?status=replied"
+    html = client.get(url).get_data(as_text=True)
+    assert "No recipient matches." in html and ">0 recipients<" in html
+    assert '<option value="replied" selected>Replied</option>' in html
+    _answer_it(client, sent)
+    html = client.get(url).get_data(as_text=True)
+    assert re.findall(r'<tr id="message-(\d+)"', html) == [str(sent.id)]
+    assert ">1 recipient<" in html  # from the counters
+    # The progress poll's count for the same filter, from the same counter.
+    poll = client.get(
+        f"/campaigns/{sent.campaign_id}/progress",
+        query_string={"shown": "sending", "listed": 1, "status": "replied"},
+    ).get_data(as_text=True)
+    assert ">1 recipient<" in poll
+    # "Load more" keeps the filter.
+    page = recipients.recipient_page(
+        sent.campaign_id, recipients.RecipientFilters(replied=True), per_page=1
+    )
+    assert [m.id for m in page.messages] == [sent.id] and page.next_after is None
 
 
 # Erased

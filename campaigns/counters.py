@@ -6,7 +6,8 @@ columns (pending, queued, sending, retrying) count messages in that state now;
 ``sent`` ≥ ``delivered`` ≥ ``read`` count messages that reached at least that
 stage (a read message is delivered and sent too) and did not fail afterwards;
 failed, skipped and cancelled count terminal messages. How each change of a message's
-state moves them is ``message_states.counter_deltas``.
+state moves them is ``message_states.counter_deltas``. ``replied`` and ``clicked`` count
+messages their recipient answered (a reply, a button click), once each (``answers.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,19 @@ from app import AnySession, rows_changed
 from campaigns.models import COUNTER_SHARDS
 
 IN_FLIGHT = ("pending", "queued", "sending", "retrying")
-COLUMNS = (*IN_FLIGHT, "sent", "delivered", "read", "failed", "skipped", "cancelled", "total")
+# What recipients answered (answers.py): messages replied to, and with a button clicked.
+ANSWERS = ("replied", "clicked")
+COLUMNS = (
+    *IN_FLIGHT,
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "skipped",
+    "cancelled",
+    "total",
+    *ANSWERS,
+)
 
 # -- create a campaign's shard rows (idempotent)
 ENSURE_ROWS = sa.text(

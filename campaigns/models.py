@@ -515,6 +515,14 @@ class Message(Model):
             "held_until",
             postgresql_where=sa.text("status = 'retrying' AND held_until IS NOT NULL"),
         ),
+        # A campaign's answered messages in id order (the recipients' "Replied" filter,
+        # migration 0028): only the rows answered, however big the campaign.
+        sa.Index(
+            "messages_replied_idx",
+            "campaign_id",
+            "id",
+            postgresql_where=sa.text("replied_at IS NOT NULL"),
+        ),
         sa.Index(
             "messages_provider_message_id_key",
             "provider_message_id",
@@ -558,6 +566,13 @@ class Message(Model):
     delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     read_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     failed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # What the recipient answered (campaigns/answers.py): the first reply's and the first
+    # button click's times (each counted once); the latest reply's text and the clicked
+    # button's text are personal data, NULL once erased (the times stay).
+    replied_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    reply_text: Mapped[str | None] = mapped_column(sa.Text)
+    clicked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    clicked_button: Mapped[str | None] = mapped_column(sa.String(64))
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
     )
@@ -592,6 +607,9 @@ class CampaignCounter(Model):
     failed: Mapped[int] = mapped_column(default=0, server_default="0")
     skipped: Mapped[int] = mapped_column(default=0, server_default="0")
     cancelled: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Messages answered (campaigns/answers.py): a first reply, a first button click.
+    replied: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class CampaignMinuteStat(Model):

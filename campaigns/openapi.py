@@ -492,6 +492,19 @@ def schemas() -> dict[str, Schema]:
             "cancelled",
         )
     }
+    answered = {
+        "replied": {
+            **COUNT,
+            "description": (
+                "Messages their recipient replied to (a text, a reaction, media, a quick-reply"
+                " button), each counted once."
+            ),
+        },
+        "clicked": {
+            **COUNT,
+            "description": "Messages with a button their recipient tapped, each counted once.",
+        },
+    }
     progress = obj(
         {
             "campaign_id": ID,
@@ -513,6 +526,11 @@ def schemas() -> dict[str, Schema]:
                     "When the first held message is tried again (in a paused campaign, not"
                     " before then and only once it is resumed); null when none is."
                 ),
+            },
+            **answered,
+            "reply_rate": {
+                **nullable({"type": "number", "minimum": 0, "maximum": 1}),
+                "description": "replied ÷ delivered; null before any message is delivered.",
             },
             "success_rate": {
                 **nullable({"type": "number"}),
@@ -599,6 +617,25 @@ def schemas() -> dict[str, Schema]:
                     "failed_at",
                     "updated_at",
                 )
+            },
+            "replied_at": {
+                **nullable(DATE_TIME),
+                "description": "The recipient's first reply to it (a reaction, a button too).",
+            },
+            "reply_text": {
+                **nullable(STRING),
+                "description": (
+                    "Their latest reply's words, an emoji, or the kind of media in brackets"
+                    " ([image]); up to 1024 characters; null once erased."
+                ),
+            },
+            "clicked_at": {
+                **nullable(DATE_TIME),
+                "description": "The first time they tapped one of its buttons.",
+            },
+            "clicked_button": {
+                **nullable(STRING),
+                "description": "The text of the button they last tapped; null once erased.",
             },
         }
     )

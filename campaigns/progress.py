@@ -68,6 +68,9 @@ class Progress:
     # How the pending messages fit in the portfolio's 24-hour budget (read while some
     # are pending and the portfolio has a limit): carried over to later days or not.
     waves: waves.Waves | None = None
+    # Messages their recipient answered (answers.py): replied to, a button clicked.
+    replied: int = 0
+    clicked: int = 0
 
     @property
     def status_reason(self) -> str | None:
@@ -100,6 +103,14 @@ class Progress:
         """Reached sent and did not fail ÷ (those + failed); None before any outcome."""
         outcomes = self.sent + self.failed
         return self.sent / outcomes if outcomes else None
+
+    @property
+    def reply_rate(self) -> float | None:
+        """Replied ÷ delivered (a reply needs a delivered message); None before any delivery.
+
+        A message read with no delivered status is counted delivered too (counters.py).
+        """
+        return min(1.0, self.replied / self.delivered) if self.delivered else None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -229,6 +240,9 @@ class Progress:
             "failed": self.failed,
             "skipped": self.skipped,
             "cancelled": self.cancelled,
+            "replied": self.replied,
+            "clicked": self.clicked,
+            "reply_rate": self.reply_rate,
             "success_rate": self.success_rate,
             "sent_last_minute": self.sent_last_minute,
             "eta_seconds": self.eta_seconds,
@@ -329,6 +343,8 @@ def _progress_of(
         failed=totals["failed"],
         skipped=totals["skipped"],
         cancelled=totals["cancelled"],
+        replied=totals["replied"],
+        clicked=totals["clicked"],
         sent_last_minute=sent_last_minute,
         allowed_per_minute=pace.per_minute,
         pace=pace,

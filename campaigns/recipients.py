@@ -1,5 +1,5 @@
-"""A campaign's recipients: keyset pages with a filter and a search, the CSV export, and the
-failed and skipped ones grouped by error code. Reads only."""
+"""A campaign's recipients: keyset pages with a filter and a search, the CSV export (with what
+each one answered), and the failed and skipped ones grouped by error code. Reads only."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ RECIPIENT_CSV_COLUMNS = (
     "error_explanation",
     # The language of the template the recipient gets (campaigns/languages.py).
     "language",
+    # What the recipient answered (answers.py): their latest reply and their first reply's
+    # time, the button they tapped and their first click's time.
+    "reply_text",
+    "replied_at",
+    "clicked_button",
+    "clicked_at",
 )
 
 
@@ -62,6 +68,10 @@ def recipient_csv_header(zone: str) -> list[str]:
         _("WhatsApp message ID"),
         _("What the error means"),
         _("Language"),
+        _("Reply"),
+        _("Replied at (%(zone)s)") % {"zone": zone},
+        _("Button tapped"),
+        _("Tapped at (%(zone)s)") % {"zone": zone},
     ]
 
 
@@ -71,11 +81,16 @@ ERASED_MARK = N_("erased")
 CSV_FETCH_ROWS = 2000  # rows per round trip of the export's server-side cursor
 
 
+# The status filter's one choice that is no status: the recipients who replied (answers.py).
+REPLIED = "replied"
+
+
 @dataclass(frozen=True)
 class RecipientFilters:
     status: MessageStatus | None = None
     # Any digits of a phone, or part of a customer's name or ref, accents and case aside.
     q: str | None = None
+    replied: bool = False  # only those who answered (status=replied): any status
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> RecipientFilters:
@@ -83,7 +98,18 @@ class RecipientFilters:
         return cls(
             status=enum_member(MessageStatus, args.get("status")),
             q=q if fold(q) else None,  # an accent alone is nothing to search for
+            replied=args.get("status") == REPLIED,
         )
+
+    @property
+    def status_arg(self) -> str | None:
+        """The status filter as its query-string value (a "load more" link's)."""
+        return REPLIED if self.replied else self.status.value if self.status else None
+
+    @property
+    def narrowed(self) -> bool:
+        """Some rows are left out: by their status, or for not having answered."""
+        return self.status is not None or self.replied
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,8 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     conditions = [Message.campaign_id == campaign_id]
     if filters.status:
         conditions.append(Message.status == filters.status)
+    if filters.replied:  # migration 0028's partial index: the answered rows alone
+        conditions.append(Message.replied_at.is_not(None))
     if filters.q:
         # "Vitoria" finds Vitória, "c0000042" finds C0000042 (campaigns/search.py).
         matches = [
@@ -131,8 +159,13 @@ def _recipients_where(campaign_id: int, filters: RecipientFilters) -> list[sa.Co
     return conditions
 
 
-def rows_in_status(totals: Mapping[str, int], status: MessageStatus | None) -> int:
-    """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read)."""
+def rows_in_status(
+    totals: Mapping[str, int], status: MessageStatus | None, *, replied: bool = False
+) -> int:
+    """Messages now in ``status``, from the counters (whose sent ⊇ delivered ⊇ read); with
+    ``replied``, the messages answered (whatever their status)."""
+    if replied:
+        return totals["replied"]
     if status is None:
         return totals["total"]
     if status is MessageStatus.SENT:
@@ -161,7 +194,8 @@ def recipient_page(
     languages = _template_languages(campaign_id, messages)
     if after is not None:  # "load more": the first page said how many
         return RecipientPage(messages, next_after, None, languages=languages)
-    total = rows_in_status(counters.totals(db.session, campaign_id), filters.status)
+    totals = counters.totals(db.session, campaign_id)
+    total = rows_in_status(totals, filters.status, replied=filters.replied)
     matching = _matching(where) if filters.q else None
     return RecipientPage(messages, next_after, total, matching, languages)
 
@@ -247,8 +281,10 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
             Message.read_at,
             Message.failed_at,
             Message.provider_message_id,
-            # The template the recipient gets: its own language version, or the campaign's.
-            sa.func.coalesce(version.language, own.language),
+            Message.reply_text,
+            Message.replied_at,
+            Message.clicked_button,
+            Message.clicked_at,
         )
         .join(Campaign, Campaign.id == Message.campaign_id)
         .join(own, own.id == Campaign.template_id)
@@ -289,7 +325,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
                 else None,
                 *row[6:11],
                 explained(row.error_code, row.status),
-                row[11],
+                *row[11:],
             )
     finally:
         result.close()  # also when the download is abandoned half-way

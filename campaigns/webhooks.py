@@ -14,6 +14,11 @@ Each change of a webhook (``entry[].changes[]``) names its business number
 with that sender's app secret or the global one, and only to that sender's
 messages: one sender's secret cannot touch another's campaigns.
 
+An inbound message that answers a campaign message (its ``context.id``, or a reaction's
+``reaction.message_id``, is the message's wamid) is recorded as a reply to it, and a
+tapped button as a click too (``answers.py``: each counted once per message, however
+often Meta delivers it). One without that context is no answer: it is never guessed.
+
 Template changes (``message_template_status_update``, ``…_quality_update``,
 ``template_category_update``) arrive on the WABA object without a phone number id:
 ``template_webhooks.py`` applies them, under the same signatures and parsing rules.
@@ -44,6 +49,7 @@ import sqlalchemy as sa
 from app import db
 from campaigns import (
     account_health,
+    answers,
     callback_data,
     campaign_states,
     clock,
@@ -198,7 +204,9 @@ class _Skipped:
     problems: list[str] = field(default_factory=list)
 
     def __call__(self, where: str, what: str) -> None:
-        self.problems.append(f"{where} {what}")
+        problem = f"{where} {what}"
+        if problem not in self.problems[-2:]:  # a part two readers found wrong: said once
+            self.problems.append(problem)
 
     def log(self) -> None:
         if not self.problems:
@@ -398,11 +406,22 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
     it. Returns what happened, for the log and the answer: ``skipped`` counts the
     parts of the wrong shape or not signed by their sender.
     """
-    summary = {"applied": 0, "ignored": 0, "unknown": 0, "opt_outs": 0, "opt_ins": 0, "stale": 0}
+    summary = {
+        "applied": 0,
+        "ignored": 0,
+        "unknown": 0,
+        "opt_outs": 0,
+        "opt_ins": 0,
+        "stale": 0,
+        "replies": 0,
+        "clicks": 0,
+        "unattributed": 0,  # answers to a message Disparo does not know
+    }
     skipped = _Skipped()
     failed_campaigns: dict[int, tuple[int | None, str]] = {}
     applied_at: list[datetime] = []  # WhatsApp's time of each status applied (its lag)
     limited: list[_MarketingLimited] = []
+    answered: list[_Answer] = []
     for change in _changes(payload, signed, skipped):
         value = change.value
         at = f"{change.where}.value"
@@ -420,6 +439,8 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
         for m, message in enumerate(_items(value, "messages", at, skipped)):
             where = f"{at}.messages[{m}]"
             summary["opt_outs"] += _apply_reply(message, config["OPT_OUT_KEYWORDS"], where, skipped)
+            if answer := _answer(message, change.sender_ids, where, skipped):
+                answered.append(answer)
         for p, preference in enumerate(_items(value, "user_preferences", at, skipped)):
             where = f"{at}.user_preferences[{p}]"
             if outcome := _apply_preference(preference, where, skipped):
@@ -432,6 +453,14 @@ def apply(payload: Any, signed: Signers, config: Mapping[str, Any]) -> dict[str,
         db.session.commit()
         for item in limited:
             summary[_apply_marketing_limit(item, failed_campaigns, applied_at, config)] += 1
+    if answered:
+        # Each answer locks its message and then a counter shard: in a transaction of its
+        # own, holding no shard the statuses took (a batch's claim holds its messages while
+        # it waits for a shard).
+        db.session.commit()
+        for answer in answered:
+            for outcome in _apply_answer(answer, skipped):
+                summary[outcome] += 1
     skipped.log()
     summary["skipped"] = len(skipped.problems)
     counters.record_webhook_lags(db.session, applied_at)
@@ -718,6 +747,132 @@ def _apply_reply(message: Any, keywords: Collection[str], where: str, skipped: _
     suppress_quietly(db.session, phone, text.strip()[:50], "opt_out_reply")
     logger.info("opt-out reply from a customer: number suppressed")
     return 1
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An inbound message that answers a campaign message: its wamid, the words kept as the
+    reply, the button tapped (a click too), when."""
+
+    wamid: str
+    text: str
+    button: str | None
+    at: datetime
+    sender_ids: tuple[int, ...]
+    where: str
+
+
+def _part(message: Mapping[str, Any], kind: str, where: str, skipped: _Skipped) -> Any:
+    """The object of the message's kind (``message["text"]`` for a text), or None, skipped."""
+    part = message.get(kind)
+    if not isinstance(part, dict):
+        skipped(f"{where}.{kind}", "is not an object")
+        return None
+    return part
+
+
+def _words(part: Mapping[str, Any], key: str, where: str, skipped: _Skipped) -> str | None:
+    text = _text(part.get(key))
+    if text is None:
+        skipped(f"{where}.{key}", "is not text")
+    return text
+
+
+def _answer_words(
+    message: Mapping[str, Any], kind: str, where: str, skipped: _Skipped
+) -> tuple[str, str | None] | None:
+    """(the reply's words, the button tapped or None) of a message of ``kind``; None when
+    it is no answer Disparo keeps, or of the wrong shape (skipped)."""
+    if kind in answers.MEDIA_KINDS:
+        return answers.placeholder(kind), None
+    if kind not in ("text", "button", "interactive"):
+        return None  # an order, a system message, one WhatsApp does not support
+    part = _part(message, kind, where, skipped)
+    if part is None:
+        return None
+    if kind == "text":
+        body = _words(part, "body", f"{where}.text", skipped)
+        return None if body is None else (body, None)
+    if kind == "button":  # a template's quick-reply button: its text (and payload)
+        text = _words(part, "text", f"{where}.button", skipped)
+        return None if text is None else (text, text)
+    reply_kind = part.get("type")
+    chosen = part.get(reply_kind) if reply_kind in ("button_reply", "list_reply") else None
+    if not isinstance(chosen, dict):
+        return answers.placeholder(kind), None  # a flow's answer, say: no words to keep
+    title = _words(chosen, "title", f"{where}.interactive.{reply_kind}", skipped)
+    if title is None:
+        return None
+    return title, title if reply_kind == "button_reply" else None
+
+
+def _answer(
+    message: Any, sender_ids: tuple[int, ...], where: str, skipped: _Skipped
+) -> _Answer | None:
+    """The answer an inbound message gives to a campaign message, if it names one: a reply
+    (``context.id``) or a reaction (``reaction.message_id``). Never guessed from the
+    number: a message without them answers nothing."""
+    if not isinstance(message, dict):
+        return None  # skipped by _apply_reply
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        return None  # a message without its type says nothing Disparo can keep
+    if kind == "reaction":
+        reaction = _part(message, kind, where, skipped)
+        if reaction is None:
+            return None
+        raw, at_key = reaction.get("message_id"), f"{where}.reaction.message_id"
+        emoji = _text(reaction.get("emoji"))
+        if not emoji:
+            return None  # a reaction taken back: no answer
+        words: tuple[str, str | None] | None = (emoji, None)
+    else:
+        context = message.get("context")
+        if context is None or (isinstance(context, dict) and context.get("id") is None):
+            return None  # not a reply to a message (or forwarded): never guessed
+        if not isinstance(context, dict):
+            skipped(f"{where}.context", "is not an object")
+            return None
+        raw, at_key = context.get("id"), f"{where}.context.id"
+        words = _answer_words(message, kind, where, skipped)
+    wamid = identifier(raw, MAX_WAMID)
+    if wamid is None:
+        skipped(at_key, f"is not a message id of at most {MAX_WAMID} characters")
+        return None
+    if words is None:
+        return None
+    at = _timestamp(message.get("timestamp"))
+    if at is None:
+        skipped(f"{where}.timestamp", "is not a Unix time")
+        return None
+    return _Answer(wamid, words[0], words[1], at, sender_ids, where)
+
+
+def _apply_answer(answer: _Answer, skipped: _Skipped) -> list[str]:
+    """Record a reply (and a click) to the campaign message it names; commits. Returns the
+    summary's counts it adds: replies and clicks counted, or unattributed."""
+    found = answers.find_answered(db.session, answer.wamid)
+    if found is None:
+        db.session.commit()
+        logger.info(
+            "webhook answer to message %r not applied (%s): no such message",
+            answer.wamid,
+            answer.where,
+        )
+        return ["unattributed"]
+    if found.sender_id not in answer.sender_ids:
+        db.session.commit()
+        skipped(answer.where, "answers a message of another sender")
+        return []
+    counted = []
+    if answers.record_reply(db.session, found.id, answer.text, answer.at):
+        counted.append("replies")
+    if answer.button is not None and answers.record_click(
+        db.session, found.id, answer.button, answer.at
+    ):
+        counted.append("clicks")
+    db.session.commit()
+    return counted
 
 
 def _apply_preference(preference: Any, where: str, skipped: _Skipped) -> str | None:

@@ -144,7 +144,13 @@ def test_a_campaigns_messages_in_id_order_with_every_field(client, headers, camp
         "read_at",
         "failed_at",
         "updated_at",
+        # what the recipient answered (campaigns/answers.py)
+        "replied_at",
+        "reply_text",
+        "clicked_at",
+        "clicked_button",
     }
+    assert failed["replied_at"] is None and failed["clicked_button"] is None
     assert failed["status"] == "failed" and failed["attempts"] == 2
     assert failed["error_code"] == "131026"
     assert failed["error_message"] == "Message undeliverable"  # WhatsApp's words as given

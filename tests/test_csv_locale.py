@@ -60,7 +60,7 @@ def export(client, campaign: Campaign, headers: dict[str, str], query: str = "")
 def read(body: str, delimiter: str, header: list[str] | None = None) -> list[dict[str, str]]:
     """The rows by column name: the English header's, unless ``header`` names them."""
     rows = list(csv.reader(io.StringIO(body), delimiter=delimiter))
-    assert all(len(row) == len(rows[0]) == 13 for row in rows)
+    assert all(len(row) == len(rows[0]) == len(recipients.RECIPIENT_CSV_COLUMNS) for row in rows)
     return [dict(zip(header or rows[0], row, strict=True)) for row in rows[1:]]
 
 

@@ -639,9 +639,45 @@ def _webhook(leaf: st.SearchStrategy, to: Recipients) -> st.SearchStrategy[dict]
     )
     words = mostly(OPT_OUT_WORDS, TRICKY)
     sender = {"from": field(phone), "type": field(st.sampled_from(["text", "button"]))}
+    # An answer to a campaign message names it (answers.py): a reply's context, a
+    # reaction's message_id; a wamid Disparo sent, or one it does not know.
+    wamid = field(mostly(mostly(st.sampled_from(to.wamids), fresh), TEXT, odds=8))
+    answering = {
+        "context": field(shaped({"id": wamid}, {"from": field(TEXT)})),
+        "timestamp": field(TIMESTAMPS),
+    }
+    chosen = shaped({"title": field(words)}, {"id": field(TEXT)})
     message = st.one_of(
-        shaped(sender | {"text": field(shaped({"body": field(words)}))}),
-        shaped(sender | {"button": field(shaped({"text": field(words)}))}),
+        shaped(sender | {"text": field(shaped({"body": field(words)}))}, answering),
+        shaped(sender | {"button": field(shaped({"text": field(words)}))}, answering),
+        shaped(
+            {
+                "from": field(phone),
+                "type": field(st.just("interactive")),
+                "interactive": field(
+                    shaped(
+                        {"type": field(st.sampled_from(["button_reply", "list_reply"]))},
+                        {"button_reply": field(chosen), "list_reply": field(chosen)},
+                    )
+                ),
+            },
+            answering,
+        ),
+        shaped(
+            {
+                "from": field(phone),
+                "type": field(st.just("reaction")),
+                "reaction": field(shaped({"message_id": wamid}, {"emoji": field(TEXT)})),
+                "timestamp": field(TIMESTAMPS),
+            }
+        ),
+        shaped(
+            {
+                "from": field(phone),
+                "type": field(st.sampled_from(["image", "location", "sticker", "order"])),
+            },
+            answering,
+        ),
     )
     preference = shaped(
         {
@@ -670,7 +706,7 @@ def _webhook(leaf: st.SearchStrategy, to: Recipients) -> st.SearchStrategy[dict]
 
 
 # The counts in the endpoint's answer that say something was written.
-CHANGES = ("applied", "opt_outs", "opt_ins")
+CHANGES = ("applied", "opt_outs", "opt_ins", "replies", "clicks")
 
 
 def _webhook_test(client: FlaskClient, fuzz_cases: Counter[str], payloads) -> None:

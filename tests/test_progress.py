@@ -136,7 +136,9 @@ def test_receipts_are_followed_for_a_limited_time_after_completion(
     response = client.get(f"/campaigns/{campaign.id}/receipts", headers=HX)
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and 'hx-trigger="every 15s"' in html
-    assert _oob_ids(html) == {f"campaign-{campaign.id}-delivered", f"campaign-{campaign.id}-read"}
+    # Delivered, read, and what recipients answered (replies, clicks).
+    followed = ("delivered", "read", "replied", "clicked")
+    assert _oob_ids(html) == {f"campaign-{campaign.id}-{figure}" for figure in followed}
 
     db.session.execute(
         sa.update(Campaign)

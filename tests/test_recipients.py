@@ -380,6 +380,10 @@ def test_csv_export_streams_every_row_escaped(client, campaign, viewer):
         "WhatsApp message ID",
         "What the error means",  # added later: the columns before keep their places
         "Language",  # the template's language the recipient gets
+        "Reply",  # then what the recipient answered (answers.py)
+        "Replied at (America/Sao_Paulo)",
+        "Button tapped",
+        "Tapped at (America/Sao_Paulo)",
     ]
     assert len(rows) == 1 + 6
     expected = db.session.scalars(
@@ -418,8 +422,8 @@ def test_csv_explains_every_code_the_page_explains(client, campaign, viewer):
         add(campaign, status, error_code=code)
     body = client.get(f"/campaigns/{campaign.id}/recipients.csv").get_data().decode("utf-8-sig")
     rows = list(csv.reader(io.StringIO(body)))[1:]
-    column = recipients.RECIPIENT_CSV_COLUMNS.index("error_explanation")
-    shown = [row[column] for row in rows]
+    explained_at = recipients.RECIPIENT_CSV_COLUMNS.index("error_explanation")
+    shown = [row[explained_at] for row in rows]
     assert shown == [explain(code) for _, code in cases[:-1]] + [""]
     assert all(shown[:-1])
 

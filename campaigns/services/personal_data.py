@@ -5,9 +5,11 @@ What Disparo stores about a person, and where:
 
 - ``messages``: the phone, the ERP's customer ref, the customer fields the
   template's variables use (``customer_data``), the variables filled in
-  (``params``) and the provider's error text (which can echo the number). Erased
-  (NULL, ``{}``) by both; the status, error code, times and the campaign's
-  counters stay, so progress, reports and the CSV export still add up.
+  (``params``), the provider's error text (which can echo the number), and what the
+  person answered (``reply_text``, ``clicked_button``: ``answers.py``). Erased
+  (NULL, ``{}``) by both; the status, error code, times (a reply's and a click's
+  too) and the campaign's counters stay, so progress, reports and the CSV export
+  still add up. An answer arriving after the erasure counts but keeps no words.
 - ``suppressions``: an opt-out's number and reason (which can quote the person's
   reply). Kept while the opt-out stands, whatever the retention (the person asked
   not to be contacted; forgetting it would message them again); an erasure keeps
@@ -74,11 +76,12 @@ FINISHED = [status.value for status in FINISHED_CAMPAIGN_STATUSES]
 # What an erased message keeps: its status, code, times and counts.
 ERASED_VALUES = (
     "phone = NULL, customer_ref = NULL, customer_data = '{}'::jsonb, params = NULL,"
-    " error_text = NULL"
+    " error_text = NULL, reply_text = NULL, clicked_button = NULL"
 )
 NOT_ERASED = (
     "(phone IS NOT NULL OR customer_ref IS NOT NULL OR customer_data <> '{}'::jsonb"
-    " OR params IS NOT NULL OR error_text IS NOT NULL)"
+    " OR params IS NOT NULL OR error_text IS NOT NULL OR reply_text IS NOT NULL"
+    " OR clicked_button IS NOT NULL)"
 )
 # -- the next batch of an expired campaign's messages, in id order after :after. The
 # campaign row is held FOR SHARE and checked still finished: a "retry failed" that

@@ -710,6 +710,11 @@ def message_json(message: Message) -> dict[str, Any]:
         "read_at": _iso(message.read_at),
         "failed_at": _iso(message.failed_at),
         "updated_at": _iso(message.updated_at),
+        # What the recipient answered (campaigns/answers.py); the texts null once erased.
+        "replied_at": _iso(message.replied_at),
+        "reply_text": message.reply_text,
+        "clicked_at": _iso(message.clicked_at),
+        "clicked_button": message.clicked_button,
     }
 
 

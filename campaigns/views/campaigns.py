@@ -432,11 +432,11 @@ def _sections_behind(campaign: Campaign, progress: Progress) -> dict[str, Any]:
     filters = recipients.RecipientFilters.from_args(request.args)
     if listed is None or filters.q:  # no table yet, or a search (which is not counted)
         return context
-    if listed == 0 and filters.status is None and progress.total > 0:
+    if listed == 0 and not filters.narrowed and progress.total > 0:
         page = recipients.recipient_page(campaign.id, filters)
         context |= {"table_oob": True}
     else:
-        total = recipients.rows_in_status(progress.counts, filters.status)
+        total = recipients.rows_in_status(progress.counts, filters.status, replied=filters.replied)
         page = recipients.RecipientPage([], None, total)
         context |= {"count_oob": True}
     return context | {

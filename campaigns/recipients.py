@@ -281,6 +281,7 @@ def recipient_csv_rows(campaign_id: int) -> Iterator[tuple[Any, ...]]:
             Message.read_at,
             Message.failed_at,
             Message.provider_message_id,
+            sa.func.coalesce(version.language, own.language),
             Message.reply_text,
             Message.replied_at,
             Message.clicked_button,

@@ -229,11 +229,23 @@ def test_a_campaign_goes_out_live_on_its_page(app, live_server, page, user_facto
     page.screenshot(path=str(ARTIFACTS / "campaign-progress.png"), full_page=True)
 
 
-# A 1 by 1 PNG: what an operator uploads as the header's image.
-PIXEL_PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
-)
+def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A PNG of one colour: what an operator uploads as the header's image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
@@ -251,7 +263,8 @@ def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
     app.config["MOCK_TEMPLATE_APPROVAL_SECONDS"] = 0
     seed_demo()
     user = user_factory(Role.SUPERVISOR)
-    start_worker()
+    # The worker's review check asks the mock too: its approval as immediate as the page's.
+    start_worker(env={"MOCK_TEMPLATE_APPROVAL_SECONDS": "0"})
     sign_in(page, live_server, user)
 
     page.goto(f"{live_server}/templates/new")
@@ -260,13 +273,14 @@ def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
     page.select_option("select[name=header_format]", "IMAGE")
     page.wait_for_selector("#header-fields input[type=file]")  # htmx swapped the fields in
     image = tmp_path / "oferta.png"
-    image.write_bytes(PIXEL_PNG)
+    image.write_bytes(solid_png(320, 160, (37, 99, 235)))
     page.set_input_files("#header-fields input[type=file]", str(image))
     page.wait_for_selector("#header-fields input[name=header_media_file_id]", state="attached")
+    page.wait_for_selector("#template-preview img.bubble-media")  # the preview has it too
     page.fill(
         "textarea[name=buttons]", "Ver oferta | https://loja.example.com/oferta/{{1}}\nNão quero"
     )
-    page.wait_for_selector("#template-preview img.bubble-media")
+    page.press("textarea[name=buttons]", "Tab")  # left: the preview follows
     page.wait_for_selector("#template-preview .bubble-button:has-text('Ver oferta')")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "template-image-form.png"), full_page=True)
@@ -290,6 +304,7 @@ def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
     page.uncheck("input[name='segment.opted_in_only']")
     page.click("button:has-text('Save draft')")
     page.wait_for_selector("h1:has-text('Oferta com imagem')")
+    page.wait_for_selector("section[id$='-preflight']:has-text('Checked at')")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Send now')")
     page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import quote
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, make_response, render_template, request
+from flask import Response as FlaskResponse
 from flask_login import current_user
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
@@ -55,6 +56,9 @@ def media_limits(kind: str) -> str:
     }
 
 
+MEDIA_PICKED = "media-picked"  # the event a kept file fires on its input
+
+
 def _picked(
     media_file: MediaFile | None, problems: dict[str, str] | None = None, status: int = 200
 ) -> tuple[str, int]:
@@ -72,7 +76,7 @@ def _previous() -> MediaFile | None:
 @bp.post("")
 @takes_upload(limit_bytes=media.REQUEST_LIMIT_BYTES)
 @requires(Role.SUPERVISOR)  # who edits templates
-def media_create() -> tuple[str, int]:
+def media_create() -> FlaskResponse | tuple[str, int]:
     """Keep the picked file (``file``, of ``kind``, else the form's ``header_format``)
     and answer its hidden id and preview, or the refusal with the earlier file kept."""
     kind = media.kind_of(request.form.get("kind") or request.form.get("header_format"))
@@ -88,7 +92,11 @@ def media_create() -> tuple[str, int]:
         )
     except ServiceError as refused:
         return _picked(_previous(), {media.FIELD: refused.message}, 422)
-    return _picked(stored)
+    # The template's preview draws itself again with the file (templates/_preview.html),
+    # once the hidden id is in the form: after the swap, not on arrival (HX-Trigger).
+    response = make_response(_picked(stored))
+    response.headers["HX-Trigger-After-Settle"] = MEDIA_PICKED
+    return response
 
 
 @bp.errorhandler(RequestEntityTooLarge)

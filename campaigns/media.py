@@ -29,7 +29,7 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import IO, Any
@@ -344,6 +344,17 @@ UPSERT_UPLOAD = sa.text(
     DO UPDATE SET provider_media_id = EXCLUDED.provider_media_id, uploaded_at = now()
     """
 )
+
+
+# -- an upload WhatsApp no longer takes (131052/131053 on a send naming it): forgotten
+FORGET_UPLOADS = sa.text(
+    "DELETE FROM media_uploads WHERE sender_id = :sender AND media_file_id = ANY(:files)"
+)
+
+
+def forget_uploads(session: AnySession, sender_id: int, media_file_ids: Collection[int]) -> None:
+    """Upload these files again at their next send from this sender (caller commits)."""
+    session.execute(FORGET_UPLOADS, {"sender": sender_id, "files": list(media_file_ids)})
 
 
 def media_id_for(sender: Sender, media_file_id: int, config: Mapping[str, Any]) -> str:

@@ -45,6 +45,7 @@ from campaigns import (
     callback_data,
     calls,
     campaign_states,
+    media,
     message_states,
     providers,
     pump,
@@ -58,6 +59,7 @@ from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
     CampaignStatus,
+    HeaderFormat,
     MediaFile,
     Message,
     MessageStatus,
@@ -67,7 +69,7 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers.base import ProviderError, SendError, SendResult
-from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind
+from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import suppress_message
 
@@ -79,6 +81,11 @@ SEND_TRIES, SEND_BACKOFF = 3, 2.0
 RETRY_TRIES, RETRY_BACKOFF = 5, 3.0
 # A throttled message waits about as long as it has been throttled, within these bounds.
 THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
+
+
+# WhatsApp's media errors (download or upload): an upload it gave is no longer good.
+MEDIA_ERROR_CODES = frozenset({131052, 131053})
+MEDIA_RETRY_SECONDS = 60.0  # a batch whose header file could not be uploaded waits this long
 
 
 # The campaign's columns a batch uses, with its sender, template and owner, in one
@@ -145,6 +152,11 @@ def send_batch(
     """Send a batch of one campaign's messages: limits, claim, overlapping calls, outcomes."""
     report = BatchReport()
     source = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
+    try:
+        # Before anything is claimed: an upload may take longer than a claim's lease.
+        prepared = _prepared_media(campaign_id, message_ids, config)
+    except ProviderError as error:
+        return _media_not_ready(campaign_id, message_ids, error, retry_queue, report)
     campaign = db.session.get(Campaign, campaign_id, options=CAMPAIGN_LOAD, populate_existing=True)
     waiting = message_states.waiting(db.session, campaign_id, message_ids, source)
     report.skipped = len(message_ids) - len(waiting)
@@ -196,24 +208,9 @@ def send_batch(
     )
     calling = [m for m in granted if m.id not in limited and m.id not in unbudgeted]
     provider = providers.for_sender(sender, config)
-    try:
-        # Each template's own (a language version may show another image), once a batch.
-        used = {template, *(versions[m.template_id] for m in calling if m.template_id in versions)}
-        medias = {t.id: header_media(sender, t, config) for t in used} if calling else {}
-    except ProviderError as error:
-        # The media could not be uploaded to WhatsApp: nothing was sent, so every call
-        # of the batch is tried again later, as after any transient failure.
-        logger.warning("campaign %s: header media not uploaded (%s)", campaign_id, error.code)
-        failed = SendError(error.message, ErrorKind.RETRY, error.code, error.http_status)
-        _record(
-            campaign_id,
-            sender.id,
-            [(message, failed) for message in calling],
-            config,
-            retry_queue=retry_queue,
-            report=report,
-        )
-        calling, medias = [], {}
+    # Each template's own header media (a language version may show another image).
+    used = {template, *(versions[m.template_id] for m in calling if m.template_id in versions)}
+    medias = {t.id: prepared.get(t.id) or template_parts.linked_media(t) for t in used}
     size = int(config["WHATSAPP_CALLS_IN_FLIGHT"])
     secret = config["SECRET_KEY"]
     started: dict[Future[SendResult], message_states.Claimed] = {
@@ -248,24 +245,115 @@ def send_batch(
             retry_queue=retry_queue,
         )
         db.session.commit()
+    media_refused = False
     for group in calls.as_they_return(started):
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
+        media_refused = media_refused or any(
+            isinstance(outcome, SendError) and outcome.code in MEDIA_ERROR_CODES
+            for _message, outcome in outcomes
+        )
         _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
+    if media_refused and prepared:
+        # WhatsApp no longer takes the uploads it gave: the next batch uploads them again.
+        media.forget_uploads(db.session, sender.id, [m.file_id for m in prepared.values()])
+        db.session.commit()
+    return report
+
+
+@dataclass(frozen=True)
+class _Prepared(template_parts.HeaderMedia):
+    file_id: int = 0  # the uploaded file it names
+
+
+def _prepared_media(
+    campaign_id: int, message_ids: Sequence[int], config: Mapping[str, Any]
+) -> dict[int, _Prepared]:
+    """The header media of each template the batch may send whose header shows an uploaded
+    file (the campaign's, and its messages' language versions), by template id: the media
+    id WhatsApp gave the sender for it, uploaded now if it has none fresh. One read, then
+    no transaction open during the uploads; none without such a template. ProviderError
+    if an upload failed."""
+    used: sa.CompoundSelect = sa.union(
+        sa.select(Campaign.template_id).where(Campaign.id == campaign_id),
+        sa.select(Message.template_id).where(
+            Message.id.in_(message_ids), Message.template_id.is_not(None)
+        ),
+    )
+    sender_id = sa.select(Campaign.sender_id).where(Campaign.id == campaign_id).scalar_subquery()
+    rows = db.session.execute(
+        sa.select(
+            MessageTemplate.id,
+            MessageTemplate.header_format,
+            MediaFile.id.label("file_id"),
+            MediaFile.filename,
+            sender_id.label("sender_id"),
+        )
+        .join(MediaFile, MediaFile.id == MessageTemplate.header_media_file_id)
+        .where(MessageTemplate.id.in_(used))
+    ).all()
+    if not rows:
+        return {}
+    sender = db.session.get(Sender, rows[0].sender_id)
+    if sender is None:
+        return {}
+    db.session.expunge(sender)  # read by the upload's provider, detached
+    db.session.commit()
+    return {
+        row.id: _Prepared(
+            HeaderFormat(row.header_format),
+            media_id=media.media_id_for(sender, row.file_id, config),
+            filename=row.filename,
+            file_id=row.file_id,
+        )
+        for row in rows
+    }
+
+
+def _media_not_ready(
+    campaign_id: int,
+    message_ids: Sequence[int],
+    error: ProviderError,
+    retry_queue: bool,
+    report: BatchReport,
+) -> BatchReport:
+    """A header's file could not be uploaded: nothing was claimed or sent. The batch waits
+    for another try; an error WhatsApp will not get over by itself (a file it refuses, a
+    token it no longer takes) pauses the campaign, or the sender's, with WhatsApp's words."""
+    db.session.rollback()
+    kind = classify(error.code, error.http_status)
+    logger.warning(
+        "campaign %s: header media not uploaded (%s, code %s)", campaign_id, kind, error.code
+    )
+    if kind not in (ErrorKind.RETRY, ErrorKind.THROTTLED):
+        stop = (
+            ErrorKind.PAUSE_SENDER if kind is ErrorKind.PAUSE_SENDER else ErrorKind.PAUSE_CAMPAIGN
+        )
+        campaign_states.stop_for_code(campaign_id, error.code, error.message, stop)
+    # The job of a paused campaign puts them back to pending, as for any batch.
+    queues.defer_sends(
+        db.session,
+        campaign_id,
+        [list(message_ids)],
+        [_later(MEDIA_RETRY_SECONDS)],
+        retry_queue=retry_queue,
+    )
+    db.session.commit()
+    report.held = sorted(message_ids)
     return report
 
 
 def header_media(
     sender: Sender, template: MessageTemplate, config: Mapping[str, Any]
 ) -> template_parts.HeaderMedia | None:
-    """What the template's media header shows in this batch's sends: its link, or the
-    media id of its uploaded file (uploaded to WhatsApp once per sender, then reused)."""
+    """What one send of the template shows in its media header (a test send): its link,
+    or the media id of its uploaded file, uploaded now if the sender has none fresh. Ends
+    the caller's transaction before an upload; ProviderError if it failed."""
     fmt = template_parts.header_format(template)
     if fmt is None or not fmt.is_media or template.header_media_file_id is None:
         return template_parts.linked_media(template)
-    from campaigns import media
-
     file_id = template.header_media_file_id
     filename = db.session.scalar(sa.select(MediaFile.filename).where(MediaFile.id == file_id))
+    db.session.commit()
     media_id = media.media_id_for(sender, file_id, config)
     return template_parts.HeaderMedia(fmt, media_id=media_id, filename=filename)
 

@@ -393,3 +393,92 @@ def test_a_campaign_needs_the_media_its_template_shows(app, owner):
         create_campaign(fields, owner.id)
     assert "edit it to give a link or a file" in refused.value.message
     assert db.session.query(Campaign).count() == 0
+
+
+# -- an uploaded header file: uploaded before anything is claimed, its failures handled
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def _image_campaign(app, owner, live_server) -> tuple[Campaign, list[int]]:
+    """A sending campaign of an uploaded-image template, its messages queued."""
+    import io
+
+    from campaigns import media
+
+    app.config.update(APP_BASE_URL=live_server, MOCK_WHATSAPP_WEBHOOKS=False)
+    app.config.pop("MOCK_WHATSAPP_URL", None)
+    lift_limits(owner)
+    stored = media.store(io.BytesIO(PNG), "oferta.png", "IMAGE", owner.id)
+    template = _template(header_format="IMAGE", header_media_file_id=stored.id, name="uploaded")
+    fields = parse_campaign(
+        {
+            "name": "Uploaded",
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "max_audience": 3, "opted_in_only": False},
+            "variables": {"first_name": {"field": "first_name"}},
+        },
+        template_variables_for(template.id),
+    )
+    campaign = create_campaign(fields, owner.id)
+    send_campaign_now(campaign.id, owner.id)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    return campaign, [i for j in jobs(queues.SEND_TASK) for i in j["args"]["message_ids"]]
+
+
+def test_an_uploaded_header_goes_up_once_and_every_send_names_its_id(app, owner, live_server):
+    campaign, ids = _image_campaign(app, owner, live_server)
+    for half in (ids[:1], ids[1:]):
+        report = sending.send_batch(campaign.id, half, app.config, retry_queue=False)
+        assert sorted(report.sent) == sorted(half)
+    assert db.session.query(MockWhatsAppMedia).count() == 1  # one upload, two batches
+
+
+@pytest.mark.parametrize(
+    ("code", "paused"), [(131000, False), (100, True)], ids=["transient", "refused"]
+)
+def test_an_upload_that_fails_claims_nothing_and_pauses_only_when_it_must(
+    app, owner, live_server, monkeypatch, code, paused
+):
+    from campaigns import media
+    from campaigns.models import CampaignStatus
+    from campaigns.providers.base import ProviderError
+
+    campaign, ids = _image_campaign(app, owner, live_server)
+
+    def refuse(*_args, **_kwargs):
+        raise ProviderError("Invalid parameter", code=code, http_status=400)
+
+    monkeypatch.setattr(media, "media_id_for", refuse)
+    before = len(jobs(queues.SEND_TASK))
+    report = sending.send_batch(campaign.id, ids, app.config, retry_queue=False)
+    assert report.held == sorted(ids) and not report.sent and not report.failed
+    statuses = db.session.scalars(sa.select(Message.status).where(Message.id.in_(ids))).all()
+    # Never claimed, so no lease to outlive: waiting for the next try, or (paused) pending.
+    assert set(statuses) == {MessageStatus.PENDING if paused else MessageStatus.QUEUED}
+    assert len(jobs(queues.SEND_TASK)) == before + 1  # tried again later
+    db.session.expire_all()
+    status = db.session.get(Campaign, campaign.id).status
+    assert status is (CampaignStatus.PAUSED if paused else CampaignStatus.SENDING)
+
+
+def test_a_media_error_on_send_forgets_the_upload(app, owner, live_server, monkeypatch):
+    from campaigns.models import MediaUpload
+    from campaigns.providers.errors import ErrorKind
+
+    campaign, ids = _image_campaign(app, owner, live_server)
+    app.config["MOCK_WHATSAPP_WEBHOOKS"] = False
+    original = MockProvider.send_template
+
+    def expired(self, **kwargs):
+        raise SendError("Media download error", ErrorKind.RETRY, 131053, 400)
+
+    monkeypatch.setattr(MockProvider, "send_template", expired)
+    sending.send_batch(campaign.id, ids[:1], app.config, retry_queue=False)
+    assert db.session.query(MediaUpload).count() == 0  # uploaded again next time
+    monkeypatch.setattr(MockProvider, "send_template", original)
+    assert sending.send_batch(campaign.id, ids[1:], app.config, retry_queue=False).sent
+    assert db.session.query(MediaUpload).count() == 1

@@ -33,6 +33,12 @@ COUPON_MAX_CHARS = 15  # Meta's limit on a copy-code button's code
 PAYLOAD_MAX_CHARS = 128  # what Disparo keeps of a quick reply's payload (Meta allows more)
 
 
+# What a media or location header shows: given in Disparo, not reviewed by Meta (which
+# keeps only a sample of the media): changing it keeps the template's approval, and a
+# listing from WhatsApp leaves it as it is unless the header's kind changed.
+SHOWN_IN_HEADER = ("header_media_link", "header_media_file_id", "header_location")
+
+
 @dataclass(frozen=True)
 class Variable:
     """One value a send needs besides the recipient: its mapping key, where it goes."""

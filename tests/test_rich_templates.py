@@ -482,3 +482,40 @@ def test_a_media_error_on_send_forgets_the_upload(app, owner, live_server, monke
     monkeypatch.setattr(MockProvider, "send_template", original)
     assert sending.send_batch(campaign.id, ids[1:], app.config, retry_queue=False).sent
     assert db.session.query(MediaUpload).count() == 1
+
+
+def test_giving_an_imported_header_its_media_keeps_the_template_approved(client, login_as, app):
+    """Meta reviews the header's kind, not the media a send shows: an approved template
+    given its image (form or API) stays approved and keeps WhatsApp's id; a change Meta
+    reviews (the body) sends it back to draft."""
+    seed_demo()
+    imported = MessageTemplate(
+        sender_id=default_sender().id,
+        status=TemplateStatus.APPROVED,
+        provider_template_id="7000000000000042",
+        name="imported_image",
+        language="pt_BR",
+        category=TemplateCategory.MARKETING,
+        parameter_format=ParameterFormat.NAMED,
+        header_format="IMAGE",
+        body_text="Oi {{first_name}}",
+    )
+    db.session.add(imported)
+    db.session.commit()
+    login_as(Role.SUPERVISOR)
+    form = BASE | {
+        "name": "imported_image",
+        "header_format": "IMAGE",
+        "body_text": "Oi {{first_name}}",
+    }
+    saved = client.post(f"/templates/{imported.id}", data=form | {"header_media_link": LINK})
+    assert saved.status_code == 303, saved.get_data(as_text=True)
+    db.session.expire_all()
+    kept = db.session.get(MessageTemplate, imported.id)
+    assert (kept.status, kept.provider_template_id) == (TemplateStatus.APPROVED, "7000000000000042")
+    assert kept.header_media_link == LINK and not template_parts.needs_media(kept)
+
+    edited = form | {"header_media_link": LINK, "body_text": "Olá {{first_name}}"}
+    assert client.post(f"/templates/{imported.id}", data=edited).status_code == 303
+    db.session.expire_all()
+    assert db.session.get(MessageTemplate, imported.id).status is TemplateStatus.DRAFT

@@ -70,7 +70,7 @@ from flask import current_app
 from flask_babel import LazyString
 
 from app import db
-from campaigns import providers, reasons, template_webhooks
+from campaigns import providers, reasons, template_parts, template_webhooks
 from campaigns.i18n import _, _l
 from campaigns.models import (
     HeaderFormat,
@@ -113,10 +113,6 @@ SKIP_REASONS: dict[str, LazyString] = {
     "deleted": _l("WhatsApp reports it as deleted."),
 }
 
-
-# What a media or location header shows: given in Disparo (Meta keeps only a sample), so a
-# listing leaves it as it is unless the header's kind changed.
-OPERATORS_HEADER = ("header_media_link", "header_media_file_id", "header_location")
 
 # The buttons Disparo sends and what it keeps of each (Meta's JSON has more).
 BUTTON_FIELDS = {
@@ -558,7 +554,7 @@ def _field_changes(plan: _Planned, listed_at: datetime) -> dict[str, Any]:
         for name, value in plan.fields.__dict__.items():
             if name in ("name", "language", "category") or getattr(template, name) == value:
                 continue
-            if name in OPERATORS_HEADER and same_header:
+            if name in template_parts.SHOWN_IN_HEADER and same_header:
                 continue  # what the operator gave the header to show: Meta has none of it
             changes[name] = value
     category = standing.category

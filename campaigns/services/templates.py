@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import notifications, providers, queues, template_webhooks
+from campaigns import notifications, providers, queues, template_parts, template_webhooks
 from campaigns.clock import clock_now, database_now
 from campaigns.i18n import _
 from campaigns.labels import label
@@ -99,7 +99,8 @@ def _apply_template_fields(template: MessageTemplate, fields: TemplateFields) ->
 
 
 def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate:
-    """Edit a template; an approved one goes back to draft and must be resubmitted."""
+    """Edit a template; an approved one goes back to draft and must be resubmitted,
+    unless only what its header shows changed (SHOWN_IN_HEADER: Meta does not review it)."""
     template = _get_template_for_update(template_id)
     if template.status not in EDITABLE_TEMPLATE_STATUSES:
         raise ServiceError(
@@ -123,7 +124,17 @@ def update_template(template_id: int, fields: TemplateFields) -> MessageTemplate
         raise ServiceError(
             _("This account already has a template with that name and language."), "name"
         )
+    reviewed = [
+        name
+        for name, value in fields.__dict__.items()
+        if name not in template_parts.SHOWN_IN_HEADER and getattr(template, name) != value
+    ]
     _apply_template_fields(template, fields)
+    if not reviewed and template.status is not TemplateStatus.REJECTED:
+        # Only what its header shows changed (media, a place): Meta reviewed the rest, so
+        # the template keeps its status (an imported media header is given its media so).
+        db.session.commit()
+        return template
     template.status = TemplateStatus.DRAFT
     template.status_reason = None
     template.provider_template_id = None

@@ -41,8 +41,10 @@ from typing import Any, TypeVar, overload
 import flask
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
+from flask_login import current_user
 
 from campaigns import errors
+from campaigns.auth import is_self_authenticated
 from campaigns.i18n import _
 from campaigns.validation import unstorable_fields
 
@@ -108,6 +110,11 @@ class Request(flask.Request):
     def max_content_length(self) -> int | None:
         # Outside an app context (no view to ask), Flask's own answer.
         upload = current_app and _view_says("takes_upload", self.endpoint)
+        if upload and not is_self_authenticated(self.blueprint or ""):
+            # A page's form may be read (CSRF's check) before its caller is known: only a
+            # signed-in user's upload may be larger than any other request. The API reads
+            # no body before its token is checked (nor do the development-only mocks).
+            upload = current_user.is_authenticated
         if self._max_content_length is None and upload:
             view = current_app.view_functions[self.endpoint or ""]
             own = getattr(view, "upload_limit", None)

@@ -614,3 +614,15 @@ def test_maintenance_deletes_old_files_no_template_names(app, user_factory):
     assert set(db.session.scalars(sa.select(MediaFile.id))) == set(ids[1:])
     assert db.session.query(MediaUpload).count() == 0
     assert _bytes_of(ids[0]) == b"" and _bytes_of(ids[1]) == JPEG
+
+
+def test_only_a_signed_in_user_may_send_a_body_larger_than_any_other(app, client, login_as):
+    """CSRF's check reads a page's form before the sign-in check runs: a stranger's body is
+    held to MAX_REQUEST_BYTES, not the media limit, so it cannot fill the disk."""
+    app.config["MAX_REQUEST_BYTES"] = app.config["MAX_CONTENT_LENGTH"] = 4096
+    app.config["WTF_CSRF_ENABLED"] = True  # its check is what reads the form first
+    large = PNG + bytes(8000)
+    assert _pick(client, large, "big.png").status_code == 413  # not signed in: refused unread
+    app.config["WTF_CSRF_ENABLED"] = False
+    login_as(Role.SUPERVISOR)
+    assert _pick(client, large, "big.png").status_code == 200

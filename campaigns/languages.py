@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import db
-from campaigns import template_parts
+from campaigns import template_parts, tracked_links
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
 from campaigns.validation import row_id
 
@@ -39,10 +39,26 @@ def normalise(value: Any) -> str | None:
     return f"{language}_{region.upper()}" if region else language
 
 
-def _required(template: MessageTemplate) -> set[str]:
-    """The variables a send of the template cannot go without (a quick reply's payload
-    may be left out: a version with other quick replies takes the same mapping)."""
-    return {key for key in template_parts.keys(template) if not template_parts.is_optional(key)}
+def _required(template: MessageTemplate) -> set[tuple[str, Any]]:
+    """The variables a send of the template cannot go without, each with what it fills:
+    a version taking the same keys for other things (a coupon where the campaign's
+    template has a link's ending, a tracked link where it has a shop's address) cannot
+    take the same mapping. A quick reply's payload may be left out."""
+    buttons = template.buttons or []
+
+    def fills(key: str) -> Any:
+        place, _dot, index = key.partition(".")
+        if place != "button" or not index.isdigit() or int(index) >= len(buttons):
+            return place if index else "body"
+        button = buttons[int(index)]
+        url = str(button.get("url", ""))
+        return button.get("type"), url if tracked_links.is_tracking_address(url) else None
+
+    return {
+        (key, fills(key))
+        for key in template_parts.keys(template)
+        if not template_parts.is_optional(key)
+    }
 
 
 def variants(template: MessageTemplate) -> dict[str, MessageTemplate]:

@@ -113,17 +113,6 @@ def describe(template: MessageTemplate | None, key: str) -> str:
     return _("Link “%(text)s”: the address's ending") % {"text": text}
 
 
-def is_tracked_button(template: MessageTemplate, key: str, app_base_url: str) -> bool:
-    """Whether the variable is a link button's that leads to Disparo's tracked links."""
-    from campaigns.tracked_links import button_address
-
-    place, _dot, index = key.partition(".")
-    buttons = template.buttons or []
-    if place != "button" or not index.isdigit() or int(index) >= len(buttons):
-        return False
-    return buttons[int(index)].get("url") == button_address(app_base_url)
-
-
 @dataclass(frozen=True)
 class HeaderMedia:
     """What a media header shows in a send: WhatsApp's media id, or a public link."""

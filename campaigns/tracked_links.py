@@ -33,6 +33,22 @@ def _signer(secret_key: str | bytes) -> URLSafeSerializer:
     return URLSafeSerializer(secret_key, salt=SALT)
 
 
+def is_tracking_address(url: str) -> bool:
+    """Whether a link button's address is a tracked link's (some Disparo's /l/{{1}})."""
+    return str(url).endswith(PATH + "{{1}}")
+
+
+def leads_here(template: Any, key: str, app_base_url: str) -> bool:
+    """Whether the variable ``key`` is the ending of a link button leading to this
+    Disparo's tracked links (what a campaign may map to a tracked link)."""
+    place, _dot, index = key.partition(".")
+    buttons = template.buttons or []
+    if place != "button" or not index.isdigit() or int(index) >= len(buttons):
+        return False
+    button = buttons[int(index)]
+    return button.get("type") == "URL" and button.get("url") == button_address(app_base_url)
+
+
 def token(secret_key: str | bytes, campaign_id: int, message_id: int, index: int) -> str:
     return _signer(secret_key).dumps([campaign_id, message_id, index])
 

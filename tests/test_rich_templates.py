@@ -519,3 +519,33 @@ def test_giving_an_imported_header_its_media_keeps_the_template_approved(client,
     assert client.post(f"/templates/{imported.id}", data=edited).status_code == 303
     db.session.expire_all()
     assert db.session.get(MessageTemplate, imported.id).status is TemplateStatus.DRAFT
+
+
+def test_a_language_version_must_fill_each_variable_with_the_same_kind_of_thing(app):
+    from campaigns import languages
+
+    link = _template(buttons="Ver | https://loja.example/o/{{1}}", name="versions")
+    coupon = _template(copy_code="SAVE30", name="versions", language="es")
+    _template(buttons="Ver | https://tienda.example/o/{{1}}", name="versions", language="en")
+    assert template_parts.keys(link) == template_parts.keys(coupon) == ["first_name", "button.0"]
+    assert set(languages.variants(link)) == {"pt_BR", "en"}  # a coupon is not a link's ending
+
+
+def test_a_campaign_whose_template_now_needs_more_is_refused_before_it_goes(app, owner):
+    template = _template(name="grows")
+    fields = parse_campaign(
+        {
+            "name": "Grows",
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "opted_in_only": False},
+            "variables": {"first_name": {"field": "first_name"}},
+        },
+        template_variables_for(template.id),
+    )
+    campaign = create_campaign(fields, owner.id)
+    template.buttons = [{"type": "URL", "text": "Ver", "url": "https://loja.example/{{1}}"}]
+    db.session.commit()  # as an import from WhatsApp would
+    with pytest.raises(ServiceError) as refused:
+        send_campaign_now(campaign.id, owner.id)
+    assert "button.0" in refused.value.message

@@ -145,6 +145,19 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
             ),
             "template_id",
         )
+    unmapped = [
+        key
+        for key in template_parts.keys(template)
+        if key not in fields.variable_mapping and not template_parts.is_optional(key)
+    ]
+    if unmapped:
+        # The template changed since the campaign was made (an import, a webhook): every
+        # message would fail with 132000, so say so before any goes.
+        raise ServiceError(
+            _("The template now also needs %(keys)s: edit the campaign to map it.")
+            % {"keys": ", ".join(unmapped)},
+            "variables",
+        )
     _check_tracked_links(template, fields.variable_mapping)
     template_sender = template.sender
     same_account = template.sender_id == sender.id or (
@@ -159,17 +172,15 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
 def _check_tracked_links(template: MessageTemplate, mapping: Mapping[str, Any]) -> None:
     """A tracked link's button must be a link to Disparo's own /l/{{1}}: sent to any
     other address, the token would land the recipient on a page that does not exist."""
-    address = tracked_links.button_address(current_app.config["APP_BASE_URL"])
-    buttons = template.buttons or []
+    base = current_app.config["APP_BASE_URL"]
     for index in tracked_links.tracked(mapping):
-        button = buttons[index] if index < len(buttons) else {}
-        if button.get("type") != "URL" or button.get("url") != address:
+        if not tracked_links.leads_here(template, f"button.{index}", base):
             raise ServiceError(
                 _(
                     "A tracked link needs the template's button to lead to %(address)s;"
                     " this one leads elsewhere."
                 )
-                % {"address": address},
+                % {"address": tracked_links.button_address(base)},
                 f"variables.button.{index}",
             )
 

@@ -31,6 +31,7 @@ from campaigns import (
     queries,
     recipients,
     template_parts,
+    tracked_links,
 )
 from campaigns.auth import requires
 from campaigns.config import ConfigError
@@ -161,7 +162,7 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
                 "source": "text" if "text" in source else "track" if "track" in source else field,
                 "text": source.get("text") or source.get("track", ""),
                 "trackable": template is not None
-                and template_parts.is_tracked_button(template, name, app_base_url),
+                and tracked_links.leads_here(template, name, app_base_url),
             }
         )
     return rows

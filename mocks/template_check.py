@@ -50,8 +50,20 @@ class Refused(Exception):
         self.error, self.details = error, details
 
 
-def _variable_count(text: Any) -> int:
-    return sum(1 for _ in rendering.placeholders(text)) if isinstance(text, str) else 0
+def _names(text: Any) -> list[str]:
+    return [p.name for p in rendering.placeholders(text)] if isinstance(text, str) else []
+
+
+def _check_names(where: str, parameters: list[Any], names: list[str]) -> None:
+    """A named template's parameters must name its variables (any order, Meta says)."""
+    if not names or all(name.isdigit() for name in names):
+        return  # positional: by order
+    given = [p.get("parameter_name") for p in parameters if isinstance(p, dict)]
+    if sorted(str(n) for n in given) != sorted(names):
+        raise Refused(
+            FORMAT_MISMATCH,
+            f"{where}: parameter names {given} do not match the template's {names}",
+        )
 
 
 @dataclass(frozen=True)
@@ -60,20 +72,20 @@ class _Expected:
     variable count, and each button index's sub_type (for those that take one)."""
 
     header: str | None  # TEXT, IMAGE, VIDEO, DOCUMENT, LOCATION
-    header_variables: int
-    body_variables: int
+    header_names: list[str]
+    body_names: list[str]  # as the text writes them: "first_name", or "1", "2"…
     buttons: dict[int, str]  # index → "url" / "copy_code" (needed), "quick_reply" (may)
 
     @classmethod
     def of(cls, definition: Definition) -> _Expected:
-        header, header_variables, body_variables, buttons = None, 0, 0, {}
+        header, header_names, body_names, buttons = None, [], [], {}
         for component in definition:
             kind = str(component.get("type", "")).upper()
             if kind == "HEADER":
                 header = str(component.get("format", "TEXT")).upper()
-                header_variables = _variable_count(component.get("text"))
+                header_names = _names(component.get("text"))
             elif kind == "BODY":
-                body_variables = _variable_count(component.get("text"))
+                body_names = _names(component.get("text"))
             elif kind == "BUTTONS":
                 for index, button in enumerate(component.get("buttons") or []):
                     button_type = str(button.get("type", "")).upper()
@@ -83,7 +95,7 @@ class _Expected:
                         buttons[index] = "copy_code"
                     elif button_type == "QUICK_REPLY":
                         buttons[index] = "quick_reply"
-        return cls(header, header_variables, body_variables, buttons)
+        return cls(header, header_names, body_names, buttons)
 
 
 def _parameters(component: dict[str, Any]) -> list[Any]:
@@ -102,12 +114,13 @@ def check(
             sent.setdefault(str(component.get("type", "")).lower(), []).append(component)
     _check_header(sent.get("header", []), expected, media_known)
     body = [p for c in sent.get("body", []) for p in _parameters(c)]
-    if len(body) != expected.body_variables:
+    if len(body) != len(expected.body_names):
         raise Refused(
             COUNT_MISMATCH,
             f"body: number of localizable_params ({len(body)}) does not match the expected"
-            f" number of params ({expected.body_variables})",
+            f" number of params ({len(expected.body_names)})",
         )
+    _check_names("body", body, expected.body_names)
     _check_buttons(sent.get("button", []), expected)
 
 
@@ -117,7 +130,7 @@ def _check_header(
     parameters = [p for c in headers for p in _parameters(c)]
     wanted = 0 if expected.header in (None, "TEXT") else 1
     if expected.header == "TEXT":
-        wanted = expected.header_variables
+        wanted = len(expected.header_names)
     if len(parameters) != wanted:
         raise Refused(
             COUNT_MISMATCH,
@@ -126,6 +139,8 @@ def _check_header(
         )
     if not parameters or expected.header is None:
         return
+    if expected.header == "TEXT":
+        _check_names("header", parameters, expected.header_names)
     parameter = parameters[0] if isinstance(parameters[0], dict) else {}
     kind = str(parameter.get("type", "")).lower()
     if kind != expected.header.lower():
@@ -191,21 +206,9 @@ def _check_buttons(buttons: list[dict[str, Any]], expected: _Expected) -> None:
 def definition_of(
     session: AnySession, phone_number_id: str, name: str, language: str
 ) -> Definition | None:
-    """The components of the template a send names, as Meta has it; None if unknown."""
-    template = session.scalar(
-        sa.select(MessageTemplate)
-        .join(Sender, Sender.id == MessageTemplate.sender_id)
-        .where(
-            Sender.phone_number_id == phone_number_id,
-            MessageTemplate.name == name,
-            MessageTemplate.language == language,
-        )
-        .limit(1)
-    )
-    if template is not None:
-        fmt = template.parameter_format
-        examples = rendering.sample_values(rendering.variables(template.body_text, fmt), fmt)
-        return template_components(template, examples)
+    """The components of the template a send names, as "Meta" has it: one made in the
+    mock's WhatsApp Manager for the number's WABA first, else the one Disparo submitted
+    for a sender of that WABA (the mock keeps no copy of those); None if unknown."""
     waba = sa.select(Sender.waba_id).where(Sender.phone_number_id == phone_number_id)
     made_here = session.scalar(
         sa.select(MockWhatsAppTemplate.components).where(
@@ -214,7 +217,23 @@ def definition_of(
             MockWhatsAppTemplate.language == language,
         )
     )
-    return list(made_here) if isinstance(made_here, list) else None
+    if isinstance(made_here, list):
+        return list(made_here)
+    same_waba = sa.or_(
+        Sender.phone_number_id == phone_number_id, Sender.waba_id.in_(waba.scalar_subquery())
+    )
+    template = session.scalar(
+        sa.select(MessageTemplate)
+        .join(Sender, Sender.id == MessageTemplate.sender_id)
+        .where(same_waba, MessageTemplate.name == name, MessageTemplate.language == language)
+        .order_by(Sender.phone_number_id != phone_number_id)  # the number's own first
+        .limit(1)
+    )
+    if template is None:
+        return None
+    fmt = template.parameter_format
+    examples = rendering.sample_values(rendering.variables(template.body_text, fmt), fmt)
+    return template_components(template, examples)
 
 
 def media_exists(session: AnySession, media_id: str) -> bool:

@@ -326,6 +326,23 @@ def test_the_mock_refuses_what_does_not_fit_the_template_as_meta_does(mock_app):
         )
     assert missing.value.code == 132000
 
+    # A named template's parameters must name its variables.
+    payload = template_message(
+        to="+5511987654321",
+        template=linked,
+        params={"first_name": "Ana", "button.0": "abc"},
+        callback_data="1.1",
+    )
+    payload["template"]["components"][0]["parameters"][0]["parameter_name"] = "name"
+    with pytest.raises(SendError) as misnamed:
+        post_message(
+            MockProvider(default_sender(), mock_app.config).base_url,
+            default_sender().phone_number_id or "",
+            None,
+            payload,
+        )
+    assert misnamed.value.code == 132012
+
 
 def test_a_campaign_sends_an_image_header_and_a_link_per_customer(app, owner, live_server):
     app.config.update(APP_BASE_URL=live_server, MOCK_WHATSAPP_WEBHOOKS=False)

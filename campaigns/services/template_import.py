@@ -12,16 +12,18 @@ language in that sender:
   an approval or rejection, the campaigns of a template now PAUSED or DISABLED paused
   or failed); a draft being edited in Disparo is left alone.
 
-A template Disparo could not send as WhatsApp has it is not imported: one whose header
-is media or a location or has a variable, whose buttons need a value at send time or
-are of a kind Disparo's form does not make, with another component (a carousel, a
-limited-time offer), a status or category Disparo does not know, one WhatsApp reports
-as deleted, or texts the template form would refuse (``validation.parse_template``,
-the form's own checks). Each is reported as skipped with the reason, in the reader's
-words; none is dropped silently. So an imported template is one Disparo could have
-made itself: it sends, edits and resubmits like any other. A template Disparo already
-has whose content is skipped still takes WhatsApp's status (and quality and category):
-a template WhatsApp paused or disabled stops its campaigns whatever its content.
+A template Disparo could not send as WhatsApp has it is not imported: one with a
+header of a kind Disparo does not know, a button of a kind it cannot fill (one-time
+password, flow, catalog…), another component (a carousel, a limited-time offer), a
+status or category Disparo does not know, one WhatsApp reports as deleted, or texts the
+template form would refuse (``validation.parse_template``, the form's own checks). Each
+is reported as skipped with the reason, in the reader's words; none is dropped
+silently. A media or location header comes in without what it shows (Meta keeps only
+a sample of the media): the operator gives it (``template_parts.SHOWN_IN_HEADER``,
+which an edit gives without losing the approval, and a listing leaves alone). A
+template Disparo already has whose content is skipped still takes WhatsApp's status
+(and quality and category): a template WhatsApp paused or disabled stops its
+campaigns whatever its content.
 
 The listing is a picture taken at ``listed_at`` (the database's clock, read before the
 first page), and only what it can know is applied:

@@ -88,9 +88,13 @@ def _record(
     # older than the first (a late delivery; the first time is then its time) or has
     # none (a click tracker's click without its button's text).
     values: dict[str, object] = {time_column: sa.func.least(stamp, when)}
+    # Nothing written when nothing changes: a tracked link tapped again, a redelivery.
+    changes = stamp > when
     if words is not None:
-        values[text_column] = sa.case((when < stamp, getattr(Message, text_column)), else_=kept)
-    session.execute(sa.update(Message).where(Message.id == message_id).values(values))
+        said = getattr(Message, text_column)
+        values[text_column] = sa.case((when < stamp, said), else_=kept)
+        changes = sa.or_(changes, said.is_distinct_from(kept))
+    session.execute(sa.update(Message).where(Message.id == message_id, changes).values(values))
     return False
 
 

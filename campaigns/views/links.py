@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 from app import db
 from campaigns import tracked_links
 from campaigns.clock import database_now
-from campaigns.models import Campaign, Message
+from campaigns.models import Campaign, Message, MessageTemplate
 
 bp = Blueprint("links", __name__)
 
@@ -31,7 +31,9 @@ def follow(token: str) -> Response:
     counted = message_id and request.method == "GET"
     message = db.session.get(Message, message_id) if counted else None
     if campaign is not None and message is not None and message.campaign_id == campaign_id:
-        buttons = campaign.template.buttons or []
+        # The button of the template the recipient got (their language's version).
+        sent = db.session.get(MessageTemplate, message.template_id or campaign.template_id)
+        buttons = (sent.buttons if sent else None) or []
         text = buttons[index].get("text", "") if index < len(buttons) else ""
         from campaigns import answers
 

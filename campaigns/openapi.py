@@ -211,10 +211,9 @@ def _location_schema() -> Schema:
         {
             "latitude": {"type": "number", "minimum": -90, "maximum": 90},
             "longitude": {"type": "number", "minimum": -180, "maximum": 180},
-            "name": text,
-            "address": text,
-        },
-        optional=("name", "address"),
+            "name": {**text, "minLength": 1},
+            "address": {**text, "minLength": 1},
+        }
     )
 
 

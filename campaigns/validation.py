@@ -324,12 +324,15 @@ def parse_location(raw: Any, check: Checker) -> dict[str, Any] | None:
     latitude = _coordinate(raw.get("latitude"), 90, "latitude", check)
     longitude = _coordinate(raw.get("longitude"), 180, "longitude", check)
     place: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
+    # Meta's location parameter has all four: the place's name and address are shown.
     for key, limit in (("name", 1000), ("address", 1000)):
         text = str(raw.get(key) or "").strip()
-        if len(text) > limit:
-            check.fail(f"header_location.{key}", _("At most %(n)d characters.") % {"n": limit})
-        if text:
-            place[key] = text
+        if not text or len(text) > limit:
+            check.fail(
+                f"header_location.{key}",
+                _("Write it, in at most %(n)d characters.") % {"n": limit},
+            )
+        place[key] = text
     return place if latitude is not None and longitude is not None else None
 
 
@@ -675,9 +678,8 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
             continue  # a quick reply's payload: WhatsApp sends the button's text without one
         if isinstance(item, Mapping) and item.get(TRACK) and name.startswith("button."):
             address = str(item[TRACK]).strip()
-            if len(address) > URL_MAX_CHARS or not URL.fullmatch(address):
-                check.fail(key, _("Give the address the link leads to, starting with https://."))
-            elif not address.startswith("https://"):
+            fits = len(address) <= URL_MAX_CHARS and URL.fullmatch(address)
+            if not fits or not address.startswith("https://"):
                 check.fail(key, _("Give the address the link leads to, starting with https://."))
             else:
                 mapping[name] = {TRACK: address}

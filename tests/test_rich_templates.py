@@ -98,6 +98,7 @@ def test_each_header_and_button_kind_is_read_from_the_form(app):
             "header_location.latitude": "-23,5505",
             "header_location.longitude": "-46.6333",
             "header_location.name": "Loja Centro",
+            "header_location.address": "Rua Direita, 100",
             "buttons": "Sim\nVer | https://loja.example/o/{{1}}\nLigue | +55 11 98765-4321",
             "copy_code": "SAVE30",
         }
@@ -106,6 +107,7 @@ def test_each_header_and_button_kind_is_read_from_the_form(app):
         "latitude": -23.5505,
         "longitude": -46.6333,
         "name": "Loja Centro",
+        "address": "Rua Direita, 100",
     }
     assert fields.buttons == [
         {"type": "QUICK_REPLY", "text": "Sim"},
@@ -146,7 +148,12 @@ def test_the_api_writes_and_reads_the_header_and_buttons(client, token_for, app)
         "language": "pt_BR",
         "category": "UTILITY",
         "header_format": "LOCATION",
-        "header_location": {"latitude": -23.55, "longitude": -46.63, "address": "Rua A, 1"},
+        "header_location": {
+            "latitude": -23.55,
+            "longitude": -46.63,
+            "name": "Loja Centro",
+            "address": "Rua A, 1",
+        },
         "body": "Sua loja {{store}} espera você.",
         "buttons": [
             {"type": "URL", "text": "Rota", "url": "https://maps.example/{{1}}"},
@@ -278,7 +285,10 @@ def test_the_mock_accepts_each_header_kind_sent_as_the_template_has_it(mock_app)
         ({"header_format": "VIDEO", "header_media_link": LINK}, "900"),
         ({"header_format": "DOCUMENT", "header_media_link": "https://x.example/a.pdf"}, None),
         (
-            {"header_format": "LOCATION", "header_location": {"latitude": 1, "longitude": 2}},
+            {
+                "header_format": "LOCATION",
+                "header_location": {"latitude": 1, "longitude": 2, "name": "A", "address": "B"},
+            },
             None,
         ),
         ({"header_format": "TEXT", "header_text": "Oi {{first_name}}"}, None),

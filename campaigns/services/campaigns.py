@@ -55,6 +55,7 @@ from campaigns.services import (
     ServiceError,
 )
 from campaigns.services.suppressions import is_suppressed
+from campaigns.template_parts import COUPON_MAX_CHARS
 from campaigns.validation import CampaignFields, row_id
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
             "variables",
         )
     _check_tracked_links(template, fields.variable_mapping)
+    _check_coupons(template, fields.variable_mapping)
     template_sender = template.sender
     same_account = template.sender_id == sender.id or (
         sender.waba_id is not None and template_sender.waba_id == sender.waba_id
@@ -181,6 +183,19 @@ def _check_tracked_links(template: MessageTemplate, mapping: Mapping[str, Any]) 
                     " this one leads elsewhere."
                 )
                 % {"address": tracked_links.button_address(base)},
+                f"variables.button.{index}",
+            )
+
+
+def _check_coupons(template: MessageTemplate, mapping: Mapping[str, Any]) -> None:
+    """A copy-code button's fixed code fits WhatsApp's limit. A code from a customer field
+    is not checked before it goes: WhatsApp refuses the messages whose code is longer,
+    each failing with its error."""
+    for index, button in enumerate(template.buttons or []):
+        code = mapping.get(f"button.{index}", {}).get("text")
+        if button.get("type") == "COPY_CODE" and code and len(code) > COUPON_MAX_CHARS:
+            raise ServiceError(
+                _("WhatsApp takes a code of at most %(n)d characters.") % {"n": COUPON_MAX_CHARS},
                 f"variables.button.{index}",
             )
 

@@ -128,10 +128,7 @@ def _typed(form) -> MessageTemplate:
     ]
     if form.get("copy_code", "").strip():
         buttons.append({"type": "COPY_CODE", "example": form["copy_code"].strip()})
-    location = {
-        key: form.get(f"header_location.{key}", "").strip()
-        for key in ("latitude", "longitude", "name", "address")
-    }
+    location = {key: form.get(f"header_location.{key}", "").strip() for key in LOCATION_KEYS}
     return MessageTemplate(
         parameter_format=fmt,
         header_format=header_format,

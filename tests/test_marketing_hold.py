@@ -31,6 +31,7 @@ from campaigns import (
     pump,
     queues,
     reasons,
+    recipients,
     sending,
     webhooks,
 )
@@ -579,16 +580,17 @@ def test_the_csv_explains_the_codes_disparo_knows_in_the_readers_language(
     body = client.get(f"/campaigns/{small.id}/recipients.csv?format=standard", headers=PT_BR)
     rows = list(csv.reader(io.StringIO(body.get_data(as_text=True).removeprefix("\ufeff"))))
     header, rows = rows[0], rows[1:]
-    assert header[-1] == "O que o erro significa"
+    explained = recipients.RECIPIENT_CSV_COLUMNS.index("error_explanation")
+    assert header[explained] == "O que o erro significa"
     by_code = {row[4]: row for row in rows}
     held = by_code["131049"]
     with app.test_request_context(headers=PT_BR):
-        assert held[-1] == errors.explain("131049")
+        assert held[explained] == errors.explain("131049")
         with force_locale("en"):
-            assert held[-1] != errors.explain("131049")  # the reader's language
+            assert held[explained] != errors.explain("131049")  # the reader's language
     # WhatsApp's own text kept beside it, as it came.
     assert held[5].endswith("not delivered to maintain healthy ecosystem engagement.")
-    assert by_code[""][-1] == ""  # no code, nothing to explain
+    assert by_code[""][explained] == ""  # no code, nothing to explain
 
 
 def test_a_paused_campaigns_page_says_held_messages_wait_for_the_resume(

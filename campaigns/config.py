@@ -196,6 +196,7 @@ class Settings:
     erp_base_url: str | None
     whatsapp_api_base_url: str
     whatsapp_app_secret: str | None
+    whatsapp_app_id: str | None
     webhook_verify_token: str | None
     notification_webhook_url: str | None
     notification_webhook_secret: str
@@ -263,6 +264,7 @@ class Settings:
             "ERP_BASE_URL": self.erp_base_url,
             "WHATSAPP_API_BASE_URL": self.whatsapp_api_base_url,
             "WHATSAPP_APP_SECRET": self.whatsapp_app_secret,
+            "WHATSAPP_APP_ID": self.whatsapp_app_id,
             "WEBHOOK_VERIFY_TOKEN": self.webhook_verify_token,
             "NOTIFICATION_WEBHOOK_URL": self.notification_webhook_url,
             "NOTIFICATION_WEBHOOK_SECRET": self.notification_webhook_secret,
@@ -562,6 +564,8 @@ def load_settings() -> Settings:
         erp_base_url=erp,
         whatsapp_api_base_url=whatsapp,
         whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
+        # The Meta app whose resumable upload carries a media header's sample for review.
+        whatsapp_app_id=os.environ.get("WHATSAPP_APP_ID", "").strip() or None,
         webhook_verify_token=os.environ.get("WHATSAPP_WEBHOOK_VERIFY_TOKEN") or None,
         notification_webhook_url=os.environ.get("NOTIFICATION_WEBHOOK_URL") or None,
         notification_webhook_secret=_notification_webhook_secret(secret_key),

@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import IO, Any
 
+import requests
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from app import AnySession, db, rows_changed
-from campaigns import providers
+from campaigns import providers, template_parts
 from campaigns.i18n import _
-from campaigns.models import HeaderFormat, MediaFile, MediaFileChunk, Sender
+from campaigns.models import HeaderFormat, MediaFile, MediaFileChunk, MessageTemplate, Sender
+from campaigns.providers.base import MediaSample
 from campaigns.services import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -395,3 +397,55 @@ def media_id_for(sender: Sender, media_file_id: int, config: Mapping[str, Any]) 
             return media_id
         finally:
             conn.execute(UNLOCK, key)
+
+
+# The types Meta's resumable upload takes for a template's review sample.
+REVIEW_TYPES = frozenset({"image/jpeg", "image/png", "video/mp4", PDF})
+LINK_TIMEOUT = (5, 30)  # (connect, read) seconds, fetching a linked header's sample
+
+
+def review_sample(template: MessageTemplate) -> MediaSample | None:
+    """The sample of a media header Meta reviews the template from: its uploaded file,
+    or what its link serves (fetched now, at most its kind's maximum); None for a
+    template without a media header. ServiceError, for the submitter, if there is none
+    to send or Meta would not take it."""
+    fmt = template_parts.header_format(template)
+    if fmt is None or not fmt.is_media:
+        return None
+    kind = KINDS[fmt]
+    if template.header_media_file_id is not None:
+        file = get(template.header_media_file_id)
+        if file is None:
+            raise ServiceError(_("There is no such file."), FIELD)
+        content, filename = b"".join(open_chunks(file.id)), file.filename
+    elif template.header_media_link:
+        content = _fetched(template.header_media_link, kind.max_bytes)
+        filename = template_parts.link_filename(template.header_media_link)
+        if len(content) > kind.max_bytes:
+            raise _refuse_size(fmt)
+    else:
+        raise ServiceError(_("Give the header's media before submitting the template."))
+    content_type = sniff(content[:64], filename)
+    if content_type not in REVIEW_TYPES:
+        raise ServiceError(
+            _("WhatsApp reviews a header's sample in JPEG, PNG, MP4 or PDF; this is not one.")
+        )
+    return MediaSample(content, filename, content_type)
+
+
+def _fetched(link: str, limit: int) -> bytes:
+    """What a header's link serves, read no further than past ``limit`` bytes;
+    ServiceError if it cannot be fetched."""
+    content = bytearray()
+    try:
+        with requests.get(link, stream=True, timeout=LINK_TIMEOUT) as response:
+            response.raise_for_status()
+            for chunk in response.iter_content(CHUNK_BYTES):
+                content += chunk
+                if len(content) > limit:
+                    break
+    except requests.RequestException as error:
+        raise ServiceError(
+            _("The header's link could not be fetched: %(error)s") % {"error": type(error).__name__}
+        ) from error
+    return bytes(content)

@@ -18,9 +18,11 @@ from typing import Any
 
 import requests
 
+from campaigns import template_parts
 from campaigns.account_health import AccountReport
 from campaigns.models import MessageTemplate, Sender, TemplateStatus
 from campaigns.providers.base import (
+    MediaSample,
     ProviderError,
     SendResult,
     TemplateStatusReport,
@@ -121,7 +123,12 @@ class MockProvider(WhatsAppProvider):
             size=size,
         )
 
-    def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
+    def submit_template(
+        self, template: MessageTemplate, sample: MediaSample | None = None
+    ) -> TemplateSubmission:
+        fmt = template_parts.header_format(template)
+        if fmt is not None and fmt.is_media and sample is None:  # as the Cloud API's
+            raise ProviderError("A media header needs its sample for review.")
         return TemplateSubmission(f"mock-{template.id}", TemplateStatus.PENDING)
 
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:

@@ -3,6 +3,7 @@ payload, checked by the mock WhatsApp the way Meta checks a send against its tem
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from campaigns.models import (
     TemplateCategory,
     TemplateStatus,
 )
-from campaigns.providers.base import SendError
+from campaigns.providers.base import ProviderError, SendError
 from campaigns.providers.cloud_api import post_message, template_message
 from campaigns.services import ServiceError
 from campaigns.services.campaigns import create_campaign, send_campaign_now, template_variables_for
@@ -576,3 +577,88 @@ def test_a_campaign_whose_template_now_needs_more_is_refused_before_it_goes(app,
     with pytest.raises(ServiceError) as refused:
         send_campaign_now(campaign.id, owner.id)
     assert "button.0" in refused.value.message
+
+
+# -- submitting a media header for review: its sample through Meta's resumable upload
+
+
+class _Graph:
+    """A stand-in Graph API for a submission: the upload session, the bytes, the template."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(self, environ, start_response):
+        from werkzeug.wrappers import Request, Response
+
+        request = Request(environ)
+        self.requests.append(
+            {
+                "path": request.path,
+                "args": dict(request.args),
+                "headers": dict(request.headers),
+                "data": request.get_data(),
+            }
+        )
+        answers = {
+            "/v23.0/4242/uploads": {"id": "upload:MTphdHRhY2g"},
+            "/v23.0/upload:MTphdHRhY2g": {"h": "4::aW1hZ2UvcG5n"},
+            "/v23.0/200000000000999/message_templates": {"id": "991", "status": "PENDING"},
+        }
+        body = answers.get(request.path, {"error": {"message": "unknown", "code": 100}})
+        status = 200 if request.path in answers else 400
+        return Response(json.dumps(body), status, content_type="application/json")(
+            environ, start_response
+        )
+
+
+def test_a_media_header_goes_for_review_with_its_sample_as_meta_asks(app, owner):
+    import io
+
+    from campaigns import media
+    from campaigns.models import Provider, Sender
+    from campaigns.providers.base import MediaSample
+    from campaigns.providers.cloud_api import CloudApiProvider
+    from tests.helpers import serving
+
+    stored = media.store(io.BytesIO(PNG), "oferta.png", "IMAGE", owner.id)
+    template = _template(header_format="IMAGE", header_media_file_id=stored.id, name="sampled")
+    sample = media.review_sample(template)
+    assert sample == MediaSample(PNG, "oferta.png", "image/png")
+    sender = Sender(
+        name="Cloud", provider=Provider.CLOUD_API, waba_id="200000000000999", access_token="T0K"
+    )
+    graph = _Graph()
+    with serving(graph) as base:
+        config = {"WHATSAPP_API_BASE_URL": f"{base}/v23.0", "WHATSAPP_APP_ID": "4242"}
+        submitted = CloudApiProvider(sender, config).submit_template(template, sample)
+        assert submitted.provider_template_id == "991"
+        session, upload, made = graph.requests
+        assert session["args"] == {
+            "file_name": "oferta.png",
+            "file_length": str(len(PNG)),
+            "file_type": "image/png",
+        }
+        # (Its file_offset header: WSGI servers drop names with "_", so not seen here.)
+        assert (upload["headers"]["Authorization"], upload["data"]) == ("OAuth T0K", PNG)
+        header = json.loads(made["data"])["components"][0]
+        assert header == {
+            "type": "HEADER",
+            "format": "IMAGE",
+            "example": {"header_handle": ["4::aW1hZ2UvcG5n"]},
+        }
+        without_app = {"WHATSAPP_API_BASE_URL": f"{base}/v23.0"}
+        with pytest.raises(ProviderError) as refused:
+            CloudApiProvider(sender, without_app).submit_template(template, sample)
+        assert "WHATSAPP_APP_ID" in refused.value.message
+
+
+def test_a_header_link_meta_would_not_review_is_refused_before_submitting(app, live_server):
+    from campaigns import media
+
+    link = f"{live_server}/static/app.css"  # not an image
+    template = _template(header_format="IMAGE", header_media_link=LINK, name="linked")
+    template.header_media_link = link
+    with pytest.raises(ServiceError) as refused:
+        media.review_sample(template)
+    assert "JPEG, PNG, MP4 or PDF" in refused.value.message

@@ -237,7 +237,7 @@ def test_a_cloud_api_template_is_checked_on_metas_time_not_the_mocks(app, sender
     db.session.add(template)
     db.session.commit()
     submitted = TemplateSubmission("1234567890", TemplateStatus.PENDING)
-    monkeypatch.setattr(CloudApiProvider, "submit_template", lambda self, t: submitted)
+    monkeypatch.setattr(CloudApiProvider, "submit_template", lambda self, t, sample=None: submitted)
     submit_template(template.id)
     assert CloudApiProvider.review_check_seconds - 5 < _sync_due_in() <= 90
 

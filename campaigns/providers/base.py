@@ -64,6 +64,15 @@ class SendResult:
 
 
 @dataclass(frozen=True)
+class MediaSample:
+    """A media header's sample for Meta's review: its bytes, name and type."""
+
+    content: bytes
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True)
 class TemplateSubmission:
     provider_template_id: str
     status: TemplateStatus
@@ -133,8 +142,10 @@ class WhatsAppProvider(ABC):
         and throughput (``GET /{phone-number-id}``); raise ProviderError if it cannot."""
 
     @abstractmethod
-    def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
-        """Send a template for Meta's review."""
+    def submit_template(
+        self, template: MessageTemplate, sample: MediaSample | None = None
+    ) -> TemplateSubmission:
+        """Send a template for Meta's review; ``sample``: its media header's sample."""
 
     @abstractmethod
     def template_status(self, template: MessageTemplate) -> TemplateStatusReport:

@@ -18,6 +18,7 @@ from campaigns.i18n import _
 from campaigns.models import MessageTemplate, Sender
 from campaigns.providers.base import (
     META_TEMPLATE_STATUS,
+    MediaSample,
     ProviderError,
     SendError,
     SendResult,
@@ -342,6 +343,7 @@ class CloudApiProvider(WhatsAppProvider):
     def __init__(self, sender: Sender, config: Mapping[str, Any]) -> None:
         self.sender = sender
         self.base_url = str(config["WHATSAPP_API_BASE_URL"]).rstrip("/")
+        self.app_id = config.get("WHATSAPP_APP_ID")
 
     def send_template(
         self,
@@ -419,20 +421,17 @@ class CloudApiProvider(WhatsAppProvider):
     def account_status(self) -> account_health.AccountReport:
         return read_account(self._request, self.sender)
 
-    def submit_template(self, template: MessageTemplate) -> TemplateSubmission:
+    def submit_template(
+        self, template: MessageTemplate, sample: MediaSample | None = None
+    ) -> TemplateSubmission:
         if not self.sender.waba_id:
             raise ProviderError(_("Set the WhatsApp Business Account id (WABA id) first."))
         fmt = template_parts.header_format(template)
+        handle = None
         if fmt is not None and fmt.is_media:
-            # Meta reviews a media header from a sample uploaded with its resumable upload
-            # API (an app id's, not the number's): not built yet, so say so here rather
-            # than have Meta reject the template.
-            raise ProviderError(
-                _(
-                    "Disparo cannot submit a template with a media header to WhatsApp yet:"
-                    " create it in WhatsApp Manager and import it."
-                )
-            )
+            if sample is None:
+                raise ProviderError(_("Give the header's media before submitting the template."))
+            handle = self._review_handle(sample)
         examples = rendering.sample_values(
             rendering.variables(template.body_text, template.parameter_format),
             template.parameter_format,
@@ -442,13 +441,44 @@ class CloudApiProvider(WhatsAppProvider):
             "language": template.language,
             "category": template.category.value,
             "parameter_format": template.parameter_format.value,
-            "components": template_components(template, examples),
+            "components": template_components(template, examples, handle),
         }
         body = self._request("POST", f"{self.sender.waba_id}/message_templates", json=payload)
         status = META_TEMPLATE_STATUS.get(str(body.get("status", "PENDING")).upper())
         if "id" not in body or status is None:
             raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": body})
         return TemplateSubmission(str(body["id"]), status)
+
+    def _review_handle(self, sample: MediaSample) -> str:
+        """Meta reviews a media header from a sample sent through its resumable upload
+        (the app's ``/{app-id}/uploads``, then the bytes to the session): its handle."""
+        if not self.app_id:
+            raise ProviderError(
+                _("Set WHATSAPP_APP_ID (the Meta app's id): a media header's sample goes to it.")
+            )
+        session = self._request(
+            "POST",
+            f"{self.app_id}/uploads",
+            params={
+                "file_name": sample.filename,
+                "file_length": len(sample.content),
+                "file_type": sample.content_type,
+            },
+        )
+        upload = session.get("id")
+        if not isinstance(upload, str) or not upload:
+            raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": session})
+        # The upload's own protocol: the token as OAuth, the offset the bytes start at.
+        done = self._request(
+            "POST",
+            upload,
+            data=sample.content,
+            headers={"Authorization": f"OAuth {self.sender.access_token}", "file_offset": "0"},
+        )
+        handle = done.get("h")
+        if not isinstance(handle, str) or not handle:
+            raise ProviderError(_("Unexpected answer from WhatsApp: %(body)r") % {"body": done})
+        return handle
 
     def list_templates(self) -> WabaTemplates:
         return read_templates(self._request, self.sender)

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import notifications, providers, queues, template_parts, template_webhooks
+from campaigns import (
+    media,
+    notifications,
+    providers,
+    queues,
+    template_parts,
+    template_webhooks,
+)
 from campaigns.clock import clock_now, database_now
 from campaigns.i18n import _
 from campaigns.labels import label
@@ -166,11 +173,12 @@ def submit_template(template_id: int) -> MessageTemplate:
             % {"s": label(template.status)}
         )
     provider = providers.for_sender(template.sender, current_app.config)
+    sample = media.review_sample(template)  # a media header's, for Meta's review
     # Before the call: whatever WhatsApp says of this submission happens after it, and
     # what it said of the one before (a REJECTED replayed late) happened before it.
     asked_at = clock_now(db.session)
     try:
-        submission = provider.submit_template(template)
+        submission = provider.submit_template(template, sample)
     except providers.ProviderError as error:
         db.session.rollback()
         raise ServiceError(error.message) from error

@@ -20,9 +20,10 @@ from flask.testing import FlaskClient
 from procrastinate import testing
 
 from app import db
-from campaigns import providers
+from campaigns import fanout, providers, pump, queues, sending
 from campaigns.config import database_url
-from campaigns.models import Campaign, Role, User
+from campaigns.models import Campaign, Message, MessageStatus, Role, User
+from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.users import create_api_token, create_user
 from tests.helpers import (
     API_CONTRACT,
@@ -40,6 +41,9 @@ from tests.helpers import (
     migrate_to,
     serving,
     url_for_database,
+)
+from tests.helpers import (
+    jobs as deferred_jobs,
 )
 
 # The CLI speaks the shell's language (campaigns/i18n.py): the suite's is neutral, so
@@ -271,6 +275,20 @@ def campaign(app, owner, live_server) -> Campaign:
     """A draft for 120 SP customers on the demo sender, its and its owner's limits lifted."""
     lift_limits(owner)
     return demo_campaign(owner.id)
+
+
+@pytest.fixture
+def sent(app, campaign, fake) -> Message:
+    """The campaign's first message, sent (``wamid.<id>``, the fake provider's) and
+    waiting for its statuses and answers."""
+    send_campaign_now(campaign.id, campaign.owner_id)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    first = deferred_jobs(queues.SEND_TASK)[0]["args"]["message_ids"][0]
+    sending.send_batch(campaign.id, [first], app.config, retry_queue=False)
+    message = db.session.get(Message, first)
+    assert message is not None and message.status is MessageStatus.SENT
+    return message
 
 
 FUZZ_CASES = pytest.StashKey[dict[str, Counter[str]]]()

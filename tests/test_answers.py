@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import answers, counters, csvfiles, fanout, pump, queues, recipients, sending
+from campaigns import answers, counters, csvfiles, recipients
 from campaigns.clock import database_now
 from campaigns.models import (
     CampaignStatus,
@@ -28,10 +28,8 @@ from campaigns.models import (
     Suppression,
 )
 from campaigns.services import personal_data
-from campaigns.services.campaigns import send_campaign_now
 from tests.helpers import (
     assert_counters_match_rows,
-    jobs,
     post_webhook,
     status_webhook,
     webhook_body,
@@ -40,19 +38,6 @@ from tests.helpers import (
 # A minute ago: WhatsApp's time of the answers (an answer's time is never taken ahead of
 # the database's clock, so a fixed time in the future would not read back as sent).
 AT = int(time.time()) - 60
-
-
-@pytest.fixture
-def sent(app, campaign, fake) -> Message:
-    """The campaign's first message, sent (``wamid.<id>``, the fake provider's)."""
-    send_campaign_now(campaign.id, campaign.owner_id)
-    fanout.load_audience(campaign.id, app.config)
-    pump.pump(campaign.id)
-    first = jobs(queues.SEND_TASK)[0]["args"]["message_ids"][0]
-    sending.send_batch(campaign.id, [first], app.config, retry_queue=False)
-    message = db.session.get(Message, first)
-    assert message is not None and message.status is MessageStatus.SENT
-    return message
 
 
 def inbound(

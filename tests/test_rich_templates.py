@@ -393,20 +393,27 @@ def test_a_campaign_sends_an_image_header_and_a_link_per_customer(app, owner, li
     assert db.session.query(MockWhatsAppMessage).count() == len(ids)
 
 
-def test_a_campaign_needs_the_media_its_template_shows(app, owner):
+def _imported_image(fmt: ParameterFormat, body: str) -> MessageTemplate:
+    """An approved image template as imported from WhatsApp: without its image."""
     seed_demo()
     imported = MessageTemplate(
         sender_id=default_sender().id,
         status=TemplateStatus.APPROVED,
+        provider_template_id="7000000000000042",
         name="imported_image",
         language="pt_BR",
         category=TemplateCategory.MARKETING,
-        parameter_format=ParameterFormat.POSITIONAL,
+        parameter_format=fmt,
         header_format="IMAGE",
-        body_text="Oi",
+        body_text=body,
     )
     db.session.add(imported)
     db.session.commit()
+    return imported
+
+
+def test_a_campaign_needs_the_media_its_template_shows(app, owner):
+    imported = _imported_image(ParameterFormat.POSITIONAL, "Oi")
     fields = parse_campaign(
         {
             "name": "No media",
@@ -516,20 +523,7 @@ def test_giving_an_imported_header_its_media_keeps_the_template_approved(client,
     """Meta reviews the header's kind, not the media a send shows: an approved template
     given its image (form or API) stays approved and keeps WhatsApp's id; a change Meta
     reviews (the body) sends it back to draft."""
-    seed_demo()
-    imported = MessageTemplate(
-        sender_id=default_sender().id,
-        status=TemplateStatus.APPROVED,
-        provider_template_id="7000000000000042",
-        name="imported_image",
-        language="pt_BR",
-        category=TemplateCategory.MARKETING,
-        parameter_format=ParameterFormat.NAMED,
-        header_format="IMAGE",
-        body_text="Oi {{first_name}}",
-    )
-    db.session.add(imported)
-    db.session.commit()
+    imported = _imported_image(ParameterFormat.NAMED, "Oi {{first_name}}")
     login_as(Role.SUPERVISOR)
     form = BASE | {
         "name": "imported_image",

@@ -12,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from campaigns import callback_data, fanout, message_states, pump, queues, sending
+from campaigns import callback_data, message_states, queues
 from campaigns.callback_data import CallbackData
 from campaigns.models import Message, MessageStatus, Provider, Sender, Suppression
-from campaigns.services.campaigns import send_campaign_now
 from campaigns.services.templates import default_sender
 from tests.helpers import (
     assert_counters_match_rows,
@@ -29,19 +28,6 @@ from tests.helpers import (
 URL = "/webhooks/whatsapp"
 OTHER_NUMBER_ID = "100000000000777"
 OTHER_SECRET = "the-other-senders-app-secret"
-
-
-@pytest.fixture
-def sent(app, campaign, fake) -> Message:
-    """The campaign's first message, sent (``wamid.<id>``) and waiting for its statuses."""
-    send_campaign_now(campaign.id, campaign.owner_id)
-    fanout.load_audience(campaign.id, app.config)
-    pump.pump(campaign.id)
-    first = jobs(queues.SEND_TASK)[0]["args"]["message_ids"][0]
-    sending.send_batch(campaign.id, [first], app.config, retry_queue=False)
-    message = db.session.get(Message, first)
-    assert message is not None and message.status is MessageStatus.SENT
-    return message
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession, db
-from campaigns import counters, message_states, queues, reasons
+from campaigns import counters, message_states, queues, reasons, template_parts
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignActivity, CampaignStatus
 from campaigns.providers.errors import ErrorKind
@@ -89,13 +89,21 @@ def start_due(tick: datetime) -> list[int]:
         .order_by(Campaign.scheduled_at)
         .with_for_update(skip_locked=True, key_share=True)
     ).all()
+    unready: dict[int, list[str]] = {}
     for campaign in campaigns:
+        # Its template may have changed since it was scheduled (an import, a webhook):
+        # started, every message would fail with 132000.
+        if lacking := template_parts.unready(campaign.template, campaign.variable_mapping):
+            unready[campaign.id] = lacking
+            continue
         start(db.session, campaign)
         record_activity(
             db.session, campaign.id, None, "started", reasons.Reason(reasons.SCHEDULED_TIME_REACHED)
         )
     db.session.commit()
-    return [c.id for c in campaigns]
+    for campaign_id, lacking in unready.items():
+        fail(campaign_id, reasons.Reason(reasons.TEMPLATE_UNREADY, {"needs": ", ".join(lacking)}))
+    return [c.id for c in campaigns if c.id not in unready]
 
 
 def defer_next_step(session: AnySession, campaign_id: int, *, audience_loaded: bool) -> None:

@@ -44,7 +44,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_login import current_user
 
 from campaigns import errors
-from campaigns.auth import is_self_authenticated
+from campaigns.auth import is_self_authenticated, required_role
 from campaigns.i18n import _
 from campaigns.validation import unstorable_fields
 
@@ -111,10 +111,11 @@ class Request(flask.Request):
         # Outside an app context (no view to ask), Flask's own answer.
         upload = current_app and _view_says("takes_upload", self.endpoint)
         if upload and not is_self_authenticated(self.blueprint or ""):
-            # A page's form may be read (CSRF's check) before its caller is known: only a
-            # signed-in user's upload may be larger than any other request. The API reads
-            # no body before its token is checked (nor do the development-only mocks).
-            upload = current_user.is_authenticated
+            # A page's form may be read (CSRF's check) before its caller is known: only the
+            # upload of a signed-in user who may use the view can be larger than any other.
+            # The API reads no body before its token is checked (nor do the mocks).
+            role = required_role(current_app, self.endpoint or "")
+            upload = current_user.is_authenticated and (role is None or current_user.can(role))
         if self._max_content_length is None and upload:
             view = current_app.view_functions[self.endpoint or ""]
             own = getattr(view, "upload_limit", None)

@@ -39,6 +39,8 @@ WHATSAPP_STOP = "whatsapp_stop"
 TEMPLATE_DISABLED = "template_disabled"
 TEMPLATE_PAUSED = "template_paused"  # message_template_status_update said PAUSED
 TEMPLATE_DELETED = "template_deleted"  # gone from its WABA (import or webhook)
+# Its template changed since it was scheduled: {"needs": the variables or the header media}
+TEMPLATE_UNREADY = "template_unready"
 ERP_FAILED = "erp_failed"  # rows before the ERP's problems had codes: {"message": text}
 ERP_AUDIENCE_FAILED = "erp_audience_failed"  # {"problem": one of the ERP_* below, nested}
 # -- what went wrong with the ERP (erp.ErpError.reason): shown where it happened, and
@@ -108,6 +110,12 @@ WORDINGS: dict[str, Wording] = {
     TEMPLATE_DISABLED: Wording(_l("WhatsApp disabled the template (132016).")),
     TEMPLATE_PAUSED: Wording(_l("WhatsApp paused the template. Resume once it is approved again.")),
     TEMPLATE_DELETED: Wording(_l("The template was deleted in WhatsApp Manager.")),
+    TEMPLATE_UNREADY: Wording(
+        _l(
+            "The template changed since the campaign was scheduled and now needs %(needs)s:"
+            " duplicate the campaign and give it."
+        )
+    ),
     ERP_FAILED: Wording(_l("The ERP could not give the audience: %(message)s")),
     ERP_AUDIENCE_FAILED: Wording(
         _l("The ERP could not give the audience: %(message)s"), nested=("message",)

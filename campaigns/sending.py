@@ -85,7 +85,6 @@ THROTTLE_WAIT_MIN, THROTTLE_WAIT_MAX = 2.0, 60.0
 
 # WhatsApp's media errors (download or upload): an upload it gave is no longer good.
 MEDIA_ERROR_CODES = frozenset({131052, 131053})
-MEDIA_RETRY_SECONDS = 60.0  # a batch whose header file could not be uploaded waits this long
 
 
 # The campaign's columns a batch uses, with its sender, template and owner, in one
@@ -152,26 +151,36 @@ def send_batch(
     """Send a batch of one campaign's messages: limits, claim, overlapping calls, outcomes."""
     report = BatchReport()
     source = MessageStatus.RETRYING if retry_queue else MessageStatus.QUEUED
-    try:
-        # Before anything is claimed: an upload may take longer than a claim's lease.
-        prepared = _prepared_media(campaign_id, message_ids, config)
-    except ProviderError as error:
-        return _media_not_ready(campaign_id, message_ids, error, retry_queue, report)
-    campaign = db.session.get(Campaign, campaign_id, options=CAMPAIGN_LOAD, populate_existing=True)
-    waiting = message_states.waiting(db.session, campaign_id, message_ids, source)
-    report.skipped = len(message_ids) - len(waiting)
-    if campaign is None or not waiting:
-        db.session.rollback()
-        return report
-    if campaign.status is not CampaignStatus.SENDING:
-        # Paused: back to pending, the pump queues them again on resume. Stopped: cancelled.
-        paused = campaign.status is CampaignStatus.PAUSED
-        to = MessageStatus.PENDING if paused else MessageStatus.CANCELLED
-        for message_id, _attempts in waiting:
-            if message_states.transition(db.session, message_id, [source], to):
-                report.stopped.append(message_id)
-        db.session.commit()
-        return report
+    prepared: dict[int, _Prepared] | None = None
+    while True:
+        campaign = db.session.get(
+            Campaign, campaign_id, options=CAMPAIGN_LOAD, populate_existing=True
+        )
+        waiting = message_states.waiting(db.session, campaign_id, message_ids, source)
+        report.skipped = len(message_ids) - len(waiting)
+        if campaign is None or not waiting:
+            db.session.rollback()
+            return report
+        if campaign.status is not CampaignStatus.SENDING:
+            # Paused: back to pending, the pump queues them again on resume. Stopped:
+            # cancelled.
+            paused = campaign.status is CampaignStatus.PAUSED
+            to = MessageStatus.PENDING if paused else MessageStatus.CANCELLED
+            for message_id, _attempts in waiting:
+                if message_states.transition(db.session, message_id, [source], to):
+                    report.stopped.append(message_id)
+            db.session.commit()
+            return report
+        if prepared is not None:
+            break
+        try:
+            # Before anything is claimed: an upload may take longer than a claim's lease.
+            prepared = _prepared_media(campaign_id, [i for i, _ in waiting], config)
+        except ProviderError as error:
+            return _media_not_ready(campaign, waiting, error, config, source, report)
+        if not prepared:
+            break  # nothing to upload: the read goes on
+        # The uploads ended the read's transaction: read again what may have changed.
 
     limits = ratelimit.send_limits(campaign.sender, campaign.owner)
     # Claimed and committed before the send limits are taken, so a granted call starts
@@ -245,19 +254,30 @@ def send_batch(
             retry_queue=retry_queue,
         )
         db.session.commit()
-    media_refused = False
+    forgotten = False
     for group in calls.as_they_return(started):
         outcomes = [(started[future], future.exception() or future.result()) for future in group]
-        media_refused = media_refused or any(
-            isinstance(outcome, SendError) and outcome.code in MEDIA_ERROR_CODES
-            for _message, outcome in outcomes
-        )
+        if prepared and any(_media_refused(outcome) for _message, outcome in outcomes):
+            # WhatsApp no longer takes the media ids it gave (before the 30 days it keeps
+            # them): uploaded again at the next try, which these messages get.
+            if not forgotten:
+                media.forget_uploads(db.session, sender.id, [m.file_id for m in prepared.values()])
+                db.session.commit()
+                forgotten = True
+            outcomes = [(message, _as_retry(outcome)) for message, outcome in outcomes]
         _record(campaign_id, sender.id, outcomes, config, retry_queue=retry_queue, report=report)
-    if media_refused and prepared:
-        # WhatsApp no longer takes the uploads it gave: the next batch uploads them again.
-        media.forget_uploads(db.session, sender.id, [m.file_id for m in prepared.values()])
-        db.session.commit()
     return report
+
+
+def _media_refused(outcome: object) -> bool:
+    return isinstance(outcome, SendError) and outcome.code in MEDIA_ERROR_CODES
+
+
+def _as_retry(outcome: SendResult | BaseException) -> SendResult | BaseException:
+    """A media error on a send that named an uploaded file's id: tried again, a try spent."""
+    if isinstance(outcome, SendError) and _media_refused(outcome):
+        return SendError(outcome.message, ErrorKind.RETRY, outcome.code, outcome.http_status)
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -310,35 +330,36 @@ def _prepared_media(
 
 
 def _media_not_ready(
-    campaign_id: int,
-    message_ids: Sequence[int],
+    campaign: Campaign,
+    waiting: Sequence[tuple[int, int]],
     error: ProviderError,
-    retry_queue: bool,
+    config: Mapping[str, Any],
+    source: MessageStatus,
     report: BatchReport,
 ) -> BatchReport:
-    """A header's file could not be uploaded: nothing was claimed or sent. The batch waits
-    for another try; an error WhatsApp will not get over by itself (a file it refuses, a
-    token it no longer takes) pauses the campaign, or the sender's, with WhatsApp's words."""
+    """A header's file could not be uploaded, so nothing was sent. A passing trouble is a
+    failed call for each message (a try spent: a lasting outage ends in failed messages
+    "retry failed" takes, never in a loop); one WhatsApp will not get over by itself (a
+    file it refuses, a sender without its token) pauses the campaign or the sender with
+    WhatsApp's words or Disparo's reason, which puts the messages back to pending."""
+    campaign_id, sender_id = campaign.id, campaign.sender_id
     db.session.rollback()
-    kind = classify(error.code, error.http_status)
+    kind = error.kind if isinstance(error, SendError) else classify(error.code, error.http_status)
     logger.warning(
         "campaign %s: header media not uploaded (%s, code %s)", campaign_id, kind, error.code
     )
-    if kind not in (ErrorKind.RETRY, ErrorKind.THROTTLED):
-        stop = (
-            ErrorKind.PAUSE_SENDER if kind is ErrorKind.PAUSE_SENDER else ErrorKind.PAUSE_CAMPAIGN
-        )
-        campaign_states.stop_for_code(campaign_id, error.code, error.message, stop)
-    # The job of a paused campaign puts them back to pending, as for any batch.
-    queues.defer_sends(
-        db.session,
-        campaign_id,
-        [list(message_ids)],
-        [_later(MEDIA_RETRY_SECONDS)],
-        retry_queue=retry_queue,
-    )
-    db.session.commit()
-    report.held = sorted(message_ids)
+    if kind in (ErrorKind.RETRY, ErrorKind.THROTTLED):
+        ids = [message_id for message_id, _attempts in waiting]
+        claimed = message_states.claim(db.session, campaign_id, ids, source)
+        db.session.commit()
+        failed = SendError(error.message, ErrorKind.RETRY, error.code, error.http_status)
+        outcomes = [(message, failed) for message in claimed]
+        retry_queue = source is MessageStatus.RETRYING
+        _record(campaign_id, sender_id, outcomes, config, retry_queue=retry_queue, report=report)
+        return report
+    stop = ErrorKind.PAUSE_SENDER if kind is ErrorKind.PAUSE_SENDER else ErrorKind.PAUSE_CAMPAIGN
+    reason = error.reason if isinstance(error, SendError) else None
+    campaign_states.stop_for_code(campaign_id, error.code, error.message, stop, own_reason=reason)
     return report
 
 

@@ -37,6 +37,7 @@ PAYLOAD_MAX_CHARS = 128  # what Disparo keeps of a quick reply's payload (Meta a
 # keeps only a sample of the media): changing it keeps the template's approval, and a
 # listing from WhatsApp leaves it as it is unless the header's kind changed.
 SHOWN_IN_HEADER = ("header_media_link", "header_media_file_id", "header_location")
+LOCATION_KEYS = ("latitude", "longitude", "name", "address")
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,18 @@ def needs_media(template: MessageTemplate) -> bool:
     """Whether the template's header lacks what it shows (media, or a location): one
     imported from WhatsApp, which keeps only a sample of it."""
     fmt = header_format(template)
-    if fmt is HeaderFormat.LOCATION:
-        return not template.header_location
+    if fmt is HeaderFormat.LOCATION:  # Meta's location parameter has all four
+        place = template.header_location or {}
+        return not all(place.get(key) not in (None, "") for key in LOCATION_KEYS)
     has_media = template.header_media_link or template.header_media_file_id
     return bool(fmt and fmt.is_media and not has_media)
+
+
+def unready(template: MessageTemplate, mapping: Mapping[str, Any]) -> list[str]:
+    """What a campaign mapping ``mapping`` lacks to send the template: the variables it
+    does not map, and "header" when the header lacks what it shows; none when ready."""
+    lacking = [key for key in keys(template) if key not in mapping and not is_optional(key)]
+    return [*lacking, "header"] if needs_media(template) else lacking
 
 
 class MissingValues(Exception):

@@ -313,7 +313,7 @@ def _coordinate(raw: Any, limit: int, name: str, check: Checker) -> float | None
     return value
 
 
-LOCATION_KEYS = ("latitude", "longitude", "name", "address")
+LOCATION_KEYS = template_parts.LOCATION_KEYS
 
 
 def parse_location(raw: Any, check: Checker) -> dict[str, Any] | None:

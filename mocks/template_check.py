@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession
-from campaigns import rendering
+from campaigns import rendering, template_parts
 from campaigns.models import MessageTemplate, Sender
 from campaigns.providers.base import template_components
 from mocks.models import MockWhatsAppMedia, MockWhatsAppTemplate
@@ -160,9 +160,11 @@ def _check_header(
     elif kind == "location":
         place = parameter.get("location")
         if not isinstance(place, dict) or not all(
-            isinstance(place.get(k), int | float) for k in ("latitude", "longitude")
+            place.get(key) not in (None, "") for key in template_parts.LOCATION_KEYS
         ):
-            raise Refused(COUNT_MISMATCH, "header: the location needs a latitude and longitude")
+            raise Refused(
+                COUNT_MISMATCH, "header: the location needs its latitude, longitude, name, address"
+            )
 
 
 def _check_buttons(buttons: list[dict[str, Any]], expected: _Expected) -> None:

@@ -475,9 +475,12 @@ def test_an_uploaded_header_goes_up_once_and_every_send_names_its_id(app, owner,
 @pytest.mark.parametrize(
     ("code", "paused"), [(131000, False), (100, True)], ids=["transient", "refused"]
 )
-def test_an_upload_that_fails_claims_nothing_and_pauses_only_when_it_must(
+def test_an_upload_that_fails_is_a_try_spent_or_a_pause(
     app, owner, live_server, monkeypatch, code, paused
 ):
+    """A passing trouble is a failed call for each message (a try spent: a lasting one
+    ends in failed, retryable messages, never a loop); a file WhatsApp refuses pauses the
+    campaign and puts its messages back to pending. Nothing is sent either way."""
     from campaigns import media
     from campaigns.models import CampaignStatus
     from campaigns.providers.base import ProviderError
@@ -488,16 +491,71 @@ def test_an_upload_that_fails_claims_nothing_and_pauses_only_when_it_must(
         raise ProviderError("Invalid parameter", code=code, http_status=400)
 
     monkeypatch.setattr(media, "media_id_for", refuse)
-    before = len(jobs(queues.SEND_TASK))
     report = sending.send_batch(campaign.id, ids, app.config, retry_queue=False)
-    assert report.held == sorted(ids) and not report.sent and not report.failed
-    statuses = db.session.scalars(sa.select(Message.status).where(Message.id.in_(ids))).all()
-    # Never claimed, so no lease to outlive: waiting for the next try, or (paused) pending.
-    assert set(statuses) == {MessageStatus.PENDING if paused else MessageStatus.QUEUED}
-    assert len(jobs(queues.SEND_TASK)) == before + 1  # tried again later
+    assert not report.sent and not report.failed
     db.session.expire_all()
+    rows = db.session.scalars(sa.select(Message).where(Message.id.in_(ids))).all()
     status = db.session.get(Campaign, campaign.id).status
-    assert status is (CampaignStatus.PAUSED if paused else CampaignStatus.SENDING)
+    if paused:
+        assert status is CampaignStatus.PAUSED
+        assert {row.status for row in rows} == {MessageStatus.PENDING}
+    else:
+        assert status is CampaignStatus.SENDING and sorted(report.retrying) == sorted(ids)
+        assert {(row.status, row.tries, row.error_code) for row in rows} == {
+            (MessageStatus.QUEUED, 1, "131000")
+        }
+    assert db.session.query(MockWhatsAppMessage).count() == 0
+
+
+def test_a_sender_without_its_token_pauses_before_any_upload(app, owner, live_server):
+    from campaigns import reasons
+    from campaigns.models import CampaignStatus, Provider
+
+    campaign, ids = _image_campaign(app, owner, live_server)
+    sender = default_sender()
+    sender.provider, sender.access_token = Provider.CLOUD_API, None
+    db.session.commit()
+    sending.send_batch(campaign.id, ids, app.config, retry_queue=False)
+    db.session.expire_all()
+    paused = db.session.get(Campaign, campaign.id)
+    assert (paused.status, paused.status_reason_code) == (
+        CampaignStatus.PAUSED,
+        reasons.SENDER_WITHOUT_ACCESS_TOKEN,
+    )
+
+
+def test_a_scheduled_campaign_whose_template_changed_fails_with_the_reason(app, owner):
+    from datetime import timedelta
+
+    from campaigns import campaign_states, reasons
+    from campaigns.clock import database_now
+    from campaigns.models import CampaignStatus
+    from campaigns.services.campaigns import schedule_campaign
+
+    template = _template(name="changes")
+    fields = parse_campaign(
+        {
+            "name": "Changes",
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "opted_in_only": False},
+            "variables": {"first_name": {"field": "first_name"}},
+        },
+        template_variables_for(template.id),
+    )
+    campaign = create_campaign(fields, owner.id)
+    schedule_campaign(campaign.id, database_now(db.session) + timedelta(hours=1), owner.id)
+    template.buttons = [{"type": "COPY_CODE", "example": "SAVE30"}]
+    db.session.commit()  # as an import from WhatsApp would, before the campaign's time
+    started = campaign_states.start_due(database_now(db.session) + timedelta(hours=2))
+    assert started == []
+    db.session.expire_all()
+    failed = db.session.get(Campaign, campaign.id)
+    assert (failed.status, failed.status_reason_code) == (
+        CampaignStatus.FAILED,
+        reasons.TEMPLATE_UNREADY,
+    )
+    assert "now needs button.0" in failed.status_reason
 
 
 def test_a_media_error_on_send_forgets_the_upload(app, owner, live_server, monkeypatch):

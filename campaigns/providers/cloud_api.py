@@ -312,8 +312,12 @@ def upload_media(
     """``POST /{phone-number-id}/media`` (multipart: ``messaging_product``, ``type``,
     ``file``) through ``request(method, path, **kwargs)`` (a provider's own, which maps
     errors to ProviderError with Meta's code); the media id Meta answered."""
-    if not sender.phone_number_id:
-        raise ProviderError(_("Set the phone number id first."))
+    if not sender.phone_number_id:  # as a send says it: the sender paused with the reason
+        raise SendError(
+            "This sender has no phone number id.",
+            ErrorKind.PAUSE_SENDER,
+            reason=SENDER_WITHOUT_PHONE_NUMBER_ID,
+        )
     body = MultipartBody(
         {"messaging_product": "whatsapp", "type": content_type},
         name="file",
@@ -486,6 +490,12 @@ class CloudApiProvider(WhatsAppProvider):
     def upload_media(
         self, chunks: Iterable[bytes], *, filename: str, content_type: str, size: int
     ) -> str:
+        if not self.sender.access_token:
+            raise SendError(
+                "This sender has no access token.",
+                ErrorKind.PAUSE_SENDER,
+                reason=SENDER_WITHOUT_ACCESS_TOKEN,
+            )
         return upload_media(
             self._request,
             self.sender,

@@ -147,9 +147,7 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
             "template_id",
         )
     unmapped = [
-        key
-        for key in template_parts.keys(template)
-        if key not in fields.variable_mapping and not template_parts.is_optional(key)
+        k for k in template_parts.unready(template, fields.variable_mapping) if k != "header"
     ]
     if unmapped:
         # The template changed since the campaign was made (an import, a webhook): every
@@ -541,6 +539,12 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     # A test's tracked links name no message (0): they lead on and count nothing.
     secret = current_app.config["SECRET_KEY"]
     params = tracked_links.fill(params, campaign.variable_mapping, secret, campaign_id, 0)
+    config = current_app.config
+    try:
+        # Before the limit is taken: a header file's upload ends this transaction.
+        header_media = sending.header_media(campaign.sender, campaign.template, config)
+    except providers.ProviderError as error:  # its header's file could not be uploaded
+        raise ServiceError(error.message) from error
     decision = ratelimit.consume(db.session, ratelimit.whatsapp_limits(campaign.sender))
     if not decision.allowed:
         raise ServiceError(
@@ -548,17 +552,14 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
             % {"s": int(decision.retry_after) + 1}
         )
     try:
-        config = current_app.config
         result = providers.for_sender(campaign.sender, config).send_template(
             to=phone,
             template=campaign.template,
             params=params,
             callback_data=f"test-{campaign_id}",
-            header_media=sending.header_media(campaign.sender, campaign.template, config),
+            header_media=header_media,
         )
-    except providers.ProviderError as error:
-        if not isinstance(error, providers.SendError):  # the header's media, not uploaded
-            raise ServiceError(error.message) from error
+    except providers.SendError as error:
         if error.reason:  # Disparo's own finding, said in the reader's words
             raise ServiceError(reasons.render(error.reason)) from error
         # What the code means in the reader's words, and WhatsApp's own as it gave them.

@@ -166,6 +166,11 @@ def _get_template_for_update(template_id: int) -> MessageTemplate:
 
 def submit_template(template_id: int) -> MessageTemplate:
     """Send a draft (or rejected) template to the provider for review."""
+    # A media header's sample, for Meta's review: read (a link fetched) before the row is
+    # locked, so webhooks and edits of the template do not wait on a download.
+    unlocked = db.session.get(MessageTemplate, template_id)
+    sample = media.review_sample(unlocked) if unlocked is not None else None
+    db.session.commit()
     template = _get_template_for_update(template_id)
     if template.status not in SUBMITTABLE_TEMPLATE_STATUSES:
         raise Conflict(
@@ -173,7 +178,6 @@ def submit_template(template_id: int) -> MessageTemplate:
             % {"s": label(template.status)}
         )
     provider = providers.for_sender(template.sender, current_app.config)
-    sample = media.review_sample(template)  # a media header's, for Meta's review
     # Before the call: whatever WhatsApp says of this submission happens after it, and
     # what it said of the one before (a REJECTED replayed late) happened before it.
     asked_at = clock_now(db.session)

@@ -99,6 +99,10 @@ LATER = {
     "erp_bad_cursor": "The ERP's next cursor is not a string.",
     "erp_same_cursor": "The ERP returned the same cursor twice.",
     "template_deleted": "The template was deleted in WhatsApp Manager.",
+    "template_unready": (
+        "The template changed since the campaign was scheduled and now needs %(needs)s:"
+        " duplicate the campaign and give it."
+    ),
     "erp_no_tags": "The ERP's tags answer has no list of tags.",
     "campaign_paused_by_hand": (
         "Campaign “%(name)s” was paused by an operator; it sends again once resumed."

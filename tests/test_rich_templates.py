@@ -524,6 +524,21 @@ def test_a_sender_without_its_token_pauses_before_any_upload(app, owner, live_se
     )
 
 
+def _first_name_campaign(template: MessageTemplate, owner, name: str) -> Campaign:
+    """A draft of the template for SP's customers, mapping only {{first_name}}."""
+    fields = parse_campaign(
+        {
+            "name": name,
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "segment": {"state": "SP", "opted_in_only": False},
+            "variables": {"first_name": {"field": "first_name"}},
+        },
+        template_variables_for(template.id),
+    )
+    return create_campaign(fields, owner.id)
+
+
 def test_a_scheduled_campaign_whose_template_changed_fails_with_the_reason(app, owner):
     from datetime import timedelta
 
@@ -533,17 +548,7 @@ def test_a_scheduled_campaign_whose_template_changed_fails_with_the_reason(app, 
     from campaigns.services.campaigns import schedule_campaign
 
     template = _template(name="changes")
-    fields = parse_campaign(
-        {
-            "name": "Changes",
-            "sender_id": default_sender().id,
-            "template_id": template.id,
-            "segment": {"state": "SP", "opted_in_only": False},
-            "variables": {"first_name": {"field": "first_name"}},
-        },
-        template_variables_for(template.id),
-    )
-    campaign = create_campaign(fields, owner.id)
+    campaign = _first_name_campaign(template, owner, "Changes")
     schedule_campaign(campaign.id, database_now(db.session) + timedelta(hours=1), owner.id)
     template.buttons = [{"type": "COPY_CODE", "example": "SAVE30"}]
     db.session.commit()  # as an import from WhatsApp would, before the campaign's time
@@ -613,17 +618,7 @@ def test_a_language_version_must_fill_each_variable_with_the_same_kind_of_thing(
 
 def test_a_campaign_whose_template_now_needs_more_is_refused_before_it_goes(app, owner):
     template = _template(name="grows")
-    fields = parse_campaign(
-        {
-            "name": "Grows",
-            "sender_id": default_sender().id,
-            "template_id": template.id,
-            "segment": {"state": "SP", "opted_in_only": False},
-            "variables": {"first_name": {"field": "first_name"}},
-        },
-        template_variables_for(template.id),
-    )
-    campaign = create_campaign(fields, owner.id)
+    campaign = _first_name_campaign(template, owner, "Grows")
     template.buttons = [{"type": "URL", "text": "Ver", "url": "https://loja.example/{{1}}"}]
     db.session.commit()  # as an import from WhatsApp would
     with pytest.raises(ServiceError) as refused:

@@ -46,19 +46,14 @@ def _required(template: MessageTemplate) -> set[tuple[str, Any]]:
     take the same mapping. A quick reply's payload may be left out."""
     buttons = template.buttons or []
 
-    def fills(key: str) -> Any:
-        place, _dot, index = key.partition(".")
-        if place != "button" or not index.isdigit() or int(index) >= len(buttons):
-            return place if index else "body"
-        button = buttons[int(index)]
+    def fills(variable: template_parts.Variable) -> Any:
+        if variable.place != "button":
+            return variable.place
+        button = buttons[int(variable.key.partition(".")[2])]
         url = str(button.get("url", ""))
         return button.get("type"), url if tracked_links.is_tracking_address(url) else None
 
-    return {
-        (key, fills(key))
-        for key in template_parts.keys(template)
-        if not template_parts.is_optional(key)
-    }
+    return {(v.key, fills(v)) for v in template_parts.variables(template) if v.required}
 
 
 def variants(template: MessageTemplate) -> dict[str, MessageTemplate]:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 from sqlalchemy.orm import joinedload, load_only
@@ -269,13 +269,13 @@ def send_batch(
     return report
 
 
-def _media_refused(outcome: object) -> bool:
+def _media_refused(outcome: object) -> TypeGuard[SendError]:
     return isinstance(outcome, SendError) and outcome.code in MEDIA_ERROR_CODES
 
 
 def _as_retry(outcome: SendResult | BaseException) -> SendResult | BaseException:
     """A media error on a send that named an uploaded file's id: tried again, a try spent."""
-    if isinstance(outcome, SendError) and _media_refused(outcome):
+    if _media_refused(outcome):
         return SendError(outcome.message, ErrorKind.RETRY, outcome.code, outcome.http_status)
     return outcome
 
@@ -364,19 +364,15 @@ def _media_not_ready(
 
 
 def header_media(
-    sender: Sender, template: MessageTemplate, config: Mapping[str, Any]
+    campaign: Campaign, config: Mapping[str, Any]
 ) -> template_parts.HeaderMedia | None:
-    """What one send of the template shows in its media header (a test send): its link,
-    or the media id of its uploaded file, uploaded now if the sender has none fresh. Ends
-    the caller's transaction before an upload; ProviderError if it failed."""
-    fmt = template_parts.header_format(template)
-    if fmt is None or not fmt.is_media or template.header_media_file_id is None:
-        return template_parts.linked_media(template)
-    file_id = template.header_media_file_id
-    filename = db.session.scalar(sa.select(MediaFile.filename).where(MediaFile.id == file_id))
-    db.session.commit()
-    media_id = media.media_id_for(sender, file_id, config)
-    return template_parts.HeaderMedia(fmt, media_id=media_id, filename=filename)
+    """What a send of the campaign's own template shows in its media header (a test
+    send): its link, or its uploaded file's media id as a batch prepares it. Ends the
+    caller's transaction before an upload; ProviderError if it failed."""
+    template = campaign.template
+    return _prepared_media(campaign.id, [], config).get(template.id) or (
+        template_parts.linked_media(template)
+    )
 
 
 def _language_versions(

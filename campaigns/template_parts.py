@@ -30,7 +30,6 @@ from campaigns.models import HeaderFormat, MessageTemplate, ParameterFormat
 # A URL button's one variable is its address's end (Meta's rule).
 DYNAMIC_URL = re.compile(r"\{\{\s*1\s*\}\}$")
 COUPON_MAX_CHARS = 15  # Meta's limit on a copy-code button's code
-PAYLOAD_MAX_CHARS = 128  # what Disparo keeps of a quick reply's payload (Meta allows more)
 
 
 # What a media or location header shows: given in Disparo, not reviewed by Meta (which
@@ -40,13 +39,19 @@ SHOWN_IN_HEADER = ("header_media_link", "header_media_file_id", "header_location
 LOCATION_KEYS = ("latitude", "longitude", "name", "address")
 
 
+is_optional = rendering.is_optional
+
+
 @dataclass(frozen=True)
 class Variable:
     """One value a send needs besides the recipient: its mapping key, where it goes."""
 
     key: str
     place: str  # body, header, button (URL suffix or coupon), payload (quick reply)
-    required: bool = True
+
+    @property
+    def required(self) -> bool:
+        return not is_optional(self.key)
 
 
 def header_format(template: MessageTemplate) -> HeaderFormat | None:
@@ -70,7 +75,7 @@ def button_key(index: int, button: Mapping[str, Any]) -> Variable | None:
     if is_dynamic_url(button) or button.get("type") == "COPY_CODE":
         return Variable(f"button.{index}", "button")
     if button.get("type") == "QUICK_REPLY":
-        return Variable(f"payload.{index}", "payload", required=False)  # rendering.is_optional
+        return Variable(f"payload.{index}", "payload")
     return None
 
 
@@ -91,9 +96,6 @@ def variables(template: MessageTemplate) -> list[Variable]:
 
 def keys(template: MessageTemplate) -> list[str]:
     return [variable.key for variable in variables(template)]
-
-
-is_optional = rendering.is_optional
 
 
 def describe(template: MessageTemplate | None, key: str) -> str:
@@ -160,7 +162,7 @@ def needs_media(template: MessageTemplate) -> bool:
 def unready(template: MessageTemplate, mapping: Mapping[str, Any]) -> list[str]:
     """What a campaign mapping ``mapping`` lacks to send the template: the variables it
     does not map, and "header" when the header lacks what it shows; none when ready."""
-    lacking = [key for key in keys(template) if key not in mapping and not is_optional(key)]
+    lacking = [v.key for v in variables(template) if v.required and v.key not in mapping]
     return [*lacking, "header"] if needs_media(template) else lacking
 
 
@@ -169,7 +171,6 @@ class MissingValues(Exception):
 
     def __init__(self, keys: list[str]) -> None:
         super().__init__(", ".join(keys))
-        self.keys = keys
 
 
 def _text_parameter(template: MessageTemplate, name: str, value: str) -> dict[str, Any]:

@@ -268,21 +268,25 @@ def _button(item: Any, check: Checker) -> dict[str, str] | None:
     return button
 
 
+def form_buttons(lines: str, copy_code: str) -> list[dict[str, str]]:
+    """The form's buttons as typed, unchecked: one per line (see button_from_line), then
+    the copy-code button if its example code is given (a field of its own)."""
+    buttons = [button_from_line(line) for line in lines.splitlines() if line.strip()]
+    if copy_code.strip():
+        buttons.append({"type": "COPY_CODE", "example": copy_code.strip()})
+    return buttons
+
+
 def parse_buttons(raw: Any, check: Checker, copy_code: str = "") -> list[dict[str, str]]:
-    """Buttons from JSON (a list) or from the form (one per line, see button_from_line;
-    the copy-code button's example code in a field of its own)."""
+    """Buttons from JSON (a list) or from the form (:func:`form_buttons`)."""
     items: list[Any]
-    if raw is None or raw == "":
-        items = []
-    elif isinstance(raw, str):
-        items = [button_from_line(line) for line in raw.splitlines() if line.strip()]
+    if raw is None or isinstance(raw, str):
+        items = form_buttons(raw or "", copy_code)
     elif isinstance(raw, list):
-        items = raw
+        items = [*raw, *form_buttons("", copy_code)]
     else:
         check.fail("buttons", _("Buttons must be a list."))
         return []
-    if copy_code.strip():
-        items = [*items, {"type": "COPY_CODE", "example": copy_code}]
     buttons = [button for item in items if (button := _button(item, check)) is not None]
     if len(items) > MAX_BUTTONS:
         check.fail("buttons", _("At most %(n)d buttons.") % {"n": MAX_BUTTONS})
@@ -336,12 +340,18 @@ def parse_location(raw: Any, check: Checker) -> dict[str, Any] | None:
     return place if latitude is not None and longitude is not None else None
 
 
+def header_kind(data: Mapping[str, Any]) -> str:
+    """The header's kind a form or the API names, as typed (upper case): a text header
+    by default when only its text is given (the API's "header"); "" for none."""
+    return _text(data, "header_format").upper() or ("TEXT" if _text(data, "header_text") else "")
+
+
 def _header(
     data: Mapping[str, Any], fmt: ParameterFormat, check: Checker, require_media: bool
 ) -> tuple[str | None, str | None, str | None, int | None, dict[str, Any] | None]:
     """(format, text, media link, media file id, location) of a template's header."""
     text = _text(data, "header_text") or None
-    kind = _text(data, "header_format").upper() or ("TEXT" if text else "")
+    kind = header_kind(data)
     if kind in ("", "NONE"):
         if text:
             check.fail("header_format", _("Choose the header's kind."))

@@ -138,7 +138,8 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
     template = db.session.get(MessageTemplate, fields.template_id)
     if template is None or template.status is not TemplateStatus.APPROVED:
         raise ServiceError(_("Choose an approved template."), "template_id")
-    if template_parts.needs_media(template):
+    lacking = template_parts.unready(template, fields.variable_mapping)
+    if "header" in lacking:
         raise ServiceError(
             _(
                 "This template's header shows media it has none of yet:"
@@ -146,15 +147,12 @@ def _check_sender_and_template(fields: CampaignFields) -> None:
             ),
             "template_id",
         )
-    unmapped = [
-        k for k in template_parts.unready(template, fields.variable_mapping) if k != "header"
-    ]
-    if unmapped:
+    if lacking:
         # The template changed since the campaign was made (an import, a webhook): every
         # message would fail with 132000, so say so before any goes.
         raise ServiceError(
             _("The template now also needs %(keys)s: edit the campaign to map it.")
-            % {"keys": ", ".join(unmapped)},
+            % {"keys": ", ".join(lacking)},
             "variables",
         )
     _check_tracked_links(template, fields.variable_mapping)
@@ -542,7 +540,7 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
     config = current_app.config
     try:
         # Before the limit is taken: a header file's upload ends this transaction.
-        header_media = sending.header_media(campaign.sender, campaign.template, config)
+        header_media = sending.header_media(campaign, config)
     except providers.ProviderError as error:  # its header's file could not be uploaded
         raise ServiceError(error.message) from error
     decision = ratelimit.consume(db.session, ratelimit.whatsapp_limits(campaign.sender))

@@ -34,7 +34,8 @@ from campaigns.services.templates import (
 from campaigns.validation import (
     LOCATION_KEYS,
     Invalid,
-    button_from_line,
+    form_buttons,
+    header_kind,
     parse_template,
     row_id,
 )
@@ -120,14 +121,9 @@ def _typed(form) -> MessageTemplate:
         else ParameterFormat.NAMED
     )
     header_text = form.get("header_text", "").strip()
-    header_format = form.get("header_format", "").upper() or ("TEXT" if header_text else None)
-    if header_format not in {member.value for member in HeaderFormat}:
-        header_format = None
-    buttons = [
-        button_from_line(line) for line in form.get("buttons", "").splitlines() if line.strip()
-    ]
-    if form.get("copy_code", "").strip():
-        buttons.append({"type": "COPY_CODE", "example": form["copy_code"].strip()})
+    kind = header_kind(form)
+    header_format = kind if kind in HeaderFormat.__members__ else None
+    buttons = form_buttons(form.get("buttons", ""), form.get("copy_code", ""))
     location = {key: form.get(f"header_location.{key}", "").strip() for key in LOCATION_KEYS}
     return MessageTemplate(
         parameter_format=fmt,
@@ -206,6 +202,7 @@ def _form_page(form, errors, template=None, status: int = 200):
             preview=_preview(form),
             senders=queries.list_senders(),
             media_file=_media_file(form),
+            header_kind=header_kind(form),
         ),
         status,
     )
@@ -247,6 +244,7 @@ def template_header_fields() -> str:
         form=request.form,
         errors={},
         media_file=_media_file(request.form),
+        header_kind=header_kind(request.form),
     )
 
 

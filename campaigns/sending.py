@@ -97,6 +97,7 @@ CAMPAIGN_LOAD = (
         Campaign.template_id,
         Campaign.owner_id,
         Campaign.variable_mapping,  # its tracked links (campaigns/tracked_links.py)
+        Campaign.language_field,  # whether its messages may have versions of their own
     ),
     joinedload(Campaign.sender).load_only(
         Sender.provider,
@@ -172,6 +173,9 @@ def send_batch(
             db.session.commit()
             return report
         if prepared is not None:
+            break
+        if campaign.template.header_media_file_id is None and not campaign.language_field:
+            prepared = {}  # no template of this batch shows an uploaded file: nothing to read
             break
         try:
             # Before anything is claimed: an upload may take longer than a claim's lease.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from copy import deepcopy
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -420,6 +421,9 @@ class Campaign(Model):
             "scheduled_at",
             postgresql_where=sa.text("status = 'scheduled'"),
         ),
+        # A recurring campaign's runs, one per number (two ticks never make one twice), and
+        # in order through this index (migration 0032).
+        sa.UniqueConstraint("recurrence_of_id", "run_number", name="campaigns_run_number_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -459,10 +463,32 @@ class Campaign(Model):
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
     )
+    # How it repeats (campaigns/recurrence.py: {"every", "at", "weekday"|"day", "time_zone"});
+    # NULL: it does not. A campaign that repeats is a series: it never sends itself, the
+    # scheduler makes a run of it at each occurrence (campaign_states.start_due).
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # A run: the series it was made from and its number among the series' runs (1, 2…).
+    recurrence_of_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("campaigns.id", name="campaigns_recurrence_of_id_fkey")
+    )
+    run_number: Mapped[int | None] = mapped_column(sa.Integer)
 
     owner: Mapped[User] = relationship()
     sender: Mapped[Sender] = relationship()
     template: Mapped[MessageTemplate] = relationship()
+    recurrence_of: Mapped[Campaign | None] = relationship(remote_side=[id])
+
+    def copy(self, *, name: str, owner_id: int) -> Campaign:
+        """A new draft configured as this one (not added to a session): every column but
+        those of :data:`NOT_COPIED`, JSON values copied deep. Both a duplicate and a
+        recurring campaign's run are made by it, so a column added to the campaign is
+        copied by both unless it is named there."""
+        values = {
+            column.key: deepcopy(getattr(self, column.key))
+            for column in sa.inspect(Campaign).column_attrs
+            if column.key not in NOT_COPIED
+        }
+        return Campaign(name=name, owner_id=owner_id, status=CampaignStatus.DRAFT, **values)
 
     @property
     def status_reason(self) -> str | None:
@@ -476,6 +502,31 @@ class Campaign(Model):
 
     def __repr__(self) -> str:
         return f"<Campaign {self.id} {self.name!r} {self.status}>"
+
+
+# What a campaign did, not what it is: a copy (Campaign.copy) starts without it. Every
+# other column is the campaign's configuration and is copied.
+NOT_COPIED = frozenset(
+    {
+        "id",
+        "name",
+        "owner_id",
+        "status",
+        "status_reason_code",
+        "status_reason_params",
+        "scheduled_at",
+        "started_at",
+        "completed_at",
+        "erp_cursor",
+        "audience_loaded_at",
+        "pace_cursor_at",
+        "data_erased_at",
+        "created_at",
+        "updated_at",
+        "recurrence_of_id",
+        "run_number",
+    }
+)
 
 
 class Message(Model):

@@ -106,6 +106,45 @@ LANGUAGE_FIELD: Schema = {
         " everyone."
     ),
 }
+RECURRENCE: Schema = {
+    "type": ["object", "null"],
+    "description": (
+        "How the campaign repeats; null (the default): it does not. A repeating campaign (a"
+        " series) is never sent itself: scheduled, it makes a run at each occurrence, a copy"
+        " with its own progress (recurrence_of_id, run_number), skipped and noted while the"
+        " previous run is still sending or paused. Occurrences are local times in time_zone"
+        " (daylight saving time kept); a monthly day the month lacks falls on its last day."
+        " 422 at recurrence.<key> for a bad key."
+    ),
+    "properties": {
+        "every": {"type": "string", "enum": ["daily", "weekly", "monthly"]},
+        "at": {
+            "type": "string",
+            "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+            "description": "The local time of day, HH:MM.",
+            "examples": ["09:00"],
+        },
+        "weekday": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 6,
+            "description": "Weekly only: 0 Monday … 6 Sunday.",
+        },
+        "day": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 31,
+            "description": "Monthly only: the day of the month (a shorter month: its last).",
+        },
+        "time_zone": {
+            "type": "string",
+            "description": "An IANA time zone name.",
+            "examples": ["America/Sao_Paulo"],
+        },
+    },
+    "required": ["every", "at", "time_zone"],
+    "additionalProperties": False,
+}
 CONFIRM: Schema = {
     "type": "boolean",
     "default": False,
@@ -472,6 +511,19 @@ def schemas() -> dict[str, Schema]:
             "started_at": nullable(DATE_TIME),
             "completed_at": nullable(DATE_TIME),
             "created_at": nullable(DATE_TIME),
+            "recurrence": RECURRENCE,
+            "next_run_at": {
+                **nullable(DATE_TIME),
+                "description": "A repeating campaign's next run, while it repeats (scheduled).",
+            },
+            "recurrence_of_id": {
+                **nullable(ID),
+                "description": "A run's repeating campaign (its series); null for any other.",
+            },
+            "run_number": {
+                **nullable({"type": "integer", "minimum": 1}),
+                "description": "A run's number among its series' runs (1, 2…).",
+            },
         }
     )
     counts = {
@@ -868,6 +920,7 @@ def request_schemas() -> dict[str, Schema]:
         "segment": ref("Segment"),
         "variables": ref("VariableMapping"),
         "language_field": LANGUAGE_FIELD,
+        "recurrence": RECURRENCE,
     }
     return {
         "UserChanges": {
@@ -936,12 +989,15 @@ def request_schemas() -> dict[str, Schema]:
             "properties": {
                 "scheduled_at": {
                     **DATE_TIME,
-                    "description": "ISO 8601 with its offset, in the future.",
+                    "description": (
+                        "ISO 8601 with its offset, in the future. A repeating campaign starts"
+                        " repeating at its next occurrence, not before this time; for one,"
+                        " it may be left out (from now)."
+                    ),
                     "examples": ["2030-01-31T09:00:00-03:00"],
                 },
                 "confirm": CONFIRM,
             },
-            "required": ["scheduled_at"],
         },
         "Confirm": {
             "type": "object",
@@ -1321,6 +1377,11 @@ def paths() -> dict[str, Schema]:
                         "An unknown value filters nothing.",
                     ),
                     query("q", STRING, "Part of the name."),
+                    query(
+                        "recurrence_of",
+                        ID,
+                        "A repeating campaign's id: only its runs. 422 when not an id.",
+                    ),
                     *cursor_parameters(),
                 ],
             ),
@@ -1384,6 +1445,11 @@ def paths() -> dict[str, Schema]:
                         "422 when unknown.",
                     ),
                     query("q", STRING, "Part of the name."),
+                    query(
+                        "recurrence_of",
+                        ID,
+                        "A repeating campaign's id: only its runs. 422 when not an id.",
+                    ),
                     query(
                         "page",
                         {"type": "integer", "minimum": 1, "default": 1},

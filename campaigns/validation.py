@@ -18,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering, template_parts
 from campaigns.erp import SEGMENT_KEYS
-from campaigns.i18n import _, format_money, format_number, parse_amount
+from campaigns.i18n import _, format_money, format_number, parse_amount, valid_timezone
 from campaigns.models import HeaderFormat, ParameterFormat, Provider, Role, TemplateCategory
 from campaigns.tracked_links import TRACK
 
@@ -728,6 +728,58 @@ def parse_language_field(raw: Any, check: Checker) -> str | None:
     return raw
 
 
+HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+RECURRENCE_KEYS = {
+    "daily": ("every", "at", "time_zone"),
+    "weekly": ("every", "at", "weekday", "time_zone"),
+    "monthly": ("every", "at", "day", "time_zone"),
+}
+
+
+def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
+    """How a campaign repeats (campaigns/recurrence.py), or None (absent, null, empty, or
+    ``every`` empty): it does not. Each problem is reported at its key
+    (``recurrence.at``…)."""
+    if raw is None or raw == "" or (isinstance(raw, Mapping) and not raw.get("every")):
+        return None
+    if not isinstance(raw, Mapping):
+        check.fail("recurrence", _("Say how the campaign repeats, or null."))
+        return None
+    every = raw.get("every")
+    if every not in RECURRENCE_KEYS:
+        check.fail("recurrence.every", _("Choose daily, weekly or monthly."))
+        return None
+    rule: dict[str, Any] = {"every": every}
+    for key in raw:
+        if key not in RECURRENCE_KEYS[every]:
+            check.fail(
+                f"recurrence.{key}",
+                _("A campaign repeating %(every)s takes no %(key)s.")
+                % {"every": every, "key": key},
+            )
+    at = raw.get("at")
+    if not isinstance(at, str) or not HH_MM.fullmatch(at.strip()):
+        check.fail("recurrence.at", _("Enter a time of day as HH:MM, e.g. 09:00."))
+    else:
+        rule["at"] = at.strip()
+    if every == "weekly":
+        weekday = _int(raw, "weekday", check, 0, 6, -1, field="recurrence.weekday")
+        if weekday == -1:
+            check.fail("recurrence.weekday", _("Choose a day of the week (0 Monday … 6 Sunday)."))
+        rule["weekday"] = weekday
+    if every == "monthly":
+        day = _int(raw, "day", check, 1, 31, 0, field="recurrence.day")
+        if day == 0:
+            check.fail("recurrence.day", _("Choose a day of the month, from 1 to 31."))
+        rule["day"] = day
+    zone = raw.get("time_zone")
+    if not isinstance(zone, str) or not valid_timezone(zone.strip()):
+        check.fail("recurrence.time_zone", _("Choose a known time zone, e.g. America/Sao_Paulo."))
+    else:
+        rule["time_zone"] = zone.strip()
+    return rule
+
+
 @dataclass(frozen=True)
 class CampaignFields:
     name: str
@@ -737,6 +789,8 @@ class CampaignFields:
     variable_mapping: dict[str, dict[str, str]]
     # The customer field with each recipient's language; None: the template's for everyone.
     language_field: str | None = None
+    # How it repeats (campaigns/recurrence.py); None: it does not.
+    recurrence: dict[str, Any] | None = None
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -754,8 +808,11 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     segment = parse_segment(data.get("segment"), check)
     mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
     language_field = parse_language_field(data.get("language_field"), check)
+    recurrence = parse_recurrence(data.get("recurrence"), check)
     check.done()
-    return CampaignFields(name, sender_id, template_id, segment, mapping, language_field)
+    return CampaignFields(
+        name, sender_id, template_id, segment, mapping, language_field, recurrence=recurrence
+    )
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -789,4 +846,15 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "segment": segment,
         "variables": variables,
         "language_field": form.get("language_field", ""),
+        "recurrence": recurrence_from_form(form),
     }
+
+
+def recurrence_from_form(form: Mapping[str, str]) -> dict[str, str] | None:
+    """The form's Repeat fields (templates/campaigns/_recurrence.html) in the API's shape:
+    only the day that the chosen frequency takes; None for "Does not repeat"."""
+    every = form.get("recurrence.every", "")
+    if not every:
+        return None
+    keys = RECURRENCE_KEYS.get(every, ("every", "at", "time_zone"))
+    return {key: form.get(f"recurrence.{key}", "") for key in keys}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from campaigns import (
     queues,
     ratelimit,
     reasons,
+    recurrence,
     rendering,
     sending,
     template_parts,
@@ -114,11 +115,14 @@ TEST_SEND_STATUSES = frozenset(
 )
 
 
-def allowed_actions(status: CampaignStatus) -> set[str]:
-    """What the campaign page offers in ``status``: its transitions, and ``test_send``."""
+def allowed_actions(status: CampaignStatus, *, repeating: bool = False) -> set[str]:
+    """What the campaign page offers in ``status``: its transitions, and ``test_send``. A
+    recurring campaign (``repeating``) is never sent itself: no "send now"."""
     actions = {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
     if status in TEST_SEND_STATUSES:
         actions.add("test_send")
+    if repeating:
+        actions.discard("send_now")
     return actions
 
 
@@ -220,6 +224,7 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         segment=fields.segment,
         variable_mapping=fields.variable_mapping,
         language_field=fields.language_field,
+        recurrence=fields.recurrence,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -240,23 +245,60 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.segment = fields.segment
     campaign.variable_mapping = fields.variable_mapping
     campaign.language_field = fields.language_field
+    _change_recurrence(campaign, fields.recurrence)
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
 
 
+def _change_recurrence(campaign: Campaign, rule: dict[str, Any] | None) -> None:
+    """An edit's new rule. Its runs go on as they were made; a scheduled series moves to
+    the new rule's next occurrence. A series stops repeating only unscheduled, and never
+    once it has runs (they name it as theirs): a one-off is its duplicate's business."""
+    if rule == campaign.recurrence:
+        return
+    if rule is None:
+        if _has_runs(campaign.id):
+            raise ServiceError(
+                _("This campaign has runs, so it keeps repeating; duplicate it for a one-off."),
+                "recurrence",
+            )
+        if campaign.status is CampaignStatus.SCHEDULED:
+            raise ServiceError(
+                _("Unschedule the campaign before it stops repeating."), "recurrence"
+            )
+    campaign.recurrence = rule
+    if rule is not None and campaign.status is CampaignStatus.SCHEDULED:
+        campaign.scheduled_at = recurrence.next_occurrence(rule, database_now(db.session))
+
+
+def _has_runs(campaign_id: int) -> bool:
+    return bool(
+        db.session.scalar(sa.select(sa.exists().where(Campaign.recurrence_of_id == campaign_id)))
+    )
+
+
 def schedule_campaign(
-    campaign_id: int, when: datetime, user_id: int, *, confirm: Confirmation = False
+    campaign_id: int, when: datetime | None, user_id: int, *, confirm: Confirmation = False
 ) -> Campaign:
     """Schedule (or reschedule) a campaign for a future time, once the pre-flight check
-    passes (its warnings confirmed with ``confirm``)."""
-    if when.tzinfo is None:
+    passes (its warnings confirmed with ``confirm``).
+
+    A recurring campaign starts repeating: it is scheduled for its rule's next occurrence,
+    not before ``when`` if given (else from now)."""
+    if when is not None and when.tzinfo is None:
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
     campaign = _campaign(campaign_id)
+    if campaign.recurrence is not None:
+        when = _first_occurrence(campaign.recurrence, when)
+    if when is None:
+        raise ServiceError(_("Choose a date and time."), "scheduled_at")
     _require(campaign, "schedule")
     _require_future(when)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "schedule", confirm)
+    if campaign.recurrence is not None:  # as locked: the check took time
+        when = _first_occurrence(campaign.recurrence, when)
     _require_future(when)  # again: the check's ERP call may have taken it into the past
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
@@ -270,6 +312,14 @@ def schedule_campaign(
     )
     db.session.commit()
     return campaign
+
+
+def _first_occurrence(rule: dict[str, Any], not_before: datetime | None) -> datetime:
+    """A series' first occurrence from now, or at or after ``not_before`` (aware) if later."""
+    now = database_now(db.session)
+    if not_before is None or not_before <= now:
+        return recurrence.next_occurrence(rule, now)
+    return recurrence.next_occurrence(rule, not_before - timedelta(microseconds=1))
 
 
 def _require_future(when: datetime) -> None:
@@ -322,6 +372,7 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         campaign.segment,
         campaign.variable_mapping,
         campaign.language_field,
+        recurrence=campaign.recurrence,
     )
 
 
@@ -341,16 +392,9 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     source = db.session.get(Campaign, campaign_id)
     if source is None:
         raise NotFound(_("There is no such campaign."))
-    copy = Campaign(
-        name=(_("Copy of %(name)s") % {"name": source.name})[:200],
-        owner_id=user_id,
-        sender_id=source.sender_id,
-        template_id=source.template_id,
-        segment=dict(source.segment),
-        variable_mapping=dict(source.variable_mapping),
-        language_field=source.language_field,
-        status=CampaignStatus.DRAFT,
-    )
+    # Campaign.copy: every column of its configuration (a recurring campaign's runs are
+    # made by it too); a duplicate of a series repeats alike, a run's sends once.
+    copy = source.copy(name=(_("Copy of %(name)s") % {"name": source.name})[:200], owner_id=user_id)
     db.session.add(copy)
     db.session.flush()
     campaign_states.record_activity(
@@ -376,14 +420,24 @@ def send_campaign_now(campaign_id: int, user_id: int, *, confirm: Confirmation =
     waiting), once the pre-flight check passes (its warnings confirmed with ``confirm``)."""
     campaign = _campaign(campaign_id)
     _require(campaign, "send_now")
+    _require_one_off(campaign)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "send_now", confirm)
+    _require_one_off(campaign)
     campaign_states.start(db.session, campaign)
     campaign_states.record_activity(
         db.session, campaign.id, user_id, "started", reasons.Reason(reasons.SENT_NOW)
     )
     db.session.commit()
     return campaign
+
+
+def _require_one_off(campaign: Campaign) -> None:
+    if campaign.recurrence is not None:
+        db.session.rollback()
+        raise Conflict(
+            _("A repeating campaign sends through its runs: schedule it to start repeating.")
+        )
 
 
 def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
@@ -404,7 +458,15 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "resume")
     _check_sender_and_template(_fields_of(campaign))
-    if (
+    if campaign.recurrence is not None:
+        # A series paused while scheduled (WhatsApp paused its template): repeating again,
+        # from its next occurrence; one that passed meanwhile is not made up for.
+        campaign.status = CampaignStatus.SCHEDULED
+        campaign.set_status_reason(None)
+        now = database_now(db.session)
+        if campaign.scheduled_at is None or campaign.scheduled_at <= now:
+            campaign.scheduled_at = recurrence.next_occurrence(campaign.recurrence, now)
+    elif (
         campaign.started_at is None
         and campaign.scheduled_at is not None
         and (campaign.scheduled_at > database_now(db.session))

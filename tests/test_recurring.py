@@ -427,3 +427,102 @@ def test_a_run_of_a_template_that_changed_fails_and_the_series_goes_on(app, owne
     db.session.refresh(series)
     assert series.status is CampaignStatus.SCHEDULED
     assert series.scheduled_at == due + timedelta(days=1)
+
+
+# -- the API -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def headers(app, user_factory) -> dict[str, str]:
+    seed_demo()
+    _token, raw = create_api_token(user_factory(Role.SUPERVISOR).id)
+    return {"Authorization": f"Bearer {raw}"}
+
+
+@pytest.fixture
+def payload(headers) -> dict[str, Any]:
+    template = db.session.query(MessageTemplate).filter_by(name="order_ready").one()
+    return {
+        "name": "Pedidos da semana",
+        "sender_id": default_sender().id,
+        "template_id": template.id,
+        "segment": {"city": "Campinas", "opted_in_only": True, "max_audience": 50},
+        "variables": {"1": {"field": "first_name"}, "2": {"text": "A-1042"}},
+        "recurrence": {"every": "weekly", "at": "09:00", "weekday": 0, "time_zone": SAO_PAULO},
+    }
+
+
+def test_the_api_creates_schedules_and_lists_a_series_runs(client, headers, payload):
+    created = client.post("/api/v1/campaigns", json=payload, headers=headers)
+    assert created.status_code == 201, created.json
+    series = created.json
+    assert series["recurrence"] == payload["recurrence"]
+    assert (series["next_run_at"], series["recurrence_of_id"], series["run_number"]) == (
+        None,
+        None,
+        None,
+    )
+    url = f"/api/v1/campaigns/{series['id']}"
+    # Scheduling a series needs no time: it starts repeating at its next occurrence.
+    scheduled = client.post(f"{url}/schedule", json={"confirm": True}, headers=headers)
+    assert scheduled.status_code == 202, scheduled.json
+    next_run = datetime.fromisoformat(scheduled.json["next_run_at"])
+    assert scheduled.json["status"] == "scheduled"
+    assert next_run == datetime.fromisoformat(scheduled.json["scheduled_at"])
+    local = next_run.astimezone(recurrence.ZoneInfo(SAO_PAULO))
+    assert (local.weekday(), local.strftime("%H:%M")) == (0, "09:00")
+    refused = client.post(f"{url}/send-now", json={"confirm": True}, headers=headers)
+    assert refused.status_code == 409
+
+    [run_id] = campaign_states.start_due(next_run + SECOND)
+    runs = client.get(f"/api/v1/campaigns?recurrence_of={series['id']}", headers=headers).json
+    assert [c["id"] for c in runs["campaigns"]] == [run_id] and runs["total"] == 1
+    run = runs["campaigns"][0]
+    assert (run["recurrence_of_id"], run["run_number"], run["recurrence"]) == (
+        series["id"],
+        1,
+        None,
+    )
+    assert run["next_run_at"] is None and run["status"] == "sending"
+    by_cursor = client.get(
+        f"/api/v1/campaigns?recurrence_of={series['id']}&limit=5", headers=headers
+    ).json
+    assert [c["id"] for c in by_cursor["campaigns"]] == [run_id]
+    bad = client.get("/api/v1/campaigns?recurrence_of=abc", headers=headers)
+    assert bad.status_code == 422 and "recurrence_of" in bad.json["error"]["fields"]
+
+    # An edit moves the next run to the new rule; a series with runs keeps repeating.
+    daily = {"every": "daily", "at": "18:30", "time_zone": NEW_YORK}
+    changed = client.patch(url, json={"recurrence": daily}, headers=headers)
+    assert changed.status_code == 200, changed.json
+    assert changed.json["recurrence"] == daily
+    moved = datetime.fromisoformat(changed.json["next_run_at"])
+    assert moved.astimezone(recurrence.ZoneInfo(NEW_YORK)).strftime("%H:%M") == "18:30"
+    stop = client.patch(url, json={"recurrence": None}, headers=headers)
+    assert stop.status_code == 422 and "recurrence" in stop.json["error"]["fields"]
+    copy = client.post(f"{url}/duplicate", headers=headers)
+    assert copy.status_code == 201 and copy.json["recurrence"] == daily
+
+
+@pytest.mark.parametrize(
+    ("recurrence_given", "field"),
+    [
+        ({"every": "hourly", "at": "09:00", "time_zone": SAO_PAULO}, "recurrence.every"),
+        ({"every": "daily", "at": "25:00", "time_zone": SAO_PAULO}, "recurrence.at"),
+        (
+            {"every": "weekly", "at": "09:00", "weekday": 9, "time_zone": SAO_PAULO},
+            "recurrence.weekday",
+        ),
+        ({"every": "monthly", "at": "09:00", "day": 40, "time_zone": SAO_PAULO}, "recurrence.day"),
+        ({"every": "daily", "at": "09:00", "time_zone": "Nowhere/City"}, "recurrence.time_zone"),
+        ([1, 2], "recurrence"),
+    ],
+)
+def test_the_api_refuses_a_bad_rule_with_422_at_its_field(
+    client, headers, payload, recurrence_given, field
+):
+    response = client.post(
+        "/api/v1/campaigns", json=payload | {"recurrence": recurrence_given}, headers=headers
+    )
+    assert response.status_code == 422
+    assert field in response.json["error"]["fields"], response.json

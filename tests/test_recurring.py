@@ -44,7 +44,6 @@ from tests.helpers import (
     demo_campaign,
     jobs,
     lift_limits,
-    login,
     wait_for,
 )
 
@@ -526,3 +525,95 @@ def test_the_api_refuses_a_bad_rule_with_422_at_its_field(
     )
     assert response.status_code == 422
     assert field in response.json["error"]["fields"], response.json
+
+
+# -- the form and the pages --------------------------------------------------------------------
+
+
+def form_for(template: MessageTemplate, **repeat: str) -> dict[str, str]:
+    return {
+        "name": "Quarta de ofertas",
+        "sender_id": str(default_sender().id),
+        "template_id": str(template.id),
+        "segment.state": "SP",
+        "segment.opted_in_only": "on",
+        "var.first_name.source": "first_name",
+        "var.discount.source": "text",
+        "var.discount.text": "20%",
+        "var.city.source": "city",
+        "var.coupon.source": "text",
+        "var.coupon.text": "QUARTA",
+        # The Repeat fields as the browser posts them: every field, whatever the frequency.
+        "recurrence.every": "",
+        "recurrence.at": "09:00",
+        "recurrence.weekday": "0",
+        "recurrence.day": "1",
+        "recurrence.time_zone": SAO_PAULO,
+    } | {f"recurrence.{key}": value for key, value in repeat.items()}
+
+
+@pytest.fixture
+def promo(app):
+    seed_demo()
+    return db.session.query(MessageTemplate).filter_by(name="promo_weekend").one()
+
+
+def test_the_form_repeats_nothing_by_default_in_the_readers_zone(client, login_as, promo):
+    user = login_as(Role.SUPERVISOR)
+    user.timezone = NEW_YORK
+    db.session.commit()
+    page = client.get("/campaigns/new").get_data(as_text=True)
+    assert 'id="campaign-recurrence"' in page
+    # Nothing chosen: the first option, "Does not repeat".
+    assert not any(f'value="{every}" selected' in page for every in recurrence.EVERY)
+    assert "Does not repeat" in page and "Monday" in page
+    assert f'<option value="{NEW_YORK}" selected>' in page
+    response = client.post("/campaigns/", data=form_for(promo))
+    assert response.status_code == 303
+    made = db.session.get(Campaign, int(response.headers["Location"].rsplit("/", 1)[-1]))
+    assert made is not None and made.recurrence is None
+
+
+def test_the_form_makes_a_series_or_says_what_is_wrong_at_its_field(client, login_as, promo):
+    login_as(Role.SUPERVISOR)
+    refused = client.post("/campaigns/", data=form_for(promo, every="monthly", day="32"))
+    assert refused.status_code == 422
+    assert 'id="recurrence.day-error"' in refused.get_data(as_text=True)
+    response = client.post("/campaigns/", data=form_for(promo, every="weekly", weekday="2"))
+    assert response.status_code == 303
+    series = db.session.get(Campaign, int(response.headers["Location"].rsplit("/", 1)[-1]))
+    assert series is not None
+    assert series.recurrence == {
+        "every": "weekly",
+        "at": "09:00",
+        "weekday": 2,
+        "time_zone": SAO_PAULO,
+    }
+    edit = client.get(f"/campaigns/{series.id}/edit").get_data(as_text=True)
+    assert '<option value="weekly" selected>' in edit and '<option value="2" selected>' in edit
+
+
+def test_the_pages_show_the_series_its_runs_and_the_run_its_series(
+    client, login_as, owner, live_server
+):
+    login_as(Role.SUPERVISOR)
+    series = make_series(owner.id)
+    page = client.get(f"/campaigns/{series.id}").get_data(as_text=True)
+    assert "Every day at" in page and "No run yet." in page
+    assert "Send now" not in page  # a series is sent through its runs
+    due = series.scheduled_at
+    [first_id] = campaign_states.start_due(due + SECOND)
+    db.session.refresh(series)
+    campaign_states.start_due(series.scheduled_at + SECOND)  # skipped: run 1 still sends
+    db.session.refresh(series)
+    page = client.get(f"/campaigns/{series.id}").get_data(as_text=True)
+    assert f'id="campaign-{first_id}-run"' in page
+    assert f'href="/campaigns/{first_id}"' in page
+    assert recurrence.run_name(series.name, series.recurrence, due) in page
+    assert f'datetime="{series.scheduled_at.isoformat()}"' in page  # the next run
+    assert "skipped a run of the campaign" in page  # the series' activity
+    run_page = client.get(f"/campaigns/{first_id}").get_data(as_text=True)
+    assert "Run 1 of the repeating campaign" in run_page
+    assert f'href="/campaigns/{series.id}"' in run_page
+    listed = client.get("/campaigns/").get_data(as_text=True)
+    assert "badge-repeats" in listed and "run 1" in listed

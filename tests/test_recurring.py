@@ -30,6 +30,7 @@ from campaigns.services.campaigns import (
     cancel_campaign,
     duplicate_campaign,
     pause_campaign,
+    resume_campaign,
     schedule_campaign,
     send_campaign_now,
     unschedule_campaign,
@@ -617,3 +618,30 @@ def test_the_pages_show_the_series_its_runs_and_the_run_its_series(
     assert f'href="/campaigns/{series.id}"' in run_page
     listed = client.get("/campaigns/").get_data(as_text=True)
     assert "badge-repeats" in listed and "run 1" in listed
+
+
+def test_start_repeating_from_the_page_needs_no_time(client, login_as, owner, live_server):
+    login_as(Role.SUPERVISOR)
+    campaign = demo_campaign(owner.id, 20, name="Daily")
+    campaign.recurrence = daily()
+    db.session.commit()
+    page = client.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "Start repeating" in page
+    before = database_now(db.session)
+    response = client.post(f"/campaigns/{campaign.id}/schedule", data={"scheduled_at": ""})
+    assert response.status_code in (302, 303)
+    db.session.expire_all()
+    series = db.session.get(Campaign, campaign.id)
+    assert series is not None and series.status is CampaignStatus.SCHEDULED
+    assert series.scheduled_at == recurrence.next_occurrence(series.recurrence, before)
+
+
+def test_a_series_paused_with_its_template_resumes_repeating(app, owner, live_server):
+    series = make_series(owner.id)
+    campaign_states.pause_for_template(series.id, reasons.Reason(reasons.TEMPLATE_PAUSED))
+    db.session.expire_all()
+    assert db.session.get(Campaign, series.id).status is CampaignStatus.PAUSED
+    resumed = resume_campaign(series.id, owner.id)
+    assert resumed.status is CampaignStatus.SCHEDULED and resumed.started_at is None
+    assert resumed.scheduled_at > database_now(db.session)
+    assert counters.totals(db.session, series.id)["total"] == 0 and runs_of(series.id) == []

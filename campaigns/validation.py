@@ -746,7 +746,7 @@ def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
         check.fail("recurrence", _("Say how the campaign repeats, or null."))
         return None
     every = raw.get("every")
-    if every not in RECURRENCE_KEYS:
+    if not isinstance(every, str) or every not in RECURRENCE_KEYS:
         check.fail("recurrence.every", _("Choose daily, weekly or monthly."))
         return None
     rule: dict[str, Any] = {"every": every}

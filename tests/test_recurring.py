@@ -137,6 +137,12 @@ def test_the_rule_is_said_in_words(app):
     ("raw", "field"),
     [
         ("weekly", "recurrence"),
+        ({"every": ["daily"], "at": "09:00", "time_zone": SAO_PAULO}, "recurrence.every"),
+        ({"every": "daily", "at": ["09:00"], "time_zone": {"x": 1}}, "recurrence.at"),
+        (
+            {"every": "weekly", "at": "09:00", "weekday": {}, "time_zone": SAO_PAULO},
+            "recurrence.weekday",
+        ),
         ({"every": "yearly", "at": "09:00", "time_zone": SAO_PAULO}, "recurrence.every"),
         ({"every": "daily", "at": "9h", "time_zone": SAO_PAULO}, "recurrence.at"),
         ({"every": "daily", "at": "24:00", "time_zone": SAO_PAULO}, "recurrence.at"),

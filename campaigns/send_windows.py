@@ -131,7 +131,7 @@ MAX_STEPS = 3000
 
 
 def drain_seconds(
-    window: Window, waiting: Mapping[str, int], at: datetime, per_second: float
+    window: Window, waiting: Mapping[str, float], at: datetime, per_second: float
 ) -> float | None:
     """How long the ``waiting`` messages (per zone) take from ``at`` at ``per_second``,
     sent only while their zone's window is open: the sender goes at the pace whenever some

@@ -224,6 +224,8 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
         "language_field": campaign.language_field or "",
+        "send_window": campaign.send_window,
+        "time_zone_field": campaign.time_zone_field or "",
     }
 
 

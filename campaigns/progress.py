@@ -308,18 +308,16 @@ def windows_of(progress: Progress, campaign: Campaign) -> Windows | None:
         return None
     at = progress.read_at
     fallback = current_app.config["DISPLAY_TIMEZONE"]
-    counts: dict[str, float] = {}
-    for key, n in (campaign.window_zones or {}).items():
-        zone = key or fallback
-        counts[zone] = counts.get(zone, 0) + n
-    kept = sum(counts.values())
-    if kept:
-        counts = {zone: n * progress.pending / kept for zone, n in counts.items()}
-    else:  # not counted yet (the pump's first run): all in the business's zone
-        counts = {fallback: float(progress.pending)}
+    counts = send_windows.zone_counts(campaign.window_zones, progress.pending, fallback)
     closed = {z: n for z, n in counts.items() if n and not send_windows.is_open(window, z, at)}
     waiting = min(progress.pending, round(sum(closed.values())))
-    per_second = progress.allowed_per_minute / 60.0
+    # The limits' pace, or the rate measured if lower while some zone is open (a stall
+    # with every zone closed is the windows' wait, not the campaign's).
+    per_minute = progress.allowed_per_minute
+    measured = progress.measured_per_minute
+    if measured and len(closed) < len(counts):
+        per_minute = min(per_minute, measured)
+    per_second = per_minute / 60.0
     if per_second <= 0:
         seconds = None
     else:

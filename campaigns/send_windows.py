@@ -125,6 +125,20 @@ def first_opening(window: Window, zones: list[str], at: datetime) -> datetime | 
     return min(times) if times else None
 
 
+def zone_counts(kept: Mapping[str, int] | None, total: float, fallback: str) -> dict[str, float]:
+    """A campaign's ``total`` waiting messages spread over its zones as ``kept`` counted
+    them (``campaigns.window_zones``; "" for messages without a zone: ``fallback``'s);
+    all in ``fallback`` (the business's zone) when none are counted yet."""
+    counts: dict[str, float] = {}
+    for key, n in (kept or {}).items():
+        zone = key or fallback
+        counts[zone] = counts.get(zone, 0) + n
+    counted = sum(counts.values())
+    if not counted:
+        return {fallback: float(total)} if total else {}
+    return {zone: n * total / counted for zone, n in counts.items()}
+
+
 # The drain's simulation stops after this many window changes (a year of a few zones'
 # openings and closings) and says it cannot tell.
 MAX_STEPS = 3000

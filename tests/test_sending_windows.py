@@ -21,6 +21,7 @@ from campaigns import (
     counters,
     fanout,
     message_states,
+    preflight,
     pump,
     queues,
     send_windows,
@@ -599,3 +600,15 @@ def test_two_concurrent_campaigns_hold_each_closed_zone_and_send_the_open_one(
         assert not _zones(campaign.id, S.PENDING)
         assert _sent_by_zone(campaign.id).get(MANAUS) and _sent_by_zone(campaign.id).get(SP)
         assert_counters_match_rows(campaign.id)
+
+
+def test_the_preflights_duration_waits_for_the_window(app, owner, live_server):
+    lift_limits(owner)
+    now = database_now(db.session)
+    # Open in Manaus's zone only: São Paulo's (the business's, where a campaign not yet
+    # loaded is assumed to be) opened an hour and a half ago: tomorrow's, 22.5 hours away.
+    campaign = create_campaign(_fields(20, _open_in(MANAUS, now)), owner.id)
+    check = preflight.check(campaign, app.config)
+    assert 22 * 3600 < check.duration_seconds < 23 * 3600
+    plain = create_campaign(_fields(20, None, "Plain"), owner.id)
+    assert preflight.check(plain, app.config).duration_seconds < 60

@@ -120,7 +120,9 @@ def pump(campaign_id: int) -> bool:
         ids = []
     waiting_for = budget.room_at if budget and not ids else None
     if window is not None and not ids:
-        waiting_for = _earliest(waiting_for, window.next_opening())
+        # The open zones' messages wait for the budget's room, if it refused them; the
+        # closed zones', for their window.
+        waiting_for = _earliest(waiting_for, window.next_opening(closed_only=bool(waiting_for)))
     next_run = _next_run(now, totals["pending"], queued, held, waiting_for)
     queues.defer_pump(db.session, campaign_id, next_run)
     db.session.commit()
@@ -170,9 +172,12 @@ class _Window:
             self.campaign.window_zones = self.counts
         return ids
 
-    def next_opening(self) -> datetime | None:
-        """When a zone with pending messages is next open (now, if one is)."""
+    def next_opening(self, *, closed_only: bool = False) -> datetime | None:
+        """When a zone with pending messages is next open (now, if one is, unless
+        ``closed_only``: then the first closed one's opening)."""
         zones = [zone or self.fallback for zone, n in self.counts.items() if n > 0]
+        if closed_only:
+            zones = [z for z in zones if not send_windows.is_open(self.window, z, self.now)]
         return send_windows.first_opening(self.window, zones, self.now)
 
 

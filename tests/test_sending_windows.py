@@ -25,6 +25,7 @@ from campaigns import (
     pump,
     queues,
     send_windows,
+    sending,
 )
 from campaigns import time_zones as tz
 from campaigns.clock import database_now
@@ -612,3 +613,31 @@ def test_the_preflights_duration_waits_for_the_window(app, owner, live_server):
     assert 22 * 3600 < check.duration_seconds < 23 * 3600
     plain = create_campaign(_fields(20, None, "Plain"), owner.id)
     assert preflight.check(plain, app.config).duration_seconds < 60
+
+
+def test_an_open_zone_out_of_budget_waits_for_the_budget_not_every_2_s(
+    app, owner, live_server, monkeypatch
+):
+    monkeypatch.setitem(app.config, "APP_BASE_URL", live_server)  # the mock sender's
+    lift_limits(owner)
+    sender = default_sender()
+    sender.business_id, sender.messaging_limit = "77", 10  # a budget of 9 a day
+    db.session.commit()
+    now = database_now(db.session)
+    campaign = create_campaign(_fields(200, _open_in(SP, now)), owner.id)
+    send_campaign_now(campaign.id, owner.id, confirm=True)
+    fanout.load_audience(campaign.id, app.config)
+    pump.pump(campaign.id)
+    assert _zones(campaign.id, S.QUEUED) == {SP: 9}
+    assert _zones(campaign.id, S.PENDING)[SP] > 0
+    for job in jobs(queues.SEND_TASK):
+        sending.send_batch(campaign.id, job["args"]["message_ids"], app.config, retry_queue=False)
+    db.session.execute(sa.text("DELETE FROM procrastinate_jobs"))
+    db.session.commit()
+    # São Paulo's window is open but the budget is spent; Manaus's opens in 30 minutes:
+    # the pump comes back in HELD_INTERVAL_SECONDS, not every 2 s.
+    pump.pump(campaign.id)
+    assert not _zones(campaign.id, S.QUEUED)
+    (job,) = jobs(queues.PUMP_TASK)
+    wait = (job["scheduled_at"] - database_now(db.session)).total_seconds()
+    assert wait > pump.HELD_INTERVAL_SECONDS - 10

@@ -442,6 +442,16 @@ class Campaign(Model):
     # the template's version in it is sent (campaigns/languages.py); NULL: the template's
     # own language for everyone.
     language_field: Mapped[str | None] = mapped_column(sa.String(64))
+    # The local hours and days its messages go out in each recipient's time zone
+    # (campaigns/send_windows.py): {"start": "09:00", "end": "20:00", "days": [0, ...]};
+    # NULL: any time. The customer field (or CSV column) naming a recipient's IANA zone;
+    # NULL: from the number (campaigns/time_zones.py).
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    time_zone_field: Mapped[str | None] = mapped_column(sa.String(64))
+    # With a window: its recipients' zones and how many of each are pending, recorded by
+    # the fan-out and kept by the pump ({zone: count}), so the pump and the progress know
+    # the zones without reading the pending rows.
+    window_zones: Mapped[dict[str, int] | None] = mapped_column(JSONB)
     status: Mapped[CampaignStatus] = mapped_column(
         pg_enum(CampaignStatus, "campaign_status"), default=CampaignStatus.DRAFT
     )
@@ -520,6 +530,7 @@ NOT_COPIED = frozenset(
         "erp_cursor",
         "audience_loaded_at",
         "pace_cursor_at",
+        "window_zones",
         "data_erased_at",
         "created_at",
         "updated_at",
@@ -551,6 +562,15 @@ class Message(Model):
         sa.Index(
             "messages_pending_idx",
             "campaign_id",
+            "id",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        # With a sending window, the pump takes the next pending rows of the open zones
+        # in id order, a zone's first rows each (migration 0030).
+        sa.Index(
+            "messages_pending_zone_idx",
+            "campaign_id",
+            "time_zone",
             "id",
             postgresql_where=sa.text("status = 'pending'"),
         ),
@@ -596,6 +616,9 @@ class Message(Model):
     # The language version of the campaign's template chosen for this recipient by the
     # fan-out (campaigns/languages.py); NULL: the campaign's own template.
     template_id: Mapped[int | None] = mapped_column(sa.ForeignKey("message_templates.id"))
+    # The recipient's IANA time zone (campaigns/time_zones.py), set by the fan-out: a
+    # sending window is applied in it. NULL: messages fanned out before it (no window).
+    time_zone: Mapped[str | None] = mapped_column(sa.String(64))
     status: Mapped[MessageStatus] = mapped_column(
         pg_enum(MessageStatus, "message_status"), default=MessageStatus.PENDING
     )

@@ -145,6 +145,41 @@ RECURRENCE: Schema = {
     "required": ["every", "at", "time_zone"],
     "additionalProperties": False,
 }
+SEND_WINDOW: Schema = {
+    "type": ["object", "null"],
+    "description": (
+        "The local hours and days messages go out, in each recipient's time zone (from"
+        " time_zone_field, else the number: Brazil by area code, other countries by their"
+        " code). Open from start (included) to end (excluded); an end before the start"
+        " crosses midnight and belongs to the day it opens on. Outside it a message waits"
+        " (pending) and goes when its window opens; one queued just before the close may"
+        " still go within about a minute. null (the default): any time."
+    ),
+    "properties": {
+        "start": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "end": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "days": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 6},
+            "minItems": 1,
+            "maxItems": 7,
+            "uniqueItems": True,
+            "description": "0 = Monday ... 6 = Sunday.",
+        },
+    },
+    "required": ["start", "end", "days"],
+    "additionalProperties": False,
+    "examples": [{"start": "09:00", "end": "20:00", "days": [0, 1, 2, 3, 4, 5]}],
+}
+TIME_ZONE_FIELD: Schema = {
+    "type": ["string", "null"],
+    "enum": [*CUSTOMER_FIELDS, None],
+    "description": (
+        "The customer field naming each recipient's IANA time zone (America/Manaus); a value"
+        " that is not one falls back to the number's zone. null (the default): from the"
+        " number."
+    ),
+}
 CONFIRM: Schema = {
     "type": "boolean",
     "default": False,
@@ -507,6 +542,8 @@ def schemas() -> dict[str, Schema]:
             "segment": ref("Segment"),
             "variables": ref("VariableMapping"),
             "language_field": LANGUAGE_FIELD,
+            "send_window": SEND_WINDOW,
+            "time_zone_field": TIME_ZONE_FIELD,
             "scheduled_at": nullable(DATE_TIME),
             "started_at": nullable(DATE_TIME),
             "completed_at": nullable(DATE_TIME),
@@ -592,7 +629,7 @@ def schemas() -> dict[str, Schema]:
                 **nullable({"type": "number", "minimum": 0}),
                 "description": (
                     "None when not sending, nothing remains, or it stalled; waits for the "
-                    "24-hour budget included."
+                    "24-hour budget and for the recipients' sending windows included."
                 ),
             },
             "carried_over": {
@@ -605,6 +642,20 @@ def schemas() -> dict[str, Schema]:
             "next_wave_at": {
                 **nullable(DATE_TIME),
                 "description": "When the budget has room again for them; null: none waits.",
+            },
+            "waiting_for_window": {
+                **COUNT,
+                "description": (
+                    "Pending messages whose recipient's sending window is closed now: they"
+                    " go when it opens (0 without a window). Counted per zone as the pump"
+                    " last saw them."
+                ),
+            },
+            "next_window_at": {
+                **nullable(DATE_TIME),
+                "description": (
+                    "When the first closed window with messages waiting opens; null: none waits."
+                ),
             },
             "eta_from_limits": {"type": "boolean"},
             "pace_limited_by": nullable(
@@ -921,6 +972,8 @@ def request_schemas() -> dict[str, Schema]:
         "variables": ref("VariableMapping"),
         "language_field": LANGUAGE_FIELD,
         "recurrence": RECURRENCE,
+        "send_window": SEND_WINDOW,
+        "time_zone_field": TIME_ZONE_FIELD,
     }
     return {
         "UserChanges": {
@@ -981,7 +1034,10 @@ def request_schemas() -> dict[str, Schema]:
         },
         "CampaignChanges": {
             "type": "object",
-            "description": "Fields not sent stay as they are.",
+            "description": (
+                "Fields not sent stay as they are. A sending or paused campaign takes"
+                " send_window alone (sent alone)."
+            ),
             "properties": campaign_properties,
         },
         "Schedule": {
@@ -1476,7 +1532,7 @@ def paths() -> dict[str, Schema]:
                 errors=("404",),
             ),
             "patch": operation(
-                "Change a draft or scheduled campaign",
+                "Change a draft or scheduled campaign (a sending or paused one's window)",
                 answer("200", "The campaign as changed.", ref("Campaign")),
                 role=sup,
                 tag="Campaigns",

@@ -16,7 +16,7 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-from campaigns import rendering, template_parts
+from campaigns import rendering, send_windows, template_parts
 from campaigns.erp import SEGMENT_KEYS
 from campaigns.i18n import _, format_money, format_number, parse_amount, valid_timezone
 from campaigns.models import HeaderFormat, ParameterFormat, Provider, Role, TemplateCategory
@@ -780,6 +780,56 @@ def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
     return rule
 
 
+def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
+    """The sending window (campaigns/send_windows.py) as stored, or None (absent or null:
+    any time). ``start`` and ``end`` are HH:MM local times, different (an ``end`` before
+    ``start`` crosses midnight); ``days`` 0 (Monday) to 6 (Sunday), at least one."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        check.fail("send_window", _("Give the window's start, end and days, or null."))
+        return None
+    times = {}
+    for key in ("start", "end"):
+        value = raw.get(key)
+        try:
+            times[key] = send_windows.parse_hhmm(value.strip() if isinstance(value, str) else "")
+        except ValueError:
+            check.fail(f"send_window.{key}", _("Give a time as HH:MM, like 09:00."))
+    days = raw.get("days")
+    if isinstance(days, str):  # the form's checkboxes, joined
+        days = [day for day in days.split(",") if day.strip()]
+    chosen: set[int] = set()
+    if not isinstance(days, list | tuple) or not days:
+        check.fail("send_window.days", _("Choose at least one day."))
+    else:
+        for day in days:
+            number = int(day) if isinstance(day, str) and day.strip().isdigit() else day
+            if isinstance(number, bool) or not isinstance(number, int) or number not in range(7):
+                check.fail("send_window.days", _("Days go from 0 (Monday) to 6 (Sunday)."))
+                break
+            chosen.add(number)
+    if len(times) == 2 and times["start"] == times["end"]:
+        check.fail("send_window.end", _("The window must close at another time than it opens."))
+    if len(times) < 2 or not chosen or "send_window.days" in check.errors:
+        return None
+    return send_windows.Window(times["start"], times["end"], frozenset(chosen)).as_json()
+
+
+def parse_time_zone_field(raw: Any, check: Checker) -> str | None:
+    """The customer field naming each recipient's IANA time zone, or None (absent, null or
+    empty): the zone comes from the number (campaigns/time_zones.py)."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
+        check.fail(
+            "time_zone_field",
+            _("Unknown customer field; use one of: %(f)s.") % {"f": ", ".join(CUSTOMER_FIELDS)},
+        )
+        return None
+    return raw
+
+
 @dataclass(frozen=True)
 class CampaignFields:
     name: str
@@ -791,6 +841,10 @@ class CampaignFields:
     language_field: str | None = None
     # How it repeats (campaigns/recurrence.py); None: it does not.
     recurrence: dict[str, Any] | None = None
+    # The local hours and days its messages go out (send_windows.py); None: any time.
+    send_window: dict[str, Any] | None = None
+    # The customer field naming each recipient's time zone; None: from the number.
+    time_zone_field: str | None = None
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -809,9 +863,19 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
     language_field = parse_language_field(data.get("language_field"), check)
     recurrence = parse_recurrence(data.get("recurrence"), check)
+    send_window = parse_send_window(data.get("send_window"), check)
+    time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check)
     check.done()
     return CampaignFields(
-        name, sender_id, template_id, segment, mapping, language_field, recurrence=recurrence
+        name,
+        sender_id,
+        template_id,
+        segment,
+        mapping,
+        language_field,
+        recurrence=recurrence,
+        send_window=send_window,
+        time_zone_field=time_zone_field,
     )
 
 
@@ -847,6 +911,22 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "variables": variables,
         "language_field": form.get("language_field", ""),
         "recurrence": recurrence_from_form(form),
+        "send_window": _send_window_from_form(form),
+        "time_zone_field": form.get("time_zone_field", ""),
+    }
+
+
+def _send_window_from_form(form: Mapping[str, str]) -> dict[str, Any] | None:
+    """The window's fields (templates/campaigns/_window.html) in the API's shape; None when
+    "any time" is chosen."""
+    if form.get("send_window.mode") != "window":
+        return None
+    getlist = getattr(form, "getlist", None)
+    days = getlist("send_window.days") if getlist is not None else []
+    return {
+        "start": form.get("send_window.start", ""),
+        "end": form.get("send_window.end", ""),
+        "days": ",".join(days),
     }
 
 

@@ -51,7 +51,9 @@ from campaigns.services import (
     template_import,
 )
 from campaigns.services.campaigns import (
+    WINDOW_CHANGE_STATUSES,
     cancel_campaign,
+    change_send_window,
     create_campaign,
     duplicate_campaign,
     pause_campaign,
@@ -76,11 +78,13 @@ from campaigns.services.templates import (
 from campaigns.services.users import update_user, user_for_token
 from campaigns.validation import (
     CampaignFields,
+    Checker,
     Invalid,
     bigint,
     parse_campaign,
     parse_limit_overridden,
     parse_messaging_limit,
+    parse_send_window,
     parse_sender,
     parse_template,
     parse_user_changes,
@@ -554,6 +558,8 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
         "language_field": campaign.language_field,
+        "send_window": campaign.send_window,
+        "time_zone_field": campaign.time_zone_field,
         "scheduled_at": _iso(campaign.scheduled_at),
         "started_at": _iso(campaign.started_at),
         "completed_at": _iso(campaign.completed_at),
@@ -638,9 +644,17 @@ def campaign_get(campaign_id: int) -> Response:
 @bp.patch("/campaigns/<int:campaign_id>")
 @requires(Role.SUPERVISOR)
 def campaign_update(campaign_id: int) -> Response:
-    """Change a draft or scheduled campaign (fields not sent stay as they are)."""
-    current = campaign_json(_found(queries.get_campaign(campaign_id)))
-    fields = _campaign_fields(current | body())
+    """Change a draft or scheduled campaign (fields not sent stay as they are); of a
+    sending or paused one, the sending window alone."""
+    campaign = _found(queries.get_campaign(campaign_id))
+    changes = body()
+    if campaign.status in WINDOW_CHANGE_STATUSES and set(changes) == {"send_window"}:
+        # A sending or paused campaign's window alone may change (widened, narrowed).
+        check = Checker()
+        window = parse_send_window(changes["send_window"], check)
+        check.done()
+        return jsonify(campaign_json(change_send_window(campaign_id, window, g.api_user.id)))
+    fields = _campaign_fields(campaign_json(campaign) | changes)
     return jsonify(campaign_json(update_campaign(campaign_id, fields, g.api_user.id)))
 
 

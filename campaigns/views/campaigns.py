@@ -236,6 +236,8 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "variables": campaign.variable_mapping,
         "language_field": campaign.language_field or "",
         "recurrence": campaign.recurrence,
+        "send_window": campaign.send_window,
+        "time_zone_field": campaign.time_zone_field or "",
     }
 
 

@@ -32,14 +32,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession, rows_changed
-from campaigns import counters, statelog
+from campaigns import contact_history, counters, statelog
 from campaigns.models import IN_FLIGHT_MESSAGE_STATUSES, Message, MessageStatus, Suppression
 
 S = MessageStatus
 # Which states may follow each state (None: a row being created).
 NEXT: dict[MessageStatus | None, frozenset[MessageStatus]] = {
     None: frozenset({S.PENDING, S.SKIPPED}),
-    S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),
+    # skipped: refused at the pump's admission by the frequency cap (contact_history.py)
+    S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED}),
     # Back to pending when the campaign pauses or a worker's shutdown aborted the job;
     # failed when the job failed on an unexpected error (maintenance settles it).
     S.QUEUED: frozenset({S.SENDING, S.PENDING, S.CANCELLED, S.FAILED}),
@@ -161,9 +162,14 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
     """Cancel what has not started sending (a message mid-call finishes its call).
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
-    them no longer waiting and do nothing.
+    them no longer waiting and do nothing. The contacts of those never called go back
+    to the contact history's previous ones (``contact_history.release``).
     """
-    return transition_campaign(session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED)
+    moved = transition_campaign(
+        session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
+    )
+    contact_history.release(session, campaign_id)
+    return moved
 
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
@@ -250,6 +256,26 @@ def queue_next(
     counters.apply(session, campaign_id, {"pending": -len(ids), "queued": len(ids)})
     statelog.moved_many(campaign_id, S.PENDING, S.QUEUED, len(ids))
     return ids
+
+
+SKIP_PENDING = sa.text(
+    # -- pending messages the pump's admission refused: skipped with the code
+    "UPDATE messages SET status = 'skipped', error_code = :code, error_text = NULL,"
+    " updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'pending'"
+    " RETURNING id"
+)
+
+
+def skip_pending(session: AnySession, campaign_id: int, ids: Sequence[int], code: str) -> list[int]:
+    """Pending messages skipped with ``code`` (the frequency cap's, refused at the pump's
+    admission); counters follow. The ids moved."""
+    _check([S.PENDING], S.SKIPPED)
+    if not ids:
+        return []
+    moved = list(session.execute(SKIP_PENDING, {"ids": list(ids), "code": code}).scalars())
+    counters.apply(session, campaign_id, counter_deltas(S.PENDING, S.SKIPPED, len(moved)))
+    statelog.moved_each(moved, campaign_id, S.PENDING, S.SKIPPED)
+    return moved
 
 
 # -- the waiting messages of a batch, and whether each was ever called (a retry)

@@ -17,6 +17,12 @@ larger than the budget goes out in waves over the following days (room opens as 
 window leaves the recipients counted a day earlier). While it waits with nothing else on
 its way, it comes back when room opens, or after HELD_INTERVAL_SECONDS if sooner.
 
+Every run records its recipients' contact (``contact_history.admit``, one statement),
+and a campaign with a frequency cap is admitted only the recipients no other campaign
+contacted within it: the others are skipped with ``frequency_cap``. The cap is decided
+here, where two campaigns racing for one person are told apart under the row's lock, not
+at the fan-out (both may have loaded the person before either sent).
+
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
 serve them all; a sender with a minimum gap gets batches of one, spaced by the pump,
@@ -32,9 +38,17 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import campaign_states, counters, message_states, queues, ratelimit
+from campaigns import (
+    campaign_states,
+    contact_history,
+    counters,
+    message_states,
+    queues,
+    ratelimit,
+)
 from campaigns.clock import database_now
-from campaigns.models import CampaignStatus, Sender
+from campaigns.models import Campaign, CampaignStatus, Sender
+from campaigns.providers.errors import FREQUENCY_CAP_CODE
 from campaigns.services.suppressions import phone_hash
 
 # The pump keeps at most this many message jobs in Procrastinate per campaign, and
@@ -91,8 +105,9 @@ def pump(campaign_id: int) -> bool:
     now = database_now(db.session)
     budget = _Budget.of(campaign.sender)
     if room > 0 and totals["pending"] > 0:
-        admit = budget.admit if budget else None
-        ids = message_states.queue_next(db.session, campaign_id, room, admit)
+        ids = message_states.queue_next(
+            db.session, campaign_id, room, _Admission(campaign, budget).admit
+        )
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
@@ -105,6 +120,26 @@ def pump(campaign_id: int) -> bool:
     queues.defer_pump(db.session, campaign_id, next_run)
     db.session.commit()
     return True
+
+
+class _Admission:
+    """Who of a pump run's next messages may go: the frequency cap first (those it refuses
+    are skipped for good), then the 24-hour budget (those it refuses wait)."""
+
+    def __init__(self, campaign: Campaign, budget: _Budget | None) -> None:
+        self.campaign = campaign
+        self.budget = budget
+
+    def admit(self, rows: list[sa.Row]) -> set[int]:
+        phones = {row.id: row.phone for row in rows if row.phone}
+        capped = contact_history.admit(
+            db.session, self.campaign.id, self.campaign.frequency_cap_days, phones
+        )
+        message_states.skip_pending(
+            db.session, self.campaign.id, sorted(capped), FREQUENCY_CAP_CODE
+        )
+        rest = [row for row in rows if row.id not in capped]
+        return self.budget.admit(rest) if self.budget else {row.id for row in rest}
 
 
 class _Budget:

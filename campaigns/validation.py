@@ -14,6 +14,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from flask import current_app
 from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering, template_parts
@@ -737,6 +738,36 @@ class CampaignFields:
     variable_mapping: dict[str, dict[str, str]]
     # The customer field with each recipient's language; None: the template's for everyone.
     language_field: str | None = None
+    # Exclusions (campaigns/exclusions.py): the frequency cap in days (None: none), and
+    # whether numbers in other running campaigns are left out.
+    frequency_cap_days: int | None = None
+    exclude_running: bool = False
+
+
+def parse_frequency_cap(raw: Any, check: Checker, field: str = "frequency_cap_days") -> int | None:
+    """A frequency cap in days, 1 to CONTACT_HISTORY_DAYS (the contact history keeps no
+    longer), or None (absent, null or empty): no cap."""
+    longest = int(current_app.config["CONTACT_HISTORY_DAYS"])
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    value = _int({field: raw}, field, check, 1, longest, 0)
+    return value if 1 <= value <= longest else None
+
+
+YES_WORDS = ("on", "true", "1", "yes")
+NO_WORDS = ("false", "0", "no")
+
+
+def parse_flag(raw: Any, check: Checker, field: str) -> bool:
+    """A yes or no: JSON's true and false, or a form's checkbox ("on", absent)."""
+    if raw is None or raw == "":
+        return False
+    if isinstance(raw, str) and raw.strip().lower() in (*YES_WORDS, *NO_WORDS):
+        return raw.strip().lower() in YES_WORDS
+    if not isinstance(raw, bool):
+        check.fail(field, _("Say true or false."))
+        return False
+    return raw
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -754,8 +785,19 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     segment = parse_segment(data.get("segment"), check)
     mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
     language_field = parse_language_field(data.get("language_field"), check)
+    frequency_cap_days = parse_frequency_cap(data.get("frequency_cap_days"), check)
+    exclude_running = parse_flag(data.get("exclude_running"), check, "exclude_running")
     check.done()
-    return CampaignFields(name, sender_id, template_id, segment, mapping, language_field)
+    return CampaignFields(
+        name,
+        sender_id,
+        template_id,
+        segment,
+        mapping,
+        language_field,
+        frequency_cap_days=frequency_cap_days,
+        exclude_running=exclude_running,
+    )
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -789,4 +831,6 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "segment": segment,
         "variables": variables,
         "language_field": form.get("language_field", ""),
+        "frequency_cap_days": form.get("frequency_cap_days", ""),
+        "exclude_running": form.get("exclude_running") == "on",
     }

@@ -220,6 +220,8 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         segment=fields.segment,
         variable_mapping=fields.variable_mapping,
         language_field=fields.language_field,
+        frequency_cap_days=fields.frequency_cap_days,
+        exclude_running=fields.exclude_running,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -240,6 +242,8 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.segment = fields.segment
     campaign.variable_mapping = fields.variable_mapping
     campaign.language_field = fields.language_field
+    campaign.frequency_cap_days = fields.frequency_cap_days
+    campaign.exclude_running = fields.exclude_running
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
@@ -322,6 +326,8 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         campaign.segment,
         campaign.variable_mapping,
         campaign.language_field,
+        frequency_cap_days=campaign.frequency_cap_days,
+        exclude_running=campaign.exclude_running,
     )
 
 
@@ -337,7 +343,8 @@ def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
 
 
 def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """A new draft with the same sender, template, audience, mapping and language field."""
+    """A new draft with the same sender, template, audience, mapping, language field and
+    exclusions (its frequency cap, the exclusion of numbers in running campaigns)."""
     source = db.session.get(Campaign, campaign_id)
     if source is None:
         raise NotFound(_("There is no such campaign."))
@@ -349,6 +356,8 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
         segment=dict(source.segment),
         variable_mapping=dict(source.variable_mapping),
         language_field=source.language_field,
+        frequency_cap_days=source.frequency_cap_days,
+        exclude_running=source.exclude_running,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(copy)

@@ -8,6 +8,8 @@
               ▼                ▼      ▼
            skipped         cancelled  failed ──> pending (retry failed)
 
+(and pending -> skipped: the frequency cap's refusal at the pump's admission)
+
 :data:`NEXT` is the whole table of which states may follow which; a change the
 table does not allow is a bug and raises. Every change moves the campaign's
 counters in the same transaction (``counters`` stores them, the deltas are

@@ -311,7 +311,8 @@ def schemas() -> dict[str, Schema]:
                     "budget_overrun, number_quality_red, template_quality_red. Notes (no "
                     "confirmation): number_quality_yellow, template_quality_yellow, "
                     "messaging_limit_unknown, audience_estimated, audience_unknown, unpriced, "
-                    "list_price, in_progress."
+                    "list_price, in_progress, exclusions, exclusions_estimated (what the "
+                    "campaign's frequency cap and exclusions will leave out)."
                 ),
             },
             "message": {"type": "string", "description": "In English."},

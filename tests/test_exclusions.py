@@ -479,3 +479,18 @@ def test_two_capped_campaigns_with_real_workers_send_each_shared_person_one_mess
     assert skipped == shared
     assert_counters_match_rows(one.id)
     assert_counters_match_rows(two.id)
+
+
+def test_the_preflight_check_says_what_the_exclusions_leave_out(app, client, make, api):
+    running = make(6, "Running")
+    _load(app, running)
+    capped = make(12, "Capped", cap=7, exclude_running=True)
+    answer = client.get(f"/api/v1/campaigns/{capped.id}/preflight", headers=api)
+    assert answer.status_code == 200
+    (note,) = [w for w in answer.json["warnings"] if w["code"] == "exclusions"]
+    going = len(_going(running.id))
+    assert f"{going} in another running campaign" in note["message"]
+    # A campaign without exclusions of its own: no note (and no extra ERP read).
+    plain = make(12, "Plain")
+    answer = client.get(f"/api/v1/campaigns/{plain.id}/preflight", headers=api)
+    assert not [w for w in answer.json["warnings"] if w["code"].startswith("exclusions")]

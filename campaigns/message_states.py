@@ -227,7 +227,8 @@ def queue_next(
     """Move the campaign's next ``limit`` pending messages (in id order) to queued; their ids.
 
     ``admit``, given those messages (``id``, ``phone``; locked), says which of them may go
-    now (the 24-hour budget's, pump.py); the others stay pending, first in line next time.
+    now (pump.py: the frequency cap, which skips those it refuses, and the 24-hour
+    budget); the others stay pending, first in line next time.
     """
     next_pending = (
         sa.select(Message.id, Message.phone)

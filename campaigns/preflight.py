@@ -274,7 +274,7 @@ def _exclusions(campaign: Campaign, config: Mapping[str, Any], notes: list[Findi
     db.session.rollback()
     try:
         counts = exclusions.estimate(*args, config, ERP_TIMEOUT)
-    except erp.ErpError:
+    except (erp.ErpError, ConfigError):
         return
     notes.append(
         Finding(

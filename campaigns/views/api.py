@@ -26,6 +26,7 @@ from campaigns import (
     recipients,
 )
 from campaigns.auth import requires
+from campaigns.config import ConfigError
 from campaigns.cursors import encode_or_none, parse_page
 from campaigns.errors import json_error
 from campaigns.i18n import _, force_locale
@@ -689,7 +690,7 @@ def campaign_exclusions(campaign_id: int) -> Response:
     campaign = _found(queries.get_campaign(campaign_id))
     try:
         counts = exclusions.of_campaign(campaign, current_app.config)
-    except erp.ErpError as error:
+    except (erp.ErpError, ConfigError) as error:
         return jsonify(exclusions=None, erp_error=str(error))  # English, as the API's texts
     return jsonify(exclusions=counts.as_dict(), erp_error=None)
 

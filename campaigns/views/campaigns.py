@@ -372,6 +372,8 @@ def campaign_exclusions() -> str:
             )
         except erp.ErpError as error:
             problem, _fields = _erp_problem(error)
+        except ConfigError as error:  # no ERP configured: said, not a 500
+            problem = str(error)
     return render_template(
         "campaigns/_exclusion_count.html",
         counts=counts,

@@ -18,7 +18,7 @@ import requests
 import sqlalchemy as sa
 
 from app import db
-from campaigns import campaign_defaults, contact_history, exclusions, fanout, pump
+from campaigns import campaign_defaults, contact_history, exclusions, fanout, pump, sending
 from campaigns.models import (
     AuditEvent,
     Campaign,
@@ -187,16 +187,22 @@ def test_a_cancelled_campaign_gives_back_the_contacts_it_never_called(app, make)
     _load(app, later)
     pump.pump(later.id)
     assert len(db.session.scalars(sa.select(ContactHistory)).all()) > len(old)
+    # One of them is called before the cancel: that contact was made, and stays.
+    called = min(m.id for m in _rows(later.id).values() if m.status is MessageStatus.QUEUED)
+    assert sending.send_batch(later.id, [called], app.config, retry_queue=False).sent == [called]
+    called_hash = phone_hash(db.session.get(Message, called).phone)
     cancel_campaign(later.id, later.owner_id)
 
-    # The ones only the cancelled campaign had contacted are gone; the earlier contacts
-    # are back as they were.
+    # The ones only the cancelled campaign had contacted are gone, the earlier contacts
+    # are back as they were, but for the one it called.
     after = {
         row.phone_hash: row.contacted_at
         for row in db.session.scalars(
             sa.select(ContactHistory).execution_options(populate_existing=True)
         )
     }
+    kept = after.pop(called_hash)
+    assert kept > before.pop(called_hash, kept - timedelta(days=1))
     assert after == before
 
 

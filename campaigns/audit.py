@@ -26,7 +26,8 @@ Actions (``ACTIONS``): ``user.create``, ``user.role_change``, ``user.disable``,
 ``sender.create``, ``sender.update``, ``suppression.add``, ``suppression.remove``,
 ``suppression.import``, ``settings.change`` (a user's or a sender's rate limits or
 gap), ``message_rate.create``, ``message_rate.update``, ``message_rate.delete``
-(Meta's prices, ``services/pricing``) and ``data.erase``: a person's data erased on
+(Meta's prices, ``services/pricing``), ``campaign_defaults.update`` (what new campaigns
+start with, ``services/campaign_defaults``) and ``data.erase``: a person's data erased on
 request, recorded by the erasure as ``record(session, "data.erase", target_type="phone",
 target_label=mask_phone(phone), details={…what was erased, counted…})``.
 """
@@ -67,6 +68,7 @@ ACTIONS = (
     "message_rate.create",
     "message_rate.update",
     "message_rate.delete",
+    "campaign_defaults.update",
     "data.erase",
 )
 # Every key a details mapping may have at its top (labels.AUDIT_DETAIL words each for
@@ -96,6 +98,10 @@ DETAIL_KEYS = frozenset(
         "currency",
         "amount",
         "effective_from",
+        # campaign defaults (services/campaign_defaults)
+        "frequency_cap_days",
+        "exclude_running",
+        "send_window",
         # erasures (services/personal_data.ErasureReport.details)
         "phone_last4",
         "phone_hash_prefix",
@@ -104,6 +110,7 @@ DETAIL_KEYS = frozenset(
         "cancelled",
         "opt_out_kept_as_hash",
         "undeliverable_deleted",
+        "contact_history_deleted",
         "activity_entries",
     }
 )

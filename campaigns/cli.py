@@ -120,6 +120,9 @@ def _describe(report: personal_data.ErasureReport) -> str:
             "  "
             + _("undeliverable numbers: %(answer)s")
             % {"answer": _("yes, to be deleted") if report.undeliverable else _("no")},
+            "  "
+            + _("contact history: %(answer)s")
+            % {"answer": _("yes, to be deleted") if report.contacted else _("no")},
             "  " + _("test sends in campaign activity: %(n)s") % {"n": n(report.activity)},
         ]
     )

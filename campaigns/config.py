@@ -212,6 +212,7 @@ class Settings:
     pair_limit_retry_seconds: int
     messaging_limit_margin_percent: int
     undeliverable_days: int
+    contact_history_days: int
     auto_pause_failure_rate: float
     auto_pause_min_outcomes: int
     opt_out_keywords: frozenset[str]
@@ -280,6 +281,7 @@ class Settings:
             "PAIR_LIMIT_RETRY_SECONDS": self.pair_limit_retry_seconds,
             "MESSAGING_LIMIT_MARGIN_PERCENT": self.messaging_limit_margin_percent,
             "UNDELIVERABLE_DAYS": self.undeliverable_days,
+            "CONTACT_HISTORY_DAYS": self.contact_history_days,
             "AUTO_PAUSE_FAILURE_RATE": self.auto_pause_failure_rate,
             "AUTO_PAUSE_MIN_OUTCOMES": self.auto_pause_min_outcomes,
             "OPT_OUT_KEYWORDS": self.opt_out_keywords,
@@ -599,6 +601,7 @@ def load_settings() -> Settings:
             "MESSAGING_LIMIT_MARGIN_PERCENT", 10, minimum=0, maximum=90
         ),
         undeliverable_days=undeliverable_days,
+        contact_history_days=_contact_history_days(data_retention_days),
         # 1 turns the failure-rate pause off: a share of failures cannot be over 1.
         auto_pause_failure_rate=_fraction("AUTO_PAUSE_FAILURE_RATE", 0.5),
         auto_pause_min_outcomes=_int_setting("AUTO_PAUSE_MIN_OUTCOMES", 20),
@@ -659,6 +662,21 @@ def _retention_days() -> tuple[int, int]:
             " UNDELIVERABLE_DAYS or raise DATA_RETENTION_DAYS."
         )
     return retention, undeliverable
+
+
+def _contact_history_days(retention: int) -> int:
+    """CONTACT_HISTORY_DAYS: how long the contact history (campaigns/contact_history.py)
+    keeps when a number was last messaged, as a keyed hash; a campaign's frequency cap is
+    at most this many days. Personal data too: never longer than DATA_RETENTION_DAYS."""
+    days = _int_setting("CONTACT_HISTORY_DAYS", min(90, retention), maximum=3650)
+    if days > retention:
+        raise ConfigError(
+            f"CONTACT_HISTORY_DAYS ({days}) must not be longer than DATA_RETENTION_DAYS"
+            f" ({retention}): the contact history's hashes are personal data and would"
+            " outlive the retention period. Lower CONTACT_HISTORY_DAYS or raise"
+            " DATA_RETENTION_DAYS."
+        )
+    return days
 
 
 def _http_url(name: str) -> str | None:

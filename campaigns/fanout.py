@@ -2,7 +2,8 @@
 
 One message row per customer, ``pending``, or ``skipped`` with the reason (an
 invalid number, a duplicate, an opted-out number, a number WhatsApp could not
-deliver to lately, a variable without a value).
+deliver to lately, the campaign's exclusions (exclusions.py: its frequency cap, a
+number in another running campaign), a variable without a value).
 Resumable and idempotent: the ERP cursor advances in the same transaction as the
 page's rows, under the campaign's row lock, and rows are unique per ERP customer,
 so a fan-out that crashed carries on from its last page and adds nothing twice.
@@ -21,6 +22,7 @@ from app import db
 from campaigns import (
     campaign_states,
     erp,
+    exclusions,
     languages,
     message_states,
     phones,
@@ -96,6 +98,8 @@ def _message_rows(
     wanted = [p for p in normalised if p]
     suppressed = is_suppressed(wanted)
     unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
+    # The campaign's own exclusions: the frequency cap, numbers in other running campaigns.
+    excluded = exclusions.fan_out_skips(db.session, campaign, wanted)
     taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
     # The variables' fields, and always the name: the recipients table shows and searches
     # it; and the language's field, which chose the message's template.
@@ -119,6 +123,8 @@ def _message_rows(
             code = "suppressed"
         elif phone in unreachable:
             code = UNDELIVERABLE_CODE
+        elif phone in excluded:
+            code = excluded[phone]
         elif phone in taken:
             code = "duplicate"
         elif empty := rendering.missing_params(params):

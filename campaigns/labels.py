@@ -19,7 +19,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from campaigns import audit
-from campaigns.i18n import _l, _lp, format_date, format_money, format_number, ngettext
+from campaigns.i18n import (
+    _l,
+    _lp,
+    format_date,
+    format_money,
+    format_number,
+    get_locale,
+    ngettext,
+)
 from campaigns.models import (
     CampaignStatus,
     HeaderFormat,
@@ -97,6 +105,8 @@ ERROR_CODE: Labels = {
     "missing_value": _lp("error code", "Missing variable"),
     "erased": _lp("error code", "Data erased"),
     errors.UNDELIVERABLE_CODE: _lp("error code", "Undeliverable lately"),
+    errors.FREQUENCY_CAP_CODE: _lp("error code", "Within the frequency cap"),
+    errors.IN_OTHER_CAMPAIGN_CODE: _lp("error code", "In another running campaign"),
     errors.JOB_FAILED_CODE: _lp("error code", "Sending job failed"),
     errors.WORKER_STOPPED_CODE: _lp("error code", "Worker stopped"),
     errors.SENDER_WITHOUT_ACCESS_TOKEN: _lp("error code", "Sender without token"),
@@ -125,6 +135,7 @@ AUDIT_ACTION: Labels = {
     "message_rate.create": _lp("audit action", "Message rate added"),
     "message_rate.update": _lp("audit action", "Message rate changed"),
     "message_rate.delete": _lp("audit action", "Message rate deleted"),
+    "campaign_defaults.update": _lp("audit action", "Campaign defaults changed"),
     "data.erase": _lp("audit action", "Personal data erased"),
 }
 # Who acted, when it was not a user (audit.current_actor); "cli:<OS user>" stays as it is.
@@ -140,6 +151,7 @@ AUDIT_TARGET: Labels = {
     "suppression": _lp("audit target", "Opt-out"),
     "phone": _lp("audit target", "Phone number"),
     "message_rate": _lp("audit target", "Message rate"),
+    "campaign_defaults": _lp("audit target", "Campaign defaults"),
 }
 # The keys of an audit event's details (and the secrets named in credentials_*).
 AUDIT_DETAIL: Labels = {
@@ -171,6 +183,9 @@ AUDIT_DETAIL: Labels = {
     "currency": _lp("audit detail", "Currency"),
     "amount": _lp("audit detail", "Price per message"),
     "effective_from": _lp("audit detail", "In force from"),
+    "frequency_cap_days": _lp("audit detail", "Frequency cap (days)"),
+    "exclude_running": _lp("audit detail", "Leave out numbers in running campaigns"),
+    "send_window": _lp("audit detail", "Sending window"),
     "phone_last4": _lp("audit detail", "Last digits"),
     "phone_hash_prefix": _lp("audit detail", "Hash starts with"),
     "messages": _lp("audit detail", "Messages"),
@@ -178,6 +193,7 @@ AUDIT_DETAIL: Labels = {
     "cancelled": _lp("audit detail", "Cancelled"),
     "opt_out_kept_as_hash": _lp("audit detail", "Opt-out kept as a hash"),
     "undeliverable_deleted": _lp("audit detail", "Undeliverable number record deleted"),
+    "contact_history_deleted": _lp("audit detail", "Contact history record deleted"),
     "activity_entries": _lp("audit detail", "Activity entries"),
 }
 # Procrastinate's job statuses (procrastinate.jobs.Status), as the queue monitor shows them.
@@ -315,6 +331,25 @@ def explain(code: str | None) -> str:
     return errors.explain(code)
 
 
+def weekday_name(day: int) -> str:
+    """A day of the week (0 Monday ... 6 Sunday), abbreviated, in the reader's language."""
+    locale = get_locale()
+    names = locale.days["format"]["abbreviated"] if locale is not None else None
+    return str(names[day]) if names and day in names else str(day)
+
+
+def window_words(window: Mapping[str, Any] | None) -> str:
+    """A sending window in words: "09:00 to 20:00, Mon, Tue" (None: any time)."""
+    if not window:
+        return str(_l("Any time"))
+    days = ", ".join(weekday_name(day) for day in window.get("days") or [] if isinstance(day, int))
+    return str(_l("%(start)s to %(end)s, %(days)s")) % {
+        "start": window.get("start"),
+        "end": window.get("end"),
+        "days": days,
+    }
+
+
 def _number(value: Any) -> str:
     if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         try:
@@ -388,6 +423,8 @@ def audit_value(value: Any, key: str) -> str:
         return _exact_number(value)
     if key == "effective_from":
         return _iso_date(value)
+    if key == "send_window" and isinstance(value, Mapping):
+        return window_words(value)
     if key in ("credentials_set", "credentials_replaced") and isinstance(value, list):
         return _detail_items(value)
     if isinstance(value, list | tuple):

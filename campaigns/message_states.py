@@ -8,6 +8,8 @@
               ▼                ▼      ▼
            skipped         cancelled  failed ──> pending (retry failed)
 
+(and pending -> skipped: the frequency cap's refusal at the pump's admission)
+
 :data:`NEXT` is the whole table of which states may follow which; a change the
 table does not allow is a bug and raises. Every change moves the campaign's
 counters in the same transaction (``counters`` stores them, the deltas are
@@ -32,14 +34,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession, rows_changed
-from campaigns import counters, statelog
+from campaigns import contact_history, counters, statelog
 from campaigns.models import IN_FLIGHT_MESSAGE_STATUSES, Message, MessageStatus, Suppression
 
 S = MessageStatus
 # Which states may follow each state (None: a row being created).
 NEXT: dict[MessageStatus | None, frozenset[MessageStatus]] = {
     None: frozenset({S.PENDING, S.SKIPPED}),
-    S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),
+    # skipped: refused at the pump's admission by the frequency cap (contact_history.py)
+    S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED}),
     # Back to pending when the campaign pauses or a worker's shutdown aborted the job;
     # failed when the job failed on an unexpected error (maintenance settles it).
     S.QUEUED: frozenset({S.SENDING, S.PENDING, S.CANCELLED, S.FAILED}),
@@ -161,9 +164,14 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
     """Cancel what has not started sending (a message mid-call finishes its call).
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
-    them no longer waiting and do nothing.
+    them no longer waiting and do nothing. The contacts of those never called go back
+    to the contact history's previous ones (``contact_history.release``).
     """
-    return transition_campaign(session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED)
+    moved = transition_campaign(
+        session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
+    )
+    contact_history.release(session, campaign_id)
+    return moved
 
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
@@ -219,7 +227,8 @@ def queue_next(
     """Move the campaign's next ``limit`` pending messages (in id order) to queued; their ids.
 
     ``admit``, given those messages (``id``, ``phone``; locked), says which of them may go
-    now (the 24-hour budget's, pump.py); the others stay pending, first in line next time.
+    now (pump.py: the frequency cap, which skips those it refuses, and the 24-hour
+    budget); the others stay pending, first in line next time.
     """
     next_pending = (
         sa.select(Message.id, Message.phone)
@@ -284,12 +293,13 @@ def queue_next_in_zones(
     limit: int,
     zones: Sequence[str],
     admit: Callable[[list[sa.Row]], set[int]] | None = None,
-) -> tuple[list[int], Counter[str]]:
+) -> tuple[list[int], dict[int, str]]:
     """:func:`queue_next` for a campaign with a sending window: its next ``limit`` pending
     messages whose zone is one of ``zones`` (the open ones; :data:`NO_ZONE` for those
-    without a zone), in id order across them; their ids, and how many of each zone."""
+    without a zone), in id order across them; the ids queued, and the zone of each message
+    taken (queued, or refused by ``admit``: still pending, or skipped by it)."""
     if not zones:
-        return [], Counter()
+        return [], {}
     named = [zone for zone in zones if zone != NO_ZONE]
     params = {
         "campaign_id": campaign_id,
@@ -301,11 +311,11 @@ def queue_next_in_zones(
     zone_of = {row.id: row.time_zone or NO_ZONE for row in rows}
     admitted = admit(rows) if admit is not None and rows else set(zone_of)
     if not admitted:
-        return [], Counter()
+        return [], zone_of
     ids = _to_queued(
         session, campaign_id, sa.and_(Message.id.in_(sorted(admitted)), Message.status == S.PENDING)
     )
-    return ids, Counter(zone_of[message_id] for message_id in ids)
+    return ids, zone_of
 
 
 PENDING_BY_ZONE = sa.text(
@@ -322,6 +332,26 @@ def pending_by_zone(session: AnySession, campaign_id: int) -> dict[str, int]:
         row.zone: int(row.n)
         for row in session.execute(PENDING_BY_ZONE, {"campaign_id": campaign_id})
     }
+
+
+SKIP_PENDING = sa.text(
+    # -- pending messages the pump's admission refused: skipped with the code
+    "UPDATE messages SET status = 'skipped', error_code = :code, error_text = NULL,"
+    " updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'pending'"
+    " RETURNING id"
+)
+
+
+def skip_pending(session: AnySession, campaign_id: int, ids: Sequence[int], code: str) -> list[int]:
+    """Pending messages skipped with ``code`` (the frequency cap's, refused at the pump's
+    admission); counters follow. The ids moved."""
+    _check([S.PENDING], S.SKIPPED)
+    if not ids:
+        return []
+    moved = list(session.execute(SKIP_PENDING, {"ids": list(ids), "code": code}).scalars())
+    counters.apply(session, campaign_id, counter_deltas(S.PENDING, S.SKIPPED, len(moved)))
+    statelog.moved_each(moved, campaign_id, S.PENDING, S.SKIPPED)
+    return moved
 
 
 # -- the waiting messages of a batch, and whether each was ever called (a retry)

@@ -482,6 +482,11 @@ class Campaign(Model):
         sa.ForeignKey("campaigns.id", name="campaigns_recurrence_of_id_fkey")
     )
     run_number: Mapped[int | None] = mapped_column(sa.Integer)
+    # Exclusions (campaigns/exclusions.py, migration 0031): skip a number any other
+    # campaign contacted within this many days (NULL: no cap), and one with a message in
+    # another sending or paused campaign.
+    frequency_cap_days: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    exclude_running: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     owner: Mapped[User] = relationship()
     sender: Mapped[Sender] = relationship()
@@ -901,6 +906,42 @@ class UndeliverableNumber(Model):
     phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     failed_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), index=True
+    )
+
+
+class ContactHistory(Model):
+    """When a number was last admitted to go by any campaign, as its keyed hash only
+    (campaigns/contact_history.py): the frequency cap's record. Kept CONTACT_HISTORY_DAYS."""
+
+    __tablename__ = "contact_history"
+
+    phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    contacted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # The campaign and message of that contact: its own messages pass its cap, and a
+    # cancelled campaign gives back the contacts it never called (previous_contacted_at).
+    campaign_id: Mapped[int | None] = mapped_column(index=True)
+    message_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    previous_contacted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CampaignDefaults(Model):
+    """What a new campaign starts with (one row, id 1; the admin's Settings page):
+    a frequency cap, the exclusion of numbers in running campaigns, a sending window."""
+
+    __tablename__ = "campaign_defaults"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
+    frequency_cap_days: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    exclude_running: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # {"start": "09:00", "end": "20:00", "days": [0, ..., 6]} (0: Monday), each recipient's
+    # local time; NULL: any time. The shape of campaigns.send_window.
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+    )
+    updated_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
     )
 
 

@@ -180,6 +180,24 @@ TIME_ZONE_FIELD: Schema = {
         " number."
     ),
 }
+FREQUENCY_CAP_DAYS: Schema = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "description": (
+        "Leave out anyone any other campaign messaged (admitted to send) within this many"
+        " days, skipped with frequency_cap; decided when each message is about to go, so it"
+        " holds across campaigns sending at once. 1 to CONTACT_HISTORY_DAYS (90 by default)."
+        " null: no cap. Left out of a create, the admin's campaign default."
+    ),
+}
+EXCLUDE_RUNNING: Schema = {
+    "type": "boolean",
+    "description": (
+        "Leave out (skipped with in_other_campaign) numbers with a message still to go or"
+        " sent in another campaign that is sending or paused, as the audience is loaded."
+        " Left out of a create, the admin's campaign default (false as shipped)."
+    ),
+}
 CONFIRM: Schema = {
     "type": "boolean",
     "default": False,
@@ -367,7 +385,8 @@ def schemas() -> dict[str, Schema]:
                     "budget_overrun, number_quality_red, template_quality_red. Notes (no "
                     "confirmation): number_quality_yellow, template_quality_yellow, "
                     "messaging_limit_unknown, audience_estimated, audience_unknown, unpriced, "
-                    "list_price, in_progress."
+                    "list_price, in_progress, exclusions, exclusions_estimated (what the "
+                    "campaign's frequency cap and exclusions will leave out)."
                 ),
             },
             "message": {"type": "string", "description": "In English."},
@@ -544,6 +563,8 @@ def schemas() -> dict[str, Schema]:
             "language_field": LANGUAGE_FIELD,
             "send_window": SEND_WINDOW,
             "time_zone_field": TIME_ZONE_FIELD,
+            "frequency_cap_days": FREQUENCY_CAP_DAYS,
+            "exclude_running": EXCLUDE_RUNNING,
             "scheduled_at": nullable(DATE_TIME),
             "started_at": nullable(DATE_TIME),
             "completed_at": nullable(DATE_TIME),
@@ -764,10 +785,47 @@ def schemas() -> dict[str, Schema]:
             description=description,
         )
 
+    exclusion_counts = obj(
+        {
+            "total": {**COUNT, "description": "Customers in the audience."},
+            "invalid": {**COUNT, "description": "Not a phone number."},
+            "duplicate": {**COUNT, "description": "A number another customer has too."},
+            "suppressed": {**COUNT, "description": "On the opt-out list."},
+            "undeliverable": {**COUNT, "description": "WhatsApp could not deliver lately."},
+            "frequency_cap": {
+                **nullable(COUNT),
+                "description": "Messaged within the frequency cap; null: no cap.",
+            },
+            "in_other_campaign": {
+                **nullable(COUNT),
+                "description": "In another running campaign; null: not left out.",
+            },
+            "remaining": {**COUNT, "description": "Recipients left."},
+            "estimated": {
+                "type": "boolean",
+                "description": "Scaled from a sample of the segment's first customers.",
+            },
+            "sampled": {**COUNT, "description": "Customers read from the ERP."},
+        },
+        description=(
+            "Each recipient counted once, under the first exclusion that applies (opted"
+            " out, undeliverable, frequency cap, other running campaign)."
+        ),
+    )
+    exclusions = obj(
+        {
+            "exclusions": nullable(exclusion_counts),
+            "erp_error": {
+                **nullable(STRING),
+                "description": "Why the ERP could not be read (then exclusions is null).",
+            },
+        }
+    )
     return {
         "Error": error,
         "Finding": finding,
         "Preflight": preflight,
+        "Exclusions": exclusions,
         "User": user,
         "Sender": sender,
         "Button": _button_schema(),
@@ -974,6 +1032,8 @@ def request_schemas() -> dict[str, Schema]:
         "recurrence": RECURRENCE,
         "send_window": SEND_WINDOW,
         "time_zone_field": TIME_ZONE_FIELD,
+        "frequency_cap_days": FREQUENCY_CAP_DAYS,
+        "exclude_running": EXCLUDE_RUNNING,
     }
     return {
         "UserChanges": {
@@ -1553,6 +1613,24 @@ def paths() -> dict[str, Schema]:
                     "422 unless the time has its offset and is in the future (checked "
                     "first). Then the pre-flight check: 409 with a blocking problem's code, "
                     "or 409 confirmation_required unless confirm is true."
+                ),
+            ),
+        },
+        "/api/v1/campaigns/{campaign_id}/exclusions": {
+            "parameters": [campaign_id],
+            "get": operation(
+                "The campaign's exclusions, counted",
+                answer(
+                    "200",
+                    "How many recipients each exclusion leaves out, and how many remain.",
+                    ref("Exclusions"),
+                ),
+                tag="Campaigns",
+                errors=("404",),
+                description=(
+                    "As the fan-out would decide now. An ERP segment is counted from a"
+                    " sample of its first pages and scaled to the ERP's count (estimated),"
+                    " exact when the sample is the whole segment."
                 ),
             ),
         },

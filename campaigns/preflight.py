@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import db
-from campaigns import counters, erp, pricing, ratelimit, reasons, send_windows, waves
+from campaigns import counters, erp, exclusions, pricing, ratelimit, reasons, send_windows, waves
 from campaigns.clock import database_now
 from campaigns.config import ConfigError
 from campaigns.i18n import _l, force_locale, format_datetime, format_number
@@ -79,6 +79,17 @@ WORDS: dict[str, Any] = {
         " numbers are left out when it is loaded."
     ),
     "audience_unknown": _l("The ERP could not be asked for the audience's size: %(error)s"),
+    "exclusions": _l(
+        "Left out when the audience is loaded: %(suppressed)s opted out, %(undeliverable)s"
+        " undeliverable lately, %(capped)s messaged within the frequency cap, %(running)s in"
+        " another running campaign; %(remaining)s remain."
+    ),
+    "exclusions_estimated": _l(
+        "Left out when the audience is loaded, estimated from its first %(sampled)s"
+        " customers: %(suppressed)s opted out, %(undeliverable)s undeliverable lately,"
+        " %(capped)s messaged within the frequency cap, %(running)s in another running"
+        " campaign; about %(remaining)s remain."
+    ),
     "unpriced": _l(
         "Recipients in countries without a rate (%(countries)s), left out of the cost"
         " estimate: %(count)s."
@@ -193,6 +204,8 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
             notes.append(Finding(yellow))
 
     audience, exact, sent, known = _audience(campaign, config, notes)
+    if known and not exact:
+        _exclusions(campaign, config, notes)
     if sent:
         notes.append(Finding("in_progress", {"sent": sent}))
     now = database_now(db.session)
@@ -249,6 +262,34 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
         checked_at=now,
         warnings=(*confirm, *notes),
         blocking=tuple(blocking),
+    )
+
+
+def _exclusions(campaign: Campaign, config: Mapping[str, Any], notes: list[Finding]) -> None:
+    """A campaign with exclusions of its own (a frequency cap, numbers in running
+    campaigns) and its audience still to load: what they will leave out, as the form's
+    live count says (campaigns/exclusions.py); read from a sample of the ERP's first pages,
+    with no transaction open. Nothing said when the ERP cannot answer (its count did)."""
+    if not (campaign.frequency_cap_days or campaign.exclude_running):
+        return
+    args = (campaign.segment, campaign.frequency_cap_days, campaign.exclude_running, campaign.id)
+    db.session.rollback()
+    try:
+        counts = exclusions.estimate(*args, config, ERP_TIMEOUT)
+    except (erp.ErpError, ConfigError):
+        return
+    notes.append(
+        Finding(
+            "exclusions_estimated" if counts.estimated else "exclusions",
+            {
+                "sampled": counts.sampled,
+                "suppressed": counts.suppressed,
+                "undeliverable": counts.undeliverable,
+                "capped": counts.frequency_cap or 0,
+                "running": counts.in_other_campaign or 0,
+                "remaining": counts.remaining,
+            },
+        )
     )
 
 

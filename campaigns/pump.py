@@ -30,6 +30,12 @@ within about a minute of the close (a transient error's retries, a few minutes; 
 hold's, a day later, at the same local hour). A campaign without a window runs the
 statements it ran before windows existed.
 
+Every run records its recipients' contact (``contact_history.admit``, one statement),
+and a campaign with a frequency cap is admitted only the recipients no other campaign
+contacted within it: the others are skipped with ``frequency_cap``. The cap is decided
+here, where two campaigns racing for one person are told apart under the row's lock, not
+at the fan-out (both may have loaded the person before either sent).
+
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
 serve them all; a sender with a minimum gap gets batches of one, spaced by the pump,
@@ -39,16 +45,25 @@ because messages of one batch go out together.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import Counter
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import campaign_states, counters, message_states, queues, ratelimit, send_windows
+from campaigns import (
+    campaign_states,
+    contact_history,
+    counters,
+    message_states,
+    queues,
+    ratelimit,
+    send_windows,
+)
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, Sender
+from campaigns.providers.errors import FREQUENCY_CAP_CODE
 from campaigns.services.suppressions import phone_hash
 
 # The pump keeps at most this many message jobs in Procrastinate per campaign, and
@@ -105,12 +120,12 @@ def pump(campaign_id: int) -> bool:
     now = database_now(db.session)
     budget = _Budget.of(campaign.sender)
     window = _Window.of(campaign, totals["pending"], now)
+    admission = _Admission(campaign, budget)
     if room > 0 and totals["pending"] > 0:
-        admit = budget.admit if budget else None
         if window is None:
-            ids = message_states.queue_next(db.session, campaign_id, room, admit)
+            ids = message_states.queue_next(db.session, campaign_id, room, admission.admit)
         else:
-            ids = window.queue(room, admit)
+            ids = window.queue(room, admission)
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
@@ -119,7 +134,7 @@ def pump(campaign_id: int) -> bool:
     else:
         ids = []
     waiting_for = budget.room_at if budget and not ids else None
-    if window is not None and not ids:
+    if window is not None and not ids and not admission.skipped:
         # The open zones' messages wait for the budget's room, if it refused them; the
         # closed zones', for their window.
         waiting_for = _earliest(waiting_for, window.next_opening(closed_only=bool(waiting_for)))
@@ -154,7 +169,7 @@ class _Window:
             campaign.window_zones = self.counts
         return self
 
-    def queue(self, room: int, admit: Admit | None) -> list[int]:
+    def queue(self, room: int, admission: _Admission) -> list[int]:
         """Queue up to ``room`` pending messages of the open zones; the rest stay pending."""
         waiting = [zone for zone, n in self.counts.items() if n > 0]
         open_now = [
@@ -162,12 +177,14 @@ class _Window:
             for zone in waiting
             if send_windows.is_open(self.window, zone or self.fallback, self.now)
         ]
-        ids, taken = message_states.queue_next_in_zones(
-            db.session, self.campaign.id, room, open_now, admit
+        ids, zone_of = message_states.queue_next_in_zones(
+            db.session, self.campaign.id, room, open_now, admission.admit
         )
-        if ids:
+        # Pending no more: queued, or skipped by the frequency cap.
+        gone = Counter(zone_of[message_id] for message_id in (*ids, *admission.skipped))
+        if gone:
             self.counts = {
-                zone: n - taken[zone] for zone, n in self.counts.items() if n - taken[zone] > 0
+                zone: n - gone[zone] for zone, n in self.counts.items() if n - gone[zone] > 0
             }
             self.campaign.window_zones = self.counts
         return ids
@@ -181,12 +198,32 @@ class _Window:
         return send_windows.first_opening(self.window, zones, self.now)
 
 
-Admit = Callable[[list[sa.Row]], set[int]]
-
-
 def _earliest(*times: datetime | None) -> datetime | None:
     known = [t for t in times if t is not None]
     return min(known) if known else None
+
+
+class _Admission:
+    """Who of a pump run's next messages may go: the frequency cap first (those it refuses
+    are skipped for good), then the 24-hour budget (those it refuses wait)."""
+
+    def __init__(self, campaign: Campaign, budget: _Budget | None) -> None:
+        self.campaign = campaign
+        self.budget = budget
+        self.skipped: set[int] = set()  # the ids the cap skipped
+
+    def admit(self, rows: list[sa.Row]) -> set[int]:
+        phones = {row.id: row.phone for row in rows if row.phone}
+        capped = contact_history.admit(
+            db.session, self.campaign.id, self.campaign.frequency_cap_days, phones
+        )
+        self.skipped = set(
+            message_states.skip_pending(
+                db.session, self.campaign.id, sorted(capped), FREQUENCY_CAP_CODE
+            )
+        )
+        rest = [row for row in rows if row.id not in capped]
+        return self.budget.admit(rest) if self.budget else {row.id for row in rest}
 
 
 class _Budget:

@@ -14,6 +14,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from flask import current_app
 from werkzeug.datastructures import MultiDict
 
 from campaigns import rendering, send_windows, template_parts
@@ -845,6 +846,36 @@ class CampaignFields:
     send_window: dict[str, Any] | None = None
     # The customer field naming each recipient's time zone; None: from the number.
     time_zone_field: str | None = None
+    # Exclusions (campaigns/exclusions.py): the frequency cap in days (None: none), and
+    # whether numbers in other running campaigns are left out.
+    frequency_cap_days: int | None = None
+    exclude_running: bool = False
+
+
+def parse_frequency_cap(raw: Any, check: Checker, field: str = "frequency_cap_days") -> int | None:
+    """A frequency cap in days, 1 to CONTACT_HISTORY_DAYS (the contact history keeps no
+    longer), or None (absent, null or empty): no cap."""
+    longest = int(current_app.config["CONTACT_HISTORY_DAYS"])
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    value = _int({field: raw}, field, check, 1, longest, 0)
+    return value if 1 <= value <= longest else None
+
+
+YES_WORDS = ("on", "true", "1", "yes")
+NO_WORDS = ("false", "0", "no")
+
+
+def parse_flag(raw: Any, check: Checker, field: str) -> bool:
+    """A yes or no: JSON's true and false, or a form's checkbox ("on", absent)."""
+    if raw is None or raw == "":
+        return False
+    if isinstance(raw, str) and raw.strip().lower() in (*YES_WORDS, *NO_WORDS):
+        return raw.strip().lower() in YES_WORDS
+    if not isinstance(raw, bool):
+        check.fail(field, _("Say true or false."))
+        return False
+    return raw
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -865,6 +896,8 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     recurrence = parse_recurrence(data.get("recurrence"), check)
     send_window = parse_send_window(data.get("send_window"), check)
     time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check)
+    frequency_cap_days = parse_frequency_cap(data.get("frequency_cap_days"), check)
+    exclude_running = parse_flag(data.get("exclude_running"), check, "exclude_running")
     check.done()
     return CampaignFields(
         name,
@@ -876,6 +909,8 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         recurrence=recurrence,
         send_window=send_window,
         time_zone_field=time_zone_field,
+        frequency_cap_days=frequency_cap_days,
+        exclude_running=exclude_running,
     )
 
 
@@ -913,6 +948,8 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "recurrence": recurrence_from_form(form),
         "send_window": _send_window_from_form(form),
         "time_zone_field": form.get("time_zone_field", ""),
+        "frequency_cap_days": form.get("frequency_cap_days", ""),
+        "exclude_running": form.get("exclude_running") == "on",
     }
 
 

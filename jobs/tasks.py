@@ -20,6 +20,7 @@ from campaigns import (
     audit,
     campaign_states,
     clock,
+    contact_history,
     counters,
     erp,
     fanout,
@@ -295,7 +296,8 @@ def reconcile(timestamp: int) -> None:
     """Retry messages a dead worker left in `sending`, settle those whose job ended
     without them; drop expired rate-limit buckets, sign-in attempts past 30 days, audit
     events past AUDIT_RETENTION_DAYS, /metrics' per-minute figures past a day and API
-    idempotency keys past 24 hours, undeliverable numbers past UNDELIVERABLE_DAYS,
+    idempotency keys past 24 hours, undeliverable numbers past UNDELIVERABLE_DAYS, the
+    contact history past CONTACT_HISTORY_DAYS,
     recipients the 24-hour messaging budget no longer counts and media files no template
     names a day after their upload."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
@@ -307,20 +309,24 @@ def reconcile(timestamp: int) -> None:
     minutes += counters.delete_old_ops_minutes(db.session, DELETE_BATCH)
     keys = idempotency.delete_old_keys(db.session)
     forgotten = undeliverable.delete_expired(db.session, current_app.config["UNDELIVERABLE_DAYS"])
+    contacts = contact_history.delete_expired(
+        db.session, current_app.config["CONTACT_HISTORY_DAYS"]
+    )
     uncounted = ratelimit.delete_old_budget(db.session, DELETE_BATCH)
     unused = media.delete_unused(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
         " %s old audit events, %s old metrics minutes, %s old idempotency keys,"
-        " %s undeliverable numbers past UNDELIVERABLE_DAYS, %s recipients out of the"
-        " 24-hour budget, %s unused media files",
+        " %s undeliverable numbers past UNDELIVERABLE_DAYS, %s contacts past"
+        " CONTACT_HISTORY_DAYS, %s recipients out of the 24-hour budget, %s unused media files",
         removed,
         attempts,
         events,
         minutes,
         keys,
         forgotten,
+        contacts,
         uncounted,
         unused,
     )

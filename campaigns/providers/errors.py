@@ -63,6 +63,11 @@ OPT_OUT_CODES = frozenset({131050})
 UNDELIVERABLE_CODES = frozenset({131026})
 # Disparo's own code for a recipient skipped because its number was undeliverable lately.
 UNDELIVERABLE_CODE = "undeliverable"
+# Disparo's own codes for a recipient skipped by a campaign's exclusions (exclusions.py):
+# another campaign contacted the number within its frequency cap; the number has a
+# message in another sending or paused campaign.
+FREQUENCY_CAP_CODE = "frequency_cap"
+IN_OTHER_CAMPAIGN_CODE = "in_other_campaign"
 # Disparo's own code for a message whose sending job failed unexpectedly (maintenance.py).
 JOB_FAILED_CODE = "job_failed"
 # Disparo's own code for a message whose worker died during its call: sent again.
@@ -71,6 +76,7 @@ WORKER_STOPPED_CODE = "worker_stopped"
 # missing_value, whose text is the names of the variables that had no value.
 OWN_CODES = frozenset(
     {"invalid_phone", "suppressed", "duplicate", "missing_value", "erased", UNDELIVERABLE_CODE}
+    | {FREQUENCY_CAP_CODE, IN_OTHER_CAMPAIGN_CODE}
     | {JOB_FAILED_CODE, WORKER_STOPPED_CODE}
     | {SENDER_WITHOUT_ACCESS_TOKEN, SENDER_WITHOUT_PHONE_NUMBER_ID}
 )
@@ -164,6 +170,12 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     UNDELIVERABLE_CODE: _l(
         "Not sent: WhatsApp could not deliver to this number lately (131026); Disparo skips"
         " it for a while (30 days by default)."
+    ),
+    FREQUENCY_CAP_CODE: _l(
+        "Not sent: another campaign messaged this number within the campaign's frequency cap."
+    ),
+    IN_OTHER_CAMPAIGN_CODE: _l(
+        "Not sent: the number is in another campaign that is sending or paused."
     ),
     JOB_FAILED_CODE: _l(
         "Disparo's sending job failed on an unexpected error; the message may be retried."

@@ -227,6 +227,8 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         recurrence=fields.recurrence,
         send_window=fields.send_window,
         time_zone_field=fields.time_zone_field,
+        frequency_cap_days=fields.frequency_cap_days,
+        exclude_running=fields.exclude_running,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -250,6 +252,8 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     _change_recurrence(campaign, fields.recurrence)
     campaign.send_window = fields.send_window
     campaign.time_zone_field = fields.time_zone_field
+    campaign.frequency_cap_days = fields.frequency_cap_days
+    campaign.exclude_running = fields.exclude_running
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
@@ -379,6 +383,8 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         recurrence=campaign.recurrence,
         send_window=campaign.send_window,
         time_zone_field=campaign.time_zone_field,
+        frequency_cap_days=campaign.frequency_cap_days,
+        exclude_running=campaign.exclude_running,
     )
 
 
@@ -415,7 +421,8 @@ def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
 
 
 def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
-    """A new draft with the same sender, template, audience, mapping and language field."""
+    """A new draft with the same sender, template, audience, mapping, language field and
+    exclusions (its frequency cap, the exclusion of numbers in running campaigns)."""
     source = db.session.get(Campaign, campaign_id)
     if source is None:
         raise NotFound(_("There is no such campaign."))

@@ -19,6 +19,9 @@ What Disparo stores about a person, and where:
 - ``undeliverable_numbers``: a number WhatsApp could not deliver to (131026), as its
   keyed hash only, and when; deleted UNDELIVERABLE_DAYS later by
   ``maintenance.reconcile``, or with the person's data on request.
+- ``contact_history``: when a campaign last contacted the number (the frequency cap), as
+  its keyed hash only; deleted CONTACT_HISTORY_DAYS later by ``maintenance.reconcile``,
+  or with the person's data on request (``contact_history.forget``).
 - ``budget_recipients``: the 24-hour messaging budget's recipients, as keyed hashes, for
   24 hours (``maintenance.reconcile`` deletes older rows); an erasure replaces the
   person's hash with a random token, so they still count until the window leaves them
@@ -51,7 +54,15 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import AnySession, db, rows_changed
-from campaigns import audit, campaign_states, message_states, phones, ratelimit, reasons
+from campaigns import (
+    audit,
+    campaign_states,
+    contact_history,
+    message_states,
+    phones,
+    ratelimit,
+    reasons,
+)
 from campaigns.clock import database_now
 from campaigns.i18n import _
 from campaigns.models import (
@@ -129,10 +140,13 @@ class ErasureReport:
     undeliverable: bool  # in the undeliverable store (131026): deleted
     activity: int  # test sends to the number in campaigns' activity
     done: bool  # False: a preview, nothing changed yet
+    contacted: bool = False  # in the contact history (the frequency cap): deleted
 
     @property
     def nothing_stored(self) -> bool:
-        return not (self.messages or self.opt_out or self.undeliverable or self.activity)
+        return not (
+            self.messages or self.opt_out or self.undeliverable or self.activity or self.contacted
+        )
 
     def details(self) -> dict[str, object]:
         """For the audit trail: counts and the fingerprint, never the number."""
@@ -144,6 +158,7 @@ class ErasureReport:
             "cancelled": self.waiting,
             "opt_out_kept_as_hash": self.opt_out or self.opt_out_hashed,
             "undeliverable_deleted": self.undeliverable,
+            "contact_history_deleted": self.contacted,
             "activity_entries": self.activity,
         }
 
@@ -201,6 +216,7 @@ def _report(session: AnySession, phone: str, rows: list[sa.Row], *, done: bool) 
         undeliverable=undeliverable.is_remembered(session, phone),
         activity=activity or 0,
         done=done,
+        contacted=contact_history.is_remembered(session, phone),
     )
 
 
@@ -232,6 +248,7 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
         session.execute(ERASE_MESSAGES, {"ids": ids})
     keep_only_as_hash(session, phone)
     undeliverable.forget(session, phone)
+    contact_history.forget(session, phone)
     ratelimit.forget_budget_recipient(session, phone_hash(phone))
     # The number as the API wrote it in a kept response: "phone":"+5511…" (JSON).
     session.execute(

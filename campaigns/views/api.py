@@ -12,8 +12,11 @@ from werkzeug.wrappers import Response
 from app import db
 from campaigns import (
     audit,
+    campaign_defaults,
     cursors,
     edge,
+    erp,
+    exclusions,
     media,
     preflight,
     progress,
@@ -23,6 +26,7 @@ from campaigns import (
     recipients,
 )
 from campaigns.auth import requires
+from campaigns.config import ConfigError
 from campaigns.cursors import encode_or_none, parse_page
 from campaigns.errors import json_error
 from campaigns.i18n import _, force_locale
@@ -560,6 +564,8 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "language_field": campaign.language_field,
         "send_window": campaign.send_window,
         "time_zone_field": campaign.time_zone_field,
+        "frequency_cap_days": campaign.frequency_cap_days,
+        "exclude_running": campaign.exclude_running,
         "scheduled_at": _iso(campaign.scheduled_at),
         "started_at": _iso(campaign.started_at),
         "completed_at": _iso(campaign.completed_at),
@@ -630,8 +636,10 @@ def _series_filter() -> int | None:
 @requires(Role.SUPERVISOR)
 @idempotent
 def campaign_create() -> tuple[Response, int]:
-    """Create a draft campaign (every template variable mapped)."""
-    campaign = create_campaign(_campaign_fields(body()), g.api_user.id)
+    """Create a draft campaign (every template variable mapped); a field of the campaign
+    defaults left out takes the admin's default."""
+    data = campaign_defaults.fill(body(), db.session)
+    campaign = create_campaign(_campaign_fields(data), g.api_user.id)
     return _created(campaign_json(campaign), "api.campaign_get", campaign_id=campaign.id)
 
 
@@ -709,6 +717,19 @@ def campaign_preflight(campaign_id: int) -> Response:
     """The pre-flight check: audience, 24-hour budget, cost, duration, warnings, blocking."""
     campaign = _found(queries.get_campaign(campaign_id))
     return jsonify(preflight.check(campaign, current_app.config).as_dict())
+
+
+@bp.get("/campaigns/<int:campaign_id>/exclusions")
+def campaign_exclusions(campaign_id: int) -> Response:
+    """How many of the audience each exclusion leaves out, and how many remain, as the
+    fan-out would decide now (an ERP segment's estimated from a sample of its first
+    pages); an ERP that cannot answer: no counts, its error."""
+    campaign = _found(queries.get_campaign(campaign_id))
+    try:
+        counts = exclusions.of_campaign(campaign, current_app.config)
+    except (erp.ErpError, ConfigError) as error:
+        return jsonify(exclusions=None, erp_error=str(error))  # English, as the API's texts
+    return jsonify(exclusions=counts.as_dict(), erp_error=None)
 
 
 @bp.post("/campaigns/<int:campaign_id>/duplicate")

@@ -24,9 +24,11 @@ from werkzeug.wrappers import Response
 
 from app import db
 from campaigns import (
+    campaign_defaults,
     counters,
     csvfiles,
     erp,
+    exclusions,
     languages,
     preflight,
     queries,
@@ -78,6 +80,8 @@ from campaigns.validation import (
     bigint,
     campaign_data_from_form,
     parse_campaign,
+    parse_flag,
+    parse_frequency_cap,
     parse_segment,
     row_id,
 )
@@ -238,6 +242,8 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "recurrence": campaign.recurrence,
         "send_window": campaign.send_window,
         "time_zone_field": campaign.time_zone_field or "",
+        "frequency_cap_days": campaign.frequency_cap_days or "",
+        "exclude_running": campaign.exclude_running,
     }
 
 
@@ -255,12 +261,17 @@ def _repeat_choices() -> dict[str, Any]:
 @bp.get("/new")
 @requires(Role.SUPERVISOR)
 def campaign_new():
-    """An empty campaign form (opted-in customers only, by default)."""
+    """An empty campaign form (opted-in customers only, by default), with the admin's
+    campaign defaults (its frequency cap, exclusions and sending window)."""
     senders = queries.list_senders()
+    defaults = campaign_defaults.defaults(db.session)
     data = {
         "segment": {"opted_in_only": True},
         "variables": {},
         "sender_id": str(senders[0].id) if senders else "",
+        "frequency_cap_days": defaults.frequency_cap_days or "",
+        "exclude_running": defaults.exclude_running,
+        "send_window": defaults.send_window,
     }
     return _form_page(data, {})
 
@@ -361,6 +372,40 @@ def campaign_audience() -> str:
         problem=problem,
         field_problems=field_problems,
         initial=False,
+    )
+
+
+@bp.post("/exclusions")
+@requires(Role.SUPERVISOR)
+def campaign_exclusions() -> str:
+    """The live count of the form's exclusions: how many of the audience each leaves out
+    and how many remain (htmx; an ERP segment's is estimated from a sample). On an edit
+    form, ``?campaign_id=`` names the campaign, whose own messages and contacts count
+    as no other campaign's."""
+    data = campaign_data_from_form(request.form)
+    check = Checker()
+    segment = parse_segment(data["segment"], check)
+    cap = parse_frequency_cap(data["frequency_cap_days"], check)
+    exclude_running = parse_flag(data["exclude_running"], check, "exclude_running")
+    campaign_id = request.args.get("campaign_id", type=int)
+    counts, problem = None, None
+    if check.errors:
+        problem = next(iter(check.errors.values()))
+    else:
+        try:
+            counts = exclusions.estimate(
+                segment, cap, exclude_running, campaign_id, current_app.config, ERP_FORM_TIMEOUT
+            )
+        except erp.ErpError as error:
+            problem, _fields = _erp_problem(error)
+        except ConfigError as error:  # no ERP configured: said, not a 500
+            problem = str(error)
+    return render_template(
+        "campaigns/_exclusion_count.html",
+        counts=counts,
+        problem=problem,
+        initial=False,
+        exclusions_for=campaign_id,
     )
 
 

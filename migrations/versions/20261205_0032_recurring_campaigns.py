@@ -8,7 +8,7 @@ other campaign). Unique together: two scheduler ticks never make the same run tw
 the series' runs are read in order through the constraint's index.
 
 Revision ID: 0032
-Revises: 0030
+Revises: 0031
 """
 
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0032"
-down_revision = "0030"
+down_revision = "0031"
 branch_labels = None
 depends_on = None
 

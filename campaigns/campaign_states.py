@@ -93,7 +93,7 @@ def start_due(tick: datetime) -> list[int]:
         .order_by(Campaign.scheduled_at)
         .with_for_update(skip_locked=True, key_share=True)
     ).all()
-    unready: dict[int, list[str]] = {}
+    failed: list[tuple[int, reasons.Reason]] = []
     started: list[int] = []
     for campaign in due:
         if campaign.recurrence is not None:
@@ -103,8 +103,12 @@ def start_due(tick: datetime) -> list[int]:
             campaign = made
         # Its template may have changed since it was scheduled (an import, a webhook):
         # started, every message would fail with 132000. (A run fails; its series goes on.)
+        # Failed in this transaction, as locked (a run as made): a crash between two
+        # commits would leave a run as an editable draft.
         if lacking := template_parts.unready(campaign.template, campaign.variable_mapping):
-            unready[campaign.id] = lacking
+            reason = reasons.Reason(reasons.TEMPLATE_UNREADY, {"needs": ", ".join(lacking)})
+            fail_locked(db.session, campaign, reason)
+            failed.append((campaign.id, reason))
             continue
         start(db.session, campaign)
         record_activity(
@@ -112,8 +116,8 @@ def start_due(tick: datetime) -> list[int]:
         )
         started.append(campaign.id)
     db.session.commit()
-    for campaign_id, lacking in unready.items():
-        fail(campaign_id, reasons.Reason(reasons.TEMPLATE_UNREADY, {"needs": ", ".join(lacking)}))
+    for campaign_id, reason in failed:
+        _log_failed(campaign_id, reason)
     return started
 
 
@@ -123,7 +127,7 @@ UNFINISHED_RUN = frozenset({CampaignStatus.SENDING, CampaignStatus.PAUSED})
 
 def make_run(session: AnySession, series: Campaign, tick: datetime) -> Campaign | None:
     """The locked series is due at ``tick``: its next run, a copy made as a duplicate is
-    (``Campaign.copy``), added as a draft for the caller to start; or None, with the
+    (``Campaign.copy``), added as a draft for the caller to start (or fail); or None, with the
     skip noted on the series and told to its owner, while its latest run has not
     finished. Either way the series moves to its next occurrence after the tick (a tick
     that came late makes one run, for the latest occurrence it passed). Caller commits.
@@ -199,13 +203,23 @@ def fail(campaign_id: int, reason: reasons.Reason) -> None:
     if campaign is None or campaign.status.is_finished:
         db.session.rollback()
         return
+    fail_locked(db.session, campaign, reason)
+    db.session.commit()
+    _log_failed(campaign_id, reason)
+
+
+def fail_locked(session: AnySession, campaign: Campaign, reason: reasons.Reason) -> None:
+    """:func:`fail` for a campaign the caller holds locked (or has just added); caller
+    commits."""
     campaign.status = CampaignStatus.FAILED
     campaign.set_status_reason(reason)
-    campaign.completed_at = database_now(db.session)
-    message_states.cancel_unsent(db.session, campaign_id)
-    record_activity(db.session, campaign_id, None, "failed", reason)
-    queues.defer_notification(db.session, campaign_id, "failed")
-    db.session.commit()
+    campaign.completed_at = database_now(session)
+    message_states.cancel_unsent(session, campaign.id)
+    record_activity(session, campaign.id, None, "failed", reason)
+    queues.defer_notification(session, campaign.id, "failed")
+
+
+def _log_failed(campaign_id: int, reason: reasons.Reason) -> None:
     logger.error("campaign %s failed: %s %s", campaign_id, reason.code, reason.params)
 
 

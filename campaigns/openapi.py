@@ -114,7 +114,9 @@ RECURRENCE: Schema = {
         " with its own progress (recurrence_of_id, run_number), skipped and noted while the"
         " previous run is still sending or paused. Occurrences are local times in time_zone"
         " (daylight saving time kept); a monthly day the month lacks falls on its last day."
-        " 422 at recurrence.<key> for a bad key."
+        ' Any object is a rule: a missing or misspelt every is a 422, not "does not'
+        ' repeat"; weekday and day are whole numbers. 422 at recurrence.<key> for a bad'
+        " or unknown key."
     ),
     "properties": {
         "every": {"type": "string", "enum": ["daily", "weekly", "monthly"]},

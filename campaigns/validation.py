@@ -735,13 +735,16 @@ RECURRENCE_KEYS = {
     "weekly": ("every", "at", "weekday", "time_zone"),
     "monthly": ("every", "at", "day", "time_zone"),
 }
+RECURRENCE_ANY_KEYS = frozenset(key for keys in RECURRENCE_KEYS.values() for key in keys)
 
 
 def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
-    """How a campaign repeats (campaigns/recurrence.py), or None (absent, null, empty, or
-    ``every`` empty): it does not. Each problem is reported at its key
+    """How a campaign repeats (campaigns/recurrence.py), or None (absent, null or ""): it
+    does not. Any mapping is a rule, so a misspelt or missing ``every`` is refused rather
+    than read as "does not repeat" (the form's "Does not repeat" posts no rule at all:
+    :func:`recurrence_from_form`). Each problem is reported at its key
     (``recurrence.at``…)."""
-    if raw is None or raw == "" or (isinstance(raw, Mapping) and not raw.get("every")):
+    if raw is None or raw == "":
         return None
     if not isinstance(raw, Mapping):
         check.fail("recurrence", _("Say how the campaign repeats, or null."))
@@ -749,28 +752,35 @@ def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
     every = raw.get("every")
     if not isinstance(every, str) or every not in RECURRENCE_KEYS:
         check.fail("recurrence.every", _("Choose daily, weekly or monthly."))
+        every = None
+    known = RECURRENCE_KEYS[every] if every is not None else RECURRENCE_ANY_KEYS
+    for key in raw:
+        if key in known:
+            continue
+        if every is not None:
+            message = _("A campaign repeating %(every)s takes no %(key)s.") % {
+                "every": every,
+                "key": key,
+            }
+        else:
+            message = _("There is no %(key)s in a repeat rule.") % {"key": key}
+        check.fail(f"recurrence.{key}", message)
+    if every is None:
         return None
     rule: dict[str, Any] = {"every": every}
-    for key in raw:
-        if key not in RECURRENCE_KEYS[every]:
-            check.fail(
-                f"recurrence.{key}",
-                _("A campaign repeating %(every)s takes no %(key)s.")
-                % {"every": every, "key": key},
-            )
     at = raw.get("at")
     if not isinstance(at, str) or not HH_MM.fullmatch(at.strip()):
         check.fail("recurrence.at", _("Enter a time of day as HH:MM, e.g. 09:00."))
     else:
         rule["at"] = at.strip()
     if every == "weekly":
-        weekday = _int(raw, "weekday", check, 0, 6, -1, field="recurrence.weekday")
-        if weekday == -1:
+        weekday = _rule_int(raw.get("weekday"), "recurrence.weekday", 0, 6, check)
+        if weekday is None and "recurrence.weekday" not in check.errors:
             check.fail("recurrence.weekday", _("Choose a day of the week (0 Monday … 6 Sunday)."))
         rule["weekday"] = weekday
     if every == "monthly":
-        day = _int(raw, "day", check, 1, 31, 0, field="recurrence.day")
-        if day == 0:
+        day = _rule_int(raw.get("day"), "recurrence.day", 1, 31, check)
+        if day is None and "recurrence.day" not in check.errors:
             check.fail("recurrence.day", _("Choose a day of the month, from 1 to 31."))
         rule["day"] = day
     zone = raw.get("time_zone")
@@ -779,6 +789,33 @@ def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
     else:
         rule["time_zone"] = zone.strip()
     return rule
+
+
+# ASCII digits only: str.isdigit and int() also take "٣" (Arabic-Indic three).
+ASCII_WHOLE = re.compile(r"[0-9]+")
+
+
+def _rule_int(raw: Any, field: str, low: int, high: int, check: Checker) -> int | None:
+    """A rule's day (weekday, day of the month): a JSON integer or the form's ASCII digits,
+    in [low, high]; None when absent or empty. Unlike :func:`_int`, a fraction (2.7) is
+    refused, not cut to 2: a rule runs on the day it names or not at all."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, str) and ASCII_WHOLE.fullmatch(raw.strip()):
+        value = int(raw.strip())
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        check.fail(field, _("Enter a whole number."))
+        return None
+    if not low <= value <= high:
+        check.fail(
+            field,
+            _("Enter a number from %(low)s to %(high)s.")
+            % {"low": format_number(low), "high": format_number(high)},
+        )
+        return None
+    return value
 
 
 def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:

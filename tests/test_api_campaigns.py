@@ -80,6 +80,11 @@ def test_schedule_needs_a_future_time_with_an_offset(client, headers, payload):
     assert past.status_code == 422 and "scheduled_at" in past.json["error"]["fields"]
     naive = client.post(url, json={"scheduled_at": "2030-01-01T10:00:00"}, headers=headers)
     assert naive.status_code == 422
+    # Parsed, but past year 9999 in UTC: a 422, not a 500 from the overflow.
+    past_9999 = client.post(
+        url, json={"scheduled_at": "9999-12-31T12:00:00-12:00", "confirm": True}, headers=headers
+    )
+    assert past_9999.status_code == 422 and "scheduled_at" in past_9999.json["error"]["fields"]
     when = (datetime.now(UTC) + timedelta(hours=2)).astimezone().isoformat()
     ok = client.post(url, json={"scheduled_at": when}, headers=headers)
     assert ok.status_code == 202 and ok.json["status"] == "scheduled"

@@ -296,12 +296,14 @@ def schedule_campaign(
     not before ``when`` if given (else from now)."""
     if when is not None and when.tzinfo is None:
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
+    if when is not None and _past_the_calendar(when):
+        raise ServiceError(_("Choose an earlier time."), "scheduled_at")
     campaign = _campaign(campaign_id)
+    _require(campaign, "schedule")  # first: a campaign that cannot be scheduled says so
     if campaign.recurrence is not None:
         when = _first_occurrence(campaign.recurrence, when)
     if when is None:
         raise ServiceError(_("Choose a date and time."), "scheduled_at")
-    _require(campaign, "schedule")
     _require_future(when)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "schedule", confirm)
@@ -325,9 +327,28 @@ def schedule_campaign(
 def _first_occurrence(rule: dict[str, Any], not_before: datetime | None) -> datetime:
     """A series' first occurrence from now, or at or after ``not_before`` (aware) if later."""
     now = database_now(db.session)
-    if not_before is None or not_before <= now:
-        return recurrence.next_occurrence(rule, now)
-    return recurrence.next_occurrence(rule, not_before - timedelta(microseconds=1))
+    try:
+        if not_before is None or not_before <= now:
+            return recurrence.next_occurrence(rule, now)
+        return recurrence.next_occurrence(rule, not_before - timedelta(microseconds=1))
+    except (OverflowError, ValueError):
+        # Near the end of the calendar (9999-12-31) the next occurrence, or the time in
+        # the rule's zone, falls past year 9999, which datetime cannot hold.
+        db.session.rollback()
+        raise ServiceError(
+            _("Choose an earlier time: the campaign's next run would fall after the year 9999."),
+            "scheduled_at",
+        ) from None
+
+
+def _past_the_calendar(when: datetime) -> bool:
+    """9999-12-31T12:00-12:00 is parsed, but in UTC it is past year 9999: datetime cannot
+    hold it, so neither the activity line nor the occurrences could be worked out."""
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
 
 
 def _require_future(when: datetime) -> None:

@@ -105,6 +105,7 @@ DETAIL_KEYS = frozenset(
         "opt_out_kept_as_hash",
         "undeliverable_deleted",
         "activity_entries",
+        "audience_rows",
     }
 )
 # Words no details key may contain: their values would be secrets.

@@ -179,6 +179,7 @@ AUDIT_DETAIL: Labels = {
     "opt_out_kept_as_hash": _lp("audit detail", "Opt-out kept as a hash"),
     "undeliverable_deleted": _lp("audit detail", "Undeliverable number record deleted"),
     "activity_entries": _lp("audit detail", "Activity entries"),
+    "audience_rows": _lp("audit detail", "Rows of uploaded audiences deleted"),
 }
 # Procrastinate's job statuses (procrastinate.jobs.Status), as the queue monitor shows them.
 JOB_STATUS: Labels = {

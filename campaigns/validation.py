@@ -668,8 +668,11 @@ def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
     return segment
 
 
-def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, dict[str, str]]:
-    """Each template variable → ``{"field": customer field}`` or ``{"text": fixed text}``."""
+def parse_mapping(
+    raw: Any, variables: list[str], check: Checker, *, any_field: bool = False
+) -> dict[str, dict[str, str]]:
+    """Each template variable → ``{"field": customer field}`` or ``{"text": fixed text}``.
+    ``any_field``: a CSV audience's column, checked against its file by the service."""
     if not isinstance(raw, Mapping):
         check.fail("variables", _("Map each variable to a customer field or a fixed text."))
         return {}
@@ -697,7 +700,9 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
         if not isinstance(item, Mapping) or not (item.get("field") or item.get("text")):
             check.fail(key, _("Map {{%(n)s}} to a customer field or a fixed text.") % {"n": name})
         elif item.get("field"):
-            if item["field"] not in CUSTOMER_FIELDS:
+            if any_field and isinstance(item["field"], str) and len(item["field"]) <= 200:
+                mapping[name] = {"field": item["field"]}
+            elif item["field"] not in CUSTOMER_FIELDS:
                 check.fail(
                     key,
                     _("Unknown customer field; use one of: %(f)s.")
@@ -714,11 +719,15 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
     return mapping
 
 
-def parse_language_field(raw: Any, check: Checker) -> str | None:
+def parse_language_field(raw: Any, check: Checker, *, any_field: bool = False) -> str | None:
     """The customer field holding each recipient's language (campaigns/languages.py), or
-    None (absent, null or empty): the template's own language for everyone."""
+    None (absent, null or empty): the template's own language for everyone.
+    ``any_field``: a CSV audience's column (at most 64 characters, the column's width),
+    checked against its file by the service."""
     if raw is None or raw == "":
         return None
+    if any_field and isinstance(raw, str) and len(raw) <= 64:
+        return raw
     if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
         check.fail(
             "language_field",
@@ -737,6 +746,10 @@ class CampaignFields:
     variable_mapping: dict[str, dict[str, str]]
     # The customer field with each recipient's language; None: the template's for everyone.
     language_field: str | None = None
+    # A CSV audience (campaigns/audiences.py): the file and its phone column; None: the
+    # ERP segment is the audience. Its mapped fields name the file's columns.
+    audience_file_id: int | None = None
+    audience_phone_column: str | None = None
 
 
 def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None) -> CampaignFields:
@@ -752,10 +765,40 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     if not template_id or template_variables is None:
         check.fail("template_id", _("Choose an approved template."))
     segment = parse_segment(data.get("segment"), check)
-    mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
-    language_field = parse_language_field(data.get("language_field"), check)
+    audience_file_id, phone_column = parse_audience_file(data, check)
+    from_file = audience_file_id is not None
+    mapping = parse_mapping(
+        data.get("variables") or {}, template_variables or [], check, any_field=from_file
+    )
+    language_field = parse_language_field(data.get("language_field"), check, any_field=from_file)
     check.done()
-    return CampaignFields(name, sender_id, template_id, segment, mapping, language_field)
+    return CampaignFields(
+        name,
+        sender_id,
+        template_id,
+        segment,
+        mapping,
+        language_field,
+        audience_file_id=audience_file_id,
+        audience_phone_column=phone_column,
+    )
+
+
+def parse_audience_file(data: Mapping[str, Any], check: Checker) -> tuple[int | None, str | None]:
+    """A CSV audience's file id and phone column, or (None, None) for the ERP segment.
+    That the file exists and has the column is the service's check (it reads the file)."""
+    raw = data.get("audience_file_id")
+    if raw is None or raw == "":
+        return None, None
+    file_id = row_id(raw)
+    if file_id is None:
+        check.fail("audience_file_id", _("Upload a CSV file for the audience."))
+        return None, None
+    column = data.get("audience_phone_column")
+    if not isinstance(column, str) or not column.strip() or len(column) > 200:
+        check.fail("audience_phone_column", _("Choose the column that holds the phone number."))
+        return file_id, None
+    return file_id, column
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -789,4 +832,10 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "segment": segment,
         "variables": variables,
         "language_field": form.get("language_field", ""),
+        # A CSV file, when the form's audience is one; else the ERP segment.
+        # (chosen without a file: "0", which the parser refuses, asking for one)
+        "audience_file_id": (form.get("audience_file_id") or "0")
+        if form.get("audience_source") == "csv"
+        else None,
+        "audience_phone_column": form.get("audience_phone_column", ""),
     }

@@ -89,8 +89,7 @@ def fan_out_page(
         db.session.rollback()
         return None
     page = pages.page(campaign.segment, campaign.erp_cursor)
-    customers = [(str(customer.get("id")), customer) for customer in page.customers]
-    return _store_page(campaign, customers, page.next_cursor, config)
+    return _store_page(campaign, page.customers, None, page.next_cursor, config)
 
 
 def fan_out_file_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | None:
@@ -109,19 +108,21 @@ def fan_out_file_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage
     rows = audiences.page(db.session, campaign.audience_file.id, after, PAGE_SIZE)
     customers = audiences.customers(campaign.audience_file.columns, rows)
     next_cursor = str(rows[-1][0]) if len(rows) == PAGE_SIZE else None
-    return _store_page(campaign, customers, next_cursor, config)
+    refs = [ref for ref, _fields in customers]
+    return _store_page(campaign, [fields for _ref, fields in customers], refs, next_cursor, config)
 
 
 def _store_page(
     campaign: Campaign,
-    customers: list[tuple[str, dict[str, Any]]],
+    customers: list[dict[str, Any]],
+    refs: list[str] | None,
     next_cursor: str | None,
     config: Mapping[str, Any],
 ) -> FanOutPage:
     """The page's messages, the cursor after it, and the pump once the last is in;
     committed."""
     inserted = message_states.add_new(
-        db.session, campaign.id, _message_rows(campaign, customers, config)
+        db.session, campaign.id, _message_rows(campaign, customers, config, refs)
     )
     campaign.erp_cursor = next_cursor
     done = next_cursor is None
@@ -139,13 +140,18 @@ def phone_field(campaign: Campaign) -> str:
 
 
 def _message_rows(
-    campaign: Campaign, refs_customers: list[tuple[str, dict[str, Any]]], config: Mapping[str, Any]
+    campaign: Campaign,
+    customers: list[dict[str, Any]],
+    config: Mapping[str, Any],
+    refs: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per customer (its ref and its fields), from either source: pending, or
-    skipped with the reason (invalid, duplicate, opted out)."""
+    """One row per customer, from either source: pending, or skipped with the reason
+    (invalid, duplicate, opted out). ``refs``: each customer's ref (a CSV's row numbers);
+    None: the ERP's ``id`` field."""
     region = config["PHONE_DEFAULT_REGION"]
     phone_of = phone_field(campaign)
-    customers = [customer for _ref, customer in refs_customers]
+    if refs is None:
+        refs = [str(customer.get("id")) for customer in customers]
     normalised = [phones.normalise(c.get(phone_of), region) for c in customers]
     wanted = [p for p in normalised if p]
     suppressed = is_suppressed(wanted)
@@ -162,7 +168,7 @@ def _message_rows(
     # Each recipient's language version, from the versions approved now (one read a page).
     versions = languages.variants(campaign.template) if language_field else {}
     rows = []
-    for (ref, customer), phone in zip(refs_customers, normalised, strict=True):
+    for ref, customer, phone in zip(refs, customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
         # A skip keeps its code, worded in the reader's language when shown
         # (providers/errors.describe); only the missing variables' names are data.

@@ -210,6 +210,8 @@ def _copy_rows(reader: Any, file_id: int, width: int) -> int:
             copy.set_types(["int8", "int4", "text[]"])
             for row in reader:
                 cells = len(row)
+                if not (row and row[0].strip()) and not any(cell.strip() for cell in row):
+                    continue  # a blank line, or one of empty cells
                 if cells != width:
                     if cells > width:
                         raise _refuse(
@@ -219,8 +221,6 @@ def _copy_rows(reader: Any, file_id: int, width: int) -> int:
                             )
                             % {"line": reader.line_num, "n": cells, "columns": width}
                         )
-                    if not any(cell.strip() for cell in row):
-                        continue  # a blank line
                     row += padding[cells:]
                 count += 1
                 copy.write_row((file_id, count, [cell.strip() for cell in row]))

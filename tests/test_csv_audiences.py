@@ -158,7 +158,7 @@ def test_each_bad_file_is_refused_with_its_reason_and_nothing_kept(app, data, sa
 
 
 def test_no_file_is_refused(app):
-    with pytest.raises(ServiceError, match="Choose a CSV file."):
+    with pytest.raises(ServiceError, match=r"Choose a CSV file\."):
         audiences.import_csv(None, None, None, current_app.config)
 
 

@@ -22,6 +22,11 @@ The growth is checked twice: the sampled peak, and the kernel's own high-water m
 (``ru_maxrss``) after the import less before it (the file was written a batch of lines
 at a time, so the mark before is the process's RSS then).
 
+Then, with ``--fan-out``, the fan-out of a campaign whose audience is that file (the demo's
+promo_weekend, three variables from columns): ``fanout.fan_out_file_page`` called page
+after page in this process, as the fan-out job does, from Send now to the last page;
+rows/s (the ERP's fan-out, ``bench/engine.py``, is the yardstick: about 20,000/s).
+
 Targets (issue 20): at least 20,000 rows/s and under 50 MB of growth. It prints one JSON
 line and a table, then drops the database.
 """
@@ -142,7 +147,63 @@ def floor(url: str, path: Path) -> tuple[float, int]:
     return seconds, rows
 
 
-def run(rows: int) -> dict[str, object]:
+def fan_out_rows_per_s(app, file_id: int) -> dict[str, object]:
+    """A campaign on the file, started, and its fan-out run to the end, timed."""
+    import sqlalchemy as sa
+
+    from app import db
+    from campaigns import fanout
+    from campaigns.models import Message, MessageTemplate, User
+    from campaigns.services.campaigns import (
+        create_campaign,
+        send_campaign_now,
+        template_variables_for,
+    )
+    from campaigns.services.demo import DEMO_ADMIN_EMAIL, seed_demo
+    from campaigns.services.templates import default_sender
+    from campaigns.validation import parse_campaign
+
+    seed_demo()
+    owner = db.session.scalar(sa.select(User).where(User.email == DEMO_ADMIN_EMAIL))
+    template = db.session.scalar(
+        sa.select(MessageTemplate).where(MessageTemplate.name == "promo_weekend")
+    )
+    fields = parse_campaign(
+        {
+            "name": "CSV fan-out",
+            "sender_id": default_sender().id,
+            "template_id": template.id,
+            "audience_file_id": file_id,
+            "audience_phone_column": "Telefone",
+            "variables": {
+                "first_name": {"field": "Nome"},
+                "discount": {"text": "10%"},
+                "city": {"field": "Cidade"},
+                "coupon": {"field": "Cupom"},
+            },
+        },
+        template_variables_for(template.id),
+    )
+    campaign = create_campaign(fields, owner.id)
+    send_campaign_now(campaign.id, owner.id)  # its fan-out job never runs here: this does
+    started = time.perf_counter()
+    pages = 0
+    while (page := fanout.fan_out_file_page(campaign.id, app.config)) and not page.done:
+        pages += 1
+    seconds = time.perf_counter() - started
+    messages = db.session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(Message.campaign_id == campaign.id)
+    )
+    db.session.rollback()
+    return {
+        "fan_out_seconds": round(seconds, 2),
+        "fan_out_messages": messages,
+        "fan_out_rows_per_s": round(messages / seconds),
+        "fan_out_pages": pages + 1,
+    }
+
+
+def run(rows: int, with_fan_out: bool = False) -> dict[str, object]:
     from app import create_app, db
     from campaigns import audiences
     from campaigns.config import sqlalchemy_url
@@ -164,6 +225,7 @@ def run(rows: int) -> dict[str, object]:
                 high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 imported = audience.row_count
                 columns = audience.columns
+                fan_out = fan_out_rows_per_s(app, audience.id) if with_fan_out else None
                 db.session.remove()
                 db.engine.dispose()
             floor_seconds, floor_rows = floor(url, path)
@@ -182,6 +244,7 @@ def run(rows: int) -> dict[str, object]:
         "floor_seconds": round(floor_seconds, 2),
         "floor_rows_per_s": round(floor_rows / floor_seconds),
         "ratio_to_floor": round(seconds / floor_seconds, 2),
+        **(fan_out or {}),
     }
     result["targets_met"] = (
         imported == rows
@@ -195,8 +258,11 @@ def run(rows: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--fan-out", action="store_true", help="also time a campaign's fan-out from the file"
+    )
     args = parser.parse_args()
-    result = run(args.rows)
+    result = run(args.rows, args.fan_out)
     print(json.dumps(result))
     print()
     print(f"| {'path':<46} | {'seconds':>8} | {'rows/s':>9} |")
@@ -209,6 +275,11 @@ def main() -> None:
         f"| {'audiences.import_csv (the views call it)':<46} | {result['import_seconds']:>8} |"
         f" {result['import_rows_per_s']:>9,} |"
     )
+    if "fan_out_rows_per_s" in result:
+        print(
+            f"| {'fan-out of a campaign on the file':<46} | {result['fan_out_seconds']:>8} |"
+            f" {result['fan_out_rows_per_s']:>9,} |"
+        )
     print(
         f"\nmemory: RSS {result['rss_before_mb']} MB before, +{result['rss_growth_mb']} MB at"
         f" the import's peak, +{result['high_water_growth_mb']} MB on the kernel's high-water"

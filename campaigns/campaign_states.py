@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import AnySession, db
-from campaigns import counters, message_states, queues, reasons, template_parts
+from campaigns import counters, message_states, queues, reasons, recurrence, template_parts
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignActivity, CampaignStatus
 from campaigns.providers.errors import ErrorKind
@@ -82,17 +82,27 @@ def start(session: AnySession, campaign: Campaign) -> None:
 
 
 def start_due(tick: datetime) -> list[int]:
-    """Start every scheduled campaign due at the tick; two workers never start one twice."""
-    campaigns = db.session.scalars(
+    """Start every scheduled campaign due at the tick; two workers never start one twice.
+
+    A recurring campaign (a series) is not sent itself: it makes a run (:func:`make_run`)
+    and that is started, or skipped while the previous run still sends. Returns the ids
+    of the campaigns started (runs among them)."""
+    due = db.session.scalars(
         sa.select(Campaign)
         .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= tick)
         .order_by(Campaign.scheduled_at)
         .with_for_update(skip_locked=True, key_share=True)
     ).all()
     unready: dict[int, list[str]] = {}
-    for campaign in campaigns:
+    started: list[int] = []
+    for campaign in due:
+        if campaign.recurrence is not None:
+            made = make_run(db.session, campaign, tick)
+            if made is None:
+                continue
+            campaign = made
         # Its template may have changed since it was scheduled (an import, a webhook):
-        # started, every message would fail with 132000.
+        # started, every message would fail with 132000. (A run fails; its series goes on.)
         if lacking := template_parts.unready(campaign.template, campaign.variable_mapping):
             unready[campaign.id] = lacking
             continue
@@ -100,10 +110,70 @@ def start_due(tick: datetime) -> list[int]:
         record_activity(
             db.session, campaign.id, None, "started", reasons.Reason(reasons.SCHEDULED_TIME_REACHED)
         )
+        started.append(campaign.id)
     db.session.commit()
     for campaign_id, lacking in unready.items():
         fail(campaign_id, reasons.Reason(reasons.TEMPLATE_UNREADY, {"needs": ", ".join(lacking)}))
-    return [c.id for c in campaigns if c.id not in unready]
+    return started
+
+
+# A run still going: the series' next one is skipped rather than sent alongside it.
+UNFINISHED_RUN = frozenset({CampaignStatus.SENDING, CampaignStatus.PAUSED})
+
+
+def make_run(session: AnySession, series: Campaign, tick: datetime) -> Campaign | None:
+    """The locked series is due at ``tick``: its next run, a copy made as a duplicate is
+    (``Campaign.copy``), added as a draft for the caller to start; or None, with the
+    skip noted on the series and told to its owner, while its latest run has not
+    finished. Either way the series moves to its next occurrence after the tick (a tick
+    that came late makes one run, for the latest occurrence it passed). Caller commits.
+    """
+    assert series.recurrence is not None and series.scheduled_at is not None
+    rule = series.recurrence
+    occurrence = recurrence.latest_due(rule, series.scheduled_at, tick)
+    series.scheduled_at = recurrence.next_occurrence(rule, tick)
+    latest = session.scalars(
+        sa.select(Campaign)
+        .where(Campaign.recurrence_of_id == series.id)
+        .order_by(Campaign.run_number.desc())
+        .limit(1)
+    ).first()
+    if latest is not None and latest.status in UNFINISHED_RUN:
+        skipped = reasons.Reason(
+            reasons.RUN_SKIPPED,
+            {"at": occurrence.isoformat(), "id": latest.id, "number": latest.run_number},
+        )
+        record_activity(session, series.id, None, "run_skipped", skipped)
+        queues.defer_notification(session, series.id, "run_skipped", {"at": occurrence.isoformat()})
+        logger.warning(
+            "series %s: run due %s skipped, run %s still %s",
+            series.id,
+            occurrence.isoformat(),
+            latest.id,
+            latest.status.value,
+        )
+        return None
+    number = (latest.run_number or 0) + 1 if latest is not None else 1
+    run = series.copy(
+        name=recurrence.run_name(series.name, rule, occurrence), owner_id=series.owner_id
+    )
+    run.recurrence = None  # a run sends once; its series makes the next
+    run.recurrence_of_id = series.id
+    run.run_number = number
+    run.scheduled_at = occurrence
+    session.add(run)
+    session.flush()
+    record_activity(
+        session, run.id, None, "created", reasons.Reason(reasons.RUN_OF, {"id": series.id})
+    )
+    record_activity(
+        session,
+        series.id,
+        None,
+        "run_made",
+        reasons.Reason(reasons.RUN_MADE, {"id": run.id, "number": number}),
+    )
+    return run
 
 
 def defer_next_step(session: AnySession, campaign_id: int, *, audience_loaded: bool) -> None:

@@ -30,6 +30,7 @@ from campaigns import (
     phones,
     queues,
     rendering,
+    time_zones,
 )
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate
@@ -198,7 +199,34 @@ def _message_rows(
                 "error_text": reason,
             }
         )
+    _set_time_zones(campaign, customers, rows, config)
     return rows
+
+
+def _set_time_zones(
+    campaign: Campaign,
+    customers: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    config: Mapping[str, Any],
+) -> None:
+    """Each row's recipient's time zone (time_zones.py; None for a number that is not one),
+    and, with a sending window, the pending rows counted by zone on the campaign
+    (``window_zones``: the pump's and the progress's zones, without reading the rows).
+    A page stored twice (a fan-out resumed after a crash) counts twice: the pump finds
+    the sum off the campaign's pending count and counts again."""
+    fallback = config["DISPLAY_TIMEZONE"]
+    counts = dict(campaign.window_zones or {}) if campaign.send_window else None
+    for customer, row in zip(customers, rows, strict=True):
+        valid = row["error_code"] != "invalid_phone"
+        phone = row["phone"] if valid else None
+        row["time_zone"] = time_zones.for_recipient(
+            phone, customer, campaign.time_zone_field, fallback
+        )
+        if counts is not None and row["status"] == MessageStatus.PENDING.value:
+            key = row["time_zone"] or ""
+            counts[key] = counts.get(key, 0) + 1
+    if counts is not None:
+        campaign.window_zones = counts
 
 
 def _template_for(

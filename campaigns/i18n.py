@@ -28,11 +28,12 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import flask_babel
 import pytz
+from babel import dates as babel_dates
 from babel import numbers as babel_numbers
 from babel.dates import get_timezone_name
 from babel.numbers import NumberFormatError, parse_decimal
@@ -264,6 +265,12 @@ def format_time(value: datetime | None, fmt: str = "short") -> str:
     return str(flask_babel.format_time(value, fmt))
 
 
+def weekday_names(width: Literal["abbreviated", "wide"] = "wide") -> list[str]:
+    """The days of the week in the reader's language, Monday first (a window's days: 0-6)."""
+    names = babel_dates.get_day_names(width, locale=get_locale())
+    return [str(names[day]) for day in range(7)]
+
+
 def input_datetime(value: datetime | None) -> str:
     """The value of a ``datetime-local`` input, in the reader's time zone (the browser
     shows it the local way; the wire format is ISO)."""
@@ -304,5 +311,6 @@ def init_app(app: Flask) -> None:
         html_lang=html_lang,
         timezone_label=timezone_label,
         current_zone=current_zone,
+        weekday_names=weekday_names,
         LOCALE_NAMES=LOCALE_NAMES,
     )

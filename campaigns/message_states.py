@@ -176,12 +176,12 @@ def unqueue(session: AnySession, campaign_id: int) -> int:
 # than the insert itself; rows already there (a re-run) are left alone
 INSERT_NEW = sa.text(
     "INSERT INTO messages (campaign_id, phone, customer_ref, customer_data, params, status,"
-    " error_code, error_text, template_id)"
+    " error_code, error_text, template_id, time_zone)"
     " SELECT r.campaign_id, r.phone, r.customer_ref, r.customer_data, r.params,"
-    " CAST(r.status AS message_status), r.error_code, r.error_text, r.template_id"
+    " CAST(r.status AS message_status), r.error_code, r.error_text, r.template_id, r.time_zone"
     " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign_id int, phone text,"
     " customer_ref text, customer_data jsonb, params jsonb, status text, error_code text,"
-    " error_text text, template_id int)"
+    " error_text text, template_id int, time_zone text)"
     " ON CONFLICT (campaign_id, customer_ref) DO NOTHING RETURNING status::text"
 )
 
@@ -239,6 +239,11 @@ def queue_next(
         # Ids locked by the select above (this transaction's): still pending.
         admitted = admit(list(session.execute(next_pending)))
         chosen = sa.and_(Message.id.in_(sorted(admitted)), Message.status == S.PENDING)
+    return _to_queued(session, campaign_id, chosen)
+
+
+def _to_queued(session: AnySession, campaign_id: int, chosen: sa.ColumnElement[bool]) -> list[int]:
+    """The chosen pending messages moved to queued, counters following; their ids."""
     ids = sorted(
         session.scalars(
             sa.update(Message)
@@ -250,6 +255,73 @@ def queue_next(
     counters.apply(session, campaign_id, {"pending": -len(ids), "queued": len(ids)})
     statelog.moved_many(campaign_id, S.PENDING, S.QUEUED, len(ids))
     return ids
+
+
+# The key of messages without a zone in a campaign's zone counts (window_zones).
+NO_ZONE = ""
+
+# -- the next :limit pending messages of these zones (and, with :no_zone, of those without
+# one), in id order, locked: each zone's first :limit rows from messages_pending_zone_idx,
+# merged (never a zone's whole backlog, nor the closed zones' rows). ARRAY(...) is
+# computed once, before the rows are locked.
+NEXT_PENDING_IN_ZONES = sa.text(
+    "SELECT id, phone, time_zone FROM messages WHERE id = ANY(ARRAY("
+    " SELECT z.id FROM ("
+    "  SELECT m.id FROM unnest(CAST(:zones AS text[])) AS z(zone) CROSS JOIN LATERAL"
+    "   (SELECT id FROM messages WHERE campaign_id = :campaign_id AND status = 'pending'"
+    "    AND time_zone = z.zone ORDER BY id LIMIT :limit) AS m"
+    "  UNION ALL"
+    "  (SELECT id FROM messages WHERE campaign_id = :campaign_id AND status = 'pending'"
+    "   AND time_zone IS NULL AND :no_zone ORDER BY id LIMIT :limit)"
+    " ) AS z ORDER BY z.id LIMIT :limit))"
+    " AND status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED"
+)
+
+
+def queue_next_in_zones(
+    session: AnySession,
+    campaign_id: int,
+    limit: int,
+    zones: Sequence[str],
+    admit: Callable[[list[sa.Row]], set[int]] | None = None,
+) -> tuple[list[int], Counter[str]]:
+    """:func:`queue_next` for a campaign with a sending window: its next ``limit`` pending
+    messages whose zone is one of ``zones`` (the open ones; :data:`NO_ZONE` for those
+    without a zone), in id order across them; their ids, and how many of each zone."""
+    if not zones:
+        return [], Counter()
+    named = [zone for zone in zones if zone != NO_ZONE]
+    params = {
+        "campaign_id": campaign_id,
+        "limit": limit,
+        "zones": named,
+        "no_zone": NO_ZONE in zones,
+    }
+    rows = list(session.execute(NEXT_PENDING_IN_ZONES, params))
+    zone_of = {row.id: row.time_zone or NO_ZONE for row in rows}
+    admitted = admit(rows) if admit is not None and rows else set(zone_of)
+    if not admitted:
+        return [], Counter()
+    ids = _to_queued(
+        session, campaign_id, sa.and_(Message.id.in_(sorted(admitted)), Message.status == S.PENDING)
+    )
+    return ids, Counter(zone_of[message_id] for message_id in ids)
+
+
+PENDING_BY_ZONE = sa.text(
+    # -- a campaign's pending messages counted by zone, from messages_pending_zone_idx:
+    # a scan of its pending rows, run only when the kept counts are found off
+    "SELECT coalesce(time_zone, '') AS zone, count(*) AS n FROM messages"
+    " WHERE campaign_id = :campaign_id AND status = 'pending' GROUP BY 1"
+)
+
+
+def pending_by_zone(session: AnySession, campaign_id: int) -> dict[str, int]:
+    """The campaign's pending messages by zone (:data:`NO_ZONE`: without one), counted."""
+    return {
+        row.zone: int(row.n)
+        for row in session.execute(PENDING_BY_ZONE, {"campaign_id": campaign_id})
+    }
 
 
 # -- the waiting messages of a batch, and whether each was ever called (a retry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from copy import deepcopy
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -456,6 +457,9 @@ class Campaign(Model):
             "scheduled_at",
             postgresql_where=sa.text("status = 'scheduled'"),
         ),
+        # A recurring campaign's runs, one per number (two ticks never make one twice), and
+        # in order through this index (migration 0032).
+        sa.UniqueConstraint("recurrence_of_id", "run_number", name="campaigns_run_number_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -474,6 +478,16 @@ class Campaign(Model):
     # the template's version in it is sent (campaigns/languages.py); NULL: the template's
     # own language for everyone.
     language_field: Mapped[str | None] = mapped_column(sa.String(64))
+    # The local hours and days its messages go out in each recipient's time zone
+    # (campaigns/send_windows.py): {"start": "09:00", "end": "20:00", "days": [0, ...]};
+    # NULL: any time. The customer field (or CSV column) naming a recipient's IANA zone;
+    # NULL: from the number (campaigns/time_zones.py).
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    time_zone_field: Mapped[str | None] = mapped_column(sa.String(64))
+    # With a window: its recipients' zones and how many of each are pending, recorded by
+    # the fan-out and kept by the pump ({zone: count}), so the pump and the progress know
+    # the zones without reading the pending rows.
+    window_zones: Mapped[dict[str, int] | None] = mapped_column(JSONB)
     status: Mapped[CampaignStatus] = mapped_column(
         pg_enum(CampaignStatus, "campaign_status"), default=CampaignStatus.DRAFT
     )
@@ -503,11 +517,33 @@ class Campaign(Model):
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
     )
+    # How it repeats (campaigns/recurrence.py: {"every", "at", "weekday"|"day", "time_zone"});
+    # NULL: it does not. A campaign that repeats is a series: it never sends itself, the
+    # scheduler makes a run of it at each occurrence (campaign_states.start_due).
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # A run: the series it was made from and its number among the series' runs (1, 2…).
+    recurrence_of_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("campaigns.id", name="campaigns_recurrence_of_id_fkey")
+    )
+    run_number: Mapped[int | None] = mapped_column(sa.Integer)
 
     owner: Mapped[User] = relationship()
     sender: Mapped[Sender] = relationship()
     template: Mapped[MessageTemplate] = relationship()
     audience_file: Mapped[AudienceFile | None] = relationship()
+    recurrence_of: Mapped[Campaign | None] = relationship(remote_side=[id])
+
+    def copy(self, *, name: str, owner_id: int) -> Campaign:
+        """A new draft configured as this one (not added to a session): every column but
+        those of :data:`NOT_COPIED`, JSON values copied deep. Both a duplicate and a
+        recurring campaign's run are made by it, so a column added to the campaign is
+        copied by both unless it is named there."""
+        values = {
+            column.key: deepcopy(getattr(self, column.key))
+            for column in sa.inspect(Campaign).column_attrs
+            if column.key not in NOT_COPIED
+        }
+        return Campaign(name=name, owner_id=owner_id, status=CampaignStatus.DRAFT, **values)
 
     @property
     def status_reason(self) -> str | None:
@@ -521,6 +557,32 @@ class Campaign(Model):
 
     def __repr__(self) -> str:
         return f"<Campaign {self.id} {self.name!r} {self.status}>"
+
+
+# What a campaign did, not what it is: a copy (Campaign.copy) starts without it. Every
+# other column is the campaign's configuration and is copied.
+NOT_COPIED = frozenset(
+    {
+        "id",
+        "name",
+        "owner_id",
+        "status",
+        "status_reason_code",
+        "status_reason_params",
+        "scheduled_at",
+        "started_at",
+        "completed_at",
+        "erp_cursor",
+        "audience_loaded_at",
+        "pace_cursor_at",
+        "window_zones",
+        "data_erased_at",
+        "created_at",
+        "updated_at",
+        "recurrence_of_id",
+        "run_number",
+    }
+)
 
 
 class Message(Model):
@@ -545,6 +607,15 @@ class Message(Model):
         sa.Index(
             "messages_pending_idx",
             "campaign_id",
+            "id",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        # With a sending window, the pump takes the next pending rows of the open zones
+        # in id order, a zone's first rows each (migration 0030).
+        sa.Index(
+            "messages_pending_zone_idx",
+            "campaign_id",
+            "time_zone",
             "id",
             postgresql_where=sa.text("status = 'pending'"),
         ),
@@ -590,6 +661,9 @@ class Message(Model):
     # The language version of the campaign's template chosen for this recipient by the
     # fan-out (campaigns/languages.py); NULL: the campaign's own template.
     template_id: Mapped[int | None] = mapped_column(sa.ForeignKey("message_templates.id"))
+    # The recipient's IANA time zone (campaigns/time_zones.py), set by the fan-out: a
+    # sending window is applied in it. NULL: messages fanned out before it (no window).
+    time_zone: Mapped[str | None] = mapped_column(sa.String(64))
     status: Mapped[MessageStatus] = mapped_column(
         pg_enum(MessageStatus, "message_status"), default=MessageStatus.PENDING
     )

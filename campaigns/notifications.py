@@ -7,7 +7,8 @@ can drop repeats), ``webhook-timestamp`` and ``webhook-signature``, under
 ``Webhook(secret).verify(body, headers)`` from the ``standardwebhooks`` package.
 
 Campaigns tell their owner when they start, complete, pause (on their own or by an
-operator's hand), are cancelled or fail; a template tells its creator when WhatsApp
+operator's hand), are cancelled or fail, and a recurring campaign when it skips a run
+(the previous one still sending); a template tells its creator when WhatsApp
 approves or rejects it (:func:`record_template_review`, in-app only, in the same
 transaction as the status it reports), and when WhatsApp rates it RED
 (:func:`record_template_quality`); a quality drop of a sender's number to YELLOW
@@ -56,6 +57,7 @@ CODES = {
     "failed": reasons.CAMPAIGN_FAILED,
     "paused": reasons.CAMPAIGN_PAUSED_BY_HAND,
     "cancelled": reasons.CAMPAIGN_CANCELLED,
+    "run_skipped": reasons.RECURRING_RUN_SKIPPED,  # a series' run: the last has not finished
 }
 WEBHOOK_TIMEOUT = (3.05, 10)
 QUALITY_NOTICE_KIND = "account_quality"
@@ -102,19 +104,25 @@ def _owners_text(campaign: Campaign, notice: reasons.Reason) -> str:
 
 
 def deliver(
-    campaign_id: int, kind: str, *, first_attempt: bool, event_id: str | None = None
+    campaign_id: int,
+    kind: str,
+    *,
+    first_attempt: bool,
+    event_id: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> None:
     """Record the notification (first attempt only) and post the webhook; raise to retry it.
 
     ``event_id`` names this notification for the webhook's receiver, the same on
-    every attempt (the job passes its own id).
+    every attempt (the job passes its own id). ``params``: the notice's own, as the
+    change that deferred it knew them (a skipped run's time).
     """
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None or kind not in CODES:
         logger.warning("notification %s for campaign %s dropped: unknown", kind, campaign_id)
         return
     totals = counters.totals(db.session, campaign_id)
-    notice = reasons.Reason(CODES[kind], _params(kind, campaign, totals))
+    notice = reasons.Reason(CODES[kind], _params(kind, campaign, totals) | (params or {}))
     if first_attempt:
         db.session.add(
             Notification(

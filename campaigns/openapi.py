@@ -119,6 +119,81 @@ AUDIENCE_PHONE_COLUMN: Schema = {
     **nullable({"type": "string", "minLength": 1, "maxLength": 200}),
     "description": "A CSV audience's column holding each recipient's phone number.",
 }
+RECURRENCE: Schema = {
+    "type": ["object", "null"],
+    "description": (
+        "How the campaign repeats; null (the default): it does not. A repeating campaign (a"
+        " series) is never sent itself: scheduled, it makes a run at each occurrence, a copy"
+        " with its own progress (recurrence_of_id, run_number), skipped and noted while the"
+        " previous run is still sending or paused. Occurrences are local times in time_zone"
+        " (daylight saving time kept); a monthly day the month lacks falls on its last day."
+        " 422 at recurrence.<key> for a bad key."
+    ),
+    "properties": {
+        "every": {"type": "string", "enum": ["daily", "weekly", "monthly"]},
+        "at": {
+            "type": "string",
+            "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+            "description": "The local time of day, HH:MM.",
+            "examples": ["09:00"],
+        },
+        "weekday": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 6,
+            "description": "Weekly only: 0 Monday … 6 Sunday.",
+        },
+        "day": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 31,
+            "description": "Monthly only: the day of the month (a shorter month: its last).",
+        },
+        "time_zone": {
+            "type": "string",
+            "description": "An IANA time zone name.",
+            "examples": ["America/Sao_Paulo"],
+        },
+    },
+    "required": ["every", "at", "time_zone"],
+    "additionalProperties": False,
+}
+SEND_WINDOW: Schema = {
+    "type": ["object", "null"],
+    "description": (
+        "The local hours and days messages go out, in each recipient's time zone (from"
+        " time_zone_field, else the number: Brazil by area code, other countries by their"
+        " code). Open from start (included) to end (excluded); an end before the start"
+        " crosses midnight and belongs to the day it opens on. Outside it a message waits"
+        " (pending) and goes when its window opens; one queued just before the close may"
+        " still go within about a minute. null (the default): any time."
+    ),
+    "properties": {
+        "start": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "end": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "days": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 6},
+            "minItems": 1,
+            "maxItems": 7,
+            "uniqueItems": True,
+            "description": "0 = Monday ... 6 = Sunday.",
+        },
+    },
+    "required": ["start", "end", "days"],
+    "additionalProperties": False,
+    "examples": [{"start": "09:00", "end": "20:00", "days": [0, 1, 2, 3, 4, 5]}],
+}
+TIME_ZONE_FIELD: Schema = {
+    "type": ["string", "null"],
+    "maxLength": 64,
+    "description": (
+        "The customer field naming each recipient's IANA time zone (America/Manaus); a value"
+        " that is not one falls back to the number's zone. null (the default): from the"
+        f" number. One of {', '.join(CUSTOMER_FIELDS)} for an ERP audience; a column of the"
+        " file for a CSV audience (audience_file_id)."
+    ),
+}
 CONFIRM: Schema = {
     "type": "boolean",
     "default": False,
@@ -495,10 +570,25 @@ def schemas() -> dict[str, Schema]:
             "language_field": LANGUAGE_FIELD,
             "audience_file_id": AUDIENCE_FILE_ID,
             "audience_phone_column": AUDIENCE_PHONE_COLUMN,
+            "send_window": SEND_WINDOW,
+            "time_zone_field": TIME_ZONE_FIELD,
             "scheduled_at": nullable(DATE_TIME),
             "started_at": nullable(DATE_TIME),
             "completed_at": nullable(DATE_TIME),
             "created_at": nullable(DATE_TIME),
+            "recurrence": RECURRENCE,
+            "next_run_at": {
+                **nullable(DATE_TIME),
+                "description": "A repeating campaign's next run, while it repeats (scheduled).",
+            },
+            "recurrence_of_id": {
+                **nullable(ID),
+                "description": "A run's repeating campaign (its series); null for any other.",
+            },
+            "run_number": {
+                **nullable({"type": "integer", "minimum": 1}),
+                "description": "A run's number among its series' runs (1, 2…).",
+            },
         }
     )
     counts = {
@@ -567,7 +657,7 @@ def schemas() -> dict[str, Schema]:
                 **nullable({"type": "number", "minimum": 0}),
                 "description": (
                     "None when not sending, nothing remains, or it stalled; waits for the "
-                    "24-hour budget included."
+                    "24-hour budget and for the recipients' sending windows included."
                 ),
             },
             "carried_over": {
@@ -580,6 +670,20 @@ def schemas() -> dict[str, Schema]:
             "next_wave_at": {
                 **nullable(DATE_TIME),
                 "description": "When the budget has room again for them; null: none waits.",
+            },
+            "waiting_for_window": {
+                **COUNT,
+                "description": (
+                    "Pending messages whose recipient's sending window is closed now: they"
+                    " go when it opens (0 without a window). Counted per zone as the pump"
+                    " last saw them."
+                ),
+            },
+            "next_window_at": {
+                **nullable(DATE_TIME),
+                "description": (
+                    "When the first closed window with messages waiting opens; null: none waits."
+                ),
             },
             "eta_from_limits": {"type": "boolean"},
             "pace_limited_by": nullable(
@@ -935,6 +1039,9 @@ def request_schemas() -> dict[str, Schema]:
             **AUDIENCE_PHONE_COLUMN,
             "description": "Required with audience_file_id: one of the file's columns.",
         },
+        "recurrence": RECURRENCE,
+        "send_window": SEND_WINDOW,
+        "time_zone_field": TIME_ZONE_FIELD,
     }
     return {
         "UserChanges": {
@@ -995,7 +1102,10 @@ def request_schemas() -> dict[str, Schema]:
         },
         "CampaignChanges": {
             "type": "object",
-            "description": "Fields not sent stay as they are.",
+            "description": (
+                "Fields not sent stay as they are. A sending or paused campaign takes"
+                " send_window alone (sent alone)."
+            ),
             "properties": campaign_properties,
         },
         "Schedule": {
@@ -1003,12 +1113,15 @@ def request_schemas() -> dict[str, Schema]:
             "properties": {
                 "scheduled_at": {
                     **DATE_TIME,
-                    "description": "ISO 8601 with its offset, in the future.",
+                    "description": (
+                        "ISO 8601 with its offset, in the future. A repeating campaign starts"
+                        " repeating at its next occurrence, not before this time; for one,"
+                        " it may be left out (from now)."
+                    ),
                     "examples": ["2030-01-31T09:00:00-03:00"],
                 },
                 "confirm": CONFIRM,
             },
-            "required": ["scheduled_at"],
         },
         "Confirm": {
             "type": "object",
@@ -1388,6 +1501,11 @@ def paths() -> dict[str, Schema]:
                         "An unknown value filters nothing.",
                     ),
                     query("q", STRING, "Part of the name."),
+                    query(
+                        "recurrence_of",
+                        ID,
+                        "A repeating campaign's id: only its runs. 422 when not an id.",
+                    ),
                     *cursor_parameters(),
                 ],
             ),
@@ -1452,6 +1570,11 @@ def paths() -> dict[str, Schema]:
                     ),
                     query("q", STRING, "Part of the name."),
                     query(
+                        "recurrence_of",
+                        ID,
+                        "A repeating campaign's id: only its runs. 422 when not an id.",
+                    ),
+                    query(
                         "page",
                         {"type": "integer", "minimum": 1, "default": 1},
                         "Page-numbered pages of 20 (not with cursor).",
@@ -1477,7 +1600,7 @@ def paths() -> dict[str, Schema]:
                 errors=("404",),
             ),
             "patch": operation(
-                "Change a draft or scheduled campaign",
+                "Change a draft or scheduled campaign (a sending or paused one's window)",
                 answer("200", "The campaign as changed.", ref("Campaign")),
                 role=sup,
                 tag="Campaigns",

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import db
-from campaigns import counters, erp, pricing, ratelimit, reasons, waves
+from campaigns import counters, erp, pricing, ratelimit, reasons, send_windows, waves
 from campaigns.clock import database_now
 from campaigns.config import ConfigError
 from campaigns.i18n import _l, force_locale, format_datetime, format_number
@@ -243,7 +243,9 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
         messaging_limit=sender.messaging_limit,
         waves=plan,
         cost=cost,
-        duration_seconds=plan.seconds or 0.0,
+        duration_seconds=_with_window(
+            campaign, config, plan.seconds or 0.0, audience, now, pace.per_minute / 60.0
+        ),
         checked_at=now,
         warnings=(*confirm, *notes),
         blocking=tuple(blocking),
@@ -280,3 +282,23 @@ def _audience(
         return 0, False, 0, False
     notes.append(Finding("audience_estimated"))
     return count, False, 0, True
+
+
+def _with_window(
+    campaign: Campaign,
+    config: Mapping[str, Any],
+    seconds: float,
+    audience: int,
+    now: datetime,
+    per_second: float,
+) -> float:
+    """The duration with the sending window's waits (send_windows.py), from its start: the
+    audience's zones as the fan-out counted them, or before it all in DISPLAY_TIMEZONE
+    (the business's zone, most recipients'), at the limits' pace."""
+    window = send_windows.Window.of(campaign.send_window)
+    if window is None or audience <= 0 or per_second <= 0:
+        return seconds
+    start = max(now, campaign.scheduled_at or now)
+    zones = send_windows.zone_counts(campaign.window_zones, audience, config["DISPLAY_TIMEZONE"])
+    drain = send_windows.drain_seconds(window, zones, start, per_second)
+    return seconds if drain is None else max(seconds, drain)

@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy.orm import joinedload
 
 from app import db
-from campaigns import counters, message_states, ratelimit, reasons, waves
+from campaigns import counters, message_states, ratelimit, reasons, send_windows, waves
 from campaigns.clock import database_now
 from campaigns.models import (
     Campaign,
@@ -71,6 +71,18 @@ class Progress:
     # Messages their recipient answered (answers.py): replied to, a button clicked.
     replied: int = 0
     clicked: int = 0
+    # With a sending window (send_windows.py): the pending messages whose zone's window is
+    # closed now, when the first of those windows opens, and how long what is in flight
+    # takes with the windows' waits (read while some are pending; None: no window then).
+    windows: Windows | None = None
+
+    @property
+    def waiting_for_window(self) -> int:
+        return self.windows.waiting if self.windows else 0
+
+    @property
+    def next_window_at(self) -> datetime | None:
+        return self.windows.next_open_at if self.windows and self.windows.waiting else None
 
     @property
     def status_reason(self) -> str | None:
@@ -169,6 +181,16 @@ class Progress:
         if rest <= 0:
             return until_held if self.held.count else None
         measured = self.measured_per_minute
+        if self.windows is not None:
+            # Recipients wait for their windows: nothing going out meanwhile is no stall,
+            # and the rate is the limits'; the budget's waits, if longer, still count.
+            if self.windows.seconds is None:
+                return None
+            eta = self.windows.seconds
+            if self.carried_over and self.waves is not None and self.waves.seconds is not None:
+                on_their_way = rest - self.pending
+                eta = max(eta, on_their_way / self.allowed_per_minute * 60.0 + self.waves.seconds)
+            return max(eta, until_held)
         if self.carried_over and self.waves is not None:
             if self.waves.seconds is None:
                 return None
@@ -248,6 +270,8 @@ class Progress:
             "eta_seconds": self.eta_seconds,
             "carried_over": self.carried_over,
             "next_wave_at": self.next_wave_at.isoformat() if self.next_wave_at else None,
+            "waiting_for_window": self.waiting_for_window,
+            "next_window_at": self.next_window_at.isoformat() if self.next_window_at else None,
             "eta_from_limits": self.eta_from_limits,
             "pace_limited_by": self.pace.binding if self.pace else None,
             "is_finished": self.is_finished,
@@ -263,7 +287,56 @@ def get_progress(campaign: Campaign) -> Progress:
     progress = _progress_of(campaign, *counters.snapshot(db.session, campaign.id))
     if progress.retrying and not progress.is_finished:
         progress = replace(progress, held=message_states.held(db.session, campaign.id))
-    return _with_waves([progress], [campaign])[0]
+    return _with_windows(_with_waves([progress], [campaign]), [campaign])[0]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How a campaign's pending messages stand with its sending window now."""
+
+    waiting: int  # pending in a zone whose window is closed
+    next_open_at: datetime | None  # when the first of those zones opens
+    seconds: float | None  # what is in flight takes this long with the waits (None: unknown)
+
+
+def windows_of(progress: Progress, campaign: Campaign) -> Windows | None:
+    """From the campaign's window and its zones' pending counts as the pump last kept them
+    (``window_zones``): no read of the messages, O(zones). The counts are scaled to the
+    pending counter (they trail it by a pump run)."""
+    window = send_windows.Window.of(campaign.send_window)
+    if window is None or not progress.pending or progress.read_at is None:
+        return None
+    at = progress.read_at
+    fallback = current_app.config["DISPLAY_TIMEZONE"]
+    counts = send_windows.zone_counts(campaign.window_zones, progress.pending, fallback)
+    closed = {z: n for z, n in counts.items() if n and not send_windows.is_open(window, z, at)}
+    waiting = min(progress.pending, round(sum(closed.values())))
+    # The limits' pace, or the rate measured if lower while some zone is open (a stall
+    # with every zone closed is the windows' wait, not the campaign's).
+    per_minute = progress.allowed_per_minute
+    measured = progress.measured_per_minute
+    if measured and len(closed) < len(counts):
+        per_minute = min(per_minute, measured)
+    per_second = per_minute / 60.0
+    if per_second <= 0:
+        seconds = None
+    else:
+        ahead = max(0, progress.in_flight - progress.held.count - progress.pending) / per_second
+        drain = send_windows.drain_seconds(
+            window, counts, at + timedelta(seconds=ahead), per_second
+        )
+        seconds = None if drain is None else ahead + drain
+    return Windows(waiting, send_windows.first_opening(window, list(closed), at), seconds)
+
+
+def _with_windows(shown: list[Progress], campaigns: list[Campaign]) -> list[Progress]:
+    """Each progress with its sending window's figures (sending or paused campaigns)."""
+    out = []
+    for progress, campaign in zip(shown, campaigns, strict=True):
+        live = progress.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED)
+        windows = windows_of(progress, campaign) if live else None
+        out.append(replace(progress, windows=windows) if windows else progress)
+    return out
 
 
 def _with_waves(shown: list[Progress], campaigns: list[Campaign]) -> list[Progress]:
@@ -424,7 +497,10 @@ def active_campaigns(limit: int = DASHBOARD_CAMPAIGNS) -> ActiveCampaigns:
         else a
         for a in shown
     ]
-    planned = _with_waves([a.progress for a in shown], [a.campaign for a in shown])
+    planned = _with_windows(
+        _with_waves([a.progress for a in shown], [a.campaign for a in shown]),
+        [a.campaign for a in shown],
+    )
     shown = [replace(a, progress=p) for a, p in zip(shown, planned, strict=True)]
     return ActiveCampaigns(shown, rows[0].matching)
 

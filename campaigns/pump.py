@@ -17,6 +17,19 @@ larger than the budget goes out in waves over the following days (room opens as 
 window leaves the recipients counted a day earlier). While it waits with nothing else on
 its way, it comes back when room opens, or after HELD_INTERVAL_SECONDS if sooner.
 
+A campaign with a sending window (``send_windows.py``) queues only the pending messages
+whose recipient's zone has its window open now, taking them in id order across the open
+zones (``message_states.queue_next_in_zones``: each open zone's first rows from a partial
+index), so the campaign keeps the sender busy while the other zones wait; a closed zone's
+messages stay pending and go once it opens. The zones and their pending counts are kept
+on the campaign (``window_zones``), so no run reads the waiting rows. With nothing to
+queue because every zone with messages left is closed, it comes back when the next one
+opens, or after HELD_INTERVAL_SECONDS if sooner. A message queued before its window
+closes still goes: the pump schedules at most WINDOW_HORIZON_SECONDS ahead, so that is
+within about a minute of the close (a transient error's retries, a few minutes; a 131049
+hold's, a day later, at the same local hour). A campaign without a window runs the
+statements it ran before windows existed.
+
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
 serve them all; a sender with a minimum gap gets batches of one, spaced by the pump,
@@ -26,15 +39,16 @@ because messages of one batch go out together.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 
 from app import db
-from campaigns import campaign_states, counters, message_states, queues, ratelimit
+from campaigns import campaign_states, counters, message_states, queues, ratelimit, send_windows
 from campaigns.clock import database_now
-from campaigns.models import CampaignStatus, Sender
+from campaigns.models import Campaign, CampaignStatus, Sender
 from campaigns.services.suppressions import phone_hash
 
 # The pump keeps at most this many message jobs in Procrastinate per campaign, and
@@ -90,9 +104,13 @@ def pump(campaign_id: int) -> bool:
     room = min(WINDOW_JOBS * size, math.ceil(WINDOW_HORIZON_SECONDS / interval)) - queued
     now = database_now(db.session)
     budget = _Budget.of(campaign.sender)
+    window = _Window.of(campaign, totals["pending"], now)
     if room > 0 and totals["pending"] > 0:
         admit = budget.admit if budget else None
-        ids = message_states.queue_next(db.session, campaign_id, room, admit)
+        if window is None:
+            ids = message_states.queue_next(db.session, campaign_id, room, admit)
+        else:
+            ids = window.queue(room, admit)
         start_at = max(now, campaign.pace_cursor_at or now)
         jobs = queues.batches(ids, size)
         slots = [start_at + timedelta(seconds=i * size * interval) for i in range(len(jobs))]
@@ -101,10 +119,74 @@ def pump(campaign_id: int) -> bool:
     else:
         ids = []
     waiting_for = budget.room_at if budget and not ids else None
+    if window is not None and not ids:
+        # The open zones' messages wait for the budget's room, if it refused them; the
+        # closed zones', for their window.
+        waiting_for = _earliest(waiting_for, window.next_opening(closed_only=bool(waiting_for)))
     next_run = _next_run(now, totals["pending"], queued, held, waiting_for)
     queues.defer_pump(db.session, campaign_id, next_run)
     db.session.commit()
     return True
+
+
+class _Window:
+    """A campaign's sending window as one pump run applies it: the messages of the zones
+    open now, in id order across them; the zones' pending counts kept on the campaign
+    (``window_zones``, recorded by the fan-out), counted again only when their sum is
+    off the campaign's pending counter (something other than the pump moved a pending
+    message: a pause, "retry failed", a cancel, an erasure, a resumed fan-out)."""
+
+    def __init__(self, campaign: Campaign, window: send_windows.Window, now: datetime) -> None:
+        self.campaign = campaign
+        self.window = window
+        self.now = now
+        self.fallback = current_app.config["DISPLAY_TIMEZONE"]
+        self.counts: dict[str, int] = dict(campaign.window_zones or {})
+
+    @classmethod
+    def of(cls, campaign: Campaign, pending: int, now: datetime) -> _Window | None:
+        window = send_windows.Window.of(campaign.send_window)
+        if window is None:
+            return None
+        self = cls(campaign, window, now)
+        if sum(self.counts.values()) != pending:
+            self.counts = message_states.pending_by_zone(db.session, campaign.id)
+            campaign.window_zones = self.counts
+        return self
+
+    def queue(self, room: int, admit: Admit | None) -> list[int]:
+        """Queue up to ``room`` pending messages of the open zones; the rest stay pending."""
+        waiting = [zone for zone, n in self.counts.items() if n > 0]
+        open_now = [
+            zone
+            for zone in waiting
+            if send_windows.is_open(self.window, zone or self.fallback, self.now)
+        ]
+        ids, taken = message_states.queue_next_in_zones(
+            db.session, self.campaign.id, room, open_now, admit
+        )
+        if ids:
+            self.counts = {
+                zone: n - taken[zone] for zone, n in self.counts.items() if n - taken[zone] > 0
+            }
+            self.campaign.window_zones = self.counts
+        return ids
+
+    def next_opening(self, *, closed_only: bool = False) -> datetime | None:
+        """When a zone with pending messages is next open (now, if one is, unless
+        ``closed_only``: then the first closed one's opening)."""
+        zones = [zone or self.fallback for zone, n in self.counts.items() if n > 0]
+        if closed_only:
+            zones = [z for z in zones if not send_windows.is_open(self.window, z, self.now)]
+        return send_windows.first_opening(self.window, zones, self.now)
+
+
+Admit = Callable[[list[sa.Row]], set[int]]
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
 
 
 class _Budget:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any, Generic, TypeVar
 
@@ -329,8 +330,12 @@ CAMPAIGNS_PER_PAGE = 20
 CAMPAIGN_KEY = (Campaign.created_at, Campaign.id)
 
 
-def _campaigns(status: CampaignStatus | None, q: str | None) -> sa.Select:
+def _campaigns(
+    status: CampaignStatus | None, q: str | None, recurrence_of: int | None = None
+) -> sa.Select:
     query = sa.select(Campaign)
+    if recurrence_of is not None:
+        query = query.where(Campaign.recurrence_of_id == recurrence_of)
     if status:
         query = query.where(Campaign.status == status)
     if q:
@@ -338,19 +343,62 @@ def _campaigns(status: CampaignStatus | None, q: str | None) -> sa.Select:
     return query
 
 
-def list_campaigns(status: CampaignStatus | None, q: str | None, page: int = 1) -> CampaignPage:
-    """One page of campaigns, newest first, filtered by status and name."""
-    query = _campaigns(status, q).order_by(Campaign.created_at.desc(), Campaign.id.desc())
+def list_campaigns(
+    status: CampaignStatus | None,
+    q: str | None,
+    page: int = 1,
+    *,
+    recurrence_of: int | None = None,
+) -> CampaignPage:
+    """One page of campaigns, newest first, filtered by status and name (and to one
+    recurring campaign's runs)."""
+    query = _campaigns(status, q, recurrence_of).order_by(
+        Campaign.created_at.desc(), Campaign.id.desc()
+    )
     return CampaignPage(*_paginate(query, page, CAMPAIGNS_PER_PAGE))
 
 
 def campaigns_page(
-    status: CampaignStatus | None, q: str | None, after: Sequence[Any] | None, limit: int
+    status: CampaignStatus | None,
+    q: str | None,
+    after: Sequence[Any] | None,
+    limit: int,
+    *,
+    recurrence_of: int | None = None,
 ) -> KeysetPage[Campaign]:
     """Campaigns in list_campaigns' order (``created_at, id``, newest first) after ``after``."""
     return keyset_page(
-        _campaigns(status, q), CAMPAIGN_KEY, descending=True, after=after, limit=limit
+        _campaigns(status, q, recurrence_of),
+        CAMPAIGN_KEY,
+        descending=True,
+        after=after,
+        limit=limit,
     )
+
+
+SERIES_RUNS = 20  # the latest runs a recurring campaign's page lists (the API pages them all)
+
+
+def series_runs(series_id: int, limit: int = SERIES_RUNS) -> tuple[list[Campaign], int]:
+    """A recurring campaign's latest runs, newest first, and how many it has made."""
+    runs = db.session.scalars(
+        sa.select(Campaign)
+        .where(Campaign.recurrence_of_id == series_id)
+        .order_by(Campaign.run_number.desc())
+        .limit(limit)
+    ).all()
+    total = db.session.scalar(
+        sa.select(sa.func.count()).where(Campaign.recurrence_of_id == series_id)
+    )
+    return list(runs), total or 0
+
+
+def next_run_at(campaign: Campaign) -> datetime | None:
+    """When a recurring campaign makes its next run: its scheduled time while it repeats
+    (scheduled), else none."""
+    if campaign.recurrence is None or campaign.status is not CampaignStatus.SCHEDULED:
+        return None
+    return campaign.scheduled_at
 
 
 def get_campaign(campaign_id: int) -> Campaign | None:

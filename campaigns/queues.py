@@ -219,9 +219,16 @@ def defer_held(session: AnySession, campaign_id: int, message_id: int, due: date
     defer(session, RETRY_TASK, RETRY_QUEUE, [args], [due])
 
 
-def defer_notification(session: AnySession, campaign_id: int, kind: str) -> None:
-    """Tell the campaign's owner (in-app and the outgoing webhook), after this transaction."""
-    defer(session, NOTIFY_TASK, NOTIFICATIONS_QUEUE, [{"campaign_id": campaign_id, "kind": kind}])
+def defer_notification(
+    session: AnySession, campaign_id: int, kind: str, params: dict[str, Any] | None = None
+) -> None:
+    """Tell the campaign's owner (in-app and the outgoing webhook), after this transaction.
+    ``params``: what the notice says beyond what the campaign holds at delivery (a skipped
+    run's time)."""
+    args: dict[str, Any] = {"campaign_id": campaign_id, "kind": kind}
+    if params:
+        args["params"] = params
+    defer(session, NOTIFY_TASK, NOTIFICATIONS_QUEUE, [args])
 
 
 def defer_template_sync(session: AnySession, template_id: int, at: datetime) -> None:

@@ -69,6 +69,10 @@ TEST_PHONE = "test_phone"
 RETRIED_MESSAGES = "retried_messages"
 RETENTION_REACHED = "retention_reached"
 COMMAND_LINE = "command_line"  # {"actor": "cli:<OS user>"}: done by a `flask` command
+RUN_OF = "run_of"  # a recurring campaign's run: {"id": its series}
+RUN_MADE = "run_made"  # on the series: {"id": the run, "number": its number}
+# On the series: {"at": the occurrence, "id", "number": the run that had not finished}
+RUN_SKIPPED = "run_skipped"
 # -- a notification
 CAMPAIGN_STARTED = "campaign_started"
 CAMPAIGN_COMPLETED = "campaign_completed"
@@ -81,6 +85,7 @@ TEMPLATE_REJECTED = "template_rejected"
 TEMPLATE_REJECTED_WHY = "template_rejected_why"
 ACCOUNT_QUALITY_DROPPED = "account_quality_dropped"
 TEMPLATE_QUALITY_RED = "template_quality_red"
+RECURRING_RUN_SKIPPED = "recurring_run_skipped"  # {"name", "at": the occurrence skipped}
 # -- words kept as they came, shown verbatim in every language (rows the migration could
 # not read back into a code; tests' own notices)
 TEXT = "text"
@@ -147,6 +152,12 @@ WORDINGS: dict[str, Wording] = {
     RETRIED_MESSAGES: Wording(_l("messages: %(n)s; error codes: %(codes)s"), numbers=("n",)),
     RETENTION_REACHED: Wording(_l("retention period reached")),
     COMMAND_LINE: Wording(_l("from the command line (%(actor)s)")),
+    RUN_OF: Wording(_l("a run of the repeating campaign #%(id)s")),
+    RUN_MADE: Wording(_l("run %(number)s, campaign #%(id)s")),
+    RUN_SKIPPED: Wording(
+        _l("the run due %(at)s: run %(number)s (campaign #%(id)s) had not finished"),
+        datetimes=("at",),
+    ),
     CAMPAIGN_STARTED: Wording(_l("Campaign “%(name)s” started sending.")),
     CAMPAIGN_COMPLETED: Wording(
         _l("Campaign “%(name)s” completed: %(sent)s sent, %(failed)s failed."),
@@ -183,6 +194,13 @@ WORDINGS: dict[str, Wording] = {
             " WhatsApp may pause it."
         )
     ),
+    RECURRING_RUN_SKIPPED: Wording(
+        _l(
+            "Repeating campaign “%(name)s” skipped its run due %(at)s: the previous run"
+            " had not finished."
+        ),
+        datetimes=("at",),
+    ),
 }
 
 # What was done to a campaign (CampaignActivity.action), said of who did it: an email,
@@ -202,6 +220,8 @@ ACTIONS: dict[str, LazyString] = {
     "test_sent": _l("%(who)s sent a test message"),
     "retried_failed": _l("%(who)s sent the failed messages again"),
     "data_erased": _l("%(who)s erased the recipients' personal data"),
+    "run_made": _l("%(who)s started a run of the campaign"),
+    "run_skipped": _l("%(who)s skipped a run of the campaign"),
 }
 
 

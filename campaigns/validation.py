@@ -16,9 +16,9 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-from campaigns import rendering, template_parts
+from campaigns import rendering, send_windows, template_parts
 from campaigns.erp import SEGMENT_KEYS
-from campaigns.i18n import _, format_money, format_number, parse_amount
+from campaigns.i18n import _, format_money, format_number, parse_amount, valid_timezone
 from campaigns.models import HeaderFormat, ParameterFormat, Provider, Role, TemplateCategory
 from campaigns.tracked_links import TRACK
 
@@ -737,6 +737,111 @@ def parse_language_field(raw: Any, check: Checker, *, any_field: bool = False) -
     return raw
 
 
+HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+RECURRENCE_KEYS = {
+    "daily": ("every", "at", "time_zone"),
+    "weekly": ("every", "at", "weekday", "time_zone"),
+    "monthly": ("every", "at", "day", "time_zone"),
+}
+
+
+def parse_recurrence(raw: Any, check: Checker) -> dict[str, Any] | None:
+    """How a campaign repeats (campaigns/recurrence.py), or None (absent, null, empty, or
+    ``every`` empty): it does not. Each problem is reported at its key
+    (``recurrence.at``…)."""
+    if raw is None or raw == "" or (isinstance(raw, Mapping) and not raw.get("every")):
+        return None
+    if not isinstance(raw, Mapping):
+        check.fail("recurrence", _("Say how the campaign repeats, or null."))
+        return None
+    every = raw.get("every")
+    if not isinstance(every, str) or every not in RECURRENCE_KEYS:
+        check.fail("recurrence.every", _("Choose daily, weekly or monthly."))
+        return None
+    rule: dict[str, Any] = {"every": every}
+    for key in raw:
+        if key not in RECURRENCE_KEYS[every]:
+            check.fail(
+                f"recurrence.{key}",
+                _("A campaign repeating %(every)s takes no %(key)s.")
+                % {"every": every, "key": key},
+            )
+    at = raw.get("at")
+    if not isinstance(at, str) or not HH_MM.fullmatch(at.strip()):
+        check.fail("recurrence.at", _("Enter a time of day as HH:MM, e.g. 09:00."))
+    else:
+        rule["at"] = at.strip()
+    if every == "weekly":
+        weekday = _int(raw, "weekday", check, 0, 6, -1, field="recurrence.weekday")
+        if weekday == -1:
+            check.fail("recurrence.weekday", _("Choose a day of the week (0 Monday … 6 Sunday)."))
+        rule["weekday"] = weekday
+    if every == "monthly":
+        day = _int(raw, "day", check, 1, 31, 0, field="recurrence.day")
+        if day == 0:
+            check.fail("recurrence.day", _("Choose a day of the month, from 1 to 31."))
+        rule["day"] = day
+    zone = raw.get("time_zone")
+    if not isinstance(zone, str) or not valid_timezone(zone.strip()):
+        check.fail("recurrence.time_zone", _("Choose a known time zone, e.g. America/Sao_Paulo."))
+    else:
+        rule["time_zone"] = zone.strip()
+    return rule
+
+
+def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
+    """The sending window (campaigns/send_windows.py) as stored, or None (absent or null:
+    any time). ``start`` and ``end`` are HH:MM local times, different (an ``end`` before
+    ``start`` crosses midnight); ``days`` 0 (Monday) to 6 (Sunday), at least one."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        check.fail("send_window", _("Give the window's start, end and days, or null."))
+        return None
+    times = {}
+    for key in ("start", "end"):
+        value = raw.get(key)
+        try:
+            times[key] = send_windows.parse_hhmm(value.strip() if isinstance(value, str) else "")
+        except ValueError:
+            check.fail(f"send_window.{key}", _("Give a time as HH:MM, like 09:00."))
+    days = raw.get("days")
+    if isinstance(days, str):  # the form's checkboxes, joined
+        days = [day for day in days.split(",") if day.strip()]
+    chosen: set[int] = set()
+    if not isinstance(days, list | tuple) or not days:
+        check.fail("send_window.days", _("Choose at least one day."))
+    else:
+        for day in days:
+            number = int(day) if isinstance(day, str) and day.strip().isdigit() else day
+            if isinstance(number, bool) or not isinstance(number, int) or number not in range(7):
+                check.fail("send_window.days", _("Days go from 0 (Monday) to 6 (Sunday)."))
+                break
+            chosen.add(number)
+    if len(times) == 2 and times["start"] == times["end"]:
+        check.fail("send_window.end", _("The window must close at another time than it opens."))
+    if len(times) < 2 or not chosen or "send_window.days" in check.errors:
+        return None
+    return send_windows.Window(times["start"], times["end"], frozenset(chosen)).as_json()
+
+
+def parse_time_zone_field(raw: Any, check: Checker, *, any_field: bool = False) -> str | None:
+    """The customer field naming each recipient's IANA time zone, or None (absent, null or
+    empty): the zone comes from the number (campaigns/time_zones.py). ``any_field``: a CSV
+    audience's column (at most 64 characters), checked against its file by the service."""
+    if raw is None or raw == "":
+        return None
+    if any_field and isinstance(raw, str) and len(raw) <= 64:
+        return raw
+    if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
+        check.fail(
+            "time_zone_field",
+            _("Unknown customer field; use one of: %(f)s.") % {"f": ", ".join(CUSTOMER_FIELDS)},
+        )
+        return None
+    return raw
+
+
 @dataclass(frozen=True)
 class CampaignFields:
     name: str
@@ -746,6 +851,12 @@ class CampaignFields:
     variable_mapping: dict[str, dict[str, str]]
     # The customer field with each recipient's language; None: the template's for everyone.
     language_field: str | None = None
+    # How it repeats (campaigns/recurrence.py); None: it does not.
+    recurrence: dict[str, Any] | None = None
+    # The local hours and days its messages go out (send_windows.py); None: any time.
+    send_window: dict[str, Any] | None = None
+    # The customer field naming each recipient's time zone; None: from the number.
+    time_zone_field: str | None = None
     # A CSV audience (campaigns/audiences.py): the file and its phone column; None: the
     # ERP segment is the audience. Its mapped fields name the file's columns.
     audience_file_id: int | None = None
@@ -771,6 +882,9 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         data.get("variables") or {}, template_variables or [], check, any_field=from_file
     )
     language_field = parse_language_field(data.get("language_field"), check, any_field=from_file)
+    recurrence = parse_recurrence(data.get("recurrence"), check)
+    send_window = parse_send_window(data.get("send_window"), check)
+    time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check, any_field=from_file)
     check.done()
     return CampaignFields(
         name,
@@ -779,6 +893,9 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         segment,
         mapping,
         language_field,
+        recurrence=recurrence,
+        send_window=send_window,
+        time_zone_field=time_zone_field,
         audience_file_id=audience_file_id,
         audience_phone_column=phone_column,
     )
@@ -838,4 +955,31 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         if form.get("audience_source") == "csv"
         else None,
         "audience_phone_column": form.get("audience_phone_column", ""),
+        "recurrence": recurrence_from_form(form),
+        "send_window": _send_window_from_form(form),
+        "time_zone_field": form.get("time_zone_field", ""),
     }
+
+
+def _send_window_from_form(form: Mapping[str, str]) -> dict[str, Any] | None:
+    """The window's fields (templates/campaigns/_window.html) in the API's shape; None when
+    "any time" is chosen."""
+    if form.get("send_window.mode") != "window":
+        return None
+    getlist = getattr(form, "getlist", None)
+    days = getlist("send_window.days") if getlist is not None else []
+    return {
+        "start": form.get("send_window.start", ""),
+        "end": form.get("send_window.end", ""),
+        "days": ",".join(days),
+    }
+
+
+def recurrence_from_form(form: Mapping[str, str]) -> dict[str, str] | None:
+    """The form's Repeat fields (templates/campaigns/_recurrence.html) in the API's shape:
+    only the day that the chosen frequency takes; None for "Does not repeat"."""
+    every = form.get("recurrence.every", "")
+    if not every:
+        return None
+    keys = RECURRENCE_KEYS.get(every, ("every", "at", "time_zone"))
+    return {key: form.get(f"recurrence.{key}", "") for key in keys}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from flask import current_app
@@ -189,13 +190,16 @@ def retry_messages(
     pass_context=True,
     retry=RetryStrategy(max_attempts=1, wait=30),
 )
-def notify(context: JobContext, campaign_id: int, kind: str) -> None:
+def notify(
+    context: JobContext, campaign_id: int, kind: str, params: dict[str, Any] | None = None
+) -> None:
     """Tell the owner: an in-app notification (once) and the outgoing webhook, if set."""
     notifications.deliver(
         campaign_id,
         kind,
         first_attempt=context.job.attempts == 0,
         event_id=f"msg_notify_{context.job.id}",  # one id for all its attempts
+        params=params,
     )
 
 

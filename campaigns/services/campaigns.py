@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from campaigns import (
     queues,
     ratelimit,
     reasons,
+    recurrence,
     rendering,
     sending,
     template_parts,
@@ -116,11 +117,14 @@ TEST_SEND_STATUSES = frozenset(
 )
 
 
-def allowed_actions(status: CampaignStatus) -> set[str]:
-    """What the campaign page offers in ``status``: its transitions, and ``test_send``."""
+def allowed_actions(status: CampaignStatus, *, repeating: bool = False) -> set[str]:
+    """What the campaign page offers in ``status``: its transitions, and ``test_send``. A
+    recurring campaign (``repeating``) is never sent itself: no "send now"."""
     actions = {action for action, sources in CAMPAIGN_TRANSITIONS.items() if status in sources}
     if status in TEST_SEND_STATUSES:
         actions.add("test_send")
+    if repeating:
+        actions.discard("send_now")
     return actions
 
 
@@ -135,7 +139,7 @@ def template_variables_for(template_id: Any) -> list[str] | None:
 
 def _check_audience_file(fields: CampaignFields) -> None:
     """A CSV audience's file exists, has the phone column, and every mapped field (and
-    the language field) is one of its columns. An ERP audience's fields were checked
+    the language and time zone fields) is one of its columns. An ERP audience's fields were checked
     against the ERP's (validation.CUSTOMER_FIELDS) when parsed."""
     if fields.audience_file_id is None:
         if fields.audience_phone_column:
@@ -162,11 +166,10 @@ def _check_audience_file(fields: CampaignFields) -> None:
                 _("The file has no column “%(name)s”.") % {"name": source["field"]},
                 f"variables.{name}",
             )
-    if fields.language_field and fields.language_field not in columns:
-        raise ServiceError(
-            _("The file has no column “%(name)s”.") % {"name": fields.language_field},
-            "language_field",
-        )
+    for field in ("language_field", "time_zone_field"):
+        column = getattr(fields, field)
+        if column and column not in columns:
+            raise ServiceError(_("The file has no column “%(name)s”.") % {"name": column}, field)
 
 
 def _check_sender_and_template(fields: CampaignFields) -> None:
@@ -261,6 +264,9 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         language_field=fields.language_field,
         audience_file_id=fields.audience_file_id,
         audience_phone_column=fields.audience_phone_column,
+        recurrence=fields.recurrence,
+        send_window=fields.send_window,
+        time_zone_field=fields.time_zone_field,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -283,23 +289,62 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.language_field = fields.language_field
     campaign.audience_file_id = fields.audience_file_id
     campaign.audience_phone_column = fields.audience_phone_column
+    _change_recurrence(campaign, fields.recurrence)
+    campaign.send_window = fields.send_window
+    campaign.time_zone_field = fields.time_zone_field
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
     db.session.commit()
     return campaign
 
 
+def _change_recurrence(campaign: Campaign, rule: dict[str, Any] | None) -> None:
+    """An edit's new rule. Its runs go on as they were made; a scheduled series moves to
+    the new rule's next occurrence. A series stops repeating only unscheduled, and never
+    once it has runs (they name it as theirs): a one-off is its duplicate's business."""
+    if rule == campaign.recurrence:
+        return
+    if rule is None:
+        if _has_runs(campaign.id):
+            raise ServiceError(
+                _("This campaign has runs, so it keeps repeating; duplicate it for a one-off."),
+                "recurrence",
+            )
+        if campaign.status is CampaignStatus.SCHEDULED:
+            raise ServiceError(
+                _("Unschedule the campaign before it stops repeating."), "recurrence"
+            )
+    campaign.recurrence = rule
+    if rule is not None and campaign.status is CampaignStatus.SCHEDULED:
+        campaign.scheduled_at = recurrence.next_occurrence(rule, database_now(db.session))
+
+
+def _has_runs(campaign_id: int) -> bool:
+    return bool(
+        db.session.scalar(sa.select(sa.exists().where(Campaign.recurrence_of_id == campaign_id)))
+    )
+
+
 def schedule_campaign(
-    campaign_id: int, when: datetime, user_id: int, *, confirm: Confirmation = False
+    campaign_id: int, when: datetime | None, user_id: int, *, confirm: Confirmation = False
 ) -> Campaign:
     """Schedule (or reschedule) a campaign for a future time, once the pre-flight check
-    passes (its warnings confirmed with ``confirm``)."""
-    if when.tzinfo is None:
+    passes (its warnings confirmed with ``confirm``).
+
+    A recurring campaign starts repeating: it is scheduled for its rule's next occurrence,
+    not before ``when`` if given (else from now)."""
+    if when is not None and when.tzinfo is None:
         raise ServiceError(_("Give the time with its time zone."), "scheduled_at")
     campaign = _campaign(campaign_id)
+    if campaign.recurrence is not None:
+        when = _first_occurrence(campaign.recurrence, when)
+    if when is None:
+        raise ServiceError(_("Choose a date and time."), "scheduled_at")
     _require(campaign, "schedule")
     _require_future(when)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "schedule", confirm)
+    if campaign.recurrence is not None:  # as locked: the check took time
+        when = _first_occurrence(campaign.recurrence, when)
     _require_future(when)  # again: the check's ERP call may have taken it into the past
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = when
@@ -313,6 +358,14 @@ def schedule_campaign(
     )
     db.session.commit()
     return campaign
+
+
+def _first_occurrence(rule: dict[str, Any], not_before: datetime | None) -> datetime:
+    """A series' first occurrence from now, or at or after ``not_before`` (aware) if later."""
+    now = database_now(db.session)
+    if not_before is None or not_before <= now:
+        return recurrence.next_occurrence(rule, now)
+    return recurrence.next_occurrence(rule, not_before - timedelta(microseconds=1))
 
 
 def _require_future(when: datetime) -> None:
@@ -367,7 +420,31 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         campaign.language_field,
         audience_file_id=campaign.audience_file_id,
         audience_phone_column=campaign.audience_phone_column,
+        recurrence=campaign.recurrence,
+        send_window=campaign.send_window,
+        time_zone_field=campaign.time_zone_field,
     )
+
+
+# A sending or paused campaign's window may change (its recipients' zones are already
+# chosen; the pump applies the new window from its next run): wider to let the waiting
+# ones go, narrower to hold the rest back. Draft and scheduled ones change it by editing.
+WINDOW_CHANGE_STATUSES = frozenset({CampaignStatus.SENDING, CampaignStatus.PAUSED})
+
+
+def change_send_window(campaign_id: int, window: dict[str, Any] | None, user_id: int) -> Campaign:
+    """Set a sending or paused campaign's window (validated: ``validation.parse_send_window``;
+    None: any time); its pump comes at once rather than at the old window's next opening."""
+    campaign = _locked_campaign(campaign_id)
+    if campaign.status not in WINDOW_CHANGE_STATUSES:
+        db.session.rollback()
+        raise Conflict(refusal("edit", campaign.status))
+    campaign.send_window = window
+    if campaign.status is CampaignStatus.SENDING and campaign.audience_loaded_at is not None:
+        queues.defer_pump(db.session, campaign.id)
+    campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
+    db.session.commit()
+    return campaign
 
 
 def unschedule_campaign(campaign_id: int, user_id: int) -> Campaign:
@@ -386,18 +463,9 @@ def duplicate_campaign(campaign_id: int, user_id: int) -> Campaign:
     source = db.session.get(Campaign, campaign_id)
     if source is None:
         raise NotFound(_("There is no such campaign."))
-    copy = Campaign(
-        name=(_("Copy of %(name)s") % {"name": source.name})[:200],
-        owner_id=user_id,
-        sender_id=source.sender_id,
-        template_id=source.template_id,
-        segment=dict(source.segment),
-        variable_mapping=dict(source.variable_mapping),
-        language_field=source.language_field,
-        audience_file_id=source.audience_file_id,
-        audience_phone_column=source.audience_phone_column,
-        status=CampaignStatus.DRAFT,
-    )
+    # Campaign.copy: every column of its configuration (a recurring campaign's runs are
+    # made by it too); a duplicate of a series repeats alike, a run's sends once.
+    copy = source.copy(name=(_("Copy of %(name)s") % {"name": source.name})[:200], owner_id=user_id)
     db.session.add(copy)
     db.session.flush()
     campaign_states.record_activity(
@@ -423,14 +491,24 @@ def send_campaign_now(campaign_id: int, user_id: int, *, confirm: Confirmation =
     waiting), once the pre-flight check passes (its warnings confirmed with ``confirm``)."""
     campaign = _campaign(campaign_id)
     _require(campaign, "send_now")
+    _require_one_off(campaign)
     _check_sender_and_template(_fields_of(campaign))
     campaign = _checked_and_locked(campaign, "send_now", confirm)
+    _require_one_off(campaign)
     campaign_states.start(db.session, campaign)
     campaign_states.record_activity(
         db.session, campaign.id, user_id, "started", reasons.Reason(reasons.SENT_NOW)
     )
     db.session.commit()
     return campaign
+
+
+def _require_one_off(campaign: Campaign) -> None:
+    if campaign.recurrence is not None:
+        db.session.rollback()
+        raise Conflict(
+            _("A repeating campaign sends through its runs: schedule it to start repeating.")
+        )
 
 
 def pause_campaign(campaign_id: int, user_id: int) -> Campaign:
@@ -451,7 +529,15 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
     campaign = _locked_campaign(campaign_id)
     _require(campaign, "resume")
     _check_sender_and_template(_fields_of(campaign))
-    if (
+    if campaign.recurrence is not None:
+        # A series paused while scheduled (WhatsApp paused its template): repeating again,
+        # from its next occurrence; one that passed meanwhile is not made up for.
+        campaign.status = CampaignStatus.SCHEDULED
+        campaign.set_status_reason(None)
+        now = database_now(db.session)
+        if campaign.scheduled_at is None or campaign.scheduled_at <= now:
+            campaign.scheduled_at = recurrence.next_occurrence(campaign.recurrence, now)
+    elif (
         campaign.started_at is None
         and campaign.scheduled_at is not None
         and (campaign.scheduled_at > database_now(db.session))

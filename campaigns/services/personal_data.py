@@ -6,7 +6,8 @@ What Disparo stores about a person, and where:
 - ``messages``: the phone, the ERP's customer ref, the customer fields the
   template's variables use (``customer_data``), the variables filled in
   (``params``), the provider's error text (which can echo the number), and what the
-  person answered (``reply_text``, ``clicked_button``: ``answers.py``). Erased
+  person answered (``reply_text``, ``clicked_button``: ``answers.py``), and their
+  time zone (``time_zone``: from the number or a customer field). Erased
   (NULL, ``{}``) by both; the status, error code, times (a reply's and a click's
   too) and the campaign's counters stay, so progress, reports and the CSV export
   still add up. An answer arriving after the erasure counts but keeps no words.
@@ -89,12 +90,12 @@ FINISHED = [status.value for status in FINISHED_CAMPAIGN_STATUSES]
 # What an erased message keeps: its status, code, times and counts.
 ERASED_VALUES = (
     "phone = NULL, customer_ref = NULL, customer_data = '{}'::jsonb, params = NULL,"
-    " error_text = NULL, reply_text = NULL, clicked_button = NULL"
+    " error_text = NULL, reply_text = NULL, clicked_button = NULL, time_zone = NULL"
 )
 NOT_ERASED = (
     "(phone IS NOT NULL OR customer_ref IS NOT NULL OR customer_data <> '{}'::jsonb"
     " OR params IS NOT NULL OR error_text IS NOT NULL OR reply_text IS NOT NULL"
-    " OR clicked_button IS NOT NULL)"
+    " OR clicked_button IS NOT NULL OR time_zone IS NOT NULL)"
 )
 # -- the next batch of an expired campaign's messages, in id order after :after. The
 # campaign row is held FOR SHARE and checked still finished: a "retry failed" that

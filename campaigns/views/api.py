@@ -53,7 +53,9 @@ from campaigns.services import (
     template_import,
 )
 from campaigns.services.campaigns import (
+    WINDOW_CHANGE_STATUSES,
     cancel_campaign,
+    change_send_window,
     create_campaign,
     duplicate_campaign,
     pause_campaign,
@@ -78,11 +80,13 @@ from campaigns.services.templates import (
 from campaigns.services.users import update_user, user_for_token
 from campaigns.validation import (
     CampaignFields,
+    Checker,
     Invalid,
     bigint,
     parse_campaign,
     parse_limit_overridden,
     parse_messaging_limit,
+    parse_send_window,
     parse_sender,
     parse_template,
     parse_user_changes,
@@ -596,10 +600,17 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "language_field": campaign.language_field,
         "audience_file_id": campaign.audience_file_id,
         "audience_phone_column": campaign.audience_phone_column,
+        "send_window": campaign.send_window,
+        "time_zone_field": campaign.time_zone_field,
         "scheduled_at": _iso(campaign.scheduled_at),
         "started_at": _iso(campaign.started_at),
         "completed_at": _iso(campaign.completed_at),
         "created_at": _iso(campaign.created_at),
+        # A recurring campaign (campaigns/recurrence.py), or a run of one.
+        "recurrence": campaign.recurrence,
+        "next_run_at": _iso(queries.next_run_at(campaign)),
+        "recurrence_of_id": campaign.recurrence_of_id,
+        "run_number": campaign.run_number,
     }
 
 
@@ -613,22 +624,26 @@ def _campaign_fields(data: dict[str, Any]) -> CampaignFields:
 
 @bp.get("/campaigns")
 def campaign_list() -> Response:
-    """Campaigns, newest first: ?status=&q=, and ?page= (20 a page) or ?limit=&cursor=."""
+    """Campaigns, newest first: ?status=&q=&recurrence_of= (a series' runs), and ?page=
+    (20 a page) or ?limit=&cursor=."""
     try:
         status = CampaignStatus(request.args["status"]) if request.args.get("status") else None
     except ValueError:
         raise Invalid({"status": _("Unknown status.")}) from None
+    series = _series_filter()
     wanted = parse_page(request.args, "campaigns", ("time", "id"), older_paging=("page",))
     q = request.args.get("q")
     if wanted.by_cursor:
         rows = queries.campaigns_page(
-            status, q, wanted.after, wanted.limit or cursors.DEFAULT_LIMIT
+            status, q, wanted.after, wanted.limit or cursors.DEFAULT_LIMIT, recurrence_of=series
         )
         return jsonify(
             campaigns=[campaign_json(c) for c in rows.rows],
             next_cursor=encode_or_none("campaigns", rows.next_key),
         )
-    page = queries.list_campaigns(status, q, request.args.get("page", 1, type=int))
+    page = queries.list_campaigns(
+        status, q, request.args.get("page", 1, type=int), recurrence_of=series
+    )
     more = page.page < page.pages and bool(page.campaigns)
     return jsonify(
         campaigns=[campaign_json(c) for c in page.campaigns],
@@ -640,6 +655,17 @@ def campaign_list() -> Response:
             queries.key_of(page.campaigns[-1], queries.CAMPAIGN_KEY) if more else None,
         ),
     )
+
+
+def _series_filter() -> int | None:
+    """?recurrence_of=<id>: only that recurring campaign's runs (422 unless an id)."""
+    raw = request.args.get("recurrence_of")
+    if raw is None or raw == "":
+        return None
+    series = row_id(raw)
+    if series is None:
+        raise Invalid({"recurrence_of": _("Give a campaign's id.")})
+    return series
 
 
 @bp.post("/campaigns")
@@ -660,23 +686,34 @@ def campaign_get(campaign_id: int) -> Response:
 @bp.patch("/campaigns/<int:campaign_id>")
 @requires(Role.SUPERVISOR)
 def campaign_update(campaign_id: int) -> Response:
-    """Change a draft or scheduled campaign (fields not sent stay as they are)."""
-    current = campaign_json(_found(queries.get_campaign(campaign_id)))
-    fields = _campaign_fields(current | body())
+    """Change a draft or scheduled campaign (fields not sent stay as they are); of a
+    sending or paused one, the sending window alone."""
+    campaign = _found(queries.get_campaign(campaign_id))
+    changes = body()
+    if campaign.status in WINDOW_CHANGE_STATUSES and set(changes) == {"send_window"}:
+        # A sending or paused campaign's window alone may change (widened, narrowed).
+        check = Checker()
+        window = parse_send_window(changes["send_window"], check)
+        check.done()
+        return jsonify(campaign_json(change_send_window(campaign_id, window, g.api_user.id)))
+    fields = _campaign_fields(campaign_json(campaign) | changes)
     return jsonify(campaign_json(update_campaign(campaign_id, fields, g.api_user.id)))
 
 
 @bp.post("/campaigns/<int:campaign_id>/schedule")
 @requires(Role.SUPERVISOR)
 def campaign_schedule(campaign_id: int) -> tuple[Response, int]:
-    """Schedule at an ISO 8601 time with its offset (422 unless in the future)."""
+    """Schedule at an ISO 8601 time with its offset (422 unless in the future); a recurring
+    campaign at its next occurrence, not before the time if one is given."""
     raw = body().get("scheduled_at")
-    try:
-        when = datetime.fromisoformat(str(raw))
-    except ValueError:
-        raise Invalid({"scheduled_at": _("Give an ISO 8601 time with its offset.")}) from None
-    if when.tzinfo is None:
-        raise Invalid({"scheduled_at": _("Give the time with its offset, e.g. -03:00.")})
+    when: datetime | None = None
+    if raw is not None or _found(queries.get_campaign(campaign_id)).recurrence is None:
+        try:
+            when = datetime.fromisoformat(str(raw))
+        except ValueError:
+            raise Invalid({"scheduled_at": _("Give an ISO 8601 time with its offset.")}) from None
+        if when.tzinfo is None:
+            raise Invalid({"scheduled_at": _("Give the time with its offset, e.g. -03:00.")})
     _found(queries.get_campaign(campaign_id))
     campaign = schedule_campaign(campaign_id, when, g.api_user.id, confirm=_confirmed())
     return jsonify(campaign_json(campaign)), 202

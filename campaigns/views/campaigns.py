@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from babel.dates import get_day_names
 from flask import (
     Blueprint,
     abort,
@@ -31,6 +32,7 @@ from campaigns import (
     preflight,
     queries,
     recipients,
+    recurrence,
     template_parts,
     tracked_links,
 )
@@ -38,7 +40,15 @@ from campaigns.auth import requires
 from campaigns.config import ConfigError
 from campaigns.edge import validates_fields
 from campaigns.htmx import CAMPAIGN_CHANGED, STOP_POLLING, redirect_to, trigger
-from campaigns.i18n import _, _l, current_zone, format_number, ngettext
+from campaigns.i18n import (
+    _,
+    _l,
+    current_zone,
+    format_number,
+    get_locale,
+    ngettext,
+    timezone_choices,
+)
 from campaigns.models import (
     AudienceFile,
     Campaign,
@@ -238,6 +248,7 @@ def _form_page(
             other_languages=languages.also_approved_in(data.get("template_id")),
             # Whose campaign limit paces it: the owner's (the creator's, for a new one).
             owner=campaign.owner if campaign else current_user,
+            **_repeat_choices(),
         ),
         status,
     )
@@ -253,6 +264,20 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "language_field": campaign.language_field or "",
         "audience_file_id": campaign.audience_file_id,
         "audience_phone_column": campaign.audience_phone_column or "",
+        "recurrence": campaign.recurrence,
+        "send_window": campaign.send_window,
+        "time_zone_field": campaign.time_zone_field or "",
+    }
+
+
+def _repeat_choices() -> dict[str, Any]:
+    """The Repeat fields' choices (templates/campaigns/_recurrence.html): the days of the
+    week in the reader's language (0 Monday), the time zones, the reader's first."""
+    names = get_day_names("wide", locale=get_locale())
+    return {
+        "weekdays": [(day, names[day]) for day in range(7)],
+        "timezones": timezone_choices(),
+        "reader_zone": str(current_zone()),
     }
 
 
@@ -294,7 +319,7 @@ def campaign_create():
 def campaign_edit(campaign_id: int):
     """The form, filled in (draft and scheduled campaigns only)."""
     campaign = _campaign_or_404(campaign_id)
-    if "edit" not in allowed_actions(campaign.status):
+    if "edit" not in _actions(campaign):
         flash(refusal("edit", campaign.status), "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
     return _form_page(_data_of(campaign), {}, campaign)
@@ -389,7 +414,8 @@ def campaign_show(campaign_id: int) -> str:
     return render_template(
         "campaigns/show.html",
         campaign=campaign,
-        actions=allowed_actions(campaign.status),
+        actions=_actions(campaign),
+        **_series_facts(campaign),
         activity=queries.campaign_activity(campaign_id),
         progress=progress,
         chart=throughput_chart(progress),
@@ -397,6 +423,25 @@ def campaign_show(campaign_id: int) -> str:
         # The languages its recipients may get, with a language field to choose by.
         languages=languages.languages(campaign.template) if campaign.language_field else [],
     )
+
+
+def _actions(campaign: Campaign) -> set[str]:
+    return allowed_actions(campaign.status, repeating=campaign.recurrence is not None)
+
+
+def _series_facts(campaign: Campaign) -> dict[str, Any]:
+    """A recurring campaign's rule in words, next run and latest runs (with their figures);
+    a run's series (templates/campaigns/_series.html)."""
+    if campaign.recurrence is None:
+        return {"series": campaign.recurrence_of}
+    runs, runs_total = queries.series_runs(campaign.id)
+    return {
+        "repeats": recurrence.describe(campaign.recurrence),
+        "next_run_at": queries.next_run_at(campaign),
+        "runs": runs,
+        "runs_total": runs_total,
+        "run_totals": counters.totals_of(db.session, [run.id for run in runs]),
+    }
 
 
 @bp.get("/<int:campaign_id>/progress")
@@ -418,7 +463,7 @@ def campaign_progress(campaign_id: int):
             campaign=campaign,
             progress=progress,
             chart=throughput_chart(progress),
-            actions=allowed_actions(campaign.status),
+            actions=_actions(campaign),
             oob=changed,
             **context,
         ),
@@ -516,7 +561,7 @@ def campaign_preflight(campaign_id: int) -> str:
     Send now and Schedule controls out of band: disabled while something blocks, and the
     confirmation checkbox by them while a warning needs it."""
     campaign = _campaign_or_404(campaign_id)
-    actions = allowed_actions(campaign.status)
+    actions = _actions(campaign)
     if not actions & {"send_now", "schedule"}:
         abort(404)  # started or finished: nothing to check before it goes
     return render_template(
@@ -529,6 +574,8 @@ def campaign_preflight(campaign_id: int) -> str:
 
 def _operator_time(raw: str) -> datetime:
     """A datetime-local value, in the operator's time zone (their preference)."""
+    if not raw:
+        raise Invalid({"scheduled_at": _("Enter a date and time.")})
     try:
         naive = datetime.fromisoformat(raw)
     except ValueError:
@@ -613,12 +660,19 @@ def _cancelled(campaign: Campaign) -> str:
 @requires(Role.SUPERVISOR)
 def campaign_schedule(campaign_id: int) -> Response:
     """Schedule for a date and time in the operator's time zone."""
+    raw = request.form.get("scheduled_at", "")
     try:
-        when = _operator_time(request.form.get("scheduled_at", ""))
+        # A recurring campaign's time is optional: it starts repeating at its next
+        # occurrence (not before the time, if one is given).
+        when = None if not raw and _repeats(campaign_id) else _operator_time(raw)
     except Invalid as invalid:
         flash(invalid.errors["scheduled_at"], "error")
         return redirect_to(url_for("campaigns.campaign_show", campaign_id=campaign_id))
     return _run_action(campaign_id, schedule_campaign, when, confirm=_confirmed())
+
+
+def _repeats(campaign_id: int) -> bool:
+    return _campaign_or_404(campaign_id).recurrence is not None
 
 
 @bp.post("/<int:campaign_id>/unschedule")

@@ -122,6 +122,13 @@ LATER = {
     "template_quality_red": (
         "Template “%(name)s” (%(language)s) dropped to low quality (red): WhatsApp may pause it."
     ),
+    "run_of": "a run of the repeating campaign #%(id)s",
+    "run_made": "run %(number)s, campaign #%(id)s",
+    "run_skipped": "the run due %(at)s: run %(number)s (campaign #%(id)s) had not finished",
+    "recurring_run_skipped": (
+        "Repeating campaign “%(name)s” skipped its run due %(at)s: the previous run"
+        " had not finished."
+    ),
 }
 
 REASON_CODES = ("failure_rate", "whatsapp_stop", "template_disabled", "erp_failed")

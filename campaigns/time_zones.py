@@ -1,0 +1,148 @@
+"""A recipient's time zone: from a customer field naming an IANA zone, else from the number.
+
+The sending window (``send_windows.py``) is applied in this zone, so what matters is
+never to message someone at night: the zone a number gives is a guess, made the
+conservative way where the data allows, and explained where it cannot be.
+
+- **Brazil** by area code (DDD), from a table of our own (:data:`BRAZIL_DDD`).
+  phonenumbers' timezone data is coarse there: DDD 81 (Recife, UTC-3) comes back as
+  America/Noronha (UTC-2), and others as a zone of another state.
+- **Other countries** from phonenumbers' timezone data (maintained with the library's
+  releases). One zone: that one. Several (a country whose numbers do not say where, as
+  Russian or Australian mobiles): all of one UTC offset, the first; else the candidate in
+  the middle by UTC offset, so the hour used is off by at most half the country's spread
+  either way (an operator who knows better gives ``time_zone_field``). None
+  (``Etc/Unknown``: a non-geographic number): :data:`FALLBACK`.
+- **A customer field or CSV column** (the campaign's ``time_zone_field``) naming an IANA
+  zone wins; a value that is not one (checked with zoneinfo) falls back to the number.
+
+The final fallback is the business's own zone, ``DISPLAY_TIMEZONE`` (the zone the
+operators schedule in), so a number nothing places is messaged in their hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from functools import cache, lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezones
+
+# messages.time_zone's width: the longest IANA name is 32 characters.
+WIDTH = 64
+
+SAO_PAULO = "America/Sao_Paulo"  # UTC-3: Brasília time, most of the country
+MANAUS = "America/Manaus"  # UTC-4: AM (most), RR, RO, MT, MS
+RIO_BRANCO = "America/Rio_Branco"  # UTC-5: AC, and the south-west of AM
+NORONHA = "America/Noronha"  # UTC-2: Fernando de Noronha, which has no DDD of its own (81)
+
+# Brazil's area codes (DDD) to their state's zone. Sources: Anatel's national code plan
+# (Plano Geral de Códigos Nacionais: the DDDs in use and their states) and the tz
+# database's zone.tab (each state's zone). The four zones stand for the state zones of
+# equal offset (America/Cuiaba, Campo_Grande, Porto_Velho and Boa_Vista keep Manaus
+# time; Bahia, Fortaleza, Recife, Belem, Araguaina... Brasília's): Brazil has kept no
+# daylight saving time since 2019; should it return for some states only, this table
+# must name the state zones. Where a DDD spans two zones the table says so and picks
+# the one most of its municipalities keep (one zone per DDD: the others are an hour off
+# at the window's edges):
+# - 97 (western Amazonas): Tefé, Coari, Tabatinga... keep Manaus time (UTC-4); the
+#   south-west (Eirunepé, Envira, Guajará, Ipixuna, Boca do Acre, Pauini...) keeps
+#   Acre's (UTC-5, America/Eirunepe).
+# - 81 (Recife) also serves Fernando de Noronha (UTC-2): Recife's.
+BRAZIL_DDD: dict[str, str] = {
+    **{str(ddd): SAO_PAULO for ddd in range(11, 20)},  # SP
+    **{ddd: SAO_PAULO for ddd in ("21", "22", "24", "27", "28")},  # RJ, ES
+    **{ddd: SAO_PAULO for ddd in ("31", "32", "33", "34", "35", "37", "38")},  # MG
+    **{str(ddd): SAO_PAULO for ddd in range(41, 50)},  # PR, SC
+    **{ddd: SAO_PAULO for ddd in ("51", "53", "54", "55")},  # RS
+    **{ddd: SAO_PAULO for ddd in ("61", "62", "63", "64")},  # DF, GO, TO
+    **{ddd: MANAUS for ddd in ("65", "66")},  # MT
+    "67": MANAUS,  # MS
+    "68": RIO_BRANCO,  # AC
+    "69": MANAUS,  # RO
+    **{ddd: SAO_PAULO for ddd in ("71", "73", "74", "75", "77", "79")},  # BA, SE
+    **{str(ddd): SAO_PAULO for ddd in range(81, 90)},  # PE, AL, PB, RN, CE, PI
+    **{ddd: SAO_PAULO for ddd in ("91", "93", "94")},  # PA
+    "92": MANAUS,  # AM (Manaus)
+    "95": MANAUS,  # RR
+    "96": SAO_PAULO,  # AP
+    "97": MANAUS,  # AM (interior): see above, part of it keeps UTC-5
+    **{ddd: SAO_PAULO for ddd in ("98", "99")},  # MA
+}
+# A Brazilian number whose DDD is not in the table (none in use is missing): Brasília's,
+# the zone of most of the country.
+BRAZIL_DEFAULT = SAO_PAULO
+
+
+@cache
+def is_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA zone zoneinfo knows (not a path, not "localtime")."""
+    if not name or len(name) > WIDTH or name.startswith(("/", ".")) or name == "localtime":
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def from_field(value: Any) -> str | None:
+    """A customer field's or CSV cell's zone, if it names one (surrounding spaces aside)."""
+    if not isinstance(value, str):
+        return None
+    name = value.strip()
+    return name if is_zone(name) else None
+
+
+@lru_cache(maxsize=4096)
+def from_number(phone: str, fallback: str) -> str:
+    """The zone of an E.164 number (module docstring); ``fallback`` when nothing places it.
+
+    A Brazilian number is a dictionary lookup; another is parsed by phonenumbers (about
+    40 µs on this machine's 2 cores). The cache is bounded: numbers rarely repeat.
+    """
+    if phone.startswith("+55"):
+        return BRAZIL_DDD.get(phone[3:5], BRAZIL_DEFAULT)
+    try:
+        number = phonenumbers.parse(phone)
+    except phonenumbers.NumberParseException:
+        return fallback
+    zones = [
+        zone
+        for zone in phone_timezones.time_zones_for_number(number)
+        if zone != phone_timezones.UNKNOWN_TIMEZONE and is_zone(zone)
+    ]
+    if not zones:
+        return fallback
+    return representative(zones)
+
+
+# Offsets are compared at these two instants (a northern and a southern summer), so zones
+# that differ only part of the year are told apart.
+_SEASONS = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
+
+
+def representative(zones: list[str]) -> str:
+    """One zone for a number that could be in any of ``zones``: the first if they keep the
+    same hours all year, else the one in the middle by UTC offset (ties: the first)."""
+
+    def offsets(zone: str) -> tuple[timedelta, ...]:
+        return tuple(at.astimezone(ZoneInfo(zone)).utcoffset() or timedelta() for at in _SEASONS)
+
+    if len({offsets(zone) for zone in zones}) == 1:
+        return zones[0]
+    ordered = sorted(zones, key=lambda zone: (sum(offsets(zone), timedelta()), zones.index(zone)))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def for_recipient(
+    phone: str | None, customer: Mapping[str, Any], field: str | None, fallback: str
+) -> str | None:
+    """The recipient's zone: the customer's ``field`` if it names a zone, else the number's;
+    None without a valid number (a skipped row: no message is sent to it)."""
+    if field and (named := from_field(customer.get(field))):
+        return named
+    return from_number(phone, fallback) if phone else None

@@ -5,6 +5,7 @@ end to end, the API, and the rows' retention and erasure."""
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,7 @@ from campaigns.services.demo import seed_demo
 from campaigns.services.suppressions import suppress_quietly
 from campaigns.services.templates import default_sender
 from campaigns.validation import Invalid, parse_campaign
+from jobs import tasks
 from tests.helpers import assert_counters_match_rows, lift_limits, wait_for
 
 HEADER = "telefone;nome;cidade;cupom\n"
@@ -308,6 +310,14 @@ def test_an_upload_over_its_limit_is_413_in_place_unread(app, client, login_as, 
     assert response.headers["HX-Retarget"] == "#audience-file"
 
 
+def test_a_stranger_cannot_send_a_body_the_size_of_an_audience(app, client):
+    """CSRF's check reads a page's form before the sign-in check runs: a stranger's body is
+    held to MAX_REQUEST_BYTES, not the audience limit, so it cannot fill the disk."""
+    app.config["MAX_REQUEST_BYTES"] = app.config["MAX_CONTENT_LENGTH"] = 4096
+    app.config["WTF_CSRF_ENABLED"] = True  # its check is what reads the form first
+    assert _upload(client, "phone\n" + "11987654321\n" * 1000).status_code == 413
+
+
 def test_the_audience_limit_is_its_own_and_only_for_who_builds_campaigns(app, client, login_as):
     app.config["MAX_UPLOAD_BYTES"] = 100_000
     big = "phone,name\n" + "11987654321,Ana\n" * 20_000  # 320 KB: over MAX_UPLOAD_BYTES
@@ -547,12 +557,14 @@ def test_a_file_no_campaign_uses_is_deleted_a_day_after_upload(app, owner):
     unused = _import(PEOPLE).id
     used = _csv_campaign(owner.id).audience_file_id
     assert audiences.delete_unused(db.session) == 0  # not a day old yet
+    db.session.rollback()
     db.session.execute(
-        sa.update(AudienceFile).values(created_at=database_now(db.session) - timedelta(days=2))
+        sa.update(AudienceFile).values(
+            created_at=database_now(db.session) - timedelta(days=1, minutes=1)
+        )
     )
     db.session.commit()
-    assert audiences.delete_unused(db.session) == 1
-    db.session.commit()
+    tasks.reconcile(timestamp=int(time.time()))  # the maintenance job, as its tick runs it
     db.session.expire_all()
     assert db.session.get(AudienceFile, unused) is None
     assert db.session.get(AudienceFile, used) is not None

@@ -44,6 +44,7 @@ from campaigns import csvfiles, phones
 from campaigns.i18n import _
 from campaigns.media import MB, clean_filename
 from campaigns.models import AudienceFile
+from campaigns.search import fold
 from campaigns.services import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,10 @@ def import_csv(
         raise _too_large(config)
     head = stream.read(HEAD_BYTES)
     encoding = _encoding(head)
-    delimiter = csvfiles.sniff_delimiter(head.decode(encoding, "replace").splitlines()[:-1] or [""])
+    lines = head.decode(encoding, "replace").splitlines()
+    if len(head) == HEAD_BYTES:
+        lines = lines[:-1]  # cut short by the head's end
+    delimiter = csvfiles.sniff_delimiter(lines)
     name = clean_filename(filename, "audience.csv")
     for attempt in (encoding, *_FALLBACKS.get(encoding, ())):
         stream.seek(0)
@@ -113,8 +117,13 @@ def import_csv(
     raise AssertionError("latin-1 decodes any byte")  # pragma: no cover
 
 
-# Read as UTF-8 but it was not, past the head: Excel's code page, then any byte.
-_FALLBACKS = {"utf-8": ("cp1252", "latin-1"), "utf-8-sig": ("cp1252", "latin-1")}
+# Read as UTF-8 but it was not, past the head: Excel's code page, then any byte (also
+# for a byte Windows-1252 leaves undefined past the head).
+_FALLBACKS = {
+    "utf-8": ("cp1252", "latin-1"),
+    "utf-8-sig": ("cp1252", "latin-1"),
+    "cp1252": ("latin-1",),
+}
 
 
 def _encoding(head: bytes) -> str:
@@ -237,8 +246,6 @@ def get(file_id: int) -> AudienceFile | None:
 
 
 def _fold(column: str) -> str:
-    from campaigns.search import fold
-
     return _NOT_WORD.sub("_", fold(column)).strip("_")
 
 

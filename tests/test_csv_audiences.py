@@ -118,6 +118,14 @@ def test_a_file_that_stops_being_utf8_past_the_guess_is_read_again(app):
     assert last[0][1] == ["11987654321", "João"]
 
 
+def test_a_byte_windows_1252_lacks_past_the_guess_reads_as_latin_1(app):
+    good = "".join(f"119876{n:05d},Conceição\n" for n in range(audiences.HEAD_BYTES // 20))
+    data = ("phone,name\n" + good).encode("cp1252") + b"11987654321,Jo\x81o\n"
+    audience = _import(data)
+    assert audience.encoding == "latin-1"
+    assert _rows(audience.id)[0] == ["11987600000", "Conceição"]
+
+
 @pytest.mark.parametrize(
     ("text", "delimiter"),
     [

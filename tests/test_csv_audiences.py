@@ -511,6 +511,17 @@ def test_the_api_refuses_a_bad_file_at_its_field(app, client, headers, token_for
     assert viewer.status_code == 403
 
 
+def test_the_api_refuses_a_body_over_the_audience_limit_unread(
+    app, client, headers, monkeypatch
+):
+    view = app.view_functions["api.audience_create"]
+    assert view.upload_limit(app.config) == audiences.upload_limit_bytes(app.config)
+    monkeypatch.setattr(view, "upload_limit", lambda config: 1000)
+    response = _api_upload(client, headers, "phone\n" + "11987654321\n" * 200)
+    assert response.status_code == 413 and response.json["error"]["code"] == "too_large"
+    assert _file_count() == 0
+
+
 def test_the_api_creates_updates_and_duplicates_a_csv_campaign(app, client, headers):
     file_id = _api_upload(client, headers, PEOPLE).json["id"]
     template = _template()

@@ -511,9 +511,7 @@ def test_the_api_refuses_a_bad_file_at_its_field(app, client, headers, token_for
     assert viewer.status_code == 403
 
 
-def test_the_api_refuses_a_body_over_the_audience_limit_unread(
-    app, client, headers, monkeypatch
-):
+def test_the_api_refuses_a_body_over_the_audience_limit_unread(app, client, headers, monkeypatch):
     view = app.view_functions["api.audience_create"]
     assert view.upload_limit(app.config) == audiences.upload_limit_bytes(app.config)
     monkeypatch.setattr(view, "upload_limit", lambda config: 1000)

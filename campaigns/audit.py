@@ -112,6 +112,7 @@ DETAIL_KEYS = frozenset(
         "undeliverable_deleted",
         "contact_history_deleted",
         "activity_entries",
+        "audience_rows",
     }
 )
 # Words no details key may contain: their values would be secrets.

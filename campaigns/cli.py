@@ -124,6 +124,9 @@ def _describe(report: personal_data.ErasureReport) -> str:
             + _("contact history: %(answer)s")
             % {"answer": _("yes, to be deleted") if report.contacted else _("no")},
             "  " + _("test sends in campaign activity: %(n)s") % {"n": n(report.activity)},
+            "  "
+            + _("rows of uploaded audiences (CSV), to be deleted: %(n)s")
+            % {"n": n(report.audience_rows)},
         ]
     )
 

@@ -237,6 +237,7 @@ class Settings:
     phone_default_region: str
     max_request_bytes: int
     max_upload_bytes: int
+    audience_upload_max_mb: int
     audit_retention_days: int
     data_retention_days: int
     phone_hash_key: bytes
@@ -311,6 +312,8 @@ class Settings:
             "MAX_FORM_MEMORY_SIZE": self.max_request_bytes,
             "MAX_REQUEST_BYTES": self.max_request_bytes,
             "MAX_UPLOAD_BYTES": self.max_upload_bytes,
+            # A CSV audience's own limit (campaigns/audiences.py), in MB (10^6 bytes).
+            "AUDIENCE_UPLOAD_MAX_MB": self.audience_upload_max_mb,
             "AUDIT_RETENTION_DAYS": self.audit_retention_days,
             "DATA_RETENTION_DAYS": self.data_retention_days,
             "PHONE_HASH_KEY": self.phone_hash_key,
@@ -633,6 +636,8 @@ def load_settings() -> Settings:
         max_upload_bytes=_int_setting(
             "MAX_UPLOAD_BYTES", max(10 * MIB, max_request), minimum=max_request
         ),
+        # A million rows of a phone and a few columns is 60-80 MB: room for that file.
+        audience_upload_max_mb=_int_setting("AUDIENCE_UPLOAD_MAX_MB", 100, maximum=10_000),
         # Two years: who changed a role, a limit or the opt-out list is asked about long
         # after the fact (a complaint, a dispute, a security review), and the rows hold
         # no customer's data (phones masked), so keeping them costs little.

@@ -3,7 +3,8 @@
 Every body is limited before it is read: ``MAX_UPLOAD_BYTES`` for a view marked
 :func:`takes_upload`, or the limit of its own it was marked with
 (``@takes_upload(limit_bytes=…)``: a media header's file, up to Meta's largest media
-plus the form, ``campaigns/media.py``), else ``MAX_REQUEST_BYTES`` (Flask's
+plus the form, ``campaigns/media.py``; or a function of the settings: a CSV audience's
+``AUDIENCE_UPLOAD_MAX_MB``, ``campaigns/audiences.py``), else ``MAX_REQUEST_BYTES`` (Flask's
 ``MAX_CONTENT_LENGTH``).
 Werkzeug refuses a larger ``Content-Length`` with a 413 before reading a byte, and
 caps a body without one (chunked: the server sets ``wsgi.input_terminated``) as it
@@ -35,7 +36,7 @@ A view that reads its form any other way must not carry the flag.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import flask
@@ -70,15 +71,21 @@ class JSONProvider(DefaultJSONProvider):
         return json.loads(s, **kwargs)
 
 
-@overload
-def takes_upload(view: F, *, limit_bytes: int | None = None) -> F: ...
+# A view's own limit: bytes, or a function of the app's settings that says how many.
+UploadLimit = int | Callable[[Mapping[str, Any]], int]
 
 
 @overload
-def takes_upload(view: None = None, *, limit_bytes: int | None = None) -> Callable[[F], F]: ...
+def takes_upload(view: F, *, limit_bytes: UploadLimit | None = None) -> F: ...
 
 
-def takes_upload(view: F | None = None, *, limit_bytes: int | None = None) -> Any:
+@overload
+def takes_upload(
+    view: None = None, *, limit_bytes: UploadLimit | None = None
+) -> Callable[[F], F]: ...
+
+
+def takes_upload(view: F | None = None, *, limit_bytes: UploadLimit | None = None) -> Any:
     """Mark a view whose form carries a file: its body may be up to ``MAX_UPLOAD_BYTES``
     (``@takes_upload``), or up to ``limit_bytes`` (``@takes_upload(limit_bytes=…)``: a
     limit of the view's own, larger or smaller, whatever the settings say). Werkzeug
@@ -119,6 +126,8 @@ class Request(flask.Request):
         if self._max_content_length is None and upload:
             view = current_app.view_functions[self.endpoint or ""]
             own = getattr(view, "upload_limit", None)
+            if callable(own):
+                own = own(current_app.config)
             return int(own if own is not None else current_app.config["MAX_UPLOAD_BYTES"])
         return super().max_content_length
 

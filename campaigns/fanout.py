@@ -1,13 +1,16 @@
-"""The fan-out: a sending campaign's audience, read from the ERP into ``messages``.
+"""The fan-out: a sending campaign's audience, read from the ERP (or its CSV file) into
+``messages``.
 
 One message row per customer, ``pending``, or ``skipped`` with the reason (an
 invalid number, a duplicate, an opted-out number, a number WhatsApp could not
 deliver to lately, the campaign's exclusions (exclusions.py: its frequency cap, a
-number in another running campaign), a variable without a value).
-Resumable and idempotent: the ERP cursor advances in the same transaction as the
-page's rows, under the campaign's row lock, and rows are unique per ERP customer,
-so a fan-out that crashed carries on from its last page and adds nothing twice.
-Once the last page is in, it defers the campaign's pump.
+number in another running campaign), a variable without a value). Both sources feed one
+function (:func:`_message_rows`): a CSV audience's rows (``campaigns/audiences.py``) are
+customers whose fields are the file's columns, their ref the row number.
+Resumable and idempotent: the ERP cursor (a file's last row number) advances in the
+same transaction as the page's rows, under the campaign's row lock, and rows are
+unique per customer, so a fan-out that crashed carries on from its last page and
+adds nothing twice. Once the last page is in, it defers the campaign's pump.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sqlalchemy as sa
 
 from app import db
 from campaigns import (
+    audiences,
     campaign_states,
     erp,
     exclusions,
@@ -48,9 +52,21 @@ class FanOutPage:
 
 def load_audience(campaign_id: int, config: Mapping[str, Any]) -> None:
     """Every page left, until the audience is loaded or the campaign stops sending."""
+    if _csv_audience(campaign_id):
+        while (page := fan_out_file_page(campaign_id, config)) is not None and not page.done:
+            pass
+        return
     with erp.PageReader(erp.client_from_config(config), PAGE_SIZE) as pages:
         while (page := fan_out_page(campaign_id, pages, config)) is not None and not page.done:
             pass
+
+
+def _csv_audience(campaign_id: int) -> bool:
+    audience = db.session.scalar(
+        sa.select(Campaign.audience_file_id).where(Campaign.id == campaign_id)
+    )
+    db.session.rollback()
+    return audience is not None
 
 
 # -- which of these phones the campaign already has (not skipped). One index probe per
@@ -76,25 +92,70 @@ def fan_out_page(
         db.session.rollback()
         return None
     page = pages.page(campaign.segment, campaign.erp_cursor)
+    return _store_page(campaign, page.customers, None, page.next_cursor, config)
+
+
+def fan_out_file_page(campaign_id: int, config: Mapping[str, Any]) -> FanOutPage | None:
+    """Load the next rows of the campaign's CSV file into ``messages``, by row number
+    after the last loaded (kept in ``erp_cursor``); None if not sending."""
+    campaign = campaign_states.lock(db.session, campaign_id)
+    if (
+        campaign is None
+        or campaign.status is not CampaignStatus.SENDING
+        or campaign.audience_loaded_at
+        or campaign.audience_file is None
+    ):
+        db.session.rollback()
+        return None
+    after = int(campaign.erp_cursor or 0)
+    rows = audiences.page(db.session, campaign.audience_file.id, after, PAGE_SIZE)
+    customers = audiences.customers(campaign.audience_file.columns, rows)
+    next_cursor = str(rows[-1][0]) if len(rows) == PAGE_SIZE else None
+    refs = [ref for ref, _fields in customers]
+    return _store_page(campaign, [fields for _ref, fields in customers], refs, next_cursor, config)
+
+
+def _store_page(
+    campaign: Campaign,
+    customers: list[dict[str, Any]],
+    refs: list[str] | None,
+    next_cursor: str | None,
+    config: Mapping[str, Any],
+) -> FanOutPage:
+    """The page's messages, the cursor after it, and the pump once the last is in;
+    committed."""
     inserted = message_states.add_new(
-        db.session, campaign_id, _message_rows(campaign, page.customers, config)
+        db.session, campaign.id, _message_rows(campaign, customers, config, refs)
     )
-    campaign.erp_cursor = page.next_cursor
-    done = page.next_cursor is None
+    campaign.erp_cursor = next_cursor
+    done = next_cursor is None
     if done:
         campaign.audience_loaded_at = database_now(db.session)
-        queues.defer_pump(db.session, campaign_id)
+        queues.defer_pump(db.session, campaign.id)
     db.session.commit()
     skipped = inserted.count(MessageStatus.SKIPPED)
     return FanOutPage(len(inserted) - skipped, skipped, done)
 
 
+def phone_field(campaign: Campaign) -> str:
+    """The customer field holding the number: the CSV's phone column, or the ERP's."""
+    return campaign.audience_phone_column or "phone"
+
+
 def _message_rows(
-    campaign: Campaign, customers: list[dict[str, Any]], config: Mapping[str, Any]
+    campaign: Campaign,
+    customers: list[dict[str, Any]],
+    config: Mapping[str, Any],
+    refs: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per customer: pending, or skipped with the reason (invalid, duplicate, opted out)."""
+    """One row per customer, from either source: pending, or skipped with the reason
+    (invalid, duplicate, opted out). ``refs``: each customer's ref (a CSV's row numbers);
+    None: the ERP's ``id`` field."""
     region = config["PHONE_DEFAULT_REGION"]
-    normalised = [phones.normalise(c.get("phone"), region) for c in customers]
+    phone_of = phone_field(campaign)
+    if refs is None:
+        refs = [str(customer.get("id")) for customer in customers]
+    normalised = [phones.normalise(c.get(phone_of), region) for c in customers]
     wanted = [p for p in normalised if p]
     suppressed = is_suppressed(wanted)
     unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
@@ -112,7 +173,7 @@ def _message_rows(
     # Each recipient's language version, from the versions approved now (one read a page).
     versions = languages.variants(campaign.template) if language_field else {}
     rows = []
-    for customer, phone in zip(customers, normalised, strict=True):
+    for ref, customer, phone in zip(refs, customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
         # A skip keeps its code, worded in the reader's language when shown
         # (providers/errors.describe); only the missing variables' names are data.
@@ -134,8 +195,8 @@ def _message_rows(
         rows.append(
             {
                 "campaign_id": campaign.id,
-                "customer_ref": str(customer.get("id"))[:64],
-                "phone": (phone or str(customer.get("phone") or ""))[:32],
+                "customer_ref": ref[:64],
+                "phone": (phone or str(customer.get(phone_of) or ""))[:32],
                 "customer_data": {f: customer.get(f) for f in fields},
                 "params": params,
                 "template_id": _template_for(campaign, versions, customer),

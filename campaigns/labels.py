@@ -195,6 +195,7 @@ AUDIT_DETAIL: Labels = {
     "undeliverable_deleted": _lp("audit detail", "Undeliverable number record deleted"),
     "contact_history_deleted": _lp("audit detail", "Contact history record deleted"),
     "activity_entries": _lp("audit detail", "Activity entries"),
+    "audience_rows": _lp("audit detail", "Rows of uploaded audiences deleted"),
 }
 # Procrastinate's job statuses (procrastinate.jobs.Status), as the queue monitor shows them.
 JOB_STATUS: Labels = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask_login import UserMixin
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app import Model
@@ -335,6 +335,40 @@ class MediaUpload(Model):
     )
 
 
+class AudienceFile(Model):
+    """An uploaded CSV audience (campaigns/audiences.py): its header and facts; its rows
+    are ``audience_rows``. Personal data: deleted unused a day after upload, with its
+    campaigns' data by the retention, and a person's rows on their erasure."""
+
+    __tablename__ = "audience_files"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(255))  # the uploaded file's name
+    columns: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))  # the header, in order
+    row_count: Mapped[int] = mapped_column()
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    delimiter: Mapped[str] = mapped_column(sa.String(1))
+    encoding: Mapped[str] = mapped_column(sa.String(16))  # as read: utf-8, cp1252, latin-1
+    uploaded_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    created_at: Mapped[datetime] = created_at_column()
+
+    def __repr__(self) -> str:
+        return f"<AudienceFile {self.id} {self.row_count} rows>"
+
+
+class AudienceRow(Model):
+    """One data row of an audience file: its cells in the header's order. The row number
+    (1 for the first row after the header) is its messages' customer ref."""
+
+    __tablename__ = "audience_rows"
+
+    file_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("audience_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    row_number: Mapped[int] = mapped_column(primary_key=True)
+    cells: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))
+
+
 class MessageTemplate(Model):
     """A WhatsApp message template as Meta knows it, with its approval status."""
 
@@ -415,6 +449,8 @@ class Campaign(Model):
     __table_args__ = (
         sa.Index("campaigns_status_idx", "status"),
         sa.Index("campaigns_owner_idx", "owner_id"),
+        # Which campaigns use a file (its deletion when unused, or with their data).
+        sa.Index("campaigns_audience_file_idx", "audience_file_id"),
         # The scheduler's claim: due scheduled campaigns, oldest first.
         sa.Index(
             "campaigns_due_idx",
@@ -462,7 +498,15 @@ class Campaign(Model):
     scheduled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    # Fan-out resumes from here after a crash (the ERP's cursor or page).
+    # A CSV audience (campaigns/audiences.py) instead of the ERP segment; NULL: the segment.
+    # Its phone column is kept when the retention deletes the file (and sets this NULL), so
+    # the page still says the audience was a file. No ON DELETE: the unused files' delete
+    # fails rather than unlinking a campaign saved with one at that moment.
+    audience_file_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("audience_files.id")
+    )
+    audience_phone_column: Mapped[str | None] = mapped_column(sa.String(200))
+    # Fan-out resumes from here after a crash (the ERP's cursor or page; a file's last row).
     erp_cursor: Mapped[str | None] = mapped_column(sa.Text)
     audience_loaded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # The pump staggers message jobs from here, so successive batches keep the pace.
@@ -491,6 +535,7 @@ class Campaign(Model):
     owner: Mapped[User] = relationship()
     sender: Mapped[Sender] = relationship()
     template: Mapped[MessageTemplate] = relationship()
+    audience_file: Mapped[AudienceFile | None] = relationship()
     recurrence_of: Mapped[Campaign | None] = relationship(remote_side=[id])
 
     def copy(self, *, name: str, owner_id: int) -> Campaign:

@@ -98,13 +98,26 @@ DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 LANGUAGE_FIELD: Schema = {
     "type": ["string", "null"],
-    "enum": [*CUSTOMER_FIELDS, None],
+    "maxLength": 64,
     "description": (
         'The customer field holding each recipient\'s language ("pt-BR", "en"): each gets'
         " the approved version of the template's name in it, or of its base language, or"
         " else the campaign's template. null (the default): the template's language for"
-        " everyone."
+        f" everyone. One of {', '.join(CUSTOMER_FIELDS)} for an ERP audience; a column of"
+        " the file for a CSV audience (audience_file_id)."
     ),
+}
+AUDIENCE_FILE_ID: Schema = {
+    **nullable(BIG_ID),
+    "description": (
+        "A CSV audience: a file from POST /api/v1/audiences (its rows are the recipients,"
+        " its columns the fields the variables map to). null (the default): the ERP"
+        " segment is the audience."
+    ),
+}
+AUDIENCE_PHONE_COLUMN: Schema = {
+    **nullable({"type": "string", "minLength": 1, "maxLength": 200}),
+    "description": "A CSV audience's column holding each recipient's phone number.",
 }
 RECURRENCE: Schema = {
     "type": ["object", "null"],
@@ -175,11 +188,12 @@ SEND_WINDOW: Schema = {
 }
 TIME_ZONE_FIELD: Schema = {
     "type": ["string", "null"],
-    "enum": [*CUSTOMER_FIELDS, None],
+    "maxLength": 64,
     "description": (
         "The customer field naming each recipient's IANA time zone (America/Manaus); a value"
         " that is not one falls back to the number's zone. null (the default): from the"
-        " number."
+        f" number. One of {', '.join(CUSTOMER_FIELDS)} for an ERP audience; a column of the"
+        " file for a CSV audience (audience_file_id)."
     ),
 }
 FREQUENCY_CAP_DAYS: Schema = {
@@ -239,7 +253,19 @@ def _segment_schema() -> Schema:
 
 
 def _variables_schema() -> Schema:
-    from_field = obj({"field": {"type": "string", "enum": list(CUSTOMER_FIELDS)}})
+    from_field = obj(
+        {
+            "field": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": (
+                    f"An ERP audience's customer field ({', '.join(CUSTOMER_FIELDS)}), or a"
+                    " column of a CSV audience's file."
+                ),
+            }
+        }
+    )
     from_text = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1024}})
     from_track = obj(
         {
@@ -563,6 +589,8 @@ def schemas() -> dict[str, Schema]:
             "segment": ref("Segment"),
             "variables": ref("VariableMapping"),
             "language_field": LANGUAGE_FIELD,
+            "audience_file_id": AUDIENCE_FILE_ID,
+            "audience_phone_column": AUDIENCE_PHONE_COLUMN,
             "send_window": SEND_WINDOW,
             "time_zone_field": TIME_ZONE_FIELD,
             "frequency_cap_days": FREQUENCY_CAP_DAYS,
@@ -905,6 +933,7 @@ def schemas() -> dict[str, Schema]:
             {"messages": {"type": "array", "items": ref("Message")}, "next_cursor": next_cursor}
         ),
         "MediaFile": _media_file_schema(),
+        "AudienceFile": _audience_file_schema(),
         **request_schemas(),
     }
 
@@ -932,6 +961,40 @@ def _media_file_schema() -> Schema:
             "A file for a template's media header, kept by Disparo (in Postgres) and "
             "uploaded to WhatsApp's Media API once per sender when a campaign sends it. "
             "Never changed once stored; deleted a day after upload if no template names it."
+        ),
+    )
+
+
+def _audience_file_schema() -> Schema:
+    return obj(
+        {
+            "id": BIG_ID,
+            "name": {"type": "string", "maxLength": 255, "description": "The upload's name."},
+            "columns": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "The header, in order: the fields variables map to.",
+            },
+            "row_count": COUNT,
+            "size_bytes": {"type": "integer", "minimum": 1},
+            "delimiter": {"type": "string", "enum": [",", ";", "\t"]},
+            "encoding": {"type": "string", "enum": ["utf-8", "cp1252", "latin-1"]},
+            "phone_column": {
+                **nullable(STRING),
+                "description": "The column named like a phone (telefone, celular…), if any.",
+            },
+            "preview": {
+                "type": "array",
+                "items": {"type": "array", "items": STRING},
+                "maxItems": 5,
+                "description": "The first rows' cells, in the columns' order.",
+            },
+            "created_at": DATE_TIME,
+        },
+        description=(
+            "An uploaded CSV audience: its rows are a campaign's recipients (audience_file_id)."
+            " Personal data: deleted a day after upload if no campaign uses it, with its"
+            " campaigns' data by the retention, and a person's rows on their erasure."
         ),
     )
 
@@ -1031,6 +1094,11 @@ def request_schemas() -> dict[str, Schema]:
         "segment": ref("Segment"),
         "variables": ref("VariableMapping"),
         "language_field": LANGUAGE_FIELD,
+        "audience_file_id": AUDIENCE_FILE_ID,
+        "audience_phone_column": {
+            **AUDIENCE_PHONE_COLUMN,
+            "description": "Required with audience_file_id: one of the file's columns.",
+        },
         "recurrence": RECURRENCE,
         "send_window": SEND_WINDOW,
         "time_zone_field": TIME_ZONE_FIELD,
@@ -1762,6 +1830,50 @@ def paths() -> dict[str, Schema]:
                 "requestBody": _media_upload_body(),
             },
         },
+        "/api/v1/audiences": {
+            "post": {
+                **operation(
+                    "Upload a CSV audience",
+                    answer("201", "Kept.", ref("AudienceFile"), created=True),
+                    role=sup,
+                    tag="Audiences",
+                    description=(
+                        "Multipart form data: file, a CSV with a header row (UTF-8 with or"
+                        " without BOM, else Windows-1252; comma, semicolon or tab). No file,"
+                        " an empty one, an empty or repeated column name, no rows, a row with"
+                        " more cells than the header: 422 at file. A body over"
+                        " AUDIENCE_UPLOAD_MAX_MB (100 MB by default) plus 1 MiB is 413"
+                        " too_large, unread."
+                    ),
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "file": {
+                                        "type": "string",
+                                        "contentMediaType": "text/csv",
+                                    }
+                                },
+                                "required": ["file"],
+                            },
+                        }
+                    },
+                },
+            },
+        },
+        "/api/v1/audiences/{audience_file_id}": {
+            "parameters": [path_id("audience_file_id", big=True)],
+            "get": operation(
+                "One CSV audience",
+                answer("200", "The file's facts and first rows.", ref("AudienceFile")),
+                tag="Audiences",
+                errors=("404",),
+            ),
+        },
         "/api/v1/media/{media_file_id}": {
             "parameters": [path_id("media_file_id", big=True)],
             "get": operation(
@@ -1845,6 +1957,7 @@ def document() -> dict[str, Any]:
                 "Senders",
                 "Templates",
                 "Media",
+                "Audiences",
                 "Campaigns",
                 "Opt-outs",
                 "Audit",

@@ -300,11 +300,16 @@ def _audience(
     known at all).
 
     Once the fan-out has loaded the audience, its messages still to send, from the
-    counters; before, the ERP's count of the segment (asked with no transaction open)."""
+    counters; before, a CSV file's rows, or the ERP's count of the segment (asked with no
+    transaction open)."""
     if campaign.audience_loaded_at is not None:
         totals = counters.totals(db.session, campaign.id)
         to_send = totals["pending"] + totals["queued"] + totals["sending"] + totals["retrying"]
         return to_send, True, totals["sent"] + totals["failed"], True
+    if campaign.audience_file_id is not None or campaign.audience_phone_column:
+        # A CSV audience: its rows, counted at the upload (skips are not known yet).
+        file = campaign.audience_file
+        return (file.row_count if file else 0), False, 0, file is not None
     segment = dict(campaign.segment)
     db.session.rollback()  # no transaction (nor lock) held while the ERP answers
     try:

@@ -669,8 +669,11 @@ def parse_segment(raw: Any, check: Checker) -> dict[str, Any]:
     return segment
 
 
-def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, dict[str, str]]:
-    """Each template variable → ``{"field": customer field}`` or ``{"text": fixed text}``."""
+def parse_mapping(
+    raw: Any, variables: list[str], check: Checker, *, any_field: bool = False
+) -> dict[str, dict[str, str]]:
+    """Each template variable → ``{"field": customer field}`` or ``{"text": fixed text}``.
+    ``any_field``: a CSV audience's column, checked against its file by the service."""
     if not isinstance(raw, Mapping):
         check.fail("variables", _("Map each variable to a customer field or a fixed text."))
         return {}
@@ -698,7 +701,9 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
         if not isinstance(item, Mapping) or not (item.get("field") or item.get("text")):
             check.fail(key, _("Map {{%(n)s}} to a customer field or a fixed text.") % {"n": name})
         elif item.get("field"):
-            if item["field"] not in CUSTOMER_FIELDS:
+            if any_field and isinstance(item["field"], str) and len(item["field"]) <= 200:
+                mapping[name] = {"field": item["field"]}
+            elif item["field"] not in CUSTOMER_FIELDS:
                 check.fail(
                     key,
                     _("Unknown customer field; use one of: %(f)s.")
@@ -715,11 +720,15 @@ def parse_mapping(raw: Any, variables: list[str], check: Checker) -> dict[str, d
     return mapping
 
 
-def parse_language_field(raw: Any, check: Checker) -> str | None:
+def parse_language_field(raw: Any, check: Checker, *, any_field: bool = False) -> str | None:
     """The customer field holding each recipient's language (campaigns/languages.py), or
-    None (absent, null or empty): the template's own language for everyone."""
+    None (absent, null or empty): the template's own language for everyone.
+    ``any_field``: a CSV audience's column (at most 64 characters, the column's width),
+    checked against its file by the service."""
     if raw is None or raw == "":
         return None
+    if any_field and isinstance(raw, str) and len(raw) <= 64:
+        return raw
     if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
         check.fail(
             "language_field",
@@ -854,11 +863,14 @@ def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
     return send_windows.Window(times["start"], times["end"], frozenset(chosen)).as_json()
 
 
-def parse_time_zone_field(raw: Any, check: Checker) -> str | None:
+def parse_time_zone_field(raw: Any, check: Checker, *, any_field: bool = False) -> str | None:
     """The customer field naming each recipient's IANA time zone, or None (absent, null or
-    empty): the zone comes from the number (campaigns/time_zones.py)."""
+    empty): the zone comes from the number (campaigns/time_zones.py). ``any_field``: a CSV
+    audience's column (at most 64 characters), checked against its file by the service."""
     if raw is None or raw == "":
         return None
+    if any_field and isinstance(raw, str) and len(raw) <= 64:
+        return raw
     if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
         check.fail(
             "time_zone_field",
@@ -887,6 +899,10 @@ class CampaignFields:
     # whether numbers in other running campaigns are left out.
     frequency_cap_days: int | None = None
     exclude_running: bool = False
+    # A CSV audience (campaigns/audiences.py): the file and its phone column; None: the
+    # ERP segment is the audience. Its mapped fields name the file's columns.
+    audience_file_id: int | None = None
+    audience_phone_column: str | None = None
 
 
 def parse_frequency_cap(raw: Any, check: Checker, field: str = "frequency_cap_days") -> int | None:
@@ -928,11 +944,15 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     if not template_id or template_variables is None:
         check.fail("template_id", _("Choose an approved template."))
     segment = parse_segment(data.get("segment"), check)
-    mapping = parse_mapping(data.get("variables") or {}, template_variables or [], check)
-    language_field = parse_language_field(data.get("language_field"), check)
+    audience_file_id, phone_column = parse_audience_file(data, check)
+    from_file = audience_file_id is not None
+    mapping = parse_mapping(
+        data.get("variables") or {}, template_variables or [], check, any_field=from_file
+    )
+    language_field = parse_language_field(data.get("language_field"), check, any_field=from_file)
     recurrence = parse_recurrence(data.get("recurrence"), check)
     send_window = parse_send_window(data.get("send_window"), check)
-    time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check)
+    time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check, any_field=from_file)
     frequency_cap_days = parse_frequency_cap(data.get("frequency_cap_days"), check)
     exclude_running = parse_flag(data.get("exclude_running"), check, "exclude_running")
     check.done()
@@ -948,7 +968,26 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         time_zone_field=time_zone_field,
         frequency_cap_days=frequency_cap_days,
         exclude_running=exclude_running,
+        audience_file_id=audience_file_id,
+        audience_phone_column=phone_column,
     )
+
+
+def parse_audience_file(data: Mapping[str, Any], check: Checker) -> tuple[int | None, str | None]:
+    """A CSV audience's file id and phone column, or (None, None) for the ERP segment.
+    That the file exists and has the column is the service's check (it reads the file)."""
+    raw = data.get("audience_file_id")
+    if raw is None or raw == "":
+        return None, None
+    file_id = row_id(raw)
+    if file_id is None:
+        check.fail("audience_file_id", _("Upload a CSV file for the audience."))
+        return None, None
+    column = data.get("audience_phone_column")
+    if not isinstance(column, str) or not column.strip() or len(column) > 200:
+        check.fail("audience_phone_column", _("Choose the column that holds the phone number."))
+        return file_id, None
+    return file_id, column
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -982,6 +1021,12 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
         "segment": segment,
         "variables": variables,
         "language_field": form.get("language_field", ""),
+        # A CSV file, when the form's audience is one; else the ERP segment.
+        # (chosen without a file: "0", which the parser refuses, asking for one)
+        "audience_file_id": (form.get("audience_file_id") or "0")
+        if form.get("audience_source") == "csv"
+        else None,
+        "audience_phone_column": form.get("audience_phone_column", ""),
         "recurrence": recurrence_from_form(form),
         "send_window": _send_window_from_form(form),
         "time_zone_field": form.get("time_zone_field", ""),

@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from app import DELETE_BATCH, db
 from campaigns import (
+    audiences,
     audit,
     campaign_states,
     clock,
@@ -299,7 +300,7 @@ def reconcile(timestamp: int) -> None:
     idempotency keys past 24 hours, undeliverable numbers past UNDELIVERABLE_DAYS, the
     contact history past CONTACT_HISTORY_DAYS,
     recipients the 24-hour messaging budget no longer counts and media files no template
-    names a day after their upload."""
+    names a day after their upload, and CSV audiences no campaign uses a day after theirs."""
     maintenance.retry_stuck_sending(current_app.config["SENDING_LEASE_SECONDS"])
     maintenance.settle_orphaned_messages()
     removed = ratelimit.delete_old_buckets(db.session)
@@ -314,12 +315,14 @@ def reconcile(timestamp: int) -> None:
     )
     uncounted = ratelimit.delete_old_budget(db.session, DELETE_BATCH)
     unused = media.delete_unused(db.session)
+    audience_files = audiences.delete_unused(db.session)
     db.session.commit()
     logger.info(
         "maintenance: removed %s old rate-limit buckets, %s old sign-in attempts,"
         " %s old audit events, %s old metrics minutes, %s old idempotency keys,"
         " %s undeliverable numbers past UNDELIVERABLE_DAYS, %s contacts past"
-        " CONTACT_HISTORY_DAYS, %s recipients out of the 24-hour budget, %s unused media files",
+        " CONTACT_HISTORY_DAYS, %s recipients out of the 24-hour budget, %s unused media"
+        " files, %s unused audience files",
         removed,
         attempts,
         events,
@@ -329,6 +332,7 @@ def reconcile(timestamp: int) -> None:
         contacts,
         uncounted,
         unused,
+        audience_files,
     )
 
 

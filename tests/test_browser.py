@@ -318,6 +318,94 @@ def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
     assert db.session.query(MockWhatsAppMedia).count() == 1
 
 
+def test_a_csv_audience_is_uploaded_mapped_and_sent(
+    app, live_server, page, user_factory, start_worker
+):
+    """The campaign form's audience from a spreadsheet: upload a CSV (Excel's, in
+    Portuguese), see its first rows, pick the phone column, map a variable to a column,
+    send, and see it complete, the bad row and the repeat skipped."""
+    from app import db
+    from campaigns.models import Campaign, Message, MessageStatus
+    from campaigns.services.demo import seed_demo
+    from mocks.models import MockWhatsAppMessage
+
+    app.config["WTF_CSRF_ENABLED"] = True
+    seed_demo()
+    user = user_factory(Role.SUPERVISOR)
+    start_worker()
+    sign_in(page, live_server, user)
+
+    rows = [
+        ("11 98765-4301", "Ana", "Campinas", "ANA10"),
+        ("(21) 99876-5402", "João", "Niterói", "JOAO5"),
+        ("12345", "Zé", "Santos", "ZE1"),  # not a number: skipped
+        ("+55 31 98888-7703", "Conceição", "Belo Horizonte", "CON7"),
+        ("11987654301", "Ana de novo", "Campinas", "ANA11"),  # a repeat: skipped
+        ("(51) 97777-6604", "Luís", "Porto Alegre", "LU3"),
+        ("92 99666-5505", "Bia", "Manaus", "BIA2"),
+    ]
+    text = "Celular;Nome;Cidade;Cupom\r\n" + "".join(";".join(r) + "\r\n" for r in rows)
+    page.goto(f"{live_server}/campaigns/new")
+    page.fill("input[name=name]", "Planilha de clientes")
+    page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
+    page.wait_for_selector("select[name='var.first_name.source']")
+    page.check("#audience-source-csv")
+    assert page.is_hidden("input[name='segment.state']")  # the ERP's criteria step aside
+    page.set_input_files(
+        "#audience-file-input",
+        files=[
+            {
+                "name": "clientes.csv",
+                "mimeType": "text/csv",
+                "buffer": text.encode("cp1252"),  # as Excel in Portuguese saves it
+            }
+        ],
+    )
+    page.wait_for_selector("#audience-preview tbody tr:nth-child(5)")
+    facts = page.inner_text("#audience-file-facts")
+    assert "clientes.csv" in facts and "7 rows" in facts and "4 columns" in facts
+    assert "Conceição" in page.inner_text("#audience-preview")  # Windows-1252, read right
+    assert page.locator("#audience-preview tbody tr").count() == 5
+    # The mapping redrew with the file's columns; the phone column was guessed.
+    page.wait_for_selector(
+        "select[name='var.first_name.source'] option[value='Nome']", state="attached"
+    )
+    assert page.input_value("#audience-phone-column") == "Celular"
+    page.select_option("#audience-phone-column", "")
+    page.select_option("#audience-phone-column", "Celular")  # picked by the operator
+    page.select_option("select[name='var.first_name.source']", "Nome")
+    page.select_option("select[name='var.city.source']", "Cidade")
+    page.select_option("select[name='var.coupon.source']", "Cupom")
+    page.select_option("select[name='var.discount.source']", "text")
+    page.fill("input[name='var.discount.text']", "15%")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "campaign-csv-audience-form.png"), full_page=True)
+    page.click("button:has-text('Save draft')")
+    page.wait_for_selector("h1:has-text('Planilha de clientes')")
+    assert "the CSV file clientes.csv: 7 rows" in page.inner_text("#campaign-audience-file")
+    page.wait_for_selector("section[id$='-preflight']:has-text('Checked at')")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Send now')")
+    page.wait_for_selector("[id$='-percent']:has-text('100 %')", timeout=60_000)
+    page.wait_for_selector("[id$='-status']:has-text('Completed')")
+    page.screenshot(path=str(ARTIFACTS / "campaign-csv-audience-sent.png"), full_page=True)
+
+    db.session.expire_all()
+    campaign = db.session.query(Campaign).filter_by(name="Planilha de clientes").one()
+    messages = db.session.query(Message).filter_by(campaign_id=campaign.id).all()
+    skipped = sorted(m.error_code for m in messages if m.status is MessageStatus.SKIPPED)
+    assert skipped == ["duplicate", "invalid_phone"]
+    sent = db.session.query(MockWhatsAppMessage).filter_by(template_name="promo_weekend")
+    assert sent.count() == 5
+    first = next(m for m in messages if m.customer_ref == "2")
+    assert first.params == {
+        "first_name": "João",
+        "discount": "15%",
+        "city": "Niterói",
+        "coupon": "JOAO5",
+    }
+
+
 def test_a_campaign_over_the_budget_goes_once_its_warning_is_confirmed(
     app, live_server, page, user_factory
 ):

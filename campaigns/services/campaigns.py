@@ -20,8 +20,10 @@ from flask import current_app
 
 from app import db
 from campaigns import (
+    audiences,
     campaign_states,
     erp,
+    fanout,
     message_states,
     phones,
     preflight,
@@ -135,7 +137,43 @@ def template_variables_for(template_id: Any) -> list[str] | None:
     return template_parts.keys(template)
 
 
+def _check_audience_file(fields: CampaignFields) -> None:
+    """A CSV audience's file exists, has the phone column, and every mapped field (and
+    the language and time zone fields) is one of its columns. An ERP audience's fields were checked
+    against the ERP's (validation.CUSTOMER_FIELDS) when parsed."""
+    if fields.audience_file_id is None:
+        if fields.audience_phone_column:
+            # Its file was deleted with its data (the retention): nothing left to send to.
+            raise ServiceError(
+                _("The audience's file was deleted with its data; upload it again."),
+                "audience_file_id",
+            )
+        return
+    audience = audiences.get(fields.audience_file_id)
+    if audience is None:
+        raise ServiceError(
+            _("There is no such audience file; upload it again."), "audience_file_id"
+        )
+    columns = set(audience.columns)
+    if fields.audience_phone_column not in columns:
+        raise ServiceError(
+            _("The file has no column “%(name)s”.") % {"name": fields.audience_phone_column},
+            "audience_phone_column",
+        )
+    for name, source in fields.variable_mapping.items():
+        if "field" in source and source["field"] not in columns:
+            raise ServiceError(
+                _("The file has no column “%(name)s”.") % {"name": source["field"]},
+                f"variables.{name}",
+            )
+    for field in ("language_field", "time_zone_field"):
+        column = getattr(fields, field)
+        if column and column not in columns:
+            raise ServiceError(_("The file has no column “%(name)s”.") % {"name": column}, field)
+
+
 def _check_sender_and_template(fields: CampaignFields) -> None:
+    _check_audience_file(fields)
     sender = db.session.get(Sender, fields.sender_id)
     if sender is None or not sender.is_active:
         raise ServiceError(_("Choose an active sender."), "sender_id")
@@ -224,6 +262,8 @@ def create_campaign(fields: CampaignFields, owner_id: int) -> Campaign:
         segment=fields.segment,
         variable_mapping=fields.variable_mapping,
         language_field=fields.language_field,
+        audience_file_id=fields.audience_file_id,
+        audience_phone_column=fields.audience_phone_column,
         recurrence=fields.recurrence,
         send_window=fields.send_window,
         time_zone_field=fields.time_zone_field,
@@ -249,6 +289,8 @@ def update_campaign(campaign_id: int, fields: CampaignFields, user_id: int) -> C
     campaign.segment = fields.segment
     campaign.variable_mapping = fields.variable_mapping
     campaign.language_field = fields.language_field
+    campaign.audience_file_id = fields.audience_file_id
+    campaign.audience_phone_column = fields.audience_phone_column
     _change_recurrence(campaign, fields.recurrence)
     campaign.send_window = fields.send_window
     campaign.time_zone_field = fields.time_zone_field
@@ -401,6 +443,8 @@ def _fields_of(campaign: Campaign) -> CampaignFields:
         campaign.segment,
         campaign.variable_mapping,
         campaign.language_field,
+        audience_file_id=campaign.audience_file_id,
+        audience_phone_column=campaign.audience_phone_column,
         recurrence=campaign.recurrence,
         send_window=campaign.send_window,
         time_zone_field=campaign.time_zone_field,
@@ -570,6 +614,20 @@ def audience_count(segment: Mapping[str, Any], config: Mapping[str, Any]) -> int
         return client.count(segment)
 
 
+def _first_customers(
+    campaign: Campaign, config: Mapping[str, Any], limit: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """The audience's first customers, each with its ref: the CSV file's first rows, or
+    the ERP segment's first page (raises erp.ErpError)."""
+    if campaign.audience_file is not None:
+        return audiences.first_customers(campaign.audience_file, limit)
+    if campaign.audience_phone_column:
+        return []  # a CSV audience whose file was deleted with its data
+    with erp.client_from_config(config) as client:
+        customers = client.page(campaign.segment, None, limit).customers
+    return [(str(customer.get("id", "")), customer) for customer in customers]
+
+
 @dataclass(frozen=True)
 class DryRunRow:
     customer_ref: str
@@ -583,13 +641,14 @@ class DryRunRow:
 def dry_run(campaign: Campaign, config: Mapping[str, Any], limit: int = 10) -> list[DryRunRow]:
     """The first ``limit`` messages exactly as they would be sent (real ERP data; nothing sent)."""
     template = campaign.template
-    with erp.client_from_config(config) as client:
-        customers = client.page(campaign.segment, None, limit).customers
+    refs_customers = _first_customers(campaign, config, limit)
+    customers = [customer for _ref, customer in refs_customers]
     region = config["PHONE_DEFAULT_REGION"]
-    normalised = [phones.normalise(c.get("phone"), region) for c in customers]
+    phone_of = fanout.phone_field(campaign)
+    normalised = [phones.normalise(c.get(phone_of), region) for c in customers]
     suppressed = is_suppressed([p for p in normalised if p])
     rows, seen = [], set()
-    for customer, phone in zip(customers, normalised, strict=True):
+    for (ref, customer), phone in zip(refs_customers, normalised, strict=True):
         params = rendering.params_for(campaign.variable_mapping, customer)
         reason = None
         if phone is None:
@@ -603,9 +662,9 @@ def dry_run(campaign: Campaign, config: Mapping[str, Any], limit: int = 10) -> l
         seen.add(phone)
         rows.append(
             DryRunRow(
-                customer_ref=str(customer.get("id", "")),
-                name=str(customer.get("name", "")),
-                phone=phone or str(customer.get("phone", "")),
+                customer_ref=ref,
+                name=str(customer.get("name") or ""),
+                phone=phone or str(customer.get(phone_of) or ""),
                 params=params,
                 text=rendering.render(template.body_text, template.parameter_format, params),
                 skip_reason=reason,
@@ -643,11 +702,10 @@ def send_test_message(campaign_id: int, phone_raw: str, user_id: int) -> str:
             "phone",
         )
     try:
-        with erp.client_from_config(current_app.config) as client:
-            customers = client.page(campaign.segment, None, 1).customers
+        customers = _first_customers(campaign, current_app.config, 1)
     except erp.ErpError as error:
         raise ServiceError(_("The ERP did not answer: %(m)s") % {"m": error.message}) from error
-    sample = customers[0] if customers else {}
+    sample = customers[0][1] if customers else {}
     params = rendering.params_for(campaign.variable_mapping, sample)
     if empty := rendering.missing_params(params):
         params |= rendering.sample_values(empty, campaign.template.parameter_format)

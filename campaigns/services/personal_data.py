@@ -26,6 +26,11 @@ What Disparo stores about a person, and where:
   24 hours (``maintenance.reconcile`` deletes older rows); an erasure replaces the
   person's hash with a random token, so they still count until the window leaves them
   (Meta counts them) but nothing links the row to the number.
+- ``audience_files`` / ``audience_rows``: an uploaded CSV audience's rows
+  (``campaigns/audiences.py``). A file no campaign uses is deleted a day after its
+  upload (``maintenance.reconcile``); one used only by campaigns the retention erased
+  is deleted with the last of them; an erasure deletes the person's rows from every
+  file (a cell that is the number, however written).
 - ``campaign_activity``: a test send's masked number (``+55119876****``, the
   ``phone`` of its detail's parameters). Cleared with the campaign's data, or with
   the person's when it is theirs.
@@ -55,6 +60,7 @@ from flask import current_app
 
 from app import AnySession, db, rows_changed
 from campaigns import (
+    audiences,
     audit,
     campaign_states,
     contact_history,
@@ -141,11 +147,17 @@ class ErasureReport:
     activity: int  # test sends to the number in campaigns' activity
     done: bool  # False: a preview, nothing changed yet
     contacted: bool = False  # in the contact history (the frequency cap): deleted
+    audience_rows: int = 0  # rows of uploaded CSV audiences with the number: deleted
 
     @property
     def nothing_stored(self) -> bool:
         return not (
-            self.messages or self.opt_out or self.undeliverable or self.activity or self.contacted
+            self.messages
+            or self.opt_out
+            or self.undeliverable
+            or self.activity
+            or self.contacted
+            or self.audience_rows
         )
 
     def details(self) -> dict[str, object]:
@@ -160,6 +172,7 @@ class ErasureReport:
             "undeliverable_deleted": self.undeliverable,
             "contact_history_deleted": self.contacted,
             "activity_entries": self.activity,
+            "audience_rows": self.audience_rows,
         }
 
 
@@ -193,7 +206,14 @@ def _person_rows(session: AnySession, phone: str, *, lock: bool) -> list[sa.Row]
     return list(rows)
 
 
-def _report(session: AnySession, phone: str, rows: list[sa.Row], *, done: bool) -> ErasureReport:
+def _report(
+    session: AnySession,
+    phone: str,
+    rows: list[sa.Row],
+    *,
+    done: bool,
+    audience_rows: int = 0,
+) -> ErasureReport:
     statuses = [MessageStatus(row.status) for row in rows]
     digest = phone_hash(phone)
     listed = session.scalars(
@@ -217,13 +237,21 @@ def _report(session: AnySession, phone: str, rows: list[sa.Row], *, done: bool) 
         activity=activity or 0,
         done=done,
         contacted=contact_history.is_remembered(session, phone),
+        audience_rows=audience_rows,
     )
 
 
 def preview_erasure(raw_phone: str) -> ErasureReport:
     """What erasing this number would remove, store by store; changes nothing."""
     phone = normalised_phone(raw_phone)
-    report = _report(db.session, phone, _person_rows(db.session, phone, lock=False), done=False)
+    in_files = audiences.person_rows(db.session, phone, current_app.config["PHONE_DEFAULT_REGION"])
+    report = _report(
+        db.session,
+        phone,
+        _person_rows(db.session, phone, lock=False),
+        done=False,
+        audience_rows=len(in_files),
+    )
     db.session.rollback()
     return report
 
@@ -240,12 +268,14 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
     phone = normalised_phone(raw_phone)
     session = db.session
     rows = _person_rows(session, phone, lock=True)
-    report = _report(session, phone, rows, done=True)
+    in_files = audiences.person_rows(session, phone, current_app.config["PHONE_DEFAULT_REGION"])
+    report = _report(session, phone, rows, done=True, audience_rows=len(in_files))
     ids = [row.id for row in rows]
     waiting = [row.id for row in rows if MessageStatus(row.status) in WAITING]
     message_states.cancel_erased(session, waiting, WAITING)
     if ids:
         session.execute(ERASE_MESSAGES, {"ids": ids})
+    audiences.erase_person_rows(session, in_files)
     keep_only_as_hash(session, phone)
     undeliverable.forget(session, phone)
     contact_history.forget(session, phone)
@@ -334,6 +364,8 @@ def erase_expired(
                 continue
             if _mark_erased(session, campaign_id, cutoff):
                 finished.append(campaign_id)
+                # Its CSV file, if no campaign left needs it.
+                audiences.delete_if_erased(session, campaign_id)
             session.commit()
             break
         if batches >= max_batches:

@@ -38,6 +38,7 @@ def init_app(app: Flask) -> None:
     from app import csrf
     from campaigns.views import (
         api,
+        audiences,
         audit,
         auth,
         campaigns,
@@ -68,6 +69,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(templates.bp)
     app.register_blueprint(media.bp)
+    app.register_blueprint(audiences.bp)
     app.register_blueprint(senders.bp)
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(users.bp)

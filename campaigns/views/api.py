@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from app import db
 from campaigns import (
+    audiences,
     audit,
     campaign_defaults,
     cursors,
@@ -33,6 +34,7 @@ from campaigns.i18n import _, force_locale
 from campaigns.idempotency import idempotent
 from campaigns.labels import label
 from campaigns.models import (
+    AudienceFile,
     AuditEvent,
     Campaign,
     CampaignStatus,
@@ -546,6 +548,44 @@ def media_get(media_file_id: int) -> Response:
     return jsonify(media_json(_found(media.get(media_file_id))))
 
 
+def audience_json(audience: AudienceFile) -> dict[str, Any]:
+    return {
+        "id": audience.id,
+        "name": audience.name,
+        "columns": audience.columns,
+        "row_count": audience.row_count,
+        "size_bytes": audience.size_bytes,
+        "delimiter": audience.delimiter,
+        "encoding": audience.encoding,
+        "phone_column": audiences.guess_phone_column(audience.columns),
+        "preview": audiences.preview(audience),
+        "created_at": audience.created_at.isoformat(),
+    }
+
+
+@bp.post("/audiences")
+@edge.takes_upload(limit_bytes=audiences.upload_limit_bytes)
+@requires(Role.SUPERVISOR)
+def audience_create() -> tuple[Response, int]:
+    """Keep a CSV audience (multipart: ``file``); 201 with its columns and first rows."""
+    upload = request.files.get("file")
+    if upload is None:
+        raise Invalid({"file": _("Send the CSV as the multipart form field file.")})
+    try:
+        stored = audiences.import_csv(
+            upload.stream, upload.filename, g.api_user.id, current_app.config
+        )
+    except ServiceError as refused:
+        raise Invalid({"file": refused.message}) from None
+    return _created(audience_json(stored), "api.audience_get", audience_file_id=stored.id)
+
+
+@bp.get("/audiences/<bigint:audience_file_id>")
+def audience_get(audience_file_id: int) -> Response:
+    """One CSV audience's facts and first rows."""
+    return jsonify(audience_json(_found(audiences.get(audience_file_id))))
+
+
 def campaign_json(campaign: Campaign) -> dict[str, Any]:
     return {
         "id": campaign.id,
@@ -562,6 +602,8 @@ def campaign_json(campaign: Campaign) -> dict[str, Any]:
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
         "language_field": campaign.language_field,
+        "audience_file_id": campaign.audience_file_id,
+        "audience_phone_column": campaign.audience_phone_column,
         "send_window": campaign.send_window,
         "time_zone_field": campaign.time_zone_field,
         "frequency_cap_days": campaign.frequency_cap_days,

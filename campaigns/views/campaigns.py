@@ -24,6 +24,7 @@ from werkzeug.wrappers import Response
 
 from app import db
 from campaigns import (
+    audiences,
     campaign_defaults,
     counters,
     csvfiles,
@@ -50,7 +51,14 @@ from campaigns.i18n import (
     ngettext,
     timezone_choices,
 )
-from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate, Role
+from campaigns.models import (
+    AudienceFile,
+    Campaign,
+    CampaignStatus,
+    MessageStatus,
+    MessageTemplate,
+    Role,
+)
 from campaigns.progress import Progress, get_progress, throughput_chart
 from campaigns.services import Blocked, ConfirmationRequired, ServiceError
 from campaigns.services.campaigns import (
@@ -149,13 +157,28 @@ def campaign_rows() -> str:
     return render_template("campaigns/_rows.html", page=page, totals=_totals(page))
 
 
+def _audience_file(data: dict[str, Any]) -> AudienceFile | None:
+    """The CSV file the form's audience is, if it is one (and it exists)."""
+    file_id = row_id(data.get("audience_file_id"))
+    return audiences.get(file_id) if file_id else None
+
+
+def _field_choices(data: dict[str, Any]) -> tuple[str, ...]:
+    """What a variable or the language may come from: the CSV file's columns, or the ERP's
+    customer fields."""
+    audience = _audience_file(data)
+    return tuple(audience.columns) if audience else CUSTOMER_FIELDS
+
+
 def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]]:
     """Each variable of the chosen template with what it is mapped to on the form.
 
     A variable the form has not mapped yet, named like a customer field ({{first_name}},
-    {{city}}), is mapped to that field by default; one the operator set to "— choose —"
-    (its select was on the form) stays unmapped.
+    {{city}}) or, for a CSV audience, like one of its columns, is mapped to it by
+    default; one the operator set to "— choose —" (its select was on the form) stays
+    unmapped.
     """
+    choices = _field_choices(form)
     variables = form.get("variables", {})
     # Without a template, keep showing what was typed, so nothing is lost.
     names = template_variables_for(template_id) or list(variables)
@@ -166,8 +189,10 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
     for name in names:
         source = variables.get(name, {})
         field = source.get("field", "")
-        if not source and name in CUSTOMER_FIELDS and f"var.{name}.source" not in request.form:
+        if not source and name in choices and f"var.{name}.source" not in request.form:
             field = name
+        elif field and field not in choices:
+            field = ""  # another source's field (the ERP's, or another file's column)
         rows.append(
             {
                 "name": name,
@@ -221,7 +246,9 @@ def _form_page(
             senders=queries.list_senders(),
             templates=queries.approved_templates(),
             mapping=_mapping_rows(data.get("template_id"), data),
-            customer_fields=CUSTOMER_FIELDS,
+            customer_fields=_field_choices(data),
+            audience_file=(audience := _audience_file(data)),
+            audience_preview=audiences.preview(audience) if audience else [],
             other_languages=languages.also_approved_in(data.get("template_id")),
             # Whose campaign limit paces it: the owner's (the creator's, for a new one).
             owner=campaign.owner if campaign else current_user,
@@ -239,6 +266,8 @@ def _data_of(campaign: Campaign) -> dict[str, Any]:
         "segment": campaign.segment,
         "variables": campaign.variable_mapping,
         "language_field": campaign.language_field or "",
+        "audience_file_id": campaign.audience_file_id,
+        "audience_phone_column": campaign.audience_phone_column or "",
         "recurrence": campaign.recurrence,
         "send_window": campaign.send_window,
         "time_zone_field": campaign.time_zone_field or "",
@@ -331,7 +360,8 @@ def campaign_mapping() -> str:
     return render_template(
         "campaigns/_mapping.html",
         mapping=_mapping_rows(data["template_id"], data),
-        customer_fields=CUSTOMER_FIELDS,
+        customer_fields=_field_choices(data),
+        audience_file=_audience_file(data),
         errors={},
     )
 
@@ -345,7 +375,8 @@ def campaign_languages() -> str:
     return render_template(
         "campaigns/_languages.html",
         data=data,
-        customer_fields=CUSTOMER_FIELDS,
+        customer_fields=_field_choices(data),
+        audience_file=_audience_file(data),
         other_languages=languages.also_approved_in(data["template_id"]),
         errors={},
     )

@@ -14,7 +14,7 @@ order, reading a zone's first rows only; built CONCURRENTLY in its own transacti
 sends go on. Nullable columns: catalog only, existing campaigns unchanged.
 
 Revision ID: 0030
-Revises: 0028
+Revises: 0029
 """
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0030"
-down_revision = "0028"
+down_revision = "0029"
 branch_labels = None
 depends_on = None
 

@@ -158,7 +158,7 @@ def test_a_campaigns_messages_in_id_order_with_every_field(client, headers, camp
     assert failed["phone"].startswith("+5511") and failed["customer_ref"].startswith("C")
     assert failed["created_at"] and failed["sent_at"] is None
     assert messages[1]["error_message"] == (
-        "The ERP's phone number for this customer is not a valid number."
+        "The recipient's phone number (from the ERP or the CSV file) is not a valid number."
     )
     assert messages[2]["error_code"] is None and messages[2]["error_message"] is None
 

@@ -10,18 +10,23 @@ under a minute (``bench/csv_import.py``). The file's facts and header are
 number), which is how the fan-out pages through it (:func:`page`) and what its
 messages' customer ref is (unique per file).
 
-What a spreadsheet gives: UTF-8 with or without a byte order mark, or, when the bytes
-are not UTF-8, Windows-1252 (Excel's "CSV" in Portuguese; Latin-1 for the five bytes
-that code page leaves undefined). The delimiter is guessed as the opt-out import's is
+What a spreadsheet gives: UTF-8 with or without a byte order mark, UTF-16 with its
+byte order mark (Excel's "Unicode Text"), or, when the bytes are not UTF-8,
+Windows-1252 (Excel's "CSV" in Portuguese; Latin-1 for the five bytes that code page
+leaves undefined). The delimiter is guessed as the opt-out import's is
 (``csvfiles.sniff_delimiter``: ``,``, ``;`` or a tab). The first non-blank row is the
 header: every column named, no name twice. A shorter row is padded (spreadsheets drop
 trailing empty cells); a longer one is refused, naming its line. Blank rows are
-skipped. Every refusal is a :class:`ServiceError` at :data:`FIELD`, nothing kept.
+skipped. A row (its physical lines) is held to :data:`ROW_MAX_CHARS` before the csv
+module parses it, so one long line of many small cells cannot take the process's
+memory. Quoting is strict: an unclosed quote is refused, not read to the file's end.
+Every refusal is a :class:`ServiceError` at :data:`FIELD`, nothing kept.
 
 Personal data: a file no campaign uses is deleted a day after its upload
 (:func:`delete_unused`, maintenance); one used only by campaigns whose data the
 retention erased goes with them (:func:`delete_if_erased`); a person's erasure deletes
-their rows from every file (:func:`person_rows`, :func:`erase_person_rows`).
+their rows from every file (:func:`person_rows`, :func:`erase_person_rows`), found by
+the rows' ``phone_tails`` (GIN-indexed), not by reading every row.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import AnySession, db, rows_changed
 from campaigns import csvfiles, phones
-from campaigns.i18n import _
+from campaigns.i18n import _, format_number
 from campaigns.media import MB, clean_filename
 from campaigns.models import AudienceFile
 from campaigns.search import fold
@@ -54,6 +59,11 @@ PREVIEW_ROWS = 5  # the rows the mapping's preview shows
 PAGE_ROWS = 1000  # the fan-out's page: as the ERP's
 MAX_COLUMNS = 200
 COLUMN_MAX_CHARS = 200  # campaigns.audience_phone_column's width
+# A row's characters (all its physical lines): the csv module builds a whole row before
+# its cells can be counted, so a longer one is refused unparsed. The csv module's own
+# limit on one cell (csv.field_size_limit()) is as much.
+ROW_MAX_CHARS = 128 * 1024
+TAIL_DIGITS = 8  # a phone's last digits, whatever its formatting: phone_tails
 HEAD_BYTES = 64 * 1024  # the encoding and the delimiter are guessed from this much
 FORM_OVERHEAD_BYTES = 1024 * 1024  # the multipart framing and the form's other fields
 # A file no campaign uses is kept this long (the operator may still be building one).
@@ -61,8 +71,11 @@ UNUSED_AFTER = timedelta(days=1)
 # Column names that say "the phone", in the words spreadsheets use (folded, no accents).
 PHONE_NAMES = ("whatsapp", "celular", "telefone", "phone", "mobile", "fone", "tel", "numero")
 NAME_NAMES = ("name", "nome", "first_name", "primeiro_nome", "cliente")
-COPY_ROWS = "COPY audience_rows (file_id, row_number, cells) FROM STDIN (FORMAT BINARY)"
+COPY_ROWS = (
+    "COPY audience_rows (file_id, row_number, cells, phone_tails) FROM STDIN (FORMAT BINARY)"
+)
 _NOT_WORD = re.compile(r"[\W_]+")
+_NOT_DIGIT = re.compile(r"\D+")
 
 
 def upload_limit_bytes(config: Mapping[str, Any]) -> int:
@@ -114,7 +127,10 @@ def import_csv(
             # Not UTF-8 after all, past the bytes it was guessed from: read again.
             db.session.rollback()
             logger.info("audiences: %s is not %s; read again", name, attempt)
-    raise AssertionError("latin-1 decodes any byte")  # pragma: no cover
+    # Only UTF-16 has no fallback (latin-1 decodes any byte): a broken "Unicode Text".
+    raise _refuse(
+        _("The file could not be read as text; save it as “CSV UTF-8” and upload it again.")
+    )
 
 
 # Read as UTF-8 but it was not, past the head: Excel's code page, then any byte (also
@@ -127,10 +143,13 @@ _FALLBACKS = {
 
 
 def _encoding(head: bytes) -> str:
-    """The file's encoding as its first bytes say: UTF-8 (with its BOM or not), else
-    Windows-1252, else Latin-1 (which reads any byte)."""
+    """The file's encoding as its first bytes say: UTF-8 (with its BOM or not), UTF-16
+    (with its BOM: Excel's "Unicode Text"), else Windows-1252, else Latin-1 (which
+    reads any byte)."""
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # the codec reads the BOM and drops it
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         return "utf-8"
@@ -147,9 +166,10 @@ def _import(
     stream: IO[bytes], encoding: str, delimiter: str, name: str, size: int, user_id: int | None
 ) -> AudienceFile:
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
+    lines = _Lines(text)
     try:
-        reader = csv.reader(text, delimiter=delimiter)
-        columns = _header(reader)
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
+        columns = _header(reader, lines)
         audience = AudienceFile(
             name=name,
             columns=columns,
@@ -161,17 +181,14 @@ def _import(
         )
         db.session.add(audience)
         db.session.flush()  # its id, for the rows
-        audience.row_count = _copy_rows(reader, audience.id, len(columns))
+        audience.row_count = _copy_rows(reader, lines, audience.id, len(columns))
         if audience.row_count == 0:
             raise _refuse(_("The file has a header but no rows."))
         db.session.commit()
         return audience
     except csv.Error as error:
         db.session.rollback()
-        raise _refuse(
-            _("The file could not be read as CSV (line %(n)s): %(error)s")
-            % {"n": reader.line_num, "error": str(error)}
-        ) from error
+        raise _refuse(_csv_problem(error, lines.number)) from error
     except BaseException:
         db.session.rollback()
         raise
@@ -179,8 +196,63 @@ def _import(
         text.detach()  # the upload stays open: werkzeug closes it with the request
 
 
-def _header(reader: Any) -> list[str]:
+class _Lines:
+    """The text's physical lines for csv.reader, a row's held to :data:`ROW_MAX_CHARS`
+    (all its lines: a quoted cell may span several) before the reader builds it: the
+    reader asks for a row's lines only, and the caller calls :meth:`row_read` after
+    each. A line is read at most that long, so none is in memory whole either."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self.text = text
+        self.number = 0  # the physical lines read: the line a refusal names
+        self.row_chars = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.text.readline(ROW_MAX_CHARS + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self.row_chars += len(line)
+        if self.row_chars > ROW_MAX_CHARS:
+            raise _refuse(
+                _("Line %(line)s is longer than a row may be (at most %(n)s characters).")
+                % {"line": format_number(self.number), "n": format_number(ROW_MAX_CHARS)}
+            )
+        return line
+
+    def row_read(self) -> None:
+        self.row_chars = 0
+
+
+def _csv_problem(error: csv.Error, line: int) -> str:
+    """What the csv module's refusal (English, for programmers) means, in the UI's words."""
+    said = str(error)
+    if "field limit" in said:
+        problem = _("a cell is longer than %(n)s characters.") % {
+            "n": format_number(csv.field_size_limit())
+        }
+    elif "NUL" in said:
+        problem = _("it holds a NUL byte; is it a CSV?")
+    elif "expected after" in said or "end of data" in said or "quote" in said:
+        problem = _(
+            "a quoted cell is not closed, or has text after its closing quote"
+            " (write a quote inside a cell as two)."
+        )
+    else:
+        logger.info("audiences: csv refused a file: %s", said)
+        problem = _("check that it is a CSV file.")
+    return _("The file could not be read as CSV (line %(n)s): %(problem)s") % {
+        "n": format_number(line),
+        "problem": problem,
+    }
+
+
+def _header(reader: Any, lines: _Lines) -> list[str]:
     for row in reader:
+        lines.row_read()
         columns = [cell.strip() for cell in row]
         if not any(columns):
             continue
@@ -191,7 +263,14 @@ def _header(reader: Any) -> list[str]:
                 raise _refuse(
                     _("Column %(n)d of the header has no name: name every column.") % {"n": number}
                 )
-            if len(column) > COLUMN_MAX_CHARS or "\x00" in column:
+            if "\x00" in column:
+                raise _refuse(
+                    _(
+                        "The header holds a NUL byte: is the file a CSV? Save it as"
+                        " “CSV UTF-8” and upload it again."
+                    )
+                )
+            if len(column) > COLUMN_MAX_CHARS:
                 raise _refuse(
                     _("Column %(n)d's name is too long (at most %(max)d characters).")
                     % {"n": number, "max": COLUMN_MAX_CHARS}
@@ -208,7 +287,20 @@ def _header(reader: Any) -> list[str]:
     raise _refuse(_("The file is empty."))
 
 
-def _copy_rows(reader: Any, file_id: int, width: int) -> int:
+def phone_tails(cells: Sequence[str]) -> list[int]:
+    """The last :data:`TAIL_DIGITS` digits, as a number, of each cell holding at least
+    that many digits: a phone's, however it is written ("(11) 98765-4321", "+55 11…"),
+    or any other long number's (a false match costs :func:`person_rows` a check)."""
+    tails = []
+    for cell in cells:
+        if len(cell) >= TAIL_DIGITS:
+            digits = _NOT_DIGIT.sub("", cell)
+            if len(digits) >= TAIL_DIGITS:
+                tails.append(int(digits[-TAIL_DIGITS:]))
+    return tails
+
+
+def _copy_rows(reader: Any, lines: _Lines, file_id: int, width: int) -> int:
     """Stream the reader's rows into audience_rows (binary COPY); how many."""
     connection = db.session.connection().connection.driver_connection
     assert isinstance(connection, psycopg.Connection)
@@ -216,8 +308,9 @@ def _copy_rows(reader: Any, file_id: int, width: int) -> int:
     padding = [""] * width
     try:
         with connection.cursor() as cursor, cursor.copy(COPY_ROWS) as copy:
-            copy.set_types(["int8", "int4", "text[]"])
+            copy.set_types(["int8", "int4", "text[]", "int4[]"])
             for row in reader:
+                lines.row_read()
                 cells = len(row)
                 if not (row and row[0].strip()) and not any(cell.strip() for cell in row):
                     continue  # a blank line, or one of empty cells
@@ -232,7 +325,8 @@ def _copy_rows(reader: Any, file_id: int, width: int) -> int:
                         )
                     row += padding[cells:]
                 count += 1
-                copy.write_row((file_id, count, [cell.strip() for cell in row]))
+                stripped = [cell.strip() for cell in row]
+                copy.write_row((file_id, count, stripped, phone_tails(stripped)))
     except psycopg.errors.DataError as error:
         # A NUL byte: PostgreSQL's text cannot hold it.
         raise _refuse(
@@ -363,34 +457,44 @@ def delete_if_erased(session: AnySession, campaign_id: int) -> bool:
     return True
 
 
-# -- candidates for one person's rows: any cell whose digits end in the number's last
-# eight (any formatting: "(11) 98765-4321", "+55 11 9876 54321"), confirmed in Python by
-# normalising the cell. One pass over the rows, in SQL: a rare request, no index needed.
+# -- candidates for one person's rows: a cell whose digits end in the number's last
+# eight (any formatting: "(11) 98765-4321", "+55 11 9876 54321"), through the GIN index
+# on phone_tails; confirmed in Python by normalising the cell.
 PERSON_CANDIDATES = sa.text(
     "SELECT file_id, row_number, cells FROM audience_rows"
-    " WHERE regexp_replace(array_to_string(cells, '|'), '[^0-9|]', '', 'g') LIKE :pattern"
+    " WHERE phone_tails @> ARRAY[CAST(:tail AS int)]"
 )
 
 
 def person_rows(session: AnySession, phone: str, region: str) -> list[tuple[int, int]]:
     """(file, row number) of every audience row with a cell that is this E.164 number."""
-    tail = phone[-8:]
+    tail = int(phone[-TAIL_DIGITS:])
     found = []
-    for row in session.execute(PERSON_CANDIDATES, {"pattern": f"%{tail}%"}):
+    for row in session.execute(PERSON_CANDIDATES, {"tail": tail}):
         if any(_is(cell, phone, tail, region) for cell in row.cells):
             found.append((row.file_id, row.row_number))
     return found
 
 
-def _is(cell: str, phone: str, tail: str, region: str) -> bool:
-    # Only a cell with the number's last digits in it is worth normalising.
-    return tail in re.sub(r"\D", "", cell) and phones.normalise(cell, region) == phone
+def _is(cell: str, phone: str, tail: int, region: str) -> bool:
+    # Only a cell with the number's last digits is worth normalising.
+    return phone_tails([cell]) == [tail] and phones.normalise(cell, region) == phone
 
 
+# The rows deleted, and each file's count less its rows this delete removed (not the
+# rows asked for: two erasures at once must not both count a row one of them deleted).
 ERASE_ROWS = sa.text(
-    "DELETE FROM audience_rows a USING unnest(CAST(:files AS bigint[]),"
-    " CAST(:numbers AS int[])) AS t(file_id, row_number)"
-    " WHERE a.file_id = t.file_id AND a.row_number = t.row_number"
+    """
+    WITH gone AS (
+        DELETE FROM audience_rows a
+         USING unnest(CAST(:files AS bigint[]), CAST(:numbers AS int[])) AS t(file_id, row_number)
+         WHERE a.file_id = t.file_id AND a.row_number = t.row_number
+     RETURNING a.file_id),
+    per_file AS (SELECT file_id, count(*) AS n FROM gone GROUP BY file_id)
+    UPDATE audience_files f SET row_count = f.row_count - per_file.n
+      FROM per_file WHERE f.id = per_file.file_id
+    RETURNING per_file.n
+    """
 )
 
 
@@ -401,11 +505,4 @@ def erase_person_rows(session: AnySession, rows: Collection[tuple[int, int]]) ->
         return 0
     files = [file_id for file_id, _number in rows]
     numbers = [number for _file_id, number in rows]
-    deleted = rows_changed(session, ERASE_ROWS.bindparams(files=files, numbers=numbers))
-    for file_id in set(files):
-        session.execute(
-            sa.update(AudienceFile)
-            .where(AudienceFile.id == file_id)
-            .values(row_count=AudienceFile.row_count - files.count(file_id))
-        )
-    return deleted
+    return sum(session.scalars(ERASE_ROWS, {"files": files, "numbers": numbers}))

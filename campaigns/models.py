@@ -348,7 +348,7 @@ class AudienceFile(Model):
     row_count: Mapped[int] = mapped_column()
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     delimiter: Mapped[str] = mapped_column(sa.String(1))
-    encoding: Mapped[str] = mapped_column(sa.String(16))  # as read: utf-8, cp1252, latin-1
+    encoding: Mapped[str] = mapped_column(sa.String(16))  # as read: utf-8, utf-16, cp1252, latin-1
     uploaded_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
     created_at: Mapped[datetime] = created_at_column()
 
@@ -367,6 +367,13 @@ class AudienceRow(Model):
     )
     row_number: Mapped[int] = mapped_column(primary_key=True)
     cells: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))
+    # The last eight digits of each cell with at least eight (audiences.phone_tails): what
+    # a person's erasure looks their number up by, through the GIN index.
+    phone_tails: Mapped[list[int]] = mapped_column(ARRAY(sa.Integer))
+
+    __table_args__ = (
+        sa.Index("audience_rows_phone_tails_idx", "phone_tails", postgresql_using="gin"),
+    )
 
 
 class MessageTemplate(Model):

@@ -978,7 +978,7 @@ def _audience_file_schema() -> Schema:
             "row_count": COUNT,
             "size_bytes": {"type": "integer", "minimum": 1},
             "delimiter": {"type": "string", "enum": [",", ";", "\t"]},
-            "encoding": {"type": "string", "enum": ["utf-8", "cp1252", "latin-1"]},
+            "encoding": {"type": "string", "enum": ["utf-8", "utf-16", "cp1252", "latin-1"]},
             "phone_column": {
                 **nullable(STRING),
                 "description": "The column named like a phone (telefone, celular…), if any.",

@@ -267,8 +267,9 @@ def erase_person(raw_phone: str, actor: User | None) -> ErasureReport:
     """
     phone = normalised_phone(raw_phone)
     session = db.session
-    rows = _person_rows(session, phone, lock=True)
+    # Before the messages' locks: found by an index, but no lock is held while it reads.
     in_files = audiences.person_rows(session, phone, current_app.config["PHONE_DEFAULT_REGION"])
+    rows = _person_rows(session, phone, lock=True)
     report = _report(session, phone, rows, done=True, audience_rows=len(in_files))
     ids = [row.id for row in rows]
     waiting = [row.id for row in rows if MessageStatus(row.status) in WAITING]

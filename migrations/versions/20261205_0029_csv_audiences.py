@@ -3,7 +3,9 @@
 ``audience_files`` holds an upload's facts (its name, header, row count, size,
 delimiter and encoding); ``audience_rows`` its rows, one text[] of cells each, keyed
 by (file, row number): the fan-out pages through a file by that key, and the row
-number is the message's customer ref (unique per file). The rows are personal data:
+number is the message's customer ref (unique per file). ``phone_tails``: the last eight
+digits of each cell with at least eight, GIN-indexed, so a person's erasure finds their
+rows without reading every file's. The rows are personal data:
 a file no campaign uses is deleted a day after its upload, one whose campaigns'
 data the retention erased goes with them, and a person's erasure deletes their rows
 (services/personal_data.py).
@@ -52,6 +54,13 @@ def upgrade() -> None:
         ),
         sa.Column("row_number", sa.Integer(), primary_key=True),
         sa.Column("cells", postgresql.ARRAY(sa.Text()), nullable=False),
+        sa.Column("phone_tails", postgresql.ARRAY(sa.Integer()), nullable=False),
+    )
+    op.create_index(
+        "audience_rows_phone_tails_idx",
+        "audience_rows",
+        ["phone_tails"],
+        postgresql_using="gin",
     )
     # Nullable columns without a default: no table rewrite, a brief lock.
     op.add_column(

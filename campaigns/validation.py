@@ -725,13 +725,31 @@ def parse_language_field(raw: Any, check: Checker, *, any_field: bool = False) -
     None (absent, null or empty): the template's own language for everyone.
     ``any_field``: a CSV audience's column (at most 64 characters, the column's width),
     checked against its file by the service."""
+    return _field_choice(raw, "language_field", check, any_field=any_field)
+
+
+FIELD_CHOICE_MAX_CHARS = 64  # campaigns.language_field's and time_zone_field's width
+
+
+def _field_choice(raw: Any, field: str, check: Checker, *, any_field: bool) -> str | None:
+    """A customer field's name, or with ``any_field`` a CSV column's (its width's long)."""
     if raw is None or raw == "":
         return None
-    if any_field and isinstance(raw, str) and len(raw) <= 64:
-        return raw
+    if any_field and isinstance(raw, str):
+        if len(raw) <= FIELD_CHOICE_MAX_CHARS:
+            return raw
+        check.fail(
+            field,
+            _(
+                "This column's name is too long to be chosen here (at most %(n)d characters):"
+                " rename it in the file and upload it again."
+            )
+            % {"n": FIELD_CHOICE_MAX_CHARS},
+        )
+        return None
     if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
         check.fail(
-            "language_field",
+            field,
             _("Unknown customer field; use one of: %(f)s.") % {"f": ", ".join(CUSTOMER_FIELDS)},
         )
         return None
@@ -867,17 +885,7 @@ def parse_time_zone_field(raw: Any, check: Checker, *, any_field: bool = False) 
     """The customer field naming each recipient's IANA time zone, or None (absent, null or
     empty): the zone comes from the number (campaigns/time_zones.py). ``any_field``: a CSV
     audience's column (at most 64 characters), checked against its file by the service."""
-    if raw is None or raw == "":
-        return None
-    if any_field and isinstance(raw, str) and len(raw) <= 64:
-        return raw
-    if not isinstance(raw, str) or raw not in CUSTOMER_FIELDS:
-        check.fail(
-            "time_zone_field",
-            _("Unknown customer field; use one of: %(f)s.") % {"f": ", ".join(CUSTOMER_FIELDS)},
-        )
-        return None
-    return raw
+    return _field_choice(raw, "time_zone_field", check, any_field=any_field)
 
 
 @dataclass(frozen=True)
@@ -945,7 +953,8 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
         check.fail("template_id", _("Choose an approved template."))
     segment = parse_segment(data.get("segment"), check)
     audience_file_id, phone_column = parse_audience_file(data, check)
-    from_file = audience_file_id is not None
+    # A file was given, even a bad id: the fields are its columns (only the id is wrong).
+    from_file = data.get("audience_file_id") not in (None, "")
     mapping = parse_mapping(
         data.get("variables") or {}, template_variables or [], check, any_field=from_file
     )
@@ -979,7 +988,8 @@ def parse_audience_file(data: Mapping[str, Any], check: Checker) -> tuple[int | 
     raw = data.get("audience_file_id")
     if raw is None or raw == "":
         return None, None
-    file_id = row_id(raw)
+    # row_id reads 1.5 as 1: an id is a whole number.
+    file_id = None if isinstance(raw, float) and not raw.is_integer() else row_id(raw)
     if file_id is None:
         check.fail("audience_file_id", _("Upload a CSV file for the audience."))
         return None, None
@@ -988,6 +998,11 @@ def parse_audience_file(data: Mapping[str, Any], check: Checker) -> tuple[int | 
         check.fail("audience_phone_column", _("Choose the column that holds the phone number."))
         return file_id, None
     return file_id, column
+
+
+# A field's or column's option in the form's variable selects (_mapping.html): its own
+# values, "text" and "track", are the other sources. A bare name is a field too.
+FIELD_OPTION = "field:"
 
 
 def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -1008,7 +1023,10 @@ def campaign_data_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     for key, source in form.items():
         if key.startswith("var.") and key.endswith(".source"):
             name = key[len("var.") : -len(".source")]
-            if source == "text":
+            if source.startswith(FIELD_OPTION):
+                # _mapping.html's options: any column's name, even "text" or "track"
+                variables[name] = {"field": source.removeprefix(FIELD_OPTION)}
+            elif source == "text":
                 variables[name] = {"text": form.get(f"var.{name}.text", "")}
             elif source == TRACK:
                 variables[name] = {TRACK: form.get(f"var.{name}.text", "")}

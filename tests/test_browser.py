@@ -95,8 +95,8 @@ def fill_campaign_form(page, name: str, coupon: str, audience: int) -> None:
     page.fill("input[name=name]", name)
     page.select_option("select[name=template_id]", label="promo_weekend (pt_BR)")
     page.wait_for_selector("select[name='var.first_name.source']")  # htmx swapped the mapping in
-    page.select_option("select[name='var.first_name.source']", "first_name")
-    page.select_option("select[name='var.city.source']", "city")
+    page.select_option("select[name='var.first_name.source']", "field:first_name")
+    page.select_option("select[name='var.city.source']", "field:city")
     for variable, text in (("discount", "10%"), ("coupon", coupon)):
         page.select_option(f"select[name='var.{variable}.source']", "text")
         page.fill(f"input[name='var.{variable}.text']", text)
@@ -297,8 +297,8 @@ def test_an_image_template_with_a_link_per_customer_is_made_and_sent(
     page.fill("input[name=name]", "Oferta com imagem")
     page.select_option("select[name=template_id]", label="oferta_com_imagem (pt_BR)")
     page.wait_for_selector("select[name='var.button.0.source']")
-    page.select_option("select[name='var.first_name.source']", "first_name")
-    page.select_option("select[name='var.button.0.source']", "id")  # the customer's own offer
+    page.select_option("select[name='var.first_name.source']", "field:first_name")
+    page.select_option("select[name='var.button.0.source']", "field:id")  # the customer's own offer
     page.fill("input[name='segment.state']", "SP")
     page.fill("input[name='segment.max_audience']", "4")
     page.uncheck("input[name='segment.opted_in_only']")
@@ -368,14 +368,14 @@ def test_a_csv_audience_is_uploaded_mapped_and_sent(
     assert page.locator("#audience-preview tbody tr").count() == 5
     # The mapping redrew with the file's columns; the phone column was guessed.
     page.wait_for_selector(
-        "select[name='var.first_name.source'] option[value='Nome']", state="attached"
+        "select[name='var.first_name.source'] option[value='field:Nome']", state="attached"
     )
     assert page.input_value("#audience-phone-column") == "Celular"
     page.select_option("#audience-phone-column", "")
     page.select_option("#audience-phone-column", "Celular")  # picked by the operator
-    page.select_option("select[name='var.first_name.source']", "Nome")
-    page.select_option("select[name='var.city.source']", "Cidade")
-    page.select_option("select[name='var.coupon.source']", "Cupom")
+    page.select_option("select[name='var.first_name.source']", "field:Nome")
+    page.select_option("select[name='var.city.source']", "field:Cidade")
+    page.select_option("select[name='var.coupon.source']", "field:Cupom")
     page.select_option("select[name='var.discount.source']", "text")
     page.fill("input[name='var.discount.text']", "15%")
     ARTIFACTS.mkdir(exist_ok=True)

@@ -164,12 +164,13 @@ def test_a_template_not_approved_cannot_be_chosen(client, demo, supervisor):
 
 
 def _selected(body: str, name: str) -> str | None:
-    """The option selected in the variable's select ("" for "— choose —"), None without one."""
+    """The field selected in the variable's select (its option's value is "field:<name>"),
+    "text", "track", or "" for "— choose —"; None without a select."""
     select = re.search(rf'<select name="var.{name}.source".*?</select>', body, re.S)
     if select is None:
         return None
     chosen = re.search(r'<option value="([^"]*)" selected', select.group(0))
-    return chosen.group(1) if chosen else ""
+    return chosen.group(1).removeprefix("field:") if chosen else ""
 
 
 def test_named_variables_are_matched_to_customer_fields_of_the_same_name(client, demo, supervisor):

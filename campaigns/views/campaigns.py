@@ -82,6 +82,7 @@ from campaigns.services.campaigns import (
 )
 from campaigns.validation import (
     CUSTOMER_FIELDS,
+    FIELD_OPTION,
     CampaignFields,
     Checker,
     Invalid,
@@ -198,7 +199,13 @@ def _mapping_rows(template_id: Any, form: dict[str, Any]) -> list[dict[str, str]
                 "name": name,
                 "label": template_parts.describe(template, name),
                 "optional": template_parts.is_optional(name),
-                "source": "text" if "text" in source else "track" if "track" in source else field,
+                "source": "text"
+                if "text" in source
+                else "track"
+                if "track" in source
+                else FIELD_OPTION + field
+                if field
+                else "",
                 "text": source.get("text") or source.get("track", ""),
                 "trackable": template is not None
                 and tracked_links.leads_here(template, name, app_base_url),
@@ -378,6 +385,21 @@ def campaign_languages() -> str:
         customer_fields=_field_choices(data),
         audience_file=_audience_file(data),
         other_languages=languages.also_approved_in(data["template_id"]),
+        errors={},
+    )
+
+
+@bp.post("/time-zone")
+@requires(Role.SUPERVISOR)
+def campaign_time_zone() -> str:
+    """The recipient's time zone choice, with the audience's fields: the CSV file's
+    columns or the ERP's (htmx, on the audience's change)."""
+    data = campaign_data_from_form(request.form)
+    return render_template(
+        "campaigns/_time_zone.html",
+        data=data,
+        customer_fields=_field_choices(data),
+        audience_file=_audience_file(data),
         errors={},
     )
 

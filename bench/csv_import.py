@@ -22,6 +22,10 @@ The growth is checked twice: the sampled peak, and the kernel's own high-water m
 (``ru_maxrss``) after the import less before it (the file was written a batch of lines
 at a time, so the mark before is the process's RSS then).
 
+Then a person's erasure's look-up in the file (``audiences.person_rows`` through the
+``phone_tails`` GIN index, and the whole ``personal_data.preview_erasure``) for the
+first row's number: milliseconds.
+
 Then, with ``--fan-out``, the fan-out of a campaign whose audience is that file (the demo's
 promo_weekend, three variables from columns): ``fanout.fan_out_file_page`` called page
 after page in this process, as the fan-out job does, from Send now to the last page;
@@ -203,6 +207,31 @@ def fan_out_rows_per_s(app, file_id: int) -> dict[str, object]:
     }
 
 
+def erasure_lookup_ms(app, file_id: int) -> dict[str, object]:
+    """A person's rows found in the file, and a whole erasure preview: milliseconds."""
+    from app import db
+    from campaigns import audiences, phones
+    from campaigns.services import personal_data
+
+    region = app.config["PHONE_DEFAULT_REGION"]
+    first = audiences.page(db.session, file_id, 0, 1)[0][1][0]
+    phone = phones.normalise(first, region)
+    assert phone is not None
+    started = time.perf_counter()
+    found = audiences.person_rows(db.session, phone, region)
+    lookup = time.perf_counter() - started
+    db.session.rollback()
+    with app.test_request_context():
+        started = time.perf_counter()
+        report = personal_data.preview_erasure(phone)
+        preview = time.perf_counter() - started
+    assert found and report.audience_rows == len(found)
+    return {
+        "person_rows_ms": round(lookup * 1000, 1),
+        "preview_erasure_ms": round(preview * 1000, 1),
+    }
+
+
 def run(rows: int, with_fan_out: bool = False) -> dict[str, object]:
     from app import create_app, db
     from campaigns import audiences
@@ -225,6 +254,7 @@ def run(rows: int, with_fan_out: bool = False) -> dict[str, object]:
                 high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 imported = audience.row_count
                 columns = audience.columns
+                erasure = erasure_lookup_ms(app, audience.id)
                 fan_out = fan_out_rows_per_s(app, audience.id) if with_fan_out else None
                 db.session.remove()
                 db.engine.dispose()
@@ -244,6 +274,7 @@ def run(rows: int, with_fan_out: bool = False) -> dict[str, object]:
         "floor_seconds": round(floor_seconds, 2),
         "floor_rows_per_s": round(floor_rows / floor_seconds),
         "ratio_to_floor": round(seconds / floor_seconds, 2),
+        **erasure,
         **(fan_out or {}),
     }
     result["targets_met"] = (
@@ -280,6 +311,10 @@ def main() -> None:
             f"| {'fan-out of a campaign on the file':<46} | {result['fan_out_seconds']:>8} |"
             f" {result['fan_out_rows_per_s']:>9,} |"
         )
+    print(
+        f"\na person's rows in the file: {result['person_rows_ms']} ms"
+        f" (the erasure's whole preview: {result['preview_erasure_ms']} ms)"
+    )
     print(
         f"\nmemory: RSS {result['rss_before_mb']} MB before, +{result['rss_growth_mb']} MB at"
         f" the import's peak, +{result['high_water_growth_mb']} MB on the kernel's high-water"

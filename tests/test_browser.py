@@ -371,6 +371,9 @@ def test_a_csv_audience_is_uploaded_mapped_and_sent(
         "select[name='var.first_name.source'] option[value='field:Nome']", state="attached"
     )
     assert page.input_value("#audience-phone-column") == "Celular"
+    # So did the time zone's choice: the file's columns, no longer the ERP's fields.
+    page.wait_for_selector("select[name=time_zone_field] option[value='Cidade']", state="attached")
+    assert "customer:" not in (page.text_content("#campaign-time-zone") or "")
     page.select_option("#audience-phone-column", "")
     page.select_option("#audience-phone-column", "Celular")  # picked by the operator
     page.select_option("select[name='var.first_name.source']", "field:Nome")

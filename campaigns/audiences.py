@@ -36,12 +36,15 @@ import csv
 import io
 import logging
 import re
+import struct
 from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import IO, Any
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy.exc import IntegrityError
 
 from app import AnySession, db, rows_changed
@@ -300,6 +303,27 @@ def phone_tails(cells: Sequence[str]) -> list[int]:
     return tails
 
 
+INT4 = 23
+INT4_ARRAY = 1007
+_ARRAY_HEAD = struct.Struct("!iiiii")  # dimensions, has nulls, element type; length, lower bound
+_EMPTY_INT4_ARRAY = struct.pack("!iii", 0, 0, INT4)
+
+
+class _TailsDumper(Dumper):
+    """phone_tails in binary COPY, packed here: psycopg's array dumper is Python, and
+    a second array per row (after the cells) halved the import's rate with it."""
+
+    format = Format.BINARY
+    oid = INT4_ARRAY
+
+    def dump(self, obj: list[int]) -> bytes:
+        if not obj:
+            return _EMPTY_INT4_ARRAY
+        return _ARRAY_HEAD.pack(1, 0, INT4, len(obj), 1) + struct.pack(
+            f"!{len(obj) * 2}i", *(n for tail in obj for n in (4, tail))
+        )
+
+
 def _copy_rows(reader: Any, lines: _Lines, file_id: int, width: int) -> int:
     """Stream the reader's rows into audience_rows (binary COPY); how many."""
     connection = db.session.connection().connection.driver_connection
@@ -307,26 +331,28 @@ def _copy_rows(reader: Any, lines: _Lines, file_id: int, width: int) -> int:
     count = 0
     padding = [""] * width
     try:
-        with connection.cursor() as cursor, cursor.copy(COPY_ROWS) as copy:
-            copy.set_types(["int8", "int4", "text[]", "int4[]"])
-            for row in reader:
-                lines.row_read()
-                cells = len(row)
-                if not (row and row[0].strip()) and not any(cell.strip() for cell in row):
-                    continue  # a blank line, or one of empty cells
-                if cells != width:
-                    if cells > width:
-                        raise _refuse(
-                            _(
-                                "Line %(line)d has %(n)d cells, more than the header's"
-                                " %(columns)d columns."
+        with connection.cursor() as cursor:
+            cursor.adapters.register_dumper(None, _TailsDumper)  # this cursor's COPY only
+            with cursor.copy(COPY_ROWS) as copy:
+                copy.set_types(["int8", "int4", "text[]", "int4[]"])
+                for row in reader:
+                    lines.row_read()
+                    cells = len(row)
+                    if not (row and row[0].strip()) and not any(cell.strip() for cell in row):
+                        continue  # a blank line, or one of empty cells
+                    if cells != width:
+                        if cells > width:
+                            raise _refuse(
+                                _(
+                                    "Line %(line)d has %(n)d cells, more than the header's"
+                                    " %(columns)d columns."
+                                )
+                                % {"line": reader.line_num, "n": cells, "columns": width}
                             )
-                            % {"line": reader.line_num, "n": cells, "columns": width}
-                        )
-                    row += padding[cells:]
-                count += 1
-                stripped = [cell.strip() for cell in row]
-                copy.write_row((file_id, count, stripped, phone_tails(stripped)))
+                        row += padding[cells:]
+                    count += 1
+                    stripped = [cell.strip() for cell in row]
+                    copy.write_row((file_id, count, stripped, phone_tails(stripped)))
     except psycopg.errors.DataError as error:
         # A NUL byte: PostgreSQL's text cannot hold it.
         raise _refuse(

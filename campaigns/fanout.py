@@ -12,6 +12,7 @@ Once the last page is in, it defers the campaign's pump.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,9 +77,14 @@ def fan_out_page(
         db.session.rollback()
         return None
     page = pages.page(campaign.segment, campaign.erp_cursor)
+    zones: Counter[str] = Counter()
     inserted = message_states.add_new(
-        db.session, campaign_id, _message_rows(campaign, page.customers, config)
+        db.session, campaign_id, _message_rows(campaign, page.customers, config), zones
     )
+    if campaign.send_window:
+        # What was inserted: a page stored twice (a fan-out resumed after a crash) adds
+        # nothing the second time, and counts nothing.
+        campaign.window_zones = dict(Counter(campaign.window_zones or {}) + zones)
     campaign.erp_cursor = page.next_cursor
     done = page.next_cursor is None
     if done:
@@ -154,24 +160,17 @@ def _set_time_zones(
     rows: list[dict[str, Any]],
     config: Mapping[str, Any],
 ) -> None:
-    """Each row's recipient's time zone (time_zones.py; None for a number that is not one),
-    and, with a sending window, the pending rows counted by zone on the campaign
-    (``window_zones``: the pump's and the progress's zones, without reading the rows).
-    A page stored twice (a fan-out resumed after a crash) counts twice: the pump finds
-    the sum off the campaign's pending count and counts again."""
+    """Each row's recipient's time zone (time_zones.py; None for a number that is not one).
+    With a sending window, :func:`fan_out_page` counts the pending rows inserted by zone on
+    the campaign (``window_zones``: the pump's and the progress's zones, without reading
+    the rows)."""
     fallback = config["DISPLAY_TIMEZONE"]
-    counts = dict(campaign.window_zones or {}) if campaign.send_window else None
     for customer, row in zip(customers, rows, strict=True):
         valid = row["error_code"] != "invalid_phone"
         phone = row["phone"] if valid else None
         row["time_zone"] = time_zones.for_recipient(
             phone, customer, campaign.time_zone_field, fallback
         )
-        if counts is not None and row["status"] == MessageStatus.PENDING.value:
-            key = row["time_zone"] or ""
-            counts[key] = counts.get(key, 0) + 1
-    if counts is not None:
-        campaign.window_zones = counts
 
 
 def _template_for(

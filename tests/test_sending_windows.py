@@ -33,7 +33,7 @@ from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, MessageTemplate, Role
 from campaigns.progress import get_progress
 from campaigns.send_windows import Window
-from campaigns.services import personal_data
+from campaigns.services import campaign_defaults, personal_data
 from campaigns.services.campaigns import (
     change_send_window,
     create_campaign,
@@ -117,19 +117,50 @@ def test_other_countries_by_phonenumbers_and_a_fallback(phone, zone):
     assert tz.from_number(phone, "America/Recife") == zone
 
 
-def test_a_country_of_several_zones_takes_the_middle_one_or_the_first_of_equal_hours():
+@pytest.mark.parametrize(
+    ("phone", "zone"),
+    [
+        ("+34612345678", "Europe/Madrid"),  # not Atlantic/Canary
+        ("+351912345678", "Europe/Lisbon"),  # not Atlantic/Azores
+        ("+593991234567", "America/Guayaquil"),  # not Pacific/Galapagos
+        ("+79161234567", "Europe/Moscow"),  # a Moscow mobile, not Asia/Krasnoyarsk
+        ("+77011234567", "Asia/Almaty"),  # Kazakhstan's, not Asia/Krasnoyarsk
+        ("+19075551234", "America/Anchorage"),  # Alaska, not America/Adak
+        ("+61412345678", "Australia/Sydney"),  # not Lord Howe Island (MAIN_ZONES)
+        ("+447400123456", "Europe/London"),
+    ],
+)
+def test_a_country_of_several_zones_takes_its_main_zone(phone, zone):
+    candidates = phone_timezones.time_zones_for_number(phonenumbers.parse(phone))
+    assert len(candidates) > 1 and zone in candidates  # phonenumbers does not say
+    assert tz.from_number(phone, SP) == zone
+
+
+def test_without_the_countrys_zones_the_middle_one_or_the_first_of_equal_hours():
     # UK mobiles: London, Guernsey, Jersey, Isle of Man keep the same hours: the first.
     uk = list(phone_timezones.time_zones_for_number(phonenumbers.parse("+447911123456")))
-    assert tz.from_number("+447911123456", SP) == uk[0]
+    assert tz.representative(uk) == uk[0]
     # Russian mobiles span Kaliningrad's to Kamchatka's hours: one in the middle, neither end.
-    russia = tz.from_number("+79161234567", SP)
-    candidates = phone_timezones.time_zones_for_number(phonenumbers.parse("+79161234567"))
-    assert russia in candidates
+    candidates = list(phone_timezones.time_zones_for_number(phonenumbers.parse("+79161234567")))
+    middle = tz.representative(candidates)
+    assert middle in candidates
     offsets = sorted(
         datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(z)).utcoffset() for z in candidates
     )
-    mine = datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(russia)).utcoffset()
+    mine = datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(middle)).utcoffset()
     assert offsets[0] < mine < offsets[-1]
+    # A region the tz database does not list: the same rule.
+    assert tz.representative(candidates, "XX") == middle
+
+
+def test_the_zone_names_read_from_customer_data_are_not_all_kept_in_memory():
+    tz._loads.cache_clear()
+    for i in range(3000):
+        assert not tz.is_zone(f"Nowhere/Place_{i}")
+    assert tz.is_zone("America/Manaus")
+    assert tz._loads.cache_info().currsize <= 1024
+    assert not tz.is_zone("America/" + "x" * 5000)  # refused before it is looked up
+    assert not tz.is_zone("localtime") and not tz.is_zone("/etc/localtime")
 
 
 def test_a_customer_field_naming_a_zone_wins_and_a_bad_one_falls_back_to_the_number():
@@ -244,7 +275,7 @@ def test_the_window_is_checked_field_by_field():
     assert _window() is None
     cases = [
         ({"start": "9:00", "end": "20:00", "days": [0]}, "send_window.start"),
-        ({"start": "09:00", "end": "24:00", "days": [0]}, "send_window.end"),
+        ({"start": "09:00", "end": "24:01", "days": [0]}, "send_window.end"),
         ({"start": "09:00", "end": "09:00", "days": [0]}, "send_window.end"),
         ({"start": "09:00", "end": "20:00", "days": []}, "send_window.days"),
         ({"start": "09:00", "end": "20:00", "days": [7]}, "send_window.days"),
@@ -258,6 +289,46 @@ def test_the_window_is_checked_field_by_field():
     check = Checker()
     parse_send_window("09-20", check)
     assert "send_window" in check.errors
+
+
+@pytest.mark.parametrize("day", ["²", "①", "٣", "3.0", "07", 3.0, None, "-1"])
+def test_a_day_that_is_not_a_digit_0_to_6_is_a_field_error(app, day):
+    with pytest.raises(Invalid) as refused:
+        _window(start="09:00", end="20:00", days=[day])
+    assert "send_window.days" in refused.value.errors
+    with pytest.raises(Invalid) as refused:
+        _window(start="09:00", end="20:00", days=f"1,{day}")
+    assert "send_window.days" in refused.value.errors
+    form = {"window_start": "09:00", "window_end": "20:00", "window_days": ["1", str(day)]}
+    with pytest.raises(Invalid) as refused:
+        campaign_defaults.parse_defaults(form)
+    assert "window_days" in refused.value.errors
+
+
+def test_a_window_may_end_at_24_00_the_end_of_the_day(app):
+    whole = _window(start="00:00", end="24:00", days=[0, 2])
+    assert whole == {"start": "00:00", "end": "24:00", "days": [0, 2]}
+    assert _window(start="18:00", end=" 24:00 ", days=[4])["end"] == "24:00"
+    for bad in ("24:01", "24:30", "25:00"):
+        with pytest.raises(Invalid) as refused:
+            _window(start="00:00", end=bad, days=[0])
+        assert "send_window.end" in refused.value.errors
+    with pytest.raises(Invalid) as refused:
+        _window(start="24:00", end="20:00", days=[0])  # only an end
+    assert "send_window.start" in refused.value.errors
+    window = Window.of(whole)
+    assert window is not None and window.as_json() == whole
+    # Monday 2026-01-05 and Wednesday: open all day, to the last second; Tuesday closed.
+    assert send_windows.is_open(window, SP, _at(SP, 2026, 1, 5, 0, 0))
+    assert send_windows.is_open(window, SP, _at(SP, 2026, 1, 5, 23, 59, 59))
+    assert not send_windows.is_open(window, SP, _at(SP, 2026, 1, 6, 0, 0))
+    assert send_windows.next_close(window, SP, _at(SP, 2026, 1, 5, 12)) == _at(SP, 2026, 1, 6)
+    assert send_windows.next_open(window, SP, _at(SP, 2026, 1, 6, 12)) == _at(SP, 2026, 1, 7)
+    evening = Window.of({"start": "18:00", "end": "24:00", "days": [4]})
+    assert evening is not None
+    assert send_windows.is_open(evening, SP, _at(SP, 2026, 1, 9, 23, 59))
+    assert not send_windows.is_open(evening, SP, _at(SP, 2026, 1, 10, 0, 0))
+    assert not send_windows.is_open(evening, SP, _at(SP, 2026, 1, 9, 17, 59))
 
 
 # -- the campaign and its messages

@@ -182,17 +182,38 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
     """Paused: queued messages go back to pending, so nothing is sent until resume.
-    The caller holds the campaign's lock (:func:`forget_zone_counts`)."""
-    forget_zone_counts(session, [campaign_id])
-    return transition_campaign(session, campaign_id, [S.QUEUED], S.PENDING)
+
+    With a window, their zones are added back to the campaign's zone counts (exact: the
+    caller holds the campaign's lock, which the pump takes too), so the paused campaign's
+    page still says who waits for their window; see :func:`forget_zone_counts`.
+    """
+    _check([S.QUEUED], S.PENDING)
+    zones = Counter(
+        zone or NO_ZONE
+        for zone in session.scalars(
+            sa.update(Message)
+            .where(Message.campaign_id == campaign_id, Message.status == S.QUEUED)
+            .values(status=S.PENDING)
+            .returning(Message.time_zone),
+            execution_options={"synchronize_session": False},
+        )
+    )
+    moved = zones.total()
+    counters.apply(session, campaign_id, {S.QUEUED.value: -moved, S.PENDING.value: moved})
+    statelog.moved_many(campaign_id, S.QUEUED, S.PENDING, moved)
+    campaign = session.get(Campaign, campaign_id)
+    if moved and campaign is not None and campaign.window_zones is not None:
+        campaign.window_zones = dict(Counter(campaign.window_zones) + zones)
+    return moved
 
 
 def forget_zone_counts(session: AnySession, campaign_ids: Sequence[int]) -> None:
     """Messages go back to pending outside the pump: the campaigns' zone counts
     (``window_zones``) are dropped, and their pump counts again at its next run.
 
-    Every move *to* pending other than the fan-out's (which counts what it inserts) does
-    this, so the kept counts are never below a zone's real ones; the moves *out of*
+    Every move *to* pending does this, or counts what it moves exactly (the fan-out's
+    inserts, a pause's :func:`unqueue`), so the kept counts are never below a zone's real
+    ones; the moves *out of*
     pending outside the pump (an erasure, a cancel) then leave their sum above the
     pending counter, which the pump notices. Were both allowed to go uncounted, one
     adding k in a zone and one removing k in another would keep the sum right and the

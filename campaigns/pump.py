@@ -151,7 +151,8 @@ class _Window:
     rows, under the campaign's lock: rare) only when they cannot be trusted:
 
     - none kept (NULL): something other than the pump moved messages back to pending
-      (a pause, "retry failed", a job's abort: ``message_states.forget_zone_counts``);
+      ("retry failed", a job's abort: ``message_states.forget_zone_counts``; a pause
+      counts those it moves);
     - their sum off the pending counter: something moved messages out of pending (an
       erasure, which keeps no count: as every move back to pending drops the counts, a
       kept count is never below its zone's, so a sum that matches is every zone's);

@@ -676,15 +676,20 @@ def test_a_pause_and_an_erasure_that_cancel_out_leave_no_zone_miscounted(
     assert_counters_match_rows(campaign.id)
 
 
-def test_zone_counts_are_dropped_by_every_move_back_to_pending(app, owner, live_server):
+def test_zone_counts_follow_every_move_back_to_pending(app, owner, live_server):
     campaign = _whole_day_campaign(app, owner, 20)
     assert campaign.window_zones
+    assert pump.pump(campaign.id) is True
+    assert _zones(campaign.id, S.QUEUED)
+    # A pause: the queued messages' zones are counted back, exactly (the page still says
+    # who waits for their window).
     pause_campaign(campaign.id, owner.id)
-    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
-    resume_campaign(campaign.id, owner.id)
-    assert pump.pump(campaign.id) is True  # counts them again
     campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
     assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    assert not _zones(campaign.id, S.QUEUED)
+    assert_counters_match_rows(campaign.id)
+    resume_campaign(campaign.id, owner.id)
+    assert pump.pump(campaign.id) is True
     # "Retry failed": failed messages back to pending.
     message = db.session.scalars(
         sa.select(Message).where(Message.campaign_id == campaign.id, Message.status == S.QUEUED)

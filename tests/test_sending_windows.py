@@ -21,6 +21,7 @@ from campaigns import (
     campaign_states,
     counters,
     fanout,
+    maintenance,
     message_states,
     preflight,
     pump,
@@ -703,6 +704,26 @@ def test_zone_counts_follow_every_move_back_to_pending(app, owner, live_server):
     assert pump.pump(campaign.id) is True
     campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
     assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    # A job a worker's shutdown aborted: its messages back to pending by maintenance.
+    queued = db.session.scalars(
+        sa.select(Message.id).where(Message.campaign_id == campaign.id, Message.status == S.QUEUED)
+    ).first()
+    assert queued is not None
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET status = 'aborted'"
+            " WHERE task_name = :task AND args->'message_ids' @> to_jsonb(CAST(:id AS bigint))"
+        ),
+        {"task": queues.SEND_TASK, "id": queued},
+    )
+    db.session.commit()
+    assert maintenance.settle_orphaned_messages() == 0
+    assert db.session.get(Message, queued, populate_existing=True).status is S.PENDING
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    assert_counters_match_rows(campaign.id)
 
 
 def test_a_fan_out_page_stored_twice_counts_once(app, owner, live_server):

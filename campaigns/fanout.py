@@ -81,9 +81,11 @@ def fan_out_page(
     inserted = message_states.add_new(
         db.session, campaign_id, _message_rows(campaign, page.customers, config), zones
     )
-    if campaign.send_window:
+    if campaign.send_window and (campaign.window_zones is not None or not campaign.erp_cursor):
         # What was inserted: a page stored twice (a fan-out resumed after a crash) adds
-        # nothing the second time, and counts nothing.
+        # nothing the second time, and counts nothing. Counts dropped meanwhile (NULL
+        # after the first page: message_states.forget_zone_counts) stay dropped: this
+        # page's alone would be below the others' zones, and the pump counts them all.
         campaign.window_zones = dict(Counter(campaign.window_zones or {}) + zones)
     campaign.erp_cursor = page.next_cursor
     done = page.next_cursor is None

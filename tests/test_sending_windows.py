@@ -20,6 +20,7 @@ from app import db
 from campaigns import (
     campaign_states,
     counters,
+    erp,
     fanout,
     maintenance,
     message_states,
@@ -746,6 +747,30 @@ def test_a_fan_out_page_stored_twice_counts_once(app, owner, live_server):
     fanout.load_audience(campaign.id, app.config)
     campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
     assert campaign.window_zones == counted
+
+
+def test_counts_dropped_mid_fan_out_stay_dropped_and_a_removed_window_drops_them(
+    app, owner, live_server
+):
+    lift_limits(owner)
+    campaign = create_campaign(_fields(30, WHOLE_DAY), owner.id)
+    send_campaign_now(campaign.id, owner.id)
+    with erp.PageReader(erp.client_from_config(app.config), 10) as pages:
+        first = fanout.fan_out_page(campaign.id, pages, app.config)
+        assert first is not None and not first.done
+        # "Retry failed" (say) dropped the counts: the next pages do not count their own
+        # alone, which would leave the first page's zones uncounted.
+        message_states.forget_zone_counts(db.session, [campaign.id])
+        db.session.commit()
+        while (page := fanout.fan_out_page(campaign.id, pages, app.config)) and not page.done:
+            pass
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    # The window removed: nothing keeps the counts any more; set again, they are recounted.
+    change_send_window(campaign.id, None, owner.id)
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
 
 
 def test_the_pump_recounts_when_open_zones_have_fewer_than_counted(app, owner, live_server):

@@ -402,6 +402,10 @@ def change_send_window(campaign_id: int, window: dict[str, Any] | None, user_id:
         db.session.rollback()
         raise Conflict(refusal("edit", campaign.status))
     campaign.send_window = window
+    if window is None:
+        # Nothing keeps the zone counts without a window (the fan-out and the pump leave
+        # them): a window set again later has them counted afresh by the pump.
+        campaign.window_zones = None
     if campaign.status is CampaignStatus.SENDING and campaign.audience_loaded_at is not None:
         queues.defer_pump(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")

@@ -154,8 +154,9 @@ class _Window:
       ("retry failed", a job's abort: ``message_states.forget_zone_counts``; a pause
       counts those it moves);
     - their sum off the pending counter: something moved messages out of pending (an
-      erasure, which keeps no count: as every move back to pending drops the counts, a
-      kept count is never below its zone's, so a sum that matches is every zone's);
+      erasure, which keeps no count: as every move back to pending counts what it
+      moves or drops the counts, a kept count is never below its zone's, so a sum that
+      matches is every zone's);
     - a run that asked open zones for what their counts promised got fewer rows (a
       safety net: counts off by a cause this list missed would otherwise keep the
       campaign waiting on a zone that has nothing, forever).

@@ -212,13 +212,15 @@ def forget_zone_counts(session: AnySession, campaign_ids: Sequence[int]) -> None
     (``window_zones``) are dropped, and their pump counts again at its next run.
 
     Every move *to* pending does this, or counts what it moves exactly (the fan-out's
-    inserts, a pause's :func:`unqueue`), so the kept counts are never below a zone's real
-    ones; the moves *out of*
-    pending outside the pump (an erasure, a cancel) then leave their sum above the
-    pending counter, which the pump notices. Were both allowed to go uncounted, one
-    adding k in a zone and one removing k in another would keep the sum right and the
-    split wrong: the pump would wait on a zone that has nothing and never queue the
-    other's. Take the campaigns' locks before their messages' (the pump's order).
+    inserts, a pause's :func:`unqueue`), or happens around a pause whose resume drops
+    the counts (a batch's messages back to pending: ``services.campaigns.
+    resume_campaign``), so the kept counts are never below a zone's real ones; the
+    moves *out of* pending outside the pump (an erasure, a cancel) then leave their sum
+    above the pending counter, which the pump notices. Were both allowed to go
+    uncounted, one adding k in a zone and one removing k in another would keep the sum
+    right and the split wrong: the pump would wait on a zone that has nothing and never
+    queue the other's. Take the campaigns' locks before their messages' (the pump's
+    order).
     """
     if campaign_ids:
         session.execute(

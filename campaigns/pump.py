@@ -151,8 +151,8 @@ class _Window:
     rows, under the campaign's lock: rare) only when they cannot be trusted:
 
     - none kept (NULL): something other than the pump moved messages back to pending
-      ("retry failed", a job's abort: ``message_states.forget_zone_counts``; a pause
-      counts those it moves);
+      ("retry failed", a job's abort, a resume: ``message_states.forget_zone_counts``;
+      a pause counts those it moves);
     - their sum off the pending counter: something moved messages out of pending (an
       erasure, which keeps no count: as every move back to pending counts what it
       moves or drops the counts, a kept count is never below its zone's, so a sum that

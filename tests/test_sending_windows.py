@@ -690,8 +690,13 @@ def test_zone_counts_follow_every_move_back_to_pending(app, owner, live_server):
     assert campaign.window_zones == _zones(campaign.id, S.PENDING)
     assert not _zones(campaign.id, S.QUEUED)
     assert_counters_match_rows(campaign.id)
+    # A retry's batch that found the campaign paused puts its messages back to pending,
+    # uncounted: the resume drops the counts, and the pump counts them again.
     resume_campaign(campaign.id, owner.id)
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
     assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
     # "Retry failed": failed messages back to pending.
     message = db.session.scalars(
         sa.select(Message).where(Message.campaign_id == campaign.id, Message.status == S.QUEUED)

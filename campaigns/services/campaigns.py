@@ -520,6 +520,11 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
         campaign.status = CampaignStatus.SENDING
         campaign.set_status_reason(None)
         campaign.pace_cursor_at = None
+        if campaign.send_window:
+            # Messages the batches put back to pending around the pause (a pausing
+            # code's, a retry that found it paused) went uncounted by zone: the pump
+            # counts them all again, once (message_states.forget_zone_counts).
+            campaign.window_zones = None
         campaign_states.defer_next_step(
             db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
         )

@@ -15,6 +15,7 @@ adds nothing twice. Once the last page is in, it defers the campaign's pump.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,9 +125,16 @@ def _store_page(
 ) -> FanOutPage:
     """The page's messages, the cursor after it, and the pump once the last is in;
     committed."""
+    zones: Counter[str] = Counter()
     inserted = message_states.add_new(
-        db.session, campaign.id, _message_rows(campaign, customers, config, refs)
+        db.session, campaign.id, _message_rows(campaign, customers, config, refs), zones
     )
+    if campaign.send_window and (campaign.window_zones is not None or not campaign.erp_cursor):
+        # What was inserted: a page stored twice (a fan-out resumed after a crash) adds
+        # nothing the second time, and counts nothing. Counts dropped meanwhile (NULL
+        # after the first page: message_states.forget_zone_counts) stay dropped: this
+        # page's alone would be below the others' zones, and the pump counts them all.
+        campaign.window_zones = dict(Counter(campaign.window_zones or {}) + zones)
     campaign.erp_cursor = next_cursor
     done = next_cursor is None
     if done:
@@ -215,24 +223,17 @@ def _set_time_zones(
     rows: list[dict[str, Any]],
     config: Mapping[str, Any],
 ) -> None:
-    """Each row's recipient's time zone (time_zones.py; None for a number that is not one),
-    and, with a sending window, the pending rows counted by zone on the campaign
-    (``window_zones``: the pump's and the progress's zones, without reading the rows).
-    A page stored twice (a fan-out resumed after a crash) counts twice: the pump finds
-    the sum off the campaign's pending count and counts again."""
+    """Each row's recipient's time zone (time_zones.py; None for a number that is not one).
+    With a sending window, :func:`_store_page` counts the pending rows inserted by zone on
+    the campaign (``window_zones``: the pump's and the progress's zones, without reading
+    the rows)."""
     fallback = config["DISPLAY_TIMEZONE"]
-    counts = dict(campaign.window_zones or {}) if campaign.send_window else None
     for customer, row in zip(customers, rows, strict=True):
         valid = row["error_code"] != "invalid_phone"
         phone = row["phone"] if valid else None
         row["time_zone"] = time_zones.for_recipient(
             phone, customer, campaign.time_zone_field, fallback
         )
-        if counts is not None and row["status"] == MessageStatus.PENDING.value:
-            key = row["time_zone"] or ""
-            counts[key] = counts.get(key, 0) + 1
-    if counts is not None:
-        campaign.window_zones = counts
 
 
 def _template_for(

@@ -172,7 +172,11 @@ SEND_WINDOW: Schema = {
     ),
     "properties": {
         "start": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-        "end": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "end": {
+            "type": "string",
+            "pattern": "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+            "description": "24:00: the end of the day (00:00 to 24:00: the whole day).",
+        },
         "days": {
             "type": "array",
             "items": {"type": "integer", "minimum": 0, "maximum": 6},

@@ -147,9 +147,20 @@ def pump(campaign_id: int) -> bool:
 class _Window:
     """A campaign's sending window as one pump run applies it: the messages of the zones
     open now, in id order across them; the zones' pending counts kept on the campaign
-    (``window_zones``, recorded by the fan-out), counted again only when their sum is
-    off the campaign's pending counter (something other than the pump moved a pending
-    message: a pause, "retry failed", a cancel, an erasure, a resumed fan-out)."""
+    (``window_zones``, recorded by the fan-out), counted again (one scan of the pending
+    rows, under the campaign's lock: rare) only when they cannot be trusted:
+
+    - none kept (NULL): something other than the pump moved messages back to pending
+      ("retry failed", a job's abort, a resume: ``message_states.forget_zone_counts``;
+      a pause counts those it moves);
+    - their sum off the pending counter: something moved messages out of pending (an
+      erasure, which keeps no count: as every move back to pending counts what it
+      moves or drops the counts, a kept count is never below its zone's, so a sum that
+      matches is every zone's);
+    - a run that asked open zones for what their counts promised got fewer rows (a
+      safety net: counts off by a cause this list missed would otherwise keep the
+      campaign waiting on a zone that has nothing, forever).
+    """
 
     def __init__(self, campaign: Campaign, window: send_windows.Window, now: datetime) -> None:
         self.campaign = campaign
@@ -165,9 +176,12 @@ class _Window:
             return None
         self = cls(campaign, window, now)
         if sum(self.counts.values()) != pending:
-            self.counts = message_states.pending_by_zone(db.session, campaign.id)
-            campaign.window_zones = self.counts
+            self.recount()
         return self
+
+    def recount(self) -> None:
+        self.counts = message_states.pending_by_zone(db.session, self.campaign.id)
+        self.campaign.window_zones = self.counts
 
     def queue(self, room: int, admission: _Admission) -> list[int]:
         """Queue up to ``room`` pending messages of the open zones; the rest stay pending."""
@@ -180,6 +194,12 @@ class _Window:
         ids, zone_of = message_states.queue_next_in_zones(
             db.session, self.campaign.id, room, open_now, admission.admit
         )
+        found = Counter(zone_of.values())
+        if len(zone_of) < room and any(found[zone] < self.counts[zone] for zone in open_now):
+            # Every open zone gave all it has (the rows came short of the limit), and one
+            # has fewer than its count says (or a row was locked by an erasure).
+            self.recount()
+            return ids
         # Pending no more: queued, or skipped by the frequency cap.
         gone = Counter(zone_of[message_id] for message_id in (*ids, *admission.skipped))
         if gone:

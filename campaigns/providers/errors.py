@@ -162,7 +162,9 @@ EXPLANATIONS: dict[str, Any] = {  # lazy strings (_l)
     "368": _l("The number is temporarily blocked for breaking WhatsApp's policies."),
     "131031": _l("The WhatsApp Business Account is locked."),
     "131042": _l("The business account has a payment problem."),
-    "invalid_phone": _l("The recipient's phone number (from the ERP or the CSV file) is not a valid number."),
+    "invalid_phone": _l(
+        "The recipient's phone number (from the ERP or the CSV file) is not a valid number."
+    ),
     "suppressed": _l("The number is on the opt-out list."),
     "duplicate": _l("Another customer of this campaign has the same number."),
     "missing_value": _l("A template variable had no value for this customer."),

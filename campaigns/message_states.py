@@ -164,8 +164,8 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
     """Cancel what has not started sending (a message mid-call finishes its call).
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
-    them no longer waiting and do nothing. The contacts of those never called go back
-    to the contact history's previous ones (``contact_history.release``).
+    them no longer waiting and do nothing. The contacts of those never called are given
+    back (``contact_history.release``).
     """
     moved = transition_campaign(
         session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
@@ -175,8 +175,12 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
 
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
-    """Paused: queued messages go back to pending, so nothing is sent until resume."""
-    return transition_campaign(session, campaign_id, [S.QUEUED], S.PENDING)
+    """Paused: queued messages go back to pending, so nothing is sent until resume; the
+    contacts of those never called are given back (``contact_history.release``): the pump
+    admits them again on resume, under the cap as it stands then."""
+    moved = transition_campaign(session, campaign_id, [S.QUEUED], S.PENDING)
+    contact_history.release(session, campaign_id)
+    return moved
 
 
 # -- a page of new recipients in one statement with one parameter: a multi-row VALUES

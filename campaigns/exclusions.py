@@ -3,7 +3,7 @@
 A recipient is left out (skipped with its code) when their number is on the opt-out list
 (``suppressed``), WhatsApp could not deliver to it lately (``undeliverable``), another
 campaign contacted it within the campaign's frequency cap (``frequency_cap``; the pump
-decides it for good, ``contact_history.admit``: this module's check at the fan-out only
+decides it for good, ``contact_history.capped``: this module's check at the fan-out only
 spares the pump the people already known to be within it), or, with ``exclude_running``,
 it has a message in another running campaign (``in_other_campaign``).
 

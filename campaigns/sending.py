@@ -226,6 +226,7 @@ def send_batch(
     limited, retry_wait = _retry_limits([(m.id, attempts[m.id]) for m in granted])
     retried_held = [m for m in granted if m.held and m.id not in limited]
     capped = _cap_held(campaign_id, cap_days, retried_held)
+    report.failed.extend(sorted(capped))
     unbudgeted, budget_wait = _budget_for_held(
         sender, [m for m in retried_held if m.id not in capped], config
     )

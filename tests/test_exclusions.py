@@ -25,6 +25,7 @@ from campaigns.models import (
     Campaign,
     CampaignStatus,
     ContactHistory,
+    ContactLock,
     Message,
     MessageStatus,
     Role,
@@ -415,6 +416,14 @@ def test_the_history_is_kept_for_contact_history_days_then_deleted(app, make):
     db.session.commit()
     tasks.reconcile(timestamp=int(time.time()))
     assert db.session.scalars(sa.select(ContactHistory)).all() == []
+    # The numbers' lock rows go once none was taken in the days either.
+    assert db.session.scalars(sa.select(ContactLock)).all()
+    db.session.execute(
+        sa.update(ContactLock).values(locked_at=sa.func.now() - timedelta(days=days))
+    )
+    db.session.commit()
+    tasks.reconcile(timestamp=int(time.time()))
+    assert db.session.scalars(sa.select(ContactLock)).all() == []
 
 
 def test_a_persons_erasure_deletes_their_contact(app, make):
@@ -427,7 +436,9 @@ def test_a_persons_erasure_deletes_their_contact(app, make):
     report = erase_person(phone, None)
     assert report.contacted and report.details()["contact_history_deleted"] is True
     assert not contact_history.is_remembered(db.session, phone)
+    assert db.session.get(ContactLock, phone_hash(phone)) is None
     assert len(db.session.scalars(sa.select(ContactHistory)).all()) >= 1  # the others stay
+    assert len(db.session.scalars(sa.select(ContactLock)).all()) >= 1
 
 
 def test_caps_are_bounded_by_the_history_days(app, monkeypatch):
@@ -615,7 +626,7 @@ def test_a_held_messages_retry_is_capped_and_recorded(app, make, monkeypatch):
     db.session.commit()
     report = sending.send_batch(held_campaign.id, ids, app.config, retry_queue=True)
     went = [i for i in ids if i != taken_id]
-    assert sorted(report.sent) == went
+    assert sorted(report.sent) == went and report.failed == [taken_id]
     taken = db.session.get(Message, taken_id, populate_existing=True)
     assert (taken.status, taken.error_code) == (MessageStatus.FAILED, "frequency_cap")
     # The retries that went are contacts again, now; the refused one's is not renewed.

@@ -34,9 +34,9 @@ Every run locks its recipients' numbers and reads their contacts
 (``contact_history.capped``), and a campaign with a frequency cap is admitted only the
 recipients no other campaign contacted within it: the others are skipped with
 ``frequency_cap``; the contacts of those the budget then admits are recorded
-(``contact_history.record``). The cap is decided
-here, where two campaigns racing for one person are told apart under the row's lock, not
-at the fan-out (both may have loaded the person before either sent).
+(``contact_history.record``). The cap is decided here, where two campaigns racing for
+one person are told apart under the number's lock row, not at the fan-out (both may have
+loaded the person before either sent).
 
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim

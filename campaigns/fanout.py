@@ -37,7 +37,11 @@ from campaigns import (
 )
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate
-from campaigns.providers.errors import UNDELIVERABLE_CODE
+from campaigns.providers.errors import (
+    FREQUENCY_CAP_CODE,
+    IN_OTHER_CAMPAIGN_CODE,
+    UNDELIVERABLE_CODE,
+)
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import is_suppressed
 
@@ -76,7 +80,17 @@ def _csv_audience(campaign_id: int) -> bool:
 TAKEN_PHONES = sa.text(
     "SELECT p.phone FROM unnest(CAST(:phones AS text[])) AS p(phone) CROSS JOIN LATERAL"
     " (SELECT 1 FROM messages m WHERE m.campaign_id = :campaign_id AND m.phone = p.phone"
-    " AND m.status <> 'skipped' LIMIT 1) AS hit"
+    " AND (m.status <> 'skipped' OR m.error_code = ANY(CAST(:number_codes AS text[])))"
+    " LIMIT 1) AS hit"
+)
+# Skips that belong to the number, not the customer's record: a later customer with the
+# same number is a duplicate (as exclusions.count counts it). A record skipped for its
+# own data (missing_value) does not take the number: another record of it may still go.
+NUMBER_CODES = (
+    "suppressed",
+    UNDELIVERABLE_CODE,
+    FREQUENCY_CAP_CODE,
+    IN_OTHER_CAMPAIGN_CODE,
 )
 
 
@@ -169,7 +183,12 @@ def _message_rows(
     unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
     # The campaign's own exclusions: the frequency cap, numbers in other running campaigns.
     excluded = exclusions.fan_out_skips(db.session, campaign, wanted)
-    taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
+    taken = set(
+        db.session.scalars(
+            TAKEN_PHONES,
+            {"phones": wanted, "campaign_id": campaign.id, "number_codes": list(NUMBER_CODES)},
+        )
+    )
     # The variables' fields, and always the name: the recipients table shows and searches
     # it; and the language's field, which chose the message's template.
     language_field = campaign.language_field
@@ -188,17 +207,19 @@ def _message_rows(
         reason = code = None
         if phone is None:
             code = "invalid_phone"
+        elif phone in taken:
+            # Before the other reasons, as exclusions.count decides: a repeated number is
+            # a duplicate, whatever its first row said.
+            code = "duplicate"
         elif phone in suppressed:
             code = "suppressed"
         elif phone in unreachable:
             code = UNDELIVERABLE_CODE
         elif phone in excluded:
             code = excluded[phone]
-        elif phone in taken:
-            code = "duplicate"
         elif empty := rendering.missing_params(params):
             code, reason = "missing_value", ", ".join(empty)
-        if code is None:
+        if phone is not None and (code is None or code in NUMBER_CODES):
             taken.add(phone)
         rows.append(
             {

@@ -170,8 +170,8 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
     """Cancel what has not started sending (a message mid-call finishes its call).
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
-    them no longer waiting and do nothing. The contacts of those never called go back
-    to the contact history's previous ones (``contact_history.release``).
+    them no longer waiting and do nothing. The contacts of those never called are given
+    back (``contact_history.release``).
     """
     moved = transition_campaign(
         session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
@@ -185,7 +185,9 @@ def unqueue(session: AnySession, campaign_id: int) -> int:
 
     With a window, their zones are added back to the campaign's zone counts (exact: the
     caller holds the campaign's lock, which the pump takes too), so the paused campaign's
-    page still says who waits for their window; see :func:`forget_zone_counts`.
+    page still says who waits for their window; see :func:`forget_zone_counts`. The
+    contacts of those never called are given back (``contact_history.release``): the pump
+    admits them again on resume, under the cap as it stands then.
     """
     _check([S.QUEUED], S.PENDING)
     zones = Counter(
@@ -204,6 +206,7 @@ def unqueue(session: AnySession, campaign_id: int) -> int:
     campaign = session.get(Campaign, campaign_id)
     if moved and campaign is not None and campaign.window_zones is not None:
         campaign.window_zones = dict(Counter(campaign.window_zones) + zones)
+    contact_history.release(session, campaign_id)
     return moved
 
 

@@ -30,11 +30,13 @@ within about a minute of the close (a transient error's retries, a few minutes; 
 hold's, a day later, at the same local hour). A campaign without a window runs the
 statements it ran before windows existed.
 
-Every run records its recipients' contact (``contact_history.admit``, one statement),
-and a campaign with a frequency cap is admitted only the recipients no other campaign
-contacted within it: the others are skipped with ``frequency_cap``. The cap is decided
-here, where two campaigns racing for one person are told apart under the row's lock, not
-at the fan-out (both may have loaded the person before either sent).
+Every run locks its recipients' numbers and reads their contacts
+(``contact_history.capped``), and a campaign with a frequency cap is admitted only the
+recipients no other campaign contacted within it: the others are skipped with
+``frequency_cap``; the contacts of those the budget then admits are recorded
+(``contact_history.record``). The cap is decided here, where two campaigns racing for
+one person are told apart under the number's lock row, not at the fan-out (both may have
+loaded the person before either sent).
 
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
@@ -225,7 +227,10 @@ def _earliest(*times: datetime | None) -> datetime | None:
 
 class _Admission:
     """Who of a pump run's next messages may go: the frequency cap first (those it refuses
-    are skipped for good), then the 24-hour budget (those it refuses wait)."""
+    are skipped for good), then the 24-hour budget (those it refuses wait); the contact
+    is recorded only for those both admit, in the run's transaction, so a message the
+    budget holds back contacts no one. A pause gives back the contacts of the messages
+    admitted but not yet called (``contact_history.release``)."""
 
     def __init__(self, campaign: Campaign, budget: _Budget | None) -> None:
         self.campaign = campaign
@@ -234,7 +239,7 @@ class _Admission:
 
     def admit(self, rows: list[sa.Row]) -> set[int]:
         phones = {row.id: row.phone for row in rows if row.phone}
-        capped = contact_history.admit(
+        capped = contact_history.capped(
             db.session, self.campaign.id, self.campaign.frequency_cap_days, phones
         )
         self.skipped = set(
@@ -243,7 +248,13 @@ class _Admission:
             )
         )
         rest = [row for row in rows if row.id not in capped]
-        return self.budget.admit(rest) if self.budget else {row.id for row in rest}
+        admitted = self.budget.admit(rest) if self.budget else {row.id for row in rest}
+        contact_history.record(
+            db.session,
+            self.campaign.id,
+            {message_id: phone for message_id, phone in phones.items() if message_id in admitted},
+        )
+        return admitted
 
 
 class _Budget:

@@ -931,6 +931,10 @@ def parse_frequency_cap(raw: Any, check: Checker, field: str = "frequency_cap_da
     longest = int(current_app.config["CONTACT_HISTORY_DAYS"])
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
+    if isinstance(raw, float) and not raw.is_integer():
+        # int() would take 1.5 as 1: a cap the caller did not ask for.
+        check.fail(field, _("Enter a whole number."))
+        return None
     value = _int({field: raw}, field, check, 1, longest, 0)
     return value if 1 <= value <= longest else None
 
@@ -945,6 +949,16 @@ def parse_flag(raw: Any, check: Checker, field: str) -> bool:
         return False
     if isinstance(raw, str) and raw.strip().lower() in (*YES_WORDS, *NO_WORDS):
         return raw.strip().lower() in YES_WORDS
+    if not isinstance(raw, bool):
+        check.fail(field, _("Say true or false."))
+        return False
+    return raw
+
+
+def parse_bool(raw: Any, check: Checker, field: str) -> bool:
+    """JSON's true or false, as the API's schema says (the caller passes false for a field
+    left out); anything else, null or "on" among them, is refused. The campaign form
+    sends its checkbox as a bool (:func:`campaign_data_from_form`)."""
     if not isinstance(raw, bool):
         check.fail(field, _("Say true or false."))
         return False
@@ -974,7 +988,7 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     send_window = parse_send_window(data.get("send_window"), check)
     time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check, any_field=from_file)
     frequency_cap_days = parse_frequency_cap(data.get("frequency_cap_days"), check)
-    exclude_running = parse_flag(data.get("exclude_running"), check, "exclude_running")
+    exclude_running = parse_bool(data.get("exclude_running", False), check, "exclude_running")
     check.done()
     return CampaignFields(
         name,

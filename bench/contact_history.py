@@ -10,9 +10,10 @@ numbers contacted over the last 90 days, then times, each a transaction rolled b
 every call sees the same table):
 
 - the pump's admission of a run's new recipients, 100 and 1,000 numbers the history has
-  never seen (``contact_history.admit``, capped at 7 days: one upsert, all inserted);
+  never seen (``contact_history.capped`` then ``record``, capped at 7 days: the numbers'
+  lock rows upserted, the history read, all recorded);
 - the same for 100 numbers contacted by another campaign a day ago (all refused);
-- the same for 100 numbers contacted 30 days ago (past the cap: all updated);
+- the same for 100 numbers contacted 30 days ago (past the cap: all recorded);
 - the fan-out's check of a 1,000-customer page (``contacted_within``).
 
 It prints one JSON line and a table of p50 / p95 / max, then drops the database.
@@ -74,7 +75,10 @@ def run(rows: int, calls: int) -> dict[str, object]:
             runs = iter(range(10**9))
 
             def admit(phones: list[str]) -> None:
-                contact_history.admit(db.session, 1000, 7, dict(enumerate(phones)))
+                ids = dict(enumerate(phones))
+                refused = contact_history.capped(db.session, 1000, 7, ids)
+                admitted = {i: p for i, p in ids.items() if i not in refused}
+                contact_history.record(db.session, 1000, admitted)
                 db.session.rollback()
 
             def new(n: int) -> list[str]:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
+
 from app import AnySession
 from campaigns.models import CampaignDefaults
 
@@ -35,12 +37,18 @@ class Defaults:
 
 
 def defaults(session: AnySession) -> Defaults:
-    """The campaign defaults now (none stored: everything off)."""
+    """The campaign defaults now (none stored: everything off). A stored cap longer than
+    CONTACT_HISTORY_DAYS (lowered since it was saved) reads as that limit: a campaign
+    cannot have a longer one, and a create that leaves the field out must not be refused
+    for it."""
     row = session.get(CampaignDefaults, ROW_ID)
     if row is None:
         return Defaults()
+    cap = row.frequency_cap_days
+    if cap is not None:
+        cap = min(cap, int(current_app.config["CONTACT_HISTORY_DAYS"]))
     return Defaults(
-        row.frequency_cap_days,
+        cap,
         row.exclude_running,
         dict(row.send_window) if row.send_window else None,
     )

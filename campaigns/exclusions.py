@@ -3,7 +3,7 @@
 A recipient is left out (skipped with its code) when their number is on the opt-out list
 (``suppressed``), WhatsApp could not deliver to it lately (``undeliverable``), another
 campaign contacted it within the campaign's frequency cap (``frequency_cap``; the pump
-decides it for good, ``contact_history.admit``: this module's check at the fan-out only
+decides it for good, ``contact_history.capped``: this module's check at the fan-out only
 spares the pump the people already known to be within it), or, with ``exclude_running``,
 it has a message in another running campaign (``in_other_campaign``).
 
@@ -17,11 +17,14 @@ committed yet); never both skip it. The frequency cap is the guarantee across th
 
 :func:`count` says, for a list of normalised numbers and the settings, how many each
 exclusion removes and how many remain (the form's live count, the pre-flight check, the
-API); :func:`estimate` does it for an ERP segment from a sample of its first pages.
+API); :func:`estimate` does it for an ERP segment from a sample of its first pages, and
+:func:`of_file` for a CSV audience from its rows (whole up to FILE_SAMPLE_ROWS).
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -31,9 +34,13 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app import AnySession, db
-from campaigns import contact_history, erp, phones
+from campaigns import audiences, contact_history, counters, erp, phones
 from campaigns.models import Campaign, CampaignStatus, MessageStatus
-from campaigns.providers.errors import FREQUENCY_CAP_CODE, IN_OTHER_CAMPAIGN_CODE
+from campaigns.providers.errors import (
+    FREQUENCY_CAP_CODE,
+    IN_OTHER_CAMPAIGN_CODE,
+    UNDELIVERABLE_CODE,
+)
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import is_suppressed
 
@@ -48,8 +55,8 @@ IN_CAMPAIGN = (
     MessageStatus.DELIVERED,
     MessageStatus.READ,
 )
-# An ERP segment's estimate reads at most this many pages, or stops after the page that
-# passes this many seconds: the form asks again as the operator types.
+# An ERP segment's estimate reads at most this many pages, and starts none once this many
+# seconds have passed.
 SAMPLE_PAGES = 5
 SAMPLE_PAGE_SIZE = 1000
 SAMPLE_SECONDS = 3.0
@@ -182,6 +189,84 @@ def count(
     )
 
 
+@dataclass(frozen=True)
+class _Sample:
+    numbers: tuple[str | None, ...]  # normalised; None: not a number
+    total: int  # the segment's customers (the ERP's count unless sampled whole)
+    whole: bool
+
+
+# A segment's sample, kept briefly in this process: the form asks again on every change
+# of the cap or the checkbox, and only the database counts need running again. A dozen
+# lines rather than a cache library for one bounded dict.
+SAMPLE_CACHE_SECONDS = 60.0
+SAMPLE_CACHE_SIZE = 32
+_samples: dict[str, tuple[float, _Sample]] = {}
+_samples_lock = threading.Lock()
+
+
+def _sample_key(segment: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    return json.dumps(
+        [
+            str(config.get("ERP_BASE_URL")),
+            config["PHONE_DEFAULT_REGION"],
+            SAMPLE_PAGES,
+            SAMPLE_PAGE_SIZE,
+            segment,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _cached_sample(key: str) -> _Sample | None:
+    with _samples_lock:
+        found = _samples.get(key)
+        if found is None or found[0] <= time.monotonic():
+            _samples.pop(key, None)
+            return None
+        return found[1]
+
+
+def _keep_sample(key: str, sample: _Sample) -> None:
+    with _samples_lock:
+        now = time.monotonic()
+        for old in [k for k, (expires, _) in _samples.items() if expires <= now]:
+            del _samples[old]
+        while len(_samples) >= SAMPLE_CACHE_SIZE:
+            del _samples[min(_samples, key=lambda k: _samples[k][0])]  # the oldest
+        _samples[key] = (now + SAMPLE_CACHE_SECONDS, sample)
+
+
+def clear_sample_cache() -> None:
+    with _samples_lock:
+        _samples.clear()
+
+
+def _read_sample(
+    segment: Mapping[str, Any], config: Mapping[str, Any], timeout: tuple[float, float]
+) -> _Sample:
+    """The segment's first pages (SAMPLE_PAGES at most; none started once SAMPLE_SECONDS
+    have passed), their numbers normalised. Raises erp.ErpError."""
+    region = config["PHONE_DEFAULT_REGION"]
+    numbers: list[str | None] = []
+    deadline = time.monotonic() + SAMPLE_SECONDS
+    with erp.client_from_config(config, timeout=timeout) as client:
+        cursor: str | None = None
+        whole = False
+        for index in range(SAMPLE_PAGES):
+            if index and time.monotonic() >= deadline:
+                break
+            page = client.page(segment, cursor, SAMPLE_PAGE_SIZE)
+            numbers.extend(phones.normalise(c.get("phone"), region) for c in page.customers)
+            cursor = page.next_cursor
+            if cursor is None:
+                whole = True
+                break
+        total = len(numbers) if whole else client.count(segment)
+    return _Sample(tuple(numbers), total, whole)
+
+
 def estimate(
     segment: Mapping[str, Any],
     cap_days: int | None,
@@ -192,27 +277,18 @@ def estimate(
 ) -> Counts:
     """:func:`count` for an ERP segment: its first pages (SAMPLE_PAGES, SAMPLE_SECONDS at
     most) counted and scaled to the ERP's count, an estimate unless the sample is the
-    whole segment (the ERP gives counts, not the exclusions). Raises erp.ErpError."""
-    region = config["PHONE_DEFAULT_REGION"]
-    sample: list[str | None] = []
-    deadline = time.monotonic() + SAMPLE_SECONDS
-    with erp.client_from_config(config, timeout=timeout) as client:
-        cursor: str | None = None
-        whole = False
-        for _ in range(SAMPLE_PAGES):
-            page = client.page(segment, cursor, SAMPLE_PAGE_SIZE)
-            sample.extend(phones.normalise(c.get("phone"), region) for c in page.customers)
-            cursor = page.next_cursor
-            if cursor is None:
-                whole = True
-                break
-            if time.monotonic() > deadline:
-                break
-        total = len(sample) if whole else client.count(segment)
-    counted = count(sample, cap_days, exclude_running, exclude_campaign_id)
-    if whole or not sample:
-        return Counts(**(counted.as_dict() | {"sampled": len(sample)}))
-    return scaled(counted, total)
+    whole segment (the ERP gives counts, not the exclusions). The sample is kept
+    SAMPLE_CACHE_SECONDS, so asking again with another cap reads no ERP page. Raises
+    erp.ErpError."""
+    key = _sample_key(segment, config)
+    sample = _cached_sample(key)
+    if sample is None:
+        sample = _read_sample(segment, config, timeout)
+        _keep_sample(key, sample)
+    counted = count(list(sample.numbers), cap_days, exclude_running, exclude_campaign_id)
+    if sample.whole or not sample.numbers:
+        return Counts(**(counted.as_dict() | {"sampled": len(sample.numbers)}))
+    return scaled(counted, sample.total)
 
 
 def scaled(sample: Counts, total: int) -> Counts:
@@ -243,12 +319,83 @@ def scaled(sample: Counts, total: int) -> Counts:
     )
 
 
-def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts:
-    """The campaign's exclusions as its audience stands now (an ERP segment: estimated)."""
-    return estimate(
-        campaign.segment,
-        campaign.frequency_cap_days,
-        campaign.exclude_running,
-        campaign.id,
-        config,
+# -- a loaded audience's skips by code: the campaign's skipped rows, by the index on
+# (campaign_id, status)
+SKIPS_BY_CODE = sa.text(
+    "SELECT coalesce(error_code, '') AS code, count(*) AS n FROM messages"
+    " WHERE campaign_id = :campaign_id AND status = 'skipped' GROUP BY 1"
+)
+
+
+def loaded(session: AnySession, campaign: Campaign) -> Counts:
+    """A loaded audience's exclusions, exact: its messages, and its skipped ones by code
+    (the pump's frequency-cap skips among them). ``remaining``: the messages not skipped
+    (a skip of another kind, a missing value, is left out of it but not itemised)."""
+    totals = counters.totals(session, campaign.id)
+    skips = {
+        row.code: int(row.n) for row in session.execute(SKIPS_BY_CODE, {"campaign_id": campaign.id})
+    }
+    capped = skips.get(FREQUENCY_CAP_CODE, 0)
+    running = skips.get(IN_OTHER_CAMPAIGN_CODE, 0)
+    return Counts(
+        total=totals["total"],
+        invalid=skips.get("invalid_phone", 0),
+        duplicate=skips.get("duplicate", 0),
+        suppressed=skips.get("suppressed", 0),
+        undeliverable=skips.get(UNDELIVERABLE_CODE, 0),
+        frequency_cap=capped if campaign.frequency_cap_days or capped else None,
+        in_other_campaign=running if campaign.exclude_running or running else None,
+        remaining=totals["total"] - totals["skipped"],
     )
+
+
+# A CSV audience is counted whole up to this many rows, else from its first ones, scaled
+# to its row count: its numbers are normalised in Python (phonenumbers), about 20 µs each.
+FILE_SAMPLE_ROWS = 20_000
+
+
+def of_file(
+    file_id: int,
+    phone_column: str,
+    cap_days: int | None,
+    exclude_running: bool,
+    exclude_campaign_id: int | None,
+    config: Mapping[str, Any],
+) -> Counts | None:
+    """:func:`count` for a CSV audience: its rows' numbers in ``phone_column`` (exact up
+    to FILE_SAMPLE_ROWS, else its first rows scaled to the file's row count); None when
+    there is no such file or column. No ERP is asked."""
+    audience = audiences.get(file_id)
+    if audience is None or phone_column not in audience.columns:
+        return None
+    index = audience.columns.index(phone_column)
+    region = config["PHONE_DEFAULT_REGION"]
+    rows = audiences.page(db.session, file_id, 0, FILE_SAMPLE_ROWS)
+    numbers = [
+        phones.normalise(cells[index] if index < len(cells) else None, region)
+        for _number, cells in rows
+    ]
+    counted = count(numbers, cap_days, exclude_running, exclude_campaign_id)
+    if not numbers or len(rows) >= audience.row_count:
+        return Counts(**(counted.as_dict() | {"sampled": len(numbers)}))
+    return scaled(counted, audience.row_count)
+
+
+def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts | None:
+    """The campaign's exclusions: once its audience is loaded, its skips counted (exact);
+    before, as its audience stands now: a CSV file's rows, or an ERP segment (estimated),
+    read with no transaction open (the ERP may take seconds). None: its file is gone."""
+    if campaign.audience_loaded_at is not None:
+        return loaded(db.session, campaign)
+    if campaign.audience_file_id is not None:
+        return of_file(
+            campaign.audience_file_id,
+            campaign.audience_phone_column or "",
+            campaign.frequency_cap_days,
+            campaign.exclude_running,
+            campaign.id,
+            config,
+        )
+    args = (campaign.segment, campaign.frequency_cap_days, campaign.exclude_running, campaign.id)
+    db.session.rollback()
+    return estimate(*args, config)

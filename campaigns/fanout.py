@@ -15,6 +15,7 @@ adds nothing twice. Once the last page is in, it defers the campaign's pump.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,11 @@ from campaigns import (
 )
 from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, MessageStatus, MessageTemplate
-from campaigns.providers.errors import UNDELIVERABLE_CODE
+from campaigns.providers.errors import (
+    FREQUENCY_CAP_CODE,
+    IN_OTHER_CAMPAIGN_CODE,
+    UNDELIVERABLE_CODE,
+)
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import is_suppressed
 
@@ -75,7 +80,17 @@ def _csv_audience(campaign_id: int) -> bool:
 TAKEN_PHONES = sa.text(
     "SELECT p.phone FROM unnest(CAST(:phones AS text[])) AS p(phone) CROSS JOIN LATERAL"
     " (SELECT 1 FROM messages m WHERE m.campaign_id = :campaign_id AND m.phone = p.phone"
-    " AND m.status <> 'skipped' LIMIT 1) AS hit"
+    " AND (m.status <> 'skipped' OR m.error_code = ANY(CAST(:number_codes AS text[])))"
+    " LIMIT 1) AS hit"
+)
+# Skips that belong to the number, not the customer's record: a later customer with the
+# same number is a duplicate (as exclusions.count counts it). A record skipped for its
+# own data (missing_value) does not take the number: another record of it may still go.
+NUMBER_CODES = (
+    "suppressed",
+    UNDELIVERABLE_CODE,
+    FREQUENCY_CAP_CODE,
+    IN_OTHER_CAMPAIGN_CODE,
 )
 
 
@@ -124,9 +139,16 @@ def _store_page(
 ) -> FanOutPage:
     """The page's messages, the cursor after it, and the pump once the last is in;
     committed."""
+    zones: Counter[str] = Counter()
     inserted = message_states.add_new(
-        db.session, campaign.id, _message_rows(campaign, customers, config, refs)
+        db.session, campaign.id, _message_rows(campaign, customers, config, refs), zones
     )
+    if campaign.send_window and (campaign.window_zones is not None or not campaign.erp_cursor):
+        # What was inserted: a page stored twice (a fan-out resumed after a crash) adds
+        # nothing the second time, and counts nothing. Counts dropped meanwhile (NULL
+        # after the first page: message_states.forget_zone_counts) stay dropped: this
+        # page's alone would be below the others' zones, and the pump counts them all.
+        campaign.window_zones = dict(Counter(campaign.window_zones or {}) + zones)
     campaign.erp_cursor = next_cursor
     done = next_cursor is None
     if done:
@@ -161,7 +183,12 @@ def _message_rows(
     unreachable = undeliverable.recent(db.session, wanted, int(config["UNDELIVERABLE_DAYS"]))
     # The campaign's own exclusions: the frequency cap, numbers in other running campaigns.
     excluded = exclusions.fan_out_skips(db.session, campaign, wanted)
-    taken = set(db.session.scalars(TAKEN_PHONES, {"phones": wanted, "campaign_id": campaign.id}))
+    taken = set(
+        db.session.scalars(
+            TAKEN_PHONES,
+            {"phones": wanted, "campaign_id": campaign.id, "number_codes": list(NUMBER_CODES)},
+        )
+    )
     # The variables' fields, and always the name: the recipients table shows and searches
     # it; and the language's field, which chose the message's template.
     language_field = campaign.language_field
@@ -180,17 +207,19 @@ def _message_rows(
         reason = code = None
         if phone is None:
             code = "invalid_phone"
+        elif phone in taken:
+            # Before the other reasons, as exclusions.count decides: a repeated number is
+            # a duplicate, whatever its first row said.
+            code = "duplicate"
         elif phone in suppressed:
             code = "suppressed"
         elif phone in unreachable:
             code = UNDELIVERABLE_CODE
         elif phone in excluded:
             code = excluded[phone]
-        elif phone in taken:
-            code = "duplicate"
         elif empty := rendering.missing_params(params):
             code, reason = "missing_value", ", ".join(empty)
-        if code is None:
+        if phone is not None and (code is None or code in NUMBER_CODES):
             taken.add(phone)
         rows.append(
             {
@@ -215,24 +244,17 @@ def _set_time_zones(
     rows: list[dict[str, Any]],
     config: Mapping[str, Any],
 ) -> None:
-    """Each row's recipient's time zone (time_zones.py; None for a number that is not one),
-    and, with a sending window, the pending rows counted by zone on the campaign
-    (``window_zones``: the pump's and the progress's zones, without reading the rows).
-    A page stored twice (a fan-out resumed after a crash) counts twice: the pump finds
-    the sum off the campaign's pending count and counts again."""
+    """Each row's recipient's time zone (time_zones.py; None for a number that is not one).
+    With a sending window, :func:`_store_page` counts the pending rows inserted by zone on
+    the campaign (``window_zones``: the pump's and the progress's zones, without reading
+    the rows)."""
     fallback = config["DISPLAY_TIMEZONE"]
-    counts = dict(campaign.window_zones or {}) if campaign.send_window else None
     for customer, row in zip(customers, rows, strict=True):
         valid = row["error_code"] != "invalid_phone"
         phone = row["phone"] if valid else None
         row["time_zone"] = time_zones.for_recipient(
             phone, customer, campaign.time_zone_field, fallback
         )
-        if counts is not None and row["status"] == MessageStatus.PENDING.value:
-            key = row["time_zone"] or ""
-            counts[key] = counts.get(key, 0) + 1
-    if counts is not None:
-        campaign.window_zones = counts
 
 
 def _template_for(

@@ -96,7 +96,13 @@ def settle_orphaned_messages() -> int:
     Returns how many messages were failed.
     """
     failed = 0
-    for row in queues.orphaned_messages(db.session):
+    orphaned = queues.orphaned_messages(db.session)
+    # Back to pending outside the pump: their campaigns' zone counts are counted again;
+    # the campaigns' locks first, the pump's order.
+    message_states.forget_zone_counts(
+        db.session, [row.campaign_id for row in orphaned if row.job_status == "aborted"]
+    )
+    for row in orphaned:
         waiting = [MessageStatus(row.status)]
         if row.job_status == "aborted":
             message_states.transition(

@@ -35,7 +35,13 @@ import sqlalchemy as sa
 
 from app import AnySession, rows_changed
 from campaigns import contact_history, counters, statelog
-from campaigns.models import IN_FLIGHT_MESSAGE_STATUSES, Message, MessageStatus, Suppression
+from campaigns.models import (
+    IN_FLIGHT_MESSAGE_STATUSES,
+    Campaign,
+    Message,
+    MessageStatus,
+    Suppression,
+)
 
 S = MessageStatus
 # Which states may follow each state (None: a row being created).
@@ -164,8 +170,8 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
     """Cancel what has not started sending (a message mid-call finishes its call).
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
-    them no longer waiting and do nothing. The contacts of those never called go back
-    to the contact history's previous ones (``contact_history.release``).
+    them no longer waiting and do nothing. The contacts of those never called are given
+    back (``contact_history.release``).
     """
     moved = transition_campaign(
         session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
@@ -175,8 +181,56 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
 
 
 def unqueue(session: AnySession, campaign_id: int) -> int:
-    """Paused: queued messages go back to pending, so nothing is sent until resume."""
-    return transition_campaign(session, campaign_id, [S.QUEUED], S.PENDING)
+    """Paused: queued messages go back to pending, so nothing is sent until resume.
+
+    With a window, their zones are added back to the campaign's zone counts (exact: the
+    caller holds the campaign's lock, which the pump takes too), so the paused campaign's
+    page still says who waits for their window; see :func:`forget_zone_counts`. The
+    contacts of those never called are given back (``contact_history.release``): the pump
+    admits them again on resume, under the cap as it stands then.
+    """
+    _check([S.QUEUED], S.PENDING)
+    zones = Counter(
+        zone or NO_ZONE
+        for zone in session.scalars(
+            sa.update(Message)
+            .where(Message.campaign_id == campaign_id, Message.status == S.QUEUED)
+            .values(status=S.PENDING)
+            .returning(Message.time_zone),
+            execution_options={"synchronize_session": False},
+        )
+    )
+    moved = zones.total()
+    counters.apply(session, campaign_id, {S.QUEUED.value: -moved, S.PENDING.value: moved})
+    statelog.moved_many(campaign_id, S.QUEUED, S.PENDING, moved)
+    campaign = session.get(Campaign, campaign_id)
+    if moved and campaign is not None and campaign.window_zones is not None:
+        campaign.window_zones = dict(Counter(campaign.window_zones) + zones)
+    contact_history.release(session, campaign_id)
+    return moved
+
+
+def forget_zone_counts(session: AnySession, campaign_ids: Sequence[int]) -> None:
+    """Messages go back to pending outside the pump: the campaigns' zone counts
+    (``window_zones``) are dropped, and their pump counts again at its next run.
+
+    Every move *to* pending does this, or counts what it moves exactly (the fan-out's
+    inserts, a pause's :func:`unqueue`), or happens around a pause whose resume drops
+    the counts (a batch's messages back to pending: ``services.campaigns.
+    resume_campaign``), so the kept counts are never below a zone's real ones; the
+    moves *out of* pending outside the pump (an erasure, a cancel) then leave their sum
+    above the pending counter, which the pump notices. Were both allowed to go
+    uncounted, one adding k in a zone and one removing k in another would keep the sum
+    right and the split wrong: the pump would wait on a zone that has nothing and never
+    queue the other's. Take the campaigns' locks before their messages' (the pump's
+    order).
+    """
+    if campaign_ids:
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id.in_(sorted(set(campaign_ids))), Campaign.window_zones.is_not(None))
+            .values(window_zones=sa.null())
+        )
 
 
 # -- a page of new recipients in one statement with one parameter: a multi-row VALUES
@@ -190,25 +244,32 @@ INSERT_NEW = sa.text(
     " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign_id int, phone text,"
     " customer_ref text, customer_data jsonb, params jsonb, status text, error_code text,"
     " error_text text, template_id int, time_zone text)"
-    " ON CONFLICT (campaign_id, customer_ref) DO NOTHING RETURNING status::text"
+    " ON CONFLICT (campaign_id, customer_ref) DO NOTHING RETURNING status::text, time_zone"
 )
 
 
 def add_new(
-    session: AnySession, campaign_id: int, rows: Sequence[Mapping[str, Any]]
+    session: AnySession,
+    campaign_id: int,
+    rows: Sequence[Mapping[str, Any]],
+    pending_zones: Counter[str] | None = None,
 ) -> list[MessageStatus]:
     """Insert a campaign's new messages (pending or skipped); the statuses of those inserted.
 
     A row whose customer the campaign already has is left alone, so a re-run adds nothing.
+    ``pending_zones``, if given, counts the pending ones inserted by zone (:data:`NO_ZONE`:
+    without one): the campaign's zone counts, exact even when a page is stored twice.
     """
     if not rows:
         return []
     _check([None], S.PENDING)
     _check([None], S.SKIPPED)
-    inserted = [
-        MessageStatus(status)
-        for status in session.execute(INSERT_NEW, {"rows": json.dumps(rows, default=str)}).scalars()
-    ]
+    result = session.execute(INSERT_NEW, {"rows": json.dumps(rows, default=str)}).all()
+    inserted = [MessageStatus(row.status) for row in result]
+    if pending_zones is not None:
+        pending_zones.update(
+            row.time_zone or NO_ZONE for row in result if row.status == S.PENDING.value
+        )
     deltas: Counter[str] = Counter()  # one counter update for the page, not one per row
     for status in inserted:
         deltas.update(counter_deltas(None, status))
@@ -754,6 +815,7 @@ def reopen_failed(session: AnySession, campaign_id: int, codes: Sequence[str | N
     A number suppressed since stays failed. Returns how many moved.
     """
     _check([S.FAILED], S.PENDING)
+    forget_zone_counts(session, [campaign_id])
     which: sa.ColumnElement[bool] = Message.error_code.in_(
         [code for code in codes if code is not None]
     )

@@ -962,18 +962,29 @@ class UndeliverableNumber(Model):
 
 
 class ContactHistory(Model):
-    """When a number was last admitted to go by any campaign, as its keyed hash only
-    (campaigns/contact_history.py): the frequency cap's record. Kept CONTACT_HISTORY_DAYS."""
+    """When a campaign last admitted a number to go, as its keyed hash only
+    (campaigns/contact_history.py): the frequency cap's record, one row per number and
+    campaign. Kept CONTACT_HISTORY_DAYS."""
 
     __tablename__ = "contact_history"
 
     phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    contacted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
-    # The campaign and message of that contact: its own messages pass its cap, and a
-    # cancelled campaign gives back the contacts it never called (previous_contacted_at).
-    campaign_id: Mapped[int | None] = mapped_column(index=True)
+    # No foreign key: a contact made stays a contact whatever becomes of its campaign.
+    campaign_id: Mapped[int] = mapped_column(primary_key=True, index=True)
+    # The message admitted: a campaign cancelled or paused before calling it gives it back.
     message_id: Mapped[int | None] = mapped_column(sa.BigInteger)
-    previous_contacted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    contacted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+
+
+class ContactLock(Model):
+    """A number's lock row (keyed hash) for the frequency cap's admissions: each admission
+    locks its numbers' rows before it reads the history (campaigns/contact_history.py).
+    Kept CONTACT_HISTORY_DAYS after the last admission."""
+
+    __tablename__ = "contact_locks"
+
+    phone_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    locked_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
 class CampaignDefaults(Model):

@@ -172,7 +172,11 @@ SEND_WINDOW: Schema = {
     ),
     "properties": {
         "start": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-        "end": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "end": {
+            "type": "string",
+            "pattern": "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+            "description": "24:00: the end of the day (00:00 to 24:00: the whole day).",
+        },
         "days": {
             "type": "array",
             "items": {"type": "integer", "minimum": 0, "maximum": 6},
@@ -202,7 +206,8 @@ FREQUENCY_CAP_DAYS: Schema = {
     "description": (
         "Leave out anyone any other campaign messaged (admitted to send) within this many"
         " days, skipped with frequency_cap; decided when each message is about to go, so it"
-        " holds across campaigns sending at once. 1 to CONTACT_HISTORY_DAYS (90 by default)."
+        " holds across campaigns sending at once. Runs of one recurring campaign do not cap"
+        " each other. A whole number, 1 to CONTACT_HISTORY_DAYS (90 by default)."
         " null: no cap. Left out of a create, the admin's campaign default."
     ),
 }
@@ -1698,9 +1703,12 @@ def paths() -> dict[str, Schema]:
                 tag="Campaigns",
                 errors=("404",),
                 description=(
-                    "As the fan-out would decide now. An ERP segment is counted from a"
-                    " sample of its first pages and scaled to the ERP's count (estimated),"
-                    " exact when the sample is the whole segment."
+                    "Before the audience is loaded, as the fan-out would decide now: an ERP"
+                    " segment is counted from a sample of its first pages and scaled to the"
+                    " ERP's count (estimated), exact when the sample is the whole segment."
+                    " Once loaded, the campaign's skipped recipients by reason (the frequency"
+                    " cap's skips at sending among them), exact; remaining: the recipients"
+                    " not skipped."
                 ),
             ),
         },

@@ -268,15 +268,26 @@ def check(campaign: Campaign, config: Mapping[str, Any]) -> Preflight:
 def _exclusions(campaign: Campaign, config: Mapping[str, Any], notes: list[Finding]) -> None:
     """A campaign with exclusions of its own (a frequency cap, numbers in running
     campaigns) and its audience still to load: what they will leave out, as the form's
-    live count says (campaigns/exclusions.py); read from a sample of the ERP's first pages,
-    with no transaction open. Nothing said when the ERP cannot answer (its count did)."""
+    live count says (campaigns/exclusions.py); a CSV file's rows, or a sample of the ERP's
+    first pages read with no transaction open. Nothing said when the ERP cannot answer
+    (its count did) or the file is gone (its own finding does)."""
     if not (campaign.frequency_cap_days or campaign.exclude_running):
         return
-    args = (campaign.segment, campaign.frequency_cap_days, campaign.exclude_running, campaign.id)
-    db.session.rollback()
-    try:
-        counts = exclusions.estimate(*args, config, ERP_TIMEOUT)
-    except (erp.ErpError, ConfigError):
+    if campaign.audience_file_id is not None:
+        counts = exclusions.of_campaign(campaign, config)
+    else:
+        args = (
+            campaign.segment,
+            campaign.frequency_cap_days,
+            campaign.exclude_running,
+            campaign.id,
+        )
+        db.session.rollback()
+        try:
+            counts = exclusions.estimate(*args, config, ERP_TIMEOUT)
+        except (erp.ErpError, ConfigError):
+            return
+    if counts is None:
         return
     notes.append(
         Finding(

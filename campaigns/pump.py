@@ -30,11 +30,13 @@ within about a minute of the close (a transient error's retries, a few minutes; 
 hold's, a day later, at the same local hour). A campaign without a window runs the
 statements it ran before windows existed.
 
-Every run records its recipients' contact (``contact_history.admit``, one statement),
-and a campaign with a frequency cap is admitted only the recipients no other campaign
-contacted within it: the others are skipped with ``frequency_cap``. The cap is decided
-here, where two campaigns racing for one person are told apart under the row's lock, not
-at the fan-out (both may have loaded the person before either sent).
+Every run locks its recipients' numbers and reads their contacts
+(``contact_history.capped``), and a campaign with a frequency cap is admitted only the
+recipients no other campaign contacted within it: the others are skipped with
+``frequency_cap``; the contacts of those the budget then admits are recorded
+(``contact_history.record``). The cap is decided here, where two campaigns racing for
+one person are told apart under the number's lock row, not at the fan-out (both may have
+loaded the person before either sent).
 
 A job carries as many messages as the limits allow in about a second
 (:func:`batch_size`, at most ``queues.BATCH_MAX``), so one limiter call and one claim
@@ -147,9 +149,20 @@ def pump(campaign_id: int) -> bool:
 class _Window:
     """A campaign's sending window as one pump run applies it: the messages of the zones
     open now, in id order across them; the zones' pending counts kept on the campaign
-    (``window_zones``, recorded by the fan-out), counted again only when their sum is
-    off the campaign's pending counter (something other than the pump moved a pending
-    message: a pause, "retry failed", a cancel, an erasure, a resumed fan-out)."""
+    (``window_zones``, recorded by the fan-out), counted again (one scan of the pending
+    rows, under the campaign's lock: rare) only when they cannot be trusted:
+
+    - none kept (NULL): something other than the pump moved messages back to pending
+      ("retry failed", a job's abort, a resume: ``message_states.forget_zone_counts``;
+      a pause counts those it moves);
+    - their sum off the pending counter: something moved messages out of pending (an
+      erasure, which keeps no count: as every move back to pending counts what it
+      moves or drops the counts, a kept count is never below its zone's, so a sum that
+      matches is every zone's);
+    - a run that asked open zones for what their counts promised got fewer rows (a
+      safety net: counts off by a cause this list missed would otherwise keep the
+      campaign waiting on a zone that has nothing, forever).
+    """
 
     def __init__(self, campaign: Campaign, window: send_windows.Window, now: datetime) -> None:
         self.campaign = campaign
@@ -165,9 +178,12 @@ class _Window:
             return None
         self = cls(campaign, window, now)
         if sum(self.counts.values()) != pending:
-            self.counts = message_states.pending_by_zone(db.session, campaign.id)
-            campaign.window_zones = self.counts
+            self.recount()
         return self
+
+    def recount(self) -> None:
+        self.counts = message_states.pending_by_zone(db.session, self.campaign.id)
+        self.campaign.window_zones = self.counts
 
     def queue(self, room: int, admission: _Admission) -> list[int]:
         """Queue up to ``room`` pending messages of the open zones; the rest stay pending."""
@@ -180,6 +196,12 @@ class _Window:
         ids, zone_of = message_states.queue_next_in_zones(
             db.session, self.campaign.id, room, open_now, admission.admit
         )
+        found = Counter(zone_of.values())
+        if len(zone_of) < room and any(found[zone] < self.counts[zone] for zone in open_now):
+            # Every open zone gave all it has (the rows came short of the limit), and one
+            # has fewer than its count says (or a row was locked by an erasure).
+            self.recount()
+            return ids
         # Pending no more: queued, or skipped by the frequency cap.
         gone = Counter(zone_of[message_id] for message_id in (*ids, *admission.skipped))
         if gone:
@@ -205,7 +227,10 @@ def _earliest(*times: datetime | None) -> datetime | None:
 
 class _Admission:
     """Who of a pump run's next messages may go: the frequency cap first (those it refuses
-    are skipped for good), then the 24-hour budget (those it refuses wait)."""
+    are skipped for good), then the 24-hour budget (those it refuses wait); the contact
+    is recorded only for those both admit, in the run's transaction, so a message the
+    budget holds back contacts no one. A pause gives back the contacts of the messages
+    admitted but not yet called (``contact_history.release``)."""
 
     def __init__(self, campaign: Campaign, budget: _Budget | None) -> None:
         self.campaign = campaign
@@ -214,7 +239,7 @@ class _Admission:
 
     def admit(self, rows: list[sa.Row]) -> set[int]:
         phones = {row.id: row.phone for row in rows if row.phone}
-        capped = contact_history.admit(
+        capped = contact_history.capped(
             db.session, self.campaign.id, self.campaign.frequency_cap_days, phones
         )
         self.skipped = set(
@@ -223,7 +248,13 @@ class _Admission:
             )
         )
         rest = [row for row in rows if row.id not in capped]
-        return self.budget.admit(rest) if self.budget else {row.id for row in rest}
+        admitted = self.budget.admit(rest) if self.budget else {row.id for row in rest}
+        contact_history.record(
+            db.session,
+            self.campaign.id,
+            {message_id: phone for message_id, phone in phones.items() if message_id in admitted},
+        )
+        return admitted
 
 
 class _Budget:

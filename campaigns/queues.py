@@ -259,7 +259,8 @@ def campaign_has_job(session: AnySession, task: str, campaign_id: int) -> bool:
 # (few), never a scan of every message. A job carries a batch (``message_ids``); jobs
 # deferred before batches carry one ``message_id``.
 ORPHANED_MESSAGES = sa.text(
-    "SELECT DISTINCT m.id, m.status::text AS status, j.id AS job_id, j.status::text AS job_status"
+    "SELECT DISTINCT m.id, m.campaign_id, m.status::text AS status, j.id AS job_id,"
+    " j.status::text AS job_status"
     " FROM procrastinate_jobs AS j"
     " CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(j.args->'message_ids',"
     "   jsonb_build_array(j.args->'message_id'))) AS x(id)"

@@ -6,7 +6,9 @@ in each recipient's time zone (``time_zones.py``).
 ``start`` (included) to ``end`` (excluded), local time, on each of ``days``. A window may
 cross midnight (``"22:00"`` to ``"06:00"``): it then belongs to the day it opens on, so
 Friday's 22:00-06:00 runs into Saturday morning even if Saturday is not one of the days.
-``start`` equal to ``end`` is refused (no window is "any time").
+``start`` equal to ``end`` is refused (no window is "any time"). ``end`` may be
+``"24:00"``: the end of the day, so ``"00:00"`` to ``"24:00"`` is the whole of each day
+chosen (a window that closes at midnight, as one ending at ``"00:00"`` after its start).
 
 Local times are read in the zone's own rules (zoneinfo), so a zone with daylight saving
 time keeps its local hours through the change; a start that falls in the hour skipped in
@@ -29,6 +31,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+END_OF_DAY = "24:00"
 DAYS = range(7)
 # How far ahead a closed zone's next opening is looked for: a week covers every window.
 LOOKAHEAD_DAYS = 8
@@ -37,24 +40,28 @@ LOOKAHEAD_DAYS = 8
 @dataclass(frozen=True)
 class Window:
     start: time
-    end: time
+    end: time  # 00:00 with end_of_day: "24:00"
     days: frozenset[int]
+    end_of_day: bool = False
 
     @classmethod
     def of(cls, raw: Mapping[str, Any] | None) -> Window | None:
         """The stored JSON's window (None: none). Stored values were validated."""
         if not raw:
             return None
-        return cls(parse_hhmm(raw["start"]), parse_hhmm(raw["end"]), frozenset(raw["days"]))
+        end_of_day = raw["end"] == END_OF_DAY
+        end = time(0) if end_of_day else parse_hhmm(raw["end"])
+        return cls(parse_hhmm(raw["start"]), end, frozenset(raw["days"]), end_of_day)
 
     @property
     def crosses_midnight(self) -> bool:
+        # "24:00" is the next day's 00:00, whatever the start (00:00 too: the whole day).
         return self.end <= self.start
 
     def as_json(self) -> dict[str, Any]:
         return {
             "start": self.start.strftime("%H:%M"),
-            "end": self.end.strftime("%H:%M"),
+            "end": END_OF_DAY if self.end_of_day else self.end.strftime("%H:%M"),
             "days": sorted(self.days),
         }
 

@@ -45,6 +45,7 @@ from campaigns import (
     callback_data,
     calls,
     campaign_states,
+    contact_history,
     media,
     message_states,
     providers,
@@ -69,7 +70,13 @@ from campaigns.models import (
     User,
 )
 from campaigns.providers.base import ProviderError, SendError, SendResult
-from campaigns.providers.errors import OPT_OUT_CODES, UNDELIVERABLE_CODES, ErrorKind, classify
+from campaigns.providers.errors import (
+    FREQUENCY_CAP_CODE,
+    OPT_OUT_CODES,
+    UNDELIVERABLE_CODES,
+    ErrorKind,
+    classify,
+)
 from campaigns.services import undeliverable
 from campaigns.services.suppressions import suppress_message
 
@@ -197,6 +204,7 @@ def send_batch(
     # keep what was loaded and are never expired or lazy-loaded.
     sender, template = campaign.sender, campaign.template
     mapping = campaign.variable_mapping  # read before the commit expires it
+    cap_days = campaign.frequency_cap_days
     versions = _language_versions(claimed, template.id)
     db.session.expunge(sender)
     db.session.expunge(template)
@@ -216,10 +224,20 @@ def send_batch(
     # and waited 5: bench/README.md, "throughput").
     attempts = dict(waiting)
     limited, retry_wait = _retry_limits([(m.id, attempts[m.id]) for m in granted])
+    retried_held = [m for m in granted if m.held and m.id not in limited]
+    capped = _cap_held(campaign_id, cap_days, retried_held)
+    report.failed.extend(sorted(capped))
     unbudgeted, budget_wait = _budget_for_held(
-        sender, [m for m in granted if m.held and m.id not in limited], config
+        sender, [m for m in retried_held if m.id not in capped], config
     )
-    calling = [m for m in granted if m.id not in limited and m.id not in unbudgeted]
+    if retried_held:
+        contact_history.record(
+            db.session,
+            campaign_id,
+            {m.id: m.phone for m in retried_held if m.id not in capped | unbudgeted},
+        )
+        db.session.commit()  # the numbers' locks go before the calls
+    calling = [m for m in granted if m.id not in {*limited, *unbudgeted, *capped}]
     provider = providers.for_sender(sender, config)
     # Each template's own header media (a language version may show another image).
     used = {template, *(versions[m.template_id] for m in calling if m.template_id in versions)}
@@ -240,7 +258,7 @@ def send_batch(
         for chosen in [versions.get(message.template_id or 0, template)]
     }
     called = {message.id for message in calling}
-    back = [message.id for message in claimed if message.id not in called]
+    back = [message.id for message in claimed if message.id not in called | capped]
     if back:
         back = message_states.unclaim(db.session, campaign_id, back, source)
         report.held = sorted(back)
@@ -395,6 +413,38 @@ def _language_versions(
         .execution_options(populate_existing=True)
     )
     return {version.id: version for version in found}
+
+
+def _cap_held(
+    campaign_id: int, cap_days: int | None, held: Sequence[message_states.Claimed]
+) -> set[int]:
+    """The messages 131049 held, now tried again, that the frequency cap refuses: another
+    campaign contacted their number since the pump admitted them (a day ago, usually).
+    Their numbers are locked until the caller commits (``contact_history.capped``, as at
+    the pump's admission); the refused are failed with ``frequency_cap`` (a claimed
+    message may move to failed, not to skipped; "retry failed" can reopen them, and the
+    pump's admission then decides again)."""
+    if not held:
+        return set()
+    refused = contact_history.capped(
+        db.session, campaign_id, cap_days, {m.id: m.phone for m in held}
+    )
+    for message_id in sorted(refused):
+        # Not message_states.fail: not a failure of the send, so not one the minute's
+        # stats count towards the auto-pause.
+        if message_states.transition(
+            db.session,
+            message_id,
+            [MessageStatus.SENDING],
+            MessageStatus.FAILED,
+            code=FREQUENCY_CAP_CODE,
+        ):
+            db.session.execute(
+                sa.update(Message)
+                .where(Message.id == message_id)
+                .values(error_code=FREQUENCY_CAP_CODE, error_text=None, failed_at=sa.func.now())
+            )
+    return refused
 
 
 def _budget_for_held(

@@ -9,10 +9,14 @@ conservative way where the data allows, and explained where it cannot be.
   America/Noronha (UTC-2), and others as a zone of another state.
 - **Other countries** from phonenumbers' timezone data (maintained with the library's
   releases). One zone: that one. Several (a country whose numbers do not say where, as
-  Russian or Australian mobiles): all of one UTC offset, the first; else the candidate in
-  the middle by UTC offset, so the hour used is off by at most half the country's spread
-  either way (an operator who knows better gives ``time_zone_field``). None
-  (``Etc/Unknown``: a non-geographic number): :data:`FALLBACK`.
+  Spanish, Russian or Australian mobiles): the country's main zone, where most of its
+  people keep time (:func:`main_zones`: the first of the candidates in the order the tz
+  database lists the country's zones, which puts the most populous first where geography
+  allows, and :data:`MAIN_ZONES` where it does not), so a Spanish mobile is Madrid's, not
+  the Canaries'; when none of the candidates is listed for the number's country: all of
+  one UTC offset, the first; else the candidate in the middle by UTC offset, so the hour
+  used is off by at most half the spread either way. An operator who knows better gives
+  ``time_zone_field``. None (``Etc/Unknown``: a non-geographic number): the fallback.
 - **A customer field or CSV column** (the campaign's ``time_zone_field``) naming an IANA
   zone wins; a value that is not one (checked with zoneinfo) falls back to the number.
 
@@ -25,8 +29,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
@@ -77,11 +83,18 @@ BRAZIL_DDD: dict[str, str] = {
 BRAZIL_DEFAULT = SAO_PAULO
 
 
-@cache
 def is_zone(name: str) -> bool:
     """Whether ``name`` is an IANA zone zoneinfo knows (not a path, not "localtime")."""
     if not name or len(name) > WIDTH or name.startswith(("/", ".")) or name == "localtime":
         return False
+    return _loads(name)
+
+
+# Bounded: the names come from customer data (any field may be the time zone field), so
+# a million recipients' distinct values must not stay in a worker's memory; the length
+# check above keeps each key short.
+@lru_cache(maxsize=1024)
+def _loads(name: str) -> bool:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -117,7 +130,7 @@ def from_number(phone: str, fallback: str) -> str:
     ]
     if not zones:
         return fallback
-    return representative(zones)
+    return representative(zones, phonenumbers.region_code_for_number(number))
 
 
 # Offsets are compared at these two instants (a northern and a southern summer), so zones
@@ -125,9 +138,14 @@ def from_number(phone: str, fallback: str) -> str:
 _SEASONS = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
 
 
-def representative(zones: list[str]) -> str:
-    """One zone for a number that could be in any of ``zones``: the first if they keep the
-    same hours all year, else the one in the middle by UTC offset (ties: the first)."""
+def representative(zones: list[str], region: str | None = None) -> str:
+    """One zone for a number of ``region`` (ISO 3166 code) that could be in any of
+    ``zones``: the country's main zone among them (:func:`main_zones`); else the first if
+    they keep the same hours all year, else the one in the middle by UTC offset (ties:
+    the first)."""
+    for zone in main_zones(region):
+        if zone in zones:
+            return zone
 
     def offsets(zone: str) -> tuple[timedelta, ...]:
         return tuple(at.astimezone(ZoneInfo(zone)).utcoffset() or timedelta() for at in _SEASONS)
@@ -136,6 +154,49 @@ def representative(zones: list[str]) -> str:
         return zones[0]
     ordered = sorted(zones, key=lambda zone: (sum(offsets(zone), timedelta()), zones.index(zone)))
     return ordered[(len(ordered) - 1) // 2]
+
+
+# Countries whose zones the tz database lists in an order that puts a minority first
+# among a number's candidates (its order follows geography first): their main zone,
+# tried before the others. Australia: Lord Howe Island (some 400 people) comes first.
+MAIN_ZONES: dict[str, tuple[str, ...]] = {
+    "AU": ("Australia/Sydney",),
+}
+
+
+@cache
+def main_zones(region: str | None) -> tuple[str, ...]:
+    """A country's zones, its main one first: :data:`MAIN_ZONES`, then the order of the
+    tz database's zone.tab ("the most populous zones first, where that does not
+    contradict geography"); empty for a region it does not list."""
+    if not region:
+        return ()
+    listed = _zone_tab().get(region, ())
+    return MAIN_ZONES.get(region, ()) + listed
+
+
+@cache
+def _zone_tab() -> dict[str, tuple[str, ...]]:
+    """zone.tab's zones by country, in its order: from the tzdata package (pinned in
+    requirements.txt, through python-dateutil), else the system's zoneinfo directory;
+    none found, every number of several zones takes the rule by offsets."""
+    text = None
+    try:
+        text = resources.files("tzdata.zoneinfo").joinpath("zone.tab").read_text("utf-8")
+    except (ModuleNotFoundError, OSError):
+        for directory in TZPATH:
+            try:
+                text = Path(directory, "zone.tab").read_text("utf-8")
+                break
+            except OSError:
+                continue
+    zones: dict[str, list[str]] = {}
+    for line in (text or "").splitlines():
+        fields = line.split("\t")
+        if line.startswith("#") or len(fields) < 3:
+            continue
+        zones.setdefault(fields[0], []).append(fields[2])
+    return {region: tuple(names) for region, names in zones.items()}
 
 
 def for_recipient(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -848,7 +849,9 @@ def _rule_int(raw: Any, field: str, low: int, high: int, check: Checker) -> int 
 def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
     """The sending window (campaigns/send_windows.py) as stored, or None (absent or null:
     any time). ``start`` and ``end`` are HH:MM local times, different (an ``end`` before
-    ``start`` crosses midnight); ``days`` 0 (Monday) to 6 (Sunday), at least one."""
+    ``start`` crosses midnight; ``end`` may be 24:00, the end of the day); ``days`` 0
+    (Monday) to 6 (Sunday), at least one: integers, or their digit as a string (the
+    form's)."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
@@ -857,10 +860,21 @@ def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
     times = {}
     for key in ("start", "end"):
         value = raw.get(key)
+        text = value.strip() if isinstance(value, str) else ""
+        if key == "end" and text == send_windows.END_OF_DAY:
+            continue
         try:
-            times[key] = send_windows.parse_hhmm(value.strip() if isinstance(value, str) else "")
+            times[key] = send_windows.parse_hhmm(text)
         except ValueError:
-            check.fail(f"send_window.{key}", _("Give a time as HH:MM, like 09:00."))
+            check.fail(
+                f"send_window.{key}",
+                _("Give a time as HH:MM, like 09:00.")
+                if key == "start"
+                else _("Give a time as HH:MM, like 20:00, or 24:00 for the end of the day."),
+            )
+    end_of_day = "send_window.end" not in check.errors and "end" not in times
+    if end_of_day:
+        times["end"] = time(0)
     days = raw.get("days")
     if isinstance(days, str):  # the form's checkboxes, joined
         days = [day for day in days.split(",") if day.strip()]
@@ -869,16 +883,22 @@ def parse_send_window(raw: Any, check: Checker) -> dict[str, Any] | None:
         check.fail("send_window.days", _("Choose at least one day."))
     else:
         for day in days:
-            number = int(day) if isinstance(day, str) and day.strip().isdigit() else day
+            # Only ASCII digits: "²" or "①" pass str.isdigit() and then fail int().
+            number = int(day) if isinstance(day, str) and DAY.fullmatch(day.strip()) else day
             if isinstance(number, bool) or not isinstance(number, int) or number not in range(7):
                 check.fail("send_window.days", _("Days go from 0 (Monday) to 6 (Sunday)."))
                 break
             chosen.add(number)
-    if len(times) == 2 and times["start"] == times["end"]:
+    if len(times) == 2 and times["start"] == times["end"] and not end_of_day:
         check.fail("send_window.end", _("The window must close at another time than it opens."))
     if len(times) < 2 or not chosen or "send_window.days" in check.errors:
         return None
-    return send_windows.Window(times["start"], times["end"], frozenset(chosen)).as_json()
+    window = send_windows.Window(times["start"], times["end"], frozenset(chosen), end_of_day)
+    return window.as_json()
+
+
+# A window's day as the form sends it.
+DAY = re.compile(r"[0-6]")
 
 
 def parse_time_zone_field(raw: Any, check: Checker, *, any_field: bool = False) -> str | None:
@@ -919,6 +939,10 @@ def parse_frequency_cap(raw: Any, check: Checker, field: str = "frequency_cap_da
     longest = int(current_app.config["CONTACT_HISTORY_DAYS"])
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
+    if isinstance(raw, float) and not raw.is_integer():
+        # int() would take 1.5 as 1: a cap the caller did not ask for.
+        check.fail(field, _("Enter a whole number."))
+        return None
     value = _int({field: raw}, field, check, 1, longest, 0)
     return value if 1 <= value <= longest else None
 
@@ -933,6 +957,16 @@ def parse_flag(raw: Any, check: Checker, field: str) -> bool:
         return False
     if isinstance(raw, str) and raw.strip().lower() in (*YES_WORDS, *NO_WORDS):
         return raw.strip().lower() in YES_WORDS
+    if not isinstance(raw, bool):
+        check.fail(field, _("Say true or false."))
+        return False
+    return raw
+
+
+def parse_bool(raw: Any, check: Checker, field: str) -> bool:
+    """JSON's true or false, as the API's schema says (the caller passes false for a field
+    left out); anything else, null or "on" among them, is refused. The campaign form
+    sends its checkbox as a bool (:func:`campaign_data_from_form`)."""
     if not isinstance(raw, bool):
         check.fail(field, _("Say true or false."))
         return False
@@ -963,7 +997,7 @@ def parse_campaign(data: Mapping[str, Any], template_variables: list[str] | None
     send_window = parse_send_window(data.get("send_window"), check)
     time_zone_field = parse_time_zone_field(data.get("time_zone_field"), check, any_field=from_file)
     frequency_cap_days = parse_frequency_cap(data.get("frequency_cap_days"), check)
-    exclude_running = parse_flag(data.get("exclude_running"), check, "exclude_running")
+    exclude_running = parse_bool(data.get("exclude_running", False), check, "exclude_running")
     check.done()
     return CampaignFields(
         name,

@@ -20,7 +20,7 @@ from flask import current_app
 from werkzeug.datastructures import MultiDict
 
 from app import db
-from campaigns import audiences, fanout, preflight
+from campaigns import audiences, contact_history, exclusions, fanout, preflight
 from campaigns.clock import database_now
 from campaigns.models import (
     AudienceFile,
@@ -550,6 +550,55 @@ def test_preflight_dry_run_and_test_send_read_the_file(app, owner):
     # The mock WhatsApp refuses a send missing a variable (132000): the file's first row
     # filled them.
     assert send_test_message(campaign.id, "+5511999990001", owner.id)
+
+
+def test_the_exclusions_of_a_csv_audience_are_counted_from_its_rows_not_the_erp(
+    app, owner, monkeypatch, client, login_as
+):
+    """The live count and the pre-flight check read the file (exact for a file this
+    size); the ERP is never asked."""
+    suppress_quietly(db.session, OPTED_OUT, "asked", "manual")
+    db.session.commit()
+    campaign = create_campaign(_fields(_import(PEOPLE), frequency_cap_days=7), owner.id)
+    # Another campaign contacted Maria two days ago: within the cap.
+    other = create_campaign(_fields(_import(PEOPLE), name="Earlier"), owner.id)
+    contact_history.record(db.session, other.id, {1: "+5521998765402"})
+    db.session.execute(
+        sa.text(
+            "UPDATE contact_history SET contacted_at = now() - interval '2 days'"
+            " WHERE campaign_id = :id"
+        ),
+        {"id": other.id},
+    )
+    db.session.commit()
+
+    def no_erp(*_args, **_kwargs):
+        raise AssertionError("the ERP was asked about a CSV audience")
+
+    monkeypatch.setattr(exclusions, "estimate", no_erp)
+    counts = exclusions.of_campaign(campaign, app.config)
+    assert counts is not None and not counts.estimated
+    assert (counts.total, counts.invalid, counts.duplicate) == (5, 1, 1)
+    assert (counts.suppressed, counts.frequency_cap, counts.remaining) == (1, 1, 1)
+    check = preflight.check(db.session.get(Campaign, campaign.id), app.config)
+    (note,) = [w for w in check.warnings if w.code == "exclusions"]
+    assert note.params["capped"] == 1 and note.params["remaining"] == 1
+    gone = exclusions.of_file(campaign.audience_file_id, "no such column", 7, False, None, {})
+    assert gone is None
+    # The form's live count, for the file chosen in it.
+    login_as(Role.SUPERVISOR)
+    answer = client.post(
+        "/campaigns/exclusions",
+        data={
+            "audience_source": "csv",
+            "audience_file_id": str(campaign.audience_file_id),
+            "audience_phone_column": "telefone",
+            "frequency_cap_days": "7",
+        },
+    )
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200 and 'id="exclusion-remaining"' in html
+    assert "form-error" not in html and "estimate" not in html.lower()
 
 
 def test_a_csv_audience_goes_out_end_to_end_with_a_real_worker(

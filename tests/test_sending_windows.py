@@ -20,7 +20,9 @@ from app import db
 from campaigns import (
     campaign_states,
     counters,
+    erp,
     fanout,
+    maintenance,
     message_states,
     preflight,
     pump,
@@ -33,11 +35,13 @@ from campaigns.clock import database_now
 from campaigns.models import Campaign, CampaignStatus, Message, MessageStatus, MessageTemplate, Role
 from campaigns.progress import get_progress
 from campaigns.send_windows import Window
-from campaigns.services import personal_data
+from campaigns.services import campaign_defaults, personal_data
 from campaigns.services.campaigns import (
     change_send_window,
     create_campaign,
     duplicate_campaign,
+    pause_campaign,
+    resume_campaign,
     send_campaign_now,
     template_variables_for,
 )
@@ -117,19 +121,50 @@ def test_other_countries_by_phonenumbers_and_a_fallback(phone, zone):
     assert tz.from_number(phone, "America/Recife") == zone
 
 
-def test_a_country_of_several_zones_takes_the_middle_one_or_the_first_of_equal_hours():
+@pytest.mark.parametrize(
+    ("phone", "zone"),
+    [
+        ("+34612345678", "Europe/Madrid"),  # not Atlantic/Canary
+        ("+351912345678", "Europe/Lisbon"),  # not Atlantic/Azores
+        ("+593991234567", "America/Guayaquil"),  # not Pacific/Galapagos
+        ("+79161234567", "Europe/Moscow"),  # a Moscow mobile, not Asia/Krasnoyarsk
+        ("+77011234567", "Asia/Almaty"),  # Kazakhstan's, not Asia/Krasnoyarsk
+        ("+19075551234", "America/Anchorage"),  # Alaska, not America/Adak
+        ("+61412345678", "Australia/Sydney"),  # not Lord Howe Island (MAIN_ZONES)
+        ("+447400123456", "Europe/London"),
+    ],
+)
+def test_a_country_of_several_zones_takes_its_main_zone(phone, zone):
+    candidates = phone_timezones.time_zones_for_number(phonenumbers.parse(phone))
+    assert len(candidates) > 1 and zone in candidates  # phonenumbers does not say
+    assert tz.from_number(phone, SP) == zone
+
+
+def test_without_the_countrys_zones_the_middle_one_or_the_first_of_equal_hours():
     # UK mobiles: London, Guernsey, Jersey, Isle of Man keep the same hours: the first.
     uk = list(phone_timezones.time_zones_for_number(phonenumbers.parse("+447911123456")))
-    assert tz.from_number("+447911123456", SP) == uk[0]
+    assert tz.representative(uk) == uk[0]
     # Russian mobiles span Kaliningrad's to Kamchatka's hours: one in the middle, neither end.
-    russia = tz.from_number("+79161234567", SP)
-    candidates = phone_timezones.time_zones_for_number(phonenumbers.parse("+79161234567"))
-    assert russia in candidates
+    candidates = list(phone_timezones.time_zones_for_number(phonenumbers.parse("+79161234567")))
+    middle = tz.representative(candidates)
+    assert middle in candidates
     offsets = sorted(
         datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(z)).utcoffset() for z in candidates
     )
-    mine = datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(russia)).utcoffset()
+    mine = datetime(2026, 1, 15, tzinfo=UTC).astimezone(ZoneInfo(middle)).utcoffset()
     assert offsets[0] < mine < offsets[-1]
+    # A region the tz database does not list: the same rule.
+    assert tz.representative(candidates, "XX") == middle
+
+
+def test_the_zone_names_read_from_customer_data_are_not_all_kept_in_memory():
+    tz._loads.cache_clear()
+    for i in range(3000):
+        assert not tz.is_zone(f"Nowhere/Place_{i}")
+    assert tz.is_zone("America/Manaus")
+    assert tz._loads.cache_info().currsize <= 1024
+    assert not tz.is_zone("America/" + "x" * 5000)  # refused before it is looked up
+    assert not tz.is_zone("localtime") and not tz.is_zone("/etc/localtime")
 
 
 def test_a_customer_field_naming_a_zone_wins_and_a_bad_one_falls_back_to_the_number():
@@ -244,7 +279,7 @@ def test_the_window_is_checked_field_by_field():
     assert _window() is None
     cases = [
         ({"start": "9:00", "end": "20:00", "days": [0]}, "send_window.start"),
-        ({"start": "09:00", "end": "24:00", "days": [0]}, "send_window.end"),
+        ({"start": "09:00", "end": "24:01", "days": [0]}, "send_window.end"),
         ({"start": "09:00", "end": "09:00", "days": [0]}, "send_window.end"),
         ({"start": "09:00", "end": "20:00", "days": []}, "send_window.days"),
         ({"start": "09:00", "end": "20:00", "days": [7]}, "send_window.days"),
@@ -258,6 +293,46 @@ def test_the_window_is_checked_field_by_field():
     check = Checker()
     parse_send_window("09-20", check)
     assert "send_window" in check.errors
+
+
+@pytest.mark.parametrize("day", ["²", "①", "٣", "3.0", "07", 3.0, None, "-1"])
+def test_a_day_that_is_not_a_digit_0_to_6_is_a_field_error(app, day):
+    with pytest.raises(Invalid) as refused:
+        _window(start="09:00", end="20:00", days=[day])
+    assert "send_window.days" in refused.value.errors
+    with pytest.raises(Invalid) as refused:
+        _window(start="09:00", end="20:00", days=f"1,{day}")
+    assert "send_window.days" in refused.value.errors
+    form = {"window_start": "09:00", "window_end": "20:00", "window_days": ["1", str(day)]}
+    with pytest.raises(Invalid) as refused:
+        campaign_defaults.parse_defaults(form)
+    assert "window_days" in refused.value.errors
+
+
+def test_a_window_may_end_at_24_00_the_end_of_the_day(app):
+    whole = _window(start="00:00", end="24:00", days=[0, 2])
+    assert whole == {"start": "00:00", "end": "24:00", "days": [0, 2]}
+    assert _window(start="18:00", end=" 24:00 ", days=[4])["end"] == "24:00"
+    for bad in ("24:01", "24:30", "25:00"):
+        with pytest.raises(Invalid) as refused:
+            _window(start="00:00", end=bad, days=[0])
+        assert "send_window.end" in refused.value.errors
+    with pytest.raises(Invalid) as refused:
+        _window(start="24:00", end="20:00", days=[0])  # only an end
+    assert "send_window.start" in refused.value.errors
+    window = Window.of(whole)
+    assert window is not None and window.as_json() == whole
+    # Monday 2026-01-05 and Wednesday: open all day, to the last second; Tuesday closed.
+    assert send_windows.is_open(window, SP, _at(SP, 2026, 1, 5, 0, 0))
+    assert send_windows.is_open(window, SP, _at(SP, 2026, 1, 5, 23, 59, 59))
+    assert not send_windows.is_open(window, SP, _at(SP, 2026, 1, 6, 0, 0))
+    assert send_windows.next_close(window, SP, _at(SP, 2026, 1, 5, 12)) == _at(SP, 2026, 1, 6)
+    assert send_windows.next_open(window, SP, _at(SP, 2026, 1, 6, 12)) == _at(SP, 2026, 1, 7)
+    evening = Window.of({"start": "18:00", "end": "24:00", "days": [4]})
+    assert evening is not None
+    assert send_windows.is_open(evening, SP, _at(SP, 2026, 1, 9, 23, 59))
+    assert not send_windows.is_open(evening, SP, _at(SP, 2026, 1, 10, 0, 0))
+    assert not send_windows.is_open(evening, SP, _at(SP, 2026, 1, 9, 17, 59))
 
 
 # -- the campaign and its messages
@@ -455,6 +530,18 @@ def test_the_api_takes_shows_and_changes_the_window(app, client, token_for, live
     )
     assert bad.status_code == 422
     assert {"send_window.start", "send_window.days"} <= set(bad.json["error"]["fields"])
+    superscript = client.patch(
+        f"/api/v1/campaigns/{cid}",
+        json={"send_window": {"start": "09:00", "end": "20:00", "days": ["²"]}},
+        headers=headers,
+    )
+    assert superscript.status_code == 422, superscript.data
+    assert "send_window.days" in superscript.json["error"]["fields"]
+    whole_day = {"start": "00:00", "end": "24:00", "days": [1]}
+    changed = client.patch(
+        f"/api/v1/campaigns/{cid}", json={"send_window": whole_day}, headers=headers
+    )
+    assert changed.status_code == 200 and changed.json["send_window"] == whole_day
     changed = client.patch(f"/api/v1/campaigns/{cid}", json={"send_window": None}, headers=headers)
     assert changed.status_code == 200 and changed.json["send_window"] is None
     copy = duplicate_campaign(cid, created.json["owner_id"])
@@ -504,6 +591,18 @@ def test_the_form_sets_the_window_and_keeps_any_time_by_default(app, client, log
     refused = client.post("/campaigns/", data={**form, "send_window.days": []})
     assert refused.status_code == 422
     assert "Choose at least one day." in refused.get_data(as_text=True)
+    refused = client.post("/campaigns/", data={**form, "send_window.days": ["0", "①"]})
+    assert refused.status_code == 422
+    assert 'id="send_window.days-error"' in refused.get_data(as_text=True)
+    # The end of the day: the end field takes 24:00 (a time input could not hold it).
+    whole = client.post(
+        "/campaigns/", data={**form, "name": "Whole days", "send_window.end": "24:00"}
+    )
+    assert whole.status_code == 303, whole.get_data(as_text=True)
+    whole_day = db.session.scalars(sa.select(Campaign).filter_by(name="Whole days")).one()
+    assert whole_day.send_window == {"start": "09:00", "end": "24:00", "days": [0, 2]}
+    edit = client.get(f"/campaigns/{whole_day.id}/edit").get_data(as_text=True)
+    assert 'name="send_window.end" value="24:00"' in edit
     created = client.post("/campaigns/", data=form)
     assert created.status_code == 303, created.get_data(as_text=True)
     campaign = db.session.scalars(sa.select(Campaign).filter_by(name="Form window")).one()
@@ -513,6 +612,185 @@ def test_the_form_sets_the_window_and_keeps_any_time_by_default(app, client, log
     plain = client.post("/campaigns/", data={**form, "name": "Any", "send_window.mode": ""})
     assert plain.status_code == 303
     assert db.session.scalars(sa.select(Campaign).filter_by(name="Any")).one().send_window is None
+
+
+WHOLE_DAY = {"start": "00:00", "end": "24:00", "days": ALL_DAYS}
+
+
+def _whole_day_campaign(app, owner, size: int = 200) -> Campaign:
+    lift_limits(owner)
+    campaign = create_campaign(_fields(size, WHOLE_DAY), owner.id)
+    send_campaign_now(campaign.id, owner.id)
+    fanout.load_audience(campaign.id, app.config)
+    return db.session.get(Campaign, campaign.id, populate_existing=True)
+
+
+def _send_queued(campaign_id: int) -> None:
+    """The queued messages sent, as their jobs would (no worker here)."""
+    sent = db.session.execute(
+        sa.update(Message)
+        .where(Message.campaign_id == campaign_id, Message.status == S.QUEUED)
+        .values(status=S.SENT)
+    ).rowcount
+    counters.apply(db.session, campaign_id, {"queued": -sent, "sent": sent})
+    db.session.commit()
+
+
+def test_a_pause_and_an_erasure_that_cancel_out_leave_no_zone_miscounted(
+    app, owner, live_server, monkeypatch
+):
+    # A pause puts a run's queued messages back to pending (k more in their zone); an
+    # erasure while paused cancels k pending in another: the sum of the zone counts is
+    # still the pending count, the split is not. The campaign must still complete.
+    campaign = _whole_day_campaign(app, owner)
+    monkeypatch.setattr(pump, "batch_size", lambda *_: 1)
+    monkeypatch.setattr(pump, "WINDOW_JOBS", 10)
+    assert pump.pump(campaign.id) is True
+    queued = _zones(campaign.id, S.QUEUED)
+    assert sum(queued.values()) == 10
+    pause_campaign(campaign.id, owner.id)
+    # Ten pending people erased, of zones other than the queued ones' where possible.
+    others = [MANAUS] * 7 + [SP] * 3 if SP in queued else [SP] * 7 + [MANAUS] * 3
+    wanted = Counter(others)
+    for zone, n in wanted.items():
+        phones = db.session.scalars(
+            sa.select(Message.phone)
+            .where(
+                Message.campaign_id == campaign.id,
+                Message.status == S.PENDING,
+                Message.time_zone == zone,
+            )
+            .order_by(Message.id.desc())
+            .limit(n)
+        ).all()
+        assert len(phones) == n
+        for phone in phones:
+            personal_data.erase_person(phone, None)
+    resume_campaign(campaign.id, owner.id)
+    monkeypatch.setattr(pump, "WINDOW_JOBS", 1)
+    for _ in range(400):
+        if not pump.pump(campaign.id):
+            break
+        _send_queued(campaign.id)
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert _zones(campaign.id, S.PENDING) == {}
+    assert campaign.status is CampaignStatus.COMPLETED, campaign.window_zones
+    assert_counters_match_rows(campaign.id)
+
+
+def test_zone_counts_follow_every_move_back_to_pending(app, owner, live_server):
+    campaign = _whole_day_campaign(app, owner, 20)
+    assert campaign.window_zones
+    assert pump.pump(campaign.id) is True
+    assert _zones(campaign.id, S.QUEUED)
+    # A pause: the queued messages' zones are counted back, exactly (the page still says
+    # who waits for their window).
+    pause_campaign(campaign.id, owner.id)
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    assert not _zones(campaign.id, S.QUEUED)
+    assert_counters_match_rows(campaign.id)
+    # A retry's batch that found the campaign paused puts its messages back to pending,
+    # uncounted: the resume drops the counts, and the pump counts them again.
+    resume_campaign(campaign.id, owner.id)
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    # "Retry failed": failed messages back to pending.
+    message = db.session.scalars(
+        sa.select(Message).where(Message.campaign_id == campaign.id, Message.status == S.QUEUED)
+    ).first()
+    assert message is not None
+    message_states.fail(db.session, message.id, [S.QUEUED], "131000", "boom")
+    db.session.commit()
+    assert message_states.reopen_failed(db.session, campaign.id, ["131000"]) == 1
+    db.session.commit()
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    # A job a worker's shutdown aborted: its messages back to pending by maintenance.
+    queued = db.session.scalars(
+        sa.select(Message.id).where(Message.campaign_id == campaign.id, Message.status == S.QUEUED)
+    ).first()
+    assert queued is not None
+    db.session.execute(
+        sa.text(
+            "UPDATE procrastinate_jobs SET status = 'aborted'"
+            " WHERE task_name = :task AND args->'message_ids' @> to_jsonb(CAST(:id AS bigint))"
+        ),
+        {"task": queues.SEND_TASK, "id": queued},
+    )
+    db.session.commit()
+    assert maintenance.settle_orphaned_messages() == 0
+    assert db.session.get(Message, queued, populate_existing=True).status is S.PENDING
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    assert_counters_match_rows(campaign.id)
+
+
+def test_a_fan_out_page_stored_twice_counts_once(app, owner, live_server):
+    campaign = _whole_day_campaign(app, owner, 30)
+    counted = dict(campaign.window_zones)
+    assert counted == _zones(campaign.id, S.PENDING)
+    # A fan-out resumed after a crash stores its page again, the ERP's numbers changed
+    # meanwhile (not the campaign's already, so not skipped as duplicates): the customers
+    # are there, nothing is inserted, nothing counted.
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.campaign_id == campaign.id)
+        .values(
+            phone=sa.func.concat("+5511977", sa.func.lpad(sa.cast(Message.id, sa.Text), 6, "0"))
+        )
+    )
+    campaign.erp_cursor = None
+    campaign.audience_loaded_at = None
+    db.session.commit()
+    fanout.load_audience(campaign.id, app.config)
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == counted
+
+
+def test_counts_dropped_mid_fan_out_stay_dropped_and_a_removed_window_drops_them(
+    app, owner, live_server
+):
+    lift_limits(owner)
+    campaign = create_campaign(_fields(30, WHOLE_DAY), owner.id)
+    send_campaign_now(campaign.id, owner.id)
+    with erp.PageReader(erp.client_from_config(app.config), 10) as pages:
+        first = fanout.fan_out_page(campaign.id, pages, app.config)
+        assert first is not None and not first.done
+        # "Retry failed" (say) dropped the counts: the next pages do not count their own
+        # alone, which would leave the first page's zones uncounted.
+        message_states.forget_zone_counts(db.session, [campaign.id])
+        db.session.commit()
+        while (page := fanout.fan_out_page(campaign.id, pages, app.config)) and not page.done:
+            pass
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == _zones(campaign.id, S.PENDING)
+    # The window removed: nothing keeps the counts any more; set again, they are recounted.
+    change_send_window(campaign.id, None, owner.id)
+    assert db.session.get(Campaign, campaign.id, populate_existing=True).window_zones is None
+
+
+def test_the_pump_recounts_when_open_zones_have_fewer_than_counted(app, owner, live_server):
+    # Counts off by a cause nothing told the pump about, their sum right: a zone counted
+    # with messages it does not have, another without those it has.
+    campaign = _whole_day_campaign(app, owner, 20)
+    pending = _zones(campaign.id, S.PENDING)
+    total = sum(pending.values())
+    campaign.window_zones = {"Asia/Tokyo": total}
+    db.session.commit()
+    assert pump.pump(campaign.id) is True
+    campaign = db.session.get(Campaign, campaign.id, populate_existing=True)
+    assert campaign.window_zones == pending
+    assert pump.pump(campaign.id) is True
+    assert _zones(campaign.id, S.QUEUED)
 
 
 def test_the_zone_is_erased_with_the_rest_of_a_persons_data(app, loaded):

@@ -467,6 +467,10 @@ def change_send_window(campaign_id: int, window: dict[str, Any] | None, user_id:
         db.session.rollback()
         raise Conflict(refusal("edit", campaign.status))
     campaign.send_window = window
+    if window is None:
+        # Nothing keeps the zone counts without a window (the fan-out and the pump leave
+        # them): a window set again later has them counted afresh by the pump.
+        campaign.window_zones = None
     if campaign.status is CampaignStatus.SENDING and campaign.audience_loaded_at is not None:
         queues.defer_pump(db.session, campaign.id)
     campaign_states.record_activity(db.session, campaign.id, user_id, "updated")
@@ -581,6 +585,11 @@ def resume_campaign(campaign_id: int, user_id: int) -> Campaign:
         campaign.status = CampaignStatus.SENDING
         campaign.set_status_reason(None)
         campaign.pace_cursor_at = None
+        if campaign.send_window:
+            # Messages the batches put back to pending around the pause (a pausing
+            # code's, a retry that found it paused) went uncounted by zone: the pump
+            # counts them all again, once (message_states.forget_zone_counts).
+            campaign.window_zones = None
         campaign_states.defer_next_step(
             db.session, campaign.id, audience_loaded=campaign.audience_loaded_at is not None
         )

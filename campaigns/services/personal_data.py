@@ -19,9 +19,10 @@ What Disparo stores about a person, and where:
 - ``undeliverable_numbers``: a number WhatsApp could not deliver to (131026), as its
   keyed hash only, and when; deleted UNDELIVERABLE_DAYS later by
   ``maintenance.reconcile``, or with the person's data on request.
-- ``contact_history``: when a campaign last contacted the number (the frequency cap), as
-  its keyed hash only; deleted CONTACT_HISTORY_DAYS later by ``maintenance.reconcile``,
-  or with the person's data on request (``contact_history.forget``).
+- ``contact_history`` and ``contact_locks``: when each campaign last contacted the
+  number (the frequency cap), and the number's lock row, as its keyed hash only;
+  deleted CONTACT_HISTORY_DAYS later by ``maintenance.reconcile``, or with the person's
+  data on request (``contact_history.forget``).
 - ``budget_recipients``: the 24-hour messaging budget's recipients, as keyed hashes, for
   24 hours (``maintenance.reconcile`` deletes older rows); an erasure replaces the
   person's hash with a random token, so they still count until the window leaves them

@@ -771,7 +771,7 @@ def campaign_exclusions(campaign_id: int) -> Response:
         counts = exclusions.of_campaign(campaign, current_app.config)
     except (erp.ErpError, ConfigError) as error:
         return jsonify(exclusions=None, erp_error=str(error))  # English, as the API's texts
-    return jsonify(exclusions=counts.as_dict(), erp_error=None)
+    return jsonify(exclusions=counts and counts.as_dict(), erp_error=None)
 
 
 @bp.post("/campaigns/<int:campaign_id>/duplicate")

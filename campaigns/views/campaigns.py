@@ -88,6 +88,7 @@ from campaigns.validation import (
     Invalid,
     bigint,
     campaign_data_from_form,
+    parse_audience_file,
     parse_campaign,
     parse_flag,
     parse_frequency_cap,
@@ -438,12 +439,19 @@ def campaign_exclusions() -> str:
     data = campaign_data_from_form(request.form)
     check = Checker()
     segment = parse_segment(data["segment"], check)
+    file_id, phone_column = parse_audience_file(data, check)
     cap = parse_frequency_cap(data["frequency_cap_days"], check)
     exclude_running = parse_flag(data["exclude_running"], check, "exclude_running")
     campaign_id = request.args.get("campaign_id", type=int)
     counts, problem = None, None
     if check.errors:
         problem = next(iter(check.errors.values()))
+    elif file_id is not None:  # a CSV audience: its rows, no ERP
+        counts = exclusions.of_file(
+            file_id, phone_column or "", cap, exclude_running, campaign_id, current_app.config
+        )
+        if counts is None:
+            problem = _("There is no such audience file; upload it again.")
     else:
         try:
             counts = exclusions.estimate(

@@ -77,13 +77,13 @@ RECORD = sa.text(
     " ON CONFLICT (phone_hash, campaign_id) DO UPDATE SET contacted_at = now(),"
     "   message_id = excluded.message_id"
 )
-# -- a campaign's contacts whose message was never called and is not on its way
-# (cancelled, or pending again after a pause): given back
+# -- the contacts these messages of the campaign recorded: given back (by the primary key,
+# so a pause or cancel of a million-recipient campaign reads its window's rows, not its
+# whole history)
 RELEASE = sa.text(
-    "DELETE FROM contact_history c USING messages m"
-    " WHERE c.campaign_id = :campaign_id AND m.id = c.message_id"
-    " AND m.campaign_id = :campaign_id AND m.attempts = 0"
-    " AND m.status IN ('cancelled', 'pending')"
+    "DELETE FROM contact_history WHERE campaign_id = :campaign_id"
+    " AND phone_hash = ANY(CAST(:hashes AS text[]))"
+    " AND message_id = ANY(CAST(:message_ids AS bigint[]))"
 )
 
 
@@ -145,11 +145,17 @@ def contacted_within(
     return {hashes[digest] for digest in found}
 
 
-def release(session: AnySession, campaign_id: int) -> int:
-    """Give back the contacts of the campaign's messages never called and not on their way
-    (cancelled, or pending again after a pause; the caller moved them, and commits); how
-    many. One statement, by the index on ``campaign_id``."""
-    return rows_changed(session, RELEASE.bindparams(campaign_id=campaign_id))
+def release(session: AnySession, campaign_id: int, phones: Mapping[int, str | None]) -> int:
+    """Give back the contacts these messages of the campaign recorded (id -> number): ones
+    never called that the caller moved back to pending or cancelled (it commits); how
+    many. One statement, by the primary key."""
+    by_hash = _by_hash({message_id: phone for message_id, phone in phones.items() if phone})
+    if not by_hash:
+        return 0
+    statement = RELEASE.bindparams(
+        campaign_id=campaign_id, hashes=list(by_hash), message_ids=list(by_hash.values())
+    )
+    return rows_changed(session, statement)
 
 
 def is_remembered(session: AnySession, phone: str) -> bool:

@@ -368,17 +368,24 @@ def of_file(
     audience = audiences.get(file_id)
     if audience is None or phone_column not in audience.columns:
         return None
-    index = audience.columns.index(phone_column)
     region = config["PHONE_DEFAULT_REGION"]
-    rows = audiences.page(db.session, file_id, 0, FILE_SAMPLE_ROWS)
-    numbers = [
-        phones.normalise(cells[index] if index < len(cells) else None, region)
-        for _number, cells in rows
-    ]
-    counted = count(numbers, cap_days, exclude_running, exclude_campaign_id)
-    if not numbers or len(rows) >= audience.row_count:
-        return Counts(**(counted.as_dict() | {"sampled": len(numbers)}))
-    return scaled(counted, audience.row_count)
+    # Kept like an ERP sample: the form asks again on every change of the cap or the
+    # checkbox, and a file does not change after its upload (an erasure may shrink it).
+    key = json.dumps(["file", file_id, phone_column, region, FILE_SAMPLE_ROWS])
+    sample = _cached_sample(key)
+    if sample is None:
+        index = audience.columns.index(phone_column)
+        rows = audiences.page(db.session, file_id, 0, FILE_SAMPLE_ROWS)
+        numbers = tuple(
+            phones.normalise(cells[index] if index < len(cells) else None, region)
+            for _number, cells in rows
+        )
+        sample = _Sample(numbers, audience.row_count, len(rows) >= audience.row_count)
+        _keep_sample(key, sample)
+    counted = count(list(sample.numbers), cap_days, exclude_running, exclude_campaign_id)
+    if sample.whole or not sample.numbers:
+        return Counts(**(counted.as_dict() | {"sampled": len(sample.numbers)}))
+    return scaled(counted, sample.total)
 
 
 def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts | None:
@@ -387,7 +394,9 @@ def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts | None:
     read with no transaction open (the ERP may take seconds). None: its file is gone."""
     if campaign.audience_loaded_at is not None:
         return loaded(db.session, campaign)
-    if campaign.audience_file_id is not None:
+    if campaign.audience_file_id is not None or campaign.audience_phone_column:
+        if campaign.audience_file_id is None:  # a CSV audience whose file retention erased
+            return None
         return of_file(
             campaign.audience_file_id,
             campaign.audience_phone_column or "",

@@ -171,12 +171,21 @@ def cancel_unsent(session: AnySession, campaign_id: int) -> int:
 
     Retrying messages too, held ones (131049) among them: their jobs, due later, find
     them no longer waiting and do nothing. The contacts of those never called are given
-    back (``contact_history.release``).
+    back (``contact_history.release``): the queued ones (the pump's window; a pending
+    message has none, a pause gave it back, and a retrying one was called).
     """
+    queued = session.execute(
+        sa.select(Message.id, Message.phone).where(
+            Message.campaign_id == campaign_id,
+            Message.status == S.QUEUED,
+            Message.attempts == 0,
+        )
+    )
+    never_called = {row.id: row.phone for row in queued}
     moved = transition_campaign(
         session, campaign_id, [S.PENDING, S.QUEUED, S.RETRYING], S.CANCELLED
     )
-    contact_history.release(session, campaign_id)
+    contact_history.release(session, campaign_id, never_called)
     return moved
 
 
@@ -190,23 +199,22 @@ def unqueue(session: AnySession, campaign_id: int) -> int:
     admits them again on resume, under the cap as it stands then.
     """
     _check([S.QUEUED], S.PENDING)
-    zones = Counter(
-        zone or NO_ZONE
-        for zone in session.scalars(
-            sa.update(Message)
-            .where(Message.campaign_id == campaign_id, Message.status == S.QUEUED)
-            .values(status=S.PENDING)
-            .returning(Message.time_zone),
-            execution_options={"synchronize_session": False},
-        )
-    )
+    rows = session.execute(
+        sa.update(Message)
+        .where(Message.campaign_id == campaign_id, Message.status == S.QUEUED)
+        .values(status=S.PENDING)
+        .returning(Message.id, Message.phone, Message.attempts, Message.time_zone),
+        execution_options={"synchronize_session": False},
+    ).all()
+    zones = Counter(row.time_zone or NO_ZONE for row in rows)
     moved = zones.total()
     counters.apply(session, campaign_id, {S.QUEUED.value: -moved, S.PENDING.value: moved})
     statelog.moved_many(campaign_id, S.QUEUED, S.PENDING, moved)
     campaign = session.get(Campaign, campaign_id)
     if moved and campaign is not None and campaign.window_zones is not None:
         campaign.window_zones = dict(Counter(campaign.window_zones) + zones)
-    contact_history.release(session, campaign_id)
+    never_called = {row.id: row.phone for row in rows if row.attempts == 0}
+    contact_history.release(session, campaign_id, never_called)
     return moved
 
 

@@ -273,7 +273,8 @@ def _exclusions(campaign: Campaign, config: Mapping[str, Any], notes: list[Findi
     (its count did) or the file is gone (its own finding does)."""
     if not (campaign.frequency_cap_days or campaign.exclude_running):
         return
-    if campaign.audience_file_id is not None:
+    if campaign.audience_file_id is not None or campaign.audience_phone_column:  # a CSV
+        # audience (its file may be gone: nothing said), never the ERP
         counts = exclusions.of_campaign(campaign, config)
     else:
         args = (

@@ -426,6 +426,15 @@ def _cap_held(
     pump's admission then decides again)."""
     if not held:
         return set()
+    # The messages' rows first, then their numbers' (contact_history's locks): the order
+    # the pump and a person's erasure take them in, or an erasure of one of these people
+    # deadlocks with this retry.
+    db.session.execute(
+        sa.select(Message.id)
+        .where(Message.id.in_(sorted(m.id for m in held)))
+        .order_by(Message.id)
+        .with_for_update()
+    )
     refused = contact_history.capped(
         db.session, campaign_id, cap_days, {m.id: m.phone for m in held}
     )

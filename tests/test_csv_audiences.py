@@ -585,6 +585,12 @@ def test_the_exclusions_of_a_csv_audience_are_counted_from_its_rows_not_the_erp(
     assert note.params["capped"] == 1 and note.params["remaining"] == 1
     gone = exclusions.of_file(campaign.audience_file_id, "no such column", 7, False, None, {})
     assert gone is None
+    # A CSV campaign whose file retention deleted: nothing to count, and still no ERP.
+    erased = db.session.get(Campaign, campaign.id)
+    erased.audience_file_id = None
+    assert exclusions.of_campaign(erased, app.config) is None
+    assert not [w for w in preflight.check(erased, app.config).warnings if "exclusions" in w.code]
+    db.session.rollback()
     # The form's live count, for the file chosen in it.
     login_as(Role.SUPERVISOR)
     answer = client.post(

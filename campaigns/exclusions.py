@@ -388,10 +388,15 @@ def of_file(
     return scaled(counted, sample.total)
 
 
-def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts | None:
+def of_campaign(
+    campaign: Campaign,
+    config: Mapping[str, Any],
+    timeout: tuple[float, float] = erp.DEFAULT_TIMEOUT,
+) -> Counts | None:
     """The campaign's exclusions: once its audience is loaded, its skips counted (exact);
-    before, as its audience stands now: a CSV file's rows, or an ERP segment (estimated),
-    read with no transaction open (the ERP may take seconds). None: its file is gone."""
+    before, as its audience stands now: a CSV file's rows (never the ERP), or an ERP
+    segment (estimated), read with no transaction open (the ERP may take seconds; raises
+    erp.ErpError). None: its file is gone."""
     if campaign.audience_loaded_at is not None:
         return loaded(db.session, campaign)
     if campaign.audience_file_id is not None or campaign.audience_phone_column:
@@ -407,4 +412,4 @@ def of_campaign(campaign: Campaign, config: Mapping[str, Any]) -> Counts | None:
         )
     args = (campaign.segment, campaign.frequency_cap_days, campaign.exclude_running, campaign.id)
     db.session.rollback()
-    return estimate(*args, config)
+    return estimate(*args, config, timeout)

@@ -273,21 +273,10 @@ def _exclusions(campaign: Campaign, config: Mapping[str, Any], notes: list[Findi
     (its count did) or the file is gone (its own finding does)."""
     if not (campaign.frequency_cap_days or campaign.exclude_running):
         return
-    if campaign.audience_file_id is not None or campaign.audience_phone_column:  # a CSV
-        # audience (its file may be gone: nothing said), never the ERP
-        counts = exclusions.of_campaign(campaign, config)
-    else:
-        args = (
-            campaign.segment,
-            campaign.frequency_cap_days,
-            campaign.exclude_running,
-            campaign.id,
-        )
-        db.session.rollback()
-        try:
-            counts = exclusions.estimate(*args, config, ERP_TIMEOUT)
-        except (erp.ErpError, ConfigError):
-            return
+    try:
+        counts = exclusions.of_campaign(campaign, config, ERP_TIMEOUT)
+    except (erp.ErpError, ConfigError):
+        return
     if counts is None:
         return
     notes.append(

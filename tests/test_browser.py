@@ -381,10 +381,6 @@ def test_a_csv_audience_is_uploaded_mapped_and_sent(
     page.select_option("select[name='var.coupon.source']", "field:Cupom")
     page.select_option("select[name='var.discount.source']", "text")
     page.fill("input[name='var.discount.text']", "15%")
-    # The exclusions' live count read the file: 7 rows less the bad one and the repeat.
-    page.wait_for_selector("#campaign-exclusion-count #exclusion-remaining")
-    count = page.inner_text("#campaign-exclusion-count")
-    assert page.inner_text("#exclusion-remaining td") == "5", count
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "campaign-csv-audience-form.png"), full_page=True)
     page.click("button:has-text('Save draft')")
